@@ -1,0 +1,158 @@
+"""Configuration: one pydantic-settings model for everything the engine and the server take.
+
+Sources, highest precedence first: CLI flags > environment (`JACKFIELD_<KEY>`) > config file
+(TOML or YAML, `--config path`) > defaults. `load_settings` records where every value came from, and
+an unknown key or an invalid value raises ConfigError naming the key, the value and its source.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "JACKFIELD_"
+# Environment variables with the prefix that are not settings (plugin filters, test switches).
+NON_SETTING_ENV = {"PLUGINS", "DISABLE_PLUGINS", "CACHE_DIR", "TEST_SMOLLM2"}
+
+
+class Settings(BaseSettings):
+    """Every engine and server setting. Field descriptions double as CLI help and docs."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, env_prefix=ENV_PREFIX, protected_namespaces=())
+
+    # --- model -------------------------------------------------------------------------------
+    model: str | None = Field(None, description="Model path: an HF directory or a .gguf file; unset = embedded SmolLM2")
+    tokenizer: str | None = Field(None, description="Tokenizer path (defaults to the model's)")
+    load_format: Literal["auto", "safetensors", "gguf", "dummy"] = Field("auto", description="How weights are loaded")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="Compute dtype (auto: bf16 on GPU, fp32 on CPU)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device to run on")
+    context_length: int | None = Field(None, gt=0, description="Override the model's maximum context length")
+    seed: int = Field(0, description="Seed for dummy weights and unseeded sampling")
+    served_model_name: str | None = Field(None, description="Model name reported by the API")
+    # --- components --------------------------------------------------------------------------
+    attention_backend: str = Field("auto", description="Attention backend name or auto")
+    quantization: str = Field("auto", description="Quantization method name or auto")
+    moe_backend: str = Field("auto", description="MoE dispatcher name or auto")
+    speculative_algorithm: str | None = Field(None, description="Speculative decoder name (off when unset)")
+    grammar_backend: str = Field("auto", description="Grammar backend name, auto or none")
+    lora_backend: str = Field("auto", description="LoRA backend name or auto")
+    plugin_choice: dict[str, str] = Field(default_factory=dict, description='Pick a plugin when two provide one name: {"attention.triton": "my-dist"}')
+    # --- memory ------------------------------------------------------------------------------
+    page_size: int = Field(1, ge=1, description="Tokens per KV page")
+    mem_fraction_static: float | None = Field(None, gt=0, lt=1, description="GPU: fraction of memory for weights + KV cache")
+    kv_cache_bytes: int | None = Field(None, gt=0, description="CPU: byte budget of the KV cache (default 1 GiB)")
+    max_total_tokens: int | None = Field(None, gt=0, description="Cap on KV slots in the pool")
+    # --- scheduler ---------------------------------------------------------------------------
+    max_running_requests: int | None = Field(None, gt=0, description="Most requests in the running batch")
+    chunked_prefill_size: int = Field(2048, description="Token budget of one prefill chunk (-1 disables chunking)")
+    max_prefill_tokens: int = Field(16384, gt=0, description="Token budget of one prefill batch")
+    schedule_policy: Literal["fcfs", "lpm", "dfs-weight", "random"] = Field("fcfs", description="Waiting-queue order")
+    schedule_conservativeness: float = Field(1.0, gt=0, description="Scales the future-token reserve of admission control")
+    disable_radix_cache: bool = Field(False, description="Turn the RadixAttention prefix cache off")
+    disable_overlap_schedule: bool = Field(False, description="Run CPU scheduling and the forward pass serially")
+    enable_mixed_chunk: bool = Field(True, description="Run prefill chunks and decodes in one forward when the backend can")
+    stream_interval: int = Field(1, ge=1, description="Tokens between streamed chunks")
+    # --- GPU fast path -----------------------------------------------------------------------
+    disable_cuda_graph: bool = Field(False, description="Run decode eagerly, without CUDA graphs")
+    cuda_graph_max_bs: int = Field(160, ge=1, description="Largest decode batch captured in a CUDA graph")
+    enable_torch_compile: bool = Field(False, description="torch.compile the model for small decode batches")
+    # --- server ------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="HTTP bind address")
+    port: int = Field(30000, ge=1, le=65535, description="HTTP port")
+    api_key: str | None = Field(None, description="Require this bearer token on every API request")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
+    warmup: bool = Field(True, description="Run one warm-up generation before reporting healthy")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names the key, value and source."""
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    settings: Settings
+    sources: dict[str, str]  # field -> "default" | "file:<path>" | "env:<VAR>" | "cli:--flag"
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    text = p.read_text()
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+    except Exception as exc:
+        raise ConfigError(f"config file {p} cannot be parsed: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a table of settings, got {type(data).__name__}")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _env_values(env: dict[str, str]) -> dict[str, tuple[Any, str]]:
+    out = {}
+    fields = Settings.model_fields
+    for var, raw in env.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        key = var[len(ENV_PREFIX):].lower()
+        if key.upper() in NON_SETTING_ENV:
+            continue
+        if key not in fields:
+            raise ConfigError(f"unknown setting '{key}' (from env:{var}={raw!r})")
+        value: Any = raw
+        if fields[key].annotation is not str and raw[:1] in "{[":
+            value = json.loads(raw)
+        out[key] = (value, f"env:{var}")
+    return out
+
+
+def load_settings(config_file: str | None = None, cli: dict[str, Any] | None = None,
+                  env: dict[str, str] | None = None) -> LoadedSettings:
+    """Merge defaults < file < env < CLI, validate, and remember each value's source."""
+    env = dict(os.environ) if env is None else env
+    merged: dict[str, tuple[Any, str]] = {}
+    if config_file:
+        for k, v in read_config_file(config_file).items():
+            if k not in Settings.model_fields:
+                raise ConfigError(f"unknown setting '{k}' (from file:{config_file})")
+            merged[k] = (v, f"file:{config_file}")
+    merged.update(_env_values(env))
+    for k, v in (cli or {}).items():
+        if k not in Settings.model_fields:
+            raise ConfigError(f"unknown setting '{k}' (from cli)")
+        merged[k] = (v, f"cli:--{k.replace('_', '-')}")
+    values = {k: v for k, (v, _) in merged.items()}
+    try:
+        settings = _validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else "?"
+        value, source = merged.get(key, (None, "default"))
+        raise ConfigError(f"invalid value {value!r} for setting '{key}' (from {source}): {err['msg']}") from None
+    sources = {k: merged[k][1] if k in merged else "default" for k in Settings.model_fields}
+    return LoadedSettings(settings, sources)
+
+
+def _validate(values: dict[str, Any]) -> Settings:
+    # Build through the plain pydantic path: no implicit env or dotenv reading, since the merge
+    # above already applied the environment with source tracking.
+    return Settings.model_validate(values)
+
+
+def settings_for(**overrides: Any) -> Settings:
+    """Programmatic settings (the offline Engine): defaults < env < keyword arguments."""
+    return load_settings(cli=overrides).settings

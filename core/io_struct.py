@@ -1,0 +1,94 @@
+"""Typed messages between the tokenizer manager, the scheduler and the detokenizer.
+
+The same messages travel over in-process queues (offline Engine) and over ZMQ (server), pickled.
+Token-id outputs are incremental: each BatchTokenIdOut carries only the tokens produced since the
+previous message for that request.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from jackfield.sampling.params import SamplingParams
+
+
+@dataclass
+class TokenizedGenerateReq:
+    rid: str
+    input_ids: list[int]
+    sampling_params: SamplingParams
+    return_logprob: bool = False
+    top_logprobs_num: int = 0
+    stream: bool = False
+    input_text: str | None = None
+
+
+@dataclass
+class AbortReq:
+    rid: str
+
+
+@dataclass
+class FlushCacheReq:
+    pass
+
+
+@dataclass
+class GetStatsReq:
+    pass
+
+
+@dataclass
+class FinishReason:
+    kind: str               # "stop" | "length" | "abort"
+    matched: Any = None     # the stop token id or stop string, when kind == "stop"
+    message: str = ""       # why, for aborts
+
+    def to_openai(self) -> str:
+        return self.kind if self.kind in ("stop", "length") else "abort"
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class ReqOutput:
+    """One request's increment inside a batch output."""
+
+    rid: str
+    new_token_ids: list[int]
+    finished: FinishReason | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    logprobs: list[TokenLogprob] | None = None
+    text: str | None = None  # filled by the detokenizer
+
+
+@dataclass
+class BatchOutput:
+    outputs: list[ReqOutput]
+
+
+@dataclass
+class StatsOut:
+    num_running: int
+    num_waiting: int
+    kv_used_tokens: int
+    kv_total_tokens: int
+    cache_hit_rate: float
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    total_prompt_tokens: int = 0
+    total_cached_tokens: int = 0
+    total_generated_tokens: int = 0
+
+
+@dataclass
+class FlushCacheOut:
+    ok: bool
+    message: str = ""

@@ -1,0 +1,21 @@
+"""The public SDK: everything a plugin (built-in or third-party) may import from jackfield."""
+from jackfield.hookspecs import hookimpl
+from jackfield.sdk.attention import AttentionBackend, AttentionLayerInfo, AttentionRuntime
+from jackfield.sdk.component import Availability, Capabilities, Component, SelectionContext, require_cuda
+from jackfield.sdk.forward_batch import ForwardBatch, ForwardMode
+from jackfield.sdk.grammar import Grammar, GrammarBackend, GrammarSpec
+from jackfield.sdk.kv_cache import KVPool
+from jackfield.sdk.lora import LoRABackend, LoRARuntime
+from jackfield.sdk.model import CausalLM, ModelBuildContext
+from jackfield.sdk.model_config import ModelConfig, RopeConfig
+from jackfield.sdk.moe import MoEConfig, MoEDispatcher
+from jackfield.sdk.quant import LinearMethod, QuantizationMethod
+from jackfield.sdk.spec import DraftProposal, SpeculativeDecoder, SpecInput, SpecRuntime
+
+__all__ = [
+    "hookimpl", "AttentionBackend", "AttentionLayerInfo", "AttentionRuntime", "Availability",
+    "Capabilities", "Component", "SelectionContext", "require_cuda", "ForwardBatch", "ForwardMode",
+    "Grammar", "GrammarBackend", "GrammarSpec", "KVPool", "LoRABackend", "LoRARuntime", "CausalLM",
+    "ModelBuildContext", "ModelConfig", "RopeConfig", "MoEConfig", "MoEDispatcher", "LinearMethod",
+    "QuantizationMethod", "DraftProposal", "SpeculativeDecoder", "SpecInput", "SpecRuntime",
+]

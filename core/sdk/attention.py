@@ -1,0 +1,97 @@
+"""Attention backends: the interface every attention plugin implements.
+
+Life of a backend:
+  1. constructed once per engine with an AttentionRuntime (geometry, KV pool, request table);
+  2. per batch, `init_forward_metadata(fb)` once, before the model's forward (index tensors,
+     planning; this is where FlashInfer "plans" and Triton builds kv_indptr/kv_indices);
+  3. per layer, `forward(q, k, v, layer, fb)`: store the new K/V into the pool at
+     `fb.out_cache_loc`, then attend. q is [num_tokens, num_heads*head_dim], k/v are
+     [num_tokens, num_kv_heads*head_dim]; return [num_tokens, num_heads*head_dim].
+
+CUDA graphs (only when `supports_cuda_graph`): the runner calls `init_cuda_graph_state(max_bs,
+max_num_tokens)` once to let the backend allocate static buffers; then, for each captured batch
+size, `init_forward_metadata_capture(fb)` instead of `init_forward_metadata` while capturing, and
+`init_forward_metadata_replay(fb)` before every replay (fb then holds the live batch padded to the
+captured size; padded rows have req_pool_index 0 and seq_len `cuda_graph_seq_len_fill_value()`).
+Metadata written during replay must go into the static buffers the captured kernels read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from jackfield.sdk.component import Component
+from jackfield.sdk.forward_batch import ForwardBatch
+from jackfield.sdk.kv_cache import KVPool
+
+
+@dataclass(frozen=True)
+class AttentionLayerInfo:
+    """Static facts about one attention layer, handed to the backend on every call."""
+
+    layer_id: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    scaling: float
+    sliding_window: int | None = None  # attend to at most this many most recent keys
+    logit_cap: float = 0.0
+
+
+@dataclass(frozen=True)
+class AttentionRuntime:
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    device: torch.device
+    page_size: int
+    kv_pool: KVPool
+    req_to_token: torch.Tensor
+    max_batch_size: int
+    max_context_len: int
+
+
+class AttentionBackend(Component):
+    kind: ClassVar[str] = "attention"
+    supports_cuda_graph: ClassVar[bool] = False
+    supports_mixed: ClassVar[bool] = True
+    """Can one forward hold prefill chunks and decodes together (ForwardMode.MIXED)?"""
+
+    def __init__(self, runtime: AttentionRuntime):
+        self.runtime = runtime
+
+    def init_forward_metadata(self, fb: ForwardBatch) -> None:
+        """Prepare per-batch metadata; called once per forward, before the first layer."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: AttentionLayerInfo,
+                fb: ForwardBatch, save_kv: bool = True) -> torch.Tensor:
+        if save_kv:
+            fb.kv_pool.set_kv(layer.layer_id, fb.out_cache_loc, k, v)
+        if fb.mode.is_decode():
+            return self.forward_decode(q, layer, fb)
+        return self.forward_extend(q, layer, fb)
+
+    def forward_extend(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
+        """New tokens attend causally to their cached prefix and to each other."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement extend")
+
+    def forward_decode(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
+        """One new token per request attends to the request's whole KV."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement decode")
+
+    # ---- CUDA graphs -----------------------------------------------------------------------------
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
+        """Allocate the static buffers captured graphs will read."""
+
+    def init_forward_metadata_capture(self, fb: ForwardBatch) -> None:
+        self.init_forward_metadata(fb)
+
+    def init_forward_metadata_replay(self, fb: ForwardBatch) -> None:
+        self.init_forward_metadata(fb)
+
+    def cuda_graph_seq_len_fill_value(self) -> int:
+        return 1

@@ -1,0 +1,110 @@
+"""The base every component kind shares: identity, priority, capabilities and availability.
+
+A component is a class. Its class attributes say what it is and what it supports; `availability()`
+says whether this machine can run it. Neither may import a heavy package (triton, flashinfer,
+xgrammar…): discovery and `jackfield plugins` call them for every registered component. The heavy
+import happens when the component is chosen and constructed.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+KINDS = ("attention", "quantization", "moe", "speculative", "grammar", "model", "lora")
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a component can run here; when it cannot, `reason` says precisely why."""
+
+    ok: bool
+    reason: str = ""
+
+    @classmethod
+    def yes(cls, note: str = "") -> "Availability":
+        return cls(True, note)
+
+    @classmethod
+    def no(cls, reason: str) -> "Availability":
+        return cls(False, reason)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a component supports. Auto-selection checks these against the run's SelectionContext."""
+
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")
+    features: frozenset[str] = field(default_factory=frozenset)
+    min_compute_capability: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class SelectionContext:
+    """The facts a component is matched against: device, dtype and what the model needs."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    compute_capability: tuple[int, int] | None = None
+    required_features: frozenset[str] = field(default_factory=frozenset)
+    architectures: tuple[str, ...] = ()
+    quantization: str | None = None
+
+
+class Component:
+    """Base class of every pluggable component (attention backend, quantization method, …)."""
+
+    kind: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    priority: ClassVar[int] = 0
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    description: ClassVar[str] = ""
+    requires_packages: ClassVar[tuple[str, ...]] = ()
+    """Import names that must be installed; checked with find_spec, never imported at discovery."""
+
+    @classmethod
+    def availability(cls) -> Availability:
+        """Can this component run on this machine at all? Override to add checks (CUDA, SM …)."""
+        for pkg in cls.requires_packages:
+            if importlib.util.find_spec(pkg) is None:
+                return Availability.no(f"Python package '{pkg}' is not installed")
+        if "cpu" not in cls.capabilities.devices and not cuda_available():
+            return Availability.no("needs a CUDA device and none is visible")
+        return Availability.yes()
+
+    @classmethod
+    def incompatibilities(cls, ctx: SelectionContext) -> list[str]:
+        """Reasons this component cannot serve `ctx`; an empty list means compatible."""
+        caps, reasons = cls.capabilities, []
+        if ctx.device not in caps.devices:
+            reasons.append(f"device '{ctx.device}' not supported (supports {', '.join(caps.devices)})")
+        if ctx.dtype not in caps.dtypes:
+            reasons.append(f"dtype '{ctx.dtype}' not supported (supports {', '.join(caps.dtypes)})")
+        missing = sorted(ctx.required_features - caps.features)
+        if missing:
+            reasons.append(f"lacks required feature(s): {', '.join(missing)}")
+        need = caps.min_compute_capability
+        if need and ctx.device == "cuda" and ctx.compute_capability and ctx.compute_capability < need:
+            have = ctx.compute_capability
+            reasons.append(f"compute capability {have[0]}.{have[1]} < required {need[0]}.{need[1]}")
+        return reasons
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def require_cuda(min_cc: tuple[int, int] | None = None) -> Availability:
+    """Shared check for GPU-only components: a CUDA device, optionally of a minimum SM version."""
+    if not cuda_available():
+        return Availability.no("needs a CUDA device and none is visible")
+    if min_cc:
+        import torch
+
+        cc = torch.cuda.get_device_capability()
+        if cc < min_cc:
+            return Availability.no(f"compute capability {cc[0]}.{cc[1]} < required {min_cc[0]}.{min_cc[1]}")
+    return Availability.yes()

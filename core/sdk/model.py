@@ -1,0 +1,94 @@
+"""Model architectures: the base class every architecture plugin subclasses.
+
+A CausalLM is an nn.Module built from the SDK's layers (jackfield.sdk.layers). The model runner
+calls `forward(input_ids, positions, fb)` to get hidden states for every token of the batch and
+`compute_logits(hidden)` on the rows that need logits. Weights arrive as (name, tensor) pairs in
+Hugging Face naming; `stacked_params` declares which checkpoint tensors are fused into one
+parameter (q/k/v -> qkv_proj, gate/up -> gate_up_proj), the way nano-vllm's
+`packed_modules_mapping` does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable
+
+import torch
+from torch import nn
+
+from jackfield.sdk.component import Component
+from jackfield.sdk.forward_batch import ForwardBatch
+from jackfield.sdk.model_config import ModelConfig
+from jackfield.sdk.quant import QuantizationMethod
+
+
+@dataclass(frozen=True)
+class ModelBuildContext:
+    quant: QuantizationMethod
+    dtype: torch.dtype
+    device: torch.device
+    moe: Any = None   # MoEDispatcher, for architectures with expert layers
+    lora: Any = None  # LoRABackend, when adapters are served
+
+
+class CausalLM(nn.Module, Component):
+    kind: ClassVar[str] = "model"
+    architectures: ClassVar[tuple[str, ...]] = ()
+    # checkpoint suffix -> (fused parameter suffix, shard id)
+    stacked_params: ClassVar[tuple[tuple[str, str, str], ...]] = (
+        ("q_proj", "qkv_proj", "q"), ("k_proj", "qkv_proj", "k"), ("v_proj", "qkv_proj", "v"),
+        ("gate_proj", "gate_up_proj", 0), ("up_proj", "gate_up_proj", 1),
+    )
+    ignored_weights: ClassVar[tuple[str, ...]] = ("rotary_emb.inv_freq",)
+
+    def __init__(self, config: ModelConfig, ctx: ModelBuildContext):
+        nn.Module.__init__(self)
+        self.config, self.ctx = config, ctx
+
+    @classmethod
+    def required_features(cls, config: ModelConfig) -> frozenset[str]:
+        """Attention features this model needs from the backend (e.g. sliding_window)."""
+        return frozenset({"sliding_window"}) if config.sliding_window else frozenset()
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load HF-named tensors; every parameter must be covered, else ValueError names the gaps."""
+        modules = dict(self.named_modules())
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if any(name.endswith(s) for s in self.ignored_weights):
+                continue
+            if self.config.tie_word_embeddings and name == "lm_head.weight":
+                continue
+            target, shard = name, None
+            for ckpt, fused, shard_id in self.stacked_params:
+                if f".{ckpt}." in name:
+                    target, shard = name.replace(f".{ckpt}.", f".{fused}."), shard_id
+                    break
+            mod_name, _, pname = target.rpartition(".")
+            module = modules.get(mod_name)
+            if module is None or target not in params:
+                raise ValueError(f"checkpoint tensor '{name}' has no matching parameter in {type(self).__name__}")
+            loader = getattr(module, "weight_loader", None)
+            if loader is not None:
+                loader(pname, tensor, shard)
+            else:
+                with torch.no_grad():
+                    if params[target].shape != tensor.shape:
+                        raise ValueError(f"shape mismatch for '{name}': checkpoint {tuple(tensor.shape)} "
+                                         f"vs parameter {tuple(params[target].shape)}")
+                    params[target].copy_(tensor)
+            loaded.add(target)
+        missing = sorted(set(params) - loaded)
+        if missing:
+            raise ValueError(f"weights missing from the checkpoint: {', '.join(missing[:8])}"
+                             + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+        for module in self.modules():
+            finish = getattr(module, "process_weights_after_loading", None)
+            if finish is not None:
+                finish()

@@ -1,0 +1,114 @@
+"""ModelConfig: the one normalized view of a model's hyper-parameters.
+
+Built once at the boundary from a Hugging Face config (a config.json dict, or the dict the GGUF
+loader derives from GGUF metadata). No layer, backend or quantizer reads the HF config after this.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    theta: float = 10000.0
+    rotary_dim: int = 128
+    scaling_type: str | None = None  # None | "linear" | "llama3" | "yarn" | "dynamic"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int | None = None
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float = 1.0
+    mscale_all_dim: float = 0.0
+    attention_factor: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architectures: tuple[str, ...]
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    rope: RopeConfig
+    hidden_act: str = "silu"
+    attention_bias: bool = False
+    sliding_window: int | None = None
+    torch_dtype: str | None = None
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    quantization: str | None = None
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+
+    @property
+    def context_length(self) -> int:
+        return self.max_position_embeddings
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any]) -> "ModelConfig":
+        hf = dict(hf.get("text_config") or {}, **{k: v for k, v in hf.items() if k != "text_config"})
+        num_heads = hf["num_attention_heads"]
+        head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
+        eos = hf.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
+        quant = hf.get("quantization_config") or {}
+        use_sw = hf.get("use_sliding_window", hf.get("model_type") == "mistral")
+        return cls(
+            architectures=tuple(hf.get("architectures") or ()),
+            model_type=hf.get("model_type", ""),
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf.get("intermediate_size", 4 * hf["hidden_size"]),
+            num_layers=hf["num_hidden_layers"],
+            num_heads=num_heads,
+            num_kv_heads=hf.get("num_key_value_heads") or num_heads,
+            head_dim=head_dim,
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            max_position_embeddings=hf.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            rope=_rope_from_hf(hf, head_dim),
+            hidden_act=hf.get("hidden_act", "silu"),
+            attention_bias=bool(hf.get("attention_bias", False)),
+            sliding_window=hf.get("sliding_window") if use_sw else None,
+            torch_dtype=str(hf.get("torch_dtype") or hf.get("dtype") or "") or None,
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_ids=eos_ids,
+            quantization=quant.get("quant_method"),
+            num_experts=hf.get("num_experts") or hf.get("num_local_experts") or 0,
+            num_experts_per_tok=hf.get("num_experts_per_tok") or 0,
+            moe_intermediate_size=hf.get("moe_intermediate_size") or 0,
+        )
+
+
+def _rope_from_hf(hf: dict[str, Any], head_dim: int) -> RopeConfig:
+    scaling = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
+    theta = scaling.get("rope_theta", hf.get("rope_theta", 10000.0))
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "default":
+        kind = None
+    rotary_dim = int(head_dim * hf.get("partial_rotary_factor", 1.0))
+    return RopeConfig(
+        theta=float(theta),
+        rotary_dim=rotary_dim,
+        scaling_type=kind,
+        factor=float(scaling.get("factor", 1.0)),
+        low_freq_factor=float(scaling.get("low_freq_factor", 1.0)),
+        high_freq_factor=float(scaling.get("high_freq_factor", 4.0)),
+        original_max_position_embeddings=scaling.get("original_max_position_embeddings"),
+        beta_fast=float(scaling.get("beta_fast", 32.0)),
+        beta_slow=float(scaling.get("beta_slow", 1.0)),
+        mscale=float(scaling.get("mscale", 1.0)),
+        mscale_all_dim=float(scaling.get("mscale_all_dim", 0.0)),
+        attention_factor=scaling.get("attention_factor"),
+    )

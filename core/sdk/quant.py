@@ -1,0 +1,62 @@
+"""Quantization methods: how each linear layer's weights are created, loaded and applied.
+
+A QuantizationMethod is chosen once per engine. Every linear layer of the model asks it for a
+LinearMethod (by the layer's prefix, so a method can leave some layers unquantized) and from then
+on calls only the LinearMethod: `create_weights` at construction, `load` for each checkpoint
+tensor (shard-aware, for fused qkv / gate_up layers), `process_weights_after_loading` once after
+all weights are in (repacking, scale computation, FP8 conversion…), `apply` on the hot path.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from jackfield.sdk.component import Component, SelectionContext
+from jackfield.sdk.model_config import ModelConfig
+
+
+class LinearMethod:
+    """Plain (non-plugin-dispatched) per-layer object; `apply` runs on the hot path."""
+
+    def create_weights(self, layer: nn.Module, in_features: int, out_features: int, bias: bool,
+                       dtype: torch.dtype, device: torch.device | str) -> None:
+        raise NotImplementedError
+
+    def load(self, layer: nn.Module, param_name: str, tensor: torch.Tensor, shard_offset: int, shard_size: int) -> None:
+        """Copy `tensor` into rows [shard_offset, shard_offset+shard_size) of parameter `param_name`."""
+        param = getattr(layer, param_name)
+        if tensor.shape[0] != shard_size or tensor.shape[1:] != param.shape[1:]:
+            raise ValueError(f"weight shape {tuple(tensor.shape)} does not fit {param_name} shard of "
+                             f"{shard_size} rows x {tuple(param.shape[1:])}")
+        with torch.no_grad():
+            param[shard_offset:shard_offset + shard_size].copy_(tensor)
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        pass
+
+    def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class QuantizationMethod(Component):
+    kind: ClassVar[str] = "quantization"
+    checkpoint_formats: ClassVar[tuple[str | None, ...]] = ()
+    """Checkpoint quantization names (HF `quantization_config.quant_method`) this method loads;
+    `None` in the tuple means plain unquantized checkpoints."""
+    converts_on_load: ClassVar[bool] = False
+    """True when the method can quantize a plain checkpoint at load time (online quantization)."""
+
+    def __init__(self, model_config: ModelConfig):
+        self.model_config = model_config
+
+    def linear_method(self, prefix: str) -> LinearMethod:
+        raise NotImplementedError
+
+    @classmethod
+    def incompatibilities(cls, ctx: SelectionContext) -> list[str]:
+        reasons = super().incompatibilities(ctx)
+        if ctx.quantization not in cls.checkpoint_formats and not (ctx.quantization is None and cls.converts_on_load):
+            reasons.append(f"cannot load checkpoints quantized as {ctx.quantization!r}")
+        return reasons

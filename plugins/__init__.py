@@ -1,0 +1,1 @@
+"""Built-in jackfield plugins. Each module is registered under the `jackfield` entry-point group."""
