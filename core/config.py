@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -114,8 +115,12 @@ def _env_values(env: dict[str, str]) -> dict[str, tuple[Any, str]]:
         if key not in fields:
             raise ConfigError(f"unknown setting '{key}' (from env:{var}={raw!r})")
         value: Any = raw
-        if fields[key].annotation is not str and raw[:1] in "{[":
-            value = json.loads(raw)
+        if typing.get_origin(fields[key].annotation) in (dict, list):
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"invalid value {raw!r} for setting '{key}' (from env:{var}): "
+                                  f"expected JSON ({exc})") from None
         out[key] = (value, f"env:{var}")
     return out
 

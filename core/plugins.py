@@ -76,8 +76,11 @@ def load_plugins(env: dict[str, str] | None = None, extra: Iterable[tuple[str, o
         try:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
+            _check_known_hooks(pm, plugin)
             records.append(PluginRecord(ep.name, ep.value, dist, version, "loaded"))
         except Exception as exc:  # a broken plugin must never stop startup
+            if pm.has_plugin(ep.name):
+                pm.unregister(name=ep.name)
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             log.warning("plugin %s (%s) failed to load: %s", ep.name, dist, detail)
             records.append(PluginRecord(ep.name, ep.value, dist, version, "failed", detail))
@@ -86,3 +89,11 @@ def load_plugins(env: dict[str, str] | None = None, extra: Iterable[tuple[str, o
         records.append(PluginRecord(name, getattr(plugin, "__name__", type(plugin).__name__), "<in-process>", "", "loaded"))
     pm.check_pending()
     return pm, records
+
+
+def _check_known_hooks(pm: pluggy.PluginManager, plugin: object) -> None:
+    """`pm.check_pending` for one plugin: a hook implementation with no spec fails that plugin only
+    (say, one written for a newer jackfield), instead of the whole plugin manager."""
+    for caller in pm.get_hookcallers(plugin) or []:
+        if not caller.has_spec() and any(i.plugin is plugin and not i.optionalhook for i in caller.get_hookimpls()):
+            raise pluggy.PluginValidationError(plugin, f"implements unknown hook '{caller.name}'")

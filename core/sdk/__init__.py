@@ -2,6 +2,8 @@
 from jackfield.hookspecs import hookimpl
 from jackfield.sdk.attention import AttentionBackend, AttentionLayerInfo, AttentionRuntime
 from jackfield.sdk.component import Availability, Capabilities, Component, SelectionContext, require_cuda
+from jackfield.sdk.decoder_lm import DecoderCausalLM
+from jackfield.sdk.layers.decoder import DecoderOptions
 from jackfield.sdk.forward_batch import ForwardBatch, ForwardMode
 from jackfield.sdk.grammar import Grammar, GrammarBackend, GrammarSpec
 from jackfield.sdk.kv_cache import KVPool
@@ -13,7 +15,7 @@ from jackfield.sdk.quant import LinearMethod, QuantizationMethod
 from jackfield.sdk.spec import DraftProposal, SpeculativeDecoder, SpecInput, SpecRuntime
 
 __all__ = [
-    "hookimpl", "AttentionBackend", "AttentionLayerInfo", "AttentionRuntime", "Availability",
+    "hookimpl", "DecoderCausalLM", "DecoderOptions", "AttentionBackend", "AttentionLayerInfo", "AttentionRuntime", "Availability",
     "Capabilities", "Component", "SelectionContext", "require_cuda", "ForwardBatch", "ForwardMode",
     "Grammar", "GrammarBackend", "GrammarSpec", "KVPool", "LoRABackend", "LoRARuntime", "CausalLM",
     "ModelBuildContext", "ModelConfig", "RopeConfig", "MoEConfig", "MoEDispatcher", "LinearMethod",

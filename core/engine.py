@@ -1,0 +1,144 @@
+"""The offline Engine: `Engine(model=None, **settings)`, then generate / chat / generate_stream.
+
+The scheduler runs in a background thread of this process; requests and outputs cross with the
+same io_struct messages the server sends over ZMQ.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import replace
+from typing import Any, AsyncIterator
+
+from jackfield.config import settings_for
+from jackfield.engine_loop import EngineLoop, EngineInfo
+from jackfield.io_struct import TokenizedGenerateReq
+from jackfield.sampling.params import SamplingParams
+from jackfield.tokenizer.request_text import RequestText
+
+log = logging.getLogger(__name__)
+_ids = itertools.count()
+
+
+class Engine:
+    def __init__(self, model: str | None = None, progress: bool = False, **settings: Any):
+        if model is not None:
+            settings["model"] = model
+        self.settings = settings_for(**settings)
+        self.loop = EngineLoop(self.settings, progress=progress)
+        self.tokenizer = self.loop.tokenizer
+        self.info: EngineInfo = self.loop.info
+
+    # ---- requests ---------------------------------------------------------------------------
+    def _params(self, sampling_params: dict | SamplingParams | None) -> SamplingParams:
+        if isinstance(sampling_params, SamplingParams):
+            return sampling_params
+        return SamplingParams.from_dict(sampling_params, vocab_size=self.info.model_config.vocab_size)
+
+    def _encode(self, prompt: str | list[int], add_special_tokens: bool = True) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this model has no tokenizer: pass token ids instead of text")
+            return self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+        if not all(isinstance(t, int) for t in prompt):
+            raise ValueError("a prompt must be a string or a list of token ids")
+        return list(prompt)
+
+    def _submit(self, ids: list[int], params: SamplingParams, stream: bool = False) -> str:
+        rid = f"engine-{next(_ids)}"
+        self.loop.submit(TokenizedGenerateReq(rid, ids, params, stream=stream))
+        return rid
+
+    def _collect(self, rid: str, params: SamplingParams) -> dict:
+        text = RequestText(self.tokenizer, params) if self.tokenizer is not None else None
+        tokens, logprobs = [], []
+        while True:
+            out = self.loop.get(rid)
+            tokens += out.new_token_ids
+            if out.logprobs:
+                logprobs += out.logprobs
+            if text is not None:
+                text.feed(out.new_token_ids, out.finished)
+            if out.finished is not None:
+                self.loop.forget(rid)
+                return _result(text.text if text else "", tokens, out, logprobs if params.logprobs else None)
+
+    def generate(self, prompt, sampling_params: dict | SamplingParams | None = None, add_special_tokens: bool = True):
+        """Generate for one prompt (returns a dict) or a list of prompts (returns a list of dicts).
+
+        A prompt is a string or a list of token ids. With n > 1 a prompt's dict holds a list of
+        completions under "choices" (each with text, token_ids, finish_reason).
+        """
+        params = self._params(sampling_params)
+        single = isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], int))
+        prompts = [prompt] if single else list(prompt)
+        encoded = [self._encode(p, add_special_tokens) for p in prompts]
+        sub = replace(params, n=1)
+        rids = [[self._submit(ids, sub) for _ in range(params.n)] for ids in encoded]
+        results = []
+        for group in rids:
+            outs = [self._collect(rid, sub) for rid in group]
+            results.append(outs[0] if params.n == 1 else _merge_choices(outs))
+        return results[0] if single else results
+
+    def chat(self, messages: list[dict], sampling_params: dict | None = None, **template_kwargs):
+        """Apply the model's chat template to `messages` and generate the assistant reply."""
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer, so it has no chat template")
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, **template_kwargs)
+        return self.generate(prompt, sampling_params, add_special_tokens=False)
+
+    async def generate_stream(self, prompt, sampling_params: dict | None = None) -> AsyncIterator[dict]:
+        """Yield {"text": delta, "token_ids": new ids, "finished", "finish_reason", "usage"} chunks."""
+        params = replace(self._params(sampling_params), n=1)
+        rid = self._submit(self._encode(prompt), params, stream=True)
+        text = RequestText(self.tokenizer, params) if self.tokenizer is not None else None
+        try:
+            while True:
+                out = await asyncio.to_thread(self.loop.get, rid)
+                delta = text.feed(out.new_token_ids, out.finished) if text else ""
+                done = out.finished is not None
+                yield {"text": delta, "token_ids": out.new_token_ids, "finished": done,
+                       "finish_reason": out.finished.to_openai() if done else None, "usage": _usage(out)}
+                if done:
+                    return
+        finally:
+            self.loop.abort_and_forget(rid)
+
+    # ---- lifecycle --------------------------------------------------------------------------
+    def flush_cache(self) -> bool:
+        return self.loop.flush_cache()
+
+    def get_stats(self):
+        return self.loop.stats()
+
+    def shutdown(self) -> None:
+        self.loop.shutdown()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
+def _usage(out) -> dict:
+    return {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
+            "total_tokens": out.prompt_tokens + out.completion_tokens, "cached_tokens": out.cached_tokens}
+
+
+def _result(text: str, tokens: list[int], out, logprobs) -> dict:
+    res = {"text": text, "token_ids": tokens, "finish_reason": out.finished.to_openai(),
+           "finish_detail": out.finished.message or out.finished.matched, "usage": _usage(out)}
+    if logprobs is not None:
+        res["logprobs"] = [{"token_id": lp.token_id, "logprob": lp.logprob, "top_logprobs": lp.top} for lp in logprobs]
+    return res
+
+
+def _merge_choices(outs: list[dict]) -> dict:
+    usage = dict(outs[0]["usage"])
+    usage["completion_tokens"] = sum(o["usage"]["completion_tokens"] for o in outs)
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return {"text": outs[0]["text"], "token_ids": outs[0]["token_ids"], "finish_reason": outs[0]["finish_reason"],
+            "choices": outs, "usage": usage}

@@ -1,0 +1,140 @@
+"""EngineLoop: builds the runtime (model, scheduler, tokenizer) and drives the scheduler in a thread.
+
+Used by the offline Engine directly; the server's scheduler process runs the same Scheduler with
+ZMQ in place of these queues.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from jackfield.config import Settings
+from jackfield.io_struct import AbortReq, BatchOutput, FlushCacheOut, FlushCacheReq, GetStatsReq, ReqOutput, StatsOut
+from jackfield.model_runner import ModelRunner
+from jackfield.runtime_setup import setup_runtime
+from jackfield.scheduler.scheduler import Scheduler
+from jackfield.sdk.model_config import ModelConfig
+
+log = logging.getLogger(__name__)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What lifecycle hooks and /get_model_info see of a running engine."""
+
+    settings: Settings
+    model_config: ModelConfig
+    model_path: str
+    device: str
+    dtype: str
+    components: dict  # kind -> Choice.as_dict()
+    max_total_tokens: int
+    max_running_requests: int
+    context_len: int
+
+
+def load_tokenizer(settings: Settings, model_dir: Path):
+    from jackfield.tokenizer.tokenizer import Tokenizer
+
+    path = settings.tokenizer or (str(model_dir) if any((model_dir / f).exists() for f in TOKENIZER_FILES) else None)
+    return Tokenizer.load(path) if path else None
+
+
+def build_scheduler(settings: Settings, progress: bool = True) -> tuple[Scheduler, EngineInfo]:
+    setup = setup_runtime(settings)
+    tokenizer = load_tokenizer(settings, setup.source.path)
+    runner = ModelRunner(setup, progress=progress)
+    info = EngineInfo(settings, setup.model_config, setup.source.origin, str(runner.device),
+                      str(runner.dtype).removeprefix("torch."), {k: c.as_dict() for k, c in setup.choices.items()},
+                      runner.max_total_tokens, runner.max_running_requests, runner.context_len)
+    sched = Scheduler(runner, tokenizer)
+    sched.pm = setup.pm
+    return sched, info
+
+
+class EngineLoop:
+    def __init__(self, settings: Settings, progress: bool = True):
+        self.scheduler, self.info = build_scheduler(settings, progress)
+        self.tokenizer = self.scheduler.tokenizer
+        self._inbox: queue.Queue = queue.Queue()
+        self._outboxes: dict[str, queue.Queue] = {}
+        self._control: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="jackfield-scheduler", daemon=True)
+        self._thread.start()
+        _call_hook(self.scheduler.pm, "jackfield_engine_started", self.info)
+
+    def submit(self, msg) -> None:
+        with self._lock:
+            self._outboxes[msg.rid] = queue.Queue()
+        self._inbox.put(msg)
+
+    def get(self, rid: str) -> ReqOutput:
+        return self._outboxes[rid].get()
+
+    def forget(self, rid: str) -> None:
+        with self._lock:
+            self._outboxes.pop(rid, None)
+
+    def abort_and_forget(self, rid: str) -> None:
+        if rid in self._outboxes:
+            self._inbox.put(AbortReq(rid))
+            self.forget(rid)
+
+    def flush_cache(self) -> bool:
+        self._inbox.put(FlushCacheReq())
+        out: FlushCacheOut = self._control.get()
+        return out.ok
+
+    def stats(self) -> StatsOut:
+        self._inbox.put(GetStatsReq())
+        return self._control.get()
+
+    def _dispatch(self, outs: list) -> None:
+        for out in outs:
+            if isinstance(out, BatchOutput):
+                for ro in out.outputs:
+                    box = self._outboxes.get(ro.rid)
+                    if box is not None:
+                        box.put(ro)
+            else:
+                self._control.put(out)
+
+    def _run(self) -> None:
+        sched = self.scheduler
+        while not self._stop.is_set():
+            try:
+                msg = self._inbox.get(timeout=0.05) if not sched.has_work() else self._inbox.get_nowait()
+            except queue.Empty:
+                msg = None
+            while msg is not None:
+                self._dispatch(sched.handle(msg))
+                try:
+                    msg = self._inbox.get_nowait()
+                except queue.Empty:
+                    msg = None
+            if sched.has_work():
+                try:
+                    self._dispatch(sched.step())
+                except Exception as exc:  # a failing forward fails its requests, not the engine
+                    log.exception("scheduler step failed")
+                    self._dispatch(sched.abort_all(f"internal error: {type(exc).__name__}: {exc}"))
+
+    def shutdown(self) -> None:
+        if self._stop.is_set():
+            return
+        _call_hook(self.scheduler.pm, "jackfield_engine_stopping", self.info)
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def _call_hook(pm, name: str, info: EngineInfo) -> None:
+    try:
+        getattr(pm.hook, name)(engine=info)
+    except Exception:
+        log.exception("plugin hook %s failed", name)

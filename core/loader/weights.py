@@ -1,0 +1,58 @@
+"""Checkpoint readers: safetensors (single or sharded) and random dummy weights."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from tqdm import tqdm
+
+
+def safetensors_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [model_dir / s for s in shards]
+    else:
+        files = sorted(model_dir.glob("*.safetensors"))
+    missing = [f for f in files if not f.exists()]
+    if not files or missing:
+        raise FileNotFoundError(f"no safetensors weights in {model_dir}"
+                                + (f" (missing shards: {', '.join(m.name for m in missing)})" if missing else ""))
+    return files
+
+
+def iter_safetensors(model_dir: Path, progress: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    files = safetensors_files(model_dir)
+    handles = []
+    for f in files:
+        try:
+            handles.append(safe_open(str(f), framework="pt"))
+        except Exception as exc:
+            raise ValueError(f"cannot read weights file {f}: {exc}") from exc
+    total = sum(len(list(h.keys())) for h in handles)
+    bar = tqdm(total=total, desc="Loading weights", unit="tensor", disable=not progress, leave=False)
+    for h in handles:
+        for name in h.keys():
+            yield name, h.get_tensor(name)
+            bar.update(1)
+    bar.close()
+
+
+def init_dummy_weights(model: torch.nn.Module, seed: int) -> None:
+    """Random weights for benchmarks: small uniform values keep activations finite in bf16."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or "layernorm" in name:
+                p.fill_(1.0)
+                continue
+            cpu = torch.empty(p.shape, dtype=torch.float32).uniform_(-0.02, 0.02, generator=gen)
+            p.copy_(cpu.to(p.dtype))
+    for module in model.modules():
+        finish = getattr(module, "process_weights_after_loading", None)
+        if finish is not None:
+            finish()

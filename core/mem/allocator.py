@@ -1,0 +1,144 @@
+"""TokenAllocator: which KV-pool slots are free, managed in pages.
+
+Slot s lives in page s // page_size. Page 0 (slots 0..page_size-1) is reserved for dummy writes and
+is never handed out; usable pages are 1..num_pages. Accounting is exact: `available_size()` is the
+number of free pages times page_size. A page belongs to exactly one owner (a request or a radix
+node), so freeing any slot of a page frees the whole page; freeing a page that is already free
+raises RuntimeError. Allocation takes the lowest free pages first. Allocations either succeed
+completely or return None and allocate nothing.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class TokenAllocator:
+    def __init__(self, num_pages: int, page_size: int, device: torch.device | str):
+        if num_pages < 1 or page_size < 1:
+            raise ValueError(f"TokenAllocator needs num_pages >= 1 and page_size >= 1, got {num_pages}, {page_size}")
+        self.num_pages = num_pages
+        self.page_size = page_size
+        self.device = torch.device(device)
+        self.clear()
+
+    @property
+    def capacity(self) -> int:
+        """Usable token slots (the reserved page excluded)."""
+        return self.num_pages * self.page_size
+
+    def clear(self) -> None:
+        """Mark every usable page free."""
+        self._free_pages = torch.arange(1, self.num_pages + 1, dtype=torch.int64, device=self.device)
+        self._released: list[torch.Tensor] = []
+        self._num_released = 0
+        self._page_free = torch.ones(self.num_pages + 1, dtype=torch.bool, device=self.device)
+        self._page_free[0] = False
+
+    def num_free_pages(self) -> int:
+        return self._free_pages.numel() + self._num_released
+
+    def available_size(self) -> int:
+        """Free token slots: free pages x page_size."""
+        return self.num_free_pages() * self.page_size
+
+    def _merge_released(self) -> None:
+        if self._released:
+            merged = torch.cat([self._free_pages, *self._released])
+            self._free_pages = torch.sort(merged).values
+            self._released, self._num_released = [], 0
+
+    def _take_pages(self, n: int) -> torch.Tensor | None:
+        if n > self.num_free_pages():
+            return None
+        self._merge_released()
+        pages = self._free_pages[:n]
+        self._free_pages = self._free_pages[n:]
+        self._page_free[pages] = False
+        return pages
+
+    def _pages_to_slots(self, pages: torch.Tensor) -> torch.Tensor:
+        offsets = torch.arange(self.page_size, dtype=torch.int64, device=self.device)
+        return (pages[:, None] * self.page_size + offsets).reshape(-1)
+
+    def alloc(self, n: int) -> torch.Tensor | None:
+        """Allocate n slots (whole pages; n must be a multiple of page_size). int64 or None."""
+        if n < 0 or n % self.page_size:
+            raise ValueError(f"alloc({n}): n must be a non-negative multiple of page_size {self.page_size}")
+        pages = self._take_pages(n // self.page_size)
+        return None if pages is None else self._pages_to_slots(pages)
+
+    def alloc_extend(self, prefix_lens, extend_lens, last_locs) -> torch.Tensor | None:
+        """Allocate slots for extend_lens[i] new tokens after prefix_lens[i] cached tokens, per request.
+
+        `last_locs[i]` is the slot of token prefix_lens[i]-1 (-1 when the prefix is empty). New tokens
+        first fill the free tail of that token's page, then take fresh pages. Returns the slots of
+        all requests concatenated in order (int64), or None, allocating nothing, if pages run short.
+        """
+        ps = self.page_size
+        p = torch.as_tensor(prefix_lens, dtype=torch.int64, device=self.device).reshape(-1)
+        e = torch.as_tensor(extend_lens, dtype=torch.int64, device=self.device).reshape(-1)
+        last = torch.as_tensor(last_locs, dtype=torch.int64, device=self.device).reshape(-1)
+        if not p.numel() == e.numel() == last.numel():
+            raise ValueError("alloc_extend: prefix_lens, extend_lens and last_locs differ in length")
+        if bool((p < 0).any()) or bool((e < 0).any()):
+            raise ValueError("alloc_extend: negative prefix or extend length")
+        total = int(e.sum())
+        if ps == 1:
+            return self.alloc(total)
+        prefix_pages = (p + ps - 1) // ps
+        need = (p + e + ps - 1) // ps - prefix_pages
+        partial = (p % ps != 0) & (e > 0)
+        if bool(partial.any()):
+            lp, pp = last[partial], p[partial]
+            if bool(((lp < 0) | (lp % ps != (pp - 1) % ps)).any()):
+                raise ValueError("alloc_extend: last_locs inconsistent with prefix_lens")
+            if bool(self._page_free[lp // ps].any()):
+                raise RuntimeError("alloc_extend: a request's partial last page is not allocated")
+        num_new = int(need.sum())
+        pages = self._take_pages(num_new)
+        if pages is None:
+            return None
+        if total == 0:
+            return torch.empty(0, dtype=torch.int64, device=self.device)
+        req = torch.repeat_interleave(torch.arange(p.numel(), device=self.device), e)
+        starts = torch.cumsum(e, 0) - e
+        pos = p[req] + torch.arange(total, device=self.device) - starts[req]
+        in_partial = pos < (prefix_pages * ps)[req]
+        partial_slot = last[req] + (pos - p[req] + 1)
+        if num_new == 0:
+            return partial_slot
+        page_idx = (torch.cumsum(need, 0) - need)[req] + pos // ps - prefix_pages[req]
+        new_slot = pages[page_idx.clamp(0, num_new - 1)] * ps + pos % ps
+        return torch.where(in_partial, partial_slot, new_slot)
+
+    def alloc_decode(self, seq_lens, last_locs) -> torch.Tensor | None:
+        """One slot per request; seq_lens include the new token. int64 slots or None."""
+        seq = torch.as_tensor(seq_lens, dtype=torch.int64, device=self.device).reshape(-1)
+        return self.alloc_extend(seq - 1, torch.ones_like(seq), last_locs)
+
+    def free(self, slots: torch.Tensor) -> None:
+        """Free the pages containing `slots`. Raises RuntimeError if any of them is already free."""
+        if slots.numel() == 0:
+            return
+        pages = torch.unique(slots.to(device=self.device, dtype=torch.int64) // self.page_size)
+        if bool((pages < 1).any()) or bool((pages > self.num_pages).any()):
+            raise ValueError(f"free: slots outside the usable pages 1..{self.num_pages}")
+        if bool(self._page_free[pages].any()):
+            dup = pages[self._page_free[pages]].tolist()
+            raise RuntimeError(f"double free of KV pages {dup[:8]}")
+        self._page_free[pages] = True
+        self._released.append(pages)
+        self._num_released += pages.numel()
+
+    def debug_check(self) -> None:
+        """Raise RuntimeError if the free list and the free-page mask disagree."""
+        self._merge_released()
+        fp = self._free_pages
+        if torch.unique(fp).numel() != fp.numel():
+            raise RuntimeError("allocator free list holds a page twice")
+        if fp.numel() and (int(fp.min()) < 1 or int(fp.max()) > self.num_pages):
+            raise RuntimeError("allocator free list holds an out-of-range page")
+        mask = torch.zeros_like(self._page_free)
+        mask[fp] = True
+        if not torch.equal(mask, self._page_free):
+            raise RuntimeError("allocator free list and free-page mask disagree")

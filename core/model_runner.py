@@ -1,0 +1,91 @@
+"""ModelRunner: owns the model, the KV pool and the attention backend; runs one forward per batch."""
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from jackfield.loader.weights import init_dummy_weights, iter_safetensors
+from jackfield.mem.allocator import TokenAllocator
+from jackfield.mem.req_to_token import ReqToTokenPool
+from jackfield.runtime_setup import RuntimeSetup
+from jackfield.sampling.sampler import Sampler
+from jackfield.sdk.attention import AttentionRuntime
+from jackfield.sdk.forward_batch import ForwardBatch
+from jackfield.sdk.kv_cache import KVPool
+from jackfield.sdk.model import ModelBuildContext
+
+log = logging.getLogger(__name__)
+CPU_DEFAULT_KV_BYTES = 1 << 30
+
+
+class ModelRunner:
+    def __init__(self, setup: RuntimeSetup, progress: bool = True):
+        self.setup = setup
+        s, cfg = setup.settings, setup.model_config
+        self.device, self.dtype, self.config = setup.device, setup.dtype, cfg
+        self.context_len = setup.context_len
+        t0 = time.perf_counter()
+        self.model = self._load_model(progress)
+        self.load_seconds = time.perf_counter() - t0
+        self.page_size = s.page_size
+        self.max_total_tokens = self._kv_capacity()
+        num_pages = self.max_total_tokens // self.page_size
+        self.max_total_tokens = num_pages * self.page_size
+        self.max_running_requests = s.max_running_requests or max(1, min(256 if self.device.type == "cuda" else 64,
+                                                                          self.max_total_tokens // 2))
+        self.req_to_token_pool = ReqToTokenPool(self.max_running_requests, self.context_len + 1, self.device)
+        self.kv_pool = KVPool(num_pages, self.page_size, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device)
+        self.allocator = TokenAllocator(num_pages, self.page_size, self.device)
+        runtime = AttentionRuntime(cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device,
+                                   self.page_size, self.kv_pool, self.req_to_token_pool.req_to_token,
+                                   self.max_running_requests, self.context_len + 1)
+        self.attn_backend = setup.choices["attention"].info.cls(runtime)
+        self.sampler = Sampler(cfg.vocab_size, self.max_running_requests + 1, self.device)
+
+    def _load_model(self, progress: bool) -> torch.nn.Module:
+        st, cfg = self.setup, self.config
+        quant = st.choices["quantization"].info.cls(cfg)
+        moe_choice = st.choices.get("moe")
+        ctx = ModelBuildContext(quant=quant, dtype=self.dtype, device=self.device,
+                                moe=moe_choice.info.cls if moe_choice and moe_choice.info and cfg.num_experts else None)
+        model_cls = st.choices["model"].info.cls
+        with torch.device(self.device):
+            model = model_cls(cfg, ctx, max_positions=self.context_len + 1)
+        if st.source.load_format == "dummy":
+            init_dummy_weights(model, st.settings.seed)
+        else:
+            model.load_weights(iter_safetensors(st.source.path, progress=progress))
+        return model.eval()
+
+    def _kv_capacity(self) -> int:
+        s, cfg = self.setup.settings, self.config
+        per_token = KVPool.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype)
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            frac = s.mem_fraction_static or 0.85
+            budget = int(total * frac) - (total - free)
+            if budget <= 0:
+                raise ValueError(f"no GPU memory left for the KV cache (mem_fraction_static={frac}); raise it")
+        else:
+            budget = s.kv_cache_bytes or CPU_DEFAULT_KV_BYTES
+        tokens = budget // per_token
+        if s.max_total_tokens:
+            tokens = min(tokens, s.max_total_tokens)
+        if tokens < self.page_size * 2:
+            raise ValueError(f"KV budget of {budget} bytes holds only {tokens} tokens ({per_token} bytes each)")
+        return int(tokens)
+
+    @torch.inference_mode()
+    def forward(self, fb: ForwardBatch) -> torch.Tensor:
+        """Run the model on one batch; returns logits for `fb.logits_indices` (default: last token per request)."""
+        self.attn_backend.init_forward_metadata(fb)
+        hidden = self.model(fb.input_ids, fb.positions, fb)
+        idx = fb.logits_indices
+        if idx is None:
+            if fb.mode.is_extend():
+                idx = fb.extend_start_loc.long() + fb.extend_seq_lens.long() - 1
+            else:
+                idx = torch.arange(fb.batch_size, device=hidden.device)
+        return self.model.compute_logits(hidden[idx])

@@ -1,0 +1,69 @@
+"""Startup decisions taken once per engine: device, dtype, model source, component selection."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from jackfield.config import Settings
+from jackfield.loader.source import ModelSource, resolve_model
+from jackfield.plugins import load_plugins
+from jackfield.registry import Registry, build_registry
+from jackfield.sdk.component import SelectionContext
+from jackfield.sdk.model_config import ModelConfig
+from jackfield.selection import Choice, choose_all
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class RuntimeSetup:
+    settings: Settings
+    source: ModelSource
+    model_config: ModelConfig
+    device: torch.device
+    dtype: torch.dtype
+    context_len: int
+    choices: dict[str, Choice]
+    registry: Registry
+    pm: object
+
+
+def resolve_device(settings: Settings) -> torch.device:
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is visible")
+    if settings.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(settings.device)
+
+
+def resolve_dtype(settings: Settings, device: torch.device, config: ModelConfig) -> torch.dtype:
+    if settings.dtype != "auto":
+        return DTYPES[settings.dtype]
+    if device.type == "cpu":
+        return torch.float32
+    return torch.float16 if config.torch_dtype in ("float16", "torch.float16") else torch.bfloat16
+
+
+def setup_runtime(settings: Settings, pm=None, plugin_records=None) -> RuntimeSetup:
+    if pm is None:
+        pm, plugin_records = load_plugins()
+    registry = build_registry(pm, plugin_records or [])
+    source = resolve_model(settings.model, settings.load_format)
+    config = ModelConfig.from_hf(source.hf_config)
+    device = resolve_device(settings)
+    dtype = resolve_dtype(settings, device, config)
+    context_len = settings.context_length or config.context_length
+    cc = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    probe = SelectionContext(device=device.type, dtype=str(dtype).removeprefix("torch."), compute_capability=cc,
+                             architectures=config.architectures, quantization=config.quantization)
+    from jackfield.selection import choose_model
+
+    model_cls = choose_model(registry, probe, dict(settings.plugin_choice)).info.cls
+    ctx = SelectionContext(device=probe.device, dtype=probe.dtype, compute_capability=cc,
+                           required_features=model_cls.required_features(config),
+                           architectures=config.architectures, quantization=config.quantization)
+    choices = choose_all(registry, settings, ctx)
+    return RuntimeSetup(settings, source, config, device, dtype, context_len, choices, registry, pm)

@@ -1,0 +1,158 @@
+"""Admission control: which waiting requests join the next prefill, and memory for decode steps.
+
+Budgets follow SGLang's PrefillAdder: a new request needs its extend tokens plus a reserve for the
+tokens it may still generate; running requests reserve their remaining tokens scaled by the
+new-token ratio, which decays while no retraction happens and jumps back up after one.
+"""
+from __future__ import annotations
+
+import torch
+
+from jackfield.io_struct import FinishReason
+from jackfield.scheduler.req import Req
+
+CLIP_MAX_NEW_TOKENS = 4096
+
+
+class Admission:
+    def __init__(self, scheduler, settings):
+        self.sched = scheduler
+        self.init_ratio = min(0.7 * settings.schedule_conservativeness, 1.0)
+        self.min_ratio = self.init_ratio * 0.14
+        self.decay = (self.init_ratio - self.min_ratio) / 600
+        self.new_token_ratio = self.init_ratio
+        self.chunk_size = settings.chunked_prefill_size if settings.chunked_prefill_size > 0 else None
+        self.max_prefill_tokens = settings.max_prefill_tokens
+
+    # ---- memory helpers ---------------------------------------------------------------------------
+    def _free_tokens(self) -> int:
+        s = self.sched
+        return s.runner.allocator.available_size() + s.tree_cache.evictable_size()
+
+    def _alloc(self, prefix_lens: list[int], ext_lens: list[int], last_locs: list[int]) -> torch.Tensor | None:
+        s = self.sched
+        need = sum(ext_lens) + s.runner.page_size * len(ext_lens)
+        if s.runner.allocator.available_size() < need:
+            s.tree_cache.evict(need - s.runner.allocator.available_size())
+        if s.runner.page_size == 1:
+            return s.runner.allocator.alloc(sum(ext_lens))
+        return s.runner.allocator.alloc_extend(prefix_lens, ext_lens, last_locs)
+
+    def _running_reserve(self) -> int:
+        s = self.sched
+        reqs = list(s.running.reqs) if s.running is not None else []
+        return int(sum(min(r.sampling_params.max_new_tokens - len(r.output_ids), CLIP_MAX_NEW_TOKENS)
+                       for r in reqs) * self.new_token_ratio)
+
+    # ---- prefill ------------------------------------------------------------------------------------
+    def schedule_prefill(self, num_running: int):
+        """Pick requests for one extend forward; returns (reqs, slots) or None."""
+        s = self.sched
+        if not s.waiting and s.chunked_req is None:
+            return None
+        page = s.runner.page_size
+        rem_chunk = self.chunk_size or 1 << 62
+        rem_input = self.max_prefill_tokens
+        rem_total = self._free_tokens() - self._running_reserve()
+        chosen: list[Req] = []
+        slot_parts: list[torch.Tensor] = []
+        if s.chunked_req is not None:
+            r = s.chunked_req
+            r.extend_len = min(r.remaining_prefill, rem_chunk)
+            if r.extend_len < r.remaining_prefill:
+                r.extend_len = max(page, r.extend_len // page * page)
+            slots = self._alloc([r.kv_len], [r.extend_len], [self._last_loc(r)])
+            if slots is None:
+                return None
+            chosen.append(r)
+            slot_parts.append(slots)
+            rem_chunk -= r.extend_len
+            rem_input -= r.extend_len
+            rem_total -= r.extend_len
+        s.policy.calc_priority(s.waiting)
+        max_running = s.runner.max_running_requests
+        for r in list(s.waiting):
+            if num_running + len(chosen) >= max_running or s.runner.req_to_token_pool.available_size() == 0:
+                break
+            if rem_chunk <= 0 or rem_input <= 0:
+                break
+            r.match_prefix(s.tree_cache)
+            prefix = len(r.prefix_indices)
+            ext = len(r.all_ids) - prefix
+            future = min(r.sampling_params.max_new_tokens - len(r.output_ids), CLIP_MAX_NEW_TOKENS)
+            chunked = ext > rem_chunk
+            if chunked:
+                if s.chunked_req is not None:
+                    break  # one chunked request at a time
+                ext = rem_chunk // page * page
+                if ext <= 0:
+                    break
+                need = ext
+            else:
+                need = ext + future + page
+            if need > rem_total or (ext > rem_input and chosen):
+                break
+            s.tree_cache.inc_lock_ref(r.last_node)
+            pool_idx = s.runner.req_to_token_pool.alloc()
+            slots = self._alloc([prefix], [ext], [int(r.prefix_indices[-1]) if prefix else -1]) if pool_idx is not None else None
+            if slots is None:
+                s.tree_cache.dec_lock_ref(r.last_node)
+                if pool_idx is not None:
+                    s.runner.req_to_token_pool.free(pool_idx)
+                break
+            r.req_pool_idx, r.extend_len, r.cache_protected_len = pool_idx, ext, prefix
+            if r.cached_tokens < 0:
+                r.cached_tokens = min(prefix, len(r.origin_input_ids))
+                s.stats.prompt_tokens += len(r.origin_input_ids)
+                s.stats.cached_tokens += r.cached_tokens
+            s.waiting.remove(r)
+            chosen.append(r)
+            slot_parts.append(slots)
+            rem_chunk -= ext
+            rem_input -= ext
+            rem_total -= need
+            if chunked:
+                s.chunked_req = r
+                break
+        if not chosen:
+            return None
+        return chosen, torch.cat(slot_parts)
+
+    def _last_loc(self, r: Req) -> int:
+        if r.kv_len == 0:
+            return -1
+        return int(self.sched.runner.req_to_token_pool.req_to_token[r.req_pool_idx, r.kv_len - 1])
+
+    # ---- decode -------------------------------------------------------------------------------------
+    def reserve_decode(self, batch, finished: list[Req]) -> bool:
+        """Make room for one more token per running request, retracting requests if needed."""
+        s = self.sched
+        page = s.runner.page_size
+        retracted = False
+        while len(batch):
+            need = len(batch) if page == 1 else sum(1 for n in batch.seq_lens_cpu if n % page == 0)
+            avail = s.runner.allocator.available_size()
+            if avail < need * page:
+                s.tree_cache.evict(need * page - avail)
+                avail = s.runner.allocator.available_size()
+            if avail >= need * page:
+                break
+            if len(batch) == 1:
+                r = batch.reqs[0]
+                r.finished_reason = FinishReason("abort", message="out of KV cache memory even for one request")
+                s._release(r, finished)
+                batch.filter([])
+                return False
+            victim = min(range(len(batch)), key=lambda i: (len(batch.reqs[i].output_ids), -len(batch.reqs[i].origin_input_ids)))
+            r = batch.reqs[victim]
+            batch.filter([i for i in range(len(batch)) if i != victim])
+            s.retract(r)
+            retracted = True
+        if retracted:
+            reqs = batch.reqs
+            gen = sum(len(r.output_ids) for r in reqs)
+            total = sum(r.sampling_params.max_new_tokens for r in reqs)
+            self.new_token_ratio = min(1.0, (gen + 20 * len(reqs)) / (total + 1))
+        else:
+            self.new_token_ratio = max(self.min_ratio, self.new_token_ratio - self.decay)
+        return len(batch) > 0

@@ -1,0 +1,71 @@
+"""Req: one generation request's state inside the scheduler."""
+from __future__ import annotations
+
+import torch
+
+from jackfield.io_struct import FinishReason, TokenizedGenerateReq, TokenLogprob
+from jackfield.sampling.params import SamplingParams
+
+EMPTY = torch.empty(0, dtype=torch.int64)
+
+
+class Req:
+    def __init__(self, msg: TokenizedGenerateReq, arrival_seq: int):
+        self.rid = msg.rid
+        self.origin_input_ids: list[int] = list(msg.input_ids)
+        self.sampling_params: SamplingParams = msg.sampling_params
+        self.return_logprob = msg.sampling_params.logprobs
+        self.stream = msg.stream
+        self.arrival_seq = arrival_seq
+        self.output_ids: list[int] = []
+        # KV state: req_to_token[req_pool_idx, :kv_len] holds this request's committed KV slots.
+        self.req_pool_idx: int | None = None
+        self.kv_len = 0
+        self.prefix_indices: torch.Tensor = EMPTY  # slots matched in the tree (or owned) before this round
+        self.last_node = None
+        self.cache_protected_len = 0
+        self.extend_len = 0                         # tokens computed in the current round
+        self.cached_tokens = -1                     # prompt tokens served by the cache, set at first admission
+        self.finished_reason: FinishReason | None = None
+        self.to_abort = False
+        self.retractions = 0
+        self.sent_len = 0
+        self.logprobs: list[TokenLogprob] = []
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.origin_input_ids + self.output_ids
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_reason is not None
+
+    @property
+    def remaining_prefill(self) -> int:
+        """Tokens still to compute before the next sample (a retracted request recomputes its outputs)."""
+        return len(self.origin_input_ids) + len(self.output_ids) - self.kv_len
+
+    def match_prefix(self, tree_cache) -> None:
+        """Refresh prefix_indices/last_node from the tree (only for requests holding no KV)."""
+        ids = self.all_ids
+        match = tree_cache.match_prefix(ids[:max(len(ids) - 1, 0)])
+        self.prefix_indices, self.last_node = match.indices, match.last_node
+
+    def check_finished(self, eos_ids: tuple[int, ...], tokenizer, vocab_size: int) -> None:
+        p, out = self.sampling_params, self.output_ids
+        if not out:
+            return
+        last = out[-1]
+        if len(out) >= p.max_new_tokens:
+            self.finished_reason = FinishReason("length")
+        if len(out) < p.min_new_tokens:
+            return
+        if (not p.ignore_eos and last in eos_ids) or last in p.stop_token_ids:
+            self.finished_reason = FinishReason("stop", last)
+        elif p.stop and tokenizer is not None:
+            width = max(len(s) for s in p.stop) + 8
+            tail = tokenizer.decode(out[-width:], skip_special_tokens=p.skip_special_tokens)
+            for s in p.stop:
+                if s in tail:
+                    self.finished_reason = FinishReason("stop", s)
+                    break

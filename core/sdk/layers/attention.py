@@ -1,0 +1,44 @@
+"""Self-attention: fused qkv projection, optional per-head q/k norm, rotary, backend, output proj."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from jackfield.sdk.attention import AttentionLayerInfo
+from jackfield.sdk.forward_batch import ForwardBatch
+from jackfield.sdk.layers.linear import Linear
+from jackfield.sdk.layers.norm import RMSNorm
+from jackfield.sdk.layers.rotary import RotaryEmbedding
+from jackfield.sdk.model import ModelBuildContext
+from jackfield.sdk.model_config import ModelConfig
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_id: int, ctx: ModelBuildContext, prefix: str,
+                 qkv_bias: bool = False, qk_norm: bool = False, sliding_window: int | None = None,
+                 max_positions: int | None = None):
+        super().__init__()
+        c = config
+        self.q_size, self.kv_size = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        self.head_dim = c.head_dim
+        self.qkv_proj = Linear(c.hidden_size, (self.q_size, self.kv_size, self.kv_size), ctx,
+                               f"{prefix}.qkv_proj", bias=qkv_bias, shard_ids=("q", "k", "v"))
+        self.o_proj = Linear(self.q_size, (c.hidden_size,), ctx, f"{prefix}.o_proj")
+        if qk_norm:
+            self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps, ctx.dtype, ctx.device)
+            self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, ctx.dtype, ctx.device)
+        self.qk_norm = qk_norm
+        self.rotary = RotaryEmbedding(c.head_dim, c.rope, max_positions or c.max_position_embeddings, ctx.dtype, ctx.device)
+        self.info = AttentionLayerInfo(layer_id=layer_id, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
+                                       head_dim=c.head_dim, scaling=c.head_dim ** -0.5, sliding_window=sliding_window)
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
+        qkv = self.qkv_proj(hidden)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        if self.qk_norm:
+            t = q.shape[0]
+            q = self.q_norm(q.reshape(t, -1, self.head_dim)).reshape(t, -1)
+            k = self.k_norm(k.reshape(t, -1, self.head_dim)).reshape(t, -1)
+        q, k = self.rotary(positions, q, k)
+        out = fb.attn_backend.forward(q, k, v.contiguous(), self.info, fb)
+        return self.o_proj(out)

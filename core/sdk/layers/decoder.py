@@ -1,0 +1,64 @@
+"""The Llama-family decoder: embedding, N x (attention + gated MLP) with pre-norms, final norm.
+
+Architectures differ only in DecoderOptions (qkv bias, q/k norm, sliding window), so each model
+plugin is a few lines on top of this module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from jackfield.sdk.forward_batch import ForwardBatch
+from jackfield.sdk.layers.attention import SelfAttention
+from jackfield.sdk.layers.embedding import VocabEmbedding
+from jackfield.sdk.layers.mlp import GatedMLP
+from jackfield.sdk.layers.norm import RMSNorm
+from jackfield.sdk.model import ModelBuildContext
+from jackfield.sdk.model_config import ModelConfig
+
+
+@dataclass(frozen=True)
+class DecoderOptions:
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    sliding_window: int | None = None
+    max_positions: int | None = None
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_id: int, ctx: ModelBuildContext, opts: DecoderOptions, prefix: str):
+        super().__init__()
+        self.self_attn = SelfAttention(config, layer_id, ctx, f"{prefix}.self_attn", qkv_bias=opts.qkv_bias,
+                                       qk_norm=opts.qk_norm, sliding_window=opts.sliding_window,
+                                       max_positions=opts.max_positions)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, ctx, f"{prefix}.mlp", config.hidden_act)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx.dtype, ctx.device)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx.dtype, ctx.device)
+
+    def forward(self, positions, hidden, residual, fb: ForwardBatch):
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, fb)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class DecoderModel(nn.Module):
+    def __init__(self, config: ModelConfig, ctx: ModelBuildContext, opts: DecoderOptions, prefix: str = "model"):
+        super().__init__()
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, ctx.dtype, ctx.device)
+        self.layers = nn.ModuleList(DecoderLayer(config, i, ctx, opts, f"{prefix}.layers.{i}")
+                                    for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx.dtype, ctx.device)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
+        hidden, residual = self.embed_tokens(input_ids), None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual, fb)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden

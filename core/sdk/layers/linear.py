@@ -1,0 +1,36 @@
+"""Linear layers whose weights are owned by the selected quantization method.
+
+One class covers plain and fused projections: `shards` names the checkpoint tensors packed into
+this layer's output rows, in order (q/k/v for qkv_proj, 0/1 for gate_up_proj).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from jackfield.sdk.model import ModelBuildContext
+
+
+class Linear(nn.Module):
+    def __init__(self, in_features: int, out_sizes: tuple[int, ...], ctx: ModelBuildContext, prefix: str,
+                 bias: bool = False, shard_ids: tuple = (None,)):
+        super().__init__()
+        assert len(out_sizes) == len(shard_ids)
+        self.in_features, self.out_features = in_features, sum(out_sizes)
+        self.prefix = prefix
+        offsets = [sum(out_sizes[:i]) for i in range(len(out_sizes))]
+        self.shards = {sid: (off, size) for sid, off, size in zip(shard_ids, offsets, out_sizes)}
+        self.method = ctx.quant.linear_method(prefix)
+        self.method.create_weights(self, in_features, self.out_features, bias, ctx.dtype, ctx.device)
+
+    def weight_loader(self, param_name: str, tensor: torch.Tensor, shard_id=None) -> None:
+        if shard_id not in self.shards:
+            raise ValueError(f"{self.prefix}: unexpected shard {shard_id!r} (have {list(self.shards)})")
+        offset, size = self.shards[shard_id]
+        self.method.load(self, param_name, tensor, offset, size)
+
+    def process_weights_after_loading(self) -> None:
+        self.method.process_weights_after_loading(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method.apply(self, x)

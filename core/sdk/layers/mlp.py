@@ -1,0 +1,22 @@
+"""The gated MLP of Llama-family models: down(silu(gate(x)) * up(x)), gate and up fused."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from jackfield.sdk.layers.activation import silu_and_mul
+from jackfield.sdk.layers.linear import Linear
+from jackfield.sdk.model import ModelBuildContext
+
+
+class GatedMLP(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int, ctx: ModelBuildContext, prefix: str, act: str = "silu"):
+        super().__init__()
+        if act != "silu":
+            raise ValueError(f"unsupported MLP activation '{act}' (supported: silu)")
+        self.gate_up_proj = Linear(hidden_size, (intermediate_size, intermediate_size), ctx,
+                                   f"{prefix}.gate_up_proj", shard_ids=(0, 1))
+        self.down_proj = Linear(intermediate_size, (hidden_size,), ctx, f"{prefix}.down_proj")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))

@@ -1,0 +1,75 @@
+"""torch_native: the reference attention backend in plain PyTorch, over the paged KV pool.
+
+Runs on CPU and CUDA. Extend attends per request (prefix from the pool + new tokens, causal);
+decode gathers every request's keys into one padded batch and attends in a single masked matmul.
+Fast backends are tested against this one.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from jackfield.sdk import AttentionBackend, AttentionLayerInfo, Capabilities, ForwardBatch, hookimpl
+
+
+def _window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, layer: AttentionLayerInfo) -> torch.Tensor:
+    """Boolean [.., q, k] mask: causal, and within the sliding window when the layer has one."""
+    mask = k_pos.unsqueeze(-2) <= q_pos.unsqueeze(-1)
+    if layer.sliding_window:
+        mask &= k_pos.unsqueeze(-2) > q_pos.unsqueeze(-1) - layer.sliding_window
+    return mask
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, layer: AttentionLayerInfo) -> torch.Tensor:
+    """q [B, Hkv, G*Q, D] (or [B,Hkv,G,D]); k/v [B, Hkv, L, D]; mask broadcastable to scores."""
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * layer.scaling
+    if layer.logit_cap > 0:
+        scores = layer.logit_cap * torch.tanh(scores / layer.logit_cap)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), v.float())
+
+
+class TorchNativeBackend(AttentionBackend):
+    name = "torch_native"
+    priority = 10
+    capabilities = Capabilities(devices=("cpu", "cuda"), features=frozenset({"paged", "sliding_window", "logit_cap", "mixed"}))
+    description = "Reference attention in plain PyTorch (CPU and CUDA)"
+
+    def forward_extend(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
+        h, hkv, d = layer.num_heads, layer.num_kv_heads, layer.head_dim
+        group = h // hkv
+        out = torch.empty(q.shape[0], h * d, dtype=q.dtype, device=q.device)
+        k_buf, v_buf = fb.kv_pool.k_buffer(layer.layer_id), fb.kv_pool.v_buffer(layer.layer_id)
+        start = 0
+        for i, (prefix, ext) in enumerate(zip(fb.extend_prefix_lens_cpu, fb.extend_seq_lens_cpu)):
+            total = prefix + ext
+            slots = fb.req_to_token[fb.req_pool_indices[i], :total].long()
+            k, v = k_buf[slots].transpose(0, 1), v_buf[slots].transpose(0, 1)  # [Hkv, L, D]
+            qi = q[start:start + ext].view(ext, hkv, group, d).permute(1, 2, 0, 3).reshape(hkv, group * ext, d)
+            q_pos = torch.arange(prefix, total, device=q.device).repeat(group)
+            mask = _window_mask(q_pos, torch.arange(total, device=q.device), layer)
+            o = _attend(qi, k, v, mask, layer)  # [Hkv, G*ext, D]
+            out[start:start + ext] = o.view(hkv, group, ext, d).permute(2, 0, 1, 3).reshape(ext, h * d).to(q.dtype)
+            start += ext
+        return out
+
+    def forward_decode(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
+        h, hkv, d = layer.num_heads, layer.num_kv_heads, layer.head_dim
+        bs = fb.batch_size
+        max_len = max(fb.seq_lens_cpu) if fb.seq_lens_cpu else int(fb.seq_lens.max())
+        slots = fb.req_to_token[fb.req_pool_indices, :max_len].long()  # [B, L]
+        k = fb.kv_pool.k_buffer(layer.layer_id)[slots].permute(0, 2, 1, 3)  # [B, Hkv, L, D]
+        v = fb.kv_pool.v_buffer(layer.layer_id)[slots].permute(0, 2, 1, 3)
+        k_pos = torch.arange(max_len, device=q.device)
+        q_pos = (fb.seq_lens.long() - 1)
+        mask = k_pos.unsqueeze(0) <= q_pos.unsqueeze(1)
+        if layer.sliding_window:
+            mask &= k_pos.unsqueeze(0) > (q_pos - layer.sliding_window).unsqueeze(1)
+        qv = q.view(bs, hkv, h // hkv, d)
+        o = _attend(qv, k, v, mask[:, None, None, :], layer)  # [B, Hkv, G, D]
+        return o.reshape(bs, h * d).to(q.dtype)
+
+
+@hookimpl
+def jackfield_register_attention_backends(register):
+    register(TorchNativeBackend)

@@ -1,0 +1,139 @@
+"""Split-KV flash-decoding over the token-slot KV pool.
+
+Stage 1 runs one program per (request, kv head, split). It loads the queries of every head that
+shares the kv head (GQA), so each K/V row is read once per group, walks its chunk of the request's
+token slots through `req_to_token`, and writes a normalised partial output and its log-sum-exp
+(base 2). Stage 2 runs one program per (request, query head) and merges the splits.
+
+Splits whose chunk is empty (short requests, padded CUDA-graph rows) write lse = -inf and are
+ignored by the merge, so the split count can be a fixed upper bound inside a CUDA graph.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from jackfield_plugins.attention.triton_kernels.common import (
+    block_dmodel, check_head_layout, dot_precision, scale_logits,
+)
+
+
+@triton.jit
+def _decode_split_kernel(
+    Q, K, V, MidO, MidLse, ReqToToken, ReqPoolIdx, SeqLens,
+    stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_rt,
+    stride_mob, stride_moh, stride_mos, stride_mlb, stride_mlh,
+    num_splits, sm_scale, logit_cap, window,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr, USE_CAP: tl.constexpr, USE_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
+):
+    b = tl.program_id(0)
+    g = tl.program_id(1)
+    s = tl.program_id(2)
+    seq_len = tl.load(SeqLens + b)
+    row = tl.load(ReqPoolIdx + b).to(tl.int64)
+    lo = seq_len * 0
+    if USE_WINDOW:
+        lo = tl.maximum(seq_len - window, 0)
+    split_len = tl.cdiv(tl.cdiv(seq_len - lo, num_splits), BLOCK_N) * BLOCK_N
+    start = lo + s * split_len
+    end = tl.minimum(start + split_len, seq_len)
+
+    offs_h = tl.arange(0, BLOCK_H)
+    heads = g * GROUP + offs_h
+    h_mask = offs_h < GROUP
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=h_mask[:, None] & d_mask[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < end
+        slots = tl.load(ReqToToken + row * stride_rt + offs_n, mask=n_mask, other=0).to(tl.int64)
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(K + slots[:, None] * stride_kt + g * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        qk = scale_logits(qk, sm_scale, logit_cap, USE_CAP)
+        qk = tl.where(n_mask[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.exp2(qk - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        v = tl.load(V + slots[:, None] * stride_vt + g * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+
+    has = l_i > 0.0
+    safe_l = tl.where(has, l_i, 1.0)
+    part = tl.where(has[:, None], acc / safe_l[:, None], 0.0)
+    lse = tl.where(has, m_i + tl.log2(safe_l), float("-inf"))
+    tl.store(MidO + b * stride_mob + heads[:, None] * stride_moh + s * stride_mos + offs_d[None, :], part,
+             mask=h_mask[:, None] & d_mask[None, :])
+    tl.store(MidLse + b * stride_mlb + heads * stride_mlh + s, lse, mask=h_mask)
+
+
+@triton.jit
+def _decode_merge_kernel(
+    MidO, MidLse, O,
+    stride_mob, stride_moh, stride_mos, stride_mlb, stride_mlh, stride_ob, stride_oh,
+    num_splits,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    offs_s = tl.arange(0, BLOCK_S)
+    s_mask = offs_s < num_splits
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    lse = tl.load(MidLse + b * stride_mlb + h * stride_mlh + offs_s, mask=s_mask, other=float("-inf"))
+    m = tl.max(lse, 0)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.exp2(lse - m)
+    parts = tl.load(MidO + b * stride_mob + h * stride_moh + offs_s[:, None] * stride_mos + offs_d[None, :],
+                    mask=s_mask[:, None] & d_mask[None, :], other=0.0)
+    total = tl.sum(w, 0)
+    out = tl.sum(parts * w[:, None], 0) / tl.where(total > 0.0, total, 1.0)
+    tl.store(O + b * stride_ob + h * stride_oh + offs_d, out.to(O.dtype.element_ty), mask=d_mask)
+
+
+def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor, out: torch.Tensor,
+                     req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
+                     mid_o: torch.Tensor, mid_lse: torch.Tensor, num_splits: int, sm_scale: float,
+                     logit_cap: float = 0.0, sliding_window: int | None = None) -> None:
+    """One decode query per request against its whole KV, written into `out`.
+
+    q, out: [bs, num_heads, head_dim]; k_buffer, v_buffer: [slots, num_kv_heads, head_dim];
+    mid_o: float32 [>= bs, num_heads, >= num_splits, head_dim]; mid_lse: float32
+    [>= bs, num_heads, >= num_splits] (scratch, may be static CUDA-graph buffers).
+    """
+    for name, t in (("q", q), ("out", out), ("k_buffer", k_buffer), ("v_buffer", v_buffer)):
+        check_head_layout(t, name)
+    bs, num_heads, head_dim = q.shape
+    num_kv_heads = k_buffer.shape[1]
+    group = num_heads // num_kv_heads
+    if bs == 0:
+        return
+    block_d = block_dmodel(head_dim)
+    block_n = 32 if block_d > 128 else 64
+    _decode_split_kernel[(bs, num_kv_heads, num_splits)](
+        q, k_buffer, v_buffer, mid_o, mid_lse, req_to_token, req_pool_indices, seq_lens,
+        q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1),
+        req_to_token.stride(0),
+        mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
+        num_splits, sm_scale, logit_cap if logit_cap > 0 else 1.0, sliding_window or 0,
+        GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=max(16, triton.next_power_of_2(group)),
+        BLOCK_N=block_n, USE_CAP=logit_cap > 0, USE_WINDOW=sliding_window is not None,
+        PRECISION=dot_precision(q.dtype), num_warps=4, num_stages=2,
+    )
+    _decode_merge_kernel[(bs, num_heads)](
+        mid_o, mid_lse, out,
+        mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
+        out.stride(0), out.stride(1), num_splits,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
+        num_warps=4 if block_d <= 128 else 8,
+    )

@@ -1,0 +1,144 @@
+"""GGUF conversion: weights equal transformers' GGUF loader, caching, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from jackfield.loader import gguf as gguf_loader
+from jackfield.loader.default_model import DEFAULT_MODEL_FILE, default_model_path
+from jackfield.loader.gguf import convert_gguf, hf_tensor_name, unpermute_qk
+
+
+@pytest.fixture(scope="session")
+def gguf_path() -> str:
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("jackfield-cache"))
+
+
+@pytest.fixture(scope="session")
+def converted(gguf_path, cache_dir) -> Path:
+    return convert_gguf(gguf_path, cache_dir=cache_dir)
+
+
+def test_default_model_path_points_at_the_gguf(gguf_path):
+    assert os.path.isabs(gguf_path)
+    assert gguf_path.endswith(DEFAULT_MODEL_FILE)
+    with open(gguf_path, "rb") as file:
+        assert file.read(4) == b"GGUF"
+
+
+def test_converted_directory_layout(converted):
+    names = {path.name for path in converted.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
+    config = json.loads((converted / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert (config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]) == (30, 576, 49152)
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]) == (9, 3, 64)
+    assert config["tie_word_embeddings"] is True
+    assert config["max_position_embeddings"] == 8192
+    assert (config["bos_token_id"], config["eos_token_id"]) == (1, 2)
+
+
+def test_weights_equal_transformers_gguf_loader(converted, gguf_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path), dtype=torch.float32
+    ).state_dict()
+    ours = load_file(str(converted / "model.safetensors"))
+    assert set(ours) == set(reference) - {"lm_head.weight"}
+    for name, tensor in ours.items():
+        assert tensor.dtype == torch.float32
+        assert torch.equal(tensor, reference[name]), name
+    assert torch.equal(ours["model.embed_tokens.weight"], reference["lm_head.weight"])
+
+    ref_config = AutoConfig.from_pretrained(os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path))
+    our_config = AutoConfig.from_pretrained(str(converted))
+    for key in ("rope_parameters", "rms_norm_eps", "head_dim", "num_key_value_heads", "intermediate_size"):
+        assert getattr(our_config, key) == getattr(ref_config, key), key
+
+
+def test_second_conversion_is_a_cache_hit(converted, gguf_path, cache_dir):
+    started = time.perf_counter()
+    again = convert_gguf(gguf_path, cache_dir=cache_dir)
+    assert time.perf_counter() - started < 5
+    assert again == converted
+
+
+def test_cache_root_comes_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("JACKFIELD_CACHE_DIR", str(tmp_path))
+    assert gguf_loader.cache_root() == tmp_path
+    assert gguf_loader.cache_root("/elsewhere") == Path("/elsewhere")
+
+
+def test_failed_conversion_leaves_no_cache_entry(monkeypatch, tmp_path, gguf_path):
+    def explode(reader, arch, config, out_dir, desc):
+        (out_dir / "model.safetensors").write_bytes(b"half a file")
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(gguf_loader, "write_weights", explode)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        convert_gguf(gguf_path, cache_dir=str(tmp_path))
+    assert list((tmp_path / "gguf").iterdir()) == []
+
+
+def test_missing_file_names_the_path(tmp_path):
+    missing = tmp_path / "nope.gguf"
+    with pytest.raises(FileNotFoundError, match="nope.gguf"):
+        convert_gguf(str(missing), cache_dir=str(tmp_path))
+
+
+def test_garbage_file_is_a_value_error_naming_the_path(tmp_path):
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(os.urandom(4096))
+    with pytest.raises(ValueError, match="garbage.gguf"):
+        convert_gguf(str(garbage), cache_dir=str(tmp_path / "cache"))
+    assert list((tmp_path / "cache" / "gguf").iterdir()) == []
+
+
+def test_unknown_architecture_is_named(tmp_path):
+    from gguf import GGUFWriter
+
+    path = tmp_path / "mamba.gguf"
+    writer = GGUFWriter(str(path), "mamba")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ValueError, match="'mamba'"):
+        convert_gguf(str(path), cache_dir=str(tmp_path / "cache"))
+
+
+def test_tensor_names_map_to_hugging_face():
+    assert hf_tensor_name("token_embd.weight") == "model.embed_tokens.weight"
+    assert hf_tensor_name("output.weight") == "lm_head.weight"
+    assert hf_tensor_name("output_norm.weight") == "model.norm.weight"
+    assert hf_tensor_name("blk.7.attn_output.weight") == "model.layers.7.self_attn.o_proj.weight"
+    assert hf_tensor_name("blk.0.attn_q.bias") == "model.layers.0.self_attn.q_proj.bias"
+    assert hf_tensor_name("blk.2.attn_k_norm.weight") == "model.layers.2.self_attn.k_norm.weight"
+    assert hf_tensor_name("blk.1.ffn_norm.weight") == "model.layers.1.post_attention_layernorm.weight"
+    assert hf_tensor_name("rope_freqs.weight") is None
+    with pytest.raises(ValueError, match="ssm_conv1d"):
+        hf_tensor_name("blk.0.ssm_conv1d.weight")
+
+
+def test_unpermute_reverses_llama_cpp_permute():
+    n_head, head_dim, hidden = 3, 8, 5
+    original = np.arange(n_head * head_dim * hidden, dtype=np.float32).reshape(n_head * head_dim, hidden)
+    permuted = (
+        original.reshape(n_head, 2, head_dim // 2, hidden).swapaxes(1, 2).reshape(original.shape)
+    )
+    assert np.array_equal(unpermute_qk(permuted, n_head), original)

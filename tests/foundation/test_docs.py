@@ -1,0 +1,24 @@
+"""The docs cannot drift from the code: every setting, hook and base class is documented."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from jackfield import hookspecs
+from jackfield.config import Settings
+from jackfield.registry import KIND_HOOKS
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_every_setting_is_in_configuration_md():
+    text = (DOCS / "configuration.md").read_text()
+    missing = [name for name in Settings.model_fields if f"| `{name}` |" not in text]
+    assert not missing, f"docs/configuration.md lacks a table row for: {', '.join(missing)}"
+
+
+def test_every_hook_and_base_class_is_in_plugins_md():
+    text = (DOCS / "plugins.md").read_text()
+    hooks = [name for name in vars(hookspecs) if name.startswith("jackfield_")]
+    bases = [base.__name__ for _, base in KIND_HOOKS.values()]
+    missing = [name for name in hooks + bases if f"`{name}" not in text]
+    assert not missing, f"docs/plugins.md does not mention: {', '.join(missing)}"

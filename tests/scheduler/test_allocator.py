@@ -1,0 +1,136 @@
+import random
+
+import pytest
+import torch
+
+from jackfield.mem.allocator import TokenAllocator
+from jackfield.mem.req_to_token import ReqToTokenPool
+
+
+@pytest.mark.parametrize("page_size", [1, 4])
+def test_random_alloc_free_exact_accounting(page_size):
+    rng = random.Random(page_size)
+    alloc = TokenAllocator(num_pages=64, page_size=page_size, device="cpu")
+    owned: list[torch.Tensor] = []
+    for _ in range(500):
+        if owned and rng.random() < 0.45:
+            alloc.free(owned.pop(rng.randrange(len(owned))))
+        else:
+            n = rng.randint(1, 12) * page_size
+            before = alloc.available_size()
+            slots = alloc.alloc(n)
+            if slots is None:
+                assert n > before and alloc.available_size() == before
+                continue
+            assert slots.dtype == torch.int64 and slots.numel() == n
+            assert alloc.available_size() == before - n
+            owned.append(slots)
+        held = torch.cat(owned) if owned else torch.empty(0, dtype=torch.int64)
+        assert torch.unique(held).numel() == held.numel()
+        assert not held.numel() or int(held.min()) >= page_size
+        assert alloc.available_size() + held.numel() == alloc.capacity
+    alloc.debug_check()
+    for slots in owned:
+        alloc.free(slots)
+    assert alloc.available_size() == alloc.capacity
+    alloc.debug_check()
+
+
+def test_lowest_pages_first_and_page0_reserved():
+    alloc = TokenAllocator(num_pages=8, page_size=4, device="cpu")
+    assert alloc.alloc(8).tolist() == [4, 5, 6, 7, 8, 9, 10, 11]
+    everything = alloc.alloc(alloc.available_size())
+    assert int(everything.min()) >= 4 and int(everything.max()) == 8 * 4 + 3
+    assert alloc.alloc(4) is None
+    alloc.free(torch.tensor([9]))
+    assert alloc.alloc(4).tolist() == [8, 9, 10, 11]
+
+
+def test_alloc_rejects_unaligned_size():
+    alloc = TokenAllocator(num_pages=8, page_size=4, device="cpu")
+    with pytest.raises(ValueError):
+        alloc.alloc(3)
+
+
+def test_alloc_extend_fills_partial_page_first():
+    alloc = TokenAllocator(num_pages=16, page_size=4, device="cpu")
+    a = alloc.alloc_extend([0], [6], [-1])  # pages 1, 2 (page 2 half full)
+    assert a.tolist() == [4, 5, 6, 7, 8, 9]
+    b = alloc.alloc_extend([0], [3], [-1])  # page 3
+    assert b.tolist() == [12, 13, 14]
+    free_before = alloc.num_free_pages()
+    # request a continues: 2 slots left in page 2, then a fresh page; request b: 1 slot in page 3
+    c = alloc.alloc_extend([6, 3], [5, 1], [9, 14])
+    assert c.tolist() == [10, 11, 16, 17, 18, 15]
+    assert alloc.num_free_pages() == free_before - 1
+
+
+def test_alloc_extend_page_size_one_and_empty_extends():
+    alloc = TokenAllocator(num_pages=10, page_size=1, device="cpu")
+    assert alloc.alloc_extend([0, 5], [3, 2], [-1, 7]).tolist() == [1, 2, 3, 4, 5]
+    paged = TokenAllocator(num_pages=4, page_size=4, device="cpu")
+    assert paged.alloc_extend([0, 0], [0, 0], [-1, -1]).numel() == 0
+    assert paged.num_free_pages() == 4
+
+
+def test_alloc_extend_failure_allocates_nothing():
+    alloc = TokenAllocator(num_pages=4, page_size=4, device="cpu")
+    first = alloc.alloc_extend([0], [5], [-1])
+    assert alloc.num_free_pages() == 2
+    assert alloc.alloc_extend([5, 0], [3, 9], [int(first[-1]), -1]) is None
+    assert alloc.num_free_pages() == 2
+    alloc.debug_check()
+    assert alloc.alloc_extend([5, 0], [3, 8], [int(first[-1]), -1]) is not None
+    assert alloc.num_free_pages() == 0
+
+
+def test_alloc_extend_checks_last_loc():
+    alloc = TokenAllocator(num_pages=4, page_size=4, device="cpu")
+    alloc.alloc_extend([0], [2], [-1])
+    with pytest.raises(ValueError):
+        alloc.alloc_extend([2], [1], [4])  # last token of a 2-token prefix sits at offset 1, not 0
+
+
+def test_alloc_decode_new_page_only_at_page_boundary():
+    alloc = TokenAllocator(num_pages=8, page_size=4, device="cpu")
+    slots = alloc.alloc_extend([0, 0], [3, 4], [-1, -1])  # req0: page 1 (3 used), req1: page 2 (full)
+    free = alloc.num_free_pages()
+    out = alloc.alloc_decode([4, 5], [int(slots[2]), int(slots[6])])
+    assert out.tolist() == [7, 12]
+    assert alloc.num_free_pages() == free - 1
+    out = alloc.alloc_decode(torch.tensor([5, 6]), torch.tensor([7, 12]))
+    assert out.tolist() == [16, 13]
+
+
+@pytest.mark.parametrize("page_size", [1, 4])
+def test_double_free_raises(page_size):
+    alloc = TokenAllocator(num_pages=8, page_size=page_size, device="cpu")
+    slots = alloc.alloc(2 * page_size)
+    alloc.free(slots)
+    with pytest.raises(RuntimeError):
+        alloc.free(slots[:1])
+    with pytest.raises(ValueError):
+        alloc.free(torch.tensor([0]))
+    alloc.debug_check()
+    assert alloc.available_size() == alloc.capacity
+
+
+def test_clear_restores_everything():
+    alloc = TokenAllocator(num_pages=8, page_size=2, device="cpu")
+    alloc.alloc(10)
+    alloc.clear()
+    assert alloc.available_size() == 16 and alloc.num_free_pages() == 8
+
+
+def test_req_to_token_pool():
+    pool = ReqToTokenPool(size=3, max_context_len=16, device="cpu")
+    assert pool.req_to_token.shape == (4, 16) and pool.req_to_token.dtype == torch.int32
+    rows = [pool.alloc() for _ in range(3)]
+    assert rows == [1, 2, 3] and pool.alloc() is None and pool.available_size() == 0
+    pool.free(2)
+    assert pool.available_size() == 1
+    with pytest.raises(RuntimeError):
+        pool.free(2)
+    with pytest.raises(ValueError):
+        pool.free(0)
+    assert pool.alloc() == 2
