@@ -42,7 +42,14 @@ class ModelRunner:
                                    self.page_size, self.kv_pool, self.req_to_token_pool.req_to_token,
                                    self.max_running_requests, self.context_len + 1)
         self.attn_backend = setup.choices["attention"].info.cls(runtime)
-        self.sampler = Sampler(cfg.vocab_size, self.max_running_requests + 1, self.device)
+        self.sampler = Sampler(cfg.vocab_size, self.max_running_requests + 1, self.device, seed=s.seed)
+        self.graph_runner = None
+        if self.device.type == "cuda" and not s.disable_cuda_graph and self.attn_backend.supports_cuda_graph:
+            from jackfield.cuda_graph import CudaGraphRunner
+
+            self.graph_runner = CudaGraphRunner(self, s.cuda_graph_max_bs, compile_model=s.enable_torch_compile)
+        elif s.enable_torch_compile:
+            self.model.forward = torch.compile(self.model.forward, dynamic=True)
 
     def _load_model(self, progress: bool) -> torch.nn.Module:
         st, cfg = self.setup, self.config
@@ -80,6 +87,8 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch) -> torch.Tensor:
         """Run the model on one batch; returns logits for `fb.logits_indices` (default: last token per request)."""
+        if self.graph_runner is not None and self.graph_runner.can_run(fb):
+            return self.graph_runner.replay(fb)
         self.attn_backend.init_forward_metadata(fb)
         hidden = self.model(fb.input_ids, fb.positions, fb)
         idx = fb.logits_indices

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from jackfield.registry import ComponentInfo, Registry
 from jackfield.sdk.component import SelectionContext
@@ -121,8 +121,11 @@ def choose_all(registry: Registry, settings, ctx: SelectionContext) -> dict[str,
         raise SelectionError("; ".join(registry.errors))
     plugin_choice = dict(settings.plugin_choice)
     out = {"model": choose_model(registry, ctx, plugin_choice)}
+    # The model's required features are attention features (CausalLM.required_features): only
+    # attention backends are matched against them.
+    plain = replace(ctx, required_features=frozenset())
     for kind, field in SETTING_FOR_KIND.items():
-        out[kind] = choose(registry, kind, getattr(settings, field), ctx, plugin_choice)
+        out[kind] = choose(registry, kind, getattr(settings, field), ctx if kind == "attention" else plain, plugin_choice)
     for choice in out.values():
         log.info("%-12s -> %-14s (%s)", choice.kind, choice.name or "-", choice.reason)
     return out

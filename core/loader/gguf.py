@@ -55,6 +55,7 @@ LAYER_TENSORS = {
     "ffn_norm": "post_attention_layernorm",
 }
 SKIPPED_TENSORS = {"rope_freqs"}
+REQUIRED = object()
 
 
 def convert_gguf(path: str, cache_dir: str | None = None) -> Path:
@@ -108,7 +109,10 @@ def write_hf_directory(source: Path, out_dir: Path) -> None:
     if arch is None:
         supported = ", ".join(sorted(ARCHITECTURES))
         raise ValueError(f"GGUF architecture {arch_name!r} in {source} is not supported (supported: {supported})")
-    config = hf_config(reader, arch_name, arch)
+    try:
+        config = hf_config(reader, arch_name, arch)
+    except ValueError as exc:
+        raise ValueError(f"cannot convert GGUF file {source}: {exc}") from exc
     write_weights(reader, arch, config, out_dir, desc=f"Dequantizing {source.name}")
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     write_tokenizer(source, reader, out_dir)
@@ -132,15 +136,20 @@ def metadata(reader, key: str, default=None):
 
 def hf_config(reader, arch_name: str, arch: GGUFArch) -> dict:
     """Build the Hugging Face ``config.json`` dict from the GGUF metadata."""
-    def meta(key, default=None):
-        return metadata(reader, f"{arch_name}.{key}", default)
+    def meta(key, default=REQUIRED):
+        value = metadata(reader, f"{arch_name}.{key}", default)
+        if value is REQUIRED:
+            raise ValueError(f"metadata key {arch_name}.{key} is missing")
+        return value
 
     tensor_names = {tensor.name for tensor in reader.tensors}
     heads = int(meta("attention.head_count"))
     hidden = int(meta("embedding_length"))
-    vocab = meta("vocab_size")
-    if vocab is None:
+    vocab = meta("vocab_size", None)
+    if vocab is None and "tokenizer.ggml.tokens" in reader.fields:
         vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+    if vocab is None:
+        vocab = meta("vocab_size")
     config = {
         "architectures": [arch.hf_architecture],
         "model_type": arch.model_type,
@@ -176,7 +185,7 @@ def rope_scaling(reader, arch_name: str) -> dict | None:
     if kind in (None, "none"):
         return None
     scaling = {"rope_type": kind, "type": kind}
-    renames = {"original_context_length": "original_max_position_embeddings"}
+    renames = {"original_context_length": "original_max_position_embeddings", "attn_factor": "attention_factor"}
     for key in reader.fields:
         suffix = key[len(prefix):] if key.startswith(prefix) else None
         if suffix and suffix != "type":
@@ -204,15 +213,12 @@ def unpermute_qk(weights: np.ndarray, n_head: int) -> np.ndarray:
     return rows.swapaxes(2, 1).reshape(weights.shape)
 
 
-def write_weights(reader, arch: GGUFArch, config: dict, out_dir: Path, desc: str) -> None:
-    """Dequantize every tensor to float32 and save it under its HF name, one tensor in flight."""
+def hf_tensors(reader, arch: GGUFArch, config: dict, desc: str):
+    """Yield ``(HF name, float32 tensor)`` for each kept tensor, dequantizing one at a time."""
     import torch
     from gguf.quants import dequantize
-    from safetensors.torch import save_file
     from tqdm import tqdm
 
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    shard_bytes = 0
     for tensor in tqdm(reader.tensors, desc=desc, unit="tensor"):
         name = hf_tensor_name(tensor.name)
         if name is None:
@@ -223,25 +229,37 @@ def write_weights(reader, arch: GGUFArch, config: dict, out_dir: Path, desc: str
             weights = unpermute_qk(weights, config["num_attention_heads"])
         elif arch.permute_qk and ".self_attn.k_proj." in name:
             weights = unpermute_qk(weights, config["num_key_value_heads"])
-        value = torch.from_numpy(np.array(weights, dtype=np.float32))
-        if shard_bytes and shard_bytes + value.nbytes > SHARD_BYTES:
-            save_file(shards[-1], out_dir / f"shard-{len(shards)}.safetensors", metadata={"format": "pt"})
-            shards[-1] = dict.fromkeys(shards[-1])
-            shards.append({})
-            shard_bytes = 0
-        shards[-1][name] = value
-        shard_bytes += value.nbytes
-    if len(shards) == 1:
-        save_file(shards[0], out_dir / "model.safetensors", metadata={"format": "pt"})
+        yield name, torch.from_numpy(np.array(weights, dtype=np.float32))
+
+
+def write_weights(reader, arch: GGUFArch, config: dict, out_dir: Path, desc: str) -> None:
+    """Save the converted tensors as ``model.safetensors``, or as indexed shards when large."""
+    shard_names: list[list[str]] = []
+    shard: dict = {}
+    for name, value in hf_tensors(reader, arch, config, desc):
+        if shard and sum(t.nbytes for t in shard.values()) + value.nbytes > SHARD_BYTES:
+            shard_names.append(save_shard(shard, out_dir / f"shard-{len(shard_names)}.safetensors"))
+            shard = {}
+        shard[name] = value
+    shard_names.append(save_shard(shard, out_dir / f"shard-{len(shard_names)}.safetensors"))
+    if len(shard_names) == 1:
+        os.replace(out_dir / "shard-0.safetensors", out_dir / "model.safetensors")
         return
-    save_file(shards[-1], out_dir / f"shard-{len(shards)}.safetensors", metadata={"format": "pt"})
     weight_map = {}
-    for index, shard in enumerate(shards, start=1):
-        file_name = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+    for index, names in enumerate(shard_names):
+        file_name = f"model-{index + 1:05d}-of-{len(shard_names):05d}.safetensors"
         os.replace(out_dir / f"shard-{index}.safetensors", out_dir / file_name)
-        weight_map.update(dict.fromkeys(shard, file_name))
+        weight_map.update(dict.fromkeys(names, file_name))
     index_json = {"metadata": {}, "weight_map": weight_map}
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index_json, indent=2) + "\n")
+
+
+def save_shard(tensors: dict, file: Path) -> list[str]:
+    """Write ``tensors`` to one safetensors file and return their names."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(file), metadata={"format": "pt"})
+    return list(tensors)
 
 
 def write_tokenizer(source: Path, reader, out_dir: Path) -> None:

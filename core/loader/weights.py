@@ -44,14 +44,14 @@ def iter_safetensors(model_dir: Path, progress: bool = True) -> Iterator[tuple[s
 
 def init_dummy_weights(model: torch.nn.Module, seed: int) -> None:
     """Random weights for benchmarks: small uniform values keep activations finite in bf16."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gens: dict[torch.device, torch.Generator] = {}
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight") or "layernorm" in name:
                 p.fill_(1.0)
                 continue
-            cpu = torch.empty(p.shape, dtype=torch.float32).uniform_(-0.02, 0.02, generator=gen)
-            p.copy_(cpu.to(p.dtype))
+            gen = gens.setdefault(p.device, torch.Generator(device=p.device).manual_seed(seed))
+            p.uniform_(-0.02, 0.02, generator=gen)
     for module in model.modules():
         finish = getattr(module, "process_weights_after_loading", None)
         if finish is not None:

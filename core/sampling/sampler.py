@@ -64,11 +64,15 @@ class Sampler:
             self.output_counts[slot].zero_()
             self.prompt_mask[slot].zero_()
 
-    def sample(self, logits: torch.Tensor, batch: SamplingBatch, output_lens: torch.Tensor) -> SampleOutput:
+    def sample(self, logits: torch.Tensor, batch: SamplingBatch, output_lens: torch.Tensor,
+               counted: torch.Tensor | None = None) -> SampleOutput:
         """Choose one token per row of `logits` [B, V] and count it in the slot's penalty state.
 
         `output_lens` [B] int64 is how many tokens each request has generated before this step; it
-        drives min_new_tokens and the seeded noise. The caller's logits are left untouched.
+        drives min_new_tokens and the seeded noise. `counted` [B] bool marks the rows whose token is
+        kept as output (default: all); pass False for rows whose token is discarded, such as a
+        non-final chunk of a chunked prefill, so it does not enter the penalty counts. The caller's
+        logits are left untouched.
         """
         logits = logits.to(torch.float32, copy=True)
         raw_logprobs = torch.log_softmax(logits, dim=-1) if batch.need_logprobs else None
@@ -85,7 +89,7 @@ class Sampler:
         if not batch.all_greedy:
             next_ids = torch.where(batch.greedy, next_ids, self._draw(logits, batch, output_lens))
         if self.output_counts is not None:
-            ones = torch.ones_like(next_ids, dtype=torch.float32)
+            ones = torch.ones_like(next_ids, dtype=torch.float32) if counted is None else counted.float()
             self.output_counts.index_put_((batch.req_slots, next_ids), ones, accumulate=True)
         if raw_logprobs is None:
             return SampleOutput(next_ids)

@@ -1,6 +1,8 @@
 """Req: one generation request's state inside the scheduler."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from jackfield.io_struct import FinishReason, TokenizedGenerateReq, TokenLogprob
@@ -13,8 +15,11 @@ class Req:
     def __init__(self, msg: TokenizedGenerateReq, arrival_seq: int):
         self.rid = msg.rid
         self.origin_input_ids: list[int] = list(msg.input_ids)
-        self.sampling_params: SamplingParams = msg.sampling_params
-        self.return_logprob = msg.sampling_params.logprobs
+        params = msg.sampling_params
+        if msg.return_logprob and not params.logprobs:
+            params = replace(params, logprobs=True, top_logprobs_num=max(msg.top_logprobs_num, params.top_logprobs_num))
+        self.sampling_params: SamplingParams = params
+        self.return_logprob = params.logprobs
         self.stream = msg.stream
         self.arrival_seq = arrival_seq
         self.output_ids: list[int] = []

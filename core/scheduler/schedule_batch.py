@@ -29,13 +29,14 @@ class ScheduleBatch:
     def filter(self, keep: list[int]) -> None:
         if len(keep) == len(self.reqs):
             return
-        idx = torch.tensor(keep, dtype=torch.int64, device=self.device)
+        idx_cpu = torch.tensor(keep, dtype=torch.int64)
+        idx = idx_cpu.to(self.device)
         self.reqs = [self.reqs[i] for i in keep]
         self.req_pool_indices = self.req_pool_indices[idx]
         self.seq_lens_cpu = [self.seq_lens_cpu[i] for i in keep]
         self.output_lens = self.output_lens[idx]
         self.next_input_ids = self.next_input_ids[idx] if self.next_input_ids is not None else None
-        self.sampling = self.sampling.filter(idx)
+        self.sampling = self.sampling.filter(idx_cpu)
 
     def merge(self, other: "ScheduleBatch") -> None:
         self.reqs = self.reqs + other.reqs

@@ -102,23 +102,25 @@ class Scheduler:
             return []
         return [BatchOutput(self._collect_outputs(finished))]
 
-    def _sample(self, fb, sampling: SamplingBatch, output_lens: torch.Tensor):
+    def _sample(self, fb, sampling: SamplingBatch, output_lens: torch.Tensor, counted: torch.Tensor | None = None):
         logits = self.runner.forward(fb)
-        return self.runner.sampler.sample(logits, sampling, output_lens)
+        return self.runner.sampler.sample(logits, sampling, output_lens, counted)
 
     def _run_extend(self, reqs: list[Req], decode: ScheduleBatch | None, fb, finished: list[Req]) -> None:
         slots = [r.req_pool_idx for r in reqs]
         for r in reqs:
             if r.kv_len == 0:
-                self.runner.sampler.start_request(r.req_pool_idx, r.origin_input_ids, _needs_penalties(r))
+                self.runner.sampler.start_request(r.req_pool_idx, r.origin_input_ids, r.sampling_params.needs_penalties)
                 self._restore_penalty_counts(r)
         new_sampling = SamplingBatch.from_params([r.sampling_params for r in reqs], slots, self.vocab_size,
                                                  self.eos_ids, self.device)
         out_lens = torch.tensor([len(r.output_ids) for r in reqs], dtype=torch.int64, device=self.device)
         sampling, lens = new_sampling, out_lens
+        counted = torch.tensor([len(r.prefix_indices) + r.extend_len == len(r.all_ids) for r in reqs], device=self.device)
         if decode is not None:
             sampling, lens = new_sampling.merge(decode.sampling), torch.cat([out_lens, decode.output_lens])
-        out = self._sample(fb, sampling, lens)
+            counted = torch.cat([counted, torch.ones(len(decode), dtype=torch.bool, device=self.device)])
+        out = self._sample(fb, sampling, lens, counted)
         n_new = len(reqs)
         self.stats.record_step(sum(r.extend_len for r in reqs), len(decode) if decode else 0)
         token_list = out.next_token_ids.tolist()
@@ -140,9 +142,9 @@ class Scheduler:
         if decode is not None:
             self._after_decode(decode, out.next_token_ids[n_new:], token_list[n_new:], logprobs, n_new, finished)
         if keep:
-            idx = torch.tensor(done_prefill, dtype=torch.int64, device=self.device)
+            idx = torch.tensor(done_prefill, dtype=torch.int64)
             batch = ScheduleBatch(keep, self.device, new_sampling.filter(idx))
-            batch.next_input_ids = out.next_token_ids[:n_new][idx]
+            batch.next_input_ids = out.next_token_ids[:n_new][idx.to(self.device)]
             if self.running is None or len(self.running) == 0:
                 self.running = batch
             else:
@@ -268,11 +270,6 @@ class Scheduler:
                         kv_used_tokens=used, kv_total_tokens=total, cache_hit_rate=self.stats.cache_hit_rate,
                         prefill_tokens_per_s=pre, decode_tokens_per_s=dec, total_prompt_tokens=self.stats.prompt_tokens,
                         total_cached_tokens=self.stats.cached_tokens, total_generated_tokens=self.stats.generated_tokens)
-
-
-def _needs_penalties(r: Req) -> bool:
-    p = r.sampling_params
-    return p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
 
 
 def _logprob_rows(out):

@@ -20,9 +20,10 @@ class RopeConfig:
     original_max_position_embeddings: int | None = None
     beta_fast: float = 32.0
     beta_slow: float = 1.0
-    mscale: float = 1.0
+    mscale: float = 0.0          # yarn: 0 = unset; with mscale_all_dim, attention = mscale ratio
     mscale_all_dim: float = 0.0
     attention_factor: float | None = None
+    truncate: bool = True        # yarn: round the correction range to whole dimensions
 
 
 @dataclass(frozen=True)
@@ -92,23 +93,36 @@ class ModelConfig:
 
 
 def _rope_from_hf(hf: dict[str, Any], head_dim: int) -> RopeConfig:
+    """Rope parameters from `rope_parameters` (transformers >= 5) or legacy `rope_scaling` +
+    top-level `rope_theta`, with the defaults transformers' `standardize_rope_params` fills in."""
     scaling = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
-    theta = scaling.get("rope_theta", hf.get("rope_theta", 10000.0))
+    theta = scaling.get("rope_theta") or hf.get("rope_theta") or 10000.0
     kind = scaling.get("rope_type", scaling.get("type"))
     if kind == "default":
         kind = None
-    rotary_dim = int(head_dim * hf.get("partial_rotary_factor", 1.0))
+    partial = scaling.get("partial_rotary_factor", hf.get("partial_rotary_factor")) or 1.0
+    rotary_dim = int(head_dim * partial)
+    max_pos = hf.get("max_position_embeddings", 2048)
+    orig = scaling.get("original_max_position_embeddings")
+    if kind in ("llama3", "yarn", "longrope"):
+        # a top-level value (Phi-3 style) wins; else the pretraining length is max_position_embeddings
+        orig = hf.get("original_max_position_embeddings") or orig or max_pos
+    factor = scaling.get("factor")
+    if factor is None:
+        factor = max_pos / orig if kind == "yarn" else 1.0
+    attention = scaling.get("attention_factor")
     return RopeConfig(
         theta=float(theta),
         rotary_dim=rotary_dim,
         scaling_type=kind,
-        factor=float(scaling.get("factor", 1.0)),
+        factor=float(factor),
         low_freq_factor=float(scaling.get("low_freq_factor", 1.0)),
         high_freq_factor=float(scaling.get("high_freq_factor", 4.0)),
-        original_max_position_embeddings=scaling.get("original_max_position_embeddings"),
-        beta_fast=float(scaling.get("beta_fast", 32.0)),
-        beta_slow=float(scaling.get("beta_slow", 1.0)),
-        mscale=float(scaling.get("mscale", 1.0)),
-        mscale_all_dim=float(scaling.get("mscale_all_dim", 0.0)),
-        attention_factor=scaling.get("attention_factor"),
+        original_max_position_embeddings=orig,
+        beta_fast=float(scaling.get("beta_fast") or 32.0),
+        beta_slow=float(scaling.get("beta_slow") or 1.0),
+        mscale=float(scaling.get("mscale") or 0.0),
+        mscale_all_dim=float(scaling.get("mscale_all_dim") or 0.0),
+        attention_factor=float(attention) if attention is not None else None,
+        truncate=bool(scaling.get("truncate", True)),
     )

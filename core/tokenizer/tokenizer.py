@@ -1,4 +1,4 @@
-"""A thin tokenizer over a Hugging Face fast tokenizer, with jackfield's own chat rendering."""
+"""The model's tokenizer: a Rust ``tokenizers`` backend plus jackfield's own chat rendering."""
 
 from __future__ import annotations
 
@@ -8,43 +8,83 @@ from typing import Iterable
 
 from jackfield.tokenizer.chat import render_chat
 
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
+
 
 class Tokenizer:
     """Encode, decode and chat-format text for one model.
 
     Encoding and decoding go straight to the Rust ``tokenizers`` backend; decoding never cleans
-    up spaces, so decoded text is exactly what the tokens spell.
+    up spaces, so decoded text is exactly what the tokens spell. ``special_tokens`` maps names
+    such as ``bos_token`` to token strings and is also handed to chat templates.
     """
 
-    def __init__(self, hf_tokenizer, extra_eos_ids: Iterable[int] = ()):
-        self._hf = hf_tokenizer
-        self._backend = hf_tokenizer.backend_tokenizer
-        ids = [hf_tokenizer.eos_token_id, *extra_eos_ids]
+    def __init__(
+        self,
+        backend,
+        special_tokens: dict[str, str],
+        chat_template: str | None = None,
+        extra_eos_ids: Iterable[int] = (),
+        source: str | None = None,
+    ):
+        self._backend = backend
+        self._special = dict(special_tokens)
+        self._chat_template = chat_template
+        self._source = source
+        self._hf = None
+        ids = [self._token_id("eos_token"), *extra_eos_ids]
         self._eos_ids = tuple(dict.fromkeys(int(i) for i in ids if i is not None))
 
     @classmethod
     def load(cls, path: str) -> Tokenizer:
         """Load the tokenizer of the Hugging Face model directory ``path``.
 
-        End-of-sequence ids are the tokenizer's own eos token plus any ``eos_token_id`` found in
-        the directory's ``generation_config.json`` or ``config.json``.
+        A directory with ``tokenizer.json`` is read without importing ``transformers`` (fast
+        start-up); one without it is loaded through ``transformers.AutoTokenizer``. End-of-sequence
+        ids are the eos token plus any ``eos_token_id`` in ``generation_config.json`` or
+        ``config.json``.
         """
-        from transformers import AutoTokenizer
+        model_dir = Path(path)
+        extra_eos = config_eos_ids(model_dir)
+        if not (model_dir / "tokenizer.json").is_file():
+            from transformers import AutoTokenizer
 
-        hf_tokenizer = AutoTokenizer.from_pretrained(path)
+            return cls.from_hf(AutoTokenizer.from_pretrained(path), extra_eos)
+        from tokenizers import Tokenizer as Backend
+
+        backend = Backend.from_file(str(model_dir / "tokenizer.json"))
+        config = read_json(model_dir / "tokenizer_config.json")
+        special = {**read_json(model_dir / "special_tokens_map.json"), **config}
+        special_tokens = {name: token_text(special[name]) for name in SPECIAL_TOKEN_NAMES if special.get(name)}
+        return cls(backend, special_tokens, find_chat_template(model_dir, config), extra_eos, source=path)
+
+    @classmethod
+    def from_hf(cls, hf_tokenizer, extra_eos_ids: Iterable[int] = ()) -> Tokenizer:
+        """Wrap an already loaded Hugging Face fast tokenizer."""
         if not getattr(hf_tokenizer, "is_fast", False):
-            raise ValueError(f"the tokenizer in {path} has no fast (Rust) implementation")
-        return cls(hf_tokenizer, config_eos_ids(Path(path)))
+            raise ValueError(f"tokenizer {hf_tokenizer.name_or_path!r} has no fast (Rust) implementation")
+        template = hf_tokenizer.chat_template
+        if isinstance(template, dict):
+            template = template.get("default")
+        tokens = hf_tokenizer.special_tokens_map
+        special = {name: str(tokens[name]) for name in SPECIAL_TOKEN_NAMES if tokens.get(name)}
+        tokenizer = cls(hf_tokenizer.backend_tokenizer, special, template, extra_eos_ids, hf_tokenizer.name_or_path)
+        tokenizer._hf = hf_tokenizer
+        return tokenizer
 
     @property
     def hf_tokenizer(self):
-        """The wrapped Hugging Face tokenizer, for components that need its full API."""
+        """The Hugging Face tokenizer for the same files, loaded on first use (for grammar backends)."""
+        if self._hf is None:
+            from transformers import AutoTokenizer
+
+            self._hf = AutoTokenizer.from_pretrained(self._source)
         return self._hf
 
     @property
     def vocab_size(self) -> int:
         """Number of tokens, added tokens included."""
-        return len(self._hf)
+        return self._backend.get_vocab_size(with_added_tokens=True)
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -54,15 +94,12 @@ class Tokenizer:
     @property
     def bos_token_id(self) -> int | None:
         """The beginning-of-sequence token id, if the tokenizer has one."""
-        return self._hf.bos_token_id
+        return self._token_id("bos_token")
 
     @property
     def chat_template(self) -> str | None:
         """The model's default chat template source, or None when it has none."""
-        template = self._hf.chat_template
-        if isinstance(template, dict):
-            template = template.get("default")
-        return template
+        return self._chat_template
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text``; ``add_special_tokens`` adds the model's BOS/EOS decorations."""
@@ -81,26 +118,51 @@ class Tokenizer:
     ) -> str:
         """Render ``messages`` into a prompt string with the model's chat template.
 
-        Extra ``kwargs`` (``enable_thinking``, ``documents``, ...) become template variables.
-        Raises ``ValueError`` when the model has no chat template.
+        Extra ``kwargs`` (``enable_thinking``, ``documents``, ...) become template variables, and
+        ``chat_template=`` overrides the model's template. Raises ``ValueError`` when there is no
+        template to use.
         """
-        template = kwargs.pop("chat_template", None) or self.chat_template
+        template = kwargs.pop("chat_template", None) or self._chat_template
         if template is None:
             raise ValueError("this model has no chat template; send a plain completion prompt instead")
         return render_chat(
             template, messages, add_generation_prompt=add_generation_prompt, tools=tools,
-            special_tokens=self._hf.special_tokens_map, **kwargs,
+            special_tokens=self._special, **kwargs,
         )
+
+    def _token_id(self, name: str) -> int | None:
+        token = self._special.get(name)
+        return None if token is None else self._backend.token_to_id(token)
+
+
+def read_json(file: Path) -> dict:
+    """The JSON object in ``file``, or an empty dict when the file does not exist."""
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+
+
+def token_text(value) -> str:
+    """A special token's string, whether stored plainly or as a serialized ``AddedToken``."""
+    return value["content"] if isinstance(value, dict) else str(value)
+
+
+def find_chat_template(model_dir: Path, tokenizer_config: dict) -> str | None:
+    """The default chat template, looked up where ``transformers`` saves it."""
+    jinja_file = model_dir / "chat_template.jinja"
+    if jinja_file.is_file():
+        return jinja_file.read_text(encoding="utf-8")
+    template = read_json(model_dir / "chat_template.json").get("chat_template")
+    template = template or tokenizer_config.get("chat_template")
+    if isinstance(template, list):
+        named = {entry["name"]: entry["template"] for entry in template}
+        template = named.get("default")
+    return template
 
 
 def config_eos_ids(model_dir: Path) -> list[int]:
     """``eos_token_id`` values (int or list) from ``generation_config.json`` and ``config.json``."""
     ids: list[int] = []
     for name in ("generation_config.json", "config.json"):
-        file = model_dir / name
-        if not file.is_file():
-            continue
-        value = json.loads(file.read_text()).get("eos_token_id")
+        value = read_json(model_dir / name).get("eos_token_id")
         if isinstance(value, int):
             ids.append(value)
         elif isinstance(value, list):

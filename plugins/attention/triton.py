@@ -44,7 +44,7 @@ class TritonAttnBackend(AttentionBackend):
     priority = 50
     description = "Triton split-KV decode and variable-length extend over the paged KV pool"
     capabilities = Capabilities(devices=("cuda",), dtypes=("float16", "bfloat16", "float32"),
-                                features=frozenset({"paged", "cuda_graph", "sliding_window"}))
+                                features=frozenset({"paged", "cuda_graph", "sliding_window", "logit_cap", "mixed"}))
     requires_packages = ("triton",)
     supports_cuda_graph = True
 

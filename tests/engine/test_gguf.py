@@ -83,14 +83,14 @@ def test_cache_root_comes_from_environment(monkeypatch, tmp_path):
     assert gguf_loader.cache_root("/elsewhere") == Path("/elsewhere")
 
 
-def test_failed_conversion_leaves_no_cache_entry(monkeypatch, tmp_path, gguf_path):
+def test_failed_conversion_leaves_no_cache_entry(monkeypatch, tmp_path):
     def explode(reader, arch, config, out_dir, desc):
         (out_dir / "model.safetensors").write_bytes(b"half a file")
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(gguf_loader, "write_weights", explode)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        convert_gguf(gguf_path, cache_dir=str(tmp_path))
+        convert_gguf(str(write_tiny_gguf(tmp_path / "tiny.gguf", "llama")), cache_dir=str(tmp_path))
     assert list((tmp_path / "gguf").iterdir()) == []
 
 
@@ -108,18 +108,65 @@ def test_garbage_file_is_a_value_error_naming_the_path(tmp_path):
     assert list((tmp_path / "cache" / "gguf").iterdir()) == []
 
 
-def test_unknown_architecture_is_named(tmp_path):
+TINY_TENSORS = {
+    "token_embd.weight": (4, 8), "output_norm.weight": (8,), "output.weight": (4, 8),
+    "blk.0.attn_q.weight": (8, 8), "blk.0.attn_k.weight": (4, 8), "blk.0.attn_v.weight": (4, 8),
+    "blk.0.attn_output.weight": (8, 8), "blk.0.attn_norm.weight": (8,), "blk.0.ffn_norm.weight": (8,),
+    "blk.0.ffn_gate.weight": (16, 8), "blk.0.ffn_up.weight": (16, 8), "blk.0.ffn_down.weight": (8, 16),
+}
+QWEN2_BIASES = {"blk.0.attn_q.bias": (8,), "blk.0.attn_k.bias": (4,), "blk.0.attn_v.bias": (4,)}
+QWEN3_NORMS = {"blk.0.attn_q_norm.weight": (4,), "blk.0.attn_k_norm.weight": (4,)}
+
+
+def write_tiny_gguf(path: Path, arch: str, with_metadata: bool = True) -> Path:
+    """A one-layer float32 GGUF file (hidden 8, 2 heads, 1 kv head, head_dim 4, vocab 4)."""
     from gguf import GGUFWriter
 
-    path = tmp_path / "mamba.gguf"
-    writer = GGUFWriter(str(path), "mamba")
-    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer = GGUFWriter(str(path), arch)
+    keys = {
+        "block_count": 1, "embedding_length": 8, "feed_forward_length": 16, "vocab_size": 4,
+        "attention.head_count": 2, "attention.head_count_kv": 1, "attention.key_length": 4,
+    }
+    for key, value in keys.items() if with_metadata else ():
+        writer.add_uint32(f"{arch}.{key}", value)
+    extra = {"qwen2": QWEN2_BIASES, "qwen3": QWEN3_NORMS}.get(arch, {})
+    rng = np.random.default_rng(0)
+    for name, shape in {**TINY_TENSORS, **extra}.items():
+        writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return path
+
+
+def test_unknown_architecture_is_named(tmp_path):
     with pytest.raises(ValueError, match="'mamba'"):
+        convert_gguf(str(write_tiny_gguf(tmp_path / "mamba.gguf", "mamba")), cache_dir=str(tmp_path / "cache"))
+
+
+def test_missing_metadata_is_named(tmp_path):
+    path = write_tiny_gguf(tmp_path / "headless.gguf", "llama", with_metadata=False)
+    with pytest.raises(ValueError, match="headless.gguf.*llama.attention.head_count"):
         convert_gguf(str(path), cache_dir=str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_qwen_tensors_load_into_transformers(tmp_path, arch):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    reader = gguf_loader.open_gguf(write_tiny_gguf(tmp_path / f"{arch}.gguf", arch))
+    config = gguf_loader.hf_config(reader, arch, gguf_loader.ARCHITECTURES[arch])
+    assert config["architectures"] == [f"{arch.capitalize()}ForCausalLM"]
+    assert config["tie_word_embeddings"] is False
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    gguf_loader.write_weights(reader, gguf_loader.ARCHITECTURES[arch], config, tmp_path, desc="")
+    expected = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(tmp_path))).state_dict()
+    ours = load_file(str(tmp_path / "model.safetensors"))
+    assert {name: tuple(t.shape) for name, t in ours.items()} == {n: tuple(t.shape) for n, t in expected.items()}
+    for tensor in reader.tensors:
+        converted = ours[hf_tensor_name(tensor.name)]
+        assert torch.equal(converted, torch.from_numpy(np.array(tensor.data)).reshape(converted.shape))
 
 
 def test_tensor_names_map_to_hugging_face():
@@ -142,3 +189,19 @@ def test_unpermute_reverses_llama_cpp_permute():
         original.reshape(n_head, 2, head_dim // 2, hidden).swapaxes(1, 2).reshape(original.shape)
     )
     assert np.array_equal(unpermute_qk(permuted, n_head), original)
+
+
+def test_large_models_are_written_as_indexed_shards(monkeypatch, tmp_path):
+    tensors = {f"model.layers.{i}.mlp.up_proj.weight": torch.full((16, 16), float(i)) for i in range(5)}
+    monkeypatch.setattr(gguf_loader, "hf_tensors", lambda *args: iter(tensors.items()))
+    monkeypatch.setattr(gguf_loader, "SHARD_BYTES", 2 * 16 * 16 * 4)
+    gguf_loader.write_weights(None, None, {}, tmp_path, desc="")
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert files == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    loaded = {}
+    for file in files:
+        loaded.update(load_file(str(tmp_path / file)))
+    assert loaded.keys() == tensors.keys()
+    assert all(torch.equal(loaded[name], tensors[name]) for name in tensors)
+    assert not (tmp_path / "model.safetensors").exists()

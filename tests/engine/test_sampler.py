@@ -147,6 +147,17 @@ def test_penalty_state_is_lazy_and_reset_per_request():
     assert greedy_steps(p, logits, 2, sampler=sampler, slot=4) == [3, 5]
 
 
+def test_uncounted_rows_stay_out_of_the_penalty_counts():
+    sampler = Sampler(V, 8, "cpu")
+    p = P(temperature=0, frequency_penalty=1.5)
+    sampler.start_request(2, [], needs_penalties=True)
+    logits = crafted({3: 2.0, 5: 1.0}).unsqueeze(0)
+    b = batch([p], slots=[2])
+    assert int(sampler.sample(logits, b, lens([0]), counted=torch.tensor([False])).next_token_ids[0]) == 3
+    assert int(sampler.sample(logits, b, lens([0])).next_token_ids[0]) == 3
+    assert int(sampler.sample(logits, b, lens([1])).next_token_ids[0]) == 5
+
+
 def test_logit_bias_forces_and_forbids():
     logits = torch.randn(3, V)
     low, high = int(logits[0].argmin()), int(logits[2].argmax())

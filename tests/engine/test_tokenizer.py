@@ -36,6 +36,16 @@ def test_properties(tokenizer):
     assert "<|im_start|>" in tokenizer.chat_template
 
 
+def test_loaded_without_transformers_matches_hugging_face_wrapper(tokenizer, hf_tokenizer):
+    wrapped = Tokenizer.from_hf(hf_tokenizer, [2])
+    assert wrapped.eos_token_ids == tokenizer.eos_token_ids
+    assert wrapped.bos_token_id == tokenizer.bos_token_id
+    assert wrapped.vocab_size == tokenizer.vocab_size
+    assert wrapped.chat_template == tokenizer.chat_template
+    assert tokenizer._special == wrapped._special
+    assert tokenizer.hf_tokenizer.encode(MIXED_TEXT) == tokenizer.encode(MIXED_TEXT)
+
+
 def test_encode_decode_roundtrip(tokenizer, hf_tokenizer):
     for text in ("Hello world", MIXED_TEXT, "  leading spaces\nand\ttabs ", ""):
         ids = tokenizer.encode(text)
@@ -88,7 +98,7 @@ def test_raise_exception_and_missing_template(tokenizer, model_dir):
     bare = AutoTokenizer.from_pretrained(model_dir)
     bare.chat_template = None
     with pytest.raises(ValueError, match="no chat template"):
-        Tokenizer(bare).apply_chat_template([{"role": "user", "content": "hi"}])
+        Tokenizer.from_hf(bare).apply_chat_template([{"role": "user", "content": "hi"}])
 
 
 def stream(tokenizer, ids, skip_special_tokens=True):

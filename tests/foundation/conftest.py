@@ -64,3 +64,25 @@ def plugin_path(plugin_site, monkeypatch) -> Path:
     """Put the fixture plugins on sys.path for one in-process test."""
     monkeypatch.syspath_prepend(str(plugin_site))
     return plugin_site
+
+
+@pytest.fixture
+def cli(plugin_path, monkeypatch, capsys):
+    """Run `jackfield ARGS...` in this process with the fixture plugins importable and only the
+    JACKFIELD_* variables given in `env`; returns (exit code, stdout, stderr)."""
+    from jackfield.cli import main
+
+    def run(*args: str, **env: str) -> tuple[int, str, str]:
+        for var in [v for v in os.environ if v.startswith("JACKFIELD_")]:
+            monkeypatch.delenv(var)
+        for var, value in env.items():
+            monkeypatch.setenv(var, value)
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse errors
+            code = exc.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

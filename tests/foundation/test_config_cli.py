@@ -1,4 +1,8 @@
-"""`jackfield config show` in a subprocess: precedence, sources and clean errors."""
+"""`jackfield config show`: precedence, sources and clean errors.
+
+Precedence and the bad-file exit run as real subprocesses; the rest call `jackfield.cli.main`
+in-process.
+"""
 from __future__ import annotations
 
 import json
@@ -17,36 +21,52 @@ def test_show_reports_value_and_source(run_cli, tmp_path):
     assert shown["max_prefill_tokens"] == {"value": 16384, "source": "default"}
 
 
-def test_show_default_port(run_cli):
-    done = run_cli("config", "show", "--json", JACKFIELD_PLUGINS="example")
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["port"] == {"value": 30000, "source": "default"}
-
-
-def test_show_text_lists_every_value(run_cli):
-    done = run_cli("config", "show", "--port", "8123", JACKFIELD_PLUGINS="example")
-    assert done.returncode == 0, done.stderr
-    port_line = next(line for line in done.stdout.splitlines() if line.startswith("port "))
-    assert port_line.split() == ["port", "8123", "cli:--port"]
-
-
 def test_bad_file_exits_2_naming_the_value(run_cli, tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text('port = "abc"\n')
     done = run_cli("config", "show", "--config", str(config), JACKFIELD_PLUGINS="example")
     assert done.returncode == 2
-    assert "'abc'" in done.stderr and "'port'" in done.stderr and "file:" in done.stderr
+    assert "'abc'" in done.stderr and "'port'" in done.stderr and f"file:{config}" in done.stderr
     assert "Traceback" not in done.stderr
 
 
-def test_bad_env_exits_2(run_cli):
-    done = run_cli("config", "show", JACKFIELD_PLUGINS="example", JACKFIELD_NOPE="1")
-    assert done.returncode == 2
-    assert "unknown setting 'nope' (from env:JACKFIELD_NOPE" in done.stderr
-    assert "Traceback" not in done.stderr
+def test_show_default_port(cli):
+    code, out, err = cli("config", "show", "--json")
+    assert code == 0, err
+    assert json.loads(out)["port"] == {"value": 30000, "source": "default"}
 
 
-def test_unknown_flag_names_it(run_cli):
-    done = run_cli("config", "show", "--nope", "1", JACKFIELD_PLUGINS="example")
-    assert done.returncode == 2
-    assert "--nope" in done.stderr
+def test_yaml_file_and_env(cli, tmp_path):
+    config = tmp_path / "jackfield.yaml"
+    config.write_text("port: 8100\nattention_backend: example_sdpa\n")
+    code, out, err = cli("config", "show", "--json", "--config", str(config), JACKFIELD_PORT="8200")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["port"] == {"value": 8200, "source": "env:JACKFIELD_PORT"}
+    assert shown["attention_backend"] == {"value": "example_sdpa", "source": f"file:{config}"}
+
+
+def test_show_text_lists_every_value(cli):
+    code, out, err = cli("config", "show", "--port", "8123")
+    assert code == 0, err
+    port_line = next(line for line in out.splitlines() if line.startswith("port "))
+    assert port_line.split() == ["port", "8123", "cli:--port"]
+    assert len(out.splitlines()) == len(json.loads(cli("config", "show", "--json")[1]))
+
+
+def test_bad_env_exits_2(cli):
+    code, out, err = cli("config", "show", JACKFIELD_NOPE="1")
+    assert code == 2
+    assert "unknown setting 'nope' (from env:JACKFIELD_NOPE='1')" in err
+
+
+def test_out_of_range_env_exits_2(cli):
+    code, out, err = cli("config", "show", JACKFIELD_PORT="99999")
+    assert code == 2
+    assert "invalid value '99999' for setting 'port' (from env:JACKFIELD_PORT)" in err
+
+
+def test_unknown_flag_names_it(cli):
+    code, out, err = cli("config", "show", "--nope", "1")
+    assert code == 2
+    assert "--nope" in err

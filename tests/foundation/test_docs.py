@@ -16,6 +16,13 @@ def test_every_setting_is_in_configuration_md():
     assert not missing, f"docs/configuration.md lacks a table row for: {', '.join(missing)}"
 
 
+def test_configuration_md_documents_no_removed_setting():
+    section = (DOCS / "configuration.md").read_text().split("## Every setting", 1)[1]
+    rows = [line.split("`")[1] for line in section.splitlines() if line.startswith("| `")]
+    stale = [name for name in rows if name not in Settings.model_fields]
+    assert not stale, f"docs/configuration.md documents settings that no longer exist: {', '.join(stale)}"
+
+
 def test_every_hook_and_base_class_is_in_plugins_md():
     text = (DOCS / "plugins.md").read_text()
     hooks = [name for name in vars(hookspecs) if name.startswith("jackfield_")]

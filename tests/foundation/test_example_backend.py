@@ -1,7 +1,9 @@
-"""The example plugin's attention backend over a real paged KV pool, against a float64 reference."""
+"""The example plugin's attention backend: over a paged KV pool against a float64 reference, and in a
+real Engine against the built-in torch_native backend."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -127,3 +129,44 @@ def test_example_declares_what_it_supports(backends):
     assert cls.name == "example_sdpa" and cls.priority == -100
     assert "sliding_window" in cls.capabilities.features
     assert cls.availability().ok
+
+
+TINY_LLAMA = ('{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256, "hidden_size": 64, '
+              '"intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, '
+              '"max_position_embeddings": 256, "rms_norm_eps": 1e-5}')
+
+
+@pytest.fixture
+def tiny_llama(plugin_path, tmp_path, monkeypatch):
+    """A dummy-weight Llama directory, with only the fixture and the needed built-in plugins enabled."""
+    (tmp_path / "config.json").write_text(TINY_LLAMA)
+    for var in [v for v in os.environ if v.startswith("JACKFIELD_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("JACKFIELD_PLUGINS", "example,dup,torch_native,unquantized,llama")
+    return tmp_path
+
+
+def greedy_tokens(model_dir, **settings) -> list[list[int]]:
+    from jackfield import Engine
+
+    with Engine(model=str(model_dir), load_format="dummy", kv_cache_bytes=1 << 24, warmup=False, **settings) as engine:
+        assert engine.info.components["attention"]["name"] == settings["attention_backend"]
+        outs = engine.generate([[1, 2, 3, 4, 5, 6, 7], [9, 8, 7]], {"temperature": 0, "max_new_tokens": 8})
+        return [o["token_ids"] for o in outs]
+
+
+def test_engine_with_the_example_backend_matches_torch_native(tiny_llama, caplog):
+    with caplog.at_level("INFO", logger="jackfield_example_plugin"):
+        reference_tokens = greedy_tokens(tiny_llama, attention_backend="torch_native")
+        example_tokens = greedy_tokens(tiny_llama, attention_backend="example_sdpa",
+                                       plugin_choice={"attention.example_sdpa": "jackfield-example-plugin"})
+    assert example_tokens == reference_tokens
+    assert caplog.text.count("example plugin: engine started (EngineInfo)") == 2
+
+
+def test_engine_refuses_the_ambiguous_name(tiny_llama):
+    from jackfield import Engine
+    from jackfield.selection import SelectionError
+
+    with pytest.raises(SelectionError, match="jackfield-example-plugin.*jackfield-dup-plugin|jackfield-dup-plugin.*jackfield-example-plugin"):
+        Engine(model=str(tiny_llama), load_format="dummy", attention_backend="example_sdpa", warmup=False)

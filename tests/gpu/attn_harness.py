@@ -142,6 +142,9 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 def poison_allocator(device: torch.device, nbytes: int) -> None:
     """Leave NaN-filled blocks in the CUDA caching allocator, so unwritten outputs show up as NaN."""
-    if device.type == "cuda":
-        junk = torch.full((nbytes // 4 + 1,), float("nan"), dtype=torch.float32, device=device)
-        del junk
+    if device.type != "cuda":
+        return
+    # one large block (large-pool allocations) and a filled small-pool segment (allocations <= 1 MiB)
+    junk = [torch.full((n // 4 + 1,), float("nan"), dtype=torch.float32, device=device)
+            for n in [nbytes] + [(1 << 19) - 64] * 4 + [(1 << 14)] * 16]
+    del junk

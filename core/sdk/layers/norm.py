@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from jackfield.kernels import fused_available
+
 
 class RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float, dtype: torch.dtype, device):
@@ -18,6 +20,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """Without residual: norm(x). With residual: (norm(x + residual), x + residual)."""
+        if fused_available(x):
+            from jackfield.kernels.norm import rmsnorm
+
+            return rmsnorm(x, self.weight, self.eps, residual)
         if residual is None:
             return self._norm(x)
         x = x + residual

@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from jackfield.kernels import fused_available
+
 from jackfield.sdk.model_config import RopeConfig
 
 
@@ -38,8 +40,10 @@ def _yarn_inv_freq(rope: RopeConfig, max_pos: int) -> tuple[torch.Tensor, float]
     def correction_dim(rotations: float) -> float:
         return dim * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(base))
 
-    low = max(math.floor(correction_dim(rope.beta_fast)), 0)
-    high = min(math.ceil(correction_dim(rope.beta_slow)), dim - 1)
+    low, high = correction_dim(rope.beta_fast), correction_dim(rope.beta_slow)
+    if rope.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
     if low == high:
         high += 0.001
     ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
@@ -75,7 +79,12 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos_sin_cache", cache.to(dtype=torch.float32, device=device), persistent=False)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q: [T, Hq*D], k: [T, Hk*D] -> rotated copies of the same shapes."""
+        """q: [T, Hq*D], k: [T, Hk*D] -> rotated q and k of the same shapes (in place on CUDA)."""
+        if fused_available(q):
+            from jackfield.kernels.rotary import rope_inplace
+
+            rope_inplace(positions, q, k, self.cos_sin_cache, self.head_dim, self.rotary_dim)
+            return q.contiguous(), k.contiguous()
         cos, sin = self.cos_sin_cache[positions].chunk(2, dim=-1)
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 

@@ -1,0 +1,133 @@
+"""Attention kernel benchmark: decode bandwidth and prefill throughput of every available GPU backend.
+
+Decode: one layer of the Llama-3.1-8B attention shape (32 q heads, 8 kv heads, head dim 128, bf16)
+at batch 1/16/64/256 × context 512..8192; time is the median of triton.testing.do_bench over the
+backend's forward_decode (metadata prepared once, outside the timing), reported as achieved GB/s of
+K/V read. Prefill: one request of a few lengths with no cached prefix, reported as causal TFLOP/s.
+
+    python benchmarks/attention_kernels.py --out results.json [--backends triton,flashinfer] [--page-size 16]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+
+import torch
+
+from jackfield.sdk import AttentionLayerInfo, AttentionRuntime, ForwardBatch, ForwardMode, KVPool
+
+BACKENDS = {"triton": "jackfield_plugins.attention.triton:TritonAttnBackend",
+            "flashinfer": "jackfield_plugins.attention.flashinfer:FlashInferAttnBackend",
+            "fa3": "jackfield_plugins.attention.fa3:FA3AttnBackend"}
+HEADS, KV_HEADS, HEAD_DIM, DTYPE = 32, 8, 128, torch.bfloat16
+BATCHES, CONTEXTS, PREFILL_LENS = (1, 16, 64, 256), (512, 1024, 2048, 4096, 8192), (1024, 4096, 8192, 16384)
+
+
+def available_backends(names: list[str]) -> dict[str, type]:
+    found = {}
+    for name in names:
+        module, cls_name = BACKENDS[name].split(":")
+        cls = getattr(importlib.import_module(module), cls_name)
+        status = cls.availability()
+        if status.ok:
+            found[name] = cls
+        else:
+            print(f"skipping {name}: {status.reason}")
+    return found
+
+
+class Setup:
+    """A KV pool holding `batch` requests of `context` tokens each, on randomly shuffled pages."""
+
+    def __init__(self, batch: int, context: int, page_size: int):
+        dev = torch.device("cuda")
+        pages_per_req = -(-context // page_size)
+        num_pages = batch * pages_per_req
+        self.pool = KVPool(num_pages, page_size, 1, KV_HEADS, HEAD_DIM, DTYPE, dev)
+        self.pool.k_buffers[0].normal_()
+        self.pool.v_buffers[0].normal_()
+        pages = (torch.randperm(num_pages, device=dev) + 1).view(batch, pages_per_req)
+        slots = (pages[:, :, None] * page_size + torch.arange(page_size, device=dev)).flatten(1)[:, :context]
+        self.req_to_token = torch.zeros(batch + 1, context, dtype=torch.int32, device=dev)
+        self.req_to_token[1:] = slots.to(torch.int32)
+        self.batch, self.context, self.page_size, self.dev = batch, context, page_size, dev
+
+    def runtime(self) -> AttentionRuntime:
+        return AttentionRuntime(1, HEADS, KV_HEADS, HEAD_DIM, DTYPE, self.dev, self.page_size, self.pool,
+                                self.req_to_token, self.batch, self.context)
+
+    def batch_of(self, backend, mode: ForwardMode, new_tokens: int) -> ForwardBatch:
+        bs, dev, n = self.batch, self.dev, self.batch * new_tokens
+        ints = lambda vals, dt=torch.int32: torch.tensor(vals, dtype=dt, device=dev)  # noqa: E731
+        extend = {} if mode == ForwardMode.DECODE else dict(
+            extend_prefix_lens=ints([self.context - new_tokens] * bs), extend_seq_lens=ints([new_tokens] * bs),
+            extend_start_loc=ints([i * new_tokens for i in range(bs)]),
+            extend_prefix_lens_cpu=(self.context - new_tokens,) * bs, extend_seq_lens_cpu=(new_tokens,) * bs)
+        return ForwardBatch(
+            mode=mode, batch_size=bs, input_ids=torch.zeros(n, dtype=torch.int64, device=dev),
+            positions=torch.zeros(n, dtype=torch.int64, device=dev),
+            req_pool_indices=torch.arange(1, bs + 1, device=dev), seq_lens=ints([self.context] * bs),
+            out_cache_loc=torch.zeros(n, dtype=torch.int64, device=dev), req_to_token=self.req_to_token,
+            kv_pool=self.pool, attn_backend=backend, seq_lens_cpu=(self.context,) * bs, **extend)
+
+
+def time_ms(fn) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def bench_decode(cls, batch: int, context: int, page_size: int) -> dict:
+    setup = Setup(batch, context, page_size)
+    backend = cls(setup.runtime())
+    fb = setup.batch_of(backend, ForwardMode.DECODE, 1)
+    layer = AttentionLayerInfo(0, HEADS, KV_HEADS, HEAD_DIM, HEAD_DIM ** -0.5)
+    q = torch.randn(batch, HEADS * HEAD_DIM, dtype=DTYPE, device="cuda")
+    backend.init_forward_metadata(fb)
+    ms = time_ms(lambda: backend.forward_decode(q, layer, fb))
+    kv_bytes = 2 * batch * context * KV_HEADS * HEAD_DIM * setup.pool.k_buffers[0].element_size()
+    return {"batch": batch, "context": context, "ms": ms, "kv_bytes": kv_bytes, "gbps": kv_bytes / ms / 1e6}
+
+
+def bench_prefill(cls, length: int, page_size: int) -> dict:
+    setup = Setup(1, length, page_size)
+    backend = cls(setup.runtime())
+    fb = setup.batch_of(backend, ForwardMode.EXTEND, length)
+    layer = AttentionLayerInfo(0, HEADS, KV_HEADS, HEAD_DIM, HEAD_DIM ** -0.5)
+    q = torch.randn(length, HEADS * HEAD_DIM, dtype=DTYPE, device="cuda")
+    backend.init_forward_metadata(fb)
+    ms = time_ms(lambda: backend.forward_extend(q, layer, fb))
+    flops = 4 * HEADS * HEAD_DIM * length * (length + 1) / 2  # QK^T and PV over the causal triangle
+    return {"length": length, "ms": ms, "tflops": flops / ms / 1e9}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="where to write the JSON results")
+    ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated backend names")
+    ap.add_argument("--page-size", type=int, default=16)
+    args = ap.parse_args()
+    backends = available_backends(args.backends.split(","))
+    results = {"device": torch.cuda.get_device_name(), "page_size": args.page_size,
+               "shape": {"heads": HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM, "dtype": "bfloat16"},
+               "decode": [], "prefill": []}
+    for name, cls in backends.items():
+        for batch in BATCHES:
+            for context in CONTEXTS:
+                row = {"backend": name, **bench_decode(cls, batch, context, args.page_size)}
+                results["decode"].append(row)
+                print(f"decode  {name:>10} bs={batch:<4} ctx={context:<5} {row['ms'] * 1e3:9.1f} us "
+                      f"{row['gbps']:8.1f} GB/s", flush=True)
+                torch.cuda.empty_cache()
+        for length in PREFILL_LENS:
+            row = {"backend": name, **bench_prefill(cls, length, args.page_size)}
+            results["prefill"].append(row)
+            print(f"prefill {name:>10} len={length:<6} {row['ms']:9.3f} ms {row['tflops']:8.1f} TFLOP/s", flush=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

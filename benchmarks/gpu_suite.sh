@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The GPU suite: GPU tests + every GPU benchmark, in one device call. Prints a short table last.
+# Usage on the device: bash .whl/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/gpu_suite.sh [PART...]
+# Parts: tests kernels latency offline prefix overlap serving (default: all). Results: benchmarks/results/ and $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUTDIR=benchmarks/results
+mkdir -p "$OUTDIR"
+STAMP=$(date -u +%Y%m%d-%H%M)
+PARTS=${*:-tests kernels latency offline prefix overlap serving}
+CFG8B=benchmarks/configs/llama-3.1-8b.json
+CFG1B=benchmarks/configs/llama-1b.json
+JF="python3 -c 'import sys; from jackfield.cli import main; sys.exit(main())'"
+run() { echo "+ $*" >&2; eval "$@"; }
+has() { [[ " $PARTS " == *" $1 "* ]]; }
+
+if has tests; then
+  run python3 -m pytest -q -m gpu tests/gpu 2>&1 | tail -25
+fi
+if has kernels; then
+  run python3 benchmarks/attention_kernels.py --out "$OUTDIR/kernels-$STAMP.json" 2>&1 | tail -40
+fi
+if has latency; then
+  for be in flashinfer triton torch_native; do
+    extra=""; [ "$be" = flashinfer ] && extra="--compare-transformers --hf-compile"
+    run $JF bench latency --model $CFG8B --load-format dummy --attention-backend $be --batch-size 1 \
+      --input-len 128 --output-len 256 --max-total-tokens 65536 --cuda-graph-max-bs 32 $extra \
+      --output-file "$OUTDIR/latency-8b-$be-$STAMP.json" > /dev/null
+  done
+fi
+if has offline; then
+  run $JF bench offline --model $CFG8B --load-format dummy --num-prompts 256 --input-len 512 --output-len 256 \
+    --max-running-requests 256 --cuda-graph-max-bs 256 --chunked-prefill-size 8192 \
+    --output-file "$OUTDIR/offline-8b-$STAMP.json" > /dev/null
+fi
+if has prefix; then
+  run $JF bench prefix --model $CFG8B --load-format dummy --num-prompts 64 --prefix-len 1000 --suffix-len 50 \
+    --output-len 32 --max-total-tokens 200000 --output-file "$OUTDIR/prefix-8b-$STAMP.json" > /dev/null
+fi
+if has overlap; then
+  for ov in on off; do
+    flag=""; [ $ov = off ] && flag="--disable-overlap-schedule"
+    run $JF bench latency --model $CFG1B --load-format dummy --batch-size 64 --input-len 128 --output-len 256 \
+      --max-total-tokens 100000 $flag --output-file "$OUTDIR/overlap-$ov-1b-$STAMP.json" > /dev/null
+  done
+fi
+if has serving; then
+  bash benchmarks/gpu_serving.sh "$OUTDIR" "$STAMP"
+fi
+[ -n "${OUT:-}" ] && tar czf "$OUT/results-$STAMP.tgz" $OUTDIR/*-$STAMP.json 2>/dev/null
+python3 benchmarks/summarize.py $OUTDIR/*-$STAMP.json

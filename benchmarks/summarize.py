@@ -1,0 +1,36 @@
+"""Print a short table of benchmark JSON reports (jackfield bench … --output-file)."""
+import json
+import sys
+
+
+def row(path: str) -> str:
+    with open(path) as f:
+        rep = json.load(f)
+    m = rep.get("metrics", rep)
+    name = path.rsplit("/", 1)[-1].rsplit("-", 2)[0]
+    if "results" in m and m["results"] and "jackfield" in m["results"][0]:
+        parts = []
+        for r in m["results"]:
+            j = r["jackfield"]
+            s = f"bs{j['batch_size']} decode {j['decode_tok_per_s']:.1f} tok/s prefill {j['prefill_s'] * 1e3:.0f} ms"
+            if "transformers" in r:
+                s += f" | HF {r['transformers']['decode_tok_per_s']:.1f} tok/s (x{r['speedup_decode']:.2f})"
+            parts.append(s)
+        return f"{name:28s} {m.get('attention_backend', '')}: " + "; ".join(parts)
+    if "output_tok_per_s" in m and "num_prompts" in m and "radix_on" not in m:
+        return f"{name:28s} {m['output_tok_per_s']:.0f} output tok/s, {m['total_s']:.1f} s"
+    if "radix_on" in m:
+        return (f"{name:28s} radix on {m['radix_on']['total_s']:.2f} s / off {m['radix_off']['total_s']:.2f} s "
+                f"(x{m['speedup_total_time']:.2f}), prefill tokens x{m['prefill_token_ratio']:.1f}")
+    if "median_ttft_ms" in m:
+        return (f"{name:28s} out {m['output_throughput']:.0f} tok/s TTFT p50 {m['median_ttft_ms']:.0f} "
+                f"p99 {m['p99_ttft_ms']:.0f} ms ITL p50 {m['median_itl_ms']:.1f} p99 {m['p99_itl_ms']:.1f} ms")
+    return f"{name:28s} " + ", ".join(f"{k}={v}" for k, v in list(m.items())[:6])
+
+
+if __name__ == "__main__":
+    for p in sys.argv[1:]:
+        try:
+            print(row(p))
+        except Exception as exc:
+            print(f"{p}: unreadable ({exc})")

@@ -1,0 +1,86 @@
+"""Shared pieces of the offline benchmarks: drive a Scheduler on token-id requests, time it, report."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import torch
+
+from jackfield.io_struct import TokenizedGenerateReq
+from jackfield.sampling.params import SamplingParams
+
+
+@dataclass
+class RunResult:
+    outputs: dict[str, list[int]] = field(default_factory=dict)
+    step_times: list[tuple[float, int, int]] = field(default_factory=list)  # (seconds, prefill tok, decode tok)
+    cached_tokens: dict[str, int] = field(default_factory=dict)
+    total_s: float = 0.0
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_requests(sched, prompts: list[list[int]], max_new_tokens: int, prefix: str = "r") -> RunResult:
+    """Submit all prompts at once (greedy, ignore_eos) and step the scheduler until they finish."""
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=True)
+    res = RunResult()
+    for i, ids in enumerate(prompts):
+        sched.handle(TokenizedGenerateReq(f"{prefix}{i}", ids, params))
+        res.outputs[f"{prefix}{i}"] = []
+    dev = sched.runner.device
+    sync(dev)
+    start = time.perf_counter()
+    while sched.has_work():
+        before_pre, before_gen = sched.stats.prefill_tokens_computed, sched.stats.generated_tokens
+        t0 = time.perf_counter()
+        outs = sched.step()
+        sync(dev)
+        res.step_times.append((time.perf_counter() - t0, sched.stats.prefill_tokens_computed - before_pre,
+                               sched.stats.generated_tokens - before_gen))
+        for batch in outs:
+            for o in batch.outputs:
+                res.outputs[o.rid] += o.new_token_ids
+                if o.finished is not None:
+                    res.cached_tokens[o.rid] = o.cached_tokens
+    res.total_s = time.perf_counter() - start
+    return res
+
+
+def random_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(10, vocab - 10, (n, length), generator=g).tolist()
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
+    except Exception:
+        return "unknown"
+
+
+def write_report(path: str | None, command: str, metrics: dict) -> dict:
+    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command,
+              "git_commit": git_commit(), "machine": machine(), "metrics": metrics}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text + "\n")
+    return report

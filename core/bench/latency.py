@@ -1,0 +1,109 @@
+"""`jackfield bench latency`: one static batch — prefill time and decode tokens/s (JSON output).
+
+With `--compare-transformers` the same weights run through Hugging Face `generate` in the same
+process, side by side.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from jackfield.cli.settings_args import add_settings_arguments, cli_overrides
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, nargs="+", default=[1])
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--compare-transformers", action="store_true", help="also time HF generate on the same weights")
+    p.add_argument("--hf-compile", action="store_true", help="HF side: static cache + torch.compile (GPU)")
+    p.add_argument("--output-file", default=None, help="write the JSON report here")
+    add_settings_arguments(p)
+
+
+def measure(sched, bs: int, input_len: int, output_len: int, seed: int = 0) -> dict:
+    from jackfield.bench.common import random_prompts, run_requests
+
+    vocab = sched.runner.config.vocab_size
+    run_requests(sched, random_prompts(bs, min(input_len, 16), vocab, seed + 1), 4, prefix="warm")
+    res = run_requests(sched, random_prompts(bs, input_len, vocab, seed), output_len)
+    prefill = [t for t in res.step_times if t[1] > 0]
+    decode = [t for t in res.step_times if t[1] == 0]
+    prefill_s = sum(t[0] for t in prefill)
+    decode_s = sum(t[0] for t in decode)
+    decode_tokens = sum(t[2] for t in decode)
+    return {"batch_size": bs, "input_len": input_len, "output_len": output_len, "prefill_s": prefill_s,
+            "prefill_tok_per_s": bs * input_len / prefill_s if prefill_s else None,
+            "decode_s": decode_s, "decode_tok_per_s": decode_tokens / decode_s if decode_s else None,
+            "decode_steps": len(decode), "total_s": res.total_s}
+
+
+def measure_transformers(model_dir: str, dtype, device, bs: int, input_len: int, output_len: int, compile_: bool) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from jackfield.bench.common import random_prompts, sync
+
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    if any(Path(model_dir).glob("*.safetensors")):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    else:  # dummy weights: the same shapes, random values
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=dtype).eval()
+    vocab = model.config.vocab_size
+    ids = torch.tensor(random_prompts(bs, input_len, vocab, 0), device=device)
+    kwargs = dict(do_sample=False, max_new_tokens=output_len, min_new_tokens=output_len, pad_token_id=0)
+    if compile_:
+        kwargs["cache_implementation"] = "static"
+        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+    with torch.inference_mode():
+        model.generate(ids[:, :16], **dict(kwargs, max_new_tokens=4, min_new_tokens=4))
+        if compile_:
+            model.generate(ids, **kwargs)
+        sync(device)
+        t0 = time.perf_counter()
+        model(ids)
+        sync(device)
+        prefill_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model.generate(ids, **kwargs)
+        sync(device)
+        total = time.perf_counter() - t0
+    decode_s = max(total - prefill_s, 1e-9)
+    return {"batch_size": bs, "prefill_s": prefill_s, "decode_s": decode_s,
+            "decode_tok_per_s": bs * (output_len - 1) / decode_s, "total_s": total, "compiled": compile_}
+
+
+def run(args) -> int:
+    from jackfield.bench.common import write_report
+    from jackfield.config import load_settings
+    from jackfield.engine_loop import build_scheduler
+
+    overrides = dict(cli_overrides(args))
+    overrides.setdefault("chunked_prefill_size", max(args.input_len * max(args.batch_size), 2048))
+    overrides.setdefault("max_prefill_tokens", max(args.input_len * max(args.batch_size), 16384))
+    overrides.setdefault("disable_radix_cache", True)
+    settings = load_settings(args.config_file, overrides).settings
+    sched, info = build_scheduler(settings, progress=False)
+    rows = []
+    for bs in args.batch_size:
+        row = {"jackfield": measure(sched, bs, args.input_len, args.output_len)}
+        if args.compare_transformers:
+            import torch
+
+            from jackfield.runtime_setup import DTYPES
+
+            hf = measure_transformers(str(sched.runner.setup.source.path), DTYPES[info.dtype], sched.runner.device,
+                                      bs, args.input_len, args.output_len, args.hf_compile)
+            row["transformers"] = hf
+            row["speedup_decode"] = row["jackfield"]["decode_tok_per_s"] / hf["decode_tok_per_s"]
+            del torch
+        rows.append(row)
+    metrics = {"model": info.model_path, "device": info.device, "dtype": info.dtype,
+               "attention_backend": info.components["attention"]["name"], "results": rows}
+    write_report(args.output_file, "jackfield bench latency " + " ".join(sys.argv[3:]), metrics)
+    return 0

@@ -1,0 +1,40 @@
+"""`jackfield bench offline`: throughput with every request submitted at once (JSON output)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jackfield.cli.settings_args import add_settings_arguments, cli_overrides
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-prompts", type=int, default=256)
+    p.add_argument("--input-len", type=int, default=512)
+    p.add_argument("--output-len", type=int, default=256)
+    p.add_argument("--prompt-seed", dest="bench_seed", type=int, default=0)
+    p.add_argument("--output-file", default=None, help="write the JSON report here")
+    add_settings_arguments(p)
+
+
+def run(args) -> int:
+    from jackfield.bench.common import random_prompts, run_requests, write_report
+    from jackfield.config import load_settings
+    from jackfield.engine_loop import build_scheduler
+
+    overrides = dict(cli_overrides(args))
+    overrides.setdefault("disable_radix_cache", True)
+    sched, info = build_scheduler(load_settings(args.config_file, overrides).settings, progress=False)
+    vocab = sched.runner.config.vocab_size
+    run_requests(sched, random_prompts(min(args.num_prompts, 8), 16, vocab, 99), 4, prefix="warm")
+    res = run_requests(sched, random_prompts(args.num_prompts, args.input_len, vocab, args.bench_seed), args.output_len)
+    out_tokens = sum(len(v) for v in res.outputs.values())
+    metrics = {"model": info.model_path, "device": info.device, "dtype": info.dtype,
+               "attention_backend": info.components["attention"]["name"], "num_prompts": args.num_prompts,
+               "input_len": args.input_len, "output_len": args.output_len, "total_s": res.total_s,
+               "output_tok_per_s": out_tokens / res.total_s,
+               "total_tok_per_s": (out_tokens + args.num_prompts * args.input_len) / res.total_s,
+               "request_per_s": args.num_prompts / res.total_s, "forward_steps": len(res.step_times),
+               "retractions": sched.stats.retractions, "max_running_requests": info.max_running_requests,
+               "max_total_tokens": info.max_total_tokens}
+    write_report(args.output_file, "jackfield bench offline " + " ".join(sys.argv[3:]), metrics)
+    return 0

@@ -1,0 +1,96 @@
+"""The FastAPI app: ServerState (what handlers and plugins see) and `build_app`.
+
+Routes come from one module per API family; plugins add theirs through the
+`jackfield_add_http_routes(app, server)` hook, called once while the app is built.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from jackfield.config import Settings
+from jackfield.engine_loop import EngineInfo
+from jackfield.server.errors import APIError, install_error_handlers
+from jackfield.server.metrics import ServerMetrics
+from jackfield.server.middleware import APIKeyMiddleware, RequestMetricsMiddleware
+from jackfield.server.tokenizer_manager import TokenizerManager
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerState:
+    """The running server: settings, engine info, the tokenizer manager and health."""
+
+    settings: Settings
+    info: EngineInfo
+    tokenizer_manager: TokenizerManager
+    metrics: ServerMetrics
+    pm: Any = None
+    plugin_records: list = field(default_factory=list)
+    tokenizer_path: str | None = None
+    ready: bool = False          # model loaded and warm-up done
+    failure: str | None = None   # set when a subprocess died; the server is then unhealthy
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def healthy(self) -> bool:
+        return self.ready and self.failure is None
+
+    @property
+    def selection(self) -> dict:
+        """The selected component per kind and why (EngineInfo.components)."""
+        return self.info.components
+
+    @property
+    def tokenizer(self):
+        return self.tokenizer_manager.tokenizer
+
+    @property
+    def model_name(self) -> str:
+        if self.settings.served_model_name:
+            return self.settings.served_model_name
+        path = Path(self.info.model_path)
+        return path.stem if path.is_file() else path.name
+
+    def check_model(self, name: str | None) -> None:
+        """404 `model_not_found` unless `name` is empty or names the served model."""
+        if not name:
+            return
+        accepted = {self.model_name, self.info.model_path, Path(self.info.model_path).name}
+        if name not in accepted and name.removesuffix(":latest") not in accepted:
+            raise APIError(404, f"the model '{name}' does not exist; this server serves '{self.model_name}'",
+                           param="model", code="model_not_found")
+
+
+def server_state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+def build_app(state: ServerState) -> FastAPI:
+    from jackfield.server import anthropic_api, native_api, ollama_api, openai_api, status_api
+
+    app = FastAPI(title="jackfield", version=_version())
+    app.state.server = state
+    install_error_handlers(app)
+    for module in (openai_api, anthropic_api, ollama_api, native_api, status_api):
+        app.include_router(module.router)
+    if state.pm is not None:
+        try:
+            state.pm.hook.jackfield_add_http_routes(app=app, server=state)
+        except Exception:
+            log.exception("a plugin failed in jackfield_add_http_routes; its routes are missing")
+    app.add_middleware(APIKeyMiddleware, api_key=state.settings.api_key)
+    app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
+    return app
+
+
+def _version() -> str:
+    from jackfield import __version__
+
+    return __version__

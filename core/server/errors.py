@@ -1,0 +1,95 @@
+"""Errors in the OpenAI shape: `{"error": {"message", "type", "param", "code"}}`, for every API.
+
+`APIError` is raised by the handlers; the exception handlers installed here turn it, request
+validation failures, malformed JSON, unknown routes and any unexpected exception into that shape.
+A 500 carries the exception's type, never a traceback (the traceback goes to the server log).
+"""
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from jackfield.sampling.params import SamplingParamError
+from jackfield.server.tokenizer_manager import ServerUnavailable
+
+log = logging.getLogger(__name__)
+TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+         404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+         422: "invalid_request_error", 499: "client_closed_request", 500: "internal_error",
+         503: "service_unavailable"}
+
+
+class APIError(Exception):
+    """An HTTP error to send as `{"error": {...}}` with `status`."""
+
+    def __init__(self, status: int, message: str, type: str | None = None, param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type = type or TYPES.get(status, "invalid_request_error")
+
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_response(err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+def from_sampling_error(exc: SamplingParamError, rename: dict[str, str] | None = None) -> APIError:
+    """A SamplingParamError as a 400 whose `param` uses the API's own name for the parameter."""
+    param = (rename or {}).get(exc.param, exc.param)
+    message = str(exc)
+    if param != exc.param:
+        message = message.replace(exc.param, param)
+    return APIError(400, message, param=param)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ServerUnavailable, _unavailable)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    return error_response(exc)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    err = exc.errors()[0] if exc.errors() else {}
+    if err.get("type") == "json_invalid":
+        detail = (err.get("ctx") or {}).get("error", "")
+        return error_response(APIError(400, f"malformed JSON body: {detail}".rstrip(": ")))
+    loc = [str(part) for part in err.get("loc", ()) if part != "body"]
+    param = ".".join(loc) or None
+    if err.get("type") == "missing" and param:
+        message = f"missing required parameter: '{param}'"
+    else:
+        message = f"{param}: {err.get('msg', 'invalid value')}" if param else err.get("msg", "invalid request body")
+    return error_response(APIError(400, message, param=param))
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404:
+        message = f"unknown route {request.method} {request.url.path}"
+    return error_response(APIError(exc.status_code, message))
+
+
+async def _unavailable(request: Request, exc: ServerUnavailable) -> JSONResponse:
+    return error_response(APIError(503, str(exc)))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(APIError(500, f"internal server error ({type(exc).__name__})"))

@@ -1,0 +1,123 @@
+"""RequestGroup: every choice of one API call in flight, and how the API layers wait for them.
+
+One OpenAI call with k prompts and `n` choices becomes k*n engine requests whose outputs share one
+queue; choice `i*n + j` is prompt i's j-th sample (OpenAI's numbering). Leaving the `with` block
+aborts whatever has not finished, so a client that goes away frees its KV at once.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field, replace
+from typing import AsyncIterator
+
+from fastapi import Request
+
+from jackfield.io_struct import FinishReason, ReqOutput, TokenLogprob
+from jackfield.sampling.params import SamplingParams
+from jackfield.server.errors import APIError
+from jackfield.server.tokenizer_manager import TokenizerManager
+
+DISCONNECT_POLL_S = 0.5
+
+
+@dataclass
+class Result:
+    """One finished choice: its text, tokens, logprobs, finish reason and token counts."""
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    def add(self, out: ReqOutput) -> None:
+        self.text += out.text or ""
+        self.token_ids += out.new_token_ids
+        self.logprobs += out.logprobs or []
+        self.finish = out.finished
+        if out.prompt_tokens or out.completion_tokens:
+            self.prompt_tokens, self.completion_tokens = out.prompt_tokens, out.completion_tokens
+            self.cached_tokens = out.cached_tokens
+
+
+class RequestGroup:
+    """Submit `len(prompts) * n` requests; iterate `outputs()` or await `collect()`."""
+
+    def __init__(self, tm: TokenizerManager, prompts: list[list[int]], params: SamplingParams, n: int = 1):
+        self.tm, self.prompts, self.params, self.n = tm, prompts, params, n
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.index: dict[str, int] = {}
+        self.rids: list[str] = []
+        self.pending: set[str] = set()
+
+    def __enter__(self) -> RequestGroup:
+        try:
+            for i, ids in enumerate(self.prompts):
+                for j in range(self.n):
+                    seed = self.params.seed + j if self.params.seed is not None else None
+                    rid = self.tm.submit(ids, replace(self.params, n=1, seed=seed), self.queue)
+                    self.index[rid] = i * self.n + j
+                    self.rids.append(rid)
+                    self.pending.add(rid)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for rid in list(self.pending):
+            self.tm.abort(rid)
+        self.pending.clear()
+
+    @property
+    def size(self) -> int:
+        return len(self.prompts) * self.n
+
+    async def outputs(self) -> AsyncIterator[tuple[int, ReqOutput]]:
+        """(choice index, increment) until every request has finished."""
+        while self.pending:
+            out: ReqOutput = await self.queue.get()
+            if out.finished is not None:
+                self.pending.discard(out.rid)
+            yield self.index[out.rid], out
+
+    async def collect(self) -> list[Result]:
+        """Every choice's Result, in index order; raises APIError if one was aborted."""
+        results = [Result(i) for i in range(self.size)]
+        async for i, out in self.outputs():
+            results[i].add(out)
+        for r in results:
+            raise_if_aborted(r.finish)
+        return results
+
+
+def raise_if_aborted(finish: FinishReason | None) -> None:
+    if finish is not None and finish.kind == "abort":
+        raise abort_error(finish.message)
+
+
+def abort_error(message: str) -> APIError:
+    """Why the engine aborted a request, as an HTTP error: bad input 400, internal 500, engine gone 503."""
+    if message.startswith("internal error"):
+        return APIError(500, message, type="internal_error")
+    if "process" in message and ("died" in message or "exited" in message) or "shutting down" in message:
+        return APIError(503, message)
+    return APIError(400, message or "the request was aborted")
+
+
+async def until_disconnected(request: Request, awaitable):
+    """Await `awaitable`, but give up (APIError 499) if the HTTP client disconnects meanwhile."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise APIError(499, "the client closed the connection")
+    finally:
+        if not task.done():
+            task.cancel()

@@ -1,0 +1,86 @@
+"""IPC plumbing shared by the server's processes: socket names, ZMQ sockets, child-process setup.
+
+Three PUSH/PULL channels, as in SGLang, each an `ipc://` file in one private temp directory:
+
+    tokenizer manager --scheduler_input--> scheduler --detokenizer--> detokenizer --tokenizer--> manager
+
+The PULL end binds, the PUSH ends connect. Messages are pickled dataclasses (`send_pyobj`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+
+import zmq
+
+PARENT_CHECK_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class PortArgs:
+    """The ipc:// addresses of the three channels."""
+
+    scheduler_input: str   # tokenizer manager -> scheduler
+    detokenizer: str       # scheduler -> detokenizer
+    tokenizer: str         # detokenizer -> tokenizer manager
+    tmp_dir: str
+
+    @classmethod
+    def create(cls) -> PortArgs:
+        d = tempfile.mkdtemp(prefix="jackfield-ipc-")
+        return cls(f"ipc://{d}/scheduler", f"ipc://{d}/detokenizer", f"ipc://{d}/tokenizer", d)
+
+    def cleanup(self) -> None:
+        for name in ("scheduler", "detokenizer", "tokenizer"):
+            try:
+                os.unlink(os.path.join(self.tmp_dir, name))
+            except OSError:
+                pass
+        try:
+            os.rmdir(self.tmp_dir)
+        except OSError:
+            pass
+
+
+def pull_socket(ctx: zmq.Context, address: str) -> zmq.Socket:
+    """A bound PULL socket with no receive limit."""
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(address)
+    return sock
+
+
+def push_socket(ctx: zmq.Context, address: str) -> zmq.Socket:
+    """A connected PUSH socket; messages queue (no limit) until the peer binds."""
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(address)
+    return sock
+
+
+def setup_child(name: str, log_level: str) -> None:
+    """Common start of every child process.
+
+    Ctrl-C reaches the whole process group; children ignore SIGINT and let the parent decide (it
+    terminates them). A daemon thread ends the child when its parent disappears, so a parent killed
+    with SIGKILL leaves no orphan behind.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    logging.basicConfig(level=log_level.upper(), format=f"%(levelname)s [{name}] %(name)s: %(message)s")
+    parent = os.getppid()
+    threading.Thread(target=_watch_parent, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(PARENT_CHECK_SECONDS)
+        if os.getppid() != parent:
+            os._exit(0)

@@ -1,0 +1,68 @@
+"""Prometheus metrics of the server, kept in a private CollectorRegistry and served at GET /metrics.
+
+Request counts come from the HTTP middleware; latencies and token counts from the tokenizer
+manager as outputs arrive; scheduler gauges (running, queued, KV usage, cache hit rate) are fetched
+with a GetStatsReq at scrape time.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from jackfield.io_struct import StatsOut
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ServerMetrics:
+    """Every metric the server exports; `render()` is the /metrics body."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("jackfield_requests", "HTTP requests by endpoint and status code",
+                                ["endpoint", "status"], registry=r)
+        self.time_to_first_token = Histogram("jackfield_time_to_first_token_seconds",
+                                             "Time from request arrival to its first token", buckets=LATENCY_BUCKETS,
+                                             registry=r)
+        self.inter_token_latency = Histogram("jackfield_inter_token_latency_seconds",
+                                             "Time between consecutive output tokens", buckets=TOKEN_LATENCY_BUCKETS,
+                                             registry=r)
+        self.e2e_latency = Histogram("jackfield_e2e_request_latency_seconds",
+                                     "Time from request arrival to its last token", buckets=LATENCY_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("jackfield_prompt_tokens", "Prompt tokens of finished requests", registry=r)
+        self.generation_tokens = Counter("jackfield_generation_tokens", "Generated tokens", registry=r)
+        self.cached_tokens = Counter("jackfield_cached_tokens", "Prompt tokens served from the prefix cache",
+                                     registry=r)
+        self.num_running = Gauge("jackfield_num_running_reqs", "Requests in the running batch", registry=r)
+        self.num_queued = Gauge("jackfield_num_queued_reqs", "Requests waiting to be scheduled", registry=r)
+        self.kv_used_tokens = Gauge("jackfield_kv_used_tokens", "KV slots held by requests", registry=r)
+        self.kv_usage = Gauge("jackfield_kv_usage", "Fraction of the KV pool held by requests", registry=r)
+        self.cache_hit_rate = Gauge("jackfield_cache_hit_rate", "Prompt tokens served from the cache / all",
+                                    registry=r)
+
+    def observe_tokens(self, now: float, created: float, first: float | None, last: float | None, count: int) -> None:
+        """Record `count` new tokens of one request that arrived at `now`."""
+        if count <= 0:
+            return
+        self.generation_tokens.inc(count)
+        if first is None:
+            self.time_to_first_token.observe(now - created)
+        elif last is not None:
+            per_token = (now - last) / count
+            for _ in range(count):
+                self.inter_token_latency.observe(per_token)
+
+    def observe_finished(self, now: float, created: float, prompt_tokens: int, cached_tokens: int) -> None:
+        self.e2e_latency.observe(now - created)
+        self.prompt_tokens.inc(prompt_tokens)
+        self.cached_tokens.inc(cached_tokens)
+
+    def update_scheduler(self, stats: StatsOut) -> None:
+        self.num_running.set(stats.num_running)
+        self.num_queued.set(stats.num_waiting)
+        self.kv_used_tokens.set(stats.kv_used_tokens)
+        self.kv_usage.set(stats.kv_used_tokens / stats.kv_total_tokens if stats.kv_total_tokens else 0.0)
+        self.cache_hit_rate.set(stats.cache_hit_rate)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

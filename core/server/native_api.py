@@ -1,0 +1,98 @@
+"""SGLang's native generation API: POST /generate (`text` or `input_ids`, `sampling_params`, `stream`).
+
+A single prompt answers one object; a list of prompts, or n > 1, answers a list (prompt i's j-th
+sample at i*n + j). Streamed events carry the cumulative text and output ids so far, plus `index`
+when there are several.
+"""
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from jackfield.io_struct import FinishReason
+from jackfield.server.app import ServerState, server_state
+from jackfield.server.errors import APIError, error_body
+from jackfield.server.generation import RequestGroup, Result, abort_error, until_disconnected
+from jackfield.server.openai_format import token_text
+from jackfield.server.prompts import check_token_ids, encode_text, max_new_tokens, sampling_params
+from jackfield.server.protocol import GenerateRequest
+from jackfield.server.sse import DONE, sse, sse_response
+
+router = APIRouter()
+DEFAULT_MAX_NEW_TOKENS = 128
+
+
+def _prompts(st: ServerState, body: GenerateRequest) -> tuple[list[list[int]], bool]:
+    tm = st.tokenizer_manager
+    if (body.text is None) == (body.input_ids is None):
+        raise APIError(400, "give exactly one of 'text' and 'input_ids'", param="text")
+    if body.text is not None:
+        if isinstance(body.text, list):
+            return [encode_text(tm, t, f"text[{i}]") for i, t in enumerate(body.text)], True
+        return [encode_text(tm, body.text, "text")], False
+    ids = body.input_ids
+    if ids and isinstance(ids[0], list):
+        return [check_token_ids(p, tm.vocab_size, f"input_ids[{i}]") for i, p in enumerate(ids)], True
+    return [check_token_ids(ids, tm.vocab_size, "input_ids")], False
+
+
+def finish_info(finish: FinishReason | None) -> dict | None:
+    if finish is None:
+        return None
+    info = {"type": finish.kind}
+    if finish.kind == "stop":
+        info["matched"] = finish.matched
+    elif finish.kind == "abort":
+        info["message"] = finish.message
+    return info
+
+
+def _meta(st: ServerState, rid: str, r: Result, logprobs: bool) -> dict:
+    meta = {"id": rid, "finish_reason": finish_info(r.finish), "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens, "cached_tokens": r.cached_tokens}
+    if logprobs:
+        tok = st.tokenizer
+        meta["output_token_logprobs"] = [[lp.logprob, lp.token_id, token_text(tok, lp.token_id)] for lp in r.logprobs]
+        meta["output_top_logprobs"] = [[[v, t, token_text(tok, t)] for t, v in lp.top] for lp in r.logprobs]
+    return meta
+
+
+@router.post("/generate")
+async def generate(body: GenerateRequest, request: Request):
+    st = server_state(request)
+    tm = st.tokenizer_manager
+    prompts, batch = _prompts(st, body)
+    sp = dict(body.sampling_params or {})
+    requested = sp.pop("max_new_tokens", None)
+    max_new = max_new_tokens(requested, prompts, tm.context_len, lambda _: DEFAULT_MAX_NEW_TOKENS,
+                             "sampling_params.max_new_tokens", "input_ids" if body.input_ids is not None else "text")
+    params = sampling_params({**sp, "max_new_tokens": max_new, "logprobs": body.return_logprob,
+                              "top_logprobs_num": body.top_logprobs_num}, tm.vocab_size)
+    group = RequestGroup(tm, prompts, params, params.n)
+    many = batch or params.n > 1
+    if body.stream:
+        return sse_response(_stream(st, group.__enter__(), body.return_logprob, many))
+    with group:
+        results = await until_disconnected(request, group.collect())
+    outs = [{"text": r.text, "output_ids": r.token_ids, "meta_info": _meta(st, group.rids[r.index], r,
+                                                                            body.return_logprob)} for r in results]
+    return outs if many else outs[0]
+
+
+async def _stream(st: ServerState, group: RequestGroup, logprobs: bool, many: bool):
+    results = [Result(i) for i in range(group.size)]
+    try:
+        async for i, out in group.outputs():
+            r = results[i]
+            r.add(out)
+            if out.finished is not None and out.finished.kind == "abort":
+                yield sse(abort_error(out.finished.message).body())
+                break
+            if out.new_token_ids or out.text or out.finished is not None:
+                event = {"text": r.text, "output_ids": r.token_ids, "meta_info": _meta(st, group.rids[i], r, logprobs)}
+                yield sse({**event, "index": i} if many else event)
+        yield DONE
+    except Exception as exc:
+        yield sse(error_body(f"internal server error ({type(exc).__name__})", "internal_error"))
+        yield DONE
+    finally:
+        group.__exit__(None, None, None)

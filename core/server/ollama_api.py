@@ -1,0 +1,117 @@
+"""Ollama-compatible API: POST /api/generate, POST /api/chat (NDJSON streams by default), GET /api/tags."""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+
+from jackfield.server.app import ServerState, server_state
+from jackfield.server.generation import RequestGroup, abort_error, until_disconnected
+from jackfield.server.prompts import chat_default, chat_prompt, encode_text, max_new_tokens, sampling_params
+from jackfield.server.protocol import OllamaChatRequest, OllamaGenerateRequest, OllamaOptions
+from jackfield.server.sse import ndjson, ndjson_response
+
+router = APIRouter()
+OLLAMA_NAMES = {"max_new_tokens": "options.num_predict", "repetition_penalty": "options.repeat_penalty"}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _params(st: ServerState, opts: OllamaOptions, ids: list[int]):
+    tm = st.tokenizer_manager
+    requested = opts.num_predict
+    if requested is not None and requested < 0:  # -1: unlimited, -2: fill the context
+        requested = None if requested == -1 else tm.context_len - len(ids)
+    max_new = max_new_tokens(requested, [ids], tm.context_len, chat_default(tm.context_len), "options.num_predict",
+                             "prompt")
+    values = {"max_new_tokens": max_new, "temperature": opts.temperature, "top_p": opts.top_p, "top_k": opts.top_k,
+              "min_p": opts.min_p, "stop": opts.stop, "seed": opts.seed, "repetition_penalty": opts.repeat_penalty,
+              "presence_penalty": opts.presence_penalty, "frequency_penalty": opts.frequency_penalty}
+    return sampling_params(values, tm.vocab_size, OLLAMA_NAMES)
+
+
+@router.post("/api/generate")
+async def generate(body: OllamaGenerateRequest, request: Request):
+    st = server_state(request)
+    st.check_model(body.model)
+    if not body.prompt:  # Ollama's "load the model" request
+        return {"model": body.model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
+    tm = st.tokenizer_manager
+    if body.raw or tm.tokenizer is None or tm.tokenizer.chat_template is None:
+        ids = encode_text(tm, (body.system + "\n" if body.system else "") + body.prompt, "prompt")
+    else:
+        msgs = ([{"role": "system", "content": body.system}] if body.system else []) + [
+            {"role": "user", "content": body.prompt}]
+        ids = chat_prompt(tm, msgs, param="prompt")
+    return await _run(st, request, body.model, body.stream, ids, _params(st, body.options, ids),
+                      lambda text: {"response": text})
+
+
+@router.post("/api/chat")
+async def chat(body: OllamaChatRequest, request: Request):
+    st = server_state(request)
+    st.check_model(body.model)
+    ids = chat_prompt(st.tokenizer_manager, [{"role": m.role, "content": m.content} for m in body.messages])
+    return await _run(st, request, body.model, body.stream, ids, _params(st, body.options, ids),
+                      lambda text: {"message": {"role": "assistant", "content": text}})
+
+
+async def _run(st: ServerState, request: Request, model: str, stream: bool, ids: list[int], params, payload):
+    start = time.monotonic()
+    group = RequestGroup(st.tokenizer_manager, [ids], params)
+    if stream:
+        return ndjson_response(_stream(group.__enter__(), model, payload, start))
+    with group:
+        (result,) = await until_disconnected(request, group.collect())
+    return {"model": model, "created_at": _now(), **payload(result.text), "done": True,
+            **_final_stats(result.finish, result.prompt_tokens, result.completion_tokens, start, None)}
+
+
+async def _stream(group: RequestGroup, model: str, payload, start: float):
+    first_token = None
+    try:
+        async for _, out in group.outputs():
+            if out.finished is not None and out.finished.kind == "abort":
+                yield ndjson({"error": abort_error(out.finished.message).message})
+                return
+            first_token = first_token or (time.monotonic() if out.new_token_ids else None)
+            if out.text:
+                yield ndjson({"model": model, "created_at": _now(), **payload(out.text), "done": False})
+            if out.finished is not None:
+                stats = _final_stats(out.finished, out.prompt_tokens, out.completion_tokens, start, first_token)
+                yield ndjson({"model": model, "created_at": _now(), **payload(""), "done": True, **stats})
+    except Exception as exc:
+        yield ndjson({"error": f"internal server error ({type(exc).__name__})"})
+    finally:
+        group.__exit__(None, None, None)
+
+
+def _final_stats(finish, prompt_tokens: int, completion_tokens: int, start: float, first_token: float | None) -> dict:
+    now = time.monotonic()
+    first = first_token or now
+    return {"done_reason": finish.to_openai() if finish else "stop", "total_duration": int((now - start) * 1e9),
+            "load_duration": 0, "prompt_eval_count": prompt_tokens, "prompt_eval_duration": int((first - start) * 1e9),
+            "eval_count": completion_tokens, "eval_duration": int((now - first) * 1e9)}
+
+
+@router.get("/api/tags")
+async def tags(request: Request) -> dict:
+    st = server_state(request)
+    path = Path(st.info.model_path)
+    size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    modified = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat().replace("+00:00", "Z")
+    details = {"format": path.suffix.lstrip(".") or "safetensors", "family": st.info.model_config.architectures[0],
+               "parameter_size": "", "quantization_level": st.info.components.get("quantization", {}).get("name")}
+    return {"models": [{"name": st.model_name, "model": st.model_name, "modified_at": modified, "size": size,
+                        "digest": "", "details": details}]}
+
+
+@router.get("/api/version")
+async def version() -> dict:
+    from jackfield import __version__
+
+    return {"version": __version__}

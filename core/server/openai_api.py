@@ -1,0 +1,146 @@
+"""OpenAI-compatible API: POST /v1/chat/completions, POST /v1/completions, GET /v1/models."""
+from __future__ import annotations
+
+import time
+import uuid
+
+from fastapi import APIRouter, Request
+
+from jackfield.server.app import ServerState, server_state
+from jackfield.server.errors import APIError, error_body
+from jackfield.server.generation import RequestGroup, abort_error, until_disconnected
+from jackfield.server.openai_format import (COMPLETION_NAMES, OPENAI_NAMES, UsageTracker, chat_logprobs,
+                                            completion_logprobs, finish_reason, results_usage)
+from jackfield.server.prompts import (chat_default, chat_prompt, completion_prompts, content_text, max_new_tokens,
+                                      sampling_params)
+from jackfield.server.protocol import ChatCompletionRequest, CompletionRequest, OpenAISampling
+from jackfield.server.sse import DONE, sse, sse_response
+
+router = APIRouter()
+MAX_N = 64
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict:
+    st = server_state(request)
+    return {"object": "list", "data": [{"id": st.model_name, "object": "model", "created": int(st.started_at),
+                                        "owned_by": "jackfield", "root": st.info.model_path,
+                                        "max_model_len": st.info.context_len}]}
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    st = server_state(request)
+    tm = st.tokenizer_manager
+    _check_common(st, body)
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
+    messages = [{"role": m.role, "content": content_text(m.content, f"messages[{i}].content"),
+                 **({"name": m.name} if m.name else {})} for i, m in enumerate(body.messages)]
+    ids = chat_prompt(tm, messages)
+    requested, param = ((body.max_completion_tokens, "max_completion_tokens") if body.max_completion_tokens is not None
+                        else (body.max_tokens, "max_tokens"))
+    max_new = max_new_tokens(requested, [ids], tm.context_len, chat_default(tm.context_len), param, "messages")
+    params = sampling_params({**body.sampling_values(), "max_new_tokens": max_new, "logprobs": body.logprobs,
+                              "top_logprobs_num": body.top_logprobs}, tm.vocab_size, {**OPENAI_NAMES,
+                                                                                       "max_new_tokens": param})
+    group = RequestGroup(tm, [ids], params, body.n)
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": st.model_name}
+    if body.stream:
+        return sse_response(_chat_stream(st, group.__enter__(), body, head))
+    with group:
+        results = await until_disconnected(request, group.collect())
+    choices = [{"index": r.index, "message": {"role": "assistant", "content": r.text},
+                "logprobs": chat_logprobs(st.tokenizer, r.logprobs) if body.logprobs else None,
+                "finish_reason": finish_reason(r.finish)} for r in results]
+    return {**head, "object": "chat.completion", "choices": choices, "usage": results_usage(results, body.n)}
+
+
+async def _chat_stream(st: ServerState, group: RequestGroup, body: ChatCompletionRequest, head: dict):
+    extra = {"usage": None} if body.include_usage else {}
+
+    def chunk(index: int, delta: dict, finish=None, logprobs=None) -> str:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return sse({**head, "object": "chat.completion.chunk", "choices": [choice], **extra})
+
+    tracker = UsageTracker(group.size, body.n)
+    try:
+        for i in range(group.size):
+            yield chunk(i, {"role": "assistant", "content": ""})
+        async for i, out in group.outputs():
+            tracker.add(i, out)
+            if out.finished is not None and out.finished.kind == "abort":
+                yield sse(abort_error(out.finished.message).body())
+                break
+            lps = chat_logprobs(st.tokenizer, out.logprobs) if body.logprobs and out.logprobs else None
+            if out.text or out.finished is not None or lps:
+                yield chunk(i, {"content": out.text} if out.text else {}, finish_reason(out.finished), lps)
+        else:
+            if body.include_usage:
+                yield sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": tracker.usage()})
+        yield DONE
+    except Exception as exc:
+        yield sse(error_body(f"internal server error ({type(exc).__name__})", "internal_error"))
+        yield DONE
+    finally:
+        group.__exit__(None, None, None)
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request):
+    st = server_state(request)
+    tm = st.tokenizer_manager
+    _check_common(st, body)
+    if body.echo:
+        raise APIError(400, "echo is not supported", param="echo")
+    prompts = completion_prompts(tm, body.prompt)
+    max_new = max_new_tokens(body.max_tokens, prompts, tm.context_len, lambda _: COMPLETIONS_DEFAULT_MAX_TOKENS,
+                             "max_tokens", "prompt")
+    want_lp = body.logprobs is not None
+    params = sampling_params({**body.sampling_values(), "max_new_tokens": max_new, "logprobs": want_lp,
+                              "top_logprobs_num": body.logprobs}, tm.vocab_size, COMPLETION_NAMES)
+    group = RequestGroup(tm, prompts, params, body.n)
+    head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": st.model_name}
+    if body.stream:
+        return sse_response(_completion_stream(st, group.__enter__(), body, head))
+    with group:
+        results = await until_disconnected(request, group.collect())
+    choices = [{"index": r.index, "text": r.text,
+                "logprobs": completion_logprobs(st.tokenizer, r.logprobs) if want_lp else None,
+                "finish_reason": finish_reason(r.finish)} for r in results]
+    return {**head, "object": "text_completion", "choices": choices, "usage": results_usage(results, body.n)}
+
+
+async def _completion_stream(st: ServerState, group: RequestGroup, body: CompletionRequest, head: dict):
+    extra = {"usage": None} if body.include_usage else {}
+    tracker = UsageTracker(group.size, body.n)
+    offsets = [0] * group.size
+    try:
+        async for i, out in group.outputs():
+            tracker.add(i, out)
+            if out.finished is not None and out.finished.kind == "abort":
+                yield sse(abort_error(out.finished.message).body())
+                break
+            lps = None
+            if body.logprobs is not None and out.logprobs:
+                lps = completion_logprobs(st.tokenizer, out.logprobs, offsets[i])
+                offsets[i] = lps["text_offset"][-1] + len(lps["tokens"][-1])
+            if out.text or out.finished is not None or lps:
+                choice = {"index": i, "text": out.text or "", "logprobs": lps, "finish_reason": finish_reason(out.finished)}
+                yield sse({**head, "object": "text_completion", "choices": [choice], **extra})
+        else:
+            if body.include_usage:
+                yield sse({**head, "object": "text_completion", "choices": [], "usage": tracker.usage()})
+        yield DONE
+    except Exception as exc:
+        yield sse(error_body(f"internal server error ({type(exc).__name__})", "internal_error"))
+        yield DONE
+    finally:
+        group.__exit__(None, None, None)
+
+
+def _check_common(st: ServerState, body: OpenAISampling) -> None:
+    st.check_model(body.model)
+    if not 1 <= body.n <= MAX_N:
+        raise APIError(400, f"n must be in [1, {MAX_N}], got {body.n}", param="n")

@@ -1,0 +1,151 @@
+"""Request bodies of every API, as pydantic models. Unknown fields are accepted and ignored.
+
+Validation failures become HTTP 400 in the OpenAI error shape (errors.py). Values are range-checked
+later by SamplingParams, so one rule set holds for every API.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+StopField = Union[str, list[str], None]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+# ---- OpenAI -----------------------------------------------------------------------------------
+class StreamOptions(Body):
+    include_usage: bool = False
+
+
+class OpenAISampling(Body):
+    """Fields shared by /v1/completions and /v1/chat/completions, with SGLang's extras."""
+
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int = 1
+    stop: StopField = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    # SGLang extras
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    ignore_eos: bool = False
+    min_tokens: int | None = None
+    skip_special_tokens: bool = True
+    stop_token_ids: list[int] | None = None
+    no_stop_trim: bool = False
+
+    def sampling_values(self) -> dict[str, Any]:
+        """The SGLang-named sampling values (max_new_tokens is decided by the caller)."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "min_p": self.min_p,
+                "repetition_penalty": self.repetition_penalty, "frequency_penalty": self.frequency_penalty,
+                "presence_penalty": self.presence_penalty, "logit_bias": self.logit_bias, "seed": self.seed,
+                "stop": self.stop, "stop_token_ids": self.stop_token_ids, "ignore_eos": self.ignore_eos,
+                "min_new_tokens": self.min_tokens, "skip_special_tokens": self.skip_special_tokens,
+                "no_stop_trim": self.no_stop_trim, "n": self.n}
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatMessage(Body):
+    role: str
+    content: Union[str, list[dict[str, Any]], None] = None
+    name: str | None = None
+
+
+class ChatCompletionRequest(OpenAISampling):
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+
+class CompletionRequest(OpenAISampling):
+    prompt: Union[str, list[str], list[int], list[list[int]]]
+    logprobs: int | None = None
+    echo: bool = False
+
+
+# ---- Anthropic --------------------------------------------------------------------------------
+class ContentBlock(Body):
+    type: str
+    text: str | None = None
+
+
+class AnthropicMessage(Body):
+    role: Literal["user", "assistant"]
+    content: Union[str, list[ContentBlock]]
+
+
+class MessagesRequest(Body):
+    model: str
+    max_tokens: int
+    messages: list[AnthropicMessage]
+    system: Union[str, list[ContentBlock], None] = None
+    stop_sequences: list[str] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stream: bool = False
+    metadata: dict[str, Any] | None = None
+
+
+# ---- Ollama -----------------------------------------------------------------------------------
+class OllamaOptions(Body):
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    num_predict: int | None = None
+    stop: StopField = None
+    seed: int | None = None
+    repeat_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
+class OllamaMessage(Body):
+    role: str
+    content: str = ""
+
+
+class OllamaGenerateRequest(Body):
+    model: str
+    prompt: str = ""
+    system: str | None = None
+    raw: bool = False
+    stream: bool = True
+    options: OllamaOptions = Field(default_factory=OllamaOptions)
+
+
+class OllamaChatRequest(Body):
+    model: str
+    messages: list[OllamaMessage]
+    stream: bool = True
+    options: OllamaOptions = Field(default_factory=OllamaOptions)
+
+
+# ---- native -----------------------------------------------------------------------------------
+class GenerateRequest(Body):
+    """POST /generate, SGLang's native API: one prompt (`text` or `input_ids`) or a list of them."""
+
+    text: Union[str, list[str], None] = None
+    input_ids: Union[list[int], list[list[int]], None] = None
+    sampling_params: dict[str, Any] | None = None
+    stream: bool = False
+    return_logprob: bool = False
+    top_logprobs_num: int = 0

@@ -1,0 +1,109 @@
+"""The scheduler subprocess: loads the model, then turns requests into batches until it is stopped.
+
+Loop: wait on the input socket only while idle (a short poll, never a busy spin), take every
+pending message without blocking, `handle` each, then run one `step()` when there is work. Every
+output, control replies included, goes to the detokenizer, which forwards what it does not decode.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import zmq
+
+from jackfield.config import Settings
+from jackfield.engine_loop import TOKENIZER_FILES, build_scheduler
+from jackfield.io_struct import BatchOutput, FinishReason, ReqOutput, TokenizedGenerateReq
+from jackfield.server.ipc import PortArgs, pull_socket, push_socket, setup_child
+from jackfield.server.messages import ControlFailed, ReadyInfo, RegisterReq, StartupError
+
+log = logging.getLogger(__name__)
+IDLE_POLL_MS = 50
+
+
+def run_scheduler_process(settings: Settings, ports: PortArgs, conn) -> None:
+    """Process entry point. Reports `ReadyInfo` or `StartupError` over the pipe `conn`, then serves."""
+    setup_child("scheduler", settings.log_level)
+    start = time.perf_counter()
+    try:
+        scheduler, info = build_scheduler(settings, progress=True)
+        tokenizer_path = _tokenizer_path(settings) if scheduler.tokenizer is not None else None
+    except Exception as exc:
+        log.debug("model load failed", exc_info=True)
+        conn.send(StartupError(f"{type(exc).__name__}: {exc}"))
+        conn.close()
+        sys.exit(1)
+    ctx = zmq.Context()
+    loop = SchedulerLoop(scheduler, pull_socket(ctx, ports.scheduler_input), push_socket(ctx, ports.detokenizer))
+    conn.send(ReadyInfo(info, tokenizer_path, time.perf_counter() - start))
+    conn.close()
+    loop.run()
+
+
+def _tokenizer_path(settings: Settings) -> str:
+    from jackfield.loader.source import resolve_model
+
+    if settings.tokenizer:
+        return settings.tokenizer
+    model_dir = resolve_model(settings.model, settings.load_format).path  # a cache hit for GGUF files
+    if not any((model_dir / f).exists() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(f"no tokenizer files in {model_dir}")
+    return str(model_dir)
+
+
+class SchedulerLoop:
+    """Drives one Scheduler from a PULL socket and pushes everything it produces to the detokenizer."""
+
+    def __init__(self, scheduler, recv: zmq.Socket, send: zmq.Socket, idle_poll_ms: int = IDLE_POLL_MS):
+        self.scheduler, self.recv, self.send = scheduler, recv, send
+        self.idle_poll_ms = idle_poll_ms
+
+    def run(self) -> None:
+        while True:
+            self.run_once()
+
+    def run_once(self) -> None:
+        if not self.scheduler.has_work():
+            self.recv.poll(self.idle_poll_ms, zmq.POLLIN)
+        for msg in self._receive_all():
+            self._handle(msg)
+        if self.scheduler.has_work():
+            self._step()
+
+    def _receive_all(self) -> list:
+        msgs = []
+        while True:
+            try:
+                msgs.append(self.recv.recv_pyobj(zmq.NOBLOCK))
+            except zmq.Again:
+                return msgs
+
+    def _handle(self, msg) -> None:
+        if isinstance(msg, TokenizedGenerateReq):
+            self.send.send_pyobj(RegisterReq(msg.rid, msg.sampling_params))
+        try:
+            outs = self.scheduler.handle(msg)
+        except Exception as exc:
+            log.exception("scheduler failed to handle %s", type(msg).__name__)
+            outs = _failure_reply(msg, f"internal error: {type(exc).__name__}: {exc}")
+        for out in outs:
+            self.send.send_pyobj(out)
+
+    def _step(self) -> None:
+        try:
+            outs = self.scheduler.step()
+        except Exception as exc:  # a failing forward fails the requests in flight, not the server
+            log.exception("scheduler step failed; aborting the requests in flight")
+            outs = self.scheduler.abort_all(f"internal error: {type(exc).__name__}: {exc}")
+        for out in outs:
+            self.send.send_pyobj(out)
+
+
+def _failure_reply(msg, message: str) -> list:
+    if isinstance(msg, TokenizedGenerateReq):
+        reason = FinishReason("abort", message=message)
+        return [BatchOutput([ReqOutput(msg.rid, [], reason, len(msg.input_ids), 0, 0)])]
+    if hasattr(msg, "rid"):
+        return []
+    return [ControlFailed(type(msg).__name__, message)]

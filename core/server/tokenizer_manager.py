@@ -1,0 +1,171 @@
+"""TokenizerManager: the main process's side of the engine, next to FastAPI on one asyncio loop.
+
+It tokenizes prompts, keeps `rid -> ReqState` for every request in flight, pushes
+TokenizedGenerateReq / AbortReq / FlushCacheReq / GetStatsReq to the scheduler process, and reads
+the detokenizer's socket in a background task: request outputs go to the request's queue, control
+replies resolve the oldest waiter of their kind (replies come back in request order).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import defaultdict, deque
+from dataclasses import dataclass
+
+import zmq
+import zmq.asyncio
+
+from jackfield.engine_loop import EngineInfo
+from jackfield.io_struct import (AbortReq, BatchOutput, FinishReason, FlushCacheOut, FlushCacheReq, GetStatsReq,
+                                 ReqOutput, StatsOut, TokenizedGenerateReq)
+from jackfield.sampling.params import SamplingParams
+from jackfield.server.ipc import PortArgs, pull_socket, push_socket
+from jackfield.server.messages import ControlFailed
+from jackfield.server.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+CONTROL_TIMEOUT_S = 30.0
+REPLY_TO = {StatsOut: "GetStatsReq", FlushCacheOut: "FlushCacheReq"}
+
+
+class ServerUnavailable(RuntimeError):
+    """The engine is gone (a subprocess died) or shutting down; maps to HTTP 503."""
+
+
+@dataclass
+class ReqState:
+    rid: str
+    queue: asyncio.Queue
+    created: float
+    first_token: float | None = None
+    last_token: float | None = None
+
+
+class TokenizerManager:
+    """Submit requests and control messages; outputs arrive on the queue given to `submit`."""
+
+    def __init__(self, ports: PortArgs, tokenizer, info: EngineInfo, metrics: ServerMetrics):
+        self.tokenizer, self.info, self.metrics = tokenizer, info, metrics
+        self.context_len = info.context_len
+        self.vocab_size = info.model_config.vocab_size
+        self._sync_ctx = zmq.Context()
+        self._async_ctx = zmq.asyncio.Context()
+        self._send_sock = push_socket(self._sync_ctx, ports.scheduler_input)
+        self._recv_sock = pull_socket(self._async_ctx, ports.tokenizer)
+        self.rid_to_state: dict[str, ReqState] = {}
+        self._waiters: dict[str, deque[asyncio.Future]] = defaultdict(deque)
+        self.failure: str | None = None
+        self._task: asyncio.Task | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start reading the detokenizer's socket; call from the running event loop."""
+        self._task = asyncio.get_running_loop().create_task(self._handle_loop(), name="tokenizer-manager")
+
+    def fail_all(self, message: str) -> None:
+        """Finish every request in flight with an abort and refuse new work (a subprocess died)."""
+        self.failure = message
+        for state in list(self.rid_to_state.values()):
+            state.queue.put_nowait(ReqOutput(state.rid, [], FinishReason("abort", message=message), 0, 0, 0, text=""))
+        self.rid_to_state.clear()
+        for waiters in self._waiters.values():
+            while waiters:
+                fut = waiters.popleft()
+                if not fut.done():
+                    fut.set_exception(ServerUnavailable(message))
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._send_sock.close(linger=0)
+        self._recv_sock.close(linger=0)
+        self._sync_ctx.term()
+        self._async_ctx.term()
+
+    # ---- requests -----------------------------------------------------------------------------
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer: send token ids instead of text")
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def submit(self, input_ids: list[int], params: SamplingParams, queue: asyncio.Queue) -> str:
+        """Send one request (n must be 1); its ReqOutputs, text filled in, go to `queue`. Returns its rid."""
+        if self.failure is not None:
+            raise ServerUnavailable(self.failure)
+        rid = uuid.uuid4().hex
+        self.rid_to_state[rid] = ReqState(rid, queue, time.monotonic())
+        # Always streamed inside the engine: the manager needs every token for TTFT/ITL metrics and
+        # disconnect handling; it is the HTTP layer that decides whether the client sees a stream.
+        self._send(TokenizedGenerateReq(rid, list(input_ids), params, return_logprob=params.logprobs,
+                                        top_logprobs_num=params.top_logprobs_num, stream=True))
+        return rid
+
+    def abort(self, rid: str) -> None:
+        """Abort a request still in flight (a client went away); its KV is freed by the scheduler."""
+        if self.rid_to_state.pop(rid, None) is not None:
+            self._send(AbortReq(rid))
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self.rid_to_state)
+
+    # ---- control ------------------------------------------------------------------------------
+    async def get_stats(self) -> StatsOut:
+        return await self._control(GetStatsReq())
+
+    async def flush_cache(self) -> FlushCacheOut:
+        return await self._control(FlushCacheReq())
+
+    async def _control(self, req):
+        if self.failure is not None:
+            raise ServerUnavailable(self.failure)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[type(req).__name__].append(fut)
+        self._send(req)
+        return await asyncio.wait_for(fut, CONTROL_TIMEOUT_S)
+
+    # ---- transport ----------------------------------------------------------------------------
+    def _send(self, msg) -> None:
+        self._send_sock.send_pyobj(msg)
+
+    async def _handle_loop(self) -> None:
+        while True:
+            msg = await self._recv_sock.recv_pyobj()
+            try:
+                self._dispatch(msg)
+            except Exception:
+                log.exception("failed to dispatch %s", type(msg).__name__)
+
+    def _dispatch(self, msg) -> None:
+        if isinstance(msg, BatchOutput):
+            now = time.monotonic()
+            for out in msg.outputs:
+                self._deliver(out, now)
+            return
+        name = msg.request if isinstance(msg, ControlFailed) else REPLY_TO.get(type(msg))
+        waiters = self._waiters.get(name)
+        if not waiters:
+            log.warning("unexpected %s from the engine", type(msg).__name__)
+            return
+        fut = waiters.popleft()
+        if fut.done():  # its caller timed out; this reply was its, so it is dropped
+            return
+        if isinstance(msg, ControlFailed):
+            fut.set_exception(RuntimeError(msg.message))
+        else:
+            fut.set_result(msg)
+
+    def _deliver(self, out: ReqOutput, now: float) -> None:
+        state = self.rid_to_state.get(out.rid)
+        if state is None:  # aborted by us; the scheduler's final word on it is not needed
+            return
+        if out.new_token_ids:
+            self.metrics.observe_tokens(now, state.created, state.first_token, state.last_token, len(out.new_token_ids))
+            state.first_token = state.first_token or now
+            state.last_token = now
+        if out.finished is not None:
+            del self.rid_to_state[out.rid]
+            self.metrics.observe_finished(now, state.created, out.prompt_tokens, out.cached_tokens)
+        state.queue.put_nowait(out)

@@ -1,0 +1,197 @@
+"""The `flashinfer` attention backend: FlashInfer's paged prefill and decode wrappers (flashinfer-python 0.7).
+
+Per batch, `init_forward_metadata` builds FlashInfer's CSR page table once — `kv_indptr`,
+`kv_indices` (page ids: every page_size-th slot of a request // page_size), `kv_last_page_len` and,
+for extend, `qo_indptr` — and plans one wrapper per attention *variant* (sliding window, soft-cap,
+scale); every layer of that variant reuses the plan. Variants are learned from the layers the model
+runs: a variant first met in a batch is planned on the spot, and planned up front in later batches.
+The pool's per-layer `[slots, kv_heads, head_dim]` buffers are FlashInfer's "NHD" layout viewed as
+`[num_pages + 1, page_size, kv_heads, head_dim]`.
+
+CUDA graphs cover decode: one `use_cuda_graph` decode wrapper per (captured batch size, variant),
+all sharing static indptr/indices/last-page-length buffers, re-planned before every replay.
+Planning reads host-side lengths (`fb.seq_lens_cpu`, `fb.extend_seq_lens_cpu`); when a batch lacks
+them they are copied from the device, which syncs.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+
+from jackfield.sdk import (
+    AttentionBackend, AttentionLayerInfo, AttentionRuntime, Availability, Capabilities, ForwardBatch, hookimpl,
+    require_cuda,
+)
+
+WORKSPACE_BYTES = 256 << 20
+Variant = tuple[int, float, float]  # (window_left, logit_cap, scale)
+
+
+def variant_of(layer: AttentionLayerInfo) -> Variant:
+    """FlashInfer's window_left counts the keys left of the query: a window of w keys is w - 1."""
+    window_left = layer.sliding_window - 1 if layer.sliding_window is not None else -1
+    return window_left, float(layer.logit_cap), float(layer.scaling)
+
+
+@dataclass
+class _PageTable:
+    kv_indptr: torch.Tensor         # [bs + 1] int32, host
+    kv_indices: torch.Tensor        # [total pages] int32, device
+    kv_last_page_len: torch.Tensor  # [bs] int32, host
+    qo_indptr: torch.Tensor | None  # [bs + 1] int32, host (extend only)
+
+
+def build_page_table(fb: ForwardBatch, page_size: int, seq_lens: list[int],
+                     extend_lens: list[int] | None) -> _PageTable:
+    """FlashInfer's CSR page table of a batch; the page ids are gathered on the device, without a sync."""
+    pages = [-(-n // page_size) for n in seq_lens]
+    kv_indptr = torch.tensor([0] + pages, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    last = torch.tensor([n - (p - 1) * page_size for n, p in zip(seq_lens, pages)], dtype=torch.int32)
+    total, dev = int(kv_indptr[-1]), fb.req_to_token.device
+    counts = torch.tensor(pages, dtype=torch.int64).to(dev, non_blocking=True)
+    req = torch.repeat_interleave(torch.arange(len(pages), device=dev), counts, output_size=total)
+    page_no = torch.arange(total, device=dev) - (counts.cumsum(0) - counts)[req]
+    slots = fb.req_to_token[fb.req_pool_indices[req], page_no * page_size]
+    qo = None
+    if extend_lens is not None:
+        qo = torch.tensor([0] + extend_lens, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    return _PageTable(kv_indptr, (slots // page_size).to(torch.int32), last, qo)
+
+
+class FlashInferAttnBackend(AttentionBackend):
+    """FlashInfer batch prefill/decode over the paged KV pool, planned once per batch."""
+
+    name = "flashinfer"
+    priority = 100
+    description = "FlashInfer paged prefill and decode wrappers (plan once per batch, CUDA-graph decode)"
+    capabilities = Capabilities(devices=("cuda",), dtypes=("float16", "bfloat16"),
+                                features=frozenset({"paged", "cuda_graph", "sliding_window", "logit_cap", "mixed"}))
+    requires_packages = ("flashinfer",)
+    supports_cuda_graph = True
+
+    @classmethod
+    def availability(cls) -> Availability:
+        if importlib.util.find_spec("flashinfer") is None:
+            return Availability.no("Python package 'flashinfer' is not installed (pip install flashinfer-python)")
+        return require_cuda()
+
+    def __init__(self, runtime: AttentionRuntime):
+        super().__init__(runtime)
+        if runtime.dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"flashinfer backend supports float16/bfloat16 KV caches, not {runtime.dtype}")
+        import flashinfer
+
+        self.fi = flashinfer
+        self.workspace = torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=runtime.device)
+        self.use_tensor_cores = runtime.num_heads // runtime.num_kv_heads >= 4
+        self.variants: list[Variant] = []
+        self.eager_wrappers: dict[tuple[bool, Variant], object] = {}
+        self.graph_wrappers: dict[tuple[int, Variant], object] = {}
+        self.graph_buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.table: _PageTable | None = None
+        self.decode = True
+        self.graph_bs: int | None = None
+        self.planned: dict[Variant, object] = {}
+
+    # ---- per-batch metadata ----------------------------------------------------------------------
+    def init_forward_metadata(self, fb: ForwardBatch) -> None:
+        self._prepare(fb, graph=False)
+
+    def _prepare(self, fb: ForwardBatch, graph: bool) -> None:
+        self.decode, self.planned = fb.mode.is_decode(), {}
+        self.graph_bs = fb.batch_size if graph else None
+        if fb.batch_size == 0:
+            self.table = None
+            return
+        seq_lens = list(fb.seq_lens_cpu) if fb.seq_lens_cpu else fb.seq_lens.tolist()
+        extend_lens = None
+        if not self.decode:
+            extend_lens = list(fb.extend_seq_lens_cpu) if fb.extend_seq_lens_cpu else fb.extend_seq_lens.tolist()
+        self.table = build_page_table(fb, self.runtime.page_size, seq_lens, extend_lens)
+        for variant in self.variants:
+            self._plan(variant)
+
+    def _wrapper(self, variant: Variant):
+        fi = self.fi
+        if self.graph_bs is not None:
+            key = (self.graph_bs, variant)
+            if key not in self.graph_wrappers:
+                indptr, indices, last = self.graph_buffers
+                self.graph_wrappers[key] = fi.BatchDecodeWithPagedKVCacheWrapper(
+                    self.workspace, "NHD", use_cuda_graph=True, use_tensor_cores=self.use_tensor_cores,
+                    paged_kv_indptr_buffer=indptr[: self.graph_bs + 1], paged_kv_indices_buffer=indices,
+                    paged_kv_last_page_len_buffer=last[: self.graph_bs])
+            return self.graph_wrappers[key]
+        key = (self.decode, variant)
+        if key not in self.eager_wrappers:
+            self.eager_wrappers[key] = (
+                fi.BatchDecodeWithPagedKVCacheWrapper(self.workspace, "NHD", use_tensor_cores=self.use_tensor_cores)
+                if self.decode else fi.BatchPrefillWithPagedKVCacheWrapper(self.workspace, "NHD"))
+        return self.eager_wrappers[key]
+
+    def _plan(self, variant: Variant):
+        rt, t = self.runtime, self.table
+        window_left, cap, scale = variant
+        wrapper = self._wrapper(variant)
+        common = dict(window_left=window_left, logits_soft_cap=cap if cap > 0 else None, sm_scale=scale,
+                      q_data_type=rt.dtype, kv_data_type=rt.dtype)
+        geometry = (rt.num_heads, rt.num_kv_heads, rt.head_dim, rt.page_size)
+        if self.decode:
+            wrapper.plan(t.kv_indptr, t.kv_indices, t.kv_last_page_len, *geometry, **common)
+        else:
+            wrapper.plan(t.qo_indptr, t.kv_indptr, t.kv_indices, t.kv_last_page_len, *geometry, causal=True, **common)
+        self.planned[variant] = wrapper
+        return wrapper
+
+    # ---- CUDA graphs -----------------------------------------------------------------------------
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
+        rt, dev = self.runtime, self.runtime.device
+        max_pages = max_bs * -(-rt.max_context_len // rt.page_size)
+        self.graph_buffers = (torch.zeros(max_bs + 1, dtype=torch.int32, device=dev),
+                              torch.zeros(max_pages, dtype=torch.int32, device=dev),
+                              torch.ones(max_bs, dtype=torch.int32, device=dev))
+
+    def init_forward_metadata_capture(self, fb: ForwardBatch) -> None:
+        if self.graph_buffers is None:
+            raise RuntimeError("init_cuda_graph_state must be called before capturing CUDA graphs")
+        if not fb.mode.is_decode():
+            raise NotImplementedError("the flashinfer backend captures decode batches only")
+        if not self.variants:  # nothing run yet: plan the model's plain variant
+            rt = self.runtime
+            self.variants.append((-1, 0.0, float(rt.head_dim ** -0.5)))
+        self._prepare(fb, graph=True)
+
+    def init_forward_metadata_replay(self, fb: ForwardBatch) -> None:
+        self._prepare(fb, graph=True)
+
+    # ---- attention -------------------------------------------------------------------------------
+    def _run(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
+        if self.table is None:
+            raise RuntimeError("flashinfer backend: init_forward_metadata was not called for this batch")
+        variant = variant_of(layer)
+        wrapper = self.planned.get(variant)
+        if wrapper is None:
+            if torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(f"attention variant {variant} first met while capturing a CUDA graph; "
+                                   "run one eager forward of the model before capturing")
+            self.variants.append(variant)
+            wrapper = self._plan(variant)
+        page = fb.kv_pool.page_size
+        k = fb.kv_pool.k_buffer(layer.layer_id)
+        v = fb.kv_pool.v_buffer(layer.layer_id)
+        paged = (k.view(-1, page, *k.shape[1:]), v.view(-1, page, *v.shape[1:]))
+        out = wrapper.run(q.reshape(-1, layer.num_heads, layer.head_dim).contiguous(), paged)
+        return out.view(q.shape[0], -1)
+
+    def forward_decode(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
+        return self._run(q, layer, fb)
+
+    def forward_extend(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
+        return self._run(q, layer, fb)
+
+
+@hookimpl
+def jackfield_register_attention_backends(register):
+    register(FlashInferAttnBackend)

@@ -1,0 +1,1 @@
+"""Foundation tests: plugin discovery, selection, configuration, hook specs and the docs."""
