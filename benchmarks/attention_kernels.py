@@ -6,6 +6,7 @@ backend's forward_decode (metadata prepared once, outside the timing), reported 
 K/V read. Prefill: one request of a few lengths with no cached prefix, reported as causal TFLOP/s.
 
     python benchmarks/attention_kernels.py --out results.json [--backends triton,flashinfer] [--page-size 16]
+        [--cuda-graph]   # time decode from a CUDA graph replay, i.e. without Python launch overhead
 """
 from __future__ import annotations
 
@@ -72,20 +73,23 @@ class Setup:
             kv_pool=self.pool, attn_backend=backend, seq_lens_cpu=(self.context,) * bs, **extend)
 
 
-def time_ms(fn) -> float:
+def time_ms(fn, cuda_graph: bool = False) -> float:
+    """Median milliseconds; with cuda_graph the calls are replayed from a graph (no launch overhead)."""
     import triton.testing
 
+    if cuda_graph:
+        return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def bench_decode(cls, batch: int, context: int, page_size: int) -> dict:
+def bench_decode(cls, batch: int, context: int, page_size: int, cuda_graph: bool = False) -> dict:
     setup = Setup(batch, context, page_size)
     backend = cls(setup.runtime())
     fb = setup.batch_of(backend, ForwardMode.DECODE, 1)
     layer = AttentionLayerInfo(0, HEADS, KV_HEADS, HEAD_DIM, HEAD_DIM ** -0.5)
     q = torch.randn(batch, HEADS * HEAD_DIM, dtype=DTYPE, device="cuda")
     backend.init_forward_metadata(fb)
-    ms = time_ms(lambda: backend.forward_decode(q, layer, fb))
+    ms = time_ms(lambda: backend.forward_decode(q, layer, fb), cuda_graph)
     kv_bytes = 2 * batch * context * KV_HEADS * HEAD_DIM * setup.pool.k_buffers[0].element_size()
     return {"batch": batch, "context": context, "ms": ms, "kv_bytes": kv_bytes, "gbps": kv_bytes / ms / 1e6}
 
@@ -107,15 +111,16 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="where to write the JSON results")
     ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated backend names")
     ap.add_argument("--page-size", type=int, default=16)
+    ap.add_argument("--cuda-graph", action="store_true", help="time decode replayed from a CUDA graph")
     args = ap.parse_args()
     backends = available_backends(args.backends.split(","))
-    results = {"device": torch.cuda.get_device_name(), "page_size": args.page_size,
+    results = {"device": torch.cuda.get_device_name(), "page_size": args.page_size, "cuda_graph": args.cuda_graph,
                "shape": {"heads": HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM, "dtype": "bfloat16"},
                "decode": [], "prefill": []}
     for name, cls in backends.items():
         for batch in BATCHES:
             for context in CONTEXTS:
-                row = {"backend": name, **bench_decode(cls, batch, context, args.page_size)}
+                row = {"backend": name, **bench_decode(cls, batch, context, args.page_size, args.cuda_graph)}
                 results["decode"].append(row)
                 print(f"decode  {name:>10} bs={batch:<4} ctx={context:<5} {row['ms'] * 1e3:9.1f} us "
                       f"{row['gbps']:8.1f} GB/s", flush=True)

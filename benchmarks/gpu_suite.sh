@@ -21,8 +21,8 @@ if has kernels; then
   run python3 benchmarks/attention_kernels.py --out "$OUTDIR/kernels-$STAMP.json" 2>&1 | tail -40
 fi
 if has latency; then
-  for be in flashinfer triton torch_native; do
-    extra=""; [ "$be" = flashinfer ] && extra="--compare-transformers --hf-compile"
+  for be in ${LATENCY_BACKENDS:-flashinfer triton torch_native}; do
+    extra=""; [ "$be" = "${HF_COMPARE_WITH:-flashinfer}" ] && extra="--compare-transformers ${HF_FLAGS---hf-compile}"
     run $JF bench latency --model $CFG8B --load-format dummy --attention-backend $be --batch-size 1 \
       --input-len 128 --output-len 256 --max-total-tokens 65536 --cuda-graph-max-bs 32 $extra \
       --output-file "$OUTDIR/latency-8b-$be-$STAMP.json" > /dev/null

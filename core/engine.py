@@ -43,6 +43,10 @@ class Engine:
             return self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
         if not all(isinstance(t, int) for t in prompt):
             raise ValueError("a prompt must be a string or a list of token ids")
+        vocab = self.info.model_config.vocab_size
+        bad = next((t for t in prompt if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ValueError(f"prompt token id {bad} is outside the vocabulary [0, {vocab})")
         return list(prompt)
 
     def _submit(self, ids: list[int], params: SamplingParams, stream: bool = False) -> str:
@@ -62,6 +66,7 @@ class Engine:
                 text.feed(out.new_token_ids, out.finished)
             if out.finished is not None:
                 self.loop.forget(rid)
+                _raise_if_rejected(out.finished)
                 return _result(text.text if text else "", tokens, out, logprobs if params.logprobs else None)
 
     def generate(self, prompt, sampling_params: dict | SamplingParams | None = None, add_special_tokens: bool = True):
@@ -77,9 +82,15 @@ class Engine:
         sub = replace(params, n=1)
         rids = [[self._submit(ids, sub) for _ in range(params.n)] for ids in encoded]
         results = []
-        for group in rids:
-            outs = [self._collect(rid, sub) for rid in group]
-            results.append(outs[0] if params.n == 1 else _merge_choices(outs))
+        try:
+            for group in rids:
+                outs = [self._collect(rid, sub) for rid in group]
+                results.append(outs[0] if params.n == 1 else _merge_choices(outs))
+        except Exception:
+            for group in rids:  # one request was rejected: stop the others of this call
+                for rid in group:
+                    self.loop.abort_and_forget(rid)
+            raise
         return results[0] if single else results
 
     def chat(self, messages: list[dict], sampling_params: dict | None = None, **template_kwargs):
@@ -121,6 +132,20 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+USER_ABORT_MESSAGE = "aborted"  # the scheduler's message for an abort the caller asked for
+
+
+def _raise_if_rejected(reason) -> None:
+    """An abort the caller did not ask for is an error in the offline API: the prompt was too long
+    for the context or the KV cache (ValueError), or the forward failed (RuntimeError)."""
+    if reason.kind != "abort" or reason.message == USER_ABORT_MESSAGE:
+        return
+    message = reason.message or "the request was aborted"
+    if message.startswith("internal error"):
+        raise RuntimeError(message)
+    raise ValueError(message)
 
 
 def _usage(out) -> dict:

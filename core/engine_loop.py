@@ -131,6 +131,7 @@ class EngineLoop:
         _call_hook(self.scheduler.pm, "jackfield_engine_stopping", self.info)
         self._stop.set()
         self._thread.join(timeout=10)
+        self.scheduler.close()
 
 
 def _call_hook(pm, name: str, info: EngineInfo) -> None:

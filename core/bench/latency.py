@@ -39,7 +39,8 @@ def measure(sched, bs: int, input_len: int, output_len: int, seed: int = 0) -> d
             "decode_steps": len(decode), "total_s": res.total_s}
 
 
-def measure_transformers(model_dir: str, dtype, device, bs: int, input_len: int, output_len: int, compile_: bool) -> dict:
+def measure_transformers(model_dir: str, hf_config: dict, dtype, device, bs: int, input_len: int, output_len: int,
+                         compile_: bool) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -53,7 +54,8 @@ def measure_transformers(model_dir: str, dtype, device, bs: int, input_len: int,
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
     else:  # dummy weights: the same shapes, random values
         with torch.device(device):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=dtype).eval()
+            cfg = AutoConfig.for_model(**{k: v for k, v in hf_config.items() if k != "architectures"})
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
     vocab = model.config.vocab_size
     ids = torch.tensor(random_prompts(bs, input_len, vocab, 0), device=device)
     kwargs = dict(do_sample=False, max_new_tokens=output_len, min_new_tokens=output_len, pad_token_id=0)
@@ -97,10 +99,14 @@ def run(args) -> int:
 
             from jackfield.runtime_setup import DTYPES
 
-            hf = measure_transformers(str(sched.runner.setup.source.path), DTYPES[info.dtype], sched.runner.device,
-                                      bs, args.input_len, args.output_len, args.hf_compile)
-            row["transformers"] = hf
-            row["speedup_decode"] = row["jackfield"]["decode_tok_per_s"] / hf["decode_tok_per_s"]
+            src = sched.runner.setup.source
+            try:
+                hf = measure_transformers(str(src.path), src.hf_config, DTYPES[info.dtype], sched.runner.device,
+                                          bs, args.input_len, args.output_len, args.hf_compile)
+                row["transformers"] = hf
+                row["speedup_decode"] = row["jackfield"]["decode_tok_per_s"] / hf["decode_tok_per_s"]
+            except Exception as exc:  # the peer failing must not lose our own numbers
+                row["transformers_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
             del torch
         rows.append(row)
     metrics = {"model": info.model_path, "device": info.device, "dtype": info.dtype,

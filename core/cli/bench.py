@@ -15,7 +15,16 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="Run a benchmark")
     bsub = p.add_subparsers(dest="bench_command", metavar="BENCH")
     for name, help_text in BENCHES.items():
-        mod = importlib.import_module(f"jackfield.bench.{name}")
         bp = bsub.add_parser(name, help=help_text)
+        try:
+            mod = importlib.import_module(f"jackfield.bench.{name}")
+        except ImportError as exc:  # one broken benchmark must not take the whole CLI down
+            bp.set_defaults(func=lambda args, _e=exc, _n=name: _unavailable(_n, _e))
+            continue
         mod.add_arguments(bp)
         bp.set_defaults(func=mod.run)
+
+
+def _unavailable(name: str, exc: Exception) -> int:
+    print(f"jackfield: error: benchmark '{name}' is unavailable: {exc}")
+    return 2

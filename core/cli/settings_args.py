@@ -15,7 +15,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...
         if name in skip:
             continue
         flag = "--" + name.replace("_", "-")
-        help_text = f"{field.description} (default: {field.default!r})" if field.description else None
+        help_text = f"{field.description} (default: {field.get_default(call_default_factory=True)!r})" if field.description else None
         if field.annotation is bool:
             group.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
         elif typing.get_origin(field.annotation) is dict:

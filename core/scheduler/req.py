@@ -23,16 +23,16 @@ class Req:
         self.stream = msg.stream
         self.arrival_seq = arrival_seq
         self.output_ids: list[int] = []
-        # KV state: req_to_token[req_pool_idx, :kv_len] holds this request's committed KV slots.
+        # KV state: req_to_token[req_pool_idx, :kv_len] holds this request's KV slots. kv_len counts
+        # every launched forward, including one still running under overlap scheduling.
         self.req_pool_idx: int | None = None
         self.kv_len = 0
-        self.prefix_indices: torch.Tensor = EMPTY  # slots matched in the tree (or owned) before this round
-        self.last_node = None
-        self.cache_protected_len = 0
-        self.extend_len = 0                         # tokens computed in the current round
+        self.prefix_indices: torch.Tensor = EMPTY  # tree slots (+ own unaligned tail) the tree last matched
+        self.last_node = None                       # locked tree node where the cached prefix ends
+        self.cache_protected_len = 0                # req_to_token[:, :cache_protected_len] are tree slots
+        self.extend_len = 0                         # tokens the planned extend computes
         self.cached_tokens = -1                     # prompt tokens served by the cache, set at first admission
         self.finished_reason: FinishReason | None = None
-        self.to_abort = False
         self.retractions = 0
         self.sent_len = 0
         self.logprobs: list[TokenLogprob] = []
@@ -47,7 +47,8 @@ class Req:
 
     @property
     def remaining_prefill(self) -> int:
-        """Tokens still to compute before the next sample (a retracted request recomputes its outputs)."""
+        """Tokens still to compute before the next sample (a retracted request recomputes its outputs);
+        meaningful while the request is prefilling."""
         return len(self.origin_input_ids) + len(self.output_ids) - self.kv_len
 
     def match_prefix(self, tree_cache) -> None:

@@ -1,8 +1,15 @@
-"""ScheduleBatch: the scheduler's view of one batch, and its conversion into a ForwardBatch.
+"""ScheduleBatch: the running batch, and the ForwardBatches built from it and from new prefills.
 
-Request-level tensors (`req_pool_indices`, `seq_lens`, `output_lens`, `next_input_ids`) live on the
-device and are updated with tensor ops in decode steps; `filter` and `merge` keep them (and the
-SamplingBatch) in step when requests finish or join.
+Request-level tensors (`req_pool_indices`, `output_lens`) live on the device; `filter` and `merge`
+keep them (and the SamplingBatch) in step when requests finish or join, always building new tensors
+so a batch already handed to the forward worker never sees a later change.
+
+Lengths are "launched" lengths: `Req.kv_len` and `output_lens` already count the forwards that were
+launched but whose results are not processed yet (one step ahead under overlap scheduling).
+
+Decode inputs are not in the ForwardBatch: each request's next input token is the token its previous
+forward sampled, which the forward worker keeps in the future map (`forward_job.py`). The builders
+leave the decode part of `input_ids` out and the worker appends it right before the forward.
 """
 from __future__ import annotations
 
@@ -14,17 +21,20 @@ from jackfield.sdk.forward_batch import ForwardBatch, ForwardMode
 
 
 class ScheduleBatch:
-    def __init__(self, reqs: list[Req], device: torch.device, sampling: SamplingBatch):
+    def __init__(self, reqs: list[Req], device: torch.device, sampling: SamplingBatch, output_lens: torch.Tensor):
         self.reqs = reqs
         self.device = device
         self.sampling = sampling
         self.req_pool_indices = torch.tensor([r.req_pool_idx for r in reqs], dtype=torch.int64, device=device)
-        self.seq_lens_cpu = [r.kv_len for r in reqs]
-        self.output_lens = torch.tensor([len(r.output_ids) for r in reqs], dtype=torch.int64, device=device)
-        self.next_input_ids: torch.Tensor | None = None  # [B] decode inputs (sampled by the last step)
+        self.output_lens = output_lens  # [B] int64: tokens generated once every launched forward finishes
 
     def __len__(self) -> int:
         return len(self.reqs)
+
+    @property
+    def seq_lens_cpu(self) -> list[int]:
+        """KV length of each request after every launched forward."""
+        return [r.kv_len for r in self.reqs]
 
     def filter(self, keep: list[int]) -> None:
         if len(keep) == len(self.reqs):
@@ -33,30 +43,31 @@ class ScheduleBatch:
         idx = idx_cpu.to(self.device)
         self.reqs = [self.reqs[i] for i in keep]
         self.req_pool_indices = self.req_pool_indices[idx]
-        self.seq_lens_cpu = [self.seq_lens_cpu[i] for i in keep]
         self.output_lens = self.output_lens[idx]
-        self.next_input_ids = self.next_input_ids[idx] if self.next_input_ids is not None else None
         self.sampling = self.sampling.filter(idx_cpu)
 
     def merge(self, other: "ScheduleBatch") -> None:
         self.reqs = self.reqs + other.reqs
         self.req_pool_indices = torch.cat([self.req_pool_indices, other.req_pool_indices])
-        self.seq_lens_cpu = self.seq_lens_cpu + other.seq_lens_cpu
         self.output_lens = torch.cat([self.output_lens, other.output_lens])
-        self.next_input_ids = torch.cat([self.next_input_ids, other.next_input_ids])
         self.sampling = self.sampling.merge(other.sampling)
+
+    def advance(self) -> None:
+        """Account for one launched decode forward: one more KV token and one more output each."""
+        for r in self.reqs:
+            r.kv_len += 1
+        self.output_lens = self.output_lens + 1
 
 
 def build_extend_batch(prefill: list[Req], decode: ScheduleBatch | None, runner, slots: torch.Tensor) -> ForwardBatch:
-    """Prefill requests (each with prefix_indices, extend_len and allocated `slots`, in order),
-    optionally followed by a running batch's decodes as length-1 extends (MIXED mode)."""
+    """Prefill requests (each computing `extend_len` tokens after its `kv_len` cached ones, into the
+    allocated `slots`, in order), optionally followed by a running batch's decodes as length-1
+    extends (MIXED mode). `input_ids` holds the prefill tokens only."""
     dev, table = runner.device, runner.req_to_token_pool.req_to_token
     ids, positions, prefix_lens, ext_lens, pool_idx = [], [], [], [], []
     offset = 0
     for r in prefill:
-        prefix = len(r.prefix_indices)
-        if prefix:
-            table[r.req_pool_idx, :prefix] = r.prefix_indices.to(dev, torch.int32)
+        prefix = r.kv_len
         table[r.req_pool_idx, prefix:prefix + r.extend_len] = slots[offset:offset + r.extend_len].to(torch.int32)
         offset += r.extend_len
         ids.extend(r.all_ids[prefix:prefix + r.extend_len])
@@ -70,13 +81,12 @@ def build_extend_batch(prefill: list[Req], decode: ScheduleBatch | None, runner,
     out_loc = slots
     mode = ForwardMode.EXTEND
     if decode is not None and len(decode):
-        dec_pos = torch.tensor(decode.seq_lens_cpu, dtype=torch.int64, device=dev)
+        dec_lens = decode.seq_lens_cpu
         dec_loc = alloc_decode_slots(decode, runner)
-        input_ids = torch.cat([input_ids, decode.next_input_ids])
-        pos = torch.cat([pos, dec_pos])
+        pos = torch.cat([pos, torch.tensor(dec_lens, dtype=torch.int64, device=dev)])
         pool = torch.cat([pool, decode.req_pool_indices])
         out_loc = torch.cat([out_loc, dec_loc])
-        prefix_lens += decode.seq_lens_cpu
+        prefix_lens += dec_lens
         ext_lens += [1] * len(decode)
         mode = ForwardMode.MIXED
     seq_cpu = tuple(p + e for p, e in zip(prefix_lens, ext_lens))
@@ -94,28 +104,29 @@ def build_extend_batch(prefill: list[Req], decode: ScheduleBatch | None, runner,
 def alloc_decode_slots(batch: ScheduleBatch, runner) -> torch.Tensor:
     """One KV slot per request for its next token; writes it into req_to_token. Caller checked memory."""
     page = runner.page_size
+    lens = batch.seq_lens_cpu
+    kv = torch.tensor(lens, dtype=torch.int64, device=batch.device)
+    table = runner.req_to_token_pool.req_to_token
     if page == 1:
         loc = runner.allocator.alloc(len(batch))
     else:
-        table = runner.req_to_token_pool.req_to_token
-        kv = torch.tensor(batch.seq_lens_cpu, dtype=torch.int64, device=batch.device)
         last = table[batch.req_pool_indices, (kv - 1).clamp(min=0)].long()
         last = torch.where(kv > 0, last, torch.full_like(last, -1))
-        loc = runner.allocator.alloc_decode([n + 1 for n in batch.seq_lens_cpu], last.tolist())
+        loc = runner.allocator.alloc_decode([n + 1 for n in lens], last.tolist())
     if loc is None:
         raise RuntimeError("decode slot allocation failed after the memory check")
-    kv = torch.tensor(batch.seq_lens_cpu, dtype=torch.int64, device=batch.device)
-    runner.req_to_token_pool.req_to_token[batch.req_pool_indices, kv] = loc.to(torch.int32)
+    table[batch.req_pool_indices, kv] = loc.to(torch.int32)
     return loc
 
 
 def build_decode_batch(batch: ScheduleBatch, runner) -> ForwardBatch:
+    """One decode token per request of `batch`; `input_ids` is left empty (filled by the worker)."""
     dev = batch.device
+    lens = batch.seq_lens_cpu
     loc = alloc_decode_slots(batch, runner)
-    positions = torch.tensor(batch.seq_lens_cpu, dtype=torch.int64, device=dev)
-    seq_cpu = tuple(n + 1 for n in batch.seq_lens_cpu)
+    positions = torch.tensor(lens, dtype=torch.int64, device=dev)
     return ForwardBatch(
-        mode=ForwardMode.DECODE, batch_size=len(batch), input_ids=batch.next_input_ids, positions=positions,
-        req_pool_indices=batch.req_pool_indices, seq_lens=positions.to(torch.int32) + 1, out_cache_loc=loc,
-        req_to_token=runner.req_to_token_pool.req_to_token, kv_pool=runner.kv_pool,
-        attn_backend=runner.attn_backend, seq_lens_cpu=seq_cpu)
+        mode=ForwardMode.DECODE, batch_size=len(batch), input_ids=torch.empty(0, dtype=torch.int64, device=dev),
+        positions=positions, req_pool_indices=batch.req_pool_indices, seq_lens=positions.to(torch.int32) + 1,
+        out_cache_loc=loc, req_to_token=runner.req_to_token_pool.req_to_token, kv_pool=runner.kv_pool,
+        attn_backend=runner.attn_backend, seq_lens_cpu=tuple(n + 1 for n in lens))

@@ -13,6 +13,8 @@ class SchedulerStats:
     generated_tokens: int = 0
     prefill_tokens_computed: int = 0
     retractions: int = 0
+    evicted_tokens: int = 0       # tokens the radix cache evicted to make room
+    syncs: int = 0                # overlap: times the scheduler waited for the running forward early
     forward_steps: int = 0
     _window: deque = field(default_factory=lambda: deque(maxlen=64))
 

@@ -76,7 +76,10 @@ class CausalLM(nn.Module, Component):
                 raise ValueError(f"checkpoint tensor '{name}' has no matching parameter in {type(self).__name__}")
             loader = getattr(module, "weight_loader", None)
             if loader is not None:
-                loader(pname, tensor, shard)
+                try:
+                    loader(pname, tensor, shard)
+                except ValueError as exc:  # the loader knows the parameter, not the checkpoint name
+                    raise ValueError(f"checkpoint tensor '{name}': {exc}") from exc
             else:
                 with torch.no_grad():
                     if params[target].shape != tensor.shape:

@@ -51,6 +51,7 @@ class ModelConfig:
     num_experts: int = 0
     num_experts_per_tok: int = 0
     moe_intermediate_size: int = 0
+    layer_types: tuple[str, ...] = ()  # per layer "full_attention" | "sliding_attention"; () = all alike
 
     @property
     def context_length(self) -> int:
@@ -65,13 +66,19 @@ class ModelConfig:
         eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
         quant = hf.get("quantization_config") or {}
         use_sw = hf.get("use_sliding_window", hf.get("model_type") == "mistral")
+        num_layers = hf["num_hidden_layers"]
+        layer_types = tuple(hf.get("layer_types") or ())
+        if not layer_types and use_sw and hf.get("max_window_layers") is not None:
+            # Qwen2/Qwen3 configs without layer_types: layers below max_window_layers attend fully
+            layer_types = tuple("sliding_attention" if i >= hf["max_window_layers"] else "full_attention"
+                                for i in range(num_layers))
         return cls(
             architectures=tuple(hf.get("architectures") or ()),
             model_type=hf.get("model_type", ""),
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
             intermediate_size=hf.get("intermediate_size", 4 * hf["hidden_size"]),
-            num_layers=hf["num_hidden_layers"],
+            num_layers=num_layers,
             num_heads=num_heads,
             num_kv_heads=hf.get("num_key_value_heads") or num_heads,
             head_dim=head_dim,
@@ -89,6 +96,7 @@ class ModelConfig:
             num_experts=hf.get("num_experts") or hf.get("num_local_experts") or 0,
             num_experts_per_tok=hf.get("num_experts_per_tok") or 0,
             moe_intermediate_size=hf.get("moe_intermediate_size") or 0,
+            layer_types=layer_types if len(layer_types) == num_layers else (),
         )
 
 

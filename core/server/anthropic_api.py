@@ -48,7 +48,7 @@ async def messages(body: MessagesRequest, request: Request):
     group = RequestGroup(tm, [ids], params)
     message = {"id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant", "model": st.model_name}
     if body.stream:
-        return sse_response(_stream(group.__enter__(), message, len(ids)))
+        return sse_response(_stream(group.start(), message, len(ids)))
     with group:
         (result,) = await until_disconnected(request, group.collect())
     reason, sequence = stop_reason(result.finish)
@@ -71,8 +71,8 @@ async def _stream(group: RequestGroup, message: dict, prompt_tokens: int):
                 yield sse({"type": "error", "error": {"type": err.type, "message": err.message}}, "error")
                 return
             if out.text:
-                yield sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": out.text}},
-                          "content_block_delta")
+                delta = {"type": "text_delta", "text": out.text}
+                yield sse({"type": "content_block_delta", "index": 0, "delta": delta}, "content_block_delta")
             if out.finished is not None:
                 reason, sequence = stop_reason(out.finished)
                 yield sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
@@ -83,4 +83,4 @@ async def _stream(group: RequestGroup, message: dict, prompt_tokens: int):
         yield sse({"type": "error", "error": {"type": "api_error",
                                               "message": f"internal server error ({type(exc).__name__})"}}, "error")
     finally:
-        group.__exit__(None, None, None)
+        group.close()

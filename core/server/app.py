@@ -34,6 +34,7 @@ class ServerState:
     pm: Any = None
     plugin_records: list = field(default_factory=list)
     tokenizer_path: str | None = None
+    process_ids: dict[str, int] = field(default_factory=dict)  # "scheduler"/"detokenizer" -> pid
     ready: bool = False          # model loaded and warm-up done
     failure: str | None = None   # set when a subprocess died; the server is then unhealthy
     started_at: float = field(default_factory=time.time)

@@ -2,7 +2,7 @@
 
 One OpenAI call with k prompts and `n` choices becomes k*n engine requests whose outputs share one
 queue; choice `i*n + j` is prompt i's j-th sample (OpenAI's numbering). Leaving the `with` block
-aborts whatever has not finished, so a client that goes away frees its KV at once.
+(or `close()`) aborts whatever has not finished, so a client that goes away frees its KV at once.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from jackfield.server.errors import APIError
 from jackfield.server.tokenizer_manager import TokenizerManager
 
 DISCONNECT_POLL_S = 0.5
+MAX_REQUESTS_PER_CALL = 256
 
 
 @dataclass
@@ -47,13 +48,16 @@ class RequestGroup:
     """Submit `len(prompts) * n` requests; iterate `outputs()` or await `collect()`."""
 
     def __init__(self, tm: TokenizerManager, prompts: list[list[int]], params: SamplingParams, n: int = 1):
+        if len(prompts) * n > MAX_REQUESTS_PER_CALL:
+            raise APIError(400, f"{len(prompts)} prompts x n={n} exceeds {MAX_REQUESTS_PER_CALL} generations per call")
         self.tm, self.prompts, self.params, self.n = tm, prompts, params, n
         self.queue: asyncio.Queue = asyncio.Queue()
         self.index: dict[str, int] = {}
         self.rids: list[str] = []
         self.pending: set[str] = set()
 
-    def __enter__(self) -> RequestGroup:
+    def start(self) -> RequestGroup:
+        """Submit every request; on failure the ones already sent are aborted."""
         try:
             for i, ids in enumerate(self.prompts):
                 for j in range(self.n):
@@ -63,14 +67,21 @@ class RequestGroup:
                     self.rids.append(rid)
                     self.pending.add(rid)
         except BaseException:
-            self.__exit__(None, None, None)
+            self.close()
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
+        """Abort every request that has not finished (idempotent)."""
         for rid in list(self.pending):
             self.tm.abort(rid)
         self.pending.clear()
+
+    def __enter__(self) -> RequestGroup:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def size(self) -> int:

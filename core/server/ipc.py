@@ -69,14 +69,19 @@ def setup_child(name: str, log_level: str) -> None:
     """Common start of every child process.
 
     Ctrl-C reaches the whole process group; children ignore SIGINT and let the parent decide (it
-    terminates them). A daemon thread ends the child when its parent disappears, so a parent killed
-    with SIGKILL leaves no orphan behind.
+    terminates them). SIGTERM exits through SystemExit, so multiprocessing's finalizers still run
+    (no leaked semaphores). A daemon thread ends the child when its parent disappears, so a parent
+    killed with SIGKILL leaves no orphan behind.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     logging.basicConfig(level=log_level.upper(), format=f"%(levelname)s [{name}] %(name)s: %(message)s")
     parent = os.getppid()
     threading.Thread(target=_watch_parent, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(0)
 
 
 def _watch_parent(parent: int) -> None:

@@ -75,8 +75,9 @@ def launch_server(settings: Settings) -> int:
     except KeyboardInterrupt:
         print("jackfield: interrupted while starting; stopping", file=sys.stderr, flush=True)
         return 0
-    except SystemExit as exc:  # uvicorn exits this way when it cannot bind the port
-        return exc.code if isinstance(exc.code, int) else 1
+    except SystemExit:  # uvicorn exits this way when it cannot bind the port (logged above)
+        print(f"jackfield: error: cannot serve on {settings.host}:{settings.port}", file=sys.stderr, flush=True)
+        return 1
     finally:
         signals.raise_interrupt = False
         procs.stop()
@@ -108,7 +109,8 @@ async def _serve(settings: Settings, ready: ReadyInfo, tokenizer, ports: PortArg
     metrics = ServerMetrics()
     tm = TokenizerManager(ports, tokenizer, ready.info, metrics)
     tm.start()
-    state = ServerState(settings, ready.info, tm, metrics, pm, records, ready.tokenizer_path)
+    state = ServerState(settings, ready.info, tm, metrics, pm, records, ready.tokenizer_path,
+                        {"scheduler": procs.scheduler.pid, "detokenizer": procs.detokenizer.pid})
     config = uvicorn.Config(build_app(state), host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=settings.log_level == "debug", lifespan="off",
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)

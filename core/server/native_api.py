@@ -26,11 +26,11 @@ def _prompts(st: ServerState, body: GenerateRequest) -> tuple[list[list[int]], b
     if (body.text is None) == (body.input_ids is None):
         raise APIError(400, "give exactly one of 'text' and 'input_ids'", param="text")
     if body.text is not None:
-        if isinstance(body.text, list):
+        if isinstance(body.text, list) and body.text:
             return [encode_text(tm, t, f"text[{i}]") for i, t in enumerate(body.text)], True
         return [encode_text(tm, body.text, "text")], False
     ids = body.input_ids
-    if ids and isinstance(ids[0], list):
+    if isinstance(ids, list) and ids and isinstance(ids[0], list):
         return [check_token_ids(p, tm.vocab_size, f"input_ids[{i}]") for i, p in enumerate(ids)], True
     return [check_token_ids(ids, tm.vocab_size, "input_ids")], False
 
@@ -70,7 +70,7 @@ async def generate(body: GenerateRequest, request: Request):
     group = RequestGroup(tm, prompts, params, params.n)
     many = batch or params.n > 1
     if body.stream:
-        return sse_response(_stream(st, group.__enter__(), body.return_logprob, many))
+        return sse_response(_stream(st, group.start(), body.return_logprob, many))
     with group:
         results = await until_disconnected(request, group.collect())
     outs = [{"text": r.text, "output_ids": r.token_ids, "meta_info": _meta(st, group.rids[r.index], r,
@@ -95,4 +95,4 @@ async def _stream(st: ServerState, group: RequestGroup, logprobs: bool, many: bo
         yield sse(error_body(f"internal server error ({type(exc).__name__})", "internal_error"))
         yield DONE
     finally:
-        group.__exit__(None, None, None)
+        group.close()

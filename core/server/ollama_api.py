@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from jackfield.server.app import ServerState, server_state
 from jackfield.server.generation import RequestGroup, abort_error, until_disconnected
 from jackfield.server.prompts import chat_default, chat_prompt, encode_text, max_new_tokens, sampling_params
-from jackfield.server.protocol import OllamaChatRequest, OllamaGenerateRequest, OllamaOptions
+from jackfield.server.protocol import OllamaChatRequest, OllamaGenerateRequest, OllamaOptions, json_body
 from jackfield.server.sse import ndjson, ndjson_response
 
 router = APIRouter()
@@ -35,7 +35,8 @@ def _params(st: ServerState, opts: OllamaOptions, ids: list[int]):
 
 
 @router.post("/api/generate")
-async def generate(body: OllamaGenerateRequest, request: Request):
+async def generate(request: Request):
+    body = await json_body(request, OllamaGenerateRequest)
     st = server_state(request)
     st.check_model(body.model)
     if not body.prompt:  # Ollama's "load the model" request
@@ -52,7 +53,8 @@ async def generate(body: OllamaGenerateRequest, request: Request):
 
 
 @router.post("/api/chat")
-async def chat(body: OllamaChatRequest, request: Request):
+async def chat(request: Request):
+    body = await json_body(request, OllamaChatRequest)
     st = server_state(request)
     st.check_model(body.model)
     ids = chat_prompt(st.tokenizer_manager, [{"role": m.role, "content": m.content} for m in body.messages])
@@ -64,7 +66,7 @@ async def _run(st: ServerState, request: Request, model: str, stream: bool, ids:
     start = time.monotonic()
     group = RequestGroup(st.tokenizer_manager, [ids], params)
     if stream:
-        return ndjson_response(_stream(group.__enter__(), model, payload, start))
+        return ndjson_response(_stream(group.start(), model, payload, start))
     with group:
         (result,) = await until_disconnected(request, group.collect())
     return {"model": model, "created_at": _now(), **payload(result.text), "done": True,
@@ -87,7 +89,7 @@ async def _stream(group: RequestGroup, model: str, payload, start: float):
     except Exception as exc:
         yield ndjson({"error": f"internal server error ({type(exc).__name__})"})
     finally:
-        group.__exit__(None, None, None)
+        group.close()
 
 
 def _final_stats(finish, prompt_tokens: int, completion_tokens: int, start: float, first_token: float | None) -> dict:

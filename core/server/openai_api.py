@@ -11,13 +11,12 @@ from jackfield.server.errors import APIError, error_body
 from jackfield.server.generation import RequestGroup, abort_error, until_disconnected
 from jackfield.server.openai_format import (COMPLETION_NAMES, OPENAI_NAMES, UsageTracker, chat_logprobs,
                                             completion_logprobs, finish_reason, results_usage)
-from jackfield.server.prompts import (chat_default, chat_prompt, completion_prompts, content_text, max_new_tokens,
-                                      sampling_params)
+from jackfield.server.prompts import (MAX_N, chat_default, chat_prompt, completion_prompts, content_text,
+                                      max_new_tokens, sampling_params)
 from jackfield.server.protocol import ChatCompletionRequest, CompletionRequest, OpenAISampling
 from jackfield.server.sse import DONE, sse, sse_response
 
 router = APIRouter()
-MAX_N = 64
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
 
@@ -42,13 +41,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     requested, param = ((body.max_completion_tokens, "max_completion_tokens") if body.max_completion_tokens is not None
                         else (body.max_tokens, "max_tokens"))
     max_new = max_new_tokens(requested, [ids], tm.context_len, chat_default(tm.context_len), param, "messages")
+    names = {**OPENAI_NAMES, "max_new_tokens": param}
     params = sampling_params({**body.sampling_values(), "max_new_tokens": max_new, "logprobs": body.logprobs,
-                              "top_logprobs_num": body.top_logprobs}, tm.vocab_size, {**OPENAI_NAMES,
-                                                                                       "max_new_tokens": param})
+                              "top_logprobs_num": body.top_logprobs}, tm.vocab_size, names)
     group = RequestGroup(tm, [ids], params, body.n)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": st.model_name}
     if body.stream:
-        return sse_response(_chat_stream(st, group.__enter__(), body, head))
+        return sse_response(_chat_stream(st, group.start(), body, head))
     with group:
         results = await until_disconnected(request, group.collect())
     choices = [{"index": r.index, "message": {"role": "assistant", "content": r.text},
@@ -84,7 +83,7 @@ async def _chat_stream(st: ServerState, group: RequestGroup, body: ChatCompletio
         yield sse(error_body(f"internal server error ({type(exc).__name__})", "internal_error"))
         yield DONE
     finally:
-        group.__exit__(None, None, None)
+        group.close()
 
 
 @router.post("/v1/completions")
@@ -103,7 +102,7 @@ async def completions(body: CompletionRequest, request: Request):
     group = RequestGroup(tm, prompts, params, body.n)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": st.model_name}
     if body.stream:
-        return sse_response(_completion_stream(st, group.__enter__(), body, head))
+        return sse_response(_completion_stream(st, group.start(), body, head))
     with group:
         results = await until_disconnected(request, group.collect())
     choices = [{"index": r.index, "text": r.text,
@@ -127,7 +126,8 @@ async def _completion_stream(st: ServerState, group: RequestGroup, body: Complet
                 lps = completion_logprobs(st.tokenizer, out.logprobs, offsets[i])
                 offsets[i] = lps["text_offset"][-1] + len(lps["tokens"][-1])
             if out.text or out.finished is not None or lps:
-                choice = {"index": i, "text": out.text or "", "logprobs": lps, "finish_reason": finish_reason(out.finished)}
+                choice = {"index": i, "text": out.text or "", "logprobs": lps,
+                          "finish_reason": finish_reason(out.finished)}
                 yield sse({**head, "object": "text_completion", "choices": [choice], **extra})
         else:
             if body.include_usage:
@@ -137,7 +137,7 @@ async def _completion_stream(st: ServerState, group: RequestGroup, body: Complet
         yield sse(error_body(f"internal server error ({type(exc).__name__})", "internal_error"))
         yield DONE
     finally:
-        group.__exit__(None, None, None)
+        group.close()
 
 
 def _check_common(st: ServerState, body: OpenAISampling) -> None:

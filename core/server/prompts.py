@@ -13,18 +13,24 @@ from jackfield.server.errors import APIError, from_sampling_error
 from jackfield.server.tokenizer_manager import TokenizerManager
 
 CHAT_MAX_TOKENS_CAP = 1024
+MAX_N = 64
 ROLE_ALIASES = {"developer": "system"}
 
 
 def sampling_params(values: dict[str, Any], vocab_size: int, rename: dict[str, str] | None = None) -> SamplingParams:
     """SamplingParams from SGLang-named values (None = default); errors use the API's names via `rename`."""
     try:
-        return SamplingParams.from_dict({k: v for k, v in values.items() if v is not None}, vocab_size)
+        params = SamplingParams.from_dict({k: v for k, v in values.items() if v is not None}, vocab_size)
     except SamplingParamError as exc:
         raise from_sampling_error(exc, rename) from None
+    if params.n > MAX_N:
+        raise APIError(400, f"n must be at most {MAX_N}, got {params.n}", param="n")
+    return params
 
 
 def check_token_ids(ids: list[int], vocab_size: int, param: str) -> list[int]:
+    if not isinstance(ids, list):
+        raise APIError(400, f"{param} must be a list of token ids", param=param)
     if not ids:
         raise APIError(400, f"{param} is empty", param=param)
     bad = next((t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size), None)
@@ -34,6 +40,8 @@ def check_token_ids(ids: list[int], vocab_size: int, param: str) -> list[int]:
 
 
 def encode_text(tm: TokenizerManager, text: str, param: str, add_special_tokens: bool = True) -> list[int]:
+    if not isinstance(text, str):
+        raise APIError(400, f"{param} must be a string, got {type(text).__name__}", param=param)
     try:
         ids = tm.encode(text, add_special_tokens=add_special_tokens)
     except ValueError as exc:
@@ -63,6 +71,8 @@ def content_text(content: Any, param: str) -> str:
         return ""
     if isinstance(content, str):
         return content
+    if not isinstance(content, list):
+        raise APIError(400, f"{param} must be a string or a list of text parts", param=param)
     parts = []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else getattr(part, "type", None)
@@ -96,6 +106,8 @@ def max_new_tokens(requested: int | None, prompts: list[list[int]], context_len:
                             f"{context_len} tokens", param=prompt_param, code="context_length_exceeded")
     if requested is None:
         return max(0, min(default(longest), context_len - longest))
+    if isinstance(requested, float) and requested.is_integer():
+        requested = int(requested)
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
         raise APIError(400, f"{param} must be a non-negative integer, got {requested!r}", param=param)
     if longest + requested > context_len:

@@ -5,15 +5,33 @@ later by SamplingParams, so one rule set holds for every API.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+import json
+from typing import Any, Literal, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 StopField = Union[str, list[str], None]
+T = TypeVar("T", bound=BaseModel)
 
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+async def json_body(request: Request, model: type[T]) -> T:
+    """Parse the body as JSON whatever its content type (Ollama clients and `curl -d` omit it)."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error",
+                                       "ctx": {"error": str(exc)}}]) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
 
 
 # ---- OpenAI -----------------------------------------------------------------------------------
@@ -63,7 +81,7 @@ class OpenAISampling(Body):
 
 class ChatMessage(Body):
     role: str
-    content: Union[str, list[dict[str, Any]], None] = None
+    content: Any = None  # a string or a list of text parts; checked by prompts.content_text
     name: str | None = None
 
 
@@ -75,7 +93,7 @@ class ChatCompletionRequest(OpenAISampling):
 
 
 class CompletionRequest(OpenAISampling):
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    prompt: Any  # a string, strings, token ids or lists of token ids; checked by prompts.completion_prompts
     logprobs: int | None = None
     echo: bool = False
 
@@ -143,8 +161,8 @@ class OllamaChatRequest(Body):
 class GenerateRequest(Body):
     """POST /generate, SGLang's native API: one prompt (`text` or `input_ids`) or a list of them."""
 
-    text: Union[str, list[str], None] = None
-    input_ids: Union[list[int], list[list[int]], None] = None
+    text: Any = None        # a string or a list of strings
+    input_ids: Any = None   # token ids or a list of token-id lists
     sampling_params: dict[str, Any] | None = None
     stream: bool = False
     return_logprob: bool = False

@@ -66,7 +66,7 @@ async def get_server_info(request: Request) -> dict:
     stats = await st.tokenizer_manager.get_stats()
     settings = st.settings.model_dump(mode="json", exclude={"api_key"})
     return {**settings, **asdict(stats), "ready": st.ready, "healthy": st.healthy,
-            "requests_in_flight": st.tokenizer_manager.num_in_flight}
+            "requests_in_flight": st.tokenizer_manager.num_in_flight, "process_ids": st.process_ids}
 
 
 @router.api_route("/flush_cache", methods=["POST", "GET"])

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import defaultdict, deque
 from dataclasses import dataclass
+from typing import AsyncIterator
 
 import zmq
 import zmq.asyncio
@@ -101,6 +102,19 @@ class TokenizerManager:
         self._send(TokenizedGenerateReq(rid, list(input_ids), params, return_logprob=params.logprobs,
                                         top_logprobs_num=params.top_logprobs_num, stream=True))
         return rid
+
+    async def generate(self, input_ids: list[int], params: SamplingParams) -> AsyncIterator[ReqOutput]:
+        """Stream one request's outputs (text filled in) until it finishes; leaving early aborts it."""
+        queue: asyncio.Queue = asyncio.Queue()
+        rid = self.submit(input_ids, params, queue)
+        try:
+            while True:
+                out = await queue.get()
+                yield out
+                if out.finished is not None:
+                    return
+        finally:
+            self.abort(rid)
 
     def abort(self, rid: str) -> None:
         """Abort a request still in flight (a client went away); its KV is freed by the scheduler."""

@@ -176,7 +176,8 @@ class FlashInferAttnBackend(AttentionBackend):
             if torch.cuda.is_current_stream_capturing():
                 raise RuntimeError(f"attention variant {variant} first met while capturing a CUDA graph; "
                                    "run one eager forward of the model before capturing")
-            self.variants.append(variant)
+            if variant not in self.variants:
+                self.variants.append(variant)
             wrapper = self._plan(variant)
         page = fb.kv_pool.page_size
         k = fb.kv_pool.k_buffer(layer.layer_id)

@@ -55,6 +55,11 @@ ARCH_SPECS = [
         "rope_type": "default", "rope_theta": 1000000.0}}, seed=5),
     ArchSpec("qwen3", "Qwen3Config", {"tie_word_embeddings": True, "attention_bias": False}, seed=6),
     ArchSpec("mistral_sliding", "MistralConfig", {"sliding_window": 8, "tie_word_embeddings": False}, seed=7),
+    # windowed layers from max_window_layers on, full attention below (config.layer_types)
+    ArchSpec("qwen2_sliding_mixed", "Qwen2Config", {"use_sliding_window": True, "sliding_window": 8,
+                                                    "max_window_layers": 1, "tie_word_embeddings": False}, seed=8),
+    ArchSpec("qwen3_sliding_mixed", "Qwen3Config", {"use_sliding_window": True, "sliding_window": 8,
+                                                    "max_window_layers": 2, "tie_word_embeddings": True}, seed=9),
 ]
 SPECS = {s.name: s for s in ARCH_SPECS}
 
@@ -122,19 +127,21 @@ class PagedDriver:
     def _slot(self, seq: int, pos: int) -> int:
         return int(self.table[self.rows[seq], pos])
 
-    def extend(self, new_ids: list[list[int]], seqs: list[int] | None = None, all_logits: bool = True) -> list[torch.Tensor]:
-        """Compute `new_ids[i]` on top of sequence `seqs[i]`'s cached tokens (new sequences when
-        `seqs` is None), all in one EXTEND forward. Returns logits per sequence: one row per new
-        token with `all_logits`, else the last token's only."""
+    def new_sequence(self) -> int:
+        row = self.runner.req_to_token_pool.alloc()
+        assert row is not None, "no free request row"
+        self.rows.append(row)
+        self.ids.append([])
+        return len(self.rows) - 1
+
+    def extend(self, new_ids: list[list[int]], seqs: list[int | None] | None = None,
+               all_logits: bool = True) -> list[torch.Tensor]:
+        """Compute `new_ids[i]` on top of sequence `seqs[i]`'s cached tokens, all in one EXTEND
+        forward; a None entry (or `seqs` None) starts a new sequence. Returns logits per
+        sequence: one row per new token with `all_logits`, else the last token's only."""
         r = self.runner
-        if seqs is None:
-            seqs = []
-            for _ in new_ids:
-                row = r.req_to_token_pool.alloc()
-                assert row is not None, "no free request row"
-                self.rows.append(row)
-                self.ids.append([])
-                seqs.append(len(self.rows) - 1)
+        seqs = [None] * len(new_ids) if seqs is None else list(seqs)
+        seqs = [self.new_sequence() if s is None else s for s in seqs]
         prefix = [len(self.ids[s]) for s in seqs]
         ext = [len(x) for x in new_ids]
         last = [self._slot(s, p - 1) if p else -1 for s, p in zip(seqs, prefix)]
@@ -218,3 +225,28 @@ def greedy_run(driver: PagedDriver, prompts: list[list[int]], steps: int) -> tup
             logits[i].append(row)
         nxt = [int(row.argmax()) for row in out]
     return logits, seqs
+
+
+def within(seconds: float, fn, *args, **kwargs):
+    """Run fn(*args, **kwargs) and return its result, failing the test (instead of hanging the
+    run) if it has not answered within `seconds` (an Engine request lost by the scheduler)."""
+    import threading
+
+    import pytest
+
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # re-raised in the test's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, daemon=True, name="test-deadline")
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        pytest.fail(f"{getattr(fn, '__qualname__', fn)} did not return within {seconds:.0f}s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

@@ -58,7 +58,8 @@ def test_extend_then_decode_match_reference(name, head_dim, gqa, page_size):
             for with_prefix in (False, True):
                 prefix = [rng.randint(1, 300) if with_prefix else 0 for _ in range(bs)]
                 new = [rng.randint(1, 160) for _ in range(bs)]
-                p = AttnProblem(prefix, new, 2 * gqa, 2, head_dim, page_size, dtype, "cuda", seed=rng.randint(0, 1 << 30))
+                p = AttnProblem(prefix, new, 2 * gqa, 2, head_dim, page_size, dtype, "cuda",
+                                seed=rng.randint(0, 1 << 30))
                 backend, layer = cls(p.runtime()), p.layer()
                 what = f"{name} {dtype} bs={bs} prefix={with_prefix}"
                 run_checked(backend, p, *p.extend_batch(backend), layer, f"extend {what}")
@@ -100,8 +101,9 @@ class StaticDecodeBatch:
 
     def load(self, fb: ForwardBatch, q, k, v) -> ForwardBatch:
         n = fb.batch_size
-        for dst, src, pad in ((self.fb.req_pool_indices, fb.req_pool_indices, 0), (self.fb.seq_lens, fb.seq_lens, self.fill),
-                              (self.fb.out_cache_loc, fb.out_cache_loc, 0), (self.q, q, 0), (self.k, k, 0), (self.v, v, 0)):
+        pairs = ((self.fb.req_pool_indices, fb.req_pool_indices, 0), (self.fb.seq_lens, fb.seq_lens, self.fill),
+                 (self.fb.out_cache_loc, fb.out_cache_loc, 0), (self.q, q, 0), (self.k, k, 0), (self.v, v, 0))
+        for dst, src, pad in pairs:
             dst[:n].copy_(src)
             dst[n:].fill_(pad)
         lens = tuple(fb.seq_lens_cpu) + (self.fill,) * (self.bs - n)

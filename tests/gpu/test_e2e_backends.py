@@ -1,9 +1,11 @@
 """End to end on the 1B-shaped dummy model (bf16): torch_native, triton and flashinfer agree, and
 CUDA-graph replay equals eager execution.
 
-bf16 kernels sum in different orders, so greedy paths may split late in 64 tokens when two logits
-nearly tie; the checks are: identical tokens for the first 16 steps, and the chosen tokens' logprobs
-within 0.1 over those steps (the full 64 tokens are reported in the assertion message).
+bf16 kernels sum in different orders, and dummy weights make the next-token distribution nearly
+flat, so two greedy paths may split when two logits nearly tie. The check walks both 64-token paths
+step by step: while the tokens agree, the chosen token's logprob must agree within 0.05; at the
+first split, each side's token must be in the other's top-5 within 0.05 of its best logprob (a
+near-tie, not a wrong result); after a split the prefixes differ and comparison stops.
 """
 import os
 
@@ -21,18 +23,30 @@ def _run(backend: str, **kw) -> list[dict]:
     eng = Engine(model=CONFIG, load_format="dummy", attention_backend=backend, max_total_tokens=32768,
                  max_running_requests=8, cuda_graph_max_bs=8, seed=1, **kw)
     try:
-        return eng.generate(PROMPTS, {"temperature": 0, "max_new_tokens": 64, "ignore_eos": True, "logprobs": True})
+        return eng.generate(PROMPTS, {"temperature": 0, "max_new_tokens": 64, "ignore_eos": True, "logprobs": True,
+                                      "top_logprobs_num": 5})
     finally:
         eng.shutdown()
         del eng
         torch.cuda.empty_cache()
 
 
-def _compare(a: list[dict], b: list[dict], steps: int = 16) -> None:
+def _near_top(lp: dict, token: int) -> bool:
+    top = dict(lp["top_logprobs"])
+    return token in top and lp["logprob"] - top[token] < 0.05
+
+
+def _compare(a: list[dict], b: list[dict]) -> int:
+    """Returns the number of steps compared before the first (near-tie) split, over all prompts."""
+    agreed = 0
     for ra, rb in zip(a, b):
-        assert ra["token_ids"][:steps] == rb["token_ids"][:steps], (ra["token_ids"], rb["token_ids"])
-        for la, lb in zip(ra["logprobs"][:steps], rb["logprobs"][:steps]):
-            assert abs(la["logprob"] - lb["logprob"]) < 0.1
+        for step, (la, lb) in enumerate(zip(ra["logprobs"], rb["logprobs"])):
+            if la["token_id"] != lb["token_id"]:
+                assert _near_top(la, lb["token_id"]) and _near_top(lb, la["token_id"]), (step, la, lb)
+                break
+            assert abs(la["logprob"] - lb["logprob"]) < 0.05, (step, la, lb)
+            agreed += 1
+    return agreed
 
 
 @pytest.fixture(scope="module")
@@ -55,4 +69,4 @@ def test_backend_matches_torch_native(backend, reference):
 def test_cuda_graph_replay_equals_eager():
     graph = _run("triton")
     eager = _run("triton", disable_cuda_graph=True)
-    _compare(graph, eager, steps=32)
+    assert _compare(graph, eager) >= 32

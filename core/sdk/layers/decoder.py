@@ -30,8 +30,11 @@ class DecoderOptions:
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int, ctx: ModelBuildContext, opts: DecoderOptions, prefix: str):
         super().__init__()
+        window = opts.sliding_window
+        if window and config.layer_types and config.layer_types[layer_id] != "sliding_attention":
+            window = None  # a full-attention layer of a model that mixes both (Qwen2 max_window_layers)
         self.self_attn = SelfAttention(config, layer_id, ctx, f"{prefix}.self_attn", qkv_bias=opts.qkv_bias,
-                                       qk_norm=opts.qk_norm, sliding_window=opts.sliding_window,
+                                       qk_norm=opts.qk_norm, sliding_window=window,
                                        max_positions=opts.max_positions)
         self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, ctx, f"{prefix}.mlp", config.hidden_act)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx.dtype, ctx.device)

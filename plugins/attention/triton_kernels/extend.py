@@ -17,8 +17,35 @@ from jackfield_plugins.attention.triton_kernels.common import (
 
 
 @triton.jit
+def _attend_block(acc, m_i, l_i, q, q_pos, n0, hi, K, V, ReqToToken, row, kvh, offs_d, d_mask,
+                  stride_kt, stride_kh, stride_vt, stride_vh, sm_scale, logit_cap, window,
+                  BLOCK_N: tl.constexpr, USE_CAP: tl.constexpr, USE_WINDOW: tl.constexpr,
+                  MASKED: tl.constexpr, PRECISION: tl.constexpr):
+    """Online-softmax update with one block of keys; MASKED blocks apply the causal/window mask."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < hi
+    slots = tl.load(ReqToToken + row + offs_n, mask=n_mask, other=0).to(tl.int64)
+    kv_mask = n_mask[:, None] & d_mask[None, :]
+    k = tl.load(K + slots[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
+    qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    qk = scale_logits(qk, sm_scale, logit_cap, USE_CAP)
+    if MASKED:
+        keep = n_mask[None, :] & (offs_n[None, :] <= q_pos[:, None])
+        if USE_WINDOW:
+            keep = keep & (offs_n[None, :] > q_pos[:, None] - window)
+        qk = tl.where(keep, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+    p = tl.exp2(qk - m_ref[:, None])
+    alpha = tl.exp2(m_i - m_ref)
+    v = tl.load(V + slots[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return acc, m_new, l_i * alpha + tl.sum(p, 1)
+
+
+@triton.jit
 def _extend_kernel(
-    Q, O, K, V, ReqToToken, ReqPoolIdx, SeqLens, ExtendStart, ExtendLens,
+    Q, Out, K, V, ReqToToken, ReqPoolIdx, SeqLens, ExtendStart, ExtendLens,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_kt, stride_kh, stride_vt, stride_vh, stride_rt,
     sm_scale, logit_cap, window,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -33,7 +60,7 @@ def _extend_kernel(
     seq_len = tl.load(SeqLens + b)
     prefix = seq_len - ext_len
     q_start = tl.load(ExtendStart + b).to(tl.int64)
-    row = tl.load(ReqPoolIdx + b).to(tl.int64)
+    row = tl.load(ReqPoolIdx + b).to(tl.int64) * stride_rt
     kvh = h // GROUP
 
     offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -44,42 +71,36 @@ def _extend_kernel(
     q = tl.load(Q + (q_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
                 mask=m_mask[:, None] & d_mask[None, :], other=0.0)
 
-    hi = tl.minimum(seq_len, prefix + (mb + 1) * BLOCK_M)
-    lo = seq_len * 0
-    if USE_WINDOW:
-        lo = tl.maximum(prefix + mb * BLOCK_M - window + 1, 0) // BLOCK_N * BLOCK_N
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for n0 in range(lo, hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < hi
-        slots = tl.load(ReqToToken + row * stride_rt + offs_n, mask=n_mask, other=0).to(tl.int64)
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(K + slots[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-        qk = scale_logits(qk, sm_scale, logit_cap, USE_CAP)
-        keep = n_mask[None, :] & (offs_n[None, :] <= q_pos[:, None])
-        if USE_WINDOW:
-            keep = keep & (offs_n[None, :] > q_pos[:, None] - window)
-        qk = tl.where(keep, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-        p = tl.exp2(qk - m_ref[:, None])
-        alpha = tl.exp2(m_i - m_ref)
-        v = tl.load(V + slots[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
+    hi = tl.minimum(seq_len, prefix + (mb + 1) * BLOCK_M)
+    # keys up to the block's first query position are visible to every row: no mask needed there
+    split = (prefix + mb * BLOCK_M + 1) // BLOCK_N * BLOCK_N
+    lo = seq_len * 0
+    if USE_WINDOW:
+        lo = tl.maximum(prefix + mb * BLOCK_M - window + 1, 0) // BLOCK_N * BLOCK_N
+        split = lo
+    for n0 in range(lo, split, BLOCK_N):
+        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, q_pos, n0, hi, K, V, ReqToToken, row, kvh, offs_d, d_mask,
+                                      stride_kt, stride_kh, stride_vt, stride_vh, sm_scale, logit_cap, window,
+                                      BLOCK_N, USE_CAP, USE_WINDOW, False, PRECISION)
+    for n0 in range(split, hi, BLOCK_N):
+        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, q_pos, n0, hi, K, V, ReqToToken, row, kvh, offs_d, d_mask,
+                                      stride_kt, stride_kh, stride_vt, stride_vh, sm_scale, logit_cap, window,
+                                      BLOCK_N, USE_CAP, USE_WINDOW, True, PRECISION)
 
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-    tl.store(O + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
-             out.to(O.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+    tl.store(Out + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
+             out.to(Out.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
 
 
-def extend_block_m(head_dim: int) -> int:
-    """Query rows per program; the grid's third axis is cdiv(max new tokens, this)."""
-    return 64 if block_dmodel(head_dim) <= 128 else 32
+def extend_tiles(head_dim: int, device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps), measured on H100; head dim 256 wants Hopper's shared memory."""
+    if block_dmodel(head_dim) <= 128:
+        return 64, 64, 4
+    big_smem = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+    return (128, 64, 8) if big_smem else (64, 32, 4)
 
 
 def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor, out: torch.Tensor,
@@ -99,16 +120,14 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     if bs == 0 or max_extend_len <= 0:
         return
     group = num_heads // k_buffer.shape[1]
-    block_d = block_dmodel(head_dim)
-    block_m = extend_block_m(head_dim)
-    block_n = 64 if block_d <= 64 else 32
+    block_m, block_n, num_warps = extend_tiles(head_dim, q.device)
     grid = (bs, num_heads, triton.cdiv(max_extend_len, block_m))
     _extend_kernel[grid](
         q, out, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, extend_start_loc, extend_seq_lens,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1), req_to_token.stride(0),
         sm_scale, logit_cap if logit_cap > 0 else 1.0, sliding_window or 0,
-        GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
+        GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_dmodel(head_dim), BLOCK_M=block_m, BLOCK_N=block_n,
         USE_CAP=logit_cap > 0, USE_WINDOW=sliding_window is not None, PRECISION=dot_precision(q.dtype),
-        num_warps=4 if block_d <= 64 else 8, num_stages=2,
+        num_warps=num_warps, num_stages=2,
     )

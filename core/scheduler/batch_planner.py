@@ -1,0 +1,103 @@
+"""Planning one forward: admission, decode memory, and the ForwardJob with its launched-state update.
+
+`plan_batch(sched)` decides what the next forward computes (SGLang's get_next_batch_to_run):
+prefill has priority; with mixed mode the running batch's decodes ride along as length-1 extends,
+without it prefill and decode steps alternate while both have work. After building the job it
+advances the launched state right away (kv_len, output_lens, the chunked request, the running batch
+that finished prefills join), so the next plan can be made before this job's tokens are known.
+"""
+from __future__ import annotations
+
+import torch
+
+from jackfield.io_struct import FinishReason
+from jackfield.sampling.batch import SamplingBatch
+from jackfield.scheduler.forward_job import ForwardJob
+from jackfield.scheduler.schedule_batch import (
+    ScheduleBatch,
+    build_decode_batch,
+    build_extend_batch,
+)
+
+
+def plan_batch(s) -> ForwardJob | None:
+    running = s.running if s.running is not None and len(s.running) else None
+    prefill = None
+    if running is None or s.mixed_ok or not s.last_was_prefill:
+        prefill = s.admission.schedule_prefill(len(running) if running else 0)
+        if prefill is None and s.chunked_req is not None and running is None:
+            _abort_chunked_oom(s)
+    decode = None
+    if running is not None and (prefill is None or s.mixed_ok):
+        if s.inflight is not None and not s.admission.decode_fits(running):
+            s.sync()  # retraction needs the running forward's results; they may also free memory
+        running = s.running if s.running is not None and len(s.running) else None
+        alone = prefill is None and s.chunked_req is None
+        if running is not None and s.admission.reserve_decode(running, s.finished_out, alone):
+            decode = running
+    if prefill is None and decode is None:
+        return None
+    s.last_was_prefill = prefill is not None and decode is None
+    reqs, slots = prefill if prefill is not None else ([], None)
+    s.building = reqs
+    job = _build_job(s, reqs, slots, decode)
+    s.building = []
+    return job
+
+
+def _abort_chunked_oom(s) -> None:
+    """The chunked request's next chunk does not fit and nothing else holds KV: its prompt is larger
+    than the pool can ever give it."""
+    s.sync()
+    r, s.chunked_req = s.chunked_req, None
+    r.finished_reason = FinishReason("abort", message="out of KV cache memory for the prompt")
+    s.releaser.release(r, frozenset())
+    s.finished_out.append(r)
+
+
+def _build_job(s, reqs: list, slots: torch.Tensor | None, decode: ScheduleBatch | None) -> ForwardJob:
+    dev = s.device
+    fb = build_extend_batch(reqs, decode, s.runner, slots) if reqs else build_decode_batch(decode, s.runner)
+    final = [r.kv_len + r.extend_len == len(r.origin_input_ids) + len(r.output_ids) for r in reqs]
+    new_sampling = None
+    samplings, lens = [], []
+    if reqs:
+        new_sampling = SamplingBatch.from_params([r.sampling_params for r in reqs], [r.req_pool_idx for r in reqs],
+                                                 s.vocab_size, s.eos_ids, dev)
+        samplings.append(new_sampling)
+        lens.append(torch.tensor([len(r.output_ids) for r in reqs], dtype=torch.int64, device=dev))
+    if decode is not None:
+        samplings.append(decode.sampling)
+        lens.append(decode.output_lens)
+    sampling = samplings[0] if len(samplings) == 1 else samplings[0].merge(samplings[1])
+    decode_reqs = list(decode.reqs) if decode is not None else []
+    counted = torch.tensor(final + [True] * len(decode_reqs), dtype=torch.bool, device=dev)
+    job = ForwardJob(
+        fb=fb, sampling=sampling, output_lens=lens[0] if len(lens) == 1 else torch.cat(lens), counted=counted,
+        decode_rows=decode.req_pool_indices if decode is not None else None, extend_reqs=list(reqs),
+        extend_kv=[r.kv_len + r.extend_len for r in reqs], extend_final=final, decode_reqs=decode_reqs,
+        rows=frozenset(r.req_pool_idx for r in reqs + decode_reqs))
+    s.stats.record_step(sum(r.extend_len for r in reqs), len(decode_reqs))
+    _advance(s, reqs, final, new_sampling, decode)
+    return job
+
+
+def _advance(s, reqs: list, final: list[bool], new_sampling: SamplingBatch | None, decode: ScheduleBatch | None) -> None:
+    """Move the launched state past this job: KV lengths, output counts, running batch membership."""
+    for r in reqs:
+        r.kv_len += r.extend_len
+    if decode is not None:
+        decode.advance()
+    done = [i for i, f in enumerate(final) if f]
+    for i in done:
+        if s.chunked_req is reqs[i]:
+            s.chunked_req = None
+    if not done:
+        return
+    joined = [reqs[i] for i in done]
+    out_lens = torch.tensor([len(r.output_ids) + 1 for r in joined], dtype=torch.int64, device=s.device)
+    batch = ScheduleBatch(joined, s.device, new_sampling.filter(torch.tensor(done, dtype=torch.int64)), out_lens)
+    if s.running is None or len(s.running) == 0:
+        s.running = batch
+    else:
+        s.running.merge(batch)

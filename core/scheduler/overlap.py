@@ -1,0 +1,134 @@
+"""Launchers of the overlap scheduler: start a ForwardJob now, collect its result later.
+
+Both run jobs strictly in launch order, which is what makes the overlap safe: KV slots the scheduler
+frees while a job runs can only be written again by a later job.
+
+- `ForwardWorker` (CPU): a dedicated thread runs the jobs from a queue. PyTorch releases the GIL
+  inside its ops, so the scheduler thread plans the next batch and processes the previous result
+  while the forward runs.
+- `StreamLauncher` (CUDA): no thread. `launch` enqueues the forward and sampling on a forward stream
+  (after the scheduler stream's pending work, i.e. the job's table writes) and an asynchronous copy of
+  the tokens to pinned host memory; the kernels run while the scheduler thread goes on. `wait`
+  synchronizes on an event recorded after the copy.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import weakref
+
+import torch
+
+from jackfield.scheduler.forward_job import StepResult, step_result
+
+
+class PendingResult:
+    def __init__(self):
+        self._done = threading.Event()
+        self._value = None
+        self._error: BaseException | None = None
+
+    def set(self, value) -> None:
+        self._value = value
+        self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    def wait(self) -> StepResult:
+        """Block until the job ran; return its result or raise its exception."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class ForwardWorker:
+    """A thread that calls `fn(job)` (returning a StepResult) for every launched job, in order."""
+
+    def __init__(self, fn, name: str = "jackfield-forward"):
+        self._fn = fn
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, args=(fn, self._queue), name=name, daemon=True)
+        self._thread.start()
+
+    def launch(self, job) -> PendingResult:
+        pending = PendingResult()
+        self._queue.put((job, pending))
+        return pending
+
+    @staticmethod
+    def _run(fn, jobs: queue.SimpleQueue) -> None:
+        while True:
+            item = jobs.get()
+            if item is None:
+                return
+            job, pending = item
+            try:
+                pending.set(fn(job))
+            except BaseException as exc:  # noqa: BLE001 - handed to the scheduler thread, which re-raises it
+                pending.fail(exc)
+            del item, job, pending
+
+    def close(self) -> None:
+        """Stop the thread after the jobs already launched."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+
+    def close_with(self, owner) -> None:
+        """Stop the thread when `owner` is garbage collected (the thread holds no reference to it)."""
+        weakref.finalize(owner, self._queue.put, None)
+
+
+class CudaPending:
+    def __init__(self, event: torch.cuda.Event, host):
+        self._event, self._host = event, host
+
+    def wait(self) -> StepResult:
+        self._event.synchronize()
+        return step_result(self._host)
+
+
+class _HostOutput:
+    """Pinned host copies of a SampleOutput's tensors, filled asynchronously."""
+
+    def __init__(self, out):
+        for name in ("next_token_ids", "logprobs", "top_logprob_ids", "top_logprob_vals"):
+            t = getattr(out, name)
+            host = None
+            if t is not None:
+                host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                host.copy_(t, non_blocking=True)
+            setattr(self, name, host)
+        self._device = out  # keep the device tensors alive until the copy is done
+
+
+class StreamLauncher:
+    """Launches `launch_fn(job)` (returning device tensors) on a forward stream, from the caller's thread."""
+
+    def __init__(self, launch_fn, device: torch.device):
+        self._launch = launch_fn
+        self._stream = torch.cuda.Stream(device)
+
+    def launch(self, job) -> CudaPending:
+        self._stream.wait_stream(torch.cuda.current_stream(self._stream.device))
+        with torch.cuda.stream(self._stream):
+            host = _HostOutput(self._launch(job))
+            event = torch.cuda.Event()
+            event.record()
+        return CudaPending(event, host)
+
+    def close(self) -> None:
+        self._stream.synchronize()
+
+    def close_with(self, owner) -> None:
+        pass
+
+
+def make_launcher(device: torch.device, launch_fn, run_fn):
+    """StreamLauncher on CUDA, ForwardWorker elsewhere."""
+    if device.type == "cuda":
+        return StreamLauncher(launch_fn, device)
+    return ForwardWorker(run_fn)

@@ -1,0 +1,55 @@
+"""The fused Triton layers (jackfield.kernels) run by Triton's CPU interpreter, against the torch path.
+
+TRITON_INTERPRET must be set before triton kernels are defined, so the checks run in a child
+process. Skipped where triton is not installed; the GPU versions are in tests/gpu/test_fused_kernels.py.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+CHILD = textwrap.dedent("""
+    import json, torch
+    import torch.nn.functional as F
+    from jackfield.kernels.norm import rmsnorm
+    from jackfield.kernels.activation import silu_and_mul
+    from jackfield.kernels.rotary import rope_inplace
+    from jackfield.sdk.layers.norm import RMSNorm
+    from jackfield.sdk.layers.rotary import RotaryEmbedding
+    from jackfield.sdk.model_config import RopeConfig
+    torch.manual_seed(0)
+    out = {}
+    x, r, w = torch.randn(5, 96), torch.randn(5, 96), torch.randn(96)
+    norm = RMSNorm(96, 1e-6, torch.float32, "cpu"); norm.weight.data = w
+    a, b = rmsnorm(x, w, 1e-6, r); ra, rb = norm._norm(x + r), x + r
+    out["rmsnorm_residual"] = max((a - ra).abs().max().item(), (b - rb).abs().max().item())
+    out["rmsnorm"] = (rmsnorm(x, w, 1e-6) - norm._norm(x)).abs().max().item()
+    g = torch.randn(7, 2 * 80)
+    out["silu_and_mul"] = (silu_and_mul(g) - F.silu(g[:, :80]) * g[:, 80:]).abs().max().item()
+    rot = RotaryEmbedding(16, RopeConfig(theta=10000.0, rotary_dim=16), 64, torch.float32, "cpu")
+    pos = torch.tensor([0, 3, 7, 9, 63])
+    qkv = torch.randn(5, (6 + 2 * 2) * 16)
+    q, k, _ = qkv.split([96, 32, 32], dim=-1)
+    cos, sin = rot.cos_sin_cache[pos].chunk(2, dim=-1)
+    rq, rk = rot._rotate(q.clone(), cos, sin), rot._rotate(k.clone(), cos, sin)
+    rope_inplace(pos, q, k, rot.cos_sin_cache, 16, 16)
+    out["rope"] = max((q - rq).abs().max().item(), (k - rk).abs().max().item())
+    print(json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def errors():
+    pytest.importorskip("triton", reason="triton is not installed")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", ["rmsnorm_residual", "rmsnorm", "silu_and_mul", "rope"])
+def test_fused_kernel_matches_torch(errors, name):
+    assert errors[name] < 1e-5, errors

@@ -1,0 +1,73 @@
+"""Every bad input gets a 4xx in the OpenAI error shape, never a 500 or a traceback."""
+from __future__ import annotations
+
+import pytest
+from server_harness import assert_error
+
+CHAT = "/v1/chat/completions"
+MSGS = [{"role": "user", "content": "Hi"}]
+LONG_PROMPT = "hello " * 9000  # over SmolLM2's 8192-token context
+
+
+def test_malformed_json(http):
+    resp = http.post(CHAT, content=b'{"messages": [', headers={"content-type": "application/json"})
+    assert "malformed JSON" in assert_error(resp, 400)["message"]
+
+
+@pytest.mark.parametrize("path,body", [
+    (CHAT, {"model": "gpt-17", "messages": MSGS}),
+    ("/v1/completions", {"model": "gpt-17", "prompt": "Hi"}),
+    ("/v1/messages", {"model": "gpt-17", "max_tokens": 4, "messages": MSGS}),
+    ("/api/chat", {"model": "gpt-17", "messages": MSGS}),
+])
+def test_unknown_model_is_404(http, path, body):
+    assert_error(http.post(path, json=body), 404, param="model", code="model_not_found")
+
+
+@pytest.mark.parametrize("path,body,param", [
+    (CHAT, {"messages": MSGS, "max_tokens": -1}, "max_tokens"),
+    (CHAT, {"messages": MSGS, "max_completion_tokens": 100000}, "max_completion_tokens"),
+    ("/v1/completions", {"prompt": "Hi", "max_tokens": 100000}, "max_tokens"),
+    (CHAT, {"messages": [{"role": "user", "content": LONG_PROMPT}]}, "messages"),
+    ("/v1/completions", {"prompt": LONG_PROMPT, "max_tokens": 1}, "prompt"),
+    ("/generate", {"text": LONG_PROMPT}, "text"),
+    (CHAT, {"messages": MSGS, "temperature": -1}, "temperature"),
+    (CHAT, {"messages": MSGS, "top_p": 2}, "top_p"),
+    (CHAT, {"messages": MSGS, "presence_penalty": 5}, "presence_penalty"),
+    (CHAT, {"messages": MSGS, "logit_bias": {"99999999": 1}}, "logit_bias"),
+    (CHAT, {"messages": MSGS, "top_logprobs": 3}, "top_logprobs"),
+    (CHAT, {"messages": MSGS, "logprobs": True, "top_logprobs": 50}, "top_logprobs"),
+    (CHAT, {"messages": MSGS, "n": 0}, "n"),
+    (CHAT, {"messages": MSGS, "n": 1000}, "n"),
+    ("/generate", {"text": "Hi", "sampling_params": {"n": 1000}}, "n"),
+    (CHAT, {}, "messages"),
+    (CHAT, {"messages": []}, "messages"),
+    (CHAT, {"messages": MSGS, "temperature": "hot"}, "temperature"),
+    ("/v1/completions", {"prompt": [1, -5]}, "prompt"),
+    ("/v1/completions", {"prompt": [[1, 99999999]]}, "prompt[0]"),
+    ("/v1/completions", {}, "prompt"),
+    ("/v1/messages", {"model": "", "messages": MSGS}, "max_tokens"),
+    ("/v1/messages", {"model": "", "max_tokens": 4, "messages": MSGS, "temperature": -3}, "temperature"),
+    ("/api/chat", {"model": "", "messages": MSGS, "options": {"num_predict": 100000}}, "options.num_predict"),
+    ("/generate", {"text": "Hi", "sampling_params": {"warmth": 1}}, "warmth"),
+    ("/generate", {"text": "Hi", "input_ids": [1]}, "text"),
+    ("/generate", {"input_ids": [1, 2], "sampling_params": {"max_new_tokens": -2}},
+     "sampling_params.max_new_tokens"),
+])
+def test_bad_values_are_400_naming_the_param(http, path, body, param):
+    assert_error(http.post(path, json=body), 400, param=param)
+
+
+def test_context_overflow_explains_the_numbers(http):
+    err = assert_error(http.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 100000}), 400,
+                       code="context_length_exceeded")
+    assert "8192" in err["message"]
+
+
+def test_unknown_route_and_method(http):
+    assert_error(http.get("/v1/nothing"), 404)
+    assert_error(http.get(CHAT), 405)
+
+
+def test_non_object_body(http):
+    assert_error(http.post(CHAT, json=[1, 2, 3]), 400)

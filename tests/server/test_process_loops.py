@@ -1,0 +1,134 @@
+"""The scheduler and detokenizer process loops, in-process with inproc ZMQ sockets and fakes."""
+from __future__ import annotations
+
+import zmq
+
+from jackfield.io_struct import (AbortReq, BatchOutput, FinishReason, GetStatsReq, ReqOutput, StatsOut,
+                                 TokenizedGenerateReq)
+from jackfield.sampling.params import SamplingParams
+from jackfield.server.detokenizer_process import DetokenizerManager
+from jackfield.server.messages import ControlFailed, RegisterReq
+from jackfield.server.scheduler_process import SchedulerLoop
+
+
+class FakeScheduler:
+    """Finishes each request after one step; `fail_steps` steps raise first."""
+
+    def __init__(self, fail_steps: int = 0, fail_handle: bool = False):
+        self.waiting: list[str] = []
+        self.fail_steps, self.fail_handle = fail_steps, fail_handle
+        self.aborted_with: list[str] = []
+
+    def handle(self, msg):
+        if self.fail_handle:
+            raise RuntimeError("plugin exploded")
+        if isinstance(msg, TokenizedGenerateReq):
+            self.waiting.append(msg.rid)
+        return []
+
+    def has_work(self) -> bool:
+        return bool(self.waiting)
+
+    def step(self):
+        if self.fail_steps:
+            self.fail_steps -= 1
+            raise RuntimeError("kernel exploded")
+        rids, self.waiting = self.waiting, []
+        return [BatchOutput([ReqOutput(r, [7], FinishReason("length"), 3, 1, 0) for r in rids])]
+
+    def abort_all(self, message: str):
+        self.aborted_with.append(message)
+        rids, self.waiting = self.waiting, []
+        return [BatchOutput([ReqOutput(r, [], FinishReason("abort", message=message), 3, 0, 0) for r in rids])]
+
+
+def make_loop(scheduler):
+    ctx = zmq.Context.instance()
+    name = f"inproc://sched-{id(scheduler)}"
+    into, recv = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    recv.bind(name + "-in")
+    into.connect(name + "-in")
+    send, out = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    out.bind(name + "-out")
+    send.connect(name + "-out")
+    return SchedulerLoop(scheduler, recv, send, idle_poll_ms=10), into, out
+
+
+def drain(sock) -> list:
+    msgs = []
+    while sock.poll(100):
+        msgs.append(sock.recv_pyobj())
+    return msgs
+
+
+def req(rid: str) -> TokenizedGenerateReq:
+    return TokenizedGenerateReq(rid, [1, 2, 3], SamplingParams(stop=("b",)))
+
+
+def test_registration_precedes_outputs():
+    loop, into, out = make_loop(FakeScheduler())
+    into.send_pyobj(req("a"))
+    loop.run_once()
+    msgs = drain(out)
+    assert isinstance(msgs[0], RegisterReq) and msgs[0].rid == "a" and msgs[0].sampling_params.stop == ("b",)
+    assert isinstance(msgs[1], BatchOutput) and msgs[1].outputs[0].rid == "a"
+
+
+def test_a_failing_step_aborts_the_batch_and_the_loop_goes_on():
+    sched = FakeScheduler(fail_steps=1)
+    loop, into, out = make_loop(sched)
+    into.send_pyobj(req("a"))
+    loop.run_once()
+    aborted = [m for m in drain(out) if isinstance(m, BatchOutput)][0].outputs[0]
+    assert aborted.finished.kind == "abort" and "kernel exploded" in aborted.finished.message
+    into.send_pyobj(req("b"))
+    loop.run_once()
+    done = [m for m in drain(out) if isinstance(m, BatchOutput)][0].outputs[0]
+    assert done.rid == "b" and done.finished.kind == "length"
+
+
+def test_a_failing_handle_fails_only_that_message():
+    loop, into, out = make_loop(FakeScheduler(fail_handle=True))
+    into.send_pyobj(req("a"))
+    into.send_pyobj(GetStatsReq())
+    into.send_pyobj(AbortReq("zzz"))
+    loop.run_once()
+    msgs = drain(out)
+    failed = [m for m in msgs if isinstance(m, BatchOutput)][0].outputs[0]
+    assert failed.rid == "a" and failed.finished.kind == "abort" and "plugin exploded" in failed.finished.message
+    control = [m for m in msgs if isinstance(m, ControlFailed)]
+    assert len(control) == 1 and control[0].request == "GetStatsReq"
+
+
+class CharTokenizer:
+    """Token id = code point; enough for RequestText."""
+
+    def decode(self, ids, skip_special_tokens=True) -> str:
+        return "".join(chr(i) for i in ids)
+
+
+def test_detokenizer_holds_back_and_trims_stop_strings():
+    det = DetokenizerManager(CharTokenizer())
+    assert det.handle(RegisterReq("r", SamplingParams(stop=("END",)))) is None
+
+    def feed(text: str, finished=None) -> str:
+        batch = det.handle(BatchOutput([ReqOutput("r", [ord(c) for c in text], finished, 1, 1, 0)]))
+        return batch.outputs[0].text
+
+    assert feed("hello E") == "hello "      # "E" may start "END": held back
+    assert feed("N") == ""
+    assert feed("D!", FinishReason("stop", "END")) == ""
+    assert "r" not in det.states            # state dropped once finished
+    stats = StatsOut(0, 0, 0, 10, 0.0, 0.0, 0.0)
+    assert det.handle(stats) is stats       # control replies pass through unchanged
+
+
+def test_detokenizer_survives_a_bad_request():
+    class Exploding(CharTokenizer):
+        def decode(self, ids, skip_special_tokens=True):
+            raise ValueError("bad ids")
+
+    det = DetokenizerManager(Exploding())
+    det.handle(RegisterReq("r", SamplingParams()))
+    out = det.handle(BatchOutput([ReqOutput("r", [1], FinishReason("length"), 1, 1, 0)]))
+    assert out.outputs[0].text == "" and not det.states
