@@ -95,8 +95,6 @@ def run(args) -> int:
     for bs in args.batch_size:
         row = {"jackfield": measure(sched, bs, args.input_len, args.output_len)}
         if args.compare_transformers:
-            import torch
-
             from jackfield.runtime_setup import DTYPES
 
             src = sched.runner.setup.source
@@ -107,7 +105,6 @@ def run(args) -> int:
                 row["speedup_decode"] = row["jackfield"]["decode_tok_per_s"] / hf["decode_tok_per_s"]
             except Exception as exc:  # the peer failing must not lose our own numbers
                 row["transformers_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-            del torch
         rows.append(row)
     metrics = {"model": info.model_path, "device": info.device, "dtype": info.dtype,
                "attention_backend": info.components["attention"]["name"], "results": rows}

@@ -13,11 +13,7 @@ import torch
 from jackfield.io_struct import FinishReason
 from jackfield.sampling.batch import SamplingBatch
 from jackfield.scheduler.forward_job import ForwardJob
-from jackfield.scheduler.schedule_batch import (
-    ScheduleBatch,
-    build_decode_batch,
-    build_extend_batch,
-)
+from jackfield.scheduler.schedule_batch import ScheduleBatch, build_decode_batch, build_extend_batch
 
 
 def plan_batch(s) -> ForwardJob | None:

@@ -7,7 +7,6 @@ Fast backends are tested against this one.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from jackfield.sdk import AttentionBackend, AttentionLayerInfo, Capabilities, ForwardBatch, hookimpl
 
