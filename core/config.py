@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     schedule_policy: Literal["fcfs", "lpm", "dfs-weight", "random"] = Field("fcfs", description="Waiting-queue order")
     schedule_conservativeness: float = Field(1.0, gt=0, description="Scales the future-token reserve of admission control")
     disable_radix_cache: bool = Field(False, description="Turn the RadixAttention prefix cache off")
-    disable_overlap_schedule: bool = Field(False, description="Run CPU scheduling and the forward pass serially")
+    disable_overlap_schedule: bool | None = Field(None, description="Run scheduling and the forward serially (unset: overlap on CUDA, serial on CPU, where the CPU is the device)")
     enable_mixed_chunk: bool = Field(True, description="Run prefill chunks and decodes in one forward when the backend can")
     stream_interval: int = Field(1, ge=1, description="Tokens between streamed chunks")
     # --- GPU fast path -----------------------------------------------------------------------

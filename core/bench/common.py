@@ -20,6 +20,7 @@ class RunResult:
     outputs: dict[str, list[int]] = field(default_factory=dict)
     step_times: list[tuple[float, int, int]] = field(default_factory=list)  # (seconds, prefill tok, decode tok)
     cached_tokens: dict[str, int] = field(default_factory=dict)
+    first_token_s: float = 0.0  # until every request has its first token (the batch's prefill)
     total_s: float = 0.0
 
 
@@ -33,7 +34,7 @@ def run_requests(sched, prompts: list[list[int]], max_new_tokens: int, prefix: s
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=True)
     res = RunResult()
     for i, ids in enumerate(prompts):
-        sched.handle(TokenizedGenerateReq(f"{prefix}{i}", ids, params))
+        sched.handle(TokenizedGenerateReq(f"{prefix}{i}", ids, params, stream=True))
         res.outputs[f"{prefix}{i}"] = []
     dev = sched.runner.device
     sync(dev)
@@ -50,6 +51,8 @@ def run_requests(sched, prompts: list[list[int]], max_new_tokens: int, prefix: s
                 res.outputs[o.rid] += o.new_token_ids
                 if o.finished is not None:
                     res.cached_tokens[o.rid] = o.cached_tokens
+        if not res.first_token_s and all(res.outputs.values()):
+            res.first_token_s = time.perf_counter() - start
     res.total_s = time.perf_counter() - start
     return res
 

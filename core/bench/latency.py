@@ -28,15 +28,13 @@ def measure(sched, bs: int, input_len: int, output_len: int, seed: int = 0) -> d
     vocab = sched.runner.config.vocab_size
     run_requests(sched, random_prompts(bs, min(input_len, 16), vocab, seed + 1), 4, prefix="warm")
     res = run_requests(sched, random_prompts(bs, input_len, vocab, seed), output_len)
-    prefill = [t for t in res.step_times if t[1] > 0]
-    decode = [t for t in res.step_times if t[1] == 0]
-    prefill_s = sum(t[0] for t in prefill)
-    decode_s = sum(t[0] for t in decode)
-    decode_tokens = sum(t[2] for t in decode)
+    prefill_s = res.first_token_s  # prefill of the whole batch, up to every request's first token
+    decode_s = res.total_s - prefill_s
+    decode_tokens = sum(len(v) for v in res.outputs.values()) - bs
     return {"batch_size": bs, "input_len": input_len, "output_len": output_len, "prefill_s": prefill_s,
             "prefill_tok_per_s": bs * input_len / prefill_s if prefill_s else None,
             "decode_s": decode_s, "decode_tok_per_s": decode_tokens / decode_s if decode_s else None,
-            "decode_steps": len(decode), "total_s": res.total_s}
+            "forward_steps": len(res.step_times), "total_s": res.total_s}
 
 
 def measure_transformers(model_dir: str, hf_config: dict, dtype, device, bs: int, input_len: int, output_len: int,

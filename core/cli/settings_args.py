@@ -16,7 +16,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...
             continue
         flag = "--" + name.replace("_", "-")
         help_text = f"{field.description} (default: {field.get_default(call_default_factory=True)!r})" if field.description else None
-        if field.annotation is bool:
+        if field.annotation is bool or set(typing.get_args(field.annotation)) == {bool, type(None)}:
             group.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
         elif typing.get_origin(field.annotation) is dict:
             group.add_argument(flag, dest=name, default=None, type=json.loads, help=help_text)

@@ -61,7 +61,10 @@ class Scheduler:
         self.mixed_ok = s.enable_mixed_chunk and runner.attn_backend.supports_mixed
         self.future_ids = torch.zeros(runner.max_running_requests + 1, dtype=torch.int64, device=self.device)
         self._run_job = functools.partial(run_forward_job, runner, self.future_ids)
-        self.overlap = not s.disable_overlap_schedule
+        # On a CPU device there is no device time to hide host work behind: the worker thread would
+        # only compete with torch's own threads. Unset means overlap on CUDA, serial on CPU.
+        disabled = s.disable_overlap_schedule
+        self.overlap = runner.device.type == "cuda" if disabled is None else not disabled
         self.worker = make_launcher(self.device, functools.partial(launch_forward_job, runner, self.future_ids),
                                     self._run_job) if self.overlap else None
         if self.worker is not None:

@@ -7,6 +7,7 @@ Fast backends are tested against this one.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from jackfield.sdk import AttentionBackend, AttentionLayerInfo, Capabilities, ForwardBatch, hookimpl
 
@@ -20,7 +21,12 @@ def _window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, layer: AttentionLayer
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, layer: AttentionLayerInfo) -> torch.Tensor:
-    """q [B, Hkv, G*Q, D] (or [B,Hkv,G,D]); k/v [B, Hkv, L, D]; mask broadcastable to scores."""
+    """q [B, Hkv, G*Q, D] (or [B,Hkv,G,D]); k/v [B, Hkv, L, D]; mask broadcastable to scores.
+
+    Queries are grouped by their kv head, so plain (non-GQA) attention applies. Computed in float32.
+    """
+    if layer.logit_cap <= 0:
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, scale=layer.scaling)
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * layer.scaling
     if layer.logit_cap > 0:
         scores = layer.logit_cap * torch.tanh(scores / layer.logit_cap)

@@ -16,7 +16,7 @@ from jackfield.sdk.model_config import ModelConfig
 class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int, ctx: ModelBuildContext, prefix: str,
                  qkv_bias: bool = False, qk_norm: bool = False, sliding_window: int | None = None,
-                 max_positions: int | None = None):
+                 max_positions: int | None = None, rotary: RotaryEmbedding | None = None):
         super().__init__()
         c = config
         self.q_size, self.kv_size = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
@@ -28,7 +28,8 @@ class SelfAttention(nn.Module):
             self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps, ctx.dtype, ctx.device)
             self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, ctx.dtype, ctx.device)
         self.qk_norm = qk_norm
-        self.rotary = RotaryEmbedding(c.head_dim, c.rope, max_positions or c.max_position_embeddings, ctx.dtype, ctx.device)
+        self.rotary = rotary or RotaryEmbedding(c.head_dim, c.rope, max_positions or c.max_position_embeddings,
+                                                ctx.dtype, ctx.device)
         self.info = AttentionLayerInfo(layer_id=layer_id, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
                                        head_dim=c.head_dim, scaling=c.head_dim ** -0.5, sliding_window=sliding_window)
 

@@ -15,6 +15,7 @@ from jackfield.sdk.layers.attention import SelfAttention
 from jackfield.sdk.layers.embedding import VocabEmbedding
 from jackfield.sdk.layers.mlp import GatedMLP
 from jackfield.sdk.layers.norm import RMSNorm
+from jackfield.sdk.layers.rotary import RotaryEmbedding
 from jackfield.sdk.model import ModelBuildContext
 from jackfield.sdk.model_config import ModelConfig
 
@@ -28,14 +29,15 @@ class DecoderOptions:
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, layer_id: int, ctx: ModelBuildContext, opts: DecoderOptions, prefix: str):
+    def __init__(self, config: ModelConfig, layer_id: int, ctx: ModelBuildContext, opts: DecoderOptions, prefix: str,
+                 rotary: RotaryEmbedding | None = None):
         super().__init__()
         window = opts.sliding_window
         if window and config.layer_types and config.layer_types[layer_id] != "sliding_attention":
             window = None  # a full-attention layer of a model that mixes both (Qwen2 max_window_layers)
         self.self_attn = SelfAttention(config, layer_id, ctx, f"{prefix}.self_attn", qkv_bias=opts.qkv_bias,
                                        qk_norm=opts.qk_norm, sliding_window=window,
-                                       max_positions=opts.max_positions)
+                                       max_positions=opts.max_positions, rotary=rotary)
         self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, ctx, f"{prefix}.mlp", config.hidden_act)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx.dtype, ctx.device)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx.dtype, ctx.device)
@@ -55,7 +57,10 @@ class DecoderModel(nn.Module):
     def __init__(self, config: ModelConfig, ctx: ModelBuildContext, opts: DecoderOptions, prefix: str = "model"):
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, ctx.dtype, ctx.device)
-        self.layers = nn.ModuleList(DecoderLayer(config, i, ctx, opts, f"{prefix}.layers.{i}")
+        # one cos/sin cache for all layers (it is [max_positions, rotary_dim] floats)
+        rotary = RotaryEmbedding(config.head_dim, config.rope, opts.max_positions or config.max_position_embeddings,
+                                 ctx.dtype, ctx.device)
+        self.layers = nn.ModuleList(DecoderLayer(config, i, ctx, opts, f"{prefix}.layers.{i}", rotary)
                                     for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx.dtype, ctx.device)
 
