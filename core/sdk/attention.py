@@ -17,6 +17,7 @@ Metadata written during replay must go into the static buffers the captured kern
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -75,13 +76,13 @@ class AttentionBackend(Component):
             return self.forward_decode(q, layer, fb)
         return self.forward_extend(q, layer, fb)
 
+    @abstractmethod
     def forward_extend(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
         """New tokens attend causally to their cached prefix and to each other."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement extend")
 
+    @abstractmethod
     def forward_decode(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
         """One new token per request attends to the request's whole KV."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement decode")
 
     # ---- CUDA graphs -----------------------------------------------------------------------------
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:

@@ -8,6 +8,7 @@ import happens when the component is chosen and constructed.
 from __future__ import annotations
 
 import importlib.util
+from abc import ABCMeta
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -52,7 +53,7 @@ class SelectionContext:
     quantization: str | None = None
 
 
-class Component:
+class Component(metaclass=ABCMeta):
     """Base class of every pluggable component (attention backend, quantization method, …)."""
 
     kind: ClassVar[str] = ""

@@ -5,6 +5,7 @@ request, a matcher that fills the allowed-token bitmask and advances on each acc
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -20,20 +21,21 @@ class GrammarSpec:
 
 
 class Grammar:
+    @abstractmethod
     def accept_token(self, token_id: int) -> bool:
         """Advance on a sampled token; False if the token is not allowed."""
-        raise NotImplementedError
 
+    @abstractmethod
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         """Write the allowed-token mask of the next step into `bitmask[row]`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def is_terminated(self) -> bool:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def rollback(self, num_tokens: int) -> None:
         """Undo the last `num_tokens` accepted tokens (speculative decoding)."""
-        raise NotImplementedError
 
 
 class GrammarBackend(Component):
@@ -42,12 +44,14 @@ class GrammarBackend(Component):
     def __init__(self, vocab: list[str], vocab_size: int, eos_token_ids: tuple[int, ...]):
         self.vocab, self.vocab_size, self.eos_token_ids = vocab, vocab_size, eos_token_ids
 
+    @abstractmethod
     def compile(self, spec: GrammarSpec) -> Grammar:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def allocate_bitmask(self, batch_size: int) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def apply_bitmask(self, logits: torch.Tensor, bitmask: torch.Tensor) -> None:
         """Set disallowed logits to -inf in place."""
-        raise NotImplementedError

@@ -1,6 +1,7 @@
 """LoRA backends: add per-request low-rank updates to the model's linear layers."""
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -24,14 +25,14 @@ class LoRABackend(Component):
     def __init__(self, runtime: LoRARuntime):
         self.runtime = runtime
 
+    @abstractmethod
     def load_adapter(self, name: str, path: str) -> int:
         """Load an adapter and return its slot id."""
-        raise NotImplementedError
 
+    @abstractmethod
     def prepare(self, adapter_ids: torch.Tensor, extend_seq_lens: torch.Tensor | None) -> None:
         """Once per batch: the adapter slot of each request (-1 = none)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def apply(self, module_name: str, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
         """Return base_out plus the low-rank update of `module_name` for each token's adapter."""
-        raise NotImplementedError

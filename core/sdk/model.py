@@ -9,6 +9,7 @@ parameter (q/k/v -> qkv_proj, gate/up -> gate_up_proj), the way nano-vllm's
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable
 
@@ -49,11 +50,13 @@ class CausalLM(nn.Module, Component):
         """Attention features this model needs from the backend (e.g. sliding_window)."""
         return frozenset({"sliding_window"}) if config.sliding_window else frozenset()
 
+    @abstractmethod
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load HF-named tensors; every parameter must be covered, else ValueError names the gaps."""

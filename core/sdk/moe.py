@@ -1,6 +1,7 @@
 """Mixture-of-experts dispatchers: route tokens to their top-k experts and combine the results."""
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -25,7 +26,7 @@ class MoEDispatcher(Component):
     def __init__(self, config: MoEConfig):
         self.config = config
 
+    @abstractmethod
     def forward(self, hidden: torch.Tensor, router_logits: torch.Tensor, w13: torch.Tensor,
                 w2: torch.Tensor) -> torch.Tensor:
         """hidden [T, H], router_logits [T, E], w13 [E, 2I, H] (gate;up), w2 [E, H, I] -> [T, H]."""
-        raise NotImplementedError

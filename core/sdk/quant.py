@@ -8,6 +8,8 @@ all weights are in (repacking, scale computation, FP8 conversion…), `apply` on
 """
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from typing import ClassVar
 
 import torch
@@ -20,9 +22,10 @@ from jackfield.sdk.model_config import ModelConfig
 class LinearMethod:
     """Plain (non-plugin-dispatched) per-layer object; `apply` runs on the hot path."""
 
+    @abstractmethod
     def create_weights(self, layer: nn.Module, in_features: int, out_features: int, bias: bool,
                        dtype: torch.dtype, device: torch.device | str) -> None:
-        raise NotImplementedError
+        ...
 
     def load(self, layer: nn.Module, param_name: str, tensor: torch.Tensor, shard_offset: int, shard_size: int) -> None:
         """Copy `tensor` into rows [shard_offset, shard_offset+shard_size) of parameter `param_name`."""
@@ -36,8 +39,9 @@ class LinearMethod:
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         pass
 
+    @abstractmethod
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
 
 class QuantizationMethod(Component):
@@ -51,8 +55,9 @@ class QuantizationMethod(Component):
     def __init__(self, model_config: ModelConfig):
         self.model_config = model_config
 
+    @abstractmethod
     def linear_method(self, prefix: str) -> LinearMethod:
-        raise NotImplementedError
+        ...
 
     @classmethod
     def incompatibilities(cls, ctx: SelectionContext) -> list[str]:

@@ -1,6 +1,7 @@
 """Speculative decoders: propose draft tokens that the target model verifies in one forward."""
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -46,8 +47,9 @@ class SpeculativeDecoder(Component):
     def __init__(self, runtime: SpecRuntime):
         self.runtime = runtime
 
+    @abstractmethod
     def propose(self, spec_input: SpecInput) -> DraftProposal:
-        raise NotImplementedError
+        ...
 
     def on_verified(self, req_ids: tuple[str, ...], accepted_lens: torch.Tensor) -> None:
         """Told how many draft tokens of each request were accepted (to advance draft state)."""
