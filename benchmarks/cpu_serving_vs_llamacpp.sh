@@ -11,7 +11,7 @@ TOK=$(python3 -c "from jackfield.loader.gguf import convert_gguf; print(convert_
 IN=${IN_LEN:-128}; OUTLEN=${OUT_LEN:-32}
 jackfield serve --port 30101 --max-running-requests 64 > "$OUT/jf-serve-$STAMP.log" 2>&1 &
 JF=$!
-python3 -m llama_cpp.server --model "$GGUF" --host 127.0.0.1 --port 30102 --n_ctx 4096 --n_threads "$(nproc)" > "$OUT/llamacpp-$STAMP.log" 2>&1 &
+python3 -m llama_cpp.server --model "$GGUF" --host 127.0.0.1 --port 30102 --n_ctx 4096 --n_threads "$(nproc)" --interrupt_requests False > "$OUT/llamacpp-$STAMP.log" 2>&1 &
 LC=$!
 trap 'kill $JF $LC 2>/dev/null; wait' EXIT
 for port in 30101 30102; do
