@@ -30,12 +30,12 @@ class AbortReq:
 
 @dataclass
 class FlushCacheReq:
-    pass
+    """Drop every cached prefix (refused while requests are running)."""
 
 
 @dataclass
 class GetStatsReq:
-    pass
+    """Ask the scheduler for a StatsOut."""
 
 
 @dataclass

@@ -23,7 +23,7 @@ class ChunkCache:
         self.root_node.lock_ref = 1
 
     def reset(self) -> None:
-        pass
+        """Nothing is cached, so there is nothing to drop."""
 
     def match_prefix(self, token_ids: list[int]) -> MatchResult:
         """Always an empty match ending at the root sentinel."""
@@ -34,10 +34,10 @@ class ChunkCache:
         return 0
 
     def inc_lock_ref(self, node) -> None:
-        pass
+        """No tree, so no locks: a no-op."""
 
     def dec_lock_ref(self, node) -> None:
-        pass
+        """No tree, so no locks: a no-op."""
 
     def evict(self, num_tokens: int) -> int:
         return 0

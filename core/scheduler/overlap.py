@@ -124,7 +124,7 @@ class StreamLauncher:
         self._stream.synchronize()
 
     def close_with(self, owner) -> None:
-        pass
+        """Nothing to stop: the stream launcher owns no thread (ForwardWorker's counterpart)."""
 
 
 def make_launcher(device: torch.device, launch_fn, run_fn):

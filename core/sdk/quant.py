@@ -37,7 +37,7 @@ class LinearMethod:
             param[shard_offset:shard_offset + shard_size].copy_(tensor)
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
-        pass
+        """Repack, compute scales or convert once all of this layer's weights are loaded."""
 
     @abstractmethod
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field, replace
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from fastapi import Request
 
 from jackfield.io_struct import FinishReason, ReqOutput, TokenLogprob
 from jackfield.sampling.params import SamplingParams
-from jackfield.server.errors import APIError
+from jackfield.server.errors import APIError, error_body
+from jackfield.server.sse import DONE, sse
 from jackfield.server.tokenizer_manager import TokenizerManager
 
 DISCONNECT_POLL_S = 0.5
@@ -132,3 +133,33 @@ async def until_disconnected(request: Request, awaitable):
     finally:
         if not task.done():
             task.cancel()
+
+
+async def stream_group(group: RequestGroup, on_output: Callable[[int, ReqOutput], dict | None],
+                       on_done: Callable[[], dict | None] | None = None, preamble: tuple[dict, ...] = ()):
+    """The SSE body of a streamed RequestGroup, shared by the OpenAI and native APIs.
+
+    `on_output(i, out)` turns one output of generation i into an event (None sends nothing); an
+    aborted request ends the stream with an error event; after the last output `on_done()` may add
+    one more event; `data: [DONE]` always closes the stream, and the group is closed on every path.
+    """
+    try:
+        for event in preamble:
+            yield sse(event)
+        async for i, out in group.outputs():
+            if out.finished is not None and out.finished.kind == "abort":
+                yield sse(abort_error(out.finished.message).body())
+                break
+            event = on_output(i, out)
+            if event is not None:
+                yield sse(event)
+        else:
+            last = on_done() if on_done is not None else None
+            if last is not None:
+                yield sse(last)
+        yield DONE
+    except Exception as exc:
+        yield sse(error_body(f"internal server error ({type(exc).__name__})", "internal_error"))
+        yield DONE
+    finally:
+        group.close()

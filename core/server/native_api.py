@@ -10,12 +10,12 @@ from fastapi import APIRouter, Request
 
 from jackfield.io_struct import FinishReason
 from jackfield.server.app import ServerState, server_state
-from jackfield.server.errors import APIError, error_body
-from jackfield.server.generation import RequestGroup, Result, abort_error, until_disconnected
+from jackfield.server.errors import APIError
+from jackfield.server.generation import RequestGroup, Result, stream_group, until_disconnected
 from jackfield.server.openai_format import token_text
 from jackfield.server.prompts import check_token_ids, encode_text, max_new_tokens, sampling_params
 from jackfield.server.protocol import GenerateRequest
-from jackfield.server.sse import DONE, sse, sse_response
+from jackfield.server.sse import sse_response
 
 router = APIRouter()
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -78,21 +78,15 @@ async def generate(body: GenerateRequest, request: Request):
     return outs if many else outs[0]
 
 
-async def _stream(st: ServerState, group: RequestGroup, logprobs: bool, many: bool):
+def _stream(st: ServerState, group: RequestGroup, logprobs: bool, many: bool):
     results = [Result(i) for i in range(group.size)]
-    try:
-        async for i, out in group.outputs():
-            r = results[i]
-            r.add(out)
-            if out.finished is not None and out.finished.kind == "abort":
-                yield sse(abort_error(out.finished.message).body())
-                break
-            if out.new_token_ids or out.text or out.finished is not None:
-                event = {"text": r.text, "output_ids": r.token_ids, "meta_info": _meta(st, group.rids[i], r, logprobs)}
-                yield sse({**event, "index": i} if many else event)
-        yield DONE
-    except Exception as exc:
-        yield sse(error_body(f"internal server error ({type(exc).__name__})", "internal_error"))
-        yield DONE
-    finally:
-        group.close()
+
+    def on_output(i: int, out) -> dict | None:
+        r = results[i]
+        r.add(out)
+        if out.new_token_ids or out.text or out.finished is not None:
+            event = {"text": r.text, "output_ids": r.token_ids, "meta_info": _meta(st, group.rids[i], r, logprobs)}
+            return {**event, "index": i} if many else event
+        return None
+
+    return stream_group(group, on_output)

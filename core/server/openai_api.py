@@ -7,14 +7,14 @@ import uuid
 from fastapi import APIRouter, Request
 
 from jackfield.server.app import ServerState, server_state
-from jackfield.server.errors import APIError, error_body
-from jackfield.server.generation import RequestGroup, abort_error, until_disconnected
+from jackfield.server.errors import APIError
+from jackfield.server.generation import RequestGroup, stream_group, until_disconnected
 from jackfield.server.openai_format import (COMPLETION_NAMES, OPENAI_NAMES, UsageTracker, chat_logprobs,
                                             completion_logprobs, finish_reason, results_usage)
 from jackfield.server.prompts import (MAX_N, chat_default, chat_prompt, completion_prompts, content_text,
                                       max_new_tokens, sampling_params)
 from jackfield.server.protocol import ChatCompletionRequest, CompletionRequest, OpenAISampling
-from jackfield.server.sse import DONE, sse, sse_response
+from jackfield.server.sse import sse_response
 
 router = APIRouter()
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
@@ -56,34 +56,28 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     return {**head, "object": "chat.completion", "choices": choices, "usage": results_usage(results, body.n)}
 
 
-async def _chat_stream(st: ServerState, group: RequestGroup, body: ChatCompletionRequest, head: dict):
+def _chat_stream(st: ServerState, group: RequestGroup, body: ChatCompletionRequest, head: dict):
     extra = {"usage": None} if body.include_usage else {}
-
-    def chunk(index: int, delta: dict, finish=None, logprobs=None) -> str:
-        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-        return sse({**head, "object": "chat.completion.chunk", "choices": [choice], **extra})
-
     tracker = UsageTracker(group.size, body.n)
-    try:
-        for i in range(group.size):
-            yield chunk(i, {"role": "assistant", "content": ""})
-        async for i, out in group.outputs():
-            tracker.add(i, out)
-            if out.finished is not None and out.finished.kind == "abort":
-                yield sse(abort_error(out.finished.message).body())
-                break
-            lps = chat_logprobs(st.tokenizer, out.logprobs) if body.logprobs and out.logprobs else None
-            if out.text or out.finished is not None or lps:
-                yield chunk(i, {"content": out.text} if out.text else {}, finish_reason(out.finished), lps)
-        else:
-            if body.include_usage:
-                yield sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": tracker.usage()})
-        yield DONE
-    except Exception as exc:
-        yield sse(error_body(f"internal server error ({type(exc).__name__})", "internal_error"))
-        yield DONE
-    finally:
-        group.close()
+
+    def chunk(index: int, delta: dict, finish=None, logprobs=None) -> dict:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return {**head, "object": "chat.completion.chunk", "choices": [choice], **extra}
+
+    def on_output(i: int, out) -> dict | None:
+        tracker.add(i, out)
+        lps = chat_logprobs(st.tokenizer, out.logprobs) if body.logprobs and out.logprobs else None
+        if out.text or out.finished is not None or lps:
+            return chunk(i, {"content": out.text} if out.text else {}, finish_reason(out.finished), lps)
+        return None
+
+    def on_done() -> dict | None:
+        if body.include_usage:
+            return {**head, "object": "chat.completion.chunk", "choices": [], "usage": tracker.usage()}
+        return None
+
+    roles = tuple(chunk(i, {"role": "assistant", "content": ""}) for i in range(group.size))
+    return stream_group(group, on_output, on_done, preamble=roles)
 
 
 @router.post("/v1/completions")
@@ -111,33 +105,28 @@ async def completions(body: CompletionRequest, request: Request):
     return {**head, "object": "text_completion", "choices": choices, "usage": results_usage(results, body.n)}
 
 
-async def _completion_stream(st: ServerState, group: RequestGroup, body: CompletionRequest, head: dict):
+def _completion_stream(st: ServerState, group: RequestGroup, body: CompletionRequest, head: dict):
     extra = {"usage": None} if body.include_usage else {}
     tracker = UsageTracker(group.size, body.n)
     offsets = [0] * group.size
-    try:
-        async for i, out in group.outputs():
-            tracker.add(i, out)
-            if out.finished is not None and out.finished.kind == "abort":
-                yield sse(abort_error(out.finished.message).body())
-                break
-            lps = None
-            if body.logprobs is not None and out.logprobs:
-                lps = completion_logprobs(st.tokenizer, out.logprobs, offsets[i])
-                offsets[i] = lps["text_offset"][-1] + len(lps["tokens"][-1])
-            if out.text or out.finished is not None or lps:
-                choice = {"index": i, "text": out.text or "", "logprobs": lps,
-                          "finish_reason": finish_reason(out.finished)}
-                yield sse({**head, "object": "text_completion", "choices": [choice], **extra})
-        else:
-            if body.include_usage:
-                yield sse({**head, "object": "text_completion", "choices": [], "usage": tracker.usage()})
-        yield DONE
-    except Exception as exc:
-        yield sse(error_body(f"internal server error ({type(exc).__name__})", "internal_error"))
-        yield DONE
-    finally:
-        group.close()
+
+    def on_output(i: int, out) -> dict | None:
+        tracker.add(i, out)
+        lps = None
+        if body.logprobs is not None and out.logprobs:
+            lps = completion_logprobs(st.tokenizer, out.logprobs, offsets[i])
+            offsets[i] = lps["text_offset"][-1] + len(lps["tokens"][-1])
+        if out.text or out.finished is not None or lps:
+            choice = {"index": i, "text": out.text or "", "logprobs": lps, "finish_reason": finish_reason(out.finished)}
+            return {**head, "object": "text_completion", "choices": [choice], **extra}
+        return None
+
+    def on_done() -> dict | None:
+        if body.include_usage:
+            return {**head, "object": "text_completion", "choices": [], "usage": tracker.usage()}
+        return None
+
+    return stream_group(group, on_output, on_done)
 
 
 def _check_common(st: ServerState, body: OpenAISampling) -> None:
