@@ -80,7 +80,9 @@ class Engine:
         prompts = [prompt] if single else list(prompt)
         encoded = [self._encode(p, add_special_tokens) for p in prompts]
         sub = replace(params, n=1)
-        rids = [[self._submit(ids, sub) for _ in range(params.n)] for ids in encoded]
+        # choice j of a seeded request uses seed + j, so n > 1 choices differ yet stay reproducible
+        choices = [replace(sub, seed=None if params.seed is None else params.seed + j) for j in range(params.n)]
+        rids = [[self._submit(ids, c) for c in choices] for ids in encoded]
         results = []
         try:
             for group in rids:

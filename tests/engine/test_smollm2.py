@@ -172,6 +172,7 @@ def test_n2_sampling_with_seeds(engine):
         assert len(choice["token_ids"]) == 12 and choice["finish_reason"] == "length" and choice["text"]
     assert first["usage"]["completion_tokens"] == 24
     assert first["token_ids"] == first["choices"][0]["token_ids"]
+    assert first["choices"][0]["token_ids"] != first["choices"][1]["token_ids"]  # choice j uses seed + j
     again = within(120, engine.generate, prompt, {**params, "seed": 1234})
     assert [c["token_ids"] for c in again["choices"]] == [c["token_ids"] for c in first["choices"]]
     other = within(120, engine.generate, prompt, {**params, "seed": 4321})
