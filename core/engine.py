@@ -112,6 +112,8 @@ class Engine:
                 out = await asyncio.to_thread(self.loop.get, rid)
                 delta = text.feed(out.new_token_ids, out.finished) if text else ""
                 done = out.finished is not None
+                if done:
+                    _raise_if_rejected(out.finished)
                 yield {"text": delta, "token_ids": out.new_token_ids, "finished": done,
                        "finish_reason": out.finished.to_openai() if done else None, "usage": _usage(out)}
                 if done:

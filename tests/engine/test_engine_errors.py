@@ -7,6 +7,7 @@ returning a silent "abort" result. A rejected request leaves the engine serving.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 
@@ -149,6 +150,16 @@ def test_prompt_longer_than_the_context_raises(engine):
     # fits alone, but not with max_new_tokens on top
     with pytest.raises(ValueError, match=rf"context length {CONTEXT} \(270 requested\)"):
         within(60, engine.generate, [5] * 250, {"max_new_tokens": 20})
+    still_serves(engine)
+
+
+def test_streaming_a_prompt_longer_than_the_context_raises(engine):
+    async def consume():
+        async for _ in engine.generate_stream(list(range(100)) * 3, {"max_new_tokens": 4}):
+            pass
+
+    with pytest.raises(ValueError, match=f"exceeds the context length {CONTEXT}"):
+        within(60, asyncio.run, consume())
     still_serves(engine)
 
 
