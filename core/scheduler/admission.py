@@ -30,6 +30,10 @@ def reject_reason(req: Req, runner) -> FinishReason | None:
             f"prompt ({n_in} tokens) does not fit the KV cache ({runner.max_total_tokens} tokens)"))
     if not n_in:
         return FinishReason("abort", message="the prompt is empty")
+    vocab = runner.config.vocab_size
+    bad = next((t for t in req.origin_input_ids if not 0 <= t < vocab), None)
+    if bad is not None:  # checked here too, so no client path can crash a whole batch's forward
+        return FinishReason("abort", message=f"prompt token id {bad} is outside the vocabulary [0, {vocab})")
     if max_new == 0:
         return FinishReason("length")
     return None

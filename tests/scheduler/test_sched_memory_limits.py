@@ -56,3 +56,16 @@ def test_sole_decode_is_retracted_not_aborted_while_a_chunked_prefill_holds_memo
     assert d.tokens("A") == ref["A"] and d.tokens("B") == ref["B"]
     check_pool_clean(d.sched)
     d.sched.close()
+
+
+def test_out_of_vocabulary_prompt_is_rejected_alone(tiny_llama):
+    """A bad token id is refused at arrival; the requests beside it are not hurt."""
+    d = Driver(make_scheduler(tiny_llama, max_total_tokens=2000))
+    d.submit("ok", [5, 6, 7], 4)
+    d.submit("bad", [5, 10**6, 7], 4)
+    rec = d.records["bad"]
+    assert rec.finish is not None and rec.finish.kind == "abort" and "outside the vocabulary" in rec.finish.message
+    run_capped(d)
+    assert d.records["ok"].finish.kind == "length"
+    check_pool_clean(d.sched)
+    d.sched.close()
