@@ -57,7 +57,7 @@ class Req:
         match = tree_cache.match_prefix(ids[:max(len(ids) - 1, 0)])
         self.prefix_indices, self.last_node = match.indices, match.last_node
 
-    def check_finished(self, eos_ids: tuple[int, ...], tokenizer, vocab_size: int) -> None:
+    def check_finished(self, eos_ids: tuple[int, ...], tokenizer) -> None:
         p, out = self.sampling_params, self.output_ids
         if not out:
             return

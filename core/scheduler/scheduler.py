@@ -175,7 +175,7 @@ class Scheduler:
             chosen, top_ids, top_vals = logprobs
             top = list(zip(top_ids[row], top_vals[row])) if top_ids is not None else []
             r.logprobs.append(TokenLogprob(token, chosen[row], top[:r.sampling_params.top_logprobs_num]))
-        r.check_finished(self.eos_ids, self.tokenizer, self.vocab_size)
+        r.check_finished(self.eos_ids, self.tokenizer)
 
     # ---- retraction and abort -----------------------------------------------------------------
     def retract(self, r: Req) -> None:
