@@ -82,8 +82,9 @@ def build_extend_batch(prefill: list[Req], decode: ScheduleBatch | None, runner,
     mode = ForwardMode.EXTEND
     if decode is not None and len(decode):
         dec_lens = decode.seq_lens_cpu
-        dec_loc = alloc_decode_slots(decode, runner)
-        pos = torch.cat([pos, torch.tensor(dec_lens, dtype=torch.int64, device=dev)])
+        dec_pos = torch.tensor(dec_lens, dtype=torch.int64, device=dev)
+        dec_loc = alloc_decode_slots(decode, runner, dec_pos)
+        pos = torch.cat([pos, dec_pos])
         pool = torch.cat([pool, decode.req_pool_indices])
         out_loc = torch.cat([out_loc, dec_loc])
         prefix_lens += dec_lens
@@ -101,11 +102,11 @@ def build_extend_batch(prefill: list[Req], decode: ScheduleBatch | None, runner,
         extend_start_loc=start, extend_prefix_lens_cpu=tuple(prefix_lens), extend_seq_lens_cpu=tuple(ext_lens))
 
 
-def alloc_decode_slots(batch: ScheduleBatch, runner) -> torch.Tensor:
-    """One KV slot per request for its next token; writes it into req_to_token. Caller checked memory."""
+def alloc_decode_slots(batch: ScheduleBatch, runner, kv: torch.Tensor) -> torch.Tensor:
+    """One KV slot per request for its next token (at position kv[i], the request's KV length on the
+    device); writes it into req_to_token. The caller checked memory."""
     page = runner.page_size
     lens = batch.seq_lens_cpu
-    kv = torch.tensor(lens, dtype=torch.int64, device=batch.device)
     table = runner.req_to_token_pool.req_to_token
     if page == 1:
         loc = runner.allocator.alloc(len(batch))
@@ -123,8 +124,8 @@ def build_decode_batch(batch: ScheduleBatch, runner) -> ForwardBatch:
     """One decode token per request of `batch`; `input_ids` is left empty (filled by the worker)."""
     dev = batch.device
     lens = batch.seq_lens_cpu
-    loc = alloc_decode_slots(batch, runner)
-    positions = torch.tensor(lens, dtype=torch.int64, device=dev)
+    positions = torch.tensor(lens, dtype=torch.int64, device=dev)  # the one host-to-device copy of a decode step
+    loc = alloc_decode_slots(batch, runner, positions)
     return ForwardBatch(
         mode=ForwardMode.DECODE, batch_size=len(batch), input_ids=torch.empty(0, dtype=torch.int64, device=dev),
         positions=positions, req_pool_indices=batch.req_pool_indices, seq_lens=positions.to(torch.int32) + 1,
