@@ -19,7 +19,6 @@ class Req:
         if msg.return_logprob and not params.logprobs:
             params = replace(params, logprobs=True, top_logprobs_num=max(msg.top_logprobs_num, params.top_logprobs_num))
         self.sampling_params: SamplingParams = params
-        self.return_logprob = params.logprobs
         self.stream = msg.stream
         self.arrival_seq = arrival_seq
         self.output_ids: list[int] = []
@@ -40,6 +39,10 @@ class Req:
     @property
     def all_ids(self) -> list[int]:
         return self.origin_input_ids + self.output_ids
+
+    @property
+    def return_logprob(self) -> bool:
+        return self.sampling_params.logprobs
 
     @property
     def finished(self) -> bool:
