@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The GPU suite: GPU tests + every GPU benchmark, in one device call. Prints a short table last.
 # Usage on the device: bash .whl/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/gpu_suite.sh [PART...]
-# Parts: tests kernels latency offline prefix overlap serving (default: all). Results: benchmarks/results/ and $OUT.
+# Parts: tests kernels profile latency offline prefix overlap serving (default: all but profile). Results: benchmarks/results/ and $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR=benchmarks/results
 mkdir -p "$OUTDIR"
 STAMP=$(date -u +%Y%m%d-%H%M)
 PARTS=${*:-tests kernels latency offline prefix overlap serving}
+# The trace files of the profile part go to $OUT when it is set (device calls), else here.
+export OUT=${OUT:-$OUTDIR}
 CFG8B=benchmarks/configs/llama-3.1-8b.json
 CFG1B=benchmarks/configs/llama-1b.json
 JF="python3 -c 'import sys; from jackfield.cli import main; sys.exit(main())'"
@@ -16,6 +18,16 @@ has() { [[ " $PARTS " == *" $1 "* ]]; }
 
 if has tests; then
   run python3 -m pytest -q -m gpu tests/gpu 2>&1 | tail -25
+fi
+if has profile; then  # where decode time goes: graph-only device time vs scheduler step, device idle gaps
+  for be in ${PROFILE_BACKENDS:-triton}; do
+    run python3 benchmarks/profile_decode.py --model $CFG8B --load-format dummy --attention-backend $be \
+      --batch-size 1 --max-total-tokens 65536 --cuda-graph-max-bs 32 2> "$OUTDIR/profile-8b-$be-bs1-$STAMP.txt" \
+      | tee "$OUTDIR/profile-8b-$be-bs1-$STAMP.json"
+  done
+  run python3 benchmarks/profile_decode.py --model $CFG1B --load-format dummy --attention-backend triton \
+    --batch-size 64 --max-total-tokens 100000 2> "$OUTDIR/profile-1b-triton-bs64-$STAMP.txt" \
+    | tee "$OUTDIR/profile-1b-triton-bs64-$STAMP.json"
 fi
 if has kernels; then
   run python3 benchmarks/attention_kernels.py --out "$OUTDIR/kernels-$STAMP.json" 2>&1 | tail -40
@@ -34,18 +46,18 @@ if has offline; then
     --output-file "$OUTDIR/offline-8b-$STAMP.json" > /dev/null
 fi
 if has prefix; then
-  run $JF bench prefix --model $CFG8B --load-format dummy --num-prompts 64 --prefix-len 1000 --suffix-len 50 \
+  run $JF bench prefix --model $CFG8B --load-format dummy --attention-backend ${PREFIX_BACKEND:-triton} --num-prompts 64 --prefix-len 1000 --suffix-len 50 \
     --output-len 32 --max-total-tokens 200000 --output-file "$OUTDIR/prefix-8b-$STAMP.json" > /dev/null
 fi
 if has overlap; then
   for ov in on off; do
     flag=""; [ $ov = off ] && flag="--disable-overlap-schedule"
-    run $JF bench latency --model $CFG1B --load-format dummy --batch-size 64 --input-len 128 --output-len 256 \
+    run $JF bench latency --model $CFG1B --load-format dummy --attention-backend ${OVERLAP_BACKEND:-triton} --batch-size 64 --input-len 128 --output-len 256 \
       --max-total-tokens 100000 $flag --output-file "$OUTDIR/overlap-$ov-1b-$STAMP.json" > /dev/null
   done
 fi
 if has serving; then
   bash benchmarks/gpu_serving.sh "$OUTDIR" "$STAMP"
 fi
-[ -n "${OUT:-}" ] && tar czf "$OUT/results-$STAMP.tgz" $OUTDIR/*-$STAMP.json 2>/dev/null
+[ "$OUT" != "$OUTDIR" ] && tar czf "$OUT/results-$STAMP.tgz" $OUTDIR/*-$STAMP.* 2>/dev/null
 python3 benchmarks/summarize.py $OUTDIR/*-$STAMP.json

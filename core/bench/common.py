@@ -18,7 +18,9 @@ from jackfield.sampling.params import SamplingParams
 @dataclass
 class RunResult:
     outputs: dict[str, list[int]] = field(default_factory=dict)
-    step_times: list[tuple[float, int, int]] = field(default_factory=list)  # (seconds, prefill tok, decode tok)
+    # (seconds, prefill tok, decode tok) per scheduler step, host time: under overlap scheduling a
+    # step's time is mostly the wait for the previous forward
+    step_times: list[tuple[float, int, int]] = field(default_factory=list)
     cached_tokens: dict[str, int] = field(default_factory=dict)
     first_token_s: float = 0.0  # until every request has its first token (the batch's prefill)
     total_s: float = 0.0
@@ -30,7 +32,10 @@ def sync(device: torch.device) -> None:
 
 
 def run_requests(sched, prompts: list[list[int]], max_new_tokens: int, prefix: str = "r") -> RunResult:
-    """Submit all prompts at once (greedy, ignore_eos) and step the scheduler until they finish."""
+    """Submit all prompts at once (greedy, ignore_eos) and step the scheduler until they finish.
+
+    The device is synchronized only before and after the run: a sync per step would stall the
+    overlap scheduler, which launches the next forward before the previous one has finished."""
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=True)
     res = RunResult()
     for i, ids in enumerate(prompts):
@@ -43,7 +48,6 @@ def run_requests(sched, prompts: list[list[int]], max_new_tokens: int, prefix: s
         before_pre, before_gen = sched.stats.prefill_tokens_computed, sched.stats.generated_tokens
         t0 = time.perf_counter()
         outs = sched.step()
-        sync(dev)
         res.step_times.append((time.perf_counter() - t0, sched.stats.prefill_tokens_computed - before_pre,
                                sched.stats.generated_tokens - before_gen))
         for batch in outs:
@@ -53,6 +57,7 @@ def run_requests(sched, prompts: list[list[int]], max_new_tokens: int, prefix: s
                     res.cached_tokens[o.rid] = o.cached_tokens
         if not res.first_token_s and all(res.outputs.values()):
             res.first_token_s = time.perf_counter() - start
+    sync(dev)
     res.total_s = time.perf_counter() - start
     return res
 
@@ -77,9 +82,14 @@ def git_commit() -> str:
         return "unknown"
 
 
+def provenance(command: str) -> dict:
+    """Where a benchmark number comes from: date, command, git commit and machine."""
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command,
+            "git_commit": git_commit(), "machine": machine()}
+
+
 def write_report(path: str | None, command: str, metrics: dict) -> dict:
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command,
-              "git_commit": git_commit(), "machine": machine(), "metrics": metrics}
+    report = {**provenance(command), "metrics": metrics}
     text = json.dumps(report, indent=2)
     print(text)
     if path:

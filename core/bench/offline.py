@@ -34,6 +34,10 @@ def run(args) -> int:
                "output_tok_per_s": out_tokens / res.total_s,
                "total_tok_per_s": (out_tokens + args.num_prompts * args.input_len) / res.total_s,
                "request_per_s": args.num_prompts / res.total_s, "forward_steps": len(res.step_times),
+               # host time of steps that launched a prefill vs decode-only steps (under overlap a
+               # step mostly waits for the previous forward, so the split is approximate)
+               "prefill_steps_s": sum(t for t, pre, _ in res.step_times if pre),
+               "decode_only_steps_s": sum(t for t, pre, _ in res.step_times if not pre),
                "retractions": sched.stats.retractions, "max_running_requests": info.max_running_requests,
                "max_total_tokens": info.max_total_tokens}
     write_report(args.output_file, "jackfield bench offline " + " ".join(sys.argv[3:]), metrics)

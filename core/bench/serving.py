@@ -260,6 +260,9 @@ def run(args: argparse.Namespace) -> int:
               "Request rate (req/s)": config.request_rate, "Max concurrency": config.max_concurrency or "none"}
     print(format_table(report, header))
     if config.output_file:
+        from jackfield.bench.common import provenance
+
+        report = {**provenance("jackfield bench serving " + " ".join(sys.argv[3:])), **report}
         write_json(config.output_file, report)
         print(f"report written to {config.output_file}")
     total = report["completed"] + report["failed"]

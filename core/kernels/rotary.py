@@ -1,4 +1,8 @@
-"""Rotary embedding applied in place on q and k (NeoX layout, cos/sin from a float32 cache) (Triton)."""
+"""Rotary embedding applied in place on q and k (NeoX layout, cos/sin from a float32 cache) (Triton).
+
+`rope_inplace_and_store` also writes the rotated k and the v rows into the paged KV pool at their
+slots, in the same launch (one kernel fewer per layer than rope + KVPool.set_kv).
+"""
 from __future__ import annotations
 
 import torch
@@ -8,7 +12,8 @@ import triton.language as tl
 
 @triton.jit
 def _rope_kernel(q_ptr, k_ptr, pos_ptr, cache_ptr, q_stride, k_stride, num_q_heads, num_k_heads,
-                 head_dim, rot_half, cache_stride, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+                 head_dim, rot_half, cache_stride, v_ptr, v_stride, loc_ptr, k_cache_ptr, v_cache_ptr,
+                 STORE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_HD: tl.constexpr):
     tok = tl.program_id(0)
     pos = tl.load(pos_ptr + tok)
     d = tl.arange(0, BLOCK_D)
@@ -26,18 +31,47 @@ def _rope_kernel(q_ptr, k_ptr, pos_ptr, cache_ptr, q_stride, k_stride, num_q_hea
         x1 = tl.load(p1, mask=m, other=0.0)
         x2 = tl.load(p1 + rot_half, mask=m, other=0.0)
         x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
-        tl.store(p1, (x1f * cos[None, :] - x2f * sin[None, :]).to(x1.dtype), mask=m)
-        tl.store(p1 + rot_half, (x2f * cos[None, :] + x1f * sin[None, :]).to(x1.dtype), mask=m)
+        y1 = (x1f * cos[None, :] - x2f * sin[None, :]).to(x1.dtype)
+        y2 = (x2f * cos[None, :] + x1f * sin[None, :]).to(x1.dtype)
+        tl.store(p1, y1, mask=m)
+        tl.store(p1 + rot_half, y2, mask=m)
+        if STORE and which == 1:  # rotary_dim == head_dim here: the rotated halves are the whole row
+            row = tl.load(loc_ptr + tok).to(tl.int64) * num_k_heads * head_dim
+            c1 = k_cache_ptr + row + h[:, None] * head_dim + d[None, :]
+            tl.store(c1, y1.to(k_cache_ptr.dtype.element_ty), mask=m)
+            tl.store(c1 + rot_half, y2.to(k_cache_ptr.dtype.element_ty), mask=m)
+    if STORE:
+        row = tl.load(loc_ptr + tok).to(tl.int64) * num_k_heads * head_dim
+        dv = tl.arange(0, BLOCK_HD)
+        mv = (h[:, None] < num_k_heads) & (dv[None, :] < head_dim)
+        off = h[:, None] * head_dim + dv[None, :]
+        v = tl.load(v_ptr + tok * v_stride + off, mask=mv)
+        tl.store(v_cache_ptr + row + off, v.to(v_cache_ptr.dtype.element_ty), mask=mv)
 
 
-def rope_inplace(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor,
-                 head_dim: int, rotary_dim: int) -> None:
-    """q: [T, Hq*D], k: [T, Hk*D] (row-contiguous heads; may be views into a fused qkv tensor)."""
+def _launch(positions, q, k, cos_sin_cache, head_dim, rotary_dim, v=None, loc=None, k_cache=None, v_cache=None):
     t = q.shape[0]
     if t == 0:
         return
     hq, hk = q.shape[1] // head_dim, k.shape[1] // head_dim
     half = rotary_dim // 2
+    store = v is not None
     _rope_kernel[(t,)](q, k, positions, cos_sin_cache, q.stride(0), k.stride(0), hq, hk, head_dim, half,
-                       cos_sin_cache.stride(0), BLOCK_H=triton.next_power_of_2(max(hq, hk)),
-                       BLOCK_D=triton.next_power_of_2(half), num_warps=4)
+                       cos_sin_cache.stride(0), v if store else q, v.stride(0) if store else 0,
+                       loc if store else positions, k_cache if store else q, v_cache if store else q,
+                       STORE=store, BLOCK_H=triton.next_power_of_2(max(hq, hk)),
+                       BLOCK_D=triton.next_power_of_2(half), BLOCK_HD=triton.next_power_of_2(head_dim), num_warps=4)
+
+
+def rope_inplace(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor,
+                 head_dim: int, rotary_dim: int) -> None:
+    """q: [T, Hq*D], k: [T, Hk*D] (row-contiguous heads; may be views into a fused qkv tensor)."""
+    _launch(positions, q, k, cos_sin_cache, head_dim, rotary_dim)
+
+
+def rope_inplace_and_store(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           cos_sin_cache: torch.Tensor, head_dim: int, loc: torch.Tensor,
+                           k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    """rope_inplace (full rotary: rotary_dim == head_dim) plus k_cache[loc] = rotated k, v_cache[loc] = v;
+    caches are [slots, Hk, D] contiguous."""
+    _launch(positions, q, k, cos_sin_cache, head_dim, head_dim, v, loc, k_cache, v_cache)

@@ -6,10 +6,11 @@ Inputs are io_struct messages (`handle`); outputs are BatchOutput messages retur
 offline Engine and inside the scheduler subprocess of the server.
 
 A step plans a ForwardJob (`batch_planner.py`), runs it (`forward_job.py`), commits it (its prefill
-KV enters the radix tree) and processes its tokens. With overlap (the default; `overlap.py`) step N
-does: plan N+1 (while N runs) -> wait for N -> commit N -> launch N+1 -> process N (while N+1 runs).
-N+1 is planned one step behind: a request that finished at N also decodes in N+1; that token is
-dropped and its slot freed. Retraction and abort first `sync()` (wait for and process the running
+KV enters the radix tree) and processes its tokens. With overlap (the default on CUDA; `overlap.py`)
+step N does: plan N+1 (while N runs) -> launch N+1 (queued behind N) -> wait for N -> commit N ->
+process N (while N+1 runs), so the device always has the next forward queued. N+1 is planned one
+step behind: a request that finished at N also decodes in N+1; that token is dropped and its slot
+freed. KV that commit N frees can only be reused by N+2 or later, which run after N+1. Retraction and abort first `sync()` (wait for and process the running
 forward), so they never touch a request whose forward is still running.
 """
 from __future__ import annotations
@@ -123,12 +124,11 @@ class Scheduler:
                 self._process(job, result)
             return self._emit()
         prev, self.inflight = self.inflight, None
+        if job is not None:  # queued behind prev on the device: the device never waits for the host
+            self.inflight = (job, self.worker.launch(job))
         if prev is not None:
             result = prev[1].wait()
             self._commit(prev[0])
-        if job is not None:
-            self.inflight = (job, self.worker.launch(job))
-        if prev is not None:
             self._process(prev[0], result)
         return self._emit()
 

@@ -4,6 +4,7 @@ from jackfield.sdk.attention import AttentionBackend, AttentionLayerInfo, Attent
 from jackfield.sdk.component import Availability, Capabilities, Component, SelectionContext, require_cuda
 from jackfield.sdk.decoder_lm import DecoderCausalLM
 from jackfield.sdk.layers.decoder import DecoderOptions
+from jackfield.sdk.layers.gemv import Gemv
 from jackfield.sdk.forward_batch import ForwardBatch, ForwardMode
 from jackfield.sdk.grammar import Grammar, GrammarBackend, GrammarSpec
 from jackfield.sdk.kv_cache import KVPool
@@ -15,7 +16,7 @@ from jackfield.sdk.quant import LinearMethod, QuantizationMethod
 from jackfield.sdk.spec import DraftProposal, SpeculativeDecoder, SpecInput, SpecRuntime
 
 __all__ = [
-    "hookimpl", "DecoderCausalLM", "DecoderOptions", "AttentionBackend", "AttentionLayerInfo", "AttentionRuntime", "Availability",
+    "hookimpl", "DecoderCausalLM", "DecoderOptions", "Gemv", "AttentionBackend", "AttentionLayerInfo", "AttentionRuntime", "Availability",
     "Capabilities", "Component", "SelectionContext", "require_cuda", "ForwardBatch", "ForwardMode",
     "Grammar", "GrammarBackend", "GrammarSpec", "KVPool", "LoRABackend", "LoRARuntime", "CausalLM",
     "ModelBuildContext", "ModelConfig", "RopeConfig", "MoEConfig", "MoEDispatcher", "LinearMethod",

@@ -61,6 +61,10 @@ class AttentionBackend(Component):
     supports_cuda_graph: ClassVar[bool] = False
     supports_mixed: ClassVar[bool] = True
     """Can one forward hold prefill chunks and decodes together (ForwardMode.MIXED)?"""
+    kv_stored_by_pool: ClassVar[bool] = True
+    """Does this backend keep K/V exactly as `KVPool.set_kv` writes them (the base `forward` does)?
+    Then the model may write them itself, fused with rotary, and call `forward(..., save_kv=False)`.
+    A backend that stores K/V in another layout or precision overrides `forward` and sets False."""
 
     def __init__(self, runtime: AttentionRuntime):
         self.runtime = runtime

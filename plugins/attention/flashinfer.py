@@ -94,6 +94,7 @@ class FlashInferAttnBackend(AttentionBackend):
         self.decode = True
         self.graph_bs: int | None = None
         self.planned: dict[Variant, object] = {}
+        self.plan_copied: torch.cuda.Event | None = None  # recorded after the last plan's host-to-device copies
 
     # ---- per-batch metadata ----------------------------------------------------------------------
     def init_forward_metadata(self, fb: ForwardBatch) -> None:
@@ -113,6 +114,16 @@ class FlashInferAttnBackend(AttentionBackend):
         for variant in self.variants:
             self._plan(variant)
 
+    def _plan(self, variant: Variant):
+        # plan() fills a pinned host buffer and copies it to the device asynchronously; under overlap
+        # scheduling the previous batch's copy may still be queued, so wait for it before refilling.
+        if self.plan_copied is not None:
+            self.plan_copied.synchronize()
+        wrapper = self._plan_variant(variant)
+        self.plan_copied = torch.cuda.Event()
+        self.plan_copied.record()
+        return wrapper
+
     def _wrapper(self, variant: Variant):
         fi = self.fi
         if self.graph_bs is not None:
@@ -131,7 +142,7 @@ class FlashInferAttnBackend(AttentionBackend):
                 if self.decode else fi.BatchPrefillWithPagedKVCacheWrapper(self.workspace, "NHD"))
         return self.eager_wrappers[key]
 
-    def _plan(self, variant: Variant):
+    def _plan_variant(self, variant: Variant):
         rt, t = self.runtime, self.table
         window_left, cap, scale = variant
         wrapper = self._wrapper(variant)

@@ -50,3 +50,72 @@ def test_rope_inplace(head_dim, hq, hk):
     q_ref, k_ref = rot._rotate(q.clone(), cos, sin), rot._rotate(k.clone(), cos, sin)
     rope_inplace(pos, q, k, rot.cos_sin_cache, head_dim, head_dim)
     assert _rel(q, q_ref) < 1e-2 and _rel(k, k_ref) < 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 4096), (4096, 14336), (28672, 4096), (1000, 2048)])
+def test_gemv_matches_linear(dtype, n, k):
+    from jackfield.kernels.gemv import CANDIDATES, fits, gemv
+
+    x = torch.randn(1, k, device="cuda", dtype=dtype)
+    w = torch.randn(n, k, device="cuda", dtype=dtype) / k ** 0.5
+    b = torch.randn(n, device="cuda", dtype=dtype)
+    ref = x.float() @ w.float().t() + b.float()
+    for cfg in CANDIDATES:
+        if fits(cfg, k):
+            assert _rel(gemv(x, w, b, cfg), ref) < 1e-2, cfg
+            assert _rel(gemv(x, w, None, cfg), ref - b.float()) < 1e-2, cfg
+
+
+def test_gemv_dispatch_inside_cuda_graph():
+    """The SDK's Gemv times a shape once outside capture, then replays the chosen kernel in a graph."""
+    from jackfield.sdk import Gemv
+
+    g = Gemv()
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16) / 64
+    ref = torch.nn.functional.linear(x, w)
+    assert _rel(g.linear(x, w), ref) < 1e-2
+    assert (4096, 4096, torch.bfloat16) in g._tuner.choices
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = g.linear(x, w)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    assert _rel(out, torch.nn.functional.linear(x, w)) < 1e-2
+    rows = torch.randn(3, 4096, device="cuda", dtype=torch.bfloat16)
+    assert torch.equal(g.linear(rows, w), torch.nn.functional.linear(rows, w))  # more than one row: cuBLAS
+
+
+def test_store_kv_matches_indexed_copy():
+    from jackfield.sdk import KVPool
+
+    pool = KVPool(8, 16, 2, 8, 128, torch.bfloat16, "cuda")
+    qkv = torch.randn(5, (32 + 16) * 128, device="cuda", dtype=torch.bfloat16)
+    k, v = qkv[:, 32 * 128:40 * 128], qkv[:, 40 * 128:]
+    loc = torch.tensor([16, 40, 41, 127, 99], device="cuda")
+    pool.set_kv(1, loc, k, v)
+    assert torch.equal(pool.k_buffer(1)[loc].view(5, -1), k) and torch.equal(pool.v_buffer(1)[loc].view(5, -1), v)
+    untouched = torch.ones(pool.k_buffer(1).shape[0], dtype=torch.bool, device="cuda")
+    untouched[loc] = False
+    assert pool.k_buffer(0).abs().sum() == 0 and pool.k_buffer(1)[untouched].abs().sum() == 0
+
+
+def test_rope_inplace_and_store():
+    from jackfield.kernels.rotary import rope_inplace_and_store
+    from jackfield.sdk.layers.rotary import RotaryEmbedding
+    from jackfield.sdk.model_config import RopeConfig
+
+    d, hq, hk, t = 128, 32, 8, 9
+    rot = RotaryEmbedding(d, RopeConfig(theta=500000.0, rotary_dim=d), 4096, torch.bfloat16, "cuda")
+    qkv = torch.randn(t, (hq + 2 * hk) * d, device="cuda", dtype=torch.bfloat16)
+    q, k, v = qkv.split([hq * d, hk * d, hk * d], dim=-1)
+    pos = torch.randint(0, 4096, (t,), device="cuda")
+    cos, sin = rot.cos_sin_cache[pos].chunk(2, dim=-1)
+    q_ref, k_ref = rot._rotate(q.clone(), cos, sin), rot._rotate(k.clone(), cos, sin)
+    kc = torch.zeros(64, hk, d, device="cuda", dtype=torch.bfloat16)
+    vc = torch.zeros_like(kc)
+    loc = torch.randperm(63, device="cuda")[:t] + 1
+    rope_inplace_and_store(pos, q, k, v, rot.cos_sin_cache, d, loc, kc, vc)
+    assert _rel(q, q_ref) < 1e-2 and _rel(k, k_ref) < 1e-2
+    assert torch.equal(kc[loc].view(t, -1), k) and torch.equal(vc[loc].view(t, -1), v)

@@ -37,6 +37,27 @@ CHILD = textwrap.dedent("""
     rq, rk = rot._rotate(q.clone(), cos, sin), rot._rotate(k.clone(), cos, sin)
     rope_inplace(pos, q, k, rot.cos_sin_cache, 16, 16)
     out["rope"] = max((q - rq).abs().max().item(), (k - rk).abs().max().item())
+    from jackfield.kernels.rotary import rope_inplace_and_store
+    qkv = torch.randn(5, (6 + 2 * 2) * 16)
+    q, k, v = qkv.split([96, 32, 32], dim=-1)
+    rq, rk = rot._rotate(q.clone(), cos, sin), rot._rotate(k.clone(), cos, sin)
+    kc, vc = torch.zeros(12, 2, 16), torch.zeros(12, 2, 16)
+    loc = torch.tensor([3, 11, 0, 7, 5])
+    rope_inplace_and_store(pos, q, k, v, rot.cos_sin_cache, 16, loc, kc, vc)
+    out["rope_store"] = max((q - rq).abs().max().item(), (k - rk).abs().max().item(),
+                            (kc[loc].view(5, 32) - rk).abs().max().item(), (vc[loc].view(5, 32) - v).abs().max().item())
+    from jackfield.kernels.gemv import CANDIDATES, gemv
+    w, b, xr = torch.randn(37, 2048), torch.randn(37), torch.randn(1, 2048)
+    out["gemv"] = max((gemv(xr, w, bias, cfg) - F.linear(xr, w, bias)).abs().max().item()
+                      for cfg in CANDIDATES for bias in (None, b))
+    from jackfield.kernels.kv_store import store_kv
+    kc, vc = torch.zeros(20, 2, 8), torch.zeros(20, 2, 8)
+    kv = torch.randn(3, 48)
+    loc = torch.tensor([5, 0, 17])
+    store_kv(kc, vc, loc, kv[:, 16:32], kv[:, 32:])
+    out["store_kv"] = max((kc[loc].view(3, 16) - kv[:, 16:32]).abs().max().item(),
+                          (vc[loc].view(3, 16) - kv[:, 32:]).abs().max().item(),
+                          kc.abs().sum().item() - kc[loc].abs().sum().item())
     print(json.dumps(out))
 """)
 
@@ -50,6 +71,6 @@ def errors():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", ["rmsnorm_residual", "rmsnorm", "silu_and_mul", "rope"])
+@pytest.mark.parametrize("name", ["rmsnorm_residual", "rmsnorm", "silu_and_mul", "rope", "rope_store", "gemv", "store_kv"])
 def test_fused_kernel_matches_torch(errors, name):
-    assert errors[name] < 1e-5, errors
+    assert errors[name] < 2e-4 if name == "gemv" else errors[name] < 1e-5, errors

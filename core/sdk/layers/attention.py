@@ -40,6 +40,11 @@ class SelfAttention(nn.Module):
             t = q.shape[0]
             q = self.q_norm(q.reshape(t, -1, self.head_dim)).reshape(t, -1)
             k = self.k_norm(k.reshape(t, -1, self.head_dim)).reshape(t, -1)
-        q, k = self.rotary(positions, q, k)
-        out = fb.attn_backend.forward(q, k, v.contiguous(), self.info, fb)
+        backend = fb.attn_backend
+        if backend.kv_stored_by_pool and self.rotary.forward_and_store(positions, q, k, v, fb.kv_pool,
+                                                                      self.info.layer_id, fb.out_cache_loc):
+            out = backend.forward(q.contiguous(), k, v, self.info, fb, save_kv=False)
+        else:
+            q, k = self.rotary(positions, q, k)
+            out = backend.forward(q, k, v.contiguous(), self.info, fb)
         return self.o_proj(out)

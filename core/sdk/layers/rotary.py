@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from jackfield.kernels import fused_available
+from jackfield.sdk.kv_cache import KVPool
 
 from jackfield.sdk.model_config import RopeConfig
 
@@ -87,6 +88,19 @@ class RotaryEmbedding(nn.Module):
             return q.contiguous(), k.contiguous()
         cos, sin = self.cos_sin_cache[positions].chunk(2, dim=-1)
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+
+    def forward_and_store(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          pool: KVPool, layer_id: int, loc: torch.Tensor) -> bool:
+        """Rotate q and k in place and write k, v into `pool` at slots `loc`, in one fused kernel.
+        Returns False, having done nothing, where that kernel does not apply (not CUDA, partial
+        rotary, no Triton); the caller then uses forward() and lets the backend store K/V."""
+        if not (fused_available(q) and self.rotary_dim == self.head_dim and k.stride(1) == 1 and v.stride(1) == 1):
+            return False
+        from jackfield.kernels.rotary import rope_inplace_and_store
+
+        rope_inplace_and_store(positions, q, k, v, self.cos_sin_cache, self.head_dim, loc,
+                               pool.k_buffer(layer_id), pool.v_buffer(layer_id))
+        return True
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         t = x.shape[0]
