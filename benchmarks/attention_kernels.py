@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import sys
 
 import torch
 
@@ -114,7 +115,10 @@ def main() -> None:
     ap.add_argument("--cuda-graph", action="store_true", help="time decode replayed from a CUDA graph")
     args = ap.parse_args()
     backends = available_backends(args.backends.split(","))
-    results = {"device": torch.cuda.get_device_name(), "page_size": args.page_size, "cuda_graph": args.cuda_graph,
+    from jackfield.bench.common import provenance
+
+    results = {**provenance("python3 benchmarks/attention_kernels.py " + " ".join(sys.argv[1:])),
+               "device": torch.cuda.get_device_name(), "page_size": args.page_size, "cuda_graph": args.cuda_graph,
                "shape": {"heads": HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM, "dtype": "bfloat16"},
                "decode": [], "prefill": []}
     for name, cls in backends.items():

@@ -30,7 +30,7 @@ if has profile; then  # where decode time goes: graph-only device time vs schedu
     | tee "$OUTDIR/profile-1b-triton-bs64-$STAMP.json"
 fi
 if has kernels; then
-  run python3 benchmarks/attention_kernels.py --out "$OUTDIR/kernels-$STAMP.json" 2>&1 | tail -40
+  run python3 benchmarks/attention_kernels.py --cuda-graph --backends ${KERNEL_BACKENDS:-triton,flashinfer,fa3} --out "$OUTDIR/kernels-$STAMP.json" 2>&1 | tail -50
 fi
 if has latency; then
   for be in ${LATENCY_BACKENDS:-flashinfer triton torch_native}; do
