@@ -8,11 +8,14 @@ against `F.linear` once per (N, K, dtype) and keeps the faster (see `jackfield.s
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+log = logging.getLogger(__name__)
 
 
 @triton.jit
@@ -78,7 +81,9 @@ class GemvTuner:
     """Per (N, K, dtype): the fastest GemvConfig, or None when F.linear (cuBLAS) is faster.
 
     One tuner per engine, shared by its linear layers; a shape is timed the first time it is met
-    outside CUDA-graph capture (the warm-up forwards before capture), in a few milliseconds."""
+    outside CUDA-graph capture: with CUDA graphs that is the warm-up forward before capture; with
+    graphs disabled, the first batch-1 decode (a one-time pause: the timing itself takes
+    milliseconds, compiling the candidates seconds the first time Triton meets them on a machine)."""
 
     def __init__(self):
         self.choices: dict[tuple[int, int, torch.dtype], GemvConfig | None] = {}
@@ -96,8 +101,14 @@ class GemvTuner:
         flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device=weight.device)
         best, best_ms = None, _time_ms(lambda: torch.nn.functional.linear(x, weight, bias), flush)
         for cfg in CANDIDATES:
-            if fits(cfg, weight.shape[1]):
+            if not fits(cfg, weight.shape[1]):
+                continue
+            try:
                 ms = _time_ms(lambda: gemv(x, weight, bias, cfg), flush)
-                if ms < best_ms - 0.5e-3:  # a win of at least 0.5 us per call, beyond timing noise
-                    best, best_ms = cfg, ms
+            except Exception as exc:  # a config this GPU or Triton version cannot compile: skip it
+                log.warning("gemv config %s failed for %s: %s", cfg, tuple(weight.shape), exc)
+                continue
+            if ms < best_ms - 0.5e-3:  # a win of at least 0.5 us per call, beyond timing noise
+                best, best_ms = cfg, ms
+        log.info("batch-1 linear %s: %s", tuple(weight.shape), best or "cuBLAS")
         return best

@@ -4,8 +4,10 @@ Slot s lives in page s // page_size. Page 0 (slots 0..page_size-1) is reserved f
 is never handed out; usable pages are 1..num_pages. Accounting is exact: `available_size()` is the
 number of free pages times page_size. A page belongs to exactly one owner (a request or a radix
 node), so freeing any slot of a page frees the whole page; freeing a page that is already free
-raises RuntimeError. Allocation takes the lowest free pages first. Allocations either succeed
-completely or return None and allocate nothing.
+raises RuntimeError. Allocation takes pages from the free list in ascending order; freed pages wait
+in a release list and are merged back, sorted, only when the free list runs short (as SGLang's
+allocator does), so a step that frees pages does not pay a sort of the whole pool on its next
+allocation. Allocations either succeed completely or return None and allocate nothing.
 """
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ class TokenAllocator:
     def _take_pages(self, n: int) -> torch.Tensor | None:
         if n > self.num_free_pages():
             return None
-        self._merge_released()
+        if n > self._free_pages.numel():
+            self._merge_released()
         pages = self._free_pages[:n]
         self._free_pages = self._free_pages[n:]
         self._page_free[pages] = False

@@ -10,8 +10,9 @@ KV enters the radix tree) and processes its tokens. With overlap (the default on
 step N does: plan N+1 (while N runs) -> launch N+1 (queued behind N) -> wait for N -> commit N ->
 process N (while N+1 runs), so the device always has the next forward queued. N+1 is planned one
 step behind: a request that finished at N also decodes in N+1; that token is dropped and its slot
-freed. KV that commit N frees can only be reused by N+2 or later, which run after N+1. Retraction and abort first `sync()` (wait for and process the running
-forward), so they never touch a request whose forward is still running.
+freed. KV that commit N frees can only be reused by N+2 or later, which run after N+1. Retraction
+and abort first `sync()` (wait for and process the running forward), so they never touch a request
+whose forward is still running.
 """
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ from torch import nn
 
 from jackfield.kernels import fused_available
 from jackfield.sdk.kv_cache import KVPool
-
 from jackfield.sdk.model_config import RopeConfig
 
 
