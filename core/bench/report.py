@@ -8,7 +8,10 @@ from typing import Any
 
 import numpy as np
 
-LATENCY_METRICS = (("ttft", "TTFT"), ("itl", "ITL"), ("e2e", "E2E latency"))
+# TPOT (time per output token after the first: (e2e - ttft) / (output_len - 1), per request) counts
+# every token; ITL counts gaps between chunks that carry text, so tokens that complete no character
+# yet (partial UTF-8 bytes, frequent with random weights) merge into the next gap.
+LATENCY_METRICS = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2e", "E2E latency"))
 STATS = ("mean", "median", "p90", "p99", "std")
 
 
@@ -59,6 +62,7 @@ def summarize(results: list[RequestResult], duration: float) -> dict[str, Any]:
     }
     series = {
         "ttft": [r.ttft for r in ok if r.output_len > 0],
+        "tpot": [(r.latency - r.ttft) / (r.output_len - 1) for r in ok if r.output_len > 1],
         "itl": [gap for r in ok for gap in r.itl],
         "e2e": [r.latency for r in ok],
     }

@@ -202,3 +202,15 @@ def test_random_lengths():
     assert [r.prompt for r in reqs] == [r.prompt for r in sample_random_requests(50, 40, 20, 0.5, seed=3)]
     with pytest.raises(ValueError):
         sample_random_requests(2, 10, 10, range_ratio=1.5)
+
+
+def test_tpot_counts_every_token_itl_only_text_chunks():
+    """TPOT spreads the time after the first token over all later tokens; ITL only sees the gaps
+    between chunks that carried text (here 3 chunks for 9 tokens)."""
+    from jackfield.bench.report import RequestResult, summarize
+
+    r = RequestResult(success=True, ttft=0.1, itl=[0.4, 0.4], latency=0.9, output_len=9)
+    s = summarize([r, RequestResult(error="boom")], duration=1.0)
+    assert s["mean_tpot_ms"] == pytest.approx(100.0)
+    assert s["mean_itl_ms"] == pytest.approx(400.0)
+    assert s["completed"] == 1 and s["failed"] == 1
