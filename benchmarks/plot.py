@@ -127,13 +127,25 @@ def plot_batch1(plt, reports, out):
     save(plt, fig, "Batch-1 decode, Llama-3.1-8B shape (bf16)", used, out, "gpu-batch1-decode.png")
 
 
+def add_tpot(r):
+    """TPOT p50/p99 from the per-request arrays: (e2e - ttft) / (output_len - 1)."""
+    arrays = zip(r.get("e2e_latencies_ms", []), r.get("ttfts_ms", []), r.get("output_lens", []))
+    tpot = sorted((e - t) / (n - 1) for e, t, n in arrays if n > 1)
+    if tpot:
+        r["median_tpot_ms"] = tpot[len(tpot) // 2]
+        r["p99_tpot_ms"] = tpot[min(len(tpot) - 1, round(0.99 * (len(tpot) - 1)))]
+
+
 def plot_serving(plt, reports, out):
     serving = [(int(name[12:]), s, r) for name, s, r in reports if re.fullmatch(r"serving-rate\d+", name)]
     if not serving:
         return print("note: no serving-rate<R> reports, skipping gpu-serving-latency.png")
     runs = sorted(run for run in serving if run[1] == max(s for _, s, _ in serving))
+    for _, _, r in runs:
+        if "median_tpot_ms" not in r:  # reports from before the bench computed TPOT
+            add_tpot(r)
     fig, axes = plt.subplots(1, 2, figsize=(7, 4))
-    for ax, metric, label in [(axes[0], "ttft", "time to first token"), (axes[1], "itl", "inter-token latency")]:
+    for ax, metric, label in [(axes[0], "ttft", "time to first token"), (axes[1], "tpot", "time per output token")]:
         for stat, style, name in [("median", "o-", "p50"), ("p99", "s--", "p99")]:
             pts = [(rate, r.get(f"{stat}_{metric}_ms")) for rate, _, r in runs]
             pts = [(x, y) for x, y in pts if isinstance(y, (int, float))]
