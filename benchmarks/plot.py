@@ -128,12 +128,14 @@ def plot_batch1(plt, reports, out):
 
 
 def add_tpot(r):
-    """TPOT p50/p99 from the per-request arrays: (e2e - ttft) / (output_len - 1)."""
+    """TPOT statistics from the per-request arrays, as `jackfield bench serving` computes them now:
+    (e2e - ttft) / (output_len - 1) per request."""
+    from jackfield.bench.report import stats_ms
+
     arrays = zip(r.get("e2e_latencies_ms", []), r.get("ttfts_ms", []), r.get("output_lens", []))
-    tpot = sorted((e - t) / (n - 1) for e, t, n in arrays if n > 1)
-    if tpot:
-        r["median_tpot_ms"] = tpot[len(tpot) // 2]
-        r["p99_tpot_ms"] = tpot[min(len(tpot) - 1, round(0.99 * (len(tpot) - 1)))]
+    tpot_s = [(e - t) / 1000.0 / (n - 1) for e, t, n in arrays if n > 1]
+    if tpot_s:
+        r.update({f"{stat}_tpot_ms": value for stat, value in stats_ms(tpot_s).items()})
 
 
 def plot_serving(plt, reports, out):

@@ -86,8 +86,8 @@ def main() -> int:
            "step_ms": 1e3 * decode_s / max(args.output_len - 1, 1),
            "decode_tok_per_s": bs * (args.output_len - 1) / decode_s}
     gemv = next((m.method.gemv for m in runner.model.modules() if hasattr(getattr(m, "method", None), "gemv")), None)
-    if gemv is not None and gemv._tuner is not None:
-        out["gemv_choices"] = {f"{n}x{k}": str(c) for (n, k, _), c in gemv._tuner.choices.items()}
+    if gemv is not None and gemv.choices:
+        out["gemv_choices"] = {f"{n}x{k}": str(c) for (n, k, _), c in gemv.choices.items()}
     from torch.profiler import ProfilerActivity, profile
 
     prompts = random_prompts(bs, args.input_len, vocab, 2)

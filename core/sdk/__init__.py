@@ -12,13 +12,13 @@ from jackfield.sdk.lora import LoRABackend, LoRARuntime
 from jackfield.sdk.model import CausalLM, ModelBuildContext
 from jackfield.sdk.model_config import ModelConfig, RopeConfig
 from jackfield.sdk.moe import MoEConfig, MoEDispatcher
-from jackfield.sdk.quant import LinearMethod, QuantizationMethod
+from jackfield.sdk.quant import LinearMethod, QuantizationMethod, create_plain_weights
 from jackfield.sdk.spec import DraftProposal, SpeculativeDecoder, SpecInput, SpecRuntime
 
 __all__ = [
     "hookimpl", "DecoderCausalLM", "DecoderOptions", "Gemv", "AttentionBackend", "AttentionLayerInfo", "AttentionRuntime", "Availability",
     "Capabilities", "Component", "SelectionContext", "require_cuda", "ForwardBatch", "ForwardMode",
     "Grammar", "GrammarBackend", "GrammarSpec", "KVPool", "LoRABackend", "LoRARuntime", "CausalLM",
-    "ModelBuildContext", "ModelConfig", "RopeConfig", "MoEConfig", "MoEDispatcher", "LinearMethod",
+    "ModelBuildContext", "ModelConfig", "RopeConfig", "MoEConfig", "MoEDispatcher", "LinearMethod", "create_plain_weights",
     "QuantizationMethod", "DraftProposal", "SpeculativeDecoder", "SpecInput", "SpecRuntime",
 ]

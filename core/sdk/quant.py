@@ -19,6 +19,14 @@ from jackfield.sdk.component import Component, SelectionContext
 from jackfield.sdk.model_config import ModelConfig
 
 
+def create_plain_weights(layer: nn.Module, in_features: int, out_features: int, bias: bool,
+                         dtype: torch.dtype, device: torch.device | str) -> None:
+    """Register `weight` [out, in] (and `bias` [out] when asked) in `dtype`, as plain checkpoints
+    store them: what `create_weights` does for a method that loads unquantized tensors."""
+    layer.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device), requires_grad=False)
+    layer.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
+
+
 class LinearMethod:
     """Plain (non-plugin-dispatched) per-layer object; `apply` runs on the hot path."""
 

@@ -19,9 +19,9 @@ CPU only: the CUDA int4 kernel takes a different packing and is not implemented 
 """
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from jackfield.sdk import Availability, Capabilities, LinearMethod, QuantizationMethod, hookimpl
+from jackfield.sdk import (Availability, Capabilities, LinearMethod, QuantizationMethod, create_plain_weights,
+                           hookimpl)
 
 GROUP_SIZE = 32
 N_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu needs out_features divisible by 16
@@ -61,8 +61,7 @@ class Int4WeightOnlyLinearMethod(LinearMethod):
     """
 
     def create_weights(self, layer, in_features, out_features, bias, dtype, device):
-        layer.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device), requires_grad=False)
-        layer.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
+        create_plain_weights(layer, in_features, out_features, bias, dtype, device)
 
     def process_weights_after_loading(self, layer):
         w = layer.weight

@@ -2,10 +2,7 @@
 
 Single-row inputs on CUDA (batch-1 decode) go through the SDK's `Gemv`, which uses a Triton GEMV
 for the weight shapes where it measured faster than cuBLAS."""
-import torch
-from torch import nn
-
-from jackfield.sdk import Gemv, LinearMethod, QuantizationMethod, hookimpl
+from jackfield.sdk import Gemv, LinearMethod, QuantizationMethod, create_plain_weights, hookimpl
 
 
 class UnquantizedLinearMethod(LinearMethod):
@@ -13,8 +10,7 @@ class UnquantizedLinearMethod(LinearMethod):
         self.gemv = gemv
 
     def create_weights(self, layer, in_features, out_features, bias, dtype, device):
-        layer.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device), requires_grad=False)
-        layer.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
+        create_plain_weights(layer, in_features, out_features, bias, dtype, device)
 
     def apply(self, layer, x):
         return self.gemv.linear(x, layer.weight, layer.bias)

@@ -76,7 +76,7 @@ def test_gemv_dispatch_inside_cuda_graph():
     w = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16) / 64
     ref = torch.nn.functional.linear(x, w)
     assert _rel(g.linear(x, w), ref) < 1e-2
-    assert (4096, 4096, torch.bfloat16) in g._tuner.choices
+    assert (4096, 4096, torch.bfloat16) in g.choices
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = g.linear(x, w)

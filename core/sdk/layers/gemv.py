@@ -28,6 +28,11 @@ class Gemv:
                 self._tuner, self._kernel, self._usable = GemvTuner(), gemv, True
         return self._usable
 
+    @property
+    def choices(self) -> dict:
+        """(N, K, dtype) -> the GemvConfig chosen for that weight shape, or None for cuBLAS."""
+        return dict(self._tuner.choices) if self._tuner is not None else {}
+
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if (x.dim() == 2 and x.shape[0] == 1 and x.is_cuda and x.is_contiguous() and weight.stride(1) == 1
                 and self._ready()):
