@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU suite: GPU tests + every GPU benchmark, in one device call. Prints a short table last.
 # Usage on the device: bash .whl/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/gpu_suite.sh [PART...]
-# Parts: tests kernels profile latency offline prefix overlap serving (default: all but profile). Results: benchmarks/results/ and $OUT.
+# Parts: tests kernels tune profile latency offline prefix overlap serving (default: all but tune and profile).
+# Results: benchmarks/results/ and $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR=benchmarks/results
@@ -25,9 +26,13 @@ if has profile; then  # where decode time goes: graph-only device time vs schedu
       --batch-size 1 --max-total-tokens 65536 --cuda-graph-max-bs 32 2> "$OUTDIR/profile-8b-$be-bs1-$STAMP.txt" \
       | tee "$OUTDIR/profile-8b-$be-bs1-$STAMP.json"
   done
-  run python3 benchmarks/profile_decode.py --model $CFG1B --load-format dummy --attention-backend triton \
-    --batch-size 64 --max-total-tokens 100000 2> "$OUTDIR/profile-1b-triton-bs64-$STAMP.txt" \
-    | tee "$OUTDIR/profile-1b-triton-bs64-$STAMP.json"
+  run python3 benchmarks/profile_decode.py --model $CFG8B --load-format dummy --attention-backend triton \
+    --batch-size 256 --input-len 512 --output-len 16 --profile-len 2 --phases 20 --max-running-requests 256 \
+    --cuda-graph-max-bs 256 --chunked-prefill-size 8192 2> "$OUTDIR/profile-8b-triton-bs256-$STAMP.txt" \
+    > "$OUTDIR/profile-8b-triton-bs256-$STAMP.json"
+fi
+if has tune; then  # block configurations of the triton decode kernel
+  run python3 benchmarks/tune_triton_decode.py --out "$OUTDIR/tune-decode-$STAMP.json" 2>&1 | tail -70
 fi
 if has kernels; then
   run python3 benchmarks/attention_kernels.py --cuda-graph --backends ${KERNEL_BACKENDS:-triton,flashinfer,fa3} --out "$OUTDIR/kernels-$STAMP.json" 2>&1 | tail -50
@@ -41,9 +46,11 @@ if has latency; then
   done
 fi
 if has offline; then
-  run $JF bench offline --model $CFG8B --load-format dummy --num-prompts 256 --input-len 512 --output-len 256 \
-    --max-running-requests 256 --cuda-graph-max-bs 256 --chunked-prefill-size 8192 \
-    --output-file "$OUTDIR/offline-8b-$STAMP.json" > /dev/null
+  for be in ${OFFLINE_BACKENDS:-flashinfer triton}; do
+    run $JF bench offline --model $CFG8B --load-format dummy --attention-backend $be --num-prompts 256 \
+      --input-len 512 --output-len 256 --max-running-requests 256 --cuda-graph-max-bs 256 --chunked-prefill-size 8192 \
+      --output-file "$OUTDIR/offline-8b-$be-$STAMP.json" > /dev/null
+  done
 fi
 if has prefix; then
   run $JF bench prefix --model $CFG8B --load-format dummy --attention-backend ${PREFIX_BACKEND:-triton} --num-prompts 64 --prefix-len 1000 --suffix-len 50 \

@@ -4,7 +4,11 @@ At batch 1 a linear layer only streams its weight from memory. cuBLAS picks spli
 smaller matrices of an 8B model (qkv, o_proj, down_proj) that reach 70-90% of the copy bandwidth;
 this kernel gives each program a few full rows, so no reduction pass is needed. Whether it beats
 cuBLAS depends on the shape and the GPU, so `GemvTuner` times the candidate block configurations
-against `F.linear` once per (N, K, dtype) and keeps the faster (see `jackfield.sdk.layers.linear`).
+against `F.linear` once per (N, K, dtype) and keeps the faster (see `jackfield.sdk.layers.gemv`).
+
+Two fused variants take the small kernel before a linear layer into its prologue, which at batch 1
+is a launch of its own for a few microseconds of work: RMSNorm (with the residual add) before
+qkv_proj and gate_up_proj, SiLU-and-mul before down_proj. They are timed against the unfused pair.
 """
 from __future__ import annotations
 
@@ -19,17 +23,36 @@ log = logging.getLogger(__name__)
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_wn, HAS_BIAS: tl.constexpr,
+def _gemv_kernel(x_ptr, r_ptr, g_ptr, w_ptr, b_ptr, y_ptr, r_out_ptr, N, K, stride_wn, eps,
+                 ADD_RES: tl.constexpr, NORM: tl.constexpr, SILU_MUL: tl.constexpr, HAS_BIAS: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    """y = W p(x) (+ b); the prologue p is the identity, RMSNorm (of x + r with ADD_RES; program 0
+    also writes x + r) or SiLU-and-mul (x = [gate | up], each K long)."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     cols = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    sq = tl.zeros((BLOCK_K,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):  # K % BLOCK_K == 0 (checked by the caller)
-        x = tl.load(x_ptr + k0 + cols).to(tl.float32)
+        if SILU_MUL:
+            gate = tl.load(x_ptr + k0 + cols).to(tl.float32)
+            up = tl.load(x_ptr + K + k0 + cols)
+            x = ((gate / (1.0 + tl.exp(-gate))).to(up.dtype) * up).to(tl.float32)
+        else:
+            x = tl.load(x_ptr + k0 + cols)
+            if ADD_RES:  # the sum is rounded to the storage dtype, as the unfused add does
+                x = (x.to(tl.float32) + tl.load(r_ptr + k0 + cols).to(tl.float32)).to(x.dtype)
+                tl.store(r_out_ptr + k0 + cols, x, mask=cols + pid * BLOCK_K < BLOCK_K)  # program 0 only
+            x = x.to(tl.float32)
+            if NORM:  # every program sees all of x: it sums the squares on the way
+                sq += x * x
+                x = x * tl.load(g_ptr + k0 + cols).to(tl.float32)
         w = tl.load(w_ptr + rows[:, None] * stride_wn + (k0 + cols)[None, :], mask=rmask[:, None], other=0.0)
         acc += w.to(tl.float32) * x[None, :]
     y = tl.sum(acc, axis=1)
+    if NORM:
+        y = y * tl.rsqrt(tl.sum(sq, axis=0) / K + eps)
     if HAS_BIAS:
         y += tl.load(b_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
     tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rmask)
@@ -52,14 +75,36 @@ def fits(cfg: GemvConfig, k: int) -> bool:
     return k % cfg.block_k == 0
 
 
+def _launch(x, r, g, weight, bias, y, r_out, eps, cfg, add_res=False, norm=False, silu_mul=False) -> None:
+    n, k = weight.shape
+    _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
+        x, r if r is not None else x, g if g is not None else x, weight, bias if bias is not None else weight, y,
+        r_out if r_out is not None else y, n, k, weight.stride(0), eps, ADD_RES=add_res, NORM=norm,
+        SILU_MUL=silu_mul, HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: GemvConfig) -> torch.Tensor:
     """x: [1, K] contiguous, weight: [N, K] with unit stride along K. Returns [1, N] in x's dtype."""
-    n, k = weight.shape
-    y = torch.empty(1, n, dtype=x.dtype, device=x.device)
-    grid = (triton.cdiv(n, cfg.block_n),)
-    _gemv_kernel[grid](x, weight, bias if bias is not None else weight, y, n, k, weight.stride(0),
-                       HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                       num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    y = torch.empty(1, weight.shape[0], dtype=x.dtype, device=x.device)
+    _launch(x, None, None, weight, bias, y, None, 0.0, cfg)
+    return y
+
+
+def gemv_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+                 weight: torch.Tensor, bias: torch.Tensor | None, cfg: GemvConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm(x + residual) (or of x) times W^T in one launch. Returns (y [1, N], x + residual);
+    the sum goes to a new tensor, never over an input that other programs still read."""
+    y = torch.empty(1, weight.shape[0], dtype=x.dtype, device=x.device)
+    r_out = torch.empty_like(x) if residual is not None else None
+    _launch(x, residual, norm_weight, weight, bias, y, r_out, eps, cfg, add_res=residual is not None, norm=True)
+    return y, (r_out if residual is not None else x)
+
+
+def gemv_silu_mul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: GemvConfig) -> torch.Tensor:
+    """(silu(x[:, :K]) * x[:, K:]) times W^T in one launch; x: [1, 2K] contiguous."""
+    y = torch.empty(1, weight.shape[0], dtype=x.dtype, device=x.device)
+    _launch(x, None, None, weight, bias, y, None, 0.0, cfg, silu_mul=True)
     return y
 
 
@@ -78,37 +123,38 @@ def _time_ms(fn, flush: torch.Tensor, iters: int = 20) -> float:
 
 
 class GemvTuner:
-    """Per (N, K, dtype): the fastest GemvConfig, or None when F.linear (cuBLAS) is faster.
+    """Per key (variant, N, K, dtype): the fastest GemvConfig, or None when the unfused path (cuBLAS,
+    and the separate norm or activation kernel of a fused variant) is faster.
 
-    One tuner per engine, shared by its linear layers; a shape is timed the first time it is met
+    One tuner per engine, shared by its linear layers; a key is timed the first time it is met
     outside CUDA-graph capture: with CUDA graphs that is the warm-up forward before capture; with
     graphs disabled, the first batch-1 decode (a one-time pause: the timing itself takes
     milliseconds, compiling the candidates seconds the first time Triton meets them on a machine)."""
 
     def __init__(self):
-        self.choices: dict[tuple[int, int, torch.dtype], GemvConfig | None] = {}
+        self.choices: dict[tuple, GemvConfig | None] = {}
 
-    def choice(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> GemvConfig | None:
-        key = (weight.shape[0], weight.shape[1], weight.dtype)
+    def choice(self, key: tuple, k: int, baseline, candidate) -> GemvConfig | None:
+        """`baseline()` runs the unfused path, `candidate(cfg)` the kernel with one configuration."""
         if key not in self.choices:
             if torch.cuda.is_current_stream_capturing():
-                return None  # never time inside a capture; F.linear is always valid
-            self.choices[key] = self._tune(x, weight, bias)
+                return None  # never time inside a capture; the unfused path is always valid
+            self.choices[key] = self._tune(key, k, baseline, candidate)
         return self.choices[key]
 
     @staticmethod
-    def _tune(x, weight, bias) -> GemvConfig | None:
-        flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device=weight.device)
-        best, best_ms = None, _time_ms(lambda: torch.nn.functional.linear(x, weight, bias), flush)
+    def _tune(key: tuple, k: int, baseline, candidate) -> GemvConfig | None:
+        flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+        best, best_ms = None, _time_ms(baseline, flush)
         for cfg in CANDIDATES:
-            if not fits(cfg, weight.shape[1]):
+            if not fits(cfg, k):
                 continue
             try:
-                ms = _time_ms(lambda: gemv(x, weight, bias, cfg), flush)
+                ms = _time_ms(lambda: candidate(cfg), flush)
             except Exception as exc:  # a config this GPU or Triton version cannot compile: skip it
-                log.warning("gemv config %s failed for %s: %s", cfg, tuple(weight.shape), exc)
+                log.warning("gemv config %s failed for %s: %s", cfg, key, exc)
                 continue
             if ms < best_ms - 0.5e-3:  # a win of at least 0.5 us per call, beyond timing noise
                 best, best_ms = cfg, ms
-        log.info("batch-1 linear %s: %s", tuple(weight.shape), best or "cuBLAS")
+        log.info("batch-1 linear %s: %s", key, best or "unfused")
         return best

@@ -74,7 +74,10 @@ class Sampler:
         non-final chunk of a chunked prefill, so it does not enter the penalty counts. The caller's
         logits are left untouched.
         """
-        logits = logits.to(torch.float32, copy=True)
+        plain = batch.all_greedy and not (batch.need_logprobs or batch.need_penalties or batch.need_logit_bias
+                                          or batch.need_min_new_tokens)
+        # an argmax of the logits as they are (bf16 -> fp32 is exact, so the choice is the same)
+        logits = logits if plain else logits.to(torch.float32, copy=True)
         raw_logprobs = torch.log_softmax(logits, dim=-1) if batch.need_logprobs else None
         if batch.need_penalties:
             if self.output_counts is None:

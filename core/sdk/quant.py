@@ -51,6 +51,23 @@ class LinearMethod:
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         ...
 
+    def apply_normed(self, layer: nn.Module, x: torch.Tensor, residual: torch.Tensor | None,
+                     norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """`apply` on norm(x + residual) (norm(x) when residual is None); returns (output,
+        x + residual) (x when residual is None). `norm` is an SDK RMSNorm. The default runs the
+        norm, then `apply`; a method with a kernel that fuses the two overrides this."""
+        if residual is None:
+            return self.apply(layer, norm(x)), x
+        h, residual = norm(x, residual)
+        return self.apply(layer, h), residual
+
+    def apply_silu_mul(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """`apply` on silu(gate) * up for x = [gate | up] along the last dim (the gated MLP's down
+        projection). The default runs the activation, then `apply`; fused kernels override this."""
+        from jackfield.sdk.layers.activation import silu_and_mul
+
+        return self.apply(layer, silu_and_mul(x))
+
 
 class QuantizationMethod(Component):
     kind: ClassVar[str] = "quantization"

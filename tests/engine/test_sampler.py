@@ -273,6 +273,19 @@ def test_bf16_logits_and_caller_logits_untouched():
     assert torch.equal(logits, copy)
 
 
+def test_all_greedy_bf16_batch_takes_the_float32_argmax():
+    """The plain greedy path argmaxes the logits as given: same tokens as a float32 copy, ties to the
+    first index, logits untouched; with logprobs the copy is made again."""
+    logits = (torch.randn(16, V) * 3).bfloat16()
+    logits[3, 5] = logits[3, 9] = logits[3].max() + 1  # a tie: index 5 wins
+    copy = logits.clone()
+    out = sample([P(temperature=0)] * 16, logits)
+    assert torch.equal(out.next_token_ids, logits.float().argmax(-1)) and int(out.next_token_ids[3]) == 5
+    assert torch.equal(logits, copy)
+    with_lp = sample([P(temperature=0, logprobs=True)] * 16, logits)
+    assert torch.equal(with_lp.next_token_ids, out.next_token_ids) and with_lp.logprobs.dtype == torch.float32
+
+
 def test_seeded_noise_is_splitmix64_and_exponential():
     def reference(x):
         m = 2**64 - 1

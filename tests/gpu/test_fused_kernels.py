@@ -67,6 +67,30 @@ def test_gemv_matches_linear(dtype, n, k):
             assert _rel(gemv(x, w, None, cfg), ref - b.float()) < 1e-2, cfg
 
 
+@pytest.mark.parametrize("n,k", [(6144, 4096), (28672, 4096), (4096, 14336)])
+def test_fused_gemv_variants_match_unfused(n, k):
+    """RMSNorm (+ residual) and SiLU-and-mul in the GEMV prologue, every config, against the unfused layers."""
+    from jackfield.kernels.gemv import CANDIDATES, fits, gemv_rmsnorm, gemv_silu_mul
+    from jackfield.sdk.layers.norm import RMSNorm
+
+    dt = torch.bfloat16
+    x, res = torch.randn(1, k, device="cuda", dtype=dt), torch.randn(1, k, device="cuda", dtype=dt)
+    w = torch.randn(n, k, device="cuda", dtype=dt) / k ** 0.5
+    norm = RMSNorm(k, 1e-5, dt, "cuda")
+    norm.weight.data.uniform_(0.5, 1.5)
+    h, s_ref = norm(x, res)
+    ref, ref_plain = h.float() @ w.float().t(), norm(x).float() @ w.float().t()
+    gu = torch.randn(1, 2 * k, device="cuda", dtype=dt)
+    ref_silu = (torch.nn.functional.silu(gu[:, :k].float()) * gu[:, k:].float()) @ w.float().t()
+    for cfg in CANDIDATES:
+        if fits(cfg, k):
+            y, s = gemv_rmsnorm(x, res, norm.weight, 1e-5, w, None, cfg)
+            assert _rel(y, ref) < 1e-2 and torch.equal(s, s_ref), cfg
+            y, s = gemv_rmsnorm(x, None, norm.weight, 1e-5, w, None, cfg)
+            assert _rel(y, ref_plain) < 1e-2 and s is x, cfg
+            assert _rel(gemv_silu_mul(gu, w, None, cfg), ref_silu) < 1e-2, cfg
+
+
 def test_gemv_dispatch_inside_cuda_graph():
     """The SDK's Gemv times a shape once outside capture, then replays the chosen kernel in a graph."""
     from jackfield.sdk import Gemv
@@ -76,7 +100,7 @@ def test_gemv_dispatch_inside_cuda_graph():
     w = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16) / 64
     ref = torch.nn.functional.linear(x, w)
     assert _rel(g.linear(x, w), ref) < 1e-2
-    assert (4096, 4096, torch.bfloat16) in g.choices
+    assert ("linear", 4096, 4096, torch.bfloat16) in g.choices
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = g.linear(x, w)
@@ -85,6 +109,31 @@ def test_gemv_dispatch_inside_cuda_graph():
     assert _rel(out, torch.nn.functional.linear(x, w)) < 1e-2
     rows = torch.randn(3, 4096, device="cuda", dtype=torch.bfloat16)
     assert torch.equal(g.linear(rows, w), torch.nn.functional.linear(rows, w))  # more than one row: cuBLAS
+    assert g.normed_linear(rows, None, w[0], 1e-5, w) is None and g.silu_mul_linear(rows, w[:, :2048]) is None
+
+
+def test_fused_gemv_dispatch_inside_cuda_graph():
+    """normed_linear / silu_mul_linear: timed once, then either the fused kernel (replayable in a
+    graph) or None (the caller runs the unfused pair)."""
+    from jackfield.sdk import Gemv
+    from jackfield.sdk.layers.norm import RMSNorm
+
+    g, dt = Gemv(), torch.bfloat16
+    x, res = torch.randn(1, 4096, device="cuda", dtype=dt), torch.randn(1, 4096, device="cuda", dtype=dt)
+    w = torch.randn(6144, 4096, device="cuda", dtype=dt) / 64
+    norm = RMSNorm(4096, 1e-5, dt, "cuda")
+    out = g.normed_linear(x, res, norm.weight, 1e-5, w)
+    assert ("add_rmsnorm_linear", 6144, 4096, dt) in g.choices
+    if out is None:
+        assert g.choices[("add_rmsnorm_linear", 6144, 4096, dt)] is None
+        return
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y, s = g.normed_linear(x, res, norm.weight, 1e-5, w)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    h, s_ref = norm(x, res)
+    assert torch.equal(s, s_ref) and _rel(y, torch.nn.functional.linear(h, w)) < 1e-2
 
 
 def test_store_kv_matches_indexed_copy():

@@ -50,6 +50,17 @@ CHILD = textwrap.dedent("""
     w, b, xr = torch.randn(37, 2048), torch.randn(37), torch.randn(1, 2048)
     out["gemv"] = max((gemv(xr, w, bias, cfg) - F.linear(xr, w, bias)).abs().max().item()
                       for cfg in CANDIDATES for bias in (None, b))
+    from jackfield.kernels.gemv import gemv_rmsnorm, gemv_silu_mul
+    cfg, xr, res = CANDIDATES[0], torch.randn(1, 2048), torch.randn(1, 2048)
+    norm = RMSNorm(2048, 1e-5, torch.float32, "cpu"); norm.weight.data = torch.randn(2048)
+    y, s = gemv_rmsnorm(xr, res, norm.weight, 1e-5, w, b, cfg)
+    out["gemv_add_rmsnorm"] = max((y - F.linear(norm._norm(xr + res), w, b)).abs().max().item(),
+                                  (s - (xr + res)).abs().max().item())
+    y, s = gemv_rmsnorm(xr, None, norm.weight, 1e-5, w, None, cfg)
+    out["gemv_rmsnorm"] = max((y - F.linear(norm._norm(xr), w)).abs().max().item(), float(s is not xr))
+    gu = torch.randn(1, 2 * 2048)
+    out["gemv_silu_mul"] = (gemv_silu_mul(gu, w, b, cfg) - F.linear(F.silu(gu[:, :2048]) * gu[:, 2048:], w, b)
+                            ).abs().max().item()
     from jackfield.kernels.kv_store import store_kv
     kc, vc = torch.zeros(20, 2, 8), torch.zeros(20, 2, 8)
     kv = torch.randn(3, 48)
@@ -71,6 +82,7 @@ def errors():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", ["rmsnorm_residual", "rmsnorm", "silu_and_mul", "rope", "rope_store", "gemv", "store_kv"])
+@pytest.mark.parametrize("name", ["rmsnorm_residual", "rmsnorm", "silu_and_mul", "rope", "rope_store", "gemv",
+                                  "gemv_add_rmsnorm", "gemv_rmsnorm", "gemv_silu_mul", "store_kv"])
 def test_fused_kernel_matches_torch(errors, name):
-    assert errors[name] < 2e-4 if name == "gemv" else errors[name] < 1e-5, errors
+    assert errors[name] < 2e-4 if name.startswith("gemv") else errors[name] < 1e-5, errors

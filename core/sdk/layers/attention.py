@@ -34,7 +34,16 @@ class SelfAttention(nn.Module):
                                        head_dim=c.head_dim, scaling=c.head_dim ** -0.5, sliding_window=sliding_window)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
-        qkv = self.qkv_proj(hidden)
+        return self._attend(positions, self.qkv_proj(hidden), fb)
+
+    def forward_normed(self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None,
+                       norm: nn.Module, fb: ForwardBatch):
+        """Attention on norm(hidden + residual), the norm fused into qkv_proj where the linear method
+        can; returns (output, hidden + residual)."""
+        qkv, residual = self.qkv_proj.forward_normed(hidden, residual, norm)
+        return self._attend(positions, qkv, fb), residual
+
+    def _attend(self, positions: torch.Tensor, qkv: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         if self.qk_norm:
             t = q.shape[0]

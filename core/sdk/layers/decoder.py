@@ -43,14 +43,10 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx.dtype, ctx.device)
 
     def forward(self, positions, hidden, residual, fb: ForwardBatch):
-        if residual is None:
-            residual = hidden
-            hidden = self.input_layernorm(hidden)
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, fb)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        """(hidden, residual) -> (hidden, residual): the pre-norms run inside the projections that
+        follow them (fused into one kernel where the linear method has one)."""
+        hidden, residual = self.self_attn.forward_normed(positions, hidden, residual, self.input_layernorm, fb)
+        return self.mlp.forward_normed(hidden, residual, self.post_attention_layernorm)
 
 
 class DecoderModel(nn.Module):

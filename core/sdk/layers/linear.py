@@ -34,3 +34,11 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.method.apply(self, x)
+
+    def forward_normed(self, x: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module):
+        """This layer on norm(x + residual); returns (output, x + residual). See LinearMethod.apply_normed."""
+        return self.method.apply_normed(self, x, residual, norm)
+
+    def forward_silu_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """This layer on silu(gate) * up for x = [gate | up]. See LinearMethod.apply_silu_mul."""
+        return self.method.apply_silu_mul(self, x)

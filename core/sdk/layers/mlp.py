@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from jackfield.sdk.layers.activation import silu_and_mul
 from jackfield.sdk.layers.linear import Linear
 from jackfield.sdk.model import ModelBuildContext
 
@@ -19,4 +18,10 @@ class GatedMLP(nn.Module):
         self.down_proj = Linear(intermediate_size, (hidden_size,), ctx, f"{prefix}.down_proj")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj.forward_silu_mul(self.gate_up_proj(x))
+
+    def forward_normed(self, x: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module):
+        """The MLP on norm(x + residual), the norm fused into gate_up where the linear method can;
+        returns (output, x + residual)."""
+        gate_up, residual = self.gate_up_proj.forward_normed(x, residual, norm)
+        return self.down_proj.forward_silu_mul(gate_up), residual

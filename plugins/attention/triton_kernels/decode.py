@@ -3,7 +3,8 @@
 Stage 1 runs one program per (request, kv head, split). It loads the queries of every head that
 shares the kv head (GQA), so each K/V row is read once per group, walks its chunk of the request's
 token slots through `req_to_token`, and writes a normalised partial output and its log-sum-exp
-(base 2). Stage 2 runs one program per (request, query head) and merges the splits.
+(base 2). Stage 2 runs one program per (request, query head) and merges the splits. With a single
+split (large batches) stage 1 writes the output itself and stage 2 is not launched.
 
 Splits whose chunk is empty (short requests, padded CUDA-graph rows) write lse = -inf and are
 ignored by the merge, so the split count can be a fixed upper bound inside a CUDA graph.
@@ -21,12 +22,13 @@ from jackfield_plugins.attention.triton_kernels.common import (
 
 @triton.jit
 def _decode_split_kernel(
-    Q, K, V, MidO, MidLse, ReqToToken, ReqPoolIdx, SeqLens,
+    Q, K, V, MidO, MidLse, Out, ReqToToken, ReqPoolIdx, SeqLens,
     stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_rt,
-    stride_mob, stride_moh, stride_mos, stride_mlb, stride_mlh,
+    stride_mob, stride_moh, stride_mos, stride_mlb, stride_mlh, stride_ob, stride_oh,
     num_splits, sm_scale, logit_cap, window,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, USE_CAP: tl.constexpr, USE_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
+    DIRECT: tl.constexpr,
 ):
     b = tl.program_id(0)
     g = tl.program_id(1)
@@ -71,10 +73,14 @@ def _decode_split_kernel(
     has = l_i > 0.0
     safe_l = tl.where(has, l_i, 1.0)
     part = tl.where(has[:, None], acc / safe_l[:, None], 0.0)
-    lse = tl.where(has, m_i + tl.log2(safe_l), float("-inf"))
-    tl.store(MidO + b * stride_mob + heads[:, None] * stride_moh + s * stride_mos + offs_d[None, :], part,
-             mask=h_mask[:, None] & d_mask[None, :])
-    tl.store(MidLse + b * stride_mlb + heads * stride_mlh + s, lse, mask=h_mask)
+    if DIRECT:  # one split: this is the output
+        tl.store(Out + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :], part.to(Out.dtype.element_ty),
+                 mask=h_mask[:, None] & d_mask[None, :])
+    else:
+        lse = tl.where(has, m_i + tl.log2(safe_l), float("-inf"))
+        tl.store(MidO + b * stride_mob + heads[:, None] * stride_moh + s * stride_mos + offs_d[None, :], part,
+                 mask=h_mask[:, None] & d_mask[None, :])
+        tl.store(MidLse + b * stride_mlb + heads * stride_mlh + s, lse, mask=h_mask)
 
 
 @triton.jit
@@ -104,12 +110,14 @@ def _decode_merge_kernel(
 def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor, out: torch.Tensor,
                      req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
                      mid_o: torch.Tensor, mid_lse: torch.Tensor, num_splits: int, sm_scale: float,
-                     logit_cap: float = 0.0, sliding_window: int | None = None) -> None:
+                     logit_cap: float = 0.0, sliding_window: int | None = None,
+                     config: tuple[int, int, int] | None = None) -> None:
     """One decode query per request against its whole KV, written into `out`.
 
     q, out: [bs, num_heads, head_dim]; k_buffer, v_buffer: [slots, num_kv_heads, head_dim];
     mid_o: float32 [>= bs, num_heads, >= num_splits, head_dim]; mid_lse: float32
     [>= bs, num_heads, >= num_splits] (scratch, may be static CUDA-graph buffers).
+    config: (BLOCK_N, num_warps, num_stages) of stage 1, for tuning (benchmarks/tune_triton_decode.py).
     """
     for name, t in (("q", q), ("out", out), ("k_buffer", k_buffer), ("v_buffer", v_buffer)):
         check_head_layout(t, name)
@@ -119,17 +127,21 @@ def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     if bs == 0:
         return
     block_d = block_dmodel(head_dim)
-    block_n = 32 if block_d > 128 else 64
+    block_n, warps, stages = config or (32 if block_d > 128 else 64, 4, 2)
+    direct = num_splits == 1
     _decode_split_kernel[(bs, num_kv_heads, num_splits)](
-        q, k_buffer, v_buffer, mid_o, mid_lse, req_to_token, req_pool_indices, seq_lens,
+        q, k_buffer, v_buffer, mid_o, mid_lse, out, req_to_token, req_pool_indices, seq_lens,
         q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1),
         req_to_token.stride(0),
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
+        out.stride(0), out.stride(1),
         num_splits, sm_scale, logit_cap if logit_cap > 0 else 1.0, sliding_window or 0,
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=max(16, triton.next_power_of_2(group)),
         BLOCK_N=block_n, USE_CAP=logit_cap > 0, USE_WINDOW=sliding_window is not None,
-        PRECISION=dot_precision(q.dtype), num_warps=4, num_stages=2,
+        PRECISION=dot_precision(q.dtype), DIRECT=direct, num_warps=warps, num_stages=stages,
     )
+    if direct:
+        return
     _decode_merge_kernel[(bs, num_heads)](
         mid_o, mid_lse, out,
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
