@@ -11,7 +11,11 @@ allocation. Allocations either succeed completely or return None and allocate no
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
+
+from jackfield.mem.device_copy import to_device
 
 
 class TokenAllocator:
@@ -56,7 +60,7 @@ class TokenAllocator:
             self._merge_released()
         pages = self._free_pages[:n]
         self._free_pages = self._free_pages[n:]
-        self._page_free[pages] = False
+        self._page_free.index_fill_(0, pages, False)  # (an indexed assignment of False would sync)
         return pages
 
     def _pages_to_slots(self, pages: torch.Tensor) -> torch.Tensor:
@@ -114,10 +118,24 @@ class TokenAllocator:
         new_slot = pages[page_idx.clamp(0, num_new - 1)] * ps + pos % ps
         return torch.where(in_partial, partial_slot, new_slot)
 
-    def alloc_decode(self, seq_lens, last_locs) -> torch.Tensor | None:
-        """One slot per request; seq_lens include the new token. int64 slots or None."""
-        seq = torch.as_tensor(seq_lens, dtype=torch.int64, device=self.device).reshape(-1)
-        return self.alloc_extend(seq - 1, torch.ones_like(seq), last_locs)
+    def alloc_decode(self, seq_lens: list[int], last_locs) -> torch.Tensor | None:
+        """One slot per request; `seq_lens` (host ints) include the new token, `last_locs[i]` (a
+        device tensor or a list) is the slot of the token before it (any value for a request with
+        no KV yet). int64 slots or None. The host knows which requests start a new page, so unlike
+        `alloc_extend` this never waits for the device (it is called every decode step)."""
+        lens = [int(n) for n in seq_lens]
+        if self.page_size == 1:
+            return self.alloc(len(lens))
+        starts = [(n - 1) % self.page_size == 0 for n in lens]
+        pages = self._take_pages(sum(starts))
+        if pages is None:
+            return None
+        last = torch.as_tensor(last_locs, dtype=torch.int64, device=self.device).reshape(-1)
+        if not any(starts):
+            return last + 1
+        order = list(itertools.accumulate(starts))
+        new_page = pages[to_device([max(i - 1, 0) for i in order], torch.int64, self.device)] * self.page_size
+        return torch.where(to_device(starts, torch.bool, self.device), new_page, last + 1)
 
     def free(self, slots: torch.Tensor) -> None:
         """Free the pages containing `slots`. Raises RuntimeError if any of them is already free."""

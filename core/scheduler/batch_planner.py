@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from jackfield.io_struct import FinishReason
+from jackfield.mem.device_copy import to_device
 from jackfield.sampling.batch import SamplingBatch
 from jackfield.scheduler.forward_job import ForwardJob
 from jackfield.scheduler.schedule_batch import ScheduleBatch, build_decode_batch, build_extend_batch
@@ -67,7 +68,7 @@ def _build_job(s, reqs: list, slots: torch.Tensor | None, decode: ScheduleBatch 
         lens.append(decode.output_lens)
     sampling = samplings[0] if len(samplings) == 1 else samplings[0].merge(samplings[1])
     decode_reqs = list(decode.reqs) if decode is not None else []
-    counted = torch.tensor(final + [True] * len(decode_reqs), dtype=torch.bool, device=dev)
+    counted = to_device(final + [True] * len(decode_reqs), torch.bool, dev)
     job = ForwardJob(
         fb=fb, sampling=sampling, output_lens=lens[0] if len(lens) == 1 else torch.cat(lens), counted=counted,
         decode_rows=decode.req_pool_indices if decode is not None else None, extend_reqs=list(reqs),

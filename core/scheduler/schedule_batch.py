@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from jackfield.mem.device_copy import to_device
 from jackfield.sampling.batch import SamplingBatch
 from jackfield.scheduler.req import Req
 from jackfield.sdk.forward_batch import ForwardBatch, ForwardMode
@@ -111,9 +112,8 @@ def alloc_decode_slots(batch: ScheduleBatch, runner, kv: torch.Tensor) -> torch.
     if page == 1:
         loc = runner.allocator.alloc(len(batch))
     else:
-        last = table[batch.req_pool_indices, (kv - 1).clamp(min=0)].long()
-        last = torch.where(kv > 0, last, torch.full_like(last, -1))
-        loc = runner.allocator.alloc_decode([n + 1 for n in lens], last.tolist())
+        last = table[batch.req_pool_indices, (kv - 1).clamp(min=0)].long()  # stays on the device
+        loc = runner.allocator.alloc_decode([n + 1 for n in lens], last)
     if loc is None:
         raise RuntimeError("decode slot allocation failed after the memory check")
     table[batch.req_pool_indices, kv] = loc.to(torch.int32)
@@ -124,7 +124,7 @@ def build_decode_batch(batch: ScheduleBatch, runner) -> ForwardBatch:
     """One decode token per request of `batch`; `input_ids` is left empty (filled by the worker)."""
     dev = batch.device
     lens = batch.seq_lens_cpu
-    positions = torch.tensor(lens, dtype=torch.int64, device=dev)  # the one host-to-device copy of a decode step
+    positions = to_device(lens, torch.int64, dev)  # the one host-to-device copy of a decode step
     loc = alloc_decode_slots(batch, runner, positions)
     return ForwardBatch(
         mode=ForwardMode.DECODE, batch_size=len(batch), input_ids=torch.empty(0, dtype=torch.int64, device=dev),

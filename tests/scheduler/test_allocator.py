@@ -65,6 +65,25 @@ def test_alloc_extend_fills_partial_page_first():
     assert alloc.num_free_pages() == free_before - 1
 
 
+def test_alloc_decode_matches_alloc_extend_by_one_token():
+    """The sync-free decode path: new pages only for requests whose next token starts a page, in
+    request order, the other requests continue after their last slot; same result as alloc_extend."""
+    ps = 4
+    slow, fast = TokenAllocator(num_pages=32, page_size=ps, device="cpu"), TokenAllocator(32, ps, "cpu")
+    kv = [0, 3, 4, 5, 8, 9]
+    firsts = [a.alloc_extend([0] * 6, kv, [-1] * 6) for a in (slow, fast)]
+    assert torch.equal(*firsts)
+    ends = torch.cumsum(torch.tensor(kv), 0)
+    last = [int(firsts[0][e - 1]) if n else -1 for n, e in zip(kv, ends.tolist())]
+    want = slow.alloc_extend(kv, [1] * 6, last)
+    got = fast.alloc_decode([n + 1 for n in kv], torch.tensor(last))
+    assert torch.equal(got, want) and fast.num_free_pages() == slow.num_free_pages()
+    assert torch.equal(fast.alloc_decode([2, 3], torch.tensor([int(got[1]), int(got[2])])), got[1:3] + 1)
+    tight = TokenAllocator(num_pages=2, page_size=ps, device="cpu")
+    tight.alloc(8)
+    assert tight.alloc_decode([1], torch.tensor([-1])) is None and tight.num_free_pages() == 0
+
+
 def test_alloc_extend_page_size_one_and_empty_extends():
     alloc = TokenAllocator(num_pages=10, page_size=1, device="cpu")
     assert alloc.alloc_extend([0, 5], [3, 2], [-1, 7]).tolist() == [1, 2, 3, 4, 5]

@@ -1,0 +1,58 @@
+"""A decode step under the overlap scheduler never waits for the device on the host, except for the
+previous step's sampled tokens (an event wait, which torch's sync debug mode does not count).
+
+`torch.cuda.set_sync_debug_mode("warn")` warns at every synchronizing CUDA call (a blocking copy, a
+`.item()`, a `.tolist()` of a device tensor), attributed to the Python line that made it; none may
+come from jackfield's own code."""
+import json
+import os
+import warnings
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+
+TINY = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
+        "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 64, "vocab_size": 4096, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0, "tie_word_embeddings": False, "hidden_act": "silu", "bos_token_id": 1,
+        "eos_token_id": 2, "torch_dtype": "bfloat16"}
+
+
+@pytest.mark.parametrize("page_size", [1, 4])
+def test_decode_steps_make_no_host_device_sync(tmp_path, page_size):
+    from jackfield.bench.common import random_prompts
+    from jackfield.config import load_settings
+    from jackfield.engine_loop import build_scheduler
+    from jackfield.io_struct import TokenizedGenerateReq
+    from jackfield.sampling.params import SamplingParams
+
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    settings = load_settings(None, dict(model=str(cfg), load_format="dummy", attention_backend="triton",
+                                        page_size=page_size, max_total_tokens=8192, max_running_requests=16,
+                                        cuda_graph_max_bs=16)).settings
+    sched, _ = build_scheduler(settings, progress=False)
+    params = SamplingParams(max_new_tokens=40, temperature=0.0, ignore_eos=True)
+    for i, ids in enumerate(random_prompts(12, 21, TINY["vocab_size"], 0)):
+        sched.handle(TokenizedGenerateReq(f"r{i}", ids, params, stream=True))
+    while sched.waiting or sched.chunked_req is not None:
+        sched.step()
+    for _ in range(3):
+        sched.step()
+    import jackfield
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(20):  # decode only: nobody joins or finishes in these steps
+                sched.step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    while sched.has_work():
+        sched.step()
+    ours = os.path.dirname(jackfield.__file__)
+    syncs = [f"{w.filename}:{w.lineno}" for w in caught if w.filename.startswith(ours)]
+    assert not syncs, syncs
