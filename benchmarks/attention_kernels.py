@@ -6,6 +6,7 @@ backend's forward_decode (metadata prepared once, outside the timing), reported 
 K/V read. Prefill: one request of a few lengths with no cached prefix, reported as causal TFLOP/s.
 
     python benchmarks/attention_kernels.py --out results.json [--backends triton,flashinfer] [--page-size 16]
+        [--backends flashinfer_cuda_core]   # FlashInfer's CUDA-core decode for the GQA shape (no prefill)
         [--cuda-graph]   # time decode from a CUDA graph replay, i.e. without Python launch overhead
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ from jackfield.sdk import AttentionLayerInfo, AttentionRuntime, ForwardBatch, Fo
 BACKENDS = {"triton": "jackfield_plugins.attention.triton:TritonAttnBackend",
             "flashinfer": "jackfield_plugins.attention.flashinfer:FlashInferAttnBackend",
             "fa3": "jackfield_plugins.attention.fa3:FA3AttnBackend"}
+# a measurement-only variant: FlashInfer's CUDA-core decode kernel where the plugin picks tensor cores (GQA >= 4)
+VARIANTS = {"flashinfer_cuda_core": ("flashinfer", {"use_tensor_cores": False})}
 HEADS, KV_HEADS, HEAD_DIM, DTYPE = 32, 8, 128, torch.bfloat16
 BATCHES, CONTEXTS, PREFILL_LENS = (1, 16, 64, 256), (512, 1024, 2048, 4096, 8192), (1024, 4096, 8192, 16384)
 
@@ -29,14 +32,27 @@ BATCHES, CONTEXTS, PREFILL_LENS = (1, 16, 64, 256), (512, 1024, 2048, 4096, 8192
 def available_backends(names: list[str]) -> dict[str, type]:
     found = {}
     for name in names:
-        module, cls_name = BACKENDS[name].split(":")
+        base, overrides = VARIANTS.get(name, (name, {}))
+        module, cls_name = BACKENDS[base].split(":")
         cls = getattr(importlib.import_module(module), cls_name)
         status = cls.availability()
-        if status.ok:
-            found[name] = cls
-        else:
+        if not status.ok:
             print(f"skipping {name}: {status.reason}")
+        elif overrides:
+            found[name] = _with_attributes(cls, overrides)
+        else:
+            found[name] = cls
     return found
+
+
+def _with_attributes(cls: type, overrides: dict):
+    """A constructor of `cls` that sets `overrides` on the new backend before it plans anything."""
+    def make(runtime):
+        backend = cls(runtime)
+        for key, value in overrides.items():
+            setattr(backend, key, value)
+        return backend
+    return make
 
 
 class Setup:
@@ -129,7 +145,7 @@ def main() -> None:
                 print(f"decode  {name:>10} bs={batch:<4} ctx={context:<5} {row['ms'] * 1e3:9.1f} us "
                       f"{row['gbps']:8.1f} GB/s", flush=True)
                 torch.cuda.empty_cache()
-        for length in PREFILL_LENS:
+        for length in PREFILL_LENS if name not in VARIANTS else ():  # a decode-only variant
             row = {"backend": name, **bench_prefill(cls, length, args.page_size)}
             results["prefill"].append(row)
             print(f"prefill {name:>10} len={length:<6} {row['ms']:9.3f} ms {row['tflops']:8.1f} TFLOP/s", flush=True)
