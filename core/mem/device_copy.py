@@ -11,7 +11,11 @@ import torch
 
 
 def to_device(values, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """`values` (a list, nested lists or a CPU tensor) as a `dtype` tensor on `device`."""
     device = torch.device(device)
+    if isinstance(values, torch.Tensor) and values.device.type != "cpu":
+        return values.to(device=device, dtype=dtype)
+    host = values.to(dtype) if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
     if device.type != "cuda":
-        return torch.tensor(values, dtype=dtype, device=device)
-    return torch.tensor(values, dtype=dtype).pin_memory().to(device, non_blocking=True)
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)

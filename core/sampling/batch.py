@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from jackfield.mem.device_copy import to_device
 from jackfield.sampling.params import SamplingParams
 
 # Columns of SamplingBatch.features: which sampling features each row uses (CPU int64).
@@ -69,7 +70,7 @@ class SamplingBatch:
         top_ks = [vocab_size if p.top_k <= 0 else min(p.top_k, vocab_size) for p in params]
 
         def tensor(data, dtype):
-            return torch.tensor(data, dtype=dtype, device=device)
+            return to_device(data, dtype, device)
 
         rows = dict(
             temperatures=tensor([[1.0 if g else p.temperature] for g, p in zip(greedy, params)], torch.float32),
@@ -99,7 +100,7 @@ class SamplingBatch:
         """Keep the rows `keep` names (int64 indices, in the new order, or a [B] bool mask)."""
         if keep.dtype == torch.bool:
             keep = keep.nonzero().squeeze(1)
-        keep_dev = keep.to(self.req_slots.device, torch.int64)
+        keep_dev = to_device(keep, torch.int64, self.req_slots.device)
         rows = {name: getattr(self, name).index_select(0, keep_dev) for name in _ROW_FIELDS}
         return self._assemble(self.vocab_size, rows, self.features.index_select(0, keep.to("cpu", torch.int64)))
 

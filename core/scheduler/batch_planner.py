@@ -62,7 +62,7 @@ def _build_job(s, reqs: list, slots: torch.Tensor | None, decode: ScheduleBatch 
         new_sampling = SamplingBatch.from_params([r.sampling_params for r in reqs], [r.req_pool_idx for r in reqs],
                                                  s.vocab_size, s.eos_ids, dev)
         samplings.append(new_sampling)
-        lens.append(torch.tensor([len(r.output_ids) for r in reqs], dtype=torch.int64, device=dev))
+        lens.append(to_device([len(r.output_ids) for r in reqs], torch.int64, dev))
     if decode is not None:
         samplings.append(decode.sampling)
         lens.append(decode.output_lens)
@@ -92,7 +92,7 @@ def _advance(s, reqs: list, final: list[bool], new_sampling: SamplingBatch | Non
     if not done:
         return
     joined = [reqs[i] for i in done]
-    out_lens = torch.tensor([len(r.output_ids) + 1 for r in joined], dtype=torch.int64, device=s.device)
+    out_lens = to_device([len(r.output_ids) + 1 for r in joined], torch.int64, s.device)
     batch = ScheduleBatch(joined, s.device, new_sampling.filter(torch.tensor(done, dtype=torch.int64)), out_lens)
     if s.running is None or len(s.running) == 0:
         s.running = batch

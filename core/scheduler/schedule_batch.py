@@ -26,7 +26,7 @@ class ScheduleBatch:
         self.reqs = reqs
         self.device = device
         self.sampling = sampling
-        self.req_pool_indices = torch.tensor([r.req_pool_idx for r in reqs], dtype=torch.int64, device=device)
+        self.req_pool_indices = to_device([r.req_pool_idx for r in reqs], torch.int64, device)
         self.output_lens = output_lens  # [B] int64: tokens generated once every launched forward finishes
 
     def __len__(self) -> int:
@@ -41,7 +41,7 @@ class ScheduleBatch:
         if len(keep) == len(self.reqs):
             return
         idx_cpu = torch.tensor(keep, dtype=torch.int64)
-        idx = idx_cpu.to(self.device)
+        idx = to_device(idx_cpu, torch.int64, self.device)
         self.reqs = [self.reqs[i] for i in keep]
         self.req_pool_indices = self.req_pool_indices[idx]
         self.output_lens = self.output_lens[idx]
@@ -76,14 +76,14 @@ def build_extend_batch(prefill: list[Req], decode: ScheduleBatch | None, runner,
         prefix_lens.append(prefix)
         ext_lens.append(r.extend_len)
         pool_idx.append(r.req_pool_idx)
-    input_ids = torch.tensor(ids, dtype=torch.int64, device=dev)
-    pos = torch.tensor(positions, dtype=torch.int64, device=dev)
-    pool = torch.tensor(pool_idx, dtype=torch.int64, device=dev)
+    input_ids = to_device(ids, torch.int64, dev)
+    pos = to_device(positions, torch.int64, dev)
+    pool = to_device(pool_idx, torch.int64, dev)
     out_loc = slots
     mode = ForwardMode.EXTEND
     if decode is not None and len(decode):
         dec_lens = decode.seq_lens_cpu
-        dec_pos = torch.tensor(dec_lens, dtype=torch.int64, device=dev)
+        dec_pos = to_device(dec_lens, torch.int64, dev)
         dec_loc = alloc_decode_slots(decode, runner, dec_pos)
         pos = torch.cat([pos, dec_pos])
         pool = torch.cat([pool, decode.req_pool_indices])
@@ -92,14 +92,14 @@ def build_extend_batch(prefill: list[Req], decode: ScheduleBatch | None, runner,
         ext_lens += [1] * len(decode)
         mode = ForwardMode.MIXED
     seq_cpu = tuple(p + e for p, e in zip(prefix_lens, ext_lens))
-    ext_t = torch.tensor(ext_lens, dtype=torch.int32, device=dev)
+    ext_t = to_device(ext_lens, torch.int32, dev)
     start = torch.zeros_like(ext_t)
     start[1:] = torch.cumsum(ext_t, 0)[:-1]
     return ForwardBatch(
         mode=mode, batch_size=len(ext_lens), input_ids=input_ids, positions=pos, req_pool_indices=pool,
-        seq_lens=torch.tensor(seq_cpu, dtype=torch.int32, device=dev), out_cache_loc=out_loc,
+        seq_lens=to_device(seq_cpu, torch.int32, dev), out_cache_loc=out_loc,
         req_to_token=table, kv_pool=runner.kv_pool, attn_backend=runner.attn_backend, seq_lens_cpu=seq_cpu,
-        extend_prefix_lens=torch.tensor(prefix_lens, dtype=torch.int32, device=dev), extend_seq_lens=ext_t,
+        extend_prefix_lens=to_device(prefix_lens, torch.int32, dev), extend_seq_lens=ext_t,
         extend_start_loc=start, extend_prefix_lens_cpu=tuple(prefix_lens), extend_seq_lens_cpu=tuple(ext_lens))
 
 
