@@ -124,7 +124,7 @@ def build_decode_batch(batch: ScheduleBatch, runner) -> ForwardBatch:
     """One decode token per request of `batch`; `input_ids` is left empty (filled by the worker)."""
     dev = batch.device
     lens = batch.seq_lens_cpu
-    positions = to_device(lens, torch.int64, dev)  # the one host-to-device copy of a decode step
+    positions = to_device(lens, torch.int64, dev)  # asynchronous: the host does not wait
     loc = alloc_decode_slots(batch, runner, positions)
     return ForwardBatch(
         mode=ForwardMode.DECODE, batch_size=len(batch), input_ids=torch.empty(0, dtype=torch.int64, device=dev),
