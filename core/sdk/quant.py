@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from jackfield.sdk.component import Component, SelectionContext
+from jackfield.sdk.layers.activation import silu_and_mul
 from jackfield.sdk.model_config import ModelConfig
 
 
@@ -64,8 +65,6 @@ class LinearMethod:
     def apply_silu_mul(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """`apply` on silu(gate) * up for x = [gate | up] along the last dim (the gated MLP's down
         projection). The default runs the activation, then `apply`; fused kernels override this."""
-        from jackfield.sdk.layers.activation import silu_and_mul
-
         return self.apply(layer, silu_and_mul(x))
 
 

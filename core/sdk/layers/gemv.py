@@ -21,16 +21,20 @@ class Gemv:
     def __init__(self):
         self._tuner = None
         self._k = None  # the jackfield.kernels.gemv module, imported on first use
+        self._rmsnorm = self._silu_and_mul = None  # the unfused kernels the fused variants are timed against
         self._usable: bool | None = None  # None: not checked yet
 
     def _ready(self) -> bool:
         if self._usable is None:
             try:
                 from jackfield.kernels import gemv as kernels
+                from jackfield.kernels.activation import silu_and_mul
+                from jackfield.kernels.norm import rmsnorm
             except ImportError:  # no triton: cuBLAS only
                 self._usable = False
             else:
                 self._tuner, self._k, self._usable = kernels.GemvTuner(), kernels, True
+                self._rmsnorm, self._silu_and_mul = rmsnorm, silu_and_mul
         return self._usable
 
     @property
@@ -52,10 +56,9 @@ class Gemv:
         x back), or None where the unfused norm + `linear` measured faster or the input does not fit."""
         if not (_one_row(x, weight) and (residual is None or residual.is_contiguous()) and self._ready()):
             return None
-        from jackfield.kernels.norm import rmsnorm
 
         def unfused():
-            h = rmsnorm(x, norm_weight, eps, residual)
+            h = self._rmsnorm(x, norm_weight, eps, residual)
             return self.linear(h if residual is None else h[0], weight, bias)
 
         variant = "rmsnorm_linear" if residual is None else "add_rmsnorm_linear"
@@ -67,9 +70,7 @@ class Gemv:
         """(silu(gate) * up) W^T + b for x = [gate | up] in one kernel, or None (see normed_linear)."""
         if not (_one_row(x, weight) and x.shape[1] == 2 * weight.shape[1] and self._ready()):
             return None
-        from jackfield.kernels.activation import silu_and_mul
-
         fused = lambda c: self._k.gemv_silu_mul(x, weight, bias, c)  # noqa: E731
         cfg = self._tuner.choice(("silu_mul_linear", *weight.shape, weight.dtype), weight.shape[1],
-                                 lambda: self.linear(silu_and_mul(x), weight, bias), fused)
+                                 lambda: self.linear(self._silu_and_mul(x), weight, bias), fused)
         return fused(cfg) if cfg is not None else None
