@@ -17,8 +17,10 @@ JF="python3 -c 'import sys; from jackfield.cli import main; sys.exit(main())'"
 run() { echo "+ $*" >&2; eval "$@"; }
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 
-if has tests; then
-  run python3 -m pytest -q -m gpu tests/gpu 2>&1 | tail -25
+if has tests; then  # quick files first: FlashInfer JIT-compiles every head dim of the kernel tests (minutes)
+  run python3 -m pytest -v -m gpu -p no:cacheprovider -rfE tests/gpu/test_fused_kernels.py tests/gpu/test_decode_no_sync.py \
+    tests/gpu/test_e2e_backends.py tests/gpu/test_attention_kernels.py 2>&1 | tee "$OUT/gpu-tests-$STAMP.txt" \
+    | grep -E "FAILED|ERROR|passed|failed" | tail -25
 fi
 if has profile; then  # where decode time goes: graph-only device time vs scheduler step, device idle gaps
   for be in ${PROFILE_BACKENDS:-triton}; do
