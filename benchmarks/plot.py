@@ -3,8 +3,8 @@
 Usage:
     python3 benchmarks/plot.py [--results benchmarks/results] [--out docs/img] [--stamp STAMP]
 
-Writes gpu-batch1-decode.png, gpu-serving-latency.png, gpu-prefix-overlap.png and
-cpu-batch1-decode.png into --out. Reports are named NAME-STAMP.json (STAMP is
+Writes gpu-batch1-decode.png, gpu-offline.png, gpu-serving-latency.png, gpu-prefix-overlap.png
+and cpu-batch1-decode.png into --out. Reports are named NAME-STAMP.json (STAMP is
 YYYYMMDD-HHMM) and "latest" means the highest STAMP; --stamp STAMP ignores reports
 newer than STAMP. A plot whose inputs are missing is skipped with a note.
 Needs matplotlib (pip install matplotlib).
@@ -18,6 +18,7 @@ import sys
 
 BANDWIDTH_CEILING = 188  # tok/s, Llama-3.1-8B bf16 batch 1 on H100: weight bytes / HBM bandwidth
 GOAL = 165  # tok/s
+OFFLINE_GOAL = 10_000  # output tok/s
 BLUE, GRAY = "tab:blue", "tab:gray"
 
 
@@ -127,6 +128,28 @@ def plot_batch1(plt, reports, out):
     save(plt, fig, "Batch-1 decode, Llama-3.1-8B shape (bf16)", used, out, "gpu-batch1-decode.png")
 
 
+def plot_offline(plt, reports, out):
+    points = [(k, s, r) for k, (s, r) in sorted(latest(reports, r"offline-8b-(.+)").items())
+              if dig(r, "metrics", "output_tok_per_s")]
+    if not points:
+        return print("note: no offline-8b-<backend> report, skipping gpu-offline.png")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ms = [r["metrics"] for _, _, r in points]
+    rects = ax.bar([f"jackfield\n{k}" for k, _, _ in points], [m["output_tok_per_s"] for m in ms], color=BLUE)
+    ax.bar_label(rects, [f"{m['output_tok_per_s']:,.0f} tok/s\n\nprefill {m.get('prefill_steps_s', 0):.2f} s\n"
+                         f"+ decode {m.get('decode_only_steps_s', 0):.2f} s" for m in ms],
+                 label_type="center", fontsize=8, color="white")
+    ax.axhline(OFFLINE_GOAL, ls="--", lw=1, color="tab:green")
+    ax.text(len(ms) - 0.55, OFFLINE_GOAL, f"goal {OFFLINE_GOAL:,} tok/s", va="bottom", ha="right", fontsize=8,
+            color="tab:green")
+    ax.set_ylim(0, OFFLINE_GOAL * 1.3)
+    ax.set_ylabel("output tokens / s")
+    m = ms[0]
+    title = (f"Offline throughput, {m.get('num_prompts')} x ({m.get('input_len')} in, {m.get('output_len')} out), "
+             "Llama-3.1-8B shape")
+    save(plt, fig, title, [(s, r) for _, s, r in points], out, "gpu-offline.png")
+
+
 def add_tpot(r):
     """TPOT statistics from the per-request arrays, as `jackfield bench serving` computes them now:
     (e2e - ttft) / (output_len - 1) per request."""
@@ -226,7 +249,7 @@ def main():
     if not reports:
         sys.exit(f"error: no NAME-STAMP.json reports in {args.results}")
     os.makedirs(args.out, exist_ok=True)
-    for plot in (plot_batch1, plot_serving, plot_prefix_overlap, plot_cpu):
+    for plot in (plot_batch1, plot_offline, plot_serving, plot_prefix_overlap, plot_cpu):
         plot(plt, reports, args.out)
 
 
