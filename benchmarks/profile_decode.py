@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from jackfield.bench.common import provenance, random_prompts, run_requests
+from jackfield.bench.common import provenance, random_prompts, run_requests, submit_requests
 from jackfield.cli.settings_args import add_settings_arguments, cli_overrides
 from jackfield.config import load_settings
 from jackfield.engine_loop import build_scheduler
@@ -91,13 +91,9 @@ def host_phases(sched, prompts: list[list[int]], steps: int) -> dict:
     import warnings
     from collections import Counter
 
-    from jackfield.io_struct import TokenizedGenerateReq
-    from jackfield.sampling.params import SamplingParams
     from jackfield.scheduler import overlap, scheduler as sched_mod
 
-    params = SamplingParams(max_new_tokens=steps * 2 + 8, temperature=0.0, ignore_eos=True)
-    for i, ids in enumerate(prompts):
-        sched.handle(TokenizedGenerateReq(f"ph{i}", ids, params, stream=True))
+    submit_requests(sched, prompts, steps * 2 + 8, prefix="ph")
     while sched.waiting or sched.chunked_req is not None:
         sched.step()
     for _ in range(3):

@@ -118,24 +118,28 @@ class TokenAllocator:
         new_slot = pages[page_idx.clamp(0, num_new - 1)] * ps + pos % ps
         return torch.where(in_partial, partial_slot, new_slot)
 
+    def decode_page_starts(self, kv_lens: list[int]) -> list[bool]:
+        """For requests holding `kv_lens` tokens: whether each one's next token starts a new page."""
+        return [n % self.page_size == 0 for n in kv_lens]
+
     def alloc_decode(self, seq_lens: list[int], last_locs) -> torch.Tensor | None:
         """One slot per request; `seq_lens` (host ints) include the new token, `last_locs[i]` (a
         device tensor or a list) is the slot of the token before it (any value for a request with
         no KV yet). int64 slots or None. The host knows which requests start a new page, so unlike
         `alloc_extend` this never waits for the device (it is called every decode step)."""
-        lens = [int(n) for n in seq_lens]
         if self.page_size == 1:
-            return self.alloc(len(lens))
-        starts = [(n - 1) % self.page_size == 0 for n in lens]
+            return self.alloc(len(seq_lens))
+        starts = self.decode_page_starts([int(n) - 1 for n in seq_lens])
         pages = self._take_pages(sum(starts))
         if pages is None:
             return None
         last = torch.as_tensor(last_locs, dtype=torch.int64, device=self.device).reshape(-1)
         if not any(starts):
             return last + 1
-        order = list(itertools.accumulate(starts))
-        new_page = pages[to_device([max(i - 1, 0) for i in order], torch.int64, self.device)] * self.page_size
-        return torch.where(to_device(starts, torch.bool, self.device), new_page, last + 1)
+        # index of each starting request's page among the new ones, -1 for the others (one copy)
+        idx = to_device([c - 1 if s else -1 for c, s in zip(itertools.accumulate(starts), starts)],
+                        torch.int64, self.device)
+        return torch.where(idx >= 0, pages[idx.clamp(min=0)] * self.page_size, last + 1)
 
     def free(self, slots: torch.Tensor) -> None:
         """Free the pages containing `slots`. Raises RuntimeError if any of them is already free."""

@@ -171,8 +171,7 @@ class Admission:
 
     # ---- decode -------------------------------------------------------------------------------------
     def _decode_pages(self, batch) -> int:
-        page = self.sched.runner.page_size
-        return len(batch) if page == 1 else sum(1 for n in batch.seq_lens_cpu if n % page == 0)
+        return sum(self.sched.runner.allocator.decode_page_starts(batch.seq_lens_cpu))
 
     def decode_fits(self, batch) -> bool:
         """Whether one more token per request fits without retracting anyone (evicting if needed)."""

@@ -22,11 +22,9 @@ TINY = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_si
 
 @pytest.mark.parametrize("page_size", [1, 4])
 def test_decode_steps_make_no_host_device_sync(tmp_path, page_size):
-    from jackfield.bench.common import random_prompts
+    from jackfield.bench.common import random_prompts, submit_requests
     from jackfield.config import load_settings
     from jackfield.engine_loop import build_scheduler
-    from jackfield.io_struct import TokenizedGenerateReq
-    from jackfield.sampling.params import SamplingParams
 
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps(TINY))
@@ -34,9 +32,7 @@ def test_decode_steps_make_no_host_device_sync(tmp_path, page_size):
                                         page_size=page_size, max_total_tokens=8192, max_running_requests=16,
                                         cuda_graph_max_bs=16)).settings
     sched, _ = build_scheduler(settings, progress=False)
-    params = SamplingParams(max_new_tokens=40, temperature=0.0, ignore_eos=True)
-    for i, ids in enumerate(random_prompts(12, 21, TINY["vocab_size"], 0)):
-        sched.handle(TokenizedGenerateReq(f"r{i}", ids, params, stream=True))
+    submit_requests(sched, random_prompts(12, 21, TINY["vocab_size"], 0), 40)
     while sched.waiting or sched.chunked_req is not None:
         sched.step()
     for _ in range(3):
