@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU suite: GPU tests + every GPU benchmark, in one device call. Prints a short table last.
 # Usage on the device: bash .whl/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/gpu_suite.sh [PART...]
-# Parts: tests kernels tune profile latency offline prefix overlap serving (default: all but tune and profile).
+# Parts: tests kernels gemm tune profile latency offline prefix overlap serving (default: all but gemm, tune, profile).
 # Results: benchmarks/results/ and $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,10 +17,12 @@ JF="python3 -c 'import sys; from jackfield.cli import main; sys.exit(main())'"
 run() { echo "+ $*" >&2; eval "$@"; }
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 
-if has tests; then  # quick files first: FlashInfer JIT-compiles every head dim of the kernel tests (minutes)
-  run python3 -m pytest -v -m gpu -p no:cacheprovider -rfE tests/gpu/test_fused_kernels.py tests/gpu/test_decode_no_sync.py \
-    tests/gpu/test_e2e_backends.py tests/gpu/test_attention_kernels.py 2>&1 | tee "$OUT/gpu-tests-$STAMP.txt" \
-    | grep -E "FAILED|ERROR|passed|failed" | tail -25
+if has tests; then  # the triton cases first, then the rest (FlashInfer JIT-compiles each head dim and variant: minutes)
+  files="tests/gpu/test_fused_kernels.py tests/gpu/test_decode_no_sync.py tests/gpu/test_e2e_backends.py tests/gpu/test_attention_kernels.py"
+  for sel in triton "not triton"; do
+    run python3 -m pytest -v -m gpu -p no:cacheprovider -rfE -k "'$sel'" $files 2>&1 | tee -a "$OUT/gpu-tests-$STAMP.txt" \
+      | grep -E "FAILED|ERROR|passed|failed" | tail -25
+  done
 fi
 if has profile; then  # where decode time goes: graph-only device time vs scheduler step, device idle gaps
   for be in ${PROFILE_BACKENDS:-triton}; do
@@ -38,6 +40,9 @@ if has tune; then  # block configurations of the triton decode kernel
 fi
 if has kernels; then
   run python3 benchmarks/attention_kernels.py --cuda-graph --backends ${KERNEL_BACKENDS:-triton,flashinfer,fa3} --out "$OUTDIR/kernels-$STAMP.json" 2>&1 | tail -50
+fi
+if has gemm; then  # decode-size GEMMs on the 8B linear shapes: cuBLAS against the Triton small-M GEMM
+  run python3 benchmarks/small_gemm_sweep.py --rows ${GEMM_ROWS:-128,256} --out "$OUTDIR/gemm-$STAMP.json" 2>&1 | tail -25
 fi
 if has latency; then
   for be in ${LATENCY_BACKENDS:-flashinfer triton torch_native}; do
