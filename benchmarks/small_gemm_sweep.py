@@ -3,7 +3,7 @@ of a Triton GEMM that loads its tiles with the Hopper TMA (optionally warp-speci
 
 The experiment behind docs/benchmarks.md's "decode-size GEMMs" section: a GEMM kernel only enters
 jackfield if it beats cuBLAS here. (A first version with pointer loads lost by 0.67-0.87x at M 128-256
-and tied at M <= 64: `gemm-sweep-20261125-2215.json`.)
+and tied at M <= 64: `gemm-sweep-20261125-2201.json`.)
 
 Each measurement replays a CUDA graph of 24 calls that cycle through enough copies of the weight to
 exceed the L2 cache, so weights come from DRAM as in a real forward and no launch overhead counts.
