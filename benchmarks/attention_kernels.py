@@ -8,6 +8,14 @@ K/V read. Prefill: one request of a few lengths with no cached prefix, reported 
     python benchmarks/attention_kernels.py --out results.json [--backends triton,flashinfer] [--page-size 16]
         [--backends flashinfer_cuda_core]   # FlashInfer's CUDA-core decode for the GQA shape (no prefill)
         [--cuda-graph]   # time decode from a CUDA graph replay, i.e. without Python launch overhead
+        [--cold-l2]      # decode from a graph that rotates over copies of the KV pool (200 MB+ in all)
+
+With --cuda-graph alone, the replayed call reads the same KV every time (one layer: 4 KB per token),
+so points whose KV fits in L2 (50 MB on an H100: batch 1, and batch 16 up to context 512) are read
+partly from there and can measure above the DRAM rate; from batch 64 on it is 128 MB or more.
+--cold-l2 rotates over enough copies of the batch (separate pools, page tables and backend plans, at
+most 32) that their KV together exceeds 200 MB; only batch 1 at context 512 (32 copies of 2 MB)
+stays above L2 by a little.
 """
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ BACKENDS = {"triton": "jackfield_plugins.attention.triton:TritonAttnBackend",
 VARIANTS = {"flashinfer_cuda_core": ("flashinfer", {"use_tensor_cores": False})}
 HEADS, KV_HEADS, HEAD_DIM, DTYPE = 32, 8, 128, torch.bfloat16
 BATCHES, CONTEXTS, PREFILL_LENS = (1, 16, 64, 256), (512, 1024, 2048, 4096, 8192), (1024, 4096, 8192, 16384)
+COLD_BYTES, MAX_COPIES = 200 << 20, 32  # --cold-l2: KV read per graph replay, and the most pool copies
 
 
 def available_backends(names: list[str]) -> dict[str, type]:
@@ -99,16 +108,27 @@ def time_ms(fn, cuda_graph: bool = False) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def bench_decode(cls, batch: int, context: int, page_size: int, cuda_graph: bool = False) -> dict:
-    setup = Setup(batch, context, page_size)
-    backend = cls(setup.runtime())
-    fb = setup.batch_of(backend, ForwardMode.DECODE, 1)
+def bench_decode(cls, batch: int, context: int, page_size: int, cuda_graph: bool = False,
+                 cold_l2: bool = False) -> dict:
     layer = AttentionLayerInfo(0, HEADS, KV_HEADS, HEAD_DIM, HEAD_DIM ** -0.5)
-    q = torch.randn(batch, HEADS * HEAD_DIM, dtype=DTYPE, device="cuda")
-    backend.init_forward_metadata(fb)
-    ms = time_ms(lambda: backend.forward_decode(q, layer, fb), cuda_graph)
-    kv_bytes = 2 * batch * context * KV_HEADS * HEAD_DIM * setup.pool.k_buffers[0].element_size()
-    return {"batch": batch, "context": context, "ms": ms, "kv_bytes": kv_bytes, "gbps": kv_bytes / ms / 1e6}
+    kv_bytes = 2 * batch * context * KV_HEADS * HEAD_DIM * DTYPE.itemsize
+    copies = min(MAX_COPIES, -(-COLD_BYTES // kv_bytes)) if cold_l2 else 1
+    calls = []
+    for _ in range(copies):
+        setup = Setup(batch, context, page_size)
+        backend = cls(setup.runtime())
+        fb = setup.batch_of(backend, ForwardMode.DECODE, 1)
+        q = torch.randn(batch, HEADS * HEAD_DIM, dtype=DTYPE, device="cuda")
+        backend.init_forward_metadata(fb)
+        calls.append(lambda b=backend, q=q, fb=fb: b.forward_decode(q, layer, fb))
+    if cold_l2:
+        from jackfield.bench.common import replay_ms
+
+        ms = replay_ms(calls * max(1, 24 // copies))
+    else:
+        ms = time_ms(calls[0], cuda_graph)
+    return {"batch": batch, "context": context, "ms": ms, "kv_bytes": kv_bytes, "gbps": kv_bytes / ms / 1e6,
+            "copies": copies}
 
 
 def bench_prefill(cls, length: int, page_size: int) -> dict:
@@ -129,18 +149,20 @@ def main() -> None:
     ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated backend names")
     ap.add_argument("--page-size", type=int, default=16)
     ap.add_argument("--cuda-graph", action="store_true", help="time decode replayed from a CUDA graph")
+    ap.add_argument("--cold-l2", action="store_true",
+                    help="time decode from a graph that rotates over copies of the batch, so KV comes from DRAM")
     args = ap.parse_args()
     backends = available_backends(args.backends.split(","))
     from jackfield.bench.common import provenance
 
     results = {**provenance("python3 benchmarks/attention_kernels.py " + " ".join(sys.argv[1:])),
-               "device": torch.cuda.get_device_name(), "page_size": args.page_size, "cuda_graph": args.cuda_graph,
+               "device": torch.cuda.get_device_name(), "page_size": args.page_size, "cuda_graph": args.cuda_graph or args.cold_l2, "cold_l2": args.cold_l2,
                "shape": {"heads": HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM, "dtype": "bfloat16"},
                "decode": [], "prefill": []}
     for name, cls in backends.items():
         for batch in BATCHES:
             for context in CONTEXTS:
-                row = {"backend": name, **bench_decode(cls, batch, context, args.page_size, args.cuda_graph)}
+                row = {"backend": name, **bench_decode(cls, batch, context, args.page_size, args.cuda_graph, args.cold_l2)}
                 results["decode"].append(row)
                 print(f"decode  {name:>10} bs={batch:<4} ctx={context:<5} {row['ms'] * 1e3:9.1f} us "
                       f"{row['gbps']:8.1f} GB/s", flush=True)

@@ -23,6 +23,8 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from jackfield.bench.common import provenance, replay_ms
+
 SHAPES = {"qkv_proj": (6144, 4096), "o_proj": (4096, 4096), "gate_up_proj": (28672, 4096), "down_proj": (4096, 14336)}
 CALLS, L2_BYTES = 24, 160 << 20
 # (block_m, block_n, block_k, num_warps, num_stages, warp_specialize)
@@ -57,23 +59,7 @@ def tma_gemm(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, cfg) -> torch.Te
 
 def graph_ms(fn, weights: list[torch.Tensor]) -> float:
     """Per-call device time of fn(w) over CALLS calls cycling through `weights`, replayed from a graph."""
-    for w in weights[:2]:
-        fn(w)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(CALLS):
-            fn(weights[i % len(weights)])
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    graph.replay()
-    times = []
-    for _ in range(10):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / CALLS)
-    return sorted(times)[len(times) // 2]
+    return replay_ms([lambda w=weights[i % len(weights)]: fn(w) for i in range(CALLS)])
 
 
 FLASHINFER_BACKENDS = ("cublaslt", "cudnn", "tinygemm", "auto")
@@ -106,8 +92,6 @@ def main() -> None:
     ap.add_argument("--flashinfer", action="store_true", help="also FlashInfer's mm_bf16 backends, autotuned")
     ap.add_argument("--no-triton", action="store_true", help="skip the Triton TMA configurations")
     args = ap.parse_args()
-    from jackfield.bench.common import provenance
-
     results = {**provenance("python3 benchmarks/small_gemm_sweep.py " + " ".join(sys.argv[1:])),
                "device": torch.cuda.get_device_name(), "rows": []}
     for m in (int(v) for v in args.rows.split(",")):
