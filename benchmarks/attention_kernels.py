@@ -26,6 +26,7 @@ import sys
 
 import torch
 
+from jackfield.bench.common import replay_ms
 from jackfield.sdk import AttentionLayerInfo, AttentionRuntime, ForwardBatch, ForwardMode, KVPool
 
 BACKENDS = {"triton": "jackfield_plugins.attention.triton:TritonAttnBackend",
@@ -122,8 +123,6 @@ def bench_decode(cls, batch: int, context: int, page_size: int, cuda_graph: bool
         backend.init_forward_metadata(fb)
         calls.append(lambda b=backend, q=q, fb=fb: b.forward_decode(q, layer, fb))
     if cold_l2:
-        from jackfield.bench.common import replay_ms
-
         ms = replay_ms(calls * max(1, 24 // copies))
     else:
         ms = time_ms(calls[0], cuda_graph)
@@ -156,13 +155,15 @@ def main() -> None:
     from jackfield.bench.common import provenance
 
     results = {**provenance("python3 benchmarks/attention_kernels.py " + " ".join(sys.argv[1:])),
-               "device": torch.cuda.get_device_name(), "page_size": args.page_size, "cuda_graph": args.cuda_graph or args.cold_l2, "cold_l2": args.cold_l2,
+               "device": torch.cuda.get_device_name(), "page_size": args.page_size,
+               "cuda_graph": args.cuda_graph or args.cold_l2, "cold_l2": args.cold_l2,
                "shape": {"heads": HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM, "dtype": "bfloat16"},
                "decode": [], "prefill": []}
     for name, cls in backends.items():
         for batch in BATCHES:
             for context in CONTEXTS:
-                row = {"backend": name, **bench_decode(cls, batch, context, args.page_size, args.cuda_graph, args.cold_l2)}
+                row = {"backend": name,
+                       **bench_decode(cls, batch, context, args.page_size, args.cuda_graph, args.cold_l2)}
                 results["decode"].append(row)
                 print(f"decode  {name:>10} bs={batch:<4} ctx={context:<5} {row['ms'] * 1e3:9.1f} us "
                       f"{row['gbps']:8.1f} GB/s", flush=True)

@@ -41,7 +41,7 @@ fi
 if has kernels; then
   run python3 benchmarks/attention_kernels.py --cuda-graph --cold-l2 --backends ${KERNEL_BACKENDS:-triton,flashinfer,fa3} --out "$OUTDIR/kernels-$STAMP.json" 2>&1 | tail -50
 fi
-if has gemm; then  # decode-size GEMMs on the 8B linear shapes: cuBLAS against the Triton small-M GEMM
+if has gemm; then  # decode-size GEMMs on the 8B linear shapes: cuBLAS against Triton TMA GEMM configurations
   run python3 benchmarks/small_gemm_sweep.py --rows ${GEMM_ROWS:-128,256} --out "$OUTDIR/gemm-$STAMP.json" 2>&1 | tail -25
 fi
 if has latency; then
