@@ -74,6 +74,10 @@ class AttentionBackend(Component):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: AttentionLayerInfo,
                 fb: ForwardBatch, save_kv: bool = True) -> torch.Tensor:
+        """Attention of `q` ([tokens, num_heads * head_dim]) over the batch's KV; returns a new tensor
+        of q's shape. q has unit stride along its last dimension, but its rows may be strided: it is
+        often a view of the fused qkv projection's output, and a backend whose kernel needs a dense
+        q makes it contiguous itself. With `save_kv`, k and v are first written to the pool."""
         if save_kv:
             fb.kv_pool.set_kv(layer.layer_id, fb.out_cache_loc, k, v)
         if fb.mode.is_decode():

@@ -121,7 +121,7 @@ class FA3AttnBackend(AttentionBackend):
         if meta is None:
             raise RuntimeError("fa3 backend: init_forward_metadata was not called for this batch")
         k_buf, v_buf = fb.kv_pool.k_buffer(layer.layer_id), fb.kv_pool.v_buffer(layer.layer_id)
-        q3 = q.reshape(-1, layer.num_heads, layer.head_dim)
+        q3 = q.reshape(-1, layer.num_heads, layer.head_dim).contiguous()  # q may be a row-strided qkv view
         window = (layer.sliding_window - 1, 0) if layer.sliding_window is not None else (-1, -1)
         kw = dict(softmax_scale=layer.scaling, causal=True, window_size=window, softcap=layer.logit_cap)
         if self.paged:

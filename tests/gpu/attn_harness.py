@@ -135,6 +135,13 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return (scores.softmax(-1) @ vf).transpose(0, 1)                                  # [n, H, D]
 
 
+def row_strided(q: torch.Tensor) -> torch.Tensor:
+    """q's values as a column slice of a wider, NaN-padded tensor: rows strided, as the model passes q
+    to a backend (a view of the fused qkv output). A kernel that ignores the row stride reads NaN."""
+    wide = torch.cat([q, torch.full_like(q[:, : max(1, q.shape[1] // 2)], float("nan"))], dim=1)
+    return wide[:, : q.shape[1]]
+
+
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """‖out − ref‖ / ‖ref‖ in float32."""
     return ((out.float() - ref).norm() / ref.norm().clamp_min(1e-12)).item()

@@ -12,7 +12,7 @@ import random
 import pytest
 import torch
 
-from attn_harness import AttnProblem, poison_allocator, relative_error
+from attn_harness import AttnProblem, poison_allocator, relative_error, row_strided
 from jackfield.sdk import ForwardBatch, ForwardMode
 
 pytestmark = pytest.mark.gpu
@@ -62,8 +62,12 @@ def test_extend_then_decode_match_reference(name, head_dim, gqa, page_size):
                                 seed=rng.randint(0, 1 << 30))
                 backend, layer = cls(p.runtime()), p.layer()
                 what = f"{name} {dtype} bs={bs} prefix={with_prefix}"
-                run_checked(backend, p, *p.extend_batch(backend), layer, f"extend {what}")
-                run_checked(backend, p, *p.decode_batch(backend), layer, f"decode {what}")
+                fb, q, k, v = p.extend_batch(backend)
+                out = run_checked(backend, p, fb, q, k, v, layer, f"extend {what}")
+                assert torch.equal(backend.forward(row_strided(q), k, v, layer, fb), out), f"extend {what}: strided q"
+                fb, q, k, v = p.decode_batch(backend)
+                out = run_checked(backend, p, fb, q, k, v, layer, f"decode {what}")
+                assert torch.equal(backend.forward(row_strided(q), k, v, layer, fb), out), f"decode {what}: strided q"
 
 
 @pytest.mark.parametrize("layer_kw", [{"sliding_window": 37}, {"logit_cap": 20.0, "scaling": 0.3},

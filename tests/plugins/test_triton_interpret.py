@@ -34,7 +34,7 @@ TOLERANCE = {"float32": 1e-4, "float16": 5e-3}
 def run_case(name: str) -> dict:
     """Extend, eager decode, decode without host lengths and graph-style decode for one case."""
     import torch
-    from attn_harness import AttnProblem, relative_error
+    from attn_harness import AttnProblem, relative_error, row_strided
 
     from jackfield_plugins.attention.triton import TritonAttnBackend
 
@@ -46,12 +46,16 @@ def run_case(name: str) -> dict:
     backend.init_forward_metadata(fb)
     out = backend.forward(q, k, v, layer, fb)
     errors["extend"] = relative_error(out, p.reference(q, fb, layer))
+    out = backend.forward(row_strided(q), k, v, layer, fb)  # as the model passes it: a view of qkv
+    errors["extend_strided_q"] = relative_error(out, p.reference(q, fb, layer))
 
     for label, cpu_lens in (("decode", True), ("decode_no_cpu_lens", False)):
         fb, q, k, v = p.decode_batch(backend, with_cpu_lens=cpu_lens)
         backend.init_forward_metadata(fb)
         out = backend.forward(q, k, v, layer, fb)
         errors[label] = relative_error(out, p.reference(q, fb, layer))
+    errors["decode_strided_q"] = relative_error(backend.forward(row_strided(q), k, v, layer, fb),
+                                                p.reference(q, fb, layer))
 
     backend.init_cuda_graph_state(max_bs=len(prefix) + 2, max_num_tokens=len(prefix) + 2)
     fb, q, k, v = p.decode_batch(backend, seq_lens=[max(1, (a + b) // 2) for a, b in zip(prefix, new)])

@@ -52,7 +52,7 @@ class SelfAttention(nn.Module):
         backend = fb.attn_backend
         if backend.kv_stored_by_pool and self.rotary.forward_and_store(positions, q, k, v, fb.kv_pool,
                                                                       self.info.layer_id, fb.out_cache_loc):
-            out = backend.forward(q.contiguous(), k, v, self.info, fb, save_kv=False)
+            out = backend.forward(q, k, v, self.info, fb, save_kv=False)  # q: a row-strided view of qkv
         else:
             q, k = self.rotary(positions, q, k)
             out = backend.forward(q, k, v.contiguous(), self.info, fb)
