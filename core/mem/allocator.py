@@ -80,43 +80,52 @@ class TokenAllocator:
         `last_locs[i]` is the slot of token prefix_lens[i]-1 (-1 when the prefix is empty). New tokens
         first fill the free tail of that token's page, then take fresh pages. Returns the slots of
         all requests concatenated in order (int64), or None, allocating nothing, if pages run short.
+
+        The lengths are host ints, so the pages needed are counted on the host. `last_locs` may be a
+        device tensor (the scheduler passes slots it reads on the device): then nothing here waits
+        for the device. Given as host values they are checked against the prefix lengths first.
         """
         ps = self.page_size
-        p = torch.as_tensor(prefix_lens, dtype=torch.int64, device=self.device).reshape(-1)
-        e = torch.as_tensor(extend_lens, dtype=torch.int64, device=self.device).reshape(-1)
-        last = torch.as_tensor(last_locs, dtype=torch.int64, device=self.device).reshape(-1)
-        if not p.numel() == e.numel() == last.numel():
+        p, e = [int(n) for n in prefix_lens], [int(n) for n in extend_lens]
+        if not len(p) == len(e) == len(last_locs):
             raise ValueError("alloc_extend: prefix_lens, extend_lens and last_locs differ in length")
-        if bool((p < 0).any()) or bool((e < 0).any()):
+        if any(n < 0 for n in p + e):
             raise ValueError("alloc_extend: negative prefix or extend length")
-        total = int(e.sum())
+        total = sum(e)
         if ps == 1:
             return self.alloc(total)
-        prefix_pages = (p + ps - 1) // ps
-        need = (p + e + ps - 1) // ps - prefix_pages
-        partial = (p % ps != 0) & (e > 0)
-        if bool(partial.any()):
-            lp, pp = last[partial], p[partial]
-            if bool(((lp < 0) | (lp % ps != (pp - 1) % ps)).any()):
-                raise ValueError("alloc_extend: last_locs inconsistent with prefix_lens")
-            if bool(self._page_free[lp // ps].any()):
-                raise RuntimeError("alloc_extend: a request's partial last page is not allocated")
-        num_new = int(need.sum())
-        pages = self._take_pages(num_new)
+        prefix_pages = [-(-n // ps) for n in p]
+        need = [-(-(a + b) // ps) - pp for a, b, pp in zip(p, e, prefix_pages)]
+        if not isinstance(last_locs, torch.Tensor):
+            self._check_partial_pages(p, e, [int(x) for x in last_locs])
+        pages = self._take_pages(sum(need))
         if pages is None:
             return None
         if total == 0:
             return torch.empty(0, dtype=torch.int64, device=self.device)
-        req = torch.repeat_interleave(torch.arange(p.numel(), device=self.device), e)
-        starts = torch.cumsum(e, 0) - e
-        pos = p[req] + torch.arange(total, device=self.device) - starts[req]
-        in_partial = pos < (prefix_pages * ps)[req]
-        partial_slot = last[req] + (pos - p[req] + 1)
-        if num_new == 0:
+        last = (last_locs.to(self.device, torch.int64) if isinstance(last_locs, torch.Tensor)
+                else to_device(list(last_locs), torch.int64, self.device)).reshape(-1)
+        first_page = list(itertools.accumulate(need, initial=0))[:-1]  # of each request among `pages`
+        starts = list(itertools.accumulate(e, initial=0))[:-1]
+        per_req = to_device([*p, *e, *prefix_pages, *first_page, *starts], torch.int64, self.device).view(5, -1)
+        p_d, e_d, pp_d, first_d, start_d = per_req
+        req = torch.repeat_interleave(torch.arange(len(p), device=self.device), e_d, output_size=total)
+        pos = p_d[req] + torch.arange(total, device=self.device) - start_d[req]  # token position in its request
+        partial_slot = last[req] + (pos - p_d[req] + 1)
+        if not pages.numel():
             return partial_slot
-        page_idx = (torch.cumsum(need, 0) - need)[req] + pos // ps - prefix_pages[req]
-        new_slot = pages[page_idx.clamp(0, num_new - 1)] * ps + pos % ps
-        return torch.where(in_partial, partial_slot, new_slot)
+        page_idx = first_d[req] + pos // ps - pp_d[req]
+        new_slot = pages[page_idx.clamp(0, pages.numel() - 1)] * ps + pos % ps
+        return torch.where(pos < pp_d[req] * ps, partial_slot, new_slot)
+
+    def _check_partial_pages(self, prefix: list[int], extend: list[int], last: list[int]) -> None:
+        """Host-given last slots: each must sit at its prefix's offset in a page that is allocated."""
+        ps = self.page_size
+        partial = [(a, slot) for a, b, slot in zip(prefix, extend, last) if a % ps and b > 0]
+        if any(slot < 0 or slot % ps != (a - 1) % ps for a, slot in partial):
+            raise ValueError("alloc_extend: last_locs inconsistent with prefix_lens")
+        if partial and bool(self._page_free[torch.tensor([slot // ps for _, slot in partial])].any()):
+            raise RuntimeError("alloc_extend: a request's partial last page is not allocated")
 
     def decode_page_starts(self, kv_lens: list[int]) -> list[bool]:
         """For requests holding `kv_lens` tokens: whether each one's next token starts a new page."""

@@ -48,6 +48,7 @@ class Admission:
         self.new_token_ratio = self.init_ratio
         self.chunk_size = settings.chunked_prefill_size if settings.chunked_prefill_size > 0 else None
         self.max_prefill_tokens = settings.max_prefill_tokens
+        self.no_slot = torch.full((1,), -1, dtype=torch.int64, device=scheduler.device)  # "no cached token"
 
     # ---- memory helpers ---------------------------------------------------------------------------
     def _free_tokens(self) -> int:
@@ -60,7 +61,7 @@ class Admission:
         if avail < need:
             s.stats.evicted_tokens += s.tree_cache.evict(need - avail)
 
-    def _alloc(self, prefix_lens: list[int], ext_lens: list[int], last_locs: list[int]) -> torch.Tensor | None:
+    def _alloc(self, prefix_lens: list[int], ext_lens: list[int], last_locs: torch.Tensor) -> torch.Tensor | None:
         s = self.sched
         self._evict(sum(ext_lens) + s.runner.page_size * len(ext_lens))
         if s.runner.page_size == 1:
@@ -73,10 +74,11 @@ class Admission:
         return int(sum(min(r.sampling_params.max_new_tokens - len(r.output_ids), CLIP_MAX_NEW_TOKENS)
                        for r in reqs) * self.new_token_ratio)
 
-    def _last_loc(self, r: Req) -> int:
+    def _last_loc(self, r: Req) -> torch.Tensor:
+        """[slot of r's last cached token] (or [-1]) as a device tensor: read without a host sync."""
         if r.kv_len == 0:
-            return -1
-        return int(self.sched.runner.req_to_token_pool.req_to_token[r.req_pool_idx, r.kv_len - 1])
+            return self.no_slot
+        return self.sched.runner.req_to_token_pool.req_to_token[r.req_pool_idx, r.kv_len - 1:r.kv_len]
 
     # ---- prefill ------------------------------------------------------------------------------------
     def schedule_prefill(self, num_running: int):
@@ -99,7 +101,7 @@ class Admission:
             r.extend_len = min(r.remaining_prefill, rem_chunk)
             if r.extend_len < r.remaining_prefill:
                 r.extend_len = max(page, r.extend_len // page * page)
-            slots = self._alloc([r.kv_len], [r.extend_len], [self._last_loc(r)])
+            slots = self._alloc([r.kv_len], [r.extend_len], self._last_loc(r))
             if slots is None:
                 return None
             chosen.append(r)
@@ -151,8 +153,8 @@ class Admission:
         s = self.sched
         s.tree_cache.inc_lock_ref(r.last_node)
         pool_idx = s.runner.req_to_token_pool.alloc()
-        last = int(r.prefix_indices[-1]) if prefix else -1
-        slots = self._alloc([prefix], [ext], [last]) if pool_idx is not None else None
+        last = r.prefix_indices[-1:] if prefix else self.no_slot
+        slots = self._alloc([prefix], [ext], last) if pool_idx is not None else None
         if slots is None:
             s.tree_cache.dec_lock_ref(r.last_node)
             if pool_idx is not None:

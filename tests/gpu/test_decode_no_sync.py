@@ -1,5 +1,6 @@
 """A decode step under the overlap scheduler never waits for the device on the host, except for the
-previous step's sampled tokens (an event wait, which torch's sync debug mode does not count).
+previous step's sampled tokens (an event wait, which torch's sync debug mode does not count). Nor
+does admitting requests to a prefill: cached-prefix hits, chunk continuations and paged allocation.
 
 `torch.cuda.set_sync_debug_mode("warn")` warns at every synchronizing CUDA call (a blocking copy, a
 `.item()`, a `.tolist()` of a device tensor), attributed to the Python line that made it; none may
@@ -52,3 +53,41 @@ def test_decode_steps_make_no_host_device_sync(tmp_path, page_size):
     ours = os.path.dirname(jackfield.__file__)
     syncs = [f"{w.filename}:{w.lineno}" for w in caught if w.filename.startswith(ours)]
     assert not syncs, syncs
+
+
+def test_prefill_admission_and_allocation_make_no_host_device_sync(tmp_path):
+    """Radix-cache hits and chunk continuations on a paged pool: the slot of a request's last cached
+    token is read on the device, and the allocator counts pages from host lengths."""
+    from jackfield.bench.common import random_prompts, submit_requests
+    from jackfield.config import load_settings
+    from jackfield.engine_loop import build_scheduler
+
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    settings = load_settings(None, dict(model=str(cfg), load_format="dummy", attention_backend="triton",
+                                        page_size=4, max_total_tokens=8192, max_running_requests=16,
+                                        chunked_prefill_size=64, cuda_graph_max_bs=16)).settings
+    sched, _ = build_scheduler(settings, progress=False)
+    shared = random_prompts(1, 30, TINY["vocab_size"], 1)[0]
+    submit_requests(sched, [shared + tail for tail in random_prompts(2, 9, TINY["vocab_size"], 2)], 4, prefix="a")
+    while sched.has_work():  # caches the shared prefix
+        sched.step()
+    prompts = [shared + tail for tail in random_prompts(6, 45, TINY["vocab_size"], 3)]  # prefix hits, chunked
+    submit_requests(sched, prompts, 4, prefix="b")
+    import jackfield
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            while sched.waiting or sched.chunked_req is not None:
+                sched.step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    while sched.has_work():
+        sched.step()
+    ours = [os.path.join(os.path.dirname(jackfield.__file__), *f) for f in (("scheduler", "admission.py"),
+                                                                          ("mem", "allocator.py"))]
+    syncs = [f"{w.filename}:{w.lineno}" for w in caught if w.filename in ours]
+    assert not syncs, syncs
+    assert sched.stats.cached_tokens > 0, "the test meant to exercise prefix hits"

@@ -65,6 +65,19 @@ def test_alloc_extend_fills_partial_page_first():
     assert alloc.num_free_pages() == free_before - 1
 
 
+def test_alloc_extend_takes_last_locs_as_a_tensor():
+    """The scheduler's path: last slots read on the device (a tensor, not checked); same slots and
+    pages as with host values."""
+    host, dev = TokenAllocator(num_pages=16, page_size=4, device="cpu"), TokenAllocator(16, 4, "cpu")
+    for a in (host, dev):
+        a.alloc_extend([0, 0], [6, 3], [-1, -1])
+    want = host.alloc_extend([6, 3, 0], [5, 1, 2], [9, 14, -1])
+    got = dev.alloc_extend([6, 3, 0], [5, 1, 2], torch.tensor([9, 14, -1], dtype=torch.int32))
+    assert torch.equal(got, want) and got.tolist() == [10, 11, 16, 17, 18, 15, 20, 21]
+    assert dev.num_free_pages() == host.num_free_pages()
+    assert dev.alloc_extend([2], [2], torch.tensor([21])).tolist() == [22, 23]  # the third request goes on
+
+
 def test_alloc_decode_matches_alloc_extend_by_one_token():
     """The sync-free decode path: new pages only for requests whose next token starts a page, in
     request order, the other requests continue after their last slot; same result as alloc_extend."""
