@@ -3,8 +3,9 @@
 Slot s lives in page s // page_size. Page 0 (slots 0..page_size-1) is reserved for dummy writes and
 is never handed out; usable pages are 1..num_pages. Accounting is exact: `available_size()` is the
 number of free pages times page_size. A page belongs to exactly one owner (a request or a radix
-node), so freeing any slot of a page frees the whole page; freeing a page that is already free
-raises RuntimeError. Allocation takes pages from the free list in ascending order; freed pages wait
+node), and token j of a request sits at offset j % page_size of its page, so what an owner frees is
+a run of whole pages (the last possibly part-used); with checks on, freeing a page that is already
+free raises RuntimeError. Allocation takes pages from the free list in ascending order; freed pages wait
 in a release list and are merged back, sorted, only when the free list runs short (as SGLang's
 allocator does), so a step that frees pages does not pay a sort of the whole pool on its next
 allocation. Allocations either succeed completely or return None and allocate nothing.
@@ -19,12 +20,15 @@ from jackfield.mem.device_copy import to_device
 
 
 class TokenAllocator:
-    def __init__(self, num_pages: int, page_size: int, device: torch.device | str):
+    def __init__(self, num_pages: int, page_size: int, device: torch.device | str, checks: bool | None = None):
+        """`checks`: verify every `free` (page range, whole-page runs, double frees), which reads the
+        device; by default on everywhere but CUDA, where a check would stall the overlap scheduler."""
         if num_pages < 1 or page_size < 1:
             raise ValueError(f"TokenAllocator needs num_pages >= 1 and page_size >= 1, got {num_pages}, {page_size}")
         self.num_pages = num_pages
         self.page_size = page_size
         self.device = torch.device(device)
+        self.checks = self.device.type != "cuda" if checks is None else checks
         self.clear()
 
     @property
@@ -151,18 +155,29 @@ class TokenAllocator:
         return torch.where(idx >= 0, pages[idx.clamp(min=0)] * self.page_size, last + 1)
 
     def free(self, slots: torch.Tensor) -> None:
-        """Free the pages containing `slots`. Raises RuntimeError if any of them is already free."""
+        """Free the pages of `slots`, a run of a request's slots as its table row holds them: the run
+        starts at a page start (the last page may be partly used), so the pages are every
+        page_size-th slot and nothing here waits for the device. A page must not already be free."""
         if slots.numel() == 0:
             return
-        pages = torch.unique(slots.to(device=self.device, dtype=torch.int64) // self.page_size)
-        if bool((pages < 1).any()) or bool((pages > self.num_pages).any()):
-            raise ValueError(f"free: slots outside the usable pages 1..{self.num_pages}")
-        if bool(self._page_free[pages].any()):
-            dup = pages[self._page_free[pages]].tolist()
-            raise RuntimeError(f"double free of KV pages {dup[:8]}")
-        self._page_free[pages] = True
+        slots = slots.to(self.device, torch.int64).reshape(-1)
+        pages = slots[:: self.page_size] // self.page_size
+        if self.checks:
+            self._check_free(slots, pages)
+        self._page_free.index_fill_(0, pages, True)
         self._released.append(pages)
         self._num_released += pages.numel()
+
+    def _check_free(self, slots: torch.Tensor, pages: torch.Tensor) -> None:
+        if bool((pages < 1).any()) or bool((pages > self.num_pages).any()):
+            raise ValueError(f"free: slots outside the usable pages 1..{self.num_pages}")
+        whole = torch.arange(slots.numel(), device=self.device) % self.page_size
+        if not torch.equal(slots // self.page_size, pages.repeat_interleave(self.page_size)[: slots.numel()]) \
+                or not torch.equal(slots % self.page_size, whole):
+            raise ValueError("free: slots are not a run of whole pages starting at a page start")
+        if torch.unique(pages).numel() != pages.numel() or bool(self._page_free[pages].any()):
+            dup = pages[self._page_free[pages]].tolist() or pages.tolist()
+            raise RuntimeError(f"double free of KV pages {dup[:8]}")
 
     def debug_check(self) -> None:
         """Raise RuntimeError if the free list and the free-page mask disagree."""

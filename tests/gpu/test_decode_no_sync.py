@@ -1,6 +1,7 @@
 """A decode step under the overlap scheduler never waits for the device on the host, except for the
 previous step's sampled tokens (an event wait, which torch's sync debug mode does not count). Nor
-does admitting requests to a prefill: cached-prefix hits, chunk continuations and paged allocation.
+does admitting requests to a prefill (cached-prefix hits, chunk continuations, paged allocation),
+nor releasing finished requests' KV (the tree takes whole pages, the allocator frees the rest).
 
 `torch.cuda.set_sync_debug_mode("warn")` warns at every synchronizing CUDA call (a blocking copy, a
 `.item()`, a `.tolist()` of a device tensor), attributed to the Python line that made it; none may
@@ -91,3 +92,41 @@ def test_prefill_admission_and_allocation_make_no_host_device_sync(tmp_path):
     syncs = [f"{w.filename}:{w.lineno}" for w in caught if w.filename in ours]
     assert not syncs, syncs
     assert sched.stats.cached_tokens > 0, "the test meant to exercise prefix hits"
+
+
+@pytest.mark.parametrize("page_size", [1, 4])
+def test_finishing_requests_release_kv_without_host_device_sync(tmp_path, page_size):
+    """Requests finish one group per step while others decode; their KV goes to the radix tree or
+    back to the allocator without a host wait (on CUDA the allocator skips its read-back checks)."""
+    from jackfield.bench.common import random_prompts, submit_requests
+    from jackfield.config import load_settings
+    from jackfield.engine_loop import build_scheduler
+
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    settings = load_settings(None, dict(model=str(cfg), load_format="dummy", attention_backend="triton",
+                                        page_size=page_size, max_total_tokens=8192, max_running_requests=16,
+                                        cuda_graph_max_bs=16)).settings
+    sched, _ = build_scheduler(settings, progress=False)
+    for n, prompt in enumerate(random_prompts(12, 23, TINY["vocab_size"], 5)):
+        submit_requests(sched, [prompt], 6 + n, prefix=f"f{n}-")  # one finishes per decode step
+    while sched.waiting or sched.chunked_req is not None:
+        sched.step()
+    import jackfield
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            while sched.has_work():
+                sched.step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    root = os.path.dirname(jackfield.__file__)
+    ours = [os.path.join(root, *f) for f in (("mem", "allocator.py"), ("mem", "radix_cache.py"),
+                                             ("scheduler", "release.py"))]
+    syncs = [f"{w.filename}:{w.lineno}" for w in caught if w.filename in ours]
+    assert not syncs, syncs
+    sched.runner.allocator.debug_check()
+    assert sched.runner.allocator.available_size() + sched.tree_cache.evictable_size() == \
+        sched.runner.allocator.capacity

@@ -42,8 +42,25 @@ def test_lowest_pages_first_and_page0_reserved():
     everything = alloc.alloc(alloc.available_size())
     assert int(everything.min()) >= 4 and int(everything.max()) == 8 * 4 + 3
     assert alloc.alloc(4) is None
-    alloc.free(torch.tensor([9]))
+    alloc.free(torch.tensor([8]))  # a part-used page: its first slot frees it whole
     assert alloc.alloc(4).tolist() == [8, 9, 10, 11]
+
+
+def test_free_takes_runs_of_whole_pages():
+    """What an owner frees starts at a page start; checks (on off CUDA) reject anything else, and
+    without checks the same frees leave the same state."""
+    checked, unchecked = TokenAllocator(8, 4, "cpu"), TokenAllocator(8, 4, "cpu", checks=False)
+    for a in (checked, unchecked):
+        a.alloc_extend([0, 0], [6, 9], [-1, -1])  # pages 1-2 and 3-5
+        a.free(torch.tensor([12, 13, 14, 15, 16, 17, 18, 19, 20]))  # the second request, last page part-used
+        assert a.num_free_pages() == 6
+        a.debug_check()
+    assert torch.equal(checked._page_free, unchecked._page_free)
+    with pytest.raises(ValueError, match="whole pages"):
+        checked.free(torch.tensor([5, 6, 7, 8]))  # starts mid-page
+    with pytest.raises(ValueError, match="whole pages"):
+        checked.free(torch.tensor([4, 6]))  # not consecutive within its page
+    assert checked.num_free_pages() == 6
 
 
 def test_alloc_rejects_unaligned_size():
