@@ -17,10 +17,12 @@ JF="python3 -c 'import sys; from jackfield.cli import main; sys.exit(main())'"
 run() { echo "+ $*" >&2; eval "$@"; }
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 
-if has tests; then  # the triton cases first, then the rest (FlashInfer JIT-compiles each head dim and variant: minutes)
+if has tests; then  # the triton cases first, then the rest. FlashInfer JIT-compiles a module per dtype, head dim
+  # and variant (30 s to 2 min each): pytest-xdist workers compile them side by side on the 16 cores.
   files="tests/gpu/test_fused_kernels.py tests/gpu/test_decode_no_sync.py tests/gpu/test_e2e_backends.py tests/gpu/test_attention_kernels.py"
   for sel in triton "not triton"; do
-    run python3 -m pytest -v -m gpu -p no:cacheprovider -rfE -k "'$sel'" $files 2>&1 | tee -a "$OUT/gpu-tests-$STAMP.txt" \
+    run python3 -m pytest -n ${GPU_TEST_WORKERS:-8} -v -m gpu -p no:cacheprovider -rfE -k "'$sel'" $files 2>&1 \
+      | tee -a "$OUT/gpu-tests-$STAMP.txt" \
       | grep -E "FAILED|ERROR|passed|failed" | tail -25
   done
 fi
