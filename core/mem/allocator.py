@@ -107,8 +107,7 @@ class TokenAllocator:
             return None
         if total == 0:
             return torch.empty(0, dtype=torch.int64, device=self.device)
-        last = (last_locs.to(self.device, torch.int64) if isinstance(last_locs, torch.Tensor)
-                else to_device(list(last_locs), torch.int64, self.device)).reshape(-1)
+        last = to_device(last_locs, torch.int64, self.device).reshape(-1)
         first_page = list(itertools.accumulate(need, initial=0))[:-1]  # of each request among `pages`
         starts = list(itertools.accumulate(e, initial=0))[:-1]
         per_req = to_device([*p, *e, *prefix_pages, *first_page, *starts], torch.int64, self.device).view(5, -1)
@@ -146,7 +145,7 @@ class TokenAllocator:
         pages = self._take_pages(sum(starts))
         if pages is None:
             return None
-        last = torch.as_tensor(last_locs, dtype=torch.int64, device=self.device).reshape(-1)
+        last = to_device(last_locs, torch.int64, self.device).reshape(-1)
         if not any(starts):
             return last + 1
         # index of each starting request's page among the new ones, -1 for the others (one copy)
@@ -171,9 +170,8 @@ class TokenAllocator:
     def _check_free(self, slots: torch.Tensor, pages: torch.Tensor) -> None:
         if bool((pages < 1).any()) or bool((pages > self.num_pages).any()):
             raise ValueError(f"free: slots outside the usable pages 1..{self.num_pages}")
-        whole = torch.arange(slots.numel(), device=self.device) % self.page_size
-        if not torch.equal(slots // self.page_size, pages.repeat_interleave(self.page_size)[: slots.numel()]) \
-                or not torch.equal(slots % self.page_size, whole):
+        offsets = torch.arange(slots.numel(), device=self.device) % self.page_size
+        if not torch.equal(slots, pages.repeat_interleave(self.page_size)[: slots.numel()] * self.page_size + offsets):
             raise ValueError("free: slots are not a run of whole pages starting at a page start")
         if torch.unique(pages).numel() != pages.numel() or bool(self._page_free[pages].any()):
             dup = pages[self._page_free[pages]].tolist() or pages.tolist()

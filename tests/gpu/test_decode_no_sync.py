@@ -53,27 +53,28 @@ def syncs_while(run, *files: str) -> list[str]:
             if (w.filename in wanted if files else w.filename.startswith(root))]
 
 
-def steps(sched, n: int | None = None, until_admitted: bool = False) -> None:
-    """n scheduler steps; or, with until_admitted, until nothing waits; or else until all is done."""
-    if until_admitted:
-        while sched.waiting or sched.chunked_req is not None:
-            sched.step()
-    elif n is not None:
-        for _ in range(n):
-            sched.step()
-    else:
-        while sched.has_work():
-            sched.step()
+def step_until(sched, done) -> None:
+    while not done():
+        sched.step()
+
+
+def admitted(sched):
+    return lambda: not sched.waiting and sched.chunked_req is None
+
+
+def finished(sched):
+    return lambda: not sched.has_work()
 
 
 @pytest.mark.parametrize("page_size", [1, 4])
 def test_decode_steps_make_no_host_device_sync(tmp_path, page_size):
     sched = tiny_scheduler(tmp_path, page_size=page_size)
     submit_requests(sched, random_prompts(12, 21, TINY["vocab_size"], 0), 40)
-    steps(sched, until_admitted=True)
-    steps(sched, 3)
-    syncs = syncs_while(lambda: steps(sched, 20))  # decode only: nobody joins or finishes in these steps
-    steps(sched)
+    step_until(sched, admitted(sched))
+    for _ in range(3):
+        sched.step()
+    syncs = syncs_while(lambda: [sched.step() for _ in range(20)])  # decode only: nobody joins or finishes
+    step_until(sched, finished(sched))
     assert not syncs, syncs
 
 
@@ -83,11 +84,11 @@ def test_prefill_admission_and_allocation_make_no_host_device_sync(tmp_path):
     sched = tiny_scheduler(tmp_path, page_size=4, chunked_prefill_size=64)
     shared = random_prompts(1, 30, TINY["vocab_size"], 1)[0]
     submit_requests(sched, [shared + tail for tail in random_prompts(2, 9, TINY["vocab_size"], 2)], 4, prefix="a")
-    steps(sched)  # caches the shared prefix
+    step_until(sched, finished(sched))  # caches the shared prefix
     prompts = [shared + tail for tail in random_prompts(6, 45, TINY["vocab_size"], 3)]  # prefix hits, chunked
     submit_requests(sched, prompts, 4, prefix="b")
-    syncs = syncs_while(lambda: steps(sched, until_admitted=True), "scheduler/admission.py", "mem/allocator.py")
-    steps(sched)
+    syncs = syncs_while(lambda: step_until(sched, admitted(sched)), "scheduler/admission.py", "mem/allocator.py")
+    step_until(sched, finished(sched))
     assert not syncs, syncs
     assert sched.stats.cached_tokens > 0, "the test meant to exercise prefix hits"
 
@@ -99,8 +100,9 @@ def test_finishing_requests_release_kv_without_host_device_sync(tmp_path, page_s
     sched = tiny_scheduler(tmp_path, page_size=page_size)
     for n, prompt in enumerate(random_prompts(12, 23, TINY["vocab_size"], 5)):
         submit_requests(sched, [prompt], 6 + n, prefix=f"f{n}-")  # one finishes per decode step
-    steps(sched, until_admitted=True)
-    syncs = syncs_while(lambda: steps(sched), "mem/allocator.py", "mem/radix_cache.py", "scheduler/release.py")
+    step_until(sched, admitted(sched))
+    syncs = syncs_while(lambda: step_until(sched, finished(sched)),
+                        "mem/allocator.py", "mem/radix_cache.py", "scheduler/release.py")
     assert not syncs, syncs
     alloc = sched.runner.allocator
     alloc.debug_check()
