@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The GPU suite: GPU tests + every GPU benchmark, in one device call. Prints a short table last.
 # Usage on the device: bash .whl/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/gpu_suite.sh [PART...]
-# Parts: tests kernels gemm tune profile latency offline prefix overlap serving (default: all but gemm, tune, profile).
+# Parts: tests kernels gemv gemm tune profile latency offline pdl prefix overlap serving (default: all but gemm, tune, profile, pdl).
 # Results: benchmarks/results/ and $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR=benchmarks/results
 mkdir -p "$OUTDIR"
 STAMP=$(date -u +%Y%m%d-%H%M)
-PARTS=${*:-tests kernels latency offline prefix overlap serving}
+PARTS=${*:-tests kernels gemv latency offline prefix overlap serving}
 # The trace files of the profile part go to $OUT when it is set (device calls), else here.
 export OUT=${OUT:-$OUTDIR}
 CFG8B=benchmarks/configs/llama-3.1-8b.json
@@ -43,6 +43,9 @@ fi
 if has kernels; then
   run python3 benchmarks/attention_kernels.py --cuda-graph --cold-l2 --backends ${KERNEL_BACKENDS:-triton,flashinfer,fa3} --out "$OUTDIR/kernels-$STAMP.json" 2>&1 | tail -50
 fi
+if has gemv; then  # batch-1 linears of an 8B decode step back to back: cuBLAS, Triton GEMV, Triton GEMV with PDL
+  run python3 benchmarks/gemv_chain.py --out "$OUTDIR/gemv-chain-$STAMP.json" 2>&1 | grep "per step"
+fi
 if has gemm; then  # decode-size GEMMs on the 8B linear shapes: cuBLAS against Triton TMA GEMM configurations
   run python3 benchmarks/small_gemm_sweep.py --rows ${GEMM_ROWS:-128,256} --out "$OUTDIR/gemm-$STAMP.json" 2>&1 | tail -25
 fi
@@ -55,10 +58,24 @@ if has latency; then
   done
 fi
 if has offline; then
-  for be in ${OFFLINE_BACKENDS:-flashinfer triton}; do
+  for be in ${OFFLINE_BACKENDS:-flashinfer triton}; do  # OFFLINE_FLAGS: extra engine flags, OFFLINE_TAG: report name
     run $JF bench offline --model $CFG8B --load-format dummy --attention-backend $be --num-prompts 256 \
-      --input-len 512 --output-len 256 --max-running-requests 256 --cuda-graph-max-bs 256 --chunked-prefill-size 8192 \
-      --output-file "$OUTDIR/offline-8b-$be-$STAMP.json" > /dev/null
+      --input-len 512 --output-len 256 --max-running-requests 256 --cuda-graph-max-bs 256 --chunked-prefill-size 16384 \
+      ${OFFLINE_FLAGS:-} --output-file "$OUTDIR/offline-8b-$be${OFFLINE_TAG:-}-$STAMP.json" > /dev/null
+  done
+fi
+if has pdl; then  # A/B of programmatic dependent launch in one run: each command with JACKFIELD_DISABLE_PDL=1, then without
+  for pdl in off on; do
+    run env $([ $pdl = off ] && echo JACKFIELD_DISABLE_PDL=1) $JF bench offline --model $CFG8B --load-format dummy \
+      --attention-backend triton --num-prompts 256 --input-len 512 --output-len 256 --max-running-requests 256 \
+      --cuda-graph-max-bs 256 --chunked-prefill-size 16384 --output-file "$OUTDIR/offline-8b-triton-pdl$pdl-$STAMP.json" > /dev/null
+  done
+  for be in ${PDL_BACKENDS:-triton flashinfer}; do
+    for pdl in off on; do
+      run env $([ $pdl = off ] && echo JACKFIELD_DISABLE_PDL=1) $JF bench latency --model $CFG8B --load-format dummy \
+        --attention-backend $be --batch-size 1 --input-len 128 --output-len 256 --max-total-tokens 65536 \
+        --cuda-graph-max-bs 32 --output-file "$OUTDIR/latency-8b-$be-pdl$pdl-$STAMP.json" > /dev/null
+    done
   done
 fi
 if has prefix; then

@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "JACKFIELD_"
 # Environment variables with the prefix that are not settings (plugin filters, test switches).
-NON_SETTING_ENV = {"PLUGINS", "DISABLE_PLUGINS", "CACHE_DIR", "TEST_SMOLLM2"}
+NON_SETTING_ENV = {"PLUGINS", "DISABLE_PLUGINS", "CACHE_DIR", "TEST_SMOLLM2", "DISABLE_FUSED_KERNELS", "DISABLE_PDL"}
 
 
 class Settings(BaseSettings):

@@ -9,11 +9,17 @@ against `F.linear` once per (N, K, dtype) and keeps the faster (see `jackfield.s
 Two fused variants take the small kernel before a linear layer into its prologue, which at batch 1
 is a launch of its own for a few microseconds of work: RMSNorm (with the residual add) before
 qkv_proj and gate_up_proj, SiLU-and-mul before down_proj. They are timed against the unfused pair.
+
+On Hopper every configuration is launched as a programmatic dependent launch (`jackfield.kernels`):
+a GEMV's programs start during the last wave of the kernel before it and load their first weight
+chunk, which no kernel writes, before they wait for that kernel's output. Back to back, batch-1
+linears otherwise leave the memory system idle at every kernel boundary (the H100 numbers are in
+docs/benchmarks.md).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -23,32 +29,52 @@ log = logging.getLogger(__name__)
 
 
 @triton.jit
+def _prologue(x_ptr, r_ptr, g_ptr, r_out_ptr, k0, K, cols, pid,
+              ADD_RES: tl.constexpr, NORM: tl.constexpr, SILU_MUL: tl.constexpr):
+    """One BLOCK_K chunk of p(x) in float32, and its squares before the norm weight (for RMSNorm)."""
+    if SILU_MUL:
+        gate = tl.load(x_ptr + k0 + cols).to(tl.float32)
+        up = tl.load(x_ptr + K + k0 + cols)
+        x = ((gate / (1.0 + tl.exp(-gate))).to(up.dtype) * up).to(tl.float32)
+        sq = x
+    else:
+        x = tl.load(x_ptr + k0 + cols)
+        if ADD_RES:  # the sum is rounded to the storage dtype, as the unfused add does
+            x = (x.to(tl.float32) + tl.load(r_ptr + k0 + cols).to(tl.float32)).to(x.dtype)
+            tl.store(r_out_ptr + k0 + cols, x, mask=cols + pid * K < K)  # program 0 only
+        x = x.to(tl.float32)
+        sq = x * x
+        if NORM:
+            x = x * tl.load(g_ptr + k0 + cols).to(tl.float32)
+    return x, sq
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, r_ptr, g_ptr, w_ptr, b_ptr, y_ptr, r_out_ptr, N, K, stride_wn, eps,
                  ADD_RES: tl.constexpr, NORM: tl.constexpr, SILU_MUL: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """y = W p(x) (+ b); the prologue p is the identity, RMSNorm (of x + r with ADD_RES; program 0
-    also writes x + r) or SiLU-and-mul (x = [gate | up], each K long)."""
+    also writes x + r) or SiLU-and-mul (x = [gate | up], each K long).
+
+    With PDL (launched as a programmatic dependent launch) the programs start while the kernel
+    before is still finishing: each loads its first weight chunk, which no kernel writes, then waits
+    for the previous grid's completion before it reads x or r and before any store."""
+    if PDL:  # let the next kernel's programs start loading their weights during this kernel's tail
+        tl.extra.cuda.gdc_launch_dependents()
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     cols = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    sq = tl.zeros((BLOCK_K,), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):  # K % BLOCK_K == 0 (checked by the caller)
-        if SILU_MUL:
-            gate = tl.load(x_ptr + k0 + cols).to(tl.float32)
-            up = tl.load(x_ptr + K + k0 + cols)
-            x = ((gate / (1.0 + tl.exp(-gate))).to(up.dtype) * up).to(tl.float32)
-        else:
-            x = tl.load(x_ptr + k0 + cols)
-            if ADD_RES:  # the sum is rounded to the storage dtype, as the unfused add does
-                x = (x.to(tl.float32) + tl.load(r_ptr + k0 + cols).to(tl.float32)).to(x.dtype)
-                tl.store(r_out_ptr + k0 + cols, x, mask=cols + pid * BLOCK_K < BLOCK_K)  # program 0 only
-            x = x.to(tl.float32)
-            if NORM:  # every program sees all of x: it sums the squares on the way
-                sq += x * x
-                x = x * tl.load(g_ptr + k0 + cols).to(tl.float32)
-        w = tl.load(w_ptr + rows[:, None] * stride_wn + (k0 + cols)[None, :], mask=rmask[:, None], other=0.0)
+    w_rows = w_ptr + rows[:, None] * stride_wn + cols[None, :]
+    w = tl.load(w_rows, mask=rmask[:, None], other=0.0)  # chunk 0, peeled off the loop
+    if PDL:
+        tl.extra.cuda.gdc_wait()  # x and r are written by earlier kernels: read them only from here
+    x, sq = _prologue(x_ptr, r_ptr, g_ptr, r_out_ptr, 0, K, cols, pid, ADD_RES, NORM, SILU_MUL)
+    acc = w.to(tl.float32) * x[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):  # K % BLOCK_K == 0 (checked by the caller)
+        x, s = _prologue(x_ptr, r_ptr, g_ptr, r_out_ptr, k0, K, cols, pid, ADD_RES, NORM, SILU_MUL)
+        sq += s  # every program sees all of x: it sums the squares on the way
+        w = tl.load(w_rows + k0, mask=rmask[:, None], other=0.0)
         acc += w.to(tl.float32) * x[None, :]
     y = tl.sum(acc, axis=1)
     if NORM:
@@ -64,6 +90,7 @@ class GemvConfig:
     block_k: int
     num_warps: int
     num_stages: int
+    pdl: bool = False  # programmatic dependent launch (see jackfield.kernels.pdl_available)
 
 
 CANDIDATES = tuple(GemvConfig(n, k, w, s) for n, k, w, s in [
@@ -77,11 +104,12 @@ def fits(cfg: GemvConfig, k: int) -> bool:
 
 def _launch(x, r, g, weight, bias, y, r_out, eps, cfg, add_res=False, norm=False, silu_mul=False) -> None:
     n, k = weight.shape
+    pdl = cfg.pdl and not torch.compiler.is_compiling()  # see jackfield.kernels.pdl_kwargs
     _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
         x, r if r is not None else x, g if g is not None else x, weight, bias if bias is not None else weight, y,
         r_out if r_out is not None else y, n, k, weight.stride(0), eps, ADD_RES=add_res, NORM=norm,
-        SILU_MUL=silu_mul, HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        SILU_MUL=silu_mul, HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, PDL=pdl,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **({"launch_pdl": True} if pdl else {}))
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: GemvConfig) -> torch.Tensor:
@@ -131,7 +159,8 @@ class GemvTuner:
     graphs disabled, the first batch-1 decode (a one-time pause: the timing itself takes
     milliseconds, compiling the candidates seconds the first time Triton meets them on a machine)."""
 
-    def __init__(self):
+    def __init__(self, pdl: bool = False):
+        self.pdl = pdl  # launch every chosen configuration with programmatic dependent launch
         self.choices: dict[tuple, GemvConfig | None] = {}
 
     def choice(self, key: tuple, k: int, baseline, candidate) -> GemvConfig | None:
@@ -142,11 +171,10 @@ class GemvTuner:
             self.choices[key] = self._tune(key, k, baseline, candidate)
         return self.choices[key]
 
-    @staticmethod
-    def _tune(key: tuple, k: int, baseline, candidate) -> GemvConfig | None:
+    def _tune(self, key: tuple, k: int, baseline, candidate) -> GemvConfig | None:
         flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
         best, best_ms = None, _time_ms(baseline, flush)
-        for cfg in CANDIDATES:
+        for cfg in (replace(c, pdl=self.pdl) for c in CANDIDATES):
             if not fits(cfg, k):
                 continue
             try:

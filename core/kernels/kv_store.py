@@ -9,10 +9,15 @@ import torch
 import triton
 import triton.language as tl
 
+from jackfield.kernels import pdl_kwargs
+
 
 @triton.jit
 def _store_kv_kernel(k_ptr, v_ptr, loc_ptr, k_cache_ptr, v_cache_ptr, k_stride, v_stride, row_size,
-                     BLOCK: tl.constexpr):
+                     BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # jackfield.kernels: let dependents launch, then wait for the previous grid before any load or store
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     tok = tl.program_id(0)
     slot = tl.load(loc_ptr + tok).to(tl.int64)
     offs = tl.arange(0, BLOCK)
@@ -31,4 +36,4 @@ def store_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, loc: torch.Tensor, k:
         return
     row = k_cache.shape[1] * k_cache.shape[2]
     _store_kv_kernel[(t,)](k, v, loc, k_cache, v_cache, k.stride(0), v.stride(0), row,
-                           BLOCK=triton.next_power_of_2(row), num_warps=4)
+                           BLOCK=triton.next_power_of_2(row), num_warps=4, **pdl_kwargs(k))

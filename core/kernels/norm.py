@@ -5,10 +5,15 @@ import torch
 import triton
 import triton.language as tl
 
+from jackfield.kernels import pdl_kwargs
+
 
 @triton.jit
 def _rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
-                    HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+                    HAS_RES: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # jackfield.kernels: let dependents launch, then wait for the previous grid before any load or store
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -35,9 +40,11 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.T
     block = triton.next_power_of_2(n_cols)
     warps = min(max(block // 256, 1), 16)
     if residual is None:
-        _rmsnorm_kernel[(n_rows,)](x2, x2, weight, out, out, n_cols, eps, HAS_RES=False, BLOCK=block, num_warps=warps)
+        _rmsnorm_kernel[(n_rows,)](x2, x2, weight, out, out, n_cols, eps, HAS_RES=False, BLOCK=block, num_warps=warps,
+                                   **pdl_kwargs(x2))
         return out.view(shape)
     r2 = residual.reshape(-1, n_cols).contiguous()
     res_out = torch.empty_like(x2)
-    _rmsnorm_kernel[(n_rows,)](x2, r2, weight, out, res_out, n_cols, eps, HAS_RES=True, BLOCK=block, num_warps=warps)
+    _rmsnorm_kernel[(n_rows,)](x2, r2, weight, out, res_out, n_cols, eps, HAS_RES=True, BLOCK=block, num_warps=warps,
+                               **pdl_kwargs(x2))
     return out.view(shape), res_out.view(shape)

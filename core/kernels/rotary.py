@@ -9,11 +9,17 @@ import torch
 import triton
 import triton.language as tl
 
+from jackfield.kernels import pdl_kwargs
+
 
 @triton.jit
 def _rope_kernel(q_ptr, k_ptr, pos_ptr, cache_ptr, q_stride, k_stride, num_q_heads, num_k_heads,
                  head_dim, rot_half, cache_stride, v_ptr, v_stride, loc_ptr, k_cache_ptr, v_cache_ptr,
-                 STORE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_HD: tl.constexpr):
+                 STORE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_HD: tl.constexpr,
+                 PDL: tl.constexpr):
+    if PDL:  # jackfield.kernels: let dependents launch, then wait for the previous grid before any load or store
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     tok = tl.program_id(0)
     pos = tl.load(pos_ptr + tok)
     d = tl.arange(0, BLOCK_D)
@@ -60,7 +66,8 @@ def _launch(positions, q, k, cos_sin_cache, head_dim, rotary_dim, v=None, loc=No
                        cos_sin_cache.stride(0), v if store else q, v.stride(0) if store else 0,
                        loc if store else positions, k_cache if store else q, v_cache if store else q,
                        STORE=store, BLOCK_H=triton.next_power_of_2(max(hq, hk)),
-                       BLOCK_D=triton.next_power_of_2(half), BLOCK_HD=triton.next_power_of_2(head_dim), num_warps=4)
+                       BLOCK_D=triton.next_power_of_2(half), BLOCK_HD=triton.next_power_of_2(head_dim), num_warps=4,
+                       **pdl_kwargs(q))
 
 
 def rope_inplace(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor,

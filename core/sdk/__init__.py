@@ -6,6 +6,7 @@ from jackfield.sdk.decoder_lm import DecoderCausalLM
 from jackfield.sdk.layers.decoder import DecoderOptions
 from jackfield.sdk.layers.gemv import Gemv
 from jackfield.sdk.forward_batch import ForwardBatch, ForwardMode
+from jackfield.kernels import pdl_kwargs
 from jackfield.sdk.grammar import Grammar, GrammarBackend, GrammarSpec
 from jackfield.sdk.kv_cache import KVPool
 from jackfield.sdk.lora import LoRABackend, LoRARuntime
@@ -17,7 +18,7 @@ from jackfield.sdk.spec import DraftProposal, SpeculativeDecoder, SpecInput, Spe
 
 __all__ = [
     "hookimpl", "DecoderCausalLM", "DecoderOptions", "Gemv", "AttentionBackend", "AttentionLayerInfo", "AttentionRuntime", "Availability",
-    "Capabilities", "Component", "SelectionContext", "require_cuda", "ForwardBatch", "ForwardMode",
+    "Capabilities", "Component", "SelectionContext", "require_cuda", "ForwardBatch", "ForwardMode", "pdl_kwargs",
     "Grammar", "GrammarBackend", "GrammarSpec", "KVPool", "LoRABackend", "LoRARuntime", "CausalLM",
     "ModelBuildContext", "ModelConfig", "RopeConfig", "MoEConfig", "MoEDispatcher", "LinearMethod", "create_plain_weights",
     "QuantizationMethod", "DraftProposal", "SpeculativeDecoder", "SpecInput", "SpecRuntime",

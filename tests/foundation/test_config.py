@@ -70,6 +70,12 @@ def test_unknown_key_in_env():
         load_settings(env={"JACKFIELD_NOPE": "1"})
 
 
+def test_kernel_switches_in_env_are_not_settings():
+    """The kernel switches read by jackfield.kernels share the prefix but are not settings."""
+    loaded = load_settings(env={"JACKFIELD_DISABLE_PDL": "1", "JACKFIELD_DISABLE_FUSED_KERNELS": "1"})
+    assert "disable_pdl" not in loaded.sources and "disable_fused_kernels" not in loaded.sources
+
+
 def test_unknown_key_on_cli():
     with pytest.raises(ConfigError, match=r"unknown setting 'nope' \(from cli\)"):
         load_settings(cli={"nope": 1}, env={})

@@ -136,6 +136,55 @@ def test_fused_gemv_dispatch_inside_cuda_graph():
     assert torch.equal(s, s_ref) and _rel(y, torch.nn.functional.linear(h, w)) < 1e-2
 
 
+def _decode_chain(x, res, layers, cfgs):
+    """Batch-1 decode layers as the model runs them: qkv with the residual RMSNorm in its prologue,
+    a non-Triton kernel (attention's place), o_proj, gate_up with the residual RMSNorm, down with
+    SiLU-and-mul; each GEMV reads the output of the kernel just before it."""
+    from jackfield.kernels.gemv import gemv, gemv_rmsnorm, gemv_silu_mul
+
+    for g, w_qkv, w_o, w_gu, w_d in layers:
+        qkv, res = gemv_rmsnorm(x, res, g, 1e-5, w_qkv, None, cfgs[0])
+        o = gemv(qkv[:, :w_o.shape[1]] * 2.0, w_o, None, cfgs[1])
+        h, res = gemv_rmsnorm(o, res, g, 1e-5, w_gu, None, cfgs[2])
+        x = gemv_silu_mul(h, w_d, None, cfgs[3])
+    return x, res
+
+
+def test_pdl_gemv_chain_matches_plain_launches_in_cuda_graph():
+    """Programmatic dependent launch only moves the start of each GEMV's programs: the chain gives
+    bit-identical results with and without it, eagerly and replayed from a CUDA graph with new inputs
+    (a GEMV that read its input before the previous kernel finished would see stale values)."""
+    from dataclasses import replace
+
+    from jackfield.kernels import pdl_available
+    from jackfield.kernels.gemv import GemvConfig
+
+    if not pdl_available(torch.device("cuda")):
+        pytest.skip("programmatic dependent launch needs compute capability 9.0+ and a Triton with gdc_wait "
+                    "(and JACKFIELD_DISABLE_PDL unset)")
+    dt, hid, inter = torch.bfloat16, 1024, 2816
+    plain = [GemvConfig(4, 512, 4, 4), GemvConfig(4, 1024, 4, 3), GemvConfig(8, 512, 4, 3), GemvConfig(4, 256, 4, 3)]
+    pdl = [replace(c, pdl=True) for c in plain]
+    layers = [(torch.empty(hid, device="cuda", dtype=dt).uniform_(0.5, 1.5),
+               torch.randn(3 * hid, hid, device="cuda", dtype=dt) / hid ** 0.5,
+               torch.randn(hid, hid, device="cuda", dtype=dt) / hid ** 0.5,
+               torch.randn(2 * inter, hid, device="cuda", dtype=dt) / hid ** 0.5,
+               torch.randn(hid, inter, device="cuda", dtype=dt) / inter ** 0.5) for _ in range(6)]
+    x, res = torch.randn(1, hid, device="cuda", dtype=dt), torch.randn(1, hid, device="cuda", dtype=dt)
+    ref = _decode_chain(x, res, layers, plain)
+    got = _decode_chain(x, res, layers, pdl)
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = _decode_chain(x, res, layers, pdl)
+    for _ in range(5):
+        x.copy_(torch.randn_like(x))
+        res.copy_(torch.randn_like(res))
+        graph.replay()
+        ref = _decode_chain(x, res, layers, plain)
+        assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+
+
 def test_store_kv_matches_indexed_copy():
     from jackfield.sdk import KVPool
 

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from jackfield.sdk import pdl_kwargs
 from jackfield_plugins.attention.triton_kernels.common import (
     block_dmodel, check_head_layout, dot_precision, scale_logits,
 )
@@ -28,8 +29,11 @@ def _decode_split_kernel(
     num_splits, sm_scale, logit_cap, window,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, USE_CAP: tl.constexpr, USE_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
-    DIRECT: tl.constexpr,
+    DIRECT: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # programmatic dependent launch (jackfield.sdk.pdl_kwargs): read nothing before the wait
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     b = tl.program_id(0)
     g = tl.program_id(1)
     s = tl.program_id(2)
@@ -88,8 +92,11 @@ def _decode_merge_kernel(
     MidO, MidLse, Out,
     stride_mob, stride_moh, stride_mos, stride_mlb, stride_mlh, stride_ob, stride_oh,
     num_splits,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # programmatic dependent launch (jackfield.sdk.pdl_kwargs): read nothing before the wait
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     b = tl.program_id(0)
     h = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
@@ -138,7 +145,7 @@ def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
         num_splits, sm_scale, logit_cap if logit_cap > 0 else 1.0, sliding_window or 0,
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=max(16, triton.next_power_of_2(group)),
         BLOCK_N=block_n, USE_CAP=logit_cap > 0, USE_WINDOW=sliding_window is not None,
-        PRECISION=dot_precision(q.dtype), DIRECT=direct, num_warps=warps, num_stages=stages,
+        PRECISION=dot_precision(q.dtype), DIRECT=direct, num_warps=warps, num_stages=stages, **pdl_kwargs(q),
     )
     if direct:
         return
@@ -147,5 +154,5 @@ def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
         out.stride(0), out.stride(1), num_splits,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
-        num_warps=4 if block_d <= 128 else 8,
+        num_warps=4 if block_d <= 128 else 8, **pdl_kwargs(q),
     )
