@@ -104,7 +104,9 @@ def save(plt, fig, title, used, out, filename):
 
 
 def plot_batch1(plt, reports, out):
-    points = [(k, s, r) for k, (s, r) in sorted(latest(reports, r"latency-8b-(.+)").items()) if decode(r, 1)]
+    # one bar per backend: its newest plain or PDL-on report (A/B baselines such as -pdloff, -base are left out)
+    points = [(k, s, r) for k, (s, r) in sorted(latest(reports, r"latency-8b-([a-z_]+?)(?:-pdlon)?").items())
+              if decode(r, 1)]
     if not points:
         return print("note: no batch-1 latency-8b-<backend> report, skipping gpu-batch1-decode.png")
     labels = [f"jackfield\n{k}" for k, _, _ in points]
@@ -122,14 +124,14 @@ def plot_batch1(plt, reports, out):
     bars(ax, labels, values, [BLUE] * len(points) + [GRAY], inside=True)
     for y, text, color in [(BANDWIDTH_CEILING, "bandwidth ceiling", "tab:red"), (GOAL, "goal", "tab:green")]:
         ax.axhline(y, ls="--", lw=1, color=color)
-        ax.text(-0.45, y, f"{text} {y} tok/s", va="bottom", fontsize=8, color=color)
+        ax.text(len(labels) - 0.55, y, f"{text} {y} tok/s", va="bottom", ha="right", fontsize=8, color=color)
     ax.set_ylim(0, BANDWIDTH_CEILING * 1.12)
     ax.set_ylabel("decode throughput (tok/s)")
     save(plt, fig, "Batch-1 decode, Llama-3.1-8B shape (bf16)", used, out, "gpu-batch1-decode.png")
 
 
 def plot_offline(plt, reports, out):
-    points = [(k, s, r) for k, (s, r) in sorted(latest(reports, r"offline-8b-(.+)").items())
+    points = [(k, s, r) for k, (s, r) in sorted(latest(reports, r"offline-8b-([a-z_]+?)(?:-pdlon)?").items())
               if dig(r, "metrics", "output_tok_per_s")]
     if not points:
         return print("note: no offline-8b-<backend> report, skipping gpu-offline.png")
