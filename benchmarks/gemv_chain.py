@@ -24,6 +24,7 @@ from jackfield.bench.common import provenance, replay_ms
 from jackfield.kernels import gemv as k, pdl_available
 from jackfield.kernels.activation import silu_and_mul
 from jackfield.kernels.norm import rmsnorm
+from jackfield.sdk import Gemv
 
 
 def make_layers(n: int, hidden: int, qkv: int, inter: int, dtype) -> list[tuple]:
@@ -33,18 +34,18 @@ def make_layers(n: int, hidden: int, qkv: int, inter: int, dtype) -> list[tuple]
              w(2 * inter, hidden), w(hidden, inter)) for _ in range(n)]
 
 
-def choose(tuner: k.GemvTuner, layer, x, res) -> list:
-    """The tuner's choice (a GemvConfig, or None: cuBLAS + the unfused kernel) for the four linears."""
+def choose(layer, x, res) -> list:
+    """The engine's choice for the four linears, through the SDK's `Gemv` as a decode step meets
+    them: a GemvConfig, or None (cuBLAS and the unfused norm or activation kernel)."""
     g, w_qkv, w_o, w_gu, w_d = layer
     h = torch.randn(1, 2 * w_d.shape[1], device=x.device, dtype=x.dtype)
-    keyed = [("add_rmsnorm_linear", w_qkv, lambda: F.linear(rmsnorm(x, g, 1e-5, res)[0], w_qkv),
-              lambda c: k.gemv_rmsnorm(x, res, g, 1e-5, w_qkv, None, c)),
-             ("linear", w_o, lambda: F.linear(x, w_o), lambda c: k.gemv(x, w_o, None, c)),
-             ("add_rmsnorm_linear", w_gu, lambda: F.linear(rmsnorm(x, g, 1e-5, res)[0], w_gu),
-              lambda c: k.gemv_rmsnorm(x, res, g, 1e-5, w_gu, None, c)),
-             ("silu_mul_linear", w_d, lambda: F.linear(silu_and_mul(h), w_d),
-              lambda c: k.gemv_silu_mul(h, w_d, None, c))]
-    return [tuner.choice((v, *w.shape, w.dtype), w.shape[1], base, cand) for v, w, base, cand in keyed]
+    gemv = Gemv()
+    gemv.normed_linear(x, res, g, 1e-5, w_qkv)
+    gemv.linear(x, w_o)
+    gemv.normed_linear(x, res, g, 1e-5, w_gu)
+    gemv.silu_mul_linear(h, w_d)
+    keys = [("add_rmsnorm_linear", w_qkv), ("linear", w_o), ("add_rmsnorm_linear", w_gu), ("silu_mul_linear", w_d)]
+    return [gemv.choices[(variant, *w.shape, w.dtype)] for variant, w in keys]
 
 
 def normed(x, res, g, w, cfg):
@@ -80,10 +81,11 @@ def main() -> int:
     torch.manual_seed(0)
     layers = make_layers(args.layers, args.hidden, args.qkv, args.intermediate, dt)
     x, res = torch.randn(1, args.hidden, device="cuda", dtype=dt), torch.randn(1, args.hidden, device="cuda", dtype=dt)
-    plain = choose(k.GemvTuner(pdl=False), layers[0], x, res)
+    chosen = choose(layers[0], x, res)  # launched with PDL where the GPU has it (GemvConfig.pdl)
+    plain = [replace(c, pdl=False) if c else None for c in chosen]
     variants = [("cublas_unfused", None), ("triton_gemv", plain)]
     if pdl_available(torch.device("cuda")):
-        variants.append(("triton_gemv_pdl", [replace(c, pdl=True) if c else None for c in plain]))
+        variants.append(("triton_gemv_pdl", chosen))
     gbytes = sum(t.numel() * t.element_size() for layer in layers for t in layer[1:]) / 1e9
     rows = {}
     for name, cfgs in variants:
@@ -93,7 +95,7 @@ def main() -> int:
     report = {**provenance("python3 benchmarks/gemv_chain.py " + " ".join(sys.argv[1:])),
               "metrics": {"layers": args.layers, "weight_gb": round(gbytes, 3),
                           "pdl_supported": pdl_available(torch.device("cuda")),
-                          "configs": [str(c) for c in plain], **rows}}
+                          "configs": [str(c) for c in chosen], **rows}}
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

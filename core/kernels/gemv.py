@@ -19,11 +19,13 @@ docs/benchmarks.md).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from jackfield.kernels import pdl_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ class GemvConfig:
     block_k: int
     num_warps: int
     num_stages: int
-    pdl: bool = False  # programmatic dependent launch (see jackfield.kernels.pdl_available)
+    pdl: bool = True  # programmatic dependent launch where jackfield.kernels.pdl_kwargs allows it
 
 
 CANDIDATES = tuple(GemvConfig(n, k, w, s) for n, k, w, s in [
@@ -104,12 +106,11 @@ def fits(cfg: GemvConfig, k: int) -> bool:
 
 def _launch(x, r, g, weight, bias, y, r_out, eps, cfg, add_res=False, norm=False, silu_mul=False) -> None:
     n, k = weight.shape
-    pdl = cfg.pdl and not torch.compiler.is_compiling()  # see jackfield.kernels.pdl_kwargs
     _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
         x, r if r is not None else x, g if g is not None else x, weight, bias if bias is not None else weight, y,
         r_out if r_out is not None else y, n, k, weight.stride(0), eps, ADD_RES=add_res, NORM=norm,
-        SILU_MUL=silu_mul, HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, PDL=pdl,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **({"launch_pdl": True} if pdl else {}))
+        SILU_MUL=silu_mul, HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **(pdl_kwargs(x) if cfg.pdl else {"PDL": False}))
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: GemvConfig) -> torch.Tensor:
@@ -159,8 +160,7 @@ class GemvTuner:
     graphs disabled, the first batch-1 decode (a one-time pause: the timing itself takes
     milliseconds, compiling the candidates seconds the first time Triton meets them on a machine)."""
 
-    def __init__(self, pdl: bool = False):
-        self.pdl = pdl  # launch every chosen configuration with programmatic dependent launch
+    def __init__(self):
         self.choices: dict[tuple, GemvConfig | None] = {}
 
     def choice(self, key: tuple, k: int, baseline, candidate) -> GemvConfig | None:
@@ -174,7 +174,7 @@ class GemvTuner:
     def _tune(self, key: tuple, k: int, baseline, candidate) -> GemvConfig | None:
         flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
         best, best_ms = None, _time_ms(baseline, flush)
-        for cfg in (replace(c, pdl=self.pdl) for c in CANDIDATES):
+        for cfg in CANDIDATES:
             if not fits(cfg, k):
                 continue
             try:

@@ -1,12 +1,12 @@
 """The public SDK: everything a plugin (built-in or third-party) may import from jackfield."""
 from jackfield.hookspecs import hookimpl
+from jackfield.kernels import pdl_kwargs
 from jackfield.sdk.attention import AttentionBackend, AttentionLayerInfo, AttentionRuntime
 from jackfield.sdk.component import Availability, Capabilities, Component, SelectionContext, require_cuda
 from jackfield.sdk.decoder_lm import DecoderCausalLM
 from jackfield.sdk.layers.decoder import DecoderOptions
 from jackfield.sdk.layers.gemv import Gemv
 from jackfield.sdk.forward_batch import ForwardBatch, ForwardMode
-from jackfield.kernels import pdl_kwargs
 from jackfield.sdk.grammar import Grammar, GrammarBackend, GrammarSpec
 from jackfield.sdk.kv_cache import KVPool
 from jackfield.sdk.lora import LoRABackend, LoRARuntime

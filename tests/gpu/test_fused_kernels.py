@@ -163,8 +163,8 @@ def test_pdl_gemv_chain_matches_plain_launches_in_cuda_graph():
         pytest.skip("programmatic dependent launch needs compute capability 9.0+ and a Triton with gdc_wait "
                     "(and JACKFIELD_DISABLE_PDL unset)")
     dt, hid, inter = torch.bfloat16, 1024, 2816
-    plain = [GemvConfig(4, 512, 4, 4), GemvConfig(4, 1024, 4, 3), GemvConfig(8, 512, 4, 3), GemvConfig(4, 256, 4, 3)]
-    pdl = [replace(c, pdl=True) for c in plain]
+    pdl = [GemvConfig(4, 512, 4, 4), GemvConfig(4, 1024, 4, 3), GemvConfig(8, 512, 4, 3), GemvConfig(4, 256, 4, 3)]
+    plain = [replace(c, pdl=False) for c in pdl]
     layers = [(torch.empty(hid, device="cuda", dtype=dt).uniform_(0.5, 1.5),
                torch.randn(3 * hid, hid, device="cuda", dtype=dt) / hid ** 0.5,
                torch.randn(hid, hid, device="cuda", dtype=dt) / hid ** 0.5,

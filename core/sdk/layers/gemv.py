@@ -27,14 +27,13 @@ class Gemv:
     def _ready(self) -> bool:
         if self._usable is None:
             try:
-                from jackfield.kernels import gemv as kernels, pdl_available
+                from jackfield.kernels import gemv as kernels
                 from jackfield.kernels.activation import silu_and_mul
                 from jackfield.kernels.norm import rmsnorm
             except ImportError:  # no triton: cuBLAS only
                 self._usable = False
             else:
-                pdl = pdl_available(torch.device("cuda", torch.cuda.current_device()))
-                self._tuner, self._k, self._usable = kernels.GemvTuner(pdl), kernels, True
+                self._tuner, self._k, self._usable = kernels.GemvTuner(), kernels, True
                 self._rmsnorm, self._silu_and_mul = rmsnorm, silu_and_mul
         return self._usable
 
