@@ -100,6 +100,16 @@ class Setup:
             kv_pool=self.pool, attn_backend=backend, seq_lens_cpu=(self.context,) * bs, **extend)
 
 
+def save_rows(path: str | None, script: str, rows: list[dict]) -> None:
+    """The tuning scripts' JSON report: provenance (this command line, commit, machine) and rows."""
+    if not path:
+        return
+    from jackfield.bench.common import provenance
+
+    with open(path, "w") as f:
+        json.dump({**provenance(f"python3 benchmarks/{script} " + " ".join(sys.argv[1:])), "rows": rows}, f, indent=2)
+
+
 def time_ms(fn, cuda_graph: bool = False) -> float:
     """Median milliseconds; with cuda_graph the calls are replayed from a graph (no launch overhead)."""
     import triton.testing

@@ -37,8 +37,9 @@ if has profile; then  # where decode time goes: graph-only device time vs schedu
     --cuda-graph-max-bs 256 --chunked-prefill-size 8192 2> "$OUTDIR/profile-8b-triton-bs256-$STAMP.txt" \
     > "$OUTDIR/profile-8b-triton-bs256-$STAMP.json"
 fi
-if has tune; then  # block configurations of the triton decode kernel
+if has tune; then  # block configurations of the triton decode and extend kernels
   run python3 benchmarks/tune_triton_decode.py --out "$OUTDIR/tune-decode-$STAMP.json" 2>&1 | tail -70
+  run python3 benchmarks/tune_triton_extend.py --out "$OUTDIR/tune-extend-$STAMP.json" 2>&1 | tail -45
 fi
 if has kernels; then
   run python3 benchmarks/attention_kernels.py --cuda-graph --cold-l2 --backends ${KERNEL_BACKENDS:-triton,flashinfer,fa3} --out "$OUTDIR/kernels-$STAMP.json" 2>&1 | tail -50
@@ -48,6 +49,7 @@ if has gemv; then  # batch-1 linears of an 8B decode step back to back: cuBLAS, 
 fi
 if has gemm; then  # decode-size GEMMs on the 8B linear shapes: cuBLAS against Triton TMA GEMM configurations
   run python3 benchmarks/small_gemm_sweep.py --rows ${GEMM_ROWS:-128,256} --out "$OUTDIR/gemm-$STAMP.json" 2>&1 | tail -25
+  run python3 benchmarks/small_gemm_sweep.py --rows 256,16384 --layouts --no-triton --out "$OUTDIR/gemm-layouts-$STAMP.json" 2>&1 | tail -10
 fi
 if has latency; then
   for be in ${LATENCY_BACKENDS:-flashinfer triton torch_native}; do
@@ -59,9 +61,11 @@ if has latency; then
 fi
 if has offline; then
   for be in ${OFFLINE_BACKENDS:-flashinfer triton}; do  # OFFLINE_FLAGS: extra engine flags, OFFLINE_TAG: report name
+    # transformers' continuous batching on the same prompts first, in the same command (about 2 min)
+    extra=""; [ "$be" = "${HF_COMPARE_WITH:-flashinfer}" ] && extra="--compare-transformers"
     run $JF bench offline --model $CFG8B --load-format dummy --attention-backend $be --num-prompts 256 \
       --input-len 512 --output-len 256 --max-running-requests 256 --cuda-graph-max-bs 256 --chunked-prefill-size 16384 \
-      ${OFFLINE_FLAGS:-} --output-file "$OUTDIR/offline-8b-$be${OFFLINE_TAG:-}-$STAMP.json" > /dev/null
+      $extra ${OFFLINE_FLAGS:-} --output-file "$OUTDIR/offline-8b-$be${OFFLINE_TAG:-}-$STAMP.json" > /dev/null
   done
 fi
 if has pdl; then  # A/B of programmatic dependent launch in one run: each command with JACKFIELD_DISABLE_PDL=1, then without

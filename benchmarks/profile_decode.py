@@ -46,12 +46,13 @@ def graph_only_ms(runner, bs: int, iters: int = 50) -> float | None:
 
 
 def kernel_breakdown(fn, iters: int, top: int = 25) -> dict:
-    """Device time per call of fn, in total and by kernel name (CUDA-graph kernels included)."""
+    """Device time per call of fn, in total, by kernel name (CUDA-graph kernels included) and by the
+    host op that launched it (`ops`: which aten or jackfield call an anonymous elementwise kernel is)."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(iters):
             fn()
         torch.cuda.synchronize()
@@ -63,9 +64,14 @@ def kernel_breakdown(fn, iters: int, top: int = 25) -> dict:
             r[1] += 1
     total = sum(r[0] for r in rows.values())
     ranked = sorted(rows.items(), key=lambda kv: -kv[1][0])[:top]
+    cpu = torch.autograd.DeviceType.CPU
+    ops = sorted((a for a in prof.key_averages() if a.device_type == cpu and a.self_device_time_total > 0),
+                 key=lambda a: -a.self_device_time_total)[:top]
     return {"device_us_per_call": round(total / iters, 1), "kernels": [
         {"kernel": name[:90], "us_per_call": round(t / iters, 1), "launches_per_call": c / iters,
-         "share": round(t / total, 3)} for name, (t, c) in ranked]}
+         "share": round(t / total, 3)} for name, (t, c) in ranked],
+        "ops": [{"op": a.key[:90], "device_us_per_call": round(a.self_device_time_total / iters, 1),
+                 "calls_per_call": a.count / iters} for a in ops]}
 
 
 class PhaseTimer:

@@ -9,6 +9,10 @@ Each measurement replays a CUDA graph of 24 calls that cycle through enough copi
 exceed the L2 cache, so weights come from DRAM as in a real forward and no launch overhead counts.
 
     python benchmarks/small_gemm_sweep.py --rows 128,256 --out results.json
+    python benchmarks/small_gemm_sweep.py --rows 256,16384 --layouts --no-triton --out results.json
+
+--layouts also times cuBLAS on the weight stored transposed ([K, N], `x @ w_t`): cuBLAS picks its
+kernel per layout, so the same product can run at a different speed.
 """
 from __future__ import annotations
 
@@ -91,6 +95,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--flashinfer", action="store_true", help="also FlashInfer's mm_bf16 backends, autotuned")
     ap.add_argument("--no-triton", action="store_true", help="skip the Triton TMA configurations")
+    ap.add_argument("--layouts", action="store_true", help="also cuBLAS with the weight stored as [K, N]")
     args = ap.parse_args()
     results = {**provenance("python3 benchmarks/small_gemm_sweep.py " + " ".join(sys.argv[1:])),
                "device": torch.cuda.get_device_name(), "rows": []}
@@ -111,13 +116,20 @@ def main() -> None:
                     print(f"  {cfg}: failed: {type(exc).__name__}: {exc}"[:200])
                     continue
                 row["configs"].append({"config": list(cfg), "ms": ms, "rel_err": err})
+            if args.layouts:
+                w_t = [w.t().contiguous() for w in weights]
+                err = ((torch.mm(x, w_t[0]).float() - ref).norm() / ref.norm()).item()
+                ms = replay_ms([lambda w=w_t[i % len(w_t)]: torch.mm(x, w) for i in range(CALLS)])
+                row["configs"].append({"config": "cublas:x@w_t", "ms": ms, "rel_err": err})
+                del w_t
             if args.flashinfer:
                 for c in flashinfer_rows(x, weights, ref):
                     row["configs"].append(c)
                     print(f"    {c['config']:>20} {c['ms'] * 1e3:7.1f} us (cublas {base * 1e3:.1f})", flush=True)
             results["rows"].append(row)
             floor = 2 * n * k / 3.0e12 * 1e3
-            line = f"{name:>12} M={m:<4} cublas {base * 1e3:7.1f} us  weight floor {floor * 1e3:.1f} us"
+            line = (f"{name:>12} M={m:<5} cublas {base * 1e3:7.1f} us ({2 * m * n * k / base / 1e9:5.0f} TFLOP/s)  "
+                    f"weight floor {floor * 1e3:.1f} us")
             if row["configs"]:
                 best = min(row["configs"], key=lambda c: c["ms"])
                 line += (f"  best other {best['ms'] * 1e3:7.1f} us ({base / best['ms']:.2f}x, {best['config']}, "

@@ -18,8 +18,13 @@ def row(path: str) -> str:
             parts.append(s)
         return f"{name:28s} {m.get('attention_backend', '')}: " + "; ".join(parts)
     if "output_tok_per_s" in m and "num_prompts" in m and "radix_on" not in m:
-        return (f"{name:28s} {m['output_tok_per_s']:.0f} output tok/s, {m['total_s']:.2f} s "
+        line = (f"{name:28s} {m['output_tok_per_s']:.0f} output tok/s, {m['total_s']:.2f} s "
                 f"(prefill {m.get('prefill_steps_s', 0):.2f} s, decode {m.get('decode_only_steps_s', 0):.2f} s)")
+        hf = m.get("transformers")
+        if hf:
+            line += (f" | HF {hf['output_tok_per_s']:.0f} tok/s (x{m['speedup_output_tok_per_s']:.1f})"
+                     if "output_tok_per_s" in hf else f" | HF failed: {hf.get('error', '')[:80]}")
+        return line
     if "radix_on" in m:
         return (f"{name:28s} radix on {m['radix_on']['total_s']:.2f} s / off {m['radix_off']['total_s']:.2f} s "
                 f"(x{m['speedup_total_time']:.2f}), prefill tokens x{m['prefill_token_ratio']:.1f}")

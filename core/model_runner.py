@@ -70,6 +70,7 @@ class ModelRunner:
         s, cfg = self.setup.settings, self.config
         per_token = KVPool.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype)
         if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # return load-time temporaries (weight repacking) first
             free, total = torch.cuda.mem_get_info(self.device)
             frac = s.mem_fraction_static or 0.85
             budget = int(total * frac) - (total - free)

@@ -1,13 +1,12 @@
 """`jackfield bench latency`: one static batch — prefill time and decode tokens/s (JSON output).
 
 With `--compare-transformers` the same weights run through Hugging Face `generate` in the same
-process, side by side.
+process, side by side (`hf_peer.py`).
 """
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from jackfield.cli.settings_args import add_settings_arguments, cli_overrides
 
@@ -38,49 +37,6 @@ def measure(sched, bs: int, input_len: int, output_len: int, seed: int = 0) -> d
             "forward_steps": len(res.step_times), "total_s": res.total_s}
 
 
-def measure_transformers(model_dir: str, hf_config: dict, dtype, device, bs: int, input_len: int, output_len: int,
-                         compile_: bool) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from jackfield.bench.common import random_prompts, sync
-
-    from pathlib import Path
-
-    from transformers import AutoConfig
-
-    if any(Path(model_dir).glob("*.safetensors")):
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-    else:  # dummy weights: the same shapes, random values
-        with torch.device(device):
-            cfg = AutoConfig.for_model(**{k: v for k, v in hf_config.items() if k != "architectures"})
-            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
-    vocab = model.config.vocab_size
-    ids = torch.tensor(random_prompts(bs, input_len, vocab, 0), device=device)
-    kwargs = dict(do_sample=False, max_new_tokens=output_len, min_new_tokens=output_len, pad_token_id=0)
-    if compile_:
-        # transformers compiles the decode step itself (CompileConfig, CUDA graphs) when generate runs
-        # with a static cache; compiling model.forward by hand would also capture the prefill call below
-        kwargs["cache_implementation"] = "static"
-    with torch.inference_mode():
-        model.generate(ids[:, :16], **dict(kwargs, max_new_tokens=4, min_new_tokens=4))
-        if compile_:
-            for _ in range(2):
-                model.generate(ids, **kwargs)
-        sync(device)
-        t0 = time.perf_counter()
-        model(ids)
-        sync(device)
-        prefill_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        model.generate(ids, **kwargs)
-        sync(device)
-        total = time.perf_counter() - t0
-    decode_s = max(total - prefill_s, 1e-9)
-    return {"batch_size": bs, "prefill_s": prefill_s, "decode_s": decode_s,
-            "decode_tok_per_s": bs * (output_len - 1) / decode_s, "total_s": total, "compiled": compile_}
-
-
 def run(args) -> int:
     from jackfield.bench.common import write_report
     from jackfield.config import load_settings
@@ -92,16 +48,18 @@ def run(args) -> int:
     overrides.setdefault("disable_radix_cache", True)
     settings = load_settings(args.config_file, overrides).settings
     sched, info = build_scheduler(settings, progress=False)
-    rows = []
+    rows, hf_model = [], None
     for bs in args.batch_size:
         row = {"jackfield": measure(sched, bs, args.input_len, args.output_len)}
         if args.compare_transformers:
-            from jackfield.runtime_setup import DTYPES
+            from jackfield.bench.hf_peer import load_model, measure_generate
 
-            src = sched.runner.setup.source
+            src, dev = sched.runner.setup.source, sched.runner.device
             try:
-                hf = measure_transformers(str(src.path), src.hf_config, DTYPES[info.dtype], sched.runner.device,
-                                          bs, args.input_len, args.output_len, args.hf_compile)
+                if hf_model is None:
+                    hf_model = load_model(str(src.path), src.hf_config, sched.runner.dtype, dev,
+                                          dummy=src.load_format == "dummy")
+                hf = measure_generate(hf_model, dev, bs, args.input_len, args.output_len, args.hf_compile)
                 row["transformers"] = hf
                 row["speedup_decode"] = row["jackfield"]["decode_tok_per_s"] / hf["decode_tok_per_s"]
             except Exception as exc:  # the peer failing must not lose our own numbers

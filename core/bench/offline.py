@@ -1,4 +1,8 @@
-"""`jackfield bench offline`: throughput with every request submitted at once (JSON output)."""
+"""`jackfield bench offline`: throughput with every request submitted at once (JSON output).
+
+With `--compare-transformers`, transformers' continuous batching (`generate_batch`) runs the same
+prompts first, in a subprocess (`hf_peer.py`), and the report holds both and their ratio.
+"""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-len", type=int, default=256)
     p.add_argument("--prompt-seed", dest="bench_seed", type=int, default=0)
     p.add_argument("--output-file", default=None, help="write the JSON report here")
+    p.add_argument("--compare-transformers", action="store_true",
+                   help="first run the same prompts through transformers' continuous batching (subprocess)")
     add_settings_arguments(p)
 
 
@@ -23,7 +29,9 @@ def run(args) -> int:
 
     overrides = dict(cli_overrides(args))
     overrides.setdefault("disable_radix_cache", True)
-    sched, info = build_scheduler(load_settings(args.config_file, overrides).settings, progress=False)
+    settings = load_settings(args.config_file, overrides).settings
+    peer = transformers_peer(settings, args) if args.compare_transformers else None
+    sched, info = build_scheduler(settings, progress=False)
     vocab = sched.runner.config.vocab_size
     run_requests(sched, random_prompts(min(args.num_prompts, 8), 16, vocab, 99), 4, prefix="warm")
     res = run_requests(sched, random_prompts(args.num_prompts, args.input_len, vocab, args.bench_seed), args.output_len)
@@ -40,5 +48,24 @@ def run(args) -> int:
                "decode_only_steps_s": sum(t for t, pre, _ in res.step_times if not pre),
                "retractions": sched.stats.retractions, "max_running_requests": info.max_running_requests,
                "max_total_tokens": info.max_total_tokens}
+    if peer is not None:
+        metrics["transformers"] = peer
+        if "output_tok_per_s" in peer:
+            metrics["speedup_output_tok_per_s"] = metrics["output_tok_per_s"] / peer["output_tok_per_s"]
     write_report(args.output_file, "jackfield bench offline " + " ".join(sys.argv[3:]), metrics)
     return 0
+
+
+def transformers_peer(settings, args) -> dict:
+    """transformers' continuous batching on this run's prompts, on the device and dtype jackfield
+    will use, before jackfield takes the GPU."""
+    from jackfield.bench.hf_peer import run_offline_peer
+    from jackfield.loader.source import resolve_model
+    from jackfield.runtime_setup import resolve_device, resolve_dtype
+    from jackfield.sdk.model_config import ModelConfig
+
+    src = resolve_model(settings.model, settings.load_format)
+    device = resolve_device(settings)
+    dtype = resolve_dtype(settings, device, ModelConfig.from_hf(src.hf_config))
+    return run_offline_peer(str(src.origin), src.load_format, str(device), str(dtype).removeprefix("torch."),
+                            args.num_prompts, args.input_len, args.output_len, args.bench_seed)

@@ -80,7 +80,7 @@ def _gemv_kernel(x_ptr, r_ptr, g_ptr, w_ptr, b_ptr, y_ptr, r_out_ptr, N, K, stri
         acc += w.to(tl.float32) * x[None, :]
     y = tl.sum(acc, axis=1)
     if NORM:
-        y = y * tl.rsqrt(tl.sum(sq, axis=0) / K + eps)
+        y = y * tl.rsqrt((tl.sum(sq, axis=0) / K + eps).to(tl.float32))  # eps: float64 under torch.compile
     if HAS_BIAS:
         y += tl.load(b_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
     tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rmask)
@@ -156,9 +156,11 @@ class GemvTuner:
     and the separate norm or activation kernel of a fused variant) is faster.
 
     One tuner per engine, shared by its linear layers; a key is timed the first time it is met
-    outside CUDA-graph capture: with CUDA graphs that is the warm-up forward before capture; with
-    graphs disabled, the first batch-1 decode (a one-time pause: the timing itself takes
-    milliseconds, compiling the candidates seconds the first time Triton meets them on a machine)."""
+    outside CUDA-graph capture and torch.compile tracing: with CUDA graphs that is the warm-up
+    forward before capture; with graphs disabled, the first batch-1 decode (a one-time pause: the
+    timing itself takes milliseconds, compiling the candidates seconds the first time Triton meets
+    them on a machine). Under --enable-torch-compile the graphs are traced before any eager batch-1
+    forward, so they keep cuBLAS."""
 
     def __init__(self):
         self.choices: dict[tuple, GemvConfig | None] = {}
@@ -166,8 +168,8 @@ class GemvTuner:
     def choice(self, key: tuple, k: int, baseline, candidate) -> GemvConfig | None:
         """`baseline()` runs the unfused path, `candidate(cfg)` the kernel with one configuration."""
         if key not in self.choices:
-            if torch.cuda.is_current_stream_capturing():
-                return None  # never time inside a capture; the unfused path is always valid
+            if torch.cuda.is_current_stream_capturing() or torch.compiler.is_compiling():
+                return None  # never time inside a capture or a trace; the unfused path is always valid
             self.choices[key] = self._tune(key, k, baseline, candidate)
         return self.choices[key]
 

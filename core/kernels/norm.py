@@ -25,7 +25,7 @@ def _rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
     # round the sum to the storage dtype first, as the unfused path does
     x = x.to(out_ptr.dtype.element_ty).to(tl.float32)
     var = tl.sum(x * x, axis=0) / n_cols
-    y = x * tl.rsqrt(var + eps)
+    y = x * tl.rsqrt((var + eps).to(tl.float32))  # eps is float64 under torch.compile
     w = tl.load(w_ptr + cols, mask=mask, other=0.0)
     y = y.to(out_ptr.dtype.element_ty) * w
     tl.store(out_ptr + row * n_cols + cols, y, mask=mask)

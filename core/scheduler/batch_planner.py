@@ -25,6 +25,8 @@ def plan_batch(s) -> ForwardJob | None:
         if prefill is None and s.chunked_req is not None and running is None:
             _abort_chunked_oom(s)
     decode = None
+    if running is not None and s.inflight is not None:
+        running = _drop_launched_finishers(s)
     if running is not None and (prefill is None or s.mixed_ok):
         if s.inflight is not None and not s.admission.decode_fits(running):
             s.sync()  # retraction needs the running forward's results; they may also free memory
@@ -40,6 +42,19 @@ def plan_batch(s) -> ForwardJob | None:
     job = _build_job(s, reqs, slots, decode)
     s.building = []
     return job
+
+
+def _drop_launched_finishers(s) -> ScheduleBatch | None:
+    """Under overlap: take out of the running batch the requests whose last token (by max_new_tokens)
+    is already in the running forward. Their finish is certain, so they need no further decode; the
+    running job still holds them (and `s.leaving` until then) and `_process` finishes and releases them."""
+    reqs = s.running.reqs
+    keep = [i for i, r in enumerate(reqs) if r.kv_len - len(r.origin_input_ids) + 1 < r.sampling_params.max_new_tokens]
+    if len(keep) < len(reqs):
+        kept = set(keep)
+        s.leaving += [r for i, r in enumerate(reqs) if i not in kept]
+        s.running.filter(keep)
+    return s.running if len(s.running) else None
 
 
 def _abort_chunked_oom(s) -> None:

@@ -57,6 +57,7 @@ class Scheduler:
         self.chunked_req: Req | None = None
         self.building: list[Req] = []      # admitted into the job being planned, not yet in running
         self.finished_out: list[Req] = []  # finished requests whose outputs are not sent yet
+        self.leaving: list[Req] = []       # left the running batch with their last token still in flight
         self.stats = SchedulerStats()
         self.last_was_prefill = False
         self._arrivals = 0
@@ -167,6 +168,8 @@ class Scheduler:
                 finished.append(r)
         if finished and self.running is not None:
             self.running.filter([i for i, r in enumerate(self.running.reqs) if not r.finished])
+        if finished and self.leaving:
+            self.leaving = [r for r in self.leaving if not r.finished]
         self.finished_out += finished
 
     def _append_token(self, r: Req, token: int, logprobs, row: int) -> None:
@@ -192,8 +195,7 @@ class Scheduler:
             if r.rid == rid:
                 self.waiting.pop(i)
                 return [self._finish_now(r, FinishReason("abort", message="aborted"))]
-        holders = ([self.chunked_req] if self.chunked_req else []) + (self.running.reqs if self.running else [])
-        if not any(r.rid == rid for r in holders):
+        if not any(r.rid == rid for r in self._holders() + self.leaving):
             return []
         self.sync()
         if self.chunked_req is not None and self.chunked_req.rid == rid:
@@ -211,6 +213,7 @@ class Scheduler:
 
     def abort_all(self, message: str) -> list:
         """Fail every request (after an internal error); all KV is returned, none is cached."""
+        holders = self._holders() + [r for r in self.leaving if not r.finished]
         if self.inflight is not None:
             (_, pending), self.inflight = self.inflight, None
             try:
@@ -218,7 +221,6 @@ class Scheduler:
             except Exception:
                 log.debug("the running forward failed too", exc_info=True)
         self.releaser.flush()
-        holders = ([self.chunked_req] if self.chunked_req else []) + (self.running.reqs if self.running else [])
         seen = set()
         for r in holders + self.building:
             if id(r) not in seen and r.req_pool_idx is not None:
@@ -227,9 +229,13 @@ class Scheduler:
         done = [r for r in holders + self.building + self.waiting if not r.finished]
         for r in done:
             r.finished_reason = FinishReason("abort", message=message)
-        self.running, self.chunked_req, self.building, self.waiting = None, None, [], []
+        self.running, self.chunked_req, self.building, self.waiting, self.leaving = None, None, [], [], []
         self.finished_out += list({id(r): r for r in done}.values())
         return self._emit()
+
+    def _holders(self) -> list[Req]:
+        """Requests holding KV in the scheduler's state: the chunked one and the running batch."""
+        return ([self.chunked_req] if self.chunked_req else []) + (list(self.running.reqs) if self.running else [])
 
     def _flush_cache(self) -> FlushCacheOut:
         if self.has_work():

@@ -1,6 +1,7 @@
 """The public SDK: everything a plugin (built-in or third-party) may import from jackfield."""
 from jackfield.hookspecs import hookimpl
 from jackfield.kernels import pdl_kwargs
+from jackfield.mem.device_copy import to_device
 from jackfield.sdk.attention import AttentionBackend, AttentionLayerInfo, AttentionRuntime
 from jackfield.sdk.component import Availability, Capabilities, Component, SelectionContext, require_cuda
 from jackfield.sdk.decoder_lm import DecoderCausalLM
@@ -18,7 +19,7 @@ from jackfield.sdk.spec import DraftProposal, SpeculativeDecoder, SpecInput, Spe
 
 __all__ = [
     "hookimpl", "DecoderCausalLM", "DecoderOptions", "Gemv", "AttentionBackend", "AttentionLayerInfo", "AttentionRuntime", "Availability",
-    "Capabilities", "Component", "SelectionContext", "require_cuda", "ForwardBatch", "ForwardMode", "pdl_kwargs",
+    "Capabilities", "Component", "SelectionContext", "require_cuda", "ForwardBatch", "ForwardMode", "pdl_kwargs", "to_device",
     "Grammar", "GrammarBackend", "GrammarSpec", "KVPool", "LoRABackend", "LoRARuntime", "CausalLM",
     "ModelBuildContext", "ModelConfig", "RopeConfig", "MoEConfig", "MoEDispatcher", "LinearMethod", "create_plain_weights",
     "QuantizationMethod", "DraftProposal", "SpeculativeDecoder", "SpecInput", "SpecRuntime",

@@ -22,7 +22,7 @@ import torch
 
 from jackfield.sdk import (
     AttentionBackend, AttentionLayerInfo, AttentionRuntime, Availability, Capabilities, ForwardBatch, hookimpl,
-    require_cuda,
+    require_cuda, to_device,
 )
 
 WORKSPACE_BYTES = 256 << 20
@@ -50,7 +50,7 @@ def build_page_table(fb: ForwardBatch, page_size: int, seq_lens: list[int],
     kv_indptr = torch.tensor([0] + pages, dtype=torch.int32).cumsum(0, dtype=torch.int32)
     last = torch.tensor([n - (p - 1) * page_size for n, p in zip(seq_lens, pages)], dtype=torch.int32)
     total, dev = int(kv_indptr[-1]), fb.req_to_token.device
-    counts = torch.tensor(pages, dtype=torch.int64).to(dev, non_blocking=True)
+    counts = to_device(pages, torch.int64, dev)  # pinned: a pageable non_blocking copy would still wait
     req = torch.repeat_interleave(torch.arange(len(pages), device=dev), counts, output_size=total)
     page_no = torch.arange(total, device=dev) - (counts.cumsum(0) - counts)[req]
     slots = fb.req_to_token[fb.req_pool_indices[req], page_no * page_size]

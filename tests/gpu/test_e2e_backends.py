@@ -70,3 +70,32 @@ def test_cuda_graph_replay_equals_eager():
     graph = _run("triton")
     eager = _run("triton", disable_cuda_graph=True)
     assert _compare(graph, eager) >= 32
+
+
+def test_torch_compile_matches_eager(tmp_path):
+    """--enable-torch-compile: the decode graphs capture a torch.compile'd forward (Inductor kernels
+    around our Triton kernels). A 2-layer model keeps compilation short; the three prompts replay
+    the batch-4 graph."""
+    import json
+
+    with open(CONFIG) as f:
+        cfg = json.load(f)
+    cfg.update(hidden_size=512, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=8,
+               num_key_value_heads=2, head_dim=64)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+
+    def run(**kw):
+        from jackfield import Engine
+
+        eng = Engine(model=str(path), load_format="dummy", attention_backend="triton", max_total_tokens=8192,
+                     max_running_requests=4, cuda_graph_max_bs=4, seed=1, **kw)
+        try:
+            return eng.generate(PROMPTS, {"temperature": 0, "max_new_tokens": 32, "ignore_eos": True,
+                                          "logprobs": True, "top_logprobs_num": 5})
+        finally:
+            eng.shutdown()
+            del eng
+            torch.cuda.empty_cache()
+
+    assert _compare(run(enable_torch_compile=True), run()) >= 48

@@ -155,3 +155,51 @@ def test_min_new_tokens_counts_launched_tokens(tiny_llama, overlap):
         assert len(toks) == n + 1 and toks[-1] == 7 and 7 not in toks[:-1], toks
     check_pool_clean(d.sched)
     d.sched.close()
+
+
+def test_no_decode_after_the_last_token_is_launched(tiny_llama):
+    """Under overlap a request whose max_new_tokens-th token is in the running forward leaves the next
+    decode: every decode row computed is a token some request keeps."""
+    sched = make_scheduler(tiny_llama, disable_overlap_schedule=False, chunked_prefill_size=64)
+    rows, record = [0], sched.stats.record_step
+
+    def count(prefill_tokens, decode_tokens):
+        rows[0] += decode_tokens
+        record(prefill_tokens, decode_tokens)
+
+    sched.stats.record_step = count
+    d = Driver(sched)
+    lens = [1, 2, 3, 5, 8, 13]
+    for i, n in enumerate(lens):
+        d.submit(f"r{i}", [rng.randrange(2, 256) for _ in range(10 + 20 * i)], n, ignore_eos=True)
+    d.run()
+    assert [len(d.tokens(f"r{i}")) for i in range(len(lens))] == lens
+    assert rows[0] == sum(n - 1 for n in lens)  # the first token of each comes from its prefill
+    check_pool_clean(sched)
+    sched.close()
+
+
+@pytest.mark.parametrize("fail_at", [3, 4, 5, 6])
+def test_failure_while_a_finishing_request_is_in_flight(tiny_llama, fail_at):
+    """A request that left the running batch because its last token is in flight still holds KV:
+    an internal error at any step must finish it and return its KV."""
+    sched = make_scheduler(tiny_llama, disable_overlap_schedule=False)
+    forward, calls = sched.runner.forward, [0]
+
+    def flaky(fb):
+        calls[0] += 1
+        if calls[0] == fail_at:
+            raise RuntimeError("boom")
+        return forward(fb)
+
+    sched.runner.forward = flaky
+    d = Driver(sched)
+    for i, n in enumerate((2, 3, 4, 9)):
+        d.submit(f"r{i}", [rng.randrange(2, 256) for _ in range(5 + i)], n, ignore_eos=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        while sched.has_work():
+            d.step()
+    d.collect(sched.abort_all("internal error: boom"))
+    assert all(rec.finish is not None for rec in d.records.values())
+    check_pool_clean(sched)
+    sched.close()

@@ -10,14 +10,15 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def scale_logits(qk, sm_scale, logit_cap, USE_CAP: tl.constexpr):
-    """Scale raw q·k scores, apply the optional tanh soft-cap, and move them to log2 units."""
+    """Scale raw q·k scores, apply the optional tanh soft-cap, and move them to log2 units (float32:
+    under torch.compile, Inductor hands float scalars to the kernel as float64)."""
     if USE_CAP:
-        x = qk * (sm_scale / logit_cap)
+        x = (qk * (sm_scale / logit_cap)).to(tl.float32)
         # tanh(x) = 1 - 2 / (exp(2x) + 1): exact at both infinities, no libdevice needed.
         x = 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
-        return x * (logit_cap * 1.4426950408889634)
+        return (x * (logit_cap * 1.4426950408889634)).to(tl.float32)
     else:
-        return qk * (sm_scale * 1.4426950408889634)
+        return (qk * (sm_scale * 1.4426950408889634)).to(tl.float32)
 
 
 def block_dmodel(head_dim: int) -> int:

@@ -50,10 +50,13 @@ def _extend_kernel(
     sm_scale, logit_cap, window,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, USE_CAP: tl.constexpr, USE_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
+    HEAVY_FIRST: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
     mb = tl.program_id(2)
+    if HEAVY_FIRST:  # the grid runs in z order: the last query blocks see the most keys, so start them first
+        mb = tl.num_programs(2) - 1 - mb
     ext_len = tl.load(ExtendLens + b)
     if mb * BLOCK_M >= ext_len:
         return
@@ -95,23 +98,27 @@ def _extend_kernel(
              out.to(Out.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
 
 
-def extend_tiles(head_dim: int, device: torch.device) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps), measured on H100; head dim 256 wants Hopper's shared memory."""
+def extend_tiles(head_dim: int, device: torch.device) -> tuple[int, int, int, int, bool]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages, heavy_first), measured on H100; head dim 256 wants
+    Hopper's shared memory."""
     if block_dmodel(head_dim) <= 128:
-        return 64, 64, 4
+        return 64, 64, 4, 2, False
     big_smem = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
-    return (128, 64, 8) if big_smem else (64, 32, 4)
+    return (128, 64, 8, 2, False) if big_smem else (64, 32, 4, 2, False)
 
 
 def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor, out: torch.Tensor,
                      req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
                      extend_start_loc: torch.Tensor, extend_seq_lens: torch.Tensor, max_extend_len: int,
-                     sm_scale: float, logit_cap: float = 0.0, sliding_window: int | None = None) -> None:
+                     sm_scale: float, logit_cap: float = 0.0, sliding_window: int | None = None,
+                     config: tuple[int, int, int, int, bool] | None = None) -> None:
     """Causal attention of every request's new tokens over its prefix and themselves, into `out`.
 
     q, out: [num_tokens, num_heads, head_dim]; request i's new tokens are rows
     extend_start_loc[i] .. + extend_seq_lens[i] at positions seq_lens[i] - extend_seq_lens[i] onward.
     `max_extend_len` only sizes the grid: any upper bound of extend_seq_lens works.
+    config: (BLOCK_M, BLOCK_N, num_warps, num_stages, heavy_first), for tuning
+    (benchmarks/tune_triton_extend.py).
     """
     for name, t in (("q", q), ("out", out), ("k_buffer", k_buffer), ("v_buffer", v_buffer)):
         check_head_layout(t, name)
@@ -120,7 +127,7 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     if bs == 0 or max_extend_len <= 0:
         return
     group = num_heads // k_buffer.shape[1]
-    block_m, block_n, num_warps = extend_tiles(head_dim, q.device)
+    block_m, block_n, num_warps, num_stages, heavy_first = config or extend_tiles(head_dim, q.device)
     grid = (bs, num_heads, triton.cdiv(max_extend_len, block_m))
     _extend_kernel[grid](
         q, out, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, extend_start_loc, extend_seq_lens,
@@ -129,5 +136,5 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
         sm_scale, logit_cap if logit_cap > 0 else 1.0, sliding_window or 0,
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_dmodel(head_dim), BLOCK_M=block_m, BLOCK_N=block_n,
         USE_CAP=logit_cap > 0, USE_WINDOW=sliding_window is not None, PRECISION=dot_precision(q.dtype),
-        num_warps=num_warps, num_stages=2,
+        HEAVY_FIRST=heavy_first, num_warps=num_warps, num_stages=num_stages,
     )
