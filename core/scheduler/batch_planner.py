@@ -47,7 +47,8 @@ def plan_batch(s) -> ForwardJob | None:
 def _drop_launched_finishers(s) -> ScheduleBatch | None:
     """Under overlap: take out of the running batch the requests whose last token (by max_new_tokens)
     is already in the running forward. Their finish is certain, so they need no further decode; the
-    running job still holds them (and `s.leaving` until then) and `_process` finishes and releases them."""
+    running job still holds them and `_process` finishes and releases them in this same step. Should
+    that forward fail first, `abort_all` finds them in `s.leaving`."""
     reqs = s.running.reqs
     keep = [i for i, r in enumerate(reqs) if r.kv_len - len(r.origin_input_ids) + 1 < r.sampling_params.max_new_tokens]
     if len(keep) < len(reqs):

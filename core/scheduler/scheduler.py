@@ -57,7 +57,7 @@ class Scheduler:
         self.chunked_req: Req | None = None
         self.building: list[Req] = []      # admitted into the job being planned, not yet in running
         self.finished_out: list[Req] = []  # finished requests whose outputs are not sent yet
-        self.leaving: list[Req] = []       # left the running batch with their last token still in flight
+        self.leaving: list[Req] = []       # left the running batch, last token in flight (for abort_all)
         self.stats = SchedulerStats()
         self.last_was_prefill = False
         self._arrivals = 0
@@ -195,7 +195,7 @@ class Scheduler:
             if r.rid == rid:
                 self.waiting.pop(i)
                 return [self._finish_now(r, FinishReason("abort", message="aborted"))]
-        if not any(r.rid == rid for r in self._holders() + self.leaving):
+        if not any(r.rid == rid for r in self._holders()):
             return []
         self.sync()
         if self.chunked_req is not None and self.chunked_req.rid == rid:
