@@ -47,14 +47,20 @@ def resolve_dtype(settings: Settings, device: torch.device, config: ModelConfig)
     return torch.float16 if config.torch_dtype in ("float16", "torch.float16") else torch.bfloat16
 
 
+def resolve_target(settings: Settings) -> tuple[ModelSource, ModelConfig, torch.device, torch.dtype]:
+    """What the settings run on: the model source and config, the device and the dtype (no plugins,
+    no GPU memory)."""
+    source = resolve_model(settings.model, settings.load_format)
+    config = ModelConfig.from_hf(source.hf_config)
+    device = resolve_device(settings)
+    return source, config, device, resolve_dtype(settings, device, config)
+
+
 def setup_runtime(settings: Settings, pm=None, plugin_records=None) -> RuntimeSetup:
     if pm is None:
         pm, plugin_records = load_plugins()
     registry = build_registry(pm, plugin_records or [])
-    source = resolve_model(settings.model, settings.load_format)
-    config = ModelConfig.from_hf(source.hf_config)
-    device = resolve_device(settings)
-    dtype = resolve_dtype(settings, device, config)
+    source, config, device, dtype = resolve_target(settings)
     context_len = settings.context_length or config.context_length
     cc = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     probe = SelectionContext(device=device.type, dtype=str(dtype).removeprefix("torch."), compute_capability=cc,

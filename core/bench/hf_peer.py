@@ -18,14 +18,16 @@ import time
 from pathlib import Path
 
 
-def load_model(model_dir: str, hf_config: dict, dtype, device, dummy: bool = False):
+def load_model(source, dtype, device):
+    """The transformers model of a jackfield ModelSource: its weights, or random ones of the same
+    shapes for `--load-format dummy` (or a directory without weights)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if not dummy and any(Path(model_dir).glob("*.safetensors")):
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    if source.load_format != "dummy" and any(Path(source.path).glob("*.safetensors")):
+        return AutoModelForCausalLM.from_pretrained(str(source.path), dtype=dtype).to(device).eval()
     with torch.device(device):  # dummy weights: the same shapes, random values
-        cfg = AutoConfig.for_model(**{k: v for k, v in hf_config.items() if k != "architectures"})
+        cfg = AutoConfig.for_model(**{k: v for k, v in source.hf_config.items() if k != "architectures"})
         return AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
 
 
@@ -111,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     from jackfield.loader.source import resolve_model
 
     src = resolve_model(args.model, args.load_format)
-    model = load_model(str(src.path), src.hf_config, getattr(torch, args.dtype), torch.device(args.device),
-                       dummy=src.load_format == "dummy")
+    model = load_model(src, getattr(torch, args.dtype), torch.device(args.device))
     vocab = model.config.vocab_size
     measure_continuous_batching(model, random_prompts(min(args.num_prompts, 8), 16, vocab, 99), 4)  # warm-up
     result = measure_continuous_batching(model, random_prompts(args.num_prompts, args.input_len, vocab, args.seed),

@@ -54,11 +54,10 @@ def run(args) -> int:
         if args.compare_transformers:
             from jackfield.bench.hf_peer import load_model, measure_generate
 
-            src, dev = sched.runner.setup.source, sched.runner.device
+            dev = sched.runner.device
             try:
                 if hf_model is None:
-                    hf_model = load_model(str(src.path), src.hf_config, sched.runner.dtype, dev,
-                                          dummy=src.load_format == "dummy")
+                    hf_model = load_model(sched.runner.setup.source, sched.runner.dtype, dev)
                 hf = measure_generate(hf_model, dev, bs, args.input_len, args.output_len, args.hf_compile)
                 row["transformers"] = hf
                 row["speedup_decode"] = row["jackfield"]["decode_tok_per_s"] / hf["decode_tok_per_s"]

@@ -60,12 +60,8 @@ def transformers_peer(settings, args) -> dict:
     """transformers' continuous batching on this run's prompts, on the device and dtype jackfield
     will use, before jackfield takes the GPU."""
     from jackfield.bench.hf_peer import run_offline_peer
-    from jackfield.loader.source import resolve_model
-    from jackfield.runtime_setup import resolve_device, resolve_dtype
-    from jackfield.sdk.model_config import ModelConfig
+    from jackfield.runtime_setup import resolve_target
 
-    src = resolve_model(settings.model, settings.load_format)
-    device = resolve_device(settings)
-    dtype = resolve_dtype(settings, device, ModelConfig.from_hf(src.hf_config))
+    src, _, device, dtype = resolve_target(settings)
     return run_offline_peer(str(src.origin), src.load_format, str(device), str(dtype).removeprefix("torch."),
                             args.num_prompts, args.input_len, args.output_len, args.bench_seed)
