@@ -60,12 +60,15 @@ if has latency; then
   done
 fi
 if has offline; then
-  for be in ${OFFLINE_BACKENDS:-flashinfer triton}; do  # OFFLINE_FLAGS: extra engine flags, OFFLINE_TAG: report name
+  # OFFLINE_FLAGS: extra engine flags, OFFLINE_TAG: report name; P+D: prefill backend P, decode backend D
+  for be in ${OFFLINE_BACKENDS:-flashinfer triton flashinfer+triton}; do
     # transformers' continuous batching on the same prompts first, in the same command (about 2 min)
     extra=""; [ "$be" = "${HF_COMPARE_WITH:-flashinfer}" ] && extra="--compare-transformers"
-    run $JF bench offline --model $CFG8B --load-format dummy --attention-backend $be --num-prompts 256 \
+    modes="--attention-backend ${be#*+}"
+    [[ $be == *+* ]] && modes="$modes --prefill-attention-backend ${be%+*} --decode-attention-backend ${be#*+}"
+    run $JF bench offline --model $CFG8B --load-format dummy $modes --num-prompts 256 \
       --input-len 512 --output-len 256 --max-running-requests 256 --cuda-graph-max-bs 256 --chunked-prefill-size 16384 \
-      $extra ${OFFLINE_FLAGS:-} --output-file "$OUTDIR/offline-8b-$be${OFFLINE_TAG:-}-$STAMP.json" > /dev/null
+      $extra ${OFFLINE_FLAGS:-} --output-file "$OUTDIR/offline-8b-${be/+/-}${OFFLINE_TAG:-}-$STAMP.json" > /dev/null
   done
 fi
 if has pdl; then  # A/B of programmatic dependent launch in one run: each command with JACKFIELD_DISABLE_PDL=1, then without

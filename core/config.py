@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     served_model_name: str | None = Field(None, description="Model name reported by the API")
     # --- components --------------------------------------------------------------------------
     attention_backend: str = Field("auto", description="Attention backend name or auto")
+    prefill_attention_backend: str | None = Field(None, description="Attention backend for prefill and mixed forwards (unset: attention_backend)")
+    decode_attention_backend: str | None = Field(None, description="Attention backend for decode forwards and their CUDA graphs (unset: attention_backend)")
     quantization: str = Field("auto", description="Quantization method name or auto")
     moe_backend: str = Field("auto", description="MoE dispatcher name or auto")
     speculative_algorithm: str | None = Field(None, description="Speculative decoder name (off when unset)")

@@ -11,6 +11,7 @@ from jackfield.mem.allocator import TokenAllocator
 from jackfield.mem.req_to_token import ReqToTokenPool
 from jackfield.runtime_setup import RuntimeSetup
 from jackfield.sampling.sampler import Sampler
+from jackfield.hybrid_attention import build_attention_backend
 from jackfield.sdk.attention import AttentionRuntime
 from jackfield.sdk.forward_batch import ForwardBatch
 from jackfield.sdk.kv_cache import KVPool
@@ -41,7 +42,7 @@ class ModelRunner:
         runtime = AttentionRuntime(cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device,
                                    self.page_size, self.kv_pool, self.req_to_token_pool.req_to_token,
                                    self.max_running_requests, self.context_len + 1)
-        self.attn_backend = setup.choices["attention"].info.cls(runtime)
+        self.attn_backend = build_attention_backend(setup.choices, runtime)
         self.sampler = Sampler(cfg.vocab_size, self.max_running_requests + 1, self.device, seed=s.seed)
         self.graph_runner = None
         if self.device.type == "cuda" and not s.disable_cuda_graph and self.attn_backend.supports_cuda_graph:

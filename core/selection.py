@@ -19,6 +19,9 @@ SETTING_FOR_KIND = {
     "lora": "lora_backend",
 }
 OPTIONAL_KINDS = {"moe", "speculative", "grammar", "lora"}
+# Per-mode attention backends (SGLang's --prefill/--decode-attention-backend): extra attention
+# choices, made only when their setting is given; `attention` stays the default for both modes.
+ATTENTION_MODES = {"prefill_attention": "prefill_attention_backend", "decode_attention": "decode_attention_backend"}
 
 
 class SelectionError(RuntimeError):
@@ -126,6 +129,9 @@ def choose_all(registry: Registry, settings, ctx: SelectionContext) -> dict[str,
     plain = replace(ctx, required_features=frozenset())
     for kind, field in SETTING_FOR_KIND.items():
         out[kind] = choose(registry, kind, getattr(settings, field), ctx if kind == "attention" else plain, plugin_choice)
+    for key, field in ATTENTION_MODES.items():
+        if getattr(settings, field):
+            out[key] = replace(choose(registry, "attention", getattr(settings, field), ctx, plugin_choice), kind=key)
     for choice in out.values():
         log.info("%-12s -> %-14s (%s)", choice.kind, choice.name or "-", choice.reason)
     return out

@@ -90,6 +90,13 @@ def run_requests(sched, prompts: list[list[int]], max_new_tokens: int, prefix: s
     return res
 
 
+def attention_name(components: dict) -> str:
+    """The attention backend of a run: one name, or "prefill-backend+decode-backend" when they differ."""
+    default = components["attention"]["name"]
+    pre, dec = (components.get(k, {}).get("name") or default for k in ("prefill_attention", "decode_attention"))
+    return pre if pre == dec else f"{pre}+{dec}"
+
+
 def random_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(10, vocab - 10, (n, length), generator=g).tolist()

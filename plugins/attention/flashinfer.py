@@ -10,6 +10,11 @@ The pool's per-layer `[slots, kv_heads, head_dim]` buffers are FlashInfer's "NHD
 
 CUDA graphs cover decode: one `use_cuda_graph` decode wrapper per (captured batch size, variant),
 all sharing static indptr/indices/last-page-length buffers, re-planned before every replay.
+A decode batch with at least `SPLIT_KV_MAX_CTAS` (request, KV head) pairs per SM is planned
+without split-KV: it fills the GPU as it is, and splitting only adds a merge kernel per layer.
+
+`run` reads q in place (FlashInfer takes the token and head strides, so the q columns of the fused
+qkv output need no copy) and writes into an uninitialized output (its own default zero-fills one).
 Planning reads host-side lengths (`fb.seq_lens_cpu`, `fb.extend_seq_lens_cpu`); when a batch lacks
 them they are copied from the device, which syncs.
 """
@@ -26,6 +31,7 @@ from jackfield.sdk import (
 )
 
 WORKSPACE_BYTES = 256 << 20
+SPLIT_KV_MAX_CTAS = 2  # (request, KV head) pairs per SM from which decode is planned without split-KV
 Variant = tuple[int, float, float]  # (window_left, logit_cap, scale)
 
 
@@ -86,6 +92,7 @@ class FlashInferAttnBackend(AttentionBackend):
         self.fi = flashinfer
         self.workspace = torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=runtime.device)
         self.use_tensor_cores = runtime.num_heads // runtime.num_kv_heads >= 4
+        self.sm_count = torch.cuda.get_device_properties(runtime.device).multi_processor_count
         self.variants: list[Variant] = []
         self.eager_wrappers: dict[tuple[bool, Variant], object] = {}
         self.graph_wrappers: dict[tuple[int, Variant], object] = {}
@@ -150,11 +157,18 @@ class FlashInferAttnBackend(AttentionBackend):
                       q_data_type=rt.dtype, kv_data_type=rt.dtype)
         geometry = (rt.num_heads, rt.num_kv_heads, rt.head_dim, rt.page_size)
         if self.decode:
-            wrapper.plan(t.kv_indptr, t.kv_indices, t.kv_last_page_len, *geometry, **common)
+            no_split = not self.split_kv_allowed(len(t.kv_last_page_len))
+            wrapper.plan(t.kv_indptr, t.kv_indices, t.kv_last_page_len, *geometry, **common,
+                         **({"disable_split_kv": True} if no_split else {}))
         else:
             wrapper.plan(t.qo_indptr, t.kv_indptr, t.kv_indices, t.kv_last_page_len, *geometry, causal=True, **common)
         self.planned[variant] = wrapper
         return wrapper
+
+    def split_kv_allowed(self, batch_size: int) -> bool:
+        """Whether a decode batch may be planned with split-KV. FlashInfer's option to turn it off exists
+        for the tensor-core decode kernel only."""
+        return not self.use_tensor_cores or batch_size * self.runtime.num_kv_heads < SPLIT_KV_MAX_CTAS * self.sm_count
 
     # ---- CUDA graphs -----------------------------------------------------------------------------
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
@@ -194,7 +208,11 @@ class FlashInferAttnBackend(AttentionBackend):
         k = fb.kv_pool.k_buffer(layer.layer_id)
         v = fb.kv_pool.v_buffer(layer.layer_id)
         paged = (k.view(-1, page, *k.shape[1:]), v.view(-1, page, *v.shape[1:]))
-        out = wrapper.run(q.reshape(-1, layer.num_heads, layer.head_dim).contiguous(), paged)
+        q3 = q.unflatten(-1, (layer.num_heads, layer.head_dim))  # a view: token and head strides as they are
+        if q3.stride(-1) != 1:
+            q3 = q3.contiguous()
+        out = torch.empty(q3.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=q.device)
+        wrapper.run(q3, paged, out=out)
         return out.view(q.shape[0], -1)
 
     def forward_decode(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:

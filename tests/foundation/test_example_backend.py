@@ -170,3 +170,42 @@ def test_engine_refuses_the_ambiguous_name(tiny_llama):
 
     with pytest.raises(SelectionError, match="jackfield-example-plugin.*jackfield-dup-plugin|jackfield-dup-plugin.*jackfield-example-plugin"):
         Engine(model=str(tiny_llama), load_format="dummy", attention_backend="example_sdpa", warmup=False)
+
+
+def test_per_mode_attention_backends(tiny_llama, monkeypatch):
+    """prefill_attention_backend / decode_attention_backend: one backend per mode, in one engine. The
+    example backend counts its calls by mode; the tokens equal torch_native's alone."""
+    from jackfield import Engine
+    from jackfield.hybrid_attention import HybridAttnBackend
+    from jackfield_example_plugin.sdpa import ExampleSDPABackend
+
+    calls = []
+    for mode in ("forward_extend", "forward_decode"):
+        real = getattr(ExampleSDPABackend, mode)
+        monkeypatch.setattr(ExampleSDPABackend, mode,
+                            lambda self, *a, _real=real, _mode=mode: calls.append(_mode) or _real(self, *a))
+    reference_tokens = greedy_tokens(tiny_llama, attention_backend="torch_native")
+    choice = {"attention.example_sdpa": "jackfield-example-plugin"}
+    for prefill, decode in (("example_sdpa", "torch_native"), ("torch_native", "example_sdpa")):
+        calls.clear()
+        with Engine(model=str(tiny_llama), load_format="dummy", kv_cache_bytes=1 << 24, warmup=False,
+                    attention_backend="torch_native", prefill_attention_backend=prefill,
+                    decode_attention_backend=decode, plugin_choice=choice) as engine:
+            comps = engine.info.components
+            assert (comps["prefill_attention"]["name"], comps["decode_attention"]["name"]) == (prefill, decode)
+            backend = engine.loop.scheduler.runner.attn_backend
+            assert isinstance(backend, HybridAttnBackend)
+            outs = engine.generate([[1, 2, 3, 4, 5, 6, 7], [9, 8, 7]], {"temperature": 0, "max_new_tokens": 8})
+        assert [o["token_ids"] for o in outs] == reference_tokens
+        assert set(calls) == {"forward_extend" if prefill == "example_sdpa" else "forward_decode"}, (prefill, calls)
+
+
+def test_per_mode_attention_backend_errors(tiny_llama):
+    from jackfield import Engine
+    from jackfield.selection import SelectionError
+
+    with pytest.raises(SelectionError, match="no attention component named 'nope'"):
+        Engine(model=str(tiny_llama), load_format="dummy", decode_attention_backend="nope", warmup=False)
+    with pytest.raises(SelectionError, match="decode_attention cannot be 'none'"):
+        Engine(model=str(tiny_llama), load_format="dummy", attention_backend="torch_native",
+               decode_attention_backend="none", warmup=False)

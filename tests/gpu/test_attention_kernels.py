@@ -143,3 +143,35 @@ def test_decode_cuda_graph_replay_matches_eager(name):
         eager = run_checked(backend, p, fb, q, k, v, layer, f"eager decode, trial {trial}")
         err = relative_error(graph_out[:5], eager.float())
         assert err < 1e-2, f"trial {trial}: graph vs eager relative error {err:.3e}"
+
+
+def test_flashinfer_large_decode_batch_plans_without_split_kv():
+    """A decode batch with at least SPLIT_KV_MAX_CTAS (request, KV head) pairs per SM is planned without
+    split-KV (no merge kernel); its output must still match the reference, eager and graph-replayed."""
+    from jackfield_plugins.attention.flashinfer import SPLIT_KV_MAX_CTAS
+
+    cls = backend_class("flashinfer")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    bs = -(-SPLIT_KV_MAX_CTAS * sms // 8) + 3
+    rng = random.Random(3)
+    p = AttnProblem([rng.randint(100, 700) for _ in range(bs)], [1] * bs, 32, 8, 128, 1, torch.bfloat16, "cuda",
+                    seed=9)
+    backend, layer = cls(p.runtime(max_batch_size=bs)), p.layer()
+    assert not backend.split_kv_allowed(bs) and backend.split_kv_allowed(4)
+    backend.init_cuda_graph_state(bs, bs)
+    static = StaticDecodeBatch(p, backend, graph_bs=bs)
+    fb, q, k, v = p.decode_batch(backend)
+    backend.init_forward_metadata_capture(static.load(fb, q, k, v))
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        backend.forward(static.q, static.k, static.v, layer, static.fb)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        graph_out = backend.forward(static.q, static.k, static.v, layer, static.fb)
+    backend.init_forward_metadata_replay(static.load(fb, q, k, v))
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = run_checked(backend, p, fb, q, k, v, layer, "large decode batch, eager")
+    assert relative_error(graph_out, eager.float()) < 1e-2

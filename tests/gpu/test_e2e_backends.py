@@ -66,6 +66,12 @@ def test_backend_matches_torch_native(backend, reference):
     _compare(_run(backend), reference)
 
 
+def test_flashinfer_prefill_with_triton_decode_matches_torch_native(reference):
+    """The per-mode pair the H100 offline benchmark runs: FlashInfer prefill, Triton decode (graphs)."""
+    pytest.importorskip("flashinfer")
+    _compare(_run("triton", prefill_attention_backend="flashinfer", decode_attention_backend="triton"), reference)
+
+
 def test_cuda_graph_replay_equals_eager():
     graph = _run("triton")
     eager = _run("triton", disable_cuda_graph=True)
