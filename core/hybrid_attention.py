@@ -3,7 +3,8 @@
 
 Each backend has its strong mode: on the H100, FlashInfer's sm90 prefill kernel runs a 16K-token
 chunk of the 8B model's attention in 10.8 ms against 15.6 for the Triton extend kernel, while the
-Triton decode kernel reads a batch-256 step's KV 9% faster than FlashInfer's. `HybridAttnBackend`
+Triton decode kernel reads a batch-256 step's KV 9% faster than FlashInfer's (on the offline
+benchmark the pair measured flat against Triton alone: docs/benchmarks.md). `HybridAttnBackend`
 routes every call by the batch's mode: extend and mixed forwards (and their metadata) go to the
 prefill backend, decode forwards, CUDA-graph capture and replay to the decode backend. Both read and
 write the same KV pool, so both must keep K/V as the pool stores them (`kv_stored_by_pool`).

@@ -6,12 +6,12 @@ import time
 
 import torch
 
+from jackfield.hybrid_attention import build_attention_backend
 from jackfield.loader.weights import init_dummy_weights, iter_safetensors
 from jackfield.mem.allocator import TokenAllocator
 from jackfield.mem.req_to_token import ReqToTokenPool
 from jackfield.runtime_setup import RuntimeSetup
 from jackfield.sampling.sampler import Sampler
-from jackfield.hybrid_attention import build_attention_backend
 from jackfield.sdk.attention import AttentionRuntime
 from jackfield.sdk.forward_batch import ForwardBatch
 from jackfield.sdk.kv_cache import KVPool
