@@ -27,7 +27,6 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
@@ -94,14 +93,13 @@ def build(cache_dir: Path | None = None) -> Path:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     log.info("compiling the CUTLASS GEMMs with %s (once per machine, 1-2 minutes)", nvcc)
-    with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".so", delete=False) as tmp:
-        pass
-    cmd = [nvcc, *FLAGS, *includes, "-o", tmp.name, str(SOURCE)]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # per process: concurrent builds do not collide
+    proc = subprocess.run([nvcc, *FLAGS, *includes, "-o", str(tmp), str(SOURCE)], check=False,
+                          capture_output=True, text=True)
     if proc.returncode != 0:
-        os.unlink(tmp.name)
+        tmp.unlink(missing_ok=True)
         raise CutlassUnavailable(f"nvcc failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    os.replace(tmp.name, out)  # atomic: a concurrent build of the same key writes the same file
+    os.replace(tmp, out)  # atomic: a concurrent build of the same key writes the same file
     return out
 
 

@@ -114,6 +114,20 @@ class StaticDecodeBatch:
         return ForwardBatch(**{**self.fb.__dict__, "seq_lens_cpu": lens})
 
 
+def capture_decode(backend, static: StaticDecodeBatch, layer):
+    """One warm-up forward on a side stream, then the decode forward over `static` captured in a graph;
+    returns (graph, its output buffer). Metadata must have been set with init_forward_metadata_capture."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        backend.forward(static.q, static.k, static.v, layer, static.fb)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = backend.forward(static.q, static.k, static.v, layer, static.fb)
+    return graph, out
+
+
 @pytest.mark.parametrize("name", list(BACKENDS))
 def test_decode_cuda_graph_replay_matches_eager(name):
     cls = backend_class(name)
@@ -124,14 +138,7 @@ def test_decode_cuda_graph_replay_matches_eager(name):
     backend.init_cuda_graph_state(8, 8)
     static = StaticDecodeBatch(p, backend, graph_bs=8)
     backend.init_forward_metadata_capture(static.load(*p.decode_batch(backend)))
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        backend.forward(static.q, static.k, static.v, layer, static.fb)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        graph_out = backend.forward(static.q, static.k, static.v, layer, static.fb)
+    graph, graph_out = capture_decode(backend, static, layer)
 
     for trial in range(4):
         lens = [rng.randint(1, n + 1) for n in prefix]
@@ -162,14 +169,7 @@ def test_flashinfer_large_decode_batch_plans_without_split_kv():
     static = StaticDecodeBatch(p, backend, graph_bs=bs)
     fb, q, k, v = p.decode_batch(backend)
     backend.init_forward_metadata_capture(static.load(fb, q, k, v))
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        backend.forward(static.q, static.k, static.v, layer, static.fb)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        graph_out = backend.forward(static.q, static.k, static.v, layer, static.fb)
+    graph, graph_out = capture_decode(backend, static, layer)
     backend.init_forward_metadata_replay(static.load(fb, q, k, v))
     graph.replay()
     torch.cuda.synchronize()
