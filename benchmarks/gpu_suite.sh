@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The GPU suite: GPU tests + every GPU benchmark, in one device call. Prints a short table last.
+# The GPU suite: GPU tests + every GPU benchmark, by part. Prints a short table last.
 # Usage on the device: bash .whl/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/gpu_suite.sh [PART...]
-# Parts: tests kernels gemv gemm tune profile latency offline pdl prefix overlap serving (default: all but gemm, tune, profile, pdl).
+# Parts: tests fitests kernels gemv gemm tune profile latency offline pdl prefix overlap serving
+# (default: all but gemm, tune, profile, pdl). A device call lasts at most 10 minutes: pass a few parts per call.
 # Results: benchmarks/results/ and $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR=benchmarks/results
 mkdir -p "$OUTDIR"
 STAMP=$(date -u +%Y%m%d-%H%M)
-PARTS=${*:-tests kernels gemv latency offline prefix overlap serving}
+PARTS=${*:-tests fitests kernels gemv latency offline prefix overlap serving}
 # The trace files of the profile part go to $OUT when it is set (device calls), else here.
 export OUT=${OUT:-$OUTDIR}
 CFG8B=benchmarks/configs/llama-3.1-8b.json
@@ -17,14 +18,20 @@ JF="python3 -c 'import sys; from jackfield.cli import main; sys.exit(main())'"
 run() { echo "+ $*" >&2; eval "$@"; }
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 
-if has tests; then  # the triton cases first, then the rest. FlashInfer JIT-compiles a module per dtype, head dim
-  # and variant (30 s to 2 min each): pytest-xdist workers compile them side by side on the 16 cores.
-  files="tests/gpu/test_fused_kernels.py tests/gpu/test_decode_no_sync.py tests/gpu/test_e2e_backends.py tests/gpu/test_attention_kernels.py"
-  for sel in triton "not triton"; do
-    run python3 -m pytest -n ${GPU_TEST_WORKERS:-8} -v -m gpu -p no:cacheprovider -rfE -k "'$sel'" $files 2>&1 \
-      | tee -a "$OUT/gpu-tests-$STAMP.txt" \
-      | grep -E "FAILED|ERROR|passed|failed" | tail -25
-  done
+# tests: everything but FlashInfer's kernel tests (about 3 min). fitests: FlashInfer's kernel tests, which
+# JIT-compile a module per dtype, head dim and variant (about 8 min on a fresh device, 16 cores): with the
+# 10-minute limit of a device call, run the two parts in separate calls. pytest-xdist workers compile side by side.
+gpu_pytest() {  # $1: log name, rest: pytest arguments
+  local log=$1; shift
+  run python3 -m pytest -n ${GPU_TEST_WORKERS:-8} -v -m gpu -p no:cacheprovider -rfE "$@" 2>&1 \
+    | tee -a "$OUT/$log-$STAMP.txt" | grep -E "FAILED|ERROR|passed|failed" | tail -25
+}
+if has tests; then
+  gpu_pytest gpu-tests tests/gpu/test_attention_kernels.py -k "'triton'"
+  gpu_pytest gpu-tests tests/gpu/test_fused_kernels.py tests/gpu/test_decode_no_sync.py tests/gpu/test_e2e_backends.py
+fi
+if has fitests; then
+  GPU_TEST_WORKERS=${GPU_TEST_WORKERS:-12} gpu_pytest gpu-tests-fi tests/gpu/test_attention_kernels.py -k "'not triton'"
 fi
 if has profile; then  # where decode time goes: graph-only device time vs scheduler step, device idle gaps
   for be in ${PROFILE_BACKENDS:-triton}; do

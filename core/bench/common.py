@@ -111,10 +111,17 @@ def machine() -> dict:
 
 
 def git_commit() -> str:
+    """The commit the code came from: $JACKFIELD_GIT_COMMIT when set, else git's HEAD, with "-dirty"
+    when tracked files differ from it (a device copy of a working tree keeps an older HEAD)."""
+    if os.environ.get("JACKFIELD_GIT_COMMIT"):
+        return os.environ["JACKFIELD_GIT_COMMIT"]
     try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
+        head = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
+        changed = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no"], text=True,
+                                          stderr=subprocess.DEVNULL).strip()
     except Exception:
         return "unknown"
+    return f"{head}-dirty" if changed else head
 
 
 def provenance(command: str) -> dict:

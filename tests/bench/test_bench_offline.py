@@ -59,3 +59,25 @@ def test_latency_with_transformers_peer(tiny_config, tmp_path):
     for r in rows:
         assert r["transformers"]["batch_size"] == r["jackfield"]["batch_size"]
         assert r["speedup_decode"] > 0
+
+
+def test_report_commit_names_env_override_and_dirty_tree(tmp_path, monkeypatch):
+    import subprocess
+
+    from jackfield.bench.common import git_commit
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "f.txt").write_text("a")
+    subprocess.run([*git, "add", "f.txt"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "c"], check=True)
+    head = subprocess.check_output([*git, "rev-parse", "--short", "HEAD"], text=True).strip()
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("JACKFIELD_GIT_COMMIT", raising=False)
+    assert git_commit() == head
+    (repo / "f.txt").write_text("b")      # a tracked file changed: the code is not HEAD's
+    assert git_commit() == f"{head}-dirty"
+    monkeypatch.setenv("JACKFIELD_GIT_COMMIT", "abc1234")
+    assert git_commit() == "abc1234"
