@@ -17,8 +17,9 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "JACKFIELD_"
-# Environment variables with the prefix that are not settings (plugin filters, test switches).
-NON_SETTING_ENV = {"PLUGINS", "DISABLE_PLUGINS", "CACHE_DIR", "TEST_SMOLLM2", "DISABLE_FUSED_KERNELS", "DISABLE_PDL"}
+# Environment variables with the prefix that are not settings (plugin filters, test and benchmark switches).
+NON_SETTING_ENV = {"PLUGINS", "DISABLE_PLUGINS", "CACHE_DIR", "TEST_SMOLLM2", "DISABLE_FUSED_KERNELS", "DISABLE_PDL",
+                   "GIT_COMMIT", "CUTLASS_LIB"}
 
 
 class Settings(BaseSettings):

@@ -70,10 +70,12 @@ def test_unknown_key_in_env():
         load_settings(env={"JACKFIELD_NOPE": "1"})
 
 
-def test_kernel_switches_in_env_are_not_settings():
-    """The kernel switches read by jackfield.kernels share the prefix but are not settings."""
-    loaded = load_settings(env={"JACKFIELD_DISABLE_PDL": "1", "JACKFIELD_DISABLE_FUSED_KERNELS": "1"})
-    assert "disable_pdl" not in loaded.sources and "disable_fused_kernels" not in loaded.sources
+def test_kernel_and_benchmark_switches_in_env_are_not_settings():
+    """The kernel switches read by jackfield.kernels and the benchmarks' variables share the prefix
+    but are not settings."""
+    loaded = load_settings(env={"JACKFIELD_DISABLE_PDL": "1", "JACKFIELD_DISABLE_FUSED_KERNELS": "1",
+                                "JACKFIELD_GIT_COMMIT": "abc1234", "JACKFIELD_CUTLASS_LIB": "/x.so"})
+    assert not {"disable_pdl", "disable_fused_kernels", "git_commit", "cutlass_lib"} & set(loaded.sources)
 
 
 def test_unknown_key_on_cli():
