@@ -5,7 +5,8 @@ is never handed out; usable pages are 1..num_pages. Accounting is exact: `availa
 number of free pages times page_size. A page belongs to exactly one owner (a request or a radix
 node), and token j of a request sits at offset j % page_size of its page, so what an owner frees is
 a run of whole pages (the last possibly part-used); with checks on, freeing a page that is already
-free raises RuntimeError. Allocation takes pages from the free list in ascending order; freed pages wait
+free raises RuntimeError. With checks off (CUDA) such frees are counted on the device instead, and
+`audit()`, which the scheduler calls when it goes idle, reports and repairs them. Allocation takes pages from the free list in ascending order; freed pages wait
 in a release list and are merged back, sorted, only when the free list runs short (as SGLang's
 allocator does), so a step that frees pages does not pay a sort of the whole pool on its next
 allocation. Allocations either succeed completely or return None and allocate nothing.
@@ -43,6 +44,7 @@ class TokenAllocator:
         self._num_released = 0
         self._page_free = torch.ones(self.num_pages + 1, dtype=torch.bool, device=self.device)
         self._page_free[0] = False
+        self._double_frees = torch.zeros((), dtype=torch.int64, device=self.device)
 
     def num_free_pages(self) -> int:
         return self._free_pages.numel() + self._num_released
@@ -163,6 +165,8 @@ class TokenAllocator:
         pages = slots[:: self.page_size] // self.page_size
         if self.checks:
             self._check_free(slots, pages)
+        else:  # counted on the device, no wait; audit() reads the count
+            self._double_frees += self._page_free[pages].sum()
         self._page_free.index_fill_(0, pages, True)
         self._released.append(pages)
         self._num_released += pages.numel()
@@ -176,6 +180,17 @@ class TokenAllocator:
         if torch.unique(pages).numel() != pages.numel() or bool(self._page_free[pages].any()):
             dup = pages[self._page_free[pages]].tolist() or pages.tolist()
             raise RuntimeError(f"double free of KV pages {dup[:8]}")
+
+    def audit(self) -> int:
+        """The number of pages freed while already free since the last audit (counted when checks are
+        off). Reads the device, so call it when idle. Such pages sit twice in the free list, which is
+        deduplicated here so that no page goes to two owners."""
+        n = int(self._double_frees)
+        if n:
+            self._double_frees.zero_()
+            self._merge_released()
+            self._free_pages = torch.unique(self._free_pages)
+        return n
 
     def debug_check(self) -> None:
         """Raise RuntimeError if the free list and the free-page mask disagree."""

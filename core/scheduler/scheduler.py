@@ -124,15 +124,25 @@ class Scheduler:
                 result = self._run_job(job)
                 self._commit(job)
                 self._process(job, result)
-            return self._emit()
-        prev, self.inflight = self.inflight, None
-        if job is not None:  # queued behind prev on the device: the device never waits for the host
-            self.inflight = (job, self.worker.launch(job))
-        if prev is not None:
-            result = prev[1].wait()
-            self._commit(prev[0])
-            self._process(prev[0], result)
+        else:
+            prev, self.inflight = self.inflight, None
+            if job is not None:  # queued behind prev on the device: the device never waits for the host
+                self.inflight = (job, self.worker.launch(job))
+            if prev is not None:
+                result = prev[1].wait()
+                self._commit(prev[0])
+                self._process(prev[0], result)
+        self._audit_when_idle()
         return self._emit()
+
+    def _audit_when_idle(self) -> None:
+        """Once the last request has left: frees of already-free KV pages, counted without a wait
+        while the batch ran (CUDA), are read now and logged; the allocator repairs its free list."""
+        if not self.has_work():
+            n = self.runner.allocator.audit()
+            if n:
+                log.error("%d KV page(s) were freed while already free; the free list was repaired "
+                          "(a bug in the KV release path)", n)
 
     def sync(self) -> bool:
         """Wait for the running forward and process its results (overlap only); False if none ran."""

@@ -164,6 +164,22 @@ def test_double_free_raises(page_size):
     assert alloc.available_size() == alloc.capacity
 
 
+@pytest.mark.parametrize("page_size", [1, 4])
+def test_unchecked_double_free_is_counted_and_repaired_by_audit(page_size):
+    """With checks off (CUDA) a double free is counted on the device, not raised; audit() reports
+    it and dedupes the free list, so no page is handed out twice afterwards."""
+    alloc = TokenAllocator(num_pages=8, page_size=page_size, device="cpu", checks=False)
+    slots = alloc.alloc(3 * page_size)
+    alloc.free(slots)
+    assert alloc.audit() == 0
+    alloc.free(slots[page_size:])  # its pages 2 and 3 again
+    assert alloc.audit() == 2 and alloc.audit() == 0
+    alloc.debug_check()
+    assert alloc.available_size() == alloc.capacity
+    everything = alloc.alloc(alloc.capacity)
+    assert torch.unique(everything).numel() == alloc.capacity
+
+
 def test_clear_restores_everything():
     alloc = TokenAllocator(num_pages=8, page_size=2, device="cpu")
     alloc.alloc(10)

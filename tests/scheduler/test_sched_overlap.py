@@ -2,6 +2,7 @@
 works, failures clean up, and the offline Engine works with it on and off."""
 from __future__ import annotations
 
+import logging
 import random
 import time
 
@@ -201,5 +202,29 @@ def test_failure_while_a_finishing_request_is_in_flight(tiny_llama, fail_at):
             d.step()
     d.collect(sched.abort_all("internal error: boom"))
     assert all(rec.finish is not None for rec in d.records.values())
+    check_pool_clean(sched)
+    sched.close()
+
+
+def test_unchecked_double_free_is_reported_when_idle(tiny_llama, caplog):
+    """On CUDA the allocator counts double frees on the device instead of raising (a check would wait
+    for it); the scheduler reads the count once the batch drains, logs it, and the allocator repairs
+    its free list. A clean run logs nothing."""
+    sched = make_scheduler(tiny_llama, max_total_tokens=3000)
+    alloc = sched.runner.allocator
+    alloc.checks = False  # as on CUDA
+    d = Driver(sched)
+    with caplog.at_level(logging.ERROR, logger="jackfield.scheduler.scheduler"):
+        d.submit("clean", list(range(2, 40)), 8)
+        d.run()
+        assert "freed while already free" not in caplog.text
+        d.submit("a", list(range(2, 40)), 8)
+        d.step()
+        spare = alloc.alloc(alloc.page_size)
+        alloc.free(spare)
+        alloc.free(spare)  # a double free while "a" decodes
+        d.run()
+    assert "1 KV page(s) were freed while already free" in caplog.text
+    assert len(d.tokens("a")) == 8
     check_pool_clean(sched)
     sched.close()
