@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU suite: GPU tests + every GPU benchmark, by part. Prints a short table last.
 # Usage on the device: bash .whl/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/gpu_suite.sh [PART...]
-# Parts: tests fitests kernels gemv gemm tune profile latency offline pdl prefix overlap serving
-# (default: all but gemm, tune, profile, pdl). A device call lasts at most 10 minutes: pass a few parts per call.
+# Parts: tests fitests kernels gemv gemm tune profile probe latency offline pdl prefix overlap serving
+# (default: all but gemm, tune, profile, probe, pdl). A device call lasts at most 10 minutes: pass a few parts per call.
 # Results: benchmarks/results/ and $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +57,9 @@ fi
 if has gemm; then  # decode-size GEMMs on the 8B linear shapes: cuBLAS against Triton TMA GEMM configurations
   run python3 benchmarks/small_gemm_sweep.py --rows ${GEMM_ROWS:-128,256} --out "$OUTDIR/gemm-$STAMP.json" 2>&1 | tail -25
   run python3 benchmarks/small_gemm_sweep.py --rows 256,16384 --layouts --no-triton --out "$OUTDIR/gemm-layouts-$STAMP.json" 2>&1 | tail -10
+fi
+if has probe; then  # prefill GEMMs and decode attention side by side, on green contexts of N SMs
+  run python3 benchmarks/overlap_probe.py --sms 8,16,24,32,48,66 --out "$OUTDIR/overlap-probe-$STAMP.json"
 fi
 if has latency; then
   for be in ${LATENCY_BACKENDS:-flashinfer triton torch_native}; do
