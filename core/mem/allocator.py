@@ -6,10 +6,11 @@ number of free pages times page_size. A page belongs to exactly one owner (a req
 node), and token j of a request sits at offset j % page_size of its page, so what an owner frees is
 a run of whole pages (the last possibly part-used); with checks on, freeing a page that is already
 free raises RuntimeError. With checks off (CUDA) such frees are counted on the device instead, and
-`audit()`, which the scheduler calls when it goes idle, reports and repairs them. Allocation takes pages from the free list in ascending order; freed pages wait
-in a release list and are merged back, sorted, only when the free list runs short (as SGLang's
-allocator does), so a step that frees pages does not pay a sort of the whole pool on its next
-allocation. Allocations either succeed completely or return None and allocate nothing.
+`audit()`, which the scheduler calls when it goes idle, reports and repairs them. Allocation takes
+pages from the free list in ascending order; freed pages wait in a release list and are merged back,
+sorted, only when the free list runs short (as SGLang's allocator does), so a step that frees pages
+does not pay a sort of the whole pool on its next allocation. Allocations either succeed completely
+or return None and allocate nothing.
 """
 from __future__ import annotations
 
