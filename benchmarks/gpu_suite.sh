@@ -58,8 +58,9 @@ if has gemm; then  # decode-size GEMMs on the 8B linear shapes: cuBLAS against T
   run python3 benchmarks/small_gemm_sweep.py --rows ${GEMM_ROWS:-128,256} --out "$OUTDIR/gemm-$STAMP.json" 2>&1 | tail -25
   run python3 benchmarks/small_gemm_sweep.py --rows 256,16384 --layouts --no-triton --out "$OUTDIR/gemm-layouts-$STAMP.json" 2>&1 | tail -10
 fi
-if has probe; then  # prefill GEMMs and decode attention side by side, on green contexts of N SMs
+if has probe; then  # prefill GEMMs and decode attention side by side (green contexts); prefill GEMMs at the power limit
   run python3 benchmarks/overlap_probe.py --sms 8,16,24,32,48,66 --out "$OUTDIR/overlap-probe-$STAMP.json"
+  run python3 benchmarks/gemm_power.py --out "$OUTDIR/gemm-power-$STAMP.json"
 fi
 if has latency; then
   for be in ${LATENCY_BACKENDS:-flashinfer triton torch_native}; do
