@@ -15,7 +15,7 @@ import torch
 
 from jackfield.sdk.attention import AttentionBackend, AttentionLayerInfo, AttentionRuntime
 from jackfield.sdk.forward_batch import ForwardBatch
-from jackfield.selection import SelectionError
+from jackfield.selection import ATTENTION_MODES, SelectionError
 
 
 class HybridAttnBackend(AttentionBackend):
@@ -64,7 +64,7 @@ def build_attention_backend(choices: dict, runtime: AttentionRuntime) -> Attenti
     """The engine's attention backend: `attention`, or a HybridAttnBackend where the per-mode choices
     (`prefill_attention`, `decode_attention`) name different components."""
     default = choices["attention"]
-    prefill, decode = (choices.get(key) or default for key in ("prefill_attention", "decode_attention"))
+    prefill, decode = (choices.get(key) or default for key in ATTENTION_MODES)
     for c in (prefill, decode):
         if c.info is None:
             raise SelectionError(f"{c.kind} cannot be '{c.requested}': every forward needs an attention backend")

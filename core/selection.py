@@ -21,6 +21,7 @@ SETTING_FOR_KIND = {
 OPTIONAL_KINDS = {"moe", "speculative", "grammar", "lora"}
 # Per-mode attention backends (SGLang's --prefill/--decode-attention-backend): extra attention
 # choices, made only when their setting is given; `attention` stays the default for both modes.
+# Ordered: prefill, then decode.
 ATTENTION_MODES = {"prefill_attention": "prefill_attention_backend", "decode_attention": "decode_attention_backend"}
 
 

@@ -13,6 +13,7 @@ import torch
 
 from jackfield.io_struct import TokenizedGenerateReq
 from jackfield.sampling.params import SamplingParams
+from jackfield.selection import ATTENTION_MODES
 
 
 @dataclass
@@ -93,7 +94,7 @@ def run_requests(sched, prompts: list[list[int]], max_new_tokens: int, prefix: s
 def attention_name(components: dict) -> str:
     """The attention backend of a run: one name, or "prefill-backend+decode-backend" when they differ."""
     default = components["attention"]["name"]
-    pre, dec = (components.get(k, {}).get("name") or default for k in ("prefill_attention", "decode_attention"))
+    pre, dec = (components.get(k, {}).get("name") or default for k in ATTENTION_MODES)
     return pre if pre == dec else f"{pre}+{dec}"
 
 
