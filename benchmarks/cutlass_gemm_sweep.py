@@ -19,9 +19,9 @@ import cutlass_gemm  # benchmarks/cutlass_gemm.py: scripts run as `python benchm
 import torch
 import torch.nn.functional as F
 from jackfield.bench.common import provenance, replay_ms
+from llama8b_shapes import LINEAR_SHAPES, LM_HEAD
 
-SHAPES = {"qkv_proj": (6144, 4096), "o_proj": (4096, 4096), "gate_up_proj": (28672, 4096),
-          "down_proj": (4096, 14336), "lm_head": (128256, 4096)}
+SHAPES = {**LINEAR_SHAPES, "lm_head": LM_HEAD}
 L2_BYTES = 160 << 20
 MODES = ("heuristic", "stream_k", "data_parallel")
 

@@ -19,30 +19,34 @@ import torch
 import torch.nn.functional as F
 
 from attention_kernels import save_rows
+from llama8b_shapes import LINEAR_SHAPES
 
-ROWS, HIDDEN, QKV, MLP = 16384, 4096, 6144, 14336
+ROWS = 16384
 
 
-def cases() -> dict:
+def linear_layers(rows: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(input, weight) of each 8B linear layer at `rows` tokens, random bf16."""
     def t(*shape):
         return torch.randn(*shape, dtype=torch.bfloat16, device="cuda") * 0.02
 
-    x, h = t(ROWS, HIDDEN), t(ROWS, MLP)
-    qkv, o, gate_up, down = t(QKV, HIDDEN), t(HIDDEN, HIDDEN), t(2 * MLP, HIDDEN), t(HIDDEN, MLP)
-    half, rows = MLP, ROWS // 2
-    gemm = lambda n, k: 2 * ROWS * n * k  # noqa: E731
-    return {
-        "qkv_proj": (lambda: F.linear(x, qkv), gemm(QKV, HIDDEN)),
-        "o_proj": (lambda: F.linear(x, o), gemm(HIDDEN, HIDDEN)),
-        "gate_up_proj": (lambda: F.linear(x, gate_up), gemm(2 * MLP, HIDDEN)),
-        "down_proj": (lambda: F.linear(h, down), gemm(HIDDEN, MLP)),
-        "gate_up_proj as 2 column halves": (lambda: (F.linear(x, gate_up[:half]), F.linear(x, gate_up[half:])),
-                                            gemm(2 * MLP, HIDDEN)),
-        "gate_up_proj as 2 row halves": (lambda: (F.linear(x[:rows], gate_up), F.linear(x[rows:], gate_up)),
-                                         gemm(2 * MLP, HIDDEN)),
-        "down_proj as 2 row halves": (lambda: (F.linear(h[:rows], down), F.linear(h[rows:], down)),
-                                      gemm(HIDDEN, MLP)),
-    }
+    inputs = {k: t(rows, k) for k in sorted({k for _, k in LINEAR_SHAPES.values()})}
+    return {name: (inputs[k], t(n, k)) for name, (n, k) in LINEAR_SHAPES.items()}
+
+
+def cases() -> dict:
+    """name -> (call, FLOPs): each layer at ROWS rows, then splits of gate_up and down."""
+    layers = linear_layers(ROWS)
+    out = {name: (lambda x=x, w=w: F.linear(x, w), 2 * x.shape[0] * w.shape[0] * w.shape[1])
+           for name, (x, w) in layers.items()}
+    (x, gate_up), (h, down) = layers["gate_up_proj"], layers["down_proj"]
+    cols, rows = gate_up.shape[0] // 2, ROWS // 2
+    out["gate_up_proj as 2 column halves"] = (lambda: (F.linear(x, gate_up[:cols]), F.linear(x, gate_up[cols:])),
+                                              out["gate_up_proj"][1])
+    out["gate_up_proj as 2 row halves"] = (lambda: (F.linear(x[:rows], gate_up), F.linear(x[rows:], gate_up)),
+                                           out["gate_up_proj"][1])
+    out["down_proj as 2 row halves"] = (lambda: (F.linear(h[:rows], down), F.linear(h[rows:], down)),
+                                        out["down_proj"][1])
+    return out
 
 
 def tflops(fn, flops: float, reps: int) -> float:

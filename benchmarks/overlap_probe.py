@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from attention_kernels import DTYPE, HEAD_DIM, HEADS, Setup, available_backends, save_rows
+from gemm_power import ROWS, linear_layers
 from jackfield.sdk import AttentionLayerInfo, ForwardMode
 
 BATCH, CONTEXT, LAYERS, POOLS = 256, 640, 32, 8
-ROWS, HIDDEN, QKV, MLP = 16384, 4096, 6144, 14336
 
 
 def attention_step():
@@ -46,12 +46,8 @@ def attention_step():
 
 def prefill_gemms():
     """G: one layer's four linear layers at 16,384 rows."""
-    x = torch.randn(ROWS, HIDDEN, dtype=DTYPE, device="cuda")
-    h = torch.randn(ROWS, MLP, dtype=DTYPE, device="cuda")
-    w = {n: torch.randn(o, i, dtype=DTYPE, device="cuda") * 0.02
-         for n, (o, i) in {"qkv": (QKV, HIDDEN), "o": (HIDDEN, HIDDEN), "gate_up": (2 * MLP, HIDDEN),
-                           "down": (HIDDEN, MLP)}.items()}
-    return lambda: (F.linear(x, w["qkv"]), F.linear(x, w["o"]), F.linear(x, w["gate_up"]), F.linear(h, w["down"]))
+    layers = list(linear_layers(ROWS).values())
+    return lambda: [F.linear(x, w) for x, w in layers]
 
 
 def timed(jobs: list[tuple[object, torch.cuda.Stream]], reps: int = 5) -> float:

@@ -28,8 +28,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from jackfield.bench.common import provenance, replay_ms
-
-SHAPES = {"qkv_proj": (6144, 4096), "o_proj": (4096, 4096), "gate_up_proj": (28672, 4096), "down_proj": (4096, 14336)}
+from llama8b_shapes import LINEAR_SHAPES as SHAPES
 CALLS, L2_BYTES = 24, 160 << 20
 # (block_m, block_n, block_k, num_warps, num_stages, warp_specialize)
 CANDIDATES = [(128, 64, 128, 4, 4, False), (128, 128, 64, 8, 4, False), (64, 64, 128, 4, 5, False),
