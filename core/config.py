@@ -65,12 +65,18 @@ class Settings(BaseSettings):
     disable_cuda_graph: bool = Field(False, description="Run decode eagerly, without CUDA graphs")
     cuda_graph_max_bs: int = Field(160, ge=1, description="Largest decode batch captured in a CUDA graph")
     enable_torch_compile: bool = Field(False, description="torch.compile the model for small decode batches")
+    # --- structured outputs ------------------------------------------------------------------
+    # --- speculative decoding ----------------------------------------------------------------
+    # --- quantization ------------------------------------------------------------------------
+    # --- LoRA --------------------------------------------------------------------------------
+    # --- distributed -------------------------------------------------------------------------
     # --- server ------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="HTTP bind address")
     port: int = Field(30000, ge=1, le=65535, description="HTTP port")
     api_key: str | None = Field(None, description="Require this bearer token on every API request")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
     warmup: bool = Field(True, description="Run one warm-up generation before reporting healthy")
+    # --- reliability and security ------------------------------------------------------------
 
 
 class ConfigError(ValueError):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run the CPU test suite (GPU tests are marked `gpu` and skip without CUDA).
+# Run the CPU test suite in the project's virtual environment (GPU tests are marked `gpu` and skip
+# without CUDA). Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec "${PYTHON:-python3}" -m pytest -q "$@"
+exec "${PYTHON:-.venv/bin/python}" -m pytest -q "$@"

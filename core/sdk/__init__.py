@@ -18,9 +18,21 @@ from jackfield.sdk.quant import LinearMethod, QuantizationMethod, create_plain_w
 from jackfield.sdk.spec import DraftProposal, SpeculativeDecoder, SpecInput, SpecRuntime
 
 __all__ = [
-    "hookimpl", "DecoderCausalLM", "DecoderOptions", "Gemv", "AttentionBackend", "AttentionLayerInfo", "AttentionRuntime", "Availability",
-    "Capabilities", "Component", "SelectionContext", "require_cuda", "ForwardBatch", "ForwardMode", "pdl_kwargs", "to_device",
-    "Grammar", "GrammarBackend", "GrammarSpec", "KVPool", "LoRABackend", "LoRARuntime", "CausalLM",
-    "ModelBuildContext", "ModelConfig", "RopeConfig", "MoEConfig", "MoEDispatcher", "LinearMethod", "create_plain_weights",
-    "QuantizationMethod", "DraftProposal", "SpeculativeDecoder", "SpecInput", "SpecRuntime",
+    # every kind
+    "hookimpl", "Availability", "Capabilities", "Component", "SelectionContext", "require_cuda", "pdl_kwargs",
+    "to_device",
+    # attention
+    "AttentionBackend", "AttentionLayerInfo", "AttentionRuntime", "ForwardBatch", "ForwardMode", "KVPool",
+    # models
+    "CausalLM", "DecoderCausalLM", "DecoderOptions", "ModelBuildContext", "ModelConfig", "RopeConfig",
+    # quantization
+    "Gemv", "LinearMethod", "QuantizationMethod", "create_plain_weights",
+    # MoE
+    "MoEConfig", "MoEDispatcher",
+    # speculative decoding
+    "DraftProposal", "SpeculativeDecoder", "SpecInput", "SpecRuntime",
+    # grammar
+    "Grammar", "GrammarBackend", "GrammarSpec",
+    # LoRA
+    "LoRABackend", "LoRARuntime",
 ]
