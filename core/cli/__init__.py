@@ -9,12 +9,13 @@ from jackfield import __version__
 
 
 def build_parser(pm=None) -> argparse.ArgumentParser:
-    from jackfield.cli import bench, config_cmd, plugins_cmd, serve
+    from jackfield.cli import bench, config_cmd, plugin_cmd, plugins_cmd, serve
 
     parser = argparse.ArgumentParser(prog="jackfield", description="Fast LLM serving from swappable plugins.")
     parser.add_argument("--version", action="version", version=f"jackfield {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     plugins_cmd.add_parser(sub)
+    plugin_cmd.add_parser(sub)
     config_cmd.add_parser(sub)
     serve.add_parser(sub)
     bench.add_parser(sub)

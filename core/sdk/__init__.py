@@ -3,6 +3,7 @@ from jackfield.hookspecs import hookimpl
 from jackfield.kernels import pdl_kwargs
 from jackfield.mem.device_copy import to_device
 from jackfield.sdk.attention import AttentionBackend, AttentionLayerInfo, AttentionRuntime
+from jackfield.sdk import reference
 from jackfield.sdk.component import Availability, Capabilities, Component, SelectionContext, require_cuda
 from jackfield.sdk.decoder_lm import DecoderCausalLM
 from jackfield.sdk.layers.decoder import DecoderOptions
@@ -20,7 +21,7 @@ from jackfield.sdk.spec import DraftProposal, SpeculativeDecoder, SpecInput, Spe
 __all__ = [
     # every kind
     "hookimpl", "Availability", "Capabilities", "Component", "SelectionContext", "require_cuda", "pdl_kwargs",
-    "to_device",
+    "to_device", "reference",
     # attention
     "AttentionBackend", "AttentionLayerInfo", "AttentionRuntime", "ForwardBatch", "ForwardMode", "KVPool",
     # models

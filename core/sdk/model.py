@@ -46,6 +46,25 @@ class CausalLM(nn.Module, Component):
         self.config, self.ctx = config, ctx
 
     @classmethod
+    def tiny_config(cls) -> dict[str, Any] | None:
+        """A tiny config of this architecture (a config.json-style dict) for the conformance kit.
+
+        The kit builds the model on it with random weights. When transformers knows the dict's
+        `model_type`, the kit also builds transformers' model from it, loads those weights into both
+        and compares logits. Default: transformers' config class for the first of `architectures`
+        it knows, with every size shrunk (`jackfield.sdk.tiny_config.tiny_hf_config`); None when it
+        knows none of them. Override it for an architecture transformers does not have (return a
+        dict whose `model_type` names the transformers model yours must match, if any) or whose
+        extra fields need other tiny values (call super() and adjust the dict)."""
+        from jackfield.sdk.tiny_config import tiny_hf_config
+
+        for arch in cls.architectures:
+            config = tiny_hf_config(arch)
+            if config is not None:
+                return config
+        return None
+
+    @classmethod
     def required_features(cls, config: ModelConfig) -> frozenset[str]:
         """Attention features this model needs from the backend (e.g. sliding_window)."""
         return frozenset({"sliding_window"}) if config.sliding_window else frozenset()

@@ -75,6 +75,13 @@ class QuantizationMethod(Component):
     `None` in the tuple means plain unquantized checkpoints."""
     converts_on_load: ClassVar[bool] = False
     """True when the method can quantize a plain checkpoint at load time (online quantization)."""
+    max_relative_error: ClassVar[float] = 1e-5
+    """The method's accuracy promise: the largest relative Frobenius error ‖y − y_ref‖ / ‖y_ref‖ of
+    a linear layer's output, y_ref being the float32 layer with the same unquantized weights, on
+    Gaussian inputs (weights Gaussian with std 1/sqrt(in_features), activations in float32). The
+    conformance kit measures it over several layer shapes and fails a method that exceeds it (in
+    float16 / bfloat16 it allows that dtype's rounding on top). The default suits plain float weights;
+    a lossy method declares its own (e.g. about 1e-2 for int8 per-channel, 0.1 for int4 in groups of 32)."""
 
     def __init__(self, model_config: ModelConfig):
         self.model_config = model_config
@@ -82,6 +89,20 @@ class QuantizationMethod(Component):
     @abstractmethod
     def linear_method(self, prefix: str) -> LinearMethod:
         ...
+
+    @classmethod
+    def checkpoint_tensors(cls, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What a checkpoint in this method's format stores for a linear layer whose float weight is
+        `weight` [out_features, in_features]: parameter name -> tensor, as `LinearMethod.load`
+        receives them (a bias is always stored plain, as "bias"). The conformance kit builds its test
+        layers with it. The default, {"weight": weight}, is right for methods that load plain
+        checkpoints (`None` in `checkpoint_formats`, or `converts_on_load`); a method that loads only
+        pre-quantized checkpoints overrides it with its own quantizer."""
+        return {"weight": weight}
+
+    @classmethod
+    def loads_plain_checkpoints(cls) -> bool:
+        return None in cls.checkpoint_formats or cls.converts_on_load
 
     @classmethod
     def incompatibilities(cls, ctx: SelectionContext) -> list[str]:

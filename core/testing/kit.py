@@ -81,7 +81,8 @@ class KitReport:
         lines = [f"{t.kind} component '{t.name}' ({t.cls.__module__}.{t.cls.__qualname__}) on {t.device}"]
         for r in self.results:
             mark = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}[r.outcome]
-            lines.append(f"  {mark}  {r.behaviour}" + (f"  ({r.seconds:.2f} s)" if r.outcome == "passed" else ""))
+            slow = r.outcome == "passed" and r.seconds >= 0.1
+            lines.append(f"  {mark}  {r.behaviour}" + (f"  ({r.seconds:.1f} s)" if slow else ""))
             if r.detail and r.outcome != "passed":
                 lines += [f"        {line}" for line in r.detail.splitlines()]
         verdict = "certified" if self.ok else "NOT certified"
@@ -106,7 +107,8 @@ def suite_checks(target: KitTarget) -> list[Check]:
     return checks
 
 
-def _run_one(check: Check, target: KitTarget) -> CheckResult:
+def run_check(check: Check, target: KitTarget) -> CheckResult:
+    """Run one check: passed, failed (with the failure's message) or skipped (with the reason)."""
     try:
         why = check.requires(target)
     except Exception as exc:
@@ -128,7 +130,7 @@ def _run_one(check: Check, target: KitTarget) -> CheckResult:
 def run_checks(target: KitTarget, checks: list[Check] | None = None) -> KitReport:
     """Run `checks` (default: the target's whole suite) and collect the report."""
     checks = suite_checks(target) if checks is None else checks
-    return KitReport(target, tuple(_run_one(c, target) for c in checks))
+    return KitReport(target, tuple(run_check(c, target) for c in checks))
 
 
 def certify(cls: type, device: str = "cpu", kind: str | None = None) -> KitReport:

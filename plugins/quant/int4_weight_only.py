@@ -94,6 +94,7 @@ class Int4WeightOnly(QuantizationMethod):
     priority = -10  # opt-in: `auto` keeps picking `unquantized` for plain checkpoints
     checkpoint_formats = ()
     converts_on_load = True
+    max_relative_error = 0.1  # round-to-nearest 4-bit in groups of 32 (~0.075) plus bfloat16 activations
     capabilities = Capabilities(devices=("cpu",))
     description = "Quantize plain weights to int4 at load (group 32, bf16 activations; CPU)"
 

@@ -1,7 +1,7 @@
 """Fixtures for the foundation tests: the fixture plugins, installed the way users install plugins.
 
 `tests/fixtures/install.sh` pip-installs (non-editable) jackfield-example-plugin,
-jackfield-broken-plugin and jackfield-dup-plugin into a throwaway `--target` directory once per
+jackfield-broken-plugin, jackfield-dup-plugin and jackfield-faulty-plugin into a throwaway `--target` directory once per
 session. Nothing is installed into the environment itself: the directory is put on PYTHONPATH only
 in the subprocesses that want the plugins (`run_cli`), or on sys.path only for the duration of one
 in-process test (`plugin_path`). Entry points are found through the `.dist-info` directories there.
@@ -21,7 +21,7 @@ CLI = "import sys; from jackfield.cli import main; sys.exit(main())"
 
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory) -> Path:
-    """A directory holding the three fixture plugin distributions."""
+    """A directory holding the fixture plugin distributions."""
     target = tmp_path_factory.mktemp("plugin-site")
     done = subprocess.run(["bash", str(FIXTURES / "install.sh"), str(target)], capture_output=True, text=True,
                           env={**os.environ, "PYTHON": sys.executable})

@@ -5,8 +5,6 @@ method named, before any behaviour check tries to construct it.
 """
 from __future__ import annotations
 
-import inspect
-
 from jackfield.sdk.component import KINDS, Availability, Capabilities
 from jackfield.testing.kit import Check, KitTarget, expect
 

@@ -1,0 +1,80 @@
+"""`jackfield plugin check NAME` (the conformance kit on an installed component) and
+`jackfield plugin new` (a new plugin package from a template)."""
+from __future__ import annotations
+
+import sys
+
+from jackfield.sdk.component import KINDS
+
+# The CLI's short spellings of two kinds.
+KIND_ALIASES = {"quant": "quantization", "spec": "speculative"}
+CLI_KINDS = ("attention", "quant", "moe", "spec", "grammar", "model", "lora")
+
+
+def kind_arg(value: str) -> str:
+    """argparse type for --kind: a kind or its CLI spelling, returned as the kind."""
+    import argparse
+
+    kind = KIND_ALIASES.get(value, value)
+    if kind not in KINDS:
+        raise argparse.ArgumentTypeError(f"unknown kind '{value}' (choose from {', '.join(CLI_KINDS)})")
+    return kind
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("plugin", help="Create a plugin package, or certify an installed component")
+    cmds = p.add_subparsers(dest="plugin_command", metavar="SUBCOMMAND", required=True)
+    check = cmds.add_parser("check", help="Run the conformance kit on an installed component")
+    check.add_argument("name", help="The component's name, as `jackfield plugins` lists it")
+    check.add_argument("--kind", type=kind_arg, help=f"The component's kind ({', '.join(CLI_KINDS)}); "
+                                                      "needed only when the name exists in several kinds")
+    check.add_argument("--device", choices=("cpu", "cuda"), help="Device to run the checks on "
+                                                                  "(default: cuda when visible, else cpu)")
+    check.set_defaults(func=run_check)
+
+
+def _installed_names(registry, kinds) -> str:
+    parts = []
+    for kind in kinds:
+        names = sorted({i.name for i in registry.of_kind(kind)})
+        parts.append(f"{kind}: {', '.join(names) or 'none'}")
+    return "; ".join(parts)
+
+
+def run_check(args) -> int:
+    from jackfield.plugins import load_plugins
+    from jackfield.registry import build_registry
+    from jackfield.testing import certify
+
+    registry = build_registry(*load_plugins())
+    kinds = [args.kind] if args.kind else list(KINDS)
+    infos = [i for kind in kinds for i in registry.candidates(kind, args.name)]
+    if not infos:
+        what = f"{args.kind} component" if args.kind else "component"
+        print(f"jackfield: error: no installed {what} named '{args.name}' (installed {_installed_names(registry, kinds)})",
+              file=sys.stderr)
+        for p in registry.failed_plugins():
+            print(f"note: plugin {p.name} ({p.distribution}) failed to load: {p.error}", file=sys.stderr)
+        return 2
+    found = sorted({i.kind for i in infos})
+    if len(found) > 1:
+        print(f"jackfield: error: '{args.name}' names a component of several kinds ({', '.join(found)}); "
+              "choose one with --kind", file=sys.stderr)
+        return 2
+    device = args.device or _default_device()
+    if device == "cuda" and _default_device() != "cuda":
+        print("jackfield: error: --device cuda, but no CUDA device is visible", file=sys.stderr)
+        return 2
+    ok = True
+    for info in infos:  # several when two distributions register the name
+        print(f"{info.distribution} {info.version} (plugin '{info.plugin}')")
+        report = certify(info.cls, device, info.kind)
+        print(report.format())
+        ok &= report.ok
+    return 0 if ok else 1
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
