@@ -1,7 +1,9 @@
 """Plugin discovery: load every distribution registered under the `jackfield` entry-point group.
 
 A plugin that fails to import is recorded with its error and never crashes startup; it becomes an
-error only if the configuration selects one of its components (see selection.py).
+error only if the configuration selects one of its components (see selection.py). So is a plugin
+whose `JACKFIELD_API` range excludes this jackfield's plugin API (`incompatible`, see
+jackfield.sdk.version): its hooks are never registered.
 `JACKFIELD_PLUGINS` (comma-separated allow-list) and `JACKFIELD_DISABLE_PLUGINS` (block-list)
 filter by plugin name, i.e. the entry-point name.
 """
@@ -30,7 +32,7 @@ class PluginRecord:
     module: str
     distribution: str
     version: str
-    status: str  # "loaded" | "failed" | "disabled"
+    status: str  # "loaded" | "failed" | "incompatible" | "disabled"
     error: str = ""
 
 
@@ -75,6 +77,10 @@ def load_plugins(env: dict[str, str] | None = None, extra: Iterable[tuple[str, o
             continue
         try:
             plugin = ep.load()
+            why = _api_incompatibility(plugin)
+            if why:
+                records.append(PluginRecord(ep.name, ep.value, dist, version, "incompatible", why))
+                continue
             pm.register(plugin, name=ep.name)
             _check_known_hooks(pm, plugin)
             records.append(PluginRecord(ep.name, ep.value, dist, version, "loaded"))
@@ -85,8 +91,13 @@ def load_plugins(env: dict[str, str] | None = None, extra: Iterable[tuple[str, o
             log.warning("plugin %s (%s) failed to load: %s", ep.name, dist, detail)
             records.append(PluginRecord(ep.name, ep.value, dist, version, "failed", detail))
     for name, plugin in extra:
+        module = getattr(plugin, "__name__", type(plugin).__name__)
+        why = _api_incompatibility(plugin)
+        if why:
+            records.append(PluginRecord(name, module, "<in-process>", "", "incompatible", why))
+            continue
         pm.register(plugin, name=name)
-        records.append(PluginRecord(name, getattr(plugin, "__name__", type(plugin).__name__), "<in-process>", "", "loaded"))
+        records.append(PluginRecord(name, module, "<in-process>", "", "loaded"))
     pm.check_pending()
     return pm, records
 
@@ -97,3 +108,14 @@ def _check_known_hooks(pm: pluggy.PluginManager, plugin: object) -> None:
     for caller in pm.get_hookcallers(plugin) or []:
         if not caller.has_spec() and any(i.plugin is plugin and not i.optionalhook for i in caller.get_hookimpls()):
             raise pluggy.PluginValidationError(plugin, f"implements unknown hook '{caller.name}'")
+
+
+def _api_incompatibility(plugin: object) -> str | None:
+    """Why the plugin's declared JACKFIELD_API (its own, or its package's) excludes this jackfield."""
+    from jackfield.sdk.version import api_incompatibility, declared_api
+
+    declared = getattr(plugin, "JACKFIELD_API", None)
+    if declared is None and isinstance(getattr(plugin, "__name__", None), str):
+        found = declared_api(plugin.__name__)
+        declared = found[0] if found else None
+    return api_incompatibility(declared) if declared is not None else None

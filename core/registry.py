@@ -70,7 +70,8 @@ class Registry:
         return [infos for infos in self.components.values() if len(infos) > 1]
 
     def failed_plugins(self) -> list[PluginRecord]:
-        return [p for p in self.plugins if p.status == "failed"]
+        """Plugins that were enabled but are not in use: they failed to load or are incompatible."""
+        return [p for p in self.plugins if p.status in ("failed", "incompatible")]
 
     def describe(self) -> list[dict]:
         """One dict per component (and per failed plugin), the shape of `jackfield plugins --json`."""

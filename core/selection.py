@@ -65,7 +65,7 @@ def _failed_hint(registry: Registry) -> str:
     failed = registry.failed_plugins()
     if not failed:
         return ""
-    return "; plugins that failed to load: " + "; ".join(f"{p.name} ({p.distribution}): {p.error}" for p in failed)
+    return "; plugins not loaded: " + "; ".join(f"{p.name} ({p.distribution}) {p.status}: {p.error}" for p in failed)
 
 
 def choose(registry: Registry, kind: str, requested: str | None, ctx: SelectionContext,

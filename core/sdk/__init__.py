@@ -17,10 +17,11 @@ from jackfield.sdk.model_config import ModelConfig, RopeConfig
 from jackfield.sdk.moe import MoEConfig, MoEDispatcher
 from jackfield.sdk.quant import LinearMethod, QuantizationMethod, create_plain_weights
 from jackfield.sdk.spec import DraftProposal, SpeculativeDecoder, SpecInput, SpecRuntime
+from jackfield.sdk.version import API_VERSION
 
 __all__ = [
     # every kind
-    "hookimpl", "Availability", "Capabilities", "Component", "SelectionContext", "require_cuda", "pdl_kwargs",
+    "API_VERSION", "hookimpl", "Availability", "Capabilities", "Component", "SelectionContext", "require_cuda", "pdl_kwargs",
     "to_device", "reference",
     # attention
     "AttentionBackend", "AttentionLayerInfo", "AttentionRuntime", "ForwardBatch", "ForwardMode", "KVPool",

@@ -1,7 +1,7 @@
 """Fixtures for the foundation tests: the fixture plugins, installed the way users install plugins.
 
 `tests/fixtures/install.sh` pip-installs (non-editable) jackfield-example-plugin,
-jackfield-broken-plugin, jackfield-dup-plugin and jackfield-faulty-plugin into a throwaway `--target` directory once per
+jackfield-broken-plugin, jackfield-dup-plugin, jackfield-faulty-plugin and jackfield-future-plugin into a throwaway `--target` directory once per
 session. Nothing is installed into the environment itself: the directory is put on PYTHONPATH only
 in the subprocesses that want the plugins (`run_cli`), or on sys.path only for the duration of one
 in-process test (`plugin_path`). Entry points are found through the `.dist-info` directories there.

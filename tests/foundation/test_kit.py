@@ -62,7 +62,7 @@ def test_an_incomplete_class_gets_no_behaviour_checks(plugin_path):
     from jackfield_faulty_plugin import Incomplete
 
     report = certify(Incomplete, "cpu")
-    assert len(report.results) == 5  # the interface checks; constructing it would only raise TypeError
+    assert len(report.results) == 6  # the interface checks; constructing it would only raise TypeError
 
 
 def test_undeclared_device_skips_behaviour_checks_with_the_reason(builtins):

@@ -61,6 +61,18 @@ def _availability(t: KitTarget) -> None:
     expect(avail.ok or bool(avail.reason), "availability() says no without a reason")
 
 
+def _api_range(t: KitTarget) -> None:
+    from jackfield.sdk.version import API_VERSION, api_incompatibility, declared_api, default_api_range
+
+    found = declared_api(t.cls.__module__)
+    expect(found is not None, f"neither {t.cls.__module__} nor a package above it declares JACKFIELD_API; add "
+                              f"JACKFIELD_API = \"{default_api_range()}\" to the plugin's entry-point module "
+                              f"(this jackfield's plugin API is {API_VERSION})")
+    declared, where = found
+    why = api_incompatibility(declared)
+    expect(why is None, f"{where}.JACKFIELD_API: {why}")
+
+
 def _device_declared(t: KitTarget) -> str | None:
     if t.device not in t.cls.capabilities.devices:
         return f"'{t.cls.name}' does not declare device '{t.device}'"
@@ -74,6 +86,7 @@ def checks(target: KitTarget) -> list[Check]:
         Check("implements every abstract method", _methods),
         Check("declares well-formed capabilities", _capabilities),
         Check("reports its availability with a reason", _availability),
+        Check("declares the plugin API versions it supports (JACKFIELD_API), this jackfield's among them", _api_range),
     ]
 
 
