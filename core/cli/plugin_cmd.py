@@ -21,6 +21,10 @@ def kind_arg(value: str) -> str:
     return kind
 
 
+def cli_spelling(kind: str) -> str:
+    return next((alias for alias, k in KIND_ALIASES.items() if k == kind), kind)
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("plugin", help="Create a plugin package, or certify an installed component")
     cmds = p.add_subparsers(dest="plugin_command", metavar="SUBCOMMAND", required=True)
@@ -31,6 +35,11 @@ def add_parser(sub) -> None:
     check.add_argument("--device", choices=("cpu", "cuda"), help="Device to run the checks on "
                                                                   "(default: cuda when visible, else cpu)")
     check.set_defaults(func=run_check)
+    new = cmds.add_parser("new", help="Create a plugin package (pyproject, module, README, kit test) from a template")
+    new.add_argument("--kind", type=kind_arg, required=True, help=f"The component kind ({', '.join(CLI_KINDS)})")
+    new.add_argument("--name", required=True, help="Plugin and component name: lowercase letters, digits, underscores")
+    new.add_argument("--dir", help="Directory to create (default: ./jackfield-NAME); must not exist")
+    new.set_defaults(func=run_new)
 
 
 def _installed_names(registry, kinds) -> str:
@@ -78,3 +87,21 @@ def _default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_new(args) -> int:
+    from pathlib import Path
+
+    from jackfield.scaffold import ScaffoldError, create
+
+    root = Path(args.dir or f"jackfield-{args.name.replace('_', '-')}")
+    try:
+        made = create(args.kind, args.name, root)
+    except ScaffoldError as exc:
+        print(f"jackfield: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"created {cli_spelling(args.kind)} plugin '{args.name}' in {root}/:")
+    for path in made.files:
+        print(f"  {path.relative_to(root)}")
+    print(f"next: pip install -e {root}  &&  jackfield plugin check {args.name}  &&  pytest {root}")
+    return 0
