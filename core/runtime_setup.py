@@ -62,6 +62,14 @@ def setup_runtime(settings: Settings, pm=None, plugin_records=None) -> RuntimeSe
     registry = build_registry(pm, plugin_records or [])
     source, config, device, dtype = resolve_target(settings)
     context_len = settings.context_length or config.context_length
+    choices = select_components(settings, registry, config, device, dtype)
+    return RuntimeSetup(settings, source, config, device, dtype, context_len, choices, registry, pm)
+
+
+def select_components(settings: Settings, registry: Registry, config: ModelConfig, device: torch.device,
+                      dtype: torch.dtype) -> dict[str, Choice]:
+    """The component of every kind the settings select for this model, device and dtype (what the
+    engine runs, and what `jackfield plugins doctor` checks). Raises SelectionError."""
     cc = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     probe = SelectionContext(device=device.type, dtype=str(dtype).removeprefix("torch."), compute_capability=cc,
                              architectures=config.architectures, quantization=config.quantization)
@@ -71,5 +79,4 @@ def setup_runtime(settings: Settings, pm=None, plugin_records=None) -> RuntimeSe
     ctx = SelectionContext(device=probe.device, dtype=probe.dtype, compute_capability=cc,
                            required_features=model_cls.required_features(config),
                            architectures=config.architectures, quantization=config.quantization)
-    choices = choose_all(registry, settings, ctx)
-    return RuntimeSetup(settings, source, config, device, dtype, context_len, choices, registry, pm)
+    return choose_all(registry, settings, ctx)

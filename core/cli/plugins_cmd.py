@@ -1,14 +1,51 @@
-"""`jackfield plugins [--json]`: every discovered component, its origin and availability."""
+"""`jackfield plugins [--json]`: every discovered component, its origin and availability;
+`jackfield plugins doctor`: why each unavailable one is, how to fix it, and whether the configuration's
+selection can run."""
 from __future__ import annotations
 
 import json
 import sys
 
+from jackfield.cli.settings_args import add_settings_arguments, cli_overrides
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("plugins", help="List discovered plugins and components")
+    p = sub.add_parser("plugins", help="List discovered plugins and components; `plugins doctor` diagnoses them")
     p.add_argument("--json", action="store_true", help="Print a JSON list, one object per component")
     p.set_defaults(func=run)
+    actions = p.add_subparsers(dest="plugins_command", metavar="ACTION")
+    doctor = actions.add_parser("doctor", help="Why each unavailable component is, how to fix it; exit 0 when "
+                                               "everything the configuration selects is available")
+    add_settings_arguments(doctor)
+    doctor.set_defaults(func=run_doctor)
+
+
+def run_doctor(args) -> int:
+    from jackfield.config import load_settings
+    from jackfield.doctor import findings
+    from jackfield.plugins import load_plugins
+    from jackfield.registry import build_registry
+    from jackfield.runtime_setup import resolve_target, select_components
+    from jackfield.selection import SelectionError
+
+    settings = load_settings(args.config_file, cli_overrides(args)).settings
+    registry = build_registry(*load_plugins())
+    found = findings(registry)
+    print(f"{len(found)} problem(s) among {len(registry.plugins)} plugins:" if found else
+          f"every component of the {len(registry.plugins)} plugins is available")
+    for f in found:
+        print(f"  x {f.subject}: {f.problem}\n      fix: {f.fix}")
+    try:
+        source, config, device, dtype = resolve_target(settings)
+        choices = select_components(settings, registry, config, device, dtype)
+    except (SelectionError, FileNotFoundError, ValueError) as exc:
+        print(f"\nthe configuration's selection cannot run: {exc}")
+        return 1
+    print(f"\nselected for {source.origin} on {device.type} ({str(dtype).removeprefix('torch.')}):")
+    for key, choice in choices.items():
+        print(f"  {key:<18} {choice.name or '-':<18} {choice.reason}")
+    print("everything selected is available")
+    return 0
 
 
 def run(args) -> int:

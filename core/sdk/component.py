@@ -17,18 +17,21 @@ KINDS = ("attention", "quantization", "moe", "speculative", "grammar", "model", 
 
 @dataclass(frozen=True)
 class Availability:
-    """Whether a component can run here; when it cannot, `reason` says precisely why."""
+    """Whether a component can run here; when it cannot, `reason` says precisely why and `fix`
+    (optional) what the user can do about it. `jackfield plugins doctor` prints both; without a
+    `fix` it derives one from the class's declarations (requires_packages, devices, compute capability)."""
 
     ok: bool
     reason: str = ""
+    fix: str = ""
 
     @classmethod
     def yes(cls, note: str = "") -> "Availability":
         return cls(True, note)
 
     @classmethod
-    def no(cls, reason: str) -> "Availability":
-        return cls(False, reason)
+    def no(cls, reason: str, fix: str = "") -> "Availability":
+        return cls(False, reason, fix)
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,9 @@ class FA3AttnBackend(AttentionBackend):
     def availability(cls) -> Availability:
         if installed_interface() is None:
             return Availability.no("flash_attn_interface is not installed (FlashAttention-3 from "
-                                   "flash-attention/hopper, or the fa3-fwd wheel)")
+                                   "flash-attention/hopper, or the fa3-fwd wheel)",
+                                   fix="on a Hopper GPU (compute capability 9.0): pip install fa3-fwd, or build "
+                                       "flash-attention's hopper/ directory (python setup.py install)")
         if not cuda_available():
             return Availability.no("needs a CUDA device and none is visible")
         cc = torch.cuda.get_device_capability()
