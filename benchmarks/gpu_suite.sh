@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The GPU suite: GPU tests + every GPU benchmark, by part. Prints a short table last.
 # Usage on the device: bash .whl/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/gpu_suite.sh [PART...]
-# Parts: tests fitests kernels gemv gemm tune profile probe latency offline pdl prefix overlap serving
-# (default: all but gemm, tune, profile, probe, pdl). A device call lasts at most 10 minutes: pass a few parts per call.
-# Results: benchmarks/results/ and $OUT.
+# Product benchmarks (docs/benchmarks.md): tests fitests kernels latency offline prefix overlap serving (the default).
+# Diagnostics: profile, pdl. Studies (benchmarks/studies/, results in benchmarks/studies/results/): gemv gemm tune probe.
+# A device call lasts at most 10 minutes: pass a few parts per call. Results: benchmarks/results/ and $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR=benchmarks/results
-mkdir -p "$OUTDIR"
+mkdir -p "$OUTDIR" benchmarks/studies/results
 STAMP=$(date -u +%Y%m%d-%H%M)
-PARTS=${*:-tests fitests kernels gemv latency offline prefix overlap serving}
+STUDIES=benchmarks/studies/results
+PARTS=${*:-tests fitests kernels latency offline prefix overlap serving}
 # The trace files of the profile part go to $OUT when it is set (device calls), else here.
 export OUT=${OUT:-$OUTDIR}
 CFG8B=benchmarks/configs/llama-3.1-8b.json
@@ -45,22 +46,22 @@ if has profile; then  # where decode time goes: graph-only device time vs schedu
     > "$OUTDIR/profile-8b-triton-bs256-$STAMP.json"
 fi
 if has tune; then  # block configurations of the triton decode and extend kernels
-  run python3 benchmarks/tune_triton_decode.py --out "$OUTDIR/tune-decode-$STAMP.json" 2>&1 | tail -70
-  run python3 benchmarks/tune_triton_extend.py --out "$OUTDIR/tune-extend-$STAMP.json" 2>&1 | tail -45
+  run python3 benchmarks/studies/tune_triton_decode.py --out "$STUDIES/tune-decode-$STAMP.json" 2>&1 | tail -70
+  run python3 benchmarks/studies/tune_triton_extend.py --out "$STUDIES/tune-extend-$STAMP.json" 2>&1 | tail -45
 fi
 if has kernels; then
   run python3 benchmarks/attention_kernels.py --cuda-graph --cold-l2 --backends ${KERNEL_BACKENDS:-triton,flashinfer,fa3} --out "$OUTDIR/kernels-$STAMP.json" 2>&1 | tail -50
 fi
 if has gemv; then  # batch-1 linears of an 8B decode step back to back: cuBLAS, Triton GEMV, Triton GEMV with PDL
-  run python3 benchmarks/gemv_chain.py --out "$OUTDIR/gemv-chain-$STAMP.json" 2>&1 | grep "per step"
+  run python3 benchmarks/studies/gemv_chain.py --out "$STUDIES/gemv-chain-$STAMP.json" 2>&1 | grep "per step"
 fi
 if has gemm; then  # decode-size GEMMs on the 8B linear shapes: cuBLAS against Triton TMA GEMM configurations
-  run python3 benchmarks/small_gemm_sweep.py --rows ${GEMM_ROWS:-128,256} --out "$OUTDIR/gemm-$STAMP.json" 2>&1 | tail -25
-  run python3 benchmarks/small_gemm_sweep.py --rows 256,16384 --layouts --no-triton --out "$OUTDIR/gemm-layouts-$STAMP.json" 2>&1 | tail -10
+  run python3 benchmarks/studies/small_gemm_sweep.py --rows ${GEMM_ROWS:-128,256} --out "$STUDIES/gemm-$STAMP.json" 2>&1 | tail -25
+  run python3 benchmarks/studies/small_gemm_sweep.py --rows 256,16384 --layouts --no-triton --out "$STUDIES/gemm-layouts-$STAMP.json" 2>&1 | tail -10
 fi
 if has probe; then  # prefill GEMMs and decode attention side by side (green contexts); prefill GEMMs at the power limit
-  run python3 benchmarks/overlap_probe.py --sms 8,16,24,32,48,66 --out "$OUTDIR/overlap-probe-$STAMP.json"
-  run python3 benchmarks/gemm_power.py --out "$OUTDIR/gemm-power-$STAMP.json"
+  run python3 benchmarks/studies/overlap_probe.py --sms 8,16,24,32,48,66 --out "$STUDIES/overlap-probe-$STAMP.json"
+  run python3 benchmarks/studies/gemm_power.py --out "$STUDIES/gemm-power-$STAMP.json"
 fi
 if has latency; then
   for be in ${LATENCY_BACKENDS:-flashinfer triton torch_native}; do
@@ -110,5 +111,5 @@ fi
 if has serving; then
   bash benchmarks/gpu_serving.sh "$OUTDIR" "$STAMP"
 fi
-[ "$OUT" != "$OUTDIR" ] && tar czf "$OUT/results-$STAMP.tgz" $OUTDIR/*-$STAMP.* 2>/dev/null
+[ "$OUT" != "$OUTDIR" ] && tar czf "$OUT/results-$STAMP.tgz" $OUTDIR/*-$STAMP.* $STUDIES/*-$STAMP.* 2>/dev/null
 python3 benchmarks/summarize.py $OUTDIR/*-$STAMP.json

@@ -1,13 +1,17 @@
 """The docs cannot drift from the code: every setting, hook and base class is documented."""
 from __future__ import annotations
 
+import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 from jackfield import hookspecs
 from jackfield.config import Settings
 from jackfield.registry import KIND_HOOKS
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / "docs"
 
 
 def test_every_setting_is_in_configuration_md():
@@ -29,3 +33,19 @@ def test_every_hook_and_base_class_is_in_plugins_md():
     bases = [base.__name__ for _, base in KIND_HOOKS.values()]
     missing = [name for name in hooks + bases if f"`{name}" not in text]
     assert not missing, f"docs/plugins.md does not mention: {', '.join(missing)}"
+
+
+def test_generated_reference_pages_are_current():
+    """docs/hooks.md and docs/cli.md are generated from the hookspec and base-class docstrings and
+    the argument parser; after changing those, run `python scripts/gen_docs.py`."""
+    gen = runpy.run_path(str(REPO / "scripts" / "gen_docs.py"))
+    for name, build in gen["PAGES"].items():
+        assert (DOCS / name).read_text() == build(), f"docs/{name} is out of date: run python scripts/gen_docs.py"
+
+
+def test_the_docs_site_builds_strictly(tmp_path):
+    """`mkdocs build --strict`: every page in the nav exists, every link and anchor resolves."""
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-d", str(tmp_path / "site")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "site" / "conformance-kit" / "index.html").is_file()
