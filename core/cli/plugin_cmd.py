@@ -103,5 +103,6 @@ def run_new(args) -> int:
     print(f"created {cli_spelling(args.kind)} plugin '{args.name}' in {root}/:")
     for path in made.files:
         print(f"  {path.relative_to(root)}")
-    print(f"next: pip install -e {root}  &&  jackfield plugin check {args.name}  &&  pytest {root}")
+    where = root if root.is_absolute() else f"./{root}"
+    print(f"next: pip install -e {where}  &&  jackfield plugin check {args.name}  &&  pytest {where}")
     return 0
