@@ -2,6 +2,7 @@
 # The GPU suite: GPU tests + every GPU benchmark, by part. Prints a short table last.
 # Usage on the device: bash .whl/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/gpu_suite.sh [PART...]
 # Product benchmarks (docs/benchmarks.md): tests fitests kernels latency offline prefix overlap serving (the default).
+# kit: the conformance kit on every built-in CUDA component (tests/gpu/test_kit_cuda.py; FlashInfer JIT-compiles).
 # Diagnostics: profile, pdl. Studies (benchmarks/studies/, results in benchmarks/studies/results/): gemv gemm tune probe.
 # A device call lasts at most 10 minutes: pass a few parts per call. Results: benchmarks/results/ and $OUT.
 set -uo pipefail
@@ -30,6 +31,9 @@ gpu_pytest() {  # $1: log name, rest: pytest arguments
 if has tests; then
   gpu_pytest gpu-tests tests/gpu/test_attention_kernels.py -k "'triton'"
   gpu_pytest gpu-tests tests/gpu/test_fused_kernels.py tests/gpu/test_decode_no_sync.py tests/gpu/test_e2e_backends.py
+fi
+if has kit; then
+  gpu_pytest gpu-kit tests/gpu/test_kit_cuda.py
 fi
 if has fitests; then
   GPU_TEST_WORKERS=${GPU_TEST_WORKERS:-12} gpu_pytest gpu-tests-fi tests/gpu/test_attention_kernels.py -k "'not triton'"

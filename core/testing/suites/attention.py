@@ -20,7 +20,7 @@ import torch
 from jackfield.sdk import ForwardBatch, ForwardMode
 from jackfield.testing.attn_problem import AttnProblem, relative_error, row_strided
 from jackfield.testing.kit import Check, KitTarget, expect
-from jackfield.testing.suites.common import runs_on_device
+from jackfield.testing.suites.common import base_dtype, cannot_serve, runs_on_device
 
 TOLERANCE = {"float32": 5e-4, "float16": 5e-3, "bfloat16": 3e-2}
 
@@ -57,11 +57,6 @@ DTYPE_CASE = Case("GQA 4:1, head_dim 128, page 16", (21, 0), (6, 14), 8, 2, 128,
 
 def _dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
-
-
-def base_dtype(t: KitTarget) -> str:
-    dtypes = t.cls.capabilities.dtypes
-    return "float32" if "float32" in dtypes else dtypes[0]
 
 
 def _check_forward(t: KitTarget, p: AttnProblem, backend, layer, fb: ForwardBatch, q, k, v, what: str,
@@ -101,21 +96,21 @@ def run_case(t: KitTarget, case: Case, dtype: str, mode: ForwardMode = ForwardMo
     _check_forward(t, p, backend, layer, *p.decode_batch(backend), f"decode {where}", strided, dtype)
 
 
-def _needs_pool_layout(t: KitTarget) -> str | None:
+def _needs_pool_layout(t: KitTarget, dtype: str | None = None, **context) -> str | None:
     why = runs_on_device(t)
     if why:
         return why
     if not t.cls.kv_stored_by_pool:
         return ("stores K/V in its own layout (kv_stored_by_pool = False); the kit's numerics cases seed the "
                 "cached prefix through KVPool.set_kv and cover backends that keep the pool's layout")
-    return None
+    return cannot_serve(t, dtype or base_dtype(t), **context)
 
 
 def _feature(name: str):
     def requires(t: KitTarget) -> str | None:
         if name not in t.cls.capabilities.features:
             return f"does not declare the '{name}' feature"
-        return _needs_pool_layout(t)
+        return _needs_pool_layout(t, required_features=frozenset({name}))
     return requires
 
 
@@ -147,7 +142,8 @@ def checks(target: KitTarget) -> list[Check]:
     for name in target.cls.capabilities.dtypes:
         if name != dtype:
             out.append(Check(f"declared dtype {name}: extend then decode match the reference ({DTYPE_CASE.what})",
-                             lambda t, name=name: run_case(t, DTYPE_CASE, name, seed=15), _needs_pool_layout))
+                             lambda t, name=name: run_case(t, DTYPE_CASE, name, seed=15),
+                             lambda t, name=name: _needs_pool_layout(t, name)))
     out.append(Check("decode under CUDA-graph capture and replay (padded batch) matches the reference",
                      cuda_graph_replay, _cuda_graph_applies))
     return out
@@ -158,7 +154,7 @@ def cuda_graph_replay(t: KitTarget) -> None:
     """Capture one decode forward at batch size 4 with the backend's capture hook, then replay it
     twice for a live batch of 3 (padded to 4) at different sequence lengths, updating metadata
     through `init_forward_metadata_replay`; every replay must match the reference."""
-    dtypes = t.cls.capabilities.dtypes
+    dtypes = [d for d in t.cls.capabilities.dtypes if cannot_serve(t, d) is None] or list(t.cls.capabilities.dtypes)
     dtype = next((d for d in ("bfloat16", "float16") if d in dtypes), dtypes[0])
     p = AttnProblem([5, 30, 17], [3, 1, 6], 8, 2, 128, 16, _dtype(dtype), "cuda", seed=21)
     bs, live, dev = 4, 3, torch.device("cuda")

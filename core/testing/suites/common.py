@@ -5,7 +5,7 @@ method named, before any behaviour check tries to construct it.
 """
 from __future__ import annotations
 
-from jackfield.sdk.component import KINDS, Availability, Capabilities
+from jackfield.sdk.component import KINDS, Availability, Capabilities, SelectionContext
 from jackfield.testing.kit import Check, KitTarget, expect
 
 DEVICES = {"cpu", "cuda"}
@@ -104,3 +104,18 @@ def runs_on_device(target: KitTarget) -> str | None:
         if not torch.cuda.is_available():
             return "no CUDA device is visible"
     return None
+
+
+def cannot_serve(target: KitTarget, dtype: str, **context) -> str | None:
+    """Why the component says it cannot serve `dtype` on the target's device in this installation
+    (its `incompatibilities()`), or None. `context` adds SelectionContext fields."""
+    reasons = target.cls.incompatibilities(SelectionContext(device=target.device, dtype=dtype, **context))
+    return f"cannot serve {dtype} on {target.device} here: {'; '.join(reasons)}" if reasons else None
+
+
+def base_dtype(target: KitTarget, **context) -> str:
+    """The dtype most checks run in: float32 when declared, else the first declared dtype the
+    component can serve here."""
+    dtypes = target.cls.capabilities.dtypes
+    ordered = (["float32"] if "float32" in dtypes else []) + [d for d in dtypes if d != "float32"]
+    return next((d for d in ordered if cannot_serve(target, d, **context) is None), ordered[0])

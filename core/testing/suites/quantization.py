@@ -20,7 +20,7 @@ from jackfield.sdk import LinearMethod, ModelConfig, QuantizationMethod
 from jackfield.sdk.layers.norm import RMSNorm
 from jackfield.sdk.reference import linear as reference_linear
 from jackfield.testing.kit import Check, KitTarget, KitFailure, expect
-from jackfield.testing.suites.common import runs_on_device
+from jackfield.testing.suites.common import base_dtype, cannot_serve, runs_on_device
 
 DTYPE_ALLOWANCE = {"float32": 0.0, "float16": 3e-3, "bfloat16": 1.5e-2}
 # (in_features, out_features, bias, what): MLP-like, attention-like with bias, a small odd shape
@@ -183,9 +183,20 @@ def _checkpoint_builder(t: KitTarget) -> None:
                                 "checkpoint_tensors(weight) to say what such a checkpoint stores")
 
 
+def _context(t: KitTarget) -> dict:
+    """The SelectionContext fields of the checkpoints the kit builds (plain, or the method's format)."""
+    formats = [f for f in t.cls.checkpoint_formats if f is not None]
+    return {} if t.cls.loads_plain_checkpoints() or not formats else {"quantization": formats[0]}
+
+
 def _base_dtype(t: KitTarget) -> str:
-    dtypes = t.cls.capabilities.dtypes
-    return "float32" if "float32" in dtypes else dtypes[0]
+    return base_dtype(t, **_context(t))
+
+
+def _runs_in(dtype: str | None = None):
+    def requires(t: KitTarget) -> str | None:
+        return runs_on_device(t) or cannot_serve(t, dtype or _base_dtype(t), **_context(t))
+    return requires
 
 
 def checks(target: KitTarget) -> list[Check]:
@@ -194,8 +205,8 @@ def checks(target: KitTarget) -> list[Check]:
                  _checkpoint_builder)]
     for dtype in target.cls.capabilities.dtypes:
         out.append(Check(f"layer output within max_relative_error of the float32 layer, in {dtype}",
-                         lambda t, dtype=dtype: layer_error(t, dtype), runs_on_device))
-    out += [Check("a fused qkv layer loaded shard by shard matches the whole weight", fused_shards, runs_on_device),
-            Check("apply_normed and apply_silu_mul match the unfused layer", fused_paths, runs_on_device),
-            Check("loading a weight of the wrong shape raises ValueError", rejects_wrong_shape, runs_on_device)]
+                         lambda t, dtype=dtype: layer_error(t, dtype), _runs_in(dtype)))
+    out += [Check("a fused qkv layer loaded shard by shard matches the whole weight", fused_shards, _runs_in()),
+            Check("apply_normed and apply_silu_mul match the unfused layer", fused_paths, _runs_in()),
+            Check("loading a weight of the wrong shape raises ValueError", rejects_wrong_shape, _runs_in())]
     return out
