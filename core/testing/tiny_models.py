@@ -166,14 +166,15 @@ class KitPlugin:
 
 def kit_runner(cls, checkpoint: TinyCheckpoint, device: str, dtype: str, page_size: int = 1):
     """A ModelRunner for the tiny checkpoint, built by the engine's startup code around `cls`."""
-    from jackfield.config import settings_for
+    from jackfield.config import load_settings
     from jackfield.model_runner import ModelRunner
     from jackfield.plugins import load_plugins
     from jackfield.runtime_setup import setup_runtime
 
-    settings = settings_for(model=str(checkpoint.directory), load_format=checkpoint.load_format, device=device,
-                            dtype=dtype, attention_backend="auto", quantization="kit_plain", moe_backend="auto",
-                            kv_cache_bytes=KV_CACHE_BYTES, max_total_tokens=MAX_TOTAL_TOKENS,
-                            max_running_requests=4, page_size=page_size, disable_cuda_graph=True)
+    settings = load_settings(env={}, cli=dict(  # the user's JACKFIELD_* variables do not apply here
+        model=str(checkpoint.directory), load_format=checkpoint.load_format, device=device, dtype=dtype,
+        attention_backend="auto", quantization="kit_plain", moe_backend="auto", kv_cache_bytes=KV_CACHE_BYTES,
+        max_total_tokens=MAX_TOTAL_TOKENS, max_running_requests=4, page_size=page_size,
+        disable_cuda_graph=True)).settings
     pm, records = load_plugins(env={"JACKFIELD_PLUGINS": ","}, extra=[("jackfield-kit", KitPlugin(cls, installed_helpers()))])
     return ModelRunner(setup_runtime(settings, pm, records), progress=False)
