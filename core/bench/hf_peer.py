@@ -65,12 +65,21 @@ def measure_generate(model, device, bs: int, input_len: int, output_len: int, co
 def measure_continuous_batching(model, prompts: list[list[int]], output_len: int) -> dict:
     """Every prompt through `generate_batch` (greedy, EOS disabled). The time runs from the first
     request leaving the queue to the last one finishing: the manager's start-up (KV allocation,
-    CUDA-graph warm-up) is left out, as jackfield's engine start-up is."""
-    from transformers import GenerationConfig
+    CUDA-graph warm-up) is left out, as jackfield's engine start-up is.
+
+    On a GPU transformers sizes its KV cache from free device memory. On a CPU it would take 90% of
+    the free host memory, so there the cache holds exactly the workload's pages instead."""
+    from transformers import ContinuousBatchingConfig, GenerationConfig
 
     config = GenerationConfig(max_new_tokens=output_len, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    cb_config = None
+    if model.device.type == "cpu":
+        page = ContinuousBatchingConfig().page_size
+        pages = sum(-(-(len(p) + output_len) // page) for p in prompts)
+        cb_config = ContinuousBatchingConfig(num_blocks=pages + 4)
     t0 = time.perf_counter()
-    outs = list(model.generate_batch(inputs=prompts, generation_config=config).values())
+    outs = list(model.generate_batch(inputs=prompts, generation_config=config,
+                                     continuous_batching_config=cb_config).values())
     wall = time.perf_counter() - t0
     errors = [o.error for o in outs if o.error]
     if errors:
