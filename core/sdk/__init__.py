@@ -8,7 +8,8 @@ from jackfield.sdk.decoder_lm import DecoderCausalLM
 from jackfield.sdk.layers.decoder import DecoderOptions
 from jackfield.sdk.layers.gemv import Gemv
 from jackfield.sdk.forward_batch import ForwardBatch, ForwardMode
-from jackfield.sdk.grammar import Grammar, GrammarBackend, GrammarSpec
+from jackfield.sdk.grammar import (Grammar, GrammarBackend, GrammarError, GrammarSpec, GrammarVocab, UnsupportedGrammar,
+                                   allocate_bitmask, bitmask_words)
 from jackfield.sdk.kv_cache import KVPool
 from jackfield.sdk.lora import LoRABackend, LoRARuntime
 from jackfield.sdk.model import CausalLM, ModelBuildContext
@@ -32,7 +33,8 @@ __all__ = [
     # speculative decoding
     "DraftProposal", "SpeculativeDecoder", "SpecInput", "SpecRuntime",
     # grammar
-    "Grammar", "GrammarBackend", "GrammarSpec",
+    "Grammar", "GrammarBackend", "GrammarError", "GrammarSpec", "GrammarVocab", "UnsupportedGrammar", "allocate_bitmask",
+    "bitmask_words",
     # LoRA
     "LoRABackend", "LoRARuntime",
 ]
