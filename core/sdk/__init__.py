@@ -3,7 +3,8 @@ from jackfield.hookspecs import hookimpl
 from jackfield.kernels import pdl_kwargs
 from jackfield.mem.device_copy import to_device
 from jackfield.sdk.attention import AttentionBackend, AttentionLayerInfo, AttentionRuntime
-from jackfield.sdk.component import Availability, Capabilities, Component, SelectionContext, require_cuda
+from jackfield.sdk.component import (Availability, Capabilities, Component, SelectionContext, package_availability,
+                                     require_cuda)
 from jackfield.sdk.decoder_lm import DecoderCausalLM
 from jackfield.sdk.layers.decoder import DecoderOptions
 from jackfield.sdk.layers.gemv import Gemv
@@ -20,7 +21,8 @@ from jackfield.sdk.spec import DraftProposal, SpeculativeDecoder, SpecInput, Spe
 
 __all__ = [
     # every kind
-    "hookimpl", "Availability", "Capabilities", "Component", "SelectionContext", "require_cuda", "pdl_kwargs",
+    "hookimpl", "Availability", "Capabilities", "Component", "SelectionContext", "package_availability", "require_cuda",
+    "pdl_kwargs",
     "to_device",
     # attention
     "AttentionBackend", "AttentionLayerInfo", "AttentionRuntime", "ForwardBatch", "ForwardMode", "KVPool",
