@@ -16,6 +16,9 @@ import torch
 from jackfield.sdk import Availability, Grammar, GrammarBackend, GrammarError, GrammarVocab, hookimpl, package_availability
 
 
+JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}  # one line, as xgrammar
+
+
 class _Tokens:
     """What llguidance's TokenizerWrapper reads from a tokenizer."""
 
@@ -102,7 +105,7 @@ class LLGuidanceBackend(GrammarBackend):
 
     def compile_json_schema(self, schema: str) -> LLGuidanceGrammar:
         try:
-            grammar = self.llg.LLMatcher.grammar_from_json_schema(schema)
+            grammar = self.llg.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_LAYOUT)
         except ValueError as exc:
             raise GrammarError(str(exc)) from None
         return self._compile(grammar)
