@@ -11,12 +11,33 @@ given to it (its rollback would not count it): the Grammar records termination i
 """
 from __future__ import annotations
 
+import json
+
 import torch
 
 from jackfield.sdk import Availability, Grammar, GrammarBackend, GrammarError, GrammarVocab, hookimpl, package_availability
 
 
 JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}  # one line, as xgrammar
+
+
+NAME_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
+
+
+def closed_objects(node):
+    """The schema with `additionalProperties: false` on every object schema that does not say
+    otherwise: the same policy as xgrammar's strict mode (and outlines), so a model cannot append
+    properties forever."""
+    if isinstance(node, list):
+        return [closed_objects(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: ({name: closed_objects(sub) for name, sub in v.items()} if k in NAME_MAPS and isinstance(v, dict)
+               else closed_objects(v)) for k, v in node.items()}
+    is_object = node.get("type") == "object" or "properties" in node
+    if is_object and not {"additionalProperties", "unevaluatedProperties", "patternProperties"} & node.keys():
+        out["additionalProperties"] = False
+    return out
 
 
 class _Tokens:
@@ -105,7 +126,8 @@ class LLGuidanceBackend(GrammarBackend):
 
     def compile_json_schema(self, schema: str) -> LLGuidanceGrammar:
         try:
-            grammar = self.llg.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_LAYOUT)
+            strict = closed_objects(json.loads(schema))
+            grammar = self.llg.LLMatcher.grammar_from_json_schema(json.dumps(strict), overrides=JSON_LAYOUT)
         except ValueError as exc:
             raise GrammarError(str(exc)) from None
         return self._compile(grammar)

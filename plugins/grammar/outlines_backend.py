@@ -31,7 +31,7 @@ def ignored_keywords(node) -> list[str]:
     """Keywords of a JSON schema that the regex translation would drop, outermost first."""
     found = []
     if isinstance(node, dict):
-        found += [k for k in IGNORED_KEYWORDS if k in node]
+        found += [k for k in node if k in IGNORED_KEYWORDS]
         for key, value in node.items():
             children = value.values() if key in NAME_MAPS and isinstance(value, dict) else [value]
             for child in children:
