@@ -153,7 +153,8 @@ class GrammarManager:
             self._executor = ThreadPoolExecutor(COMPILE_THREADS, thread_name_prefix="jackfield-grammar")
         return self._executor
 
-    def _backend(self, name: str) -> GrammarBackend:
+    def backend(self, name: str) -> GrammarBackend:
+        """The backend `name` over this engine's vocabulary, built on first use (thread-safe)."""
         with self._lock:
             if name not in self._backends:
                 if self._vocab is None:
@@ -164,7 +165,7 @@ class GrammarManager:
     def _compile(self, name: str, spec: GrammarSpec) -> Grammar | CompileFailed:
         """Runs on a compile thread; never raises."""
         try:
-            return self._backend(name).compile(spec)
+            return self.backend(name).compile(spec)
         except UnsupportedGrammar as exc:  # its message names the backend and the feature
             return CompileFailed(str(exc))
         except GrammarError as exc:

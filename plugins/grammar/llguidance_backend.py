@@ -74,7 +74,8 @@ class LLGuidanceGrammar(Grammar):
         return self._matcher.consume_token(token_id)
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
-        self._backend.fill(self._matcher, bitmask, row)
+        target = bitmask[row]  # contiguous int32 words, llguidance's own layout
+        self._matcher.unsafe_compute_mask_ptr(target.data_ptr(), target.numel() * 4)
 
     def is_terminated(self) -> bool:
         return self._terminated
@@ -107,13 +108,11 @@ class LLGuidanceBackend(GrammarBackend):
     def __init__(self, vocab: GrammarVocab):
         super().__init__(vocab)
         import llguidance
-        import llguidance.gbnf_to_lark
-        import llguidance.torch
+        import llguidance.gbnf_to_lark  # not llguidance.torch: importing it loads torch.compile (seconds)
 
         if vocab.encode is None:
             raise ValueError("the llguidance backend needs the tokenizer's encode function (GrammarVocab.encode)")
         self.llg = llguidance
-        self.fill = llguidance.torch.fill_next_token_bitmask
         self._gbnf_to_lark = llguidance.gbnf_to_lark
         self.tokenizer = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Tokens(vocab)), n_vocab=vocab.vocab_size,
                                                 eos_token=list(vocab.eos_token_ids))

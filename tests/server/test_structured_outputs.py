@@ -59,8 +59,11 @@ def test_generate_native_constraints(http):
         assert out["meta_info"]["finish_reason"]["type"] == "stop" and valid(out["text"]), (params, out["text"])
 
 
-@pytest.mark.parametrize("route, extra", [("/api/generate", {"prompt": "A person as JSON:"}),
-                                          ("/api/chat", {"messages": [{"role": "user", "content": "A person?"}]})])
+ECHO = 'Repeat this JSON exactly: {"ok": true}'
+
+
+@pytest.mark.parametrize("route, extra", [("/api/generate", {"prompt": ECHO}),
+                                          ("/api/chat", {"messages": [{"role": "user", "content": ECHO}]})])
 def test_ollama_format(http, model_name, route, extra):
     for fmt, check in (("json", lambda v: isinstance(v, dict)), (PERSON, lambda v: jsonschema.validate(v, PERSON) is None)):
         r = http.post(route, json={"model": model_name, "stream": False, "format": fmt,
