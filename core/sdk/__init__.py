@@ -9,7 +9,7 @@ from jackfield.sdk.decoder_lm import DecoderCausalLM
 from jackfield.sdk.layers.decoder import DecoderOptions
 from jackfield.sdk.layers.gemv import Gemv
 from jackfield.sdk.forward_batch import ForwardBatch, ForwardMode
-from jackfield.sdk.grammar import (Grammar, GrammarBackend, GrammarError, GrammarSpec, GrammarVocab, UnsupportedGrammar,
+from jackfield.sdk.grammar import (EosTrackingGrammar, Grammar, GrammarBackend, GrammarError, GrammarSpec, GrammarVocab, UnsupportedGrammar,
                                    allocate_bitmask, bitmask_words)
 from jackfield.sdk.kv_cache import KVPool
 from jackfield.sdk.lora import LoRABackend, LoRARuntime
@@ -35,7 +35,7 @@ __all__ = [
     # speculative decoding
     "DraftProposal", "SpeculativeDecoder", "SpecInput", "SpecRuntime",
     # grammar
-    "Grammar", "GrammarBackend", "GrammarError", "GrammarSpec", "GrammarVocab", "UnsupportedGrammar", "allocate_bitmask",
+    "EosTrackingGrammar", "Grammar", "GrammarBackend", "GrammarError", "GrammarSpec", "GrammarVocab", "UnsupportedGrammar", "allocate_bitmask",
     "bitmask_words",
     # LoRA
     "LoRABackend", "LoRARuntime",

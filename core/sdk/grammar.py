@@ -99,6 +99,45 @@ class Grammar(ABC):
         return ""
 
 
+class EosTrackingGrammar(Grammar):
+    """A Grammar over a matcher that never consumes EOS itself (llguidance, outlines-core): EOS is
+    accepted where `can_end()`, termination is recorded here, and `rollback` undoes it as the last
+    token. Subclasses implement `can_end`, `advance(token_id) -> bool` (refusing leaves the state
+    unchanged) and `rollback_tokens(n)`."""
+
+    def __init__(self, eos_token_ids: tuple[int, ...]):
+        self._eos, self._terminated = frozenset(eos_token_ids), False
+
+    @abstractmethod
+    def can_end(self) -> bool:
+        """Whether the constraint is complete here (EOS is allowed)."""
+
+    @abstractmethod
+    def advance(self, token_id: int) -> bool:
+        """Consume a non-EOS token; False (state unchanged) if the constraint refuses it."""
+
+    @abstractmethod
+    def rollback_tokens(self, num_tokens: int) -> None:
+        """Undo the last `num_tokens` consumed non-EOS tokens."""
+
+    def accept_token(self, token_id: int) -> bool:
+        if self._terminated:
+            return False
+        if token_id in self._eos:
+            self._terminated = self.can_end()
+            return self._terminated
+        return self.advance(token_id)
+
+    def is_terminated(self) -> bool:
+        return self._terminated
+
+    def rollback(self, num_tokens: int) -> None:
+        if num_tokens > 0 and self._terminated:
+            self._terminated, num_tokens = False, num_tokens - 1
+        if num_tokens > 0:
+            self.rollback_tokens(num_tokens)
+
+
 class GrammarBackend(Component):
     """Compiles constraints into Grammars for one vocabulary.
 

@@ -15,7 +15,8 @@ import json
 
 import torch
 
-from jackfield.sdk import Availability, Grammar, GrammarBackend, GrammarError, GrammarVocab, hookimpl, package_availability
+from jackfield.sdk import (Availability, EosTrackingGrammar, GrammarBackend, GrammarError, GrammarVocab, hookimpl,
+                           package_availability)
 
 
 JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}  # one line, as xgrammar
@@ -56,41 +57,32 @@ class _Tokens:
         return self._encode(text)
 
 
-class LLGuidanceGrammar(Grammar):
+class LLGuidanceGrammar(EosTrackingGrammar):
+    """EOS is never given to llguidance (its rollback would not count it)."""
+
     def __init__(self, backend: LLGuidanceBackend, grammar: str):
+        super().__init__(backend.vocab.eos_token_ids)
         self._backend, self._grammar = backend, grammar
         self._matcher = backend.llg.LLMatcher(backend.tokenizer, grammar)
-        self._eos = frozenset(backend.vocab.eos_token_ids)
-        self._terminated = False
 
-    def accept_token(self, token_id: int) -> bool:
-        if self._terminated:
-            return False
-        if token_id in self._eos:  # not given to llguidance, whose rollback does not count it
-            self._terminated = self._matcher.is_accepting()
-            return self._terminated
-        if self._matcher.validate_tokens([token_id]) != 1:
-            return False
-        return self._matcher.consume_token(token_id)
+    def can_end(self) -> bool:
+        return self._matcher.is_accepting()
+
+    def advance(self, token_id: int) -> bool:
+        return self._matcher.validate_tokens([token_id]) == 1 and self._matcher.consume_token(token_id)
+
+    def rollback_tokens(self, num_tokens: int) -> None:
+        self._matcher.rollback(num_tokens)
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         target = bitmask[row]  # contiguous int32 words, llguidance's own layout
         self._matcher.unsafe_compute_mask_ptr(target.data_ptr(), target.numel() * 4)
 
-    def is_terminated(self) -> bool:
-        return self._terminated
-
-    def rollback(self, num_tokens: int) -> None:
-        if num_tokens > 0 and self._terminated:
-            self._terminated, num_tokens = False, num_tokens - 1
-        if num_tokens > 0:
-            self._matcher.rollback(num_tokens)
-
     def copy(self) -> LLGuidanceGrammar:
         return LLGuidanceGrammar(self._backend, self._grammar)
 
     def jump_forward_string(self) -> str:
-        if self._terminated or self._matcher.is_stopped():
+        if self.is_terminated() or self._matcher.is_stopped():
             return ""
         forced = self._matcher.compute_ff_bytes()
         return forced.decode("utf-8", errors="ignore") if forced else ""

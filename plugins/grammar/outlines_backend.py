@@ -16,7 +16,8 @@ import json
 import numpy as np
 import torch
 
-from jackfield.sdk import Availability, Grammar, GrammarBackend, GrammarError, GrammarVocab, hookimpl, package_availability
+from jackfield.sdk import (Availability, EosTrackingGrammar, GrammarBackend, GrammarError, GrammarVocab, hookimpl,
+                           package_availability)
 from jackfield.sdk.grammar import MAX_ROLLBACK_TOKENS, bitmask_words
 
 WHITESPACE = r"[ ]?"
@@ -42,41 +43,33 @@ def ignored_keywords(node) -> list[str]:
     return found
 
 
-class OutlinesGrammar(Grammar):
+class OutlinesGrammar(EosTrackingGrammar):
     def __init__(self, backend: OutlinesBackend, index):
+        super().__init__(backend.vocab.eos_token_ids)
         self._backend, self._index = backend, index
         self._guide = backend.oc.Guide(index, max_rollback=MAX_ROLLBACK_TOKENS)
-        self._terminated = False
 
-    def accept_token(self, token_id: int) -> bool:
-        if self._terminated:
-            return False
-        if token_id in self._backend.vocab.eos_token_ids:
-            self._terminated = self._guide.is_finished()
-            return self._terminated
+    def can_end(self) -> bool:
+        return self._guide.is_finished()
+
+    def advance(self, token_id: int) -> bool:
         if not self._guide.accepts_tokens([token_id]):
             return False
         self._guide.advance(token_id, return_tokens=False)
         return True
 
+    def rollback_tokens(self, num_tokens: int) -> None:
+        self._guide.rollback_state(num_tokens)
+
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         target = bitmask[row]
         self._guide.write_mask_into(target.data_ptr(), target.numel(), 4)
-
-    def is_terminated(self) -> bool:
-        return self._terminated
-
-    def rollback(self, num_tokens: int) -> None:
-        if num_tokens > 0 and self._terminated:
-            self._terminated, num_tokens = False, num_tokens - 1
-        if num_tokens > 0:
-            self._guide.rollback_state(num_tokens)
 
     def copy(self) -> OutlinesGrammar:
         return OutlinesGrammar(self._backend, self._index)
 
     def jump_forward_string(self) -> str:
-        if self._terminated:
+        if self.is_terminated():
             return ""
         forced, steps = b"", 0
         while len(forced) < MAX_JUMP_BYTES:

@@ -7,6 +7,30 @@ with the outlines backend they must fail with an error naming the backend and th
 """
 from __future__ import annotations
 
+from jackfield.sdk.grammar import Grammar
+
+class OpenGrammar(Grammar):
+    """Allows every token in its mask and never terminates; accept_token refuses `refuse`."""
+
+    def __init__(self, refuse=frozenset()):
+        self.refuse = refuse
+
+    def accept_token(self, token_id):
+        return token_id not in self.refuse
+
+    def fill_bitmask(self, bitmask, row):
+        bitmask[row] = -1
+
+    def is_terminated(self):
+        return False
+
+    def rollback(self, num_tokens):
+        pass
+
+    def copy(self):
+        return OpenGrammar(self.refuse)
+
+
 S = {"type": "string", "maxLength": 8}
 INT = {"type": "integer"}
 

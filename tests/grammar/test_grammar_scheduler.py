@@ -11,32 +11,11 @@ import pytest
 
 from jackfield.config import settings_for
 from jackfield.engine_loop import build_scheduler
-from jackfield.sdk.grammar import Grammar, GrammarBackend, GrammarError, GrammarSpec, allocate_bitmask
+from cases import OpenGrammar
+from jackfield.sdk.grammar import GrammarBackend, GrammarError, GrammarSpec, allocate_bitmask
 from sched_harness import Driver, check_pool_clean
 
 BACKENDS = ("xgrammar", "llguidance", "outlines")
-
-
-class _Open(Grammar):
-    """Allows every token; refuses the tokens in `refuse`; counts nothing else."""
-
-    def __init__(self, refuse=frozenset()):
-        self.refuse = refuse
-
-    def accept_token(self, token_id):
-        return token_id not in self.refuse
-
-    def fill_bitmask(self, bitmask, row):
-        bitmask[row] = -1
-
-    def is_terminated(self):
-        return False
-
-    def rollback(self, num_tokens):
-        pass
-
-    def copy(self):
-        return _Open(self.refuse)
 
 
 class GatedBackend(GrammarBackend):
@@ -51,7 +30,7 @@ class GatedBackend(GrammarBackend):
         assert self.gate.wait(60)
         if regex == "bad":
             raise GrammarError("bad is not a regex")
-        return _Open(frozenset(range(self.vocab.vocab_size)) if regex.startswith("refuse") else frozenset())
+        return OpenGrammar(frozenset(range(self.vocab.vocab_size)) if regex.startswith("refuse") else frozenset())
 
 
 @pytest.fixture(scope="module")

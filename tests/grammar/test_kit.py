@@ -6,7 +6,8 @@ import pytest
 
 from jackfield.plugins import load_plugins
 from jackfield.registry import build_registry
-from jackfield.sdk.grammar import Grammar, GrammarBackend
+from cases import OpenGrammar
+from jackfield.sdk.grammar import GrammarBackend
 from jackfield.testing import certify
 from jackfield.testing.suites.grammar import greedy_encode, reference_forced, reference_mask
 
@@ -36,30 +37,13 @@ def test_reference_matcher():
     assert reference_forced(r"abc(d|e)f?", "abcd") == ""
 
 
-class _Wrong(Grammar):
-    """A matcher that allows everything and never terminates."""
-
-    def accept_token(self, token_id):
-        return True
-
-    def fill_bitmask(self, bitmask, row):
-        bitmask[row] = -1
-
-    def is_terminated(self):
-        return False
-
-    def rollback(self, num_tokens):
-        pass
-
-    def copy(self):
-        return _Wrong()
-
-
 class WrongBackend(GrammarBackend):
+    """Allows everything, never terminates, compiles anything."""
+
     name = "wrong"
 
     def compile_regex(self, regex):
-        return _Wrong()
+        return OpenGrammar()
 
 
 def test_kit_rejects_a_wrong_backend():
