@@ -3,6 +3,7 @@
 # Usage on the device: bash .whl/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/gpu_suite.sh [PART...]
 # Product benchmarks (docs/benchmarks.md): tests fitests kernels latency offline prefix overlap serving (the default).
 # kit: the conformance kit on every built-in CUDA component (tests/gpu/test_kit_cuda.py; FlashInfer JIT-compiles).
+# grammar: structured-output overhead and jump-forward (jackfield bench grammar).
 # Diagnostics: profile, pdl. Studies (benchmarks/studies/, results in benchmarks/studies/results/): gemv gemm tune probe.
 # A device call lasts at most 10 minutes: pass a few parts per call. Results: benchmarks/results/ and $OUT.
 set -uo pipefail
@@ -110,6 +111,15 @@ if has overlap; then
     flag=""; [ $ov = off ] && flag="--disable-overlap-schedule"
     run $JF bench latency --model $CFG1B --load-format dummy --attention-backend ${OVERLAP_BACKEND:-triton} --batch-size 64 --input-len 128 --output-len 256 \
       --max-total-tokens 100000 $flag --output-file "$OUTDIR/overlap-$ov-1b-$STAMP.json" > /dev/null
+  done
+fi
+if has grammar; then  # structured outputs: the bitmask kernel's GPU test, then constrained vs plain tok/s and jump-forward
+  gpu_pytest gpu-tests tests/grammar/test_bitmask.py tests/grammar/test_structured_gpu.py
+  for cfg in $CFG1B $CFG8B; do
+    tag=$(basename $cfg .json)
+    run $JF bench grammar --model $cfg --load-format dummy --attention-backend ${GRAMMAR_BACKEND_ATTN:-triton} \
+      --parts throughput jump --batch-size 1 32 --input-len 128 --output-len 256 --max-total-tokens 100000 \
+      --cuda-graph-max-bs 64 --output-file "$OUTDIR/grammar-$tag-$STAMP.json" > /dev/null
   done
 fi
 if has serving; then

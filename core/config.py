@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     cuda_graph_max_bs: int = Field(160, ge=1, description="Largest decode batch captured in a CUDA graph")
     enable_torch_compile: bool = Field(False, description="torch.compile the model for small decode batches")
     # --- structured outputs ------------------------------------------------------------------
+    disable_jump_forward: bool = Field(False, description="Decode text the grammar forces token by token instead of appending it at once")
+    grammar_compile_timeout: float = Field(60.0, gt=0, description="Seconds a constraint may take to compile before its request fails")
     # --- speculative decoding ----------------------------------------------------------------
     # --- quantization ------------------------------------------------------------------------
     # --- LoRA --------------------------------------------------------------------------------

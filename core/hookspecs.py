@@ -108,10 +108,13 @@ def jackfield_register_speculative_decoders(register: Callable[[type[Speculative
 def jackfield_register_grammar_backends(register: Callable[[type[GrammarBackend]], None]) -> None:
     """Register constrained-decoding grammar backends (subclasses of ``jackfield.sdk.GrammarBackend``).
 
-    Selected by ``grammar_backend``. Constructed once with the tokenizer's vocabulary. For each
-    constrained request the core calls ``compile(spec)`` (JSON schema, regex, EBNF) off the
-    scheduler thread and gets a per-request ``Grammar`` that fills a token bitmask before each
-    sampling step and accepts the sampled token after it.
+    ``grammar_backend`` names the default (``auto``: the highest-priority available backend); a
+    request may name any other available one in its own ``grammar_backend``. Each backend used is
+    constructed once per engine with a ``GrammarVocab`` (token bytes, logits width, EOS ids) on a
+    grammar compile thread. For each constraint the core calls ``compile(spec)`` (JSON schema,
+    regex, EBNF) on that thread, caches the result, and gives each request a ``copy()``: a
+    ``Grammar`` that fills its row of the shared token bitmask before each sampling step and
+    accepts the sampled token after it.
     """
 
 

@@ -8,6 +8,7 @@ BENCHES = {
     "offline": "Throughput with all requests submitted at once",
     "serving": "Load generator against an OpenAI-compatible server",
     "prefix": "Shared-prefix workload with the radix cache on and off",
+    "grammar": "Structured outputs: mask time per backend, constrained tok/s, jump-forward latency",
 }
 
 

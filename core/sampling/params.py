@@ -10,9 +10,13 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from jackfield.sampling.constraint import CONSTRAINT_KINDS, choices_constraint, json_schema_text
+from jackfield.sdk.grammar import GrammarSpec
+
 _FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty")
 _INTS = ("max_new_tokens", "min_new_tokens", "top_k", "n", "top_logprobs_num")
 _BOOLS = ("ignore_eos", "skip_special_tokens", "no_stop_trim", "logprobs")
+_STRINGS = ("regex", "ebnf", "grammar_backend")
 MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0
 
@@ -48,6 +52,12 @@ class SamplingParams:
     no_stop_trim: bool = False
     logprobs: bool = False
     top_logprobs_num: int = 0
+    # Structured outputs: at most one constraint (SGLang's names); `grammar_backend` picks the
+    # grammar engine for this request (unset: the server's `grammar_backend` setting).
+    json_schema: str | None = None
+    regex: str | None = None
+    ebnf: str | None = None
+    grammar_backend: str | None = None
 
     def __post_init__(self):
         self.validate()
@@ -58,10 +68,16 @@ class SamplingParams:
 
         `logit_bias` may be a dict {token_id (int or str): bias}, `stop` a string or a list. When
         `vocab_size` is given, token ids in `logit_bias` and `stop_token_ids` must lie below it.
+        `json_schema` may be a JSON string or an object; `choices` (a list of strings, SGLang's
+        select) becomes the `regex` that matches exactly one of them.
         """
         known = {f.name for f in fields(cls)}
         values = {}
-        for key, value in (d or {}).items():
+        d = dict(d or {})
+        if d.get("choices") is not None:
+            d["regex"] = choices_constraint(d.pop("choices"), d.get("regex"))
+        d.pop("choices", None)
+        for key, value in d.items():
             if key not in known:
                 raise SamplingParamError(key, f"unknown sampling parameter {key!r}")
             if value is not None:
@@ -72,6 +88,15 @@ class SamplingParams:
         if vocab_size is not None:
             params.validate(vocab_size)
         return params
+
+    @property
+    def constraint(self) -> GrammarSpec | None:
+        """The structured-output constraint of this request, or None."""
+        for kind in CONSTRAINT_KINDS:
+            value = getattr(self, kind)
+            if value is not None:
+                return GrammarSpec(kind, value)
+        return None
 
     @property
     def is_greedy(self) -> bool:
@@ -107,6 +132,14 @@ class SamplingParams:
             _check_token("stop_token_ids", token_id, vocab_size)
         for s in self.stop:
             _check("stop", s, isinstance(s, str) and s != "", "a non-empty string")
+        given = [k for k in CONSTRAINT_KINDS if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise SamplingParamError(given[1], f"give at most one constraint; got both {given[0]} and {given[1]}")
+        for kind in given:
+            _check(kind, getattr(self, kind), getattr(self, kind) != "", "a non-empty string")
+        if self.grammar_backend is not None:
+            _check("grammar_backend", self.grammar_backend, self.grammar_backend.isidentifier(),
+                   "a grammar backend name")
 
 
 def _check(name: str, value: Any, ok: bool, rule: str) -> None:
@@ -129,6 +162,12 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise SamplingParamError(name, f"{name} must be a boolean, got {value!r}")
         return value
+    if name in _STRINGS:
+        if not isinstance(value, str):
+            raise SamplingParamError(name, f"{name} must be a string, got {value!r}")
+        return value
+    if name == "json_schema":
+        return json_schema_text(value)
     if name == "stop":
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) for s in items):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from jackfield.constrained.bitmask import apply_bitmask
 from jackfield.sampling.batch import SamplingBatch
 from jackfield.sampling.penalties import apply_logit_bias, apply_min_new_tokens, apply_penalties
 
@@ -65,17 +66,19 @@ class Sampler:
             self.prompt_mask[slot].zero_()
 
     def sample(self, logits: torch.Tensor, batch: SamplingBatch, output_lens: torch.Tensor,
-               counted: torch.Tensor | None = None) -> SampleOutput:
+               counted: torch.Tensor | None = None, bitmask: torch.Tensor | None = None) -> SampleOutput:
         """Choose one token per row of `logits` [B, V] and count it in the slot's penalty state.
 
         `output_lens` [B] int64 is how many tokens each request has generated before this step; it
         drives min_new_tokens and the seeded noise. `counted` [B] bool marks the rows whose token is
         kept as output (default: all); pass False for rows whose token is discarded, such as a
-        non-final chunk of a chunked prefill, so it does not enter the penalty counts. The caller's
+        non-final chunk of a chunked prefill, so it does not enter the penalty counts. `bitmask`
+        [B, ceil(V/32)] int32 on the logits' device is the grammar mask (jackfield.sdk.grammar
+        format), applied after the penalties and before logit_bias (SGLang's order). The caller's
         logits are left untouched.
         """
         plain = batch.all_greedy and not (batch.need_logprobs or batch.need_penalties or batch.need_logit_bias
-                                          or batch.need_min_new_tokens)
+                                          or batch.need_min_new_tokens or bitmask is not None)
         # an argmax of the logits as they are (bf16 -> fp32 is exact, so the choice is the same)
         logits = logits if plain else logits.to(torch.float32, copy=True)
         raw_logprobs = torch.log_softmax(logits, dim=-1) if batch.need_logprobs else None
@@ -84,6 +87,8 @@ class Sampler:
                 raise RuntimeError("batch needs penalties but no request started with needs_penalties=True")
             counts = self.output_counts.index_select(0, batch.req_slots)
             apply_penalties(logits, counts, self.prompt_mask.index_select(0, batch.req_slots), batch)
+        if bitmask is not None:
+            apply_bitmask(logits, bitmask)
         if batch.need_logit_bias:
             apply_logit_bias(logits, batch)
         if batch.need_min_new_tokens:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from jackfield.constrained.bitmask import StepMask
 from jackfield.io_struct import FinishReason
 from jackfield.mem.device_copy import to_device
 from jackfield.sampling.batch import SamplingBatch
@@ -89,10 +90,17 @@ def _build_job(s, reqs: list, slots: torch.Tensor | None, decode: ScheduleBatch 
         fb=fb, sampling=sampling, output_lens=lens[0] if len(lens) == 1 else torch.cat(lens), counted=counted,
         decode_rows=decode.req_pool_indices if decode is not None else None, extend_reqs=list(reqs),
         extend_kv=[r.kv_len + r.extend_len for r in reqs], extend_final=final, decode_reqs=decode_reqs,
-        rows=frozenset(r.req_pool_idx for r in reqs + decode_reqs))
+        rows=frozenset(r.req_pool_idx for r in reqs + decode_reqs), mask=_grammar_rows(reqs, final, decode_reqs))
     s.stats.record_step(sum(r.extend_len for r in reqs), len(decode_reqs))
     _advance(s, reqs, final, new_sampling, decode)
     return job
+
+
+def _grammar_rows(reqs: list, final: list[bool], decode_reqs: list) -> StepMask | None:
+    """The rows whose token a grammar constrains (a non-final prefill chunk's token is thrown away)."""
+    rows = [(i, r) for i, (r, f) in enumerate(zip(reqs, final)) if f and r.grammar is not None]
+    rows += [(len(reqs) + j, r) for j, r in enumerate(decode_reqs) if r.grammar is not None]
+    return StepMask(rows, len(reqs) + len(decode_reqs)) if rows else None
 
 
 def _advance(s, reqs: list, final: list[bool], new_sampling: SamplingBatch | None, decode: ScheduleBatch | None) -> None:

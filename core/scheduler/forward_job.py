@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from jackfield.constrained.bitmask import StepMask
 from jackfield.sampling.batch import SamplingBatch
 from jackfield.scheduler.req import Req
 from jackfield.sdk.forward_batch import ForwardBatch
@@ -34,6 +35,7 @@ class ForwardJob:
     extend_final: list[bool]          # this extend completes the request's prefill (its token is kept)
     decode_reqs: list[Req]            # rows E..E+D-1
     rows: frozenset[int]              # req_pool indices this forward reads
+    mask: StepMask | None = None      # grammar rows: filled once their earlier tokens are accepted
 
 
 @dataclass
@@ -42,18 +44,27 @@ class StepResult:
     logprobs: tuple | None            # (chosen [B], top ids [B][k] | None, top vals [B][k] | None) as lists
 
 
-def launch_forward_job(runner, future_ids: torch.Tensor, job: ForwardJob):
-    """Resolve decode inputs from the future map, run the model, sample, publish the tokens.
-    Returns the sampler's device output (asynchronous on CUDA)."""
+def forward_logits(runner, future_ids: torch.Tensor, job: ForwardJob) -> torch.Tensor:
+    """Resolve decode inputs from the future map and run the model; returns the logits."""
     fb = job.fb
     if job.decode_rows is not None:
         dec = future_ids.index_select(0, job.decode_rows)
         ids = torch.cat([fb.input_ids, dec]) if fb.input_ids.numel() else dec
         fb = replace(fb, input_ids=ids)
-    logits = runner.forward(fb)
-    out = runner.sampler.sample(logits, job.sampling, job.output_lens, job.counted)
-    future_ids[fb.req_pool_indices] = out.next_token_ids
+    return runner.forward(fb)
+
+
+def sample_job(runner, future_ids: torch.Tensor, job: ForwardJob, logits: torch.Tensor):
+    """Sample (under the job's grammar mask, waiting for it to be filled) and publish the tokens."""
+    bitmask = job.mask.wait() if job.mask is not None else None
+    out = runner.sampler.sample(logits, job.sampling, job.output_lens, job.counted, bitmask)
+    future_ids[job.fb.req_pool_indices] = out.next_token_ids
     return out
+
+
+def launch_forward_job(runner, future_ids: torch.Tensor, job: ForwardJob):
+    """Forward, sample, publish the tokens. Returns the sampler's device output (asynchronous on CUDA)."""
+    return sample_job(runner, future_ids, job, forward_logits(runner, future_ids, job))
 
 
 def step_result(out) -> StepResult:

@@ -10,6 +10,12 @@ frees while a job runs can only be written again by a later job.
   (after the scheduler stream's pending work, i.e. the job's table writes) and an asynchronous copy of
   the tokens to pinned host memory; the kernels run while the scheduler thread goes on. `wait`
   synchronizes on an event recorded after the copy.
+
+Grammar-constrained jobs sample late (SGLang's delayed sampling): their mask needs the previous
+job's tokens accepted, which happens while this job's forward runs. The scheduler fills the job's
+StepMask and then calls `mask_ready()` on its pending result. The forward worker simply waits for
+the mask between forward and sampling; the stream launcher enqueues only the forward at launch and
+the sampling in `mask_ready()`.
 """
 from __future__ import annotations
 
@@ -35,6 +41,9 @@ class PendingResult:
     def fail(self, error: BaseException) -> None:
         self._error = error
         self._done.set()
+
+    def mask_ready(self) -> None:
+        """Nothing to do: the worker thread waits for the job's mask itself."""
 
     def wait(self) -> StepResult:
         """Block until the job ran; return its result or raise its exception."""
@@ -83,10 +92,21 @@ class ForwardWorker:
 
 
 class CudaPending:
-    def __init__(self, event: torch.cuda.Event, host):
-        self._event, self._host = event, host
+    def __init__(self, launcher: StreamLauncher, job, logits=None):
+        self._launcher, self._job, self._logits = launcher, job, logits
+        self._event = self._host = None
+
+    def sampled(self, event: torch.cuda.Event, host) -> CudaPending:
+        self._event, self._host, self._job, self._logits = event, host, None, None
+        return self
+
+    def mask_ready(self) -> None:
+        """Enqueue the delayed sampling of a grammar job (its StepMask is filled)."""
+        if self._event is None:
+            self._launcher.sample(self, self._job, self._logits)
 
     def wait(self) -> StepResult:
+        self.mask_ready()
         self._event.synchronize()
         return step_result(self._host)
 
@@ -106,19 +126,32 @@ class _HostOutput:
 
 
 class StreamLauncher:
-    """Launches `launch_fn(job)` (returning device tensors) on a forward stream, from the caller's thread."""
+    """Launches `forward_fn(job)` (returning logits) and `sample_fn(job, logits)` (returning device
+    tensors) on a forward stream, from the caller's thread."""
 
-    def __init__(self, launch_fn, device: torch.device):
-        self._launch = launch_fn
+    def __init__(self, forward_fn, sample_fn, device: torch.device):
+        self._forward, self._sample = forward_fn, sample_fn
         self._stream = torch.cuda.Stream(device)
 
     def launch(self, job) -> CudaPending:
         self._stream.wait_stream(torch.cuda.current_stream(self._stream.device))
         with torch.cuda.stream(self._stream):
-            host = _HostOutput(self._launch(job))
+            logits = self._forward(job)
+        pending = CudaPending(self, job, logits)
+        if job.mask is None:
+            self.sample(pending, job, logits)
+        return pending
+
+    def sample(self, pending: CudaPending, job, logits) -> None:
+        self._stream.wait_stream(torch.cuda.current_stream(self._stream.device))  # the mask's copy
+        bitmask = job.mask.wait() if job.mask is not None else None
+        if bitmask is not None:
+            bitmask.record_stream(self._stream)  # copied on the scheduler stream, read on this one
+        with torch.cuda.stream(self._stream):
+            host = _HostOutput(self._sample(job, logits))
             event = torch.cuda.Event()
             event.record()
-        return CudaPending(event, host)
+        pending.sampled(event, host)
 
     def close(self) -> None:
         self._stream.synchronize()
@@ -127,8 +160,8 @@ class StreamLauncher:
         """Nothing to stop: the stream launcher owns no thread (ForwardWorker's counterpart)."""
 
 
-def make_launcher(device: torch.device, launch_fn, run_fn):
+def make_launcher(device: torch.device, forward_fn, sample_fn, run_fn):
     """StreamLauncher on CUDA, ForwardWorker elsewhere."""
     if device.type == "cuda":
-        return StreamLauncher(launch_fn, device)
+        return StreamLauncher(forward_fn, sample_fn, device)
     return ForwardWorker(run_fn)

@@ -40,6 +40,12 @@ class KVReleaser:
         self.tree_cache.cache_finished_req(r, keep)
         self._give_back_row(r, busy_rows)
 
+    def park(self, r: Req) -> None:
+        """A request leaves the running batch to come back through the waiting queue (jump-forward):
+        its computed KV goes to the tree, where its re-admission finds it; nothing reads its row."""
+        self.release(r, frozenset())
+        r.kv_len, r.last_node, r.cache_protected_len, r.prefix_indices = 0, None, 0, EMPTY
+
     def drop(self, r: Req, busy_rows: frozenset[int]) -> None:
         """Free every slot the request owns without caching any (retraction, failed forwards)."""
         self.tree_cache.release_req(r, r.kv_len)

@@ -35,6 +35,7 @@ class Req:
         self.retractions = 0
         self.sent_len = 0
         self.logprobs: list[TokenLogprob] = []
+        self.grammar = None  # the constraint's matcher (jackfield.sdk.Grammar) once compiled
 
     @property
     def all_ids(self) -> list[int]:
@@ -60,7 +61,9 @@ class Req:
         match = tree_cache.match_prefix(ids[:max(len(ids) - 1, 0)])
         self.prefix_indices, self.last_node = match.indices, match.last_node
 
-    def check_finished(self, eos_ids: tuple[int, ...], tokenizer) -> None:
+    def check_finished(self, eos_ids: tuple[int, ...], tokenizer, new_tokens: int = 1) -> None:
+        """Finish on length, EOS / stop token (the last token) or a stop string in the text of the
+        last `new_tokens` tokens (jump-forward appends several at once)."""
         p, out = self.sampling_params, self.output_ids
         if not out:
             return
@@ -72,7 +75,7 @@ class Req:
         if (not p.ignore_eos and last in eos_ids) or last in p.stop_token_ids:
             self.finished_reason = FinishReason("stop", last)
         elif p.stop and tokenizer is not None:
-            width = max(len(s) for s in p.stop) + 8
+            width = max(len(s) for s in p.stop) + 7 + new_tokens
             tail = tokenizer.decode(out[-width:], skip_special_tokens=p.skip_special_tokens)
             for s in p.stop:
                 if s in tail:

@@ -1,5 +1,7 @@
 """The scheduler: continuous batching over a running batch, chunked prefill, RadixAttention,
-admission control with retraction, abort, and overlap scheduling. One `step()` is one forward pass.
+admission control with retraction, abort, overlap scheduling, and grammar-constrained requests
+(`jackfield.constrained`: compiled off the critical path, masked per step, jump-forward). One
+`step()` is one forward pass.
 
 Inputs are io_struct messages (`handle`); outputs are BatchOutput messages returned by `step` (and by
 `handle` when an abort had to wait for a running forward). The same class runs in-process for the
@@ -12,7 +14,9 @@ process N (while N+1 runs), so the device always has the next forward queued. N+
 step behind: a request that finished at N also decodes in N+1; that token is dropped and its slot
 freed. KV that commit N frees can only be reused by N+2 or later, which run after N+1. Retraction
 and abort first `sync()` (wait for and process the running forward), so they never touch a request
-whose forward is still running.
+whose forward is still running. A job with grammar rows samples only once its mask is filled, after
+the previous job's tokens are processed (delayed sampling): the mask of N+1 is built on the CPU
+while N+1's forward runs.
 """
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ import logging
 
 import torch
 
+from jackfield.constrained.bitmask import mask_buffer
+from jackfield.constrained.jump_forward import jump
+from jackfield.constrained.manager import GrammarManager
 from jackfield.io_struct import (AbortReq, BatchOutput, FinishReason, FlushCacheOut, FlushCacheReq, GetStatsReq,
                                  ReqOutput, StatsOut, TokenizedGenerateReq, TokenLogprob)
 from jackfield.mem.chunk_cache import ChunkCache
@@ -28,7 +35,7 @@ from jackfield.mem.radix_cache import RadixCache
 from jackfield.model_runner import ModelRunner
 from jackfield.scheduler.admission import Admission, reject_reason
 from jackfield.scheduler.batch_planner import plan_batch
-from jackfield.scheduler.forward_job import ForwardJob, StepResult, launch_forward_job, run_forward_job
+from jackfield.scheduler.forward_job import ForwardJob, StepResult, forward_logits, run_forward_job, sample_job
 from jackfield.scheduler.outputs import collect_outputs, req_output, stats_out
 from jackfield.scheduler.overlap import make_launcher
 from jackfield.scheduler.policy import SchedulePolicy
@@ -38,6 +45,7 @@ from jackfield.scheduler.schedule_batch import ScheduleBatch
 from jackfield.scheduler.stats import SchedulerStats
 
 log = logging.getLogger(__name__)
+GRAMMAR_POLL_S = 0.005
 
 
 class Scheduler:
@@ -68,11 +76,16 @@ class Scheduler:
         # only compete with torch's own threads. Unset means overlap on CUDA, serial on CPU.
         disabled = s.disable_overlap_schedule
         self.overlap = runner.device.type == "cuda" if disabled is None else not disabled
-        self.worker = make_launcher(self.device, functools.partial(launch_forward_job, runner, self.future_ids),
+        self.worker = make_launcher(self.device, functools.partial(forward_logits, runner, self.future_ids),
+                                    functools.partial(sample_job, runner, self.future_ids),
                                     self._run_job) if self.overlap else None
         if self.worker is not None:
             self.worker.close_with(self)
         self.inflight: tuple[ForwardJob, object] | None = None  # the running job and its pending result
+        self.grammars = GrammarManager.from_setup(runner.setup, tokenizer, self.vocab_size, self.eos_ids)
+        self.jump_forward = not s.disable_jump_forward
+        self.jump_candidates: list[Req] = []  # constrained requests whose grammar forces text now
+        self.mask_rows = mask_buffer(runner.max_running_requests + 1, self.vocab_size, self.device)
 
     # ---- inputs -------------------------------------------------------------------------------
     def handle(self, msg) -> list:
@@ -91,6 +104,10 @@ class Scheduler:
         req = Req(msg, self._arrivals)
         self._arrivals += 1
         reason = reject_reason(req, self.runner)
+        if reason is None and req.sampling_params.constraint is not None:
+            reason = self.grammars.submit(req)
+            if reason is None and req.grammar is None:
+                return []  # compiling: the request waits in the grammar queue
         if reason is not None:
             return [self._finish_now(req, reason)]
         self.waiting.append(req)
@@ -113,14 +130,16 @@ class Scheduler:
         return self.chunked_req is not None or bool(self.running and len(self.running))
 
     def has_work(self) -> bool:
-        return bool(self.waiting) or self.holds_kv() or self.inflight is not None
+        return bool(self.waiting) or self.holds_kv() or self.inflight is not None or bool(self.grammars.queue)
 
     def step(self) -> list[BatchOutput]:
         """Plan and launch one forward; returns the outputs produced (under overlap, those of the
         previous forward)."""
+        self._admit_compiled()
         job = plan_batch(self)
         if not self.overlap:
             if job is not None:
+                self._fill_mask(job)
                 result = self._run_job(job)
                 self._commit(job)
                 self._process(job, result)
@@ -132,8 +151,74 @@ class Scheduler:
                 result = prev[1].wait()
                 self._commit(prev[0])
                 self._process(prev[0], result)
+            if job is not None:  # prev's tokens are accepted: job's grammar rows can be masked now
+                self._fill_mask(job, self.inflight[1])
+        if self.jump_candidates:
+            self._jump_forward()
+        if job is None and self.inflight is None and self.grammars.queue:
+            self.grammars.wait(GRAMMAR_POLL_S)  # only compiles are pending: sleep until one ends
         self._audit_when_idle()
         return self._emit()
+
+    # ---- constrained requests -----------------------------------------------------------------
+    def _admit_compiled(self) -> None:
+        """Requests whose grammar finished compiling join the waiting queue (or fail with its error)."""
+        if self.grammars.queue:
+            ready, failed = self.grammars.poll()
+            self.waiting += ready
+            self.finished_out += failed
+
+    def _fill_mask(self, job: ForwardJob, pending=None) -> None:
+        """Fill the job's grammar rows (their requests' earlier tokens are all accepted) and let its
+        sampling go on."""
+        if job.mask is not None and not job.mask.filled:
+            job.mask.fill(self.mask_rows, self.device)
+        if pending is not None:
+            pending.mask_ready()
+
+    def _advance_grammar(self, r: Req, token: int) -> None:
+        """Accept the sampled token; a refused token aborts the request, termination stops it."""
+        if not r.grammar.accept_token(token):
+            text = self.tokenizer.decode([token], skip_special_tokens=False) if self.tokenizer else ""
+            r.finished_reason = FinishReason("abort", message=(
+                f"constrained decoding failed: the {r.sampling_params.constraint.kind} constraint refused the "
+                f"sampled token {token} ({text!r}); no allowed token was left for it"))
+        elif r.grammar.is_terminated() and not r.finished:
+            r.finished_reason = FinishReason("stop", token)
+        elif self.jump_forward and not r.finished and not r.return_logprob and r.grammar.jump_forward_string():
+            self.jump_candidates.append(r)
+
+    def _jump_forward(self) -> None:
+        """Append each candidate's forced continuation and park it for a one-forward extend
+        (jackfield.constrained.jump_forward). Under overlap the running forward already holds
+        the candidates' next decode, so it is waited for first."""
+        if self.inflight is not None:
+            self.sync()
+        cands, self.jump_candidates = self.jump_candidates, []
+        running = set(map(id, self.running.reqs)) if self.running is not None else set()
+        vocab = self.grammars.vocab
+        jumped = []
+        for r in dict.fromkeys(cands):
+            if r.finished or id(r) not in running:
+                continue
+            new = jump(r.grammar, vocab.tokens, vocab.encode, r.output_ids[-1],
+                       r.sampling_params.max_new_tokens - len(r.output_ids))
+            if new:
+                jumped.append((r, new))
+        if not jumped:
+            return
+        out = {id(r) for r, _ in jumped}
+        self.running.filter([i for i, r in enumerate(self.running.reqs) if id(r) not in out])
+        for r, new in jumped:
+            self.releaser.park(r)
+            r.output_ids += new
+            self.stats.generated_tokens += len(new)
+            self.stats.jump_forward_tokens += len(new)
+            r.check_finished(self.eos_ids, self.tokenizer, new_tokens=len(new))
+            if r.finished:
+                self.finished_out.append(r)
+            else:
+                self.waiting.insert(0, r)
 
     def _audit_when_idle(self) -> None:
         """Once the last request has left: frees of already-free KV pages, counted without a wait
@@ -190,6 +275,8 @@ class Scheduler:
             top = list(zip(top_ids[row], top_vals[row])) if top_ids is not None else []
             r.logprobs.append(TokenLogprob(token, chosen[row], top[:r.sampling_params.top_logprobs_num]))
         r.check_finished(self.eos_ids, self.tokenizer)
+        if r.grammar is not None:
+            self._advance_grammar(r, token)
 
     # ---- retraction and abort -----------------------------------------------------------------
     def retract(self, r: Req) -> None:
@@ -201,6 +288,9 @@ class Scheduler:
         self.waiting.insert(0, r)
 
     def _abort(self, rid: str) -> list:
+        queued = self.grammars.abort(rid)
+        if queued is not None:
+            return [self._finish_now(queued, FinishReason("abort", message="aborted"))]
         for i, r in enumerate(self.waiting):
             if r.rid == rid:
                 self.waiting.pop(i)
@@ -225,8 +315,10 @@ class Scheduler:
         """Fail every request (after an internal error); all KV is returned, none is cached."""
         holders = self._holders() + [r for r in self.leaving if not r.finished]
         if self.inflight is not None:
-            (_, pending), self.inflight = self.inflight, None
+            (job, pending), self.inflight = self.inflight, None
             try:
+                if job.mask is not None:
+                    job.mask.release()  # its forward may wait for a mask that will never be filled
                 pending.wait()
             except Exception:
                 log.debug("the running forward failed too", exc_info=True)
@@ -236,10 +328,11 @@ class Scheduler:
             if id(r) not in seen and r.req_pool_idx is not None:
                 seen.add(id(r))
                 self.releaser.drop(r, frozenset())
-        done = [r for r in holders + self.building + self.waiting if not r.finished]
+        done = [r for r in holders + self.building + self.waiting + self.grammars.drain() if not r.finished]
         for r in done:
             r.finished_reason = FinishReason("abort", message=message)
         self.running, self.chunked_req, self.building, self.waiting, self.leaving = None, None, [], [], []
+        self.jump_candidates = []
         self.finished_out += list({id(r): r for r in done}.values())
         return self._emit()
 
@@ -257,6 +350,7 @@ class Scheduler:
         """Stop the forward worker (overlap); the scheduler cannot step afterwards."""
         if self.worker is not None:
             self.worker.close()
+        self.grammars.close()
 
     # ---- outputs ------------------------------------------------------------------------------
     def _req_output(self, r: Req) -> ReqOutput:

@@ -15,6 +15,7 @@ class SchedulerStats:
     retractions: int = 0
     evicted_tokens: int = 0       # tokens the radix cache evicted to make room
     syncs: int = 0                # overlap: times the scheduler waited for the running forward early
+    jump_forward_tokens: int = 0  # tokens a grammar forced and jump-forward appended without decoding
     forward_steps: int = 0
     _window: deque = field(default_factory=lambda: deque(maxlen=64))
 

@@ -4,12 +4,14 @@ from jackfield.kernels import pdl_kwargs
 from jackfield.mem.device_copy import to_device
 from jackfield.sdk.attention import AttentionBackend, AttentionLayerInfo, AttentionRuntime
 from jackfield.sdk import reference
-from jackfield.sdk.component import Availability, Capabilities, Component, SelectionContext, require_cuda
+from jackfield.sdk.component import (Availability, Capabilities, Component, SelectionContext, package_availability,
+                                     require_cuda)
 from jackfield.sdk.decoder_lm import DecoderCausalLM
 from jackfield.sdk.layers.decoder import DecoderOptions
 from jackfield.sdk.layers.gemv import Gemv
 from jackfield.sdk.forward_batch import ForwardBatch, ForwardMode
-from jackfield.sdk.grammar import Grammar, GrammarBackend, GrammarSpec
+from jackfield.sdk.grammar import (EosTrackingGrammar, Grammar, GrammarBackend, GrammarError, GrammarSpec, GrammarVocab, UnsupportedGrammar,
+                                   allocate_bitmask, bitmask_words)
 from jackfield.sdk.kv_cache import KVPool
 from jackfield.sdk.lora import LoRABackend, LoRARuntime
 from jackfield.sdk.model import CausalLM, ModelBuildContext
@@ -21,8 +23,8 @@ from jackfield.sdk.version import API_VERSION
 
 __all__ = [
     # every kind
-    "API_VERSION", "hookimpl", "Availability", "Capabilities", "Component", "SelectionContext", "require_cuda", "pdl_kwargs",
-    "to_device", "reference",
+    "API_VERSION", "hookimpl", "Availability", "Capabilities", "Component", "SelectionContext", "package_availability",
+    "require_cuda", "pdl_kwargs", "to_device", "reference",
     # attention
     "AttentionBackend", "AttentionLayerInfo", "AttentionRuntime", "ForwardBatch", "ForwardMode", "KVPool",
     # models
@@ -34,7 +36,8 @@ __all__ = [
     # speculative decoding
     "DraftProposal", "SpeculativeDecoder", "SpecInput", "SpecRuntime",
     # grammar
-    "Grammar", "GrammarBackend", "GrammarSpec",
+    "EosTrackingGrammar", "Grammar", "GrammarBackend", "GrammarError", "GrammarSpec", "GrammarVocab", "UnsupportedGrammar", "allocate_bitmask",
+    "bitmask_words",
     # LoRA
     "LoRABackend", "LoRARuntime",
 ]

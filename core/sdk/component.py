@@ -95,6 +95,32 @@ class Component(metaclass=ABCMeta):
         return reasons
 
 
+def package_availability(import_name: str, distribution: str, minimum: str | None = None) -> Availability:
+    """Whether a Python package is installed (found without importing it) and at least `minimum`;
+    the reason names the package, the version found and the one needed."""
+    import importlib.metadata
+
+    if importlib.util.find_spec(import_name) is None:
+        return Availability.no(f"Python package '{distribution}' is not installed (pip install {distribution})")
+    try:
+        version = importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return Availability.no(f"'{import_name}' is importable but distribution '{distribution}' has no metadata")
+    if minimum and _version_tuple(version) < _version_tuple(minimum):
+        return Availability.no(f"{distribution} {version} is installed; {minimum} or newer is needed")
+    return Availability.yes(f"{distribution} {version}")
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for part in version.split("."):
+        digits = "".join(c for c in part if c.isdigit()) if part[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
 def cuda_available() -> bool:
     import torch
 

@@ -10,18 +10,20 @@ from fastapi import APIRouter, Request
 from jackfield.server.app import ServerState, server_state
 from jackfield.server.generation import RequestGroup, abort_error, until_disconnected
 from jackfield.server.prompts import chat_default, chat_prompt, encode_text, max_new_tokens, sampling_params
-from jackfield.server.protocol import OllamaChatRequest, OllamaGenerateRequest, OllamaOptions, json_body
+from jackfield.server.protocol import (OllamaChatRequest, OllamaGenerateRequest, OllamaOptions, json_body,
+                                      ollama_format_values)
 from jackfield.server.sse import ndjson, ndjson_response
 
 router = APIRouter()
-OLLAMA_NAMES = {"max_new_tokens": "options.num_predict", "repetition_penalty": "options.repeat_penalty"}
+OLLAMA_NAMES = {"max_new_tokens": "options.num_predict", "repetition_penalty": "options.repeat_penalty",
+                "json_schema": "format"}
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def _params(st: ServerState, opts: OllamaOptions, ids: list[int]):
+def _params(st: ServerState, opts: OllamaOptions, ids: list[int], fmt):
     tm = st.tokenizer_manager
     requested = opts.num_predict
     if requested is not None and requested < 0:  # -1: unlimited, -2: fill the context
@@ -30,7 +32,8 @@ def _params(st: ServerState, opts: OllamaOptions, ids: list[int]):
                              "prompt")
     values = {"max_new_tokens": max_new, "temperature": opts.temperature, "top_p": opts.top_p, "top_k": opts.top_k,
               "min_p": opts.min_p, "stop": opts.stop, "seed": opts.seed, "repetition_penalty": opts.repeat_penalty,
-              "presence_penalty": opts.presence_penalty, "frequency_penalty": opts.frequency_penalty}
+              "presence_penalty": opts.presence_penalty, "frequency_penalty": opts.frequency_penalty,
+              **ollama_format_values(fmt)}
     return sampling_params(values, tm.vocab_size, OLLAMA_NAMES)
 
 
@@ -48,7 +51,7 @@ async def generate(request: Request):
         msgs = ([{"role": "system", "content": body.system}] if body.system else []) + [
             {"role": "user", "content": body.prompt}]
         ids = chat_prompt(tm, msgs, param="prompt")
-    return await _run(st, request, body.model, body.stream, ids, _params(st, body.options, ids),
+    return await _run(st, request, body.model, body.stream, ids, _params(st, body.options, ids, body.format),
                       lambda text: {"response": text})
 
 
@@ -58,7 +61,7 @@ async def chat(request: Request):
     st = server_state(request)
     st.check_model(body.model)
     ids = chat_prompt(st.tokenizer_manager, [{"role": m.role, "content": m.content} for m in body.messages])
-    return await _run(st, request, body.model, body.stream, ids, _params(st, body.options, ids),
+    return await _run(st, request, body.model, body.stream, ids, _params(st, body.options, ids, body.format),
                       lambda text: {"message": {"role": "assistant", "content": text}})
 
 

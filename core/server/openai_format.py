@@ -5,7 +5,8 @@ from jackfield.io_struct import FinishReason, TokenLogprob
 from jackfield.server.generation import Result
 
 # SamplingParams names -> OpenAI names, for error messages and `param`.
-OPENAI_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "top_logprobs_num": "top_logprobs"}
+OPENAI_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "top_logprobs_num": "top_logprobs",
+                "json_schema": "response_format.json_schema.schema"}
 COMPLETION_NAMES = {**OPENAI_NAMES, "top_logprobs_num": "logprobs"}
 
 

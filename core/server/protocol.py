@@ -12,6 +12,8 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from jackfield.sampling.constraint import ANY_JSON_OBJECT
+
 StopField = Union[str, list[str], None]
 T = TypeVar("T", bound=BaseModel)
 
@@ -39,6 +41,21 @@ class StreamOptions(Body):
     include_usage: bool = False
 
 
+class JSONSchemaFormat(Body):
+    """OpenAI's response_format.json_schema: the schema under `schema`, named, optionally strict."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=(), populate_by_name=True)
+    name: str | None = None
+    description: str | None = None
+    schema_: Union[dict[str, Any], bool, None] = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(Body):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
 class OpenAISampling(Body):
     """Fields shared by /v1/completions and /v1/chat/completions, with SGLang's extras."""
 
@@ -55,6 +72,7 @@ class OpenAISampling(Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    response_format: ResponseFormat | None = None
     # SGLang extras
     top_k: int | None = None
     min_p: float | None = None
@@ -64,6 +82,9 @@ class OpenAISampling(Body):
     skip_special_tokens: bool = True
     stop_token_ids: list[int] | None = None
     no_stop_trim: bool = False
+    regex: str | None = None
+    ebnf: str | None = None
+    grammar_backend: str | None = None
 
     def sampling_values(self) -> dict[str, Any]:
         """The SGLang-named sampling values (max_new_tokens is decided by the caller)."""
@@ -72,7 +93,8 @@ class OpenAISampling(Body):
                 "presence_penalty": self.presence_penalty, "logit_bias": self.logit_bias, "seed": self.seed,
                 "stop": self.stop, "stop_token_ids": self.stop_token_ids, "ignore_eos": self.ignore_eos,
                 "min_new_tokens": self.min_tokens, "skip_special_tokens": self.skip_special_tokens,
-                "no_stop_trim": self.no_stop_trim, "n": self.n}
+                "no_stop_trim": self.no_stop_trim, "n": self.n, "regex": self.regex, "ebnf": self.ebnf,
+                "grammar_backend": self.grammar_backend, **response_format_values(self.response_format)}
 
     @property
     def include_usage(self) -> bool:
@@ -96,6 +118,28 @@ class CompletionRequest(OpenAISampling):
     prompt: Any  # a string, strings, token ids or lists of token ids; checked by prompts.completion_prompts
     logprobs: int | None = None
     echo: bool = False
+
+
+def response_format_values(rf: ResponseFormat | None) -> dict[str, Any]:
+    """OpenAI's response_format as the json_schema sampling value (the constraint is enforced
+    whether or not `strict` is set)."""
+    if rf is None or rf.type == "text":
+        return {}
+    if rf.type == "json_object":
+        return {"json_schema": ANY_JSON_OBJECT}
+    if rf.json_schema is None or rf.json_schema.schema_ is None:
+        from jackfield.server.errors import APIError
+
+        raise APIError(400, "response_format of type json_schema needs json_schema.schema",
+                       param="response_format.json_schema.schema")
+    return {"json_schema": rf.json_schema.schema_}
+
+
+def ollama_format_values(fmt: OllamaFormat) -> dict[str, Any]:
+    """Ollama's `format`: "json" is any JSON object, an object is a JSON schema."""
+    if not fmt:
+        return {}
+    return {"json_schema": ANY_JSON_OBJECT if fmt == "json" else fmt}
 
 
 # ---- Anthropic --------------------------------------------------------------------------------
@@ -141,12 +185,16 @@ class OllamaMessage(Body):
     content: str = ""
 
 
+OllamaFormat = Union[Literal["", "json"], dict[str, Any], None]  # "json": any JSON object; an object: a schema
+
+
 class OllamaGenerateRequest(Body):
     model: str
     prompt: str = ""
     system: str | None = None
     raw: bool = False
     stream: bool = True
+    format: OllamaFormat = None
     options: OllamaOptions = Field(default_factory=OllamaOptions)
 
 
@@ -154,6 +202,7 @@ class OllamaChatRequest(Body):
     model: str
     messages: list[OllamaMessage]
     stream: bool = True
+    format: OllamaFormat = None
     options: OllamaOptions = Field(default_factory=OllamaOptions)
 
 

@@ -82,6 +82,11 @@ class Tokenizer:
         return self._hf
 
     @property
+    def backend(self):
+        """The Rust ``tokenizers.Tokenizer`` (read-only use: its vocabulary and description)."""
+        return self._backend
+
+    @property
     def vocab_size(self) -> int:
         """Number of tokens, added tokens included."""
         return self._backend.get_vocab_size(with_added_tokens=True)

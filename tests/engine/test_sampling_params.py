@@ -111,3 +111,30 @@ def test_token_ids_checked_against_vocab_size():
 def test_direct_construction_validates():
     with pytest.raises(SamplingParamError, match="top_p"):
         SamplingParams(top_p=0.0)
+
+
+def test_constraint_fields():
+    p = SamplingParams.from_dict({"json_schema": {"type": "object"}, "grammar_backend": "xgrammar"})
+    assert p.constraint.kind == "json_schema" and p.constraint.value == '{"type": "object"}'
+    assert p.grammar_backend == "xgrammar"
+    assert SamplingParams.from_dict({"regex": "a+"}).constraint.value == "a+"
+    assert SamplingParams().constraint is None
+    choices = SamplingParams.from_dict({"choices": ["yes", "no", "a.b", "yes"]}).constraint
+    assert choices.kind == "regex" and choices.value == r"(yes|no|a\.b)"
+
+
+@pytest.mark.parametrize("values, param, fragment", [
+    ({"regex": "a", "ebnf": "root ::= \"a\""}, "ebnf", "both regex and ebnf"),
+    ({"json_schema": "{}", "regex": "a"}, "regex", "both json_schema and regex"),
+    ({"choices": ["a"], "regex": "b"}, "choices", "both regex and choices"),
+    ({"json_schema": "[1]"}, "json_schema", "must be a JSON object"),
+    ({"json_schema": "{"}, "json_schema", "not valid JSON"),
+    ({"choices": []}, "choices", "non-empty list"),
+    ({"regex": 5}, "regex", "must be a string"),
+    ({"regex": ""}, "regex", "non-empty string"),
+    ({"grammar_backend": "no such"}, "grammar_backend", "grammar backend name"),
+])
+def test_constraint_errors(values, param, fragment):
+    with pytest.raises(SamplingParamError, match=fragment) as e:
+        SamplingParams.from_dict(values)
+    assert e.value.param == param
