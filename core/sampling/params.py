@@ -53,7 +53,8 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs_num: int = 0
     # Structured outputs: at most one constraint (SGLang's names); `grammar_backend` picks the
-    # grammar engine for this request (unset: the server's `grammar_backend` setting).
+    # grammar engine for this request's constraint (unset: the server's `grammar_backend`
+    # setting); without a constraint it is refused, since it would change nothing.
     json_schema: str | None = None
     regex: str | None = None
     ebnf: str | None = None
@@ -140,6 +141,11 @@ class SamplingParams:
         if self.grammar_backend is not None:
             _check("grammar_backend", self.grammar_backend, self.grammar_backend.isidentifier(),
                    "a grammar backend name")
+            if not given:
+                raise SamplingParamError("grammar_backend", (
+                    f"grammar_backend ({self.grammar_backend!r}) picks the engine of a constraint, and the request has "
+                    "none: give json_schema, regex, ebnf or choices (response_format on the OpenAI API) with it, or "
+                    "leave it out"))
 
 
 def _check(name: str, value: Any, ok: bool, rule: str) -> None:

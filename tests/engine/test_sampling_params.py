@@ -132,7 +132,8 @@ def test_constraint_fields():
     ({"choices": []}, "choices", "non-empty list"),
     ({"regex": 5}, "regex", "must be a string"),
     ({"regex": ""}, "regex", "non-empty string"),
-    ({"grammar_backend": "no such"}, "grammar_backend", "grammar backend name"),
+    ({"grammar_backend": "no such", "regex": "a"}, "grammar_backend", "grammar backend name"),
+    ({"grammar_backend": "xgrammar"}, "grammar_backend", "the request has none"),
 ])
 def test_constraint_errors(values, param, fragment):
     with pytest.raises(SamplingParamError, match=fragment) as e:

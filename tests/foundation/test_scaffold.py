@@ -2,7 +2,7 @@
 passes the conformance kit (from the CLI and from its own generated test) and serves a generation
 when selected; bad input writes nothing.
 
-The three packages are generated once per module and pip-installed (non-editable, offline) into a
+The packages are generated once per module and pip-installed (non-editable, offline) into a
 directory of their own, like tests/fixtures/install.sh does for the fixture plugins.
 """
 from __future__ import annotations
@@ -19,7 +19,9 @@ import pytest
 from jackfield.cli import main
 from jackfield.scaffold import template_kinds
 
-KINDS = {"attention": "my_attention", "quant": "my_quant", "model": "my_model"}
+KINDS = {"attention": "my_attention", "quant": "my_quant", "model": "my_model", "grammar": "my_grammar"}
+
+
 def new(*args: str) -> int:
     try:
         return main(["plugin", "new", *args])
@@ -43,7 +45,7 @@ def scaffolded(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_every_template_kind_is_offered():
-    assert {"attention", "quantization", "model"} <= set(template_kinds())
+    assert {"attention", "quantization", "model", "grammar"} <= set(template_kinds())
 
 
 def test_generated_package_layout(scaffolded):
@@ -69,7 +71,7 @@ def test_installed_plugins_are_listed_and_certified(scaffolded, monkeypatch, cap
     assert main(["plugins", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert {(rows[n]["kind"], rows[n]["available"]) for n in KINDS.values()} == {
-        ("attention", True), ("quantization", True), ("model", True)}
+        ("attention", True), ("quantization", True), ("model", True), ("grammar", True)}
     for name in KINDS.values():
         assert main(["plugin", "check", name, "--device", "cpu"]) == 0
         out = capsys.readouterr().out
@@ -115,6 +117,44 @@ def test_generated_plugins_serve_a_generation(scaffolded, tmp_path, monkeypatch)
     assert components["model"]["name"] == "my_model" and tokens == reference
     tokens, components = greedy(llama, attention_backend="torch_native", quantization="my_quant")
     assert components["quantization"]["name"] == "my_quant" and [len(t) for t in tokens] == [8, 8]
+
+
+def byte_level_model(directory: Path) -> None:
+    """A dummy tiny Llama whose tokenizer has one token per byte (ids 0-255) and an EOS (256)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokenizer = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)} | {"<eos>": 256}, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(["<eos>"])
+    directory.mkdir()
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<eos>"}))
+    (directory / "config.json").write_text(json.dumps({**TINY_LLAMA, "vocab_size": 264, "eos_token_id": 256}))
+
+
+def test_generated_grammar_constrains_a_generation(scaffolded, tmp_path, monkeypatch):
+    """The scaffolded grammar backend, chosen per request, constrains a dummy model's output,
+    jump-forward included; a JSON schema sent to it is refused naming it."""
+    import re
+
+    from jackfield import Engine
+
+    _, site = scaffolded
+    monkeypatch.syspath_prepend(str(site))
+    for var in [v for v in os.environ if v.startswith("JACKFIELD_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("JACKFIELD_PLUGINS", "my_grammar,torch_native,unquantized,llama")
+    byte_level_model(tmp_path / "bytes")
+    regex = r"(yes|no), the answer is [0-9]{2}"
+    with Engine(model=str(tmp_path / "bytes"), load_format="dummy", kv_cache_bytes=1 << 24, warmup=False) as engine:
+        outs = engine.generate(["Q:", "Is it?"], {"regex": regex, "grammar_backend": "my_grammar", "temperature": 0.8,
+                                                  "seed": 1, "max_new_tokens": 40})
+        assert all(o["finish_reason"] == "stop" and re.fullmatch(regex, o["text"]) for o in outs), outs
+        assert engine.loop.scheduler.stats.jump_forward_tokens >= 2 * len(", the answer is ")
+        with pytest.raises(ValueError, match="grammar backend 'my_grammar' does not support json_schema"):
+            engine.generate("x", {"json_schema": {"type": "object"}, "grammar_backend": "my_grammar"})
 
 
 def test_unknown_kind_writes_nothing(tmp_path, monkeypatch, capsys):

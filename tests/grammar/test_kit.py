@@ -51,3 +51,17 @@ def test_kit_rejects_a_wrong_backend():
     assert not report.ok
     failed = {r.behaviour for r in report.failures()}
     assert any("regex masks" in b for b in failed) and any("invalid constraints" in b for b in failed)
+
+
+def test_kit_catches_a_rollback_one_token_short():
+    class ShortRollback(_registered("xgrammar")):
+        name = "short_rollback"
+
+        def compile(self, spec):
+            grammar = super().compile(spec)
+            rollback = grammar.rollback
+            grammar.rollback = lambda n: rollback(max(n - 1, 0))
+            return grammar
+
+    failed = {r.behaviour for r in certify(ShortRollback).failures()}
+    assert any(b.startswith("rollback(k)") for b in failed), failed

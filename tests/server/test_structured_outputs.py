@@ -82,6 +82,7 @@ BAD = [
     ({"json_schema": {"type": "integer", "minimum": 1}, "grammar_backend": "outlines"}, "outlines", "minimum"),
     ({"regex": "a", "grammar_backend": "nope"}, "nope", "xgrammar"),
     ({"regex": "a", "ebnf": 'root ::= "a"'}, "both regex and ebnf", None),
+    ({"grammar_backend": "xgrammar"}, "grammar_backend", "has none"),
 ]
 
 

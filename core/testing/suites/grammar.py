@@ -35,6 +35,7 @@ SCHEMAS = [
     {"type": "object", "properties": {"tag": {"$ref": "#/$defs/tag"}, "n": {"type": "null"}}, "required": ["tag"],
      "$defs": {"tag": {"type": "string", "pattern": "^[a-c]{1,3}$"}}},
 ]
+ROLLBACK_REGEX, ROLLBACK_TEXT = r"abc-(yes|no)", "abc-yes"
 ARITHMETIC = 'root ::= expr\nexpr ::= term (("+" | "-") term)*\nterm ::= num | "(" expr ")"\nnum ::= [1-9] [0-9]?\n'
 MAX_STEPS = 200
 
@@ -169,8 +170,9 @@ def _jump_forward(t: KitTarget) -> None:
 
 def _rollback(t: KitTarget) -> None:
     backend = _backend(t)
-    grammar = _compile(backend, "regex", r"(ab)*c")
-    masks, path = [current_mask(grammar)], greedy_encode("ababab")
+    grammar = _compile(backend, "regex", ROLLBACK_REGEX)
+    path = [TOKENS.index(bytes([c])) for c in ROLLBACK_TEXT.encode()]  # one character a token: every mask differs
+    masks = [current_mask(grammar)]
     for token in path:
         expect(grammar.accept_token(token), f"{TOKENS[token]!r} refused")
         masks.append(current_mask(grammar))
@@ -182,12 +184,17 @@ def _rollback(t: KitTarget) -> None:
             grammar.accept_token(token)
     grammar.rollback(len(path))
     expect(current_mask(grammar) == masks[0], "rolling back every token does not restore the start mask")
-    for token in greedy_encode("abc"):
+    for token in path:
         grammar.accept_token(token)
     expect(grammar.accept_token(EOS) and grammar.is_terminated(), "EOS after a full match did not terminate")
     grammar.rollback(1)
     expect(not grammar.is_terminated(), "rolling back the EOS left the grammar terminated")
-    expect(current_mask(grammar) == {EOS}, "after rolling back the EOS of 'abc' only EOS should be allowed")
+    expect(current_mask(grammar) == {EOS}, f"after rolling back the EOS of {ROLLBACK_TEXT!r} only EOS should be "
+                                           "allowed")
+    grammar.accept_token(EOS)
+    grammar.rollback(3)
+    expect(current_mask(grammar) == masks[len(path) - 2], "rolling back an EOS and two tokens does not restore the "
+                                                          "mask two tokens back")
 
 
 def _termination_and_rejection(t: KitTarget) -> None:
