@@ -36,7 +36,10 @@ def add_parser(sub) -> None:
                                                                   "(default: cuda when visible, else cpu)")
     check.set_defaults(func=run_check)
     new = cmds.add_parser("new", help="Create a plugin package (pyproject, module, README, kit test) from a template")
-    new.add_argument("--kind", type=kind_arg, required=True, help=f"The component kind ({', '.join(CLI_KINDS)})")
+    from jackfield.scaffold import template_kinds
+
+    new.add_argument("--kind", type=kind_arg, required=True, help="The component kind; templates exist for: "
+                     + ", ".join(cli_spelling(k) for k in template_kinds()))
     new.add_argument("--name", required=True, help="Plugin and component name: lowercase letters, digits, underscores")
     new.add_argument("--dir", help="Directory to create (default: ./jackfield-NAME); must not exist")
     new.set_defaults(func=run_new)
