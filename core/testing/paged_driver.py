@@ -37,7 +37,7 @@ class PagedDriver:
         """Compute `new_ids[i]` on top of sequence `seqs[i]`'s cached tokens, all in one EXTEND
         forward; a None entry (or `seqs` None) starts a new sequence. Returns logits per
         sequence: one row per new token with `all_logits`, else the last token's only."""
-        r = self.runner
+        r, dev = self.runner, self.runner.device
         seqs = [None] * len(new_ids) if seqs is None else list(seqs)
         seqs = [self.new_sequence() if s is None else s for s in seqs]
         prefix = [len(self.ids[s]) for s in seqs]
@@ -51,20 +51,20 @@ class PagedDriver:
             self.table[self.rows[s], p:p + e] = slots[off:off + e].to(torch.int32)
             positions.extend(range(p, p + e))
             off += e
-        ext_t = torch.tensor(ext, dtype=torch.int32)
+        ext_t = torch.tensor(ext, dtype=torch.int32, device=dev)
         start = torch.zeros_like(ext_t)
         start[1:] = torch.cumsum(ext_t, 0)[:-1]
         seq_cpu = tuple(p + e for p, e in zip(prefix, ext))
         total = sum(ext)
-        logits_idx = torch.arange(total) if all_logits else (start + ext_t - 1).long()
+        logits_idx = torch.arange(total, device=dev) if all_logits else (start + ext_t - 1).long()
         fb = ForwardBatch(
             mode=ForwardMode.EXTEND, batch_size=len(seqs),
-            input_ids=torch.tensor([t for x in new_ids for t in x], dtype=torch.int64),
-            positions=torch.tensor(positions, dtype=torch.int64),
-            req_pool_indices=torch.tensor([self.rows[s] for s in seqs], dtype=torch.int64),
-            seq_lens=torch.tensor(seq_cpu, dtype=torch.int32), out_cache_loc=slots, req_to_token=self.table,
+            input_ids=torch.tensor([t for x in new_ids for t in x], dtype=torch.int64, device=dev),
+            positions=torch.tensor(positions, dtype=torch.int64, device=dev),
+            req_pool_indices=torch.tensor([self.rows[s] for s in seqs], dtype=torch.int64, device=dev),
+            seq_lens=torch.tensor(seq_cpu, dtype=torch.int32, device=dev), out_cache_loc=slots, req_to_token=self.table,
             kv_pool=r.kv_pool, attn_backend=r.attn_backend, seq_lens_cpu=seq_cpu,
-            extend_prefix_lens=torch.tensor(prefix, dtype=torch.int32), extend_seq_lens=ext_t,
+            extend_prefix_lens=torch.tensor(prefix, dtype=torch.int32, device=dev), extend_seq_lens=ext_t,
             extend_start_loc=start, extend_prefix_lens_cpu=tuple(prefix), extend_seq_lens_cpu=tuple(ext),
             logits_indices=logits_idx)
         logits = r.forward(fb).float()
@@ -76,17 +76,17 @@ class PagedDriver:
 
     def decode(self, tokens: list[int], seqs: list[int] | None = None) -> torch.Tensor:
         """One DECODE step: token `tokens[i]` appended to sequence `seqs[i]`. Returns [B, vocab]."""
-        r = self.runner
+        r, dev = self.runner, self.runner.device
         seqs = list(range(len(self.rows))) if seqs is None else seqs
         kv = [len(self.ids[s]) for s in seqs]
         last = [self._slot(s, n - 1) for s, n in zip(seqs, kv)]
         loc = r.allocator.alloc_decode([n + 1 for n in kv], last)
         assert loc is not None, "KV pool exhausted"
-        pool = torch.tensor([self.rows[s] for s in seqs], dtype=torch.int64)
-        self.table[pool, torch.tensor(kv)] = loc.to(torch.int32)
-        positions = torch.tensor(kv, dtype=torch.int64)
+        pool = torch.tensor([self.rows[s] for s in seqs], dtype=torch.int64, device=dev)
+        self.table[pool, torch.tensor(kv, device=dev)] = loc.to(torch.int32)
+        positions = torch.tensor(kv, dtype=torch.int64, device=dev)
         fb = ForwardBatch(
-            mode=ForwardMode.DECODE, batch_size=len(seqs), input_ids=torch.tensor(tokens, dtype=torch.int64),
+            mode=ForwardMode.DECODE, batch_size=len(seqs), input_ids=torch.tensor(tokens, dtype=torch.int64, device=dev),
             positions=positions, req_pool_indices=pool, seq_lens=(positions + 1).to(torch.int32),
             out_cache_loc=loc, req_to_token=self.table, kv_pool=r.kv_pool, attn_backend=r.attn_backend,
             seq_lens_cpu=tuple(n + 1 for n in kv))

@@ -44,6 +44,7 @@ def _runner(t: KitTarget, dtype: str = "float32", page_size: int = 1):
 
 
 def _compare(ours: torch.Tensor, ref: torch.Tensor, tol: float, what: str) -> None:
+    ours = ours.to(ref.device)  # transformers' reference runs on the CPU
     expect(tuple(ours.shape) == tuple(ref.shape), f"{what}: logits shape {tuple(ours.shape)}, expected {tuple(ref.shape)}")
     expect(bool(torch.isfinite(ours).all()), f"{what}: logits have NaN or inf")
     for pos in range(ref.shape[0]):
@@ -122,7 +123,7 @@ def runs_in_dtype(t: KitTarget, dtype: str) -> None:
     ref = full_prefill(runner, seq)
     ours = full_prefill(_runner(t, dtype), seq)
     expect(bool(torch.isfinite(ours).all()), f"{dtype}: logits have NaN or inf")
-    err = rel_err(ours, ref)
+    err = rel_err(ours.cpu(), ref.cpu())
     expect(err <= DTYPE_TOL[dtype], f"{dtype}: logits differ from float32 by relative error {err:.2e} > {DTYPE_TOL[dtype]:.0e}")
 
 
