@@ -1,0 +1,129 @@
+"""The `int8_wo` quantization method: int8 weights with one scale per output channel, activations
+in the compute dtype (weight-only: half the bytes of bf16 at bf16 accuracy of the activations).
+
+A plain checkpoint is quantized while loading: scale = max|w_row| / 127, q = round(w / scale) in
+[-127, 127]. compressed-tensors INT8 checkpoints (`weight` int8, `weight_scale` per channel or
+per tensor) load through the same LinearMethod (compressed_tensors.py); their activation
+quantization, if any, is not applied (activations stay in the compute dtype).
+
+Where it runs:
+  CPU: float32 matmul with the int8 codes (exact integers in float32), times the row scales.
+  CUDA: one row through the SDK's Gemv with the int8 codes and scales (timed per shape against the
+    fallback, RMSNorm / SiLU-and-mul fused in where faster); up to DEQUANT_ROWS rows the Triton
+    W8A16 GEMM of w8a16_kernels.py; more rows, or `quantization_gemm_backend torch`, dequantize
+    to the compute dtype and call cuBLAS.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from jackfield.sdk import Gemv, LinearMethod, QuantizationMethod, WeightScale, create_plain_weights, hookimpl
+from jackfield_plugins.quant.common import load_row_scale, replace_parameter, triton_missing_on_cuda
+
+DEQUANT_ROWS = 1024  # from this many rows (prefill) cuBLAS on a dequantized weight (auto backend)
+
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: (codes [N, K] int8 in [-127, 127], scale [N] float32)."""
+    amax = w.float().abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+    return (w.float() / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
+
+
+class Int8LinearMethod(LinearMethod):
+    """After loading: `weight` [N, K] int8 and `weight_scale` [N] float32. `serialized`: the
+    checkpoint holds the codes (compressed-tensors); else a plain weight is quantized on load."""
+
+    def __init__(self, gemv: Gemv, backend: str, serialized: bool = False, input_scales: bool = False):
+        self.gemv, self.backend, self.serialized, self.input_scales = gemv, backend, serialized, input_scales
+
+    def create_weights(self, layer, in_features, out_features, bias, dtype, device):
+        create_plain_weights(layer, in_features, out_features, bias, dtype, device)
+        if self.serialized:
+            replace_parameter(layer, "weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+            replace_parameter(layer, "weight_scale", torch.ones(out_features, device=device))
+        if self.input_scales:  # a W8A8 checkpoint's static activation scales: read, not used
+            replace_parameter(layer, "input_scale", torch.ones(len(layer.shards), device=device))
+
+    def load(self, layer, param_name, tensor, shard_offset, shard_size):
+        if param_name == "weight_scale":
+            return load_row_scale(layer, param_name, tensor, shard_offset, shard_size)
+        if param_name == "input_scale":
+            return None
+        if param_name == "weight" and self.serialized and tensor.dtype != torch.int8:
+            raise ValueError(f"an int8 checkpoint's weight must be int8, got {tensor.dtype}")
+        super().load(layer, param_name, tensor, shard_offset, shard_size)
+
+    def load_float(self, layer, weight):
+        if not self.serialized:
+            return super().load_float(layer, weight)
+        q, scale = quantize_int8(weight)
+        self.load(layer, "weight", q, 0, weight.shape[0])
+        self.load(layer, "weight_scale", scale, 0, weight.shape[0])
+
+    def process_weights_after_loading(self, layer):
+        replace_parameter(layer, "input_scale", None)
+        if layer.weight.dtype != torch.int8:
+            q, scale = quantize_int8(layer.weight.detach())
+            replace_parameter(layer, "weight", q)
+            replace_parameter(layer, "weight_scale", scale)
+        layer.wscale = WeightScale(layer.weight_scale)
+
+    def apply(self, layer, x):
+        x2 = x.reshape(-1, x.shape[-1])
+        if not x2.is_cuda:
+            y = (F.linear(x2.float(), layer.weight.float()) * layer.weight_scale).to(x.dtype)
+            y = y if layer.bias is None else y + layer.bias
+        elif self.backend != "torch":
+            y = self.gemv.linear(x2.contiguous(), layer.weight, layer.bias, layer.wscale, lambda t: self._matmul(layer, t))
+        else:
+            y = self._matmul(layer, x2)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    def _matmul(self, layer, x):
+        if self.backend == "torch" or (self.backend == "auto" and x.shape[0] >= DEQUANT_ROWS):
+            w = layer.weight.to(x.dtype) * layer.weight_scale.to(x.dtype)[:, None]
+            return F.linear(x, w, layer.bias)
+        from jackfield_plugins.quant.w8a16_kernels import w8a16_matmul
+
+        return w8a16_matmul(x.contiguous(), layer.weight, layer.weight_scale, layer.bias)
+
+    def apply_normed(self, layer, x, residual, norm):
+        fused = None
+        if x.is_cuda and self.backend != "torch":
+            fused = self.gemv.normed_linear(x, residual, norm.weight, norm.eps, layer.weight, layer.bias, layer.wscale,
+                                            lambda t: self._matmul(layer, t))
+        return fused if fused is not None else super().apply_normed(layer, x, residual, norm)
+
+    def apply_silu_mul(self, layer, x):
+        fused = None
+        if x.is_cuda and self.backend != "torch":
+            fused = self.gemv.silu_mul_linear(x, layer.weight, layer.bias, layer.wscale,
+                                              lambda t: self._matmul(layer, t))
+        return fused if fused is not None else super().apply_silu_mul(layer, x)
+
+
+class Int8WeightOnly(QuantizationMethod):
+    name = "int8_wo"
+    priority = -10  # opt-in: `auto` keeps `unquantized` for plain checkpoints
+    checkpoint_formats = ()
+    converts_on_load = True
+    description = "int8 weights with per-channel scales, activations in the compute dtype (weight-only)"
+    max_relative_error = 0.02
+
+    def __init__(self, model_config, options=None):
+        super().__init__(model_config, options)
+        self.gemv = Gemv()
+
+    @classmethod
+    def incompatibilities(cls, ctx):
+        return super().incompatibilities(ctx) + triton_missing_on_cuda(ctx)
+
+    def linear_method(self, prefix):
+        return Int8LinearMethod(self.gemv, self.options.gemm_backend)
+
+
+@hookimpl
+def jackfield_register_quantization_methods(register):
+    register(Int8WeightOnly)
