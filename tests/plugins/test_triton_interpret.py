@@ -27,7 +27,9 @@ CASES = {
     "sliding_window": ([40, 3], [30, 25], 4, 2, 16, 2, "float32", {"sliding_window": 9}),
     "logit_cap": ([20, 0], [10, 6], 4, 4, 16, 1, "float32", {"logit_cap": 0.5, "scaling": 1.7}),
     "float16": ([13, 4], [6, 9], 4, 2, 32, 4, "float16", {}),
+    "fp8_kv_cache": ([13, 40], [6, 9], 4, 2, 32, 4, "float32", {}),  # K, V stored FP8 with scales 0.5, 2
 }
+FP8_KV = {"fp8_kv_cache": (0.5, 2.0)}
 TOLERANCE = {"float32": 1e-4, "float16": 5e-3}
 
 
@@ -39,7 +41,8 @@ def run_case(name: str) -> dict:
     from jackfield_plugins.attention.triton import TritonAttnBackend
 
     prefix, new, heads, kv_heads, head_dim, page, dtype, layer_kw = CASES[name]
-    p = AttnProblem(prefix, new, heads, kv_heads, head_dim, page, getattr(torch, dtype), "cpu", seed=len(name))
+    fp8 = {"kv_dtype": torch.float8_e4m3fn, "kv_scales": FP8_KV[name]} if name in FP8_KV else {}
+    p = AttnProblem(prefix, new, heads, kv_heads, head_dim, page, getattr(torch, dtype), "cpu", seed=len(name), **fp8)
     backend, layer, errors = TritonAttnBackend(p.runtime()), p.layer(**layer_kw), {}
 
     fb, q, k, v = p.extend_batch(backend)
