@@ -61,7 +61,7 @@ class Awq(QuantizationMethod):
     priority = 0
     checkpoint_formats = ("awq",)
     description = "AutoAWQ INT4 checkpoints (group-wise scales and zero points); Triton GEMV/GEMM on CUDA"
-    max_relative_error = 0.15
+    max_relative_error = 0.13
 
     def __init__(self, model_config, options=None):
         super().__init__(model_config, options)

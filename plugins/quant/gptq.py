@@ -72,7 +72,7 @@ class Gptq(QuantizationMethod):
     priority = 0
     checkpoint_formats = ("gptq",)
     description = "GPTQ INT4 checkpoints (act order, zero points); Triton GEMV/GEMM on CUDA"
-    max_relative_error = 0.15
+    max_relative_error = 0.14
 
     def __init__(self, model_config, options=None):
         super().__init__(model_config, options)

@@ -121,8 +121,7 @@ class Int4LinearMethod(LinearMethod):
         if layer.perm is not None:
             x2 = x2.index_select(1, layer.perm)
         if not x2.is_cuda:
-            g_idx = torch.arange(x2.shape[1], device=x2.device) // self.group
-            w = int4.dequantize(int4.unpack(layer.qweight, 1), layer.scales, layer.zeros, g_idx)
+            w = int4.dequantize(int4.unpack(layer.qweight, 1), layer.scales, layer.zeros, None)
             y = F.linear(x2.float(), w).to(x.dtype)
             y = y if layer.bias is None else y + layer.bias
         elif x2.shape[0] == 1 and self.backend != "torch":

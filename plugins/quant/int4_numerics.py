@@ -32,10 +32,8 @@ def quantize(w: torch.Tensor, group: int, symmetric: bool = False,
     """Round-to-nearest INT4 of w [N, K]: (codes [N, K] int32 0..15, scales [N, G] float32, zeros
     [N, G] int32) with G = K / group; `g_idx` [K] assigns columns to groups (act order)."""
     n, k = w.shape
-    if g_idx is None:
-        g_idx = torch.arange(k, device=w.device) // group
-    perm = torch.argsort(g_idx, stable=True)
-    wg = w.float()[:, perm].reshape(n, -1, group)
+    perm = None if g_idx is None else torch.argsort(g_idx.long(), stable=True)
+    wg = (w.float() if perm is None else w.float()[:, perm]).reshape(n, -1, group)  # groups contiguous
     if symmetric:
         scale = wg.abs().amax(-1) * 2 / 15
         zero = torch.full_like(scale, 8)
@@ -44,13 +42,19 @@ def quantize(w: torch.Tensor, group: int, symmetric: bool = False,
         scale = (hi - lo) / 15
         zero = torch.round(-lo / torch.where(scale > 0, scale, 1)).clamp(0, 15)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    gi = g_idx.long()
-    q = torch.round(w.float() / scale[:, gi] + zero[:, gi]).clamp(0, 15)
-    return q.to(torch.int32), scale, zero.to(torch.int32)
+    q = torch.round(wg / scale[..., None] + zero[..., None]).clamp(0, 15).to(torch.int32).reshape(n, k)
+    if perm is not None:
+        q = torch.empty_like(q).index_copy_(1, perm, q)  # back to the checkpoint's column order
+    return q, scale, zero.to(torch.int32)
 
 
-def dequantize(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g_idx: torch.Tensor) -> torch.Tensor:
-    """The float32 weight [N, K] of codes q [N, K], scales / zeros [N, G] and column groups g_idx [K]."""
+def dequantize(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g_idx: torch.Tensor | None) -> torch.Tensor:
+    """The float32 weight [N, K] of codes q [N, K], scales / zeros [N, G] and column groups g_idx
+    [K] (None: contiguous groups of K / G columns)."""
+    if g_idx is None:
+        n, k = q.shape
+        groups = q.float().view(n, scales.shape[1], -1)
+        return ((groups - zeros.float()[..., None]) * scales.float()[..., None]).view(n, k)
     gi = g_idx.long()
     return (q.float() - zeros.float()[:, gi]) * scales.float()[:, gi]
 
@@ -60,19 +64,19 @@ def pack(q: torch.Tensor, dim: int, order: tuple[int, ...] = tuple(range(8))) ->
     """Pack codes 0..15 along `dim` (its size a multiple of 8): slot i of word j holds element
     8j + order[i]."""
     q = q.movedim(dim, -1).to(torch.int32)
-    words = q.reshape(*q.shape[:-1], -1, 8)[..., list(order)]
-    packed = torch.zeros(words.shape[:-1], dtype=torch.int32, device=q.device)
-    for i, shift in enumerate(SHIFTS):
-        packed |= words[..., i] << shift
+    words = q.reshape(*q.shape[:-1], -1, 8)
+    packed = words[..., order[0]].clone()
+    for i in range(1, 8):
+        packed |= words[..., order[i]] << SHIFTS[i]  # int32 bits, as the formats store them
     return packed.movedim(-1, dim).contiguous()
 
 
 def unpack(packed: torch.Tensor, dim: int, order: tuple[int, ...] = tuple(range(8))) -> torch.Tensor:
     """The inverse of `pack` (same order): int32 codes 0..15, `dim` eight times longer."""
     p = packed.movedim(dim, -1)
-    slots = torch.stack([(p >> s) & 0xF for s in SHIFTS], -1)  # [..., words, slot]
-    inverse = [order.index(j) for j in range(8)]
-    values = slots[..., inverse]
+    values = (p.unsqueeze(-1) >> torch.tensor(SHIFTS, dtype=torch.int32, device=p.device)) & 0xF  # [.., word, slot]
+    if order != tuple(range(8)):
+        values = values[..., [order.index(j) for j in range(8)]]
     return values.reshape(*p.shape[:-1], -1).movedim(-1, dim).contiguous()
 
 
@@ -137,5 +141,4 @@ def from_compressed(packed: torch.Tensor, scales: torch.Tensor, zero_point: torc
 def reference_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                      group: int, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, K] times the dequantized weight, in float32 (contiguous groups)."""
-    g_idx = torch.arange(q.shape[1], device=q.device) // group
-    return F.linear(x.float(), dequantize(q, scales, zeros, g_idx), None if bias is None else bias.float())
+    return F.linear(x.float(), dequantize(q, scales, zeros, None), None if bias is None else bias.float())

@@ -65,12 +65,13 @@ def quantize_tensors(module: str, w: torch.Tensor, fmt: str, opts: dict, seed: i
         out = {"weight": q, "weight_scale": s.reshape(-1, 1)}
     else:
         group = opts.get("group", 32)
+        group = w.shape[1] if group == -1 else group  # -1: one group per row
         sym, act = opts.get("symmetric", fmt == "gptq"), opts.get("act_order", False)
         if fmt == "ct-w4a16":
             sym = opts.get("symmetric", True)
         q, scales, zeros, g_idx = _int4(w, group, sym, act, seed)
         scales = scales.to(torch.bfloat16 if fmt == "ct-w4a16" else torch.float16)  # as the formats store them
-        ref = int4.dequantize(q, scales, zeros, g_idx)
+        ref = int4.dequantize(q, scales, zeros, g_idx) if opts.get("reference", True) else None
         if fmt == "awq":
             out = int4.to_awq(q, scales, zeros)
         elif fmt == "gptq":
@@ -127,25 +128,34 @@ def _save(directory: Path, config: dict, tensors: dict) -> Path:
 
 def write_quantized(model, directory: Path, fmt: str, kv_scales: dict[int, tuple[float, float]] | None = None,
                     **opts) -> tuple[Path, Path]:
-    """Write `model` as a `fmt` checkpoint in `directory` and its dequantized twin in
-    `directory / "reference"`; returns both paths. `kv_scales` adds per-layer k_scale / v_scale."""
-    assert fmt in FORMATS, fmt
-    state = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+    """Write `model` (a transformers model) as a `fmt` checkpoint in `directory` and its dequantized
+    twin in `directory / "reference"`; returns both paths. `kv_scales` adds per-layer k_scale / v_scale."""
+    state = {k: v.detach() for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
-    quantized, reference = {}, {}
+    config = {**model.config.to_dict(), "architectures": [type(model).__name__]}
+    return write_quantized_state(state, config, directory, fmt, kv_scales, **opts)
+
+
+def write_quantized_state(state: dict, config: dict, directory: Path, fmt: str,
+                          kv_scales: dict[int, tuple[float, float]] | None = None, reference: bool = True,
+                          **opts) -> tuple[Path, Path | None]:
+    """`write_quantized` for a state dict and config.json dict (reference twin only if asked)."""
+    assert fmt in FORMATS, fmt
+    quantized, ref_state = {}, {}
     for name, w in state.items():
+        w = w.float()
         m = LINEAR.match(name)
         if m is None:
-            quantized[name] = reference[name] = w
+            quantized[name] = ref_state[name] = w
             continue
         layer = int(name.split(".")[2])  # layers reading the same input share GPTQ's act order
-        tensors, ref = quantize_tensors(m["module"], w, fmt, opts, seed=1000 * layer + w.shape[1])
+        tensors, ref = quantize_tensors(m["module"], w, fmt, {**opts, "reference": reference},
+                                        seed=1000 * layer + w.shape[1])
         quantized.update(tensors)
-        reference[name] = ref
+        ref_state[name] = ref
     for layer, (k, v) in (kv_scales or {}).items():
         quantized[f"model.layers.{layer}.self_attn.k_scale"] = torch.tensor(k)
         quantized[f"model.layers.{layer}.self_attn.v_scale"] = torch.tensor(v)
-    config = {**model.config.to_dict(), "architectures": [type(model).__name__]}
-    ref_dir = _save(directory / "reference", dict(config), reference)
+    ref_dir = _save(directory / "reference", dict(config), ref_state) if reference else None
     return _save(directory, {**config, "quantization_config": quant_config(fmt, opts)}, quantized), ref_dir
