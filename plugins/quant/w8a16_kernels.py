@@ -36,7 +36,7 @@ def _w8a16_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_
     for kt in range(0, tl.cdiv(K, BLOCK_K)):
         k_mask = offs_k < K - kt * BLOCK_K
         x = tl.load(x_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        w = tl.load(w_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0)
+        w = tl.load(w_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         acc = tl.dot(x, w.to(x.dtype), acc)
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
