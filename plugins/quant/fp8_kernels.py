@@ -49,6 +49,8 @@ def quantize_activations(x: torch.Tensor, group: int | None = None,
     `out_dtype` float32 returns the unrounded x / scale (for checking the kernel where FP8
     conversion cannot run, as under TRITON_INTERPRET)."""
     m, k = x.shape
+    if x.stride(1) != 1:
+        x = x.contiguous()
     group = group or k
     groups = triton.cdiv(k, group)
     q = torch.empty(m, k, dtype=out_dtype, device=x.device)

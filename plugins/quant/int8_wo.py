@@ -10,8 +10,8 @@ Where it runs:
   CPU: float32 matmul with the int8 codes (exact integers in float32), times the row scales.
   CUDA: one row through the SDK's Gemv with the int8 codes and scales (timed per shape against the
     fallback, RMSNorm / SiLU-and-mul fused in where faster); up to DEQUANT_ROWS rows the Triton
-    W8A16 GEMM of w8a16_kernels.py; more rows, or `quantization_gemm_backend torch`, dequantize
-    to the compute dtype and call cuBLAS.
+    W8A16 GEMM of w8a16_kernels.py; more rows, or `quantization_gemm_backend torch`, cuBLAS on the
+    codes converted to the compute dtype (exact), the row scales applied to its output.
 """
 from __future__ import annotations
 
@@ -83,8 +83,8 @@ class Int8LinearMethod(LinearMethod):
 
     def _matmul(self, layer, x):
         if self.backend == "torch" or (self.backend == "auto" and x.shape[0] >= DEQUANT_ROWS):
-            w = layer.weight.to(x.dtype) * layer.weight_scale.to(x.dtype)[:, None]
-            return F.linear(x, w, layer.bias)
+            y = (F.linear(x, layer.weight.to(x.dtype)).float() * layer.weight_scale).to(x.dtype)  # codes exact in bf16
+            return y if layer.bias is None else y + layer.bias
         from jackfield_plugins.quant.w8a16_kernels import w8a16_matmul
 
         return w8a16_matmul(x.contiguous(), layer.weight, layer.weight_scale, layer.bias)
