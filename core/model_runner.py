@@ -23,8 +23,13 @@ CPU_DEFAULT_KV_BYTES = 1 << 30
 
 
 def tensor_bytes(model: torch.nn.Module) -> int:
-    """Bytes of every parameter and buffer of `model` as stored (quantized weights at their packed size)."""
-    tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    """Bytes of the model's weights as stored: every parameter (quantized weights at their packed
+    size, with their scales) and persistent buffer; caches such as rotary tables are not counted."""
+    tensors = {id(p): p for p in model.parameters()}
+    for module in model.modules():
+        for name, buf in module.named_buffers(recurse=False):
+            if buf is not None and name not in module._non_persistent_buffers_set:
+                tensors[id(buf)] = buf
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 

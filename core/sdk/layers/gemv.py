@@ -52,7 +52,8 @@ class Gemv:
 
     @property
     def choices(self) -> dict:
-        """(variant, N, K, dtype) -> the GemvConfig chosen, or None for the unfused path (cuBLAS)."""
+        """(variant, N, K, dtype[, scale block]) -> the GemvConfig chosen, or None for the unfused path
+        (cuBLAS, or a quantized method's fallback); the scale block is there for quantized weights."""
         return dict(self._tuner.choices) if self._tuner is not None else {}
 
     def choose(self, key: tuple, k: int, baseline, candidate, configs: tuple):
@@ -65,7 +66,8 @@ class Gemv:
         return self._tuner.choice(key, k, baseline, candidate, configs=configs)
 
     def _key(self, variant: str, weight: torch.Tensor, wscale) -> tuple:
-        return (variant, *weight.shape, weight.dtype, None if wscale is None else wscale.block)
+        key = (variant, *weight.shape, weight.dtype)
+        return key if wscale is None else (*key, wscale.block)
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, wscale=None,
                fallback=None) -> torch.Tensor:
