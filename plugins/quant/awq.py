@@ -13,7 +13,7 @@ import torch
 from jackfield.sdk import Gemv, PlainLinearMethod, QuantizationMethod, hookimpl
 from jackfield_plugins.quant import int4_numerics as int4
 from jackfield_plugins.quant.common import is_ignored, replace_parameter, triton_missing_on_cuda
-from jackfield_plugins.quant.int4_linear import Int4LinearMethod, Int4Scheme, load_columns
+from jackfield_plugins.quant.int4_linear import Int4LinearMethod, Int4Scheme, float_checkpoint, load_columns
 
 
 class AwqLinearMethod(Int4LinearMethod):
@@ -25,19 +25,16 @@ class AwqLinearMethod(Int4LinearMethod):
         replace_parameter(layer, "qzeros", torch.zeros(groups, out_features // 8, dtype=torch.int32, device=device))
         replace_parameter(layer, "scales", torch.zeros(groups, out_features, device=device))
 
-    def load(self, layer, param_name, tensor, shard_offset, shard_size):
+    def load_checkpoint_tensor(self, layer, param_name, tensor, shard_offset, shard_size):
         if param_name in ("qweight", "qzeros"):
             if shard_offset % 8 or shard_size % 8:
                 raise ValueError(f"AWQ shard at rows {shard_offset}..{shard_offset + shard_size} is not 8-aligned")
             return load_columns(getattr(layer, param_name), tensor, shard_offset // 8, shard_size // 8)
-        if param_name == "scales":
-            return load_columns(layer.scales, tensor, shard_offset, shard_size)
-        return super().load(layer, param_name, tensor, shard_offset, shard_size)
+        return load_columns(layer.scales, tensor, shard_offset, shard_size)
 
-    def load_float(self, layer, weight):
+    def float_tensors(self, weight):
         q, scales, zeros, _ = self.quantize_float(weight)
-        for name, t in int4.to_awq(q, scales, zeros).items():
-            self.load(layer, name, t, 0, weight.shape[0])
+        return int4.to_awq(q, scales, zeros)
 
     def unpack_checkpoint(self, layer):
         q, scales, zeros = int4.from_awq(layer.qweight, layer.qzeros, layer.scales)
@@ -67,6 +64,11 @@ class Awq(QuantizationMethod):
         super().__init__(model_config, options)
         self.scheme = awq_scheme(self.quant_config)
         self.gemv = Gemv()
+
+    @classmethod
+    def checkpoint_tensors(cls, weight):
+        """What an AWQ checkpoint of a config naming only `quant_method: awq` (group 128) stores."""
+        return float_checkpoint(AwqLinearMethod(awq_scheme({}), None, "auto"), weight)
 
     @classmethod
     def incompatibilities(cls, ctx):

@@ -32,9 +32,9 @@ def is_ignored(prefix: str, ignored: tuple[str, ...]) -> bool:
     return all(listed(n) for n in checkpoint_names(prefix))
 
 
-def shard_index(layer: nn.Module, offset: int) -> int:
-    """The position of the shard starting at output row `offset` among the layer's shards."""
-    return sorted(off for off, _ in layer.shards.values()).index(offset)
+def shards(layer: nn.Module, out_features: int) -> list[tuple[int, int]]:
+    """(offset, size) of each checkpoint tensor fused into the layer's rows (one for a plain layer)."""
+    return list(getattr(layer, "shards", {None: (0, out_features)}).values())
 
 
 def replace_parameter(layer: nn.Module, name: str, value: torch.Tensor | None) -> None:

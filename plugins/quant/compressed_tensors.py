@@ -23,7 +23,7 @@ import torch
 
 from jackfield.sdk import Gemv, PlainLinearMethod, QuantizationMethod, checkpoint_names, hookimpl
 from jackfield_plugins.quant import int4_numerics as int4
-from jackfield_plugins.quant.common import is_ignored, replace_parameter, shard_index, triton_missing_on_cuda
+from jackfield_plugins.quant.common import is_ignored, replace_parameter, shards, triton_missing_on_cuda
 from jackfield_plugins.quant.fp8 import Fp8LinearMethod, Fp8Scheme
 from jackfield_plugins.quant.int4_linear import Int4LinearMethod, Int4Scheme, load_shared
 from jackfield_plugins.quant.int8_wo import Int8LinearMethod
@@ -39,38 +39,41 @@ class CompressedInt4LinearMethod(Int4LinearMethod):
         replace_parameter(layer, "weight_packed", torch.zeros(out_features, in_features // 8, dtype=torch.int32,
                                                               device=device))
         replace_parameter(layer, "weight_scale", torch.zeros(out_features, groups, device=device))
-        replace_parameter(layer, "weight_shape", torch.zeros(len(layer.shards), 2, dtype=torch.int32, device=device))
+        # [out, in] of each shard, checked row by row while loading, then dropped
+        replace_parameter(layer, "weight_shape", torch.zeros(out_features, 2, dtype=torch.int32, device=device))
         if not self.scheme.symmetric:
             replace_parameter(layer, "weight_zero_point", torch.zeros(out_features // 8, groups, dtype=torch.int32,
                                                                       device=device))
         if self.scheme.act_order:
             replace_parameter(layer, "weight_g_idx", torch.full((in_features,), -1, dtype=torch.int32, device=device))
 
-    def load(self, layer, param_name, tensor, shard_offset, shard_size):
+    def load_checkpoint_tensor(self, layer, param_name, tensor, shard_offset, shard_size):
         if param_name == "weight_shape":
-            expected = [shard_size, layer.in_features]
+            expected = [shard_size, layer.weight_packed.shape[1] * 8]
             if tensor.tolist() != expected:
                 raise ValueError(f"weight_shape {tensor.tolist()} does not match the layer's shard {expected}")
             with torch.no_grad():
-                layer.weight_shape[shard_index(layer, shard_offset)] = tensor
+                layer.weight_shape[shard_offset:shard_offset + shard_size] = tensor
             return None
         if param_name == "weight_zero_point":
             if shard_offset % 8 or shard_size % 8:
                 raise ValueError(f"zero-point shard at rows {shard_offset}..{shard_offset + shard_size} is not 8-aligned")
-            return super().load(layer, param_name, tensor, shard_offset // 8, shard_size // 8)
+            return super().load_checkpoint_tensor(layer, param_name, tensor, shard_offset // 8, shard_size // 8)
         if param_name == "weight_g_idx":
             return load_shared(layer.weight_g_idx, tensor, "weight_g_idx")
-        return super().load(layer, param_name, tensor, shard_offset, shard_size)
+        return super().load_checkpoint_tensor(layer, param_name, tensor, shard_offset, shard_size)
 
-    def load_float(self, layer, weight):
+    def float_tensors(self, weight):
         q, scales, zeros, g_idx = self.quantize_float(weight)
         tensors = int4.to_compressed(q, scales, None if self.scheme.symmetric else zeros)
         if self.scheme.act_order:
             tensors["weight_g_idx"] = g_idx.to(torch.int32)
         tensors.pop("weight_shape")
-        for name, t in tensors.items():
-            self.load(layer, name, t, 0, weight.shape[0])
-        for off, size in layer.shards.values():
+        return tensors
+
+    def load_float(self, layer, weight):
+        super().load_float(layer, weight)
+        for off, size in shards(layer, weight.shape[0]) if not self.plain else ():
             self.load(layer, "weight_shape", torch.tensor([size, weight.shape[1]], dtype=torch.int32), off, size)
 
     def unpack_checkpoint(self, layer):
@@ -106,6 +109,13 @@ class CompressedTensors(QuantizationMethod):
     @classmethod
     def incompatibilities(cls, ctx):
         return super().incompatibilities(ctx) + triton_missing_on_cuda(ctx)
+
+    @classmethod
+    def checkpoint_tensors(cls, weight):
+        """What a checkpoint of a config naming only `quant_method: compressed-tensors` stores: with
+        no config_groups every layer is plain. (A config's groups choose other tensors per layer,
+        those of fp8, int8_wo or INT4 above; a classmethod cannot see the config.)"""
+        return {"weight": weight}
 
     def _group_for(self, name: str) -> dict | None:
         for group in self.groups:

@@ -31,8 +31,7 @@ import torch.nn.functional as F
 from jackfield.sdk import (Capabilities, Gemv, LinearMethod, PlainLinearMethod, QuantizationMethod, WeightScale,
                            create_plain_weights, hookimpl)
 from jackfield_plugins.quant import fp8_numerics as fp8
-from jackfield_plugins.quant.common import (is_ignored, load_row_scale, replace_parameter, shard_index,
-                                            triton_missing_on_cuda)
+from jackfield_plugins.quant.common import is_ignored, load_row_scale, replace_parameter, triton_missing_on_cuda
 
 
 @dataclass(frozen=True)
@@ -82,17 +81,14 @@ class Fp8LinearMethod(LinearMethod):
         else:
             scale = torch.ones(-(-out_features // s.block[0]), -(-in_features // s.block[1]), device=device)
         replace_parameter(layer, s.scale_name, scale)
-        if s.input_scales:
-            replace_parameter(layer, "input_scale", torch.ones(len(layer.shards), device=device))
+        if s.input_scales:  # one per shard in the checkpoint, kept per row here (read, not used)
+            replace_parameter(layer, "input_scale", torch.ones(out_features, device=device))
 
     def load(self, layer, param_name, tensor, shard_offset, shard_size):
         s = self.scheme
         if param_name == "weight" and s.serialized and tensor.dtype != fp8.FP8:
             raise ValueError(f"an fp8 checkpoint's weight must be float8_e4m3fn, got {tensor.dtype}")
-        if param_name == "input_scale":
-            with torch.no_grad():
-                layer.input_scale[shard_index(layer, shard_offset)] = tensor.float().max()
-        elif param_name == s.scale_name and s.block is None:
+        if param_name in ("input_scale", s.scale_name) and s.block is None:
             load_row_scale(layer, param_name, tensor, shard_offset, shard_size)
         elif param_name == s.scale_name:
             bn = s.block[0]
@@ -111,9 +107,8 @@ class Fp8LinearMethod(LinearMethod):
         n = weight.shape[0]
         self.load(layer, "weight", q, 0, n)
         self.load(layer, s.scale_name, scale, 0, n)
-        for off, size in layer.shards.values():
-            if s.input_scales:
-                self.load(layer, "input_scale", torch.ones(()), off, size)
+        if s.input_scales:
+            self.load(layer, "input_scale", torch.ones(()), 0, n)
 
     def process_weights_after_loading(self, layer):
         s = self.scheme

@@ -17,7 +17,8 @@ import torch
 from jackfield.sdk import Gemv, PlainLinearMethod, QuantizationMethod, hookimpl
 from jackfield_plugins.quant import int4_numerics as int4
 from jackfield_plugins.quant.common import is_ignored, replace_parameter, triton_missing_on_cuda
-from jackfield_plugins.quant.int4_linear import Int4LinearMethod, Int4Scheme, load_columns, load_shared
+from jackfield_plugins.quant.int4_linear import (Int4LinearMethod, Int4Scheme, float_checkpoint, load_columns,
+                                                 load_shared)
 
 
 class GptqLinearMethod(Int4LinearMethod):
@@ -34,21 +35,18 @@ class GptqLinearMethod(Int4LinearMethod):
         replace_parameter(layer, "scales", torch.zeros(groups, out_features, device=device))
         replace_parameter(layer, "g_idx", torch.full((in_features,), -1, dtype=torch.int32, device=device))
 
-    def load(self, layer, param_name, tensor, shard_offset, shard_size):
+    def load_checkpoint_tensor(self, layer, param_name, tensor, shard_offset, shard_size):
         if param_name in ("qweight", "scales"):
             return load_columns(getattr(layer, param_name), tensor, shard_offset, shard_size)
         if param_name == "qzeros":
             if shard_offset % 8 or shard_size % 8:
                 raise ValueError(f"GPTQ shard at rows {shard_offset}..{shard_offset + shard_size} is not 8-aligned")
             return load_columns(layer.qzeros, tensor, shard_offset // 8, shard_size // 8)
-        if param_name == "g_idx":
-            return load_shared(layer.g_idx, tensor, "g_idx")
-        return super().load(layer, param_name, tensor, shard_offset, shard_size)
+        return load_shared(layer.g_idx, tensor, "g_idx")
 
-    def load_float(self, layer, weight):
+    def float_tensors(self, weight):
         q, scales, zeros, g_idx = self.quantize_float(weight)
-        for name, t in int4.to_gptq(q, scales, zeros, g_idx, self.v2).items():
-            self.load(layer, name, t, 0, weight.shape[0])
+        return int4.to_gptq(q, scales, zeros, g_idx, self.v2)
 
     def unpack_checkpoint(self, layer):
         q, scales, zeros = int4.from_gptq(layer.qweight, layer.qzeros, layer.scales, self.v2)
@@ -78,6 +76,12 @@ class Gptq(QuantizationMethod):
         super().__init__(model_config, options)
         self.scheme, self.v2 = gptq_scheme(self.quant_config)
         self.gemv = Gemv()
+
+    @classmethod
+    def checkpoint_tensors(cls, weight):
+        """What a GPTQ checkpoint of a config naming only `quant_method: gptq` (group 128,
+        symmetric, no act order) stores."""
+        return float_checkpoint(GptqLinearMethod(*gptq_scheme({})[:1], None, "auto", False), weight)
 
     @classmethod
     def incompatibilities(cls, ctx):

@@ -50,10 +50,17 @@ class Int4Scheme:
         return in_features if self.group <= 0 else self.group
 
 
-def check_shape(layer, in_features: int, out_features: int, group: int) -> None:
-    if in_features % group or group % 8 or out_features % 8:
-        raise ValueError(f"{layer.prefix}: INT4 layers need in_features ({in_features}) divisible by the group "
-                         f"({group}), the group by 8 and out_features ({out_features}) by 8")
+def int4_fits(in_features: int, out_features: int, group: int) -> bool:
+    """Whether a layer can hold INT4 codes: whole groups along its input, whole words of eight
+    output channels (the packed formats' granularity)."""
+    return in_features % group == 0 and group % 8 == 0 and out_features % 8 == 0
+
+
+def float_checkpoint(method: "Int4LinearMethod", weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A format's checkpoint tensors for a float weight (the whole layer), or the plain weight where
+    its shape fits no INT4 grid: `QuantizationMethod.checkpoint_tensors` of the INT4 formats."""
+    group = method.scheme.group_of(weight.shape[1])
+    return method.float_tensors(weight) if int4_fits(weight.shape[1], weight.shape[0], group) else {"weight": weight}
 
 
 def load_columns(param: torch.Tensor, tensor: torch.Tensor, start: int, width: int) -> None:
@@ -76,6 +83,9 @@ def load_shared(param: torch.Tensor, tensor: torch.Tensor, name: str) -> None:
 
 
 class Int4LinearMethod(LinearMethod):
+    """A layer whose shape fits no INT4 grid (in_features not a multiple of the group, or
+    out_features of 8) is `plain`: checkpoints store such layers unquantized, and so does this."""
+
     checkpoint_params: tuple[str, ...] = ()  # the format's tensor names, dropped after repacking
 
     def __init__(self, scheme: Int4Scheme, gemv: Gemv, backend: str):
@@ -83,21 +93,46 @@ class Int4LinearMethod(LinearMethod):
 
     def create_weights(self, layer, in_features, out_features, bias, dtype, device):
         self.group = self.scheme.group_of(in_features)
-        check_shape(layer, in_features, out_features, self.group)
-        create_plain_weights(layer, 0, out_features, bias, dtype, device)
-        replace_parameter(layer, "weight", None)
-        layer.weight = None  # the codes replace it
-        self.create_checkpoint_tensors(layer, in_features, out_features, self.group, device)
+        self.plain = not int4_fits(in_features, out_features, self.group)
+        create_plain_weights(layer, in_features if self.plain else 0, out_features, bias, dtype, device)
+        if not self.plain:
+            replace_parameter(layer, "weight", None)
+            layer.weight = None  # the codes replace it
+            self.create_checkpoint_tensors(layer, in_features, out_features, self.group, device)
 
     @abstractmethod
     def create_checkpoint_tensors(self, layer, in_features: int, out_features: int, group: int, device) -> None:
         ...
+
+    def load(self, layer, param_name, tensor, shard_offset, shard_size):
+        if not isinstance(getattr(layer, param_name, None), torch.Tensor):
+            kind = "plain (its shape fits no INT4 grid)" if self.plain else "INT4"
+            raise ValueError(f"checkpoint tensor {param_name!r} is not part of this {kind} layer")
+        if self.plain or param_name == "bias":
+            return super().load(layer, param_name, tensor, shard_offset, shard_size)
+        return self.load_checkpoint_tensor(layer, param_name, tensor, shard_offset, shard_size)
+
+    def load_checkpoint_tensor(self, layer, param_name, tensor, shard_offset, shard_size) -> None:
+        """One of the format's tensors; the default copies rows (output channels along dim 0)."""
+        super().load(layer, param_name, tensor, shard_offset, shard_size)
+
+    def load_float(self, layer, weight):
+        if self.plain:
+            return super().load_float(layer, weight)
+        for name, tensor in self.float_tensors(weight).items():
+            self.load(layer, name, tensor, 0, weight.shape[0])
+
+    @abstractmethod
+    def float_tensors(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The format's tensors for a float weight, quantized on this scheme's grid."""
 
     @abstractmethod
     def unpack_checkpoint(self, layer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(codes [N, K], scales [N, G], zeros [N, G], g_idx [K] or None) of the loaded tensors."""
 
     def process_weights_after_loading(self, layer):
+        if self.plain:
+            return
         q, scales, zeros, g_idx = self.unpack_checkpoint(layer)
         perm = int4.act_order_perm(g_idx, self.group) if g_idx is not None else None
         if perm is not None:
@@ -111,12 +146,14 @@ class Int4LinearMethod(LinearMethod):
 
     def quantize_float(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(codes, scales, zeros, g_idx) of a float weight on this scheme's grid (natural column order)."""
-        g_idx = torch.arange(weight.shape[1], device=weight.device) // self.group
-        q, scales, zeros = int4.quantize(weight, self.group, self.scheme.symmetric, g_idx)
-        return q, scales, zeros, g_idx
+        group = self.scheme.group_of(weight.shape[1])
+        q, scales, zeros = int4.quantize(weight, group, self.scheme.symmetric)
+        return q, scales, zeros, torch.arange(weight.shape[1], device=weight.device) // group
 
     # ---- matmul ----------------------------------------------------------------------------------
     def apply(self, layer, x):
+        if self.plain:
+            return F.linear(x, layer.weight, layer.bias)
         x2 = x.reshape(-1, x.shape[-1])
         if layer.perm is not None:
             x2 = x2.index_select(1, layer.perm)

@@ -44,13 +44,11 @@ class Int8LinearMethod(LinearMethod):
             replace_parameter(layer, "weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
             replace_parameter(layer, "weight_scale", torch.ones(out_features, device=device))
         if self.input_scales:  # a W8A8 checkpoint's static activation scales: read, not used
-            replace_parameter(layer, "input_scale", torch.ones(len(layer.shards), device=device))
+            replace_parameter(layer, "input_scale", torch.ones(out_features, device=device))
 
     def load(self, layer, param_name, tensor, shard_offset, shard_size):
-        if param_name == "weight_scale":
+        if param_name in ("weight_scale", "input_scale"):
             return load_row_scale(layer, param_name, tensor, shard_offset, shard_size)
-        if param_name == "input_scale":
-            return None
         if param_name == "weight" and self.serialized and tensor.dtype != torch.int8:
             raise ValueError(f"an int8 checkpoint's weight must be int8, got {tensor.dtype}")
         super().load(layer, param_name, tensor, shard_offset, shard_size)

@@ -103,10 +103,18 @@ def test_config_validation():
             "g": {"targets": ["Linear"], "weights": {"num_bits": 2, "type": "int", "strategy": "group"}}}}))
 
 
-def test_shape_errors_name_the_layer():
-    w = torch.randn(64, 96, generator=GEN)  # 96 columns: not a multiple of the 128 group
-    with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.down_proj: INT4 layers need in_features \(96\)"):
-        make_linear(Awq, w, LAYER_CONFIGS["awq"])
+def test_shapes_without_an_int4_grid_stay_plain():
+    """96 input columns fit no group of 128: the layer is plain, as a checkpoint stores it; its
+    checkpoint_tensors say so, and a packed tensor offered to it is refused."""
+    w = torch.randn(64, 96, generator=GEN)
+    layer = make_linear(Awq, w, LAYER_CONFIGS["awq"])
+    assert layer.weight.dtype == torch.float32 and not hasattr(layer, "qweight")
+    x = torch.randn(3, 96, generator=GEN)
+    torch.testing.assert_close(layer(x), x @ w.t())
+    assert set(Awq.checkpoint_tensors(w)) == {"weight"}
+    assert set(Gptq.checkpoint_tensors(torch.randn(64, 256))) == {"qweight", "qzeros", "scales", "g_idx"}
+    with pytest.raises(ValueError, match="'qweight' is not part of this plain"):
+        layer.weight_loader("qweight", torch.zeros(96, 8, dtype=torch.int32))
 
 
 @pytest.mark.parametrize("qc", [LAYER_CONFIGS["awq"], {**LAYER_CONFIGS["gptq"], "desc_act": True},
