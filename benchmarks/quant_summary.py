@@ -22,25 +22,25 @@ def main(paths: list[str]) -> int:
             continue
         report = json.loads(Path(path).read_text())
         rows[kind].append((name, report["metrics"], report.get("git_commit", "?")))
-    if rows["latency"]:
-        print("\n| method (report) | quantization | weights GiB | batch-1 decode tok/s | prefill s |")
-        print("|---|---|---|---|---|")
-        for name, m, _ in rows["latency"]:
-            r = m["results"][0]["jackfield"]
-            print(f"| {name} | {m['quantization']} | {m['weight_bytes'] / GIB:.2f} | {r['decode_tok_per_s']:.1f} "
-                  f"| {r['prefill_s']:.3f} |")
-    if rows["offline"]:
-        print("\n| offline (report) | quantization | weights GiB | output tok/s | total s | KV tokens |")
-        print("|---|---|---|---|---|---|")
-        for name, m, _ in rows["offline"]:
-            print(f"| {name} | {m['quantization']} | {m['weight_bytes'] / GIB:.2f} | {m['output_tok_per_s']:.0f} "
-                  f"| {m['total_s']:.1f} | {m['max_total_tokens']} |")
-    if rows["kv"]:
-        print("\n| KV cache (report) | dtype | KV tokens | largest batch of 2048+256 | output tok/s | retractions |")
-        print("|---|---|---|---|---|---|")
-        for name, m, _ in rows["kv"]:
-            print(f"| {name} | {m['kv_cache_dtype']} | {m['max_total_tokens']} | "
-                  f"{m['max_total_tokens'] // TOKENS_PER_REQUEST} | {m['output_tok_per_s']:.0f} | {m['retractions']} |")
+    tables = {
+        "latency": ("method (report) | quantization | weights GiB | batch-1 decode tok/s | prefill s",
+                    lambda m: [m["quantization"], f"{m['weight_bytes'] / GIB:.2f}",
+                               f"{m['results'][0]['jackfield']['decode_tok_per_s']:.1f}",
+                               f"{m['results'][0]['jackfield']['prefill_s']:.3f}"]),
+        "offline": ("offline (report) | quantization | weights GiB | output tok/s | total s | KV tokens",
+                    lambda m: [m["quantization"], f"{m['weight_bytes'] / GIB:.2f}", f"{m['output_tok_per_s']:.0f}",
+                               f"{m['total_s']:.1f}", str(m["max_total_tokens"])]),
+        "kv": ("KV cache (report) | dtype | KV tokens | largest batch of 2048+256 | output tok/s | retractions",
+               lambda m: [m["kv_cache_dtype"], str(m["max_total_tokens"]),
+                          str(m["max_total_tokens"] // TOKENS_PER_REQUEST), f"{m['output_tok_per_s']:.0f}",
+                          str(m["retractions"])]),
+    }
+    for kind, (header, cells) in tables.items():
+        if rows[kind]:
+            print(f"\n| {header} |")
+            print("|" + "---|" * (header.count("|") + 1))
+            for name, m, _ in rows[kind]:
+                print("| " + " | ".join([name, *cells(m)]) + " |")
     return 0
 
 

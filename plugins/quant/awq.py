@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from jackfield.sdk import Gemv, PlainLinearMethod, QuantizationMethod, hookimpl
+from jackfield.sdk import hookimpl
 from jackfield_plugins.quant import int4_numerics as int4
-from jackfield_plugins.quant.common import is_ignored, replace_parameter, triton_missing_on_cuda
+from jackfield_plugins.quant.common import BuiltinQuantization, replace_parameter
 from jackfield_plugins.quant.int4_linear import Int4LinearMethod, Int4Scheme, float_checkpoint, load_columns
 
 
@@ -53,7 +53,7 @@ def awq_scheme(qc: dict) -> Int4Scheme:
     return Int4Scheme(group, False, False, tuple(qc.get("modules_to_not_convert") or ()))
 
 
-class Awq(QuantizationMethod):
+class Awq(BuiltinQuantization):
     name = "awq"
     priority = 0
     checkpoint_formats = ("awq",)
@@ -63,20 +63,14 @@ class Awq(QuantizationMethod):
     def __init__(self, model_config, options=None):
         super().__init__(model_config, options)
         self.scheme = awq_scheme(self.quant_config)
-        self.gemv = Gemv()
+        self.ignored = self.scheme.ignored
 
     @classmethod
     def checkpoint_tensors(cls, weight):
         """What an AWQ checkpoint of a config naming only `quant_method: awq` (group 128) stores."""
         return float_checkpoint(AwqLinearMethod(awq_scheme({}), None, "auto"), weight)
 
-    @classmethod
-    def incompatibilities(cls, ctx):
-        return super().incompatibilities(ctx) + triton_missing_on_cuda(ctx)
-
-    def linear_method(self, prefix):
-        if is_ignored(prefix, self.scheme.ignored):
-            return PlainLinearMethod()
+    def layer_method(self, prefix):
         return AwqLinearMethod(self.scheme, self.gemv, self.options.gemm_backend)
 
 

@@ -21,9 +21,9 @@ import re
 
 import torch
 
-from jackfield.sdk import Gemv, PlainLinearMethod, QuantizationMethod, checkpoint_names, hookimpl
+from jackfield.sdk import PlainLinearMethod, checkpoint_names, hookimpl
 from jackfield_plugins.quant import int4_numerics as int4
-from jackfield_plugins.quant.common import is_ignored, replace_parameter, shards, triton_missing_on_cuda
+from jackfield_plugins.quant.common import BuiltinQuantization, replace_parameter, shards
 from jackfield_plugins.quant.fp8 import Fp8LinearMethod, Fp8Scheme
 from jackfield_plugins.quant.int4_linear import Int4LinearMethod, Int4Scheme, load_shared
 from jackfield_plugins.quant.int8_wo import Int8LinearMethod
@@ -90,7 +90,7 @@ def _matches(target: str, name: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
-class CompressedTensors(QuantizationMethod):
+class CompressedTensors(BuiltinQuantization):
     name = "compressed_tensors"
     priority = 0
     checkpoint_formats = ("compressed-tensors",)
@@ -102,13 +102,8 @@ class CompressedTensors(QuantizationMethod):
         qc = self.quant_config
         self.groups = list((qc.get("config_groups") or {}).values())
         self.ignored = tuple(qc.get("ignore") or ())
-        self.gemv = Gemv()
         for group in self.groups:  # fail at startup, not at the first layer
             self._scheme(group)
-
-    @classmethod
-    def incompatibilities(cls, ctx):
-        return super().incompatibilities(ctx) + triton_missing_on_cuda(ctx)
 
     @classmethod
     def checkpoint_tensors(cls, weight):
@@ -123,9 +118,7 @@ class CompressedTensors(QuantizationMethod):
                 return group
         return None
 
-    def linear_method(self, prefix):
-        if is_ignored(prefix, self.ignored):
-            return PlainLinearMethod()
+    def layer_method(self, prefix):
         groups = [self._group_for(n) for n in checkpoint_names(prefix)]
         if any(g is not groups[0] for g in groups):
             raise ValueError(f"{prefix}: its shards {checkpoint_names(prefix)} are quantized with different schemes")

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from jackfield.sdk import (Capabilities, Gemv, LinearMethod, PlainLinearMethod, QuantizationMethod, WeightScale,
-                           create_plain_weights, hookimpl)
+from jackfield.sdk import Capabilities, Gemv, WeightScale, create_plain_weights, hookimpl
 from jackfield_plugins.quant import fp8_numerics as fp8
-from jackfield_plugins.quant.common import is_ignored, load_row_scale, replace_parameter, triton_missing_on_cuda
+from jackfield_plugins.quant.common import (BuiltinQuantization, ScaledCodesLinearMethod, load_row_scale,
+                                            replace_parameter)
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,12 @@ class Fp8Scheme:
         return cls(block, True, "weight_scale_inv" if block else "weight_scale", scheme == "static", ignored)
 
 
-class Fp8LinearMethod(LinearMethod):
+class Fp8LinearMethod(ScaledCodesLinearMethod):
     """After loading: `weight` [N, K] float8_e4m3fn and `weight_scale` float32 ([N], or blocks)."""
 
     def __init__(self, scheme: Fp8Scheme, gemv: Gemv, backend: str):
-        self.scheme, self.gemv, self.backend = scheme, gemv, backend
+        super().__init__(gemv, backend)
+        self.scheme = scheme
 
     # ---- weights ---------------------------------------------------------------------------------
     def create_weights(self, layer, in_features, out_features, bias, dtype, device):
@@ -124,19 +125,10 @@ class Fp8LinearMethod(LinearMethod):
         layer.wscale = WeightScale(layer.weight_scale, s.block)
 
     # ---- matmul ----------------------------------------------------------------------------------
-    def apply(self, layer, x):
-        x2 = x.reshape(-1, x.shape[-1])
-        if x2.shape[0] == 0:
-            return x.new_empty(*x.shape[:-1], layer.weight.shape[0])
-        if not x2.is_cuda:
-            y = fp8.w8a8_reference(x2, layer.weight, layer.weight_scale, self.scheme.block, layer.bias).to(x.dtype)
-        elif self.backend != "torch":
-            y = self.gemv.linear(x2.contiguous(), layer.weight, layer.bias, layer.wscale, lambda t: self._w8a8(layer, t))
-        else:
-            y = self._w8a8(layer, x2)
-        return y.reshape(*x.shape[:-1], y.shape[-1])
+    def reference(self, layer, x):
+        return fp8.w8a8_reference(x, layer.weight, layer.weight_scale, self.scheme.block, layer.bias).to(x.dtype)
 
-    def _w8a8(self, layer, x):
+    def matmul(self, layer, x):
         from jackfield_plugins.quant.fp8_kernels import quantize_activations, w8a8_matmul
 
         block = self.scheme.block
@@ -159,20 +151,6 @@ class Fp8LinearMethod(LinearMethod):
         wanted = self.backend == "torch" or (self.backend == "auto" and block is None)
         return fits and wanted
 
-    def apply_normed(self, layer, x, residual, norm):
-        fused = None
-        if x.is_cuda and self.backend != "torch":
-            fused = self.gemv.normed_linear(x, residual, norm.weight, norm.eps, layer.weight, layer.bias, layer.wscale,
-                                            lambda t: self._w8a8(layer, t))
-        return fused if fused is not None else super().apply_normed(layer, x, residual, norm)
-
-    def apply_silu_mul(self, layer, x):
-        fused = None
-        if x.is_cuda and self.backend != "torch":
-            fused = self.gemv.silu_mul_linear(x, layer.weight, layer.bias, layer.wscale,
-                                              lambda t: self._w8a8(layer, t))
-        return fused if fused is not None else super().apply_silu_mul(layer, x)
-
 
 def blockwise_scaled_mm(xq, xs, wq, ws, out_dtype):
     """torch's block-scaled matmul (1x128 activation groups x 128x128 weight blocks, CUDA 12.9+ on
@@ -188,7 +166,7 @@ def blockwise_scaled_mm(xq, xs, wq, ws, out_dtype):
     return y[:m]
 
 
-class Fp8(QuantizationMethod):
+class Fp8(BuiltinQuantization):
     name = "fp8"
     priority = -10  # opt-in for plain checkpoints; `auto` picks it for fp8 checkpoints (the only loader)
     checkpoint_formats = ("fp8",)
@@ -200,19 +178,14 @@ class Fp8(QuantizationMethod):
     def __init__(self, model_config, options=None):
         super().__init__(model_config, options)
         self.scheme = Fp8Scheme.from_config(self.quant_config)
-        self.gemv = Gemv()
+        self.ignored = self.scheme.ignored
 
     @classmethod
     def incompatibilities(cls, ctx):
-        reasons = super().incompatibilities(ctx)
-        if any(r.startswith("compute capability") for r in reasons):  # say what is missing
-            reasons = [r + " (FP8 matmuls need Ada or Hopper; on CPU the dequantizing path runs)"
-                       if r.startswith("compute capability") else r for r in reasons]
-        return reasons + triton_missing_on_cuda(ctx)
+        return [r + " (FP8 matmuls need Ada or Hopper; on CPU the dequantizing path runs)"
+                if r.startswith("compute capability") else r for r in super().incompatibilities(ctx)]
 
-    def linear_method(self, prefix):
-        if is_ignored(prefix, self.scheme.ignored):
-            return PlainLinearMethod()
+    def layer_method(self, prefix):
         return Fp8LinearMethod(self.scheme, self.gemv, self.options.gemm_backend)
 
 

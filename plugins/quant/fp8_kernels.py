@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from jackfield_plugins.quant.gemm_tiles import grid_size, grouped_tile
+
 FP8_MAX = 448.0
 
 
@@ -67,13 +69,7 @@ def _w8a8_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, M, N, K,
                  stride_am, stride_bn, stride_cm, stride_asm, stride_bsn,
                  BLOCKWISE: tl.constexpr, SCALE_N: tl.constexpr, SCALE_K: tl.constexpr, HAS_BIAS: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    pid = tl.program_id(0)
-    num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * num_n
-    first_m = (pid // per_group) * GROUP_M
-    rows_in_group = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % rows_in_group
-    pid_n = (pid % per_group) // rows_in_group
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -128,7 +124,7 @@ def w8a8_matmul(xq: torch.Tensor, xs: torch.Tensor, wq: torch.Tensor, ws: torch.
     bm, bn, bk, warps, stages = tiles or w8a8_tiles(m, block)
     if block is not None and block[1] % bk:
         raise ValueError(f"block-wise w8a8 needs BLOCK_K dividing the scale block's {block[1]} columns, got {bk}")
-    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
+    grid = grid_size(m, n, bm, bn)
     _w8a8_kernel[grid](xq, wq, y, xs, ws, bias if bias is not None else ws, m, n, k,
                        xq.stride(0), wq.stride(0), y.stride(0), xs.stride(0), ws.stride(0) if ws.dim() == 2 else 0,
                        BLOCKWISE=block is not None, SCALE_N=block[0] if block is not None else 1,

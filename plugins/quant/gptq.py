@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from jackfield.sdk import Gemv, PlainLinearMethod, QuantizationMethod, hookimpl
+from jackfield.sdk import hookimpl
 from jackfield_plugins.quant import int4_numerics as int4
-from jackfield_plugins.quant.common import is_ignored, replace_parameter, triton_missing_on_cuda
+from jackfield_plugins.quant.common import BuiltinQuantization, replace_parameter
 from jackfield_plugins.quant.int4_linear import (Int4LinearMethod, Int4Scheme, float_checkpoint, load_columns,
                                                  load_shared)
 
@@ -65,7 +65,7 @@ def gptq_scheme(qc: dict) -> tuple[Int4Scheme, bool]:
     return scheme, fmt == "gptq_v2"
 
 
-class Gptq(QuantizationMethod):
+class Gptq(BuiltinQuantization):
     name = "gptq"
     priority = 0
     checkpoint_formats = ("gptq",)
@@ -75,21 +75,15 @@ class Gptq(QuantizationMethod):
     def __init__(self, model_config, options=None):
         super().__init__(model_config, options)
         self.scheme, self.v2 = gptq_scheme(self.quant_config)
-        self.gemv = Gemv()
+        self.ignored = self.scheme.ignored
 
     @classmethod
     def checkpoint_tensors(cls, weight):
         """What a GPTQ checkpoint of a config naming only `quant_method: gptq` (group 128,
         symmetric, no act order) stores."""
-        return float_checkpoint(GptqLinearMethod(*gptq_scheme({})[:1], None, "auto", False), weight)
+        return float_checkpoint(GptqLinearMethod(gptq_scheme({})[0], None, "auto", False), weight)
 
-    @classmethod
-    def incompatibilities(cls, ctx):
-        return super().incompatibilities(ctx) + triton_missing_on_cuda(ctx)
-
-    def linear_method(self, prefix):
-        if is_ignored(prefix, self.scheme.ignored):
-            return PlainLinearMethod()
+    def layer_method(self, prefix):
         return GptqLinearMethod(self.scheme, self.gemv, self.options.gemm_backend, self.v2)
 
 

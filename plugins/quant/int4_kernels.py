@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from jackfield.sdk import pdl_kwargs
+from jackfield_plugins.quant.gemm_tiles import grid_size, grouped_tile
 
 
 @triton.jit
@@ -83,13 +84,7 @@ def _int4_mm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, stride_xm
                     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     WORDS: tl.constexpr = BLOCK_K // 8
-    pid = tl.program_id(0)
-    num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * num_n
-    first_m = (pid // per_group) * GROUP_M
-    rows_in_group = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % rows_in_group
-    pid_n = (pid % per_group) // rows_in_group
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -135,7 +130,7 @@ def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, ze
     bm, bn, bk, warps, stages = tiles or mm_tiles(m, group)
     if not gemv_fits(bk, k, group):
         raise ValueError(f"int4 matmul: BLOCK_K {bk} must divide K {k} and the group {group}")
-    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
+    grid = grid_size(m, n, bm, bn)
     _int4_mm_kernel[grid](x, qweight, scales, zeros, bias if bias is not None else scales, y, m, n, k, x.stride(0),
                           qweight.stride(0), scales.stride(0), y.stride(0), GROUP=group, HAS_BIAS=bias is not None,
                           BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages)

@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from jackfield.sdk import Gemv, LinearMethod, QuantizationMethod, WeightScale, create_plain_weights, hookimpl
-from jackfield_plugins.quant.common import load_row_scale, replace_parameter, triton_missing_on_cuda
+from jackfield.sdk import Gemv, WeightScale, create_plain_weights, hookimpl
+from jackfield_plugins.quant.common import (BuiltinQuantization, ScaledCodesLinearMethod, load_row_scale,
+                                            replace_parameter)
 
 DEQUANT_ROWS = 1024  # from this many rows (prefill) cuBLAS on a dequantized weight (auto backend)
 
@@ -31,12 +32,13 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (w.float() / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
 
 
-class Int8LinearMethod(LinearMethod):
+class Int8LinearMethod(ScaledCodesLinearMethod):
     """After loading: `weight` [N, K] int8 and `weight_scale` [N] float32. `serialized`: the
     checkpoint holds the codes (compressed-tensors); else a plain weight is quantized on load."""
 
     def __init__(self, gemv: Gemv, backend: str, serialized: bool = False, input_scales: bool = False):
-        self.gemv, self.backend, self.serialized, self.input_scales = gemv, backend, serialized, input_scales
+        super().__init__(gemv, backend)
+        self.serialized, self.input_scales = serialized, input_scales
 
     def create_weights(self, layer, in_features, out_features, bias, dtype, device):
         create_plain_weights(layer, in_features, out_features, bias, dtype, device)
@@ -68,18 +70,11 @@ class Int8LinearMethod(LinearMethod):
             replace_parameter(layer, "weight_scale", scale)
         layer.wscale = WeightScale(layer.weight_scale)
 
-    def apply(self, layer, x):
-        x2 = x.reshape(-1, x.shape[-1])
-        if not x2.is_cuda:
-            y = (F.linear(x2.float(), layer.weight.float()) * layer.weight_scale).to(x.dtype)
-            y = y if layer.bias is None else y + layer.bias
-        elif self.backend != "torch":
-            y = self.gemv.linear(x2.contiguous(), layer.weight, layer.bias, layer.wscale, lambda t: self._matmul(layer, t))
-        else:
-            y = self._matmul(layer, x2)
-        return y.reshape(*x.shape[:-1], y.shape[-1])
+    def reference(self, layer, x):
+        y = (F.linear(x.float(), layer.weight.float()) * layer.weight_scale).to(x.dtype)
+        return y if layer.bias is None else y + layer.bias
 
-    def _matmul(self, layer, x):
+    def matmul(self, layer, x):
         if self.backend == "torch" or (self.backend == "auto" and x.shape[0] >= DEQUANT_ROWS):
             y = (F.linear(x, layer.weight.to(x.dtype)).float() * layer.weight_scale).to(x.dtype)  # codes exact in bf16
             return y if layer.bias is None else y + layer.bias
@@ -87,22 +82,8 @@ class Int8LinearMethod(LinearMethod):
 
         return w8a16_matmul(x.contiguous(), layer.weight, layer.weight_scale, layer.bias)
 
-    def apply_normed(self, layer, x, residual, norm):
-        fused = None
-        if x.is_cuda and self.backend != "torch":
-            fused = self.gemv.normed_linear(x, residual, norm.weight, norm.eps, layer.weight, layer.bias, layer.wscale,
-                                            lambda t: self._matmul(layer, t))
-        return fused if fused is not None else super().apply_normed(layer, x, residual, norm)
 
-    def apply_silu_mul(self, layer, x):
-        fused = None
-        if x.is_cuda and self.backend != "torch":
-            fused = self.gemv.silu_mul_linear(x, layer.weight, layer.bias, layer.wscale,
-                                              lambda t: self._matmul(layer, t))
-        return fused if fused is not None else super().apply_silu_mul(layer, x)
-
-
-class Int8WeightOnly(QuantizationMethod):
+class Int8WeightOnly(BuiltinQuantization):
     name = "int8_wo"
     priority = -10  # opt-in: `auto` keeps `unquantized` for plain checkpoints
     checkpoint_formats = ()
@@ -110,15 +91,7 @@ class Int8WeightOnly(QuantizationMethod):
     description = "int8 weights with per-channel scales, activations in the compute dtype (weight-only)"
     max_relative_error = 0.02
 
-    def __init__(self, model_config, options=None):
-        super().__init__(model_config, options)
-        self.gemv = Gemv()
-
-    @classmethod
-    def incompatibilities(cls, ctx):
-        return super().incompatibilities(ctx) + triton_missing_on_cuda(ctx)
-
-    def linear_method(self, prefix):
+    def layer_method(self, prefix):
         return Int8LinearMethod(self.gemv, self.options.gemm_backend)
 
 

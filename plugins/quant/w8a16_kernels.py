@@ -13,18 +13,14 @@ import torch
 import triton
 import triton.language as tl
 
+from jackfield_plugins.quant.gemm_tiles import grid_size, grouped_tile
+
 
 @triton.jit
 def _w8a16_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
                   HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   GROUP_M: tl.constexpr):
-    pid = tl.program_id(0)
-    num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * num_n
-    first_m = (pid // per_group) * GROUP_M
-    rows_in_group = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % rows_in_group
-    pid_n = (pid % per_group) // rows_in_group
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -65,7 +61,7 @@ def w8a16_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: to
     if m == 0:
         return y
     bm, bn, bk, warps, stages = tiles or w8a16_tiles(m)
-    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
+    grid = grid_size(m, n, bm, bn)
     _w8a16_kernel[grid](x, q, scale, bias if bias is not None else scale, y, m, n, k, x.stride(0), q.stride(0),
                         y.stride(0), HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8,
                         num_warps=warps, num_stages=stages)

@@ -239,3 +239,32 @@ def test_fp8_kv_cache_end_to_end(tmp_path, backend):
     ours = forced_logits(tmp_path, attention_backend=backend, **common)
     plain = forced_logits(tmp_path, attention_backend=backend, **GPU_RUN)
     assert rel_err(ours, ref) < 0.02 and rel_err(ours, plain) < 0.05
+
+
+def test_quantized_weights_leave_room_for_the_kv_cache():
+    """The 1B-shaped dummy model: FP8 weights are about half the bytes, and the KV pool takes what
+    the weights leave of the same memory fraction (two runners, one after the other)."""
+    import gc
+
+    from jackfield.config import settings_for
+    from jackfield.model_runner import ModelRunner
+    from jackfield.runtime_setup import setup_runtime
+    from jackfield.sdk import KVPool
+
+    if not _fp8_capable():
+        pytest.skip("FP8 needs compute capability 8.9")
+    config = str(Path(__file__).resolve().parents[2] / "benchmarks" / "configs" / "llama-1b.json")
+    runs = {}
+    for method in ("unquantized", "fp8"):
+        s = settings_for(model=config, load_format="dummy", device="cuda", quantization=method,
+                         mem_fraction_static=0.5, disable_cuda_graph=True)
+        runner = ModelRunner(setup_runtime(s), progress=False)
+        c = runner.config
+        per_token = KVPool.bytes_per_token(c.num_layers, c.num_kv_heads, c.head_dim, runner.kv_dtype)
+        runs[method] = (runner.weight_bytes, runner.max_total_tokens, per_token)
+        del runner
+        gc.collect()
+        torch.cuda.empty_cache()
+    (w16, t16, per_token), (w8, t8, _) = runs["unquantized"], runs["fp8"]
+    assert w8 < 0.65 * w16  # linear weights halve; embeddings and lm_head stay bf16
+    assert t8 - t16 >= 0.9 * (w16 - w8) / per_token

@@ -10,9 +10,6 @@ a float32 output (x / scale before the final cast) and FP8 operands are made by 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -131,13 +128,9 @@ def _child_main() -> None:
 
 @pytest.fixture(scope="module")
 def interpreted():
-    pytest.importorskip("triton", reason="triton is not installed; the interpreter test needs it")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")]
-    if proc.returncode or not lines:
-        pytest.fail(f"interpreter child failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULTS "):])
+    from interpreter import run_interpreted
+
+    return run_interpreted(__file__)
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)

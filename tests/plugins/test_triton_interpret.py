@@ -8,8 +8,6 @@ bfloat16 is left to the GPU tests: the interpreter's tl.dot misreads bfloat16 op
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -81,13 +79,9 @@ def _child_main() -> None:
 
 @pytest.fixture(scope="module")
 def interpreted_results() -> dict:
-    pytest.importorskip("triton", reason="triton is not installed; the interpreter test needs it")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")]
-    if proc.returncode or not lines:
-        pytest.fail(f"interpreter child failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULTS "):])
+    from interpreter import run_interpreted
+
+    return run_interpreted(__file__)
 
 
 @pytest.mark.parametrize("name", list(CASES))

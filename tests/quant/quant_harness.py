@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from model_harness import PagedDriver, build_runner, rel_err  # noqa: E402
+from model_harness import ArchSpec, PagedDriver, build_runner, rel_err, save_tiny_model  # noqa: E402
 
 from jackfield.sdk.layers.linear import Linear  # noqa: E402
 from jackfield.sdk.model import ModelBuildContext  # noqa: E402
@@ -71,4 +71,4 @@ def forced_logits(model_dir, **settings) -> torch.Tensor:
 
 
 __all__ = ["PROMPTS", "LAYER_CONFIGS", "model_config", "make_linear", "gaussian_layer_error", "forced_logits",
-           "rel_err", "build_runner", "PagedDriver"]
+           "rel_err", "build_runner", "PagedDriver", "ArchSpec", "save_tiny_model"]

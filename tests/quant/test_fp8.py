@@ -10,7 +10,6 @@ from jackfield_plugins.quant import fp8_numerics as fp8
 from jackfield_plugins.quant.fp8 import Fp8
 from quant_harness import forced_logits, make_linear, rel_err
 
-from model_harness import ArchSpec, save_tiny_model
 
 def test_quantizers_round_to_e4m3_within_half_a_step():
     """Every value lands within half an e4m3 step of itself: 2^-4 relative for normals (|w/s| >= 2^-6),
@@ -71,23 +70,16 @@ def test_activations_are_quantized_per_token():
     torch.testing.assert_close(layer(x2)[1:], y[1:], rtol=0, atol=0)
 
 
-@pytest.fixture(scope="module")
-def tiny_plain(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny-plain")
-    save_tiny_model(ArchSpec("llama_fp8", "LlamaConfig", {"tie_word_embeddings": False}, seed=31), directory)
-    return directory
-
-
-def test_quantize_plain_checkpoint_on_load(tiny_plain):
-    ours, ref = forced_logits(tiny_plain, quantization="fp8"), forced_logits(tiny_plain)
+def test_quantize_plain_checkpoint_on_load(tiny_llama):
+    ours, ref = forced_logits(tiny_llama, quantization="fp8"), forced_logits(tiny_llama)
     assert 1e-3 < rel_err(ours, ref) < 0.12  # really quantized, and close
 
 
-def test_dummy_weights(tiny_plain):
+def test_dummy_weights(tiny_llama):
     from quant_harness import build_runner
 
     for method in ("fp8", "int8_wo"):
-        runner = build_runner(tiny_plain, quantization=method, load_format="dummy")
+        runner = build_runner(tiny_llama, quantization=method, load_format="dummy")
         qkv = runner.model.model.layers[0].self_attn.qkv_proj
         assert qkv.weight.dtype in (fp8.FP8, torch.int8) and bool((qkv.weight_scale > 0).all())
 

@@ -12,7 +12,6 @@ from safetensors.torch import load_file, save_file
 from jackfield.sdk import KVPool, SelectionContext
 from quant_harness import build_runner, forced_logits, rel_err
 
-from model_harness import ArchSpec, save_tiny_model
 
 FP8 = torch.float8_e4m3fn
 
@@ -38,33 +37,26 @@ def test_pool_stores_scaled_fp8_and_reads_it_back():
     assert KVPool.bytes_per_token(2, 2, 8, FP8) * 2 == KVPool.bytes_per_token(2, 2, 8, torch.bfloat16)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny-kv")
-    save_tiny_model(ArchSpec("llama_kv", "LlamaConfig", {"tie_word_embeddings": False}, seed=41), directory)
-    return directory
-
-
-def test_tiny_model_close_to_16bit_cache(tiny):
-    ours, ref = forced_logits(tiny, kv_cache_dtype="fp8_e4m3"), forced_logits(tiny)
+def test_tiny_model_close_to_16bit_cache(tiny_llama):
+    ours, ref = forced_logits(tiny_llama, kv_cache_dtype="fp8_e4m3"), forced_logits(tiny_llama)
     assert 0 < rel_err(ours, ref) < 0.05
 
 
-def test_twice_the_tokens_in_the_same_bytes(tiny):
-    plain = build_runner(tiny, dtype="bfloat16")
-    fp8 = build_runner(tiny, dtype="bfloat16", kv_cache_dtype="fp8_e4m3")
+def test_twice_the_tokens_in_the_same_bytes(tiny_llama):
+    plain = build_runner(tiny_llama, dtype="bfloat16")
+    fp8 = build_runner(tiny_llama, dtype="bfloat16", kv_cache_dtype="fp8_e4m3")
     assert fp8.kv_pool.dtype == FP8 and fp8.max_total_tokens // 2 == plain.max_total_tokens  # same byte budget
 
 
-def test_checkpoint_scales_reach_the_pool(tiny, tmp_path, caplog):
-    tensors = load_file(str(tiny / "model.safetensors"))
+def test_checkpoint_scales_reach_the_pool(tiny_llama, tmp_path, caplog):
+    tensors = load_file(str(tiny_llama / "model.safetensors"))
     tensors["model.layers.0.self_attn.k_scale"] = torch.tensor(0.5)
     tensors["model.layers.0.self_attn.v_scale"] = torch.tensor(2.0)
     tensors["model.layers.1.self_attn.kv_scale"] = torch.tensor([3.0])
     tensors["model.layers.2.self_attn.k_proj.output_scale"] = torch.tensor([1.5])
     tensors["model.layers.2.self_attn.v_proj.output_scale"] = torch.tensor([2.5])
     tensors["model.layers.2.self_attn.q_scale"] = torch.tensor(1.0)  # read and not used
-    for f in tiny.iterdir():
+    for f in tiny_llama.iterdir():
         if f.suffix != ".safetensors":
             (tmp_path / f.name).write_bytes(f.read_bytes())
     save_file(tensors, str(tmp_path / "model.safetensors"))
@@ -72,7 +64,7 @@ def test_checkpoint_scales_reach_the_pool(tiny, tmp_path, caplog):
     assert runner.kv_pool.k_scales == [0.5, 3.0, 1.5] and runner.kv_pool.v_scales == [2.0, 3.0, 2.5]
     assert build_runner(tmp_path).kv_pool.k_scales == [1.0, 1.0, 1.0]  # a 16-bit cache ignores them
     with caplog.at_level(logging.WARNING, logger="jackfield.model_runner"):
-        build_runner(tiny, kv_cache_dtype="fp8_e4m3")
+        build_runner(tiny_llama, kv_cache_dtype="fp8_e4m3")
     assert "no k_scale/v_scale for 3 of 3 layers; they use 1.0" in caplog.text
 
 
