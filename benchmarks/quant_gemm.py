@@ -60,7 +60,7 @@ def measure(n: int, k: int, m: int) -> dict[str, dict]:
     from jackfield_plugins.quant import int4_kernels as k4
     from jackfield_plugins.quant import int4_numerics as int4
     from jackfield_plugins.quant.fp8 import blockwise_scaled_mm
-    from jackfield_plugins.quant.int4_linear import GEMV_CONFIGS, Int4GemvConfig
+    from jackfield_plugins.quant.int4_linear import GEMV_CONFIGS, Int4GemvConfig, gemv_fits
     from jackfield_plugins.quant.int8_wo import quantize_int8
     from jackfield_plugins.quant.w8a16_kernels import w8a16_matmul
 
@@ -123,7 +123,7 @@ def measure(n: int, k: int, m: int) -> dict[str, dict]:
     record("int4", "dequant+cublas", [lambda t=t: F.linear(x, k4.int4_dequantize(*t, 128, x.dtype)) for t in reps],
            nbytes)
     if m == 1:
-        cfgs = [Int4GemvConfig(*c) for c in GEMV_CONFIGS if k4.gemv_fits(c[1], k, 128)]
+        cfgs = [Int4GemvConfig(*c) for c in GEMV_CONFIGS if gemv_fits(c[1], k, 128)]
         ms, cfg = best_of(lambda c: [lambda t=t: k4.int4_gemv(x, *t, 128, None, c) for t in reps], cfgs)
         record("int4", "gemv", ms, nbytes, str(cfg))
     return out

@@ -19,6 +19,7 @@ import triton.language as tl
 
 from jackfield.sdk import pdl_kwargs
 from jackfield_plugins.quant.gemm_tiles import grid_size, grouped_tile
+from jackfield_plugins.quant.int4_linear import gemv_fits
 
 
 @triton.jit
@@ -60,10 +61,6 @@ def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, stride_qn,
     if HAS_BIAS:
         y += tl.load(b_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
     tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rmask)
-
-
-def gemv_fits(block_k: int, k: int, group: int) -> bool:
-    return block_k % 8 == 0 and k % block_k == 0 and group % block_k == 0
 
 
 def int4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int,

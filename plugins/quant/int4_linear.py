@@ -15,6 +15,7 @@ Where it runs:
 """
 from __future__ import annotations
 
+import functools
 from abc import abstractmethod
 from dataclasses import dataclass
 
@@ -37,6 +38,17 @@ class Int4GemvConfig:
     num_warps: int
     num_stages: int
     pdl: bool = True
+
+
+def gemv_fits(block_k: int, k: int, group: int) -> bool:
+    """Whether a kernel chunk of block_k columns (whole words) tiles K and stays within one group."""
+    return block_k % 8 == 0 and k % block_k == 0 and group % block_k == 0
+
+
+@functools.cache
+def gemv_configs(k: int, group: int) -> tuple[Int4GemvConfig, ...]:
+    """The GEMV configurations whose BLOCK_K divides both K and the group."""
+    return tuple(Int4GemvConfig(*c) for c in GEMV_CONFIGS if gemv_fits(c[1], k, group))
 
 
 @dataclass(frozen=True)
@@ -168,13 +180,12 @@ class Int4LinearMethod(LinearMethod):
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     def _gemv(self, layer, x):
-        from jackfield_plugins.quant.int4_kernels import gemv_fits, int4_gemv
+        from jackfield_plugins.quant.int4_kernels import int4_gemv
 
         n, k = layer.qweight.shape[0], x.shape[1]
-        configs = tuple(Int4GemvConfig(*c) for c in GEMV_CONFIGS if gemv_fits(c[1], k, self.group))
         run = lambda c: int4_gemv(x, layer.qweight, layer.scales, layer.zeros, self.group, layer.bias, c)  # noqa: E731
         cfg = self.gemv.choose(("int4_gemv", n, k, self.group, x.dtype), k, lambda: self._matmul(layer, x), run,
-                               configs)
+                               gemv_configs(k, self.group))
         return run(cfg) if cfg is not None else self._matmul(layer, x)
 
     def _matmul(self, layer, x):

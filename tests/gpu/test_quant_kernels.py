@@ -136,7 +136,7 @@ def test_scaled_gemv_every_config(n, k, kind):
 def test_int4_kernels(n, k, group):
     from jackfield_plugins.quant import int4_kernels as k4
     from jackfield_plugins.quant import int4_numerics as int4
-    from jackfield_plugins.quant.int4_linear import GEMV_CONFIGS, Int4GemvConfig
+    from jackfield_plugins.quant.int4_linear import GEMV_CONFIGS, Int4GemvConfig, gemv_fits
 
     _, w = _inputs(1, n, k)
     q, s, z = int4.quantize(w, group)
@@ -145,7 +145,7 @@ def test_int4_kernels(n, k, group):
     assert torch.equal(k4.int4_dequantize(packed, s16, z16, group, torch.float32), deq)
     x1, _ = _inputs(1, n, k, seed=1)
     for c in GEMV_CONFIGS:
-        if k4.gemv_fits(c[1], k, group):
+        if gemv_fits(c[1], k, group):
             y = k4.int4_gemv(x1, packed, s16, z16, group, None, Int4GemvConfig(*c))
             assert _rel(y, x1.float() @ deq.t()) < BF16_TOL, c
     for m in ROWS:

@@ -26,7 +26,7 @@ def cases() -> dict:
     from jackfield_plugins.quant import fp8_numerics as fp8
     from jackfield_plugins.quant import int4_kernels as k4
     from jackfield_plugins.quant import int4_numerics as int4
-    from jackfield_plugins.quant.int4_linear import Int4GemvConfig
+    from jackfield_plugins.quant.int4_linear import Int4GemvConfig, gemv_fits
     from jackfield_plugins.quant.int8_wo import quantize_int8
     from jackfield_plugins.quant.w8a16_kernels import w8a16_matmul
 
@@ -84,7 +84,7 @@ def cases() -> dict:
         ref = int4.reference_linear(x, q, s16, z16, group, b)
         if kind == "gemv":
             return max(err(k4.int4_gemv(x, packed, s16, z16, group, b, Int4GemvConfig(bn, bk, 4, 1, False)), ref)
-                       for bn, bk in ((8, 32), (16, 64), (4, min(128, group))) if k4.gemv_fits(bk, k, group))
+                       for bn, bk in ((8, 32), (16, 64), (4, min(128, group))) if gemv_fits(bk, k, group))
         if kind == "matmul":
             return max(err(k4.int4_matmul(x, packed, s16, z16, group, b, tiles), ref)
                        for tiles in (None, (16, 16, 32, 4, 1)))
