@@ -143,11 +143,14 @@ class Fp8LinearMethod(ScaledCodesLinearMethod):
         return w8a8_matmul(xq, xs, layer.weight, layer.weight_scale, block, layer.bias, x.dtype)
 
     def _scaled_mm(self, x, layer) -> bool:
-        """torch's scaled matmuls (bf16 output only; dims multiples of 16; blocks only 128x128): with
-        the `torch` backend, and with `auto` for per-channel scales."""
+        """torch's scaled matmuls (bf16 output only; dims multiples of 16; blocks only 128x128, where
+        torch has F.scaled_mm): with the `torch` backend, and with `auto` for per-channel scales;
+        otherwise the Triton W8A8 GEMM."""
         n, k = layer.weight.shape
         block = self.scheme.block
-        fits = x.dtype == torch.bfloat16 and n % 16 == 0 and k % 16 == 0 and block in (None, (128, 128))
+        fits = x.dtype == torch.bfloat16 and n % 16 == 0 and k % 16 == 0
+        if block is not None:  # torch's block-scaled matmul: 128x128 blocks, torch >= 2.10
+            fits = fits and block == (128, 128) and hasattr(F, "scaled_mm")
         wanted = self.backend == "torch" or (self.backend == "auto" and block is None)
         return fits and wanted
 
