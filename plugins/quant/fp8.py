@@ -89,7 +89,7 @@ class Fp8LinearMethod(ScaledCodesLinearMethod):
         s = self.scheme
         if param_name == "weight" and s.serialized and tensor.dtype != fp8.FP8:
             raise ValueError(f"an fp8 checkpoint's weight must be float8_e4m3fn, got {tensor.dtype}")
-        if param_name in ("input_scale", s.scale_name) and s.block is None:
+        if param_name == "input_scale" or (param_name == s.scale_name and s.block is None):
             load_row_scale(layer, param_name, tensor, shard_offset, shard_size)
         elif param_name == s.scale_name:
             bn = s.block[0]
