@@ -99,6 +99,9 @@ def select_components(settings: Settings, registry: Registry, config: ModelConfi
 
     model_cls = choose_model(registry, probe, dict(settings.plugin_choice)).info.cls
     check_checkpoint_format(registry, config)
+    if settings.kv_cache_dtype.startswith("fp8") and cc is not None and cc < (8, 9):
+        raise SelectionError(f"kv_cache_dtype {settings.kv_cache_dtype} needs a GPU of compute capability 8.9 or "
+                             f"newer (FP8 loads and stores in the KV kernels); this one is {cc[0]}.{cc[1]}")
     features = model_cls.required_features(config) | kv_cache_features(settings)
     ctx = SelectionContext(device=probe.device, dtype=probe.dtype, compute_capability=cc,
                            required_features=features,

@@ -53,12 +53,9 @@ def _prologue(x_ptr, r_ptr, g_ptr, r_out_ptr, k0, K, cols, pid,
 
 
 @triton.jit
-def _block_scale(s_ptr, rows, rmask, k0, stride_sn, SCALE: tl.constexpr, SCALE_N: tl.constexpr,
-                 SCALE_K: tl.constexpr):
-    """The weight scale of each row's chunk at k0 for block-wise scales (SCALE == 2), else 1."""
-    if SCALE == 2:
-        return tl.load(s_ptr + (rows // SCALE_N) * stride_sn + k0 // SCALE_K, mask=rmask, other=0.0)
-    return 1.0
+def _block_scale(s_ptr, rows, rmask, k0, stride_sn, SCALE_N: tl.constexpr, SCALE_K: tl.constexpr):
+    """The weight scale of each row's chunk at k0, for block-wise scales (SCALE == 2)."""
+    return tl.load(s_ptr + (rows // SCALE_N) * stride_sn + k0 // SCALE_K, mask=rmask, other=0.0)
 
 
 @triton.jit
@@ -87,17 +84,16 @@ def _gemv_kernel(x_ptr, r_ptr, g_ptr, w_ptr, b_ptr, y_ptr, r_out_ptr, s_ptr, N, 
     if PDL:
         tl.extra.cuda.gdc_wait()  # x and r are written by earlier kernels: read them only from here
     x, sq = _prologue(x_ptr, r_ptr, g_ptr, r_out_ptr, 0, K, cols, pid, ADD_RES, NORM, SILU_MUL)
-    bs = _block_scale(s_ptr, rows, rmask, 0, stride_sn, SCALE, SCALE_N, SCALE_K)
     acc = w.to(tl.float32) * x[None, :]
     if SCALE == 2:
-        acc = acc * bs[:, None]
+        acc = acc * _block_scale(s_ptr, rows, rmask, 0, stride_sn, SCALE_N, SCALE_K)[:, None]
     for k0 in range(BLOCK_K, K, BLOCK_K):  # K % BLOCK_K == 0 (checked by the caller)
         x, s = _prologue(x_ptr, r_ptr, g_ptr, r_out_ptr, k0, K, cols, pid, ADD_RES, NORM, SILU_MUL)
         sq += s  # every program sees all of x: it sums the squares on the way
         w = tl.load(w_rows + k0, mask=rmask[:, None], other=0.0)
         if SCALE == 2:
-            bs = _block_scale(s_ptr, rows, rmask, k0, stride_sn, SCALE, SCALE_N, SCALE_K)
-            acc += w.to(tl.float32) * x[None, :] * bs[:, None]
+            acc += w.to(tl.float32) * x[None, :] * _block_scale(s_ptr, rows, rmask, k0, stride_sn, SCALE_N,
+                                                                SCALE_K)[:, None]
         else:
             acc += w.to(tl.float32) * x[None, :]
     y = tl.sum(acc, axis=1)

@@ -20,7 +20,7 @@ import triton.language as tl
 
 from jackfield_plugins.quant.gemm_tiles import grid_size, grouped_tile
 
-FP8_MAX = 448.0
+FP8_MAX = tl.constexpr(448.0)  # largest finite float8_e4m3fn (a constexpr: kernels read it)
 
 
 @triton.jit
