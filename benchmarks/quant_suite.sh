@@ -3,7 +3,7 @@
 # Usage on the device: bash .whl/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/quant_suite.sh [PART...]
 # Parts (a device call lasts at most 10 minutes: pass one or two per call):
 #   tests    the quantization GPU tests (tests/gpu/test_quant_kernels.py and the FP8 KV attention tests), ~4 min
-#   gemm     benchmarks/quant_gemm.py: every GEMM path per 8B linear shape at 1 and 256 rows, ~2 min
+#   gemm     benchmarks/studies/quant_gemm.py: every GEMM path per 8B linear shape at 1 and 256 rows, ~2 min
 #   latency  batch-1 decode, 128 in / 256 out: bf16, fp8 (on load), fp8 block (128x128), int8_wo, awq, gptq, ~6 min
 #   offline  256 x (512 in, 256 out): bf16 and fp8 (on load), ~4 min
 #   kv       FP8 KV cache on vs off: 512 x (2048 in, 256 out) offline, and the pool's capacity, ~8 min
@@ -27,7 +27,7 @@ if has tests; then
     | grep -E "FAILED|ERROR|passed|failed" | tail -30
 fi
 if has gemm; then
-  run python3 benchmarks/quant_gemm.py --rows ${GEMM_ROWS:-1,256} --out "$OUTDIR/quant-gemm-$STAMP.json" 2>&1 | tail -40
+  run python3 benchmarks/studies/quant_gemm.py --rows ${GEMM_ROWS:-1,256} --out "$OUTDIR/quant-gemm-$STAMP.json" 2>&1 | tail -40
 fi
 # name -> model config suffix and flags (dummy weights in each method's own checkpoint layout)
 declare -A METHOD=(

@@ -16,7 +16,8 @@ from jackfield.kernels.kv_store import is_fp8, quantize_store
 @triton.jit
 def _rope_kernel(q_ptr, k_ptr, pos_ptr, cache_ptr, q_stride, k_stride, num_q_heads, num_k_heads,
                  head_dim, rot_half, cache_stride, v_ptr, v_stride, loc_ptr, k_cache_ptr, v_cache_ptr,
-                 k_inv_scale, v_inv_scale, STORE: tl.constexpr, FP8: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_HD: tl.constexpr,
+                 k_inv_scale, v_inv_scale, STORE: tl.constexpr, FP8: tl.constexpr, BLOCK_H: tl.constexpr,
+                 BLOCK_D: tl.constexpr, BLOCK_HD: tl.constexpr,
                  PDL: tl.constexpr):
     if PDL:  # jackfield.kernels: let dependents launch, then wait for the previous grid before any load or store
         tl.extra.cuda.gdc_launch_dependents()
@@ -67,7 +68,8 @@ def _launch(positions, q, k, cos_sin_cache, head_dim, rotary_dim, v=None, loc=No
     _rope_kernel[(t,)](q, k, positions, cos_sin_cache, q.stride(0), k.stride(0), hq, hk, head_dim, half,
                        cos_sin_cache.stride(0), v if store else q, v.stride(0) if store else 0,
                        loc if store else positions, k_cache if store else q, v_cache if store else q,
-                       k_inv_scale, v_inv_scale, STORE=store, FP8=store and is_fp8(k_cache), BLOCK_H=triton.next_power_of_2(max(hq, hk)),
+                       k_inv_scale, v_inv_scale, STORE=store, FP8=store and is_fp8(k_cache),
+                       BLOCK_H=triton.next_power_of_2(max(hq, hk)),
                        BLOCK_D=triton.next_power_of_2(half), BLOCK_HD=triton.next_power_of_2(head_dim), num_warps=4,
                        **pdl_kwargs(q))
 

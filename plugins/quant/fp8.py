@@ -19,7 +19,7 @@ Where it runs:
     W8A8 path per shape, RMSNorm / SiLU-and-mul fused in where faster); more rows quantize the
     activations (one Triton kernel) and multiply with torch._scaled_mm (rowwise, bf16 output) or the
     Triton W8A8 GEMM of fp8_kernels.py, per `quantization_gemm_backend` (auto: _scaled_mm for
-    per-channel scales, Triton for block-wise; benchmarks/quant_gemm.py measures both).
+    per-channel scales, Triton for block-wise; benchmarks/studies/quant_gemm.py measures both).
 """
 from __future__ import annotations
 

@@ -102,7 +102,7 @@ def _w8a8_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, M, N, K,
 
 
 def w8a8_tiles(m: int, block: tuple[int, int] | None) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) by rows; benchmarks/quant_gemm.py times the choice."""
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) by rows; benchmarks/studies/quant_gemm.py times the choice."""
     block_k = min(block[1], 128) if block is not None else 128
     if m <= 16:
         return 16, 64, block_k, 4, 4

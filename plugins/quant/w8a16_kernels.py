@@ -44,7 +44,7 @@ def _w8a16_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_
 
 
 def w8a16_tiles(m: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) by rows; benchmarks/quant_gemm.py times the choice."""
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) by rows; benchmarks/studies/quant_gemm.py times the choice."""
     if m <= 16:
         return 16, 64, 128, 4, 4
     if m <= 64:

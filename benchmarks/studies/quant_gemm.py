@@ -17,7 +17,7 @@ Every call reads its own copy of the weight (at least 150 MB of copies per path)
 from DRAM as in a real forward; calls are replayed from one CUDA graph (no launch overhead), median
 of 10 replays. Prints a table per row count and writes JSON.
 
-    python3 benchmarks/quant_gemm.py [--rows 1,256] [--out results.json]
+    python3 benchmarks/studies/quant_gemm.py [--rows 1,256] [--out results.json]
 """
 from __future__ import annotations
 
@@ -155,8 +155,8 @@ def main() -> int:
             print(f"  unavailable {key}: {err}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({**provenance("python3 benchmarks/quant_gemm.py " + " ".join(sys.argv[1:])), "rows": results},
-                      f, indent=1)
+            command = "python3 benchmarks/studies/quant_gemm.py " + " ".join(sys.argv[1:])
+            json.dump({**provenance(command), "rows": results}, f, indent=1)
     return 0
 
 
