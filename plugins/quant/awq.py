@@ -12,8 +12,8 @@ import torch
 
 from jackfield.sdk import hookimpl
 from jackfield_plugins.quant import int4_numerics as int4
-from jackfield_plugins.quant.common import BuiltinQuantization, replace_parameter
-from jackfield_plugins.quant.int4_linear import Int4LinearMethod, Int4Scheme, float_checkpoint, load_columns
+from jackfield_plugins.quant.common import replace_parameter
+from jackfield_plugins.quant.int4_linear import Int4LinearMethod, Int4Quantization, Int4Scheme, load_columns
 
 
 class AwqLinearMethod(Int4LinearMethod):
@@ -53,25 +53,16 @@ def awq_scheme(qc: dict) -> Int4Scheme:
     return Int4Scheme(group, False, False, tuple(qc.get("modules_to_not_convert") or ()))
 
 
-class Awq(BuiltinQuantization):
+class Awq(Int4Quantization):
     name = "awq"
     priority = 0
     checkpoint_formats = ("awq",)
     description = "AutoAWQ INT4 checkpoints (group-wise scales and zero points); Triton GEMV/GEMM on CUDA"
     max_relative_error = 0.13
 
-    def __init__(self, model_config, options=None):
-        super().__init__(model_config, options)
-        self.scheme = awq_scheme(self.quant_config)
-        self.ignored = self.scheme.ignored
-
-    @classmethod
-    def checkpoint_tensors(cls, weight):
-        """What an AWQ checkpoint of a config naming only `quant_method: awq` (group 128) stores."""
-        return float_checkpoint(AwqLinearMethod(awq_scheme({}), None, "auto"), weight)
-
-    def layer_method(self, prefix):
-        return AwqLinearMethod(self.scheme, self.gemv, self.options.gemm_backend)
+    @staticmethod
+    def int4_method(qc, gemv, backend):
+        return AwqLinearMethod(awq_scheme(qc), gemv, backend)
 
 
 @hookimpl

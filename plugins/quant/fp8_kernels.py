@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from jackfield_plugins.quant.gemm_tiles import grid_size, grouped_tile
+from jackfield_plugins.quant.gemm_tiles import grid_size, output_tile, store_tile
 
 FP8_MAX = tl.constexpr(448.0)  # largest finite float8_e4m3fn (a constexpr: kernels read it)
 
@@ -69,12 +69,8 @@ def _w8a8_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, M, N, K,
                  stride_am, stride_bn, stride_cm, stride_asm, stride_bsn,
                  BLOCKWISE: tl.constexpr, SCALE_N: tl.constexpr, SCALE_K: tl.constexpr, HAS_BIAS: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m, offs_n, m_mask, n_mask = output_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_k = tl.arange(0, BLOCK_K)
-    m_mask, n_mask = offs_m < M, offs_n < N
     a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * stride_am + offs_k[None, :]
     b_ptrs = b_ptr + offs_n[None, :].to(tl.int64) * stride_bn + offs_k[:, None]  # W^T tile [BLOCK_K, BLOCK_N]
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
@@ -95,10 +91,7 @@ def _w8a8_kernel(a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, bias_ptr, M, N, K,
         a_s = tl.load(as_ptr + offs_m * stride_asm, mask=m_mask, other=0.0)
         b_s = tl.load(bs_ptr + offs_n, mask=n_mask, other=0.0)
         acc = acc * a_s[:, None] * b_s[None, :]
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    c_ptrs = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
-    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+    store_tile(c_ptr, acc, bias_ptr, offs_m, offs_n, m_mask, n_mask, stride_cm, HAS_BIAS)
 
 
 def w8a8_tiles(m: int, block: tuple[int, int] | None) -> tuple[int, int, int, int, int]:

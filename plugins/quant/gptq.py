@@ -16,8 +16,8 @@ import torch
 
 from jackfield.sdk import hookimpl
 from jackfield_plugins.quant import int4_numerics as int4
-from jackfield_plugins.quant.common import BuiltinQuantization, replace_parameter
-from jackfield_plugins.quant.int4_linear import (Int4LinearMethod, Int4Scheme, float_checkpoint, load_columns,
+from jackfield_plugins.quant.common import replace_parameter
+from jackfield_plugins.quant.int4_linear import (Int4LinearMethod, Int4Quantization, Int4Scheme, load_columns,
                                                  load_shared)
 
 
@@ -53,38 +53,31 @@ class GptqLinearMethod(Int4LinearMethod):
         return q, scales, zeros, layer.g_idx.detach() if self.scheme.act_order else None
 
 
-def gptq_scheme(qc: dict) -> tuple[Int4Scheme, bool]:
-    """(scheme, v2 zero points) of a GPTQ quantization_config."""
-    if qc.get("bits", 4) != 4:
-        raise ValueError(f"gptq checkpoints with {qc.get('bits')} bits are not supported (only 4)")
+def gptq_v2(qc: dict) -> bool:
+    """Whether a GPTQ quantization_config's zero points are stored as is (gptq_v2), not minus one."""
     fmt = str(qc.get("checkpoint_format", "gptq")).lower()
     if fmt not in ("gptq", "gptq_v2"):
         raise ValueError(f"gptq checkpoint_format {fmt!r} is not supported (gptq or gptq_v2)")
-    scheme = Int4Scheme(int(qc.get("group_size", 128)), bool(qc.get("sym", True)), bool(qc.get("desc_act", False)),
-                        tuple(qc.get("modules_to_not_convert") or ()))
-    return scheme, fmt == "gptq_v2"
+    return fmt == "gptq_v2"
 
 
-class Gptq(BuiltinQuantization):
+def gptq_scheme(qc: dict) -> Int4Scheme:
+    if qc.get("bits", 4) != 4:
+        raise ValueError(f"gptq checkpoints with {qc.get('bits')} bits are not supported (only 4)")
+    return Int4Scheme(int(qc.get("group_size", 128)), bool(qc.get("sym", True)), bool(qc.get("desc_act", False)),
+                      tuple(qc.get("modules_to_not_convert") or ()))
+
+
+class Gptq(Int4Quantization):
     name = "gptq"
     priority = 0
     checkpoint_formats = ("gptq",)
     description = "GPTQ INT4 checkpoints (act order, zero points); Triton GEMV/GEMM on CUDA"
     max_relative_error = 0.14
 
-    def __init__(self, model_config, options=None):
-        super().__init__(model_config, options)
-        self.scheme, self.v2 = gptq_scheme(self.quant_config)
-        self.ignored = self.scheme.ignored
-
-    @classmethod
-    def checkpoint_tensors(cls, weight):
-        """What a GPTQ checkpoint of a config naming only `quant_method: gptq` (group 128,
-        symmetric, no act order) stores."""
-        return float_checkpoint(GptqLinearMethod(gptq_scheme({})[0], None, "auto", False), weight)
-
-    def layer_method(self, prefix):
-        return GptqLinearMethod(self.scheme, self.gemv, self.options.gemm_backend, self.v2)
+    @staticmethod
+    def int4_method(qc, gemv, backend):
+        return GptqLinearMethod(gptq_scheme(qc), gemv, backend, gptq_v2(qc))
 
 
 @hookimpl

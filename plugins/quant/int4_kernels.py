@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from jackfield.sdk import pdl_kwargs
-from jackfield_plugins.quant.gemm_tiles import grid_size, grouped_tile
+from jackfield_plugins.quant.gemm_tiles import grid_size, output_tile, store_tile
 from jackfield_plugins.quant.int4_linear import gemv_fits
 
 
@@ -91,11 +91,7 @@ def _int4_mm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, stride_xm
                     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     WORDS: tl.constexpr = BLOCK_K // 8
-    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_mask, n_mask = offs_m < M, offs_n < N
+    offs_m, offs_n, m_mask, n_mask = output_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + tl.arange(0, BLOCK_K)[None, :]
     q_ptrs = q_ptr + offs_n[:, None].to(tl.int64) * stride_qn + tl.arange(0, WORDS)[None, :]
     s_rows = s_ptr + offs_n.to(tl.int64) * stride_sn
@@ -110,10 +106,7 @@ def _int4_mm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, stride_xm
         z = tl.load(z_rows + g, mask=n_mask, other=0.0).to(tl.float32) + MAGIC
         w = ((codes - z[:, None]) * s[:, None]).to(x.dtype)
         acc = tl.dot(x, tl.trans(w), acc)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    y_ptrs = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+    store_tile(y_ptr, acc, b_ptr, offs_m, offs_n, m_mask, n_mask, stride_ym, HAS_BIAS)
 
 
 def mm_tiles(m: int, group: int) -> tuple[int, int, int, int, int]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from jackfield.sdk import Gemv, LinearMethod, create_plain_weights
 from jackfield_plugins.quant import int4_numerics as int4
-from jackfield_plugins.quant.common import replace_parameter
+from jackfield_plugins.quant.common import BuiltinQuantization, replace_parameter
 
 DEQUANT_ROWS = 1024  # from this many rows: dequantize + cuBLAS (auto backend)
 GEMV_CONFIGS = (  # (block_n, block_k, num_warps, num_stages) timed for one-row inputs
@@ -195,3 +195,26 @@ class Int4LinearMethod(LinearMethod):
             w = int4_dequantize(layer.qweight, layer.scales, layer.zeros, self.group, x.dtype)
             return F.linear(x, w, layer.bias)
         return int4_matmul(x.contiguous(), layer.qweight, layer.scales, layer.zeros, self.group, layer.bias)
+
+
+class Int4Quantization(BuiltinQuantization):
+    """The INT4 checkpoint formats (awq, gptq): `int4_method` builds a layer's LinearMethod from the
+    quantization_config. One is built with the method, so an unsupported config fails at startup."""
+
+    def __init__(self, model_config, options=None):
+        super().__init__(model_config, options)
+        self.ignored = self.layer_method("").scheme.ignored
+
+    @staticmethod
+    @abstractmethod
+    def int4_method(qc: dict, gemv: Gemv | None, backend: str) -> Int4LinearMethod:
+        """The LinearMethod of a quantized layer under quantization_config `qc`, or ValueError naming
+        what of it is not supported."""
+
+    @classmethod
+    def checkpoint_tensors(cls, weight):
+        """What a checkpoint of a config naming only the format (its defaults) stores."""
+        return float_checkpoint(cls.int4_method({}, None, "auto"), weight)
+
+    def layer_method(self, prefix):
+        return self.int4_method(self.quant_config, self.gemv, self.options.gemm_backend)
