@@ -256,7 +256,8 @@ def test_fp8_kv_cache_end_to_end(tmp_path, backend):
 def test_quantized_weights_leave_room_for_the_kv_cache():
     """The 1B-shaped dummy model: FP8 weights are about 60% of the bf16 bytes (embeddings stay bf16),
     and the KV pool takes what the weights leave of the same memory fraction. Each runner is built in
-    its own process, so the first one's memory cannot shrink the second one's budget."""
+    its own process, so the first one's memory cannot shrink the second one's budget, and sees as
+    used only what it reserved itself (not the memory of other test workers on the same GPU)."""
     import json
     import subprocess
     import sys
@@ -266,6 +267,9 @@ def test_quantized_weights_leave_room_for_the_kv_cache():
     config = str(Path(__file__).resolve().parents[2] / "benchmarks" / "configs" / "llama-1b.json")
     child = (
         "import json, sys\n"
+        "import torch\n"
+        "total = torch.cuda.mem_get_info()[1]\n"
+        "torch.cuda.mem_get_info = lambda device=None: (total - torch.cuda.memory_reserved(), total)\n"
         "from jackfield.config import settings_for\n"
         "from jackfield.model_runner import ModelRunner\n"
         "from jackfield.runtime_setup import setup_runtime\n"
