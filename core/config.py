@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     grammar_compile_timeout: float = Field(60.0, gt=0, description="Seconds a constraint may take to compile before its request fails")
     # --- speculative decoding ----------------------------------------------------------------
     # --- quantization ------------------------------------------------------------------------
+    kv_cache_dtype: Literal["auto", "fp8_e4m3"] = Field("auto", description="KV cache storage: auto (the compute dtype) or fp8_e4m3 (one byte per value, twice the tokens; per-layer scales from the checkpoint, else 1.0)")
+    quantization_gemm_backend: Literal["auto", "triton", "torch"] = Field("auto", description="GPU matmuls of quantized layers: auto (the measured choice per batch size), triton (Triton kernels), torch (torch._scaled_mm for FP8, dequantize + cuBLAS for integer weights)")
     # --- LoRA --------------------------------------------------------------------------------
     # --- distributed -------------------------------------------------------------------------
     # --- server ------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ class EngineInfo:
     max_total_tokens: int
     max_running_requests: int
     context_len: int
+    weight_bytes: int = 0         # the model's parameters and buffers as stored (quantized weights packed)
+    kv_cache_dtype: str = ""      # the KV pool's storage dtype
 
 
 def load_tokenizer(settings: Settings, model_dir: Path):
@@ -50,7 +52,8 @@ def build_scheduler(settings: Settings, progress: bool = True) -> tuple[Schedule
     runner = ModelRunner(setup, progress=progress)
     info = EngineInfo(settings, setup.model_config, setup.source.origin, str(runner.device),
                       str(runner.dtype).removeprefix("torch."), {k: c.as_dict() for k, c in setup.choices.items()},
-                      runner.max_total_tokens, runner.max_running_requests, runner.context_len)
+                      runner.max_total_tokens, runner.max_running_requests, runner.context_len, runner.weight_bytes,
+                      str(runner.kv_dtype).removeprefix("torch."))
     sched = Scheduler(runner, tokenizer)
     sched.pm = setup.pm
     return sched, info

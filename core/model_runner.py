@@ -14,11 +14,40 @@ from jackfield.runtime_setup import RuntimeSetup
 from jackfield.sampling.sampler import Sampler
 from jackfield.sdk.attention import AttentionRuntime
 from jackfield.sdk.forward_batch import ForwardBatch
-from jackfield.sdk.kv_cache import KVPool
+from jackfield.sdk.kv_cache import KV_CACHE_DTYPES, KVPool
 from jackfield.sdk.model import ModelBuildContext
+from jackfield.sdk.quant import QuantOptions
 
 log = logging.getLogger(__name__)
 CPU_DEFAULT_KV_BYTES = 1 << 30
+
+
+def tensor_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's weights as stored: every parameter (quantized weights at their packed
+    size, with their scales) and persistent buffer; caches such as rotary tables are not counted."""
+    tensors = {id(p): p for p in model.parameters()}
+    for module in model.modules():
+        for name, buf in module.named_buffers(recurse=False):
+            if buf is not None and name not in module._non_persistent_buffers_set:
+                tensors[id(buf)] = buf
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def set_kv_scales(pool: KVPool, model: torch.nn.Module) -> None:
+    """Give an FP8 pool the checkpoint's per-layer K/V scales (attention layers' `k_scale` /
+    `v_scale`); a layer without them gets 1.0, with a warning."""
+    missing = []
+    for module in model.modules():
+        info = getattr(module, "info", None)
+        if info is None or not hasattr(module, "k_scale"):
+            continue
+        k, v = module.k_scale, module.v_scale
+        if k is None or v is None:
+            missing.append(info.layer_id)
+        pool.set_scales(info.layer_id, k or 1.0, v or 1.0)
+    if missing:
+        log.warning("FP8 KV cache: the checkpoint has no k_scale/v_scale for %d of %d layers; they use 1.0 "
+                    "(values beyond +-448 saturate)", len(missing), pool.num_layers)
 
 
 class ModelRunner:
@@ -30,6 +59,10 @@ class ModelRunner:
         t0 = time.perf_counter()
         self.model = self._load_model(progress)
         self.load_seconds = time.perf_counter() - t0
+        self.weight_bytes = tensor_bytes(self.model)
+        self.kv_dtype = KV_CACHE_DTYPES.get(s.kv_cache_dtype, self.dtype)
+        log.info("model weights: %.3f GiB (quantization %s); KV cache dtype %s", self.weight_bytes / 2**30,
+                 setup.choices["quantization"].name, str(self.kv_dtype).removeprefix("torch."))
         self.page_size = s.page_size
         self.max_total_tokens = self._kv_capacity()
         num_pages = self.max_total_tokens // self.page_size
@@ -37,7 +70,10 @@ class ModelRunner:
         self.max_running_requests = s.max_running_requests or max(1, min(256 if self.device.type == "cuda" else 64,
                                                                           self.max_total_tokens // 2))
         self.req_to_token_pool = ReqToTokenPool(self.max_running_requests, self.context_len + 1, self.device)
-        self.kv_pool = KVPool(num_pages, self.page_size, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device)
+        self.kv_pool = KVPool(num_pages, self.page_size, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.kv_dtype,
+                              self.device)
+        if self.kv_pool.quantized:
+            set_kv_scales(self.kv_pool, self.model)
         self.allocator = TokenAllocator(num_pages, self.page_size, self.device)
         runtime = AttentionRuntime(cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device,
                                    self.page_size, self.kv_pool, self.req_to_token_pool.req_to_token,
@@ -54,7 +90,7 @@ class ModelRunner:
 
     def _load_model(self, progress: bool) -> torch.nn.Module:
         st, cfg = self.setup, self.config
-        quant = st.choices["quantization"].info.cls(cfg)
+        quant = st.choices["quantization"].info.cls(cfg, QuantOptions(gemm_backend=st.settings.quantization_gemm_backend))
         moe_choice = st.choices.get("moe")
         ctx = ModelBuildContext(quant=quant, dtype=self.dtype, device=self.device,
                                 moe=moe_choice.info.cls if moe_choice and moe_choice.info and cfg.num_experts else None)
@@ -69,7 +105,7 @@ class ModelRunner:
 
     def _kv_capacity(self) -> int:
         s, cfg = self.setup.settings, self.config
-        per_token = KVPool.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype)
+        per_token = KVPool.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.kv_dtype)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # return load-time temporaries (weight repacking) first
             free, total = torch.cuda.mem_get_info(self.device)

@@ -12,7 +12,7 @@ from jackfield.plugins import load_plugins
 from jackfield.registry import Registry, build_registry
 from jackfield.sdk.component import SelectionContext
 from jackfield.sdk.model_config import ModelConfig
-from jackfield.selection import Choice, choose_all
+from jackfield.selection import Choice, SelectionError, choose_all
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -56,6 +56,28 @@ def resolve_target(settings: Settings) -> tuple[ModelSource, ModelConfig, torch.
     return source, config, device, resolve_dtype(settings, device, config)
 
 
+def kv_cache_features(settings: Settings) -> frozenset[str]:
+    """Attention features the KV cache setting needs: an FP8 cache needs a backend that reads one."""
+    return frozenset({"fp8_kv_cache"}) if settings.kv_cache_dtype.startswith("fp8") else frozenset()
+
+
+def check_checkpoint_format(registry: Registry, config: ModelConfig) -> None:
+    """A quantized checkpoint needs an installed method that loads its format (whichever is
+    selected): else a SelectionError naming the format, the method and what provides it."""
+    fmt = config.quantization
+    if fmt is None:
+        return
+    installed: dict[str, list[str]] = {}
+    for info in registry.of_kind("quantization"):
+        for f in info.cls.checkpoint_formats:
+            if f is not None:
+                installed.setdefault(f, []).append(info.name)
+    if fmt not in installed:
+        from jackfield.sdk.quant import missing_format_error
+
+        raise SelectionError(missing_format_error(fmt, installed))
+
+
 def setup_runtime(settings: Settings, pm=None, plugin_records=None) -> RuntimeSetup:
     if pm is None:
         pm, plugin_records = load_plugins()
@@ -76,7 +98,12 @@ def select_components(settings: Settings, registry: Registry, config: ModelConfi
     from jackfield.selection import choose_model
 
     model_cls = choose_model(registry, probe, dict(settings.plugin_choice)).info.cls
+    check_checkpoint_format(registry, config)
+    if settings.kv_cache_dtype.startswith("fp8") and cc is not None and cc < (8, 9):
+        raise SelectionError(f"kv_cache_dtype {settings.kv_cache_dtype} needs a GPU of compute capability 8.9 or "
+                             f"newer (FP8 loads and stores in the KV kernels); this one is {cc[0]}.{cc[1]}")
+    features = model_cls.required_features(config) | kv_cache_features(settings)
     ctx = SelectionContext(device=probe.device, dtype=probe.dtype, compute_capability=cc,
-                           required_features=model_cls.required_features(config),
+                           required_features=features,
                            architectures=config.architectures, quantization=config.quantization)
     return choose_all(registry, settings, ctx)

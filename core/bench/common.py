@@ -127,6 +127,13 @@ def git_commit() -> str:
     return f"{head}-dirty" if changed else head
 
 
+def quantization_info(info) -> dict:
+    """What a report says about the model's memory: quantization method, weight bytes as stored,
+    KV cache dtype and the KV pool's capacity in tokens."""
+    return {"quantization": info.components["quantization"]["name"], "weight_bytes": info.weight_bytes,
+            "kv_cache_dtype": info.kv_cache_dtype, "max_total_tokens": info.max_total_tokens}
+
+
 def provenance(command: str) -> dict:
     """Where a benchmark number comes from: date, command, git commit and machine."""
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command,

@@ -38,7 +38,7 @@ def measure(sched, bs: int, input_len: int, output_len: int, seed: int = 0) -> d
 
 
 def run(args) -> int:
-    from jackfield.bench.common import attention_name, write_report
+    from jackfield.bench.common import attention_name, quantization_info, write_report
     from jackfield.config import load_settings
     from jackfield.engine_loop import build_scheduler
 
@@ -65,6 +65,7 @@ def run(args) -> int:
                 row["transformers_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         rows.append(row)
     metrics = {"model": info.model_path, "device": info.device, "dtype": info.dtype,
-               "attention_backend": attention_name(info.components), "results": rows}
+               "attention_backend": attention_name(info.components),
+               **quantization_info(info), "results": rows}
     write_report(args.output_file, "jackfield bench latency " + " ".join(sys.argv[3:]), metrics)
     return 0

@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from jackfield.bench.common import attention_name, random_prompts, run_requests, write_report
+    from jackfield.bench.common import attention_name, quantization_info, random_prompts, run_requests, write_report
     from jackfield.config import load_settings
     from jackfield.engine_loop import build_scheduler
 
@@ -37,7 +37,8 @@ def run(args) -> int:
     res = run_requests(sched, random_prompts(args.num_prompts, args.input_len, vocab, args.bench_seed), args.output_len)
     out_tokens = sum(len(v) for v in res.outputs.values())
     metrics = {"model": info.model_path, "device": info.device, "dtype": info.dtype,
-               "attention_backend": attention_name(info.components), "num_prompts": args.num_prompts,
+               "attention_backend": attention_name(info.components),
+               **quantization_info(info), "num_prompts": args.num_prompts,
                "input_len": args.input_len, "output_len": args.output_len, "total_s": res.total_s,
                "output_tok_per_s": out_tokens / res.total_s,
                "total_tok_per_s": (out_tokens + args.num_prompts * args.input_len) / res.total_s,
@@ -46,8 +47,7 @@ def run(args) -> int:
                # step mostly waits for the previous forward, so the split is approximate)
                "prefill_steps_s": sum(t for t, pre, _ in res.step_times if pre),
                "decode_only_steps_s": sum(t for t, pre, _ in res.step_times if not pre),
-               "retractions": sched.stats.retractions, "max_running_requests": info.max_running_requests,
-               "max_total_tokens": info.max_total_tokens}
+               "retractions": sched.stats.retractions, "max_running_requests": info.max_running_requests}
     if peer is not None:
         metrics["transformers"] = peer
         if "output_tok_per_s" in peer:

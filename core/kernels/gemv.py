@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from jackfield.kernels import pdl_kwargs
+from jackfield.sdk.layers.gemv import WeightScale
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,22 @@ def _prologue(x_ptr, r_ptr, g_ptr, r_out_ptr, k0, K, cols, pid,
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, r_ptr, g_ptr, w_ptr, b_ptr, y_ptr, r_out_ptr, N, K, stride_wn, eps,
+def _block_scale(s_ptr, rows, rmask, k0, stride_sn, SCALE_N: tl.constexpr, SCALE_K: tl.constexpr):
+    """The weight scale of each row's chunk at k0, for block-wise scales (SCALE == 2)."""
+    return tl.load(s_ptr + (rows // SCALE_N) * stride_sn + k0 // SCALE_K, mask=rmask, other=0.0)
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, r_ptr, g_ptr, w_ptr, b_ptr, y_ptr, r_out_ptr, s_ptr, N, K, stride_wn, stride_sn, eps,
                  ADD_RES: tl.constexpr, NORM: tl.constexpr, SILU_MUL: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 SCALE: tl.constexpr, SCALE_N: tl.constexpr, SCALE_K: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """y = W p(x) (+ b); the prologue p is the identity, RMSNorm (of x + r with ADD_RES; program 0
     also writes x + r) or SiLU-and-mul (x = [gate | up], each K long).
+
+    Quantized weights (int8 or FP8 codes) are multiplied by their scales: SCALE 1 is one scale per
+    row (s [N]), SCALE 2 one per [SCALE_N, SCALE_K] block (s [cdiv(N, SCALE_N), cdiv(K, SCALE_K)],
+    BLOCK_K dividing SCALE_K).
 
     With PDL (launched as a programmatic dependent launch) the programs start while the kernel
     before is still finishing: each loads its first weight chunk, which no kernel writes, then waits
@@ -73,12 +85,20 @@ def _gemv_kernel(x_ptr, r_ptr, g_ptr, w_ptr, b_ptr, y_ptr, r_out_ptr, N, K, stri
         tl.extra.cuda.gdc_wait()  # x and r are written by earlier kernels: read them only from here
     x, sq = _prologue(x_ptr, r_ptr, g_ptr, r_out_ptr, 0, K, cols, pid, ADD_RES, NORM, SILU_MUL)
     acc = w.to(tl.float32) * x[None, :]
+    if SCALE == 2:
+        acc = acc * _block_scale(s_ptr, rows, rmask, 0, stride_sn, SCALE_N, SCALE_K)[:, None]
     for k0 in range(BLOCK_K, K, BLOCK_K):  # K % BLOCK_K == 0 (checked by the caller)
         x, s = _prologue(x_ptr, r_ptr, g_ptr, r_out_ptr, k0, K, cols, pid, ADD_RES, NORM, SILU_MUL)
         sq += s  # every program sees all of x: it sums the squares on the way
         w = tl.load(w_rows + k0, mask=rmask[:, None], other=0.0)
-        acc += w.to(tl.float32) * x[None, :]
+        if SCALE == 2:
+            acc += w.to(tl.float32) * x[None, :] * _block_scale(s_ptr, rows, rmask, k0, stride_sn, SCALE_N,
+                                                                SCALE_K)[:, None]
+        else:
+            acc += w.to(tl.float32) * x[None, :]
     y = tl.sum(acc, axis=1)
+    if SCALE == 1:
+        y = y * tl.load(s_ptr + rows, mask=rmask, other=0.0)
     if NORM:
         y = y * tl.rsqrt((tl.sum(sq, axis=0) / K + eps).to(tl.float32))  # eps: float64 under torch.compile
     if HAS_BIAS:
@@ -100,40 +120,62 @@ CANDIDATES = tuple(GemvConfig(n, k, w, s) for n, k, w, s in [
 FLUSH_BYTES = 128 << 20  # larger than the L2 cache of current GPUs (50 MB on H100)
 
 
-def fits(cfg: GemvConfig, k: int) -> bool:
-    return k % cfg.block_k == 0
+# Block-wise scaled weights need BLOCK_K to divide the scale block (128 in DeepSeek-V3 checkpoints).
+BLOCK_SCALE_CANDIDATES = tuple(GemvConfig(n, k, w, s) for n, k, w, s in [
+    (8, 128, 4, 4), (16, 128, 4, 3), (32, 128, 8, 3), (16, 64, 4, 4), (32, 64, 4, 3)])
 
 
-def _launch(x, r, g, weight, bias, y, r_out, eps, cfg, add_res=False, norm=False, silu_mul=False) -> None:
+def fits(cfg: GemvConfig, k: int, wscale: WeightScale | None = None) -> bool:
+    block_k = wscale.block[1] if wscale is not None and wscale.block is not None else None
+    return k % cfg.block_k == 0 and (block_k is None or block_k % cfg.block_k == 0)
+
+
+def candidates(wscale: WeightScale | None) -> tuple[GemvConfig, ...]:
+    """The configurations timed for a weight with these scales."""
+    return BLOCK_SCALE_CANDIDATES if wscale is not None and wscale.block is not None else CANDIDATES
+
+
+def _launch(x, r, g, weight, bias, y, r_out, eps, cfg, add_res=False, norm=False, silu_mul=False,
+            wscale: WeightScale | None = None) -> None:
     n, k = weight.shape
+    mode, (sn, sk), s = 0, (1, 1), weight
+    if wscale is not None:
+        s = wscale.scale
+        mode, (sn, sk) = (1, (1, 1)) if wscale.block is None else (2, wscale.block)
     _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
         x, r if r is not None else x, g if g is not None else x, weight, bias if bias is not None else weight, y,
-        r_out if r_out is not None else y, n, k, weight.stride(0), eps, ADD_RES=add_res, NORM=norm,
-        SILU_MUL=silu_mul, HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        r_out if r_out is not None else y, s, n, k, weight.stride(0), s.stride(0) if s.dim() == 2 else 0, eps,
+        ADD_RES=add_res, NORM=norm, SILU_MUL=silu_mul, HAS_BIAS=bias is not None, SCALE=mode, SCALE_N=sn,
+        SCALE_K=sk, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **(pdl_kwargs(x) if cfg.pdl else {"PDL": False}))
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: GemvConfig) -> torch.Tensor:
-    """x: [1, K] contiguous, weight: [N, K] with unit stride along K. Returns [1, N] in x's dtype."""
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: GemvConfig,
+         wscale: WeightScale | None = None) -> torch.Tensor:
+    """x: [1, K] contiguous, weight: [N, K] with unit stride along K (int8 / FP8 codes with
+    `wscale`). Returns [1, N] in x's dtype."""
     y = torch.empty(1, weight.shape[0], dtype=x.dtype, device=x.device)
-    _launch(x, None, None, weight, bias, y, None, 0.0, cfg)
+    _launch(x, None, None, weight, bias, y, None, 0.0, cfg, wscale=wscale)
     return y
 
 
 def gemv_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-                 weight: torch.Tensor, bias: torch.Tensor | None, cfg: GemvConfig) -> tuple[torch.Tensor, torch.Tensor]:
+                 weight: torch.Tensor, bias: torch.Tensor | None, cfg: GemvConfig,
+                 wscale: WeightScale | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """RMSNorm(x + residual) (or of x) times W^T in one launch. Returns (y [1, N], x + residual);
     the sum goes to a new tensor, never over an input that other programs still read."""
     y = torch.empty(1, weight.shape[0], dtype=x.dtype, device=x.device)
     r_out = torch.empty_like(x) if residual is not None else None
-    _launch(x, residual, norm_weight, weight, bias, y, r_out, eps, cfg, add_res=residual is not None, norm=True)
+    _launch(x, residual, norm_weight, weight, bias, y, r_out, eps, cfg, add_res=residual is not None, norm=True,
+            wscale=wscale)
     return y, (r_out if residual is not None else x)
 
 
-def gemv_silu_mul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: GemvConfig) -> torch.Tensor:
+def gemv_silu_mul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: GemvConfig,
+                  wscale: WeightScale | None = None) -> torch.Tensor:
     """(silu(x[:, :K]) * x[:, K:]) times W^T in one launch; x: [1, 2K] contiguous."""
     y = torch.empty(1, weight.shape[0], dtype=x.dtype, device=x.device)
-    _launch(x, None, None, weight, bias, y, None, 0.0, cfg, silu_mul=True)
+    _launch(x, None, None, weight, bias, y, None, 0.0, cfg, silu_mul=True, wscale=wscale)
     return y
 
 
@@ -165,19 +207,23 @@ class GemvTuner:
     def __init__(self):
         self.choices: dict[tuple, GemvConfig | None] = {}
 
-    def choice(self, key: tuple, k: int, baseline, candidate) -> GemvConfig | None:
-        """`baseline()` runs the unfused path, `candidate(cfg)` the kernel with one configuration."""
+    def choice(self, key: tuple, k: int, baseline, candidate, wscale: WeightScale | None = None,
+               configs: tuple | None = None) -> GemvConfig | None:
+        """`baseline()` runs the unfused path, `candidate(cfg)` the kernel with one configuration
+        (for a weight with scales `wscale`); `configs` replaces the candidate list (another GEMV
+        kernel's configurations, each with a `block_k`)."""
         if key not in self.choices:
             if torch.cuda.is_current_stream_capturing() or torch.compiler.is_compiling():
                 return None  # never time inside a capture or a trace; the unfused path is always valid
-            self.choices[key] = self._tune(key, k, baseline, candidate)
+            self.choices[key] = self._tune(key, k, baseline, candidate, wscale, configs)
         return self.choices[key]
 
-    def _tune(self, key: tuple, k: int, baseline, candidate) -> GemvConfig | None:
+    def _tune(self, key: tuple, k: int, baseline, candidate, wscale: WeightScale | None,
+              configs: tuple | None) -> GemvConfig | None:
         flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
         best, best_ms = None, _time_ms(baseline, flush)
-        for cfg in CANDIDATES:
-            if not fits(cfg, k):
+        for cfg in configs if configs is not None else candidates(wscale):
+            if not fits(cfg, k, wscale):
                 continue
             try:
                 ms = _time_ms(lambda: candidate(cfg), flush)

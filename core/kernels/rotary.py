@@ -10,12 +10,14 @@ import triton
 import triton.language as tl
 
 from jackfield.kernels import pdl_kwargs
+from jackfield.kernels.kv_store import is_fp8, quantize_store
 
 
 @triton.jit
 def _rope_kernel(q_ptr, k_ptr, pos_ptr, cache_ptr, q_stride, k_stride, num_q_heads, num_k_heads,
                  head_dim, rot_half, cache_stride, v_ptr, v_stride, loc_ptr, k_cache_ptr, v_cache_ptr,
-                 STORE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_HD: tl.constexpr,
+                 k_inv_scale, v_inv_scale, STORE: tl.constexpr, FP8: tl.constexpr, BLOCK_H: tl.constexpr,
+                 BLOCK_D: tl.constexpr, BLOCK_HD: tl.constexpr,
                  PDL: tl.constexpr):
     if PDL:  # jackfield.kernels: let dependents launch, then wait for the previous grid before any load or store
         tl.extra.cuda.gdc_launch_dependents()
@@ -44,18 +46,19 @@ def _rope_kernel(q_ptr, k_ptr, pos_ptr, cache_ptr, q_stride, k_stride, num_q_hea
         if STORE and which == 1:  # rotary_dim == head_dim here: the rotated halves are the whole row
             row = tl.load(loc_ptr + tok).to(tl.int64) * num_k_heads * head_dim
             c1 = k_cache_ptr + row + h[:, None] * head_dim + d[None, :]
-            tl.store(c1, y1.to(k_cache_ptr.dtype.element_ty), mask=m)
-            tl.store(c1 + rot_half, y2.to(k_cache_ptr.dtype.element_ty), mask=m)
+            quantize_store(c1, y1, k_inv_scale, m, FP8)
+            quantize_store(c1 + rot_half, y2, k_inv_scale, m, FP8)
     if STORE:
         row = tl.load(loc_ptr + tok).to(tl.int64) * num_k_heads * head_dim
         dv = tl.arange(0, BLOCK_HD)
         mv = (h[:, None] < num_k_heads) & (dv[None, :] < head_dim)
         off = h[:, None] * head_dim + dv[None, :]
         v = tl.load(v_ptr + tok * v_stride + off, mask=mv)
-        tl.store(v_cache_ptr + row + off, v.to(v_cache_ptr.dtype.element_ty), mask=mv)
+        quantize_store(v_cache_ptr + row + off, v, v_inv_scale, mv, FP8)
 
 
-def _launch(positions, q, k, cos_sin_cache, head_dim, rotary_dim, v=None, loc=None, k_cache=None, v_cache=None):
+def _launch(positions, q, k, cos_sin_cache, head_dim, rotary_dim, v=None, loc=None, k_cache=None, v_cache=None,
+            k_inv_scale=1.0, v_inv_scale=1.0):
     t = q.shape[0]
     if t == 0:
         return
@@ -65,7 +68,8 @@ def _launch(positions, q, k, cos_sin_cache, head_dim, rotary_dim, v=None, loc=No
     _rope_kernel[(t,)](q, k, positions, cos_sin_cache, q.stride(0), k.stride(0), hq, hk, head_dim, half,
                        cos_sin_cache.stride(0), v if store else q, v.stride(0) if store else 0,
                        loc if store else positions, k_cache if store else q, v_cache if store else q,
-                       STORE=store, BLOCK_H=triton.next_power_of_2(max(hq, hk)),
+                       k_inv_scale, v_inv_scale, STORE=store, FP8=store and is_fp8(k_cache),
+                       BLOCK_H=triton.next_power_of_2(max(hq, hk)),
                        BLOCK_D=triton.next_power_of_2(half), BLOCK_HD=triton.next_power_of_2(head_dim), num_warps=4,
                        **pdl_kwargs(q))
 
@@ -78,7 +82,8 @@ def rope_inplace(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_
 
 def rope_inplace_and_store(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            cos_sin_cache: torch.Tensor, head_dim: int, loc: torch.Tensor,
-                           k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+                           k_cache: torch.Tensor, v_cache: torch.Tensor, k_inv_scale: float = 1.0,
+                           v_inv_scale: float = 1.0) -> None:
     """rope_inplace (full rotary: rotary_dim == head_dim) plus k_cache[loc] = rotated k, v_cache[loc] = v;
-    caches are [slots, Hk, D] contiguous."""
-    _launch(positions, q, k, cos_sin_cache, head_dim, head_dim, v, loc, k_cache, v_cache)
+    caches are [slots, Hk, D] contiguous. An FP8 cache gets k * k_inv_scale and v * v_inv_scale."""
+    _launch(positions, q, k, cos_sin_cache, head_dim, head_dim, v, loc, k_cache, v_cache, k_inv_scale, v_inv_scale)

@@ -43,15 +43,32 @@ def iter_safetensors(model_dir: Path, progress: bool = True) -> Iterator[tuple[s
 
 
 def init_dummy_weights(model: torch.nn.Module, seed: int) -> None:
-    """Random weights for benchmarks: small uniform values keep activations finite in bf16."""
+    """Random weights for benchmarks: small uniform values keep activations finite in bf16.
+
+    A linear layer (a module with a `LinearMethod` as `method`) gets a random float weight through
+    `method.load_float`, so a quantization method writes it in its checkpoint layout (packed
+    integers and scales) exactly as a real checkpoint would hold it."""
+    from jackfield.sdk.quant import LinearMethod
+
     gens: dict[torch.device, torch.Generator] = {}
+
+    def gen(device: torch.device) -> torch.Generator:
+        return gens.setdefault(device, torch.Generator(device=device).manual_seed(seed))
+
+    linears = {name: m for name, m in model.named_modules() if isinstance(getattr(m, "method", None), LinearMethod)}
     with torch.no_grad():
         for name, p in model.named_parameters():
+            owner, _, pname = name.rpartition(".")
+            if owner in linears and pname != "bias":
+                continue  # the linear's method fills its own tensors below
             if name.endswith("norm.weight") or "layernorm" in name:
                 p.fill_(1.0)
                 continue
-            gen = gens.setdefault(p.device, torch.Generator(device=p.device).manual_seed(seed))
-            p.uniform_(-0.02, 0.02, generator=gen)
+            p.uniform_(-0.02, 0.02, generator=gen(p.device))
+        for module in linears.values():
+            device = next(t.device for t in list(module.parameters()) + list(module.buffers()))
+            w = torch.empty(module.out_features, module.in_features, device=device)
+            module.method.load_float(module, w.uniform_(-0.02, 0.02, generator=gen(device)))
     for module in model.modules():
         finish = getattr(module, "process_weights_after_loading", None)
         if finish is not None:

@@ -8,7 +8,7 @@ from jackfield.sdk.component import (Availability, Capabilities, Component, Sele
                                      require_cuda)
 from jackfield.sdk.decoder_lm import DecoderCausalLM
 from jackfield.sdk.layers.decoder import DecoderOptions
-from jackfield.sdk.layers.gemv import Gemv
+from jackfield.sdk.layers.gemv import Gemv, WeightScale
 from jackfield.sdk.forward_batch import ForwardBatch, ForwardMode
 from jackfield.sdk.grammar import (EosTrackingGrammar, Grammar, GrammarBackend, GrammarError, GrammarSpec, GrammarVocab, UnsupportedGrammar,
                                    allocate_bitmask, bitmask_words)
@@ -17,7 +17,8 @@ from jackfield.sdk.lora import LoRABackend, LoRARuntime
 from jackfield.sdk.model import CausalLM, ModelBuildContext
 from jackfield.sdk.model_config import ModelConfig, RopeConfig
 from jackfield.sdk.moe import MoEConfig, MoEDispatcher
-from jackfield.sdk.quant import LinearMethod, QuantizationMethod, create_plain_weights
+from jackfield.sdk.quant import (LinearMethod, PlainLinearMethod, QuantizationMethod, QuantOptions, checkpoint_names,
+                                 create_plain_weights)
 from jackfield.sdk.spec import DraftProposal, SpeculativeDecoder, SpecInput, SpecRuntime
 from jackfield.sdk.version import API_VERSION
 
@@ -30,7 +31,8 @@ __all__ = [
     # models
     "CausalLM", "DecoderCausalLM", "DecoderOptions", "ModelBuildContext", "ModelConfig", "RopeConfig",
     # quantization
-    "Gemv", "LinearMethod", "QuantizationMethod", "create_plain_weights",
+    "Gemv", "WeightScale", "LinearMethod", "PlainLinearMethod", "QuantizationMethod", "QuantOptions", "checkpoint_names",
+    "create_plain_weights",
     # MoE
     "MoEConfig", "MoEDispatcher",
     # speculative decoding

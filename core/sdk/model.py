@@ -18,6 +18,7 @@ from torch import nn
 
 from jackfield.sdk.component import Component
 from jackfield.sdk.forward_batch import ForwardBatch
+from jackfield.sdk.kv_cache import kv_scale_target
 from jackfield.sdk.model_config import ModelConfig
 from jackfield.sdk.quant import QuantizationMethod
 
@@ -78,7 +79,9 @@ class CausalLM(nn.Module, Component):
         ...
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load HF-named tensors; every parameter must be covered, else ValueError names the gaps."""
+        """Load HF-named tensors; every parameter must be covered, else ValueError names the gaps.
+        KV-cache scales (`...self_attn.k_scale` and the other names `kv_scale_target` knows) go to
+        their attention layer's `set_kv_scale`."""
         modules = dict(self.named_modules())
         params = dict(self.named_parameters())
         loaded: set[str] = set()
@@ -86,6 +89,14 @@ class CausalLM(nn.Module, Component):
             if any(name.endswith(s) for s in self.ignored_weights):
                 continue
             if self.config.tie_word_embeddings and name == "lm_head.weight":
+                continue
+            kv_scale = kv_scale_target(name)
+            if kv_scale is not None:  # a KV-cache scale: kept by its attention layer, read by the KV pool
+                attn, which = kv_scale
+                if not hasattr(modules.get(attn), "set_kv_scale"):
+                    raise ValueError(f"checkpoint tensor '{name}' has no matching attention layer in {type(self).__name__}")
+                if which is not None:
+                    modules[attn].set_kv_scale(which, float(tensor.float().max()))
                 continue
             target, shard = name, None
             for ckpt, fused, shard_id in self.stacked_params:

@@ -5,7 +5,7 @@ loader derives from GGUF metadata). No layer, backend or quantizer reads the HF 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -48,6 +48,9 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     quantization: str | None = None
+    quantization_config: dict = field(default_factory=dict, hash=False, compare=False)
+    """The checkpoint's `quantization_config` as config.json holds it ({} when plain); read only by the
+    selected quantization method."""
     num_experts: int = 0
     num_experts_per_tok: int = 0
     moe_intermediate_size: int = 0
@@ -93,6 +96,7 @@ class ModelConfig:
             bos_token_id=hf.get("bos_token_id"),
             eos_token_ids=eos_ids,
             quantization=quant.get("quant_method"),
+            quantization_config=dict(quant),
             num_experts=hf.get("num_experts") or hf.get("num_local_experts") or 0,
             num_experts_per_tok=hf.get("num_experts_per_tok") or 0,
             moe_intermediate_size=hf.get("moe_intermediate_size") or 0,

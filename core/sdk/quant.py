@@ -5,19 +5,46 @@ LinearMethod (by the layer's prefix, so a method can leave some layers unquantiz
 on calls only the LinearMethod: `create_weights` at construction, `load` for each checkpoint
 tensor (shard-aware, for fused qkv / gate_up layers), `process_weights_after_loading` once after
 all weights are in (repacking, scale computation, FP8 conversion…), `apply` on the hot path.
+
+A method reads its checkpoint's `quantization_config` (config.json) from
+`model_config.quantization_config`, and the engine-wide options (which GPU GEMM path) from the
+`QuantOptions` it is constructed with.
 """
 from __future__ import annotations
 
 from abc import abstractmethod
-
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from jackfield.sdk.component import Component, SelectionContext
 from jackfield.sdk.layers.activation import silu_and_mul
 from jackfield.sdk.model_config import ModelConfig
+
+# checkpoint format (quantization_config.quant_method) -> the quantization method that loads it and
+# the distribution that ships that method; used to say what is missing when no installed method
+# loads a checkpoint's format.
+KNOWN_CHECKPOINT_FORMATS: dict[str, tuple[str, str]] = {
+    "fp8": ("fp8", "jackfield"),
+    "awq": ("awq", "jackfield"),
+    "gptq": ("gptq", "jackfield"),
+    "compressed-tensors": ("compressed_tensors", "jackfield"),
+}
+# fused parameter -> the checkpoint tensors packed into it (CausalLM.stacked_params, by name)
+FUSED_SHARDS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """Engine-wide settings every quantization method receives (Settings.quantization_gemm_backend)."""
+
+    gemm_backend: str = "auto"
+    """GPU matmul path of quantized layers: "auto" (per batch size, the measured choice), "triton"
+    (Triton kernels at every batch size) or "torch" (torch._scaled_mm for FP8, dequantize + cuBLAS
+    for integer weights)."""
 
 
 def create_plain_weights(layer: nn.Module, in_features: int, out_features: int, bias: bool,
@@ -26,6 +53,14 @@ def create_plain_weights(layer: nn.Module, in_features: int, out_features: int, 
     store them: what `create_weights` does for a method that loads unquantized tensors."""
     layer.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device), requires_grad=False)
     layer.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
+
+
+def checkpoint_names(prefix: str) -> tuple[str, ...]:
+    """The checkpoint module names a layer's prefix stands for: a fused `...qkv_proj` is
+    `...q_proj`, `...k_proj` and `...v_proj` (for matching a checkpoint's ignore lists)."""
+    head, _, last = prefix.rpartition(".")
+    shards = FUSED_SHARDS.get(last)
+    return tuple(f"{head}.{s}" if head else s for s in shards) if shards else (prefix,)
 
 
 class LinearMethod:
@@ -44,6 +79,13 @@ class LinearMethod:
                              f"{shard_size} rows x {tuple(param.shape[1:])}")
         with torch.no_grad():
             param[shard_offset:shard_offset + shard_size].copy_(tensor)
+
+    def load_float(self, layer: nn.Module, weight: torch.Tensor) -> None:
+        """Load a float weight [out, in] for the whole layer as a checkpoint of this method's format
+        would hold it: random weights of `--load-format dummy`, and tests. The default loads it as
+        the plain `weight`; a method whose checkpoints hold other tensors (packed integers, scales)
+        quantizes `weight` into them with its own quantizer and loads those."""
+        self.load(layer, "weight", weight, 0, weight.shape[0])
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         """Repack, compute scales or convert once all of this layer's weights are loaded."""
@@ -68,6 +110,17 @@ class LinearMethod:
         return self.apply(layer, silu_and_mul(x))
 
 
+class PlainLinearMethod(LinearMethod):
+    """Unquantized weights in the compute dtype through F.linear: the layers a quantized
+    checkpoint leaves unquantized (its ignore list)."""
+
+    def create_weights(self, layer, in_features, out_features, bias, dtype, device):
+        create_plain_weights(layer, in_features, out_features, bias, dtype, device)
+
+    def apply(self, layer, x):
+        return F.linear(x, layer.weight, layer.bias)
+
+
 class QuantizationMethod(Component):
     kind: ClassVar[str] = "quantization"
     checkpoint_formats: ClassVar[tuple[str | None, ...]] = ()
@@ -83,8 +136,14 @@ class QuantizationMethod(Component):
     float16 / bfloat16 it allows that dtype's rounding on top). The default suits plain float weights;
     a lossy method declares its own (e.g. about 1e-2 for int8 per-channel, 0.1 for int4 in groups of 32)."""
 
-    def __init__(self, model_config: ModelConfig):
+    def __init__(self, model_config: ModelConfig, options: QuantOptions | None = None):
         self.model_config = model_config
+        self.options = options or QuantOptions()
+
+    @property
+    def quant_config(self) -> dict:
+        """The checkpoint's `quantization_config` ({} for a plain checkpoint)."""
+        return dict(self.model_config.quantization_config) if self.model_config is not None else {}
 
     @abstractmethod
     def linear_method(self, prefix: str) -> LinearMethod:
@@ -107,6 +166,25 @@ class QuantizationMethod(Component):
     @classmethod
     def incompatibilities(cls, ctx: SelectionContext) -> list[str]:
         reasons = super().incompatibilities(ctx)
-        if ctx.quantization not in cls.checkpoint_formats and not (ctx.quantization is None and cls.converts_on_load):
+        if ctx.quantization is None and None not in cls.checkpoint_formats and not cls.converts_on_load:
+            formats = ", ".join(repr(f) for f in cls.checkpoint_formats)
+            reasons.append(f"loads only checkpoints quantized as {formats} (config.json quantization_config."
+                           f"quant_method) and cannot quantize on load; this checkpoint has no quantization_config")
+        elif ctx.quantization not in cls.checkpoint_formats and not (ctx.quantization is None and cls.converts_on_load):
             reasons.append(f"cannot load checkpoints quantized as {ctx.quantization!r}")
         return reasons
+
+
+def missing_format_error(fmt: str, installed: dict[str, list[str]]) -> str:
+    """The startup error for a checkpoint quantized as `fmt` that no installed method loads;
+    `installed` maps each loadable format to the methods that load it."""
+    known = KNOWN_CHECKPOINT_FORMATS.get(fmt)
+    have = ", ".join(sorted(installed)) or "none"
+    if known:
+        method, dist = known
+        return (f"the checkpoint is quantized as {fmt!r} (config.json quantization_config.quant_method), which the "
+                f"quantization method {method!r} loads, but no installed plugin registers it: it is provided by "
+                f"{dist!r} (the built-in plugin {method!r}; reinstall {dist}, or check JACKFIELD_PLUGINS / "
+                f"JACKFIELD_DISABLE_PLUGINS). Installed methods load: {have}")
+    return (f"no installed quantization method loads checkpoints quantized as {fmt!r} (config.json "
+            f"quantization_config.quant_method); installed methods load: {have}")

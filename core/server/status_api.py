@@ -56,7 +56,8 @@ async def get_model_info(request: Request) -> dict:
             "is_generation": True, "architectures": list(info.model_config.architectures),
             "context_len": info.context_len, "max_total_tokens": info.max_total_tokens,
             "max_running_requests": info.max_running_requests, "vocab_size": info.model_config.vocab_size,
-            "device": info.device, "dtype": info.dtype, "components": st.selection}
+            "device": info.device, "dtype": info.dtype, "weight_bytes": info.weight_bytes,
+            "kv_cache_dtype": info.kv_cache_dtype, "components": st.selection}
 
 
 @router.get("/get_server_info")

@@ -4,7 +4,8 @@ An `AttnProblem` owns a KV pool whose requests hold randomly scattered pages (pa
 reserved), a `req_to_token` table with the requests in shuffled rows (row 0 is the padding row of
 CUDA-graph batches), and random cached K/V for every request's prefix. `extend_batch` /
 `decode_batch` build the matching ForwardBatch together with the new q/k/v; `reference` computes
-attention from the pool in float32 (`jackfield.sdk.reference.attention`), request by request.
+attention from the pool in float32 (`jackfield.sdk.reference.attention`), request by request; an FP8
+pool (`kv_dtype`, with `kv_scales`) is read dequantized.
 
 The attention suite of the kit is built on it, and a backend's own tests can use it directly.
 Works on any device.
@@ -24,7 +25,8 @@ class AttnProblem:
 
     def __init__(self, prefix_lens: list[int], new_lens: list[int], num_heads: int, num_kv_heads: int,
                  head_dim: int, page_size: int, dtype: torch.dtype, device: str | torch.device, seed: int = 0,
-                 spare_pages: int = 3):
+                 spare_pages: int = 3, kv_dtype: torch.dtype | None = None,
+                 kv_scales: tuple[float, float] = (1.0, 1.0)):
         self.prefix_lens, self.new_lens = list(prefix_lens), list(new_lens)
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.page_size, self.dtype, self.device = page_size, dtype, torch.device(device)
@@ -33,7 +35,8 @@ class AttnProblem:
         pages_per_req = [math.ceil(t / page_size) for t in totals]
         num_pages = sum(pages_per_req) + spare_pages
         self.max_context_len = max(totals) + page_size
-        self.pool = KVPool(num_pages, page_size, 1, num_kv_heads, head_dim, dtype, self.device)
+        self.pool = KVPool(num_pages, page_size, 1, num_kv_heads, head_dim, kv_dtype or dtype, self.device)
+        self.pool.set_scales(0, *kv_scales)  # an FP8 pool (kv_dtype) stores K / k_scale, V / v_scale
         bs = len(totals)
         self.req_to_token = torch.zeros(bs + 2, self.max_context_len, dtype=torch.int32)
         self.rows = (torch.randperm(bs + 1, generator=self.gen)[:bs] + 1).tolist()  # row 0 is padding
@@ -117,7 +120,8 @@ class AttnProblem:
         for i, (t, n) in enumerate(zip(seq_lens, new)):
             slots = self.req_to_token[fb.req_pool_indices[i], :t].long()
             rows = slice(start, start + n)
-            out[rows] = reference_attention(q[rows], k_buf[slots], v_buf[slots], layer)
+            k, v = self.pool.dequantize(0, k_buf[slots], v_buf[slots])
+            out[rows] = reference_attention(q[rows], k, v, layer)
             start += n
         return out
 

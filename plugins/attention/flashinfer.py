@@ -13,6 +13,9 @@ all sharing static indptr/indices/last-page-length buffers, re-planned before ev
 A decode batch with at least `SPLIT_KV_MAX_CTAS` (request, KV head) pairs per SM is planned
 without split-KV: it fills the GPU as it is, and splitting only adds a merge kernel per layer.
 
+An FP8 pool (`--kv-cache-dtype fp8_e4m3`) is planned with kv_data_type float8_e4m3fn and run with
+its per-layer k_scale / v_scale.
+
 `run` reads q in place (FlashInfer takes the token and head strides, so the q columns of the fused
 qkv output need no copy) and writes into an uninitialized output (its own default zero-fills one).
 Planning reads host-side lengths (`fb.seq_lens_cpu`, `fb.extend_seq_lens_cpu`); when a batch lacks
@@ -73,7 +76,8 @@ class FlashInferAttnBackend(AttentionBackend):
     priority = 100
     description = "FlashInfer paged prefill and decode wrappers (plan once per batch, CUDA-graph decode)"
     capabilities = Capabilities(devices=("cuda",), dtypes=("float16", "bfloat16"),
-                                features=frozenset({"paged", "cuda_graph", "sliding_window", "logit_cap", "mixed"}))
+                                features=frozenset({"paged", "cuda_graph", "sliding_window", "logit_cap", "mixed",
+                                                    "fp8_kv_cache"}))
     requires_packages = ("flashinfer",)
     supports_cuda_graph = True
 
@@ -154,7 +158,7 @@ class FlashInferAttnBackend(AttentionBackend):
         window_left, cap, scale = variant
         wrapper = self._wrapper(variant)
         common = dict(window_left=window_left, logits_soft_cap=cap if cap > 0 else None, sm_scale=scale,
-                      q_data_type=rt.dtype, kv_data_type=rt.dtype)
+                      q_data_type=rt.dtype, kv_data_type=rt.kv_pool.dtype)
         geometry = (rt.num_heads, rt.num_kv_heads, rt.head_dim, rt.page_size)
         if self.decode:
             no_split = not self.split_kv_allowed(len(t.kv_last_page_len))
@@ -212,7 +216,11 @@ class FlashInferAttnBackend(AttentionBackend):
         if q3.stride(-1) != 1:
             q3 = q3.contiguous()
         out = torch.empty(q3.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=q.device)
-        wrapper.run(q3, paged, out=out)
+        if fb.kv_pool.quantized:  # FP8 pool: FlashInfer multiplies by the per-layer scales
+            wrapper.run(q3, paged, out=out, k_scale=fb.kv_pool.k_scales[layer.layer_id],
+                        v_scale=fb.kv_pool.v_scales[layer.layer_id])
+        else:
+            wrapper.run(q3, paged, out=out)
         return out.view(q.shape[0], -1)
 
     def forward_decode(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Runs on CPU and CUDA. Extend attends per request (prefix from the pool + new tokens, causal);
 decode gathers every request's keys into one padded batch and attends in a single masked matmul.
-Fast backends are tested against this one.
+Fast backends are tested against this one. An FP8 pool is read through `KVPool.dequantize`.
 """
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
 class TorchNativeBackend(AttentionBackend):
     name = "torch_native"
     priority = 10
-    capabilities = Capabilities(devices=("cpu", "cuda"), features=frozenset({"paged", "sliding_window", "logit_cap", "mixed"}))
+    capabilities = Capabilities(devices=("cpu", "cuda"), features=frozenset({"paged", "sliding_window", "logit_cap", "mixed",
+                                                                             "fp8_kv_cache"}))
     description = "Reference attention in plain PyTorch (CPU and CUDA)"
 
     def forward_extend(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
@@ -49,7 +50,8 @@ class TorchNativeBackend(AttentionBackend):
         for i, (prefix, ext) in enumerate(zip(fb.extend_prefix_lens_cpu, fb.extend_seq_lens_cpu)):
             total = prefix + ext
             slots = fb.req_to_token[fb.req_pool_indices[i], :total].long()
-            k, v = k_buf[slots].transpose(0, 1), v_buf[slots].transpose(0, 1)  # [Hkv, L, D]
+            k, v = fb.kv_pool.dequantize(layer.layer_id, k_buf[slots], v_buf[slots])
+            k, v = k.transpose(0, 1), v.transpose(0, 1)  # [Hkv, L, D]
             qi = q[start:start + ext].view(ext, hkv, group, d).permute(1, 2, 0, 3).reshape(hkv, group * ext, d)
             q_pos = torch.arange(prefix, total, device=q.device).repeat(group)
             mask = _window_mask(q_pos, torch.arange(total, device=q.device), layer)
@@ -63,8 +65,9 @@ class TorchNativeBackend(AttentionBackend):
         bs = fb.batch_size
         max_len = max(fb.seq_lens_cpu) if fb.seq_lens_cpu else int(fb.seq_lens.max())
         slots = fb.req_to_token[fb.req_pool_indices, :max_len].long()  # [B, L]
-        k = fb.kv_pool.k_buffer(layer.layer_id)[slots].permute(0, 2, 1, 3)  # [B, Hkv, L, D]
-        v = fb.kv_pool.v_buffer(layer.layer_id)[slots].permute(0, 2, 1, 3)
+        k, v = fb.kv_pool.dequantize(layer.layer_id, fb.kv_pool.k_buffer(layer.layer_id)[slots],
+                                     fb.kv_pool.v_buffer(layer.layer_id)[slots])
+        k, v = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)  # [B, Hkv, L, D]
         k_pos = torch.arange(max_len, device=q.device)
         q_pos = (fb.seq_lens.long() - 1)
         mask = k_pos.unsqueeze(0) <= q_pos.unsqueeze(1)

@@ -3,7 +3,9 @@
 Both kernels read K/V straight from the token-slot KV pool through `req_to_token`, so any page size
 works and no per-batch index list is built: per-batch metadata is only the number of KV splits for
 decode (and its scratch buffers) and a grid bound for extend, both derived without a device sync.
-Triton itself is imported when the backend is constructed, never at discovery.
+An FP8 pool is read as such: K and V are converted in registers and their per-layer scales folded
+into the logit scale and the output. Triton itself is imported when the backend is constructed,
+never at discovery.
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ class TritonAttnBackend(AttentionBackend):
     priority = 50
     description = "Triton split-KV decode and variable-length extend over the paged KV pool"
     capabilities = Capabilities(devices=("cuda",), dtypes=("float16", "bfloat16", "float32"),
-                                features=frozenset({"paged", "cuda_graph", "sliding_window", "logit_cap", "mixed"}))
+                                features=frozenset({"paged", "cuda_graph", "sliding_window", "logit_cap", "mixed",
+                                                    "fp8_kv_cache"}))
     requires_packages = ("triton",)
     supports_cuda_graph = True
 
@@ -123,7 +126,8 @@ class TritonAttnBackend(AttentionBackend):
         self.kernels.decode_attention(
             q3, fb.kv_pool.k_buffer(layer.layer_id), fb.kv_pool.v_buffer(layer.layer_id), out,
             fb.req_to_token, fb.req_pool_indices, fb.seq_lens, meta.mid_o, meta.mid_lse, meta.num_splits,
-            layer.scaling, layer.logit_cap, layer.sliding_window)
+            layer.scaling, layer.logit_cap, layer.sliding_window, k_scale=fb.kv_pool.k_scales[layer.layer_id],
+            v_scale=fb.kv_pool.v_scales[layer.layer_id])
         return out.view(q.shape[0], -1)
 
     def forward_extend(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
@@ -135,7 +139,8 @@ class TritonAttnBackend(AttentionBackend):
         self.kernels.extend_attention(
             q3, fb.kv_pool.k_buffer(layer.layer_id), fb.kv_pool.v_buffer(layer.layer_id), out,
             fb.req_to_token, fb.req_pool_indices, fb.seq_lens, fb.extend_start_loc, fb.extend_seq_lens,
-            meta.max_extend_len, layer.scaling, layer.logit_cap, layer.sliding_window)
+            meta.max_extend_len, layer.scaling, layer.logit_cap, layer.sliding_window,
+            k_scale=fb.kv_pool.k_scales[layer.layer_id], v_scale=fb.kv_pool.v_scales[layer.layer_id])
         return out.view(q.shape[0], -1)
 
 

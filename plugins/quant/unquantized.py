@@ -3,15 +3,12 @@
 Single-row inputs on CUDA (batch-1 decode) go through the SDK's `Gemv`, which uses a Triton GEMV
 for the weight shapes where it measured faster than cuBLAS, with the RMSNorm before qkv/gate_up and
 the SiLU-and-mul before down_proj fused into it where that measured faster than two kernels."""
-from jackfield.sdk import Gemv, LinearMethod, QuantizationMethod, create_plain_weights, hookimpl
+from jackfield.sdk import Gemv, PlainLinearMethod, QuantizationMethod, hookimpl
 
 
-class UnquantizedLinearMethod(LinearMethod):
+class UnquantizedLinearMethod(PlainLinearMethod):
     def __init__(self, gemv: Gemv):
         self.gemv = gemv
-
-    def create_weights(self, layer, in_features, out_features, bias, dtype, device):
-        create_plain_weights(layer, in_features, out_features, bias, dtype, device)
 
     def apply(self, layer, x):
         return self.gemv.linear(x, layer.weight, layer.bias)
@@ -30,9 +27,10 @@ class Unquantized(QuantizationMethod):
     priority = 0
     checkpoint_formats = (None,)
     description = "Plain weights in the compute dtype"
+    max_relative_error = 1e-5  # float32 reordering only (the kit runs float32 on CPU)
 
-    def __init__(self, model_config):
-        super().__init__(model_config)
+    def __init__(self, model_config, options=None):
+        super().__init__(model_config, options)
         self.gemv = Gemv()  # shared by every layer of this engine: one timing per weight shape
 
     def linear_method(self, prefix):

@@ -85,8 +85,8 @@ def save_tiny_model(spec: ArchSpec, directory: Path):
 
 
 def build_runner(model_dir, page_size: int = 1, max_running_requests: int = 4, **settings) -> ModelRunner:
-    s = settings_for(model=str(model_dir), device="cpu", dtype="float32", kv_cache_bytes=1 << 20,
-                     max_running_requests=max_running_requests, page_size=page_size, **settings)
+    settings = {"device": "cpu", "dtype": "float32", "kv_cache_bytes": 1 << 20, **settings}
+    s = settings_for(model=str(model_dir), max_running_requests=max_running_requests, page_size=page_size, **settings)
     return ModelRunner(setup_runtime(s), progress=False)
 
 

@@ -1,7 +1,8 @@
 """GPU attention backends (triton, flashinfer) against a float32 reference, and CUDA-graph replay.
 
 Each backend that is available here runs extend then decode over many shapes (batch 1/3/17, head
-dim 64/128/256, GQA 1/4/8, page size 1/16, no prefix or random prefixes, bf16 and fp16). Outputs
+dim 64/128/256, GQA 1/4/8, page size 1/16, no prefix or random prefixes, bf16 and fp16), and over
+an FP8 KV pool. Outputs
 are allocated over NaN-poisoned allocator blocks, so an element a kernel never wrote shows up.
 """
 from __future__ import annotations
@@ -68,6 +69,21 @@ def test_extend_then_decode_match_reference(name, head_dim, gqa, page_size):
                 fb, q, k, v = p.decode_batch(backend)
                 out = run_checked(backend, p, fb, q, k, v, layer, f"decode {what}")
                 assert torch.equal(backend.forward(row_strided(q), k, v, layer, fb), out), f"decode {what}: strided q"
+
+
+@pytest.mark.parametrize("page_size", [1, 16])
+@pytest.mark.parametrize("gqa", [1, 4])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_fp8_kv_cache(name, head_dim, gqa, page_size):
+    """An FP8 pool (K / 0.5 and V / 2 stored as e4m3, written by the Triton store kernel) read by
+    the backend against the reference on the dequantized pool."""
+    cls = backend_class(name)
+    p = AttnProblem([0, 150, 300], [120, 33, 1], 2 * gqa, 2, head_dim, page_size, torch.bfloat16, "cuda", seed=11,
+                    kv_dtype=torch.float8_e4m3fn, kv_scales=(0.5, 2.0))
+    backend, layer = cls(p.runtime()), p.layer()
+    run_checked(backend, p, *p.extend_batch(backend), layer, f"{name} fp8 extend")
+    run_checked(backend, p, *p.decode_batch(backend), layer, f"{name} fp8 decode")
 
 
 @pytest.mark.parametrize("layer_kw", [{"sliding_window": 37}, {"logit_cap": 20.0, "scaling": 0.3},

@@ -8,8 +8,6 @@ bfloat16 is left to the GPU tests: the interpreter's tl.dot misreads bfloat16 op
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,7 +25,9 @@ CASES = {
     "sliding_window": ([40, 3], [30, 25], 4, 2, 16, 2, "float32", {"sliding_window": 9}),
     "logit_cap": ([20, 0], [10, 6], 4, 4, 16, 1, "float32", {"logit_cap": 0.5, "scaling": 1.7}),
     "float16": ([13, 4], [6, 9], 4, 2, 32, 4, "float16", {}),
+    "fp8_kv_cache": ([13, 40], [6, 9], 4, 2, 32, 4, "float32", {}),  # K, V stored FP8 with scales 0.5, 2
 }
+FP8_KV = {"fp8_kv_cache": (0.5, 2.0)}
 TOLERANCE = {"float32": 1e-4, "float16": 5e-3}
 
 
@@ -39,7 +39,8 @@ def run_case(name: str) -> dict:
     from jackfield_plugins.attention.triton import TritonAttnBackend
 
     prefix, new, heads, kv_heads, head_dim, page, dtype, layer_kw = CASES[name]
-    p = AttnProblem(prefix, new, heads, kv_heads, head_dim, page, getattr(torch, dtype), "cpu", seed=len(name))
+    fp8 = {"kv_dtype": torch.float8_e4m3fn, "kv_scales": FP8_KV[name]} if name in FP8_KV else {}
+    p = AttnProblem(prefix, new, heads, kv_heads, head_dim, page, getattr(torch, dtype), "cpu", seed=len(name), **fp8)
     backend, layer, errors = TritonAttnBackend(p.runtime()), p.layer(**layer_kw), {}
 
     fb, q, k, v = p.extend_batch(backend)
@@ -78,13 +79,9 @@ def _child_main() -> None:
 
 @pytest.fixture(scope="module")
 def interpreted_results() -> dict:
-    pytest.importorskip("triton", reason="triton is not installed; the interpreter test needs it")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")]
-    if proc.returncode or not lines:
-        pytest.fail(f"interpreter child failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULTS "):])
+    from interpreter import run_interpreted
+
+    return run_interpreted(__file__)
 
 
 @pytest.mark.parametrize("name", list(CASES))

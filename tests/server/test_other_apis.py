@@ -87,6 +87,7 @@ def test_info_flush_and_health_routes(http, model_name):
     assert http.get("/health_generate").status_code == 200
     info = http.get("/get_model_info").json()
     assert info["served_model_name"] == model_name and info["context_len"] > 0 and info["is_generation"]
+    assert info["weight_bytes"] > 100e6 and info["kv_cache_dtype"] == info["dtype"]  # SmolLM2-135M, float32
     server_info = http.get("/get_server_info").json()
     assert {"kv_used_tokens", "kv_total_tokens", "num_running", "cache_hit_rate"} <= set(server_info)
     assert "api_key" not in server_info

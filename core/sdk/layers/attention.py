@@ -30,8 +30,17 @@ class SelfAttention(nn.Module):
         self.qk_norm = qk_norm
         self.rotary = rotary or RotaryEmbedding(c.head_dim, c.rope, max_positions or c.max_position_embeddings,
                                                 ctx.dtype, ctx.device)
+        self.k_scale: float | None = None  # KV-cache scales from the checkpoint (set_kv_scale), if any
+        self.v_scale: float | None = None
         self.info = AttentionLayerInfo(layer_id=layer_id, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
                                        head_dim=c.head_dim, scaling=c.head_dim ** -0.5, sliding_window=sliding_window)
+
+    def set_kv_scale(self, which: str, value: float) -> None:
+        """Record a checkpoint's KV-cache scale: which is "k", "v" or "kv" (one scale for both)."""
+        if which in ("k", "kv"):
+            self.k_scale = value
+        if which in ("v", "kv"):
+            self.v_scale = value
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
         return self._attend(positions, self.qkv_proj(hidden), fb)

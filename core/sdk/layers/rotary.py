@@ -98,7 +98,8 @@ class RotaryEmbedding(nn.Module):
         from jackfield.kernels.rotary import rope_inplace_and_store
 
         rope_inplace_and_store(positions, q, k, v, self.cos_sin_cache, self.head_dim, loc,
-                               pool.k_buffer(layer_id), pool.v_buffer(layer_id))
+                               pool.k_buffer(layer_id), pool.v_buffer(layer_id),
+                               1.0 / pool.k_scales[layer_id], 1.0 / pool.v_scales[layer_id])
         return True
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

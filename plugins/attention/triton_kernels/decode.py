@@ -26,7 +26,7 @@ def _decode_split_kernel(
     Q, K, V, MidO, MidLse, Out, ReqToToken, ReqPoolIdx, SeqLens,
     stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_rt,
     stride_mob, stride_moh, stride_mos, stride_mlb, stride_mlh, stride_ob, stride_oh,
-    num_splits, sm_scale, logit_cap, window,
+    num_splits, sm_scale, logit_cap, window, v_scale,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, USE_CAP: tl.constexpr, USE_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
     DIRECT: tl.constexpr, PDL: tl.constexpr,
@@ -63,20 +63,21 @@ def _decode_split_kernel(
         slots = tl.load(ReqToToken + row * stride_rt + offs_n, mask=n_mask, other=0).to(tl.int64)
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(K + slots[:, None] * stride_kt + g * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION)
         qk = scale_logits(qk, sm_scale, logit_cap, USE_CAP)
         qk = tl.where(n_mask[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.exp2(qk - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
-        v = tl.load(V + slots[:, None] * stride_vt + g * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(V + slots[:, None] * stride_vt + g * stride_vh + offs_d[None, :], mask=kv_mask,
+                    other=0.0).to(q.dtype)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
 
     has = l_i > 0.0
     safe_l = tl.where(has, l_i, 1.0)
-    part = tl.where(has[:, None], acc / safe_l[:, None], 0.0)
+    part = tl.where(has[:, None], acc * v_scale / safe_l[:, None], 0.0)
     if DIRECT:  # one split: this is the output
         tl.store(Out + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :], part.to(Out.dtype.element_ty),
                  mask=h_mask[:, None] & d_mask[None, :])
@@ -118,13 +119,15 @@ def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
                      req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
                      mid_o: torch.Tensor, mid_lse: torch.Tensor, num_splits: int, sm_scale: float,
                      logit_cap: float = 0.0, sliding_window: int | None = None,
-                     config: tuple[int, int, int] | None = None) -> None:
+                     config: tuple[int, int, int] | None = None, k_scale: float = 1.0, v_scale: float = 1.0) -> None:
     """One decode query per request against its whole KV, written into `out`.
 
     q, out: [bs, num_heads, head_dim]; k_buffer, v_buffer: [slots, num_kv_heads, head_dim];
     mid_o: float32 [>= bs, num_heads, >= num_splits, head_dim]; mid_lse: float32
     [>= bs, num_heads, >= num_splits] (scratch, may be static CUDA-graph buffers).
     config: (BLOCK_N, num_warps, num_stages) of stage 1, for tuning (benchmarks/tune_triton_decode.py).
+    An FP8 pool's K and V are multiplied by k_scale and v_scale (folded into the logit scale and
+    the output).
     """
     for name, t in (("q", q), ("out", out), ("k_buffer", k_buffer), ("v_buffer", v_buffer)):
         check_head_layout(t, name)
@@ -142,7 +145,7 @@ def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
         req_to_token.stride(0),
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
         out.stride(0), out.stride(1),
-        num_splits, sm_scale, logit_cap if logit_cap > 0 else 1.0, sliding_window or 0,
+        num_splits, sm_scale * k_scale, logit_cap if logit_cap > 0 else 1.0, sliding_window or 0, v_scale,
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=max(16, triton.next_power_of_2(group)),
         BLOCK_N=block_n, USE_CAP=logit_cap > 0, USE_WINDOW=sliding_window is not None,
         PRECISION=dot_precision(q.dtype), DIRECT=direct, num_warps=warps, num_stages=stages, **pdl_kwargs(q),

@@ -27,7 +27,7 @@ def _attend_block(acc, m_i, l_i, q, q_pos, n0, hi, K, V, ReqToToken, row, kvh, o
     slots = tl.load(ReqToToken + row + offs_n, mask=n_mask, other=0).to(tl.int64)
     kv_mask = n_mask[:, None] & d_mask[None, :]
     k = tl.load(K + slots[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
-    qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION)
     qk = scale_logits(qk, sm_scale, logit_cap, USE_CAP)
     if MASKED:
         keep = n_mask[None, :] & (offs_n[None, :] <= q_pos[:, None])
@@ -38,7 +38,8 @@ def _attend_block(acc, m_i, l_i, q, q_pos, n0, hi, K, V, ReqToToken, row, kvh, o
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
     p = tl.exp2(qk - m_ref[:, None])
     alpha = tl.exp2(m_i - m_ref)
-    v = tl.load(V + slots[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + slots[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :], mask=kv_mask,
+                other=0.0).to(q.dtype)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return acc, m_new, l_i * alpha + tl.sum(p, 1)
 
@@ -47,7 +48,7 @@ def _attend_block(acc, m_i, l_i, q, q_pos, n0, hi, K, V, ReqToToken, row, kvh, o
 def _extend_kernel(
     Q, Out, K, V, ReqToToken, ReqPoolIdx, SeqLens, ExtendStart, ExtendLens,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_kt, stride_kh, stride_vt, stride_vh, stride_rt,
-    sm_scale, logit_cap, window,
+    sm_scale, logit_cap, window, v_scale,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, USE_CAP: tl.constexpr, USE_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
     HEAVY_FIRST: tl.constexpr,
@@ -93,7 +94,7 @@ def _extend_kernel(
                                       stride_kt, stride_kh, stride_vt, stride_vh, sm_scale, logit_cap, window,
                                       BLOCK_N, USE_CAP, USE_WINDOW, True, PRECISION)
 
-    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    out = acc * v_scale / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(Out + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
              out.to(Out.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
 
@@ -111,14 +112,15 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
                      req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
                      extend_start_loc: torch.Tensor, extend_seq_lens: torch.Tensor, max_extend_len: int,
                      sm_scale: float, logit_cap: float = 0.0, sliding_window: int | None = None,
-                     config: tuple[int, int, int, int, bool] | None = None) -> None:
+                     config: tuple[int, int, int, int, bool] | None = None, k_scale: float = 1.0,
+                     v_scale: float = 1.0) -> None:
     """Causal attention of every request's new tokens over its prefix and themselves, into `out`.
 
     q, out: [num_tokens, num_heads, head_dim]; request i's new tokens are rows
     extend_start_loc[i] .. + extend_seq_lens[i] at positions seq_lens[i] - extend_seq_lens[i] onward.
     `max_extend_len` only sizes the grid: any upper bound of extend_seq_lens works.
     config: (BLOCK_M, BLOCK_N, num_warps, num_stages, heavy_first), for tuning
-    (benchmarks/tune_triton_extend.py).
+    (benchmarks/tune_triton_extend.py). An FP8 pool's K and V are multiplied by k_scale and v_scale.
     """
     for name, t in (("q", q), ("out", out), ("k_buffer", k_buffer), ("v_buffer", v_buffer)):
         check_head_layout(t, name)
@@ -133,7 +135,7 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
         q, out, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, extend_start_loc, extend_seq_lens,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1), req_to_token.stride(0),
-        sm_scale, logit_cap if logit_cap > 0 else 1.0, sliding_window or 0,
+        sm_scale * k_scale, logit_cap if logit_cap > 0 else 1.0, sliding_window or 0, v_scale,
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_dmodel(head_dim), BLOCK_M=block_m, BLOCK_N=block_n,
         USE_CAP=logit_cap > 0, USE_WINDOW=sliding_window is not None, PRECISION=dot_precision(q.dtype),
         HEAVY_FIRST=heavy_first, num_warps=num_warps, num_stages=num_stages,
