@@ -102,8 +102,6 @@ def read_adapter(name: str, path: str | Path, uid: int, layers: dict[str, LayerS
                  max_rank: int, dtype: torch.dtype, pin: bool = False) -> LoRAAdapter:
     """Read and check the adapter at `path`. `layers`: the model's wrapped layers by prefix;
     `module_map`: checkpoint module name (q_proj) -> the wrapped layer's last name (qkv_proj)."""
-    from safetensors import safe_open
-
     path = Path(path)
     cfg = read_config(path, name)
     _refuse_unsupported(cfg, name)
@@ -125,22 +123,26 @@ def read_adapter(name: str, path: str | Path, uid: int, layers: dict[str, LayerS
     if not weights.is_file():
         raise AdapterError(f"LoRA adapter '{name}': '{path}' has no {WEIGHTS_FILE} (only safetensors is read)",
                            param="lora_path")
+    try:
+        tensors = _read_tensors(weights)
+    except Exception as exc:  # a truncated or foreign file: safetensors raises its own error types
+        raise AdapterError(f"LoRA adapter '{name}': cannot read {weights}: {type(exc).__name__}: {exc}",
+                           param="lora_path") from None
     pairs: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    with safe_open(str(weights), framework="pt") as f:
-        for key in f.keys():
-            m = _KEY.match(key)
-            if m is None:
-                raise AdapterError(f"LoRA adapter '{name}': tensor '{key}' is not a lora_A / lora_B weight "
-                                   "(embedding adapters, DoRA magnitudes and saved modules are not supported)")
-            prefix, _, module = m["module"].rpartition(".")
-            if module not in module_map:
-                raise AdapterError(f"LoRA adapter '{name}': target module '{module}' ('{key}') is not a LoRA-enabled "
-                                   f"linear layer of this model (enabled: {', '.join(module_map)})")
-            layer = f"{prefix}.{module_map[module]}"
-            if layer not in layers:
-                raise AdapterError(f"LoRA adapter '{name}': the model has no layer '{prefix}.{module}' (is the adapter "
-                                   f"for another base model? its base_model_name_or_path is {base!r})")
-            pairs.setdefault((layer, module), {})[m["which"]] = f.get_tensor(key)
+    for key, tensor in tensors.items():
+        m = _KEY.match(key)
+        if m is None:
+            raise AdapterError(f"LoRA adapter '{name}': tensor '{key}' is not a lora_A / lora_B weight "
+                               "(embedding adapters, DoRA magnitudes and saved modules are not supported)")
+        prefix, _, module = m["module"].rpartition(".")
+        if module not in module_map:
+            raise AdapterError(f"LoRA adapter '{name}': target module '{module}' ('{key}') is not a LoRA-enabled "
+                               f"linear layer of this model (enabled: {', '.join(module_map)})")
+        layer = f"{prefix}.{module_map[module]}"
+        if layer not in layers:
+            raise AdapterError(f"LoRA adapter '{name}': the model has no layer '{prefix}.{module}' (is the adapter "
+                               f"for another base model? its base_model_name_or_path is {base!r})")
+        pairs.setdefault((layer, module), {})[m["which"]] = tensor
     if not pairs:
         raise AdapterError(f"LoRA adapter '{name}': {WEIGHTS_FILE} holds no LoRA weights")
     host = _stack(name, rank, base, pairs, layers, dtype)
@@ -148,6 +150,12 @@ def read_adapter(name: str, path: str | Path, uid: int, layers: dict[str, LayerS
         host = {k: (a.pin_memory(), b.pin_memory(), r) for k, (a, b, r) in host.items()}
     targets = tuple(sorted({module for _, module in pairs}))
     return LoRAAdapter(name, str(path), uid, rank, float(alpha), float(scaling), targets, base, host)
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
 
 
 def _stack(name: str, rank: int, base, pairs: dict, layers: dict[str, LayerSpec],
