@@ -201,5 +201,5 @@ def checks(target: KitTarget) -> list[Check]:
                       lambda t, d=dtype: _mixed_prefill(t, d), _runs_in(dtype)),
                 Check(f"decode batches with any slot per token match, in {dtype}",
                       lambda t, d=dtype: _decode(t, d), _runs_in(dtype))]
-    out.append(Check("decode captured in a CUDA graph reads the new slots at each replay", _cuda_graph, _graph_requires))
+    out.append(Check("CUDA-graph capture: decode replays read the new slots", _cuda_graph, _graph_requires))
     return out
