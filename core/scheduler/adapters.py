@@ -9,7 +9,8 @@ neither waits without blocking the others, but once one waits, later candidates 
 adapters already in the batch (or the base model), so the waiting one gets the next free slot.
 
 Unloading waits: the name stops accepting new requests at once, and the adapter is dropped (its
-prefix-cache namespace freed) once no queued, running or in-flight request uses it.
+prefix-cache namespace freed) once no queued (grammar queue included), running or in-flight request
+uses it.
 """
 from __future__ import annotations
 
@@ -101,7 +102,9 @@ class AdapterScheduling:
         if not self.unloading:
             return []
         s = self.sched
-        in_use = (self._uids(s.waiting) | self._uids(s._holders()) | self._uids(s.building) | self._busy())
+        compiling = [item[0] for item in s.grammars.queue]  # constrained requests waiting for their grammar
+        in_use = (self._uids(s.waiting) | self._uids(s._holders()) | self._uids(s.building) | self._busy()
+                  | self._uids(compiling))
         done = []
         for name, request_id in list(self.unloading.items()):
             adapter = self.manager.adapters[name]
