@@ -111,6 +111,36 @@ def test_max_loras_per_batch_bounds_every_forward(tiny):
     assert max(len(s) for s in seen) == 2
 
 
+def test_a_request_waiting_for_a_slot_blocks_no_one(tiny):
+    """One device slot, held by a running request of a0: a request of a1 waits for it while later
+    requests of the base model and of a0 run at once; a0 is never evicted under its request, and a1
+    gets the slot once a0's requests are done."""
+    from sched_harness import Driver, check_pool_clean, make_scheduler
+
+    model_dir, adapters = tiny
+    a0, a1 = SPECS[0].name, SPECS[1].name
+    sched = make_scheduler(str(model_dir), lora_paths=[f"{n}={adapters / n}" for n in (a0, a1)], max_loras=1,
+                           max_lora_rank=16, max_total_tokens=4096, disable_overlap_schedule=True)
+    d, pool = Driver(sched), sched.runner.lora.pool
+    d.submit("long", PROMPTS[0], 30, lora=a0, ignore_eos=True)
+    d.step()
+    d.submit("other", PROMPTS[1], 4, lora=a1, ignore_eos=True)
+    d.submit("base", PROMPTS[1], 4, ignore_eos=True)
+    d.submit("same", PROMPTS[2], 4, lora=a0, ignore_eos=True)
+    while d.records["base"].finish is None or d.records["same"].finish is None:
+        d.step()
+        assert d.steps < 50, "the base and a0 requests were held up behind the waiting a1 request"
+        assert [a.name for a in pool.resident()] == [a0], "a0 was evicted while its requests ran"
+    assert d.records["long"].finish is None and not d.records["other"].tokens
+    d.run()
+    assert len(d.tokens("other")) == 4 and [a.name for a in pool.resident()] == [a1]
+    d.submit("again", PROMPTS[0], 30, lora=a0, ignore_eos=True)  # swaps a0 back in
+    d.run()
+    assert d.tokens("again") == d.tokens("long")
+    check_pool_clean(sched)
+    sched.close()
+
+
 def test_unload_waits_for_running_requests(engine, solo):
     name = SPECS[1].name
     long = {"temperature": 0, "max_new_tokens": 200, "ignore_eos": True}

@@ -51,11 +51,12 @@ class Driver:
         self.records: dict[str, ReqRecord] = {}
         self.steps = 0
 
-    def submit(self, rid: str, ids: list[int], max_new_tokens: int, stream: bool = False, **params) -> None:
+    def submit(self, rid: str, ids: list[int], max_new_tokens: int, stream: bool = False, lora: str | None = None,
+               **params) -> None:
         params.setdefault("temperature", 0.0)
         sp = SamplingParams(max_new_tokens=max_new_tokens, **params)
         self.records[rid] = ReqRecord()
-        self.collect(self.sched.handle(TokenizedGenerateReq(rid, list(ids), sp, stream=stream)))
+        self.collect(self.sched.handle(TokenizedGenerateReq(rid, list(ids), sp, stream=stream, lora=lora)))
 
     def abort(self, rid: str) -> None:
         self.collect(self.sched.handle(AbortReq(rid)))
