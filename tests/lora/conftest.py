@@ -12,7 +12,7 @@ import pytest
 import torch
 
 HERE = Path(__file__).resolve().parent
-for extra in (HERE, HERE.parent / "engine", HERE.parent / "scheduler", HERE.parent / "server"):
+for extra in (HERE, HERE.parent / "engine", HERE.parent / "scheduler", HERE.parent / "server", HERE.parent / "gpu"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 

@@ -1,6 +1,9 @@
 """LoRA on CUDA (marked gpu): the triton backend against torch_native and peft, with and without
-decode CUDA graphs, on a tiny random Llama with peft-made adapters. (The kit runs both backends on
-CUDA in tests/gpu/test_kit_cuda.py: bfloat16 and CUDA-graph replay included.)"""
+decode CUDA graphs, on a tiny random Llama with peft-made adapters. Float32 greedy tokens equal
+peft's; in bfloat16 the two backends' greedy paths are compared as tests/gpu/test_e2e_backends.py
+compares attention backends (equal logprobs while the tokens agree, a split only at a near-tie).
+(The kit runs both backends on CUDA in tests/gpu/test_kit_cuda.py: bfloat16 and CUDA-graph replay
+included.) Attention runs on the triton backend, so nothing JIT-compiles FlashInfer."""
 from __future__ import annotations
 
 import json
@@ -10,6 +13,7 @@ import torch
 
 from lora_harness import ALL, AdapterSpec, make_adapter, peft_greedy
 from sched_harness import save_tiny_llama
+from test_e2e_backends import _compare
 
 pytestmark = pytest.mark.gpu
 GREEDY = {"temperature": 0, "max_new_tokens": 16}
@@ -34,7 +38,7 @@ def tiny(tmp_path_factory):
     return model_dir, model, paths
 
 
-def run(tiny, backend: str, dtype: str, graphs: bool) -> list[list[int]]:
+def run(tiny, backend: str, dtype: str, graphs: bool, params: dict = GREEDY) -> list[dict]:
     """Every (adapter or base, prompt) in one batch over 2 slots; in float32 also one by one,
     asserting they agree (bfloat16 GEMMs round differently per batch shape)."""
     from jackfield import Engine
@@ -44,12 +48,13 @@ def run(tiny, backend: str, dtype: str, graphs: bool) -> list[list[int]]:
     jobs = [(n, p) for n in names for p in PROMPTS]
     with Engine(model=str(model_dir), device="cuda", dtype=dtype, lora_backend=backend, max_loras=2,
                 lora_paths=[f"{n}={p}" for n, p in paths.items()], disable_cuda_graph=not graphs,
-                mem_fraction_static=0.3) as eng:
+                attention_backend="triton", cuda_graph_max_bs=16, mem_fraction_static=0.3) as eng:
         assert eng.info.components["lora"]["name"] == backend
-        batch = [o["token_ids"] for o in eng.generate([p for _, p in jobs], GREEDY, lora_path=[n for n, _ in jobs])]
+        assert (eng.loop.scheduler.runner.graph_runner is not None) == graphs
+        batch = eng.generate([p for _, p in jobs], params, lora_path=[n for n, _ in jobs])
         if dtype == "float32":
-            alone = [eng.generate(p, GREEDY, lora_path=n)["token_ids"] for n, p in jobs]
-            assert batch == alone, f"{backend} graphs={graphs}: a batch over 2 slots differs from solo runs"
+            alone = [eng.generate(p, params, lora_path=n)["token_ids"] for n, p in jobs]
+            assert [o["token_ids"] for o in batch] == alone, f"{backend} graphs={graphs}: a batch over 2 slots differs"
     return batch
 
 
@@ -59,11 +64,11 @@ def test_float32_backends_and_graphs_match_peft(tiny):
            for n in [s.name for s in SPECS] + [None] for p in PROMPTS]
     for backend in ("torch_native", "triton"):
         for graphs in (True, False):
-            assert run(tiny, backend, "float32", graphs) == ref, f"{backend} graphs={graphs}"
+            ours = [o["token_ids"] for o in run(tiny, backend, "float32", graphs)]
+            assert ours == ref, f"{backend} graphs={graphs}"
 
 
 def test_bfloat16_triton_agrees_with_torch_native(tiny):
-    ours, ref = run(tiny, "triton", "bfloat16", True), run(tiny, "torch_native", "bfloat16", True)
-    same = sum(a == b for x, y in zip(ours, ref) for a, b in zip(x, y))
-    total = sum(len(x) for x in ref)
-    assert same >= 0.9 * total, f"only {same} of {total} greedy tokens agree"
+    params = {**GREEDY, "logprobs": True, "top_logprobs_num": 5}
+    ours, ref = run(tiny, "triton", "bfloat16", True, params), run(tiny, "torch_native", "bfloat16", True, params)
+    assert _compare(ours, ref) >= len(ref), "every path split at its first token"
