@@ -92,7 +92,7 @@ if has offline; then
 fi
 LORA="python3 benchmarks/lora_bench.py"
 if has lora; then  # rank-16 adapters on all 7 linear modules of every layer (dummy random weights)
-  gpu_pytest gpu-lora tests/lora/test_lora_gpu.py
+  gpu_pytest gpu-lora tests/lora/test_lora_gpu.py tests/gpu/test_kit_cuda.py -k lora  # e2e, then the kit on CUDA
   for n in 0 1; do
     run $LORA latency --adapters $n --rank 16 --model $CFG8B --load-format dummy --attention-backend triton \
       --batch-size 1 16 --input-len 128 --output-len 256 --max-total-tokens 65536 --cuda-graph-max-bs 32 \
