@@ -110,23 +110,29 @@ async def ensure_loaded(st: ServerState, name: str, param: str) -> None:
 
 
 async def _load(st: ServerState, name: str, path: str) -> dict:
-    out = await st.tokenizer_manager.load_lora(name, path)
+    return _answer(await st.tokenizer_manager.load_lora(name, path))
+
+
+def _answer(out, param: str | None = None) -> dict:
+    """The route's JSON for the scheduler's LoRAUpdateOut, or its error."""
     if not out.ok:
-        raise APIError(out.status, out.message, param=out.param)
+        raise APIError(out.status, out.message, param=out.param or param)
     return {"ok": True, "message": out.message, "adapters": out.adapters}
 
 
-def _require_lora(st: ServerState) -> None:
+async def _lora_body(request: Request, model: type[Body]):
+    """(body, server state) of a load / unload request; 400 when the server runs without LoRA."""
+    body = await json_body(request, model)
+    st = server_state(request)
     if not st.tokenizer_manager.lora_enabled:
         raise APIError(400, "LoRA is off: start the server with --lora-paths, --lora-dir or --enable-lora")
+    return body, st
 
 
 @router.post("/v1/load_lora_adapter")
 @router.post("/load_lora_adapter")
 async def load_lora_adapter(request: Request):
-    body = await json_body(request, LoadLoRARequest)
-    st = server_state(request)
-    _require_lora(st)
+    body, st = await _lora_body(request, LoadLoRARequest)
     if not LORA_NAME.fullmatch(body.lora_name):
         raise APIError(400, f"lora_name '{body.lora_name}' must be letters, digits, '.', '_' or '-', starting with a "
                             "letter or digit", param="lora_name")
@@ -147,10 +153,5 @@ async def load_lora_adapter(request: Request):
 @router.post("/v1/unload_lora_adapter")
 @router.post("/unload_lora_adapter")
 async def unload_lora_adapter(request: Request):
-    body = await json_body(request, UnloadLoRARequest)
-    st = server_state(request)
-    _require_lora(st)
-    out = await st.tokenizer_manager.unload_lora(body.lora_name)
-    if not out.ok:
-        raise APIError(out.status, out.message, param=out.param or "lora_name")
-    return {"ok": True, "message": out.message, "adapters": out.adapters}
+    body, st = await _lora_body(request, UnloadLoRARequest)
+    return _answer(await st.tokenizer_manager.unload_lora(body.lora_name), "lora_name")

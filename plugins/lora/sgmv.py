@@ -6,7 +6,7 @@ GEMM's output in place, so no separate add runs.
   (token block x column block, segment, slice). A program whose segment runs the base model (slot -1)
   or whose slot does not adapt the slice (rank 0) returns at once.
 - BGMV (decode): one token per row, any slot per token. `shrink` / `expand` are matrix-vector
-  products per (token, slice); for a few tokens `fused` does both in one launch, each program
+  products per (token, slice); for a few tokens `expand` does both in one launch (FUSED), each program
   recomputing its token's x A^T for its own block of output columns. Decode kernels read only device
   tensors, so they are captured in CUDA graphs.
 Slices of a fused layer (q/k/v, gate/up) are up to three: slice j's A rows start at j * MAX_RANK and
@@ -138,9 +138,11 @@ def _bgmv_shrink(x, a, xa, token_slots, ranks, K, stride_x, stride_as, stride_ar
 
 
 @triton.jit
-def _bgmv_expand(xa, b, out, token_slots, ranks, scalings, off0, off1, off2, size0, size1, size2, stride_xa, stride_bs,
-                 stride_bn, stride_out, stride_rk, MAX_RANK: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_R: tl.constexpr):
+def _bgmv_expand(x, a, xa, b, out, token_slots, ranks, scalings, off0, off1, off2, size0, size1, size2, K, stride_x,
+                 stride_as, stride_ar, stride_xa, stride_bs, stride_bn, stride_out, stride_rk, MAX_RANK: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, FUSED: tl.constexpr):
+    """out[tok] += scaling * B v per (token, column block, slice), v = x[tok] A^T: recomputed by each
+    program when FUSED (a few tokens, no shrink launch), else read from xa (written by _bgmv_shrink)."""
     tok = tl.program_id(0)
     pid_n = tl.program_id(1)
     j = tl.program_id(2)
@@ -151,27 +153,11 @@ def _bgmv_expand(xa, b, out, token_slots, ranks, scalings, off0, off1, off2, siz
     size = _slice(j, size0, size1, size2)
     if (rank == 0) | (pid_n * BLOCK_N >= size):
         return
-    r = tl.arange(0, BLOCK_R)
-    v = tl.load(xa + tok.to(tl.int64) * stride_xa + j * MAX_RANK + r, mask=r < rank, other=0.0)
-    _expand_row(v, b, out, tok, slot, j, pid_n, rank, scalings, _slice(j, off0, off1, off2), size, stride_bs,
-                stride_bn, stride_out, BLOCK_N, BLOCK_R)
-
-
-@triton.jit
-def _bgmv_fused(x, a, b, out, token_slots, ranks, scalings, off0, off1, off2, size0, size1, size2, K, stride_x,
-                stride_as, stride_ar, stride_bs, stride_bn, stride_out, stride_rk, MAX_RANK: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    tok = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    j = tl.program_id(2)
-    slot = tl.load(token_slots + tok)
-    if slot < 0:
-        return
-    rank = tl.load(ranks + slot * stride_rk + j)
-    size = _slice(j, size0, size1, size2)
-    if (rank == 0) | (pid_n * BLOCK_N >= size):
-        return
-    v = _shrink_row(x, a, tok, slot, j, rank, K, stride_x, stride_as, stride_ar, MAX_RANK, BLOCK_R, BLOCK_K)
+    if FUSED:
+        v = _shrink_row(x, a, tok, slot, j, rank, K, stride_x, stride_as, stride_ar, MAX_RANK, BLOCK_R, BLOCK_K)
+    else:
+        r = tl.arange(0, BLOCK_R)
+        v = tl.load(xa + tok.to(tl.int64) * stride_xa + j * MAX_RANK + r, mask=r < rank, other=0.0)
     _expand_row(v, b, out, tok, slot, j, pid_n, rank, scalings, _slice(j, off0, off1, off2), size, stride_bs,
                 stride_bn, stride_out, BLOCK_N, BLOCK_R)
 
@@ -221,17 +207,15 @@ def bgmv(x: torch.Tensor, weights, out: torch.Tensor, batch) -> torch.Tensor:
     block_r, block_n, block_k = _block_r(big), 64, 128
     offsets, sizes = _slices(weights)
     n_blocks = triton.cdiv(max(sizes), block_n)
-    if tokens <= FUSED_DECODE_MAX_TOKENS:
-        _bgmv_fused[(tokens, n_blocks, n_slices)](
-            x, a, b, out, batch.token_slots, ranks, batch.scalings, *offsets, *sizes, x.shape[1], x.stride(0),
-            a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), ranks.stride(0), MAX_RANK=big,
-            BLOCK_N=block_n, BLOCK_R=block_r, BLOCK_K=block_k)
-        return out
-    xa = torch.empty(tokens, n_slices * big, dtype=torch.float32, device=x.device)
-    _bgmv_shrink[(tokens, n_slices)](
-        x, a, xa, batch.token_slots, ranks, x.shape[1], x.stride(0), a.stride(0), a.stride(1), xa.stride(0),
-        ranks.stride(0), MAX_RANK=big, BLOCK_R=block_r, BLOCK_K=block_k)
+    fused = tokens <= FUSED_DECODE_MAX_TOKENS
+    xa = x  # the fused kernel reads no xa
+    if not fused:
+        xa = torch.empty(tokens, n_slices * big, dtype=torch.float32, device=x.device)
+        _bgmv_shrink[(tokens, n_slices)](
+            x, a, xa, batch.token_slots, ranks, x.shape[1], x.stride(0), a.stride(0), a.stride(1), xa.stride(0),
+            ranks.stride(0), MAX_RANK=big, BLOCK_R=block_r, BLOCK_K=block_k)
     _bgmv_expand[(tokens, n_blocks, n_slices)](
-        xa, b, out, batch.token_slots, ranks, batch.scalings, *offsets, *sizes, xa.stride(0), b.stride(0),
-        b.stride(1), out.stride(0), ranks.stride(0), MAX_RANK=big, BLOCK_N=block_n, BLOCK_R=block_r)
+        x, a, xa, b, out, batch.token_slots, ranks, batch.scalings, *offsets, *sizes, x.shape[1], x.stride(0),
+        a.stride(0), a.stride(1), xa.stride(0), b.stride(0), b.stride(1), out.stride(0), ranks.stride(0),
+        MAX_RANK=big, BLOCK_N=block_n, BLOCK_R=block_r, BLOCK_K=block_k, FUSED=fused)
     return out

@@ -8,18 +8,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-
 HERE = Path(__file__).resolve().parent
 for extra in (HERE, HERE.parent / "engine", HERE.parent / "scheduler", HERE.parent / "server", HERE.parent / "gpu"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from sched_harness import one_torch_thread  # noqa: E402,F401 (an autouse fixture)

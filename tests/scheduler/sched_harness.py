@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 import torch
 
 from jackfield.config import settings_for
@@ -29,6 +30,16 @@ def save_tiny_llama(path) -> str:
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(str(path))
     return str(path)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run torch with one thread: intra-op threads only add synchronization (and, on a busy
+    machine, spin-waits that slow each op by an order of magnitude). Conftests import it to use it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_scheduler(model_dir: str, **settings):
