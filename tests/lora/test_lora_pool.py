@@ -147,17 +147,20 @@ def test_unload_waits_for_running_requests(engine, solo):
     result = {}
     worker = threading.Thread(target=lambda: result.update(out=engine.generate(PROMPTS[0], long, lora_path=name)))
     worker.start()
-    sched = engine.loop.scheduler
-    deadline = time.monotonic() + 30
-    while not (sched.running and len(sched.running)) and time.monotonic() < deadline:
+    sched, deadline, running = engine.loop.scheduler, time.monotonic() + 30, []
+    while not running and time.monotonic() < deadline:
+        batch = sched.running  # read from this thread: a snapshot of the scheduler thread's batch
+        running = [r for r in (list(batch.reqs) if batch is not None else []) if r.lora_name == name]
         time.sleep(0.01)
+    assert running, "the adapter's request never ran"
     left = within(60, engine.unload_lora_adapter, name)
-    assert "out" in result, "unload returned while the adapter's request was still running"
-    assert result["out"]["token_ids"][:12] == solo[name, 0]
+    # the scheduler finishes the request before it answers the unload (the caller's thread may not have run yet)
+    assert all(r.finished for r in running), "unload returned while the adapter's request was still running"
     assert name not in {a["name"] for a in left}
     with pytest.raises(ValueError, match=f"unknown LoRA adapter '{name}'"):
         engine.generate(PROMPTS[0], GREEDY, lora_path=name)
     worker.join(10)
+    assert result["out"]["token_ids"][:12] == solo[name, 0] and len(result["out"]["token_ids"]) == 200
     # loading it again under the same name gives the same tokens
     adapters = {a["name"]: a["path"] for a in engine.list_lora_adapters()}
     engine.load_lora_adapter(name, str(adapters[SPECS[0].name]).replace(SPECS[0].name, name))
