@@ -5,7 +5,7 @@ import argparse
 import json
 import typing
 
-from jackfield.config import Settings
+from jackfield.config import Settings, is_container
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -20,6 +20,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...
             group.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
         elif typing.get_origin(field.annotation) is dict:
             group.add_argument(flag, dest=name, default=None, type=json.loads, help=help_text)
+        elif is_container(field.annotation):  # a list: several values after one flag
+            group.add_argument(flag, dest=name, default=None, nargs="+", help=help_text)
         else:
             group.add_argument(flag, dest=name, default=None, help=help_text)
 

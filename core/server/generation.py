@@ -48,10 +48,12 @@ class Result:
 class RequestGroup:
     """Submit `len(prompts) * n` requests; iterate `outputs()` or await `collect()`."""
 
-    def __init__(self, tm: TokenizerManager, prompts: list[list[int]], params: SamplingParams, n: int = 1):
+    def __init__(self, tm: TokenizerManager, prompts: list[list[int]], params: SamplingParams, n: int = 1,
+                 lora: str | list[str | None] | None = None):
         if len(prompts) * n > MAX_REQUESTS_PER_CALL:
             raise APIError(400, f"{len(prompts)} prompts x n={n} exceeds {MAX_REQUESTS_PER_CALL} generations per call")
         self.tm, self.prompts, self.params, self.n = tm, prompts, params, n
+        self.loras = list(lora) if isinstance(lora, list) else [lora] * len(prompts)  # LoRA adapter per prompt
         self.queue: asyncio.Queue = asyncio.Queue()
         self.index: dict[str, int] = {}
         self.rids: list[str] = []
@@ -63,7 +65,7 @@ class RequestGroup:
             for i, ids in enumerate(self.prompts):
                 for j in range(self.n):
                     seed = self.params.seed + j if self.params.seed is not None else None
-                    rid = self.tm.submit(ids, replace(self.params, n=1, seed=seed), self.queue)
+                    rid = self.tm.submit(ids, replace(self.params, n=1, seed=seed), self.queue, lora=self.loras[i])
                     self.index[rid] = i * self.n + j
                     self.rids.append(rid)
                     self.pending.add(rid)
@@ -115,6 +117,8 @@ def abort_error(message: str) -> APIError:
     """Why the engine aborted a request, as an HTTP error: bad input 400, internal 500, engine gone 503."""
     if message.startswith("internal error"):
         return APIError(500, message, type="internal_error")
+    if message.startswith("unknown LoRA adapter"):  # unloaded between the API's check and the scheduler
+        return APIError(404, message, param="model", code="model_not_found")
     if "process" in message and ("died" in message or "exited" in message) or "shutting down" in message:
         return APIError(503, message)
     return APIError(400, message or "the request was aborted")

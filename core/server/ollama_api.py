@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 
 from jackfield.server.app import ServerState, server_state
 from jackfield.server.generation import RequestGroup, abort_error, until_disconnected
+from jackfield.server.lora_api import request_adapter
 from jackfield.server.prompts import chat_default, chat_prompt, encode_text, max_new_tokens, sampling_params
 from jackfield.server.protocol import (OllamaChatRequest, OllamaGenerateRequest, OllamaOptions, json_body,
                                       ollama_format_values)
@@ -41,7 +42,7 @@ def _params(st: ServerState, opts: OllamaOptions, ids: list[int], fmt):
 async def generate(request: Request):
     body = await json_body(request, OllamaGenerateRequest)
     st = server_state(request)
-    st.check_model(body.model)
+    lora = await request_adapter(st, body.model, None)
     if not body.prompt:  # Ollama's "load the model" request
         return {"model": body.model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
     tm = st.tokenizer_manager
@@ -52,22 +53,23 @@ async def generate(request: Request):
             {"role": "user", "content": body.prompt}]
         ids = chat_prompt(tm, msgs, param="prompt")
     return await _run(st, request, body.model, body.stream, ids, _params(st, body.options, ids, body.format),
-                      lambda text: {"response": text})
+                      lambda text: {"response": text}, lora)
 
 
 @router.post("/api/chat")
 async def chat(request: Request):
     body = await json_body(request, OllamaChatRequest)
     st = server_state(request)
-    st.check_model(body.model)
+    lora = await request_adapter(st, body.model, None)
     ids = chat_prompt(st.tokenizer_manager, [{"role": m.role, "content": m.content} for m in body.messages])
     return await _run(st, request, body.model, body.stream, ids, _params(st, body.options, ids, body.format),
-                      lambda text: {"message": {"role": "assistant", "content": text}})
+                      lambda text: {"message": {"role": "assistant", "content": text}}, lora)
 
 
-async def _run(st: ServerState, request: Request, model: str, stream: bool, ids: list[int], params, payload):
+async def _run(st: ServerState, request: Request, model: str, stream: bool, ids: list[int], params, payload,
+               lora: str | None = None):
     start = time.monotonic()
-    group = RequestGroup(st.tokenizer_manager, [ids], params)
+    group = RequestGroup(st.tokenizer_manager, [ids], params, lora=lora)
     if stream:
         return ndjson_response(_stream(group.start(), model, payload, start))
     with group:

@@ -85,6 +85,7 @@ class OpenAISampling(Body):
     regex: str | None = None
     ebnf: str | None = None
     grammar_backend: str | None = None
+    lora_path: Any = None  # the LoRA adapter's name (SGLang); `model: "<model>:<adapter>"` works too
 
     def sampling_values(self) -> dict[str, Any]:
         """The SGLang-named sampling values (max_new_tokens is decided by the caller)."""
@@ -216,3 +217,4 @@ class GenerateRequest(Body):
     stream: bool = False
     return_logprob: bool = False
     top_logprobs_num: int = 0
+    lora_path: Any = None   # a LoRA adapter's name, or a list with one name (or null) per prompt
