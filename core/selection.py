@@ -86,7 +86,10 @@ def choose(registry: Registry, kind: str, requested: str | None, ctx: SelectionC
             raise SelectionError(f"{kind} component '{requested}' is unavailable: {avail.reason}")
         problems = info.cls.incompatibilities(ctx)
         if problems:
-            raise SelectionError(f"{kind} component '{requested}' cannot serve this model: {'; '.join(problems)}")
+            able = compatible_names(registry, kind, ctx, plugin_choice)
+            raise SelectionError(f"{kind} component '{requested}' cannot serve this model: {'; '.join(problems)}; "
+                                 + (f"{kind} components that can: {', '.join(able)}" if able else
+                                    f"no registered {kind} component can"))
         return Choice(kind, requested, info, "selected by configuration")
     skipped = []
     names = sorted({i.name for i in registry.of_kind(kind)}, key=lambda n: -max(i.priority for i in registry.candidates(kind, n)))
@@ -105,6 +108,34 @@ def choose(registry: Registry, kind: str, requested: str | None, ctx: SelectionC
         return Choice(kind, "auto", None, "none available" + (": " + " | ".join(skipped) if skipped else ""))
     raise SelectionError(f"no available {kind} component for device={ctx.device} dtype={ctx.dtype}: "
                          + (" | ".join(skipped) or "none registered") + _failed_hint(registry))
+
+
+def compatible_names(registry: Registry, kind: str, ctx: SelectionContext,
+                     plugin_choice: dict[str, str] | None = None) -> list[str]:
+    """Names of the available components of `kind` that can serve `ctx` (best first)."""
+    able = []
+    for name in sorted({i.name for i in registry.of_kind(kind)},
+                       key=lambda n: -max(i.priority for i in registry.candidates(kind, n))):
+        infos = registry.candidates(kind, name)
+        info = infos[0] if len(infos) == 1 else _resolve_conflict(kind, name, infos, plugin_choice or {})
+        if info.availability().ok and not info.cls.incompatibilities(ctx):
+            able.append(name)
+    return able
+
+
+def _moe_choice(registry: Registry, settings, ctx: SelectionContext, plugin_choice: dict[str, str]) -> Choice:
+    """The MoE dispatcher: matched against what the model's expert layers need (ctx.moe_features);
+    a model with expert layers must get one."""
+    if ctx.moe_features is None:
+        return choose(registry, "moe", settings.moe_backend, ctx, plugin_choice)
+    need = replace(ctx, required_features=ctx.moe_features)
+    choice = choose(registry, "moe", settings.moe_backend, need, plugin_choice)
+    if choice.info is None:
+        able = compatible_names(registry, "moe", need, plugin_choice)
+        raise SelectionError(f"model {list(ctx.architectures)} has expert layers and needs an MoE dispatcher "
+                             f"(moe_backend='{settings.moe_backend}': {choice.reason}); dispatchers that can run it: "
+                             + (", ".join(able) or "none"))
+    return choice
 
 
 def choose_model(registry: Registry, ctx: SelectionContext, plugin_choice: dict[str, str] | None = None) -> Choice:
@@ -126,9 +157,12 @@ def choose_all(registry: Registry, settings, ctx: SelectionContext) -> dict[str,
     plugin_choice = dict(settings.plugin_choice)
     out = {"model": choose_model(registry, ctx, plugin_choice)}
     # The model's required features are attention features (CausalLM.required_features): only
-    # attention backends are matched against them.
+    # attention backends are matched against them; the MoE dispatcher against ctx.moe_features.
     plain = replace(ctx, required_features=frozenset())
     for kind, field in SETTING_FOR_KIND.items():
+        if kind == "moe":
+            out[kind] = _moe_choice(registry, settings, plain, plugin_choice)
+            continue
         out[kind] = choose(registry, kind, getattr(settings, field), ctx if kind == "attention" else plain, plugin_choice)
     for key, field in ATTENTION_MODES.items():
         if getattr(settings, field):
