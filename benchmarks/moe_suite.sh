@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# MoE and MLA benchmarks on one GPU (H100), by part; one command per part. Results: benchmarks/results/.
+# Usage on the device: bash .whl/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/moe_suite.sh PART...
+# Parts (expected runtime on an H100, a warm machine):
+#   tune      tune the triton MoE block configs for both model shapes (--quick; ~4 min each), written to
+#             plugins/moe/configs/ (copy them back into the repository) and benchmarks/results/tune-moe-*.json
+#   kernels   fused MoE layer vs torch_native vs a dense MLP of the same FLOPs, batch 1/64/256 (~2 min)
+#   mla       MLA decode bandwidth at batch 64, context 2048, 16 and 128 heads, vs the copy ceiling (~1 min)
+#   qwen3     Qwen3-30B-A3B shape, dummy bf16: batch-1 decode, then transformers' batch-1 generate in its own
+#             process, then offline 256 x (512 in, 256 out) with transformers' continuous batching first (~8 min)
+#   dsv2      DeepSeek-V2-Lite shape, dummy bf16: the same three steps (~6 min)
+# MOE_BACKEND / MLA_BACKEND pick the dispatcher and the attention backend of the model parts (default: auto).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUTDIR=benchmarks/results
+mkdir -p "$OUTDIR"
+STAMP=$(date -u +%Y%m%d-%H%M)
+PARTS=${*:-kernels mla}
+JF="python3 -c 'import sys; from jackfield.cli import main; sys.exit(main())'"
+QWEN=benchmarks/configs/qwen3-30b-a3b.json
+DSV2=benchmarks/configs/deepseek-v2-lite.json
+BACKENDS="--moe-backend ${MOE_BACKEND:-auto} --attention-backend ${MLA_BACKEND:-auto}"
+run() { echo "+ $*" >&2; eval "$@"; }
+has() { [[ " $PARTS " == *" $1 "* ]]; }
+
+if has tune; then
+  run python3 benchmarks/tune_fused_moe.py --quick --shape qwen3-30b-a3b --out "$OUTDIR/tune-moe-qwen3-$STAMP.json"
+  run python3 benchmarks/tune_fused_moe.py --quick --shape deepseek-v2-lite --out "$OUTDIR/tune-moe-dsv2-$STAMP.json"
+fi
+if has kernels; then
+  run python3 benchmarks/moe_kernels.py --out "$OUTDIR/moe-kernels-$STAMP.json"
+fi
+if has mla; then
+  run python3 benchmarks/mla_decode.py --out "$OUTDIR/mla-decode-$STAMP.json"
+fi
+if has qwen3; then
+  run $JF bench latency --model $QWEN --load-format dummy $BACKENDS --batch-size 1 --input-len 128 --output-len 256 \
+    --max-total-tokens 65536 --cuda-graph-max-bs 32 --output-file "$OUTDIR/latency-qwen3-30b-$STAMP.json" > /dev/null
+  run python3 benchmarks/hf_generate_peer.py --model $QWEN --batch-size 1 --input-len 128 --output-len 64 \
+    --out "$OUTDIR/hf-latency-qwen3-30b-$STAMP.json"
+  run $JF bench offline --model $QWEN --load-format dummy $BACKENDS --num-prompts 256 --input-len 512 --output-len 256 \
+    --max-running-requests 256 --cuda-graph-max-bs 256 --chunked-prefill-size 16384 --mem-fraction-static 0.9 \
+    --compare-transformers --output-file "$OUTDIR/offline-qwen3-30b-$STAMP.json" > /dev/null
+fi
+if has dsv2; then
+  run $JF bench latency --model $DSV2 --load-format dummy $BACKENDS --batch-size 1 --input-len 128 --output-len 256 \
+    --max-total-tokens 65536 --cuda-graph-max-bs 32 --output-file "$OUTDIR/latency-dsv2-lite-$STAMP.json" > /dev/null
+  run python3 benchmarks/hf_generate_peer.py --model $DSV2 --batch-size 1 --input-len 128 --output-len 64 \
+    --out "$OUTDIR/hf-latency-dsv2-lite-$STAMP.json"
+  run $JF bench offline --model $DSV2 --load-format dummy $BACKENDS --num-prompts 256 --input-len 512 --output-len 256 \
+    --max-running-requests 256 --cuda-graph-max-bs 256 --chunked-prefill-size 16384 --compare-transformers \
+    --output-file "$OUTDIR/offline-dsv2-lite-$STAMP.json" > /dev/null
+fi
+[ "${OUT:-}" != "" ] && [ "${OUT:-}" != "$OUTDIR" ] && tar czf "$OUT/moe-results-$STAMP.tgz" $OUTDIR/*-$STAMP.* plugins/moe/configs 2>/dev/null
+python3 benchmarks/summarize.py $OUTDIR/*-$STAMP.json 2>/dev/null || true
