@@ -91,6 +91,10 @@ class ModelRunner:
         graphs_ok = self.lora is None or self.lora.backend.supports_cuda_graph
         if self.lora is not None and not graphs_ok:
             log.info("decode CUDA graphs are off: LoRA backend '%s' does not support them", self.lora.backend.name)
+        moe = setup.choices.get("moe")
+        if cfg.num_experts and moe and moe.info and not moe.info.cls.supports_cuda_graph:
+            graphs_ok = False
+            log.info("decode CUDA graphs are off: MoE dispatcher '%s' does not support them", moe.info.cls.name)
         if self.device.type == "cuda" and not s.disable_cuda_graph and self.attn_backend.supports_cuda_graph and graphs_ok:
             from jackfield.cuda_graph import CudaGraphRunner
 

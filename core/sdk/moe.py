@@ -106,6 +106,9 @@ class MoEDispatcher(Component):
     kind: ClassVar[str] = "moe"
     weight_formats: ClassVar[tuple[str, ...]] = ("unquantized",)
     """`ExpertWeights.format` values this dispatcher runs."""
+    supports_cuda_graph: ClassVar[bool] = True
+    """Can `forward` be captured in a CUDA graph (no host reads of device values, buffer sizes a
+    function of the batch shape)? The model runner captures no decode graphs otherwise."""
 
     def __init__(self, config: MoEConfig):
         if config.activation != "silu":

@@ -18,6 +18,7 @@ class TorchNativeMoE(MoEDispatcher):
     priority = 10
     capabilities = Capabilities(devices=("cpu", "cuda"), features=frozenset({"silu"}))
     description = "Reference MoE: a loop over the experts in plain PyTorch"
+    supports_cuda_graph = False  # reads the per-expert token counts on the host
 
     def experts(self, hidden, topk_weights, topk_ids, weights):
         out = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)

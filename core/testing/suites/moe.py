@@ -168,6 +168,8 @@ def _needs_cuda(target: KitTarget) -> str | None:
     why = runs_on_device(target)
     if why:
         return why
+    if not target.cls.supports_cuda_graph:
+        return "declares no CUDA-graph support"
     return None if target.device == "cuda" else "CUDA-graph capture is checked on cuda only"
 
 
