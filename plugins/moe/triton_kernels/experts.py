@@ -9,7 +9,8 @@ Two forms, chosen per batch size by the tuned config (configs.py):
   summed last. Each expert's weights are read once per M-block.
 * "gemv" (small batches, where the pairs seldom share an expert): no sorting; GEMV 1 runs one
   program per (pair, N-block) and GEMV 2 one per (token, N-block of H), looping over the token's k
-  experts and summing in registers, so it writes the output directly.
+  experts and summing in registers, so it writes the output directly. `fused_moe_gemv` also fuses
+  the top-k routing into GEMV 1, so a batch-1 decode's whole MoE is two launches.
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
+from jackfield.sdk import RoutingConfig, pdl_kwargs
 from jackfield_plugins.moe.triton_kernels.align import moe_align_block_size
+from jackfield_plugins.moe.triton_kernels.routing import routing_constants, topk_row
 
 
 @triton.jit
@@ -106,12 +109,28 @@ def _gemm2_kernel(Inter, W2, Out, SortedIds, ExpertIds, NumPadded, TopkWeights, 
 
 
 @triton.jit
-def _gemv1_kernel(X, W13, Inter, TopkIds, hidden, inter, stride_x, stride_we, stride_wn, stride_i,
-                  TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _gemv1_kernel(X, W13, Inter, TopkIds, TopkWeights, Logits, Bias, hidden, inter, stride_x, stride_we, stride_wn,
+                  stride_i, stride_l, num_experts, scaling,
+                  TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROUTE: tl.constexpr,
+                  BLOCK_E: tl.constexpr, SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, RENORM: tl.constexpr,
+                  GROUPS: tl.constexpr, TOPK_GROUPS: tl.constexpr, TOP2_SUM: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # programmatic dependent launch (jackfield.sdk.pdl_kwargs): read nothing before the wait
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     pair = tl.program_id(0)
     pid_n = tl.program_id(1)
-    expert = tl.load(TopkIds + pair).to(tl.int64)
     token = pair // TOP_K
+    if ROUTE:  # top-k of this token's router logits, recomputed by every program of the token (E values)
+        ids, weights = topk_row(Logits, Bias, token * stride_l, num_experts, scaling, TOP_K, BLOCK_E, SIGMOID,
+                                HAS_BIAS, RENORM, GROUPS, TOPK_GROUPS, TOP2_SUM)
+        mine = tl.arange(0, TOP_K) == pair % TOP_K
+        expert = tl.sum(tl.where(mine, ids, 0), 0)
+        if pid_n == 0:  # one program per pair hands the routing to GEMV 2
+            tl.store(TopkIds + pair, expert)
+            tl.store(TopkWeights + pair, tl.sum(tl.where(mine, weights, 0.0), 0))
+        expert = expert.to(tl.int64)
+    else:
+        expert = tl.load(TopkIds + pair).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < inter
     offs_k = tl.arange(0, BLOCK_K)
@@ -133,7 +152,10 @@ def _gemv1_kernel(X, W13, Inter, TopkIds, hidden, inter, stride_x, stride_we, st
 
 @triton.jit
 def _gemv2_kernel(Inter, W2, Out, TopkIds, TopkWeights, hidden, inter, stride_i, stride_we, stride_wn, stride_o,
-                  TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                  TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # programmatic dependent launch (jackfield.sdk.pdl_kwargs): read nothing before the wait
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     token = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -159,29 +181,62 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+NO_ROUTE = dict(BLOCK_E=16, SIGMOID=False, HAS_BIAS=False, RENORM=False, GROUPS=1, TOPK_GROUPS=1, TOP2_SUM=False)
+
+
+def _gemv(hidden, w13, w2, topk_weights, topk_ids, config, route=None) -> torch.Tensor:
+    """The GEMV form; with `route` = (router_logits, bias, routing constants, scaling), GEMV 1 computes
+    the top-k itself and fills topk_weights / topk_ids for GEMV 2."""
+    t, h = hidden.shape
+    inter, top_k = w13.shape[1] // 2, topk_ids.shape[1]
+    out = torch.empty_like(hidden)
+    cache = torch.empty(t * top_k, inter, dtype=hidden.dtype, device=hidden.device)
+    warps, stages = config.get("num_warps", 4), config.get("num_stages", 2)
+    bn, bk = config["BLOCK_N"], config["BLOCK_K"]
+    logits, bias, consts, scaling = route or (hidden, None, NO_ROUTE, 1.0)
+    _gemv1_kernel[(t * top_k, triton.cdiv(inter, bn))](
+        hidden, w13, cache, topk_ids, topk_weights, logits, bias if bias is not None else logits, h, inter,
+        hidden.stride(0), w13.stride(0), w13.stride(1), cache.stride(0), logits.stride(0), logits.shape[1], scaling,
+        TOP_K=top_k, BLOCK_N=bn, BLOCK_K=bk, ROUTE=route is not None, **consts, num_warps=warps, num_stages=stages,
+        **pdl_kwargs(hidden))
+    bn2, bk2 = config.get("BLOCK_N2", bn), config.get("BLOCK_K2", bk)
+    _gemv2_kernel[(t, triton.cdiv(h, bn2))](
+        cache, w2, out, topk_ids, topk_weights, h, inter, cache.stride(0), w2.stride(0), w2.stride(1),
+        out.stride(0), TOP_K=top_k, BLOCK_N=bn2, BLOCK_K=bk2, num_warps=warps, num_stages=stages,
+        **pdl_kwargs(hidden))
+    return out
+
+
+def fused_moe_gemv(hidden: torch.Tensor, router_logits: torch.Tensor, routing: RoutingConfig,
+                   correction_bias: torch.Tensor | None, w13: torch.Tensor, w2: torch.Tensor, config: dict) -> torch.Tensor:
+    """The whole MoE of a small batch in two launches, the top-k routing fused into GEMV 1 (the routing
+    must pass `fused_routing_supported`; config["path"] == "gemv")."""
+    t = hidden.shape[0]
+    if t == 0:
+        return torch.empty_like(hidden)
+    ids = torch.empty(t, routing.top_k, dtype=torch.int32, device=hidden.device)
+    weights = torch.empty(t, routing.top_k, dtype=torch.float32, device=hidden.device)
+    consts = {k: v for k, v in routing_constants(routing, router_logits.shape[1]).items() if k != "TOP_K"}
+    consts["HAS_BIAS"] = correction_bias is not None
+    return _gemv(hidden, w13, w2, weights, ids, config,
+                 route=(router_logits, correction_bias, consts, routing.scaling_factor))
+
+
 def fused_experts(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
                   topk_ids: torch.Tensor, config: dict) -> torch.Tensor:
     """hidden [T, H], w13 [E, 2I, H], w2 [E, H, I], topk_* [T, k] -> [T, H] in hidden's dtype.
     `config` is one entry of the tuned table (configs.py): {"path": "gemm" | "gemv", block sizes…}."""
     t, h = hidden.shape
+    if t == 0:
+        return torch.empty_like(hidden)
+    if config["path"] == "gemv":
+        return _gemv(hidden, w13, w2, topk_weights, topk_ids, config)
     e, two_i, _ = w13.shape
     inter, top_k = two_i // 2, topk_ids.shape[1]
     out = torch.empty_like(hidden)
-    if t == 0:
-        return out
     pairs = t * top_k
     cache = torch.empty(pairs, inter, dtype=hidden.dtype, device=hidden.device)
     warps, stages = config.get("num_warps", 4), config.get("num_stages", 2)
-    if config["path"] == "gemv":
-        bn, bk = config["BLOCK_N"], config["BLOCK_K"]
-        _gemv1_kernel[(pairs, triton.cdiv(inter, bn))](
-            hidden, w13, cache, topk_ids, h, inter, hidden.stride(0), w13.stride(0), w13.stride(1), cache.stride(0),
-            TOP_K=top_k, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
-        bn2, bk2 = config.get("BLOCK_N2", bn), config.get("BLOCK_K2", bk)
-        _gemv2_kernel[(t, triton.cdiv(h, bn2))](
-            cache, w2, out, topk_ids, topk_weights, h, inter, cache.stride(0), w2.stride(0), w2.stride(1),
-            out.stride(0), TOP_K=top_k, BLOCK_N=bn2, BLOCK_K=bk2, num_warps=warps, num_stages=stages)
-        return out
     bm, bn, bk, group_m = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"], config.get("GROUP_M", 1)
     sorted_ids, expert_ids, num_padded = moe_align_block_size(topk_ids, e, bm)
     max_m = expert_ids.shape[0]

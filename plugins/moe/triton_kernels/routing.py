@@ -11,18 +11,17 @@ import torch
 import triton
 import triton.language as tl
 
-from jackfield.sdk import RoutingConfig
+from jackfield.sdk import RoutingConfig, pdl_kwargs
 
 
 @triton.jit
-def _routing_kernel(Logits, Bias, Weights, Ids, stride_l, num_experts, scaling,
-                    TOP_K: tl.constexpr, BLOCK_E: tl.constexpr, SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    RENORM: tl.constexpr, GROUPS: tl.constexpr, TOPK_GROUPS: tl.constexpr,
-                    TOP2_SUM: tl.constexpr):
-    t = tl.program_id(0)
+def topk_row(Logits, Bias, row, num_experts, scaling, TOP_K: tl.constexpr, BLOCK_E: tl.constexpr,
+             SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, RENORM: tl.constexpr, GROUPS: tl.constexpr,
+             TOPK_GROUPS: tl.constexpr, TOP2_SUM: tl.constexpr):
+    """(ids [TOP_K] int32, weights [TOP_K] float32) of one token's logits row (pointer `Logits + row`)."""
     offs = tl.arange(0, BLOCK_E)
     valid = offs < num_experts
-    logits = tl.load(Logits + t * stride_l + offs, mask=valid, other=float("-inf")).to(tl.float32)
+    logits = tl.load(Logits + row + offs, mask=valid, other=float("-inf")).to(tl.float32)
     if SIGMOID:
         scores = tl.where(valid, 1.0 / (1.0 + tl.exp(-logits)), 0.0)
     else:
@@ -58,8 +57,30 @@ def _routing_kernel(Logits, Bias, Weights, Ids, stride_l, num_experts, scaling,
         choice = tl.where(offs == pick, float("-inf"), choice)
     if RENORM:
         weights = weights / (tl.sum(weights, 0) + 1e-20)
+    return ids, weights * scaling
+
+
+@triton.jit
+def _routing_kernel(Logits, Bias, Weights, Ids, stride_l, num_experts, scaling,
+                    TOP_K: tl.constexpr, BLOCK_E: tl.constexpr, SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    RENORM: tl.constexpr, GROUPS: tl.constexpr, TOPK_GROUPS: tl.constexpr,
+                    TOP2_SUM: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # programmatic dependent launch (jackfield.sdk.pdl_kwargs): read nothing before the wait
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
+    t = tl.program_id(0)
+    ids, weights = topk_row(Logits, Bias, t * stride_l, num_experts, scaling, TOP_K, BLOCK_E, SIGMOID, HAS_BIAS,
+                            RENORM, GROUPS, TOPK_GROUPS, TOP2_SUM)
+    k_offs = tl.arange(0, TOP_K)
     tl.store(Ids + t * TOP_K + k_offs, ids)
-    tl.store(Weights + t * TOP_K + k_offs, weights * scaling)
+    tl.store(Weights + t * TOP_K + k_offs, weights)
+
+
+def routing_constants(routing: RoutingConfig, num_experts: int) -> dict:
+    """The constexpr arguments of `topk_row` for one routing config."""
+    return dict(TOP_K=routing.top_k, BLOCK_E=triton.next_power_of_2(num_experts), SIGMOID=routing.scoring == "sigmoid",
+                RENORM=routing.renormalize, GROUPS=max(1, routing.num_groups), TOPK_GROUPS=routing.topk_groups,
+                TOP2_SUM=routing.group_scoring == "top2_sum")
 
 
 def fused_routing_supported(routing: RoutingConfig, num_experts: int) -> bool:
@@ -80,8 +101,6 @@ def fused_routing(router_logits: torch.Tensor, routing: RoutingConfig,
         return weights, ids
     _routing_kernel[(t,)](
         router_logits, correction_bias if correction_bias is not None else router_logits, weights, ids,
-        router_logits.stride(0), e, routing.scaling_factor,
-        TOP_K=routing.top_k, BLOCK_E=triton.next_power_of_2(e), SIGMOID=routing.scoring == "sigmoid",
-        HAS_BIAS=correction_bias is not None, RENORM=routing.renormalize, GROUPS=max(1, routing.num_groups),
-        TOPK_GROUPS=routing.topk_groups, TOP2_SUM=routing.group_scoring == "top2_sum", num_warps=1 if e <= 64 else 4)
+        router_logits.stride(0), e, routing.scaling_factor, HAS_BIAS=correction_bias is not None,
+        **routing_constants(routing, e), num_warps=1 if e <= 64 else 4, **pdl_kwargs(router_logits))
     return weights, ids
