@@ -1,6 +1,9 @@
 """DeepSeek-V2 (and V2-Lite): multi-head latent attention, softmax-routed experts (greedy or
 group-limited top-k) plus shared experts, dense MLPs in the first first_k_dense_replace layers, YaRN
-rope. The KV cache holds one latent per token and layer."""
+rope. The KV cache holds one latent per token and layer. Checkpoint layers past num_hidden_layers
+(DeepSeek-V3's multi-token-prediction layer 61) are skipped."""
+import re
+
 from jackfield.sdk import DecoderCausalLM, KVLayout, RoutingConfig, hookimpl
 from jackfield.sdk.layers import MLAAttention, SparseMoE, expert_config
 
@@ -28,6 +31,10 @@ class DeepseekV2ForCausalLM(DecoderCausalLM):
                              num_groups=moe.num_groups if grouped else 1, topk_groups=moe.topk_groups if grouped else 1,
                              scaling_factor=moe.routed_scaling_factor)
 
+    def load_weights(self, weights):
+        n = self.config.num_layers
+        super().load_weights((name, tensor) for name, tensor in weights if not _past_last_layer(name, n))
+
     def layer_parts(self, config, ctx, layer_id, prefix, rotary):
         attn = MLAAttention(config, layer_id, ctx, f"{prefix}.self_attn", rotary)
         moe = config.moe
@@ -35,6 +42,14 @@ class DeepseekV2ForCausalLM(DecoderCausalLM):
             return attn, None
         return attn, SparseMoE(expert_config(config, self.routing(config)), ctx, f"{prefix}.mlp",
                                moe.shared_intermediate_size, shared_name="shared_experts")
+
+
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+
+
+def _past_last_layer(name: str, num_layers: int) -> bool:
+    found = _LAYER.match(name)
+    return found is not None and int(found.group(1)) >= num_layers
 
 
 @hookimpl

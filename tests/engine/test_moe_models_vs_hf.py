@@ -113,6 +113,22 @@ def test_moe_layers_follow_the_config(tiny):
     assert layers[1].mlp.gate.e_score_correction_bias.abs().sum() > 0
 
 
+def test_deepseek_skips_checkpoint_layers_past_the_last(tiny, tmp_path):
+    """DeepSeek-V3 checkpoints carry a multi-token-prediction layer (61) the model does not run."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    directory, hf = tiny("deepseek_v3")
+    shutil.copy(directory / "config.json", tmp_path / "config.json")
+    weights = load_file(str(directory / "model.safetensors"))
+    weights["model.layers.3.self_attn.kv_b_proj.weight"] = torch.zeros(4, 4)  # layer 3 of a 3-layer model
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    seq = prompts_for(3, (9,))[0]
+    logits = PagedDriver(build_runner(tmp_path)).extend([seq])[0]
+    check_against_hf(hf, list(logits), seq, "deepseek_v3 with an extra checkpoint layer")
+
+
 def test_routing_changes_with_the_correction_bias(tiny):
     """Guards the V3 case: the bias must steer the choice, so zeroing it changes the logits."""
     directory, hf = tiny("deepseek_v3")

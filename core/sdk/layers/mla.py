@@ -74,7 +74,7 @@ class MLAAttention(nn.Module):
                                 f"{prefix}.kv_b_proj")
         self.o_proj = Linear(heads * m.v_head_dim, (config.hidden_size,), ctx, f"{prefix}.o_proj",
                              bias=config.attention_bias)
-        self.rotary = rotary
+        self.rotary, self.dtype = rotary, ctx.dtype
         scale = mla_softmax_scale(config)
         self.info = AttentionLayerInfo(layer_id=layer_id, num_heads=heads, num_kv_heads=1, head_dim=self.kv_a_out,
                                        scaling=scale, v_head_dim=m.kv_lora_rank)
@@ -96,9 +96,10 @@ class MLAAttention(nn.Module):
             if bias is not None:
                 deinterleave_rows(bias[self.q_out:], m.kv_lora_rank, m.qk_rope_head_dim, self.kv_a_out)
         weight = self.kv_b_proj.weight
-        if not weight.is_floating_point() or weight.dim() != 2:
-            raise ValueError(f"MLA weight absorption needs kv_b_proj's weight as a plain floating-point matrix; "
-                             f"the quantization method stores it as {weight.dtype} {tuple(weight.shape)}")
+        if weight.dtype != self.dtype or weight.dim() != 2:
+            raise ValueError(f"MLA weight absorption needs kv_b_proj's weight as a plain {self.dtype} matrix; the "
+                             f"quantization method stores it as {weight.dtype} {tuple(weight.shape)} (leave kv_b_proj "
+                             "unquantized, or dequantize it in process_weights_after_loading)")
         kv_b = weight.view(self.num_heads, m.qk_nope_head_dim + m.v_head_dim, m.kv_lora_rank)
         self.w_kc = kv_b[:, :m.qk_nope_head_dim]                  # views: no second copy of kv_b_proj
         self.w_vc = kv_b[:, m.qk_nope_head_dim:].transpose(1, 2)
