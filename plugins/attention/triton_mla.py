@@ -9,10 +9,8 @@ counts and CUDA-graph scratch buffers are the `triton` backend's.
 """
 from __future__ import annotations
 
-import triton
-
 from jackfield.sdk import AttentionLayerInfo, Capabilities, ForwardBatch, hookimpl
-from jackfield_plugins.attention.triton import TritonAttnBackend, _DecodeMeta, _ExtendMeta
+from jackfield_plugins.attention.triton import TritonAttnBackend, _DecodeMeta, _ExtendMeta, cdiv
 
 
 class TritonMLABackend(TritonAttnBackend):
@@ -31,12 +29,15 @@ class TritonMLABackend(TritonAttnBackend):
         self.mla = triton_mla_kernels
 
     def programs_per_request(self) -> int:
-        return triton.cdiv(self.runtime.num_heads, self.mla.decode_block_h(self.runtime.num_heads))
+        return cdiv(self.runtime.num_heads, self.mla.decode_block_h(self.runtime.num_heads))
+
+    def _meta(self, kind: type, caller: str):
+        if not isinstance(self.meta, kind):
+            raise RuntimeError(f"{caller} called without its metadata (init_forward_metadata first)")
+        return self.meta
 
     def forward_decode(self, q, layer: AttentionLayerInfo, fb: ForwardBatch):
-        meta = self.meta
-        if not isinstance(meta, _DecodeMeta):
-            raise RuntimeError("forward_decode called without decode metadata (init_forward_metadata first)")
+        meta = self._meta(_DecodeMeta, "forward_decode")
         q3 = q.view(-1, layer.num_heads, layer.head_dim)
         out = q.new_empty(q3.shape[0], layer.num_heads, layer.v_dim)
         self.mla.mla_decode(q3, fb.kv_pool.k_buffer(layer.layer_id), out, fb.req_to_token, fb.req_pool_indices,
@@ -44,9 +45,7 @@ class TritonMLABackend(TritonAttnBackend):
         return out.view(q3.shape[0], -1)
 
     def forward_extend(self, q, layer: AttentionLayerInfo, fb: ForwardBatch):
-        meta = self.meta
-        if not isinstance(meta, _ExtendMeta):
-            raise RuntimeError("forward_extend called without extend metadata (init_forward_metadata first)")
+        meta = self._meta(_ExtendMeta, "forward_extend")
         q3 = q.view(-1, layer.num_heads, layer.head_dim)
         out = q.new_empty(q3.shape[0], layer.num_heads, layer.v_dim)
         self.mla.mla_extend(q3, fb.kv_pool.k_buffer(layer.layer_id), out, fb.req_to_token, fb.req_pool_indices,
@@ -54,9 +53,7 @@ class TritonMLABackend(TritonAttnBackend):
         return out.view(q3.shape[0], -1)
 
     def forward_ragged(self, q, k, v, layer: AttentionLayerInfo, fb: ForwardBatch):
-        meta = self.meta
-        if not isinstance(meta, _ExtendMeta):
-            raise RuntimeError("forward_ragged called without extend metadata (init_forward_metadata first)")
+        meta = self._meta(_ExtendMeta, "forward_ragged")
         h = layer.num_heads
         q3, k3, v3 = q.view(-1, h, layer.head_dim), k.view(-1, h, layer.head_dim), v.view(-1, h, layer.v_dim)
         out = q.new_empty(q3.shape[0], h, layer.v_dim)

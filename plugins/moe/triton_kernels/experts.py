@@ -29,20 +29,26 @@ def _silu_mul(gate, up):
 
 
 @triton.jit
+def _tile(NumPadded, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(M-block, N-block, rows in its group) of this program over the used M-blocks, GROUP_M M-blocks
+    at a time for L2 reuse of the activations; rows <= 0 marks a program past the used blocks."""
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(n_cols, BLOCK_N)
+    first_m = pid // (GROUP_M * num_n) * GROUP_M
+    rows = tl.minimum(tl.cdiv(tl.load(NumPadded), BLOCK_M) - first_m, GROUP_M)
+    in_group = pid % (GROUP_M * num_n)
+    safe = tl.maximum(rows, 1)
+    return first_m + in_group % safe, in_group // safe, rows
+
+
+@triton.jit
 def _gemm1_kernel(X, W13, Inter, SortedIds, ExpertIds, NumPadded, num_pairs, hidden, inter,
                   stride_x, stride_we, stride_wn, stride_i,
                   TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   GROUP_M: tl.constexpr, PRECISION: tl.constexpr):
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(tl.load(NumPadded), BLOCK_M)
-    num_n = tl.cdiv(inter, BLOCK_N)
-    group = pid // (GROUP_M * num_n)
-    first_m = group * GROUP_M
-    rows = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m, pid_n, rows = _tile(NumPadded, inter, BLOCK_M, BLOCK_N, GROUP_M)
     if rows <= 0:
         return
-    pid_m = first_m + (pid % (GROUP_M * num_n)) % rows
-    pid_n = (pid % (GROUP_M * num_n)) // rows
     expert = tl.load(ExpertIds + pid_m).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     pair = tl.load(SortedIds + offs_m)
@@ -75,16 +81,9 @@ def _gemm2_kernel(Inter, W2, Out, SortedIds, ExpertIds, NumPadded, TopkWeights, 
                   stride_i, stride_we, stride_wn, stride_o,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                   PRECISION: tl.constexpr):
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(tl.load(NumPadded), BLOCK_M)
-    num_n = tl.cdiv(hidden, BLOCK_N)
-    group = pid // (GROUP_M * num_n)
-    first_m = group * GROUP_M
-    rows = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m, pid_n, rows = _tile(NumPadded, hidden, BLOCK_M, BLOCK_N, GROUP_M)
     if rows <= 0:
         return
-    pid_m = first_m + (pid % (GROUP_M * num_n)) % rows
-    pid_n = (pid % (GROUP_M * num_n)) // rows
     expert = tl.load(ExpertIds + pid_m).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     pair = tl.load(SortedIds + offs_m)
