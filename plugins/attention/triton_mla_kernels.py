@@ -36,10 +36,10 @@ def _latent_kernel(
     if PDL:  # programmatic dependent launch (jackfield.sdk.pdl_kwargs): read nothing before the wait
         tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
-    b = tl.program_id(0)
+    b = tl.program_id(1)  # axis 0 takes the (token block, head block) pairs: it has no 65535 limit
     head_blocks = tl.cdiv(num_heads, BLOCK_H)
-    hb = tl.program_id(1) % head_blocks
-    tb = tl.program_id(1) // head_blocks
+    hb = tl.program_id(0) % head_blocks
+    tb = tl.program_id(0) // head_blocks
     s = tl.program_id(2)
     seq_len = tl.load(SeqLens + b)
     if DECODE:
@@ -165,7 +165,7 @@ def _latent_launch(q, kv, out, mid_o, mid_lse, req_to_token, req_pool_indices, s
     direct = num_splits == 1
     heads_per = triton.cdiv(num_heads, block_h)
     dummy = seq_lens
-    _latent_kernel[(req_pool_indices.shape[0], heads_per * grid_t, num_splits)](
+    _latent_kernel[(heads_per * grid_t, req_pool_indices.shape[0], num_splits)](
         q, kv, out, mid_o if not direct else out, mid_lse if not direct else seq_lens, req_to_token,
         req_pool_indices, seq_lens, dummy if decode else extend_start, dummy if decode else extend_lens,
         q.stride(0), q.stride(1), kv.stride(0), out.stride(0), out.stride(1), req_to_token.stride(0),
