@@ -129,12 +129,15 @@ def _moe_choice(registry: Registry, settings, ctx: SelectionContext, plugin_choi
     if ctx.moe_features is None:
         return choose(registry, "moe", settings.moe_backend, ctx, plugin_choice)
     need = replace(ctx, required_features=ctx.moe_features)
-    choice = choose(registry, "moe", settings.moe_backend, need, plugin_choice)
+    what = f"model {list(ctx.architectures)} has expert layers ({', '.join(sorted(ctx.moe_features))} experts)"
+    try:
+        choice = choose(registry, "moe", settings.moe_backend, need, plugin_choice)
+    except SelectionError as exc:
+        raise SelectionError(f"{what}: {exc}") from None
     if choice.info is None:
         able = compatible_names(registry, "moe", need, plugin_choice)
-        raise SelectionError(f"model {list(ctx.architectures)} has expert layers and needs an MoE dispatcher "
-                             f"(moe_backend='{settings.moe_backend}': {choice.reason}); dispatchers that can run it: "
-                             + (", ".join(able) or "none"))
+        raise SelectionError(f"{what} and needs an MoE dispatcher (moe_backend='{settings.moe_backend}': "
+                             f"{choice.reason}); dispatchers that can run it: " + (", ".join(able) or "none"))
     return choice
 
 

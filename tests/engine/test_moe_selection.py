@@ -53,7 +53,7 @@ def test_per_head_model_with_a_latent_backend_is_a_startup_error(dirs):
 def test_moe_model_without_a_dispatcher_is_a_startup_error(dirs):
     with pytest.raises(SelectionError) as err:
         setup(dirs["qwen3_moe"], moe_backend="none")
-    assert "has expert layers and needs an MoE dispatcher" in str(err.value)
+    assert "has expert layers (silu experts) and needs an MoE dispatcher" in str(err.value)
     assert "dispatchers that can run it: torch_native" in str(err.value)
     with pytest.raises(SelectionError, match="no moe component named 'nonesuch'"):
         setup(dirs["qwen3_moe"], moe_backend="nonesuch")
@@ -65,7 +65,10 @@ def test_moe_dispatcher_that_cannot_run_the_model_names_the_ones_that_can(dirs, 
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "hidden_act": "gelu"}))
     with pytest.raises(SelectionError) as err:
         setup(tmp_path, moe_backend="torch_native")
-    assert "lacks required feature(s): gelu" in str(err.value) and "no registered moe component can" in str(err.value)
+    msg = str(err.value)
+    assert msg.startswith("model ['Qwen3MoeForCausalLM'] has expert layers (gelu experts): moe component "
+                          "'torch_native' cannot serve this model: lacks required feature(s): gelu"), msg
+    assert "no registered moe component can" in msg
 
 
 def test_kv_capacity_follows_the_latent_layout(dirs):
