@@ -43,7 +43,7 @@ def default_config(tokens: int, num_experts: int, top_k: int) -> dict:
     tiles sized by the average pairs per expert."""
     pairs = tokens * top_k
     if pairs <= 32:
-        return {"path": "gemv", "BLOCK_N": 32, "BLOCK_K": 256, "BLOCK_N2": 16, "BLOCK_K2": 256,
+        return {"path": "gemv", "BLOCK_N": 16, "BLOCK_K": 256, "BLOCK_N2": 16, "BLOCK_K2": 256,
                 "num_warps": 4, "num_stages": 2}
     per_expert = pairs / num_experts
     if per_expert <= 16:
