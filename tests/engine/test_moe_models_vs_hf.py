@@ -82,8 +82,10 @@ def test_extend_over_a_cached_prefix(tiny, name):
     check_against_hf(hf, rows1, seq1, f"{name} fresh prompt beside it")
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_engine_greedy_and_radix_cache_equal_transformers(tiny, name):
+@pytest.mark.parametrize("name, overlap", [(n, False) for n in NAMES] + [("deepseek_v3", True)])
+def test_engine_greedy_and_radix_cache_equal_transformers(tiny, name, overlap):
+    """Chunks of 16 tokens (prompts span chunks and mix with decodes), page size 4, the radix cache;
+    one MLA case also runs the overlap scheduler (off by default on CPU)."""
     from jackfield.engine import Engine
 
     directory, hf = tiny(name)
@@ -91,7 +93,7 @@ def test_engine_greedy_and_radix_cache_equal_transformers(tiny, name):
     longer = [p + prompts_for(MOE[name].seed + 70, (6,))[0] for p in prompts]  # share each prompt as a prefix
     params = {"temperature": 0, "max_new_tokens": STEPS}
     with Engine(model=str(directory), device="cpu", dtype="float32", kv_cache_bytes=1 << 20, page_size=4,
-                chunked_prefill_size=16, max_running_requests=4) as engine:
+                chunked_prefill_size=16, max_running_requests=4, disable_overlap_schedule=not overlap) as engine:
         first = within(120, engine.generate, prompts, params)
         second = within(120, engine.generate, longer, params)
     for what, batch, outs in (("batch", prompts, first), ("radix", longer, second)):
