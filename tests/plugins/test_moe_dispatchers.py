@@ -28,3 +28,24 @@ def test_reference_routing_by_hand():
                        correction_bias=True, renormalize=False, scaling_factor=2.0)
     weights, ids = route(logits, v3, bias)
     assert ids.tolist() == [[1]] and torch.allclose(weights, 2.0 * torch.sigmoid(torch.tensor([[1.0]])))
+
+
+def test_tuned_configs_are_read_per_shape_and_nearest_batch(tmp_path, monkeypatch):
+    import json
+
+    import pytest
+
+    pytest.importorskip("triton")
+    from jackfield_plugins.moe.triton_kernels import configs
+
+    name = configs.config_file_name(8, 64, 32, "cpu")
+    (tmp_path / name).write_text(json.dumps({"1": {"path": "gemv", "BLOCK_N": 8}, "64": {"path": "gemm", "BLOCK_M": 16}}))
+    monkeypatch.setenv("JACKFIELD_MOE_CONFIG_DIR", str(tmp_path))
+    configs.load_table.cache_clear()
+    try:
+        pick = lambda tokens: configs.pick_config(tokens, 8, 64, 32, 2, torch.device("cpu"))  # noqa: E731
+        assert pick(1) == {"path": "gemv", "BLOCK_N": 8}
+        assert pick(20) == {"path": "gemv", "BLOCK_N": 8} and pick(50)["path"] == "gemm"
+        assert configs.pick_config(4, 16, 64, 32, 2, torch.device("cpu")) == configs.default_config(4, 16, 2)
+    finally:
+        configs.load_table.cache_clear()

@@ -20,7 +20,12 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 def device_name(device: torch.device) -> str:
     if device.type != "cuda":
         return "cpu"
-    return torch.cuda.get_device_name(device).replace(" ", "_")
+    return _cuda_name(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _cuda_name(index: int) -> str:
+    return torch.cuda.get_device_name(index).replace(" ", "_")
 
 
 def config_file_name(num_experts: int, hidden: int, inter: int, device: str) -> str:
