@@ -25,6 +25,7 @@ import math
 import torch
 from torch import nn
 
+from jackfield.kernels import fused_available
 from jackfield.sdk.attention import AttentionLayerInfo
 from jackfield.sdk.forward_batch import ForwardBatch, ForwardMode
 from jackfield.sdk.layers.linear import Linear
@@ -116,29 +117,46 @@ class MLAAttention(nn.Module):
         if m.q_lora_rank:
             q = self.q_b_proj(self.q_a_layernorm(q.contiguous()))
         q_nope, q_pe = q.view(t, heads, m.qk_head_dim).split([m.qk_nope_head_dim, m.qk_rope_head_dim], dim=-1)
-        latent = torch.empty(t, self.kv_a_out, dtype=qkv_a.dtype, device=qkv_a.device)
-        latent[:, :m.kv_lora_rank] = self.kv_a_layernorm(kv_a[:, :m.kv_lora_rank].contiguous())
-        k_pe = latent[:, m.kv_lora_rank:]
-        k_pe.copy_(kv_a[:, m.kv_lora_rank:])
-        q_pe, rotated = self.rotary(positions, q_pe.reshape(t, heads * m.qk_rope_head_dim), k_pe)
-        if rotated.data_ptr() != k_pe.data_ptr():  # the torch path returns new tensors
-            k_pe.copy_(rotated)
-        q_pe = q_pe.view(t, heads, m.qk_rope_head_dim)
         backend = fb.attn_backend
+        q_full = torch.empty(t, heads, self.kv_a_out, dtype=q.dtype, device=q.device)  # [q_lat | q_pe] per head
+        latent = torch.empty(t, self.kv_a_out, dtype=qkv_a.dtype, device=qkv_a.device)
+        stored = self._prepare(positions, kv_a, q_pe, q_full, latent, fb, store=backend.kv_stored_by_pool)
+        q_pe = q_full[..., m.kv_lora_rank:]
         if (backend.supports_ragged_prefill and fb.mode == ForwardMode.EXTEND and fb.extend_prefix_lens_cpu
                 and not any(fb.extend_prefix_lens_cpu)):
-            return self._attend_expanded(q_nope, q_pe, latent, fb)
-        q_full = torch.empty(t, heads, self.kv_a_out, dtype=q.dtype, device=q.device)
+            return self._attend_expanded(q_nope, q_pe, latent, fb, stored)
         q_full[..., :m.kv_lora_rank] = torch.bmm(q_nope.transpose(0, 1), self.w_kc).transpose(0, 1)
-        q_full[..., m.kv_lora_rank:] = q_pe
-        out = backend.forward(q_full.view(t, -1), latent, None, self.info, fb)
+        out = backend.forward(q_full.view(t, -1), latent, None, self.info, fb, save_kv=not stored)
         v = torch.bmm(out.view(t, heads, m.kv_lora_rank).transpose(0, 1), self.w_vc)  # [H, T, v]
         return self.o_proj(v.transpose(0, 1).reshape(t, heads * m.v_head_dim))
 
+    def _prepare(self, positions, kv_a, q_pe, q_full, latent, fb: ForwardBatch, store: bool) -> bool:
+        """latent = [norm(c_kv) | rope(k_pe)], q_full[..., kv_lora:] = rope(q_pe); on CUDA in one
+        kernel that also stores the latent in the pool (when `store`). Returns whether it stored."""
+        m = self.mla
+        if fused_available(kv_a) and self.rotary.rotary_dim == m.qk_rope_head_dim:
+            from jackfield.kernels.mla_prepare import mla_prepare
+
+            cache = fb.kv_pool.k_buffer(self.info.layer_id) if store else None
+            mla_prepare(positions, kv_a, self.kv_a_layernorm.weight, self.kv_a_layernorm.eps, q_pe,
+                        self.rotary.cos_sin_cache, q_full, latent, fb.out_cache_loc,
+                        None if cache is None else cache.view(cache.shape[0], -1))
+            return store
+        t, heads = kv_a.shape[0], self.num_heads
+        latent[:, :m.kv_lora_rank] = self.kv_a_layernorm(kv_a[:, :m.kv_lora_rank].contiguous())
+        k_pe = latent[:, m.kv_lora_rank:]
+        k_pe.copy_(kv_a[:, m.kv_lora_rank:])
+        rot_q, rot_k = self.rotary(positions, q_pe.reshape(t, heads * m.qk_rope_head_dim), k_pe)
+        if rot_k.data_ptr() != k_pe.data_ptr():  # the torch path returns new tensors
+            k_pe.copy_(rot_k)
+        q_full[..., m.kv_lora_rank:] = rot_q.view(t, heads, m.qk_rope_head_dim)
+        return False
+
     def _attend_expanded(self, q_nope: torch.Tensor, q_pe: torch.Tensor, latent: torch.Tensor,
-                         fb: ForwardBatch) -> torch.Tensor:
+                         fb: ForwardBatch, stored: bool) -> torch.Tensor:
         m, heads, t = self.mla, self.num_heads, latent.shape[0]
-        fb.kv_pool.set_kv(self.info.layer_id, fb.out_cache_loc, latent, None)
+        if not stored:
+            fb.kv_pool.set_kv(self.info.layer_id, fb.out_cache_loc, latent, None)
         kv = self.kv_b_proj(latent[:, :m.kv_lora_rank]).view(t, heads, m.qk_nope_head_dim + m.v_head_dim)
         k_nope, v = kv.split([m.qk_nope_head_dim, m.v_head_dim], dim=-1)
         k = torch.empty(t, heads, m.qk_head_dim, dtype=latent.dtype, device=latent.device)
