@@ -68,6 +68,13 @@ def _failed_hint(registry: Registry) -> str:
     return "; plugins not loaded: " + "; ".join(f"{p.name} ({p.distribution}) {p.status}: {p.error}" for p in failed)
 
 
+def _by_priority(registry: Registry, kind: str) -> list[str]:
+    """Component names of `kind`, best priority first; equal priorities by name (a set's order would
+    differ from run to run)."""
+    return sorted(sorted({i.name for i in registry.of_kind(kind)}),
+                  key=lambda n: -max(i.priority for i in registry.candidates(kind, n)))
+
+
 def choose(registry: Registry, kind: str, requested: str | None, ctx: SelectionContext,
            plugin_choice: dict[str, str] | None = None) -> Choice:
     """Pick the component of `kind`: the one named, or with `auto` the best compatible one."""
@@ -92,7 +99,7 @@ def choose(registry: Registry, kind: str, requested: str | None, ctx: SelectionC
                                     f"no registered {kind} component can"))
         return Choice(kind, requested, info, "selected by configuration")
     skipped = []
-    names = sorted({i.name for i in registry.of_kind(kind)}, key=lambda n: -max(i.priority for i in registry.candidates(kind, n)))
+    names = _by_priority(registry, kind)
     for name in names:
         info = _resolve_conflict(kind, name, registry.candidates(kind, name), plugin_choice)
         avail = info.availability()
@@ -114,8 +121,7 @@ def compatible_names(registry: Registry, kind: str, ctx: SelectionContext,
                      plugin_choice: dict[str, str] | None = None) -> list[str]:
     """Names of the available components of `kind` that can serve `ctx` (best first)."""
     able = []
-    for name in sorted({i.name for i in registry.of_kind(kind)},
-                       key=lambda n: -max(i.priority for i in registry.candidates(kind, n))):
+    for name in _by_priority(registry, kind):
         infos = registry.candidates(kind, name)
         info = infos[0] if len(infos) == 1 else _resolve_conflict(kind, name, infos, plugin_choice or {})
         if info.availability().ok and not info.cls.incompatibilities(ctx):
