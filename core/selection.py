@@ -122,8 +122,10 @@ def compatible_names(registry: Registry, kind: str, ctx: SelectionContext,
     """Names of the available components of `kind` that can serve `ctx` (best first)."""
     able = []
     for name in _by_priority(registry, kind):
-        infos = registry.candidates(kind, name)
-        info = infos[0] if len(infos) == 1 else _resolve_conflict(kind, name, infos, plugin_choice or {})
+        try:
+            info = _resolve_conflict(kind, name, registry.candidates(kind, name), plugin_choice or {})
+        except SelectionError:  # provided twice and not settled by plugin_choice
+            continue
         if info.availability().ok and not info.cls.incompatibilities(ctx):
             able.append(name)
     return able
