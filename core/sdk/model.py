@@ -7,7 +7,9 @@ Hugging Face naming; `stacked_params` declares which checkpoint tensors are fuse
 parameter (q/k/v -> qkv_proj, gate/up -> gate_up_proj), the way nano-vllm's
 `packed_modules_mapping` does, and `expert_params` how one expert's tensors
 (`….experts.<e>.<proj>.<suffix>`) land in the layer's stacked expert parameters
-(`….experts.w13_<suffix>` / `w2_<suffix>`, see jackfield.sdk.moe.ExpertMethod.load).
+(`….experts.w13_<suffix>` / `w2_<suffix>`, see jackfield.sdk.moe.ExpertMethod.load); transformers'
+in-memory layout, every expert in one tensor (`….experts.gate_up_proj` [E, 2I, H],
+`….experts.down_proj` [E, H, I]), loads whole.
 `checkpoint_renames` rewrites checkpoint names first (Mixtral's `block_sparse_moe` is our `mlp`).
 The model also declares its KV layout (`kv_layout`) and what its attention backend and MoE
 dispatcher must support (`required_features`, `moe_features`); selection matches them.
@@ -98,6 +100,10 @@ class CausalLM(nn.Module, Component):
         """(parameter name, shard id) a checkpoint tensor loads into."""
         for old, new in self.checkpoint_renames:
             name = name.replace(old, new)
+        stacked = _STACKED_EXPERTS.match(name)  # transformers' in-memory layout: every expert in one tensor
+        if stacked:
+            head, proj, suffix = stacked.groups()
+            return f"{head}.experts.{'w13' if proj == 'gate_up_proj' else 'w2'}_{suffix or 'weight'}", (None, None)
         expert = _EXPERT.match(name)
         if expert:
             head, index, proj, suffix = expert.groups()
@@ -166,3 +172,4 @@ class CausalLM(nn.Module, Component):
 
 
 _EXPERT = re.compile(r"^(.*)\.experts\.(\d+)\.(\w+)\.(\w+)$")
+_STACKED_EXPERTS = re.compile(r"^(.*)\.experts\.(gate_up_proj|down_proj)(?:_(\w+))?$")

@@ -154,18 +154,23 @@ class ExpertMethod:
         layer.w2_weight = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size, dtype=dtype,
                                                    device=device), requires_grad=False)
 
-    def load(self, layer: nn.Module, param_name: str, tensor: torch.Tensor, expert: int, shard: int) -> None:
+    def load(self, layer: nn.Module, param_name: str, tensor: torch.Tensor, expert: int | None,
+             shard: int | None) -> None:
         """Copy one expert's checkpoint tensor into `param_name`: shard 0 gate, 1 up (the two halves
-        of w13), 2 down (w2)."""
+        of w13), 2 down (w2). Expert None: the tensor holds every expert, stacked as the parameter."""
         param = getattr(layer, param_name)
-        if not 0 <= expert < param.shape[0]:
+        if expert is None:
+            target = param
+        elif not 0 <= expert < param.shape[0]:
             raise ValueError(f"expert {expert} out of range (the layer has {param.shape[0]})")
-        target = param[expert]
-        if shard in (0, 1):
+        else:
+            target = param[expert]
+        if expert is not None and shard in (0, 1):
             half = target.shape[0] // 2
             target = target[shard * half:(shard + 1) * half]
         if tensor.shape != target.shape:
-            raise ValueError(f"expert {expert} weight shape {tuple(tensor.shape)} does not fit {param_name} "
+            which = "stacked experts" if expert is None else f"expert {expert}"
+            raise ValueError(f"{which} weight shape {tuple(tensor.shape)} does not fit {param_name} "
                              f"(expects {tuple(target.shape)})")
         with torch.no_grad():
             target.copy_(tensor)

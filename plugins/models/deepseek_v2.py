@@ -4,6 +4,8 @@ rope. The KV cache holds one latent per token and layer. Checkpoint layers past 
 (DeepSeek-V3's multi-token-prediction layer 61) are skipped."""
 import re
 
+import torch
+
 from jackfield.sdk import DecoderCausalLM, KVLayout, RoutingConfig, hookimpl
 from jackfield.sdk.layers import MLAAttention, SparseMoE, expert_config
 
@@ -17,6 +19,14 @@ class DeepseekV2ForCausalLM(DecoderCausalLM):
         ("kv_a_proj_with_mqa", "fused_qkv_a_proj", 1),
         ("gate_proj", "gate_up_proj", 0), ("up_proj", "gate_up_proj", 1),
     )
+
+    @classmethod
+    def tiny_config(cls):
+        """The kit's tiny config, with what MLA needs on top of the shrunk sizes: transformers' rope
+        width is head_dim (= qk_rope_head_dim), every head has its own K/V, a top-k."""
+        config = super().tiny_config()
+        return {**config, "head_dim": config["qk_rope_head_dim"], "num_key_value_heads": config["num_attention_heads"],
+                "num_experts_per_tok": config.get("num_experts_per_tok") or 2}
 
     @classmethod
     def kv_layout(cls, config):
@@ -41,7 +51,7 @@ class DeepseekV2ForCausalLM(DecoderCausalLM):
         if not moe.is_sparse(layer_id):
             return attn, None
         return attn, SparseMoE(expert_config(config, self.routing(config)), ctx, f"{prefix}.mlp",
-                               moe.shared_intermediate_size, shared_name="shared_experts")
+                               moe.shared_intermediate_size, shared_name="shared_experts", router_dtype=torch.float32)
 
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")

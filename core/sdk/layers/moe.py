@@ -25,15 +25,15 @@ def expert_config(config: ModelConfig, routing: RoutingConfig) -> MoEConfig:
 
 
 class PlainLinear(nn.Module):
-    """y = x W^T with W [out, in] kept in the compute dtype (routers: never quantized)."""
+    """y = x W^T with W [out, in] never quantized, kept in `dtype` (the compute dtype by default)."""
 
-    def __init__(self, in_features: int, out_features: int, ctx: ModelBuildContext):
+    def __init__(self, in_features: int, out_features: int, ctx: ModelBuildContext, dtype: torch.dtype | None = None):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=ctx.dtype, device=ctx.device),
-                                   requires_grad=False)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype or ctx.dtype,
+                                               device=ctx.device), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+        return F.linear(x.to(self.weight.dtype), self.weight)
 
 
 class FusedExperts(nn.Module):
@@ -63,12 +63,14 @@ class FusedExperts(nn.Module):
 
 class SparseMoE(nn.Module):
     def __init__(self, config: MoEConfig, ctx: ModelBuildContext, prefix: str, shared_intermediate_size: int = 0,
-                 shared_name: str = "shared_experts", shared_gate: bool = False):
+                 shared_name: str = "shared_experts", shared_gate: bool = False, router_dtype: torch.dtype | None = None):
+        """`router_dtype`: the router's weight and logits dtype (default the compute dtype; DeepSeek
+        keeps its router in float32, as its checkpoints and transformers do)."""
         super().__init__()
         if ctx.moe is None:
             raise ValueError(f"{prefix} is an expert layer, but no MoE dispatcher was selected (moe_backend)")
         self.dispatcher: MoEDispatcher = ctx.moe(config)
-        self.gate = PlainLinear(config.hidden_size, config.num_experts, ctx)
+        self.gate = PlainLinear(config.hidden_size, config.num_experts, ctx, dtype=router_dtype)
         if config.routing.correction_bias:
             self.gate.e_score_correction_bias = nn.Parameter(
                 torch.zeros(config.num_experts, dtype=torch.float32, device=ctx.device), requires_grad=False)
