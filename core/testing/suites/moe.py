@@ -182,5 +182,5 @@ def checks(target: KitTarget) -> list[Check]:
         Check("experts no token chooses are never read (their weights are NaN)", _idle_experts, runs_on_device),
         Check("an empty batch gives an empty result", _empty, runs_on_device),
         Check("select_experts picks the reference's experts and weights", _select, runs_on_device),
-        Check("forward replays under a CUDA graph with new inputs", _cuda_graph, _needs_cuda),
+        Check("forward under CUDA-graph capture, replayed with new inputs", _cuda_graph, _needs_cuda),
     ]
