@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from jackfield.bench.common import provenance, replay_ms
+from jackfield.bench.common import copy_gbps, provenance, replay_ms
 from jackfield.sdk import AttentionLayerInfo, AttentionRuntime, ForwardBatch, ForwardMode, KVLayout, KVPool
 
 LORA, ROPE = 512, 64
@@ -59,14 +59,6 @@ def decode_setup(cls, heads: int, batch: int, context: int, page: int):
     backend.init_forward_metadata(fb)
     backend.forward_decode(q, layer, fb)  # learns the scale, plans (flashinfer_mla)
     return lambda: backend.forward_decode(q, layer, fb)
-
-
-def copy_gbps(nbytes: int) -> float:
-    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda")
-    dst = torch.empty_like(src)
-    src2, dst2 = torch.empty_like(src), torch.empty_like(src)
-    ms = replay_ms([lambda: dst.copy_(src), lambda: dst2.copy_(src2)])
-    return 2 * nbytes / ms / 1e6
 
 
 def main() -> None:

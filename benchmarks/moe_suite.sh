@@ -6,6 +6,8 @@
 #             plugins/moe/configs/ (copy them back into the repository) and benchmarks/results/tune-moe-*.json
 #   kernels   fused MoE layer vs torch_native vs a dense MLP of the same FLOPs, batch 1/64/256 (~2 min)
 #   mla       MLA decode bandwidth at batch 64, context 2048, 16 and 128 heads, vs the copy ceiling (~1 min)
+#   decode    Qwen3-30B-A3B shape (48 layers, 61 GB of dummy bf16), decode at batch 1 and 64 against the
+#             weight-bytes limit at the measured copy bandwidth (benchmarks/moe_decode_limit.py; ~2 min)
 #   qwen3     Qwen3-30B-A3B shape, dummy bf16: batch-1 decode (input 128, output 256), then offline
 #             256 x (512 in, 256 out) (~5 min: 61 GB of dummy weights, graph capture, two runs)
 #   qwen3-hf  transformers on the same shape, each in its own process: batch-1 generate (input 128, output
@@ -36,6 +38,10 @@ if has kernels; then
 fi
 if has mla; then
   run python3 benchmarks/mla_decode.py --out "$OUTDIR/mla-decode-$STAMP.json"
+fi
+if has decode; then
+  run python3 benchmarks/moe_decode_limit.py --model $QWEN --batch-size 1 64 $BACKENDS \
+    --out "$OUTDIR/moe-decode-limit-qwen3-$STAMP.json"
 fi
 model_runs() {  # $1: config, $2: tag, rest: extra engine flags of the offline run
   local cfg=$1 tag=$2; shift 2
