@@ -23,8 +23,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from model_harness import (ARCH_SPECS, SPECS, VOCAB, PagedDriver, build_runner, greedy_run, hf_logits, rel_err,
-                           save_tiny_model, within)
+from model_harness import (ARCH_SPECS, SPECS, VOCAB, PagedDriver, build_runner, checkpoint_cache, greedy_run, hf_logits,
+                           rel_err, save_tiny_model, within)
 
 TOL = 1e-4
 DECODE_STEPS = 20
@@ -36,15 +36,7 @@ NAMES = [s.name for s in ARCH_SPECS]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """name -> (checkpoint dir, transformers model); each built once per module, on first use."""
-    cache = {}
-
-    def get(name: str):
-        if name not in cache:
-            directory = tmp_path_factory.mktemp(name)
-            cache[name] = (directory, save_tiny_model(SPECS[name], directory))
-        return cache[name]
-
-    return get
+    return checkpoint_cache(tmp_path_factory, lambda name, directory: save_tiny_model(SPECS[name], directory))
 
 
 def prompts_for(seed: int, lens=PROMPT_LENS) -> list[list[int]]:

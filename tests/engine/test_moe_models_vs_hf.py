@@ -13,12 +13,18 @@ attention backend the selection picks (torch_native, or torch_native_mla for the
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from model_harness import PagedDriver, VOCAB, build_runner, greedy_run, hf_logits, rel_err, within
+from model_harness import PagedDriver, VOCAB, build_runner, checkpoint_cache, greedy_run, hf_logits, rel_err, within
 from moe_harness import MOE, MOE_SPECS, save_tiny_moe
 from test_models_vs_hf import assert_same_greedy, check_against_hf, hf_greedy, prompts_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scheduler"))
+from sched_harness import one_torch_thread  # noqa: E402,F401 (an autouse fixture)
 
 STEPS = 32
 NAMES = [s.name for s in MOE_SPECS]
@@ -27,23 +33,7 @@ MLA_NAMES = ["deepseek_v2", "deepseek_v3"]
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    cache = {}
-
-    def get(name: str):
-        if name not in cache:
-            directory = tmp_path_factory.mktemp(name)
-            cache[name] = (directory, save_tiny_moe(MOE[name], directory))
-        return cache[name]
-
-    return get
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    return checkpoint_cache(tmp_path_factory, lambda name, directory: save_tiny_moe(MOE[name], directory))
 
 
 @pytest.mark.parametrize("name", NAMES)
