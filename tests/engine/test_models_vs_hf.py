@@ -77,22 +77,28 @@ def test_chunked_prefill_over_a_cached_prefix(tiny, name, page_size):
     """A prompt computed as two extends (the second over a 7-token cached prefix, which is not
     page-aligned), next to a fresh prompt in the same batch, then decodes."""
     directory, hf = tiny(name)
-    runner = build_runner(directory, page_size=page_size)
-    driver = PagedDriver(runner)
-    long, other = prompts_for(99, (19, 9))
+    check_extend_over_a_cached_prefix(directory, hf, page_size, 99, 6, name)
+
+
+def check_extend_over_a_cached_prefix(directory, hf, page_size: int, seed: int, steps: int, name: str) -> None:
+    """Prompt 0 computed as two extends, the second over its first 7 tokens cached (not
+    page-aligned), beside a fresh prompt 1 in the same batch, then `steps` greedy decodes: every
+    position's logits against transformers'."""
+    driver = PagedDriver(build_runner(directory, page_size=page_size))
+    long, other = prompts_for(seed, (19, 9))
     first = driver.extend([long[:7]])
     second = driver.extend([long[7:], other], seqs=[0, None])  # sequence 0 continues, 1 is new
     rows0 = list(first[0]) + list(second[0])
     rows1 = list(second[1])
     seq0, seq1 = list(long), list(other)
-    for _ in range(6):
+    for _ in range(steps):
         nxt = [int(rows0[-1].argmax()), int(rows1[-1].argmax())]
         seq0.append(nxt[0])
         seq1.append(nxt[1])
         out = driver.decode(nxt)
         rows0.append(out[0])
         rows1.append(out[1])
-    check_against_hf(hf, rows0, seq0, f"{name} chunked prompt")
+    check_against_hf(hf, rows0, seq0, f"{name} prompt over a cached prefix")
     check_against_hf(hf, rows1, seq1, f"{name} fresh prompt beside it")
     driver.release()
 

@@ -21,7 +21,8 @@ import torch
 
 from model_harness import PagedDriver, VOCAB, build_runner, checkpoint_cache, greedy_run, hf_logits, rel_err, within
 from moe_harness import MOE, MOE_SPECS, save_tiny_moe
-from test_models_vs_hf import assert_same_greedy, check_against_hf, hf_greedy, prompts_for
+from test_models_vs_hf import (assert_same_greedy, check_against_hf, check_extend_over_a_cached_prefix, hf_greedy,
+                               prompts_for)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scheduler"))
 from sched_harness import one_torch_thread  # noqa: E402,F401 (an autouse fixture)
@@ -55,21 +56,7 @@ def test_paged_prefill_and_decode_match_transformers(tiny, name):
 @pytest.mark.parametrize("name", MLA_NAMES + ["qwen3_moe"])
 def test_extend_over_a_cached_prefix(tiny, name):
     directory, hf = tiny(name)
-    driver = PagedDriver(build_runner(directory, page_size=4))
-    long, other = prompts_for(77, (19, 9))
-    first = driver.extend([long[:7]])
-    second = driver.extend([long[7:], other], seqs=[0, None])
-    rows0, rows1 = list(first[0]) + list(second[0]), list(second[1])
-    seq0, seq1 = list(long), list(other)
-    for _ in range(4):
-        nxt = [int(rows0[-1].argmax()), int(rows1[-1].argmax())]
-        seq0.append(nxt[0])
-        seq1.append(nxt[1])
-        out = driver.decode(nxt)
-        rows0.append(out[0])
-        rows1.append(out[1])
-    check_against_hf(hf, rows0, seq0, f"{name} prompt over a cached prefix")
-    check_against_hf(hf, rows1, seq1, f"{name} fresh prompt beside it")
+    check_extend_over_a_cached_prefix(directory, hf, 4, 77, 4, name)
 
 
 @pytest.mark.parametrize("name, overlap", [(n, False) for n in NAMES] + [("deepseek_v3", True)])
