@@ -5,7 +5,7 @@ Each backend has its strong mode: on the H100, FlashInfer's sm90 prefill kernel 
 chunk of the 8B model's attention in 10.8 ms against 15.6 for the Triton extend kernel, while the
 Triton decode kernel reads a batch-256 step's KV 9% faster than FlashInfer's (on the offline
 benchmark the pair measured flat against Triton alone: docs/benchmarks.md). `HybridAttnBackend`
-routes every call by the batch's mode: extend and mixed forwards (and their metadata) go to the
+routes every call by the batch's mode: extend, mixed and speculative-verify forwards (and their metadata) go to the
 prefill backend, decode forwards, CUDA-graph capture and replay to the decode backend. Both read and
 write the same KV pool, so both must keep K/V as the pool stores them (`kv_stored_by_pool`).
 """
@@ -46,6 +46,9 @@ class HybridAttnBackend(AttentionBackend):
 
     def forward_decode(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
         return self.decode.forward_decode(q, layer, fb)
+
+    def forward_verify(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
+        return self.prefill.forward_verify(q, layer, fb)
 
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
         self.decode.init_cuda_graph_state(max_bs, max_num_tokens)

@@ -38,6 +38,11 @@ class Req:
         self.sent_len = 0
         self.logprobs: list[TokenLogprob] = []
         self.grammar = None  # the constraint's matcher (jackfield.sdk.Grammar) once compiled
+        # speculative decoding: verify steps, draft nodes proposed and accepted, tokens they emitted
+        self.spec_verify_ct = 0
+        self.spec_proposed = 0
+        self.spec_accepted = 0
+        self.spec_emitted = 0
 
     @property
     def all_ids(self) -> list[int]:

@@ -8,6 +8,11 @@ Life of a backend:
      `fb.out_cache_loc`, then attend. q is [num_tokens, num_heads*head_dim], k/v are
      [num_tokens, num_kv_heads*head_dim]; return [num_tokens, num_heads*head_dim].
 
+Speculative decoding adds a third mode, TARGET_VERIFY: like an extend, but each request's new
+tokens form a draft tree and attend under `fb.tree_mask` (jackfield.sdk.forward_batch). A backend
+that implements `forward_verify` lists the feature "spec_verify" in its capabilities; selection
+then matches it against engines that run a speculative decoder, and refuses the others by name.
+
 CUDA graphs (only when `supports_cuda_graph`): the runner calls `init_cuda_graph_state(max_bs,
 max_num_tokens)` once to let the backend allocate static buffers; then, for each captured batch
 size, `init_forward_metadata_capture(fb)` instead of `init_forward_metadata` while capturing, and
@@ -82,6 +87,8 @@ class AttentionBackend(Component):
             fb.kv_pool.set_kv(layer.layer_id, fb.out_cache_loc, k, v)
         if fb.mode.is_decode():
             return self.forward_decode(q, layer, fb)
+        if fb.mode.is_verify():
+            return self.forward_verify(q, layer, fb)
         return self.forward_extend(q, layer, fb)
 
     @abstractmethod
@@ -91,6 +98,12 @@ class AttentionBackend(Component):
     @abstractmethod
     def forward_decode(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
         """One new token per request attends to the request's whole KV."""
+
+    def forward_verify(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
+        """Draft-tree tokens attend to their request's cached prefix and to their tree ancestors
+        (`fb.tree_mask`). Only backends whose capabilities list "spec_verify" implement it."""
+        raise NotImplementedError(f"attention backend '{self.name}' does not implement the speculative verify "
+                                  "mode (its capabilities lack 'spec_verify')")
 
     # ---- CUDA graphs -----------------------------------------------------------------------------
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
