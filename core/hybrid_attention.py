@@ -28,7 +28,7 @@ class HybridAttnBackend(AttentionBackend):
                 raise SelectionError(f"attention backend '{b.name}' keeps K/V in its own layout; it cannot share "
                                      "the KV pool with another backend (set one attention backend for both modes)")
         self.prefill, self.decode = prefill, decode
-        self.supports_cuda_graph = decode.supports_cuda_graph  # only decode forwards are captured
+        self.supports_cuda_graph = decode.supports_cuda_graph  # decode graphs; verify graphs use the prefill backend
         self.supports_mixed = prefill.supports_mixed  # a mixed forward runs on the prefill backend
 
     def _for(self, fb: ForwardBatch) -> AttentionBackend:
@@ -52,12 +52,14 @@ class HybridAttnBackend(AttentionBackend):
 
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
         self.decode.init_cuda_graph_state(max_bs, max_num_tokens)
+        if self.prefill.supports_cuda_graph:  # speculative verify graphs run on the prefill backend
+            self.prefill.init_cuda_graph_state(max_bs, max_num_tokens)
 
     def init_forward_metadata_capture(self, fb: ForwardBatch) -> None:
-        self.decode.init_forward_metadata_capture(fb)
+        self._for(fb).init_forward_metadata_capture(fb)
 
     def init_forward_metadata_replay(self, fb: ForwardBatch) -> None:
-        self.decode.init_forward_metadata_replay(fb)
+        self._for(fb).init_forward_metadata_replay(fb)
 
     def cuda_graph_seq_len_fill_value(self) -> int:
         return self.decode.cuda_graph_seq_len_fill_value()

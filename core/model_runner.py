@@ -89,6 +89,7 @@ class ModelRunner:
         self.attn_backend = build_attention_backend(setup.choices, runtime)
         self.sampler = Sampler(cfg.vocab_size, self.max_running_requests + 1, self.device, seed=s.seed)
         self.capture_hidden = False  # speculative decoders that read hidden states (EAGLE) turn it on
+        self.verify_graphs = None    # jackfield.spec.verify_graph.VerifyGraphRunner, with a speculative decoder
         self.graph_runner = None
         graphs_ok = self.lora is None or self.lora.backend.supports_cuda_graph
         if self.lora is not None and not graphs_ok:
@@ -144,6 +145,8 @@ class ModelRunner:
         the concatenated inputs of those layers) are left in `fb.extras["spec_hidden"]`."""
         if self.graph_runner is not None and not self.capture_hidden and self.graph_runner.can_run(fb):
             return self.graph_runner.replay(fb)
+        if self.verify_graphs is not None and self.verify_graphs.can_run(fb):
+            return self.verify_graphs.replay(fb)
         self.attn_backend.init_forward_metadata(fb)
         if self.lora is not None:
             self.lora.prepare(fb)

@@ -64,6 +64,8 @@ class SpecController:
             return False
         if (s.waiting or s.chunked_req is not None) and self.last_was_spec:
             return False  # a prefill is waiting: it runs between two speculative steps
+        if not any(self.eligible(r) for r in s.running.reqs):
+            return False  # nobody may speculate: a plain decode step, overlapped as usual
         return self.policy.speculate(len(s.running))
 
     # ---- the step -----------------------------------------------------------------------------
@@ -80,6 +82,9 @@ class SpecController:
         reqs = list(batch.reqs)
         budgets = tuple(self.budget(r) for r in reqs)
         trees = self._propose(reqs, budgets)
+        graphs = s.runner.verify_graphs
+        if graphs is not None and len(reqs) <= graphs.max_bs:
+            trees = trees.padded(graphs.t)
         slots = self._alloc(reqs, trees)
         if slots is None:  # the pool is short: verify the roots alone (the reserve guarantees them)
             trees = VerifyTrees([t[:1] for t in trees.tokens], [p[:1] for p in trees.parents])
@@ -103,7 +108,7 @@ class SpecController:
         if self.decoder.needs_hidden_states:
             self._observe_paths(reqs, fb, paths, starts)
         logprobs = _logprob_rows(out)
-        emitted = self._append(reqs, trees, paths, picks, starts, logprobs)
+        emitted = self._append(reqs, trees, paths, picks, starts, logprobs, budgets)
         nxt = [pick[path[-1]] for pick, path in zip(picks, paths)]
         s.future_ids[batch.req_pool_indices] = to_device(nxt, torch.int64, s.device)
         batch.output_lens = batch.output_lens + to_device(emitted, torch.int64, s.device)
@@ -164,10 +169,13 @@ class SpecController:
         if rejected:
             s.runner.allocator.free(loc[to_device(rejected, torch.int64, s.device)])
 
-    def _append(self, reqs: list, trees: VerifyTrees, paths, picks, starts, logprobs) -> list[int]:
+    def _append(self, reqs: list, trees: VerifyTrees, paths, picks, starts, logprobs, budgets) -> list[int]:
+        """Append each request's accepted tokens and the target's pick after them; the speculation
+        counters count the requests that could speculate (budget > 0)."""
         s = self.sched
         emitted = []
-        for r, tree_tokens, path, pick, start, n in zip(reqs, trees.tokens, paths, picks, starts, trees.sizes):
+        for r, tree_tokens, path, pick, start, n, budget in zip(reqs, trees.tokens, paths, picks, starts,
+                                                                trees.real_sizes, budgets):
             tokens = [tree_tokens[node] for node in path[1:]] + [pick[path[-1]]]
             rows = [start + node for node in path]  # the row whose pick each emitted token is
             count = 0
@@ -177,6 +185,8 @@ class SpecController:
                 if r.finished:
                     break
             emitted.append(count)
+            if not budget:
+                continue
             r.spec_verify_ct += 1
             r.spec_proposed += n - 1
             r.spec_accepted += len(path) - 1

@@ -131,6 +131,12 @@ class SpeculativeDecoder(Component):
         """With needs_hidden_states: () for the target's final (normed) hidden state, else the
         target layers whose inputs are captured and concatenated (EAGLE-3's low/mid/high)."""
 
+    @classmethod
+    def kit_settings(cls, model_dir: str, workdir: str) -> dict:
+        """Settings this decoder needs to run on the conformance kit's tiny random target at
+        `model_dir` (e.g. a draft checkpoint written under `workdir`); {} when it needs none."""
+        return {}
+
     @abstractmethod
     def propose(self, spec_input: SpecInput) -> DraftProposal:
         """Draft nodes for every request of the step (at most max_drafts[i] for request i)."""

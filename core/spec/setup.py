@@ -16,6 +16,9 @@ from jackfield.selection import SelectionError, choose, choose_model
 from jackfield.spec.draft_runner import DraftRunner
 
 
+VERIFY_GRAPH_MAX_BS = 64  # past this, verify forwards are compute bound and run eagerly
+
+
 def decoder_class(setup) -> type[SpeculativeDecoder] | None:
     choice = setup.choices.get("speculative")
     return choice.info.cls if choice is not None and choice.info is not None else None
@@ -76,9 +79,9 @@ def draft_memory(settings) -> tuple[int, int]:
     return weights, 2 * config.num_layers * config.num_kv_heads * config.head_dim * dtype_bytes
 
 
-def build_decoder(setup, runner) -> SpeculativeDecoder | None:
-    """The chosen decoder, constructed with its SpecRuntime; None when speculation is off."""
-    cls = decoder_class(setup)
+def build_decoder(setup, runner, cls: type[SpeculativeDecoder] | None = None) -> SpeculativeDecoder | None:
+    """The chosen decoder (or `cls`), constructed with its SpecRuntime; None when speculation is off."""
+    cls = cls or decoder_class(setup)
     if cls is None:
         return None
     s = setup.settings
@@ -96,5 +99,15 @@ def build_decoder(setup, runner) -> SpeculativeDecoder | None:
     decoder = cls(runtime)
     if decoder.needs_hidden_states:
         runner.capture_hidden = True
-        runner.model.model.capture_layers = tuple(decoder.aux_hidden_layers)
+        if decoder.aux_hidden_layers:
+            inner = getattr(runner.model, "model", None)
+            if not hasattr(inner, "capture_layers"):
+                raise ValueError(f"speculative decoder '{cls.name}' reads target layers {decoder.aux_hidden_layers}, "
+                                 f"but {type(runner.model).__name__} cannot capture layer inputs")
+            inner.capture_layers = tuple(decoder.aux_hidden_layers)
+    if runner.graph_runner is not None and "cuda_graph_verify" in attention_class(setup).capabilities.features:
+        from jackfield.spec.verify_graph import VerifyGraphRunner
+
+        runner.verify_graphs = VerifyGraphRunner(runner, s.speculative_num_draft_tokens,
+                                                 min(s.cuda_graph_max_bs, VERIFY_GRAPH_MAX_BS))
     return decoder

@@ -8,10 +8,12 @@ instead of corrupting the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from jackfield.sdk.spec import DraftProposal
+if TYPE_CHECKING:  # jackfield.sdk imports this package (DraftRunner): no import cycle at run time
+    from jackfield.sdk.spec import DraftProposal
 
 
 class ProposalError(RuntimeError):
@@ -22,13 +24,24 @@ class ProposalError(RuntimeError):
 class VerifyTrees:
     tokens: list[list[int]]    # per request: [root, node 1, ...]
     parents: list[list[int]]   # per request: parent node of each node (-1 for the root)
+    real: list[int] | None = None  # per request: nodes before the padding (None: no padding)
 
     @property
     def sizes(self) -> list[int]:
         return [len(t) for t in self.tokens]
 
+    @property
+    def real_sizes(self) -> list[int]:
+        return self.real if self.real is not None else self.sizes
+
+    def padded(self, size: int) -> "VerifyTrees":
+        """Every tree grown to `size` nodes with padding children of the root, never accepted (so
+        a verify CUDA graph of fixed shape can run the batch)."""
+        return VerifyTrees([t + [t[0]] * (size - len(t)) for t in self.tokens],
+                           [p + [0] * (size - len(p)) for p in self.parents], self.real_sizes)
+
     @classmethod
-    def from_proposal(cls, roots: list[int], proposal: DraftProposal, max_drafts: tuple[int, ...],
+    def from_proposal(cls, roots: list[int], proposal: "DraftProposal", max_drafts: tuple[int, ...],
                       vocab_size: int, name: str = "decoder") -> "VerifyTrees":
         bs = len(roots)
         tok = proposal.tokens
@@ -92,9 +105,9 @@ class VerifyTrees:
         token at node j. Returns per request the path's nodes, root first (its length - 1 drafts
         were accepted; the target's pick at the last node is the extra token)."""
         paths = []
-        for tokens, par, pick in zip(self.tokens, self.parents, picks):
+        for tokens, par, pick, real in zip(self.tokens, self.parents, picks, self.real_sizes):
             children: dict[int, dict[int, int]] = {}
-            for j in range(1, len(par)):
+            for j in range(1, real):
                 children.setdefault(par[j], {}).setdefault(tokens[j], j)  # first of equal siblings
             path, node = [0], 0
             while True:

@@ -32,6 +32,10 @@ class DraftModelDecoder(SpeculativeDecoder):
                              f"the target has {target_vocab}: a draft model must share the target's vocabulary")
         self.runner = runtime.make_draft_runner(model, config)
 
+    @classmethod
+    def kit_settings(cls, model_dir: str, workdir: str) -> dict:
+        return {"speculative_draft_model_path": model_dir, "speculative_eagle_topk": 2, "speculative_num_steps": 3}
+
     def propose(self, spec_input: SpecInput) -> DraftProposal:
         active = [i for i, b in enumerate(spec_input.max_drafts) if b > 0]
         tokens = [[] for _ in range(len(spec_input))]

@@ -64,6 +64,13 @@ class EagleDecoder(SpeculativeDecoder):
         self.runner = runtime.make_draft_runner(self.head, self.head.config)
         self.features: dict[str, _Features] = {}
 
+    @classmethod
+    def kit_settings(cls, model_dir: str, workdir: str) -> dict:
+        from jackfield_plugins.spec.eagle_train import random_head
+
+        return {"speculative_draft_model_path": random_head(model_dir, f"{workdir}/eagle-head"),
+                "speculative_eagle_topk": 2, "speculative_num_steps": 3}
+
     def observe(self, states: TargetStates) -> None:
         off = 0
         for rid, start, n in zip(states.req_ids, states.starts, states.lengths):

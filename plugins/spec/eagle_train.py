@@ -54,7 +54,7 @@ def prompts(tokenizer, n: int, seed: int) -> list[list[int]]:
     rng = random.Random(seed)
     texts = [rng.choice(INSTRUCTIONS).format(rng.choice(TOPICS)) for _ in range(n)]
     if tokenizer is None:
-        return [[1 + (hash(t) + i) % 100 for i in range(8)] for t in texts]
+        return [[2 + (sum(map(ord, t)) * (i + 1)) % 100 for i in range(8)] for t in texts]
     out = []
     for text in texts:
         try:
@@ -97,6 +97,21 @@ def head_config(target_config) -> dict:
                               "low_freq_factor": rope.low_freq_factor, "high_freq_factor": rope.high_freq_factor,
                               "original_max_position_embeddings": rope.original_max_position_embeddings}
     return hf
+
+
+def random_head(model_dir: str, out: str, seed: int = 0) -> str:
+    """An untrained EAGLE-1/2 head for the target at `model_dir` (its config.json), written to `out`."""
+    import json
+
+    from jackfield.sdk import ModelConfig
+    from jackfield_plugins.spec.eagle_head import EagleHead
+    from jackfield_plugins.spec.eagle_load import save_head
+
+    target = ModelConfig.from_hf(json.loads((Path(model_dir) / "config.json").read_text()))
+    hf = head_config(target)
+    torch.manual_seed(seed)
+    save_head(EagleHead(ModelConfig.from_hf(hf), hf, target.hidden_size, 16), out)
+    return out
 
 
 def run(args) -> int:

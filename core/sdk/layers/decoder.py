@@ -67,7 +67,7 @@ class DecoderModel(nn.Module):
         hidden, residual = self.embed_tokens(input_ids), None
         aux = []
         for i, layer in enumerate(self.layers):
-            if i in self.capture_layers:
+            for _ in range(self.capture_layers.count(i)):
                 aux.append(hidden if residual is None else hidden + residual)
             hidden, residual = layer(positions, hidden, residual, fb)
         if aux:
