@@ -6,6 +6,7 @@
 # grammar: structured-output overhead and jump-forward (jackfield bench grammar).
 # lora: multi-LoRA GPU tests, 8B batch-1 decode with and without a rank-16 adapter; loraoffline: 8B offline
 # over 8 and 64 adapters and with more adapters than slots, against the base model (benchmarks/lora_bench.py).
+# spec: speculative decoding (GPU tests, verify cost on the 8B shape, ngram load sweep and a trained EAGLE head on SmolLM2).
 # Diagnostics: profile, pdl. Studies (benchmarks/studies/, results in benchmarks/studies/results/): gemv gemm tune probe.
 # A device call lasts at most 10 minutes: pass a few parts per call. Results: benchmarks/results/ and $OUT.
 set -uo pipefail
@@ -143,6 +144,23 @@ if has grammar; then  # structured outputs: the bitmask kernel's GPU test, then 
 fi
 if has serving; then
   bash benchmarks/gpu_serving.sh "$OUTDIR" "$STAMP"
+fi
+if has spec; then  # speculative decoding (about 9 min): GPU tests; one verify forward vs one decode step on the 8B
+  # shape; ngram on vs off at batch 1..128 and an EAGLE head trained here, on SmolLM2 (bf16)
+  gpu_pytest gpu-tests-spec tests/gpu/test_spec_gpu.py
+  run python3 benchmarks/spec_verify_cost.py --model $CFG8B --load-format dummy --attention-backend triton \
+    --batch-sizes 1,16 --draft-tokens 4,8,16 --max-total-tokens 65536 --out "$OUTDIR/spec-verify-cost-8b-$STAMP.json"
+  run $JF bench spec --speculative-algorithm ngram --attention-backend triton --workload rewrite \
+    --batch-sizes ${SPEC_BATCH_SIZES:-1,8,32,128} --output-len 256 --max-total-tokens 300000 \
+    --output-file "$OUTDIR/spec-ngram-smollm2-$STAMP.json" > /dev/null
+  EAGLE_HEAD="$OUT/eagle-smollm2-$STAMP"
+  run $JF spec train-eagle --out "$EAGLE_HEAD" --device cuda --samples 1024 --gen-batch 128 --max-new-tokens 256 \
+    --steps ${EAGLE_STEPS:-1200} --batch-seqs 32 --lr 1e-3
+  for wl in chat rewrite; do
+    run $JF bench spec --speculative-algorithm eagle --speculative-draft-model-path "$EAGLE_HEAD" --attention-backend triton \
+      --workload $wl --batch-sizes 1 --num-prompts 8 --output-len 256 \
+      --output-file "$OUTDIR/spec-eagle-smollm2-$wl-$STAMP.json" > /dev/null
+  done
 fi
 [ "$OUT" != "$OUTDIR" ] && tar czf "$OUT/results-$STAMP.tgz" $OUTDIR/*-$STAMP.* $STUDIES/*-$STAMP.* 2>/dev/null
 python3 benchmarks/summarize.py $OUTDIR/*-$STAMP.json

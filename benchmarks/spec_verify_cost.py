@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from jackfield.bench.common import provenance, replay_ms
+from jackfield.bench.common import graph_ms, provenance, replay_ms
 from jackfield.cli.settings_args import add_settings_arguments, cli_overrides
 from jackfield.config import load_settings
 from jackfield.mem.device_copy import to_device
@@ -41,20 +41,10 @@ def decode_ms(runner, rows: list[int], context: int, reps: int = 50) -> float:
         out_cache_loc=slots.view(bs, context + 1)[:, -1].contiguous(), req_to_token=table, kv_pool=runner.kv_pool,
         attn_backend=runner.attn_backend, seq_lens_cpu=(context + 1,) * bs)
     runner.graph_runner.replay(fb)
-    graph = runner.graph_runner.graphs[bs]
-    for _ in range(3):
-        graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(reps):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+    ms = graph_ms(runner.graph_runner.graphs[bs], reps)
     for row in rows:
         runner.allocator.free(table[row, :context + 1].long())
-    return sorted(times)[len(times) // 2]
+    return ms
 
 
 def verify_batch(runner, rows: list[int], context: int, n: int) -> ForwardBatch:

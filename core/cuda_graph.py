@@ -22,6 +22,20 @@ def capture_sizes(max_bs: int) -> list[int]:
     return sorted({s for s in sizes if s <= max_bs} | {max_bs})
 
 
+def capture(run, fb: ForwardBatch, pool, stream: torch.cuda.Stream):
+    """Two warm-up runs of `run(fb)` on `stream`, then its capture into a graph sharing `pool`;
+    returns (graph, its output, the pool). The caller has set the backend's capture metadata."""
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            run(fb)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool, stream=stream):
+        out = run(fb)
+    return graph, out, graph.pool()
+
+
 class CudaGraphRunner:
     def __init__(self, runner, max_bs: int, compile_model: bool = False):
         self.runner = runner
@@ -66,16 +80,7 @@ class CudaGraphRunner:
             self.runner.attn_backend.init_forward_metadata_capture(fb)
             if self.lora is not None:
                 self.lora.prepare_capture(bs)
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._run(fb)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool, stream=stream):
-                out = self._run(fb)
-            self.pool = graph.pool()
-            self.graphs[bs], self.outputs[bs] = graph, out
+            self.graphs[bs], self.outputs[bs], self.pool = capture(self._run, fb, self.pool, stream)
         log.info("captured decode CUDA graphs for batch sizes %s", self.sizes)
 
     def can_run(self, fb: ForwardBatch) -> bool:

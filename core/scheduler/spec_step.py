@@ -123,7 +123,7 @@ class SpecController:
         roots = [r.output_ids[-1] for r in reqs]
         if not any(budgets):
             return VerifyTrees([[t] for t in roots], [[-1] for _ in roots])
-        spec_input = SpecInput(tuple(r.rid for r in reqs), tuple(r.all_ids for r in reqs), budgets)
+        spec_input = SpecInput(tuple(r.rid for r in reqs), tuple(r.token_view() for r in reqs), budgets)
         proposal = self.decoder.propose(spec_input)
         return VerifyTrees.from_proposal(roots, proposal, budgets, s.vocab_size, self.decoder.name)
 

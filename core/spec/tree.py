@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from jackfield.mem.device_copy import to_device
+
 if TYPE_CHECKING:  # jackfield.sdk imports this package (DraftRunner): no import cycle at run time
     from jackfield.sdk.spec import DraftProposal
 
@@ -86,18 +88,26 @@ class VerifyTrees:
 
     def mask(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(tree_mask, tree_mask_indptr) of the verify ForwardBatch: node j sees its ancestors and itself."""
-        blocks, indptr = [], [0]
+        flat, indptr = [], [0]
         for par in self.parents:
             n = len(par)
-            m = torch.zeros(n, n, dtype=torch.bool)
+            rows: list[list[bool]] = []
             for j in range(n):
-                if par[j] >= 0:
-                    m[j] = m[par[j]]
-                m[j, j] = True
-            blocks.append(m.reshape(-1))
+                row = list(rows[par[j]]) if par[j] >= 0 else [False] * n
+                row[j] = True
+                rows.append(row)
+            for row in rows:
+                flat += row
             indptr.append(indptr[-1] + n * n)
-        mask = torch.cat(blocks) if blocks else torch.zeros(0, dtype=torch.bool)
-        return mask.to(device), torch.tensor(indptr, dtype=torch.int64).to(device)
+        return to_device(flat, torch.bool, device), to_device(indptr, torch.int64, device)
+
+    def children(self, i: int) -> dict[int, dict[int, int]]:
+        """Request i's real nodes by parent, then by token (the first of equal siblings)."""
+        kids: dict[int, dict[int, int]] = {}
+        tokens, par = self.tokens[i], self.parents[i]
+        for j in range(1, self.real_sizes[i]):
+            kids.setdefault(par[j], {}).setdefault(tokens[j], j)
+        return kids
 
     def accept(self, picks: list[list[int]]) -> list[list[int]]:
         """The accepted path of every request: starting at the root, move to the child whose token
@@ -105,16 +115,9 @@ class VerifyTrees:
         token at node j. Returns per request the path's nodes, root first (its length - 1 drafts
         were accepted; the target's pick at the last node is the extra token)."""
         paths = []
-        for tokens, par, pick, real in zip(self.tokens, self.parents, picks, self.real_sizes):
-            children: dict[int, dict[int, int]] = {}
-            for j in range(1, real):
-                children.setdefault(par[j], {}).setdefault(tokens[j], j)  # first of equal siblings
-            path, node = [0], 0
-            while True:
-                nxt = children.get(node, {}).get(pick[node])
-                if nxt is None:
-                    break
+        for i, pick in enumerate(picks):
+            kids, path = self.children(i), [0]
+            while (nxt := kids.get(path[-1], {}).get(pick[path[-1]])) is not None:
                 path.append(nxt)
-                node = nxt
             paths.append(path)
         return paths

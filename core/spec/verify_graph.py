@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import torch
 
+from jackfield.cuda_graph import capture
 from jackfield.sdk.forward_batch import ForwardBatch, ForwardMode
 
 log = logging.getLogger(__name__)
@@ -74,16 +75,7 @@ class VerifyGraphRunner:
         for bs in reversed(self.sizes):
             fb = self._batch(bs)
             backend.init_forward_metadata_capture(fb)
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._run(fb)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool, stream=stream):
-                out = self._run(fb)
-            self.pool = graph.pool()
-            self.graphs[bs], self.outputs[bs] = graph, out
+            self.graphs[bs], self.outputs[bs], self.pool = capture(self._run, fb, self.pool, stream)
         log.info("captured verify CUDA graphs (%d tokens per request) for batch sizes %s", self.t, self.sizes)
 
     def can_run(self, fb: ForwardBatch) -> bool:

@@ -54,7 +54,13 @@ class DraftModelDecoder(SpeculativeDecoder):
     def _search(self, spec_input: SpecInput, active: list[int]) -> list[TreeSearch | None]:
         rt, runner = self.runtime, self.runner
         rids = [spec_input.req_ids[i] for i in active]
-        news = [list(spec_input.token_ids[i][runner.committed(rid):]) for i, rid in zip(active, rids)]
+        news = []
+        for i, rid in zip(active, rids):
+            new = list(spec_input.token_ids[i][runner.committed(rid):])
+            if not new:  # it holds the root already (no step since its last proposal): start over
+                runner.start(rid)
+                new = list(spec_input.token_ids[i])
+            news.append(new)
         ends, n = [], 0
         for new in news:
             n += len(new)

@@ -38,15 +38,14 @@ class _Rope(nn.Module):
         self.rotary_dim = config.rope.rotary_dim
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, head_dim: int) -> torch.Tensor:
-        """x [T, heads * D] rotated (NeoX layout), out of place."""
-        t = x.shape[0]
-        x = x.view(t, -1, head_dim)
+        """x [..., heads * D] rotated (NeoX layout) at `positions` [...], out of place."""
+        shape = x.shape
+        x = x.view(*shape[:-1], -1, head_dim)
         rot, rest = x[..., :self.rotary_dim], x[..., self.rotary_dim:]
         a, b = rot.chunk(2, dim=-1)
-        cos = self.cos[positions].unsqueeze(1).to(x.dtype)
-        sin = self.sin[positions].unsqueeze(1).to(x.dtype)
-        out = torch.cat([a * cos - b * sin, b * cos + a * sin, rest], dim=-1)
-        return out.reshape(t, -1)
+        cos = self.cos[positions].unsqueeze(-2).to(x.dtype)
+        sin = self.sin[positions].unsqueeze(-2).to(x.dtype)
+        return torch.cat([a * cos - b * sin, b * cos + a * sin, rest], dim=-1).reshape(shape)
 
 
 class _Layer(nn.Module):
@@ -70,14 +69,16 @@ class _Layer(nn.Module):
         v = self.v_proj(x)
         if fb is not None:
             return self.o_proj(fb.attn_backend.forward(q, k, v, i, fb))
-        t = x.shape[0]  # training: one causal sequence
-        qh = q.view(t, i.num_heads, i.head_dim).transpose(0, 1)
-        kh = k.view(t, i.num_kv_heads, i.head_dim).transpose(0, 1)
-        vh = v.view(t, i.num_kv_heads, i.head_dim).transpose(0, 1)
+        # training: causal sequences [B, T, *] (or one, [T, *]), right-padded
+        lead = x.shape[:-1]
+        b, t = (1, lead[0]) if len(lead) == 1 else lead
+        qh = q.reshape(b, t, i.num_heads, i.head_dim).transpose(1, 2)
+        kh = k.reshape(b, t, i.num_kv_heads, i.head_dim).transpose(1, 2)
+        vh = v.reshape(b, t, i.num_kv_heads, i.head_dim).transpose(1, 2)
         rep = i.num_heads // i.num_kv_heads
-        o = F.scaled_dot_product_attention(qh, kh.repeat_interleave(rep, 0), vh.repeat_interleave(rep, 0),
+        o = F.scaled_dot_product_attention(qh, kh.repeat_interleave(rep, 1), vh.repeat_interleave(rep, 1),
                                            is_causal=True, scale=i.scaling)
-        return self.o_proj(o.transpose(0, 1).reshape(t, -1))
+        return self.o_proj(o.transpose(1, 2).reshape(*lead, -1))
 
     def norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, weight.shape, weight.to(x.dtype), self.eps)

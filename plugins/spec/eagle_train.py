@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+TARGET_MEMORY = 0.5  # GPU: the target's weights + KV cache; the rest is left to training
 TOPICS = ["the ocean", "volcanoes", "the Roman empire", "photosynthesis", "black holes", "jazz music",
           "machine learning", "the French revolution", "honey bees", "climate change", "chess", "the human heart",
           "electric cars", "ancient Egypt", "the internet", "coffee", "mountains", "the moon landing",
@@ -40,6 +41,7 @@ def add_parser(sub) -> None:
     t.add_argument("--samples", type=int, default=512, help="generated sequences")
     t.add_argument("--max-new-tokens", type=int, default=256)
     t.add_argument("--temperature", type=float, default=0.7)
+    t.add_argument("--gen-batch", type=int, default=64, help="sequences generated at once")
     t.add_argument("--steps", type=int, default=2000)
     t.add_argument("--batch-seqs", type=int, default=16, help="sequences per training step")
     t.add_argument("--lr", type=float, default=5e-4)
@@ -70,14 +72,15 @@ def make_data(args, out: Path):
     from jackfield.sampling.params import SamplingParams
     from jackfield.sdk import offline_target
 
-    target = offline_target(args.model, device=args.device, max_running_requests=64)
+    target = offline_target(args.model, device=args.device, max_running_requests=args.gen_batch,
+                            mem_fraction_static=TARGET_MEMORY)
     ids = prompts(target.tokenizer, args.samples, args.seed)
     params = [SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed + i)
               for i in range(len(ids))]
     t0 = time.perf_counter()
     gen = target.generate(ids, params)
     seqs = [p + g for p, g in zip(ids, gen)]
-    feats = [f.to("cpu", torch.float16) for f in target.hidden_states(seqs)]
+    feats = [f.to("cpu", torch.bfloat16) for f in target.hidden_states(seqs)]
     print(f"generated {sum(map(len, gen))} tokens in {len(seqs)} sequences ({time.perf_counter() - t0:.1f} s)")
     data = {"seqs": seqs, "feats": feats}
     torch.save(data, out / "data.pt")
@@ -127,7 +130,8 @@ def run(args) -> int:
     if (out / "data.pt").exists():
         from jackfield.sdk import offline_target
 
-        target = offline_target(args.model, device=args.device, max_running_requests=4)
+        target = offline_target(args.model, device=args.device, max_running_requests=4,
+                                mem_fraction_static=TARGET_MEMORY)
         data = torch.load(out / "data.pt", weights_only=False)
         print(f"reusing {len(data['seqs'])} sequences from {out / 'data.pt'}")
     else:
@@ -172,24 +176,27 @@ def run(args) -> int:
 
 
 def _step(head, lm_weight: torch.Tensor, seqs, feats, dev, noise: float):
-    """One batch: summed loss over every pair of every sequence, and the head's top-1 agreement
-    with the target's next token."""
-    losses, hits, total = [], 0, 0
+    """One batch, right-padded to [B, T]: the mean loss over every real pair of every sequence, and
+    the head's top-1 agreement with the target's next token."""
     dtype = head.fc.weight.dtype
-    for seq, f in zip(seqs, feats):
-        f = f.to(dev, dtype)
-        ids = torch.tensor(seq[1:], device=dev)
-        inp = f[:-1]
-        if noise:
-            inp = inp + (torch.rand_like(inp) - 0.5) * noise
-        h, _ = head.features(ids, torch.arange(len(ids), device=dev), inp, None)
-        want = f[1:]
-        with torch.no_grad():
-            target_logp = torch.log_softmax(F.linear(want.float(), lm_weight), dim=-1)
-        logp = torch.log_softmax(F.linear(h.float(), lm_weight), dim=-1)
-        ploss = -(target_logp.exp() * logp).sum(-1).mean()
-        vloss = F.smooth_l1_loss(h.float(), want.float())
-        losses.append(vloss + 0.1 * ploss)
-        hits += int((logp.argmax(-1) == target_logp.argmax(-1)).sum())
-        total += len(ids)
-    return torch.stack(losses).mean(), hits / max(total, 1), total
+    t = max(len(s) for s in seqs) - 1
+    ids = torch.zeros(len(seqs), t, dtype=torch.int64)
+    inp = torch.zeros(len(seqs), t, feats[0].shape[-1], dtype=dtype)
+    want = torch.zeros_like(inp)
+    real = torch.zeros(len(seqs), t, dtype=torch.bool)
+    for i, (seq, f) in enumerate(zip(seqs, feats)):
+        n = len(seq) - 1
+        ids[i, :n] = torch.tensor(seq[1:])
+        inp[i, :n], want[i, :n], real[i, :n] = f[:-1].to(dtype), f[1:].to(dtype), True
+    ids, inp, want, real = ids.to(dev), inp.to(dev), want.to(dev), real.to(dev)
+    if noise:
+        inp = inp + (torch.rand_like(inp) - 0.5) * noise
+    h, _ = head.features(ids, torch.arange(t, device=dev).expand(len(seqs), t), inp, None)
+    h, want = h[real].float(), want[real].float()
+    with torch.no_grad():
+        target_logp = torch.log_softmax(F.linear(want, lm_weight), dim=-1)
+    logp = torch.log_softmax(F.linear(h, lm_weight), dim=-1)
+    ploss = -(target_logp.exp() * logp).sum(-1).mean()
+    vloss = F.smooth_l1_loss(h, want)
+    acc = float((logp.argmax(-1) == target_logp.argmax(-1)).float().mean())
+    return vloss + 0.1 * ploss, acc, int(real.sum())

@@ -1,17 +1,13 @@
-"""Speculative-decoding tests: tiny random targets on CPU, with single-threaded torch (see
-tests/scheduler/conftest.py for why)."""
+"""Speculative-decoding tests: tiny random targets on CPU, torch on one thread unless a module
+sets TORCH_THREADS (tests/conftest.py)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _threads(torch_threads):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

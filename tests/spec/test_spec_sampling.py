@@ -84,17 +84,14 @@ def biased_accept(self, picks):
     """Half the time, take the draft's first child whatever the target picked."""
     rng = random.Random(len(picks))
     paths = []
-    for tokens, par, pick in zip(self.tokens, self.parents, picks):
-        path, node = [0], 0
+    for i, pick in enumerate(picks):
+        kids, path = self.children(i), [0]
         while True:
-            kids = [j for j in range(1, len(par)) if par[j] == node]
-            nxt = next((j for j in kids if tokens[j] == pick[node]), None)
-            if kids and rng.random() < 0.5:
-                nxt = kids[0]
+            options = kids.get(path[-1], {})
+            nxt = min(options.values()) if options and rng.random() < 0.5 else options.get(pick[path[-1]])
             if nxt is None:
                 break
             path.append(nxt)
-            node = nxt
         paths.append(path)
     return paths
 

@@ -25,6 +25,7 @@ CODE = ["def area(w, h):\n    return w * h\n", "def greet(name):\n    print('Hel
         "for i in range(10):\n    total += i * i\n", "class Point:\n    def __init__(self, x, y):\n        self.x = x\n"]
 QUOTES = ["To be, or not to be, that is the question.", "All that glitters is not gold.",
           "The quick brown fox jumps over the lazy dog.", "I think, therefore I am."]
+TORCH_THREADS = 2  # a 135M model is large enough for intra-op threads to pay
 SYSTEM = "You are a careful assistant. Answer briefly and precisely.\n"
 
 
@@ -50,16 +51,6 @@ def jobs():
     tok = Tokenizer.load(str(resolve_model(None).path))
     return [(f"p{i}", tok.encode(p), 8 + i % 5, 0 if i < 40 else 3) for i, p in enumerate(prompts())]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _two_torch_threads():
-    """A 135M model is large enough for intra-op threads to pay (the package conftest sets one)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
