@@ -43,6 +43,8 @@ class DraftRunner:
                                    self.kv_pool, self.rows.req_to_token, max_requests, context_len + 1)
         self.attn_backend = attn_cls(runtime)
         self.seqs: dict[str, _Seq] = {}
+        self.chain_graphs = None
+        self.dtype = dtype
 
     # ---- per-request state ----------------------------------------------------------------------
     def committed(self, rid: str) -> int:
@@ -136,3 +138,34 @@ class DraftRunner:
 
     def free_tokens(self) -> int:
         return self.allocator.available_size()
+
+    # ---- chains (jackfield.spec.draft_chain) ----------------------------------------------------
+    def enable_chain_graphs(self, steps: int, max_bs: int, hidden_size: int | None = None) -> bool:
+        """Capture chains of `steps` in CUDA graphs (CUDA, a backend that captures decode); False
+        where they cannot be."""
+        if self.device.type != "cuda" or not self.attn_backend.supports_cuda_graph or steps < 1:
+            return False
+        from jackfield.spec.draft_chain import ChainGraphs
+
+        self.chain_graphs = ChainGraphs(self, steps, max_bs, hidden_size)
+        return True
+
+    @torch.inference_mode()
+    def chain(self, rids: list[str], first: torch.Tensor, steps: int,
+              hidden: torch.Tensor | None = None) -> torch.Tensor | None:
+        """`steps` greedy tokens per request after the device tensor `first` [bs] (EAGLE: with the
+        hidden states [bs, H] the first position reads), nothing committed; [bs, steps] on the
+        device, or None when the draft pool is short. Replayed from a CUDA graph when one fits."""
+        from jackfield.spec.draft_chain import chain_inputs, run_chain
+
+        prep = chain_inputs(self, rids, first, hidden, steps)
+        if prep is None:
+            return None
+        x, slots = prep
+        graphs = self.chain_graphs
+        if graphs is not None and graphs.steps == steps and len(rids) <= graphs.max_bs:
+            out = graphs.run(x)
+        else:
+            out = run_chain(self, x, steps, tuple(self.seqs[rid].committed for rid in rids))
+        self.allocator.free(slots)
+        return out

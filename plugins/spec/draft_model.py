@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from jackfield.sdk import Capabilities, DraftProposal, SpecInput, SpecRuntime, SpeculativeDecoder, hookimpl
-from jackfield_plugins.spec.tree_search import TreeSearch, subtree
+from jackfield_plugins.spec.draft_growth import catch_up_rows, enable_chain_graphs, grow_chain, grow_tree
 
 
 class DraftModelDecoder(SpeculativeDecoder):
@@ -31,28 +31,35 @@ class DraftModelDecoder(SpeculativeDecoder):
             raise ValueError(f"draft model '{runtime.draft_model_path}' has vocabulary size {config.vocab_size}, "
                              f"the target has {target_vocab}: a draft model must share the target's vocabulary")
         self.runner = runtime.make_draft_runner(model, config)
+        enable_chain_graphs(runtime, self.runner, None)
 
     @classmethod
     def kit_settings(cls, model_dir: str, workdir: str) -> dict:
         return {"speculative_draft_model_path": model_dir, "speculative_eagle_topk": 2, "speculative_num_steps": 3}
 
     def propose(self, spec_input: SpecInput) -> DraftProposal:
-        active = [i for i, b in enumerate(spec_input.max_drafts) if b > 0]
-        tokens = [[] for _ in range(len(spec_input))]
-        parents = [[] for _ in range(len(spec_input))]
-        active = [i for i in active if self._hold(spec_input.req_ids[i])]
-        if active:
-            searches = self._search(spec_input, active)
-            for i, search in zip(active, searches):
-                if search is not None:
-                    tokens[i], parents[i] = search.select(spec_input.max_drafts[i])
+        rt = self.runtime
+        tokens, parents = [[] for _ in range(len(spec_input))], [[] for _ in range(len(spec_input))]
+        active = [i for i, b in enumerate(spec_input.max_drafts) if b > 0 and self._hold(spec_input.req_ids[i])]
+        caught = self._catch_up(spec_input, active) if active else None
+        if caught is None:
+            return DraftProposal.from_lists(tokens, parents)
+        rids, root_logits = caught
+        if rt.eagle_topk == 1:
+            drafts = grow_chain(self.runner, rids, root_logits, rt.num_steps)
+        else:
+            drafts = grow_tree(self.runner, rids, root_logits, rt.eagle_topk, rt.num_steps)
+        for i, draft in zip(active, drafts):
+            tokens[i], parents[i] = draft.select(spec_input.max_drafts[i])
         return DraftProposal.from_lists(tokens, parents)
 
     def _hold(self, rid: str) -> bool:
         return self.runner.holds(rid) or self.runner.start(rid)
 
-    def _search(self, spec_input: SpecInput, active: list[int]) -> list[TreeSearch | None]:
-        rt, runner = self.runtime, self.runner
+    def _catch_up(self, spec_input: SpecInput, active: list[int]) -> tuple[list[str], torch.Tensor] | None:
+        """Commit the tokens each request's draft KV lacks (the whole prompt at first, then the
+        accepted tokens and the new root); returns the roots' logits."""
+        runner = self.runner
         rids = [spec_input.req_ids[i] for i in active]
         news = []
         for i, rid in zip(active, rids):
@@ -61,36 +68,13 @@ class DraftModelDecoder(SpeculativeDecoder):
                 runner.start(rid)
                 new = list(spec_input.token_ids[i])
             news.append(new)
-        ends, n = [], 0
-        for new in news:
-            n += len(new)
-            ends.append(n - 1)
-        out = runner.forward(rids, news, [list(range(-1, len(t) - 1)) for t in news], [len(t) for t in news], ends)
+        parents, commit, ends = catch_up_rows(news)
+        out = runner.forward(rids, news, parents, commit, ends)
         if out is None:  # the draft's KV pool is short: let these requests go without drafts
             for rid in rids:
                 runner.release(rid)
-            return [None] * len(active)
-        searches = [TreeSearch(rt.eagle_topk) for _ in active]
-        logprobs = torch.log_softmax(out[1].float(), dim=-1)
-        for search, lp in zip(searches, logprobs):
-            search.expand_root(lp)
-        for _ in range(rt.num_steps - 1):
-            nodes = [s.forward_nodes() for s in searches]
-            trees = [subtree(s, ns) for s, ns in zip(searches, nodes)]
-            rows, off = [], 0
-            for s, ns in zip(searches, nodes):
-                rows += [off + ns.index(f) for f in s.frontier]
-                off += len(ns)
-            out = runner.forward(rids, [t for t, _ in trees], [p for _, p in trees], [0] * len(rids), rows)
-            if out is None:
-                break
-            logprobs = torch.log_softmax(out[1].float(), dim=-1)
-            start = 0
-            for s in searches:
-                k = len(s.frontier)
-                s.expand(logprobs[start:start + k])
-                start += k
-        return searches
+            return None
+        return rids, out[1]
 
     def release(self, req_id: str) -> None:
         self.runner.release(req_id)

@@ -18,7 +18,7 @@ import torch
 
 from jackfield.sdk import Capabilities, DraftProposal, SpecInput, SpecRuntime, SpeculativeDecoder, TargetStates, hookimpl
 from jackfield_plugins.spec.eagle_load import load_head
-from jackfield_plugins.spec.tree_search import TreeSearch
+from jackfield_plugins.spec.draft_growth import catch_up_rows, enable_chain_graphs, grow_chain, grow_tree
 
 
 class _Features:
@@ -62,6 +62,7 @@ class EagleDecoder(SpeculativeDecoder):
         if self.head.version == 3:
             self.aux_hidden_layers = aux_layers(self.head, runtime.model_config.num_layers)
         self.runner = runtime.make_draft_runner(self.head, self.head.config)
+        enable_chain_graphs(runtime, self.runner, self.head.config.hidden_size)
         self.features: dict[str, _Features] = {}
 
     @classmethod
@@ -96,10 +97,11 @@ class EagleDecoder(SpeculativeDecoder):
                 self.release(rid)  # it never speculates again: keep no features for it
             elif feats is not None and feats.count and feats.start + feats.count == len(ids) - 1:
                 ready.append(i)
-        if ready:
-            for i, search in zip(ready, self._search(spec_input, ready)):
-                if search is not None:
-                    tokens[i], parents[i] = search.select(spec_input.max_drafts[i])
+        grown = self._grow(spec_input, ready) if ready else {}
+        for i in ready:
+            draft = grown.get(spec_input.req_ids[i])
+            if draft is not None:
+                tokens[i], parents[i] = draft.select(spec_input.max_drafts[i])
         return DraftProposal.from_lists(tokens, parents)
 
     def _catch_up(self, spec_input: SpecInput, idx: list[int]):
@@ -120,55 +122,25 @@ class EagleDecoder(SpeculativeDecoder):
             feats.append(f.take(end))
         return rids, toks, feats
 
-    def _search(self, spec_input: SpecInput, ready: list[int]) -> list[TreeSearch | None]:
+    def _grow(self, spec_input: SpecInput, ready: list[int]) -> dict:
+        """Per request id: its drafts (a Chain or a TreeSearch: `select(budget)`)."""
         rt, runner = self.runtime, self.runner
         rids, toks, feats = self._catch_up(spec_input, ready)
-        held = {rid: k for k, rid in enumerate(rids)}
-        out = [None] * len(ready)
         if not rids:
-            return out
-        ends, n = [], 0
-        for t in toks:
-            n += len(t)
-            ends.append(n - 1)
-        res = runner.forward(rids, toks, [list(range(-1, len(t) - 1)) for t in toks], [len(t) for t in toks], ends,
-                             hidden_in=torch.cat(feats))
+            return {}
+        parents, commit, ends = catch_up_rows(toks)
+        res = runner.forward(rids, toks, parents, commit, ends, hidden_in=torch.cat(feats))
         if res is None:
             for rid in rids:
                 self.release(rid)
-            return out
+            return {}
         hidden, logits = res
-        searches = [TreeSearch(rt.eagle_topk) for _ in rids]
-        outputs = [{-1: hidden[e]} for e in ends]  # per request: node -> the head's output at it
-        for s, lp in zip(searches, torch.log_softmax(logits.float(), dim=-1)):
-            s.expand_root(lp)
-        for _ in range(rt.num_steps - 1):
-            nodes = [s.forward_nodes() for s in searches]
-            tok, par, rows, hin, off = [], [], [], [], 0
-            for s, ns, o in zip(searches, nodes, outputs):
-                where = {node: j for j, node in enumerate(ns)}
-                tok.append([s.tokens[x] for x in ns])
-                par.append([where.get(s.parents[x], -1) for x in ns])
-                hin += [o[s.parents[x]] for x in ns]
-                rows += [off + where[f] for f in s.frontier]
-                off += len(ns)
-            res = runner.forward(rids, tok, par, [0] * len(rids), rows, hidden_in=torch.stack(hin))
-            if res is None:
-                break
-            hidden, logits = res
-            lps, start, off = torch.log_softmax(logits.float(), dim=-1), 0, 0
-            for s, ns, o in zip(searches, nodes, outputs):
-                for j, x in enumerate(ns):
-                    o[x] = hidden[off + j]
-                k = len(s.frontier)
-                s.expand(lps[start:start + k])
-                start += k
-                off += len(ns)
-        for i, k in enumerate(ready):
-            rid = spec_input.req_ids[k]
-            if rid in held:
-                out[i] = searches[held[rid]]
-        return out
+        root_hidden = hidden[torch.tensor(ends, device=hidden.device)]
+        if rt.eagle_topk == 1:
+            drafts = grow_chain(runner, rids, logits, rt.num_steps, root_hidden)
+        else:
+            drafts = grow_tree(runner, rids, logits, rt.eagle_topk, rt.num_steps, root_hidden)
+        return dict(zip(rids, drafts))
 
 
 def aux_layers(head, num_layers: int) -> tuple[int, ...]:

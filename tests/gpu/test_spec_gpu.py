@@ -54,17 +54,23 @@ def eagle_head(tmp_path_factory) -> str:
     return random_head(str(resolve_model(None).path), str(tmp_path_factory.mktemp("head")))
 
 
-@pytest.mark.parametrize("algo", ["ngram", "draft_model", "eagle"])
-def test_greedy_equal_with_cuda_graphs(algo, eagle_head):
+@pytest.mark.parametrize("case", ["ngram", "draft_model_chain", "eagle_tree", "eagle_chain"])
+def test_greedy_equal_with_cuda_graphs(case, eagle_head):
+    """Verify forwards from CUDA graphs; chains (topk 1) drafted from CUDA graphs too."""
     from jackfield.loader.source import resolve_model
 
-    extra = {"ngram": {}, "draft_model": {"speculative_draft_model_path": str(resolve_model(None).path),
-                                          "speculative_eagle_topk": 1, "speculative_num_steps": 3},
-             "eagle": {"speculative_draft_model_path": eagle_head}}[algo]
+    chain = {"speculative_eagle_topk": 1, "speculative_num_steps": 4}
+    algo, extra = {"ngram": ("ngram", {}),
+                   "draft_model_chain": ("draft_model", {"speculative_draft_model_path": str(resolve_model(None).path),
+                                                          **chain}),
+                   "eagle_tree": ("eagle", {"speculative_draft_model_path": eagle_head}),
+                   "eagle_chain": ("eagle", {"speculative_draft_model_path": eagle_head, **chain})}[case]
     eng = _engine(speculative_algorithm=algo, **extra)
     try:
         runner = eng.loop.scheduler.runner
         assert runner.verify_graphs is not None and runner.graph_runner is not None
+        if case.endswith("chain"):
+            assert eng.loop.scheduler.spec.decoder.runner.chain_graphs is not None
         replays = []
         replay = runner.verify_graphs.replay
         runner.verify_graphs.replay = lambda fb: replays.append(fb.batch_size) or replay(fb)
@@ -77,6 +83,8 @@ def test_greedy_equal_with_cuda_graphs(algo, eagle_head):
         assert replays, "no verify forward ran from a CUDA graph"
         if algo != "eagle":
             assert sum(r["spec"]["spec_accepted_tokens"] for r in spec) > 0
+        if case == "draft_model_chain":  # the draft is the target: nearly every draft is accepted
+            assert sum(r["spec"]["spec_accept_rate"] for r in spec) / len(spec) > 0.9
     finally:
         eng.shutdown()
         torch.cuda.empty_cache()

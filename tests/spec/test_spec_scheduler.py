@@ -16,7 +16,10 @@ from jackfield_plugins.spec.draft_model import DraftModelDecoder
 from jackfield_plugins.spec.eagle import EagleDecoder
 from jackfield_plugins.spec.ngram import NgramDecoder
 
-DECODERS = {"ngram": NgramDecoder, "draft_model": DraftModelDecoder, "eagle": EagleDecoder}
+DECODERS = {"ngram": (NgramDecoder, {}), "draft_model": (DraftModelDecoder, {}), "eagle": (EagleDecoder, {}),
+            # topk 1: chains drafted on the device (DraftRunner.chain) instead of trees
+            "draft_model_chain": (DraftModelDecoder, {"speculative_eagle_topk": 1, "speculative_num_steps": 4}),
+            "eagle_chain": (EagleDecoder, {"speculative_eagle_topk": 1, "speculative_num_steps": 4})}
 
 
 def shared_prefix_jobs():
@@ -52,10 +55,14 @@ def plain(tiny_target, tmp_path_factory):
 @pytest.mark.parametrize("name", DECODERS)
 @pytest.mark.parametrize("page, overlap", [(1, False), (4, True)])
 def test_greedy_equals_plain_under_continuous_batching(name, page, overlap, plain, tiny_target, tmp_path):
-    out, sched = run(DECODERS[name], tiny_target, tmp_path, shared_prefix_jobs(), chunked_prefill_size=32,
-                     page_size=page, disable_overlap_schedule=not overlap)
+    cls, extra = DECODERS[name]
+    out, sched = run(cls, tiny_target, tmp_path, shared_prefix_jobs(), chunked_prefill_size=32,
+                     page_size=page, disable_overlap_schedule=not overlap, **extra)
     assert out == plain[f"p{page}"]
-    assert sched.spec.stats.verify_steps > 0 and sched.stats.cached_tokens > 0  # speculated, with radix hits
+    st = sched.spec.stats
+    assert st.verify_steps > 0 and sched.stats.cached_tokens > 0  # speculated, with radix hits
+    if name == "draft_model_chain":  # the draft is the target itself: nearly every draft is accepted
+        assert st.accepted >= 0.9 * st.proposed > 0
 
 
 def test_seeded_sampling_is_identical_with_speculation(tiny_target, tmp_path):

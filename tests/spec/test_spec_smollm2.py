@@ -1,11 +1,13 @@
 """Greedy equivalence on the embedded SmolLM2-135M (CPU, float32) for every speculative decoder:
-50 prompts of mixed lengths in one continuously batched run (some joining while others decode),
-with the radix cache on (a shared prefix), give token for token the output of plain decoding.
+50 short prompts of mixed lengths in one continuously batched run (some joining while others
+decode) give token for token the output of plain decoding.
 
-The prompts make the model copy (rewrite code with one change, repeat a quote), so the n-gram and
-draft-model decoders accept drafts (the draft model is SmolLM2 cut to its first 6 of 30 layers, same
-vocabulary); the EAGLE decoder runs an untrained head (it exercises the machinery: its drafts are
-mostly rejected). Set JACKFIELD_TEST_SMOLLM2=0 to skip the module.
+One scheduler runs the prompts with `speculative: false` (plain decoding, the reference), then
+again with the n-gram decoder: that run finds the prompts in the radix cache. The draft-model and
+EAGLE decoders each get a scheduler of their own (no cache hits). The prompts make the model copy
+(code, quotes, counting), so the n-gram and draft-model decoders accept drafts; the draft model is
+SmolLM2 cut to its first 6 of 30 layers (same vocabulary); the EAGLE head is untrained (it
+exercises the machinery; its drafts are mostly rejected). JACKFIELD_TEST_SMOLLM2=0 skips the module.
 """
 from __future__ import annotations
 
@@ -21,36 +23,36 @@ from jackfield_plugins.spec.ngram import NgramDecoder
 if os.environ.get("JACKFIELD_TEST_SMOLLM2", "1").lower() in ("0", "off", "false", "no"):
     pytest.skip("JACKFIELD_TEST_SMOLLM2 is off", allow_module_level=True)
 
-CODE = ["def area(w, h):\n    return w * h\n", "def greet(name):\n    print('Hello, ' + name)\n",
-        "for i in range(10):\n    total += i * i\n", "class Point:\n    def __init__(self, x, y):\n        self.x = x\n"]
-QUOTES = ["To be, or not to be, that is the question.", "All that glitters is not gold.",
-          "The quick brown fox jumps over the lazy dog.", "I think, therefore I am."]
 TORCH_THREADS = 2  # a 135M model is large enough for intra-op threads to pay
-SYSTEM = "You are a careful assistant. Answer briefly and precisely.\n"
+SNIPPETS = ["x = a + b\ny = x * 2", "def f(n):\n    return n + 1", "for i in range(3):\n    print(i)",
+            "total = sum(values)"]
+QUOTES = ["To be, or not to be.", "All that glitters is not gold.", "I think, therefore I am."]
+SETTINGS = dict(max_running_requests=64, max_total_tokens=12000)
 
 
 def prompts() -> list[str]:
     out = []
     for i in range(50):
-        if i % 3 == 0:
-            code = CODE[i % 4]
-            out.append(f"Rewrite this code, renaming nothing:\n{code}\nRewritten:\n{code[:12]}")
-        elif i % 3 == 1:
-            q = QUOTES[i % 4]
-            out.append(f"Quote: \"{q}\" Repeat the quote {1 + i % 3} times: \"{q}\" \"")
+        kind = i % 4
+        if kind == 0:
+            code = SNIPPETS[i % 4]
+            out.append(f"Copy:\n{code}\nCopy:\n{code[:5]}")
+        elif kind == 1:
+            out.append(f"Repeat: \"{QUOTES[i % 3]}\" Again: \"")
+        elif kind == 2:
+            out.append("Count: " + ", ".join(str(j) for j in range(1, 3 + i % 6)))
         else:
-            out.append(SYSTEM + f"Question {i}: what is {i} plus {i * 7}?" + " Please explain." * (i % 5))
+            out.append(f"Q{i}: what is {i} plus {i}?")
     return out
 
 
 @pytest.fixture(scope="module")
 def jobs():
-    from jackfield.tokenizer.tokenizer import Tokenizer
     from jackfield.loader.source import resolve_model
+    from jackfield.tokenizer.tokenizer import Tokenizer
 
     tok = Tokenizer.load(str(resolve_model(None).path))
-    return [(f"p{i}", tok.encode(p), 8 + i % 5, 0 if i < 40 else 3) for i, p in enumerate(prompts())]
-
+    return [(f"p{i}", tok.encode(p), 8 + i % 5, 0 if i < 40 else 2) for i, p in enumerate(prompts())]
 
 
 @pytest.fixture(scope="module")
@@ -73,26 +75,37 @@ def small_draft(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def plain(jobs, tmp_path_factory):
-    sched = spec_scheduler(None, None, str(tmp_path_factory.mktemp("plain")), max_running_requests=64,
-                           max_total_tokens=20000)
-    out = run_workload(sched, jobs)
+def plain_and_ngram(jobs, tmp_path_factory):
+    sched = spec_scheduler(NgramDecoder, None, str(tmp_path_factory.mktemp("ngram")), **SETTINGS)
+    plain = run_workload(sched, jobs, speculative=False)
+    assert sched.spec.stats.verify_steps == 0
+    spec = run_workload(sched, jobs)
+    yield plain, spec, sched
     sched.close()
-    return out
 
 
-@pytest.mark.parametrize("cls", [NgramDecoder, DraftModelDecoder, EagleDecoder], ids=lambda c: c.name)
-def test_smollm2_greedy_equal_to_plain(cls, jobs, plain, small_draft, tmp_path):
+def check(plain: dict, out: dict, sched, name: str, accepts: bool) -> None:
+    diff = [rid for rid in plain if out[rid] != plain[rid]]
+    assert not diff, f"{name}: {len(diff)} of 50 differ, first {diff[0]}: {out[diff[0]]} vs {plain[diff[0]]}"
+    st = sched.spec.stats
+    assert pool_idle_problem(sched) is None and st.verify_steps > 0
+    if accepts:
+        assert st.accepted > 0.3 * st.verify_steps, f"{name} accepted {st.accepted} drafts in {st.verify_steps}"
+
+
+def test_ngram_equals_plain_with_radix_hits(plain_and_ngram):
+    plain, out, sched = plain_and_ngram
+    check(plain, out, sched, "ngram", accepts=True)
+    assert sched.stats.cached_tokens > 500  # the second run found the prompts in the cache
+
+
+@pytest.mark.parametrize("cls", [DraftModelDecoder, EagleDecoder], ids=lambda c: c.name)
+def test_model_drafters_equal_plain(cls, jobs, plain_and_ngram, small_draft, tmp_path):
     extra = {}
     if cls is DraftModelDecoder:
         extra = {"speculative_draft_model_path": small_draft, "speculative_eagle_topk": 2, "speculative_num_steps": 3}
-    sched = spec_scheduler(cls, None, str(tmp_path), max_running_requests=64, max_total_tokens=20000, **extra)
-    out = run_workload(sched, jobs)
-    st = sched.spec.stats
-    assert pool_idle_problem(sched) is None
-    sched.close()
-    diff = [rid for rid in plain if out[rid] != plain[rid]]
-    assert not diff, f"{len(diff)} of 50 differ, first {diff[0]}: {out[diff[0]]} vs {plain[diff[0]]}"
-    assert st.verify_steps > 0 and sched.stats.cached_tokens > 0
-    if cls is not EagleDecoder:
-        assert st.accepted > 0.3 * st.verify_steps, f"{cls.name} accepted {st.accepted} drafts in {st.verify_steps}"
+    sched = spec_scheduler(cls, None, str(tmp_path), **SETTINGS, **extra)
+    try:
+        check(plain_and_ngram[0], run_workload(sched, jobs), sched, cls.name, accepts=cls is DraftModelDecoder)
+    finally:
+        sched.close()

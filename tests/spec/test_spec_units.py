@@ -80,3 +80,23 @@ def test_tree_search_expands_by_cumulative_probability():
     tokens, parents = s.select(3)
     assert tokens == [0, 1, 0] and parents == [-1, -1, 0]  # 0.5, 0.3, 0.45: the best three, as a tree
     assert s.forward_nodes() == [0, 1, 2, 4]
+
+
+def test_request_flag_meta_info_and_metrics():
+    from jackfield.io_struct import StatsOut
+    from jackfield.sampling.params import SamplingParams, SamplingParamError
+    from jackfield.server.metrics import ServerMetrics
+    from jackfield.server.protocol import CompletionRequest
+    from jackfield.spec.meta import spec_meta
+
+    body = CompletionRequest(prompt="hi", speculative=False)
+    assert SamplingParams.from_dict(body.sampling_values()).speculative is False
+    with pytest.raises(SamplingParamError, match="speculative must be a boolean"):
+        SamplingParams.from_dict({"speculative": "no"})
+    meta = spec_meta({"verify_ct": 4, "proposed": 20, "accepted": 8, "emitted": 12})
+    assert meta["spec_accept_length"] == 3.0 and meta["spec_accept_rate"] == 0.4
+    m = ServerMetrics()
+    m.update_scheduler(StatsOut(1, 0, 10, 100, 0.0, 0.0, 0.0, spec_verify_steps=4, spec_proposed=20,
+                                spec_accepted=8, spec_emitted=12))
+    text = m.render().decode()
+    assert "jackfield_spec_accept_length 3.0" in text and "jackfield_spec_accept_rate 0.4" in text
