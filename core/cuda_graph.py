@@ -68,9 +68,14 @@ class CudaGraphRunner:
                             req_to_token=r.req_to_token_pool.req_to_token, kv_pool=r.kv_pool,
                             attn_backend=r.attn_backend, seq_lens_cpu=seq_lens_cpu)
 
-    def _run(self, fb: ForwardBatch) -> torch.Tensor:
+    def _run(self, fb: ForwardBatch):
+        """Logits, and with the runner's `capture_hidden` (a speculative decoder reading hidden
+        states) (logits, those hidden states)."""
         hidden = self.forward_fn(fb.input_ids, fb.positions, fb)
-        return self.runner.model.compute_logits(hidden)
+        logits = self.runner.model.compute_logits(hidden)
+        if self.runner.capture_hidden:
+            return logits, fb.extras.pop("aux_hidden", hidden)
+        return logits
 
     @torch.inference_mode()
     def _capture_all(self) -> None:
@@ -105,4 +110,8 @@ class CudaGraphRunner:
         if self.lora is not None:
             self.lora.prepare_replay(fb, bs)
         self.graphs[bs].replay()
-        return self.outputs[bs][:raw]
+        out = self.outputs[bs]
+        if isinstance(out, tuple):
+            fb.extras["spec_hidden"] = out[1][:raw]
+            out = out[0]
+        return out[:raw]

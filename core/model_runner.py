@@ -143,7 +143,7 @@ class ModelRunner:
 
         With `capture_hidden` the hidden states of every token (or, for a model with capture layers,
         the concatenated inputs of those layers) are left in `fb.extras["spec_hidden"]`."""
-        if self.graph_runner is not None and not self.capture_hidden and self.graph_runner.can_run(fb):
+        if self.graph_runner is not None and self.graph_runner.can_run(fb):
             return self.graph_runner.replay(fb)
         if self.verify_graphs is not None and self.verify_graphs.can_run(fb):
             return self.verify_graphs.replay(fb)

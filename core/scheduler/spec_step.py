@@ -66,6 +66,8 @@ class SpecController:
             return False  # a prefill is waiting: it runs between two speculative steps
         if not any(self.eligible(r) for r in s.running.reqs):
             return False  # nobody may speculate: a plain decode step, overlapped as usual
+        if any(getattr(r, "grammar", None) is not None for r in s.running.reqs):
+            return False  # a constrained request samples under its grammar's mask: plain steps
         return self.policy.speculate(len(s.running))
 
     # ---- the step -----------------------------------------------------------------------------

@@ -105,6 +105,11 @@ def build_decoder(setup, runner, cls: type[SpeculativeDecoder] | None = None) ->
                 raise ValueError(f"speculative decoder '{cls.name}' reads target layers {decoder.aux_hidden_layers}, "
                                  f"but {type(runner.model).__name__} cannot capture layer inputs")
             inner.capture_layers = tuple(decoder.aux_hidden_layers)
+        if runner.graph_runner is not None:  # capture the decode graphs again, with the hidden states
+            from jackfield.cuda_graph import CudaGraphRunner
+
+            runner.graph_runner = None
+            runner.graph_runner = CudaGraphRunner(runner, s.cuda_graph_max_bs, compile_model=s.enable_torch_compile)
     if runner.graph_runner is not None and "cuda_graph_verify" in attention_class(setup).capabilities.features:
         from jackfield.spec.verify_graph import VerifyGraphRunner
 

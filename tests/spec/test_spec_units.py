@@ -100,3 +100,40 @@ def test_request_flag_meta_info_and_metrics():
                                 spec_accepted=8, spec_emitted=12))
     text = m.render().decode()
     assert "jackfield_spec_accept_length 3.0" in text and "jackfield_spec_accept_rate 0.4" in text
+
+
+class CountingGrammar:
+    """Allows only token t + 1 after token t (and 0 after 9); records accepts and rollbacks."""
+
+    def __init__(self, last: int):
+        self.stack = [last]
+
+    def accept_token(self, token: int) -> bool:
+        if token != (self.stack[-1] + 1) % 10:
+            return False
+        self.stack.append(token)
+        return True
+
+    def rollback(self, n: int) -> None:
+        del self.stack[-n:]
+
+    def is_terminated(self) -> bool:
+        return False
+
+    def fill_bitmask(self, bitmask, row: int) -> None:
+        bitmask[row] = 0
+        t = (self.stack[-1] + 1) % 10
+        bitmask[row, t >> 5] = 1 << (t & 31)
+
+
+def test_grammar_masks_follow_each_draft_path_and_restore_the_matcher():
+    from jackfield.spec.grammar_tree import allows, fill_tree_bitmask
+
+    g = CountingGrammar(last=3)
+    tokens, parents = [3, 4, 7, 5, 6], [-1, 0, 0, 1, 1]  # root 3 -> 4 -> (5, 6); root -> 7 (refused)
+    mask = torch.zeros(8, 1, dtype=torch.int32)
+    fill_tree_bitmask(g, tokens, parents, mask, row0=2)
+    assert g.stack == [3]                                   # rolled back
+    assert [allows(mask, 2 + j, t) for j, t in [(0, 4), (1, 5), (3, 6)]] == [True, True, True]
+    assert not allows(mask, 2 + 0, 7) and not allows(mask, 2 + 1, 6)
+    assert int(mask[2 + 2]) == -1 and int(mask[2 + 4]) == -1  # a refused child's subtree: all allowed
