@@ -18,11 +18,12 @@ from jackfield.cli.settings_args import add_settings_arguments, cli_overrides
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workload", default="rewrite", choices=["rewrite", "quotes", "chat"])
+    p.add_argument("--workload", default="rewrite", choices=["rewrite", "quotes", "chat"],
+                   help="rewrite: code with one change; quotes: summaries quoting a passage; chat: open questions")
     p.add_argument("--batch-sizes", default="1", help="comma-separated concurrencies, e.g. 1,8,32,128")
     p.add_argument("--num-prompts", type=int, default=0, help="prompts per concurrency (default: max(4, bs))")
-    p.add_argument("--output-len", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--output-len", type=int, default=256, help="most tokens per request (requests stop at EOS)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (outputs compared on and off)")
     p.add_argument("--output-file", default=None, help="write the JSON report here")
     add_settings_arguments(p)
 

@@ -37,3 +37,16 @@ def test_the_suite_fails_a_decoder_that_ignores_its_budget():
     assert not report.ok
     failed = {r.behaviour: r.detail for r in report.failures()}
     assert any("allowed" in d for d in failed.values()), report.format()
+
+
+def test_the_plugin_template_for_the_speculative_kind_is_certified(tmp_path, monkeypatch):
+    """`jackfield plugin new --kind speculative` gives a prompt-lookup decoder that passes the kit."""
+    import importlib
+
+    from jackfield.cli import main
+
+    assert main(["plugin", "new", "--kind", "speculative", "--name", "my_lookup", "--dir", str(tmp_path / "pkg")]) == 0
+    monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
+    cls = importlib.import_module("jackfield_my_lookup.decoder").MyLookupDecoder
+    report = certify(cls, "cpu")
+    assert report.ok and report.count("failed") == 0, report.format()
