@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workload", default="rewrite", choices=["rewrite", "quotes", "chat"],
                    help="rewrite: code with one change; quotes: summaries quoting a passage; chat: open questions")
     p.add_argument("--batch-sizes", default="1", help="comma-separated concurrencies, e.g. 1,8,32,128")
-    p.add_argument("--num-prompts", type=int, default=0, help="prompts per concurrency (default: max(4, bs))")
+    p.add_argument("--num-prompts", type=int, default=0, help="prompts per concurrency (default: max(4, 2 x bs))")
     p.add_argument("--output-len", type=int, default=256, help="most tokens per request (requests stop at EOS)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (outputs compared on and off)")
     p.add_argument("--output-file", default=None, help="write the JSON report here")
@@ -85,7 +85,7 @@ def run(args) -> int:
     run_closed_loop(sched, prompts(sched.tokenizer, "chat", 2), 2, replace(on, max_new_tokens=8))  # warm-up
     rows = []
     for bs in sizes:
-        ids = prompts(sched.tokenizer, args.workload, args.num_prompts or max(4, bs))
+        ids = prompts(sched.tokenizer, args.workload, args.num_prompts or max(4, 2 * bs))
         st = sched.spec.stats
         t_off, out_off = run_closed_loop(sched, ids, bs, off)
         before = (st.verify_steps, st.proposed, st.accepted, st.emitted)
