@@ -28,8 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_settings_arguments(p)
 
 
-def run_closed_loop(sched, prompts: list[list[int]], concurrency: int, params) -> tuple[float, dict[str, list[int]]]:
-    """Seconds to run every prompt with `concurrency` in flight, and the outputs."""
+def run_closed_loop(sched, prompts: list[list[int]], concurrency: int, params) -> tuple[float, float, dict]:
+    """Wall seconds and this process's CPU seconds to run every prompt with `concurrency` in
+    flight, and the outputs (CPU seconds tell more than wall time on a shared CPU machine)."""
     from jackfield.bench.common import sync
     from jackfield.io_struct import TokenizedGenerateReq
 
@@ -37,7 +38,7 @@ def run_closed_loop(sched, prompts: list[list[int]], concurrency: int, params) -
     queue = list(enumerate(prompts))
     in_flight = 0
     sync(sched.runner.device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
 
     def submit():
         nonlocal in_flight
@@ -57,7 +58,7 @@ def run_closed_loop(sched, prompts: list[list[int]], concurrency: int, params) -
                     if queue:
                         submit()
     sync(sched.runner.device)
-    return time.perf_counter() - t0, out
+    return time.perf_counter() - t0, time.process_time() - c0, out
 
 
 def run(args) -> int:
@@ -87,9 +88,9 @@ def run(args) -> int:
     for bs in sizes:
         ids = prompts(sched.tokenizer, args.workload, args.num_prompts or max(4, 2 * bs))
         st = sched.spec.stats
-        t_off, out_off = run_closed_loop(sched, ids, bs, off)
+        t_off, cpu_off, out_off = run_closed_loop(sched, ids, bs, off)
         before = (st.verify_steps, st.proposed, st.accepted, st.emitted)
-        t_on, out_on = run_closed_loop(sched, ids, bs, on)
+        t_on, cpu_on, out_on = run_closed_loop(sched, ids, bs, on)
         steps, proposed, accepted, emitted = (a - b for a, b in zip((st.verify_steps, st.proposed, st.accepted,
                                                                       st.emitted), before))
         tokens = sum(map(len, out_on.values()))
@@ -97,6 +98,7 @@ def run(args) -> int:
             "batch_size": bs, "num_prompts": len(ids), "output_tokens": tokens,
             "tok_per_s_off": sum(map(len, out_off.values())) / t_off, "tok_per_s_on": tokens / t_on,
             "speedup": (tokens / t_on) / (sum(map(len, out_off.values())) / t_off),
+            "cpu_s_off": cpu_off, "cpu_s_on": cpu_on,
             "accept_length": emitted / steps if steps else None,
             "accept_rate": accepted / proposed if proposed else None, "verify_request_steps": steps,
             "outputs_differing": sum(out_on[k] != out_off[k] for k in out_on) if args.temperature == 0 else None,

@@ -27,10 +27,13 @@ import time
 import torch
 
 from jackfield.mem.device_copy import to_device
-from jackfield.sdk.forward_batch import ForwardBatch, ForwardMode
+from jackfield.scheduler.forward_job import logprob_rows
+from jackfield.sdk.forward_batch import ForwardBatch
 from jackfield.sdk.spec import SpecInput, TargetStates
 from jackfield.spec.load import LoadPolicy
+from jackfield.spec.stats import SpecStats
 from jackfield.spec.tree import VerifyTrees
+from jackfield.spec.verify_batch import build_verify_batch
 
 
 class SpecController:
@@ -109,7 +112,7 @@ class SpecController:
         self._commit_kv(reqs, fb, trees, paths, starts)
         if self.decoder.needs_hidden_states:
             self._observe_paths(reqs, fb, paths, starts)
-        logprobs = _logprob_rows(out)
+        logprobs = logprob_rows(out)
         emitted = self._append(reqs, trees, paths, picks, starts, logprobs, budgets)
         nxt = [pick[path[-1]] for pick, path in zip(picks, paths)]
         s.future_ids[batch.req_pool_indices] = to_device(nxt, torch.int64, s.device)
@@ -232,7 +235,7 @@ class SpecController:
         for r in job.decode_reqs:
             if r.req_pool_idx is not None and not r.finished:
                 ids.append(r.rid)
-                starts.append(len(r.all_ids) - 1)
+                starts.append(len(r.origin_input_ids) + len(r.output_ids) - 1)
                 lengths.append(1)
                 rows.append(offset)
             offset += 1
@@ -241,61 +244,3 @@ class SpecController:
             self.decoder.observe(TargetStates(tuple(ids), tuple(starts), tuple(lengths), sel))
 
 
-def _logprob_rows(out):
-    from jackfield.scheduler.forward_job import logprob_rows
-
-    return logprob_rows(out)
-
-
-class SpecStats:
-    """Counters for /metrics and get_stats: verify steps, draft nodes proposed and accepted, tokens emitted."""
-
-    def __init__(self):
-        self.verify_steps = 0
-        self.proposed = 0
-        self.accepted = 0
-        self.emitted = 0
-
-    def record(self, proposed: int, accepted: int, emitted: int) -> None:
-        self.verify_steps += 1
-        self.proposed += proposed
-        self.accepted += accepted
-        self.emitted += emitted
-
-    @property
-    def accept_length(self) -> float:
-        """Mean tokens a request gains per verify forward (accepted drafts + the target's own)."""
-        return self.emitted / self.verify_steps if self.verify_steps else 0.0
-
-    @property
-    def accept_rate(self) -> float:
-        """Accepted draft tokens / proposed draft tokens."""
-        return self.accepted / self.proposed if self.proposed else 0.0
-
-
-def build_verify_batch(reqs: list, batch, trees: VerifyTrees, slots: torch.Tensor, runner) -> ForwardBatch:
-    """The TARGET_VERIFY ForwardBatch: request i computes its tree's nodes after its kv_len cached
-    tokens, into `slots` (in order); logits for every node."""
-    dev, table = runner.device, runner.req_to_token_pool.req_to_token
-    sizes = trees.sizes
-    prefix = [r.kv_len for r in reqs]
-    offset = 0
-    for r, n in zip(reqs, sizes):
-        table[r.req_pool_idx, r.kv_len:r.kv_len + n] = slots[offset:offset + n].to(torch.int32)
-        offset += n
-    depths = trees.depths()
-    positions = [p + d for p, ds in zip(prefix, depths) for d in ds]
-    ids = [t for row in trees.tokens for t in row]
-    seq_cpu = tuple(p + n for p, n in zip(prefix, sizes))
-    ext_t = to_device(sizes, torch.int32, dev)
-    start = torch.zeros_like(ext_t)
-    start[1:] = torch.cumsum(ext_t, 0)[:-1]
-    mask, indptr = trees.mask(dev)
-    return ForwardBatch(
-        mode=ForwardMode.TARGET_VERIFY, batch_size=len(reqs), input_ids=to_device(ids, torch.int64, dev),
-        positions=to_device(positions, torch.int64, dev), req_pool_indices=batch.req_pool_indices,
-        seq_lens=to_device(seq_cpu, torch.int32, dev), out_cache_loc=slots, req_to_token=table,
-        kv_pool=runner.kv_pool, attn_backend=runner.attn_backend, seq_lens_cpu=seq_cpu,
-        extend_prefix_lens=to_device(prefix, torch.int32, dev), extend_seq_lens=ext_t, extend_start_loc=start,
-        extend_prefix_lens_cpu=tuple(prefix), extend_seq_lens_cpu=tuple(sizes),
-        logits_indices=torch.arange(len(ids), device=dev), tree_mask=mask, tree_mask_indptr=indptr)
