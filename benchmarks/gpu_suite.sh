@@ -156,10 +156,14 @@ if has spec; then  # speculative decoding (about 9 min): GPU tests; one verify f
   EAGLE_HEAD="$OUT/eagle-smollm2-$STAMP"
   run $JF spec train-eagle --out "$EAGLE_HEAD" --device cuda --samples 1024 --gen-batch 128 --max-new-tokens 256 \
     --steps ${EAGLE_STEPS:-1200} --batch-seqs 32 --lr 1e-3
-  for wl in chat rewrite; do
+  # EAGLE-2 trees (top-4, 5 levels, 7 drafts; drafted eagerly) and chains (4 drafts; drafted from CUDA graphs)
+  for shape in "tree --speculative-eagle-topk 4 --speculative-num-steps 5 --speculative-num-draft-tokens 8" \
+               "chain --speculative-eagle-topk 1 --speculative-num-steps 4 --speculative-num-draft-tokens 5"; do
+    set -- $shape
+    tag=$1; shift
     run $JF bench spec --speculative-algorithm eagle --speculative-draft-model-path "$EAGLE_HEAD" --attention-backend triton \
-      --workload $wl --batch-sizes 1 --num-prompts 8 --output-len 256 \
-      --output-file "$OUTDIR/spec-eagle-smollm2-$wl-$STAMP.json" > /dev/null
+      "$@" --workload chat --batch-sizes 1 --num-prompts 8 --output-len 256 \
+      --output-file "$OUTDIR/spec-eagle-smollm2-$tag-$STAMP.json" > /dev/null
   done
 fi
 [ "$OUT" != "$OUTDIR" ] && tar czf "$OUT/results-$STAMP.tgz" $OUTDIR/*-$STAMP.* $STUDIES/*-$STAMP.* 2>/dev/null

@@ -4,9 +4,10 @@ One engine with the configured decoder (`--speculative-algorithm`, ...) runs eve
 each concurrency of `--batch-sizes`: once with `speculative: false` on every request (plain decode
 steps, exactly as without a decoder) and once speculating. Requests run closed-loop: `bs` in
 flight, the next one submitted as one finishes, greedy by default, each ending at EOS or
-`--output-len`. Reported per concurrency: tok/s off and on, their ratio, and the speculation's mean
-accepted length (tokens per verify forward per request) and acceptance rate; the outputs of the two
-runs are compared token for token (greedy) and the count of differing requests is reported.
+`--output-len`. Reported per concurrency: tok/s off and on and their ratio, the CPU seconds of
+each run (what to compare on a shared CPU machine), the speculation's mean accepted length (tokens
+per verify forward per request) and acceptance rate, and (greedy) how many requests' outputs
+differ between the two runs (0 expected).
 """
 from __future__ import annotations
 
