@@ -7,7 +7,9 @@ drafts need every request's last token, so speculative steps run serially even u
 1. make room for one token per request exactly as a plain decode step would (retracting if
    needed), then ask the decoder for at most `budget(r)` draft nodes per request;
 2. allocate KV slots for each request's root + nodes (falling back to the root alone when the pool
-   is short), build the verify ForwardBatch (positions = KV length + depth) and run it;
+   is short), build the verify ForwardBatch (positions = KV length + depth) and run it; a
+   constrained request's nodes are sampled under the grammar mask of their own paths
+   (jackfield.spec.grammar_tree), and its accepted tokens advance its grammar as they are appended;
 3. the target's pick at every node: the sampler runs on every node's logits with the request's own
    parameters and, for seeded requests, the noise of the node's output position, so seeded and
    greedy requests produce exactly what plain decoding would. Starting at the root, the path moves
@@ -30,6 +32,8 @@ from jackfield.mem.device_copy import to_device
 from jackfield.scheduler.forward_job import logprob_rows
 from jackfield.sdk.forward_batch import ForwardBatch
 from jackfield.sdk.spec import SpecInput, TargetStates
+from jackfield.sdk.grammar import allocate_bitmask
+from jackfield.spec.grammar_tree import fill_tree_bitmask
 from jackfield.spec.load import LoadPolicy
 from jackfield.spec.stats import SpecStats
 from jackfield.spec.tree import VerifyTrees
@@ -69,8 +73,6 @@ class SpecController:
             return False  # a prefill is waiting: it runs between two speculative steps
         if not any(self.eligible(r) for r in s.running.reqs):
             return False  # nobody may speculate: a plain decode step, overlapped as usual
-        if any(getattr(r, "grammar", None) is not None for r in s.running.reqs):
-            return False  # a constrained request samples under its grammar's mask: plain steps
         return self.policy.speculate(len(s.running))
 
     # ---- the step -----------------------------------------------------------------------------
@@ -102,7 +104,7 @@ class SpecController:
         out_lens = batch.output_lens.index_select(0, to_device(rows, torch.int64, s.device)) + \
             to_device(depths, torch.int64, s.device)
         counted = to_device([d == 0 for d in depths], torch.bool, s.device)
-        out = s.runner.sampler.sample(logits, sampling, out_lens, counted)
+        out = s.runner.sampler.sample(logits, sampling, out_lens, counted, bitmask=self._grammar_mask(reqs, trees))
         picks_flat = out.next_token_ids.tolist()
         starts = [0]
         for n in trees.sizes:
@@ -122,6 +124,19 @@ class SpecController:
         self.policy.record_spec(len(reqs), time.perf_counter() - t0, sum(emitted) / len(reqs))
         self._finish(batch)
         return True
+
+    def _grammar_mask(self, reqs: list, trees: VerifyTrees) -> torch.Tensor | None:
+        """The grammar bitmask of every node (jackfield.spec.grammar_tree) when a request of the
+        batch is constrained: each node is sampled under the mask its path leaves the grammar in."""
+        if all(r.grammar is None for r in reqs):
+            return None
+        mask = allocate_bitmask(sum(trees.sizes), self.sched.vocab_size)
+        row = 0
+        for r, tokens, parents, n, real in zip(reqs, trees.tokens, trees.parents, trees.sizes, trees.real_sizes):
+            if r.grammar is not None:
+                fill_tree_bitmask(r.grammar, tokens[:real], parents[:real], mask, row)
+            row += n
+        return mask if self.sched.device.type == "cpu" else mask.to(self.sched.device, non_blocking=True)
 
     def _propose(self, reqs: list, budgets: tuple[int, ...]) -> VerifyTrees:
         s = self.sched

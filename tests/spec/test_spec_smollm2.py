@@ -1,6 +1,7 @@
 """Greedy equivalence on the embedded SmolLM2-135M (CPU, float32) for every speculative decoder:
 50 short prompts of mixed lengths in one continuously batched run (some joining while others
-decode) give token for token the output of plain decoding.
+decode) give token for token the output of plain decoding; so do ten prompts answered under a JSON
+schema (the output parses and has the schema's keys).
 
 One scheduler runs the prompts with `speculative: false` (plain decoding, the reference), then
 again with each decoder swapped in (n-gram, draft model, EAGLE): those runs find the prompts in
@@ -11,6 +12,7 @@ exercises the machinery; its drafts are mostly rejected). JACKFIELD_TEST_SMOLLM2
 """
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -56,6 +58,21 @@ def jobs():
     return [(f"p{i}", tok.encode(p), 5 + i % 3, 0 if i < 40 else 2) for i, p in enumerate(prompts())]
 
 
+SCHEMA = json.dumps({"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+                     "required": ["name", "age"], "additionalProperties": False})
+
+
+@pytest.fixture(scope="module")
+def json_jobs():
+    """Ten prompts answered under a JSON schema (xgrammar): verify steps sample every draft node
+    under the mask of its own path."""
+    from jackfield.loader.source import resolve_model
+    from jackfield.tokenizer.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(str(resolve_model(None).path))
+    return [(f"j{i}", tok.encode(f"Person {i} as JSON, with name and age: "), 48, 0) for i in range(10)]
+
+
 @pytest.fixture(scope="module")
 def small_draft(tmp_path_factory) -> str:
     """SmolLM2 truncated to its first 6 layers: a cheap draft model with the target's vocabulary."""
@@ -85,10 +102,14 @@ def sched(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def plain(sched, jobs):
+def plain(sched, jobs, json_jobs):
+    """Plain decoding: the 50 prompts, and the JSON-constrained ones."""
     out = run_workload(sched, jobs, speculative=False)
+    out_json = run_workload(sched, json_jobs, speculative=False, json_schema=SCHEMA)
     assert sched.spec.stats.verify_steps == 0
-    return out
+    for tokens in out_json.values():
+        assert set(json.loads(sched.tokenizer.decode(tokens))) == {"name", "age"}
+    return out, out_json
 
 
 def use_decoder(sched, cls, workdir: str, **settings) -> None:
@@ -106,23 +127,26 @@ def use_decoder(sched, cls, workdir: str, **settings) -> None:
     sched.releaser.on_leave = decoder.release
 
 
-def check(plain: dict, out: dict, sched, name: str, accepts: bool) -> None:
-    diff = [rid for rid in plain if out[rid] != plain[rid]]
-    assert not diff, f"{name}: {len(diff)} of 50 differ, first {diff[0]}: {out[diff[0]]} vs {plain[diff[0]]}"
+def check(plain: tuple, sched, jobs, json_jobs, name: str, accepts: bool) -> None:
+    """The 50 prompts, then the constrained ones, with speculation: equal to plain decoding."""
+    for want, out in ((plain[0], run_workload(sched, jobs)),
+                      (plain[1], run_workload(sched, json_jobs, json_schema=SCHEMA))):
+        diff = [rid for rid in want if out[rid] != want[rid]]
+        assert not diff, f"{name}: {len(diff)} of {len(want)} differ, first {diff[0]}: {out[diff[0]]} vs {want[diff[0]]}"
     st = sched.spec.stats
     assert pool_idle_problem(sched) is None and st.verify_steps > 0
     if accepts:
         assert st.accepted > 0, f"{name} accepted no draft in {st.verify_steps} verify steps"
 
 
-def test_ngram_equals_plain_with_radix_hits(sched, plain, jobs):
+def test_ngram_equals_plain_with_radix_hits(sched, plain, jobs, json_jobs):
     before = sched.stats.cached_tokens
-    check(plain, run_workload(sched, jobs), sched, "ngram", accepts=True)
+    check(plain, sched, jobs, json_jobs, "ngram", accepts=True)
     assert sched.stats.cached_tokens - before > 300  # the prompts came from the radix cache
 
 
 @pytest.mark.parametrize("cls", [DraftModelDecoder, EagleDecoder], ids=lambda c: c.name)
-def test_model_drafters_equal_plain(cls, sched, plain, jobs, small_draft, tmp_path):
+def test_model_drafters_equal_plain(cls, sched, plain, jobs, json_jobs, small_draft, tmp_path):
     from jackfield.loader.source import resolve_model
 
     if cls is DraftModelDecoder:
@@ -130,4 +154,4 @@ def test_model_drafters_equal_plain(cls, sched, plain, jobs, small_draft, tmp_pa
     else:
         extra = cls.kit_settings(str(resolve_model(None).path), str(tmp_path))
     use_decoder(sched, cls, str(tmp_path), **extra)
-    check(plain, run_workload(sched, jobs), sched, cls.name, accepts=cls is DraftModelDecoder)
+    check(plain, sched, jobs, json_jobs, cls.name, accepts=cls is DraftModelDecoder)
