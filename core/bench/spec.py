@@ -31,7 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_closed_loop(sched, prompts: list[list[int]], concurrency: int, params) -> tuple[float, float, dict]:
     """Wall seconds and this process's CPU seconds to run every prompt with `concurrency` in
-    flight, and the outputs (CPU seconds tell more than wall time on a shared CPU machine)."""
+    flight, and the outputs (CPU seconds tell more than wall time on a shared CPU machine).
+    Prompt i samples with seed `params.seed + i`. Requests that share a seed draw the same random
+    numbers, so on a model with flat distributions (dummy weights) they sample alike, which the
+    n-gram decoder's trie over recent requests then predicts: `run` gives every prompt of the
+    benchmark its own seed (the same one on and off)."""
+    from dataclasses import replace
+
     from jackfield.bench.common import sync
     from jackfield.io_struct import TokenizedGenerateReq
 
@@ -46,7 +52,8 @@ def run_closed_loop(sched, prompts: list[list[int]], concurrency: int, params) -
         i, ids = queue.pop(0)
         out[f"q{i}"] = []
         in_flight += 1
-        sched.handle(TokenizedGenerateReq(f"q{i}", ids, params))
+        seeded = params if params.seed is None else replace(params, seed=params.seed + i)
+        sched.handle(TokenizedGenerateReq(f"q{i}", ids, seeded))
 
     while queue and in_flight < concurrency:
         submit()
@@ -85,13 +92,14 @@ def run(args) -> int:
     on = SamplingParams(max_new_tokens=args.output_len, temperature=args.temperature, seed=0)
     off = replace(on, speculative=False)
     run_closed_loop(sched, prompts(sched.tokenizer, "chat", 2), 2, replace(on, max_new_tokens=8))  # warm-up
-    rows = []
+    rows, seed = [], 2
     for bs in sizes:
         ids = prompts(sched.tokenizer, args.workload, args.num_prompts or max(4, 2 * bs))
         st = sched.spec.stats
-        t_off, cpu_off, out_off = run_closed_loop(sched, ids, bs, off)
+        t_off, cpu_off, out_off = run_closed_loop(sched, ids, bs, replace(off, seed=seed))
         before = (st.verify_steps, st.proposed, st.accepted, st.emitted)
-        t_on, cpu_on, out_on = run_closed_loop(sched, ids, bs, on)
+        t_on, cpu_on, out_on = run_closed_loop(sched, ids, bs, replace(on, seed=seed))
+        seed += len(ids)
         steps, proposed, accepted, emitted = (a - b for a, b in zip((st.verify_steps, st.proposed, st.accepted,
                                                                       st.emitted), before))
         tokens = sum(map(len, out_on.values()))

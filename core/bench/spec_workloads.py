@@ -4,6 +4,10 @@ pays), and plain chat for contrast.
 * rewrite: a Python function and one change to make; the answer is the function again.
 * quotes: a passage and a request to summarize it quoting its sentences verbatim.
 * chat: short open questions (little to copy).
+
+Prompts are numbered ("Task 7."), so that no two of a run are the same text: identical prompts
+would have identical greedy answers, which the n-gram decoder's trie over recent requests drafts
+perfectly, overstating what speculation gains on real traffic.
 """
 from __future__ import annotations
 
@@ -86,6 +90,10 @@ QUESTIONS = ["What makes a good breakfast?", "Why is the sky blue?", "How do I l
 
 
 def texts(workload: str, n: int) -> list[str]:
+    return [f"Task {i + 1}. {text}" for i, text in enumerate(_texts(workload, n))]
+
+
+def _texts(workload: str, n: int) -> list[str]:
     out = []
     for i in range(n):
         if workload == "rewrite":
