@@ -55,6 +55,7 @@ def main() -> int:
     p.add_argument("--batch-sizes", default="1")
     p.add_argument("--accept-lengths", default="1,2,3,5,8", help="tokens emitted per verify forward per request")
     p.add_argument("--workload", default="rewrite", choices=["rewrite", "quotes", "chat"])
+    p.add_argument("--num-prompts", type=int, default=0, help="prompts per batch size (default: max(4, 2 x bs))")
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--out", default=None)
     add_settings_arguments(p)
@@ -68,7 +69,7 @@ def main() -> int:
     run_closed_loop(sched, prompts(sched.tokenizer, "chat", 2), 2, replace(plain, max_new_tokens=8))  # warm-up
     results = []
     for bs in sizes:
-        ids = prompts(sched.tokenizer, args.workload, max(4, 2 * bs))
+        ids = prompts(sched.tokenizer, args.workload, args.num_prompts or max(4, 2 * bs))
         t_off, _, out_off = run_closed_loop(sched, ids, bs, plain)
         refs = {f"q{i}": list(prompt) + out_off[f"q{i}"] for i, prompt in enumerate(ids)}
         tokens = sum(map(len, out_off.values()))
