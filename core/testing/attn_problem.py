@@ -142,7 +142,8 @@ class AttnProblem:
                     path.append(node)
                     node = par[node]
                 slots = torch.cat([row[:p], row[p + torch.tensor(path[::-1], device=row.device)]])
-                out[start + j] = reference_attention(q[start + j:start + j + 1], k_buf[slots], v_buf[slots], layer)[0]
+                k, v = self.pool.dequantize(0, k_buf[slots], v_buf[slots])
+                out[start + j] = reference_attention(q[start + j:start + j + 1], k, v, layer)[0]
             start += len(par)
         return out
 
