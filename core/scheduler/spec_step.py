@@ -73,6 +73,8 @@ class SpecController:
             return False  # a prefill is waiting: it runs between two speculative steps
         if not any(self.eligible(r) for r in s.running.reqs):
             return False  # nobody may speculate: a plain decode step, overlapped as usual
+        if any(r.adapter is not None for r in s.running.reqs):
+            return False  # verify forwards carry no LoRA slots: a batch with an adapter decodes plainly
         return self.policy.speculate(len(s.running))
 
     # ---- the step -----------------------------------------------------------------------------
