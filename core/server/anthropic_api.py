@@ -1,15 +1,17 @@
-"""Anthropic-compatible API: POST /v1/messages, plain or streamed with Anthropic's event types."""
+"""Anthropic-compatible API: POST /v1/messages, plain or streamed with Anthropic's event types, and
+POST /v1/messages/count_tokens."""
 from __future__ import annotations
 
 import uuid
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 
 from jackfield.io_struct import FinishReason
 from jackfield.server.app import server_state
-from jackfield.server.generation import RequestGroup, abort_error, until_disconnected
+from jackfield.server.generation import RequestGroup, abort_error, request_priority, until_disconnected
 from jackfield.server.prompts import chat_default, chat_prompt, content_text, max_new_tokens, sampling_params
-from jackfield.server.protocol import MessagesRequest
+from jackfield.server.protocol import CountTokensRequest, MessagesRequest
 from jackfield.server.sse import sse, sse_response
 
 router = APIRouter()
@@ -32,23 +34,40 @@ def _usage(prompt_tokens: int, output_tokens: int, cached: int) -> dict:
             "cache_creation_input_tokens": 0}
 
 
+class TokenCount(BaseModel):
+    input_tokens: int
+
+
+def _prompt_ids(st, body: CountTokensRequest) -> list[int]:
+    msgs = [{"role": "system", "content": content_text(body.system, "system")}] if body.system else []
+    msgs += [{"role": m.role, "content": content_text(m.content, f"messages[{i}].content")}
+             for i, m in enumerate(body.messages)]
+    return chat_prompt(st.tokenizer_manager, msgs)
+
+
+@router.post("/v1/messages/count_tokens")
+async def count_tokens(body: CountTokensRequest, request: Request) -> TokenCount:
+    """The prompt's token count after the chat template, as /v1/messages would run it."""
+    st = server_state(request)
+    st.check_model(body.model)
+    return TokenCount(input_tokens=len(_prompt_ids(st, body)))
+
+
 @router.post("/v1/messages")
 async def messages(body: MessagesRequest, request: Request):
     st = server_state(request)
     tm = st.tokenizer_manager
     st.check_model(body.model)
-    msgs = [{"role": "system", "content": content_text(body.system, "system")}] if body.system else []
-    msgs += [{"role": m.role, "content": content_text(m.content, f"messages[{i}].content")}
-             for i, m in enumerate(body.messages)]
-    ids = chat_prompt(tm, msgs)
+    st.check_generation()
+    ids = _prompt_ids(st, body)
     max_new = max_new_tokens(body.max_tokens, [ids], tm.context_len, chat_default(tm.context_len), "max_tokens",
                              "messages")
     params = sampling_params({"max_new_tokens": max_new, "temperature": body.temperature, "top_p": body.top_p,
                               "top_k": body.top_k, "stop": body.stop_sequences}, tm.vocab_size, ANTHROPIC_NAMES)
-    group = RequestGroup(tm, [ids], params)
+    group = RequestGroup(tm, [ids], params, priority=request_priority(request))
     message = {"id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant", "model": st.model_name}
     if body.stream:
-        return sse_response(_stream(group.start(), message, len(ids)))
+        return sse_response(_stream(group.start(), message))
     with group:
         (result,) = await until_disconnected(request, group.collect())
     reason, sequence = stop_reason(result.finish)
@@ -57,19 +76,24 @@ async def messages(body: MessagesRequest, request: Request):
                                                        result.cached_tokens)}
 
 
-async def _stream(group: RequestGroup, message: dict, prompt_tokens: int):
+async def _stream(group: RequestGroup, message: dict):
+    """`message_start` waits for the first output, which carries the prompt's cached-token count, so
+    its usage matches the non-streamed response's."""
     try:
-        start = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
-                 "usage": _usage(prompt_tokens, 0, 0)}
-        yield sse({"type": "message_start", "message": start}, "message_start")
-        yield sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-                  "content_block_start")
-        yield sse({"type": "ping"}, "ping")
+        started = False
         async for _, out in group.outputs():
             if out.finished is not None and out.finished.kind == "abort":
                 err = abort_error(out.finished.message)
                 yield sse({"type": "error", "error": {"type": err.type, "message": err.message}}, "error")
                 return
+            if not started:
+                started = True
+                start = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
+                         "usage": _usage(out.prompt_tokens, 0, out.cached_tokens)}
+                yield sse({"type": "message_start", "message": start}, "message_start")
+                yield sse({"type": "content_block_start", "index": 0,
+                           "content_block": {"type": "text", "text": ""}}, "content_block_start")
+                yield sse({"type": "ping"}, "ping")
             if out.text:
                 delta = {"type": "text_delta", "text": out.text}
                 yield sse({"type": "content_block_delta", "index": 0, "delta": delta}, "content_block_delta")

@@ -15,9 +15,12 @@ from fastapi import FastAPI, Request
 
 from jackfield.config import Settings
 from jackfield.engine_loop import EngineInfo
+from jackfield.loader.gguf import cache_root
+from jackfield.server.batch_runner import BatchRunner
 from jackfield.server.errors import APIError, install_error_handlers
+from jackfield.server.file_store import FileStore
 from jackfield.server.metrics import ServerMetrics
-from jackfield.server.middleware import APIKeyMiddleware, RequestMetricsMiddleware
+from jackfield.server.middleware import APIKeyMiddleware, JSONBodyMiddleware, RequestMetricsMiddleware
 from jackfield.server.tokenizer_manager import TokenizerManager
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,8 @@ class ServerState:
     plugin_records: list = field(default_factory=list)
     tokenizer_path: str | None = None
     process_ids: dict[str, int] = field(default_factory=dict)  # "scheduler"/"detokenizer" -> pid
+    files: Any = None            # FileStore of /v1/files (set by build_app)
+    batches: Any = None          # BatchRunner of /v1/batches (set by build_app)
     ready: bool = False          # model loaded and warm-up done
     failure: str | None = None   # set when a subprocess died; the server is then unhealthy
     started_at: float = field(default_factory=time.time)
@@ -69,23 +74,37 @@ class ServerState:
                            param="model", code="model_not_found")
 
 
+    def check_generation(self) -> None:
+        """400 when the model is served as an embedding model (`--is-embedding` or detected)."""
+        if self.info.embedding.is_embedding:
+            raise APIError(400, f"'{self.model_name}' is served as an embedding model "
+                                f"({self.info.embedding.reason}): use /v1/embeddings or /api/embed",
+                           code="model_not_generative")
+
+
 def server_state(request: Request) -> ServerState:
     return request.app.state.server
 
 
 def build_app(state: ServerState) -> FastAPI:
-    from jackfield.server import anthropic_api, lora_api, native_api, ollama_api, openai_api, status_api
+    from jackfield.server import (anthropic_api, batch_api, embeddings_api, lora_api, native_api, ollama_api,
+                                  openai_api, status_api, tokenize_api)
 
     app = FastAPI(title="jackfield", version=_version())
     app.state.server = state
+    s = state.settings
+    state.files = FileStore(s.file_storage_dir or cache_root() / "files", s.max_upload_bytes)
+    state.batches = BatchRunner(app, state.files, s.batch_concurrency, s.api_key)
     install_error_handlers(app)
-    for module in (openai_api, anthropic_api, ollama_api, native_api, status_api, lora_api):
+    for module in (openai_api, embeddings_api, batch_api, anthropic_api, ollama_api, native_api, tokenize_api,
+                   status_api, lora_api):
         app.include_router(module.router)
     if state.pm is not None:
         try:
             state.pm.hook.jackfield_add_http_routes(app=app, server=state)
         except Exception:
             log.exception("a plugin failed in jackfield_add_http_routes; its routes are missing")
+    app.add_middleware(JSONBodyMiddleware)
     app.add_middleware(APIKeyMiddleware, api_key=state.settings.api_key)
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     return app

@@ -74,6 +74,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     param = ".".join(loc) or None
     if err.get("type") == "missing" and param:
         message = f"missing required parameter: '{param}'"
+    elif err.get("type") == "extra_forbidden" and param:
+        message = f"unsupported parameter: '{param}' is not implemented by this server"
     else:
         message = f"{param}: {err.get('msg', 'invalid value')}" if param else err.get("msg", "invalid request body")
     return error_response(APIError(400, message, param=param))

@@ -7,8 +7,11 @@ fails the requests in flight and shuts down instead of hanging).
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import logging
 import signal
+import socket
 import sys
 import threading
 
@@ -17,7 +20,7 @@ import uvicorn
 from jackfield.config import Settings
 from jackfield.plugins import load_plugins
 from jackfield.server.app import ServerState, build_app
-from jackfield.server.generation import RequestGroup
+from jackfield.server.generation import probe_group
 from jackfield.server.ipc import PortArgs
 from jackfield.server.messages import ReadyInfo
 from jackfield.server.metrics import ServerMetrics
@@ -58,6 +61,11 @@ def launch_server(settings: Settings) -> int:
     logging.getLogger("jackfield").setLevel(settings.log_level.upper())
     signals = SignalGuard()
     signals.install()
+    busy = port_in_use(settings.host, settings.port)
+    if busy:
+        print(f"jackfield: error: cannot serve on {settings.host}:{settings.port}: {busy}; pass another port, "
+              f"e.g. --port {settings.port + 1}", file=sys.stderr, flush=True)
+        return 1
     ports = PortArgs.create()
     procs = EngineProcesses(settings, ports)
     try:
@@ -83,6 +91,22 @@ def launch_server(settings: Settings) -> int:
         procs.stop()
         ports.cleanup()
         signals.restore()
+
+
+def port_in_use(host: str, port: int) -> str | None:
+    """Why uvicorn could not bind host:port, checked before the model loads; None when it can."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve the host ({exc})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return "the port is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+    return None
 
 
 def _load_tokenizer(path: str | None):
@@ -114,7 +138,7 @@ async def _serve(settings: Settings, ready: ReadyInfo, tokenizer, ports: PortArg
     config = uvicorn.Config(build_app(state), host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=settings.log_level == "debug", lifespan="off",
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, functools.partial(_end_requests, state))
     tasks = [asyncio.create_task(_watchdog(procs, state, server)), asyncio.create_task(_warm_up(state, server))]
     if signals.received:
         server.should_exit = True
@@ -123,10 +147,30 @@ async def _serve(settings: Settings, ready: ReadyInfo, tokenizer, ports: PortArg
     finally:
         for task in tasks:
             task.cancel()
+        await _end_requests(state)
         _call_hook(pm, "jackfield_engine_stopping", ready.info)
-        tm.fail_all(state.failure or "the server is shutting down")
         tm.close()
     return 1 if state.failure else 0
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's Server that ends every request in flight as soon as shutdown begins: streams finish
+    with an error event ("the server is shutting down") and `data: [DONE]` and their connections
+    close, instead of being cancelled when the graceful period runs out (which logs a traceback)."""
+
+    def __init__(self, config: uvicorn.Config, before_shutdown):
+        super().__init__(config)
+        self.before_shutdown = before_shutdown
+
+    async def shutdown(self, sockets=None) -> None:
+        await self.before_shutdown()
+        await super().shutdown(sockets)
+
+
+async def _end_requests(state: ServerState) -> None:
+    """Cancel the running batches, then fail every request in flight (idempotent)."""
+    await state.batches.close()
+    state.tokenizer_manager.fail_all(state.failure or "the server is shutting down")
 
 
 async def _watchdog(procs: EngineProcesses, state: ServerState, server: uvicorn.Server) -> None:
@@ -143,14 +187,13 @@ async def _watchdog(procs: EngineProcesses, state: ServerState, server: uvicorn.
 
 
 async def _warm_up(state: ServerState, server: uvicorn.Server) -> None:
-    """Run one short generation through the normal path, then report ready (GET /health -> 200)."""
-    from jackfield.sampling.params import SamplingParams
-
+    """Run one short generation (an embedding for an embedding model) through the normal path, then
+    report ready (GET /health -> 200)."""
     tm = state.tokenizer_manager
     if state.settings.warmup:
         ids = tm.encode(WARMUP_TEXT) if tm.tokenizer is not None else [0]
         try:
-            with RequestGroup(tm, [ids], SamplingParams(max_new_tokens=4, temperature=0.0)) as group:
+            with probe_group(state, ids, 4) as group:
                 await group.collect()
         except Exception as exc:
             state.failure = f"the warm-up generation failed: {getattr(exc, 'message', exc)}"

@@ -3,6 +3,8 @@
 APIKeyMiddleware: with `api_key` set, every request except GET /health needs
 `Authorization: Bearer <key>` or `x-api-key: <key>`; otherwise 401 in the error shape.
 RequestMetricsMiddleware: counts responses by route template and status code.
+JSONBodyMiddleware: a request body is JSON whatever its Content-Type (`curl -d` sends
+form-urlencoded, Ollama clients send none), except multipart uploads (/v1/files).
 """
 from __future__ import annotations
 
@@ -50,3 +52,22 @@ class RequestMetricsMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_counted)
+
+
+BODY_METHODS = (b"POST", b"PUT", b"PATCH")
+
+
+class JSONBodyMiddleware:
+    """Rewrites a non-JSON, non-multipart Content-Type of a request with a body to application/json,
+    so FastAPI parses every route's body as JSON (malformed JSON is then a 400, as with the header)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"].encode() in BODY_METHODS:
+            headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
+            given = next((v for k, v in scope["headers"] if k.lower() == b"content-type"), b"").lower()
+            if not (given.startswith(b"multipart/") or b"json" in given.split(b";")[0]):
+                scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)

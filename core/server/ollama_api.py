@@ -1,4 +1,5 @@
-"""Ollama-compatible API: POST /api/generate, POST /api/chat (NDJSON streams by default), GET /api/tags."""
+"""Ollama-compatible API: POST /api/generate, POST /api/chat (NDJSON streams by default), POST /api/embed,
+POST /api/show, GET /api/tags, GET /api/ps, GET /api/version."""
 from __future__ import annotations
 
 import time
@@ -8,11 +9,14 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 
 from jackfield.server.app import ServerState, server_state
-from jackfield.server.generation import RequestGroup, abort_error, until_disconnected
+from jackfield.embedding import normalized
+from jackfield.server.embeddings_api import run_embeddings
+from jackfield.server.errors import APIError
+from jackfield.server.generation import RequestGroup, abort_error, request_priority, until_disconnected
 from jackfield.server.lora_api import request_adapter
 from jackfield.server.prompts import chat_default, chat_prompt, encode_text, max_new_tokens, sampling_params
-from jackfield.server.protocol import (OllamaChatRequest, OllamaGenerateRequest, OllamaOptions, json_body,
-                                      ollama_format_values)
+from jackfield.server.protocol import (OllamaChatRequest, OllamaEmbedRequest, OllamaGenerateRequest, OllamaOptions,
+                                      OllamaShowRequest, json_body, ollama_format_values)
 from jackfield.server.sse import ndjson, ndjson_response
 
 router = APIRouter()
@@ -43,6 +47,7 @@ async def generate(request: Request):
     body = await json_body(request, OllamaGenerateRequest)
     st = server_state(request)
     lora = await request_adapter(st, body.model, None)
+    st.check_generation()
     if not body.prompt:  # Ollama's "load the model" request
         return {"model": body.model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
     tm = st.tokenizer_manager
@@ -61,6 +66,7 @@ async def chat(request: Request):
     body = await json_body(request, OllamaChatRequest)
     st = server_state(request)
     lora = await request_adapter(st, body.model, None)
+    st.check_generation()
     ids = chat_prompt(st.tokenizer_manager, [{"role": m.role, "content": m.content} for m in body.messages])
     return await _run(st, request, body.model, body.stream, ids, _params(st, body.options, ids, body.format),
                       lambda text: {"message": {"role": "assistant", "content": text}}, lora)
@@ -69,13 +75,13 @@ async def chat(request: Request):
 async def _run(st: ServerState, request: Request, model: str, stream: bool, ids: list[int], params, payload,
                lora: str | None = None):
     start = time.monotonic()
-    group = RequestGroup(st.tokenizer_manager, [ids], params, lora=lora)
+    group = RequestGroup(st.tokenizer_manager, [ids], params, priority=request_priority(request), lora=lora)
     if stream:
         return ndjson_response(_stream(group.start(), model, payload, start))
     with group:
         (result,) = await until_disconnected(request, group.collect())
     return {"model": model, "created_at": _now(), **payload(result.text), "done": True,
-            **_final_stats(result.finish, result.prompt_tokens, result.completion_tokens, start, None)}
+            **_final_stats(result.finish, result.prompt_tokens, result.completion_tokens, start, result.first_token_at)}
 
 
 async def _stream(group: RequestGroup, model: str, payload, start: float):
@@ -105,16 +111,74 @@ def _final_stats(finish, prompt_tokens: int, completion_tokens: int, start: floa
             "eval_count": completion_tokens, "eval_duration": int((now - first) * 1e9)}
 
 
-@router.get("/api/tags")
-async def tags(request: Request) -> dict:
-    st = server_state(request)
+def _model_entry(st: ServerState) -> dict:
+    """The served model as /api/tags and /api/ps list it."""
     path = Path(st.info.model_path)
     size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.glob("*.safetensors"))
     modified = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat().replace("+00:00", "Z")
-    details = {"format": path.suffix.lstrip(".") or "safetensors", "family": st.info.model_config.architectures[0],
-               "parameter_size": "", "quantization_level": st.info.components.get("quantization", {}).get("name")}
-    return {"models": [{"name": st.model_name, "model": st.model_name, "modified_at": modified, "size": size,
-                        "digest": "", "details": details}]}
+    return {"name": st.model_name, "model": st.model_name, "modified_at": modified, "size": size, "digest": "",
+            "details": _details(st)}
+
+
+def _details(st: ServerState) -> dict:
+    path = Path(st.info.model_path)
+    family = st.info.model_config.model_type or st.info.model_config.architectures[0]
+    return {"format": path.suffix.lstrip(".") or "safetensors", "family": family, "families": [family],
+            "parameter_size": "", "quantization_level": st.info.components.get("quantization", {}).get("name")}
+
+
+@router.get("/api/tags")
+async def tags(request: Request) -> dict:
+    return {"models": [_model_entry(server_state(request))]}
+
+
+@router.get("/api/ps")
+async def ps(request: Request) -> dict:
+    """The loaded model: always the served one, which stays loaded (no expiry)."""
+    st = server_state(request)
+    entry = _model_entry(st)
+    return {"models": [{**entry, "expires_at": None,
+                        "size_vram": entry["size"] if st.info.device.startswith("cuda") else 0}]}
+
+
+@router.post("/api/show")
+async def show(request: Request) -> dict:
+    body = await json_body(request, OllamaShowRequest)
+    st = server_state(request)
+    name = body.model or body.name
+    if not name:
+        raise APIError(400, "missing required parameter: 'model'", param="model")
+    st.check_model(name)
+    cfg, tok = st.info.model_config, st.tokenizer
+    arch = cfg.model_type or "llama"
+    info = {"general.architecture": arch, "general.basename": st.model_name,
+            f"{arch}.context_length": st.info.context_len, f"{arch}.embedding_length": cfg.hidden_size,
+            f"{arch}.block_count": cfg.num_layers, f"{arch}.attention.head_count": cfg.num_heads,
+            f"{arch}.attention.head_count_kv": cfg.num_kv_heads, f"{arch}.vocab_size": cfg.vocab_size}
+    template = (tok.chat_template if tok is not None else None) or ""
+    capabilities = ["embedding"] if st.info.embedding.is_embedding else ["completion", "embedding"]
+    return {"modelfile": f"FROM {st.info.model_path}\n", "parameters": "", "template": template,
+            "details": _details(st), "model_info": info, "capabilities": capabilities,
+            "modified_at": _model_entry(st)["modified_at"]}
+
+
+@router.post("/api/embed")
+async def embed(request: Request) -> dict:
+    """Ollama's embeddings: every input pooled as the server pools (last token by default), L2-normalized."""
+    body = await json_body(request, OllamaEmbedRequest)
+    st = server_state(request)
+    st.check_model(body.model)
+    start = time.monotonic()
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    tm = st.tokenizer_manager
+    prompts = [encode_text(tm, t, f"input[{i}]") for i, t in enumerate(texts)]
+    limit = tm.context_len - 1
+    if body.truncate:
+        prompts = [ids[:limit] for ids in prompts]
+    results = await run_embeddings(st, request, prompts, "input")
+    return {"model": body.model, "embeddings": [normalized(r.embedding) for r in results],
+            "total_duration": int((time.monotonic() - start) * 1e9), "load_duration": 0,
+            "prompt_eval_count": sum(len(p) for p in prompts)}
 
 
 @router.get("/api/version")

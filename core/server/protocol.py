@@ -1,4 +1,10 @@
-"""Request bodies of every API, as pydantic models. Unknown fields are accepted and ignored.
+"""Request bodies of every API, as pydantic models.
+
+A field is accepted if and only if it is declared here: `Body` forbids extra fields, so a request
+naming a parameter the server does not implement gets a 400 naming it (errors.py), on every route,
+never a 200 that silently ignores it. A feature lands by declaring its fields in these models.
+Declared fields without an effect are pure client metadata (OpenAI `user`, Anthropic `metadata` and
+`cache_control`); docs/server.md lists them.
 
 Validation failures become HTTP 400 in the OpenAI error shape (errors.py). Values are range-checked
 later by SamplingParams, so one rule set holds for every API.
@@ -19,7 +25,7 @@ T = TypeVar("T", bound=BaseModel)
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
 async def json_body(request: Request, model: type[T]) -> T:
@@ -121,6 +127,7 @@ class CompletionRequest(OpenAISampling):
     prompt: Any  # a string, strings, token ids or lists of token ids; checked by prompts.completion_prompts
     logprobs: int | None = None
     echo: bool = False
+    best_of: int | None = None  # only best_of == n (no best-of selection beyond the n returned)
 
 
 def response_format_values(rf: ResponseFormat | None) -> dict[str, Any]:
@@ -149,6 +156,7 @@ def ollama_format_values(fmt: OllamaFormat) -> dict[str, Any]:
 class ContentBlock(Body):
     type: str
     text: str | None = None
+    cache_control: dict[str, Any] | None = None  # accepted: the radix cache already reuses every prefix
 
 
 class AnthropicMessage(Body):
@@ -156,11 +164,16 @@ class AnthropicMessage(Body):
     content: Union[str, list[ContentBlock]]
 
 
-class MessagesRequest(Body):
+class CountTokensRequest(Body):
+    """POST /v1/messages/count_tokens."""
+
     model: str
-    max_tokens: int
     messages: list[AnthropicMessage]
     system: Union[str, list[ContentBlock], None] = None
+
+
+class MessagesRequest(CountTokensRequest):
+    max_tokens: int
     stop_sequences: list[str] | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -209,6 +222,17 @@ class OllamaChatRequest(Body):
     options: OllamaOptions = Field(default_factory=OllamaOptions)
 
 
+class OllamaEmbedRequest(Body):
+    model: str
+    input: Union[str, list[str]]
+    truncate: bool = True  # cut inputs to the context length instead of failing
+
+
+class OllamaShowRequest(Body):
+    model: str | None = None
+    name: str | None = None  # the older name of `model`
+
+
 # ---- native -----------------------------------------------------------------------------------
 class GenerateRequest(Body):
     """POST /generate, SGLang's native API: one prompt (`text` or `input_ids`) or a list of them."""
@@ -220,3 +244,5 @@ class GenerateRequest(Body):
     return_logprob: bool = False
     top_logprobs_num: int = 0
     lora_path: Any = None   # a LoRA adapter's name, or a list with one name (or null) per prompt
+    logprob_start_len: int = -1          # >= 0 (with return_logprob): input_token_logprobs from this position
+    return_text_in_logprobs: bool = True  # the token text as the third element of each logprob entry

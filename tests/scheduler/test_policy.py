@@ -18,6 +18,11 @@ class FakeReq:
     output_ids: list[int] = field(default_factory=list)
     prefix_indices: torch.Tensor | None = None
     last_node: object = None
+    priority: int = 0
+
+    @property
+    def prefix_limit(self) -> int:
+        return max(len(self.origin_input_ids) + len(self.output_ids) - 1, 0)
 
 
 def radix_with(*seqs, page_size=1):
