@@ -121,6 +121,9 @@ def _advance(s, reqs: list, joining: list[bool], new_sampling: SamplingBatch | N
         decode.advance()
     if s.chunked_req is not None and s.chunked_req.remaining_prefill == 0:
         s.chunked_req = None
+    # prefill-only requests whose prompt this job completes: held only by the job until `_process`
+    # finishes them; should the forward fail first, `abort_all` finds them in `s.leaving`
+    s.leaving += [r for r in reqs if r.prefill_only and r.remaining_prefill == 0]
     done = [i for i, f in enumerate(joining) if f]
     if not done:
         return

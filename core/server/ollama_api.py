@@ -145,8 +145,8 @@ async def ps(request: Request) -> dict:
 async def show(request: Request) -> dict:
     body = await json_body(request, OllamaShowRequest)
     st = server_state(request)
-    name = body.model or body.name
-    if not name:
+    name = body.model if body.model is not None else body.name
+    if name is None:
         raise APIError(400, "missing required parameter: 'model'", param="model")
     st.check_model(name)
     cfg, tok = st.info.model_config, st.tokenizer

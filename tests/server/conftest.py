@@ -11,10 +11,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from server_harness import SMALL, Server, descendants, start_server, wait_gone  # noqa: E402
 
+UPLOAD_LIMIT = 64 << 10  # /v1/files: small, so a 413 costs nothing to provoke
+
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Server:
-    srv = start_server(tmp_path_factory.mktemp("server"), *SMALL)
+    files = tmp_path_factory.mktemp("files")
+    srv = start_server(tmp_path_factory.mktemp("server"), *SMALL, "--file-storage-dir", str(files),
+                       "--max-upload-bytes", str(UPLOAD_LIMIT))
     children = descendants(srv.proc.pid)
     yield srv
     try:
