@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from jackfield.io_struct import TokenLogprob
+from jackfield.mem.device_copy import to_device
 
 SLICE_BYTES = 64 << 20  # float32 logits of one slice of prompt positions
 
@@ -79,8 +80,7 @@ def plan_readout(reqs: list, device: torch.device) -> PromptReadout | None:
         offset += ext
     if not rows and not spans:
         return None
-    return PromptReadout(torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True),
-                         torch.tensor(targets, dtype=torch.int64).to(device, non_blocking=True),
+    return PromptReadout(to_device(rows, torch.int64, device), to_device(targets, torch.int64, device),
                          top_k, tuple(counts), tuple(spans), tuple(pool_reqs))
 
 

@@ -6,7 +6,7 @@ unchanged.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -34,17 +34,14 @@ class FileDeleted(BaseModel):
     deleted: bool = True
 
 
-class FileList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[FileObject]
-    first_id: str | None = None
-    last_id: str | None = None
-    has_more: bool = False
+T = TypeVar("T")
 
 
-class BatchList(BaseModel):
+class CursorPage(BaseModel, Generic[T]):
+    """One page of an OpenAI list: newest first; the next page starts `after` last_id."""
+
     object: Literal["list"] = "list"
-    data: list[Batch]
+    data: list[T]
     first_id: str | None = None
     last_id: str | None = None
     has_more: bool = False
@@ -121,9 +118,9 @@ async def _chunks(upload: UploadFile, size: int = 1 << 20):
 
 @router.get("/v1/files")
 async def list_files(request: Request, purpose: str | None = None, limit: int = Query(10000, ge=1, le=10000),
-                     after: str | None = None, order: Literal["asc", "desc"] = "desc") -> FileList:
+                     after: str | None = None, order: Literal["asc", "desc"] = "desc") -> CursorPage[FileObject]:
     files = server_state(request).files.list(purpose)
-    return FileList(**_page(files if order == "desc" else files[::-1], limit, after))
+    return CursorPage[FileObject](**_page(files if order == "desc" else files[::-1], limit, after))
 
 
 @router.get("/v1/files/{file_id}")
@@ -150,8 +147,8 @@ async def create_batch(body: CreateBatchRequest, request: Request) -> Batch:
 
 
 @router.get("/v1/batches")
-async def list_batches(request: Request, limit: int = Query(20, ge=1, le=100), after: str | None = None) -> BatchList:
-    return BatchList(**_page(server_state(request).batches.list(), limit, after))
+async def list_batches(request: Request, limit: int = Query(20, ge=1, le=100), after: str | None = None) -> CursorPage[Batch]:
+    return CursorPage[Batch](**_page(server_state(request).batches.list(), limit, after))
 
 
 @router.get("/v1/batches/{batch_id}")

@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 import os
 
+import lm_eval
 import pytest
 import torch
-
-lm_eval = pytest.importorskip("lm_eval")
 
 QUESTIONS = [
     ("The capital of France is", ["Paris", "London", "Berlin", "Madrid"], 0),
