@@ -95,6 +95,9 @@ class Engine:
         prompts = [prompt] if single else list(prompt)
         loras = self._loras(lora_path, len(prompts))
         encoded = [self._encode(p, add_special_tokens) for p in prompts]
+        if logprob_start_len >= 0 and any(logprob_start_len >= len(ids) for ids in encoded):
+            raise ValueError(f"logprob_start_len ({logprob_start_len}) must be below the prompt length "
+                             f"({min(len(ids) for ids in encoded)} tokens)")
         sub = replace(params, n=1)
         # choice j of a seeded request uses seed + j, so n > 1 choices differ yet stay reproducible
         choices = [replace(sub, seed=None if params.seed is None else params.seed + j) for j in range(params.n)]

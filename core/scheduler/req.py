@@ -64,7 +64,7 @@ class Req:
                 params = replace(params, logprobs=True,
                                  top_logprobs_num=max(msg.top_logprobs_num, params.top_logprobs_num))
             self.stream = msg.stream
-            if msg.logprob_start_len >= 0:
+            if msg.logprob_start_len >= 0 and self.origin_input_ids:
                 self.logprob_start_len = min(msg.logprob_start_len, len(self.origin_input_ids) - 1)
                 self.next_input_logprob = self.logprob_start_len
                 if self.logprob_start_len == 0:  # no context: no logprob

@@ -8,6 +8,7 @@ import torch
 
 from jackfield.io_struct import TokenizedEmbeddingReq, TokenizedGenerateReq
 from jackfield.sampling.params import SamplingParams
+from jackfield.scheduler import prompt_readout
 from sched_harness import Driver, ReqRecord, check_pool_clean, make_scheduler
 
 GEN = torch.Generator().manual_seed(3)
@@ -51,8 +52,10 @@ def reference(tiny_llama):
     return run(tiny_llama, overlap=False, page_size=1)
 
 
-@pytest.mark.parametrize("overlap,page_size", [(True, 1), (False, 4), (True, 4)])
-def test_prefill_only_requests_beside_generations(tiny_llama, reference, overlap, page_size):
+@pytest.mark.parametrize("overlap,page_size,slice_rows", [(True, 1, None), (False, 4, 3), (True, 4, None)])
+def test_prefill_only_requests_beside_generations(tiny_llama, reference, overlap, page_size, slice_rows, monkeypatch):
+    if slice_rows is not None:  # the LM head over 3 prompt positions at a time
+        monkeypatch.setattr(prompt_readout, "SLICE_BYTES", slice_rows * 4 * 256)
     got = run(tiny_llama, overlap, page_size)
     for i, ids in enumerate(PROMPTS):
         tokens, kind, (lps, emb) = got[f"emb{i}"]

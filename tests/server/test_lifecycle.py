@@ -14,7 +14,8 @@ from server_harness import SERVE, SMALL, assert_error, descendants, start_server
 
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory):
-    srv = start_server(tmp_path_factory.mktemp("keyed"), *SMALL, "--api-key", "sekret")
+    folder = tmp_path_factory.mktemp("keyed")
+    srv = start_server(folder, *SMALL, "--api-key", "sekret", "--file-storage-dir", str(folder / "files"))
     yield srv
     srv.kill()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 
-import lm_eval
 import pytest
 import torch
 
@@ -53,6 +52,8 @@ def task_manager(tmp_path_factory):
 
 
 def evaluate(model, model_args, task_manager) -> tuple[float, list[list[float]]]:
+    import lm_eval  # imported here, not at collection: it takes seconds
+
     out = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=[TASK], task_manager=task_manager,
                                   log_samples=True, bootstrap_iters=0, batch_size=4)
     samples = sorted(out["samples"][TASK], key=lambda s: s["doc_id"])

@@ -74,3 +74,9 @@ def test_a_json_body_needs_no_json_content_type(http, path, body, content_type):
     req = http.build_request("POST", path, content=json.dumps(body).encode(), headers=headers)
     assert req.headers.get("content-type") == content_type
     assert http.send(req).status_code == 200
+
+
+def test_the_openapi_schema_describes_the_request_models(http):
+    schema = http.get("/openapi.json").json()
+    assert schema["components"]["schemas"]["ChatCompletionRequest"]["additionalProperties"] is False
+    assert {"/v1/embeddings", "/v1/batches", "/v1/files", "/tokenize"} <= set(schema["paths"])
