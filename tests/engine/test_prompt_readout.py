@@ -27,10 +27,23 @@ MORE = " Nobody in the village remembered a night when the light had failed."
 
 
 @pytest.fixture(scope="module")
+def smollm2_hf():
+    """transformers' SmolLM2 from the same GGUF (dequantized by its own reader), float32."""
+    from transformers import AutoModelForCausalLM
+
+    from jackfield.loader.default_model import default_model_path
+
+    path = default_model_path()
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                                 dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
 def engine():
     from jackfield.engine import Engine
 
-    with Engine(chunked_prefill_size=CHUNK, disable_overlap_schedule=False) as eng:
+    with Engine(chunked_prefill_size=CHUNK, disable_overlap_schedule=False, kv_cache_bytes=64 << 20) as eng:
         yield eng
 
 

@@ -42,8 +42,15 @@ def engine():
 
 
 @pytest.fixture(scope="module")
-def hf_model(smollm2_hf):
-    return smollm2_hf
+def hf_model():
+    from transformers import AutoModelForCausalLM
+
+    from jackfield.loader.default_model import default_model_path
+
+    path = default_model_path()
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                                 dtype=torch.float32)
+    return model.eval()
 
 
 @pytest.fixture(scope="module")

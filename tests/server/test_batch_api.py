@@ -92,19 +92,6 @@ def test_cancel_a_running_batch(openai_client, http):
     assert openai_client.batches.cancel(batch.id).status == "cancelled"  # cancelling again changes nothing
 
 
-def test_interactive_requests_run_while_a_batch_waits(openai_client, http):
-    """Batch lines wait behind interactive requests: a chat call answers while a batch is queued."""
-    lines = [chat_line(f"q{i}", "Hello.", max_tokens=64, ignore_eos=True) for i in range(8)]
-    file = openai_client.files.create(file=("q.jsonl", jsonl(lines)), purpose="batch")
-    batch = openai_client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions",
-                                         completion_window="24h")
-    out = http.post("/v1/chat/completions", json=chat_line("x", "Hi.")["body"]).json()
-    assert out["choices"][0]["finish_reason"] in ("stop", "length")
-    openai_client.batches.cancel(batch.id)
-    assert wait_for(openai_client, batch.id, ("cancelled", "completed"), timeout=60).status in ("cancelled",
-                                                                                                "completed")
-
-
 def test_files_and_batches_bad_input(openai_client, http):
     with pytest.raises(openai.APIStatusError) as too_big:
         openai_client.files.create(file=("big.jsonl", b"x" * (UPLOAD_LIMIT + 1)), purpose="batch")
