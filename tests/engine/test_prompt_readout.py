@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from model_harness import within
+from model_harness import load_smollm2_hf, within
 
 if os.environ.get("JACKFIELD_TEST_SMOLLM2", "1").lower() in ("0", "off", "false", "no"):
     pytest.skip("JACKFIELD_TEST_SMOLLM2 is off", allow_module_level=True)
@@ -28,15 +28,7 @@ MORE = " Nobody in the village remembered a night when the light had failed."
 
 @pytest.fixture(scope="module")
 def smollm2_hf():
-    """transformers' SmolLM2 from the same GGUF (dequantized by its own reader), float32."""
-    from transformers import AutoModelForCausalLM
-
-    from jackfield.loader.default_model import default_model_path
-
-    path = default_model_path()
-    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                                 dtype=torch.float32)
-    return model.eval()
+    return load_smollm2_hf()
 
 
 @pytest.fixture(scope="module")
