@@ -9,9 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from server_harness import SMALL, Server, descendants, start_server, wait_gone  # noqa: E402
-
-UPLOAD_LIMIT = 64 << 10  # /v1/files: small, so a 413 costs nothing to provoke
+from server_harness import SMALL, UPLOAD_LIMIT, Server, descendants, start_server, wait_gone  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,7 @@ import time
 
 import openai
 import pytest
-from conftest import UPLOAD_LIMIT
-from server_harness import assert_error
+from server_harness import UPLOAD_LIMIT, assert_error
 
 
 def jsonl(lines: list) -> bytes:
