@@ -17,8 +17,6 @@ QUESTIONS = [
     ("Water freezes at a temperature of", ["zero degrees Celsius", "fifty degrees Celsius", "ten degrees Celsius"], 0),
     ("The largest planet in the solar system is", ["Mars", "Jupiter", "Venus"], 1),
     ("A week has", ["five days", "seven days", "twelve days"], 1),
-    ("The opposite of hot is", ["cold", "loud", "tall"], 0),
-    ("Two plus two equals", ["three", "five", "four"], 2),
     ("The sun rises in the", ["west", "east", "north"], 1),
     ("Bees make", ["milk", "honey", "silk"], 1),
 ]
