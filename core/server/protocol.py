@@ -50,7 +50,7 @@ class StreamOptions(Body):
 class JSONSchemaFormat(Body):
     """OpenAI's response_format.json_schema: the schema under `schema`, named, optionally strict."""
 
-    model_config = ConfigDict(extra="allow", protected_namespaces=(), populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)  # extra fields stay forbidden (Body)
     name: str | None = None
     description: str | None = None
     schema_: Union[dict[str, Any], bool, None] = Field(None, alias="schema")

@@ -72,7 +72,7 @@ def test_server_md_lists_every_route_and_accepted_parameter():
         cls = todo.pop()
         models.append(cls)
         todo += cls.__subclasses__()
-    fields = {name for cls in models for name in cls.model_fields}
+    fields = {f.alias or name for cls in models for name, f in cls.model_fields.items()}  # as clients spell them
     fields |= {f.name for f in dataclasses.fields(SamplingParams)}  # the native API's sampling_params keys
     missing = sorted(name for name in fields if f"`{name}`" not in text)
     assert not missing, f"docs/server.md does not list the parameters: {', '.join(missing)}"

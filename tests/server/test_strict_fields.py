@@ -38,6 +38,8 @@ def test_every_route_names_an_unknown_field(http, path, body):
     ("/v1/chat/completions", {"messages": MSGS, "separate_reasoning": True}, "separate_reasoning"),
     ("/v1/chat/completions", {"messages": MSGS, "json_schema": "{}"}, "json_schema"),  # SGLang's is in response_format
     ("/v1/chat/completions", {"messages": MSGS, "response_format": {"type": "json_object", "x": 1}}, "response_format.x"),
+    ("/v1/completions", {"prompt": "Hi", "response_format": {"type": "json_schema", "json_schema": {
+        "name": "n", "schema": {}, "x": 1}}}, "response_format.json_schema.x"),
     ("/generate", {"text": "Hi", "sampling_params": {"json_schema": "{}", "frobnicate": 1}}, "frobnicate"),
     ("/api/chat", {"model": "", "messages": MSGS, "tools": []}, "tools"),
     ("/api/chat", {"model": "", "messages": MSGS, "options": {"num_ctx": 4096}}, "options.num_ctx"),
