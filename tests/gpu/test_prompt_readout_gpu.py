@@ -4,7 +4,8 @@ overlap loop, CUDA-graph decode next to readouts).
 On the 1B-shaped dummy model: the prompt logprobs the prefill reads (chunks of 64) of a sequence
 must equal the logprobs the decode steps gave when they generated it (bf16: within 0.05, near-ties
 aside, as in test_e2e_backends.py), with and without a cached prefix; pooled states must not depend
-on the cache. On SmolLM2 (when its package is installed): against transformers in float32.
+on the cache. On SmolLM2 (when its package is installed): against transformers in float32, a
+grammar-constrained request's included.
 """
 import os
 
@@ -84,6 +85,11 @@ def test_smollm2_against_transformers():
         assert (top1 == ref[:-1].argmax(-1)).float().mean() > 0.95
         emb = torch.tensor(eng.embed(ids, normalize=False))
         assert torch.nn.functional.cosine_similarity(emb, hidden[-1], dim=0) > 0.99
+        # A constrained request samples late (the stream launcher keeps its readout until the mask is filled).
+        out = eng.generate(ids[:40], {"max_new_tokens": 4, "temperature": 0, "regex": "(yes|no)"}, logprob_start_len=0)
+        assert out["text"] in ("yes", "no")
+        got = torch.tensor([e["logprob"] for e in out["input_logprobs"][1:]])
+        assert (got - want[:39]).abs().mean() < 0.1, (got - want[:39]).abs().max()
     finally:
         eng.shutdown()
         del hf
