@@ -220,9 +220,10 @@ class JsonCallStream(ToolCallStream):
             self.after_region = False
         if fmt.bare_start and not self.seen_text:
             j = skip_ws(self.buf, self.pos)
-            if j == len(self.buf) and not final:
-                return False
-            if j < len(self.buf) and self.buf[j] == ("[" if fmt.array else "{"):
+            head = self.buf[j:]
+            if not final and (not head or (fmt.start and fmt.start.startswith(head))):
+                return False  # nothing yet, or maybe the start marker, which also opens with '['
+            if head[:1] == ("[" if fmt.array else "{") and not (fmt.start and head.startswith(fmt.start)):
                 self._open_region(j, 0)
                 return True
         rest = self.buf[self.pos:]
@@ -333,13 +334,17 @@ class JsonToolCallParser(ToolCallParser):
     def stream(self) -> ToolCallStream:
         return JsonCallStream(self.format)
 
+    def call_json(self, call: ToolCall) -> str:
+        """One call as the object `{"name": ..., key: args}`, its arguments' JSON text kept as is."""
+        name, key = json.dumps(call.name, ensure_ascii=False), json.dumps(self.format.arguments_key)
+        return f'{{"name": {name}, {key}: {call.arguments}}}'
+
     def format_calls(self, calls: Sequence[ToolCall]) -> str:
-        """Objects `{"name": ..., key: args}`; each wrapped in `start`/`end` when the format has an
-        end marker, else one region: `start`, then an array or the objects joined by `separator`."""
-        fmt = self.format
-        key = json.dumps(fmt.arguments_key)
-        objects = [f'{{"name": {json.dumps(c.name, ensure_ascii=False)}, {key}: {c.arguments}}}' for c in calls]
+        """Each call wrapped in `start`/`end` when the format has an end marker, else one region:
+        `start`, then an array of the calls or the calls joined by `separator`. Override for a
+        format whose model writes calls differently."""
+        fmt, objects = self.format, [self.call_json(c) for c in calls]
         if fmt.end:
             return "\n".join(f"{fmt.start}\n{o}\n{fmt.end}" for o in objects)
         body = "[" + ", ".join(objects) + "]" if fmt.array else f"{fmt.separator} ".join(objects)
-        return f"{fmt.start} {body}" if fmt.start and not fmt.bare_start else body
+        return f"{fmt.start} {body}" if fmt.start else body

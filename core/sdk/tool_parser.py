@@ -116,9 +116,6 @@ class ToolCallParser(Component):
     kind: ClassVar[str] = "tool_parser"
     template_markers: ClassVar[tuple[str, ...]] = ()
     """Strings whose presence in a chat template marks this parser's family (`template_score`)."""
-    keeps_special_tokens: ClassVar[bool] = False
-    """The call markers are special tokens of the family's tokenizer (`<|python_tag|>`, `[TOOL_CALLS]`):
-    the server then detokenizes with special tokens kept, or the markers would vanish from the text."""
     arguments_key: ClassVar[str] = "arguments"
     """The key that holds a call's arguments in this family's JSON (Llama 3: `parameters`)."""
 

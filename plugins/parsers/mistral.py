@@ -1,4 +1,7 @@
-"""Mistral tool calls: `[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]`."""
+"""Mistral tool calls: `[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]`.
+
+`[TOOL_CALLS]` is a control token of Mistral's tokenizers, dropped from the text when special tokens
+are skipped (the default), so an array of calls that opens the generation counts as calls too."""
 from __future__ import annotations
 
 from jackfield.sdk import JsonCallFormat, JsonToolCallParser, hookimpl
@@ -9,8 +12,7 @@ class MistralParser(JsonToolCallParser):
     description = 'Mistral calls: [TOOL_CALLS] [{"name", "arguments"}, ...]'
     priority = 20
     template_markers = ("[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[INST]")
-    keeps_special_tokens = True
-    format = JsonCallFormat(start="[TOOL_CALLS]", array=True)
+    format = JsonCallFormat(start="[TOOL_CALLS]", array=True, bare_start=True)
 
 
 @hookimpl

@@ -139,7 +139,6 @@ def _template_score(t: KitTarget) -> None:
     for template in (None, ""):
         score = t.cls.template_score(template)
         expect(isinstance(score, int) and score == 0, f"template_score({template!r}) is {score!r}, not 0")
-    expect(isinstance(t.cls.keeps_special_tokens, bool), "keeps_special_tokens must be a bool")
 
 
 def checks(target: KitTarget) -> list[Check]:
