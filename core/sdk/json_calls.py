@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
 from jackfield.sdk.markers import WHITESPACE, partial_suffix
-from jackfield.sdk.tool_parser import CallDelta, StreamDelta, ToolCall, ToolCallParser, ToolCallStream
+from jackfield.sdk.tool_parser import (CallDelta, ParseResult, StreamDelta, ToolCall, ToolCallParser, ToolCallStream,
+                                       merge_calls)
 
 ARGUMENT_KEYS = ("arguments", "parameters")
 LITERAL_CHARS = set("-+.0123456789eEtruefalsn")
@@ -188,6 +189,12 @@ class JsonCallStream(ToolCallStream):
 
     def finish(self) -> StreamDelta:
         return self._advance(final=True)
+
+    def parse(self, text: str) -> ParseResult:
+        """At once, knowing the text is complete: a call cut short is plain text, not a call."""
+        self.buf += text
+        delta = self._advance(final=True)
+        return ParseResult(delta.text, merge_calls(delta.calls))
 
     def _advance(self, final: bool) -> StreamDelta:
         out = StreamDelta()

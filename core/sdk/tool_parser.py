@@ -94,7 +94,8 @@ class ToolCallStream:
         """The generation ended: return everything still held back (an unfinished start is text)."""
 
     def parse(self, text: str) -> ParseResult:
-        """The whole `text` at once; calls are assembled from their deltas."""
+        """The whole `text` at once; calls are assembled from their deltas. Override to treat a call
+        cut short as text: a stream has sent its beginning already and cannot take it back."""
         delta = self.feed(text).extend(self.finish())
         return ParseResult(delta.text, merge_calls(delta.calls))
 

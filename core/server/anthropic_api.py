@@ -107,9 +107,8 @@ async def messages(body: MessagesRequest, request: Request):
         return sse_response(_stream(group.start(), message, len(ids), plan.choice_parser()))
     with group:
         (result,) = await until_disconnected(request, group.collect())
-    split = plan.choice_parser()
-    whole = split.parse(result.text)
-    calls = split.merged_calls(whole)
+    whole = plan.choice_parser().parse(result.text)
+    calls = whole.calls
     content = [{"type": "text", "text": whole.content}] if whole.content or not calls else []
     content += [{"type": "tool_use", "id": _tool_use_id(cid), "name": c.name, "input": c.arguments_dict()}
                 for cid, c in calls]

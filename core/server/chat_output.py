@@ -12,8 +12,8 @@ import json
 import uuid
 from dataclasses import dataclass, field, replace
 
-from jackfield.sdk.reasoning_parser import ReasoningParser
-from jackfield.sdk.tool_parser import CallDelta, ToolCall, ToolCallParser, ToolCallStream, merge_calls
+from jackfield.sdk.reasoning_parser import ReasoningDelta, ReasoningParser
+from jackfield.sdk.tool_parser import CallDelta, ToolCall, ToolCallParser, ToolCallStream
 from jackfield.server.errors import APIError
 from jackfield.server.parsers import ChatParsers
 from jackfield.server.tools import ToolRequest
@@ -44,34 +44,40 @@ class ChoiceParser:
         self.call_ids: list[str] = []
 
     def feed(self, text: str) -> ChoiceDelta:
-        if self.reasoning is None:
-            return self._answer("", text, final=False)
-        r = self.reasoning.feed(text)
-        return self._answer(r.reasoning, r.content, final=False)
+        return self._answer(self.reasoning.feed(text) if self.reasoning else ReasoningDelta("", text), final=False)
 
     def finish(self) -> ChoiceDelta:
-        if self.reasoning is None:
-            return self._answer("", "", final=True)
-        r = self.reasoning.finish()
-        return self._answer(r.reasoning, r.content, final=True)
+        return self._answer(self.reasoning.finish() if self.reasoning else ReasoningDelta(), final=True)
 
-    def parse(self, text: str) -> ChoiceDelta:
-        return self.feed(text).extend(self.finish())
-
-    def _answer(self, reasoning: str, text: str, final: bool) -> ChoiceDelta:
+    def parse(self, text: str) -> ChoiceResult:
+        """A finished choice at once (a call cut short stays text)."""
+        r = self.reasoning.parse(text) if self.reasoning is not None else ReasoningDelta("", text)
         if self.calls is None:
-            return ChoiceDelta(reasoning, text)
-        d = self.calls.feed(text)
+            return ChoiceResult(r.reasoning, r.content)
+        whole = self.calls.parse(r.content)
+        return ChoiceResult(r.reasoning, whole.text, [(new_call_id(), c) for c in whole.calls])
+
+    def _answer(self, r: ReasoningDelta, final: bool) -> ChoiceDelta:
+        if self.calls is None:
+            return ChoiceDelta(r.reasoning, r.content)
+        d = self.calls.feed(r.content)
         if final:
             d.extend(self.calls.finish())
-        for piece in d.calls:
-            if piece.name is not None:
-                self.call_ids.append(f"call_{uuid.uuid4().hex[:24]}")
-        return ChoiceDelta(reasoning, d.text, d.calls)
+        self.call_ids += [new_call_id() for piece in d.calls if piece.name is not None]
+        return ChoiceDelta(r.reasoning, d.text, d.calls)
 
-    def merged_calls(self, delta: ChoiceDelta) -> list[tuple[str, ToolCall]]:
-        """(id, call) of a whole-output delta."""
-        return list(zip(self.call_ids, merge_calls(delta.calls)))
+
+@dataclass
+class ChoiceResult:
+    """A finished choice: reasoning, answer text and (id, call) pairs."""
+
+    reasoning: str = ""
+    content: str = ""
+    calls: list[tuple[str, ToolCall]] = field(default_factory=list)
+
+
+def new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         results = await until_disconnected(request, group.collect())
     choices = []
     for r in results:
-        split = plan.choice_parser()
-        message = chat_message(split, split.parse(r.text), plan)
+        message = chat_message(plan.choice_parser().parse(r.text), plan)
         choices.append({"index": r.index, "message": message,
                         "logprobs": chat_logprobs(st.tokenizer, r.logprobs) if body.logprobs else None,
                         "finish_reason": chat_finish_reason(r.finish, bool(message.get("tool_calls")))})

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from jackfield.io_struct import FinishReason, TokenLogprob
-from jackfield.server.chat_output import ChatPlan, ChoiceDelta, ChoiceParser
+from jackfield.server.chat_output import ChatPlan, ChoiceDelta, ChoiceParser, ChoiceResult
 from jackfield.server.generation import Result
 
 # SamplingParams names -> OpenAI names, for error messages and `param`.
@@ -21,10 +21,10 @@ def chat_finish_reason(finish: FinishReason | None, called: bool) -> str | None:
     return "tool_calls" if called and reason == "stop" else reason
 
 
-def chat_message(split: ChoiceParser, whole: ChoiceDelta, plan: ChatPlan) -> dict:
+def chat_message(whole: ChoiceResult, plan: ChatPlan) -> dict:
     """`choices[i].message` of a finished choice: content (null beside calls), reasoning, tool calls."""
     calls = [{"id": cid, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-             for cid, c in split.merged_calls(whole)]
+             for cid, c in whole.calls]
     message = {"role": "assistant", "content": whole.content or (None if calls else "")}
     if plan.reasoning is not None:
         message["reasoning_content"] = whole.reasoning or None
