@@ -5,10 +5,9 @@ reasoning and the answer sent so far must be beginnings of the final ones.
 """
 from __future__ import annotations
 
-import random
-
 from jackfield.sdk.reasoning_parser import ReasoningDelta
 from jackfield.testing.kit import Check, KitTarget, expect
+from jackfield.testing.streaming import fed_in_chunks
 
 PAIRS = (("Paris is in France, so the capital is Paris.", "The capital of France is Paris."),
          ("Two cases:\n1. a < b\n2. a > b </not-a-tag>", "It depends on **a**."),
@@ -19,19 +18,12 @@ SEEDS = range(8)
 
 
 def stream_in_chunks(parser, text: str, seed: int, final: ReasoningDelta) -> ReasoningDelta:
-    rng, out, i = random.Random(seed), ReasoningDelta(), 0
-    while True:
-        done = i >= len(text)
-        if done:
-            delta = parser.finish()
-        else:
-            n = rng.randint(1, 6)
-            delta, i = parser.feed(text[i:i + n]), i + n
+    out = ReasoningDelta()
+    for delta in fed_in_chunks(parser, text, seed, max_piece=6):
         out.extend(delta)
         expect(final.reasoning.startswith(out.reasoning) and final.content.startswith(out.content),
                f"streamed {out!r} is not on the way to {final!r} (a stream cannot take text back)")
-        if done:
-            return out
+    return out
 
 
 def _round_trip(t: KitTarget) -> None:

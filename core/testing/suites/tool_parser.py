@@ -8,10 +8,10 @@ final text (a stream can never take text back).
 from __future__ import annotations
 
 import json
-import random
 
 from jackfield.sdk.tool_parser import ParseResult, StreamDelta, Tool, ToolCall, ToolCallParser, merge_calls
 from jackfield.testing.kit import Check, KitTarget, expect
+from jackfield.testing.streaming import fed_in_chunks
 
 TOOLS = (
     Tool("get_weather", "Current weather of a city", {
@@ -48,15 +48,8 @@ def _same_calls(got, want) -> bool:
 def stream_in_chunks(stream, text: str, seed: int, final_text: str | None = None) -> StreamDelta:
     """Feed `text` in random pieces of 1-8 characters; check that sent text only ever grows toward
     `final_text` and that each call's name comes before its arguments."""
-    rng, out, i = random.Random(seed), StreamDelta(), 0
-    named: set[int] = set()
-    while True:
-        done = i >= len(text)
-        if done:
-            delta = stream.finish()
-        else:
-            n = rng.randint(1, 8)
-            delta, i = stream.feed(text[i:i + n]), i + n
+    out, named = StreamDelta(), set()
+    for delta in fed_in_chunks(stream, text, seed):
         for piece in delta.calls:
             expect(piece.name is not None or piece.index in named,
                    f"call {piece.index} got arguments {piece.arguments!r} before its name")
@@ -65,8 +58,7 @@ def stream_in_chunks(stream, text: str, seed: int, final_text: str | None = None
         if final_text is not None:
             expect(final_text.startswith(out.text), f"streamed text {out.text!r} is not a beginning of the "
                                                     f"parsed text {final_text!r} (a stream cannot take text back)")
-        if done:
-            return out
+    return out
 
 
 def _round_trip(t: KitTarget) -> None:
