@@ -19,6 +19,7 @@ knows one such format. It is constructed per request with the request's tools, a
 from __future__ import annotations
 
 import json
+import uuid
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
@@ -142,6 +143,11 @@ class ToolCallParser(Component):
     def parse(self, text: str) -> ParseResult:
         """Split a finished generation into plain text and calls."""
         return self.stream().parse(text)
+
+    def new_call_id(self) -> str:
+        """A fresh id for a parsed call. Clients send it back in the history, so a family whose chat
+        template checks ids (Mistral's wants 9 letters or digits) overrides this."""
+        return f"call_{uuid.uuid4().hex[:24]}"
 
     # ---- constrained calls (tool_choice "required" or a named function) -----------------------
     def call_object(self, call: ToolCall) -> dict:

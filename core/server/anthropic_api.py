@@ -118,7 +118,7 @@ async def messages(body: MessagesRequest, request: Request):
 
 
 def _tool_use_id(call_id: str) -> str:
-    return "toolu_" + call_id.removeprefix("call_")
+    return "toolu_" + call_id.removeprefix("call_")  # Anthropic's prefix
 
 
 class _Blocks:

@@ -9,7 +9,6 @@ parser runs first, and the answer it leaves goes through the tool-call stream.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass, field, replace
 
 from jackfield.sdk.reasoning_parser import ReasoningDelta, ReasoningParser
@@ -39,8 +38,9 @@ class ChoiceDelta:
 class ChoiceParser:
     """Splits one choice's generated text; call ids are made here, one per call."""
 
-    def __init__(self, reasoning: ReasoningParser | None, calls: ToolCallStream | None):
-        self.reasoning, self.calls = reasoning, calls
+    def __init__(self, reasoning: ReasoningParser | None, calls: ToolCallStream | None,
+                 parser: ToolCallParser | None = None):
+        self.reasoning, self.calls, self.parser = reasoning, calls, parser
         self.call_ids: list[str] = []
 
     def feed(self, text: str) -> ChoiceDelta:
@@ -55,7 +55,7 @@ class ChoiceParser:
         if self.calls is None:
             return ChoiceResult(r.reasoning, r.content)
         whole = self.calls.parse(r.content)
-        return ChoiceResult(r.reasoning, whole.text, [(new_call_id(), c) for c in whole.calls])
+        return ChoiceResult(r.reasoning, whole.text, [(self.parser.new_call_id(), c) for c in whole.calls])
 
     def _answer(self, r: ReasoningDelta, final: bool) -> ChoiceDelta:
         if self.calls is None:
@@ -63,7 +63,7 @@ class ChoiceParser:
         d = self.calls.feed(r.content)
         if final:
             d.extend(self.calls.finish())
-        self.call_ids += [new_call_id() for piece in d.calls if piece.name is not None]
+        self.call_ids += [self.parser.new_call_id() for piece in d.calls if piece.name is not None]
         return ChoiceDelta(r.reasoning, d.text, d.calls)
 
 
@@ -74,10 +74,6 @@ class ChoiceResult:
     reasoning: str = ""
     content: str = ""
     calls: list[tuple[str, ToolCall]] = field(default_factory=list)
-
-
-def new_call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 @dataclass(frozen=True)
@@ -105,7 +101,7 @@ class ChatPlan:
             calls = (self.parser.constrained_stream(self.tools.parallel and self.tools.choice == "required")
                      if self.tools.constrained else self.parser.stream())
         reasoning = self.reasoning(self.in_reasoning) if self.reasoning is not None else None
-        return ChoiceParser(reasoning, calls)
+        return ChoiceParser(reasoning, calls, self.parser)
 
 
 def plan_chat(parsers: ChatParsers, tools: ToolRequest | None, separate_reasoning: bool | None) -> ChatPlan:
