@@ -49,7 +49,11 @@ class ToolCall:
     arguments: str
 
     def arguments_dict(self) -> dict:
-        value = json.loads(self.arguments)
+        """The arguments as an object ({} when they are not a JSON object)."""
+        try:
+            value = json.loads(self.arguments)
+        except json.JSONDecodeError:
+            return {}
         return value if isinstance(value, dict) else {}
 
 
