@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import fields
 
 import pytest
 from chat_templates import CHATML_NO_TOOLS, LLAMA3, MISTRAL, QWEN, QWEN3, R1
 from scripted import ScriptedServer
+
+from jackfield.sampling.params import SamplingParams
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather of a city",
@@ -23,6 +26,8 @@ FAMILIES = {  # template, parser it selects, the model's text holding two calls
                          '{"name": "add", "arguments": {"a": 2, "b": 3}}]'),
 }
 EXPECTED = [("get_weather", {"city": "Paris"}), ("add", {"a": 2, "b": 3})]
+needs_json_schema = pytest.mark.skipif("json_schema" not in {f.name for f in fields(SamplingParams)},
+                                       reason="needs the json_schema sampling parameter of the grammar engine")
 
 
 def calls_of(message) -> list:
@@ -214,3 +219,28 @@ def test_anthropic_history_and_choice_mapping():
                                                   "tools": [ANTHROPIC_WEATHER],
                                                   "tool_choice": {"type": "tool", "name": "nope"}})
     assert resp.status_code == 400 and "nope" in resp.json()["error"]["message"]
+
+
+
+@needs_json_schema
+@pytest.mark.parametrize("choice, parallel, output", [
+    ("required", True, '[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "add", "arguments": {"a": 2, "b": 3}}]'),
+    ("required", False, '{"name": "get_weather", "arguments": {"city": "Paris"}}'),
+    ({"type": "function", "function": {"name": "add"}}, True, '{"name": "add", "arguments": {"a": 2, "b": 3}}'),
+])
+def test_constrained_choices_send_the_schema_of_a_call_and_parse_it(choice, parallel, output):
+    import jsonschema
+
+    srv = ScriptedServer(QWEN).say(output, piece=5)
+    client = srv.client()
+    args = dict(model="scripted", messages=ASK, tools=[WEATHER, ADD], tool_choice=choice, parallel_tool_calls=parallel)
+    resp = client.chat.completions.create(**args)
+    schema = json.loads(srv.params.json_schema)
+    jsonschema.validate(json.loads(output), schema)
+    assert (schema["type"] == "array") == (parallel and choice == "required")
+    wrong = {"name": "add" if isinstance(choice, str) else "get_weather", "arguments": {"city": "Paris"}}
+    assert not jsonschema.Draft202012Validator(schema).is_valid(wrong if schema["type"] == "object" else [wrong])
+    expected = EXPECTED if parallel and choice == "required" else [c for c in EXPECTED if c[0] in output]
+    assert calls_of(resp.choices[0].message) == expected and resp.choices[0].message.content is None
+    content, calls, finishes = streamed(client.chat.completions.create(**args, stream=True))
+    assert content == "" and [(n, json.loads(a)) for n, a in calls] == expected and finishes == ["tool_calls"]
