@@ -36,11 +36,12 @@ class ChoiceDelta:
 
 
 class ChoiceParser:
-    """Splits one choice's generated text; call ids are made here, one per call."""
+    """Splits one choice's generated text; call ids are made here, one per call. Calls past
+    `max_calls` (1 when `parallel_tool_calls` is false) are dropped."""
 
     def __init__(self, reasoning: ReasoningParser | None, calls: ToolCallStream | None,
-                 parser: ToolCallParser | None = None):
-        self.reasoning, self.calls, self.parser = reasoning, calls, parser
+                 parser: ToolCallParser | None = None, max_calls: int | None = None):
+        self.reasoning, self.calls, self.parser, self.max_calls = reasoning, calls, parser, max_calls
         self.call_ids: list[str] = []
 
     def feed(self, text: str) -> ChoiceDelta:
@@ -55,7 +56,8 @@ class ChoiceParser:
         if self.calls is None:
             return ChoiceResult(r.reasoning, r.content)
         whole = self.calls.parse(r.content)
-        return ChoiceResult(r.reasoning, whole.text, [(self.parser.new_call_id(), c) for c in whole.calls])
+        calls = whole.calls[:self.max_calls]
+        return ChoiceResult(r.reasoning, whole.text, [(self.parser.new_call_id(), c) for c in calls])
 
     def _answer(self, r: ReasoningDelta, final: bool) -> ChoiceDelta:
         if self.calls is None:
@@ -63,8 +65,9 @@ class ChoiceParser:
         d = self.calls.feed(r.content)
         if final:
             d.extend(self.calls.finish())
-        self.call_ids += [self.parser.new_call_id() for piece in d.calls if piece.name is not None]
-        return ChoiceDelta(r.reasoning, d.text, d.calls)
+        kept = [p for p in d.calls if self.max_calls is None or p.index < self.max_calls]
+        self.call_ids += [self.parser.new_call_id() for piece in kept if piece.name is not None]
+        return ChoiceDelta(r.reasoning, d.text, kept)
 
 
 @dataclass
@@ -98,10 +101,9 @@ class ChatPlan:
     def choice_parser(self) -> ChoiceParser:
         calls = None
         if self.tools is not None:
-            calls = (self.parser.constrained_stream(self.tools.parallel and self.tools.choice == "required")
-                     if self.tools.constrained else self.parser.stream())
+            calls = self.parser.constrained_stream(self.tools.array) if self.tools.constrained else self.parser.stream()
         reasoning = self.reasoning(self.in_reasoning) if self.reasoning is not None else None
-        return ChoiceParser(reasoning, calls, self.parser)
+        return ChoiceParser(reasoning, calls, self.parser, None if self.tools is None or self.tools.parallel else 1)
 
 
 def plan_chat(parsers: ChatParsers, tools: ToolRequest | None, separate_reasoning: bool | None) -> ChatPlan:

@@ -126,7 +126,7 @@ class ChatMessage(Body):
 
 
 class FunctionDefinition(Body):
-    name: Any = None         # checked by tools.check_tools, which names the offending tool
+    name: Any = None         # checked by tools.check_tool, which names the offending tool
     description: str | None = None
     parameters: Any = None   # a JSON schema of the arguments object
     strict: bool | None = None

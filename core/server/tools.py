@@ -29,11 +29,16 @@ class ToolRequest:
     def constrained(self) -> bool:
         return self.choice != "auto"
 
+    @property
+    def array(self) -> bool:
+        """The constrained output is an array of calls (`required` with `parallel`)."""
+        return self.parallel and self.choice == "required"
+
     def schema(self, parser: ToolCallParser) -> dict:
         """The JSON schema the constrained generation follows: one call of `name`, or with `required`
         an array of calls (`parallel`) or a single call of any tool."""
         try:
-            return parser.constraint_schema(self.name, self.parallel and self.choice == "required")
+            return parser.constraint_schema(self.name, self.array)
         except ValueError as exc:
             raise APIError(400, f"cannot build the schema of a call: {exc}", param="tools") from None
 

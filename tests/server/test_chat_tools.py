@@ -244,3 +244,12 @@ def test_constrained_choices_send_the_schema_of_a_call_and_parse_it(choice, para
     assert calls_of(resp.choices[0].message) == expected and resp.choices[0].message.content is None
     content, calls, finishes = streamed(client.chat.completions.create(**args, stream=True))
     assert content == "" and [(n, json.loads(a)) for n, a in calls] == expected and finishes == ["tool_calls"]
+
+
+def test_auto_without_parallel_calls_keeps_the_first_call():
+    srv = ScriptedServer(QWEN).say(FAMILIES["hermes"][1], piece=6)
+    client = srv.client()
+    args = dict(model="scripted", messages=ASK, tools=[WEATHER, ADD], parallel_tool_calls=False)
+    assert calls_of(client.chat.completions.create(**args).choices[0].message) == EXPECTED[:1]
+    content, calls, finishes = streamed(client.chat.completions.create(**args, stream=True))
+    assert [(n, json.loads(a)) for n, a in calls] == EXPECTED[:1] and finishes == ["tool_calls"]
