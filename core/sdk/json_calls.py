@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
-from jackfield.sdk.json_scan import arguments_text, scan_call, skip_ws
+from jackfield.sdk.json_scan import CallScan, arguments_text, scan_call, skip_ws
 from jackfield.sdk.markers import WHITESPACE, partial_suffix
 from jackfield.sdk.tool_parser import (CallDelta, ParseResult, StreamDelta, ToolCall, ToolCallParser, ToolCallStream,
                                        merge_calls)
@@ -61,6 +61,7 @@ class JsonCallStream(ToolCallStream):
         self.num_calls = 0
         self.name_sent = False      # of the call in progress
         self.args_sent = 0          # characters of its raw arguments already sent
+        self.scan: CallScan | None = None  # its scan, resumed as text arrives
 
     def feed(self, text: str) -> StreamDelta:
         self.buf += text
@@ -83,9 +84,11 @@ class JsonCallStream(ToolCallStream):
                 if not step[self.state](out, final):
                     return out
             except Malformed:
-                if self.region_calls == 0:
+                if self.region_calls == 0 and not self.name_sent:
                     out.text += self.buf[self.region_start:self.pos]
-                self.state, self.seen_text, self.name_sent = "text", True, False
+                self.num_calls += self.name_sent  # a call already begun keeps its index
+                self._end_call()
+                self.state, self.seen_text = "text", True
 
     def _emit_text(self, out: StreamDelta, upto: int) -> None:
         piece = self.buf[self.pos:upto]
@@ -154,7 +157,7 @@ class JsonCallStream(ToolCallStream):
         if self.buf[j] != "{":
             raise Malformed
         try:
-            scan = scan_call(self.buf, j)
+            scan = self.scan = scan_call(self.buf, self.scan or CallScan(j))
         except ValueError:
             raise Malformed from None
         done = scan.end is not None
@@ -178,9 +181,12 @@ class JsonCallStream(ToolCallStream):
             out.calls.append(CallDelta(self.num_calls, arguments=arguments_text(args) or "{}"))
         self.num_calls += 1
         self.region_calls += 1
-        self.name_sent, self.args_sent = False, 0
+        self._end_call()
         self.pos, self.state = scan.end, "after"
         return True
+
+    def _end_call(self) -> None:
+        self.name_sent, self.args_sent, self.scan = False, 0, None
 
     def _after(self, out: StreamDelta, final: bool) -> bool:
         fmt = self.fmt
