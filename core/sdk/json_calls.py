@@ -82,6 +82,8 @@ class JsonCallStream(ToolCallStream):
         while True:
             try:
                 if not step[self.state](out, final):
+                    if self.state == "text":  # decided text is not needed again
+                        self.buf, self.pos = self.buf[self.pos:], 0
                     return out
             except Malformed:
                 if self.region_calls == 0 and not self.name_sent:
