@@ -71,7 +71,8 @@ def _history(messages: list[AnthropicMessage], native: bool, writer: ToolCallPar
             raise APIError(400, f"{param}: tool_use blocks belong to assistant turns, tool_result blocks to user "
                                 "turns", param=param)
         for b in results:
-            out.append(tool_turn(content_text(b.content, f"{param}.tool_result.content"), b.tool_use_id,
+            result = content_text(b.content, f"{param}.tool_result.content")
+            out.append(tool_turn(f"Error: {result}" if b.is_error else result, b.tool_use_id,
                                  names.get(b.tool_use_id), native))
         if uses:
             calls = []

@@ -207,11 +207,14 @@ def test_anthropic_history_and_choice_mapping():
     history = ASK + [{"role": "assistant", "content": [
         {"type": "text", "text": "Let me look."},
         {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 C"}]}]
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 C"},
+                                     {"type": "tool_result", "tool_use_id": "toolu_2", "is_error": True,
+                                      "content": [{"type": "text", "text": "timeout"}]}]}]
     msg = client.messages.create(model="scripted", max_tokens=50, messages=history, tools=[ANTHROPIC_WEATHER],
                                  tool_choice={"type": "auto"})
     assert msg.content[0].text == "18 C." and msg.stop_reason == "end_turn"
     assert '"arguments": {"city": "Paris"}' in srv.prompt and "<|im_start|>tool\n18 C" in srv.prompt
+    assert "<|im_start|>tool\nError: timeout" in srv.prompt
     resp = srv.http().post("/v1/messages", json={"model": "scripted", "max_tokens": 5, "messages": ASK,
                                                   "tools": [ANTHROPIC_WEATHER], "tool_choice": {"type": "tool"}})
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "tool_choice.name"
