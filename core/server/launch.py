@@ -119,7 +119,7 @@ async def _serve(settings: Settings, ready: ReadyInfo, tokenizer, parsers: ChatP
     tm = TokenizerManager(ports, tokenizer, ready.info, metrics)
     tm.start()
     state = ServerState(settings, ready.info, tm, metrics, pm, records, ready.tokenizer_path,
-                        {"scheduler": procs.scheduler.pid, "detokenizer": procs.detokenizer.pid}, parsers)
+                        {"scheduler": procs.scheduler.pid, "detokenizer": procs.detokenizer.pid}, parsers=parsers)
     config = uvicorn.Config(build_app(state), host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=settings.log_level == "debug", lifespan="off",
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)

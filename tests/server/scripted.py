@@ -76,7 +76,7 @@ class ScriptedServer:
         pm, records = load_plugins()
         self.parsers = select_parsers(build_registry(pm, records), settings, chat_template)
         info = EngineInfo(settings, None, "/scripted", "cpu", "float32", {}, 1 << 20, 8, 1 << 20)
-        self.state = ServerState(settings, info, self.manager, ServerMetrics(), pm, records, None, {}, self.parsers,
+        self.state = ServerState(settings, info, self.manager, ServerMetrics(), pm, records, parsers=self.parsers,
                                  ready=True)
         self.app = build_app(self.state)
 
