@@ -99,9 +99,9 @@ async def messages(body: MessagesRequest, request: Request):
     ids = encode_text(tm, render_prompt(tm, msgs, plan, native), "messages", add_special_tokens=False)
     max_new = max_new_tokens(body.max_tokens, [ids], tm.context_len, chat_default(tm.context_len), "max_tokens",
                              "messages")
-    params = sampling_params({"max_new_tokens": max_new, "temperature": body.temperature, "top_p": body.top_p,
-                              "top_k": body.top_k, "stop": body.stop_sequences, **plan.sampling_values()},
-                             tm.vocab_size, ANTHROPIC_NAMES)
+    values = plan.sampling_values({"max_new_tokens": max_new, "temperature": body.temperature, "top_p": body.top_p,
+                                   "top_k": body.top_k, "stop": body.stop_sequences})
+    params = sampling_params(values, tm.vocab_size, ANTHROPIC_NAMES)
     group = RequestGroup(tm, [ids], params)
     message = {"id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant", "model": st.model_name}
     if body.stream:

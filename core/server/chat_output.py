@@ -17,6 +17,8 @@ from jackfield.server.errors import APIError
 from jackfield.server.parsers import ChatParsers
 from jackfield.server.tools import ToolRequest
 
+CONSTRAINT_KEYS = ("json_schema", "regex", "ebnf")  # the structured-output sampling parameters
+
 
 @dataclass
 class ChoiceDelta:
@@ -88,11 +90,18 @@ class ChatPlan:
     reasoning: type[ReasoningParser] | None = None  # set when reasoning is separated
     in_reasoning: bool = False                      # the prompt opened the reasoning
 
-    def sampling_values(self) -> dict:
-        """Sampling parameters the plan adds: the JSON schema of `required` and named-function calls."""
+    def sampling_values(self, values: dict) -> dict:
+        """`values` with what the plan adds: the JSON schema of `required` and named-function calls,
+        which no other constraint (response_format, regex, ebnf) may accompany."""
         if self.tools is None or not self.tools.constrained:
-            return {}
-        return {"json_schema": json.dumps(self.tools.schema(self.parser))}
+            return values
+        other = next((k for k in CONSTRAINT_KEYS if values.get(k) is not None), None)
+        if other is not None:
+            choice = "required" if self.tools.choice == "required" else f"the function '{self.tools.name}'"
+            raise APIError(400, f"tool_choice {choice} constrains the output to a call, so it cannot be combined "
+                                f"with another constraint ({other}, from response_format or the request)",
+                           param="tool_choice")
+        return {**values, "json_schema": json.dumps(self.tools.schema(self.parser))}
 
     def with_prompt(self, prompt: str) -> ChatPlan:
         """The plan for this rendered prompt: does it open the reasoning (DeepSeek-R1's template)?"""

@@ -46,8 +46,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                         else (body.max_tokens, "max_tokens"))
     max_new = max_new_tokens(requested, [ids], tm.context_len, chat_default(tm.context_len), param, "messages")
     names = {**OPENAI_NAMES, "max_new_tokens": param}
-    params = sampling_params({**body.sampling_values(), "max_new_tokens": max_new, "logprobs": body.logprobs,
-                              "top_logprobs_num": body.top_logprobs, **plan.sampling_values()}, tm.vocab_size, names)
+    values = plan.sampling_values({**body.sampling_values(), "max_new_tokens": max_new, "logprobs": body.logprobs,
+                                   "top_logprobs_num": body.top_logprobs})
+    params = sampling_params(values, tm.vocab_size, names)
     group = RequestGroup(tm, [ids], params, body.n, lora=lora)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": _model_id(st, lora)}
     if body.stream:

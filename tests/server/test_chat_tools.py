@@ -256,3 +256,12 @@ def test_auto_without_parallel_calls_keeps_the_first_call():
     assert calls_of(client.chat.completions.create(**args).choices[0].message) == EXPECTED[:1]
     content, calls, finishes = streamed(client.chat.completions.create(**args, stream=True))
     assert [(n, json.loads(a)) for n, a in calls] == EXPECTED[:1] and finishes == ["tool_calls"]
+
+
+@needs_json_schema
+@pytest.mark.parametrize("other", [{"regex": "a+"}, {"response_format": {"type": "json_object"}}])
+def test_a_constrained_call_refuses_another_constraint(other):
+    srv = ScriptedServer(QWEN).say("x")
+    resp = srv.http().post("/v1/chat/completions", json={"messages": ASK, "tools": [WEATHER], "tool_choice": "required",
+                                                          **other})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "tool_choice", resp.text
