@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import fields
 
 import pytest
 from chat_templates import CHATML_NO_TOOLS, LLAMA3, MISTRAL, QWEN, QWEN3, R1
 from scripted import ScriptedServer
-
-from jackfield.sampling.params import SamplingParams
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather of a city",
@@ -26,8 +23,6 @@ FAMILIES = {  # template, parser it selects, the model's text holding two calls
                          '{"name": "add", "arguments": {"a": 2, "b": 3}}]'),
 }
 EXPECTED = [("get_weather", {"city": "Paris"}), ("add", {"a": 2, "b": 3})]
-needs_json_schema = pytest.mark.skipif("json_schema" not in {f.name for f in fields(SamplingParams)},
-                                       reason="needs the json_schema sampling parameter of the grammar engine")
 
 
 def calls_of(message) -> list:
@@ -225,7 +220,6 @@ def test_anthropic_history_and_choice_mapping():
 
 
 
-@needs_json_schema
 @pytest.mark.parametrize("choice, parallel, output", [
     ("required", True, '[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "add", "arguments": {"a": 2, "b": 3}}]'),
     ("required", False, '{"name": "get_weather", "arguments": {"city": "Paris"}}'),
@@ -259,7 +253,6 @@ def test_auto_without_parallel_calls_keeps_the_first_call():
     assert [(n, json.loads(a)) for n, a in calls] == EXPECTED[:1] and finishes == ["tool_calls"]
 
 
-@needs_json_schema
 @pytest.mark.parametrize("other", [{"regex": "a+"}, {"response_format": {"type": "json_object"}}])
 def test_a_constrained_call_refuses_another_constraint(other):
     srv = ScriptedServer(QWEN).say("x")

@@ -7,7 +7,7 @@ import json
 
 import jsonschema
 import pytest
-from test_chat_tools import WEATHER, needs_json_schema, streamed
+from test_chat_tools import WEATHER, streamed
 
 ASK = [{"role": "user", "content": "What is the weather like in Paris today? Call the function."}]
 
@@ -62,7 +62,6 @@ def valid_calls(message) -> list[tuple[str, dict]]:
     return calls
 
 
-@needs_json_schema
 @pytest.mark.parametrize("choice, parallel", [("required", False), ("required", True),
                                               ({"type": "function", "function": {"name": "book_trip"}}, True)])
 def test_constrained_calls_validate_and_stream_the_same(openai_client, model_name, choice, parallel):
@@ -80,7 +79,6 @@ def test_constrained_calls_validate_and_stream_the_same(openai_client, model_nam
     assert content == "" and [(n, json.loads(a)) for n, a in streamed_calls] == calls and finishes == ["tool_calls"]
 
 
-@needs_json_schema
 def test_constrained_call_sampled(openai_client, model_name):
     resp = openai_client.chat.completions.create(model=model_name, messages=ASK, tools=[CITY, TRIP], n=3, seed=3,
                                                  tool_choice="required", temperature=1.0, max_tokens=60)
@@ -88,7 +86,6 @@ def test_constrained_call_sampled(openai_client, model_name):
         assert valid_calls(choice.message) and choice.finish_reason == "tool_calls"
 
 
-@needs_json_schema
 def test_anthropic_forced_tool_use(anthropic_client, model_name):
     tool = {"name": "book_trip", "input_schema": SCHEMAS["book_trip"]}
     for choice in ({"type": "any"}, {"type": "tool", "name": "book_trip"}):
