@@ -99,7 +99,9 @@ class JsonCallStream(ToolCallStream):
         self.pos = upto
 
     def _open_region(self, at: int, skip: int) -> None:
-        self.region_start, self.region_calls = at, 0
+        """A region opens at `at`; the undecided whitespace before it (from `pos`) is returned with the
+        region as text if the region turns out not to be calls."""
+        self.region_start, self.region_calls = self.pos, 0
         self.pos, self.state = at + skip, "open"
 
     def _text(self, out: StreamDelta, final: bool) -> bool:

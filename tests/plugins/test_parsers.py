@@ -101,6 +101,8 @@ def test_family_text_parses(cls, text, rest):
 @pytest.mark.parametrize("cls, text", [
     (HermesParser, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Par'),  # cut by max_tokens
     (HermesParser, "<tool_call>not json</tool_call>"),
+    (HermesParser, 'Let me check. \n<tool_call>{"name": "get_weather", "argu'),  # the space before it too
+    (MistralParser, "Sure: [TOOL_CALLS] oops"),
     (Llama3JsonParser, '{"name": 3, "parameters": {}}'),
     (MistralParser, "[TOOL_CALLS] [oops]"),
 ])
