@@ -92,6 +92,11 @@ async def messages(body: MessagesRequest, request: Request):
     st = server_state(request)
     tm = st.tokenizer_manager
     st.check_model(body.model)
+    thinking = (body.model_extra or {}).get("thinking")
+    if thinking is not None and not (isinstance(thinking, dict) and thinking.get("type") == "disabled"):
+        raise APIError(400, "extended thinking is not supported on /v1/messages (a reasoning model's thinking "
+                            "stays in the text); /v1/chat/completions separates it as reasoning_content",
+                       param="thinking")
     plan = plan_chat(st.parsers, anthropic_tools(body), separate_reasoning=False)
     native = takes_tools(tm.tokenizer.chat_template if tm.tokenizer is not None else None)
     msgs = [{"role": "system", "content": content_text(body.system, "system")}] if body.system else []

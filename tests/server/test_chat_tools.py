@@ -259,3 +259,17 @@ def test_a_constrained_call_refuses_another_constraint(other):
     resp = srv.http().post("/v1/chat/completions", json={"messages": ASK, "tools": [WEATHER], "tool_choice": "required",
                                                           **other})
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "tool_choice", resp.text
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/api/chat", {"model": "scripted", "messages": ASK, "tools": [WEATHER]}, "tools"),
+    ("/api/chat", {"model": "scripted", "messages": ASK, "think": True}, "think"),
+    ("/api/generate", {"model": "scripted", "prompt": "Hi", "think": True}, "think"),
+    ("/v1/messages", {"model": "scripted", "max_tokens": 5, "messages": ASK,
+                      "thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking"),
+])
+def test_tools_and_thinking_where_not_implemented_are_400(path, body, param):
+    srv = ScriptedServer(QWEN3).say("x")
+    resp = srv.http().post(path, json=body)
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == param, resp.text
+    assert srv.http().post(path, json={**body, param: {"type": "disabled"} if param == "thinking" else False}).is_success
