@@ -22,7 +22,7 @@ import json
 import uuid
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import ClassVar, Sequence
 
 from jackfield.sdk.component import Component
 
@@ -160,27 +160,15 @@ class ToolCallParser(Component):
 
     def constraint_schema(self, name: str | None = None, parallel: bool = False) -> dict:
         """The JSON schema that a constrained generation follows: one call object of `name` (or of any
-        tool when None), or with `parallel` an array of at least one call object. Each tool's `$defs`
-        move to the root so that its `#/$defs/...` references still resolve; two tools defining one
-        name differently raise ValueError."""
+        tool when None), or with `parallel` an array of at least one call object. The tools'
+        definitions move to the root and their other local references follow them (`call_schema`);
+        two tools defining one name differently raise ValueError."""
+        from jackfield.sdk.call_schema import call_schema
+
         chosen = [t for t in self.tools if name is None or t.name == name]
-        if not chosen:
-            raise ValueError(f"no tool named {name!r}" if name else "no tools to call")
-        defs: dict[str, Any] = {}
-        objects = []
-        for tool in chosen:
-            params = dict(tool.parameters)
-            for key, value in params.pop("$defs", {}).items():
-                if key in defs and defs[key] != value:
-                    raise ValueError(f"tools define $defs/{key} differently; give the definitions distinct names")
-                defs[key] = value
-            objects.append({"type": "object", "properties": {"name": {"type": "string", "enum": [tool.name]},
-                                                             self.arguments_key: params},
-                            "required": ["name", self.arguments_key], "additionalProperties": False})
-        schema = objects[0] if len(objects) == 1 else {"anyOf": objects}
-        if parallel:
-            schema = {"type": "array", "items": schema, "minItems": 1}
-        return {**schema, "$defs": defs} if defs else schema
+        if name is not None and not chosen:
+            raise ValueError(f"no tool named {name!r}")
+        return call_schema(chosen, self.arguments_key, parallel)
 
     def constrained_stream(self, parallel: bool = False) -> ToolCallStream:
         """The incremental parse of a generation constrained by `constraint_schema(..., parallel)`."""

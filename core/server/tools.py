@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from jackfield.sdk.call_schema import local_refs, resolve
 from jackfield.sdk.tool_parser import Tool, ToolCallParser
 from jackfield.server.errors import APIError
 from jackfield.server.protocol import ChatCompletionRequest, NamedToolChoice
@@ -66,6 +67,11 @@ def check_tool(name: Any, parameters: Any, description: str | None, param: str,
         at = "/".join(str(p) for p in exc.path)
         raise APIError(400, f"{where} of '{name}' is not a valid JSON schema: {exc.message}"
                             + (f" (at {at})" if at else ""), param=where) from None
+    for ref in local_refs(parameters):
+        try:
+            resolve(parameters, ref)
+        except LookupError as exc:
+            raise APIError(400, f"{where} of '{name}' has a $ref that cannot be followed: {exc}", param=where) from None
     return Tool(name, description or "", parameters)
 
 

@@ -111,6 +111,25 @@ def test_malformed_calls_come_back_as_text(cls, text):
     assert got.calls == () and got.text == text
 
 
+def test_constraint_schema_moves_the_references_of_a_tool():
+    import jsonschema
+
+    tree = Tool("tree", "", {"type": "object", "definitions": {"v": {"type": "integer"}}, "properties": {
+        "value": {"$ref": "#/definitions/v"}, "copy": {"$ref": "#/properties/value"},
+        "kids": {"type": "array", "items": {"$ref": "#"}}}})
+    other = Tool("other", "", {"type": "object", "properties": {"x": {"type": "string"}}})
+    for parallel in (False, True):
+        schema = Llama3JsonParser([other, tree]).constraint_schema(None, parallel)
+        good = {"name": "tree", "parameters": {"value": 1, "copy": 2, "kids": [{"value": 3, "kids": [{"copy": 4}]}]}}
+        bad = {"name": "tree", "parameters": {"value": 1, "kids": [{"kids": [{"copy": "x"}]}]}}
+        wrap = (lambda c: [c]) if parallel else (lambda c: c)
+        assert jsonschema.Draft202012Validator(schema).is_valid(wrap(good))
+        assert not jsonschema.Draft202012Validator(schema).is_valid(wrap(bad))
+        assert "anyOf/" not in json.dumps(schema), "no reference path through an array index (outlines-core)"
+    with pytest.raises(ValueError, match="definitions"):
+        HermesParser([Tool("t", "", {"type": "object", "definitions": [1]})]).constraint_schema(None)
+
+
 def test_constraint_schema_of_a_named_function_and_defs():
     tools = [Tool("a", "", {"type": "object", "$defs": {"d": {"type": "integer"}}, "properties": {"x": {"$ref": "#/$defs/d"}}}),
              Tool("b", "", {"type": "object", "$defs": {"d": {"type": "string"}}})]

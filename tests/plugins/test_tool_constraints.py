@@ -1,7 +1,8 @@
 """The JSON schema of a constrained tool call (`tool_choice` required or a named function), compiled
 by every grammar backend: seeded random walks through the grammar over the kit's synthetic
 vocabulary give texts that validate against the schema, and the constrained stream parses each into
-calls whose arguments validate against their tool's own parameters (`$defs` included)."""
+calls whose arguments validate against their tool's own parameters (`$defs`, draft-7
+`definitions` and references into the tool's own properties included)."""
 from __future__ import annotations
 
 import json
@@ -24,6 +25,8 @@ TOOLS = [  # keywords every backend enforces; strings and arrays bounded so that
                                      "late": {"type": "boolean"}}}),
     Tool("tag", "", {"type": "object", "required": ["tags"], "$defs": {"t": {"type": "string", "maxLength": 3}},
                      "properties": {"tags": {"type": "array", "items": {"$ref": "#/$defs/t"}, "maxItems": 2}}}),
+    Tool("move", "", {"type": "object", "required": ["src", "dst"], "definitions": {"at": {"enum": ["a", "b"]}},
+                      "properties": {"src": {"$ref": "#/definitions/at"}, "dst": {"$ref": "#/properties/src"}}}),
 ]
 PARAMETERS = {t.name: t.parameters for t in TOOLS}
 CHOICES = [("book", False), (None, False), (None, True)]  # a named function, required, required + parallel

@@ -115,6 +115,11 @@ def test_template_without_tools_gets_a_tool_system_prompt():
      "tools[0].function.parameters", "not a valid JSON schema"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]},
      "tools[0].function.parameters", "object"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"$ref": "#/$defs/nope"}}}}}]}, "tools[0].function.parameters", "nope"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"$ref": "https://example.com/s.json"}}}}}]},
+     "tools[0].function.parameters", "only local references"),
     ({"tools": [WEATHER, WEATHER]}, "tools", "twice"),
     ({"tools": [{"type": "retrieval", "function": {"name": "f"}}]}, "tools[0].type", "function"),
     ({"tools": [{"type": "function", "function": {"name": "f", "strict": True}}]}, "tool_choice", "strict"),
