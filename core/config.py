@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     # --- structured outputs ------------------------------------------------------------------
     disable_jump_forward: bool = Field(False, description="Decode text the grammar forces token by token instead of appending it at once")
     grammar_compile_timeout: float = Field(60.0, gt=0, description="Seconds a constraint may take to compile before its request fails")
+    tool_call_parser: str = Field("auto", description="Tool-call parser name, auto (from the chat template) or none")
+    reasoning_parser: str = Field("auto", description="Reasoning parser name, auto (on by default only for reasoning templates) or none")
     # --- speculative decoding ----------------------------------------------------------------
     speculative_num_draft_tokens: int = Field(8, ge=1, le=64, description="Tokens per request in one verify forward, the last verified token included (drafts = this - 1)")
     speculative_num_steps: int = Field(5, ge=1, le=32, description="draft_model / eagle: depth of the draft tree (draft forwards per step)")

@@ -18,6 +18,7 @@ from jackfield.engine_loop import EngineInfo
 from jackfield.server.errors import APIError, install_error_handlers
 from jackfield.server.metrics import ServerMetrics
 from jackfield.server.middleware import APIKeyMiddleware, RequestMetricsMiddleware
+from jackfield.server.parsers import ChatParsers
 from jackfield.server.tokenizer_manager import TokenizerManager
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class ServerState:
     plugin_records: list = field(default_factory=list)
     tokenizer_path: str | None = None
     process_ids: dict[str, int] = field(default_factory=dict)  # "scheduler"/"detokenizer" -> pid
+    parsers: ChatParsers = field(default_factory=ChatParsers)  # tool-call and reasoning parsers of the chat APIs
     ready: bool = False          # model loaded and warm-up done
     failure: str | None = None   # set when a subprocess died; the server is then unhealthy
     started_at: float = field(default_factory=time.time)

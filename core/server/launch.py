@@ -16,10 +16,13 @@ import uvicorn
 
 from jackfield.config import Settings
 from jackfield.plugins import load_plugins
+from jackfield.registry import build_registry
+from jackfield.selection import SelectionError
 from jackfield.server.app import ServerState, build_app
 from jackfield.server.generation import RequestGroup
 from jackfield.server.ipc import PortArgs
 from jackfield.server.messages import ReadyInfo
+from jackfield.server.parsers import ChatParsers, select_parsers
 from jackfield.server.metrics import ServerMetrics
 from jackfield.server.processes import EngineProcesses, StartupFailed
 from jackfield.server.tokenizer_manager import TokenizerManager
@@ -67,10 +70,16 @@ def launch_server(settings: Settings) -> int:
         ready = procs.wait_ready()
         print_ready(ready)
         tokenizer = _load_tokenizer(ready.tokenizer_path)
+        parsers = select_parsers(build_registry(pm, records), settings, tokenizer.chat_template if tokenizer else None)
+        for kind, entry in parsers.as_dict().items():
+            print(f"  {kind:<13} {entry['name'] or '-':<16} {entry['reason']}", flush=True)
         signals.raise_interrupt = False
-        return asyncio.run(_serve(settings, ready, tokenizer, ports, procs, pm, records, signals))
+        return asyncio.run(_serve(settings, ready, tokenizer, parsers, ports, procs, pm, records, signals))
     except StartupFailed as exc:
         print(f"jackfield: error: the engine failed to start: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except SelectionError as exc:
+        print(f"jackfield: error: {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         print("jackfield: interrupted while starting; stopping", file=sys.stderr, flush=True)
@@ -104,13 +113,13 @@ def print_ready(ready: ReadyInfo) -> None:
           f"requests, context length {info.context_len}", flush=True)
 
 
-async def _serve(settings: Settings, ready: ReadyInfo, tokenizer, ports: PortArgs, procs: EngineProcesses, pm,
-                 records, signals: SignalGuard) -> int:
+async def _serve(settings: Settings, ready: ReadyInfo, tokenizer, parsers: ChatParsers, ports: PortArgs,
+                 procs: EngineProcesses, pm, records, signals: SignalGuard) -> int:
     metrics = ServerMetrics()
     tm = TokenizerManager(ports, tokenizer, ready.info, metrics)
     tm.start()
     state = ServerState(settings, ready.info, tm, metrics, pm, records, ready.tokenizer_path,
-                        {"scheduler": procs.scheduler.pid, "detokenizer": procs.detokenizer.pid})
+                        {"scheduler": procs.scheduler.pid, "detokenizer": procs.detokenizer.pid}, parsers=parsers)
     config = uvicorn.Config(build_app(state), host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=settings.log_level == "debug", lifespan="off",
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)

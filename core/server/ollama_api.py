@@ -8,6 +8,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 
 from jackfield.server.app import ServerState, server_state
+from jackfield.server.errors import APIError
 from jackfield.server.generation import RequestGroup, abort_error, until_disconnected
 from jackfield.server.lora_api import request_adapter
 from jackfield.server.prompts import chat_default, chat_prompt, encode_text, max_new_tokens, sampling_params
@@ -18,6 +19,15 @@ from jackfield.server.sse import ndjson, ndjson_response
 router = APIRouter()
 OLLAMA_NAMES = {"max_new_tokens": "options.num_predict", "repetition_penalty": "options.repeat_penalty",
                 "json_schema": "format"}
+
+
+def _refuse_tools_and_thinking(body) -> None:
+    """Ollama's `tools` and `think` are not implemented here: a 400 rather than a silent plain answer."""
+    extra = body.model_extra or {}
+    for field in ("tools", "think"):
+        if extra.get(field):
+            raise APIError(400, f"{field} is not supported on the Ollama API; tool calling and reasoning separation "
+                                "are on /v1/chat/completions and /v1/messages", param=field)
 
 
 def _now() -> str:
@@ -41,6 +51,7 @@ def _params(st: ServerState, opts: OllamaOptions, ids: list[int], fmt):
 @router.post("/api/generate")
 async def generate(request: Request):
     body = await json_body(request, OllamaGenerateRequest)
+    _refuse_tools_and_thinking(body)
     st = server_state(request)
     lora = await request_adapter(st, body.model, None)
     if not body.prompt:  # Ollama's "load the model" request
@@ -59,6 +70,7 @@ async def generate(request: Request):
 @router.post("/api/chat")
 async def chat(request: Request):
     body = await json_body(request, OllamaChatRequest)
+    _refuse_tools_and_thinking(body)
     st = server_state(request)
     lora = await request_adapter(st, body.model, None)
     ids = chat_prompt(st.tokenizer_manager, [{"role": m.role, "content": m.content} for m in body.messages])

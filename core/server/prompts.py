@@ -85,6 +85,11 @@ def content_text(content: Any, param: str) -> str:
 
 def chat_prompt(tm: TokenizerManager, messages: list[dict], param: str = "messages", **template_kwargs) -> list[int]:
     """Apply the model's chat template to plain {role, content} dicts and tokenize the result."""
+    return encode_text(tm, chat_text(tm, messages, param, **template_kwargs), param, add_special_tokens=False)
+
+
+def chat_text(tm: TokenizerManager, messages: list[dict], param: str = "messages", **template_kwargs) -> str:
+    """The model's chat template applied to template messages (`tools=` and the like as keywords)."""
     if not messages:
         raise APIError(400, f"{param} must hold at least one message", param=param)
     if tm.tokenizer is None:
@@ -94,7 +99,7 @@ def chat_prompt(tm: TokenizerManager, messages: list[dict], param: str = "messag
         text = tm.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, **template_kwargs)
     except Exception as exc:  # jinja2 TemplateError (e.g. raise_exception in the template), missing template
         raise APIError(400, f"cannot apply the chat template: {exc}", param=param) from None
-    return encode_text(tm, text, param, add_special_tokens=False)
+    return text
 
 
 def max_new_tokens(requested: int | None, prompts: list[list[int]], context_len: int,

@@ -104,10 +104,46 @@ class OpenAISampling(Body):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+class FunctionCall(Body):
+    name: str
+    arguments: str  # JSON text of the arguments object
+
+
+class ToolCallItem(Body):
+    """A call of an assistant message in the history."""
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(Body):
     role: str
     content: Any = None  # a string or a list of text parts; checked by prompts.content_text
     name: str | None = None
+    tool_calls: list[ToolCallItem] | None = None  # assistant messages
+    tool_call_id: str | None = None               # tool messages: the call they answer
+
+
+class FunctionDefinition(Body):
+    name: Any = None         # checked by tools.check_tool, which names the offending tool
+    description: str | None = None
+    parameters: Any = None   # a JSON schema of the arguments object
+    strict: bool | None = None
+
+
+class ToolDefinition(Body):
+    type: Any = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(Body):
+    name: str
+
+
+class NamedToolChoice(Body):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(OpenAISampling):
@@ -115,6 +151,10 @@ class ChatCompletionRequest(OpenAISampling):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Union[Literal["auto", "required", "none"], NamedToolChoice, None] = None
+    parallel_tool_calls: bool = True
+    separate_reasoning: bool | None = None  # SGLang: reasoning_content apart (default: on for reasoning templates)
 
 
 class CompletionRequest(OpenAISampling):
@@ -149,11 +189,29 @@ def ollama_format_values(fmt: OllamaFormat) -> dict[str, Any]:
 class ContentBlock(Body):
     type: str
     text: str | None = None
+    id: str | None = None            # tool_use
+    name: str | None = None          # tool_use
+    input: Any = None                # tool_use: the arguments object
+    tool_use_id: str | None = None   # tool_result
+    content: Any = None              # tool_result: a string or text blocks
+    is_error: bool | None = None      # tool_result
 
 
 class AnthropicMessage(Body):
     role: Literal["user", "assistant"]
     content: Union[str, list[ContentBlock]]
+
+
+class AnthropicTool(Body):
+    name: Any = None
+    description: str | None = None
+    input_schema: Any = None
+
+
+class AnthropicToolChoice(Body):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool = False
 
 
 class MessagesRequest(Body):
@@ -167,6 +225,8 @@ class MessagesRequest(Body):
     top_k: int | None = None
     stream: bool = False
     metadata: dict[str, Any] | None = None
+    tools: list[AnthropicTool] | None = None
+    tool_choice: AnthropicToolChoice | None = None
 
 
 # ---- Ollama -----------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ async def get_model_info(request: Request) -> dict:
             "context_len": info.context_len, "max_total_tokens": info.max_total_tokens,
             "max_running_requests": info.max_running_requests, "vocab_size": info.model_config.vocab_size,
             "device": info.device, "dtype": info.dtype, "weight_bytes": info.weight_bytes,
-            "kv_cache_dtype": info.kv_cache_dtype, "components": st.selection}
+            "kv_cache_dtype": info.kv_cache_dtype, "components": st.selection, "chat_parsers": st.parsers.as_dict()}
 
 
 @router.get("/get_server_info")
@@ -86,7 +86,7 @@ def plugins(request: Request) -> dict:
     st = server_state(request)
     registry = build_registry(st.pm, st.plugin_records)
     return {"components": registry.describe(), "plugins": [asdict(p) for p in st.plugin_records],
-            "in_use": st.selection}
+            "in_use": {**st.selection, **st.parsers.as_dict()}}
 
 
 @router.get("/metrics")
