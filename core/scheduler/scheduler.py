@@ -36,6 +36,7 @@ from jackfield.model_runner import ModelRunner
 from jackfield.scheduler.admission import Admission, reject_reason
 from jackfield.scheduler.batch_planner import plan_batch
 from jackfield.scheduler.forward_job import ForwardJob, StepResult, forward_logits, run_forward_job, sample_job
+from jackfield.scheduler.isolation import recover_from_failure
 from jackfield.scheduler.outputs import collect_outputs, req_output, stats_out
 from jackfield.scheduler.overlap import make_launcher
 from jackfield.scheduler.policy import SchedulePolicy
@@ -241,10 +242,13 @@ class Scheduler:
         return True
 
     def _commit(self, job: ForwardJob) -> None:
-        """After a forward: its prefill KV joins the tree; rows held back for it are freed."""
-        for r, kv in zip(job.extend_reqs, job.extend_kv):
+        """After a forward: its prefill KV joins the tree; rows held back for it are freed; a
+        suspect whose prefill completed is cleared (isolation.py)."""
+        for r, kv, final in zip(job.extend_reqs, job.extend_kv, job.extend_final):
             if r.req_pool_idx is not None:
                 self.tree_cache.cache_unfinished_req(r, kv)
+            if final:
+                r.suspect = False
         self.releaser.flush()
 
     def _process(self, job: ForwardJob, result: StepResult) -> None:
@@ -310,6 +314,13 @@ class Scheduler:
         self.releaser.release(r, frozenset())
         self.finished_out.append(r)
         return self._emit()
+
+    def recover(self, exc: Exception) -> list:
+        """After `step()` raised: abort the request at fault (naming the plugin that raised) and
+        requeue the others (isolation.py); returns the outputs to send."""
+        from jackfield.plugin_faults import describe
+
+        return recover_from_failure(self, f"internal error: {describe(exc, getattr(self, 'pm', None))}")
 
     def abort_all(self, message: str) -> list:
         """Fail every request (after an internal error); all KV is returned, none is cached."""

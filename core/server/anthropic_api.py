@@ -45,7 +45,7 @@ async def messages(body: MessagesRequest, request: Request):
                              "messages")
     params = sampling_params({"max_new_tokens": max_new, "temperature": body.temperature, "top_p": body.top_p,
                               "top_k": body.top_k, "stop": body.stop_sequences}, tm.vocab_size, ANTHROPIC_NAMES)
-    group = RequestGroup(tm, [ids], params)
+    group = RequestGroup(tm, [ids], params, timeout=body.timeout)
     message = {"id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant", "model": st.model_name}
     if body.stream:
         return sse_response(_stream(group.start(), message, len(ids)))
@@ -67,7 +67,7 @@ async def _stream(group: RequestGroup, message: dict, prompt_tokens: int):
         yield sse({"type": "ping"}, "ping")
         async for _, out in group.outputs():
             if out.finished is not None and out.finished.kind == "abort":
-                err = abort_error(out.finished.message)
+                err = abort_error(out.finished)
                 yield sse({"type": "error", "error": {"type": err.type, "message": err.message}}, "error")
                 return
             if out.text:

@@ -18,7 +18,7 @@ from jackfield.server.tokenizer_manager import ServerUnavailable
 
 log = logging.getLogger(__name__)
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-         404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+         404: "not_found_error", 405: "invalid_request_error", 408: "timeout_error", 413: "invalid_request_error",
          422: "invalid_request_error", 499: "client_closed_request", 500: "internal_error",
          503: "service_unavailable"}
 
@@ -27,10 +27,11 @@ class APIError(Exception):
     """An HTTP error to send as `{"error": {...}}` with `status`."""
 
     def __init__(self, status: int, message: str, type: str | None = None, param: str | None = None,
-                 code: str | None = None):
+                 code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.type = type or TYPES.get(status, "invalid_request_error")
+        self.headers = headers
 
     def body(self) -> dict:
         return error_body(self.message, self.type, self.param, self.code)
@@ -41,7 +42,7 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
 
 
 def error_response(err: APIError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
 def from_sampling_error(exc: SamplingParamError, rename: dict[str, str] | None = None) -> APIError:
@@ -87,9 +88,15 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 async def _unavailable(request: Request, exc: ServerUnavailable) -> JSONResponse:
-    return error_response(APIError(503, str(exc)))
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return error_response(APIError(503, str(exc), headers=headers))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    from jackfield.plugin_faults import blame
+
     log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(APIError(500, f"internal server error ({type(exc).__name__})"))
+    server = getattr(request.app.state, "server", None)
+    plugin = blame(exc, getattr(server, "pm", None))
+    where = f" in plugin '{plugin}'" if plugin else ""
+    return error_response(APIError(500, f"internal server error{where} ({type(exc).__name__})"))

@@ -8,6 +8,7 @@ The PULL end binds, the PUSH ends connect. Messages are pickled dataclasses (`se
 """
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -70,11 +71,13 @@ def setup_child(name: str, log_level: str) -> None:
 
     Ctrl-C reaches the whole process group; children ignore SIGINT and let the parent decide (it
     terminates them). SIGTERM exits through SystemExit, so multiprocessing's finalizers still run
-    (no leaked semaphores). A daemon thread ends the child when its parent disappears, so a parent
+    (no leaked semaphores). SIGUSR1 dumps every thread's stack to stderr, even while the process is
+    stuck in native code. A daemon thread ends the child when its parent disappears, so a parent
     killed with SIGKILL leaves no orphan behind.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the watchdog's stack dump (watchdog.py)
     logging.basicConfig(level=log_level.upper(), format=f"%(levelname)s [{name}] %(name)s: %(message)s")
     parent = os.getppid()
     threading.Thread(target=_watch_parent, args=(parent,), name="parent-watch", daemon=True).start()

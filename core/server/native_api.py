@@ -67,7 +67,7 @@ async def generate(body: GenerateRequest, request: Request):
                              "sampling_params.max_new_tokens", "input_ids" if body.input_ids is not None else "text")
     params = sampling_params({**sp, "max_new_tokens": max_new, "logprobs": body.return_logprob,
                               "top_logprobs_num": body.top_logprobs_num}, tm.vocab_size)
-    group = RequestGroup(tm, prompts, params, params.n)
+    group = RequestGroup(tm, prompts, params, params.n, body.timeout)
     many = batch or params.n > 1
     if body.stream:
         return sse_response(_stream(st, group.start(), body.return_logprob, many))

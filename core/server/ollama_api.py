@@ -51,8 +51,7 @@ async def generate(request: Request):
         msgs = ([{"role": "system", "content": body.system}] if body.system else []) + [
             {"role": "user", "content": body.prompt}]
         ids = chat_prompt(tm, msgs, param="prompt")
-    return await _run(st, request, body.model, body.stream, ids, _params(st, body.options, ids, body.format),
-                      lambda text: {"response": text})
+    return await _run(st, request, body, ids, lambda text: {"response": text})
 
 
 @router.post("/api/chat")
@@ -61,14 +60,15 @@ async def chat(request: Request):
     st = server_state(request)
     st.check_model(body.model)
     ids = chat_prompt(st.tokenizer_manager, [{"role": m.role, "content": m.content} for m in body.messages])
-    return await _run(st, request, body.model, body.stream, ids, _params(st, body.options, ids, body.format),
-                      lambda text: {"message": {"role": "assistant", "content": text}})
+    return await _run(st, request, body, ids, lambda text: {"message": {"role": "assistant", "content": text}})
 
 
-async def _run(st: ServerState, request: Request, model: str, stream: bool, ids: list[int], params, payload):
+async def _run(st: ServerState, request: Request, body: OllamaGenerateRequest | OllamaChatRequest, ids: list[int],
+               payload):
     start = time.monotonic()
-    group = RequestGroup(st.tokenizer_manager, [ids], params)
-    if stream:
+    model = body.model
+    group = RequestGroup(st.tokenizer_manager, [ids], _params(st, body.options, ids, body.format), timeout=body.timeout)
+    if body.stream:
         return ndjson_response(_stream(group.start(), model, payload, start))
     with group:
         (result,) = await until_disconnected(request, group.collect())
@@ -81,7 +81,7 @@ async def _stream(group: RequestGroup, model: str, payload, start: float):
     try:
         async for _, out in group.outputs():
             if out.finished is not None and out.finished.kind == "abort":
-                yield ndjson({"error": abort_error(out.finished.message).message})
+                yield ndjson({"error": abort_error(out.finished).message})
                 return
             first_token = first_token or (time.monotonic() if out.new_token_ids else None)
             if out.text:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from jackfield.sampling.constraint import ANY_JSON_OBJECT
 
 StopField = Union[str, list[str], None]
+TIMEOUT_DOC = "Seconds the request may take before it is aborted (HTTP 408); default: the server's request_timeout"
 T = TypeVar("T", bound=BaseModel)
 
 
@@ -73,6 +74,7 @@ class OpenAISampling(Body):
     stream_options: StreamOptions | None = None
     user: str | None = None
     response_format: ResponseFormat | None = None
+    timeout: float | None = Field(None, gt=0, description=TIMEOUT_DOC)
     # SGLang extras
     top_k: int | None = None
     min_p: float | None = None
@@ -164,6 +166,7 @@ class MessagesRequest(Body):
     top_k: int | None = None
     stream: bool = False
     metadata: dict[str, Any] | None = None
+    timeout: float | None = Field(None, gt=0, description=TIMEOUT_DOC)
 
 
 # ---- Ollama -----------------------------------------------------------------------------------
@@ -196,6 +199,7 @@ class OllamaGenerateRequest(Body):
     stream: bool = True
     format: OllamaFormat = None
     options: OllamaOptions = Field(default_factory=OllamaOptions)
+    timeout: float | None = Field(None, gt=0, description=TIMEOUT_DOC)
 
 
 class OllamaChatRequest(Body):
@@ -204,6 +208,7 @@ class OllamaChatRequest(Body):
     stream: bool = True
     format: OllamaFormat = None
     options: OllamaOptions = Field(default_factory=OllamaOptions)
+    timeout: float | None = Field(None, gt=0, description=TIMEOUT_DOC)
 
 
 # ---- native -----------------------------------------------------------------------------------
@@ -216,3 +221,4 @@ class GenerateRequest(Body):
     stream: bool = False
     return_logprob: bool = False
     top_logprobs_num: int = 0
+    timeout: float | None = Field(None, gt=0, description=TIMEOUT_DOC)

@@ -104,10 +104,11 @@ class Server:
             self.proc.wait(10)
 
 
-def start_server(log_dir: Path, *args: str, wait: bool = True) -> Server:
+def start_server(log_dir: Path, *args: str, wait: bool = True, env: dict[str, str] | None = None) -> Server:
+    """`jackfield serve --port <free> ARGS` in its own session; `env` adds environment variables."""
     port = free_port()
     log = log_dir / f"server-{port}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log, "wb") as out:
         proc = subprocess.Popen([*SERVE, "--port", str(port), *args], stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
