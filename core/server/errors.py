@@ -89,7 +89,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 async def _unavailable(request: Request, exc: ServerUnavailable) -> JSONResponse:
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-    return error_response(APIError(503, str(exc), headers=headers))
+    return error_response(APIError(503, str(exc), code=exc.code, headers=headers))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -35,12 +35,14 @@ class ServerUnavailable(RuntimeError):
     """The engine is gone (a subprocess died) or shutting down; maps to HTTP 503."""
 
     retry_after: int | None = None
+    code: str | None = None
 
 
 class ServerBusy(ServerUnavailable):
     """More requests are queued than `max_queued_requests` allows; HTTP 503 with Retry-After."""
 
     retry_after = 1
+    code = "queue_full"
 
 
 @dataclass

@@ -54,11 +54,14 @@ class EngineWatchdog:
 
     def stop(self) -> None:
         """Stop watching (before the children are stopped on purpose)."""
+        self._stop_death_watch()
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+
+    def _stop_death_watch(self) -> None:
         if self._loop is not None:
             for proc in self.procs.processes:
                 self._loop.remove_reader(proc.sentinel)
-        if self._task is not None:
-            self._task.cancel()
 
     def _fail(self, why: str) -> None:
         if not self.failed:
@@ -84,7 +87,7 @@ class EngineWatchdog:
         why = (f"the scheduler process is stuck: one iteration of its loop has run for {age:.1f} s "
                f"(watchdog_timeout {self.timeout:g} s); its stacks are dumped above and it was killed")
         self.failed = True  # its death below is this failure, not a second one
-        self.stop()
+        self._stop_death_watch()
         log.error("%s", why.replace("are dumped above and it was killed", "follow; then it is killed"))
         try:
             os.kill(proc.pid, signal.SIGUSR1)  # faulthandler: every thread's stack to stderr
