@@ -15,7 +15,7 @@ import zmq
 from jackfield.config import Settings
 from jackfield.engine_loop import TOKENIZER_FILES, build_scheduler
 from jackfield.io_struct import BatchOutput, FinishReason, ReqOutput, TokenizedGenerateReq
-from jackfield.server.ipc import PortArgs, pull_socket, push_socket, setup_child
+from jackfield.server.ipc import PortArgs, exit_child, pull_socket, push_socket, setup_child
 from jackfield.server.messages import ControlFailed, ReadyInfo, RegisterReq, StartupError
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,11 @@ def run_scheduler_process(settings: Settings, ports: PortArgs, conn, heartbeat=N
                          heartbeat=heartbeat)
     conn.send(ReadyInfo(info, tokenizer_path, time.perf_counter() - start))
     conn.close()
-    loop.run()
+    try:
+        loop.run()
+    except SystemExit:  # SIGTERM
+        scheduler.close()
+        exit_child(ctx, loop.recv, loop.send)
 
 
 def _startup_error(exc: Exception) -> str:
