@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(30.0, ge=0, description="On SIGTERM: seconds to let in-flight requests finish before aborting them")
     max_queued_requests: int | None = Field(None, ge=0, description="Most requests waiting beyond max_running_requests; more get 503 with Retry-After (unset: no limit)")
     max_request_bytes: int = Field(64 << 20, gt=0, description="Largest accepted HTTP request body in bytes; larger gets 413")
-    request_timeout: float | None = Field(None, gt=0, description="Default per-request time limit in seconds (a request's own `timeout` field overrides it; unset: none)")
+    request_timeout: float | None = Field(None, gt=0, description="Default and largest per-request time limit in seconds (a request may ask for less with `timeout`; unset: none)")
     metrics_public: bool = Field(False, description="Serve /metrics without the API key")
     allowed_origins: list[str] = Field(default_factory=list, description="CORS: origins allowed to call the API from a browser (\"*\" for any; empty: CORS off)")
     file_root: str | None = Field(None, description="Directory below which routes that take a file path (adapter loading) may read; unset: such routes refuse every path")

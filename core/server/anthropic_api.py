@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 
 from jackfield.io_struct import FinishReason
 from jackfield.server.app import server_state
+from jackfield.server.errors import anthropic_error_body
 from jackfield.server.generation import RequestGroup, abort_error, until_disconnected
 from jackfield.server.prompts import chat_default, chat_prompt, content_text, max_new_tokens, sampling_params
 from jackfield.server.protocol import MessagesRequest
@@ -68,7 +69,7 @@ async def _stream(group: RequestGroup, message: dict, prompt_tokens: int):
         async for _, out in group.outputs():
             if out.finished is not None and out.finished.kind == "abort":
                 err = abort_error(out.finished)
-                yield sse({"type": "error", "error": {"type": err.type, "message": err.message}}, "error")
+                yield sse(anthropic_error_body(err.status, err.message), "error")
                 return
             if out.text:
                 delta = {"type": "text_delta", "text": out.text}
@@ -80,7 +81,6 @@ async def _stream(group: RequestGroup, message: dict, prompt_tokens: int):
                            "usage": {"output_tokens": out.completion_tokens}}, "message_delta")
                 yield sse({"type": "message_stop"}, "message_stop")
     except Exception as exc:
-        yield sse({"type": "error", "error": {"type": "api_error",
-                                              "message": f"internal server error ({type(exc).__name__})"}}, "error")
+        yield sse(anthropic_error_body(500, f"internal server error ({type(exc).__name__})"), "error")
     finally:
         group.close()

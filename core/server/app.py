@@ -19,6 +19,7 @@ from jackfield.engine_loop import EngineInfo
 from jackfield.server.drain import DrainGate
 from jackfield.server.errors import APIError, install_error_handlers
 from jackfield.server.metrics import ServerMetrics
+from jackfield.server.openapi import install_openapi
 from jackfield.server.middleware import EXEMPT_PATHS, APIKeyMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
 from jackfield.server.tokenizer_manager import TokenizerManager
 
@@ -83,6 +84,7 @@ def build_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="jackfield", version=_version())
     app.state.server = state
     install_error_handlers(app)
+    install_openapi(app, getattr(getattr(state.info, "model_config", None), "vocab_size", None))
     for module in (openai_api, anthropic_api, ollama_api, native_api, status_api):
         app.include_router(module.router)
     if state.pm is not None:

@@ -16,9 +16,7 @@ import time
 from dataclasses import dataclass
 
 import uvicorn
-from fastapi.responses import JSONResponse
-
-from jackfield.server.errors import error_body
+from jackfield.server.errors import APIError, error_response
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 5
@@ -37,10 +35,9 @@ class DrainGate:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
         if self.state.draining:
-            body = error_body("the server is shutting down and admits no new requests; retry on another instance "
-                              "or after the restart", "service_unavailable", None, "shutting_down")
-            response = JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
-            return await response(scope, receive, send)
+            err = APIError(503, "the server is shutting down and admits no new requests; retry on another instance "
+                                "or after the restart", code="shutting_down", headers={"Retry-After": str(RETRY_AFTER_S)})
+            return await error_response(err, scope["path"])(scope, receive, send)
         self.state.active_requests += 1
         try:
             await self.app(scope, receive, send)

@@ -56,7 +56,8 @@ class RequestGroup:
         if len(prompts) * n > MAX_REQUESTS_PER_CALL:
             raise APIError(400, f"{len(prompts)} prompts x n={n} exceeds {MAX_REQUESTS_PER_CALL} generations per call")
         self.tm, self.prompts, self.params, self.n = tm, prompts, params, n
-        self.timeout = timeout if timeout is not None else tm.default_timeout
+        limit = tm.default_timeout  # the server's request_timeout: the default and the most a request may ask
+        self.timeout = min(timeout, limit) if timeout is not None and limit is not None else timeout or limit
         self.deadline: float | None = None
         self.queue: asyncio.Queue = asyncio.Queue()
         self.index: dict[str, int] = {}
@@ -106,10 +107,13 @@ class RequestGroup:
             yield self.index[out.rid], out
 
     async def _next(self) -> ReqOutput:
-        if self.deadline is None or not self.queue.empty():
+        if self.deadline is None:
             return await self.queue.get()
         try:
-            return await asyncio.wait_for(self.queue.get(), max(self.deadline - time.monotonic(), 0.0))
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise asyncio.TimeoutError
+            return await asyncio.wait_for(self.queue.get(), left)
         except asyncio.TimeoutError:
             message = f"the request did not finish within its timeout of {self.timeout:g} s"
             for rid in self.pending:  # abort in the engine; each ends with a 408 abort

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi.responses import JSONResponse
 
 from starlette.exceptions import HTTPException
 
-from jackfield.server.errors import APIError, error_body
+from jackfield.server.errors import APIError, error_response
 from jackfield.server.metrics import ServerMetrics
 
 EXEMPT_PATHS = ("/health",)
@@ -34,9 +33,8 @@ class APIKeyMiddleware:
         if given is not None and hmac.compare_digest(given.encode(), self.api_key.encode()):
             return await self.app(scope, receive, send)
         message = "missing API key" if given is None else "invalid API key"
-        body = error_body(message + ": send it as 'Authorization: Bearer <key>' or 'x-api-key'",
-                          "authentication_error", None, "invalid_api_key")
-        await JSONResponse(body, status_code=401)(scope, receive, send)
+        err = APIError(401, message + ": send it as 'Authorization: Bearer <key>' or 'x-api-key'", code="invalid_api_key")
+        await error_response(err, scope["path"])(scope, receive, send)
 
 
 class BodyTooLarge(HTTPException):
@@ -57,7 +55,7 @@ class BodyLimitMiddleware:
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
             err = APIError(413, BodyTooLarge(self.max_bytes).detail)
-            return await JSONResponse(err.body(), status_code=413)(scope, receive, send)
+            return await error_response(err, scope["path"])(scope, receive, send)
         seen = 0
 
         async def limited_receive():

@@ -61,7 +61,7 @@ async def generate(body: GenerateRequest, request: Request):
     st = server_state(request)
     tm = st.tokenizer_manager
     prompts, batch = _prompts(st, body)
-    sp = dict(body.sampling_params or {})
+    sp = body.sampling_params.model_dump(exclude_unset=True) if body.sampling_params else {}
     requested = sp.pop("max_new_tokens", None)
     max_new = max_new_tokens(requested, prompts, tm.context_len, lambda _: DEFAULT_MAX_NEW_TOKENS,
                              "sampling_params.max_new_tokens", "input_ids" if body.input_ids is not None else "text")

@@ -8,6 +8,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 
 from jackfield.server.app import ServerState, server_state
+from jackfield.server.openapi import json_body_doc
 from jackfield.server.generation import RequestGroup, abort_error, until_disconnected
 from jackfield.server.prompts import chat_default, chat_prompt, encode_text, max_new_tokens, sampling_params
 from jackfield.server.protocol import (OllamaChatRequest, OllamaGenerateRequest, OllamaOptions, json_body,
@@ -37,7 +38,7 @@ def _params(st: ServerState, opts: OllamaOptions, ids: list[int], fmt):
     return sampling_params(values, tm.vocab_size, OLLAMA_NAMES)
 
 
-@router.post("/api/generate")
+@router.post("/api/generate", openapi_extra=json_body_doc(OllamaGenerateRequest))
 async def generate(request: Request):
     body = await json_body(request, OllamaGenerateRequest)
     st = server_state(request)
@@ -54,7 +55,7 @@ async def generate(request: Request):
     return await _run(st, request, body, ids, lambda text: {"response": text})
 
 
-@router.post("/api/chat")
+@router.post("/api/chat", openapi_extra=json_body_doc(OllamaChatRequest))
 async def chat(request: Request):
     body = await json_body(request, OllamaChatRequest)
     st = server_state(request)

@@ -11,15 +11,20 @@ from typing import Any, Callable
 
 from jackfield.sampling.params import SamplingParamError, SamplingParams
 from jackfield.server.errors import APIError, from_sampling_error
+from jackfield.server.protocol import MAX_N
 from jackfield.server.tokenizer_manager import TokenizerManager
 
 CHAT_MAX_TOKENS_CAP = 1024
-MAX_N = 64
 ROLE_ALIASES = {"developer": "system"}
 
 
 def sampling_params(values: dict[str, Any], vocab_size: int, rename: dict[str, str] | None = None) -> SamplingParams:
-    """SamplingParams from SGLang-named values (None = default); errors use the API's names via `rename`."""
+    """SamplingParams from SGLang-named values (None = default); errors use the API's names via `rename`.
+    A min_new_tokens above max_new_tokens is lowered to it (max_new_tokens may itself have been
+    clamped to the context)."""
+    low, high = values.get("min_new_tokens"), values.get("max_new_tokens")
+    if isinstance(low, int) and isinstance(high, int) and low > high:
+        values = {**values, "min_new_tokens": high}
     try:
         params = SamplingParams.from_dict({k: v for k, v in values.items() if v is not None}, vocab_size)
     except SamplingParamError as exc:
@@ -43,6 +48,10 @@ def check_token_ids(ids: list[int], vocab_size: int, param: str) -> list[int]:
 def encode_text(tm: TokenizerManager, text: str, param: str, add_special_tokens: bool = True) -> list[int]:
     if not isinstance(text, str):
         raise APIError(400, f"{param} must be a string, got {type(text).__name__}", param=param)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800" in the JSON): no tokenizer takes it
+        raise APIError(400, f"{param} is not valid Unicode: {exc.reason} at character {exc.start}", param=param) from None
     if len(text) > tm.max_prompt_chars:
         raise APIError(400, f"the prompt is {len(text)} characters, more than the context length of "
                             f"{tm.context_len} tokens can hold ({tm.max_prompt_chars} characters)",

@@ -1,26 +1,68 @@
 """Request bodies of every API, as pydantic models. Unknown fields are accepted and ignored.
 
-Validation failures become HTTP 400 in the OpenAI error shape (errors.py). Values are range-checked
-later by SamplingParams, so one rule set holds for every API.
+These models are the OpenAPI contract of the request bodies (openapi.py): every rule a body must
+follow is declared here (types, ranges, non-empty lists, which fields exclude each other), so a
+body the schema allows is one the server accepts. What no schema can say is left to the handlers:
+a prompt that does not fit the context, a min_tokens above max_tokens, token ids at or past the
+vocabulary size (`x-token-id`: openapi.py writes the served model's bound into /openapi.json).
+Validation failures become HTTP 400 in the OpenAI error shape (errors.py). SamplingParams checks
+the same ranges again, so one rule set holds for every API and for the offline engine.
 """
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from jackfield.sampling.constraint import ANY_JSON_OBJECT
+from jackfield.sampling.params import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS
 
-StopField = Union[str, list[str], None]
-TIMEOUT_DOC = "Seconds the request may take before it is aborted (HTTP 408); default: the server's request_timeout"
+
+def _integral(value):
+    """JSON Schema's integers include 2.0; strict pydantic would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def integer(**constraints):
+    """An int (2.0 included) with `Field` constraints; the constraints go first, so the schema has them."""
+    return Annotated[int, Field(**constraints), BeforeValidator(_integral)]
+
+
+Int = integer()
+MAX_N = 64
+Temperature = Annotated[float, Field(ge=0)]
+TopP = Annotated[float, Field(gt=0, le=1)]
+TopK = integer(ge=-1, description="-1 or 0: off")
+Probability = Annotated[float, Field(ge=0, le=1)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+Multiplier = Annotated[float, Field(gt=0)]
+TokenCount = integer(ge=0)
+TopLogprobs = integer(ge=0, le=MAX_TOP_LOGPROBS)
+TokenId = integer(ge=0, json_schema_extra={"x-token-id": True})
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+Text = Annotated[str, Field(min_length=1)]
+TokenKey = Annotated[str, Field(pattern=r"^[0-9]+$", json_schema_extra={"x-token-id": True})]
+LogitBias = dict[TokenKey, Annotated[float, Field(ge=-MAX_LOGIT_BIAS, le=MAX_LOGIT_BIAS)]]
+Role = Literal["system", "user", "assistant", "developer"]
+StopField = Union[Text, list[Text], None]
+TIMEOUT_DOC = ("Seconds the request may take before it is aborted (HTTP 408); default and upper bound: the server's "
+               "request_timeout")
 T = TypeVar("T", bound=BaseModel)
 
 
+def _bool_only(value):
+    """Literal[False] alone would take 0 (0 == False); the schema says boolean."""
+    if not isinstance(value, bool):
+        raise ValueError("must be a boolean")
+    return value
+
+
 class Body(BaseModel):
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    # strict: a value of another JSON type is refused (no "1" for 1, no 0 for false), as the schema says
+    model_config = ConfigDict(extra="allow", protected_namespaces=(), strict=True)
 
 
 async def json_body(request: Request, model: type[T]) -> T:
@@ -61,28 +103,28 @@ class OpenAISampling(Body):
     """Fields shared by /v1/completions and /v1/chat/completions, with SGLang's extras."""
 
     model: str | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    n: int = 1
+    max_tokens: TokenCount | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    n: integer(ge=1, le=MAX_N) = 1
     stop: StopField = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    seed: Int | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: LogitBias | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     response_format: ResponseFormat | None = None
     timeout: float | None = Field(None, gt=0, description=TIMEOUT_DOC)
     # SGLang extras
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
+    top_k: TopK | None = None
+    min_p: Probability | None = None
+    repetition_penalty: Multiplier | None = None
     ignore_eos: bool = False
-    min_tokens: int | None = None
+    min_tokens: TokenCount | None = None
     skip_special_tokens: bool = True
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[TokenId] | None = None
     no_stop_trim: bool = False
     regex: str | None = None
     ebnf: str | None = None
@@ -103,23 +145,33 @@ class OpenAISampling(Body):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+class TextPart(Body):
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessage(Body):
-    role: str
-    content: Any = None  # a string or a list of text parts; checked by prompts.content_text
+    role: Role
+    content: Union[str, list[TextPart], None] = None
     name: str | None = None
 
 
 class ChatCompletionRequest(OpenAISampling):
-    messages: list[ChatMessage]
-    max_completion_tokens: int | None = None
+    model_config = ConfigDict(json_schema_extra={  # top_logprobs needs logprobs: true
+        "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
+        "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}})
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: TokenCount | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: TopLogprobs | None = None
 
 
 class CompletionRequest(OpenAISampling):
-    prompt: Any  # a string, strings, token ids or lists of token ids; checked by prompts.completion_prompts
-    logprobs: int | None = None
-    echo: bool = False
+    prompt: Union[Text, Annotated[list[Text], Field(min_length=1)], TokenIds,
+                  Annotated[list[TokenIds], Field(min_length=1)]] = Field(
+        description="A string, strings, token ids or lists of token ids")
+    logprobs: TopLogprobs | None = None
+    echo: Annotated[Literal[False], BeforeValidator(_bool_only)] = Field(False, description="not supported: only false")
 
 
 def response_format_values(rf: ResponseFormat | None) -> dict[str, Any]:
@@ -146,8 +198,8 @@ def ollama_format_values(fmt: OllamaFormat) -> dict[str, Any]:
 
 # ---- Anthropic --------------------------------------------------------------------------------
 class ContentBlock(Body):
-    type: str
-    text: str | None = None
+    type: Literal["text"]
+    text: str
 
 
 class AnthropicMessage(Body):
@@ -157,13 +209,13 @@ class AnthropicMessage(Body):
 
 class MessagesRequest(Body):
     model: str
-    max_tokens: int
-    messages: list[AnthropicMessage]
+    max_tokens: TokenCount
+    messages: list[AnthropicMessage] = Field(min_length=1)
     system: Union[str, list[ContentBlock], None] = None
-    stop_sequences: list[str] | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
+    stop_sequences: list[Text] | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
     stream: bool = False
     metadata: dict[str, Any] | None = None
     timeout: float | None = Field(None, gt=0, description=TIMEOUT_DOC)
@@ -171,20 +223,20 @@ class MessagesRequest(Body):
 
 # ---- Ollama -----------------------------------------------------------------------------------
 class OllamaOptions(Body):
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    num_predict: int | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
+    min_p: Probability | None = None
+    num_predict: integer(ge=-2, description="-1: no limit, -2: fill the context") | None = None
     stop: StopField = None
-    seed: int | None = None
-    repeat_penalty: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    seed: Int | None = None
+    repeat_penalty: Multiplier | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
 
 
 class OllamaMessage(Body):
-    role: str
+    role: Role
     content: str = ""
 
 
@@ -204,7 +256,7 @@ class OllamaGenerateRequest(Body):
 
 class OllamaChatRequest(Body):
     model: str
-    messages: list[OllamaMessage]
+    messages: list[OllamaMessage] = Field(min_length=1)
     stream: bool = True
     format: OllamaFormat = None
     options: OllamaOptions = Field(default_factory=OllamaOptions)
@@ -212,13 +264,43 @@ class OllamaChatRequest(Body):
 
 
 # ---- native -----------------------------------------------------------------------------------
+class NativeSamplingParams(Body):
+    """`sampling_params` of /generate: SGLang's names (jackfield.sampling.SamplingParams)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_new_tokens: TokenCount | None = None
+    min_new_tokens: TokenCount | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
+    min_p: Probability | None = None
+    repetition_penalty: Multiplier | None = None
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    logit_bias: LogitBias | None = None
+    seed: Int | None = None
+    stop: StopField = None
+    stop_token_ids: list[TokenId] | None = None
+    ignore_eos: bool | None = None
+    n: integer(ge=1, le=MAX_N) | None = None
+    skip_special_tokens: bool | None = None
+    no_stop_trim: bool | None = None
+    json_schema: Union[dict[str, Any], str, None] = Field(None, description="a JSON schema, or its JSON text")
+    regex: str | None = None
+    ebnf: str | None = None
+    choices: Annotated[list[str], Field(min_length=1)] | None = Field(None, description="the output is one of these")
+    grammar_backend: str | None = None
+
+
 class GenerateRequest(Body):
     """POST /generate, SGLang's native API: one prompt (`text` or `input_ids`) or a list of them."""
 
-    text: Any = None        # a string or a list of strings
-    input_ids: Any = None   # token ids or a list of token-id lists
-    sampling_params: dict[str, Any] | None = None
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["input_ids"]}]})
+    text: Union[Text, Annotated[list[Text], Field(min_length=1)]] = Field(None, description="exclusive with input_ids")
+    input_ids: Union[TokenIds, Annotated[list[TokenIds], Field(min_length=1)]] = Field(
+        None, description="exclusive with text")
+    sampling_params: NativeSamplingParams | None = None
     stream: bool = False
     return_logprob: bool = False
-    top_logprobs_num: int = 0
+    top_logprobs_num: TopLogprobs = 0
     timeout: float | None = Field(None, gt=0, description=TIMEOUT_DOC)

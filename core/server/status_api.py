@@ -16,6 +16,7 @@ from jackfield.server.drain import RETRY_AFTER_S
 from jackfield.server.app import server_state
 from jackfield.server.errors import APIError
 from jackfield.server.generation import RequestGroup
+from jackfield.server.openapi import error_responses
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -75,11 +76,12 @@ async def get_server_info(request: Request) -> dict:
             "requests_in_flight": st.tokenizer_manager.num_in_flight, "process_ids": st.process_ids}
 
 
-@router.api_route("/flush_cache", methods=["POST", "GET"], dependencies=[Depends(admin_only)])
+@router.post("/flush_cache", dependencies=[Depends(admin_only)], responses=error_responses(403, 409))
 async def flush_cache(request: Request):
+    """Admin: empty the prefix cache (POST only: a GET that changes state is a cross-site request away)."""
     out = await server_state(request).tokenizer_manager.flush_cache()
     if not out.ok:
-        raise APIError(400, out.message or "the cache could not be flushed")
+        raise APIError(409, out.message or "the cache could not be flushed", code="busy")
     return {"ok": True, "message": "the prefix cache was flushed"}
 
 
