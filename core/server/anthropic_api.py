@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from jackfield.io_struct import FinishReason
 from jackfield.server.app import server_state
 from jackfield.server.errors import anthropic_error_body
-from jackfield.server.generation import RequestGroup, abort_error, until_disconnected
+from jackfield.server.generation import RequestGroup, abort_error, request_timeout, until_disconnected
 from jackfield.server.prompts import chat_default, chat_prompt, content_text, max_new_tokens, sampling_params
 from jackfield.server.protocol import MessagesRequest
 from jackfield.server.sse import sse, sse_response
@@ -46,7 +46,7 @@ async def messages(body: MessagesRequest, request: Request):
                              "messages")
     params = sampling_params({"max_new_tokens": max_new, "temperature": body.temperature, "top_p": body.top_p,
                               "top_k": body.top_k, "stop": body.stop_sequences}, tm.vocab_size, ANTHROPIC_NAMES)
-    group = RequestGroup(tm, [ids], params, timeout=body.timeout)
+    group = RequestGroup(tm, [ids], params, timeout=request_timeout(tm, body.timeout))
     message = {"id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant", "model": st.model_name}
     if body.stream:
         return sse_response(_stream(group.start(), message, len(ids)))

@@ -4,7 +4,8 @@ One OpenAI call with k prompts and `n` choices becomes k*n engine requests whose
 queue; choice `i*n + j` is prompt i's j-th sample (OpenAI's numbering). Leaving the `with` block
 (or `close()`) aborts whatever has not finished, so a client that goes away frees its KV at once.
 The group is admitted as a whole (`TokenizerManager.admit`: 503 when the queue is full), and a
-`timeout` ends every unfinished request with an abort answered by HTTP 408.
+`timeout` (for a client's request: `request_timeout(tm, asked)`) ends every unfinished request with
+an abort answered by HTTP 408.
 """
 from __future__ import annotations
 
@@ -56,8 +57,7 @@ class RequestGroup:
         if len(prompts) * n > MAX_REQUESTS_PER_CALL:
             raise APIError(400, f"{len(prompts)} prompts x n={n} exceeds {MAX_REQUESTS_PER_CALL} generations per call")
         self.tm, self.prompts, self.params, self.n = tm, prompts, params, n
-        limit = tm.default_timeout  # the server's request_timeout: the default and the most a request may ask
-        self.timeout = min(timeout, limit) if timeout is not None and limit is not None else timeout or limit
+        self.timeout = timeout
         self.deadline: float | None = None
         self.queue: asyncio.Queue = asyncio.Queue()
         self.index: dict[str, int] = {}
@@ -129,6 +129,13 @@ class RequestGroup:
         for r in results:
             raise_if_aborted(r.finish)
         return results
+
+
+def request_timeout(tm: TokenizerManager, asked: float | None) -> float | None:
+    """A client request's time limit: what it asked for, at most the server's request_timeout (also
+    the default when it asked for nothing)."""
+    limit = tm.default_timeout
+    return min(asked, limit) if asked is not None and limit is not None else asked or limit
 
 
 def raise_if_aborted(finish: FinishReason | None) -> None:

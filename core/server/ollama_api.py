@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 
 from jackfield.server.app import ServerState, server_state
 from jackfield.server.openapi import json_body_doc
-from jackfield.server.generation import RequestGroup, abort_error, until_disconnected
+from jackfield.server.generation import RequestGroup, abort_error, request_timeout, until_disconnected
 from jackfield.server.prompts import chat_default, chat_prompt, encode_text, max_new_tokens, sampling_params
 from jackfield.server.protocol import (OllamaChatRequest, OllamaGenerateRequest, OllamaOptions, json_body,
                                       ollama_format_values)
@@ -68,7 +68,9 @@ async def _run(st: ServerState, request: Request, body: OllamaGenerateRequest | 
                payload):
     start = time.monotonic()
     model = body.model
-    group = RequestGroup(st.tokenizer_manager, [ids], _params(st, body.options, ids, body.format), timeout=body.timeout)
+    tm = st.tokenizer_manager
+    group = RequestGroup(tm, [ids], _params(st, body.options, ids, body.format),
+                         timeout=request_timeout(tm, body.timeout))
     if body.stream:
         return ndjson_response(_stream(group.start(), model, payload, start))
     with group:

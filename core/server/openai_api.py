@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 
 from jackfield.server.app import ServerState, server_state
 from jackfield.server.errors import APIError
-from jackfield.server.generation import RequestGroup, stream_group, until_disconnected
+from jackfield.server.generation import RequestGroup, request_timeout, stream_group, until_disconnected
 from jackfield.server.openai_format import (COMPLETION_NAMES, OPENAI_NAMES, UsageTracker, chat_logprobs,
                                             completion_logprobs, finish_reason, results_usage)
 from jackfield.server.prompts import (MAX_N, chat_default, chat_prompt, completion_prompts, content_text,
@@ -44,7 +44,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     names = {**OPENAI_NAMES, "max_new_tokens": param}
     params = sampling_params({**body.sampling_values(), "max_new_tokens": max_new, "logprobs": body.logprobs,
                               "top_logprobs_num": body.top_logprobs}, tm.vocab_size, names)
-    group = RequestGroup(tm, [ids], params, body.n, body.timeout)
+    group = RequestGroup(tm, [ids], params, body.n, request_timeout(tm, body.timeout))
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": st.model_name}
     if body.stream:
         return sse_response(_chat_stream(st, group.start(), body, head))
@@ -93,7 +93,7 @@ async def completions(body: CompletionRequest, request: Request):
     want_lp = body.logprobs is not None
     params = sampling_params({**body.sampling_values(), "max_new_tokens": max_new, "logprobs": want_lp,
                               "top_logprobs_num": body.logprobs}, tm.vocab_size, COMPLETION_NAMES)
-    group = RequestGroup(tm, prompts, params, body.n, body.timeout)
+    group = RequestGroup(tm, prompts, params, body.n, request_timeout(tm, body.timeout))
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": st.model_name}
     if body.stream:
         return sse_response(_completion_stream(st, group.start(), body, head))

@@ -41,6 +41,8 @@ Penalty = Annotated[float, Field(ge=-2, le=2)]
 Multiplier = Annotated[float, Field(gt=0)]
 TokenCount = integer(ge=0)
 TopLogprobs = integer(ge=0, le=MAX_TOP_LOGPROBS)
+Choices = integer(ge=1, le=MAX_N)
+NumPredict = integer(ge=-2, description="-1: no limit, -2: fill the context")
 TokenId = integer(ge=0, json_schema_extra={"x-token-id": True})
 TokenIds = Annotated[list[TokenId], Field(min_length=1)]
 Text = Annotated[str, Field(min_length=1)]
@@ -106,7 +108,7 @@ class OpenAISampling(Body):
     max_tokens: TokenCount | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
-    n: integer(ge=1, le=MAX_N) = 1
+    n: Choices = 1
     stop: StopField = None
     seed: Int | None = None
     presence_penalty: Penalty | None = None
@@ -227,7 +229,7 @@ class OllamaOptions(Body):
     top_p: TopP | None = None
     top_k: TopK | None = None
     min_p: Probability | None = None
-    num_predict: integer(ge=-2, description="-1: no limit, -2: fill the context") | None = None
+    num_predict: NumPredict | None = None
     stop: StopField = None
     seed: Int | None = None
     repeat_penalty: Multiplier | None = None
@@ -282,7 +284,7 @@ class NativeSamplingParams(Body):
     stop: StopField = None
     stop_token_ids: list[TokenId] | None = None
     ignore_eos: bool | None = None
-    n: integer(ge=1, le=MAX_N) | None = None
+    n: Choices | None = None
     skip_special_tokens: bool | None = None
     no_stop_trim: bool | None = None
     json_schema: Union[dict[str, Any], str, None] = Field(None, description="a JSON schema, or its JSON text")

@@ -106,14 +106,14 @@ def test_control_replies_and_fail_all(manager):
 
 def test_the_default_timeout_aborts_with_408(manager):
     from jackfield.server.errors import APIError
-    from jackfield.server.generation import RequestGroup
+    from jackfield.server.generation import RequestGroup, request_timeout
 
     tm, engine = manager
     tm.default_timeout = 0.3
 
     async def main():
         tm.start()
-        with RequestGroup(tm, [[0, 5]], SamplingParams()) as group:  # first id 0: never finishes
+        with RequestGroup(tm, [[0, 5]], SamplingParams(), timeout=request_timeout(tm, None)) as group:  # never ends
             await group.collect()
 
     with pytest.raises(APIError) as info:
