@@ -28,19 +28,7 @@ MAX_FAILURES = 3
 
 def recover_from_failure(sched, message: str) -> list:
     """Drop every request holding KV, abort the one at fault, requeue the others; returns the outputs."""
-    holders = sched._holders() + [r for r in sched.leaving if not r.finished] + sched.building
-    if sched.inflight is not None:
-        (_, pending), sched.inflight = sched.inflight, None
-        try:
-            pending.wait()
-        except Exception:
-            log.debug("the running forward failed too", exc_info=True)
-    sched.releaser.flush()
-    reqs = [r for r in {id(r): r for r in holders}.values() if not r.finished]
-    for r in reqs:
-        if r.req_pool_idx is not None:
-            sched.releaser.drop(r, frozenset())
-    sched.running, sched.chunked_req, sched.building, sched.leaving = None, None, [], []
+    reqs = sched.drop_holders()
     suspects = [r for r in reqs if r.suspect]
     if len(reqs) == 1 or len(suspects) == 1:
         guilty = reqs if len(reqs) == 1 else suspects

@@ -324,7 +324,17 @@ class Scheduler:
 
     def abort_all(self, message: str) -> list:
         """Fail every request (after an internal error); all KV is returned, none is cached."""
-        holders = self._holders() + [r for r in self.leaving if not r.finished]
+        done = self.drop_holders() + [r for r in self.waiting + self.grammars.drain() if not r.finished]
+        for r in done:
+            r.finished_reason = FinishReason("abort", message=message)
+        self.waiting = []
+        self.finished_out += done
+        return self._emit()
+
+    def drop_holders(self) -> list[Req]:
+        """After a failed forward: wait out the running one, free the KV of every request holding some
+        (none is cached) and empty the running state; returns those requests (unfinished, once each)."""
+        holders = self._holders() + [r for r in self.leaving if not r.finished] + self.building
         if self.inflight is not None:
             (job, pending), self.inflight = self.inflight, None
             try:
@@ -334,18 +344,13 @@ class Scheduler:
             except Exception:
                 log.debug("the running forward failed too", exc_info=True)
         self.releaser.flush()
-        seen = set()
-        for r in holders + self.building:
-            if id(r) not in seen and r.req_pool_idx is not None:
-                seen.add(id(r))
+        reqs = [r for r in {id(r): r for r in holders}.values() if not r.finished]
+        for r in reqs:
+            if r.req_pool_idx is not None:
                 self.releaser.drop(r, frozenset())
-        done = [r for r in holders + self.building + self.waiting + self.grammars.drain() if not r.finished]
-        for r in done:
-            r.finished_reason = FinishReason("abort", message=message)
-        self.running, self.chunked_req, self.building, self.waiting, self.leaving = None, None, [], [], []
+        self.running, self.chunked_req, self.building, self.leaving = None, None, [], []
         self.jump_candidates = []
-        self.finished_out += list({id(r): r for r in done}.values())
-        return self._emit()
+        return reqs
 
     def _holders(self) -> list[Req]:
         """Requests holding KV in the scheduler's state: the chunked one and the running batch."""
