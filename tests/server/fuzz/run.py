@@ -26,10 +26,12 @@ def fuzz(url: str, report: str, max_examples: int = 3, max_time: int = 50, seed:
            url.rstrip("/") + "/openapi.json", "--checks", "all", "--phases", "examples,coverage,fuzzing",
            "--max-examples", str(max_examples), "--max-time", str(max_time), "--seed", str(seed),
            "--workers", str(workers), "--request-timeout", str(request_timeout), "--output-sanitize", "false",
-           "--report", "json", "--report-json-path", report]
+           "--report", "json", "--report-json-path", str(Path(report).resolve())]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "hooks", "PYTHONPATH": os.pathsep.join(
         [str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=max_time * 4 + 120)
+    # in the report's directory: schemathesis keeps a .schemathesis/ cache where it runs
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=max_time * 4 + 120,
+                          cwd=Path(report).resolve().parent)
     out = summarize(json.loads(Path(report).read_text())) if Path(report).exists() else {}
     return {**out, "exit_code": done.returncode, "output_tail": (done.stdout + done.stderr)[-6000:]}
 
