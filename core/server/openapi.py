@@ -179,11 +179,16 @@ def below_pattern(n: int) -> str:
 
 
 def _bound_token_ids(node: Any, vocab_size: int) -> None:
-    """Every schema marked `x-token-id` gets `maximum: vocab_size - 1` (a token id given as a string,
-    a logit_bias key: a pattern matching 0 .. vocab_size - 1)."""
+    """Every schema marked `x-token-id` gets `maximum: vocab_size - 1`; a map keyed by token ids
+    (logit_bias) gets keys matching 0 .. vocab_size - 1 and no others."""
     if isinstance(node, dict):
-        if node.get("x-token-id") and node.get("type") == "string":
-            node["pattern"] = below_pattern(vocab_size)
+        keys = node.get("propertyNames")
+        if isinstance(keys, dict) and keys.get("x-token-id"):  # a map keyed by token ids (logit_bias)
+            pattern = below_pattern(vocab_size)
+            node["propertyNames"] = {"pattern": pattern}
+            values = list(node.pop("patternProperties", {}).values())
+            node["patternProperties"] = {pattern: values[0] if values else {}}
+            node["additionalProperties"] = False
         elif node.get("x-token-id"):
             node["maximum"] = vocab_size - 1
         for value in node.values():
