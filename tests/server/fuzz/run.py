@@ -58,6 +58,9 @@ def main() -> int:
     args = p.parse_args()
     summary = fuzz(args.url, args.report, args.max_examples, args.max_time, args.seed, args.workers)
     print(summary.pop("output_tail"))
+    from jackfield.bench.common import provenance
+
+    summary = {**provenance("python tests/server/fuzz/run.py " + " ".join(sys.argv[1:])), **summary}
     text = json.dumps(summary, indent=2)
     print(text)
     if args.output:
