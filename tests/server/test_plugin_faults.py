@@ -1,6 +1,7 @@
 """A plugin's faults are contained: a forward that raises for one request fails that request (500,
-naming the plugin) while the others finish; a route that raises is a 500 naming the plugin; a
-plugin that raises at startup is named in the error; a forward that hangs trips the watchdog.
+naming the plugin) while the others finish; a grammar compiler that raises fails that request (400,
+naming the backend); a route that raises is a 500 naming the plugin; a plugin that raises at
+startup is named in the error; a forward that hangs trips the watchdog.
 
 The plugin is tests/fixtures/jackfield-crashing-plugin, made importable (module + .dist-info with its
 entry points) in a temporary directory put on the server's PYTHONPATH."""
@@ -67,6 +68,22 @@ def test_a_request_that_makes_the_forward_raise_fails_alone(crashing_server):
     for i in range(3):
         out = results[f"g{i}"].json()
         assert out["meta_info"]["finish_reason"]["type"] == "length" and len(out["output_ids"]) == 24, out
+
+
+def test_a_grammar_compiler_that_raises_fails_that_request_alone(crashing_server):
+    url = crashing_server.url
+    results: dict = {}
+    good = threading.Thread(target=generate, args=(url, [504, 3575, 28], 16, results, "good"))
+    good.start()
+    crash = httpx.post(url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 4, "regex": "CRASH",
+                                                      "grammar_backend": "crashing_grammar"}, timeout=60)
+    good.join()
+    err = assert_error(crash, 400)
+    assert "crashing_grammar" in err["message"] and "KeyError" in err["message"], err
+    assert results["good"].json()["meta_info"]["finish_reason"]["type"] == "length"
+    ok = httpx.post(url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 4, "regex": "[0-9]+",
+                                                   "grammar_backend": "crashing_grammar"}, timeout=60)
+    assert ok.status_code == 200 and ok.json()["choices"][0]["text"].isdigit(), ok.text
 
 
 def test_a_route_that_raises_names_its_plugin(crashing_server):

@@ -1,11 +1,21 @@
 """Schemathesis hooks of the API fuzzing run: schema-valid bodies that break a rule no JSON schema
-can state (it relates two fields) are not generated as valid data. Each rule is enforced by the
-server with a 400 and documented in docs/server.md."""
+can state are not generated as valid data: one relating two fields, and structured-output
+constraints (a regex, a grammar or a JSON schema is valid only if its compiler says so). Each is
+refused by the server with a 400 and documented in docs/server.md; the fuzzer still sends them
+as invalid data."""
 from __future__ import annotations
 
 import schemathesis
 
 MAX_GENERATIONS = 256  # generation.MAX_REQUESTS_PER_CALL: prompts x n
+CONSTRAINTS = ("regex", "ebnf", "json_schema", "choices", "grammar_backend")
+
+
+def _constrained(body: dict) -> bool:
+    sp = body.get("sampling_params") if isinstance(body.get("sampling_params"), dict) else {}
+    rf = body.get("response_format") if isinstance(body.get("response_format"), dict) else {}
+    return (any(body.get(k) is not None or sp.get(k) is not None for k in CONSTRAINTS)
+            or rf.get("type") == "json_schema" or isinstance(body.get("format"), dict))
 
 
 @schemathesis.hook
@@ -15,5 +25,5 @@ def filter_body(ctx, body) -> bool:
     prompt = body.get("prompt")
     prompts = len(prompt) if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) else 1
     n = body.get("n") if isinstance(body.get("n"), int) else 1
-    return (prompts * n <= MAX_GENERATIONS
+    return (prompts * n <= MAX_GENERATIONS and not _constrained(body)
             and not (body.get("top_logprobs") is not None and body.get("logprobs") is not True))
