@@ -1,8 +1,8 @@
 """Schemathesis hooks of the API fuzzing run: schema-valid bodies that break a rule no JSON schema
 can state are not generated as valid data: one relating two fields, and structured-output
 constraints (a regex, a grammar or a JSON schema is valid only if its compiler says so). Each is
-refused by the server with a 400 and documented in docs/server.md; the fuzzer still sends them
-as invalid data."""
+refused by the server with a 400 and documented in docs/server.md (tests/grammar covers the
+constraint compilers' errors)."""
 from __future__ import annotations
 
 import schemathesis
