@@ -5,64 +5,18 @@ and `confined_path`, the helper every route that takes a file path must use."""
 from __future__ import annotations
 
 import os
-import re
-from types import SimpleNamespace
 
 import pytest
+from app_harness import every_route, make_client
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from server_harness import assert_error
 
-from jackfield.config import Settings, settings_for
-from jackfield.io_struct import FlushCacheOut
-from jackfield.plugins import load_plugins
-from jackfield.server.app import ServerState, build_app
+from jackfield.config import Settings
 from jackfield.server.errors import install_error_handlers
 from jackfield.server.file_paths import confined_path
-from jackfield.server.metrics import ServerMetrics
 
 KEY = "s3cret-key"
-
-
-class StubEngine:
-    """The tokenizer manager's surface, answering without an engine."""
-
-    tokenizer = None
-    num_in_flight = 0
-
-    async def flush_cache(self):
-        return FlushCacheOut(True)
-
-    def __getattr__(self, name):
-        raise RuntimeError(f"no engine in this test ({name})")
-
-
-def make_client(client=("testclient", 50000), **settings) -> TestClient:
-    pm, records = load_plugins()
-    info = SimpleNamespace(model_path="/models/stub", context_len=64, components={})
-    state = ServerState(settings_for(**settings), info, StubEngine(), ServerMetrics(), pm, records)
-    state.ready = True
-    return TestClient(build_app(state), raise_server_exceptions=False, client=client)
-
-
-def flat_routes(routes, prefix: str = ""):
-    """(prefix, route) of every route, looking into included routers (FastAPI keeps them nested)."""
-    for route in routes:
-        inner = getattr(route, "original_router", None)
-        if inner is not None:
-            yield from flat_routes(inner.routes, prefix + route.include_context.prefix)
-        else:
-            yield prefix, route
-
-
-def every_route(app) -> list[tuple[str, str]]:
-    """(method, concrete path) of every route the app serves; path parameters filled with 'x'."""
-    out = []
-    for prefix, route in flat_routes(app.routes):
-        for method in sorted(getattr(route, "methods", None) or ()):
-            if method != "HEAD":
-                out.append((method, re.sub(r"\{[^}]+\}", "x", prefix + route.path)))
-    return out
 
 
 def test_every_route_but_health_needs_the_key():
