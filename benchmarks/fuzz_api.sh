@@ -5,6 +5,8 @@
 # with a small budget (tests/server/test_fuzz_api.py).
 #
 #   bash benchmarks/fuzz_api.sh [MAX_EXAMPLES=100] [MAX_TIME_S=1800] [SEED=0] [-- extra serve flags]
+# (MAX_EXAMPLES bounds the examples and coverage phases, which test every operation; MAX_TIME_S the
+# fuzzing phase)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}

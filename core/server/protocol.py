@@ -50,6 +50,8 @@ TokenKey = Annotated[str, Field(pattern=r"^[0-9]+$", json_schema_extra={"x-token
 LogitBias = dict[TokenKey, Annotated[float, Field(ge=-MAX_LOGIT_BIAS, le=MAX_LOGIT_BIAS)]]
 Role = Literal["system", "user", "assistant", "developer"]
 StopField = Union[Text, list[Text], None]
+BackendName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description=(
+    "an installed grammar backend (GET /v1/plugins) for this request's constraint; default: the server's"))]
 TIMEOUT_DOC = ("Seconds the request may take before it is aborted (HTTP 408); default and upper bound: the server's "
                "request_timeout")
 T = TypeVar("T", bound=BaseModel)
@@ -97,6 +99,10 @@ class JSONSchemaFormat(Body):
 
 
 class ResponseFormat(Body):
+    model_config = ConfigDict(json_schema_extra={  # type json_schema needs json_schema.schema
+        "if": {"required": ["type"], "properties": {"type": {"const": "json_schema"}}},
+        "then": {"required": ["json_schema"], "properties": {"json_schema": {
+            "type": "object", "required": ["schema"], "properties": {"schema": {"type": ["object", "boolean"]}}}}}})
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaFormat | None = None
 
@@ -128,9 +134,9 @@ class OpenAISampling(Body):
     skip_special_tokens: bool = True
     stop_token_ids: list[TokenId] | None = None
     no_stop_trim: bool = False
-    regex: str | None = None
-    ebnf: str | None = None
-    grammar_backend: str | None = None
+    regex: Text | None = None
+    ebnf: Text | None = None
+    grammar_backend: BackendName | None = None
 
     def sampling_values(self) -> dict[str, Any]:
         """The SGLang-named sampling values (max_new_tokens is decided by the caller)."""
@@ -288,10 +294,10 @@ class NativeSamplingParams(Body):
     skip_special_tokens: bool | None = None
     no_stop_trim: bool | None = None
     json_schema: Union[dict[str, Any], str, None] = Field(None, description="a JSON schema, or its JSON text")
-    regex: str | None = None
-    ebnf: str | None = None
+    regex: Text | None = None
+    ebnf: Text | None = None
     choices: Annotated[list[str], Field(min_length=1)] | None = Field(None, description="the output is one of these")
-    grammar_backend: str | None = None
+    grammar_backend: BackendName | None = None
 
 
 class GenerateRequest(Body):
