@@ -69,7 +69,8 @@ def test_lone_surrogates_are_400(http):
         return http.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
 
     resp = post("/v1/completions", {"prompt": "a\ud800b", "max_tokens": 1})
-    assert "not valid Unicode" in assert_error(resp, 400, param="prompt")["message"]
+    # refused by validation (a length-constrained string) or by the tokenizer: either message says why
+    assert "unicode" in assert_error(resp, 400, param="prompt")["message"].lower()
     assert_error(post(CHAT, {"messages": [{"role": "user", "content": "\udbcc"}]}), 400, param="messages")
 
 
