@@ -2,16 +2,16 @@
 states are not sent as valid data: more generations than one call may ask for (prompts x n), and
 structured-output constraints (a regex, a grammar or a JSON schema is valid only if its compiler
 says so; two constraints in one body exclude each other, a rule left out of the schema because it
-made generation several times slower). Each is refused by the server with a 400 and documented in
-docs/server.md (tests/grammar covers the constraint compilers' errors). Bodies meant to be invalid
-(negative cases) are sent as generated."""
+made generation several times slower; grammar_backend needs a constraint). Each is refused by the
+server with a 400 and documented in docs/server.md (tests/grammar covers the constraint compilers'
+errors). Bodies meant to be invalid (negative cases) are sent as generated."""
 from __future__ import annotations
 
 import schemathesis
 from schemathesis.generation import GenerationMode
 
 MAX_GENERATIONS = 256  # generation.MAX_REQUESTS_PER_CALL: prompts x n
-CONSTRAINTS = ("regex", "ebnf", "json_schema", "choices")
+CONSTRAINTS = ("regex", "ebnf", "json_schema", "choices", "grammar_backend")  # the last needs one of the others
 
 
 def _constrained(body: dict) -> bool:
