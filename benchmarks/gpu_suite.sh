@@ -4,6 +4,8 @@
 # Product benchmarks (docs/benchmarks.md): tests fitests kernels latency offline prefix overlap serving (the default).
 # kit: the conformance kit on every built-in CUDA component (tests/gpu/test_kit_cuda.py; FlashInfer JIT-compiles).
 # grammar: structured-output overhead and jump-forward (jackfield bench grammar).
+# lora: multi-LoRA GPU tests, 8B batch-1 decode with and without a rank-16 adapter; loraoffline: 8B offline
+# over 8 and 64 adapters and with more adapters than slots, against the base model (benchmarks/lora_bench.py).
 # Diagnostics: profile, pdl. Studies (benchmarks/studies/, results in benchmarks/studies/results/): gemv gemm tune probe.
 # A device call lasts at most 10 minutes: pass a few parts per call. Results: benchmarks/results/ and $OUT.
 set -uo pipefail
@@ -86,6 +88,23 @@ if has offline; then
     run $JF bench offline --model $CFG8B --load-format dummy $modes --num-prompts 256 \
       --input-len 512 --output-len 256 --max-running-requests 256 --cuda-graph-max-bs 256 --chunked-prefill-size 16384 \
       $extra ${OFFLINE_FLAGS:-} --output-file "$OUTDIR/offline-8b-${be/+/-}${OFFLINE_TAG:-}-$STAMP.json" > /dev/null
+  done
+fi
+LORA="python3 benchmarks/lora_bench.py"
+if has lora; then  # rank-16 adapters on all 7 linear modules of every layer (dummy random weights)
+  gpu_pytest gpu-lora tests/lora/test_lora_gpu.py tests/gpu/test_kit_cuda.py -k lora  # e2e, then the kit on CUDA
+  for n in 0 1; do
+    run $LORA latency --adapters $n --rank 16 --model $CFG8B --load-format dummy --attention-backend triton \
+      --batch-size 1 16 --input-len 128 --output-len 256 --max-total-tokens 65536 --cuda-graph-max-bs 32 \
+      --output-file "$OUTDIR/lora-latency-8b-a$n-$STAMP.json" > /dev/null
+  done
+fi
+if has loraoffline; then  # adapters:max_loras; 64:16 swaps adapters through 16 slots
+  for cfg in ${LORA_OFFLINE:-0:8 8:8 64:64 64:16}; do
+    n=${cfg%:*}; slots=${cfg#*:}
+    run $LORA offline --adapters $n --rank 16 --max-loras $slots --model $CFG8B --load-format dummy \
+      --attention-backend triton --num-prompts 256 --input-len 512 --output-len 256 --max-running-requests 256 \
+      --cuda-graph-max-bs 256 --chunked-prefill-size 16384 --output-file "$OUTDIR/lora-offline-8b-a$n-s$slots-$STAMP.json" > /dev/null
   done
 fi
 if has pdl; then  # A/B of programmatic dependent launch in one run: each command with JACKFIELD_DISABLE_PDL=1, then without

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "JACKFIELD_"
@@ -73,6 +74,13 @@ class Settings(BaseSettings):
     kv_cache_dtype: Literal["auto", "fp8_e4m3"] = Field("auto", description="KV cache storage: auto (the compute dtype) or fp8_e4m3 (one byte per value, twice the tokens; per-layer scales from the checkpoint, else 1.0)")
     quantization_gemm_backend: Literal["auto", "triton", "torch"] = Field("auto", description="GPU matmuls of quantized layers: auto (the measured choice per batch size), triton (Triton kernels), torch (torch._scaled_mm for FP8, dequantize + cuBLAS for integer weights)")
     # --- LoRA --------------------------------------------------------------------------------
+    lora_paths: list[str] = Field(default_factory=list, description="LoRA adapters loaded at start, each name=path (a bare path is named after its directory)")
+    lora_dir: str | None = Field(None, description="Directory that run-time loads read adapters from, by name; load paths outside it are refused")
+    enable_lora: bool | None = Field(None, description="Serve LoRA adapters (unset: on when lora_paths or lora_dir is given)")
+    max_loras: int = Field(8, ge=1, description="Device slots of the adapter pool; more adapters wait in host memory and are swapped in LRU order")
+    max_loras_per_batch: int | None = Field(None, ge=1, description="Most distinct adapters in one batch (unset: max_loras)")
+    max_lora_rank: int | None = Field(None, ge=1, description="Largest adapter rank served (unset: the largest rank of lora_paths, at least 16)")
+    lora_target_modules: list[str] | None = Field(None, description="Modules that get adapter slots, of q/k/v/o/gate/up/down_proj (unset: all)")
     # --- distributed -------------------------------------------------------------------------
     # --- server ------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="HTTP bind address")
@@ -89,6 +97,38 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(False, description="Serve /metrics without the API key")
     allowed_origins: list[str] = Field(default_factory=list, description="CORS: origins allowed to call the API from a browser (\"*\" for any; empty: CORS off)")
     file_root: str | None = Field(None, description="Directory below which routes that take a file path (adapter loading) may read; unset: such routes refuse every path")
+
+    @field_validator("lora_paths")
+    @classmethod
+    def _check_lora_paths(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            parse_lora_path(entry)
+        return value
+
+    @field_validator("lora_target_modules")
+    @classmethod
+    def _check_lora_targets(cls, value: list[str] | None) -> list[str] | None:
+        bad = [m for m in value or () if m not in LORA_TARGETS]
+        if bad or value == []:
+            raise ValueError(f"unknown module(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(LORA_TARGETS)}")
+        return value
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def parse_lora_path(entry: str) -> tuple[str, str]:
+    """'name=path' (or a bare path, named after its last directory) -> (name, path)."""
+    name, sep, path = entry.partition("=")
+    if not sep:
+        path, name = entry, Path(entry.rstrip("/")).name
+    if not path:
+        raise ValueError(f"'{entry}' has no adapter path (expected name=path)")
+    if not LORA_NAME.fullmatch(name):
+        raise ValueError(f"adapter name '{name}' in '{entry}' must be letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    return name, path
 
 
 class ConfigError(ValueError):
@@ -136,7 +176,7 @@ def _env_values(env: dict[str, str]) -> dict[str, tuple[Any, str]]:
         if key not in fields:
             raise ConfigError(f"unknown setting '{key}' (from env:{var}={raw!r})")
         value: Any = raw
-        if typing.get_origin(fields[key].annotation) in (dict, list):
+        if is_container(fields[key].annotation):
             try:
                 value = json.loads(raw)
             except json.JSONDecodeError as exc:
@@ -144,6 +184,12 @@ def _env_values(env: dict[str, str]) -> dict[str, tuple[Any, str]]:
                                   f"expected JSON ({exc})") from None
         out[key] = (value, f"env:{var}")
     return out
+
+
+def is_container(annotation) -> bool:
+    """A dict or list setting (optionally `| None`): JSON in the environment, several values on the CLI."""
+    kinds = [annotation, *typing.get_args(annotation)] if typing.get_origin(annotation) is not None else [annotation]
+    return any(typing.get_origin(k) in (dict, list) for k in kinds)
 
 
 def load_settings(config_file: str | None = None, cli: dict[str, Any] | None = None,

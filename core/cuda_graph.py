@@ -41,6 +41,9 @@ class CudaGraphRunner:
         if compile_model:
             self.forward_fn = torch.compile(runner.model.forward, mode="max-autotune-no-cudagraphs", dynamic=False)
         runner.attn_backend.init_cuda_graph_state(self.max_bs, self.max_bs)
+        self.lora = runner.lora  # LoRA kernels are captured over a static slot buffer (LoRAManager)
+        if self.lora is not None:
+            self.lora.init_cuda_graph_state(self.max_bs)
         self._capture_all()
 
     def _batch(self, bs: int, seq_lens_cpu: tuple[int, ...]) -> ForwardBatch:
@@ -61,6 +64,8 @@ class CudaGraphRunner:
         for bs in reversed(self.sizes):
             fb = self._batch(bs, (self.fill,) * bs)
             self.runner.attn_backend.init_forward_metadata_capture(fb)
+            if self.lora is not None:
+                self.lora.prepare_capture(bs)
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(2):
@@ -92,5 +97,7 @@ class CudaGraphRunner:
         self.out_cache_loc[:raw].copy_(fb.out_cache_loc)
         seq_cpu = tuple(fb.seq_lens_cpu) + (self.fill,) * (bs - raw)
         self.runner.attn_backend.init_forward_metadata_replay(self._batch(bs, seq_cpu))
+        if self.lora is not None:
+            self.lora.prepare_replay(fb, bs)
         self.graphs[bs].replay()
         return self.outputs[bs][:raw]

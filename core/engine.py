@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator
 
 from jackfield.config import settings_for
 from jackfield.engine_loop import EngineLoop, EngineInfo
-from jackfield.io_struct import TokenizedGenerateReq
+from jackfield.io_struct import LoadLoRAReq, TokenizedGenerateReq, UnloadLoRAReq
 from jackfield.sampling.params import SamplingParams
 from jackfield.tokenizer.request_text import RequestText
 
@@ -29,6 +29,7 @@ class Engine:
         self.loop = EngineLoop(self.settings, progress=progress)
         self.tokenizer = self.loop.tokenizer
         self.info: EngineInfo = self.loop.info
+        self._adapters: list[dict] = list(self.info.lora_adapters)
 
     # ---- requests ---------------------------------------------------------------------------
     def _params(self, sampling_params: dict | SamplingParams | None) -> SamplingParams:
@@ -49,9 +50,9 @@ class Engine:
             raise ValueError(f"prompt token id {bad} is outside the vocabulary [0, {vocab})")
         return list(prompt)
 
-    def _submit(self, ids: list[int], params: SamplingParams, stream: bool = False) -> str:
+    def _submit(self, ids: list[int], params: SamplingParams, stream: bool = False, lora: str | None = None) -> str:
         rid = f"engine-{next(_ids)}"
-        self.loop.submit(TokenizedGenerateReq(rid, ids, params, stream=stream))
+        self.loop.submit(TokenizedGenerateReq(rid, ids, params, stream=stream, lora=lora))
         return rid
 
     def _collect(self, rid: str, params: SamplingParams) -> dict:
@@ -69,20 +70,24 @@ class Engine:
                 _raise_if_rejected(out.finished)
                 return _result(text.text if text else "", tokens, out, logprobs if params.logprobs else None)
 
-    def generate(self, prompt, sampling_params: dict | SamplingParams | None = None, add_special_tokens: bool = True):
+    def generate(self, prompt, sampling_params: dict | SamplingParams | None = None, add_special_tokens: bool = True,
+                 lora_path: str | list[str | None] | None = None):
         """Generate for one prompt (returns a dict) or a list of prompts (returns a list of dicts).
 
         A prompt is a string or a list of token ids. With n > 1 a prompt's dict holds a list of
-        completions under "choices" (each with text, token_ids, finish_reason).
+        completions under "choices" (each with text, token_ids, finish_reason). `lora_path` names
+        the LoRA adapter to run with (SGLang's name for it): one for every prompt, or a list with
+        one entry per prompt (None: the base model). An unknown adapter raises ValueError.
         """
         params = self._params(sampling_params)
         single = isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], int))
         prompts = [prompt] if single else list(prompt)
+        loras = self._loras(lora_path, len(prompts))
         encoded = [self._encode(p, add_special_tokens) for p in prompts]
         sub = replace(params, n=1)
         # choice j of a seeded request uses seed + j, so n > 1 choices differ yet stay reproducible
         choices = [replace(sub, seed=None if params.seed is None else params.seed + j) for j in range(params.n)]
-        rids = [[self._submit(ids, c) for c in choices] for ids in encoded]
+        rids = [[self._submit(ids, c, lora=lora) for c in choices] for ids, lora in zip(encoded, loras)]
         results = []
         try:
             for group in rids:
@@ -95,17 +100,19 @@ class Engine:
             raise
         return results[0] if single else results
 
-    def chat(self, messages: list[dict], sampling_params: dict | None = None, **template_kwargs):
+    def chat(self, messages: list[dict], sampling_params: dict | None = None, lora_path: str | None = None,
+             **template_kwargs):
         """Apply the model's chat template to `messages` and generate the assistant reply."""
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer, so it has no chat template")
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, **template_kwargs)
-        return self.generate(prompt, sampling_params, add_special_tokens=False)
+        return self.generate(prompt, sampling_params, add_special_tokens=False, lora_path=lora_path)
 
-    async def generate_stream(self, prompt, sampling_params: dict | None = None) -> AsyncIterator[dict]:
+    async def generate_stream(self, prompt, sampling_params: dict | None = None,
+                              lora_path: str | None = None) -> AsyncIterator[dict]:
         """Yield {"text": delta, "token_ids": new ids, "finished", "finish_reason", "usage"} chunks."""
         params = replace(self._params(sampling_params), n=1)
-        rid = self._submit(self._encode(prompt), params, stream=True)
+        rid = self._submit(self._encode(prompt), params, stream=True, lora=self._loras(lora_path, 1)[0])
         text = RequestText(self.tokenizer, params) if self.tokenizer is not None else None
         try:
             while True:
@@ -120,6 +127,37 @@ class Engine:
                     return
         finally:
             self.loop.abort_and_forget(rid)
+
+    # ---- LoRA adapters ------------------------------------------------------------------------
+    def _loras(self, lora_path, count: int) -> list[str | None]:
+        loras = list(lora_path) if isinstance(lora_path, (list, tuple)) else [lora_path] * count
+        if len(loras) != count:
+            raise ValueError(f"lora_path has {len(loras)} entries for {count} prompts")
+        for name in loras:
+            if name is not None and not isinstance(name, str):
+                raise ValueError(f"lora_path entries must be adapter names (strings) or None, got {name!r}")
+        return loras
+
+    def load_lora_adapter(self, name: str, path: str) -> list[dict]:
+        """Read the PEFT adapter at `path` under `name`; returns every loaded adapter. Raises
+        ValueError naming the problem (rank above max_lora_rank, a module the model lacks…)."""
+        return self._lora_update(LoadLoRAReq(name, str(path), f"engine-lora-{next(_ids)}"))
+
+    def unload_lora_adapter(self, name: str) -> list[dict]:
+        """Unload adapter `name` once its running and queued requests have finished (new ones are
+        refused at once); returns the adapters still loaded."""
+        return self._lora_update(UnloadLoRAReq(name, f"engine-lora-{next(_ids)}"))
+
+    def list_lora_adapters(self) -> list[dict]:
+        """The loaded adapters (name, path, rank, lora_alpha, scaling, target_modules, base_model)."""
+        return list(self._adapters)
+
+    def _lora_update(self, msg) -> list[dict]:
+        out = self.loop.lora_update(msg)
+        self._adapters = list(out.adapters)
+        if not out.ok:
+            raise ValueError(out.message)
+        return out.adapters
 
     # ---- lifecycle --------------------------------------------------------------------------
     def flush_cache(self) -> bool:

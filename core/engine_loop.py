@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jackfield.config import Settings
-from jackfield.io_struct import AbortReq, BatchOutput, FlushCacheOut, FlushCacheReq, GetStatsReq, ReqOutput, StatsOut
+from jackfield.io_struct import (AbortReq, BatchOutput, FlushCacheOut, FlushCacheReq, GetStatsReq, LoRAUpdateOut,
+                                 ReqOutput, StatsOut)
 from jackfield.model_runner import ModelRunner
 from jackfield.runtime_setup import setup_runtime
 from jackfield.scheduler.scheduler import Scheduler
@@ -37,6 +38,8 @@ class EngineInfo:
     context_len: int
     weight_bytes: int = 0         # the model's parameters and buffers as stored (quantized weights packed)
     kv_cache_dtype: str = ""      # the KV pool's storage dtype
+    lora_adapters: tuple = ()  # the LoRA adapters loaded at start (dicts of LoRAAdapter.describe); () when off
+    lora_enabled: bool = False
 
 
 def load_tokenizer(settings: Settings, model_dir: Path):
@@ -53,7 +56,8 @@ def build_scheduler(settings: Settings, progress: bool = True) -> tuple[Schedule
     info = EngineInfo(settings, setup.model_config, setup.source.origin, str(runner.device),
                       str(runner.dtype).removeprefix("torch."), {k: c.as_dict() for k, c in setup.choices.items()},
                       runner.max_total_tokens, runner.max_running_requests, runner.context_len, runner.weight_bytes,
-                      str(runner.kv_dtype).removeprefix("torch."))
+                      str(runner.kv_dtype).removeprefix("torch."),
+                      tuple(runner.lora.describe()) if runner.lora is not None else (), runner.lora is not None)
     sched = Scheduler(runner, tokenizer)
     sched.pm = setup.pm
     return sched, info
@@ -66,6 +70,7 @@ class EngineLoop:
         self._inbox: queue.Queue = queue.Queue()
         self._outboxes: dict[str, queue.Queue] = {}
         self._control: queue.Queue = queue.Queue()
+        self._replies: dict[str, queue.Queue] = {}  # LoRA load/unload request id -> its reply box
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="jackfield-scheduler", daemon=True)
@@ -98,6 +103,19 @@ class EngineLoop:
         self._inbox.put(GetStatsReq())
         return self._control.get()
 
+    def lora_update(self, msg) -> LoRAUpdateOut:
+        """Send a LoadLoRAReq / UnloadLoRAReq and wait for its reply (an unload waits for the
+        adapter's requests to finish)."""
+        box: queue.Queue = queue.Queue()
+        with self._lock:
+            self._replies[msg.request_id] = box
+        self._inbox.put(msg)
+        try:
+            return box.get()
+        finally:
+            with self._lock:
+                self._replies.pop(msg.request_id, None)
+
     def _dispatch(self, outs: list) -> None:
         for out in outs:
             if isinstance(out, BatchOutput):
@@ -105,6 +123,10 @@ class EngineLoop:
                     box = self._outboxes.get(ro.rid)
                     if box is not None:
                         box.put(ro)
+            elif isinstance(out, LoRAUpdateOut):
+                box = self._replies.get(out.request_id)
+                if box is not None:
+                    box.put(out)
             else:
                 self._control.put(out)
 

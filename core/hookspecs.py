@@ -133,9 +133,12 @@ def jackfield_register_model_architectures(register: Callable[[type[CausalLM]], 
 def jackfield_register_lora_backends(register: Callable[[type[LoRABackend]], None]) -> None:
     """Register LoRA backends (subclasses of ``jackfield.sdk.LoRABackend``).
 
-    Selected by ``lora_backend`` when adapters are configured. Constructed once with a
-    ``LoRARuntime``; adapters are loaded by name, each batch is prepared once with the adapter ids
-    of its requests, and wrapped linear layers call ``apply`` to add the low-rank update.
+    Selected by ``lora_backend`` (``auto``: the highest-priority available backend) when LoRA is
+    on (``lora_paths``, ``lora_dir`` or ``enable_lora``). Constructed once with a ``LoRARuntime``.
+    The core reads adapters and keeps them in a pool of device slots whose per-layer views
+    (``LoRAWeights``) it passes in; per forward that uses an adapter it calls
+    ``prepare(LoRABatch)`` (each token's slot, as segments), then every LoRA-wrapped linear layer
+    calls ``apply(weights, x, base_out)``, which returns base_out plus the low-rank updates.
     """
 
 

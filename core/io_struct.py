@@ -21,6 +21,7 @@ class TokenizedGenerateReq:
     top_logprobs_num: int = 0
     stream: bool = False
     input_text: str | None = None
+    lora: str | None = None  # the LoRA adapter's name; None: the base model
 
 
 @dataclass
@@ -36,6 +37,37 @@ class FlushCacheReq:
 @dataclass
 class GetStatsReq:
     """Ask the scheduler for a StatsOut."""
+
+
+@dataclass
+class LoadLoRAReq:
+    """Read the adapter at `path` into host memory under `name` (answered by a LoRAUpdateOut)."""
+
+    name: str
+    path: str
+    request_id: str
+
+
+@dataclass
+class UnloadLoRAReq:
+    """Unload adapter `name` once its requests (queued or running) have finished; new requests for
+    it are refused from now on (answered by a LoRAUpdateOut when it is gone)."""
+
+    name: str
+    request_id: str
+
+
+@dataclass
+class LoRAUpdateOut:
+    """The answer to a LoadLoRAReq / UnloadLoRAReq: `status` is an HTTP status (200 when ok), and
+    `adapters` describes every adapter loaded afterwards."""
+
+    request_id: str
+    ok: bool
+    status: int = 200
+    message: str = ""
+    param: str | None = None
+    adapters: list = field(default_factory=list)
 
 
 @dataclass

@@ -8,6 +8,7 @@ import torch
 
 from jackfield.hybrid_attention import build_attention_backend
 from jackfield.loader.weights import init_dummy_weights, iter_safetensors
+from jackfield.lora.setup import build_lora_manager, load_startup_adapters
 from jackfield.mem.allocator import TokenAllocator
 from jackfield.mem.req_to_token import ReqToTokenPool
 from jackfield.runtime_setup import RuntimeSetup
@@ -57,7 +58,11 @@ class ModelRunner:
         self.device, self.dtype, self.config = setup.device, setup.dtype, cfg
         self.context_len = setup.context_len
         t0 = time.perf_counter()
+        self.lora = build_lora_manager(setup)  # before the model: its Linear layers ask it for LoRA slots
         self.model = self._load_model(progress)
+        if self.lora is not None:
+            self.lora.finish_build()
+            load_startup_adapters(self.lora, s)
         self.load_seconds = time.perf_counter() - t0
         self.weight_bytes = tensor_bytes(self.model)
         self.kv_dtype = KV_CACHE_DTYPES.get(s.kv_cache_dtype, self.dtype)
@@ -81,7 +86,10 @@ class ModelRunner:
         self.attn_backend = build_attention_backend(setup.choices, runtime)
         self.sampler = Sampler(cfg.vocab_size, self.max_running_requests + 1, self.device, seed=s.seed)
         self.graph_runner = None
-        if self.device.type == "cuda" and not s.disable_cuda_graph and self.attn_backend.supports_cuda_graph:
+        graphs_ok = self.lora is None or self.lora.backend.supports_cuda_graph
+        if self.lora is not None and not graphs_ok:
+            log.info("decode CUDA graphs are off: LoRA backend '%s' does not support them", self.lora.backend.name)
+        if self.device.type == "cuda" and not s.disable_cuda_graph and self.attn_backend.supports_cuda_graph and graphs_ok:
             from jackfield.cuda_graph import CudaGraphRunner
 
             self.graph_runner = CudaGraphRunner(self, s.cuda_graph_max_bs, compile_model=s.enable_torch_compile)
@@ -93,7 +101,8 @@ class ModelRunner:
         quant = st.choices["quantization"].info.cls(cfg, QuantOptions(gemm_backend=st.settings.quantization_gemm_backend))
         moe_choice = st.choices.get("moe")
         ctx = ModelBuildContext(quant=quant, dtype=self.dtype, device=self.device,
-                                moe=moe_choice.info.cls if moe_choice and moe_choice.info and cfg.num_experts else None)
+                                moe=moe_choice.info.cls if moe_choice and moe_choice.info and cfg.num_experts else None,
+                                lora=self.lora)
         model_cls = st.choices["model"].info.cls
         with torch.device(self.device):
             model = model_cls(cfg, ctx, max_positions=self.context_len + 1)
@@ -128,6 +137,8 @@ class ModelRunner:
         if self.graph_runner is not None and self.graph_runner.can_run(fb):
             return self.graph_runner.replay(fb)
         self.attn_backend.init_forward_metadata(fb)
+        if self.lora is not None:
+            self.lora.prepare(fb)
         hidden = self.model(fb.input_ids, fb.positions, fb)
         idx = fb.logits_indices
         if idx is None:

@@ -55,23 +55,24 @@ def replay_ms(calls: list, reps: int = 10) -> float:
 
 
 def submit_requests(sched, prompts: list[list[int]], max_new_tokens: int, prefix: str = "r",
-                    params: SamplingParams | None = None) -> list[str]:
-    """Hand every prompt to the scheduler as a streamed request (default: greedy, ignore_eos); returns the rids."""
+                    params: SamplingParams | None = None, loras: list[str | None] | None = None) -> list[str]:
+    """Hand every prompt to the scheduler as a streamed request (default: greedy, ignore_eos), running
+    LoRA adapter `loras[i]` when given; returns the rids."""
     params = params or SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=True)
     rids = [f"{prefix}{i}" for i in range(len(prompts))]
-    for rid, ids in zip(rids, prompts):
-        sched.handle(TokenizedGenerateReq(rid, ids, params, stream=True))
+    for i, (rid, ids) in enumerate(zip(rids, prompts)):
+        sched.handle(TokenizedGenerateReq(rid, ids, params, stream=True, lora=loras[i] if loras else None))
     return rids
 
 
 def run_requests(sched, prompts: list[list[int]], max_new_tokens: int, prefix: str = "r",
-                 params: SamplingParams | None = None) -> RunResult:
+                 params: SamplingParams | None = None, loras: list[str | None] | None = None) -> RunResult:
     """Submit all prompts at once (default: greedy, ignore_eos) and step the scheduler until they finish.
 
     The device is synchronized only before and after the run: a sync per step would stall the
     overlap scheduler, which launches the next forward before the previous one has finished."""
     res = RunResult()
-    res.outputs = {rid: [] for rid in submit_requests(sched, prompts, max_new_tokens, prefix, params)}
+    res.outputs = {rid: [] for rid in submit_requests(sched, prompts, max_new_tokens, prefix, params, loras)}
     dev = sched.runner.device
     sync(dev)
     start = time.perf_counter()

@@ -5,7 +5,7 @@ import argparse
 import json
 import typing
 
-from jackfield.config import Settings
+from jackfield.config import Settings, is_container
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -20,8 +20,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...
             group.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
         elif typing.get_origin(field.annotation) is dict:
             group.add_argument(flag, dest=name, default=None, type=json.loads, help=help_text)
-        elif typing.get_origin(field.annotation) is list:
-            group.add_argument(flag, dest=name, default=None, type=_comma_list, help=help_text)
+        elif is_container(field.annotation):  # a list: several values after one flag
+            group.add_argument(flag, dest=name, default=None, nargs="+", help=help_text)
         else:
             group.add_argument(flag, dest=name, default=None, help=help_text)
 
@@ -29,10 +29,3 @@ def add_settings_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...
 def cli_overrides(args: argparse.Namespace) -> dict:
     """Only the flags the user actually gave (None means not given)."""
     return {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
-
-
-def _comma_list(value: str) -> list[str]:
-    """A list flag: a JSON list, or comma-separated values."""
-    if value.lstrip().startswith("["):
-        return json.loads(value)
-    return [v.strip() for v in value.split(",") if v.strip()]

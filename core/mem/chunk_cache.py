@@ -25,11 +25,11 @@ class ChunkCache:
     def reset(self) -> None:
         """Nothing is cached, so there is nothing to drop."""
 
-    def match_prefix(self, token_ids: list[int]) -> MatchResult:
+    def match_prefix(self, token_ids: list[int], namespace=None) -> MatchResult:
         """Always an empty match ending at the root sentinel."""
         return MatchResult(indices=torch.empty(0, dtype=torch.int64, device=self.device), last_node=self.root_node)
 
-    def insert(self, token_ids: list[int], slots: torch.Tensor) -> int:
+    def insert(self, token_ids: list[int], slots: torch.Tensor, namespace=None) -> int:
         """Stores nothing; returns 0 (the caller keeps ownership of every slot)."""
         return 0
 
@@ -40,6 +40,10 @@ class ChunkCache:
         """No tree, so no locks: a no-op."""
 
     def evict(self, num_tokens: int) -> int:
+        return 0
+
+    def drop_namespace(self, namespace) -> int:
+        """Nothing is cached in any namespace: a no-op."""
         return 0
 
     def evictable_size(self) -> int:

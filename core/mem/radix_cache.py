@@ -4,8 +4,14 @@ Each non-root node owns `value`, the int64 KV slots of its `key`. With page_size
 pages and children are keyed by their first page's token tuple. `lock_ref` counts the requests whose
 prefix runs through a node; locked nodes are never evicted. The root is always locked, owns nothing.
 
+Namespaces keep prefixes apart that must never share KV (requests of different LoRA adapters):
+`match_prefix` and `insert` take a hashable `namespace` (None: the base model), and each namespace
+other than None has its own sub-root under the root, keyed `("ns", namespace)` (never equal to a
+token or a page of tokens), locked like the root and owning nothing. `drop_namespace` frees a whole
+namespace once nothing uses it.
+
 Request helpers take the scheduler's Req (`req_pool_idx`, `origin_input_ids`, `output_ids`,
-`prefix_indices`, `last_node`, `cache_protected_len`). The caller has locked `req.last_node`, set
+`prefix_indices`, `last_node`, `cache_protected_len`, and `cache_namespace` when it has one). The caller has locked `req.last_node`, set
 `cache_protected_len` to the tree-owned prefix length, and filled req_to_token[req_pool_idx, :kv_len].
 """
 from __future__ import annotations
@@ -104,10 +110,45 @@ class RadixCache:
     def _aligned(self, n: int) -> int:
         return n - n % self.page_size
 
-    def match_prefix(self, token_ids: list[int]) -> MatchResult:
-        """Longest cached prefix of token_ids (page-aligned). May split a node; never frees or owns."""
+    def _namespace_root(self, namespace, create: bool) -> TreeNode | None:
+        if namespace is None:
+            return self.root_node
+        key = ("ns", namespace)
+        node = self.root_node.children.get(key)
+        if node is None and create:
+            node = TreeNode(value=self._empty(), parent=self.root_node)
+            node.lock_ref = 1
+            self.root_node.children[key] = node
+        return node
+
+    def drop_namespace(self, namespace) -> int:
+        """Free every slot cached under `namespace` and remove it; returns the tokens freed.
+        Raises RuntimeError if a request still holds a node of it."""
+        top = self._namespace_root(namespace, create=False)
+        if top is None or namespace is None:
+            return 0
+        nodes, stack = [], list(top.children.values())
+        while stack:
+            node = stack.pop()
+            nodes.append(node)
+            stack.extend(node.children.values())
+        if any(n.lock_ref for n in nodes):
+            raise RuntimeError(f"drop_namespace({namespace!r}) while a request holds one of its prefixes")
+        freed = sum(len(n.key) for n in nodes)
+        if nodes:
+            self.allocator.free(torch.cat([n.value for n in nodes]))
+        self._evictable_size -= freed
+        del self.root_node.children[("ns", namespace)]
+        return freed
+
+    def match_prefix(self, token_ids: list[int], namespace=None) -> MatchResult:
+        """Longest cached prefix of token_ids (page-aligned) within `namespace`. May split a node;
+        never frees or owns."""
         key = list(token_ids[: self._aligned(len(token_ids))])
-        node, values, now = self.root_node, [], next(self._clock)
+        top, values, now = self._namespace_root(namespace, create=False), [], next(self._clock)
+        if top is None:
+            return MatchResult(indices=self._empty(), last_node=self.root_node)
+        node = top
         node.last_access_time = now
         while key:
             child = node.children.get(self._child_key(key))
@@ -133,15 +174,18 @@ class RadixCache:
         parent.children[self._child_key(upper.key)] = upper
         return upper
 
-    def insert(self, token_ids: list[int], slots: torch.Tensor) -> int:
-        """Insert the page-aligned part of (token_ids, slots); return the length already cached.
+    def insert(self, token_ids: list[int], slots: torch.Tensor, namespace=None) -> int:
+        """Insert the page-aligned part of (token_ids, slots) into `namespace`; return the length
+        already cached.
 
         The tree takes ownership of slots[prefix_len:aligned_len]; slots[:prefix_len] stay the
         caller's (they duplicate tree slots and the caller must free those it owns).
         """
         n = self._aligned(min(len(token_ids), slots.numel()))
         key, value = list(token_ids[:n]), slots[:n]
-        node, now, prefix_len = self.root_node, next(self._clock), 0
+        node, now, prefix_len = self._namespace_root(namespace, create=bool(key)), next(self._clock), 0
+        if node is None:
+            return 0
         node.last_access_time = now
         while key:
             child = node.children.get(self._child_key(key))
@@ -203,7 +247,7 @@ class RadixCache:
 
     def _insert_req(self, req, token_ids: list[int], slots: torch.Tensor) -> int:
         aligned = self._aligned(len(token_ids))
-        prefix_len = self.insert(token_ids[:aligned], slots[:aligned])
+        prefix_len = self.insert(token_ids[:aligned], slots[:aligned], getattr(req, "cache_namespace", None))
         self.allocator.free(slots[req.cache_protected_len:prefix_len])
         return aligned
 
@@ -223,7 +267,7 @@ class RadixCache:
         """
         token_ids, slots = self._req_tokens_and_slots(req, kv_len)
         aligned = self._insert_req(req, token_ids, slots)
-        match = self.match_prefix(token_ids[:aligned])
+        match = self.match_prefix(token_ids[:aligned], getattr(req, "cache_namespace", None))
         matched = match.indices.numel()
         if matched != aligned:
             raise RuntimeError(f"cache_unfinished_req: re-match found {matched} of {aligned} tokens")

@@ -110,6 +110,8 @@ class Admission:
             rem_input -= r.extend_len
             rem_total -= r.extend_len
         s.policy.calc_priority(s.waiting)
+        if s.adapters is not None:
+            s.adapters.begin()
         max_running = s.runner.max_running_requests
         for r in list(s.waiting):
             if num_running + len(chosen) >= max_running or s.runner.req_to_token_pool.available_size() == 0:
@@ -136,8 +138,12 @@ class Admission:
                     need = ext + page  # alone: the future reserve cannot be met by waiting
             if need > rem_total or (ext > rem_input and chosen):
                 break
+            if s.adapters is not None and not s.adapters.reserve(r):
+                continue  # its adapter waits for a device slot; the others go on
             if not self._admit(r, prefix, ext, slot_parts):
                 break
+            if s.adapters is not None:
+                s.adapters.admitted(r)
             s.waiting.remove(r)
             chosen.append(r)
             rem_chunk -= ext

@@ -8,6 +8,8 @@ that finished prefills join), so the next plan can be made before this job's tok
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from jackfield.constrained.bitmask import StepMask
@@ -85,6 +87,8 @@ def _build_job(s, reqs: list, slots: torch.Tensor | None, decode: ScheduleBatch 
         lens.append(decode.output_lens)
     sampling = samplings[0] if len(samplings) == 1 else samplings[0].merge(samplings[1])
     decode_reqs = list(decode.reqs) if decode is not None else []
+    if s.adapters is not None:
+        fb = replace(fb, lora_slots=s.adapters.slots(list(reqs) + decode_reqs))
     counted = to_device(final + [True] * len(decode_reqs), torch.bool, dev)
     job = ForwardJob(
         fb=fb, sampling=sampling, output_lens=lens[0] if len(lens) == 1 else torch.cat(lens), counted=counted,

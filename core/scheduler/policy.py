@@ -54,7 +54,7 @@ class SchedulePolicy:
     def _match_prefixes(self, waiting: list) -> None:
         for req in waiting:
             ids = list(req.origin_input_ids) + list(req.output_ids)
-            match = self.tree_cache.match_prefix(ids[: max(len(ids) - 1, 0)])
+            match = self.tree_cache.match_prefix(ids[: max(len(ids) - 1, 0)], getattr(req, "cache_namespace", None))
             req.prefix_indices = match.indices
             req.last_node = match.last_node
 

@@ -20,6 +20,8 @@ class Req:
             params = replace(params, logprobs=True, top_logprobs_num=max(msg.top_logprobs_num, params.top_logprobs_num))
         self.sampling_params: SamplingParams = params
         self.stream = msg.stream
+        self.lora_name: str | None = msg.lora
+        self.adapter = None  # its LoRAAdapter, resolved on arrival (None: the base model)
         self.arrival_seq = arrival_seq
         self.output_ids: list[int] = []
         # KV state: req_to_token[req_pool_idx, :kv_len] holds this request's KV slots. kv_len counts
@@ -48,6 +50,11 @@ class Req:
         return self.sampling_params.logprobs
 
     @property
+    def cache_namespace(self) -> int | None:
+        """The prefix-cache namespace: KV is shared only between requests of the same adapter load."""
+        return self.adapter.uid if self.adapter is not None else None
+
+    @property
     def finished(self) -> bool:
         return self.finished_reason is not None
 
@@ -60,7 +67,7 @@ class Req:
     def match_prefix(self, tree_cache) -> None:
         """Refresh prefix_indices/last_node from the tree (only for requests holding no KV)."""
         ids = self.all_ids
-        match = tree_cache.match_prefix(ids[:max(len(ids) - 1, 0)])
+        match = tree_cache.match_prefix(ids[:max(len(ids) - 1, 0)], self.cache_namespace)
         self.prefix_indices, self.last_node = match.indices, match.last_node
 
     def check_finished(self, eos_ids: tuple[int, ...], tokenizer, new_tokens: int = 1) -> None:

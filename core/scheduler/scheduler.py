@@ -29,10 +29,12 @@ from jackfield.constrained.bitmask import mask_buffer
 from jackfield.constrained.jump_forward import jump
 from jackfield.constrained.manager import GrammarManager
 from jackfield.io_struct import (AbortReq, BatchOutput, FinishReason, FlushCacheOut, FlushCacheReq, GetStatsReq,
-                                 ReqOutput, StatsOut, TokenizedGenerateReq, TokenLogprob)
+                                 LoadLoRAReq, LoRAUpdateOut, ReqOutput, StatsOut, TokenizedGenerateReq, TokenLogprob,
+                                 UnloadLoRAReq)
 from jackfield.mem.chunk_cache import ChunkCache
 from jackfield.mem.radix_cache import RadixCache
 from jackfield.model_runner import ModelRunner
+from jackfield.scheduler.adapters import AdapterScheduling
 from jackfield.scheduler.admission import Admission, reject_reason
 from jackfield.scheduler.batch_planner import plan_batch
 from jackfield.scheduler.forward_job import ForwardJob, StepResult, forward_logits, run_forward_job, sample_job
@@ -58,6 +60,7 @@ class Scheduler:
         self.tree_cache = cache_cls(runner.req_to_token_pool, runner.allocator, runner.page_size)
         self.policy = SchedulePolicy(s.schedule_policy, self.tree_cache, not s.disable_radix_cache)
         self.admission = Admission(self, s)
+        self.adapters = AdapterScheduling(self, runner.lora) if runner.lora is not None else None
         self.releaser = KVReleaser(runner, self.tree_cache)
         self.eos_ids = tuple(tokenizer.eos_token_ids) if tokenizer is not None else runner.config.eos_token_ids
         self.vocab_size = runner.config.vocab_size
@@ -94,17 +97,28 @@ class Scheduler:
         if isinstance(msg, TokenizedGenerateReq):
             return self._add_request(msg)
         if isinstance(msg, AbortReq):
-            return self._abort(msg.rid)
+            return self._abort(msg.rid) + (self.adapters.finish_unloads() if self.adapters is not None else [])
         if isinstance(msg, FlushCacheReq):
             return [self._flush_cache()]
         if isinstance(msg, GetStatsReq):
             return [self.get_stats()]
+        if isinstance(msg, (LoadLoRAReq, UnloadLoRAReq)):
+            return self._lora_update(msg)
         raise TypeError(f"scheduler cannot handle {type(msg).__name__}")
+
+    def _lora_update(self, msg) -> list:
+        if self.adapters is None:
+            return [LoRAUpdateOut(msg.request_id, False, 400, "LoRA is off: start with lora_paths, lora_dir or "
+                                                               "enable_lora to serve adapters")]
+        return [self.adapters.load(msg)] if isinstance(msg, LoadLoRAReq) else self.adapters.unload(msg)
 
     def _add_request(self, msg: TokenizedGenerateReq) -> list:
         req = Req(msg, self._arrivals)
         self._arrivals += 1
         reason = reject_reason(req, self.runner)
+        if reason is None and req.lora_name is not None:
+            reason = (self.adapters.resolve(req) if self.adapters is not None else
+                      FinishReason("abort", message=f"unknown LoRA adapter '{req.lora_name}' (LoRA is off)"))
         if reason is None and req.sampling_params.constraint is not None:
             reason = self.grammars.submit(req)
             if reason is None and req.grammar is None:
@@ -159,7 +173,7 @@ class Scheduler:
         if job is None and self.inflight is None and self.grammars.queue:
             self.grammars.wait(GRAMMAR_POLL_S)  # only compiles are pending: sleep until one ends
         self._audit_when_idle()
-        return self._emit()
+        return self._emit() + (self.adapters.finish_unloads() if self.adapters is not None else [])
 
     # ---- constrained requests -----------------------------------------------------------------
     def _admit_compiled(self) -> None:

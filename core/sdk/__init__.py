@@ -13,7 +13,7 @@ from jackfield.sdk.forward_batch import ForwardBatch, ForwardMode
 from jackfield.sdk.grammar import (EosTrackingGrammar, Grammar, GrammarBackend, GrammarError, GrammarSpec, GrammarVocab, UnsupportedGrammar,
                                    allocate_bitmask, bitmask_words)
 from jackfield.sdk.kv_cache import KVPool
-from jackfield.sdk.lora import LoRABackend, LoRARuntime
+from jackfield.sdk.lora import LoRABackend, LoRABatch, LoRARuntime, LoRAWeights, lora_batch
 from jackfield.sdk.model import CausalLM, ModelBuildContext
 from jackfield.sdk.model_config import ModelConfig, RopeConfig
 from jackfield.sdk.moe import MoEConfig, MoEDispatcher
@@ -41,5 +41,5 @@ __all__ = [
     "EosTrackingGrammar", "Grammar", "GrammarBackend", "GrammarError", "GrammarSpec", "GrammarVocab", "UnsupportedGrammar", "allocate_bitmask",
     "bitmask_words",
     # LoRA
-    "LoRABackend", "LoRARuntime",
+    "LoRABackend", "LoRABatch", "LoRARuntime", "LoRAWeights", "lora_batch",
 ]

@@ -56,6 +56,7 @@ class ForwardBatch:
     # which rows of the hidden states become logits: last token of each request by default
     logits_indices: torch.Tensor | None = None      # [num_logit_rows] int64
     sampling: Any = None                            # SamplingBatch of the requests, for the sampler
+    lora_slots: tuple[int, ...] = ()                # LoRA on: adapter pool slot per request (-1: base model)
     extras: dict = field(default_factory=dict)      # plugin data (LoRA ids, spec-verify info, …)
 
     @property

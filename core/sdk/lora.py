@@ -1,4 +1,14 @@
-"""LoRA backends: add per-request low-rank updates to the model's linear layers."""
+"""LoRA backends: add each token's adapter update to the output of the model's linear layers.
+
+The core owns the adapters: it reads PEFT directories, keeps them in host memory and copies the
+ones a batch needs into a pool of `max_loras` device slots. Every LoRA-wrapped linear layer has one
+`LoRAWeights`, its view of that pool. A backend only computes: once per forward the core hands it
+a `LoRABatch` (`prepare`), then every wrapped layer calls `apply(weights, x, base_out)`, which
+returns base_out + scaling[s] * (x A_s^T) B_s^T for each token, s being the slot of the token's
+adapter (no update for slot -1, the base model). Fused layers (qkv_proj, gate_up_proj) stack their
+slices: slice j's A is rows [j * max_rank, j * max_rank + rank) of A, and its B writes output columns
+[offset_j, offset_j + size_j). Rows and columns past a slot's rank are zero in A and B.
+"""
 from __future__ import annotations
 
 from abc import abstractmethod
@@ -12,27 +22,101 @@ from jackfield.sdk.component import Component
 
 @dataclass(frozen=True)
 class LoRARuntime:
+    """What a backend is constructed with."""
+
     model_config: Any
-    max_loras: int
-    max_rank: int
+    max_loras: int            # device slots
+    max_rank: int             # every slot's A / B is padded to this rank
+    max_loras_per_batch: int  # distinct adapters one forward may use
     dtype: torch.dtype
     device: torch.device
 
 
+@dataclass(frozen=True)
+class LoRAWeights:
+    """One wrapped linear layer's slots in the adapter pool. The core writes a slot only while no
+    forward that reads it is running; `ranks` is updated in place (CUDA graphs read it at replay)."""
+
+    a: torch.Tensor        # [max_loras, num_slices * max_rank, in_features], compute dtype
+    b: torch.Tensor        # [max_loras, out_features, max_rank], compute dtype
+    ranks: torch.Tensor    # [max_loras, num_slices] int32: the rank of slot s on slice j (0: not adapted)
+    slices: tuple[tuple[int, int], ...]  # (output column offset, size) of each slice
+    max_rank: int
+    name: str = ""         # the layer's prefix, e.g. model.layers.3.self_attn.qkv_proj
+
+    @property
+    def num_slices(self) -> int:
+        return len(self.slices)
+
+
+@dataclass(frozen=True)
+class LoRABatch:
+    """Which slot each token of one forward uses, as segments: a segment is a run of consecutive
+    tokens with one slot (one request's extend tokens or decode token; neighbours with the same slot
+    are merged). Device tensors are int32; slot -1 is the base model (no update).
+
+    In a decode CUDA graph the tensors are static buffers whose contents change at each replay,
+    so `prepare` must not read them on the host; `decode` is then True and every segment is one
+    token long (`seg_slots` is `token_slots`)."""
+
+    num_tokens: int
+    token_slots: torch.Tensor   # [num_tokens]
+    seg_starts: torch.Tensor    # [num_segments], first token of each segment
+    seg_lens: torch.Tensor      # [num_segments]
+    seg_slots: torch.Tensor     # [num_segments]
+    scalings: torch.Tensor      # [max_loras] float32: lora_alpha / r (rsLoRA: lora_alpha / sqrt(r)) per slot
+    max_seg_len: int            # the longest segment (sizes segment-GEMM grids)
+    decode: bool                # one token per segment
+    segments: tuple[tuple[int, int, int], ...] = ()  # (start, length, slot) per segment on the host; () in graphs
+
+    @property
+    def num_segments(self) -> int:
+        return int(self.seg_lens.shape[0])
+
+
+def lora_batch(lens: list[int] | tuple[int, ...], slots: list[int] | tuple[int, ...], scalings: torch.Tensor,
+               decode: bool = False) -> LoRABatch:
+    """A LoRABatch for requests of `lens[i]` tokens each using slot `slots[i]` (-1: base model), in
+    order; neighbours with the same slot become one segment. Tensors go to `scalings`' device."""
+    from jackfield.mem.device_copy import to_device
+
+    segments: list[list[int]] = []
+    start = 0
+    for n, slot in zip(lens, slots):
+        if n and segments and segments[-1][2] == slot and not decode:
+            segments[-1][1] += n
+        elif n:
+            segments.append([start, n, slot])
+        start += n
+    dev = scalings.device
+    token_slots = [slot for n, slot in zip(lens, slots) for _ in range(n)]
+    seg = to_device(torch.tensor(segments, dtype=torch.int32).reshape(-1, 3).T.contiguous(), torch.int32, dev)
+    return LoRABatch(num_tokens=start, token_slots=to_device(token_slots, torch.int32, dev),
+                     seg_starts=seg[0], seg_lens=seg[1], seg_slots=seg[2], scalings=scalings,
+                     max_seg_len=max((s[1] for s in segments), default=0), decode=decode,
+                     segments=tuple(tuple(s) for s in segments))
+
+
 class LoRABackend(Component):
+    """Computes the low-rank updates of a batch. Constructed once per engine with a LoRARuntime."""
+
     kind: ClassVar[str] = "lora"
+    supports_cuda_graph: ClassVar[bool] = False
+    """True when `apply` on a decode LoRABatch reads nothing on the host, so decode forwards can be
+    captured in CUDA graphs (the core then calls `prepare` once per captured batch size, with static
+    tensors whose contents it rewrites before each replay)."""
 
     def __init__(self, runtime: LoRARuntime):
         self.runtime = runtime
+        self.batch: LoRABatch | None = None
+
+    def prepare(self, batch: LoRABatch) -> None:
+        """Called once per forward that uses an adapter, before the model runs. The default keeps
+        the batch for `apply`; override to precompute per-batch launch parameters."""
+        self.batch = batch
 
     @abstractmethod
-    def load_adapter(self, name: str, path: str) -> int:
-        """Load an adapter and return its slot id."""
-
-    @abstractmethod
-    def prepare(self, adapter_ids: torch.Tensor, extend_seq_lens: torch.Tensor | None) -> None:
-        """Once per batch: the adapter slot of each request (-1 = none)."""
-
-    @abstractmethod
-    def apply(self, module_name: str, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
-        """Return base_out plus the low-rank update of `module_name` for each token's adapter."""
+    def apply(self, weights: LoRAWeights, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        """Return base_out [T, out] plus each token's update scaling[s] * (x A_s^T) B_s^T, x being
+        the layer's input [T, in] (the batch's tokens in order). May add into base_out in place
+        and return it."""

@@ -29,7 +29,8 @@ class ModelBuildContext:
     dtype: torch.dtype
     device: torch.device
     moe: Any = None   # MoEDispatcher, for architectures with expert layers
-    lora: Any = None  # LoRABackend, when adapters are served
+    lora: Any = None  # when LoRA is on: the core's LoRA manager, whose `wrap(prefix, in_features, shards)`
+                      # gives each SDK Linear its LoRALayer (or None); None: no layer pays anything
 
 
 class CausalLM(nn.Module, Component):

@@ -66,3 +66,19 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """y = x W^T + b in float32 (what a quantization method's `apply` approximates)."""
     y = x.float() @ weight.float().T
     return y + bias.float() if bias is not None else y
+
+
+def lora(x: torch.Tensor, base_out: torch.Tensor, weights, token_slots: torch.Tensor,
+         scalings: torch.Tensor) -> torch.Tensor:
+    """What `LoRABackend.apply` returns, in float32, token by token: base_out + scaling[s] *
+    (x A_s^T) B_s^T over each slice of the layer's `LoRAWeights` (s = the token's slot; -1: none)."""
+    out = base_out.float().clone()
+    r = weights.max_rank
+    for t, slot in enumerate(token_slots.tolist()):
+        if slot < 0:
+            continue
+        for j, (offset, size) in enumerate(weights.slices):
+            a = weights.a[slot, j * r:(j + 1) * r].float()          # [r, in]
+            b = weights.b[slot, offset:offset + size].float()       # [size, r]
+            out[t, offset:offset + size] += float(scalings[slot]) * (b @ (a @ x[t].float()))
+    return out

@@ -79,13 +79,13 @@ def server_state(request: Request) -> ServerState:
 
 
 def build_app(state: ServerState) -> FastAPI:
-    from jackfield.server import anthropic_api, native_api, ollama_api, openai_api, status_api
+    from jackfield.server import anthropic_api, lora_api, native_api, ollama_api, openai_api, status_api
 
     app = FastAPI(title="jackfield", version=_version())
     app.state.server = state
     install_error_handlers(app)
     install_openapi(app, getattr(getattr(state.info, "model_config", None), "vocab_size", None))
-    for module in (openai_api, anthropic_api, ollama_api, native_api, status_api):
+    for module in (openai_api, anthropic_api, ollama_api, native_api, status_api, lora_api):
         app.include_router(module.router)
     if state.pm is not None:
         try:

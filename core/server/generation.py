@@ -53,12 +53,13 @@ class RequestGroup:
     """Submit `len(prompts) * n` requests; iterate `outputs()` or await `collect()`."""
 
     def __init__(self, tm: TokenizerManager, prompts: list[list[int]], params: SamplingParams, n: int = 1,
-                 timeout: float | None = None):
+                 timeout: float | None = None, lora: str | list[str | None] | None = None):
         if len(prompts) * n > MAX_REQUESTS_PER_CALL:
             raise APIError(400, f"{len(prompts)} prompts x n={n} exceeds {MAX_REQUESTS_PER_CALL} generations per call")
         self.tm, self.prompts, self.params, self.n = tm, prompts, params, n
         self.timeout = timeout
         self.deadline: float | None = None
+        self.loras = list(lora) if isinstance(lora, list) else [lora] * len(prompts)  # LoRA adapter per prompt
         self.queue: asyncio.Queue = asyncio.Queue()
         self.index: dict[str, int] = {}
         self.rids: list[str] = []
@@ -73,7 +74,7 @@ class RequestGroup:
             for i, ids in enumerate(self.prompts):
                 for j in range(self.n):
                     seed = self.params.seed + j if self.params.seed is not None else None
-                    rid = self.tm.submit(ids, replace(self.params, n=1, seed=seed), self.queue)
+                    rid = self.tm.submit(ids, replace(self.params, n=1, seed=seed), self.queue, lora=self.loras[i])
                     self.index[rid] = i * self.n + j
                     self.rids.append(rid)
                     self.pending.add(rid)
@@ -145,10 +146,16 @@ def raise_if_aborted(finish: FinishReason | None) -> None:
 
 def abort_error(finish: FinishReason | str) -> APIError:
     """Why a request was aborted, as an HTTP error: the status its FinishReason names (408 timeout,
-    500 failed forward, 503 engine gone or shutting down), else 400 (the engine refused the input)."""
+    500 failed forward, 503 engine gone or shutting down), else 404 for a LoRA adapter unloaded
+    between the API's check and the scheduler, 500 for an internal error, 400 (the engine refused
+    the input)."""
     message, status = (finish, None) if isinstance(finish, str) else (finish.message, finish.status)
+    if status is None and message.startswith("unknown LoRA adapter"):
+        return APIError(404, message, param="model", code="model_not_found")
     if status is None and message.startswith("internal error"):
         status = 500
+    if status == 500:
+        return APIError(500, message, type="internal_error")
     return APIError(status or 400, message or "the request was aborted")
 
 

@@ -12,6 +12,7 @@ from jackfield.io_struct import FinishReason
 from jackfield.server.app import ServerState, server_state
 from jackfield.server.errors import APIError
 from jackfield.server.generation import RequestGroup, Result, request_timeout, stream_group, until_disconnected
+from jackfield.server.lora_api import request_adapter
 from jackfield.server.openai_format import token_text
 from jackfield.server.prompts import check_token_ids, encode_text, max_new_tokens, sampling_params
 from jackfield.server.protocol import GenerateRequest
@@ -33,6 +34,15 @@ def _prompts(st: ServerState, body: GenerateRequest) -> tuple[list[list[int]], b
     if isinstance(ids, list) and ids and isinstance(ids[0], list):
         return [check_token_ids(p, tm.vocab_size, f"input_ids[{i}]") for i, p in enumerate(ids)], True
     return [check_token_ids(ids, tm.vocab_size, "input_ids")], False
+
+
+async def _loras(st: ServerState, lora_path, count: int, batch: bool):
+    """The adapter of every prompt: one name for all, or (for a list of prompts) one per prompt."""
+    if isinstance(lora_path, list):
+        if not batch or len(lora_path) != count:
+            raise APIError(400, f"lora_path holds {len(lora_path)} entries for {count} prompt(s)", param="lora_path")
+        return [await request_adapter(st, None, name) for name in lora_path]
+    return await request_adapter(st, None, lora_path)
 
 
 def finish_info(finish: FinishReason | None) -> dict | None:
@@ -67,7 +77,8 @@ async def generate(body: GenerateRequest, request: Request):
                              "sampling_params.max_new_tokens", "input_ids" if body.input_ids is not None else "text")
     params = sampling_params({**sp, "max_new_tokens": max_new, "logprobs": body.return_logprob,
                               "top_logprobs_num": body.top_logprobs_num}, tm.vocab_size)
-    group = RequestGroup(tm, prompts, params, params.n, request_timeout(tm, body.timeout))
+    group = RequestGroup(tm, prompts, params, params.n, request_timeout(tm, body.timeout),
+                         lora=await _loras(st, body.lora_path, len(prompts), batch))
     many = batch or params.n > 1
     if body.stream:
         return sse_response(_stream(st, group.start(), body.return_logprob, many))

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from jackfield.server.app import ServerState, server_state
 from jackfield.server.openapi import json_body_doc
 from jackfield.server.generation import RequestGroup, abort_error, request_timeout, until_disconnected
+from jackfield.server.lora_api import request_adapter
 from jackfield.server.prompts import chat_default, chat_prompt, encode_text, max_new_tokens, sampling_params
 from jackfield.server.protocol import (OllamaChatRequest, OllamaGenerateRequest, OllamaOptions, json_body,
                                       ollama_format_values)
@@ -42,7 +43,7 @@ def _params(st: ServerState, opts: OllamaOptions, ids: list[int], fmt):
 async def generate(request: Request):
     body = await json_body(request, OllamaGenerateRequest)
     st = server_state(request)
-    st.check_model(body.model)
+    lora = await request_adapter(st, body.model, None)
     if not body.prompt:  # Ollama's "load the model" request
         return {"model": body.model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
     tm = st.tokenizer_manager
@@ -52,25 +53,25 @@ async def generate(request: Request):
         msgs = ([{"role": "system", "content": body.system}] if body.system else []) + [
             {"role": "user", "content": body.prompt}]
         ids = chat_prompt(tm, msgs, param="prompt")
-    return await _run(st, request, body, ids, lambda text: {"response": text})
+    return await _run(st, request, body, ids, lambda text: {"response": text}, lora)
 
 
 @router.post("/api/chat", openapi_extra=json_body_doc(OllamaChatRequest))
 async def chat(request: Request):
     body = await json_body(request, OllamaChatRequest)
     st = server_state(request)
-    st.check_model(body.model)
+    lora = await request_adapter(st, body.model, None)
     ids = chat_prompt(st.tokenizer_manager, [{"role": m.role, "content": m.content} for m in body.messages])
-    return await _run(st, request, body, ids, lambda text: {"message": {"role": "assistant", "content": text}})
+    return await _run(st, request, body, ids, lambda text: {"message": {"role": "assistant", "content": text}}, lora)
 
 
 async def _run(st: ServerState, request: Request, body: OllamaGenerateRequest | OllamaChatRequest, ids: list[int],
-               payload):
+               payload, lora: str | None = None):
     start = time.monotonic()
     model = body.model
     tm = st.tokenizer_manager
     group = RequestGroup(tm, [ids], _params(st, body.options, ids, body.format),
-                         timeout=request_timeout(tm, body.timeout))
+                         timeout=request_timeout(tm, body.timeout), lora=lora)
     if body.stream:
         return ndjson_response(_stream(group.start(), model, payload, start))
     with group:

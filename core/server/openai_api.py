@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from jackfield.server.app import ServerState, server_state
 from jackfield.server.errors import APIError
 from jackfield.server.generation import RequestGroup, request_timeout, stream_group, until_disconnected
+from jackfield.server.lora_api import adapter_models, request_adapter
 from jackfield.server.openai_format import (COMPLETION_NAMES, OPENAI_NAMES, UsageTracker, chat_logprobs,
                                             completion_logprobs, finish_reason, results_usage)
 from jackfield.server.prompts import (MAX_N, chat_default, chat_prompt, completion_prompts, content_text,
@@ -25,14 +26,14 @@ async def list_models(request: Request) -> dict:
     st = server_state(request)
     return {"object": "list", "data": [{"id": st.model_name, "object": "model", "created": int(st.started_at),
                                         "owned_by": "jackfield", "root": st.info.model_path,
-                                        "max_model_len": st.info.context_len}]}
+                                        "max_model_len": st.info.context_len}] + adapter_models(st)}
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     st = server_state(request)
     tm = st.tokenizer_manager
-    _check_common(st, body)
+    lora = await _check_common(st, body)
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
     messages = [{"role": m.role, "content": content_text(m.content, f"messages[{i}].content"),
@@ -44,8 +45,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     names = {**OPENAI_NAMES, "max_new_tokens": param}
     params = sampling_params({**body.sampling_values(), "max_new_tokens": max_new, "logprobs": body.logprobs,
                               "top_logprobs_num": body.top_logprobs}, tm.vocab_size, names)
-    group = RequestGroup(tm, [ids], params, body.n, request_timeout(tm, body.timeout))
-    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": st.model_name}
+    group = RequestGroup(tm, [ids], params, body.n, request_timeout(tm, body.timeout), lora=lora)
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": _model_id(st, lora)}
     if body.stream:
         return sse_response(_chat_stream(st, group.start(), body, head))
     with group:
@@ -84,7 +85,7 @@ def _chat_stream(st: ServerState, group: RequestGroup, body: ChatCompletionReque
 async def completions(body: CompletionRequest, request: Request):
     st = server_state(request)
     tm = st.tokenizer_manager
-    _check_common(st, body)
+    lora = await _check_common(st, body)
     if body.echo:
         raise APIError(400, "echo is not supported", param="echo")
     prompts = completion_prompts(tm, body.prompt)
@@ -93,8 +94,8 @@ async def completions(body: CompletionRequest, request: Request):
     want_lp = body.logprobs is not None
     params = sampling_params({**body.sampling_values(), "max_new_tokens": max_new, "logprobs": want_lp,
                               "top_logprobs_num": body.logprobs}, tm.vocab_size, COMPLETION_NAMES)
-    group = RequestGroup(tm, prompts, params, body.n, request_timeout(tm, body.timeout))
-    head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": st.model_name}
+    group = RequestGroup(tm, prompts, params, body.n, request_timeout(tm, body.timeout), lora=lora)
+    head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": _model_id(st, lora)}
     if body.stream:
         return sse_response(_completion_stream(st, group.start(), body, head))
     with group:
@@ -129,7 +130,12 @@ def _completion_stream(st: ServerState, group: RequestGroup, body: CompletionReq
     return stream_group(group, on_output, on_done)
 
 
-def _check_common(st: ServerState, body: OpenAISampling) -> None:
-    st.check_model(body.model)
+async def _check_common(st: ServerState, body: OpenAISampling) -> str | None:
+    """Check the fields every OpenAI call shares; returns the LoRA adapter it runs (None: base)."""
     if not 1 <= body.n <= MAX_N:
         raise APIError(400, f"n must be in [1, {MAX_N}], got {body.n}", param="n")
+    return await request_adapter(st, body.model, body.lora_path)
+
+
+def _model_id(st: ServerState, lora: str | None) -> str:
+    return f"{st.model_name}:{lora}" if lora else st.model_name

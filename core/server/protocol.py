@@ -137,6 +137,7 @@ class OpenAISampling(Body):
     regex: Text | None = None
     ebnf: Text | None = None
     grammar_backend: BackendName | None = None
+    lora_path: Any = None  # the LoRA adapter's name (SGLang); `model: "<model>:<adapter>"` works too
 
     def sampling_values(self) -> dict[str, Any]:
         """The SGLang-named sampling values (max_new_tokens is decided by the caller)."""
@@ -312,3 +313,4 @@ class GenerateRequest(Body):
     return_logprob: bool = False
     top_logprobs_num: TopLogprobs = 0
     timeout: float | None = Field(None, gt=0, description=TIMEOUT_DOC)
+    lora_path: Any = None   # a LoRA adapter's name, or a list with one name (or null) per prompt

@@ -14,7 +14,7 @@ import zmq
 
 from jackfield.config import Settings
 from jackfield.engine_loop import TOKENIZER_FILES, build_scheduler
-from jackfield.io_struct import BatchOutput, FinishReason, ReqOutput, TokenizedGenerateReq
+from jackfield.io_struct import BatchOutput, FinishReason, LoRAUpdateOut, ReqOutput, TokenizedGenerateReq
 from jackfield.server.ipc import PortArgs, exit_child, pull_socket, push_socket, setup_child
 from jackfield.server.messages import ControlFailed, ReadyInfo, RegisterReq, StartupError
 
@@ -128,4 +128,6 @@ def _failure_reply(msg, message: str) -> list:
         return [BatchOutput([ReqOutput(msg.rid, [], reason, len(msg.input_ids), 0, 0)])]
     if hasattr(msg, "rid"):
         return []
+    if hasattr(msg, "request_id"):  # LoRA load / unload: answered by id
+        return [LoRAUpdateOut(msg.request_id, False, 500, message)]
     return [ControlFailed(type(msg).__name__, message)]

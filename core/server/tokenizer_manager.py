@@ -20,7 +20,7 @@ import zmq.asyncio
 
 from jackfield.engine_loop import EngineInfo
 from jackfield.io_struct import (AbortReq, BatchOutput, FinishReason, FlushCacheOut, FlushCacheReq, GetStatsReq,
-                                 ReqOutput, StatsOut, TokenizedGenerateReq)
+                                 LoadLoRAReq, LoRAUpdateOut, ReqOutput, StatsOut, TokenizedGenerateReq, UnloadLoRAReq)
 from jackfield.sampling.params import SamplingParams
 from jackfield.server.ipc import PortArgs, pull_socket, push_socket
 from jackfield.server.messages import ControlFailed
@@ -28,6 +28,7 @@ from jackfield.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 CONTROL_TIMEOUT_S = 30.0
+UNLOAD_TIMEOUT_S = 3600.0  # an unload waits for the adapter's requests to finish
 REPLY_TO = {StatsOut: "GetStatsReq", FlushCacheOut: "FlushCacheReq"}
 
 
@@ -73,6 +74,9 @@ class TokenizerManager:
         self._recv_sock = pull_socket(self._async_ctx, ports.tokenizer)
         self.rid_to_state: dict[str, ReqState] = {}
         self._waiters: dict[str, deque[asyncio.Future]] = defaultdict(deque)
+        # LoRA adapters requests may name: what the scheduler reported last, less those being unloaded
+        self.lora_enabled = info.lora_enabled
+        self.lora_adapters: dict[str, dict] = {a["name"]: a for a in info.lora_adapters}
         self.failure: str | None = None
         self._task: asyncio.Task | None = None
 
@@ -118,8 +122,9 @@ class TokenizerManager:
             raise ServerBusy(f"the server is at capacity: {self.num_in_flight} requests in flight, at most "
                              f"{self.max_in_flight} (max_running_requests + max_queued_requests); retry later")
 
-    def submit(self, input_ids: list[int], params: SamplingParams, queue: asyncio.Queue) -> str:
-        """Send one request (n must be 1); its ReqOutputs, text filled in, go to `queue`. Returns its rid."""
+    def submit(self, input_ids: list[int], params: SamplingParams, queue: asyncio.Queue, lora: str | None = None) -> str:
+        """Send one request (n must be 1) running LoRA adapter `lora` (None: the base model); its
+        ReqOutputs, text filled in, go to `queue`. Returns its rid."""
         if self.failure is not None:
             raise ServerUnavailable(self.failure)
         rid = uuid.uuid4().hex
@@ -127,7 +132,7 @@ class TokenizerManager:
         # Always streamed inside the engine: the manager needs every token for TTFT/ITL metrics and
         # disconnect handling; it is the HTTP layer that decides whether the client sees a stream.
         self._send(TokenizedGenerateReq(rid, list(input_ids), params, return_logprob=params.logprobs,
-                                        top_logprobs_num=params.top_logprobs_num, stream=True))
+                                        top_logprobs_num=params.top_logprobs_num, stream=True, lora=lora))
         return rid
 
     async def generate(self, input_ids: list[int], params: SamplingParams) -> AsyncIterator[ReqOutput]:
@@ -159,13 +164,36 @@ class TokenizerManager:
     async def flush_cache(self) -> FlushCacheOut:
         return await self._control(FlushCacheReq())
 
-    async def _control(self, req):
+    async def load_lora(self, name: str, path: str) -> LoRAUpdateOut:
+        out = await self._control(LoadLoRAReq(name, path, uuid.uuid4().hex), per_request=True)
+        self._adapters_from(out)
+        return out
+
+    async def unload_lora(self, name: str) -> LoRAUpdateOut:
+        """Unload `name`: new requests for it are refused at once; the reply comes once its
+        requests have finished."""
+        self.lora_adapters.pop(name, None)
+        out = await self._control(UnloadLoRAReq(name, uuid.uuid4().hex), per_request=True, timeout=UNLOAD_TIMEOUT_S)
+        self._adapters_from(out)
+        return out
+
+    def _adapters_from(self, out: LoRAUpdateOut) -> None:
+        self.lora_adapters = {a["name"]: a for a in out.adapters}
+
+    async def _control(self, req, per_request: bool = False, timeout: float = CONTROL_TIMEOUT_S):
+        """Send a control request and await its reply: replies of one kind come back in order, so
+        they resolve the oldest waiter of their kind; `per_request` replies (LoRA updates, which may
+        wait on running requests) carry the request's id instead."""
         if self.failure is not None:
             raise ServerUnavailable(self.failure)
         fut = asyncio.get_running_loop().create_future()
-        self._waiters[type(req).__name__].append(fut)
+        self._waiters[req.request_id if per_request else type(req).__name__].append(fut)
         self._send(req)
-        return await asyncio.wait_for(fut, CONTROL_TIMEOUT_S)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            if per_request:
+                self._waiters.pop(req.request_id, None)
 
     # ---- transport ----------------------------------------------------------------------------
     def _send(self, msg) -> None:
@@ -185,7 +213,10 @@ class TokenizerManager:
             for out in msg.outputs:
                 self._deliver(out, now)
             return
-        name = msg.request if isinstance(msg, ControlFailed) else REPLY_TO.get(type(msg))
+        if isinstance(msg, LoRAUpdateOut):
+            name = msg.request_id
+        else:
+            name = msg.request if isinstance(msg, ControlFailed) else REPLY_TO.get(type(msg))
         waiters = self._waiters.get(name)
         if not waiters:
             log.warning("unexpected %s from the engine", type(msg).__name__)

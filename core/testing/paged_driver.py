@@ -33,10 +33,11 @@ class PagedDriver:
         return len(self.rows) - 1
 
     def extend(self, new_ids: list[list[int]], seqs: list[int | None] | None = None,
-               all_logits: bool = True) -> list[torch.Tensor]:
+               all_logits: bool = True, lora_slots: tuple[int, ...] = ()) -> list[torch.Tensor]:
         """Compute `new_ids[i]` on top of sequence `seqs[i]`'s cached tokens, all in one EXTEND
         forward; a None entry (or `seqs` None) starts a new sequence. Returns logits per
-        sequence: one row per new token with `all_logits`, else the last token's only."""
+        sequence: one row per new token with `all_logits`, else the last token's only.
+        `lora_slots`: with LoRA on, the adapter pool slot of each sequence (-1: base model)."""
         r, dev = self.runner, self.runner.device
         seqs = [None] * len(new_ids) if seqs is None else list(seqs)
         seqs = [self.new_sequence() if s is None else s for s in seqs]
@@ -66,7 +67,7 @@ class PagedDriver:
             kv_pool=r.kv_pool, attn_backend=r.attn_backend, seq_lens_cpu=seq_cpu,
             extend_prefix_lens=torch.tensor(prefix, dtype=torch.int32, device=dev), extend_seq_lens=ext_t,
             extend_start_loc=start, extend_prefix_lens_cpu=tuple(prefix), extend_seq_lens_cpu=tuple(ext),
-            logits_indices=logits_idx)
+            logits_indices=logits_idx, lora_slots=tuple(lora_slots))
         logits = r.forward(fb).float()
         for s, x in zip(seqs, new_ids):
             self.ids[s].extend(x)
@@ -74,7 +75,7 @@ class PagedDriver:
             return list(logits)
         return list(logits.split(ext))
 
-    def decode(self, tokens: list[int], seqs: list[int] | None = None) -> torch.Tensor:
+    def decode(self, tokens: list[int], seqs: list[int] | None = None, lora_slots: tuple[int, ...] = ()) -> torch.Tensor:
         """One DECODE step: token `tokens[i]` appended to sequence `seqs[i]`. Returns [B, vocab]."""
         r, dev = self.runner, self.runner.device
         seqs = list(range(len(self.rows))) if seqs is None else seqs
@@ -89,7 +90,7 @@ class PagedDriver:
             mode=ForwardMode.DECODE, batch_size=len(seqs), input_ids=torch.tensor(tokens, dtype=torch.int64, device=dev),
             positions=positions, req_pool_indices=pool, seq_lens=(positions + 1).to(torch.int32),
             out_cache_loc=loc, req_to_token=self.table, kv_pool=r.kv_pool, attn_backend=r.attn_backend,
-            seq_lens_cpu=tuple(n + 1 for n in kv))
+            seq_lens_cpu=tuple(n + 1 for n in kv), lora_slots=tuple(lora_slots))
         logits = r.forward(fb).float()
         for s, t in zip(seqs, tokens):
             self.ids[s].append(t)

@@ -7,19 +7,11 @@ thread and restore the setting afterwards.
 from __future__ import annotations
 
 import pytest
-import torch
 
-from sched_harness import save_tiny_llama
+from sched_harness import one_torch_thread, save_tiny_llama  # noqa: F401 (an autouse fixture)
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> str:
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

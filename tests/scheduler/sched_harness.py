@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 import torch
 
 from jackfield.config import settings_for
@@ -31,6 +32,16 @@ def save_tiny_llama(path) -> str:
     return str(path)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run torch with one thread: intra-op threads only add synchronization (and, on a busy
+    machine, spin-waits that slow each op by an order of magnitude). Conftests import it to use it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_scheduler(model_dir: str, **settings):
     settings.setdefault("device", "cpu")
     sched, _ = build_scheduler(settings_for(model=model_dir, **settings), progress=False)
@@ -51,11 +62,12 @@ class Driver:
         self.records: dict[str, ReqRecord] = {}
         self.steps = 0
 
-    def submit(self, rid: str, ids: list[int], max_new_tokens: int, stream: bool = False, **params) -> None:
+    def submit(self, rid: str, ids: list[int], max_new_tokens: int, stream: bool = False, lora: str | None = None,
+               **params) -> None:
         params.setdefault("temperature", 0.0)
         sp = SamplingParams(max_new_tokens=max_new_tokens, **params)
         self.records[rid] = ReqRecord()
-        self.collect(self.sched.handle(TokenizedGenerateReq(rid, list(ids), sp, stream=stream)))
+        self.collect(self.sched.handle(TokenizedGenerateReq(rid, list(ids), sp, stream=stream, lora=lora)))
 
     def abort(self, rid: str) -> None:
         self.collect(self.sched.handle(AbortReq(rid)))

@@ -2,12 +2,18 @@
 
 One class covers plain and fused projections: `shards` names the checkpoint tensors packed into
 this layer's output rows, in order (q/k/v for qkv_proj, 0/1 for gate_up_proj).
+
+When the engine serves LoRA adapters (`ctx.lora` set) a layer whose modules are LoRA targets gets a
+LoRALayer that adds each token's adapter update to the base output; the fused norm / activation
+paths then run unfused, since the adapter needs the layer's input. Without LoRA `self.lora` is None
+and the layer runs exactly as before.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from jackfield.sdk.layers.activation import silu_and_mul
 from jackfield.sdk.model import ModelBuildContext
 
 
@@ -22,6 +28,7 @@ class Linear(nn.Module):
         self.shards = {sid: (off, size) for sid, off, size in zip(shard_ids, offsets, out_sizes)}
         self.method = ctx.quant.linear_method(prefix)
         self.method.create_weights(self, in_features, self.out_features, bias, ctx.dtype, ctx.device)
+        self.lora = ctx.lora.wrap(prefix, in_features, self.shards) if ctx.lora is not None else None
 
     def weight_loader(self, param_name: str, tensor: torch.Tensor, shard_id=None) -> None:
         if shard_id not in self.shards:
@@ -33,12 +40,18 @@ class Linear(nn.Module):
         self.method.process_weights_after_loading(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.method.apply(self, x)
+        out = self.method.apply(self, x)
+        return out if self.lora is None else self.lora.apply(x, out)
 
     def forward_normed(self, x: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module):
         """This layer on norm(x + residual); returns (output, x + residual). See LinearMethod.apply_normed."""
-        return self.method.apply_normed(self, x, residual, norm)
+        if self.lora is None:
+            return self.method.apply_normed(self, x, residual, norm)
+        h, residual = (norm(x), x) if residual is None else norm(x, residual)
+        return self.forward(h), residual
 
     def forward_silu_mul(self, x: torch.Tensor) -> torch.Tensor:
         """This layer on silu(gate) * up for x = [gate | up]. See LinearMethod.apply_silu_mul."""
-        return self.method.apply_silu_mul(self, x)
+        if self.lora is None:
+            return self.method.apply_silu_mul(self, x)
+        return self.forward(silu_and_mul(x))

@@ -1,0 +1,74 @@
+"""LoRA on CUDA (marked gpu): the triton backend against torch_native and peft, with and without
+decode CUDA graphs, on a tiny random Llama with peft-made adapters. Float32 greedy tokens equal
+peft's; in bfloat16 the two backends' greedy paths are compared as tests/gpu/test_e2e_backends.py
+compares attention backends (equal logprobs while the tokens agree, a split only at a near-tie).
+(The kit runs both backends on CUDA in tests/gpu/test_kit_cuda.py: bfloat16 and CUDA-graph replay
+included.) Attention runs on the triton backend, so nothing JIT-compiles FlashInfer."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lora_harness import ALL, AdapterSpec, make_adapter, peft_greedy
+from sched_harness import save_tiny_llama
+from test_e2e_backends import _compare
+
+pytestmark = pytest.mark.gpu
+GREEDY = {"temperature": 0, "max_new_tokens": 16}
+SPECS = [AdapterSpec("a0", 8, ("q_proj", "v_proj"), alpha=16, seed=1, strength=3.0),
+         AdapterSpec("a1", 16, ALL, alpha=16, rslora=True, seed=2, strength=2.0),
+         AdapterSpec("a2", 4, ("gate_proj", "up_proj", "down_proj"), alpha=8, seed=3, strength=3.0)]
+PROMPTS = [[5, 17, 33, 2, 99, 100, 7], [42, 8, 150, 3], list(range(3, 70))]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tmp_path_factory.mktemp("tiny-gpu")
+    save_tiny_llama(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "eos_token_id": None}))  # every run is 16 tokens
+    (model_dir / "generation_config.json").unlink(missing_ok=True)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    adapters = tmp_path_factory.mktemp("tiny-gpu-adapters")
+    paths = {s.name: make_adapter(model, adapters, s) for s in SPECS}
+    return model_dir, model, paths
+
+
+def run(tiny, backend: str, dtype: str, graphs: bool, params: dict = GREEDY) -> list[dict]:
+    """Every (adapter or base, prompt) in one batch over 2 slots; in float32 also one by one,
+    asserting they agree (bfloat16 GEMMs round differently per batch shape)."""
+    from jackfield import Engine
+
+    model_dir, _, paths = tiny
+    names = [s.name for s in SPECS] + [None]
+    jobs = [(n, p) for n in names for p in PROMPTS]
+    with Engine(model=str(model_dir), device="cuda", dtype=dtype, lora_backend=backend, max_loras=2,
+                lora_paths=[f"{n}={p}" for n, p in paths.items()], disable_cuda_graph=not graphs,
+                attention_backend="triton", cuda_graph_max_bs=16, mem_fraction_static=0.3) as eng:
+        assert eng.info.components["lora"]["name"] == backend
+        assert (eng.loop.scheduler.runner.graph_runner is not None) == graphs
+        batch = eng.generate([p for _, p in jobs], params, lora_path=[n for n, _ in jobs])
+        if dtype == "float32":
+            alone = [eng.generate(p, params, lora_path=n)["token_ids"] for n, p in jobs]
+            assert [o["token_ids"] for o in batch] == alone, f"{backend} graphs={graphs}: a batch over 2 slots differs"
+    return batch
+
+
+def test_float32_backends_and_graphs_match_peft(tiny):
+    _, model, paths = tiny
+    ref = [peft_greedy(model, paths.get(n), p, GREEDY["max_new_tokens"], [])
+           for n in [s.name for s in SPECS] + [None] for p in PROMPTS]
+    for backend in ("torch_native", "triton"):
+        for graphs in (True, False):
+            ours = [o["token_ids"] for o in run(tiny, backend, "float32", graphs)]
+            assert ours == ref, f"{backend} graphs={graphs}"
+
+
+def test_bfloat16_triton_agrees_with_torch_native(tiny):
+    params = {**GREEDY, "logprobs": True, "top_logprobs_num": 5}
+    ours, ref = run(tiny, "triton", "bfloat16", True, params), run(tiny, "torch_native", "bfloat16", True, params)
+    assert _compare(ours, ref) >= len(ref), "every path split at its first token"
