@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ENV_PREFIX = "JACKFIELD_"
 # Environment variables with the prefix that are not settings (plugin filters, test and benchmark switches).
 NON_SETTING_ENV = {"PLUGINS", "DISABLE_PLUGINS", "CACHE_DIR", "TEST_SMOLLM2", "DISABLE_FUSED_KERNELS", "DISABLE_PDL",
-                   "GIT_COMMIT", "CUTLASS_LIB"}
+                   "GIT_COMMIT", "CUTLASS_LIB", "MOE_CONFIG_DIR"}
 
 
 class Settings(BaseSettings):

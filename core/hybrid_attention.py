@@ -30,6 +30,7 @@ class HybridAttnBackend(AttentionBackend):
         self.prefill, self.decode = prefill, decode
         self.supports_cuda_graph = decode.supports_cuda_graph  # only decode forwards are captured
         self.supports_mixed = prefill.supports_mixed  # a mixed forward runs on the prefill backend
+        self.supports_ragged_prefill = prefill.supports_ragged_prefill  # an extend (MLA's expanded prefill)
 
     def _for(self, fb: ForwardBatch) -> AttentionBackend:
         return self.decode if fb.mode.is_decode() else self.prefill
@@ -46,6 +47,10 @@ class HybridAttnBackend(AttentionBackend):
 
     def forward_decode(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
         return self.decode.forward_decode(q, layer, fb)
+
+    def forward_ragged(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: AttentionLayerInfo,
+                       fb: ForwardBatch) -> torch.Tensor:
+        return self.prefill.forward_ragged(q, k, v, layer, fb)
 
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
         self.decode.init_cuda_graph_state(max_bs, max_num_tokens)

@@ -69,18 +69,20 @@ class ModelRunner:
         log.info("model weights: %.3f GiB (quantization %s); KV cache dtype %s", self.weight_bytes / 2**30,
                  setup.choices["quantization"].name, str(self.kv_dtype).removeprefix("torch."))
         self.page_size = s.page_size
+        self.kv_layout = self.model.kv_layout(cfg)  # what the pool stores per token: the model says
         self.max_total_tokens = self._kv_capacity()
         num_pages = self.max_total_tokens // self.page_size
         self.max_total_tokens = num_pages * self.page_size
         self.max_running_requests = s.max_running_requests or max(1, min(256 if self.device.type == "cuda" else 64,
                                                                           self.max_total_tokens // 2))
         self.req_to_token_pool = ReqToTokenPool(self.max_running_requests, self.context_len + 1, self.device)
-        self.kv_pool = KVPool(num_pages, self.page_size, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.kv_dtype,
-                              self.device)
+        layout = self.kv_layout
+        self.kv_pool = KVPool(num_pages, self.page_size, cfg.num_layers, layout.num_kv_heads, layout.k_dim, self.kv_dtype,
+                              self.device, layout=layout)
         if self.kv_pool.quantized:
             set_kv_scales(self.kv_pool, self.model)
         self.allocator = TokenAllocator(num_pages, self.page_size, self.device)
-        runtime = AttentionRuntime(cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device,
+        runtime = AttentionRuntime(cfg.num_layers, cfg.num_heads, layout.num_kv_heads, layout.k_dim, self.dtype, self.device,
                                    self.page_size, self.kv_pool, self.req_to_token_pool.req_to_token,
                                    self.max_running_requests, self.context_len + 1)
         self.attn_backend = build_attention_backend(setup.choices, runtime)
@@ -89,6 +91,10 @@ class ModelRunner:
         graphs_ok = self.lora is None or self.lora.backend.supports_cuda_graph
         if self.lora is not None and not graphs_ok:
             log.info("decode CUDA graphs are off: LoRA backend '%s' does not support them", self.lora.backend.name)
+        moe = setup.choices.get("moe")
+        if cfg.num_experts and moe and moe.info and not moe.info.cls.supports_cuda_graph:
+            graphs_ok = False
+            log.info("decode CUDA graphs are off: MoE dispatcher '%s' does not support them", moe.info.cls.name)
         if self.device.type == "cuda" and not s.disable_cuda_graph and self.attn_backend.supports_cuda_graph and graphs_ok:
             from jackfield.cuda_graph import CudaGraphRunner
 
@@ -114,7 +120,7 @@ class ModelRunner:
 
     def _kv_capacity(self) -> int:
         s, cfg = self.setup.settings, self.config
-        per_token = KVPool.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.kv_dtype)
+        per_token = self.kv_layout.bytes_per_token(cfg.num_layers, self.kv_dtype)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # return load-time temporaries (weight repacking) first
             free, total = torch.cuda.mem_get_info(self.device)

@@ -105,5 +105,6 @@ def select_components(settings: Settings, registry: Registry, config: ModelConfi
     features = model_cls.required_features(config) | kv_cache_features(settings)
     ctx = SelectionContext(device=probe.device, dtype=probe.dtype, compute_capability=cc,
                            required_features=features,
-                           architectures=config.architectures, quantization=config.quantization)
+                           architectures=config.architectures, quantization=config.quantization,
+                           kv_layout=model_cls.kv_layout(config).kind, moe_features=model_cls.moe_features(config))
     return choose_all(registry, settings, ctx)

@@ -68,6 +68,13 @@ def _failed_hint(registry: Registry) -> str:
     return "; plugins not loaded: " + "; ".join(f"{p.name} ({p.distribution}) {p.status}: {p.error}" for p in failed)
 
 
+def _by_priority(registry: Registry, kind: str) -> list[str]:
+    """Component names of `kind`, best priority first; equal priorities by name (a set's order would
+    differ from run to run)."""
+    return sorted(sorted({i.name for i in registry.of_kind(kind)}),
+                  key=lambda n: -max(i.priority for i in registry.candidates(kind, n)))
+
+
 def choose(registry: Registry, kind: str, requested: str | None, ctx: SelectionContext,
            plugin_choice: dict[str, str] | None = None) -> Choice:
     """Pick the component of `kind`: the one named, or with `auto` the best compatible one."""
@@ -86,10 +93,13 @@ def choose(registry: Registry, kind: str, requested: str | None, ctx: SelectionC
             raise SelectionError(f"{kind} component '{requested}' is unavailable: {avail.reason}")
         problems = info.cls.incompatibilities(ctx)
         if problems:
-            raise SelectionError(f"{kind} component '{requested}' cannot serve this model: {'; '.join(problems)}")
+            able = compatible_names(registry, kind, ctx, plugin_choice)
+            raise SelectionError(f"{kind} component '{requested}' cannot serve this model: {'; '.join(problems)}; "
+                                 + (f"{kind} components that can: {', '.join(able)}" if able else
+                                    f"no registered {kind} component can"))
         return Choice(kind, requested, info, "selected by configuration")
     skipped = []
-    names = sorted({i.name for i in registry.of_kind(kind)}, key=lambda n: -max(i.priority for i in registry.candidates(kind, n)))
+    names = _by_priority(registry, kind)
     for name in names:
         info = _resolve_conflict(kind, name, registry.candidates(kind, name), plugin_choice)
         avail = info.availability()
@@ -105,6 +115,38 @@ def choose(registry: Registry, kind: str, requested: str | None, ctx: SelectionC
         return Choice(kind, "auto", None, "none available" + (": " + " | ".join(skipped) if skipped else ""))
     raise SelectionError(f"no available {kind} component for device={ctx.device} dtype={ctx.dtype}: "
                          + (" | ".join(skipped) or "none registered") + _failed_hint(registry))
+
+
+def compatible_names(registry: Registry, kind: str, ctx: SelectionContext,
+                     plugin_choice: dict[str, str] | None = None) -> list[str]:
+    """Names of the available components of `kind` that can serve `ctx` (best first)."""
+    able = []
+    for name in _by_priority(registry, kind):
+        try:
+            info = _resolve_conflict(kind, name, registry.candidates(kind, name), plugin_choice or {})
+        except SelectionError:  # provided twice and not settled by plugin_choice
+            continue
+        if info.availability().ok and not info.cls.incompatibilities(ctx):
+            able.append(name)
+    return able
+
+
+def _moe_choice(registry: Registry, settings, ctx: SelectionContext, plugin_choice: dict[str, str]) -> Choice:
+    """The MoE dispatcher: matched against what the model's expert layers need (ctx.moe_features);
+    a model with expert layers must get one."""
+    if ctx.moe_features is None:
+        return choose(registry, "moe", settings.moe_backend, ctx, plugin_choice)
+    need = replace(ctx, required_features=ctx.moe_features)
+    what = f"model {list(ctx.architectures)} has expert layers ({', '.join(sorted(ctx.moe_features))} experts)"
+    try:
+        choice = choose(registry, "moe", settings.moe_backend, need, plugin_choice)
+    except SelectionError as exc:
+        raise SelectionError(f"{what}: {exc}") from None
+    if choice.info is None:
+        able = compatible_names(registry, "moe", need, plugin_choice)
+        raise SelectionError(f"{what} and needs an MoE dispatcher (moe_backend='{settings.moe_backend}': "
+                             f"{choice.reason}); dispatchers that can run it: " + (", ".join(able) or "none"))
+    return choice
 
 
 def choose_model(registry: Registry, ctx: SelectionContext, plugin_choice: dict[str, str] | None = None) -> Choice:
@@ -126,9 +168,12 @@ def choose_all(registry: Registry, settings, ctx: SelectionContext) -> dict[str,
     plugin_choice = dict(settings.plugin_choice)
     out = {"model": choose_model(registry, ctx, plugin_choice)}
     # The model's required features are attention features (CausalLM.required_features): only
-    # attention backends are matched against them.
+    # attention backends are matched against them; the MoE dispatcher against ctx.moe_features.
     plain = replace(ctx, required_features=frozenset())
     for kind, field in SETTING_FOR_KIND.items():
+        if kind == "moe":
+            out[kind] = _moe_choice(registry, settings, plain, plugin_choice)
+            continue
         out[kind] = choose(registry, kind, getattr(settings, field), ctx if kind == "attention" else plain, plugin_choice)
     for key, field in ATTENTION_MODES.items():
         if getattr(settings, field):

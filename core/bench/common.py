@@ -54,6 +54,16 @@ def replay_ms(calls: list, reps: int = 10) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def copy_gbps(nbytes: int) -> float:
+    """The device's copy ceiling in GB/s: a device-to-device copy of `nbytes` (read + written), from
+    one CUDA graph alternating over two buffer pairs so that L2 does not serve it."""
+    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    src2, dst2 = torch.empty_like(src), torch.empty_like(src)
+    ms = replay_ms([lambda: dst.copy_(src), lambda: dst2.copy_(src2)])
+    return 2 * nbytes / ms / 1e6
+
+
 def submit_requests(sched, prompts: list[list[int]], max_new_tokens: int, prefix: str = "r",
                     params: SamplingParams | None = None, loras: list[str | None] | None = None) -> list[str]:
     """Hand every prompt to the scheduler as a streamed request (default: greedy, ignore_eos), running

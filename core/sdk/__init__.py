@@ -12,11 +12,11 @@ from jackfield.sdk.layers.gemv import Gemv, WeightScale
 from jackfield.sdk.forward_batch import ForwardBatch, ForwardMode
 from jackfield.sdk.grammar import (EosTrackingGrammar, Grammar, GrammarBackend, GrammarError, GrammarSpec, GrammarVocab, UnsupportedGrammar,
                                    allocate_bitmask, bitmask_words)
-from jackfield.sdk.kv_cache import KVPool
+from jackfield.sdk.kv_cache import KVLayout, KVPool
 from jackfield.sdk.lora import LoRABackend, LoRABatch, LoRARuntime, LoRAWeights, lora_batch
 from jackfield.sdk.model import CausalLM, ModelBuildContext
 from jackfield.sdk.model_config import ModelConfig, RopeConfig
-from jackfield.sdk.moe import MoEConfig, MoEDispatcher
+from jackfield.sdk.moe import ExpertMethod, ExpertWeights, MoEConfig, MoEDispatcher, RoutingConfig, route
 from jackfield.sdk.quant import (LinearMethod, PlainLinearMethod, QuantizationMethod, QuantOptions, checkpoint_names,
                                  create_plain_weights)
 from jackfield.sdk.spec import DraftProposal, SpeculativeDecoder, SpecInput, SpecRuntime
@@ -27,14 +27,14 @@ __all__ = [
     "API_VERSION", "hookimpl", "Availability", "Capabilities", "Component", "SelectionContext", "package_availability",
     "require_cuda", "pdl_kwargs", "to_device", "reference",
     # attention
-    "AttentionBackend", "AttentionLayerInfo", "AttentionRuntime", "ForwardBatch", "ForwardMode", "KVPool",
+    "AttentionBackend", "AttentionLayerInfo", "AttentionRuntime", "ForwardBatch", "ForwardMode", "KVLayout", "KVPool",
     # models
     "CausalLM", "DecoderCausalLM", "DecoderOptions", "ModelBuildContext", "ModelConfig", "RopeConfig",
     # quantization
     "Gemv", "WeightScale", "LinearMethod", "PlainLinearMethod", "QuantizationMethod", "QuantOptions", "checkpoint_names",
     "create_plain_weights",
     # MoE
-    "MoEConfig", "MoEDispatcher",
+    "ExpertMethod", "ExpertWeights", "MoEConfig", "MoEDispatcher", "RoutingConfig", "route",
     # speculative decoding
     "DraftProposal", "SpeculativeDecoder", "SpecInput", "SpecRuntime",
     # grammar

@@ -6,7 +6,15 @@ Life of a backend:
      planning; this is where FlashInfer "plans" and Triton builds kv_indptr/kv_indices);
   3. per layer, `forward(q, k, v, layer, fb)`: store the new K/V into the pool at
      `fb.out_cache_loc`, then attend. q is [num_tokens, num_heads*head_dim], k/v are
-     [num_tokens, num_kv_heads*head_dim]; return [num_tokens, num_heads*head_dim].
+     [num_tokens, num_kv_heads*head_dim]; return [num_tokens, num_heads*v_head_dim].
+
+KV layout: a backend reads the pool in one layout kind (`kv_layout_kind`, see
+jackfield.sdk.kv_cache.KVLayout) and selection only pairs it with models that store that kind.
+A "latent" backend (MLA) is called with k = the latent [num_tokens, k_dim] and v = None: it stores
+k alone and reads the values as the first `v_head_dim` columns of the cached keys. Such a backend
+may also set `supports_ragged_prefill` and implement `forward_ragged`: causal attention of an
+extend batch's new tokens among themselves, with K/V the model expanded from the latent (the
+non-absorbed form of MLA that long prefills with no cached prefix use).
 
 CUDA graphs (only when `supports_cuda_graph`): the runner calls `init_cuda_graph_state(max_bs,
 max_num_tokens)` once to let the backend allocate static buffers; then, for each captured batch
@@ -23,7 +31,7 @@ from typing import ClassVar
 
 import torch
 
-from jackfield.sdk.component import Component
+from jackfield.sdk.component import Component, SelectionContext
 from jackfield.sdk.forward_batch import ForwardBatch
 from jackfield.sdk.kv_cache import KVPool
 
@@ -39,6 +47,11 @@ class AttentionLayerInfo:
     scaling: float
     sliding_window: int | None = None  # attend to at most this many most recent keys
     logit_cap: float = 0.0
+    v_head_dim: int = 0  # width of the values and of the output per head; 0: head_dim
+
+    @property
+    def v_dim(self) -> int:
+        return self.v_head_dim or self.head_dim
 
 
 @dataclass(frozen=True)
@@ -65,9 +78,20 @@ class AttentionBackend(Component):
     """Does this backend keep K/V exactly as `KVPool.set_kv` writes them (the base `forward` does)?
     Then the model may write them itself, fused with rotary, and call `forward(..., save_kv=False)`.
     A backend that stores K/V in another layout or precision overrides `forward` and sets False."""
+    kv_layout_kind: ClassVar[str] = "per_head"
+    """The KVLayout kind this backend reads ("per_head" or "latent")."""
+    supports_ragged_prefill: ClassVar[bool] = False
+    """Implements `forward_ragged` (latent backends: the non-absorbed MLA prefill)."""
 
     def __init__(self, runtime: AttentionRuntime):
         self.runtime = runtime
+
+    @classmethod
+    def incompatibilities(cls, ctx: SelectionContext) -> list[str]:
+        reasons = super().incompatibilities(ctx)
+        if ctx.kv_layout != cls.kv_layout_kind:
+            reasons.append(f"reads the '{cls.kv_layout_kind}' KV layout, the model stores '{ctx.kv_layout}'")
+        return reasons
 
     def init_forward_metadata(self, fb: ForwardBatch) -> None:
         """Prepare per-batch metadata; called once per forward, before the first layer."""
@@ -91,6 +115,13 @@ class AttentionBackend(Component):
     @abstractmethod
     def forward_decode(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
         """One new token per request attends to the request's whole KV."""
+
+    def forward_ragged(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: AttentionLayerInfo,
+                       fb: ForwardBatch) -> torch.Tensor:
+        """Causal attention among an extend batch's new tokens only (no cached prefix, nothing read
+        from or written to the pool): q, k [tokens, num_heads * head_dim], v [tokens, num_heads *
+        v_dim] -> [tokens, num_heads * v_dim]. Only where `supports_ragged_prefill`."""
+        raise NotImplementedError(f"attention backend '{self.name}' has no ragged prefill")
 
     # ---- CUDA graphs -----------------------------------------------------------------------------
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:

@@ -54,6 +54,8 @@ class SelectionContext:
     required_features: frozenset[str] = field(default_factory=frozenset)
     architectures: tuple[str, ...] = ()
     quantization: str | None = None
+    kv_layout: str = "per_head"  # the KVLayout kind the model stores (attention backends must read it)
+    moe_features: frozenset[str] | None = None  # what the model's expert layers need; None: it has none
 
 
 class Component(metaclass=ABCMeta):

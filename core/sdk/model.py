@@ -5,7 +5,14 @@ calls `forward(input_ids, positions, fb)` to get hidden states for every token o
 `compute_logits(hidden)` on the rows that need logits. Weights arrive as (name, tensor) pairs in
 Hugging Face naming; `stacked_params` declares which checkpoint tensors are fused into one
 parameter (q/k/v -> qkv_proj, gate/up -> gate_up_proj), the way nano-vllm's
-`packed_modules_mapping` does.
+`packed_modules_mapping` does, and `expert_params` how one expert's tensors
+(`….experts.<e>.<proj>.<suffix>`) land in the layer's stacked expert parameters
+(`….experts.w13_<suffix>` / `w2_<suffix>`, see jackfield.sdk.moe.ExpertMethod.load); transformers'
+in-memory layout, every expert in one tensor (`….experts.gate_up_proj` [E, 2I, H],
+`….experts.down_proj` [E, H, I]), loads whole.
+`checkpoint_renames` rewrites checkpoint names first (Mixtral's `block_sparse_moe` is our `mlp`).
+The model also declares its KV layout (`kv_layout`) and what its attention backend and MoE
+dispatcher must support (`required_features`, `moe_features`); selection matches them.
 """
 from __future__ import annotations
 
@@ -13,12 +20,14 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable
 
+import re
+
 import torch
 from torch import nn
 
 from jackfield.sdk.component import Component
 from jackfield.sdk.forward_batch import ForwardBatch
-from jackfield.sdk.kv_cache import kv_scale_target
+from jackfield.sdk.kv_cache import KVLayout, kv_scale_target
 from jackfield.sdk.model_config import ModelConfig
 from jackfield.sdk.quant import QuantizationMethod
 
@@ -42,6 +51,11 @@ class CausalLM(nn.Module, Component):
         ("gate_proj", "gate_up_proj", 0), ("up_proj", "gate_up_proj", 1),
     )
     ignored_weights: ClassVar[tuple[str, ...]] = ("rotary_emb.inv_freq",)
+    # checkpoint projection name of one expert -> (stacked parameter prefix, shard: 0 gate, 1 up, 2 down)
+    expert_params: ClassVar[tuple[tuple[str, str, int], ...]] = (
+        ("gate_proj", "w13", 0), ("up_proj", "w13", 1), ("down_proj", "w2", 2),
+    )
+    checkpoint_renames: ClassVar[tuple[tuple[str, str], ...]] = ()  # (old substring, new) applied first
 
     def __init__(self, config: ModelConfig, ctx: ModelBuildContext):
         nn.Module.__init__(self)
@@ -71,6 +85,36 @@ class CausalLM(nn.Module, Component):
         """Attention features this model needs from the backend (e.g. sliding_window)."""
         return frozenset({"sliding_window"}) if config.sliding_window else frozenset()
 
+    @classmethod
+    def kv_layout(cls, config: ModelConfig) -> KVLayout:
+        """What the KV pool stores per token and layer for this model (per-head K and V by default)."""
+        return KVLayout.per_head(config.num_kv_heads, config.head_dim)
+
+    @classmethod
+    def moe_features(cls, config: ModelConfig) -> frozenset[str] | None:
+        """What this model's expert layers need from the MoE dispatcher (their activation); None for
+        a model without expert layers."""
+        return frozenset({config.hidden_act}) if config.num_experts else None
+
+    def _checkpoint_target(self, name: str) -> tuple[str, object]:
+        """(parameter name, shard id) a checkpoint tensor loads into."""
+        for old, new in self.checkpoint_renames:
+            name = name.replace(old, new)
+        stacked = _STACKED_EXPERTS.match(name)  # transformers' in-memory layout: every expert in one tensor
+        if stacked:
+            head, proj, suffix = stacked.groups()
+            return f"{head}.experts.{'w13' if proj == 'gate_up_proj' else 'w2'}_{suffix or 'weight'}", (None, None)
+        expert = _EXPERT.match(name)
+        if expert:
+            head, index, proj, suffix = expert.groups()
+            for ckpt, stacked, shard in self.expert_params:
+                if proj == ckpt:
+                    return f"{head}.experts.{stacked}_{suffix}", (int(index), shard)
+        for ckpt, fused, shard_id in self.stacked_params:
+            if f".{ckpt}." in name:
+                return name.replace(f".{ckpt}.", f".{fused}."), shard_id
+        return name, None
+
     @abstractmethod
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
         ...
@@ -99,11 +143,7 @@ class CausalLM(nn.Module, Component):
                 if which is not None:
                     modules[attn].set_kv_scale(which, float(tensor.float().max()))
                 continue
-            target, shard = name, None
-            for ckpt, fused, shard_id in self.stacked_params:
-                if f".{ckpt}." in name:
-                    target, shard = name.replace(f".{ckpt}.", f".{fused}."), shard_id
-                    break
+            target, shard = self._checkpoint_target(name)
             mod_name, _, pname = target.rpartition(".")
             module = modules.get(mod_name)
             if module is None or target not in params:
@@ -129,3 +169,7 @@ class CausalLM(nn.Module, Component):
             finish = getattr(module, "process_weights_after_loading", None)
             if finish is not None:
                 finish()
+
+
+_EXPERT = re.compile(r"^(.*)\.experts\.(\d+)\.(\w+)\.(\w+)$")
+_STACKED_EXPERTS = re.compile(r"^(.*)\.experts\.(gate_up_proj|down_proj)(?:_(\w+))?$")

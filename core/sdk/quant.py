@@ -5,6 +5,7 @@ LinearMethod (by the layer's prefix, so a method can leave some layers unquantiz
 on calls only the LinearMethod: `create_weights` at construction, `load` for each checkpoint
 tensor (shard-aware, for fused qkv / gate_up layers), `process_weights_after_loading` once after
 all weights are in (repacking, scale computation, FP8 conversion…), `apply` on the hot path.
+Every MoE layer likewise asks `expert_method(prefix)` for the ExpertMethod of its routed experts.
 
 A method reads its checkpoint's `quantization_config` (config.json) from
 `model_config.quantization_config`, and the engine-wide options (which GPU GEMM path) from the
@@ -148,6 +149,13 @@ class QuantizationMethod(Component):
     @abstractmethod
     def linear_method(self, prefix: str) -> LinearMethod:
         ...
+
+    def expert_method(self, prefix: str):
+        """The ExpertMethod (jackfield.sdk.moe) of the routed experts of the MoE layer at `prefix`:
+        plain weights in the compute dtype unless a method that quantizes experts overrides this."""
+        from jackfield.sdk.moe import ExpertMethod
+
+        return ExpertMethod()
 
     @classmethod
     def checkpoint_tensors(cls, weight: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -42,9 +42,9 @@ class TorchNativeBackend(AttentionBackend):
     description = "Reference attention in plain PyTorch (CPU and CUDA)"
 
     def forward_extend(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
-        h, hkv, d = layer.num_heads, layer.num_kv_heads, layer.head_dim
+        h, hkv, d, dv = layer.num_heads, layer.num_kv_heads, layer.head_dim, layer.v_dim
         group = h // hkv
-        out = torch.empty(q.shape[0], h * d, dtype=q.dtype, device=q.device)
+        out = torch.empty(q.shape[0], h * dv, dtype=q.dtype, device=q.device)
         k_buf, v_buf = fb.kv_pool.k_buffer(layer.layer_id), fb.kv_pool.v_buffer(layer.layer_id)
         start = 0
         for i, (prefix, ext) in enumerate(zip(fb.extend_prefix_lens_cpu, fb.extend_seq_lens_cpu)):
@@ -55,8 +55,8 @@ class TorchNativeBackend(AttentionBackend):
             qi = q[start:start + ext].view(ext, hkv, group, d).permute(1, 2, 0, 3).reshape(hkv, group * ext, d)
             q_pos = torch.arange(prefix, total, device=q.device).repeat(group)
             mask = _window_mask(q_pos, torch.arange(total, device=q.device), layer)
-            o = _attend(qi, k, v, mask, layer)  # [Hkv, G*ext, D]
-            out[start:start + ext] = o.view(hkv, group, ext, d).permute(2, 0, 1, 3).reshape(ext, h * d).to(q.dtype)
+            o = _attend(qi, k, v, mask, layer)  # [Hkv, G*ext, Dv]
+            out[start:start + ext] = o.view(hkv, group, ext, dv).permute(2, 0, 1, 3).reshape(ext, h * dv).to(q.dtype)
             start += ext
         return out
 
@@ -74,8 +74,8 @@ class TorchNativeBackend(AttentionBackend):
         if layer.sliding_window:
             mask &= k_pos.unsqueeze(0) > (q_pos - layer.sliding_window).unsqueeze(1)
         qv = q.view(bs, hkv, h // hkv, d)
-        o = _attend(qv, k, v, mask[:, None, None, :], layer)  # [B, Hkv, G, D]
-        return o.reshape(bs, h * d).to(q.dtype)
+        o = _attend(qv, k, v, mask[:, None, None, :], layer)  # [B, Hkv, G, Dv]
+        return o.reshape(bs, h * layer.v_dim).to(q.dtype)
 
 
 @hookimpl

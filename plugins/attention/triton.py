@@ -64,6 +64,7 @@ class TritonAttnBackend(AttentionBackend):
         from jackfield_plugins.attention import triton_kernels
 
         self.kernels = triton_kernels
+        self.value_dim = runtime.kv_pool.layout.v_dim  # width of the values (and of decode's partial outputs)
         device = torch.device(runtime.device)
         self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
         self.meta: _DecodeMeta | _ExtendMeta | None = None
@@ -71,9 +72,13 @@ class TritonAttnBackend(AttentionBackend):
         self.graph_mid_lse: torch.Tensor | None = None
 
     # ---- per-batch metadata ----------------------------------------------------------------------
+    def programs_per_request(self) -> int:
+        """Decode programs per request and split (one per KV head: its query heads share them)."""
+        return self.runtime.num_kv_heads
+
     def num_splits(self, batch_size: int, max_seq_len: int) -> int:
         """KV splits for decode: enough programs to fill the GPU, none shorter than MIN_SPLIT_TOKENS."""
-        by_occupancy = cdiv(PROGRAMS_PER_SM * self.num_sms, max(1, batch_size * self.runtime.num_kv_heads))
+        by_occupancy = cdiv(PROGRAMS_PER_SM * self.num_sms, max(1, batch_size * self.programs_per_request()))
         by_length = cdiv(max(1, max_seq_len), MIN_SPLIT_TOKENS)
         return max(1, min(MAX_SPLITS, by_occupancy, by_length))
 
@@ -82,7 +87,7 @@ class TritonAttnBackend(AttentionBackend):
         if fb.mode.is_decode():
             max_len = max(fb.seq_lens_cpu) if fb.seq_lens_cpu else rt.max_context_len
             splits = self.num_splits(bs, max_len)
-            mid_o = torch.empty(bs, rt.num_heads, splits, rt.head_dim, dtype=torch.float32, device=rt.device)
+            mid_o = torch.empty(bs, rt.num_heads, splits, self.value_dim, dtype=torch.float32, device=rt.device)
             mid_lse = torch.empty(bs, rt.num_heads, splits, dtype=torch.float32, device=rt.device)
             self.meta = _DecodeMeta(splits, mid_o, mid_lse)
         else:
@@ -94,7 +99,7 @@ class TritonAttnBackend(AttentionBackend):
         """One flat scratch buffer big enough for the largest bs × splits any captured size uses."""
         rt = self.runtime
         rows = max(b * self.num_splits(b, rt.max_context_len) for b in range(1, max_bs + 1))
-        self.graph_mid_o = torch.empty(rows * rt.num_heads * rt.head_dim, dtype=torch.float32, device=rt.device)
+        self.graph_mid_o = torch.empty(rows * rt.num_heads * self.value_dim, dtype=torch.float32, device=rt.device)
         self.graph_mid_lse = torch.empty(rows * rt.num_heads, dtype=torch.float32, device=rt.device)
 
     def init_forward_metadata_capture(self, fb: ForwardBatch) -> None:
@@ -113,7 +118,7 @@ class TritonAttnBackend(AttentionBackend):
             return
         splits = self.num_splits(bs, rt.max_context_len)
         n = bs * rt.num_heads * splits
-        mid_o = self.graph_mid_o[: n * rt.head_dim].view(bs, rt.num_heads, splits, rt.head_dim)
+        mid_o = self.graph_mid_o[: n * self.value_dim].view(bs, rt.num_heads, splits, self.value_dim)
         self.meta = _DecodeMeta(splits, mid_o, self.graph_mid_lse[:n].view(bs, rt.num_heads, splits))
 
     # ---- attention -------------------------------------------------------------------------------

@@ -84,6 +84,20 @@ def save_tiny_model(spec: ArchSpec, directory: Path):
     return model
 
 
+def checkpoint_cache(tmp_path_factory, save):
+    """For a module fixture: name -> (checkpoint dir, transformers model), each written by
+    `save(name, directory)` once, on first use."""
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            directory = tmp_path_factory.mktemp(name)
+            cache[name] = (directory, save(name, directory))
+        return cache[name]
+
+    return get
+
+
 def build_runner(model_dir, page_size: int = 1, max_running_requests: int = 4, **settings) -> ModelRunner:
     settings = {"device": "cpu", "dtype": "float32", "kv_cache_bytes": 1 << 20, **settings}
     s = settings_for(model=str(model_dir), max_running_requests=max_running_requests, page_size=page_size, **settings)

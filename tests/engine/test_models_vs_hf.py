@@ -23,8 +23,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from model_harness import (ARCH_SPECS, SPECS, VOCAB, PagedDriver, build_runner, greedy_run, hf_logits, rel_err,
-                           save_tiny_model, within)
+from model_harness import (ARCH_SPECS, SPECS, VOCAB, PagedDriver, build_runner, checkpoint_cache, greedy_run, hf_logits,
+                           rel_err, save_tiny_model, within)
 
 TOL = 1e-4
 DECODE_STEPS = 20
@@ -36,15 +36,7 @@ NAMES = [s.name for s in ARCH_SPECS]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """name -> (checkpoint dir, transformers model); each built once per module, on first use."""
-    cache = {}
-
-    def get(name: str):
-        if name not in cache:
-            directory = tmp_path_factory.mktemp(name)
-            cache[name] = (directory, save_tiny_model(SPECS[name], directory))
-        return cache[name]
-
-    return get
+    return checkpoint_cache(tmp_path_factory, lambda name, directory: save_tiny_model(SPECS[name], directory))
 
 
 def prompts_for(seed: int, lens=PROMPT_LENS) -> list[list[int]]:
@@ -85,22 +77,28 @@ def test_chunked_prefill_over_a_cached_prefix(tiny, name, page_size):
     """A prompt computed as two extends (the second over a 7-token cached prefix, which is not
     page-aligned), next to a fresh prompt in the same batch, then decodes."""
     directory, hf = tiny(name)
-    runner = build_runner(directory, page_size=page_size)
-    driver = PagedDriver(runner)
-    long, other = prompts_for(99, (19, 9))
+    check_extend_over_a_cached_prefix(directory, hf, page_size, 99, 6, name)
+
+
+def check_extend_over_a_cached_prefix(directory, hf, page_size: int, seed: int, steps: int, name: str) -> None:
+    """Prompt 0 computed as two extends, the second over its first 7 tokens cached (not
+    page-aligned), beside a fresh prompt 1 in the same batch, then `steps` greedy decodes: every
+    position's logits against transformers'."""
+    driver = PagedDriver(build_runner(directory, page_size=page_size))
+    long, other = prompts_for(seed, (19, 9))
     first = driver.extend([long[:7]])
     second = driver.extend([long[7:], other], seqs=[0, None])  # sequence 0 continues, 1 is new
     rows0 = list(first[0]) + list(second[0])
     rows1 = list(second[1])
     seq0, seq1 = list(long), list(other)
-    for _ in range(6):
+    for _ in range(steps):
         nxt = [int(rows0[-1].argmax()), int(rows1[-1].argmax())]
         seq0.append(nxt[0])
         seq1.append(nxt[1])
         out = driver.decode(nxt)
         rows0.append(out[0])
         rows1.append(out[1])
-    check_against_hf(hf, rows0, seq0, f"{name} chunked prompt")
+    check_against_hf(hf, rows0, seq0, f"{name} prompt over a cached prefix")
     check_against_hf(hf, rows1, seq1, f"{name} fresh prompt beside it")
     driver.release()
 

@@ -34,3 +34,20 @@ def compile_kernel(kernel, types: dict[str, str], constexprs: dict, arch: int = 
     signature = {p: "constexpr" if p in constexprs else types.get(p, "i32") for p in params}
     return triton.compile(ASTSource(kernel, signature, constexprs=dict(constexprs)),
                           target=GPUTarget("cuda", arch, 32))
+
+
+def cases_or_skip(build) -> dict:
+    """For a module fixture: the cases `build()` returns, or a skip where nothing can be compiled."""
+    import pytest
+
+    why = compiler_available()
+    if why:
+        pytest.skip(why)
+    return build()
+
+
+def assert_compiles(case: tuple, arch: int = 90) -> None:
+    """`case` = (kernel, argument types, constexprs) compiles for sm_`arch` to PTX and a cubin."""
+    kernel, types, constexprs = case
+    compiled = compile_kernel(kernel, types, constexprs, arch=arch)
+    assert "cubin" in compiled.asm or "ptx" in compiled.asm

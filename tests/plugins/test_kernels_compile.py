@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from kernel_compile import compile_kernel, compiler_available
+from kernel_compile import assert_compiles, cases_or_skip, compile_kernel
 
 
 def _cases(everything: bool = False) -> dict:
@@ -99,17 +99,12 @@ CASE_NAMES = ["act_quant_bf16", "w8a8_bf16_None_256", "w8a8_bf16_(128, 128)_1", 
 
 @pytest.fixture(scope="module")
 def cases():
-    why = compiler_available()
-    if why:
-        pytest.skip(why)
-    return _cases()
+    return cases_or_skip(_cases)
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_kernel_compiles_for_sm90(cases, name):
-    kernel, types, constexprs = cases[name]
-    compiled = compile_kernel(kernel, types, constexprs, arch=90)
-    assert "cubin" in compiled.asm or "ptx" in compiled.asm
+    assert_compiles(cases[name])
 
 
 if __name__ == "__main__" and "--all" in sys.argv:

@@ -1,11 +1,14 @@
-"""The Llama-family decoder: embedding, N x (attention + gated MLP) with pre-norms, final norm.
+"""The Llama-family decoder: embedding, N x (attention + MLP) with pre-norms, final norm.
 
-Architectures differ only in DecoderOptions (qkv bias, q/k norm, sliding window), so each model
-plugin is a few lines on top of this module.
+Dense architectures differ only in DecoderOptions (qkv bias, q/k norm, sliding window), so each
+model plugin is a few lines on top of this module. MoE and MLA architectures also hand in a
+`LayerParts` callable that builds a layer's own attention or MLP (an SDK SparseMoE, MLAAttention);
+any module with the same `forward_normed` signature fits.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -28,17 +31,24 @@ class DecoderOptions:
     max_positions: int | None = None
 
 
+# (layer_id, layer prefix, shared rotary) -> (attention, mlp); None keeps the Llama default of either
+LayerParts = Callable[[int, str, RotaryEmbedding], "tuple[nn.Module | None, nn.Module | None]"]
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int, ctx: ModelBuildContext, opts: DecoderOptions, prefix: str,
-                 rotary: RotaryEmbedding | None = None):
+                 rotary: RotaryEmbedding | None = None, parts: LayerParts | None = None):
         super().__init__()
-        window = opts.sliding_window
-        if window and config.layer_types and config.layer_types[layer_id] != "sliding_attention":
-            window = None  # a full-attention layer of a model that mixes both (Qwen2 max_window_layers)
-        self.self_attn = SelfAttention(config, layer_id, ctx, f"{prefix}.self_attn", qkv_bias=opts.qkv_bias,
-                                       qk_norm=opts.qk_norm, sliding_window=window,
-                                       max_positions=opts.max_positions, rotary=rotary)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, ctx, f"{prefix}.mlp", config.hidden_act)
+        attn, mlp = parts(layer_id, prefix, rotary) if parts else (None, None)
+        if attn is None:
+            window = opts.sliding_window
+            if window and config.layer_types and config.layer_types[layer_id] != "sliding_attention":
+                window = None  # a full-attention layer of a model that mixes both (Qwen2 max_window_layers)
+            attn = SelfAttention(config, layer_id, ctx, f"{prefix}.self_attn", qkv_bias=opts.qkv_bias,
+                                 qk_norm=opts.qk_norm, sliding_window=window,
+                                 max_positions=opts.max_positions, rotary=rotary)
+        self.self_attn = attn
+        self.mlp = mlp or GatedMLP(config.hidden_size, config.intermediate_size, ctx, f"{prefix}.mlp", config.hidden_act)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx.dtype, ctx.device)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx.dtype, ctx.device)
 
@@ -50,13 +60,16 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    def __init__(self, config: ModelConfig, ctx: ModelBuildContext, opts: DecoderOptions, prefix: str = "model"):
+    def __init__(self, config: ModelConfig, ctx: ModelBuildContext, opts: DecoderOptions, prefix: str = "model",
+                 parts: LayerParts | None = None):
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, ctx.dtype, ctx.device)
-        # one cos/sin cache for all layers (it is [max_positions, rotary_dim] floats)
-        rotary = RotaryEmbedding(config.head_dim, config.rope, opts.max_positions or config.max_position_embeddings,
+        # one cos/sin cache for all layers (it is [max_positions, rotary_dim] floats); MLA rotates
+        # only its qk_rope_head_dim-wide part of each head
+        rotated = config.mla.qk_rope_head_dim if config.mla else config.head_dim
+        rotary = RotaryEmbedding(rotated, config.rope, opts.max_positions or config.max_position_embeddings,
                                  ctx.dtype, ctx.device)
-        self.layers = nn.ModuleList(DecoderLayer(config, i, ctx, opts, f"{prefix}.layers.{i}", rotary)
+        self.layers = nn.ModuleList(DecoderLayer(config, i, ctx, opts, f"{prefix}.layers.{i}", rotary, parts)
                                     for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx.dtype, ctx.device)
 

@@ -127,6 +127,10 @@ def _cuda_graph_applies(t: KitTarget) -> str | None:
 
 
 def checks(target: KitTarget) -> list[Check]:
+    if getattr(target.cls, "kv_layout_kind", "per_head") == "latent":  # MLA backends: their own suite
+        from jackfield.testing.suites import attention_mla
+
+        return attention_mla.checks(target)
     dtype = base_dtype(target)
     out = [Check(f"extend then decode match the reference: {c.what}",
                  lambda t, c=c, i=i: run_case(t, c, base_dtype(t), seed=i), _needs_pool_layout)

@@ -1,0 +1,256 @@
+"""The expert computation of a fused MoE: y[t] = sum_j w[t, j] * W2[e] (silu(G[e] x) * U[e] x),
+e = ids[t, j], in two launches, each one grouped over all experts.
+
+Two forms, chosen per batch size by the tuned config (configs.py):
+* "gemm" (grouped GEMM; prefill, large decode batches): pairs sorted and aligned by expert
+  (align.py); GEMM 1 runs one program per (M-block of one expert's pairs, N-block of I), loads the
+  gate and the up tile of W13 for the same columns and writes silu(gate) * up; GEMM 2 multiplies by
+  W2, scales each row by its routing weight and writes one row per pair; the k rows of a token are
+  summed last. Each expert's weights are read once per M-block.
+* "gemv" (small batches, where the pairs seldom share an expert): no sorting; GEMV 1 runs one
+  program per (pair, N-block) and GEMV 2 one per (token, N-block of H), looping over the token's k
+  experts and summing in registers, so it writes the output directly. `fused_moe_gemv` also fuses
+  the top-k routing into GEMV 1, so a batch-1 decode's whole MoE is two launches.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from jackfield.sdk import RoutingConfig, pdl_kwargs
+from jackfield_plugins.moe.triton_kernels.align import moe_align_block_size
+from jackfield_plugins.moe.triton_kernels.routing import routing_constants, topk_row
+
+
+@triton.jit
+def _silu_mul(gate, up):
+    return gate / (1.0 + tl.exp(-gate)) * up
+
+
+@triton.jit
+def _tile(NumPadded, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(M-block, N-block, rows in its group) of this program over the used M-blocks, GROUP_M M-blocks
+    at a time for L2 reuse of the activations; rows <= 0 marks a program past the used blocks."""
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(n_cols, BLOCK_N)
+    first_m = pid // (GROUP_M * num_n) * GROUP_M
+    rows = tl.minimum(tl.cdiv(tl.load(NumPadded), BLOCK_M) - first_m, GROUP_M)
+    in_group = pid % (GROUP_M * num_n)
+    safe = tl.maximum(rows, 1)
+    return first_m + in_group % safe, in_group // safe, rows
+
+
+@triton.jit
+def _gemm1_kernel(X, W13, Inter, SortedIds, ExpertIds, NumPadded, num_pairs, hidden, inter,
+                  stride_x, stride_we, stride_wn, stride_i,
+                  TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  GROUP_M: tl.constexpr, PRECISION: tl.constexpr):
+    pid_m, pid_n, rows = _tile(NumPadded, inter, BLOCK_M, BLOCK_N, GROUP_M)
+    if rows <= 0:
+        return
+    expert = tl.load(ExpertIds + pid_m).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pair = tl.load(SortedIds + offs_m)
+    m_mask = pair < num_pairs
+    token = (pair // TOP_K).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < inter
+    offs_k = tl.arange(0, BLOCK_K)
+    x_ptr = X + token[:, None] * stride_x + offs_k[None, :]
+    g_ptr = W13 + expert * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None]
+    u_ptr = g_ptr + inter * stride_wn
+    acc_g = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(0, hidden, BLOCK_K):
+        k_mask = offs_k < hidden - k0
+        x = tl.load(x_ptr, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        w_mask = k_mask[:, None] & n_mask[None, :]
+        acc_g = tl.dot(x, tl.load(g_ptr, mask=w_mask, other=0.0), acc_g, input_precision=PRECISION)
+        acc_u = tl.dot(x, tl.load(u_ptr, mask=w_mask, other=0.0), acc_u, input_precision=PRECISION)
+        x_ptr += BLOCK_K
+        g_ptr += BLOCK_K
+        u_ptr += BLOCK_K
+    h = _silu_mul(acc_g, acc_u)
+    tl.store(Inter + pair.to(tl.int64)[:, None] * stride_i + offs_n[None, :], h.to(Inter.dtype.element_ty),
+             mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _gemm2_kernel(Inter, W2, Out, SortedIds, ExpertIds, NumPadded, TopkWeights, num_pairs, hidden, inter,
+                  stride_i, stride_we, stride_wn, stride_o,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                  PRECISION: tl.constexpr):
+    pid_m, pid_n, rows = _tile(NumPadded, hidden, BLOCK_M, BLOCK_N, GROUP_M)
+    if rows <= 0:
+        return
+    expert = tl.load(ExpertIds + pid_m).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pair = tl.load(SortedIds + offs_m)
+    m_mask = pair < num_pairs
+    pair = pair.to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < hidden
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptr = Inter + pair[:, None] * stride_i + offs_k[None, :]
+    w_ptr = W2 + expert * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(0, inter, BLOCK_K):
+        k_mask = offs_k < inter - k0
+        a = tl.load(a_ptr, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        acc = tl.dot(a, tl.load(w_ptr, mask=k_mask[:, None] & n_mask[None, :], other=0.0), acc,
+                     input_precision=PRECISION)
+        a_ptr += BLOCK_K
+        w_ptr += BLOCK_K
+    acc = acc * tl.load(TopkWeights + pair, mask=m_mask, other=0.0)[:, None]
+    tl.store(Out + pair[:, None] * stride_o + offs_n[None, :], acc.to(Out.dtype.element_ty),
+             mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _gemv1_kernel(X, W13, Inter, TopkIds, TopkWeights, Logits, Bias, hidden, inter, stride_x, stride_we, stride_wn,
+                  stride_i, stride_l, num_experts, scaling,
+                  TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROUTE: tl.constexpr,
+                  BLOCK_E: tl.constexpr, SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, RENORM: tl.constexpr,
+                  GROUPS: tl.constexpr, TOPK_GROUPS: tl.constexpr, TOP2_SUM: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # programmatic dependent launch (jackfield.sdk.pdl_kwargs): read nothing before the wait
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
+    pair = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    token = pair // TOP_K
+    if ROUTE:  # top-k of this token's router logits, recomputed by every program of the token (E values)
+        ids, weights = topk_row(Logits, Bias, token * stride_l, num_experts, scaling, TOP_K, BLOCK_E, SIGMOID,
+                                HAS_BIAS, RENORM, GROUPS, TOPK_GROUPS, TOP2_SUM)
+        mine = tl.arange(0, TOP_K) == pair % TOP_K
+        expert = tl.sum(tl.where(mine, ids, 0), 0)
+        if pid_n == 0:  # one program per pair hands the routing to GEMV 2
+            tl.store(TopkIds + pair, expert)
+            tl.store(TopkWeights + pair, tl.sum(tl.where(mine, weights, 0.0), 0))
+        expert = expert.to(tl.int64)
+    else:
+        expert = tl.load(TopkIds + pair).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < inter
+    offs_k = tl.arange(0, BLOCK_K)
+    g_ptr = W13 + expert * stride_we + offs_n[:, None] * stride_wn + offs_k[None, :]
+    u_ptr = g_ptr + inter * stride_wn
+    acc_g = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    acc_u = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    for k0 in range(0, hidden, BLOCK_K):
+        k_mask = offs_k < hidden - k0
+        x = tl.load(X + token * stride_x + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
+        w_mask = n_mask[:, None] & k_mask[None, :]
+        acc_g += tl.load(g_ptr, mask=w_mask, other=0.0).to(tl.float32) * x[None, :]
+        acc_u += tl.load(u_ptr, mask=w_mask, other=0.0).to(tl.float32) * x[None, :]
+        g_ptr += BLOCK_K
+        u_ptr += BLOCK_K
+    h = _silu_mul(tl.sum(acc_g, 1), tl.sum(acc_u, 1))
+    tl.store(Inter + pair * stride_i + offs_n, h.to(Inter.dtype.element_ty), mask=n_mask)
+
+
+@triton.jit
+def _gemv2_kernel(Inter, W2, Out, TopkIds, TopkWeights, hidden, inter, stride_i, stride_we, stride_wn, stride_o,
+                  TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # programmatic dependent launch (jackfield.sdk.pdl_kwargs): read nothing before the wait
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
+    token = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < hidden
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    for j in tl.static_range(TOP_K):
+        pair = token * TOP_K + j
+        expert = tl.load(TopkIds + pair).to(tl.int64)
+        weight = tl.load(TopkWeights + pair)
+        w_ptr = W2 + expert * stride_we + offs_n[:, None] * stride_wn + offs_k[None, :]
+        part = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+        for k0 in range(0, inter, BLOCK_K):
+            k_mask = offs_k < inter - k0
+            a = tl.load(Inter + pair * stride_i + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
+            part += tl.load(w_ptr, mask=n_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32) * a[None, :]
+            w_ptr += BLOCK_K
+        acc += part * weight
+    tl.store(Out + token * stride_o + offs_n, tl.sum(acc, 1).to(Out.dtype.element_ty), mask=n_mask)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+NO_ROUTE = dict(BLOCK_E=16, SIGMOID=False, HAS_BIAS=False, RENORM=False, GROUPS=1, TOPK_GROUPS=1, TOP2_SUM=False)
+
+
+def _gemv(hidden, w13, w2, topk_weights, topk_ids, config, route=None) -> torch.Tensor:
+    """The GEMV form; with `route` = (router_logits, bias, routing constants, scaling), GEMV 1 computes
+    the top-k itself and fills topk_weights / topk_ids for GEMV 2."""
+    t, h = hidden.shape
+    inter, top_k = w13.shape[1] // 2, topk_ids.shape[1]
+    out = torch.empty_like(hidden)
+    cache = torch.empty(t * top_k, inter, dtype=hidden.dtype, device=hidden.device)
+    warps, stages = config.get("num_warps", 4), config.get("num_stages", 2)
+    bn, bk = config["BLOCK_N"], config["BLOCK_K"]
+    logits, bias, consts, scaling = route or (hidden, None, NO_ROUTE, 1.0)
+    _gemv1_kernel[(t * top_k, triton.cdiv(inter, bn))](
+        hidden, w13, cache, topk_ids, topk_weights, logits, bias if bias is not None else logits, h, inter,
+        hidden.stride(0), w13.stride(0), w13.stride(1), cache.stride(0), logits.stride(0), logits.shape[1], scaling,
+        TOP_K=top_k, BLOCK_N=bn, BLOCK_K=bk, ROUTE=route is not None, **consts, num_warps=warps, num_stages=stages,
+        **pdl_kwargs(hidden))
+    bn2, bk2 = config.get("BLOCK_N2", bn), config.get("BLOCK_K2", bk)
+    _gemv2_kernel[(t, triton.cdiv(h, bn2))](
+        cache, w2, out, topk_ids, topk_weights, h, inter, cache.stride(0), w2.stride(0), w2.stride(1),
+        out.stride(0), TOP_K=top_k, BLOCK_N=bn2, BLOCK_K=bk2, num_warps=warps, num_stages=stages,
+        **pdl_kwargs(hidden))
+    return out
+
+
+def fused_moe_gemv(hidden: torch.Tensor, router_logits: torch.Tensor, routing: RoutingConfig,
+                   correction_bias: torch.Tensor | None, w13: torch.Tensor, w2: torch.Tensor, config: dict) -> torch.Tensor:
+    """The whole MoE of a small batch in two launches, the top-k routing fused into GEMV 1 (the routing
+    must pass `fused_routing_supported`; config["path"] == "gemv")."""
+    t = hidden.shape[0]
+    if t == 0:
+        return torch.empty_like(hidden)
+    ids = torch.empty(t, routing.top_k, dtype=torch.int32, device=hidden.device)
+    weights = torch.empty(t, routing.top_k, dtype=torch.float32, device=hidden.device)
+    consts = {k: v for k, v in routing_constants(routing, router_logits.shape[1]).items() if k != "TOP_K"}
+    consts["HAS_BIAS"] = correction_bias is not None
+    return _gemv(hidden, w13, w2, weights, ids, config,
+                 route=(router_logits, correction_bias, consts, routing.scaling_factor))
+
+
+def fused_experts(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+                  topk_ids: torch.Tensor, config: dict) -> torch.Tensor:
+    """hidden [T, H], w13 [E, 2I, H], w2 [E, H, I], topk_* [T, k] -> [T, H] in hidden's dtype.
+    `config` is one entry of the tuned table (configs.py): {"path": "gemm" | "gemv", block sizes…}."""
+    t, h = hidden.shape
+    if t == 0:
+        return torch.empty_like(hidden)
+    if config["path"] == "gemv":
+        return _gemv(hidden, w13, w2, topk_weights, topk_ids, config)
+    e, two_i, _ = w13.shape
+    inter, top_k = two_i // 2, topk_ids.shape[1]
+    out = torch.empty_like(hidden)
+    pairs = t * top_k
+    cache = torch.empty(pairs, inter, dtype=hidden.dtype, device=hidden.device)
+    warps, stages = config.get("num_warps", 4), config.get("num_stages", 2)
+    bm, bn, bk, group_m = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"], config.get("GROUP_M", 1)
+    sorted_ids, expert_ids, num_padded = moe_align_block_size(topk_ids, e, bm)
+    max_m = expert_ids.shape[0]
+    precision = _precision(hidden.dtype)
+    _gemm1_kernel[(max_m * triton.cdiv(inter, bn),)](
+        hidden, w13, cache, sorted_ids, expert_ids, num_padded, pairs, h, inter,
+        hidden.stride(0), w13.stride(0), w13.stride(1), cache.stride(0),
+        TOP_K=top_k, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m, PRECISION=precision,
+        num_warps=warps, num_stages=stages)
+    rows = torch.empty(pairs, h, dtype=hidden.dtype, device=hidden.device)
+    bn2 = config.get("BLOCK_N2", bn)
+    _gemm2_kernel[(max_m * triton.cdiv(h, bn2),)](
+        cache, w2, rows, sorted_ids, expert_ids, num_padded, topk_weights, pairs, h, inter,
+        cache.stride(0), w2.stride(0), w2.stride(1), rows.stride(0),
+        BLOCK_M=bm, BLOCK_N=bn2, BLOCK_K=config.get("BLOCK_K2", bk), GROUP_M=group_m, PRECISION=precision,
+        num_warps=warps, num_stages=stages)
+    torch.sum(rows.view(t, top_k, h), dim=1, out=out)
+    return out
