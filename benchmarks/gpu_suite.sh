@@ -6,6 +6,8 @@
 # grammar: structured-output overhead and jump-forward (jackfield bench grammar).
 # lora: multi-LoRA GPU tests, 8B batch-1 decode with and without a rank-16 adapter; loraoffline: 8B offline
 # over 8 and 64 adapters and with more adapters than slots, against the base model (benchmarks/lora_bench.py).
+# spec: speculative decoding (GPU tests; verify cost, ngram on vs off at batch 1-128 and an oracle drafter on the 8B shape).
+# spec-eagle: ngram on SmolLM2, an EAGLE head trained on SmolLM2 and its speedup (one more call).
 # Diagnostics: profile, pdl. Studies (benchmarks/studies/, results in benchmarks/studies/results/): gemv gemm tune probe.
 # A device call lasts at most 10 minutes: pass a few parts per call. Results: benchmarks/results/ and $OUT.
 set -uo pipefail
@@ -21,6 +23,7 @@ CFG8B=benchmarks/configs/llama-3.1-8b.json
 CFG1B=benchmarks/configs/llama-1b.json
 JF="python3 -c 'import sys; from jackfield.cli import main; sys.exit(main())'"
 run() { echo "+ $*" >&2; eval "$@"; }
+keep() { [ "$OUT" != "$OUTDIR" ] && cp "$@" "$OUT"/ 2>/dev/null; true; }  # a result to $OUT now, in case the call is cut short
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 
 # tests: everything but FlashInfer's kernel tests (about 3 min). fitests: FlashInfer's kernel tests, which
@@ -143,6 +146,41 @@ if has grammar; then  # structured outputs: the bitmask kernel's GPU test, then 
 fi
 if has serving; then
   bash benchmarks/gpu_serving.sh "$OUTDIR" "$STAMP"
+fi
+if has spec; then  # speculative decoding, one device call (about 5 min): GPU tests (Triton verify kernel, verify and
+  # draft CUDA graphs, greedy output equal to plain decoding); one verify forward vs one decode step on the 8B shape;
+  # ngram on vs off on the 8B shape with dummy weights (SmolLM2's tokenizer) at batch 1, 32 and 128 (load policy on:
+  # never slower than plain decoding); the speedup of an oracle drafter with accepted length 1..8 on the 8B shape
+  # (dummy weights repeat nothing, so no real drafter is accepted there)
+  gpu_pytest gpu-tests-spec tests/gpu/test_spec_gpu.py
+  run timeout 100 python3 benchmarks/spec_verify_cost.py --model $CFG8B --load-format dummy --attention-backend triton \
+    --batch-sizes 1,16 --draft-tokens 4,8,16 --max-total-tokens 65536 --out "$OUTDIR/spec-verify-cost-8b-$STAMP.json" > /dev/null
+  keep "$OUTDIR/spec-verify-cost-8b-$STAMP.json"
+  TOK=$(python3 -c 'from jackfield.loader.source import resolve_model; print(resolve_model(None).path)')
+  run timeout 120 $JF bench spec --model $CFG8B --load-format dummy --tokenizer "$TOK" --speculative-algorithm ngram \
+    --attention-backend triton --workload rewrite --batch-sizes ${SPEC_BATCH_SIZES:-1,32,128} --output-len 128 \
+    --max-total-tokens 100000 --cuda-graph-max-bs 128 --output-file "$OUTDIR/spec-ngram-8b-$STAMP.json" > /dev/null
+  keep "$OUTDIR/spec-ngram-8b-$STAMP.json"
+  run timeout 100 python3 benchmarks/spec_oracle.py --model $CFG8B --load-format dummy --tokenizer "$TOK" \
+    --attention-backend triton --batch-sizes 1,32 --accept-lengths 1,2,3,5,8 --output-len 128 --max-total-tokens 100000 \
+    --cuda-graph-max-bs 32 --out "$OUTDIR/spec-oracle-8b-$STAMP.json" > /dev/null
+  keep "$OUTDIR/spec-oracle-8b-$STAMP.json"
+fi
+if has spec-eagle; then  # an EAGLE head trained here on SmolLM2 (bf16), then EAGLE and ngram on vs off (about 8 min)
+  run $JF bench spec --speculative-algorithm ngram --attention-backend triton --workload rewrite \
+    --batch-sizes 1,8 --output-len 256 --max-total-tokens 300000 --output-file "$OUTDIR/spec-ngram-smollm2-$STAMP.json" > /dev/null
+  EAGLE_HEAD="$OUT/eagle-smollm2-$STAMP"
+  run $JF spec train-eagle --out "$EAGLE_HEAD" --device cuda --samples 1024 --gen-batch 128 --max-new-tokens 256 \
+    --steps ${EAGLE_STEPS:-1200} --batch-seqs 32 --lr 1e-3
+  # EAGLE-2 trees (top-4, 5 levels, 7 drafts; drafted eagerly) and chains (4 drafts; drafted from CUDA graphs)
+  for shape in "tree --speculative-eagle-topk 4 --speculative-num-steps 5 --speculative-num-draft-tokens 8" \
+               "chain --speculative-eagle-topk 1 --speculative-num-steps 4 --speculative-num-draft-tokens 5"; do
+    set -- $shape
+    tag=$1; shift
+    run $JF bench spec --speculative-algorithm eagle --speculative-draft-model-path "$EAGLE_HEAD" --attention-backend triton \
+      "$@" --workload chat --batch-sizes 1 --num-prompts 8 --output-len 256 \
+      --output-file "$OUTDIR/spec-eagle-smollm2-$tag-$STAMP.json" > /dev/null
+  done
 fi
 [ "$OUT" != "$OUTDIR" ] && tar czf "$OUT/results-$STAMP.tgz" $OUTDIR/*-$STAMP.* $STUDIES/*-$STAMP.* 2>/dev/null
 python3 benchmarks/summarize.py $OUTDIR/*-$STAMP.json

@@ -25,6 +25,15 @@ def row(path: str) -> str:
             line += (f" | HF {hf['output_tok_per_s']:.0f} tok/s (x{m['speedup_output_tok_per_s']:.1f})"
                      if "output_tok_per_s" in hf else f" | HF failed: {hf.get('error', '')[:80]}")
         return line
+    if m.get("results") and "speedup" in m["results"][0]:  # bench spec, spec_oracle.py
+        return f"{name:28s} " + "; ".join(
+            f"bs{r['batch_size']}{' a=%s' % r['accept_length_drafted'] if 'accept_length_drafted' in r else ''} "
+            f"x{r['speedup']:.2f} (accept {r['accept_length'] or 0:.2f}, differ {r['outputs_differing']})"
+            for r in m["results"])
+    if m.get("results") and "ratio" in m["results"][0]:  # spec_verify_cost.py
+        return f"{name:28s} verify/decode " + "; ".join(
+            f"bs{r['batch_size']} n{r['tokens_per_request']} {r['verify_ms']:.2f}/{r['decode_ms']:.2f} ms x{r['ratio']:.2f}"
+            for r in m["results"])
     if "radix_on" in m:
         return (f"{name:28s} radix on {m['radix_on']['total_s']:.2f} s / off {m['radix_off']['total_s']:.2f} s "
                 f"(x{m['speedup_total_time']:.2f}), prefill tokens x{m['prefill_token_ratio']:.1f}")

@@ -22,6 +22,20 @@ def capture_sizes(max_bs: int) -> list[int]:
     return sorted({s for s in sizes if s <= max_bs} | {max_bs})
 
 
+def capture(run, fb: ForwardBatch, pool, stream: torch.cuda.Stream):
+    """Two warm-up runs of `run(fb)` on `stream`, then its capture into a graph sharing `pool`;
+    returns (graph, its output, the pool). The caller has set the backend's capture metadata."""
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            run(fb)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool, stream=stream):
+        out = run(fb)
+    return graph, out, graph.pool()
+
+
 class CudaGraphRunner:
     def __init__(self, runner, max_bs: int, compile_model: bool = False):
         self.runner = runner
@@ -54,9 +68,14 @@ class CudaGraphRunner:
                             req_to_token=r.req_to_token_pool.req_to_token, kv_pool=r.kv_pool,
                             attn_backend=r.attn_backend, seq_lens_cpu=seq_lens_cpu)
 
-    def _run(self, fb: ForwardBatch) -> torch.Tensor:
+    def _run(self, fb: ForwardBatch):
+        """Logits, and with the runner's `capture_hidden` (a speculative decoder reading hidden
+        states) (logits, those hidden states)."""
         hidden = self.forward_fn(fb.input_ids, fb.positions, fb)
-        return self.runner.model.compute_logits(hidden)
+        logits = self.runner.model.compute_logits(hidden)
+        if self.runner.capture_hidden:
+            return logits, fb.extras.pop("aux_hidden", hidden)
+        return logits
 
     @torch.inference_mode()
     def _capture_all(self) -> None:
@@ -66,16 +85,7 @@ class CudaGraphRunner:
             self.runner.attn_backend.init_forward_metadata_capture(fb)
             if self.lora is not None:
                 self.lora.prepare_capture(bs)
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._run(fb)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool, stream=stream):
-                out = self._run(fb)
-            self.pool = graph.pool()
-            self.graphs[bs], self.outputs[bs] = graph, out
+            self.graphs[bs], self.outputs[bs], self.pool = capture(self._run, fb, self.pool, stream)
         log.info("captured decode CUDA graphs for batch sizes %s", self.sizes)
 
     def can_run(self, fb: ForwardBatch) -> bool:
@@ -100,4 +110,8 @@ class CudaGraphRunner:
         if self.lora is not None:
             self.lora.prepare_replay(fb, bs)
         self.graphs[bs].replay()
-        return self.outputs[bs][:raw]
+        out = self.outputs[bs]
+        if isinstance(out, tuple):
+            fb.extras["spec_hidden"] = out[1][:raw]
+            out = out[0]
+        return out[:raw]

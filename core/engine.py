@@ -198,6 +198,10 @@ def _usage(out) -> dict:
 def _result(text: str, tokens: list[int], out, logprobs) -> dict:
     res = {"text": text, "token_ids": tokens, "finish_reason": out.finished.to_openai(),
            "finish_detail": out.finished.message or out.finished.matched, "usage": _usage(out)}
+    if out.spec:
+        from jackfield.spec.meta import spec_meta
+
+        res["spec"] = spec_meta(out.spec)
     if logprobs is not None:
         res["logprobs"] = [{"token_id": lp.token_id, "logprob": lp.logprob, "top_logprobs": lp.top} for lp in logprobs]
     return res

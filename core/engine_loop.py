@@ -18,6 +18,7 @@ from jackfield.model_runner import ModelRunner
 from jackfield.runtime_setup import setup_runtime
 from jackfield.scheduler.scheduler import Scheduler
 from jackfield.sdk.model_config import ModelConfig
+from jackfield.spec.setup import build_decoder, draft_memory
 
 log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -52,13 +53,14 @@ def load_tokenizer(settings: Settings, model_dir: Path):
 def build_scheduler(settings: Settings, progress: bool = True) -> tuple[Scheduler, EngineInfo]:
     setup = setup_runtime(settings)
     tokenizer = load_tokenizer(settings, setup.source.path)
-    runner = ModelRunner(setup, progress=progress)
+    runner = ModelRunner(setup, progress=progress, draft_memory=draft_memory(settings))
+    decoder = build_decoder(setup, runner)
     info = EngineInfo(settings, setup.model_config, setup.source.origin, str(runner.device),
                       str(runner.dtype).removeprefix("torch."), {k: c.as_dict() for k, c in setup.choices.items()},
                       runner.max_total_tokens, runner.max_running_requests, runner.context_len, runner.weight_bytes,
                       str(runner.kv_dtype).removeprefix("torch."),
                       tuple(runner.lora.describe()) if runner.lora is not None else (), runner.lora is not None)
-    sched = Scheduler(runner, tokenizer)
+    sched = Scheduler(runner, tokenizer, decoder)
     sched.pm = setup.pm
     return sched, info
 

@@ -5,7 +5,7 @@ Each backend has its strong mode: on the H100, FlashInfer's sm90 prefill kernel 
 chunk of the 8B model's attention in 10.8 ms against 15.6 for the Triton extend kernel, while the
 Triton decode kernel reads a batch-256 step's KV 9% faster than FlashInfer's (on the offline
 benchmark the pair measured flat against Triton alone: docs/benchmarks.md). `HybridAttnBackend`
-routes every call by the batch's mode: extend and mixed forwards (and their metadata) go to the
+routes every call by the batch's mode: extend, mixed and speculative-verify forwards (and their metadata) go to the
 prefill backend, decode forwards, CUDA-graph capture and replay to the decode backend. Both read and
 write the same KV pool, so both must keep K/V as the pool stores them (`kv_stored_by_pool`).
 """
@@ -28,7 +28,7 @@ class HybridAttnBackend(AttentionBackend):
                 raise SelectionError(f"attention backend '{b.name}' keeps K/V in its own layout; it cannot share "
                                      "the KV pool with another backend (set one attention backend for both modes)")
         self.prefill, self.decode = prefill, decode
-        self.supports_cuda_graph = decode.supports_cuda_graph  # only decode forwards are captured
+        self.supports_cuda_graph = decode.supports_cuda_graph  # decode graphs; verify graphs use the prefill backend
         self.supports_mixed = prefill.supports_mixed  # a mixed forward runs on the prefill backend
         self.supports_ragged_prefill = prefill.supports_ragged_prefill  # an extend (MLA's expanded prefill)
 
@@ -52,14 +52,19 @@ class HybridAttnBackend(AttentionBackend):
                        fb: ForwardBatch) -> torch.Tensor:
         return self.prefill.forward_ragged(q, k, v, layer, fb)
 
+    def forward_verify(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
+        return self.prefill.forward_verify(q, layer, fb)
+
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
         self.decode.init_cuda_graph_state(max_bs, max_num_tokens)
+        if self.prefill.supports_cuda_graph:  # speculative verify graphs run on the prefill backend
+            self.prefill.init_cuda_graph_state(max_bs, max_num_tokens)
 
     def init_forward_metadata_capture(self, fb: ForwardBatch) -> None:
-        self.decode.init_forward_metadata_capture(fb)
+        self._for(fb).init_forward_metadata_capture(fb)
 
     def init_forward_metadata_replay(self, fb: ForwardBatch) -> None:
-        self.decode.init_forward_metadata_replay(fb)
+        self._for(fb).init_forward_metadata_replay(fb)
 
     def cuda_graph_seq_len_fill_value(self) -> int:
         return self.decode.cuda_graph_seq_len_fill_value()

@@ -100,6 +100,7 @@ class ReqOutput:
     cached_tokens: int
     logprobs: list[TokenLogprob] | None = None
     text: str | None = None  # filled by the detokenizer
+    spec: dict | None = None  # speculative decoding, once verified: verify_ct, proposed, accepted, emitted
 
 
 @dataclass
@@ -120,6 +121,10 @@ class StatsOut:
     total_cached_tokens: int = 0
     total_generated_tokens: int = 0
     kv_cached_tokens: int = 0    # KV slots held only by the radix cache (evictable)
+    spec_verify_steps: int = 0     # speculative decoding: request-steps verified,
+    spec_proposed: int = 0         # draft tokens proposed,
+    spec_accepted: int = 0         # draft tokens accepted,
+    spec_emitted: int = 0          # and tokens those steps produced (accepted + the target's own)
 
 
 @dataclass

@@ -52,8 +52,11 @@ def set_kv_scales(pool: KVPool, model: torch.nn.Module) -> None:
 
 
 class ModelRunner:
-    def __init__(self, setup: RuntimeSetup, progress: bool = True):
+    def __init__(self, setup: RuntimeSetup, progress: bool = True, draft_memory: tuple[int, int] = (0, 0)):
+        """`draft_memory`: (weight bytes, KV bytes per token) of a speculative draft model that will
+        share the KV budget, holding as many tokens as this runner's pool."""
         self.setup = setup
+        self.draft_memory = draft_memory
         s, cfg = setup.settings, setup.model_config
         self.device, self.dtype, self.config = setup.device, setup.dtype, cfg
         self.context_len = setup.context_len
@@ -87,6 +90,8 @@ class ModelRunner:
                                    self.max_running_requests, self.context_len + 1)
         self.attn_backend = build_attention_backend(setup.choices, runtime)
         self.sampler = Sampler(cfg.vocab_size, self.max_running_requests + 1, self.device, seed=s.seed)
+        self.capture_hidden = False  # speculative decoders that read hidden states (EAGLE) turn it on
+        self.verify_graphs = None    # jackfield.spec.verify_graph.VerifyGraphRunner, with a speculative decoder
         self.graph_runner = None
         graphs_ok = self.lora is None or self.lora.backend.supports_cuda_graph
         if self.lora is not None and not graphs_ok:
@@ -121,11 +126,12 @@ class ModelRunner:
     def _kv_capacity(self) -> int:
         s, cfg = self.setup.settings, self.config
         per_token = self.kv_layout.bytes_per_token(cfg.num_layers, self.kv_dtype)
+        per_token += self.draft_memory[1]
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # return load-time temporaries (weight repacking) first
             free, total = torch.cuda.mem_get_info(self.device)
             frac = s.mem_fraction_static or 0.85
-            budget = int(total * frac) - (total - free)
+            budget = int(total * frac) - (total - free) - self.draft_memory[0]
             if budget <= 0:
                 raise ValueError(f"no GPU memory left for the KV cache (mem_fraction_static={frac}); raise it")
         else:
@@ -139,16 +145,23 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch) -> torch.Tensor:
-        """Run the model on one batch; returns logits for `fb.logits_indices` (default: last token per request)."""
+        """Run the model on one batch; returns logits for `fb.logits_indices` (default: last token per request).
+
+        With `capture_hidden` the hidden states of every token (or, for a model with capture layers,
+        the concatenated inputs of those layers) are left in `fb.extras["spec_hidden"]`."""
         if self.graph_runner is not None and self.graph_runner.can_run(fb):
             return self.graph_runner.replay(fb)
+        if self.verify_graphs is not None and self.verify_graphs.can_run(fb):
+            return self.verify_graphs.replay(fb)
         self.attn_backend.init_forward_metadata(fb)
         if self.lora is not None:
             self.lora.prepare(fb)
         hidden = self.model(fb.input_ids, fb.positions, fb)
+        if self.capture_hidden:
+            fb.extras["spec_hidden"] = fb.extras.pop("aux_hidden", hidden)
         idx = fb.logits_indices
         if idx is None:
-            if fb.mode.is_extend():
+            if not fb.mode.is_decode():
                 idx = fb.extend_start_loc.long() + fb.extend_seq_lens.long() - 1
             else:
                 idx = torch.arange(fb.batch_size, device=hidden.device)

@@ -103,6 +103,8 @@ def select_components(settings: Settings, registry: Registry, config: ModelConfi
         raise SelectionError(f"kv_cache_dtype {settings.kv_cache_dtype} needs a GPU of compute capability 8.9 or "
                              f"newer (FP8 loads and stores in the KV kernels); this one is {cc[0]}.{cc[1]}")
     features = model_cls.required_features(config) | kv_cache_features(settings)
+    if settings.speculative_algorithm not in (None, "", "none"):
+        features = features | {"spec_verify"}  # the verify forward's tree attention mask
     ctx = SelectionContext(device=probe.device, dtype=probe.dtype, compute_capability=cc,
                            required_features=features,
                            architectures=config.architectures, quantization=config.quantization,

@@ -4,6 +4,19 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(scope="module")
+def torch_threads(request):
+    """Torch's intra-op threads for one module: its `TORCH_THREADS` (default 1), restored after.
+    Tiny models run fastest on one thread (more only add synchronization and, on a busy machine,
+    spin-waits); a module with a real model may ask for more."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(getattr(request.module, "TORCH_THREADS", 1))
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config, items):
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items:

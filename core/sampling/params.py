@@ -15,7 +15,7 @@ from jackfield.sdk.grammar import GrammarSpec
 
 _FLOATS = ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty")
 _INTS = ("max_new_tokens", "min_new_tokens", "top_k", "n", "top_logprobs_num")
-_BOOLS = ("ignore_eos", "skip_special_tokens", "no_stop_trim", "logprobs")
+_BOOLS = ("ignore_eos", "skip_special_tokens", "no_stop_trim", "logprobs", "speculative")
 _STRINGS = ("regex", "ebnf", "grammar_backend")
 MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0
@@ -59,6 +59,7 @@ class SamplingParams:
     regex: str | None = None
     ebnf: str | None = None
     grammar_backend: str | None = None
+    speculative: bool = True  # False: never speculate for this request (when the engine runs a decoder)
 
     def __post_init__(self):
         self.validate()

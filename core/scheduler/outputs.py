@@ -10,8 +10,12 @@ def req_output(r: Req) -> ReqOutput:
     new = r.output_ids[r.sent_len:]
     lps = r.logprobs[r.sent_len:] if r.return_logprob else None
     r.sent_len = len(r.output_ids)
+    spec = None
+    if r.spec_verify_ct:
+        spec = {"verify_ct": r.spec_verify_ct, "proposed": r.spec_proposed, "accepted": r.spec_accepted,
+                "emitted": r.spec_emitted}
     return ReqOutput(r.rid, new, r.finished_reason, len(r.origin_input_ids), len(r.output_ids),
-                     max(r.cached_tokens, 0), lps)
+                     max(r.cached_tokens, 0), lps, spec=spec)
 
 
 def collect_outputs(finished: list[Req], running, stream_interval: int) -> list[BatchOutput]:
@@ -30,8 +34,11 @@ def stats_out(sched) -> StatsOut:
     cached = sched.tree_cache.evictable_size()
     used = total - sched.runner.allocator.available_size() - cached
     st = sched.stats
+    sp = sched.spec.stats if sched.spec is not None else None
+    spec = dict(spec_verify_steps=sp.verify_steps, spec_proposed=sp.proposed, spec_accepted=sp.accepted,
+                spec_emitted=sp.emitted) if sp is not None else {}
     return StatsOut(num_running=len(sched.running) if sched.running else 0, num_waiting=len(sched.waiting),
                     kv_used_tokens=used, kv_total_tokens=total, cache_hit_rate=st.cache_hit_rate,
                     prefill_tokens_per_s=pre, decode_tokens_per_s=dec, total_prompt_tokens=st.prompt_tokens,
                     total_cached_tokens=st.cached_tokens, total_generated_tokens=st.generated_tokens,
-                    kv_cached_tokens=cached)
+                    kv_cached_tokens=cached, **spec)

@@ -18,9 +18,12 @@ from jackfield.scheduler.req import EMPTY, Req
 
 
 class KVReleaser:
-    def __init__(self, runner, tree_cache):
+    def __init__(self, runner, tree_cache, on_leave=None):
+        """`on_leave(rid)` is told of every request whose KV is given back (the speculative decoder
+        drops its per-request state)."""
         self.runner = runner
         self.tree_cache = tree_cache
+        self.on_leave = on_leave
         self._deferred_rows: list[int] = []
 
     def _free_past(self, r: Req, start: int) -> None:
@@ -53,6 +56,8 @@ class KVReleaser:
         r.kv_len, r.last_node, r.cache_protected_len, r.prefix_indices = 0, None, 0, EMPTY
 
     def _give_back_row(self, r: Req, busy_rows: frozenset[int]) -> None:
+        if self.on_leave is not None:
+            self.on_leave(r.rid)
         if r.req_pool_idx in busy_rows:
             self._deferred_rows.append(r.req_pool_idx)
         else:

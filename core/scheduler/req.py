@@ -1,6 +1,7 @@
 """Req: one generation request's state inside the scheduler."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
@@ -9,6 +10,30 @@ from jackfield.io_struct import FinishReason, TokenizedGenerateReq, TokenLogprob
 from jackfield.sampling.params import SamplingParams
 
 EMPTY = torch.empty(0, dtype=torch.int64)
+
+
+class TokenView(Sequence):
+    """A request's prompt + output tokens as one read-only sequence, without copying them (a
+    speculative decoder reads every running request's tokens every step)."""
+
+    def __init__(self, prompt: list[int], output: list[int]):
+        self.prompt, self.output = prompt, output
+
+    def __len__(self) -> int:
+        return len(self.prompt) + len(self.output)
+
+    def __getitem__(self, i):
+        n = len(self.prompt)
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            if step == 1 and start >= n:
+                return self.output[start - n:stop - n]
+            if step == 1 and stop <= n:
+                return self.prompt[start:stop]
+            return (self.prompt + self.output)[i]
+        if i < 0:
+            i += len(self)
+        return self.prompt[i] if i < n else self.output[i - n]
 
 
 class Req:
@@ -40,10 +65,18 @@ class Req:
         self.sent_len = 0
         self.logprobs: list[TokenLogprob] = []
         self.grammar = None  # the constraint's matcher (jackfield.sdk.Grammar) once compiled
+        # speculative decoding: verify steps, draft nodes proposed and accepted, tokens they emitted
+        self.spec_verify_ct = 0
+        self.spec_proposed = 0
+        self.spec_accepted = 0
+        self.spec_emitted = 0
 
     @property
     def all_ids(self) -> list[int]:
         return self.origin_input_ids + self.output_ids
+
+    def token_view(self) -> TokenView:
+        return TokenView(self.origin_input_ids, self.output_ids)
 
     @property
     def return_logprob(self) -> bool:

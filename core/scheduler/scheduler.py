@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 
 import torch
 
@@ -45,6 +46,7 @@ from jackfield.scheduler.policy import SchedulePolicy
 from jackfield.scheduler.release import KVReleaser
 from jackfield.scheduler.req import Req
 from jackfield.scheduler.schedule_batch import ScheduleBatch
+from jackfield.scheduler.spec_step import SpecController
 from jackfield.scheduler.stats import SchedulerStats
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ GRAMMAR_POLL_S = 0.005
 
 
 class Scheduler:
-    def __init__(self, runner: ModelRunner, tokenizer=None):
+    def __init__(self, runner: ModelRunner, tokenizer=None, decoder=None):
         s = runner.setup.settings
         self.runner, self.tokenizer, self.settings = runner, tokenizer, s
         self.device = runner.device
@@ -61,7 +63,8 @@ class Scheduler:
         self.policy = SchedulePolicy(s.schedule_policy, self.tree_cache, not s.disable_radix_cache)
         self.admission = Admission(self, s)
         self.adapters = AdapterScheduling(self, runner.lora) if runner.lora is not None else None
-        self.releaser = KVReleaser(runner, self.tree_cache)
+        self.releaser = KVReleaser(runner, self.tree_cache, on_leave=decoder.release if decoder else None)
+        self.spec = SpecController(self, decoder, s) if decoder is not None else None
         self.eos_ids = tuple(tokenizer.eos_token_ids) if tokenizer is not None else runner.config.eos_token_ids
         self.vocab_size = runner.config.vocab_size
         self.waiting: list[Req] = []
@@ -149,9 +152,30 @@ class Scheduler:
 
     def step(self) -> list[BatchOutput]:
         """Plan and launch one forward; returns the outputs produced (under overlap, those of the
-        previous forward)."""
+        previous forward). With a speculative decoder, a decode step may instead be a speculative
+        step (spec_step.py), which runs serially."""
         self._admit_compiled()
+        if self.spec is not None:
+            ran = self.spec.wants_step() and self.spec.step()
+            self.spec.last_was_spec = ran
+            if ran:
+                self.last_was_prefill = False
+                self._after_step(idle=False)
+                return self._step_outputs()
+        t0 = time.perf_counter()
         job = plan_batch(self)
+        self._run_planned(job)
+        if self.spec is not None and job is not None and not job.extend_reqs:
+            self.spec.policy.record_plain(len(job.decode_reqs), time.perf_counter() - t0)
+        self._after_step(idle=job is None and self.inflight is None)
+        return self._step_outputs()
+
+    def _step_outputs(self):
+        """What a step returns: the finished and streamed outputs, and the answers of LoRA unloads
+        that the step completed."""
+        return self._emit() + (self.adapters.finish_unloads() if self.adapters is not None else [])
+
+    def _run_planned(self, job: ForwardJob | None) -> None:
         if not self.overlap:
             if job is not None:
                 self._fill_mask(job)
@@ -168,12 +192,15 @@ class Scheduler:
                 self._process(prev[0], result)
             if job is not None:  # prev's tokens are accepted: job's grammar rows can be masked now
                 self._fill_mask(job, self.inflight[1])
+
+    def _after_step(self, idle: bool) -> None:
+        """Jump-forward of the constrained requests whose grammar forces text, a short sleep when
+        only grammar compiles are pending (`idle`), and the KV audit once the batch drains."""
         if self.jump_candidates:
             self._jump_forward()
-        if job is None and self.inflight is None and self.grammars.queue:
+        if idle and self.grammars.queue:
             self.grammars.wait(GRAMMAR_POLL_S)  # only compiles are pending: sleep until one ends
         self._audit_when_idle()
-        return self._emit() + (self.adapters.finish_unloads() if self.adapters is not None else [])
 
     # ---- constrained requests -----------------------------------------------------------------
     def _admit_compiled(self) -> None:
@@ -271,6 +298,8 @@ class Scheduler:
         n = len(job.extend_reqs)
         touched += [(n + j, r) for j, r in enumerate(job.decode_reqs)]
         busy = self.inflight[0].rows if self.inflight is not None else frozenset()
+        if self.spec is not None and self.spec.decoder.needs_hidden_states:
+            self.spec.observe_job(job)
         finished = []
         for row, r in touched:
             if r.finished or r.req_pool_idx is None:

@@ -19,8 +19,18 @@ from jackfield.sdk.model_config import ModelConfig, RopeConfig
 from jackfield.sdk.moe import ExpertMethod, ExpertWeights, MoEConfig, MoEDispatcher, RoutingConfig, route
 from jackfield.sdk.quant import (LinearMethod, PlainLinearMethod, QuantizationMethod, QuantOptions, checkpoint_names,
                                  create_plain_weights)
-from jackfield.sdk.spec import DraftProposal, SpeculativeDecoder, SpecInput, SpecRuntime
+from jackfield.sdk.spec import DraftProposal, SpeculativeDecoder, SpecInput, SpecRuntime, TargetStates
 from jackfield.sdk.version import API_VERSION
+from jackfield.spec.draft_runner import DraftRunner
+
+
+def offline_target(model: str | None = None, **settings):
+    """A target model driven in-process (jackfield.spec.target_io.OfflineTarget): generate token
+    ids and read its hidden states, for tools that learn from it (train-eagle)."""
+    from jackfield.spec.target_io import OfflineTarget
+
+    return OfflineTarget(model, **settings)
+
 
 __all__ = [
     # every kind
@@ -36,7 +46,8 @@ __all__ = [
     # MoE
     "ExpertMethod", "ExpertWeights", "MoEConfig", "MoEDispatcher", "RoutingConfig", "route",
     # speculative decoding
-    "DraftProposal", "SpeculativeDecoder", "SpecInput", "SpecRuntime",
+    "DraftProposal", "DraftRunner", "SpeculativeDecoder", "SpecInput", "SpecRuntime", "TargetStates",
+    "offline_target",
     # grammar
     "EosTrackingGrammar", "Grammar", "GrammarBackend", "GrammarError", "GrammarSpec", "GrammarVocab", "UnsupportedGrammar", "allocate_bitmask",
     "bitmask_words",

@@ -16,6 +16,11 @@ may also set `supports_ragged_prefill` and implement `forward_ragged`: causal at
 extend batch's new tokens among themselves, with K/V the model expanded from the latent (the
 non-absorbed form of MLA that long prefills with no cached prefix use).
 
+Speculative decoding adds a third mode, TARGET_VERIFY: like an extend, but each request's new
+tokens form a draft tree and attend under `fb.tree_mask` (jackfield.sdk.forward_batch). A backend
+that implements `forward_verify` lists the feature "spec_verify" in its capabilities; selection
+then matches it against engines that run a speculative decoder, and refuses the others by name.
+
 CUDA graphs (only when `supports_cuda_graph`): the runner calls `init_cuda_graph_state(max_bs,
 max_num_tokens)` once to let the backend allocate static buffers; then, for each captured batch
 size, `init_forward_metadata_capture(fb)` instead of `init_forward_metadata` while capturing, and
@@ -106,6 +111,8 @@ class AttentionBackend(Component):
             fb.kv_pool.set_kv(layer.layer_id, fb.out_cache_loc, k, v)
         if fb.mode.is_decode():
             return self.forward_decode(q, layer, fb)
+        if fb.mode.is_verify():
+            return self.forward_verify(q, layer, fb)
         return self.forward_extend(q, layer, fb)
 
     @abstractmethod
@@ -122,6 +129,12 @@ class AttentionBackend(Component):
         from or written to the pool): q, k [tokens, num_heads * head_dim], v [tokens, num_heads *
         v_dim] -> [tokens, num_heads * v_dim]. Only where `supports_ragged_prefill`."""
         raise NotImplementedError(f"attention backend '{self.name}' has no ragged prefill")
+
+    def forward_verify(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
+        """Draft-tree tokens attend to their request's cached prefix and to their tree ancestors
+        (`fb.tree_mask`). Only backends whose capabilities list "spec_verify" implement it."""
+        raise NotImplementedError(f"attention backend '{self.name}' does not implement the speculative verify "
+                                  "mode (its capabilities lack 'spec_verify')")
 
     # ---- CUDA graphs -----------------------------------------------------------------------------
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:

@@ -4,7 +4,10 @@ Token-level tensors have one row per token computed in this forward (`num_tokens
 tensors one row per request (`batch_size`). In EXTEND/MIXED mode a request contributes
 `extend_seq_lens[i]` new tokens on top of `extend_prefix_lens[i]` tokens already in the KV cache;
 in DECODE mode every request contributes exactly one token. `seq_lens[i]` is always the request's
-KV length *after* this forward (prefix + new tokens). KV slot indices are token-granular even when
+KV length *after* this forward (prefix + new tokens). TARGET_VERIFY (speculative decoding) is laid
+out like EXTEND, but the new tokens of request i are a draft tree rather than a sequence: token q
+attends to the request's whole cached prefix and, among the new tokens, only to those that
+`tree_mask` marks visible from q (its ancestors and itself). KV slot indices are token-granular even when
 the page size is > 1: `req_to_token[req_pool_indices[i], j]` is the slot of token j of request i,
 and slot // page_size is its page.
 """
@@ -26,12 +29,17 @@ class ForwardMode(IntEnum):
     DECODE = 2  # one new token per request
     MIXED = 3   # prefill chunks and decodes in one forward; decodes are length-1 extends
     IDLE = 4    # nothing to run
+    TARGET_VERIFY = 5  # speculative decoding: each request's draft tree, under a tree attention mask
 
     def is_extend(self) -> bool:
+        """Prefill-like forwards whose new tokens attend causally (verify is not one of them)."""
         return self in (ForwardMode.EXTEND, ForwardMode.MIXED)
 
     def is_decode(self) -> bool:
         return self == ForwardMode.DECODE
+
+    def is_verify(self) -> bool:
+        return self == ForwardMode.TARGET_VERIFY
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,12 @@ class ForwardBatch:
     extend_start_loc: torch.Tensor | None = None    # [bs] int32, offset of request i's first new token
     extend_prefix_lens_cpu: tuple[int, ...] = ()
     extend_seq_lens_cpu: tuple[int, ...] = ()
+    # target-verify only: request i's n_i new tokens see each other through the [n_i, n_i] bool
+    # matrix tree_mask[tree_mask_indptr[i]:tree_mask_indptr[i + 1]].view(n_i, n_i), row = query,
+    # column = key (True: an ancestor of the query in the draft tree, or the query itself). The
+    # first new token is the tree's root; positions are the prefix length + the node's depth.
+    tree_mask: torch.Tensor | None = None           # [sum n_i^2] bool
+    tree_mask_indptr: torch.Tensor | None = None    # [bs + 1] int64
     # which rows of the hidden states become logits: last token of each request by default
     logits_indices: torch.Tensor | None = None      # [num_logit_rows] int64
     sampling: Any = None                            # SamplingBatch of the requests, for the sampler

@@ -38,12 +38,14 @@ class Result:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    spec: dict | None = None
 
     def add(self, out: ReqOutput) -> None:
         self.text += out.text or ""
         self.token_ids += out.new_token_ids
         self.logprobs += out.logprobs or []
         self.finish = out.finished
+        self.spec = out.spec or self.spec
         if out.prompt_tokens or out.completion_tokens:
             self.prompt_tokens, self.completion_tokens = out.prompt_tokens, out.completion_tokens
             self.cached_tokens = out.cached_tokens

@@ -46,6 +46,13 @@ class ServerMetrics:
                                      "process", ["process"], registry=r)
         self.cache_hit_rate = Gauge("jackfield_cache_hit_rate", "Prompt tokens served from the cache / all",
                                     registry=r)
+        self.spec_accept_length = Gauge("jackfield_spec_accept_length",
+                                        "Speculative decoding: mean tokens a request gains per verify forward",
+                                        registry=r)
+        self.spec_accept_rate = Gauge("jackfield_spec_accept_rate",
+                                      "Speculative decoding: accepted draft tokens / proposed draft tokens", registry=r)
+        self.spec_verify_steps = Gauge("jackfield_spec_verify_steps",
+                                       "Speculative decoding: request-steps verified so far", registry=r)
 
     def observe_tokens(self, now: float, created: float, first: float | None, last: float | None, count: int) -> None:
         """Record `count` new tokens of one request that arrived at `now`."""
@@ -72,6 +79,10 @@ class ServerMetrics:
         self.kv_total_tokens.set(stats.kv_total_tokens)
         self.kv_usage.set(stats.kv_used_tokens / stats.kv_total_tokens if stats.kv_total_tokens else 0.0)
         self.cache_hit_rate.set(stats.cache_hit_rate)
+        steps = stats.spec_verify_steps
+        self.spec_verify_steps.set(steps)
+        self.spec_accept_length.set(stats.spec_emitted / steps if steps else 0.0)
+        self.spec_accept_rate.set(stats.spec_accepted / stats.spec_proposed if stats.spec_proposed else 0.0)
 
     def update_processes(self, pids: dict[str, int]) -> None:
         """Resident memory of each named process, from /proc (skipped where there is none)."""

@@ -17,6 +17,7 @@ from jackfield.server.openai_format import token_text
 from jackfield.server.prompts import check_token_ids, encode_text, max_new_tokens, sampling_params
 from jackfield.server.protocol import GenerateRequest
 from jackfield.server.sse import sse_response
+from jackfield.spec.meta import spec_meta
 
 router = APIRouter()
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -59,6 +60,8 @@ def finish_info(finish: FinishReason | None) -> dict | None:
 def _meta(st: ServerState, rid: str, r: Result, logprobs: bool) -> dict:
     meta = {"id": rid, "finish_reason": finish_info(r.finish), "prompt_tokens": r.prompt_tokens,
             "completion_tokens": r.completion_tokens, "cached_tokens": r.cached_tokens}
+    if r.spec:
+        meta.update(spec_meta(r.spec))
     if logprobs:
         tok = st.tokenizer
         meta["output_token_logprobs"] = [[lp.logprob, lp.token_id, token_text(tok, lp.token_id)] for lp in r.logprobs]

@@ -138,6 +138,7 @@ class OpenAISampling(Body):
     ebnf: Text | None = None
     grammar_backend: BackendName | None = None
     lora_path: Any = None  # the LoRA adapter's name (SGLang); `model: "<model>:<adapter>"` works too
+    speculative: bool | None = None  # False: no speculative decoding for this request
 
     def sampling_values(self) -> dict[str, Any]:
         """The SGLang-named sampling values (max_new_tokens is decided by the caller)."""
@@ -147,7 +148,8 @@ class OpenAISampling(Body):
                 "stop": self.stop, "stop_token_ids": self.stop_token_ids, "ignore_eos": self.ignore_eos,
                 "min_new_tokens": self.min_tokens, "skip_special_tokens": self.skip_special_tokens,
                 "no_stop_trim": self.no_stop_trim, "n": self.n, "regex": self.regex, "ebnf": self.ebnf,
-                "grammar_backend": self.grammar_backend, **response_format_values(self.response_format)}
+                "grammar_backend": self.grammar_backend, "speculative": self.speculative,
+                **response_format_values(self.response_format)}
 
     @property
     def include_usage(self) -> bool:

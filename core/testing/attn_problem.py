@@ -3,7 +3,8 @@
 An `AttnProblem` owns a KV pool whose requests hold randomly scattered pages (page 0 stays
 reserved), a `req_to_token` table with the requests in shuffled rows (row 0 is the padding row of
 CUDA-graph batches), and random cached K/V for every request's prefix. `extend_batch` /
-`decode_batch` build the matching ForwardBatch together with the new q/k/v; `reference` computes
+`decode_batch` / `verify_batch` (speculative decoding: each request's new tokens are a draft tree)
+build the matching ForwardBatch together with the new q/k/v; `reference` / `tree_reference` compute
 attention from the pool in float32 (`jackfield.sdk.reference.attention`), request by request; an FP8
 pool (`kv_dtype`, with `kv_scales`) is read dequantized.
 
@@ -13,6 +14,7 @@ Works on any device.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -106,6 +108,44 @@ class AttnProblem:
             out_cache_loc=loc.to(self.device), req_to_token=self.req_to_token, kv_pool=self.pool,
             attn_backend=backend, seq_lens_cpu=tuple(seq_lens) if with_cpu_lens else ())
         return fb, *self.new_qkv(len(loc))
+
+    def verify_batch(self, backend, parents: list[list[int]]) -> tuple[ForwardBatch, torch.Tensor, torch.Tensor,
+                                                                      torch.Tensor]:
+        """A TARGET_VERIFY batch: request i's `new_lens[i]` new tokens form a tree, node j's parent
+        `parents[i][j]` (-1 for the root, which is node 0; parents come before their children)."""
+        fb, q, k, v = self.extend_batch(backend)
+        flat, indptr, positions = [], [0], []
+        for p, par in zip(self.prefix_lens, parents):
+            n, rows, depth = len(par), [], []
+            for j, up in enumerate(par):
+                row = list(rows[up]) if up >= 0 else [False] * n
+                row[j] = True
+                rows.append(row)
+                depth.append(depth[up] + 1 if up >= 0 else 0)
+            flat += [b for row in rows for b in row]
+            indptr.append(indptr[-1] + n * n)
+            positions += [p + d for d in depth]
+        fb = replace(fb, mode=ForwardMode.TARGET_VERIFY, positions=self._tensor(positions, torch.int64),
+                     tree_mask=self._tensor(flat, torch.bool), tree_mask_indptr=self._tensor(indptr, torch.int64))
+        return fb, q, k, v
+
+    def tree_reference(self, q: torch.Tensor, fb: ForwardBatch, layer: AttentionLayerInfo,
+                       parents: list[list[int]]) -> torch.Tensor:
+        """float32 attention of every draft-tree node over its request's prefix and its own path."""
+        out, start = torch.empty(q.shape, dtype=torch.float32, device=q.device), 0
+        k_buf, v_buf = self.pool.k_buffer(0), self.pool.v_buffer(0)
+        for i, (p, par) in enumerate(zip(self.prefix_lens, parents)):
+            row = self.req_to_token[fb.req_pool_indices[i]].long()
+            for j in range(len(par)):
+                path, node = [], j
+                while node >= 0:
+                    path.append(node)
+                    node = par[node]
+                slots = torch.cat([row[:p], row[p + torch.tensor(path[::-1], device=row.device)]])
+                k, v = self.pool.dequantize(0, k_buf[slots], v_buf[slots])
+                out[start + j] = reference_attention(q[start + j:start + j + 1], k, v, layer)[0]
+            start += len(par)
+        return out
 
     def new_qkv(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         kv = self.num_kv_heads * self.head_dim

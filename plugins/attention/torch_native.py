@@ -1,7 +1,8 @@
 """torch_native: the reference attention backend in plain PyTorch, over the paged KV pool.
 
 Runs on CPU and CUDA. Extend attends per request (prefix from the pool + new tokens, causal);
-decode gathers every request's keys into one padded batch and attends in a single masked matmul.
+verify likewise, with the draft tree's mask in place of the causal one among the new tokens; decode gathers every
+request's keys into one padded batch and attends in a single masked matmul.
 Fast backends are tested against this one. An FP8 pool is read through `KVPool.dequantize`.
 """
 from __future__ import annotations
@@ -18,6 +19,19 @@ def _window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, layer: AttentionLayer
     if layer.sliding_window:
         mask &= k_pos.unsqueeze(-2) > q_pos.unsqueeze(-1) - layer.sliding_window
     return mask
+
+
+def _tree_mask(fb: ForwardBatch, i: int, prefix: int, n: int, layer: AttentionLayerInfo) -> torch.Tensor:
+    """Boolean [n, prefix + n] mask of request i's draft tree: the whole prefix (within the window)
+    and the node's ancestors. A node's position is prefix + its depth (visible ancestors - 1)."""
+    start = int(fb.tree_mask_indptr[i])
+    tree = fb.tree_mask[start:start + n * n].view(n, n)
+    k_pos = torch.arange(prefix, device=tree.device)
+    q_pos = prefix + tree.sum(dim=1) - 1
+    seen = k_pos.unsqueeze(0) <= q_pos.unsqueeze(1)
+    if layer.sliding_window:
+        seen &= k_pos.unsqueeze(0) > (q_pos - layer.sliding_window).unsqueeze(1)
+    return torch.cat([seen, tree], dim=1)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, layer: AttentionLayerInfo) -> torch.Tensor:
@@ -38,10 +52,16 @@ class TorchNativeBackend(AttentionBackend):
     name = "torch_native"
     priority = 10
     capabilities = Capabilities(devices=("cpu", "cuda"), features=frozenset({"paged", "sliding_window", "logit_cap", "mixed",
-                                                                             "fp8_kv_cache"}))
+                                                                             "fp8_kv_cache", "spec_verify"}))
     description = "Reference attention in plain PyTorch (CPU and CUDA)"
 
     def forward_extend(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
+        return self._per_request(q, layer, fb, verify=False)
+
+    def forward_verify(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
+        return self._per_request(q, layer, fb, verify=True)
+
+    def _per_request(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch, verify: bool) -> torch.Tensor:
         h, hkv, d, dv = layer.num_heads, layer.num_kv_heads, layer.head_dim, layer.v_dim
         group = h // hkv
         out = torch.empty(q.shape[0], h * dv, dtype=q.dtype, device=q.device)
@@ -53,8 +73,11 @@ class TorchNativeBackend(AttentionBackend):
             k, v = fb.kv_pool.dequantize(layer.layer_id, k_buf[slots], v_buf[slots])
             k, v = k.transpose(0, 1), v.transpose(0, 1)  # [Hkv, L, D]
             qi = q[start:start + ext].view(ext, hkv, group, d).permute(1, 2, 0, 3).reshape(hkv, group * ext, d)
-            q_pos = torch.arange(prefix, total, device=q.device).repeat(group)
-            mask = _window_mask(q_pos, torch.arange(total, device=q.device), layer)
+            if verify:
+                mask = _tree_mask(fb, i, prefix, ext, layer).repeat(group, 1)
+            else:
+                q_pos = torch.arange(prefix, total, device=q.device).repeat(group)
+                mask = _window_mask(q_pos, torch.arange(total, device=q.device), layer)
             o = _attend(qi, k, v, mask, layer)  # [Hkv, G*ext, Dv]
             out[start:start + ext] = o.view(hkv, group, ext, dv).permute(2, 0, 1, 3).reshape(ext, h * dv).to(q.dtype)
             start += ext

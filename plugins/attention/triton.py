@@ -47,7 +47,7 @@ class TritonAttnBackend(AttentionBackend):
     description = "Triton split-KV decode and variable-length extend over the paged KV pool"
     capabilities = Capabilities(devices=("cuda",), dtypes=("float16", "bfloat16", "float32"),
                                 features=frozenset({"paged", "cuda_graph", "sliding_window", "logit_cap", "mixed",
-                                                    "fp8_kv_cache"}))
+                                                    "fp8_kv_cache", "spec_verify", "cuda_graph_verify"}))
     requires_packages = ("triton",)
     supports_cuda_graph = True
 
@@ -113,8 +113,9 @@ class TritonAttnBackend(AttentionBackend):
         if self.graph_mid_o is None:
             raise RuntimeError("init_cuda_graph_state must be called before capturing CUDA graphs")
         rt, bs = self.runtime, fb.batch_size
-        if not fb.mode.is_decode():
-            self.meta = _ExtendMeta(fb.num_tokens)
+        if not fb.mode.is_decode():  # a verify batch (speculative decoding): extend-shaped
+            lens = fb.extend_seq_lens_cpu
+            self.meta = _ExtendMeta(max(lens) if lens else fb.num_tokens)
             return
         splits = self.num_splits(bs, rt.max_context_len)
         n = bs * rt.num_heads * splits
@@ -135,7 +136,12 @@ class TritonAttnBackend(AttentionBackend):
             v_scale=fb.kv_pool.v_scales[layer.layer_id])
         return out.view(q.shape[0], -1)
 
-    def forward_extend(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
+    def forward_verify(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
+        """The extend kernel with the draft tree's mask (speculative decoding)."""
+        return self.forward_extend(q, layer, fb, tree=(fb.tree_mask, fb.tree_mask_indptr, fb.positions))
+
+    def forward_extend(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch,
+                       tree: tuple | None = None) -> torch.Tensor:
         meta = self.meta
         if not isinstance(meta, _ExtendMeta):
             raise RuntimeError("forward_extend called without extend metadata (init_forward_metadata first)")
@@ -145,7 +151,7 @@ class TritonAttnBackend(AttentionBackend):
             q3, fb.kv_pool.k_buffer(layer.layer_id), fb.kv_pool.v_buffer(layer.layer_id), out,
             fb.req_to_token, fb.req_pool_indices, fb.seq_lens, fb.extend_start_loc, fb.extend_seq_lens,
             meta.max_extend_len, layer.scaling, layer.logit_cap, layer.sliding_window,
-            k_scale=fb.kv_pool.k_scales[layer.layer_id], v_scale=fb.kv_pool.v_scales[layer.layer_id])
+            k_scale=fb.kv_pool.k_scales[layer.layer_id], v_scale=fb.kv_pool.v_scales[layer.layer_id], tree=tree)
         return out.view(q.shape[0], -1)
 
 

@@ -32,7 +32,8 @@ TOLERANCE = {"float32": 1e-4, "float16": 5e-3}
 
 
 def run_case(name: str) -> dict:
-    """Extend, eager decode, decode without host lengths and graph-style decode for one case."""
+    """Extend, eager decode, decode without host lengths, speculative verify (a tree mask) and
+    graph-style decode for one case."""
     import torch
     from attn_harness import AttnProblem, relative_error, row_strided
 
@@ -57,6 +58,11 @@ def run_case(name: str) -> dict:
         errors[label] = relative_error(out, p.reference(q, fb, layer))
     errors["decode_strided_q"] = relative_error(backend.forward(row_strided(q), k, v, layer, fb),
                                                 p.reference(q, fb, layer))
+
+    trees = [[-1] + [(j - 1) // 2 for j in range(1, n)] for n in new]  # binary trees: branching and depth
+    fb, q, k, v = p.verify_batch(backend, trees)
+    backend.init_forward_metadata(fb)
+    errors["verify_tree"] = relative_error(backend.forward(q, k, v, layer, fb), p.tree_reference(q, fb, layer, trees))
 
     backend.init_cuda_graph_state(max_bs=len(prefix) + 2, max_num_tokens=len(prefix) + 2)
     fb, q, k, v = p.decode_batch(backend, seq_lens=[max(1, (a + b) // 2) for a, b in zip(prefix, new)])

@@ -72,10 +72,18 @@ class DecoderModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, i, ctx, opts, f"{prefix}.layers.{i}", rotary, parts)
                                     for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx.dtype, ctx.device)
+        self.capture_layers: tuple[int, ...] = ()
+        """Layers whose input (the residual stream) a forward leaves, concatenated, in
+        fb.extras["aux_hidden"]: EAGLE-3 draft heads read them (set by the speculative decoder)."""
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
         hidden, residual = self.embed_tokens(input_ids), None
-        for layer in self.layers:
+        aux = []
+        for i, layer in enumerate(self.layers):
+            for _ in range(self.capture_layers.count(i)):
+                aux.append(hidden if residual is None else hidden + residual)
             hidden, residual = layer(positions, hidden, residual, fb)
+        if aux:
+            fb.extras["aux_hidden"] = torch.cat(aux, dim=-1)
         hidden, _ = self.norm(hidden, residual)
         return hidden

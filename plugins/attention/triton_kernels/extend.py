@@ -4,6 +4,11 @@ One program per (request, query head, block of new tokens). The new tokens' K/V 
 pool, so every key — cached prefix and new alike — is read through `req_to_token`. A query at
 position p sees keys at positions <= p (and > p - window with a sliding window); key blocks past
 the causal frontier of the query block, or before its window, are never loaded.
+
+Speculative verify (USE_TREE) runs the same kernel: request b's new tokens are a draft tree, and
+among them a query sees only the keys its [n, n] row of the tree mask marks (its ancestors and
+itself; they come before it, so the causal frontier still bounds the loop). Prefix keys stay
+visible, within the window of the query's own position (prefix + its depth, from `positions`).
 """
 from __future__ import annotations
 
@@ -17,10 +22,11 @@ from jackfield_plugins.attention.triton_kernels.common import (
 
 
 @triton.jit
-def _attend_block(acc, m_i, l_i, q, q_pos, n0, hi, K, V, ReqToToken, row, kvh, offs_d, d_mask,
+def _attend_block(acc, m_i, l_i, q, q_pos, win_pos, n0, hi, K, V, ReqToToken, row, kvh, offs_d, d_mask,
                   stride_kt, stride_kh, stride_vt, stride_vh, sm_scale, logit_cap, window,
+                  TreeMask, tree_base, ext_len, prefix, offs_m, m_mask,
                   BLOCK_N: tl.constexpr, USE_CAP: tl.constexpr, USE_WINDOW: tl.constexpr,
-                  MASKED: tl.constexpr, PRECISION: tl.constexpr):
+                  MASKED: tl.constexpr, PRECISION: tl.constexpr, USE_TREE: tl.constexpr):
     """Online-softmax update with one block of keys; MASKED blocks apply the causal/window mask."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
     n_mask = offs_n < hi
@@ -32,7 +38,15 @@ def _attend_block(acc, m_i, l_i, q, q_pos, n0, hi, K, V, ReqToToken, row, kvh, o
     if MASKED:
         keep = n_mask[None, :] & (offs_n[None, :] <= q_pos[:, None])
         if USE_WINDOW:
-            keep = keep & (offs_n[None, :] > q_pos[:, None] - window)
+            in_window = offs_n[None, :] > win_pos[:, None] - window
+            if USE_TREE:  # tree keys are the query's ancestors: within any window a model uses
+                in_window = in_window | (offs_n[None, :] >= prefix)
+            keep = keep & in_window
+        if USE_TREE:
+            in_tree = (offs_n[None, :] >= prefix) & n_mask[None, :] & m_mask[:, None]
+            bit = tl.load(TreeMask + tree_base + offs_m[:, None] * ext_len + (offs_n[None, :] - prefix),
+                          mask=in_tree, other=0)
+            keep = keep & ((offs_n[None, :] < prefix) | (bit != 0))
         qk = tl.where(keep, qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1))
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
@@ -46,12 +60,12 @@ def _attend_block(acc, m_i, l_i, q, q_pos, n0, hi, K, V, ReqToToken, row, kvh, o
 
 @triton.jit
 def _extend_kernel(
-    Q, Out, K, V, ReqToToken, ReqPoolIdx, SeqLens, ExtendStart, ExtendLens,
+    Q, Out, K, V, ReqToToken, ReqPoolIdx, SeqLens, ExtendStart, ExtendLens, TreeMask, TreeIndptr, Positions,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_kt, stride_kh, stride_vt, stride_vh, stride_rt,
     sm_scale, logit_cap, window, v_scale,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, USE_CAP: tl.constexpr, USE_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
-    HEAVY_FIRST: tl.constexpr,
+    HEAVY_FIRST: tl.constexpr, USE_TREE: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -70,6 +84,11 @@ def _extend_kernel(
     offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = offs_m < ext_len
     q_pos = prefix + offs_m
+    win_pos = q_pos
+    tree_base = q_start * 0
+    if USE_TREE:
+        win_pos = tl.load(Positions + q_start + offs_m, mask=m_mask, other=0)
+        tree_base = tl.load(TreeIndptr + b)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
     q = tl.load(Q + (q_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
@@ -85,14 +104,21 @@ def _extend_kernel(
     if USE_WINDOW:
         lo = tl.maximum(prefix + mb * BLOCK_M - window + 1, 0) // BLOCK_N * BLOCK_N
         split = lo
+        if USE_TREE:  # a node sits at prefix + depth, not at prefix + index: its window starts earlier
+            lo = tl.maximum(prefix - window + 1, 0) // BLOCK_N * BLOCK_N
+            split = lo
+    if USE_TREE:
+        split = tl.minimum(split, prefix // BLOCK_N * BLOCK_N)
     for n0 in range(lo, split, BLOCK_N):
-        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, q_pos, n0, hi, K, V, ReqToToken, row, kvh, offs_d, d_mask,
-                                      stride_kt, stride_kh, stride_vt, stride_vh, sm_scale, logit_cap, window,
-                                      BLOCK_N, USE_CAP, USE_WINDOW, False, PRECISION)
+        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, q_pos, win_pos, n0, hi, K, V, ReqToToken, row, kvh, offs_d,
+                                      d_mask, stride_kt, stride_kh, stride_vt, stride_vh, sm_scale, logit_cap, window,
+                                      TreeMask, tree_base, ext_len, prefix, offs_m, m_mask,
+                                      BLOCK_N, USE_CAP, USE_WINDOW, False, PRECISION, USE_TREE)
     for n0 in range(split, hi, BLOCK_N):
-        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, q_pos, n0, hi, K, V, ReqToToken, row, kvh, offs_d, d_mask,
-                                      stride_kt, stride_kh, stride_vt, stride_vh, sm_scale, logit_cap, window,
-                                      BLOCK_N, USE_CAP, USE_WINDOW, True, PRECISION)
+        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, q_pos, win_pos, n0, hi, K, V, ReqToToken, row, kvh, offs_d,
+                                      d_mask, stride_kt, stride_kh, stride_vt, stride_vh, sm_scale, logit_cap, window,
+                                      TreeMask, tree_base, ext_len, prefix, offs_m, m_mask,
+                                      BLOCK_N, USE_CAP, USE_WINDOW, True, PRECISION, USE_TREE)
 
     out = acc * v_scale / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(Out + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
@@ -113,7 +139,7 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
                      extend_start_loc: torch.Tensor, extend_seq_lens: torch.Tensor, max_extend_len: int,
                      sm_scale: float, logit_cap: float = 0.0, sliding_window: int | None = None,
                      config: tuple[int, int, int, int, bool] | None = None, k_scale: float = 1.0,
-                     v_scale: float = 1.0) -> None:
+                     v_scale: float = 1.0, tree: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
     """Causal attention of every request's new tokens over its prefix and themselves, into `out`.
 
     q, out: [num_tokens, num_heads, head_dim]; request i's new tokens are rows
@@ -121,6 +147,8 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     `max_extend_len` only sizes the grid: any upper bound of extend_seq_lens works.
     config: (BLOCK_M, BLOCK_N, num_warps, num_stages, heavy_first), for tuning
     (benchmarks/tune_triton_extend.py). An FP8 pool's K and V are multiplied by k_scale and v_scale.
+    tree: (tree_mask, tree_mask_indptr, positions) of a speculative verify batch
+    (jackfield.sdk.ForwardBatch); the new tokens then attend as a tree.
     """
     for name, t in (("q", q), ("out", out), ("k_buffer", k_buffer), ("v_buffer", v_buffer)):
         check_head_layout(t, name)
@@ -131,12 +159,14 @@ def extend_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     group = num_heads // k_buffer.shape[1]
     block_m, block_n, num_warps, num_stages, heavy_first = config or extend_tiles(head_dim, q.device)
     grid = (bs, num_heads, triton.cdiv(max_extend_len, block_m))
+    tree_mask, tree_indptr, positions = tree if tree is not None else (seq_lens, seq_lens, seq_lens)
     _extend_kernel[grid](
         q, out, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, extend_start_loc, extend_seq_lens,
+        tree_mask, tree_indptr, positions,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1), req_to_token.stride(0),
         sm_scale * k_scale, logit_cap if logit_cap > 0 else 1.0, sliding_window or 0, v_scale,
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_dmodel(head_dim), BLOCK_M=block_m, BLOCK_N=block_n,
         USE_CAP=logit_cap > 0, USE_WINDOW=sliding_window is not None, PRECISION=dot_precision(q.dtype),
-        HEAVY_FIRST=heavy_first, num_warps=num_warps, num_stages=num_stages,
+        HEAVY_FIRST=heavy_first, USE_TREE=tree is not None, num_warps=num_warps, num_stages=num_stages,
     )

@@ -1,0 +1,1 @@
+"""Speculative decoding inside the engine: draft trees, verification, load policy, draft runners."""

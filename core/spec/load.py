@@ -1,0 +1,89 @@
+"""Load awareness: speculate only where it is measured to beat plain decoding.
+
+A verify forward computes several tokens per request, so it costs about one plain decode step while
+the batch is small (decode is bound by reading the weights) and several once the batch is large
+enough to be compute bound; what it gives is the mean number of tokens a request gains per step.
+The policy keeps, per batch-size bucket (powers of two), moving averages of the measured seconds
+of a plain decode step, of a speculative step (draft + verify + accept), and of the tokens per
+request a speculative step yields. A step speculates when
+
+    rate_spec = tokens_per_request / seconds_spec  >=  rate_plain = 1 / seconds_plain
+
+so speculation switches itself off at batch sizes where verification costs more than it saves, and
+back on when the batch shrinks into a bucket where it pays. A new bucket speculates for its first
+`warmup` steps, then measures a plain step. While speculation loses, it is tried again every
+`ceil((1 - rate_spec / rate_plain) / explore_cost)` steps (at least 4, at most 128): often when it
+loses narrowly (the text may turn repetitive), rarely when it loses by far, so that these probes
+cost at most `explore_cost` (1 %) of the plain rate.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class _Bucket:
+    plain_s: float | None = None
+    spec_s: float | None = None
+    spec_tokens: float | None = None  # tokens per request per speculative step
+    decisions: int = 0
+    since_spec: int = 0               # decisions since the last speculative one
+
+
+def _ema(old: float | None, new: float, weight: float) -> float:
+    return new if old is None else old + weight * (new - old)
+
+
+class LoadPolicy:
+    def __init__(self, enabled: bool = True, warmup: int = 4, explore_cost: float = 0.01, weight: float = 0.3):
+        self.enabled, self.warmup, self.explore_cost, self.weight = enabled, warmup, explore_cost, weight
+        self.buckets: dict[int, _Bucket] = {}
+
+    def _bucket(self, batch_size: int) -> _Bucket:
+        return self.buckets.setdefault(max(batch_size, 1).bit_length(), _Bucket())
+
+    @staticmethod
+    def ratio(b: _Bucket) -> float:
+        """rate_spec / rate_plain of a measured bucket."""
+        return b.spec_tokens / b.spec_s * b.plain_s
+
+    def speculate(self, batch_size: int) -> bool:
+        """Whether the next decode step of a batch of this size should speculate."""
+        if not self.enabled:
+            return True
+        b = self._bucket(batch_size)
+        b.decisions += 1
+        go = self._decide(b)
+        b.since_spec = 0 if go else b.since_spec + 1
+        return go
+
+    def _decide(self, b: _Bucket) -> bool:
+        if b.spec_s is None or b.decisions <= self.warmup:
+            return True
+        if b.plain_s is None:
+            return False
+        ratio = self.ratio(b)
+        if ratio >= 1.0:
+            return True
+        interval = min(128, max(4, math.ceil((1.0 - ratio) / self.explore_cost)))
+        return b.since_spec + 1 >= interval
+
+    def record_plain(self, batch_size: int, seconds: float) -> None:
+        b = self._bucket(batch_size)
+        b.plain_s = _ema(b.plain_s, seconds, self.weight)
+
+    def record_spec(self, batch_size: int, seconds: float, tokens_per_request: float) -> None:
+        b = self._bucket(batch_size)
+        b.spec_s = _ema(b.spec_s, seconds, self.weight)
+        b.spec_tokens = _ema(b.spec_tokens, tokens_per_request, self.weight)
+
+    def table(self) -> list[dict]:
+        """The measured buckets (for logs and benchmarks): batch sizes, seconds, tokens, ratio."""
+        rows = []
+        for k, b in sorted(self.buckets.items()):
+            measured = b.spec_s is not None and b.plain_s is not None
+            rows.append({"batch_sizes": f"{1 << (k - 1)}-{(1 << k) - 1}", "plain_s": b.plain_s, "spec_s": b.spec_s,
+                         "spec_tokens_per_request": b.spec_tokens,
+                         "spec_over_plain": self.ratio(b) if measured else None})
+        return rows

@@ -1,0 +1,116 @@
+"""EAGLE heads: `jackfield spec train-eagle` end to end on a tiny target (with a resumed run), an
+EAGLE-3 checkpoint in the published layout (fused low/mid/high features, a draft vocabulary mapped
+by d2t) loading and decoding greedily equal to plain decoding, and the startup errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from jackfield.testing.suites.speculative import pool_idle_problem, run_workload, spec_scheduler
+from jackfield_plugins.spec.eagle import EagleDecoder
+
+
+def test_train_eagle_resumes_and_its_head_drafts_what_the_target_says(tiny_target, tmp_path, capsys):
+    """A short self-distillation (greedy continuations of the built-in prompts), interrupted and
+    resumed; the head it writes then drafts those continuations: accepted length well above an
+    untrained head's (~1.0), outputs equal to plain decoding."""
+    from jackfield.cli import main
+    from jackfield_plugins.spec.eagle_train import prompts
+
+    out = tmp_path / "head"
+    args = ["spec", "train-eagle", "--model", tiny_target, "--out", str(out), "--samples", "16", "--max-new-tokens",
+            "32", "--temperature", "0", "--batch-seqs", "8", "--lr", "3e-3", "--save-every", "50", "--device", "cpu"]
+    assert main(args + ["--steps", "50"]) == 0
+    assert {"config.json", "model.safetensors", "checkpoint.pt", "data.pt"} <= {p.name for p in out.iterdir()}
+    assert main(args + ["--steps", "200"]) == 0
+    text = capsys.readouterr().out
+    assert "resuming from step 50" in text and "reusing 16 sequences" in text
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLMEagle"]
+    jobs = [(f"e{i}", p, 24, 0) for i, p in enumerate(prompts(None, 16, 0)[:8])]
+    plain = run_workload(spec_scheduler(None, tiny_target, str(tmp_path)), jobs)
+    sched = spec_scheduler(EagleDecoder, tiny_target, str(tmp_path), speculative_draft_model_path=str(out),
+                           speculative_eagle_topk=1, speculative_num_steps=4)
+    assert run_workload(sched, jobs) == plain and pool_idle_problem(sched) is None
+    assert sched.spec.stats.accept_length > 1.4, sched.spec.stats.accept_length
+
+
+def write_eagle3(path, hidden: int, vocab: int, draft_vocab: int = 64) -> str:
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    heads, kv, dim, inter = 4, 2, 16, 128
+
+    def w(*shape):
+        return torch.randn(*shape, generator=g) / shape[-1] ** 0.5
+
+    tensors = {"fc.weight": w(hidden, 3 * hidden), "midlayer.self_attn.q_proj.weight": w(heads * dim, 2 * hidden),
+               "midlayer.self_attn.k_proj.weight": w(kv * dim, 2 * hidden),
+               "midlayer.self_attn.v_proj.weight": w(kv * dim, 2 * hidden),
+               "midlayer.self_attn.o_proj.weight": w(hidden, heads * dim),
+               "midlayer.mlp.gate_proj.weight": w(inter, hidden), "midlayer.mlp.up_proj.weight": w(inter, hidden),
+               "midlayer.mlp.down_proj.weight": w(hidden, inter), "midlayer.input_layernorm.weight": torch.ones(hidden),
+               "midlayer.hidden_norm.weight": torch.ones(hidden), "midlayer.post_attention_layernorm.weight":
+               torch.ones(hidden), "norm.weight": torch.ones(hidden), "lm_head.weight": w(draft_vocab, hidden),
+               "d2t": torch.arange(draft_vocab) * 0 + 2, "t2d": torch.zeros(vocab, dtype=torch.bool)}
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path / "model.safetensors"))
+    config = {"architectures": ["LlamaForCausalLMEagle3"], "model_type": "llama", "hidden_size": hidden,
+              "num_hidden_layers": 1, "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": dim,
+              "intermediate_size": inter, "vocab_size": vocab, "draft_vocab_size": draft_vocab,
+              "target_hidden_size": hidden, "rms_norm_eps": 1e-6, "max_position_embeddings": 1024,
+              "eagle_config": {"eagle_aux_hidden_state_layer_ids": [0, 0, 0]}}
+    (path / "config.json").write_text(json.dumps(config))
+    return str(path)
+
+
+def test_eagle3_layout_loads_reads_aux_layers_and_decodes_exactly(tiny_target, tmp_path):
+    head = write_eagle3(tmp_path / "e3", 64, 128)
+    plain = run_workload(spec_scheduler(None, tiny_target, str(tmp_path)))
+    sched = spec_scheduler(EagleDecoder, tiny_target, str(tmp_path), speculative_draft_model_path=head)
+    dec = sched.spec.decoder
+    assert dec.head.version == 3 and dec.aux_hidden_layers == (1, 1, 1)
+    assert sched.runner.model.model.capture_layers == (1, 1, 1)
+    proposed = []
+    propose = dec.propose
+    dec.propose = lambda si: proposed.append(propose(si)) or proposed[-1]
+    assert run_workload(sched) == plain and pool_idle_problem(sched) is None
+    drafted = torch.cat([p.tokens[i, :c] for p in proposed for i, c in enumerate(p.counts)])
+    assert drafted.numel() and bool(((drafted >= 2) & (drafted < 66)).all())  # draft ids + d2t offset 2
+
+
+def test_head_with_another_hidden_size_is_a_startup_error(tiny_target, tmp_path):
+    head = write_eagle3(tmp_path / "e3", 32, 128)
+    with pytest.raises(ValueError, match="expects target hidden size 32.*hidden size is 64"):
+        spec_scheduler(EagleDecoder, tiny_target, str(tmp_path), speculative_draft_model_path=head)
+
+
+def test_draft_model_with_another_vocabulary_is_a_startup_error(tiny_target, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from jackfield_plugins.spec.draft_model import DraftModelDecoder
+
+    other = tmp_path / "draft"
+    LlamaForCausalLM(LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                 vocab_size=100, intermediate_size=64)).save_pretrained(str(other))
+    with pytest.raises(ValueError, match="vocabulary size 100, the target has 128"):
+        spec_scheduler(DraftModelDecoder, tiny_target, str(tmp_path), speculative_draft_model_path=str(other))
+
+
+def test_unknown_algorithm_and_backend_without_verify_are_refused(tiny_target):
+    from jackfield.config import settings_for
+    from jackfield.runtime_setup import setup_runtime
+    from jackfield.sdk import Capabilities, SelectionContext
+    from jackfield.selection import SelectionError
+    from jackfield_plugins.attention.torch_native import TorchNativeBackend
+
+    with pytest.raises(SelectionError, match="no speculative component named 'medusa'.*draft_model, eagle, ngram"):
+        setup_runtime(settings_for(model=tiny_target, device="cpu", speculative_algorithm="medusa"))
+
+    class NoVerify(TorchNativeBackend):
+        name = "no_verify"
+        capabilities = Capabilities(devices=("cpu",), features=frozenset({"paged"}))
+
+    ctx = SelectionContext(device="cpu", dtype="float32", required_features=frozenset({"spec_verify"}))
+    assert "lacks required feature(s): spec_verify" in " ".join(NoVerify.incompatibilities(ctx))

@@ -1,0 +1,139 @@
+"""Unit tests of the speculative pieces that need no model: draft trees (validation, mask, accept,
+padding), the load policy, the n-gram corpus and EAGLE-2's tree search."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jackfield.sdk import DraftProposal
+from jackfield.spec.load import LoadPolicy
+from jackfield.spec.tree import ProposalError, VerifyTrees
+from jackfield_plugins.spec.ngram_corpus import DraftTree, HistoryIndex, TokenTrie
+from jackfield_plugins.spec.tree_search import TreeSearch
+
+
+def test_proposals_become_trees_and_bad_ones_are_named():
+    p = DraftProposal.from_lists([[5, 6, 7], []], [[-1, 0, 0], []])
+    trees = VerifyTrees.from_proposal([1, 2], p, (3, 0), 10, "dec")
+    assert trees.tokens == [[1, 5, 6, 7], [2]] and trees.parents == [[-1, 0, 1, 1], [-1]]
+    assert trees.depths() == [[0, 1, 2, 2], [0]]
+    chain = VerifyTrees.from_proposal([1], DraftProposal(torch.tensor([[4, 5]])), (2,), 10, "dec")
+    assert chain.parents == [[-1, 0, 1]]
+    for bad, why in [(DraftProposal.from_lists([[5, 6]], [[-1, 1]]), "does not come before"),
+                     (DraftProposal.from_lists([[5, 6, 7, 8]]), "proposed 4 nodes for request 0, allowed 3"),
+                     (DraftProposal.from_lists([[12]]), "outside \\[0, 10\\)"),
+                     (DraftProposal(torch.zeros(2, 1, dtype=torch.int64)), "expected \\[1, n\\]")]:
+        with pytest.raises(ProposalError, match=why):
+            VerifyTrees.from_proposal([1], bad, (3,), 10, "dec")
+
+
+def test_accept_follows_the_target_picks_and_ignores_padding():
+    trees = VerifyTrees([[1, 5, 6, 7, 8]], [[-1, 0, 0, 1, 2]])  # root -> 5 -> 7, root -> 6 -> 8
+    assert trees.accept([[6, 0, 8, 0, 3]]) == [[0, 2, 4]]
+    assert trees.accept([[9, 0, 0, 0, 0]]) == [[0]]
+    padded = VerifyTrees([[1, 5]], [[-1, 0]]).padded(4)
+    assert padded.sizes == [4] and padded.real_sizes == [2]
+    assert padded.accept([[1, 0, 0, 0]]) == [[0]]  # padding holds the root's token: never accepted
+    mask, indptr = trees.mask(torch.device("cpu"))
+    m = mask.view(5, 5)
+    assert m[3].tolist() == [True, True, False, True, False] and indptr.tolist() == [0, 25]
+
+
+def test_load_policy_measures_and_switches():
+    pol = LoadPolicy(warmup=2)
+    assert pol.speculate(4)                       # nothing measured: speculate first
+    pol.record_spec(4, 0.030, 2.0)                # 2 tokens per 30 ms
+    assert pol.speculate(4)                       # still warming up
+    assert not pol.speculate(4)                   # plain not measured yet: measure it
+    pol.record_plain(4, 0.020)                    # 1 token per 20 ms: speculation wins (66 vs 50 tok/s)
+    assert pol.speculate(5)
+    pol.record_spec(128, 0.100, 1.5)              # big batch: 15 tok/s per request
+    pol.record_plain(128, 0.050)                  # plain 20 tok/s: speculation loses, ratio 0.75
+    decisions = [pol.speculate(128) for _ in range(52)]
+    # the warm-up, then a probe every ceil(0.25 / 1 %) = 25 steps
+    assert [i for i, d in enumerate(decisions) if d] == [0, 1, 26, 51]
+    assert all(pol.speculate(3) for _ in range(5))  # load dropped: back on
+    assert pol.table()[-1]["spec_over_plain"] == pytest.approx(0.75)
+    assert not LoadPolicy(enabled=False).buckets and LoadPolicy(enabled=False).speculate(512)
+
+
+def test_ngram_history_trie_and_draft_tree():
+    idx = HistoryIndex(1, 3)
+    idx.extend_to([1, 2, 3, 4, 1, 2, 3, 5, 1, 2])
+    assert idx.continuations(3, 4) == [[3, 5, 1], [3, 4, 1]]  # suffix [1, 2]: latest occurrence first
+    trie = TokenTrie(depth=4, capacity=1000)
+    trie.insert([7, 8, 9, 10, 7, 8, 9, 11, 7, 8, 9, 10])
+    assert trie.continuations([5, 7, 8], 1, 3, 3, 2) == [[9, 10]]  # depth 4: two levels below [7, 8]
+    tree = DraftTree(4)
+    for path in ([3, 5, 1], [3, 4, 1], [9]):
+        tree.add(path)
+    assert tree.tokens == [3, 5, 1, 4] and tree.parents == [-1, 0, 1, 0]
+
+
+def test_tree_search_expands_by_cumulative_probability():
+    s = TreeSearch(topk=2)
+    s.expand_root(torch.tensor([0.5, 0.3, 0.2]).log())
+    assert [s.tokens[f] for f in s.frontier] == [0, 1]
+    s.expand(torch.tensor([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1]]).log())
+    # candidates 0.45 (0->0), 0.025, 0.18 (1->0), 0.09: the frontier keeps 0->0 and 1->0
+    assert [(s.tokens[f], s.parents[f]) for f in s.frontier] == [(0, 0), (0, 1)]
+    tokens, parents = s.select(3)
+    assert tokens == [0, 1, 0] and parents == [-1, -1, 0]  # 0.5, 0.3, 0.45: the best three, as a tree
+    assert s.forward_nodes() == [0, 1, 2, 4]
+
+
+def test_request_flag_meta_info_and_metrics():
+    from jackfield.io_struct import StatsOut
+    from jackfield.sampling.params import SamplingParams, SamplingParamError
+    from jackfield.server.metrics import ServerMetrics
+    from jackfield.server.protocol import CompletionRequest
+    from jackfield.spec.meta import spec_meta
+
+    body = CompletionRequest(prompt="hi", speculative=False)
+    assert SamplingParams.from_dict(body.sampling_values()).speculative is False
+    with pytest.raises(SamplingParamError, match="speculative must be a boolean"):
+        SamplingParams.from_dict({"speculative": "no"})
+    meta = spec_meta({"verify_ct": 4, "proposed": 20, "accepted": 8, "emitted": 12})
+    assert meta["spec_accept_length"] == 3.0 and meta["spec_accept_rate"] == 0.4
+    m = ServerMetrics()
+    m.update_scheduler(StatsOut(1, 0, 10, 100, 0.0, 0.0, 0.0, spec_verify_steps=4, spec_proposed=20,
+                                spec_accepted=8, spec_emitted=12))
+    text = m.render().decode()
+    assert "jackfield_spec_accept_length 3.0" in text and "jackfield_spec_accept_rate 0.4" in text
+
+
+class CountingGrammar:
+    """Allows only token t + 1 after token t (and 0 after 9); records accepts and rollbacks."""
+
+    def __init__(self, last: int):
+        self.stack = [last]
+
+    def accept_token(self, token: int) -> bool:
+        if token != (self.stack[-1] + 1) % 10:
+            return False
+        self.stack.append(token)
+        return True
+
+    def rollback(self, n: int) -> None:
+        del self.stack[-n:]
+
+    def is_terminated(self) -> bool:
+        return False
+
+    def fill_bitmask(self, bitmask, row: int) -> None:
+        bitmask[row] = 0
+        t = (self.stack[-1] + 1) % 10
+        bitmask[row, t >> 5] = 1 << (t & 31)
+
+
+def test_grammar_masks_follow_each_draft_path_and_restore_the_matcher():
+    from jackfield.spec.grammar_tree import allows, fill_tree_bitmask
+
+    g = CountingGrammar(last=3)
+    tokens, parents = [3, 4, 7, 5, 6], [-1, 0, 0, 1, 1]  # root 3 -> 4 -> (5, 6); root -> 7 (refused)
+    mask = torch.zeros(8, 1, dtype=torch.int32)
+    fill_tree_bitmask(g, tokens, parents, mask, row0=2)
+    assert g.stack == [3]                                   # rolled back
+    assert [allows(mask, 2 + j, t) for j, t in [(0, 4), (1, 5), (3, 6)]] == [True, True, True]
+    assert not allows(mask, 2 + 0, 7) and not allows(mask, 2 + 1, 6)
+    assert int(mask[2 + 2]) == -1 and int(mask[2 + 4]) == -1  # a refused child's subtree: all allowed
