@@ -100,6 +100,14 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
     warmup: bool = Field(True, description="Run one warm-up generation before reporting healthy")
     # --- reliability and security ------------------------------------------------------------
+    watchdog_timeout: float = Field(300.0, gt=0, description="Seconds the scheduler may spend in one loop iteration (one forward) before the server declares it stuck, dumps its stacks and exits")
+    shutdown_timeout: float = Field(30.0, ge=0, description="On SIGTERM: seconds to let in-flight requests finish before aborting them")
+    max_queued_requests: int | None = Field(None, ge=0, description="Most requests waiting beyond max_running_requests; more get 503 with Retry-After (unset: no limit)")
+    max_request_bytes: int = Field(64 << 20, gt=0, description="Largest accepted HTTP request body in bytes; larger gets 413")
+    request_timeout: float | None = Field(None, gt=0, description="Default and largest per-request time limit in seconds (a request may ask for less with `timeout`; unset: none)")
+    metrics_public: bool = Field(False, description="Serve /metrics without the API key")
+    allowed_origins: list[str] = Field(default_factory=list, description="CORS: origins allowed to call the API from a browser (\"*\" for any; empty: CORS off)")
+    file_root: str | None = Field(None, description="Directory below which routes that take a file path (adapter loading) may read; unset: such routes refuse every path")
 
     @field_validator("lora_paths")
     @classmethod

@@ -16,8 +16,8 @@ from jackfield.io_struct import FinishReason
 from jackfield.sdk.tool_parser import ToolCallParser
 from jackfield.server.app import server_state
 from jackfield.server.chat_output import ChoiceDelta, ChoiceParser, plan_chat
-from jackfield.server.errors import APIError
-from jackfield.server.generation import RequestGroup, abort_error, until_disconnected
+from jackfield.server.errors import APIError, anthropic_error_body
+from jackfield.server.generation import RequestGroup, abort_error, request_timeout, until_disconnected
 from jackfield.server.prompts import chat_default, content_text, encode_text, max_new_tokens, sampling_params
 from jackfield.server.protocol import AnthropicMessage, MessagesRequest
 from jackfield.server.sse import sse, sse_response
@@ -107,7 +107,7 @@ async def messages(body: MessagesRequest, request: Request):
     values = plan.sampling_values({"max_new_tokens": max_new, "temperature": body.temperature, "top_p": body.top_p,
                                    "top_k": body.top_k, "stop": body.stop_sequences})
     params = sampling_params(values, tm.vocab_size, ANTHROPIC_NAMES)
-    group = RequestGroup(tm, [ids], params)
+    group = RequestGroup(tm, [ids], params, timeout=request_timeout(tm, body.timeout))
     message = {"id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant", "model": st.model_name}
     if body.stream:
         return sse_response(_stream(group.start(), message, len(ids), plan.choice_parser()))
@@ -175,8 +175,8 @@ async def _stream(group: RequestGroup, message: dict, prompt_tokens: int, split:
         yield sse({"type": "message_start", "message": start}, "message_start")
         async for _, out in group.outputs():
             if out.finished is not None and out.finished.kind == "abort":
-                err = abort_error(out.finished.message)
-                yield sse({"type": "error", "error": {"type": err.type, "message": err.message}}, "error")
+                err = abort_error(out.finished)
+                yield sse(anthropic_error_body(err.status, err.message), "error")
                 return
             piece = split.feed(out.text or "")
             if out.finished is not None:
@@ -194,7 +194,6 @@ async def _stream(group: RequestGroup, message: dict, prompt_tokens: int, split:
                            "usage": {"output_tokens": out.completion_tokens}}, "message_delta")
                 yield sse({"type": "message_stop"}, "message_stop")
     except Exception as exc:
-        yield sse({"type": "error", "error": {"type": "api_error",
-                                              "message": f"internal server error ({type(exc).__name__})"}}, "error")
+        yield sse(anthropic_error_body(500, f"internal server error ({type(exc).__name__})"), "error")
     finally:
         group.close()

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from jackfield.io_struct import FinishReason
 from jackfield.server.app import ServerState, server_state
 from jackfield.server.errors import APIError
-from jackfield.server.generation import RequestGroup, Result, stream_group, until_disconnected
+from jackfield.server.generation import RequestGroup, Result, request_timeout, stream_group, until_disconnected
 from jackfield.server.lora_api import request_adapter
 from jackfield.server.openai_format import token_text
 from jackfield.server.prompts import check_token_ids, encode_text, max_new_tokens, sampling_params
@@ -74,13 +74,14 @@ async def generate(body: GenerateRequest, request: Request):
     st = server_state(request)
     tm = st.tokenizer_manager
     prompts, batch = _prompts(st, body)
-    sp = dict(body.sampling_params or {})
+    sp = body.sampling_params.model_dump(exclude_unset=True) if body.sampling_params else {}
     requested = sp.pop("max_new_tokens", None)
     max_new = max_new_tokens(requested, prompts, tm.context_len, lambda _: DEFAULT_MAX_NEW_TOKENS,
                              "sampling_params.max_new_tokens", "input_ids" if body.input_ids is not None else "text")
     params = sampling_params({**sp, "max_new_tokens": max_new, "logprobs": body.return_logprob,
                               "top_logprobs_num": body.top_logprobs_num}, tm.vocab_size)
-    group = RequestGroup(tm, prompts, params, params.n, lora=await _loras(st, body.lora_path, len(prompts), batch))
+    group = RequestGroup(tm, prompts, params, params.n, request_timeout(tm, body.timeout),
+                         lora=await _loras(st, body.lora_path, len(prompts), batch))
     many = batch or params.n > 1
     if body.stream:
         return sse_response(_stream(st, group.start(), body.return_logprob, many))

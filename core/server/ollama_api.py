@@ -9,7 +9,8 @@ from fastapi import APIRouter, Request
 
 from jackfield.server.app import ServerState, server_state
 from jackfield.server.errors import APIError
-from jackfield.server.generation import RequestGroup, abort_error, until_disconnected
+from jackfield.server.generation import RequestGroup, abort_error, request_timeout, until_disconnected
+from jackfield.server.openapi import json_body_doc
 from jackfield.server.lora_api import request_adapter
 from jackfield.server.prompts import chat_default, chat_prompt, encode_text, max_new_tokens, sampling_params
 from jackfield.server.protocol import (OllamaChatRequest, OllamaGenerateRequest, OllamaOptions, json_body,
@@ -48,7 +49,7 @@ def _params(st: ServerState, opts: OllamaOptions, ids: list[int], fmt):
     return sampling_params(values, tm.vocab_size, OLLAMA_NAMES)
 
 
-@router.post("/api/generate")
+@router.post("/api/generate", openapi_extra=json_body_doc(OllamaGenerateRequest))
 async def generate(request: Request):
     body = await json_body(request, OllamaGenerateRequest)
     _refuse_tools_and_thinking(body)
@@ -63,26 +64,27 @@ async def generate(request: Request):
         msgs = ([{"role": "system", "content": body.system}] if body.system else []) + [
             {"role": "user", "content": body.prompt}]
         ids = chat_prompt(tm, msgs, param="prompt")
-    return await _run(st, request, body.model, body.stream, ids, _params(st, body.options, ids, body.format),
-                      lambda text: {"response": text}, lora)
+    return await _run(st, request, body, ids, lambda text: {"response": text}, lora)
 
 
-@router.post("/api/chat")
+@router.post("/api/chat", openapi_extra=json_body_doc(OllamaChatRequest))
 async def chat(request: Request):
     body = await json_body(request, OllamaChatRequest)
     _refuse_tools_and_thinking(body)
     st = server_state(request)
     lora = await request_adapter(st, body.model, None)
     ids = chat_prompt(st.tokenizer_manager, [{"role": m.role, "content": m.content} for m in body.messages])
-    return await _run(st, request, body.model, body.stream, ids, _params(st, body.options, ids, body.format),
-                      lambda text: {"message": {"role": "assistant", "content": text}}, lora)
+    return await _run(st, request, body, ids, lambda text: {"message": {"role": "assistant", "content": text}}, lora)
 
 
-async def _run(st: ServerState, request: Request, model: str, stream: bool, ids: list[int], params, payload,
-               lora: str | None = None):
+async def _run(st: ServerState, request: Request, body: OllamaGenerateRequest | OllamaChatRequest, ids: list[int],
+               payload, lora: str | None = None):
     start = time.monotonic()
-    group = RequestGroup(st.tokenizer_manager, [ids], params, lora=lora)
-    if stream:
+    model = body.model
+    tm = st.tokenizer_manager
+    group = RequestGroup(tm, [ids], _params(st, body.options, ids, body.format),
+                         timeout=request_timeout(tm, body.timeout), lora=lora)
+    if body.stream:
         return ndjson_response(_stream(group.start(), model, payload, start))
     with group:
         (result,) = await until_disconnected(request, group.collect())
@@ -95,7 +97,7 @@ async def _stream(group: RequestGroup, model: str, payload, start: float):
     try:
         async for _, out in group.outputs():
             if out.finished is not None and out.finished.kind == "abort":
-                yield ndjson({"error": abort_error(out.finished.message).message})
+                yield ndjson({"error": abort_error(out.finished).message})
                 return
             first_token = first_token or (time.monotonic() if out.new_token_ids else None)
             if out.text:

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request
 
 from jackfield.server.app import ServerState, server_state
 from jackfield.server.errors import APIError
-from jackfield.server.generation import RequestGroup, stream_group, until_disconnected
 from jackfield.server.chat_output import ChatPlan, plan_chat
+from jackfield.server.generation import RequestGroup, request_timeout, stream_group, until_disconnected
 from jackfield.server.lora_api import adapter_models, request_adapter
 from jackfield.server.openai_format import (COMPLETION_NAMES, OPENAI_NAMES, UsageTracker, chat_delta,
                                             chat_finish_reason, chat_logprobs, chat_message, completion_logprobs,
@@ -49,7 +49,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     values = plan.sampling_values({**body.sampling_values(), "max_new_tokens": max_new, "logprobs": body.logprobs,
                                    "top_logprobs_num": body.top_logprobs})
     params = sampling_params(values, tm.vocab_size, names)
-    group = RequestGroup(tm, [ids], params, body.n, lora=lora)
+    group = RequestGroup(tm, [ids], params, body.n, request_timeout(tm, body.timeout), lora=lora)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": _model_id(st, lora)}
     if body.stream:
         return sse_response(_chat_stream(st, group.start(), body, head, plan))
@@ -114,7 +114,7 @@ async def completions(body: CompletionRequest, request: Request):
     want_lp = body.logprobs is not None
     params = sampling_params({**body.sampling_values(), "max_new_tokens": max_new, "logprobs": want_lp,
                               "top_logprobs_num": body.logprobs}, tm.vocab_size, COMPLETION_NAMES)
-    group = RequestGroup(tm, prompts, params, body.n, lora=lora)
+    group = RequestGroup(tm, prompts, params, body.n, request_timeout(tm, body.timeout), lora=lora)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": _model_id(st, lora)}
     if body.stream:
         return sse_response(_completion_stream(st, group.start(), body, head))

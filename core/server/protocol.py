@@ -1,25 +1,72 @@
 """Request bodies of every API, as pydantic models. Unknown fields are accepted and ignored.
 
-Validation failures become HTTP 400 in the OpenAI error shape (errors.py). Values are range-checked
-later by SamplingParams, so one rule set holds for every API.
+These models are the OpenAPI contract of the request bodies (openapi.py): every rule a body must
+follow is declared here (types, ranges, non-empty lists, which fields exclude each other), so a
+body the schema allows is one the server accepts. What no schema can say is left to the handlers:
+a prompt that does not fit the context, a min_tokens above max_tokens, token ids at or past the
+vocabulary size (`x-token-id`: openapi.py writes the served model's bound into /openapi.json).
+Validation failures become HTTP 400 in the OpenAI error shape (errors.py). SamplingParams checks
+the same ranges again, so one rule set holds for every API and for the offline engine.
 """
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from jackfield.sampling.constraint import ANY_JSON_OBJECT
+from jackfield.sampling.params import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS
 
-StopField = Union[str, list[str], None]
+
+def _integral(value):
+    """JSON Schema's integers include 2.0; strict pydantic would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def integer(**constraints):
+    """An int (2.0 included) with `Field` constraints; the constraints go first, so the schema has them."""
+    return Annotated[int, Field(**constraints), BeforeValidator(_integral)]
+
+
+Int = integer()
+MAX_N = 64
+Temperature = Annotated[float, Field(ge=0)]
+TopP = Annotated[float, Field(gt=0, le=1)]
+TopK = integer(ge=-1, description="-1 or 0: off")
+Probability = Annotated[float, Field(ge=0, le=1)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+Multiplier = Annotated[float, Field(gt=0)]
+TokenCount = integer(ge=0)
+TopLogprobs = integer(ge=0, le=MAX_TOP_LOGPROBS)
+Choices = integer(ge=1, le=MAX_N)
+NumPredict = integer(ge=-2, description="-1: no limit, -2: fill the context")
+TokenId = integer(ge=0, json_schema_extra={"x-token-id": True})
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+Text = Annotated[str, Field(min_length=1)]
+TokenKey = Annotated[str, Field(pattern=r"^[0-9]+$", json_schema_extra={"x-token-id": True})]
+LogitBias = dict[TokenKey, Annotated[float, Field(ge=-MAX_LOGIT_BIAS, le=MAX_LOGIT_BIAS)]]
+Role = Literal["system", "user", "assistant", "developer", "tool"]
+StopField = Union[Text, list[Text], None]
+BackendName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description=(
+    "an installed grammar backend (GET /v1/plugins) for this request's constraint; default: the server's"))]
+TIMEOUT_DOC = ("Seconds the request may take before it is aborted (HTTP 408); default and upper bound: the server's "
+               "request_timeout")
 T = TypeVar("T", bound=BaseModel)
 
 
+def _bool_only(value):
+    """Literal[False] alone would take 0 (0 == False); the schema says boolean."""
+    if not isinstance(value, bool):
+        raise ValueError("must be a boolean")
+    return value
+
+
 class Body(BaseModel):
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    # strict: a value of another JSON type is refused (no "1" for 1, no 0 for false), as the schema says
+    model_config = ConfigDict(extra="allow", protected_namespaces=(), strict=True)
 
 
 async def json_body(request: Request, model: type[T]) -> T:
@@ -52,6 +99,10 @@ class JSONSchemaFormat(Body):
 
 
 class ResponseFormat(Body):
+    model_config = ConfigDict(json_schema_extra={  # type json_schema needs json_schema.schema
+        "if": {"required": ["type"], "properties": {"type": {"const": "json_schema"}}},
+        "then": {"required": ["json_schema"], "properties": {"json_schema": {
+            "type": "object", "required": ["schema"], "properties": {"schema": {"type": ["object", "boolean"]}}}}}})
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaFormat | None = None
 
@@ -60,31 +111,32 @@ class OpenAISampling(Body):
     """Fields shared by /v1/completions and /v1/chat/completions, with SGLang's extras."""
 
     model: str | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    n: int = 1
+    max_tokens: TokenCount | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    n: Choices = 1
     stop: StopField = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    seed: Int | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: LogitBias | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     response_format: ResponseFormat | None = None
+    timeout: float | None = Field(None, gt=0, description=TIMEOUT_DOC)
     # SGLang extras
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
+    top_k: TopK | None = None
+    min_p: Probability | None = None
+    repetition_penalty: Multiplier | None = None
     ignore_eos: bool = False
-    min_tokens: int | None = None
+    min_tokens: TokenCount | None = None
     skip_special_tokens: bool = True
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[TokenId] | None = None
     no_stop_trim: bool = False
-    regex: str | None = None
-    ebnf: str | None = None
-    grammar_backend: str | None = None
+    regex: Text | None = None
+    ebnf: Text | None = None
+    grammar_backend: BackendName | None = None
     lora_path: Any = None  # the LoRA adapter's name (SGLang); `model: "<model>:<adapter>"` works too
     speculative: bool | None = None  # False: no speculative decoding for this request
 
@@ -104,6 +156,11 @@ class OpenAISampling(Body):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+class TextPart(Body):
+    type: Literal["text"]
+    text: str
+
+
 class FunctionCall(Body):
     name: str
     arguments: str  # JSON text of the arguments object
@@ -118,8 +175,8 @@ class ToolCallItem(Body):
 
 
 class ChatMessage(Body):
-    role: str
-    content: Any = None  # a string or a list of text parts; checked by prompts.content_text
+    role: Role
+    content: Union[str, list[TextPart], None] = None
     name: str | None = None
     tool_calls: list[ToolCallItem] | None = None  # assistant messages
     tool_call_id: str | None = None               # tool messages: the call they answer
@@ -147,10 +204,13 @@ class NamedToolChoice(Body):
 
 
 class ChatCompletionRequest(OpenAISampling):
-    messages: list[ChatMessage]
-    max_completion_tokens: int | None = None
+    model_config = ConfigDict(json_schema_extra={  # top_logprobs needs logprobs: true
+        "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
+        "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}})
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: TokenCount | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: TopLogprobs | None = None
     tools: list[ToolDefinition] | None = None
     tool_choice: Union[Literal["auto", "required", "none"], NamedToolChoice, None] = None
     parallel_tool_calls: bool = True
@@ -158,9 +218,11 @@ class ChatCompletionRequest(OpenAISampling):
 
 
 class CompletionRequest(OpenAISampling):
-    prompt: Any  # a string, strings, token ids or lists of token ids; checked by prompts.completion_prompts
-    logprobs: int | None = None
-    echo: bool = False
+    prompt: Union[Text, Annotated[list[Text], Field(min_length=1)], TokenIds,
+                  Annotated[list[TokenIds], Field(min_length=1)]] = Field(
+        description="A string, strings, token ids or lists of token ids")
+    logprobs: TopLogprobs | None = None
+    echo: Annotated[Literal[False], BeforeValidator(_bool_only)] = Field(False, description="not supported: only false")
 
 
 def response_format_values(rf: ResponseFormat | None) -> dict[str, Any]:
@@ -187,7 +249,7 @@ def ollama_format_values(fmt: OllamaFormat) -> dict[str, Any]:
 
 # ---- Anthropic --------------------------------------------------------------------------------
 class ContentBlock(Body):
-    type: str
+    type: Literal["text", "tool_use", "tool_result"]
     text: str | None = None
     id: str | None = None            # tool_use
     name: str | None = None          # tool_use
@@ -216,35 +278,36 @@ class AnthropicToolChoice(Body):
 
 class MessagesRequest(Body):
     model: str
-    max_tokens: int
-    messages: list[AnthropicMessage]
+    max_tokens: TokenCount
+    messages: list[AnthropicMessage] = Field(min_length=1)
     system: Union[str, list[ContentBlock], None] = None
-    stop_sequences: list[str] | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
+    stop_sequences: list[Text] | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
     stream: bool = False
     metadata: dict[str, Any] | None = None
     tools: list[AnthropicTool] | None = None
     tool_choice: AnthropicToolChoice | None = None
+    timeout: float | None = Field(None, gt=0, description=TIMEOUT_DOC)
 
 
 # ---- Ollama -----------------------------------------------------------------------------------
 class OllamaOptions(Body):
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    num_predict: int | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
+    min_p: Probability | None = None
+    num_predict: NumPredict | None = None
     stop: StopField = None
-    seed: int | None = None
-    repeat_penalty: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    seed: Int | None = None
+    repeat_penalty: Multiplier | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
 
 
 class OllamaMessage(Body):
-    role: str
+    role: Role
     content: str = ""
 
 
@@ -259,24 +322,57 @@ class OllamaGenerateRequest(Body):
     stream: bool = True
     format: OllamaFormat = None
     options: OllamaOptions = Field(default_factory=OllamaOptions)
+    timeout: float | None = Field(None, gt=0, description=TIMEOUT_DOC)
 
 
 class OllamaChatRequest(Body):
     model: str
-    messages: list[OllamaMessage]
+    messages: list[OllamaMessage] = Field(min_length=1)
     stream: bool = True
     format: OllamaFormat = None
     options: OllamaOptions = Field(default_factory=OllamaOptions)
+    timeout: float | None = Field(None, gt=0, description=TIMEOUT_DOC)
 
 
 # ---- native -----------------------------------------------------------------------------------
+class NativeSamplingParams(Body):
+    """`sampling_params` of /generate: SGLang's names (jackfield.sampling.SamplingParams)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_new_tokens: TokenCount | None = None
+    min_new_tokens: TokenCount | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
+    min_p: Probability | None = None
+    repetition_penalty: Multiplier | None = None
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    logit_bias: LogitBias | None = None
+    seed: Int | None = None
+    stop: StopField = None
+    stop_token_ids: list[TokenId] | None = None
+    ignore_eos: bool | None = None
+    n: Choices | None = None
+    skip_special_tokens: bool | None = None
+    no_stop_trim: bool | None = None
+    json_schema: Union[dict[str, Any], str, None] = Field(None, description="a JSON schema, or its JSON text")
+    regex: Text | None = None
+    ebnf: Text | None = None
+    choices: Annotated[list[str], Field(min_length=1)] | None = Field(None, description="the output is one of these")
+    grammar_backend: BackendName | None = None
+
+
 class GenerateRequest(Body):
     """POST /generate, SGLang's native API: one prompt (`text` or `input_ids`) or a list of them."""
 
-    text: Any = None        # a string or a list of strings
-    input_ids: Any = None   # token ids or a list of token-id lists
-    sampling_params: dict[str, Any] | None = None
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["input_ids"]}]})
+    text: Union[Text, Annotated[list[Text], Field(min_length=1)]] = Field(None, description="exclusive with input_ids")
+    input_ids: Union[TokenIds, Annotated[list[TokenIds], Field(min_length=1)]] = Field(
+        None, description="exclusive with text")
+    sampling_params: NativeSamplingParams | None = None
     stream: bool = False
     return_logprob: bool = False
-    top_logprobs_num: int = 0
+    top_logprobs_num: TopLogprobs = 0
+    timeout: float | None = Field(None, gt=0, description=TIMEOUT_DOC)
     lora_path: Any = None   # a LoRA adapter's name, or a list with one name (or null) per prompt

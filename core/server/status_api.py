@@ -6,14 +6,17 @@ import asyncio
 import logging
 from dataclasses import asdict
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from jackfield.sampling.params import SamplingParams
+from jackfield.server.admin import admin_only
+from jackfield.server.drain import RETRY_AFTER_S
 from jackfield.server.app import server_state
 from jackfield.server.errors import APIError
 from jackfield.server.generation import RequestGroup
+from jackfield.server.openapi import error_responses
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -23,6 +26,9 @@ HEALTH_GENERATE_TIMEOUT_S = 60.0
 def _require_healthy(st) -> None:
     if st.failure is not None:
         raise APIError(503, f"unhealthy: {st.failure}")
+    if st.draining:
+        raise APIError(503, "the server is shutting down (draining)", code="shutting_down",
+                       headers={"Retry-After": str(RETRY_AFTER_S)})
     if not st.ready:
         raise APIError(503, "the server is starting: the model is loading or warming up")
 
@@ -70,11 +76,12 @@ async def get_server_info(request: Request) -> dict:
             "requests_in_flight": st.tokenizer_manager.num_in_flight, "process_ids": st.process_ids}
 
 
-@router.api_route("/flush_cache", methods=["POST", "GET"])
+@router.post("/flush_cache", dependencies=[Depends(admin_only)], responses=error_responses(403, 409))
 async def flush_cache(request: Request):
+    """Admin: empty the prefix cache (POST only: a GET that changes state is a cross-site request away)."""
     out = await server_state(request).tokenizer_manager.flush_cache()
     if not out.ok:
-        raise APIError(400, out.message or "the cache could not be flushed")
+        raise APIError(409, out.message or "the cache could not be flushed", code="busy")
     return {"ok": True, "message": "the prefix cache was flushed"}
 
 
@@ -96,4 +103,5 @@ async def metrics(request: Request) -> Response:
         st.metrics.update_scheduler(await st.tokenizer_manager.get_stats())
     except Exception as exc:  # still serve the HTTP-side metrics
         log.warning("metrics: scheduler stats unavailable: %s", exc)
+    st.metrics.update_processes(st.process_ids)
     return Response(st.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -47,6 +47,9 @@ class ScriptedManager:
     finish: str = "stop"
     context_len: int = 1 << 20
     vocab_size: int = 1001
+    max_prompt_chars: int = 1 << 30
+    default_timeout: float | None = None
+    max_in_flight: int | None = None
     submitted: list = field(default_factory=list)
     num_in_flight: int = 0
 
@@ -62,6 +65,9 @@ class ScriptedManager:
             finished = FinishReason(self.finish, matched=0 if self.finish == "stop" else None) if last else None
             queue.put_nowait(ReqOutput(rid, [1], finished, len(input_ids), k + 1, 0, text=text))
         return rid
+
+    def admit(self, count: int) -> None:
+        pass
 
     def abort(self, rid: str) -> None:
         pass

@@ -1,0 +1,45 @@
+"""Schemathesis hooks of the API fuzzing run: schema-valid bodies that break a rule no JSON schema
+states are not sent as valid data: more generations than one call may ask for (prompts x n), and
+structured-output constraints (a regex, a grammar or a JSON schema is valid only if its compiler
+says so; two constraints in one body exclude each other, a rule left out of the schema because it
+made generation several times slower; grammar_backend needs a constraint). Each is refused by the
+server with a 400 and documented in docs/server.md (tests/grammar covers the constraint compilers'
+errors). Bodies meant to be invalid (negative cases) are sent as generated."""
+from __future__ import annotations
+
+import schemathesis
+from schemathesis.generation import GenerationMode
+
+MAX_GENERATIONS = 256  # generation.MAX_REQUESTS_PER_CALL: prompts x n
+CONSTRAINTS = ("regex", "ebnf", "json_schema", "choices", "grammar_backend")  # the last needs one of the others
+
+
+def _constrained(body: dict) -> bool:
+    sp = body.get("sampling_params") if isinstance(body.get("sampling_params"), dict) else {}
+    rf = body.get("response_format") if isinstance(body.get("response_format"), dict) else {}
+    return (any(body.get(k) is not None or sp.get(k) is not None for k in CONSTRAINTS)
+            or rf.get("type") == "json_schema" or isinstance(body.get("format"), dict))
+
+
+def servable(body) -> bool:
+    if not isinstance(body, dict):
+        return True
+    prompt = body.get("prompt")
+    prompts = len(prompt) if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) else 1
+    n = body.get("n") if isinstance(body.get("n"), int) else 1
+    return (prompts * n <= MAX_GENERATIONS and not _constrained(body)
+            and not (body.get("top_logprobs") is not None and body.get("logprobs") is not True))
+
+
+@schemathesis.hook
+def filter_body(ctx, body) -> bool:
+    """Valid data of the examples and fuzzing phases."""
+    return servable(body)
+
+
+@schemathesis.hook
+def filter_case(ctx, case) -> bool:
+    """The coverage phase's valid cases (it does not run filter_body)."""
+    meta = getattr(case, "meta", None)
+    positive = meta is None or meta.generation.mode == GenerationMode.POSITIVE
+    return not positive or servable(case.body)
