@@ -2,9 +2,11 @@
 states are not sent as valid data: more generations than one call may ask for (prompts x n), and
 structured-output constraints (a regex, a grammar or a JSON schema is valid only if its compiler
 says so; two constraints in one body exclude each other, a rule left out of the schema because it
-made generation several times slower; grammar_backend needs a constraint). Each is refused by the
+made generation several times slower; grammar_backend needs a constraint), and tool calling (a
+tool's parameters must compile as a JSON schema of an object; tool_use blocks belong to assistant
+turns and tool_result blocks to user turns; past calls carry JSON arguments). Each is refused by the
 server with a 400 and documented in docs/server.md (tests/grammar covers the constraint compilers'
-errors). Bodies meant to be invalid (negative cases) are sent as generated."""
+errors, tests/server/test_chat_tools.py the tool checks). Bodies meant to be invalid (negative cases) are sent as generated."""
 from __future__ import annotations
 
 import schemathesis
@@ -21,13 +23,21 @@ def _constrained(body: dict) -> bool:
             or rf.get("type") == "json_schema" or isinstance(body.get("format"), dict))
 
 
+def _uses_tools(body: dict) -> bool:
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    blocks = [b for m in messages if isinstance(m, dict) and isinstance(m.get("content"), list) for b in m["content"]]
+    return (body.get("tools") is not None or body.get("tool_choice") is not None
+            or any(isinstance(m, dict) and (m.get("tool_calls") is not None or m.get("role") == "tool") for m in messages)
+            or any(isinstance(b, dict) and b.get("type") in ("tool_use", "tool_result") for b in blocks))
+
+
 def servable(body) -> bool:
     if not isinstance(body, dict):
         return True
     prompt = body.get("prompt")
     prompts = len(prompt) if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) else 1
     n = body.get("n") if isinstance(body.get("n"), int) else 1
-    return (prompts * n <= MAX_GENERATIONS and not _constrained(body)
+    return (prompts * n <= MAX_GENERATIONS and not _constrained(body) and not _uses_tools(body)
             and not (body.get("top_logprobs") is not None and body.get("logprobs") is not True))
 
 
