@@ -90,7 +90,7 @@ def load_shared(param: torch.Tensor, tensor: torch.Tensor, name: str) -> None:
     with torch.no_grad():
         if bool((param < 0).all()):
             param.copy_(tensor)
-        elif not torch.equal(param, tensor.to(param.dtype)):
+        elif not torch.equal(param, tensor.to(param.device, param.dtype)):
             raise ValueError(f"the shards of a fused layer have different {name}; such checkpoints are not supported")
 
 
