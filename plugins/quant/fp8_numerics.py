@@ -75,6 +75,13 @@ def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, block: tuple[int, in
     return q.float() * expand_blocks(scale.float(), tuple(q.shape), block)
 
 
+def w8a16_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] | None,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x dequant(W)^T + b in float32 with x not quantized: the numerics of the one-row GEMV that
+    CUDA takes at batch-1 decode where the tuner finds it faster than the W8A8 path."""
+    return F.linear(x.float(), dequantize_weight(q, scale, block), None if bias is None else bias.float())
+
+
 def w8a8_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] | None,
                    bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = dequant(quant(x)) dequant(W)^T + b in float32, x [M, K] quantized per token (per token and
