@@ -44,7 +44,7 @@ def _cases(everything: bool = False) -> dict:
                 wk._w8a16_kernel, {"x_ptr": p(xd), "w_ptr": p(wd), "s_ptr": "*fp32", "b_ptr": p(xd), "y_ptr": p(xd)},
                 {"HAS_BIAS": True, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8})
         int4_args = {"x_ptr": p(xd), "q_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*fp16", "b_ptr": p(xd), "y_ptr": p(xd)}
-        for bn, bk, _, _ in GEMV_CONFIGS if everything else GEMV_CONFIGS[3:4]:
+        for bn, bk, _, _ in GEMV_CONFIGS if everything else (GEMV_CONFIGS[3], GEMV_CONFIGS[8]):  # within / across groups
             cases[f"int4_gemv_{xd}_{bn}x{bk}"] = (k4._int4_gemv_kernel, int4_args,
                                                   {"GROUP": 128, "HAS_BIAS": True, "BLOCK_N": bn, "BLOCK_K": bk,
                                                    "PDL": True})
