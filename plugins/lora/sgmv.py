@@ -1,9 +1,10 @@
 """Triton kernels of the `triton` LoRA backend (Punica / S-LoRA style), each adding into the base
 GEMM's output in place, so no separate add runs.
 
-- SGMV (prefill, mixed): segments of consecutive tokens sharing a slot. `shrink` computes
-  xa = x A_s^T per (token block, segment, slice); `expand` computes out += scaling_s * xa_j B_s,j^T per
-  (token block x column block, segment, slice). A program whose segment runs the base model (slot -1)
+- SGMV (prefill, mixed): segments of consecutive tokens sharing a slot. `shrink` computes float32
+  partials of xa = x A_s^T per (token block x K chunk, segment, slice), K split only while the grid
+  is small; `expand` sums them and computes out += scaling_s * xa_j B_s,j^T per (token block x
+  column block, segment, slice). A program whose segment runs the base model (slot -1)
   or whose slot does not adapt the slice (rank 0) returns at once.
 - BGMV (decode): one token per row, any slot per token. `shrink` is a split-K matrix-vector
   product per (token, slice, K chunk) writing float32 partial sums; `expand` sums a token's partials
@@ -26,6 +27,11 @@ import triton.language as tl
 DECODE_SPLIT_K = 256
 DECODE_BLOCK_K = 128  # columns of K per load in a shrink program
 DECODE_BLOCK_N = 128
+# Prefill / mixed: the shrink splits K (each split at least this many columns) until the grid has
+# about this many programs, so a short prompt's few token blocks do not each walk all of K alone.
+PREFILL_PROGRAMS = 256
+PREFILL_MIN_SPLIT_K = 256
+PREFILL_BLOCK_K = 64
 
 
 @triton.jit
@@ -34,10 +40,13 @@ def _slice(j, v0, v1, v2):
 
 
 @triton.jit
-def _sgmv_shrink(x, a, xa, seg_starts, seg_lens, seg_slots, ranks, K, stride_x, stride_as, stride_ar, stride_xa,
-                 stride_rk, MAX_RANK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
-                 BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    pid_t = tl.program_id(0)
+def _sgmv_shrink(x, a, xa, seg_starts, seg_lens, seg_slots, ranks, K, K_SPLIT, num_splits, stride_x, stride_as,
+                 stride_ar, stride_xs, stride_xa, stride_rk, MAX_RANK: tl.constexpr, BLOCK_T: tl.constexpr,
+                 BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """Program (token block x K chunk, segment, slice) writes the float32 partial x A^T over its
+    K_SPLIT columns of K to xa[split] (the expand sums the splits)."""
+    pid_t = tl.program_id(0) // num_splits
+    split = tl.program_id(0) % num_splits
     seg = tl.program_id(1)
     j = tl.program_id(2)
     slot = tl.load(seg_slots + seg)
@@ -54,18 +63,18 @@ def _sgmv_shrink(x, a, xa, seg_starts, seg_lens, seg_slots, ranks, K, stride_x, 
     k = tl.arange(0, BLOCK_K)
     a_base = a + slot.to(tl.int64) * stride_as + (j * MAX_RANK + r)[None, :] * stride_ar
     acc = tl.zeros((BLOCK_T, BLOCK_R), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(split * K_SPLIT, tl.minimum(K, (split + 1) * K_SPLIT), BLOCK_K):
         kk = k0 + k
         xt = tl.load(x + rows[:, None] * stride_x + kk[None, :], mask=(t < n)[:, None] & (kk < K)[None, :], other=0.0)
         at = tl.load(a_base + kk[:, None], mask=(kk < K)[:, None] & (r < rank)[None, :], other=0.0)
         acc += tl.dot(xt, at, input_precision=PRECISION)
-    tl.store(xa + rows[:, None] * stride_xa + (j * MAX_RANK + r)[None, :], acc.to(xa.dtype.element_ty),
+    tl.store(xa + split * stride_xs + rows[:, None] * stride_xa + (j * MAX_RANK + r)[None, :], acc,
              mask=(t < n)[:, None] & (r < MAX_RANK)[None, :])
 
 
 @triton.jit
 def _sgmv_expand(xa, b, out, seg_starts, seg_lens, seg_slots, ranks, scalings, off0, off1, off2, size0, size1, size2,
-                 stride_xa, stride_bs, stride_bn, stride_out, stride_rk, MAX_RANK: tl.constexpr, BLOCK_T: tl.constexpr,
+                 num_splits, stride_xs, stride_xa, stride_bs, stride_bn, stride_out, stride_rk, MAX_RANK: tl.constexpr, BLOCK_T: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PRECISION: tl.constexpr):
     pid = tl.program_id(0)
     seg = tl.program_id(1)
@@ -87,11 +96,13 @@ def _sgmv_expand(xa, b, out, seg_starts, seg_lens, seg_slots, ranks, scalings, o
     rows = (start + t).to(tl.int64)
     c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     r = tl.arange(0, BLOCK_R)
-    xt = tl.load(xa + rows[:, None] * stride_xa + (j * MAX_RANK + r)[None, :],
-                 mask=(t < n)[:, None] & (r < rank)[None, :], other=0.0)
+    xt = tl.zeros((BLOCK_T, BLOCK_R), dtype=tl.float32)
+    for sp in range(num_splits):
+        xt += tl.load(xa + sp * stride_xs + rows[:, None] * stride_xa + (j * MAX_RANK + r)[None, :],
+                      mask=(t < n)[:, None] & (r < rank)[None, :], other=0.0)
     bt = tl.load(b + slot.to(tl.int64) * stride_bs + (offset + c)[None, :] * stride_bn + r[:, None],
                  mask=(r < rank)[:, None] & (c < size)[None, :], other=0.0)
-    delta = tl.dot(xt, bt, input_precision=PRECISION) * tl.load(scalings + slot)
+    delta = tl.dot(xt.to(bt.dtype), bt, input_precision=PRECISION) * tl.load(scalings + slot)
     mask = (t < n)[:, None] & (c < size)[None, :]
     ptrs = out + rows[:, None] * stride_out + (offset + c)[None, :]
     prev = tl.load(ptrs, mask=mask, other=0.0)
@@ -176,18 +187,23 @@ def sgmv(x: torch.Tensor, weights, out: torch.Tensor, batch) -> torch.Tensor:
     n_slices, segs = weights.num_slices, batch.num_segments
     block_t = 16 if batch.max_seg_len <= 16 else 64
     block_r, prec = _block_r(big), _precision(x.dtype)
-    xa = torch.empty(x.shape[0], n_slices * big, dtype=x.dtype, device=x.device)
-    t_blocks = triton.cdiv(batch.max_seg_len, block_t)
-    _sgmv_shrink[(t_blocks, segs, n_slices)](
-        x, a, xa, batch.seg_starts, batch.seg_lens, batch.seg_slots, ranks, x.shape[1], x.stride(0), a.stride(0),
-        a.stride(1), xa.stride(0), ranks.stride(0), MAX_RANK=big, BLOCK_T=block_t, BLOCK_R=block_r, BLOCK_K=64,
-        PRECISION=prec)
+    t_blocks, k = triton.cdiv(batch.max_seg_len, block_t), x.shape[1]
+    # split K while the grid is smaller than PREFILL_PROGRAMS (a short prompt: a few token blocks)
+    splits = max(1, min(triton.cdiv(k, PREFILL_MIN_SPLIT_K), PREFILL_PROGRAMS // (t_blocks * segs * n_slices)))
+    k_split = triton.cdiv(triton.cdiv(k, splits), PREFILL_BLOCK_K) * PREFILL_BLOCK_K
+    splits = triton.cdiv(k, k_split)
+    xa = torch.empty(splits, x.shape[0], n_slices * big, dtype=torch.float32, device=x.device)
+    _sgmv_shrink[(t_blocks * splits, segs, n_slices)](
+        x, a, xa, batch.seg_starts, batch.seg_lens, batch.seg_slots, ranks, k, k_split, splits, x.stride(0),
+        a.stride(0), a.stride(1), xa.stride(0), xa.stride(1), ranks.stride(0), MAX_RANK=big, BLOCK_T=block_t,
+        BLOCK_R=block_r, BLOCK_K=PREFILL_BLOCK_K, PRECISION=prec)
     offsets, sizes = _slices(weights)
     block_n = 64
     n_blocks = triton.cdiv(max(sizes), block_n)
     _sgmv_expand[(t_blocks * n_blocks, segs, n_slices)](
         xa, b, out, batch.seg_starts, batch.seg_lens, batch.seg_slots, ranks, batch.scalings, *offsets, *sizes,
-        xa.stride(0), b.stride(0), b.stride(1), out.stride(0), ranks.stride(0), MAX_RANK=big, BLOCK_T=block_t,
+        splits, xa.stride(0), xa.stride(1), b.stride(0), b.stride(1), out.stride(0), ranks.stride(0), MAX_RANK=big,
+        BLOCK_T=block_t,
         BLOCK_N=block_n, BLOCK_R=block_r, PRECISION=prec)
     return out
 
