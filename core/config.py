@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     # --- memory ------------------------------------------------------------------------------
     page_size: int = Field(1, ge=1, description="Tokens per KV page")
     mem_fraction_static: float | None = Field(None, gt=0, lt=1, description="GPU: fraction of memory for weights + KV cache")
-    kv_cache_bytes: int | None = Field(None, gt=0, description="CPU: byte budget of the KV cache (default 1 GiB)")
+    kv_cache_bytes: int | None = Field(None, gt=0, description="Byte budget of the KV cache (CPU default 1 GiB; on GPU it replaces mem_fraction_static)")
     max_total_tokens: int | None = Field(None, gt=0, description="Cap on KV slots in the pool")
     # --- scheduler ---------------------------------------------------------------------------
     max_running_requests: int | None = Field(None, gt=0, description="Most requests in the running batch")
