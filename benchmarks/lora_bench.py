@@ -110,7 +110,8 @@ def main(argv=None) -> int:
                    "lora_backend": info.components["lora"]["name"] if args.adapters else None,
                    "adapters": args.adapters, "rank": args.rank if args.adapters else None,
                    "max_loras": info.settings.max_loras if args.adapters else None,
-                   "input_len": input_len, "output_len": output_len}
+                   "input_len": input_len, "output_len": output_len,
+                   "cuda_graphs": sched.runner.graph_runner is not None}
         if latency:
             rows = []
             for bs in args.batch_size:

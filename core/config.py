@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     # --- memory ------------------------------------------------------------------------------
     page_size: int = Field(1, ge=1, description="Tokens per KV page")
     mem_fraction_static: float | None = Field(None, gt=0, lt=1, description="GPU: fraction of memory for weights + KV cache")
-    kv_cache_bytes: int | None = Field(None, gt=0, description="CPU: byte budget of the KV cache (default 1 GiB)")
+    kv_cache_bytes: int | None = Field(None, gt=0, description="Byte budget of the KV cache (CPU default 1 GiB; on GPU it replaces mem_fraction_static)")
     max_total_tokens: int | None = Field(None, gt=0, description="Cap on KV slots in the pool")
     # --- scheduler ---------------------------------------------------------------------------
     max_running_requests: int | None = Field(None, gt=0, description="Most requests in the running batch")
@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     # --- structured outputs ------------------------------------------------------------------
     disable_jump_forward: bool = Field(False, description="Decode text the grammar forces token by token instead of appending it at once")
     grammar_compile_timeout: float = Field(60.0, gt=0, description="Seconds a constraint may take to compile before its request fails")
+    tool_call_parser: str = Field("auto", description="Tool-call parser name, auto (from the chat template) or none")
+    reasoning_parser: str = Field("auto", description="Reasoning parser name, auto (on by default only for reasoning templates) or none")
     # --- speculative decoding ----------------------------------------------------------------
     speculative_num_draft_tokens: int = Field(8, ge=1, le=64, description="Tokens per request in one verify forward, the last verified token included (drafts = this - 1)")
     speculative_num_steps: int = Field(5, ge=1, le=32, description="draft_model / eagle: depth of the draft tree (draft forwards per step)")
@@ -106,6 +108,14 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(100 << 20, gt=0, description="Largest file /v1/files accepts (413 above)")
     batch_concurrency: int = Field(8, ge=1, description="Requests of one batch in flight at once (low priority in the scheduler)")
     # --- reliability and security ------------------------------------------------------------
+    watchdog_timeout: float = Field(300.0, gt=0, description="Seconds the scheduler may spend in one loop iteration (one forward) before the server declares it stuck, dumps its stacks and exits")
+    shutdown_timeout: float = Field(30.0, ge=0, description="On SIGTERM: seconds to let in-flight requests finish before aborting them")
+    max_queued_requests: int | None = Field(None, ge=0, description="Most requests waiting beyond max_running_requests; more get 503 with Retry-After (unset: no limit)")
+    max_request_bytes: int = Field(64 << 20, gt=0, description="Largest accepted HTTP request body in bytes; larger gets 413")
+    request_timeout: float | None = Field(None, gt=0, description="Default and largest per-request time limit in seconds (a request may ask for less with `timeout`; unset: none)")
+    metrics_public: bool = Field(False, description="Serve /metrics without the API key")
+    allowed_origins: list[str] = Field(default_factory=list, description="CORS: origins allowed to call the API from a browser (\"*\" for any; empty: CORS off)")
+    file_root: str | None = Field(None, description="Directory below which routes that take a file path (adapter loading) may read; unset: such routes refuse every path")
 
     @field_validator("lora_paths")
     @classmethod

@@ -151,9 +151,9 @@ class EngineLoop:
             if sched.has_work():
                 try:
                     self._dispatch(sched.step())
-                except Exception as exc:  # a failing forward fails its requests, not the engine
+                except Exception as exc:  # a failing forward fails the request at fault, not the engine
                     log.exception("scheduler step failed")
-                    self._dispatch(sched.abort_all(f"internal error: {type(exc).__name__}: {exc}"))
+                    self._dispatch(sched.recover(exc))
 
     def shutdown(self) -> None:
         if self._stop.is_set():

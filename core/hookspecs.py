@@ -40,7 +40,9 @@ if TYPE_CHECKING:
     from jackfield.sdk.model import CausalLM
     from jackfield.sdk.moe import MoEDispatcher
     from jackfield.sdk.quant import QuantizationMethod
+    from jackfield.sdk.reasoning_parser import ReasoningParser
     from jackfield.sdk.spec import SpeculativeDecoder
+    from jackfield.sdk.tool_parser import ToolCallParser
 
 PROJECT = "jackfield"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -139,6 +141,29 @@ def jackfield_register_lora_backends(register: Callable[[type[LoRABackend]], Non
     (``LoRAWeights``) it passes in; per forward that uses an adapter it calls
     ``prepare(LoRABatch)`` (each token's slot, as segments), then every LoRA-wrapped linear layer
     calls ``apply(weights, x, base_out)``, which returns base_out plus the low-rank updates.
+    """
+
+
+@hookspec
+def jackfield_register_tool_parsers(register: Callable[[type[ToolCallParser]], None]) -> None:
+    """Register tool-call parsers (subclasses of ``jackfield.sdk.ToolCallParser``).
+
+    Selected once by the server, after the tokenizer is loaded, by ``tool_call_parser``: ``auto``
+    takes the parser whose ``template_score`` of the model's chat template is highest (ties and a
+    template no parser knows go to the highest ``priority``). Never on the hot path: the API layer
+    constructs the chosen class per chat request that has ``tools``, with the request's ``Tool``
+    list, and feeds it the detokenized text (``stream().feed``) or the finished text (``parse``).
+    """
+
+
+@hookspec
+def jackfield_register_reasoning_parsers(register: Callable[[type[ReasoningParser]], None]) -> None:
+    """Register reasoning parsers (subclasses of ``jackfield.sdk.ReasoningParser``).
+
+    Selected once by the server by ``reasoning_parser``: ``auto`` takes the parser whose
+    ``template_score`` of the chat template is highest, and separates reasoning by default only
+    when that score is above 0. The API layer constructs the class per generation that separates
+    reasoning (``in_reasoning`` from ``starts_in_reasoning(prompt)``) and feeds it the text.
     """
 
 

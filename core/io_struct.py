@@ -94,6 +94,7 @@ class FinishReason:
     kind: str               # "stop" | "length" | "abort"
     matched: Any = None     # the stop token id or stop string, when kind == "stop"
     message: str = ""       # why, for aborts
+    status: int | None = None  # the HTTP status the server answers an abort with (None: derived from message)
 
     def to_openai(self) -> str:
         return self.kind if self.kind in ("stop", "length") else "abort"
@@ -140,6 +141,7 @@ class StatsOut:
     total_prompt_tokens: int = 0
     total_cached_tokens: int = 0
     total_generated_tokens: int = 0
+    kv_cached_tokens: int = 0    # KV slots held only by the radix cache (evictable)
     spec_verify_steps: int = 0     # speculative decoding: request-steps verified,
     spec_proposed: int = 0         # draft tokens proposed,
     spec_accepted: int = 0         # draft tokens accepted,

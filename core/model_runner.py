@@ -130,14 +130,14 @@ class ModelRunner:
         s, cfg = self.setup.settings, self.config
         per_token = self.kv_layout.bytes_per_token(cfg.num_layers, self.kv_dtype)
         per_token += self.draft_memory[1]
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and not s.kv_cache_bytes:
             torch.cuda.empty_cache()  # return load-time temporaries (weight repacking) first
             free, total = torch.cuda.mem_get_info(self.device)
             frac = s.mem_fraction_static or 0.85
             budget = int(total * frac) - (total - free) - self.draft_memory[0]
             if budget <= 0:
                 raise ValueError(f"no GPU memory left for the KV cache (mem_fraction_static={frac}); raise it")
-        else:
+        else:  # an explicit budget (on GPU too: independent of what other processes hold)
             budget = s.kv_cache_bytes or CPU_DEFAULT_KV_BYTES
         tokens = budget // per_token
         if s.max_total_tokens:

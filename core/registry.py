@@ -13,7 +13,9 @@ from jackfield.sdk.lora import LoRABackend
 from jackfield.sdk.model import CausalLM
 from jackfield.sdk.moe import MoEDispatcher
 from jackfield.sdk.quant import QuantizationMethod
+from jackfield.sdk.reasoning_parser import ReasoningParser
 from jackfield.sdk.spec import SpeculativeDecoder
+from jackfield.sdk.tool_parser import ToolCallParser
 
 # kind -> (hook name, base class)
 KIND_HOOKS: dict[str, tuple[str, type]] = {
@@ -24,6 +26,8 @@ KIND_HOOKS: dict[str, tuple[str, type]] = {
     "grammar": ("jackfield_register_grammar_backends", GrammarBackend),
     "model": ("jackfield_register_model_architectures", CausalLM),
     "lora": ("jackfield_register_lora_backends", LoRABackend),
+    "tool_parser": ("jackfield_register_tool_parsers", ToolCallParser),
+    "reasoning_parser": ("jackfield_register_reasoning_parsers", ReasoningParser),
 }
 
 

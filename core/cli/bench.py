@@ -9,6 +9,7 @@ BENCHES = {
     "serving": "Load generator against an OpenAI-compatible server",
     "prefix": "Shared-prefix workload with the radix cache on and off",
     "grammar": "Structured outputs: mask time per backend, constrained tok/s, jump-forward latency",
+    "soak": "Mixed traffic with client faults for N minutes; checks nothing is lost or leaked",
     "spec": "Speculative decoding on vs off: tok/s and accepted length per concurrency",
 }
 

@@ -8,7 +8,7 @@ from jackfield.sdk.component import KINDS
 
 # The CLI's short spellings of two kinds.
 KIND_ALIASES = {"quant": "quantization", "spec": "speculative"}
-CLI_KINDS = ("attention", "quant", "moe", "spec", "grammar", "model", "lora")
+CLI_KINDS = ("attention", "quant", "moe", "spec", "grammar", "model", "lora", "tool_parser", "reasoning_parser")
 
 
 def kind_arg(value: str) -> str:

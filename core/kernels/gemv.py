@@ -130,9 +130,17 @@ def fits(cfg: GemvConfig, k: int, wscale: WeightScale | None = None) -> bool:
     return k % cfg.block_k == 0 and (block_k is None or block_k % cfg.block_k == 0)
 
 
+# One-byte codes (int8 / FP8 with per-row scales) move half of bf16's bytes per chunk: chunks twice
+# as long too, so that a program keeps as many bytes of weight in flight.
+CODE_CANDIDATES = CANDIDATES + tuple(GemvConfig(n, k, w, s) for n, k, w, s in [
+    (4, 2048, 8, 3), (8, 1024, 4, 3), (8, 2048, 8, 2), (2, 4096, 8, 2)])
+
+
 def candidates(wscale: WeightScale | None) -> tuple[GemvConfig, ...]:
     """The configurations timed for a weight with these scales."""
-    return BLOCK_SCALE_CANDIDATES if wscale is not None and wscale.block is not None else CANDIDATES
+    if wscale is None:
+        return CANDIDATES
+    return BLOCK_SCALE_CANDIDATES if wscale.block is not None else CODE_CANDIDATES
 
 
 def _launch(x, r, g, weight, bias, y, r_out, eps, cfg, add_res=False, norm=False, silu_mul=False,

@@ -116,6 +116,8 @@ class Admission:
         for r in list(s.waiting):
             if num_running + len(chosen) >= max_running or s.runner.req_to_token_pool.available_size() == 0:
                 break
+            if r.suspect and (chosen or any(h.suspect for h in s._holders())) or chosen and chosen[-1].suspect:
+                break  # one suspect of a failed forward in flight at a time, prefilled alone (isolation.py)
             if rem_chunk <= 0 or rem_input <= 0:
                 break
             r.match_prefix(s.tree_cache)

@@ -37,7 +37,8 @@ def collect_outputs(finished: list[Req], running, stream_interval: int) -> list[
 def stats_out(sched) -> StatsOut:
     pre, dec = sched.stats.rates()
     total = sched.runner.max_total_tokens
-    used = total - sched.runner.allocator.available_size() - sched.tree_cache.evictable_size()
+    cached = sched.tree_cache.evictable_size()
+    used = total - sched.runner.allocator.available_size() - cached
     st = sched.stats
     sp = sched.spec.stats if sched.spec is not None else None
     spec = dict(spec_verify_steps=sp.verify_steps, spec_proposed=sp.proposed, spec_accepted=sp.accepted,
@@ -45,4 +46,5 @@ def stats_out(sched) -> StatsOut:
     return StatsOut(num_running=len(sched.running) if sched.running else 0, num_waiting=len(sched.waiting),
                     kv_used_tokens=used, kv_total_tokens=total, cache_hit_rate=st.cache_hit_rate,
                     prefill_tokens_per_s=pre, decode_tokens_per_s=dec, total_prompt_tokens=st.prompt_tokens,
-                    total_cached_tokens=st.cached_tokens, total_generated_tokens=st.generated_tokens, **spec)
+                    total_cached_tokens=st.cached_tokens, total_generated_tokens=st.generated_tokens,
+                    kv_cached_tokens=cached, **spec)

@@ -86,6 +86,8 @@ class Req:
         self.cached_tokens = -1                     # prompt tokens served by the cache, set at first admission
         self.finished_reason: FinishReason | None = None
         self.retractions = 0
+        self.suspect = False   # was in a failed forward with others; prefilled alone (isolation.py)
+        self.failures = 0      # failed forwards it was in without being singled out
         self.sent_len = 0
         self.logprobs: list[TokenLogprob] = []
         self.grammar = None  # the constraint's matcher (jackfield.sdk.Grammar) once compiled

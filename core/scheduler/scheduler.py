@@ -39,6 +39,7 @@ from jackfield.scheduler.adapters import AdapterScheduling
 from jackfield.scheduler.admission import Admission, reject_reason
 from jackfield.scheduler.batch_planner import plan_batch
 from jackfield.scheduler.forward_job import ForwardJob, StepResult, forward_logits, run_forward_job, sample_job
+from jackfield.scheduler.isolation import recover_from_failure
 from jackfield.scheduler.outputs import collect_outputs, req_output, stats_out
 from jackfield.scheduler.overlap import make_launcher
 from jackfield.scheduler.policy import SchedulePolicy
@@ -283,10 +284,13 @@ class Scheduler:
         return True
 
     def _commit(self, job: ForwardJob) -> None:
-        """After a forward: its prefill KV joins the tree; rows held back for it are freed."""
-        for r, kv in zip(job.extend_reqs, job.extend_kv):
+        """After a forward: its prefill KV joins the tree; rows held back for it are freed; a
+        suspect whose prefill completed is cleared (isolation.py)."""
+        for r, kv, final in zip(job.extend_reqs, job.extend_kv, job.extend_final):
             if r.req_pool_idx is not None:
                 self.tree_cache.cache_unfinished_req(r, kv)
+            if final:
+                r.suspect = False
         self.releaser.flush()
 
     def _process(self, job: ForwardJob, result: StepResult) -> None:
@@ -360,9 +364,26 @@ class Scheduler:
         self.finished_out.append(r)
         return self._emit()
 
+    def recover(self, exc: Exception) -> list:
+        """After `step()` raised: abort the request at fault (naming the plugin that raised) and
+        requeue the others (isolation.py); returns the outputs to send."""
+        from jackfield.plugin_faults import describe
+
+        return recover_from_failure(self, f"internal error: {describe(exc, getattr(self, 'pm', None))}")
+
     def abort_all(self, message: str) -> list:
         """Fail every request (after an internal error); all KV is returned, none is cached."""
-        holders = self._holders() + [r for r in self.leaving if not r.finished]
+        done = self.drop_holders() + [r for r in self.waiting + self.grammars.drain() if not r.finished]
+        for r in done:
+            r.finished_reason = FinishReason("abort", message=message)
+        self.waiting = []
+        self.finished_out += done
+        return self._emit()
+
+    def drop_holders(self) -> list[Req]:
+        """After a failed forward: wait out the running one, free the KV of every request holding some
+        (none is cached) and empty the running state; returns those requests (unfinished, once each)."""
+        holders = self._holders() + [r for r in self.leaving if not r.finished] + self.building
         if self.inflight is not None:
             (job, pending), self.inflight = self.inflight, None
             try:
@@ -372,18 +393,13 @@ class Scheduler:
             except Exception:
                 log.debug("the running forward failed too", exc_info=True)
         self.releaser.flush()
-        seen = set()
-        for r in holders + self.building:
-            if id(r) not in seen and r.req_pool_idx is not None:
-                seen.add(id(r))
+        reqs = [r for r in {id(r): r for r in holders}.values() if not r.finished]
+        for r in reqs:
+            if r.req_pool_idx is not None:
                 self.releaser.drop(r, frozenset())
-        done = [r for r in holders + self.building + self.waiting + self.grammars.drain() if not r.finished]
-        for r in done:
-            r.finished_reason = FinishReason("abort", message=message)
-        self.running, self.chunked_req, self.building, self.waiting, self.leaving = None, None, [], [], []
+        self.running, self.chunked_req, self.building, self.leaving = None, None, [], []
         self.jump_candidates = []
-        self.finished_out += list({id(r): r for r in done}.values())
-        return self._emit()
+        return reqs
 
     def _holders(self) -> list[Req]:
         """Requests holding KV in the scheduler's state: the chunked one and the running batch."""

@@ -17,6 +17,7 @@ class SchedulerStats:
     syncs: int = 0                # overlap: times the scheduler waited for the running forward early
     jump_forward_tokens: int = 0  # tokens a grammar forced and jump-forward appended without decoding
     forward_steps: int = 0
+    isolated_failures: int = 0    # failed forwards recovered by isolation.py
     _window: deque = field(default_factory=lambda: deque(maxlen=64))
 
     def record_step(self, prefill_tokens: int, decode_tokens: int) -> None:

@@ -12,6 +12,7 @@ from jackfield.sdk.layers.gemv import Gemv, WeightScale
 from jackfield.sdk.forward_batch import ForwardBatch, ForwardMode
 from jackfield.sdk.grammar import (EosTrackingGrammar, Grammar, GrammarBackend, GrammarError, GrammarSpec, GrammarVocab, UnsupportedGrammar,
                                    allocate_bitmask, bitmask_words)
+from jackfield.sdk.json_calls import JsonCallFormat, JsonCallStream, JsonToolCallParser
 from jackfield.sdk.kv_cache import KVLayout, KVPool
 from jackfield.sdk.lora import LoRABackend, LoRABatch, LoRARuntime, LoRAWeights, lora_batch
 from jackfield.sdk.model import CausalLM, ModelBuildContext
@@ -19,7 +20,10 @@ from jackfield.sdk.model_config import ModelConfig, RopeConfig
 from jackfield.sdk.moe import ExpertMethod, ExpertWeights, MoEConfig, MoEDispatcher, RoutingConfig, route
 from jackfield.sdk.quant import (LinearMethod, PlainLinearMethod, QuantizationMethod, QuantOptions, checkpoint_names,
                                  create_plain_weights)
+from jackfield.sdk.reasoning_parser import ReasoningDelta, ReasoningParser, TagReasoningParser
 from jackfield.sdk.spec import DraftProposal, SpeculativeDecoder, SpecInput, SpecRuntime, TargetStates
+from jackfield.sdk.tool_parser import (CallDelta, ParseResult, StreamDelta, Tool, ToolCall, ToolCallParser,
+                                       ToolCallStream)
 from jackfield.sdk.version import API_VERSION
 from jackfield.spec.draft_runner import DraftRunner
 
@@ -53,4 +57,7 @@ __all__ = [
     "bitmask_words",
     # LoRA
     "LoRABackend", "LoRABatch", "LoRARuntime", "LoRAWeights", "lora_batch",
+    # tool-call and reasoning parsers
+    "CallDelta", "JsonCallFormat", "JsonCallStream", "JsonToolCallParser", "ParseResult", "StreamDelta", "Tool",
+    "ToolCall", "ToolCallParser", "ToolCallStream", "ReasoningDelta", "ReasoningParser", "TagReasoningParser",
 ]

@@ -12,7 +12,8 @@ from abc import ABCMeta
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-KINDS = ("attention", "quantization", "moe", "speculative", "grammar", "model", "lora")
+KINDS = ("attention", "quantization", "moe", "speculative", "grammar", "model", "lora", "tool_parser",
+         "reasoning_parser")
 
 
 @dataclass(frozen=True)

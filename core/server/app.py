@@ -12,15 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 
 from jackfield.config import Settings
 from jackfield.engine_loop import EngineInfo
 from jackfield.loader.gguf import cache_root
 from jackfield.server.batch_runner import BatchRunner
+from jackfield.server.drain import DrainGate
 from jackfield.server.errors import APIError, install_error_handlers
 from jackfield.server.file_store import FileStore
 from jackfield.server.metrics import ServerMetrics
-from jackfield.server.middleware import APIKeyMiddleware, JSONBodyMiddleware, RequestMetricsMiddleware
+from jackfield.server.middleware import (EXEMPT_PATHS, APIKeyMiddleware, BodyLimitMiddleware, JSONBodyMiddleware,
+                                         RequestMetricsMiddleware)
+from jackfield.server.openapi import install_openapi
+from jackfield.server.parsers import ChatParsers
 from jackfield.server.tokenizer_manager import TokenizerManager
 
 log = logging.getLogger(__name__)
@@ -40,13 +45,16 @@ class ServerState:
     process_ids: dict[str, int] = field(default_factory=dict)  # "scheduler"/"detokenizer" -> pid
     files: Any = None            # FileStore of /v1/files (set by build_app)
     batches: Any = None          # BatchRunner of /v1/batches (set by build_app)
+    parsers: ChatParsers = field(default_factory=ChatParsers)  # tool-call and reasoning parsers of the chat APIs
     ready: bool = False          # model loaded and warm-up done
     failure: str | None = None   # set when a subprocess died; the server is then unhealthy
+    draining: bool = False       # shutting down: no new requests are admitted (drain.py)
+    active_requests: int = 0     # HTTP requests admitted and not yet answered (drain.py)
     started_at: float = field(default_factory=time.time)
 
     @property
     def healthy(self) -> bool:
-        return self.ready and self.failure is None
+        return self.ready and self.failure is None and not self.draining
 
     @property
     def selection(self) -> dict:
@@ -96,6 +104,7 @@ def build_app(state: ServerState) -> FastAPI:
     state.files = FileStore(s.file_storage_dir or cache_root() / "files", s.max_upload_bytes)
     state.batches = BatchRunner(app, state.files, s.batch_concurrency, s.api_key)
     install_error_handlers(app)
+    install_openapi(app, getattr(getattr(state.info, "model_config", None), "vocab_size", None))
     for module in (openai_api, embeddings_api, batch_api, anthropic_api, ollama_api, native_api, tokenize_api,
                    status_api, lora_api):
         app.include_router(module.router)
@@ -104,9 +113,21 @@ def build_app(state: ServerState) -> FastAPI:
             state.pm.hook.jackfield_add_http_routes(app=app, server=state)
         except Exception:
             log.exception("a plugin failed in jackfield_add_http_routes; its routes are missing")
+    # Added innermost first: CORS (when on) answers preflights and labels every response, errors
+    # included; the drain gate counts and refuses before any body is read; the body limit applies
+    # before authentication so an unauthenticated client cannot make the server buffer a huge body;
+    # JSONBodyMiddleware makes every non-multipart body JSON whatever its Content-Type.
     app.add_middleware(JSONBodyMiddleware)
-    app.add_middleware(APIKeyMiddleware, api_key=state.settings.api_key)
+    app.add_middleware(APIKeyMiddleware, api_key=s.api_key,
+                       exempt=EXEMPT_PATHS + (("/metrics",) if s.metrics_public else ()))
+    uploads = max(s.max_request_bytes, s.max_upload_bytes + (1 << 20))  # the file and its multipart framing
+    app.add_middleware(BodyLimitMiddleware, max_bytes=s.max_request_bytes,
+                       per_path={"/v1/files": (uploads, "max_upload_bytes")})
+    app.add_middleware(DrainGate, state=state)
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
+    if s.allowed_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(s.allowed_origins), allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["Retry-After"])
     return app
 
 

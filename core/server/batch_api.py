@@ -16,6 +16,7 @@ from starlette.requests import Request as StarletteRequest
 
 from jackfield.server.app import server_state
 from jackfield.server.batch_runner import Batch
+from jackfield.server.openapi import error_responses
 from jackfield.server.errors import APIError
 from jackfield.server.file_store import FileObject
 from jackfield.server.protocol import Body
@@ -49,8 +50,8 @@ class CursorPage(BaseModel, Generic[T]):
 
 class CreateBatchRequest(Body):
     input_file_id: str
-    endpoint: str
-    completion_window: str
+    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]  # batch_runner.ENDPOINTS
+    completion_window: Literal["24h"]  # batch_runner.WINDOW_S
     metadata: dict[str, str] | None = None  # client metadata, returned with the batch
 
 
@@ -116,46 +117,47 @@ async def _chunks(upload: UploadFile, size: int = 1 << 20):
         yield chunk
 
 
-@router.get("/v1/files")
+@router.get("/v1/files", responses=error_responses(404))
 async def list_files(request: Request, purpose: str | None = None, limit: int = Query(10000, ge=1, le=10000),
                      after: str | None = None, order: Literal["asc", "desc"] = "desc") -> CursorPage[FileObject]:
     files = server_state(request).files.list(purpose)
     return CursorPage[FileObject](**_page(files if order == "desc" else files[::-1], limit, after))
 
 
-@router.get("/v1/files/{file_id}")
+@router.get("/v1/files/{file_id}", responses=error_responses(404))
 async def retrieve_file(file_id: str, request: Request) -> FileObject:
     return server_state(request).files.get(file_id)
 
 
-@router.get("/v1/files/{file_id}/content")
+@router.get("/v1/files/{file_id}/content", responses={
+    **error_responses(404), 200: {"content": {"application/jsonl": {"schema": {"type": "string"}}}}})
 async def file_content(file_id: str, request: Request) -> Response:
     return Response(server_state(request).files.content(file_id), media_type="application/jsonl")
 
 
-@router.delete("/v1/files/{file_id}")
+@router.delete("/v1/files/{file_id}", responses=error_responses(404))
 async def delete_file(file_id: str, request: Request) -> FileDeleted:
     server_state(request).files.delete(file_id)
     return FileDeleted(id=file_id)
 
 
 # ---- batches ------------------------------------------------------------------------------------
-@router.post("/v1/batches")
+@router.post("/v1/batches", responses=error_responses(404))
 async def create_batch(body: CreateBatchRequest, request: Request) -> Batch:
     return server_state(request).batches.create(body.input_file_id, body.endpoint, body.completion_window,
                                                 body.metadata)
 
 
-@router.get("/v1/batches")
+@router.get("/v1/batches", responses=error_responses(404))
 async def list_batches(request: Request, limit: int = Query(20, ge=1, le=100), after: str | None = None) -> CursorPage[Batch]:
     return CursorPage[Batch](**_page(server_state(request).batches.list(), limit, after))
 
 
-@router.get("/v1/batches/{batch_id}")
+@router.get("/v1/batches/{batch_id}", responses=error_responses(404))
 async def retrieve_batch(batch_id: str, request: Request) -> Batch:
     return server_state(request).batches.get(batch_id)
 
 
-@router.post("/v1/batches/{batch_id}/cancel")
+@router.post("/v1/batches/{batch_id}/cancel", responses=error_responses(404))
 async def cancel_batch(batch_id: str, request: Request) -> Batch:
     return server_state(request).batches.cancel(batch_id)

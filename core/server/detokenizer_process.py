@@ -14,7 +14,7 @@ import zmq
 
 from jackfield.config import Settings
 from jackfield.io_struct import BatchOutput
-from jackfield.server.ipc import PortArgs, pull_socket, push_socket, setup_child
+from jackfield.server.ipc import PortArgs, exit_child, pull_socket, push_socket, setup_child
 from jackfield.server.messages import RegisterReq, StartupError
 from jackfield.tokenizer.request_text import RequestText
 
@@ -69,7 +69,10 @@ def run_detokenizer_process(settings: Settings, ports: PortArgs, conn) -> None:
     conn.send("ready")
     conn.close()
     manager = DetokenizerManager(tokenizer)
-    while True:
-        out = manager.handle(recv.recv_pyobj())
-        if out is not None:
-            send.send_pyobj(out)
+    try:
+        while True:
+            out = manager.handle(recv.recv_pyobj())
+            if out is not None:
+                send.send_pyobj(out)
+    except SystemExit:  # SIGTERM
+        exit_child(ctx, recv, send)

@@ -9,27 +9,27 @@ request's KV is released (and cached as a prefix) like any finished request's.
 from __future__ import annotations
 
 import base64
-from typing import Any, Literal, Union
+from typing import Literal, Union
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from jackfield.embedding import normalized
 from jackfield.server.app import ServerState, server_state
 from jackfield.server.errors import APIError
 from jackfield.server.generation import RequestGroup, Result, request_priority, until_disconnected
 from jackfield.server.prompts import completion_prompts, max_new_tokens
-from jackfield.server.protocol import Body
+from jackfield.server.protocol import Body, PromptInput, integer
 
 router = APIRouter()
 
 
 class EmbeddingRequest(Body):
-    input: Any  # a string, strings, token ids or lists of token ids
+    input: PromptInput = Field(description="A string, strings, token ids or lists of token ids")
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None  # only the model's own width: no Matryoshka truncation
+    dimensions: integer(ge=1) | None = Field(None, description="only the model's own width: no Matryoshka truncation")
     user: str | None = None        # client metadata, unused
 
 

@@ -3,6 +3,9 @@
 One OpenAI call with k prompts and `n` choices becomes k*n engine requests whose outputs share one
 queue; choice `i*n + j` is prompt i's j-th sample (OpenAI's numbering). Leaving the `with` block
 (or `close()`) aborts whatever has not finished, so a client that goes away frees its KV at once.
+The group is admitted as a whole (`TokenizerManager.admit`: 503 when the queue is full), and a
+`timeout` (for a client's request: `request_timeout(tm, asked)`) ends every unfinished request with
+an abort answered by HTTP 408.
 """
 from __future__ import annotations
 
@@ -62,15 +65,17 @@ class RequestGroup:
 
     `logprob_start_len` >= 0 asks for prompt logprobs; `priority` orders the scheduler's waiting
     queue (`request_priority`); with `pooling` ("last" | "mean") the requests are embeddings
-    (`params` unused, n 1)."""
+    (`params` unused, n 1); `timeout` (seconds, `request_timeout`) aborts what is unfinished then."""
 
     def __init__(self, tm: TokenizerManager, prompts: list[list[int]], params: SamplingParams | None, n: int = 1,
                  logprob_start_len: int = -1, priority: int = 0, pooling: str | None = None,
-                 lora: str | list[str | None] | None = None):
+                 timeout: float | None = None, lora: str | list[str | None] | None = None):
         if len(prompts) * n > MAX_REQUESTS_PER_CALL:
             raise APIError(400, f"{len(prompts)} prompts x n={n} exceeds {MAX_REQUESTS_PER_CALL} generations per call")
         self.tm, self.prompts, self.params, self.n = tm, prompts, params, n
         self.logprob_start_len, self.priority, self.pooling = logprob_start_len, priority, pooling
+        self.timeout = timeout
+        self.deadline: float | None = None
         self.loras = list(lora) if isinstance(lora, list) else [lora] * len(prompts)  # LoRA adapter per prompt
         self.queue: asyncio.Queue = asyncio.Queue()
         self.index: dict[str, int] = {}
@@ -79,6 +84,9 @@ class RequestGroup:
 
     def start(self) -> RequestGroup:
         """Submit every request; on failure the ones already sent are aborted."""
+        self.tm.admit(self.size)
+        if self.timeout is not None:
+            self.deadline = time.monotonic() + self.timeout
         try:
             for i, ids in enumerate(self.prompts):
                 for j in range(self.n):
@@ -87,7 +95,7 @@ class RequestGroup:
                     else:
                         seed = self.params.seed + j if self.params.seed is not None else None
                         rid = self.tm.submit(ids, replace(self.params, n=1, seed=seed), self.queue,
-                                             self.logprob_start_len, self.priority,
+                                             logprob_start_len=self.logprob_start_len, priority=self.priority,
                                              lora=self.loras[i])
                     self.index[rid] = i * self.n + j
                     self.rids.append(rid)
@@ -114,12 +122,27 @@ class RequestGroup:
         return len(self.prompts) * self.n
 
     async def outputs(self) -> AsyncIterator[tuple[int, ReqOutput]]:
-        """(choice index, increment) until every request has finished."""
+        """(choice index, increment) until every request has finished (or the timeout ended it)."""
         while self.pending:
-            out: ReqOutput = await self.queue.get()
+            out: ReqOutput = await self._next()
             if out.finished is not None:
                 self.pending.discard(out.rid)
             yield self.index[out.rid], out
+
+    async def _next(self) -> ReqOutput:
+        if self.deadline is None:
+            return await self.queue.get()
+        try:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise asyncio.TimeoutError
+            return await asyncio.wait_for(self.queue.get(), left)
+        except asyncio.TimeoutError:
+            message = f"the request did not finish within its timeout of {self.timeout:g} s"
+            for rid in self.pending:  # abort in the engine; each ends with a 408 abort
+                self.tm.abort(rid)
+                self.queue.put_nowait(ReqOutput(rid, [], FinishReason("abort", message=message, status=408), 0, 0, 0))
+            return self.queue.get_nowait()
 
     async def collect(self) -> list[Result]:
         """Every choice's Result, in index order; raises APIError if one was aborted."""
@@ -148,20 +171,31 @@ def request_priority(request: Request) -> int:
     return getattr(request.state, "priority", 0)
 
 
+def request_timeout(tm: TokenizerManager, asked: float | None) -> float | None:
+    """A client request's time limit: what it asked for, at most the server's request_timeout (also
+    the default when it asked for nothing)."""
+    limit = tm.default_timeout
+    return min(asked, limit) if asked is not None and limit is not None else asked or limit
+
+
 def raise_if_aborted(finish: FinishReason | None) -> None:
     if finish is not None and finish.kind == "abort":
-        raise abort_error(finish.message)
+        raise abort_error(finish)
 
 
-def abort_error(message: str) -> APIError:
-    """Why the engine aborted a request, as an HTTP error: bad input 400, internal 500, engine gone 503."""
-    if message.startswith("internal error"):
-        return APIError(500, message, type="internal_error")
-    if message.startswith("unknown LoRA adapter"):  # unloaded between the API's check and the scheduler
+def abort_error(finish: FinishReason | str) -> APIError:
+    """Why a request was aborted, as an HTTP error: the status its FinishReason names (408 timeout,
+    500 failed forward, 503 engine gone or shutting down), else 404 for a LoRA adapter unloaded
+    between the API's check and the scheduler, 500 for an internal error, 400 (the engine refused
+    the input)."""
+    message, status = (finish, None) if isinstance(finish, str) else (finish.message, finish.status)
+    if status is None and message.startswith("unknown LoRA adapter"):
         return APIError(404, message, param="model", code="model_not_found")
-    if "process" in message and ("died" in message or "exited" in message) or "shutting down" in message:
-        return APIError(503, message)
-    return APIError(400, message or "the request was aborted")
+    if status is None and message.startswith("internal error"):
+        status = 500
+    if status == 500:
+        return APIError(500, message, type="internal_error")
+    return APIError(status or 400, message or "the request was aborted")
 
 
 async def until_disconnected(request: Request, awaitable):
@@ -192,7 +226,7 @@ async def stream_group(group: RequestGroup, on_output: Callable[[int, ReqOutput]
             yield sse(event)
         async for i, out in group.outputs():
             if out.finished is not None and out.finished.kind == "abort":
-                yield sse(abort_error(out.finished.message).body())
+                yield sse(abort_error(out.finished).body())
                 break
             event = on_output(i, out)
             if event is not None:

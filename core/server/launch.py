@@ -1,15 +1,16 @@
 """`launch_server(settings) -> int`: start the engine subprocesses, then serve HTTP until told to stop.
 
-Exit codes: 0 after Ctrl-C / SIGTERM (every child is stopped first), 1 when the engine cannot
-start (the reason is printed) or a subprocess dies while serving (the server turns unhealthy,
-fails the requests in flight and shuts down instead of hanging).
+Exit codes: 0 after Ctrl-C / SIGTERM (in-flight requests are drained first, drain.py, and every
+child is stopped), 1 when the engine cannot start (the reason is printed) or a subprocess dies or
+the scheduler gets stuck while serving (watchdog.py: the server turns unhealthy, fails the
+requests in flight with 503 and shuts down instead of hanging).
 """
 from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import logging
+import os
 import signal
 import socket
 import sys
@@ -19,23 +20,27 @@ import uvicorn
 
 from jackfield.config import Settings
 from jackfield.plugins import load_plugins
+from jackfield.registry import build_registry
+from jackfield.selection import SelectionError
 from jackfield.server.app import ServerState, build_app
+from jackfield.server.drain import Drain, DrainingServer
 from jackfield.server.generation import probe_group
 from jackfield.server.ipc import PortArgs
 from jackfield.server.messages import ReadyInfo
+from jackfield.server.parsers import ChatParsers, select_parsers
 from jackfield.server.metrics import ServerMetrics
 from jackfield.server.processes import EngineProcesses, StartupFailed
 from jackfield.server.tokenizer_manager import TokenizerManager
+from jackfield.server.watchdog import EngineWatchdog
 
 log = logging.getLogger(__name__)
-WATCHDOG_S = 0.5
-GRACEFUL_SHUTDOWN_S = 5
+GRACEFUL_SHUTDOWN_S = 5  # uvicorn's wait for open connections once the drain (or a failure) is over
 WARMUP_TEXT = "The capital of France is"
 
 
 class SignalGuard:
-    """SIGINT/SIGTERM: a KeyboardInterrupt while starting; while serving uvicorn handles them and
-    re-raises them once it has shut down, and then they are only noted."""
+    """SIGINT/SIGTERM: a KeyboardInterrupt while starting; while serving they start a drain
+    (drain.py); one that arrives between the two is noted and starts the drain at once."""
 
     def __init__(self):
         self.received: list[int] = []
@@ -75,10 +80,16 @@ def launch_server(settings: Settings) -> int:
         ready = procs.wait_ready()
         print_ready(ready)
         tokenizer = _load_tokenizer(ready.tokenizer_path)
+        parsers = select_parsers(build_registry(pm, records), settings, tokenizer.chat_template if tokenizer else None)
+        for kind, entry in parsers.as_dict().items():
+            print(f"  {kind:<13} {entry['name'] or '-':<16} {entry['reason']}", flush=True)
         signals.raise_interrupt = False
-        return asyncio.run(_serve(settings, ready, tokenizer, ports, procs, pm, records, signals))
+        return asyncio.run(_serve(settings, ready, tokenizer, parsers, ports, procs, pm, records, signals))
     except StartupFailed as exc:
         print(f"jackfield: error: the engine failed to start: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except SelectionError as exc:
+        print(f"jackfield: error: {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         print("jackfield: interrupted while starting; stopping", file=sys.stderr, flush=True)
@@ -128,62 +139,51 @@ def print_ready(ready: ReadyInfo) -> None:
           f"requests, context length {info.context_len}", flush=True)
 
 
-async def _serve(settings: Settings, ready: ReadyInfo, tokenizer, ports: PortArgs, procs: EngineProcesses, pm,
-                 records, signals: SignalGuard) -> int:
+async def _serve(settings: Settings, ready: ReadyInfo, tokenizer, parsers: ChatParsers, ports: PortArgs,
+                 procs: EngineProcesses, pm, records, signals: SignalGuard) -> int:
     metrics = ServerMetrics()
-    tm = TokenizerManager(ports, tokenizer, ready.info, metrics)
+    tm = TokenizerManager(ports, tokenizer, ready.info, metrics, settings.max_queued_requests,
+                          settings.request_timeout)
     tm.start()
     state = ServerState(settings, ready.info, tm, metrics, pm, records, ready.tokenizer_path,
-                        {"scheduler": procs.scheduler.pid, "detokenizer": procs.detokenizer.pid})
+                        {"server": os.getpid(), "scheduler": procs.scheduler.pid,
+                         "detokenizer": procs.detokenizer.pid}, parsers=parsers)
+    _warn_if_exposed(settings)
     config = uvicorn.Config(build_app(state), host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=settings.log_level == "debug", lifespan="off",
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
-    server = DrainingServer(config, functools.partial(_end_requests, state))
-    tasks = [asyncio.create_task(_watchdog(procs, state, server)), asyncio.create_task(_warm_up(state, server))]
-    if signals.received:
+    server = DrainingServer(config)
+    drain = Drain(state, settings.shutdown_timeout)
+    server.on_signal = drain.request
+
+    def fail(why: str) -> None:
+        log.error("%s; shutting the server down", why)
+        state.failure = why
+        tm.fail_all(why)
         server.should_exit = True
+
+    watchdog = EngineWatchdog(procs, procs.heartbeat, settings.watchdog_timeout, fail)
+    watchdog.start()
+    tasks = [asyncio.create_task(_warm_up(state, server)), asyncio.create_task(drain.run(server))]
+    if signals.received:
+        drain.request()
     try:
         await server.serve()
     finally:
+        watchdog.stop()
         for task in tasks:
             task.cancel()
-        await _end_requests(state)
+        await state.batches.close()
         _call_hook(pm, "jackfield_engine_stopping", ready.info)
+        tm.fail_all(state.failure or "the server is shutting down")
         tm.close()
     return 1 if state.failure else 0
 
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn's Server that ends every request in flight as soon as shutdown begins: streams finish
-    with an error event ("the server is shutting down") and `data: [DONE]` and their connections
-    close, instead of being cancelled when the graceful period runs out (which logs a traceback)."""
-
-    def __init__(self, config: uvicorn.Config, before_shutdown):
-        super().__init__(config)
-        self.before_shutdown = before_shutdown
-
-    async def shutdown(self, sockets=None) -> None:
-        await self.before_shutdown()
-        await super().shutdown(sockets)
-
-
-async def _end_requests(state: ServerState) -> None:
-    """Cancel the running batches, then fail every request in flight (idempotent)."""
-    await state.batches.close()
-    state.tokenizer_manager.fail_all(state.failure or "the server is shutting down")
-
-
-async def _watchdog(procs: EngineProcesses, state: ServerState, server: uvicorn.Server) -> None:
-    """Notice a dead subprocess: log why, turn unhealthy, fail pending requests, stop uvicorn."""
-    while True:
-        await asyncio.sleep(WATCHDOG_S)
-        why = procs.dead()
-        if why is not None:
-            log.error("%s; shutting the server down", why)
-            state.failure = why
-            state.tokenizer_manager.fail_all(why)
-            server.should_exit = True
-            return
+def _warn_if_exposed(settings: Settings) -> None:
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        log.warning("serving on %s without --api-key: anyone who can reach this address can use the API",
+                    settings.host)
 
 
 async def _warm_up(state: ServerState, server: uvicorn.Server) -> None:

@@ -13,24 +13,30 @@ running and queued requests have finished. Both sit behind the API key when one 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import APIRouter, Request
+from pydantic import Field
 
 from jackfield.config import LORA_NAME
 from jackfield.server.app import ServerState, server_state
 from jackfield.server.errors import APIError
-from jackfield.server.protocol import Body, json_body
+from jackfield.server.openapi import error_responses, json_body_doc
+from jackfield.server.protocol import Body, Text, json_body
 
 router = APIRouter()
 
 
+AdapterName = Annotated[str, Field(pattern="^" + LORA_NAME.pattern + "$")]
+
+
 class LoadLoRARequest(Body):
-    lora_name: str
-    lora_path: str | None = None
+    lora_name: AdapterName
+    lora_path: Text | None = Field(None, description="a PEFT directory (below lora_dir when it is set)")
 
 
 class UnloadLoRARequest(Body):
-    lora_name: str
+    lora_name: AdapterName
 
 
 class PathOutside(PermissionError):
@@ -129,8 +135,12 @@ async def _lora_body(request: Request, model: type[Body]):
     return body, st
 
 
-@router.post("/v1/load_lora_adapter")
-@router.post("/load_lora_adapter")
+LOAD_DOC = {"openapi_extra": json_body_doc(LoadLoRARequest), "responses": error_responses(403, 404)}
+UNLOAD_DOC = {"openapi_extra": json_body_doc(UnloadLoRARequest), "responses": error_responses(404)}
+
+
+@router.post("/v1/load_lora_adapter", **LOAD_DOC)
+@router.post("/load_lora_adapter", **LOAD_DOC)
 async def load_lora_adapter(request: Request):
     body, st = await _lora_body(request, LoadLoRARequest)
     if not LORA_NAME.fullmatch(body.lora_name):
@@ -150,8 +160,8 @@ async def load_lora_adapter(request: Request):
     return await _load(st, body.lora_name, str(path))
 
 
-@router.post("/v1/unload_lora_adapter")
-@router.post("/unload_lora_adapter")
+@router.post("/v1/unload_lora_adapter", **UNLOAD_DOC)
+@router.post("/unload_lora_adapter", **UNLOAD_DOC)
 async def unload_lora_adapter(request: Request):
     body, st = await _lora_body(request, UnloadLoRARequest)
     return _answer(await st.tokenizer_manager.unload_lora(body.lora_name), "lora_name")

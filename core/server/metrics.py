@@ -2,9 +2,11 @@
 
 Request counts come from the HTTP middleware; latencies and token counts from the tokenizer
 manager as outputs arrive; scheduler gauges (running, queued, KV usage, cache hit rate) are fetched
-with a GetStatsReq at scrape time.
+with a GetStatsReq at scrape time, and so is the resident memory of every server process (Linux).
 """
 from __future__ import annotations
+
+import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -36,7 +38,12 @@ class ServerMetrics:
         self.num_running = Gauge("jackfield_num_running_reqs", "Requests in the running batch", registry=r)
         self.num_queued = Gauge("jackfield_num_queued_reqs", "Requests waiting to be scheduled", registry=r)
         self.kv_used_tokens = Gauge("jackfield_kv_used_tokens", "KV slots held by requests", registry=r)
+        self.kv_cached_tokens = Gauge("jackfield_kv_cached_tokens", "KV slots held only by the prefix cache (evictable)",
+                                      registry=r)
+        self.kv_total_tokens = Gauge("jackfield_kv_total_tokens", "KV slots in the pool", registry=r)
         self.kv_usage = Gauge("jackfield_kv_usage", "Fraction of the KV pool held by requests", registry=r)
+        self.resident_memory = Gauge("jackfield_process_resident_memory_bytes", "Resident memory of each server "
+                                     "process", ["process"], registry=r)
         self.cache_hit_rate = Gauge("jackfield_cache_hit_rate", "Prompt tokens served from the cache / all",
                                     registry=r)
         self.spec_accept_length = Gauge("jackfield_spec_accept_length",
@@ -68,12 +75,24 @@ class ServerMetrics:
         self.num_running.set(stats.num_running)
         self.num_queued.set(stats.num_waiting)
         self.kv_used_tokens.set(stats.kv_used_tokens)
+        self.kv_cached_tokens.set(stats.kv_cached_tokens)
+        self.kv_total_tokens.set(stats.kv_total_tokens)
         self.kv_usage.set(stats.kv_used_tokens / stats.kv_total_tokens if stats.kv_total_tokens else 0.0)
         self.cache_hit_rate.set(stats.cache_hit_rate)
         steps = stats.spec_verify_steps
         self.spec_verify_steps.set(steps)
         self.spec_accept_length.set(stats.spec_emitted / steps if steps else 0.0)
         self.spec_accept_rate.set(stats.spec_accepted / stats.spec_proposed if stats.spec_proposed else 0.0)
+
+    def update_processes(self, pids: dict[str, int]) -> None:
+        """Resident memory of each named process, from /proc (skipped where there is none)."""
+        page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        for name, pid in pids.items():
+            try:
+                with open(f"/proc/{pid}/statm") as f:
+                    self.resident_memory.labels(process=name).set(int(f.read().split()[1]) * page)
+            except (OSError, ValueError, IndexError):
+                continue
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

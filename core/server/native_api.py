@@ -16,7 +16,8 @@ from fastapi import APIRouter, Request
 from jackfield.io_struct import FinishReason
 from jackfield.server.app import ServerState, server_state
 from jackfield.server.errors import APIError
-from jackfield.server.generation import RequestGroup, Result, request_priority, stream_group, until_disconnected
+from jackfield.server.generation import (RequestGroup, Result, request_priority, request_timeout, stream_group,
+                                         until_disconnected)
 from jackfield.server.lora_api import request_adapter
 from jackfield.server.openai_format import token_text
 from jackfield.server.prompts import check_token_ids, encode_text, max_new_tokens, sampling_params
@@ -84,10 +85,7 @@ def _meta(st: ServerState, rid: str, r: Result, body: GenerateRequest) -> dict:
 
 
 def _check_logprob_start(body: GenerateRequest, prompts: list[list[int]]) -> None:
-    start = body.logprob_start_len
-    if start < -1:
-        raise APIError(400, f"logprob_start_len must be -1 (no prompt logprobs) or >= 0, got {start}",
-                       param="logprob_start_len")
+    start = body.logprob_start_len  # -1 or more (the schema)
     if start >= 0 and not body.return_logprob:
         raise APIError(400, "logprob_start_len needs return_logprob set to true", param="logprob_start_len")
     shortest = min(len(p) for p in prompts)
@@ -103,14 +101,14 @@ async def generate(body: GenerateRequest, request: Request):
     tm = st.tokenizer_manager
     prompts, batch = _prompts(st, body)
     _check_logprob_start(body, prompts)
-    sp = dict(body.sampling_params or {})
+    sp = body.sampling_params.model_dump(exclude_unset=True) if body.sampling_params else {}
     requested = sp.pop("max_new_tokens", None)
     max_new = max_new_tokens(requested, prompts, tm.context_len, lambda _: DEFAULT_MAX_NEW_TOKENS,
                              "sampling_params.max_new_tokens", "input_ids" if body.input_ids is not None else "text")
     params = sampling_params({**sp, "max_new_tokens": max_new, "logprobs": body.return_logprob,
                               "top_logprobs_num": body.top_logprobs_num}, tm.vocab_size)
     group = RequestGroup(tm, prompts, params, params.n, logprob_start_len=body.logprob_start_len,
-                         priority=request_priority(request),
+                         priority=request_priority(request), timeout=request_timeout(tm, body.timeout),
                          lora=await _loras(st, body.lora_path, len(prompts), batch))
     many = batch or params.n > 1
     if body.stream:

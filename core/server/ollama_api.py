@@ -12,7 +12,9 @@ from jackfield.server.app import ServerState, server_state
 from jackfield.embedding import normalized
 from jackfield.server.embeddings_api import run_embeddings
 from jackfield.server.errors import APIError
-from jackfield.server.generation import RequestGroup, abort_error, request_priority, until_disconnected
+from jackfield.server.generation import (RequestGroup, abort_error, request_priority, request_timeout,
+                                         until_disconnected)
+from jackfield.server.openapi import json_body_doc
 from jackfield.server.lora_api import request_adapter
 from jackfield.server.prompts import chat_default, chat_prompt, encode_text, max_new_tokens, sampling_params
 from jackfield.server.protocol import (OllamaChatRequest, OllamaEmbedRequest, OllamaGenerateRequest, OllamaOptions,
@@ -42,7 +44,7 @@ def _params(st: ServerState, opts: OllamaOptions, ids: list[int], fmt):
     return sampling_params(values, tm.vocab_size, OLLAMA_NAMES)
 
 
-@router.post("/api/generate")
+@router.post("/api/generate", openapi_extra=json_body_doc(OllamaGenerateRequest))
 async def generate(request: Request):
     body = await json_body(request, OllamaGenerateRequest)
     st = server_state(request)
@@ -57,26 +59,27 @@ async def generate(request: Request):
         msgs = ([{"role": "system", "content": body.system}] if body.system else []) + [
             {"role": "user", "content": body.prompt}]
         ids = chat_prompt(tm, msgs, param="prompt")
-    return await _run(st, request, body.model, body.stream, ids, _params(st, body.options, ids, body.format),
-                      lambda text: {"response": text}, lora)
+    return await _run(st, request, body, ids, lambda text: {"response": text}, lora)
 
 
-@router.post("/api/chat")
+@router.post("/api/chat", openapi_extra=json_body_doc(OllamaChatRequest))
 async def chat(request: Request):
     body = await json_body(request, OllamaChatRequest)
     st = server_state(request)
     lora = await request_adapter(st, body.model, None)
     st.check_generation()
     ids = chat_prompt(st.tokenizer_manager, [{"role": m.role, "content": m.content} for m in body.messages])
-    return await _run(st, request, body.model, body.stream, ids, _params(st, body.options, ids, body.format),
-                      lambda text: {"message": {"role": "assistant", "content": text}}, lora)
+    return await _run(st, request, body, ids, lambda text: {"message": {"role": "assistant", "content": text}}, lora)
 
 
-async def _run(st: ServerState, request: Request, model: str, stream: bool, ids: list[int], params, payload,
-               lora: str | None = None):
+async def _run(st: ServerState, request: Request, body: OllamaGenerateRequest | OllamaChatRequest, ids: list[int],
+               payload, lora: str | None = None):
     start = time.monotonic()
-    group = RequestGroup(st.tokenizer_manager, [ids], params, priority=request_priority(request), lora=lora)
-    if stream:
+    model = body.model
+    tm = st.tokenizer_manager
+    group = RequestGroup(tm, [ids], _params(st, body.options, ids, body.format), priority=request_priority(request),
+                         timeout=request_timeout(tm, body.timeout), lora=lora)
+    if body.stream:
         return ndjson_response(_stream(group.start(), model, payload, start))
     with group:
         (result,) = await until_disconnected(request, group.collect())
@@ -89,7 +92,7 @@ async def _stream(group: RequestGroup, model: str, payload, start: float):
     try:
         async for _, out in group.outputs():
             if out.finished is not None and out.finished.kind == "abort":
-                yield ndjson({"error": abort_error(out.finished.message).message})
+                yield ndjson({"error": abort_error(out.finished).message})
                 return
             first_token = first_token or (time.monotonic() if out.new_token_ids else None)
             if out.text:
@@ -141,7 +144,7 @@ async def ps(request: Request) -> dict:
                         "size_vram": entry["size"] if st.info.device.startswith("cuda") else 0}]}
 
 
-@router.post("/api/show")
+@router.post("/api/show", openapi_extra=json_body_doc(OllamaShowRequest))
 async def show(request: Request) -> dict:
     body = await json_body(request, OllamaShowRequest)
     st = server_state(request)
@@ -162,7 +165,7 @@ async def show(request: Request) -> dict:
             "modified_at": _model_entry(st)["modified_at"]}
 
 
-@router.post("/api/embed")
+@router.post("/api/embed", openapi_extra=json_body_doc(OllamaEmbedRequest))
 async def embed(request: Request) -> dict:
     """Ollama's embeddings: every input pooled as the server pools (last token by default), L2-normalized."""
     body = await json_body(request, OllamaEmbedRequest)

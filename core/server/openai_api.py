@@ -15,14 +15,20 @@ from pydantic import BaseModel
 
 from jackfield.server.app import ServerState, server_state
 from jackfield.server.errors import APIError
-from jackfield.server.generation import RequestGroup, request_priority, stream_group, until_disconnected
+from jackfield.server.chat_output import ChatPlan, plan_chat
+from jackfield.server.generation import (RequestGroup, request_priority, request_timeout, stream_group,
+                                         until_disconnected)
 from jackfield.server.lora_api import adapter_models, request_adapter
-from jackfield.server.openai_format import (COMPLETION_NAMES, OPENAI_NAMES, UsageTracker, chat_logprobs,
-                                            completion_logprobs, finish_reason, results_usage)
-from jackfield.server.prompts import (MAX_N, chat_default, chat_prompt, completion_prompts, content_text,
+from jackfield.server.openapi import error_responses
+from jackfield.server.openai_format import (COMPLETION_NAMES, OPENAI_NAMES, UsageTracker, chat_delta,
+                                            chat_finish_reason, chat_logprobs, chat_message, completion_logprobs,
+                                            finish_reason, results_usage)
+from jackfield.server.prompts import (MAX_N, chat_default, completion_prompts, encode_text,
                                       max_new_tokens, sampling_params)
 from jackfield.server.protocol import ChatCompletionRequest, CompletionRequest, OpenAISampling
 from jackfield.server.sse import sse_response
+from jackfield.server.tool_prompt import openai_history, render_prompt, takes_tools
+from jackfield.server.tools import openai_tools
 
 router = APIRouter()
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
@@ -56,7 +62,7 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=_cards(server_state(request)))
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.get("/v1/models/{model_id:path}", responses=error_responses(404))
 async def retrieve_model(model_id: str, request: Request) -> ModelCard:
     st = server_state(request)
     cards = _cards(st)
@@ -74,30 +80,43 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     lora = await _check_common(st, body)
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
-    messages = [{"role": m.role, "content": content_text(m.content, f"messages[{i}].content"),
-                 **({"name": m.name} if m.name else {})} for i, m in enumerate(body.messages)]
-    ids = chat_prompt(tm, messages)
+    plan = plan_chat(st.parsers, openai_tools(body), body.separate_reasoning)
+    ids, plan = _chat_prompt(st, body, plan)
     requested, param = ((body.max_completion_tokens, "max_completion_tokens") if body.max_completion_tokens is not None
                         else (body.max_tokens, "max_tokens"))
     max_new = max_new_tokens(requested, [ids], tm.context_len, chat_default(tm.context_len), param, "messages")
     names = {**OPENAI_NAMES, "max_new_tokens": param}
-    params = sampling_params({**body.sampling_values(), "max_new_tokens": max_new, "logprobs": body.logprobs,
-                              "top_logprobs_num": body.top_logprobs}, tm.vocab_size, names)
-    group = RequestGroup(tm, [ids], params, body.n, priority=request_priority(request), lora=lora)
+    values = plan.sampling_values({**body.sampling_values(), "max_new_tokens": max_new, "logprobs": body.logprobs,
+                                   "top_logprobs_num": body.top_logprobs})
+    params = sampling_params(values, tm.vocab_size, names)
+    group = RequestGroup(tm, [ids], params, body.n, priority=request_priority(request),
+                         timeout=request_timeout(tm, body.timeout), lora=lora)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": _model_id(st, lora)}
     if body.stream:
-        return sse_response(_chat_stream(st, group.start(), body, head))
+        return sse_response(_chat_stream(st, group.start(), body, head, plan))
     with group:
         results = await until_disconnected(request, group.collect())
-    choices = [{"index": r.index, "message": {"role": "assistant", "content": r.text},
-                "logprobs": chat_logprobs(st.tokenizer, r.logprobs) if body.logprobs else None,
-                "finish_reason": finish_reason(r.finish)} for r in results]
+    choices = []
+    for r in results:
+        message = chat_message(plan.choice_parser().parse(r.text), plan)
+        choices.append({"index": r.index, "message": message,
+                        "logprobs": chat_logprobs(st.tokenizer, r.logprobs) if body.logprobs else None,
+                        "finish_reason": chat_finish_reason(r.finish, bool(message.get("tool_calls")))})
     return {**head, "object": "chat.completion", "choices": choices, "usage": results_usage(results, body.n)}
 
 
-def _chat_stream(st: ServerState, group: RequestGroup, body: ChatCompletionRequest, head: dict):
+def _chat_prompt(st: ServerState, body: ChatCompletionRequest, plan: ChatPlan) -> tuple[list[int], ChatPlan]:
+    """The prompt's token ids, with the tools rendered, and the plan completed by the prompt."""
+    tm = st.tokenizer_manager
+    native = takes_tools(tm.tokenizer.chat_template if tm.tokenizer is not None else None)
+    text = render_prompt(tm, openai_history(body.messages, native, plan.parser), plan, native)
+    return encode_text(tm, text, "messages", add_special_tokens=False), plan.with_prompt(text)
+
+
+def _chat_stream(st: ServerState, group: RequestGroup, body: ChatCompletionRequest, head: dict, plan: ChatPlan):
     extra = {"usage": None} if body.include_usage else {}
     tracker = UsageTracker(group.size, body.n)
+    splits = [plan.choice_parser() for _ in range(group.size)]
 
     def chunk(index: int, delta: dict, finish=None, logprobs=None) -> dict:
         choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
@@ -106,8 +125,12 @@ def _chat_stream(st: ServerState, group: RequestGroup, body: ChatCompletionReque
     def on_output(i: int, out) -> dict | None:
         tracker.add(i, out)
         lps = chat_logprobs(st.tokenizer, out.logprobs) if body.logprobs and out.logprobs else None
-        if out.text or out.finished is not None or lps:
-            return chunk(i, {"content": out.text} if out.text else {}, finish_reason(out.finished), lps)
+        piece = splits[i].feed(out.text or "")
+        if out.finished is not None:
+            piece.extend(splits[i].finish())
+        if not piece.empty or out.finished is not None or lps:
+            finish = chat_finish_reason(out.finished, bool(splits[i].call_ids))
+            return chunk(i, chat_delta(splits[i], piece, plan), finish, lps)
         return None
 
     def on_done() -> dict | None:
@@ -138,7 +161,7 @@ async def completions(body: CompletionRequest, request: Request):
                               "top_logprobs_num": body.logprobs}, tm.vocab_size, COMPLETION_NAMES)
     echo = [echo_text(st, body.prompt, ids, i) for i, ids in enumerate(prompts)] if body.echo else None
     group = RequestGroup(tm, prompts, params, body.n, logprob_start_len=0 if body.echo and want_lp else -1,
-                         priority=request_priority(request), lora=lora)
+                         priority=request_priority(request), timeout=request_timeout(tm, body.timeout), lora=lora)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": _model_id(st, lora)}
     if body.stream:
         return sse_response(_completion_stream(st, group.start(), body, head, echo))

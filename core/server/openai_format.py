@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from jackfield.io_struct import FinishReason, TokenLogprob
+from jackfield.server.chat_output import ChatPlan, ChoiceDelta, ChoiceParser, ChoiceResult
 from jackfield.server.generation import Result
 
 # SamplingParams names -> OpenAI names, for error messages and `param`.
@@ -12,6 +13,46 @@ COMPLETION_NAMES = {**OPENAI_NAMES, "top_logprobs_num": "logprobs"}
 
 def finish_reason(finish: FinishReason | None) -> str | None:
     return finish.to_openai() if finish is not None else None
+
+
+def chat_finish_reason(finish: FinishReason | None, called: bool) -> str | None:
+    """`tool_calls` when a choice that stopped by itself made calls."""
+    reason = finish_reason(finish)
+    return "tool_calls" if called and reason == "stop" else reason
+
+
+def chat_message(whole: ChoiceResult, plan: ChatPlan) -> dict:
+    """`choices[i].message` of a finished choice: content (null beside calls), reasoning, tool calls."""
+    calls = [{"id": cid, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+             for cid, c in whole.calls]
+    message = {"role": "assistant", "content": whole.content or (None if calls else "")}
+    if plan.reasoning is not None:
+        message["reasoning_content"] = whole.reasoning or None
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def chat_delta(split: ChoiceParser, piece: ChoiceDelta, plan: ChatPlan) -> dict:
+    """`choices[i].delta` of a chunk: a call's first piece carries index, id, type and name; later
+    pieces carry its index and the next arguments fragment (OpenAI's streamed tool_calls)."""
+    delta: dict = {}
+    if piece.reasoning:
+        delta["reasoning_content"] = piece.reasoning
+    if piece.content:
+        delta["content"] = piece.content
+    items: list[dict] = []
+    for p in piece.calls:
+        if items and items[-1]["index"] == p.index:
+            items[-1]["function"]["arguments"] += p.arguments
+        elif p.name is not None:
+            items.append({"index": p.index, "id": split.call_ids[p.index], "type": "function",
+                          "function": {"name": p.name, "arguments": p.arguments}})
+        else:
+            items.append({"index": p.index, "function": {"arguments": p.arguments}})
+    if items:
+        delta["tool_calls"] = items
+    return delta
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:

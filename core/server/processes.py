@@ -14,6 +14,7 @@ from jackfield.server.detokenizer_process import run_detokenizer_process
 from jackfield.server.ipc import PortArgs
 from jackfield.server.messages import ReadyInfo, StartupError
 from jackfield.server.scheduler_process import run_scheduler_process
+from jackfield.server.watchdog import Heartbeat
 
 log = logging.getLogger(__name__)
 POLL_S = 0.2
@@ -29,7 +30,8 @@ class EngineProcesses:
         ctx = mp.get_context("spawn")
         self._sched_conn, sched_child = ctx.Pipe(duplex=False)
         self._detok_conn, detok_child = ctx.Pipe()
-        self.scheduler = ctx.Process(target=run_scheduler_process, args=(settings, ports, sched_child),
+        self.heartbeat = Heartbeat(ctx)  # the scheduler loop's progress, read by the watchdog
+        self.scheduler = ctx.Process(target=run_scheduler_process, args=(settings, ports, sched_child, self.heartbeat),
                                      name="jackfield-scheduler")
         self.detokenizer = ctx.Process(target=run_detokenizer_process, args=(settings, ports, detok_child),
                                        name="jackfield-detokenizer")
@@ -69,8 +71,12 @@ class EngineProcesses:
         """Why the engine is down, if a subprocess has died; None while both run."""
         for proc in self.processes:
             if proc.pid is not None and not proc.is_alive():
-                return f"the {_role(proc)} process died (exit code {_describe(proc.exitcode)})"
+                return self.death_reason(proc)
         return None
+
+    @staticmethod
+    def death_reason(proc) -> str:
+        return f"the {_role(proc)} process (pid {proc.pid}) died (exit code {_describe(proc.exitcode)})"
 
     def stop(self) -> None:
         """Terminate (SIGTERM, then SIGKILL after a grace period) and reap both processes."""

@@ -1,8 +1,9 @@
 """From API request fields to engine inputs: prompt token ids, max_new_tokens, SamplingParams.
 
 Everything here raises APIError (HTTP 400) naming the offending API parameter, so no bad value
-reaches the scheduler: token ids outside the vocabulary, prompts at or over the context length,
-max_tokens that do not fit, and sampling values SamplingParams rejects.
+reaches the scheduler: token ids outside the vocabulary, prompts at or over the context length
+(texts too long to fit are refused before they are tokenized), and sampling values SamplingParams
+rejects. A max_tokens larger than the room the prompt leaves is clamped to that room.
 """
 from __future__ import annotations
 
@@ -10,15 +11,20 @@ from typing import Any, Callable
 
 from jackfield.sampling.params import SamplingParamError, SamplingParams
 from jackfield.server.errors import APIError, from_sampling_error
+from jackfield.server.protocol import MAX_N
 from jackfield.server.tokenizer_manager import TokenizerManager
 
 CHAT_MAX_TOKENS_CAP = 1024
-MAX_N = 64
 ROLE_ALIASES = {"developer": "system"}
 
 
 def sampling_params(values: dict[str, Any], vocab_size: int, rename: dict[str, str] | None = None) -> SamplingParams:
-    """SamplingParams from SGLang-named values (None = default); errors use the API's names via `rename`."""
+    """SamplingParams from SGLang-named values (None = default); errors use the API's names via `rename`.
+    A min_new_tokens above max_new_tokens is lowered to it (max_new_tokens may itself have been
+    clamped to the context)."""
+    low, high = values.get("min_new_tokens"), values.get("max_new_tokens")
+    if isinstance(low, int) and isinstance(high, int) and low > high:
+        values = {**values, "min_new_tokens": high}
     try:
         params = SamplingParams.from_dict({k: v for k, v in values.items() if v is not None}, vocab_size)
     except SamplingParamError as exc:
@@ -33,15 +39,23 @@ def check_token_ids(ids: list[int], vocab_size: int, param: str) -> list[int]:
         raise APIError(400, f"{param} must be a list of token ids", param=param)
     if not ids:
         raise APIError(400, f"{param} is empty", param=param)
-    bad = next((t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size), None)
-    if bad is not None:
-        raise APIError(400, f"{param} holds token id {bad!r}, outside the vocabulary [0, {vocab_size})", param=param)
+    for t in ids:
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size:
+            raise APIError(400, f"{param} holds token id {t!r}, outside the vocabulary [0, {vocab_size})", param=param)
     return list(ids)
 
 
 def encode_text(tm: TokenizerManager, text: str, param: str, add_special_tokens: bool = True) -> list[int]:
     if not isinstance(text, str):
         raise APIError(400, f"{param} must be a string, got {type(text).__name__}", param=param)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800" in the JSON): no tokenizer takes it
+        raise APIError(400, f"{param} is not valid Unicode: {exc.reason} at character {exc.start}", param=param) from None
+    if len(text) > tm.max_prompt_chars:
+        raise APIError(400, f"the prompt is {len(text)} characters, more than the context length of "
+                            f"{tm.context_len} tokens can hold ({tm.max_prompt_chars} characters)",
+                       param=param, code="context_length_exceeded")
     try:
         ids = tm.encode(text, add_special_tokens=add_special_tokens)
     except ValueError as exc:
@@ -85,14 +99,14 @@ def content_text(content: Any, param: str) -> str:
 
 def chat_prompt(tm: TokenizerManager, messages: list[dict], param: str = "messages", **template_kwargs) -> list[int]:
     """Apply the model's chat template to plain {role, content} dicts and tokenize the result."""
-    return encode_text(tm, chat_prompt_text(tm, messages, param, **template_kwargs), param, add_special_tokens=False)
+    return encode_text(tm, chat_text(tm, messages, param, **template_kwargs), param, add_special_tokens=False)
 
 
-def chat_prompt_text(tm: TokenizerManager, messages: list[dict], param: str = "messages",
-                     add_generation_prompt: bool = True, continue_final_message: bool = False,
-                     **template_kwargs) -> str:
-    """The chat template applied to `messages`; `continue_final_message` renders without a generation
-    prompt and cuts the text right after the last message's content (left open for the model)."""
+def chat_text(tm: TokenizerManager, messages: list[dict], param: str = "messages", add_generation_prompt: bool = True,
+              continue_final_message: bool = False, **template_kwargs) -> str:
+    """The model's chat template applied to template messages (`tools=` and the like as keywords);
+    `continue_final_message` renders without a generation prompt and cuts the text right after the
+    last message's content (left open for the model)."""
     if not messages:
         raise APIError(400, f"{param} must hold at least one message", param=param)
     if tm.tokenizer is None:
@@ -115,22 +129,19 @@ def chat_prompt_text(tm: TokenizerManager, messages: list[dict], param: str = "m
 
 def max_new_tokens(requested: int | None, prompts: list[list[int]], context_len: int,
                    default: Callable[[int], int], param: str, prompt_param: str) -> int:
-    """Check the prompt and the output budget against the context length; fill the default."""
+    """Check the prompt against the context length; fill the default; clamp the output budget to
+    the room the longest prompt leaves (`context_len - prompt`), which must be at least one token."""
     longest = max(len(p) for p in prompts)
     if longest >= context_len:
-        raise APIError(400, f"the prompt is {longest} tokens, which does not fit the context length of "
-                            f"{context_len} tokens", param=prompt_param, code="context_length_exceeded")
+        raise APIError(400, f"the prompt is {longest} tokens, which leaves no room for output in the context "
+                            f"length of {context_len} tokens", param=prompt_param, code="context_length_exceeded")
     if requested is None:
         return max(0, min(default(longest), context_len - longest))
     if isinstance(requested, float) and requested.is_integer():
         requested = int(requested)
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
         raise APIError(400, f"{param} must be a non-negative integer, got {requested!r}", param=param)
-    if longest + requested > context_len:
-        raise APIError(400, f"this model's context length is {context_len} tokens, but {longest + requested} "
-                            f"were requested ({longest} in the prompt, {requested} for {param})",
-                       param=param, code="context_length_exceeded")
-    return requested
+    return min(requested, context_len - longest)
 
 
 def chat_default(context_len: int) -> Callable[[int], int]:

@@ -16,15 +16,16 @@ from jackfield.config import Settings
 from jackfield.engine_loop import TOKENIZER_FILES, build_scheduler
 from jackfield.io_struct import (BatchOutput, FinishReason, LoRAUpdateOut, ReqOutput, TokenizedEmbeddingReq,
                                  TokenizedGenerateReq)
-from jackfield.server.ipc import PortArgs, pull_socket, push_socket, setup_child
+from jackfield.server.ipc import PortArgs, exit_child, pull_socket, push_socket, setup_child
 from jackfield.server.messages import ControlFailed, ReadyInfo, RegisterReq, StartupError
 
 log = logging.getLogger(__name__)
 IDLE_POLL_MS = 50
 
 
-def run_scheduler_process(settings: Settings, ports: PortArgs, conn) -> None:
-    """Process entry point. Reports `ReadyInfo` or `StartupError` over the pipe `conn`, then serves."""
+def run_scheduler_process(settings: Settings, ports: PortArgs, conn, heartbeat=None) -> None:
+    """Process entry point. Reports `ReadyInfo` or `StartupError` over the pipe `conn`, then serves,
+    beating `heartbeat` (watchdog.py) once per loop iteration."""
     setup_child("scheduler", settings.log_level)
     start = time.perf_counter()
     try:
@@ -32,14 +33,31 @@ def run_scheduler_process(settings: Settings, ports: PortArgs, conn) -> None:
         tokenizer_path = _tokenizer_path(settings) if scheduler.tokenizer is not None else None
     except Exception as exc:
         log.debug("model load failed", exc_info=True)
-        conn.send(StartupError(f"{type(exc).__name__}: {exc}"))
+        conn.send(StartupError(_startup_error(exc)))
         conn.close()
         sys.exit(1)
     ctx = zmq.Context()
-    loop = SchedulerLoop(scheduler, pull_socket(ctx, ports.scheduler_input), push_socket(ctx, ports.detokenizer))
+    loop = SchedulerLoop(scheduler, pull_socket(ctx, ports.scheduler_input), push_socket(ctx, ports.detokenizer),
+                         heartbeat=heartbeat)
     conn.send(ReadyInfo(info, tokenizer_path, time.perf_counter() - start))
     conn.close()
-    loop.run()
+    try:
+        loop.run()
+    except SystemExit:  # SIGTERM
+        scheduler.close()
+        exit_child(ctx, loop.recv, loop.send)
+
+
+def _startup_error(exc: Exception) -> str:
+    """The error, naming the plugin whose code raised it."""
+    from jackfield.plugin_faults import describe
+    from jackfield.plugins import load_plugins
+
+    try:
+        pm, _ = load_plugins()
+    except Exception:
+        pm = None
+    return describe(exc, pm)
 
 
 def _tokenizer_path(settings: Settings) -> str:
@@ -56,15 +74,19 @@ def _tokenizer_path(settings: Settings) -> str:
 class SchedulerLoop:
     """Drives one Scheduler from a PULL socket and pushes everything it produces to the detokenizer."""
 
-    def __init__(self, scheduler, recv: zmq.Socket, send: zmq.Socket, idle_poll_ms: int = IDLE_POLL_MS):
+    def __init__(self, scheduler, recv: zmq.Socket, send: zmq.Socket, idle_poll_ms: int = IDLE_POLL_MS,
+                 heartbeat=None):
         self.scheduler, self.recv, self.send = scheduler, recv, send
         self.idle_poll_ms = idle_poll_ms
+        self.heartbeat = heartbeat
 
     def run(self) -> None:
         while True:
             self.run_once()
 
     def run_once(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.beat()
         if not self.scheduler.has_work():
             self.recv.poll(self.idle_poll_ms, zmq.POLLIN)
         for msg in self._receive_all():
@@ -94,9 +116,9 @@ class SchedulerLoop:
     def _step(self) -> None:
         try:
             outs = self.scheduler.step()
-        except Exception as exc:  # a failing forward fails the requests in flight, not the server
-            log.exception("scheduler step failed; aborting the requests in flight")
-            outs = self.scheduler.abort_all(f"internal error: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # a failing forward fails the request at fault, not the server
+            log.exception("scheduler step failed")
+            outs = self.scheduler.recover(exc)
         for out in outs:
             self.send.send_pyobj(out)
 

@@ -6,13 +6,16 @@ import asyncio
 import logging
 from dataclasses import asdict
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from jackfield.server.admin import admin_only
+from jackfield.server.drain import RETRY_AFTER_S
 from jackfield.server.app import server_state
 from jackfield.server.errors import APIError
 from jackfield.server.generation import probe_group
+from jackfield.server.openapi import error_responses
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -22,6 +25,9 @@ HEALTH_GENERATE_TIMEOUT_S = 60.0
 def _require_healthy(st) -> None:
     if st.failure is not None:
         raise APIError(503, f"unhealthy: {st.failure}")
+    if st.draining:
+        raise APIError(503, "the server is shutting down (draining)", code="shutting_down",
+                       headers={"Retry-After": str(RETRY_AFTER_S)})
     if not st.ready:
         raise APIError(503, "the server is starting: the model is loading or warming up")
 
@@ -59,7 +65,7 @@ async def get_model_info(request: Request) -> dict:
             "context_len": info.context_len, "max_total_tokens": info.max_total_tokens,
             "max_running_requests": info.max_running_requests, "vocab_size": info.model_config.vocab_size,
             "device": info.device, "dtype": info.dtype, "weight_bytes": info.weight_bytes,
-            "kv_cache_dtype": info.kv_cache_dtype, "components": st.selection}
+            "kv_cache_dtype": info.kv_cache_dtype, "components": st.selection, "chat_parsers": st.parsers.as_dict()}
 
 
 @router.get("/get_server_info")
@@ -72,11 +78,12 @@ async def get_server_info(request: Request) -> dict:
             "requests_in_flight": st.tokenizer_manager.num_in_flight, "process_ids": st.process_ids}
 
 
-@router.api_route("/flush_cache", methods=["POST", "GET"])
+@router.post("/flush_cache", dependencies=[Depends(admin_only)], responses=error_responses(403, 409))
 async def flush_cache(request: Request):
+    """Admin: empty the prefix cache (POST only: a GET that changes state is a cross-site request away)."""
     out = await server_state(request).tokenizer_manager.flush_cache()
     if not out.ok:
-        raise APIError(400, out.message or "the cache could not be flushed")
+        raise APIError(409, out.message or "the cache could not be flushed", code="busy")
     return {"ok": True, "message": "the prefix cache was flushed"}
 
 
@@ -88,7 +95,7 @@ def plugins(request: Request) -> dict:
     st = server_state(request)
     registry = build_registry(st.pm, st.plugin_records)
     return {"components": registry.describe(), "plugins": [asdict(p) for p in st.plugin_records],
-            "in_use": st.selection}
+            "in_use": {**st.selection, **st.parsers.as_dict()}}
 
 
 @router.get("/metrics")
@@ -98,4 +105,5 @@ async def metrics(request: Request) -> Response:
         st.metrics.update_scheduler(await st.tokenizer_manager.get_stats())
     except Exception as exc:  # still serve the HTTP-side metrics
         log.warning("metrics: scheduler stats unavailable: %s", exc)
+    st.metrics.update_processes(st.process_ids)
     return Response(st.metrics.render(), media_type=CONTENT_TYPE_LATEST)

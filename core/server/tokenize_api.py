@@ -7,15 +7,16 @@ detects these routes (with /tokenizer_info) and uses the server's tokenizer thro
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from jackfield.server.app import ServerState, server_state
 from jackfield.server.errors import APIError
-from jackfield.server.prompts import chat_prompt_text, check_token_ids, content_text
-from jackfield.server.protocol import Body, ChatMessage
+from jackfield.server.prompts import chat_text, check_token_ids
+from jackfield.server.protocol import Body, ChatMessage, TokenId
+from jackfield.server.tool_prompt import openai_history, takes_tools
 
 router = APIRouter()
 
@@ -23,9 +24,14 @@ router = APIRouter()
 class TokenizeRequest(Body):
     """Exactly one of `prompt` (completion) and `messages` (chat)."""
 
+    model_config = ConfigDict(json_schema_extra={
+        "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}],
+        # continue_final_message leaves the last message open: no generation prompt after it
+        "if": {"required": ["continue_final_message"], "properties": {"continue_final_message": {"const": True}}},
+        "then": {"required": ["add_generation_prompt"], "properties": {"add_generation_prompt": {"const": False}}}})
     model: str | None = None
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    prompt: str = Field(None, description="exclusive with messages")
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] = Field(None, description="exclusive with prompt")
     add_special_tokens: bool | None = None  # default: true for a prompt, false for messages (the template adds them)
     add_generation_prompt: bool = True      # chat: end with the assistant turn's header
     continue_final_message: bool = False    # chat: leave the last message open for the model to continue
@@ -42,7 +48,7 @@ class TokenizeResponse(BaseModel):
 
 class DetokenizeRequest(Body):
     model: str | None = None
-    tokens: list[int]
+    tokens: list[TokenId]
 
 
 class DetokenizeResponse(BaseModel):
@@ -79,11 +85,12 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
         if body.add_generation_prompt and body.continue_final_message:
             raise APIError(400, "add_generation_prompt and continue_final_message cannot both be true",
                            param="continue_final_message")
-        messages = [{"role": m.role, "content": content_text(m.content, f"messages[{i}].content"),
-                     **({"name": m.name} if m.name else {})} for i, m in enumerate(body.messages)]
-        text = chat_prompt_text(st.tokenizer_manager, messages, add_generation_prompt=body.add_generation_prompt,
-                                continue_final_message=body.continue_final_message,
-                                **(body.chat_template_kwargs or {}))
+        tm = st.tokenizer_manager
+        native = takes_tools(tok.chat_template)  # tool calls and results render as /v1/chat/completions renders them
+        messages = openai_history(body.messages, native, st.parsers.tool(()) if st.parsers.tool is not None else None)
+        text = chat_text(tm, messages, add_generation_prompt=body.add_generation_prompt,
+                         continue_final_message=body.continue_final_message,
+                         **(body.chat_template_kwargs or {}))
         ids = tok.encode(text, add_special_tokens=bool(body.add_special_tokens))
     strs = tok.convert_ids_to_tokens(ids) if body.return_token_strs else None
     return TokenizeResponse(count=len(ids), max_model_len=st.info.context_len, tokens=ids, token_strs=strs)

@@ -36,6 +36,16 @@ REPLY_TO = {StatsOut: "GetStatsReq", FlushCacheOut: "FlushCacheReq"}
 class ServerUnavailable(RuntimeError):
     """The engine is gone (a subprocess died) or shutting down; maps to HTTP 503."""
 
+    retry_after: int | None = None
+    code: str | None = None
+
+
+class ServerBusy(ServerUnavailable):
+    """More requests are queued than `max_queued_requests` allows; HTTP 503 with Retry-After."""
+
+    retry_after = 1
+    code = "queue_full"
+
 
 @dataclass
 class ReqState:
@@ -49,9 +59,15 @@ class ReqState:
 class TokenizerManager:
     """Submit requests and control messages; outputs arrive on the queue given to `submit`."""
 
-    def __init__(self, ports: PortArgs, tokenizer, info: EngineInfo, metrics: ServerMetrics):
+    def __init__(self, ports: PortArgs, tokenizer, info: EngineInfo, metrics: ServerMetrics,
+                 max_queued_requests: int | None = None, default_timeout: float | None = None):
         self.tokenizer, self.info, self.metrics = tokenizer, info, metrics
         self.context_len = info.context_len
+        # A text longer than this cannot fit the context (no token is longer than the longest one
+        # in the vocabulary), so it is refused before the tokenizer spends time on it.
+        self.max_prompt_chars = info.context_len * (tokenizer.max_token_chars if tokenizer is not None else 1)
+        self.default_timeout = default_timeout  # seconds a request may take when it names no timeout
+        self.max_in_flight = None if max_queued_requests is None else info.max_running_requests + max_queued_requests
         self.vocab_size = info.model_config.vocab_size
         self._sync_ctx = zmq.Context()
         self._async_ctx = zmq.asyncio.Context()
@@ -71,10 +87,12 @@ class TokenizerManager:
         self._task = asyncio.get_running_loop().create_task(self._handle_loop(), name="tokenizer-manager")
 
     def fail_all(self, message: str) -> None:
-        """Finish every request in flight with an abort and refuse new work (a subprocess died)."""
+        """Finish every request in flight with an abort (HTTP 503) and refuse new work (a subprocess
+        died, or the server is shutting down)."""
         self.failure = message
         for state in list(self.rid_to_state.values()):
-            state.queue.put_nowait(ReqOutput(state.rid, [], FinishReason("abort", message=message), 0, 0, 0, text=""))
+            reason = FinishReason("abort", message=message, status=503)
+            state.queue.put_nowait(ReqOutput(state.rid, [], reason, 0, 0, 0, text=""))
         self.rid_to_state.clear()
         for waiters in self._waiters.values():
             while waiters:
@@ -95,6 +113,15 @@ class TokenizerManager:
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer: send token ids instead of text")
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def admit(self, count: int) -> None:
+        """Raise ServerUnavailable unless `count` more requests may start now (ServerBusy when
+        `max_queued_requests` would be exceeded: in flight > max_running_requests + max_queued_requests)."""
+        if self.failure is not None:
+            raise ServerUnavailable(self.failure)
+        if self.max_in_flight is not None and self.num_in_flight + count > self.max_in_flight:
+            raise ServerBusy(f"the server is at capacity: {self.num_in_flight} requests in flight, at most "
+                             f"{self.max_in_flight} (max_running_requests + max_queued_requests); retry later")
 
     def submit(self, input_ids: list[int], params: SamplingParams, queue: asyncio.Queue, logprob_start_len: int = -1,
                priority: int = 0, lora: str | None = None) -> str:

@@ -32,6 +32,7 @@ class Tokenizer:
         self._chat_template = chat_template
         self._source = source
         self._hf = None
+        self._max_token_chars: int | None = None
         ids = [self._token_id("eos_token"), *extra_eos_ids]
         self._eos_ids = tuple(dict.fromkeys(int(i) for i in ids if i is not None))
 
@@ -90,6 +91,14 @@ class Tokenizer:
     def vocab_size(self) -> int:
         """Number of tokens, added tokens included."""
         return self._backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def max_token_chars(self) -> int:
+        """Characters in the longest token of the vocabulary (added tokens included): a text of c
+        characters encodes to at least c / max_token_chars tokens."""
+        if self._max_token_chars is None:
+            self._max_token_chars = max(map(len, self._backend.get_vocab(with_added_tokens=True)), default=1)
+        return self._max_token_chars
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:

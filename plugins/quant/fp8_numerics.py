@@ -34,10 +34,23 @@ def quantize_per_tensor(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return to_fp8(w, scale), scale
 
 
+CHUNK_ELEMENTS = 4 << 20  # rows quantized at a time: float32 temporaries of 16 MB at most
+
+
 def quantize_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes [N, K] FP8, scale [N] float32): one scale per output row."""
-    scale = _scale(w.abs().amax(dim=1).float())
-    return to_fp8(w, scale[:, None]), scale
+    """(codes [N, K] FP8, scale [N] float32): one scale per output row.
+
+    Rows are quantized a chunk at a time into codes allocated first: a plain checkpoint is
+    quantized on the GPU while loading, and whole-weight float32 temporaries would leave the
+    allocator's segments holding codes amid freed space the KV pool cannot use."""
+    q = torch.empty(w.shape, dtype=FP8, device=w.device)
+    scale = torch.empty(w.shape[0], dtype=torch.float32, device=w.device)
+    rows = max(1, CHUNK_ELEMENTS // max(1, w.shape[1]))
+    for i in range(0, w.shape[0], rows):
+        part = w[i:i + rows]
+        scale[i:i + rows] = _scale(part.abs().amax(dim=1).float())
+        q[i:i + rows] = to_fp8(part, scale[i:i + rows, None])
+    return q, scale
 
 
 def expand_blocks(scale: torch.Tensor, shape: tuple[int, int], block: tuple[int, int]) -> torch.Tensor:
@@ -73,6 +86,13 @@ def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, block: tuple[int, in
     if block is None:
         return q.float() * scale.float()[:, None]
     return q.float() * expand_blocks(scale.float(), tuple(q.shape), block)
+
+
+def w8a16_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] | None,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x dequant(W)^T + b in float32 with x not quantized: the numerics of the one-row GEMV that
+    CUDA takes at batch-1 decode where the tuner finds it faster than the W8A8 path."""
+    return F.linear(x.float(), dequantize_weight(q, scale, block), None if bias is None else bias.float())
 
 
 def w8a8_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] | None,

@@ -2,9 +2,10 @@
 qweight [N, K/8] int32 (eight codes per word, packed along K), scales and zeros [N, K/group].
 
 `int4_gemv` (one row, batch-1 decode): each program streams BLOCK_N full rows of packed codes, one
-BLOCK_K chunk (within one group) at a time, and accumulates (q - z) * (x s) per weight, reduced
-once after the loop: per weight a shift, a mask-and-or (`_unpack`: no integer-to-float
-conversion), a subtraction, a multiply and a multiply-add. The first chunk's codes are loaded
+BLOCK_K chunk at a time (within one group, or spanning several with a scale and zero per word), and
+accumulates (q - z) * (x s) per weight, reduced once after the loop: per weight a shift, a
+mask-and-or (`_unpack`: no integer-to-float conversion), a subtraction, a multiply and a
+multiply-add. The first chunk's codes are loaded
 before the programmatic-dependent-launch wait (jackfield.kernels: weights are written by no
 kernel).
 `int4_matmul` (a few to a few hundred rows): tiles of codes are unpacked and dequantized to the
@@ -20,7 +21,7 @@ import triton.language as tl
 
 from jackfield.sdk import pdl_kwargs
 from jackfield_plugins.quant.gemm_tiles import grid_size, output_tile, store_tile
-from jackfield_plugins.quant.int4_linear import gemv_fits
+from jackfield_plugins.quant.int4_linear import tile_fits
 
 
 MAGIC = tl.constexpr(8388608.0)  # 2^23: the float32 whose low mantissa bits are an int4 code added to it
@@ -57,16 +58,22 @@ def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, stride_qn,
     if PDL:
         tl.extra.cuda.gdc_wait()  # x is written by the kernel before: read it only from here
     acc = tl.zeros([BLOCK_N, WORDS, 8], tl.float32)
-    for k0 in range(0, K, BLOCK_K):  # K % BLOCK_K == 0 and GROUP % BLOCK_K == 0 (checked by the caller)
+    for k0 in range(0, K, BLOCK_K):  # K % BLOCK_K == 0 (checked by the caller)
         x = tl.load(x_ptr + k0 + cols).to(tl.float32)
         codes = _unpack(packed, WORDS)
         if k0 + BLOCK_K < K:
             packed = tl.load(q_rows + (k0 + BLOCK_K) // 8, mask=rmask[:, None], other=0)
-        g = k0 // GROUP
-        s = tl.load(s_rows + g, mask=rmask, other=0.0).to(tl.float32)
-        z = tl.load(z_rows + g, mask=rmask, other=0.0).to(tl.float32) + MAGIC
+        if GROUP % BLOCK_K == 0:  # the chunk lies in one group: one scale and zero a row
+            g = k0 // GROUP
+            s = tl.load(s_rows + g, mask=rmask, other=0.0).to(tl.float32)[:, None, None]
+            z = tl.load(z_rows + g, mask=rmask, other=0.0).to(tl.float32)[:, None, None] + MAGIC
+        else:  # the chunk spans groups: a scale and zero a word (cached: a group's words share them)
+            g = (k0 + words * 8) // GROUP
+            s = tl.load(s_rows[:, None] + g[None, :], mask=rmask[:, None], other=0.0).to(tl.float32)[:, :, None]
+            z = tl.load(z_rows[:, None] + g[None, :], mask=rmask[:, None], other=0.0).to(tl.float32)[:, :, None]
+            z += MAGIC
         # (q - z) s x per weight, summed once at the end: no reduction across lanes in the loop
-        acc += (codes - z[:, None, None]) * (x[None, :, :] * s[:, None, None])
+        acc += (codes - z) * (x[None, :, :] * s)
     y = tl.sum(tl.sum(acc, axis=2), axis=1)
     if HAS_BIAS:
         y += tl.load(b_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
@@ -76,7 +83,7 @@ def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, stride_qn,
 def int4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int,
               bias: torch.Tensor | None, cfg) -> torch.Tensor:
     """x [1, K] contiguous -> [1, N] in x's dtype. `cfg`: a GemvConfig (block_n, block_k dividing
-    the group, num_warps, num_stages, pdl)."""
+    K (int4_linear.gemv_fits), num_warps, num_stages, pdl)."""
     n, k = qweight.shape[0], x.shape[1]
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
     _int4_gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
@@ -128,7 +135,7 @@ def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, ze
     if m == 0:
         return y
     bm, bn, bk, warps, stages = tiles or mm_tiles(m, group)
-    if not gemv_fits(bk, k, group):
+    if not tile_fits(bk, k, group):
         raise ValueError(f"int4 matmul: BLOCK_K {bk} must divide K {k} and the group {group}")
     grid = grid_size(m, n, bm, bn)
     _int4_mm_kernel[grid](x, qweight, scales, zeros, bias if bias is not None else scales, y, m, n, k, x.stride(0),
@@ -161,7 +168,7 @@ def int4_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Te
     n, k = qweight.shape[0], qweight.shape[1] * 8
     w = torch.empty(n, k, dtype=dtype, device=qweight.device)
     bk = 64 if group % 64 == 0 else 32
-    if not gemv_fits(bk, k, group):
+    if not tile_fits(bk, k, group):
         raise ValueError(f"int4 dequantize: {bk} must divide K {k} and the group {group}")
     _int4_dequant_kernel[(triton.cdiv(n, 32), k // bk)](qweight, scales, zeros, w, n, k, qweight.stride(0),
                                                         scales.stride(0), w.stride(0), GROUP=group, BLOCK_N=32,

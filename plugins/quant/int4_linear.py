@@ -28,7 +28,10 @@ from jackfield_plugins.quant.common import BuiltinQuantization, replace_paramete
 
 DEQUANT_ROWS = 1024  # from this many rows: dequantize + cuBLAS (auto backend)
 GEMV_CONFIGS = (  # (block_n, block_k, num_warps, num_stages) timed for one-row inputs
-    (4, 128, 4, 3), (8, 128, 4, 3), (16, 128, 8, 2), (8, 64, 4, 4), (16, 64, 4, 3), (32, 32, 4, 4), (16, 32, 4, 4))
+    (4, 128, 4, 3), (8, 128, 4, 3), (16, 128, 8, 2), (8, 64, 4, 4), (16, 64, 4, 3), (32, 32, 4, 4), (16, 32, 4, 4),
+    # chunks spanning several groups: 256-512 bytes of codes per row per load, enough bytes in
+    # flight to stream HBM (a 128-column chunk moves 64 bytes a row, and the loop waits on each)
+    (4, 512, 4, 2), (8, 512, 4, 2), (16, 512, 8, 2), (4, 1024, 4, 2), (8, 1024, 8, 2))
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,13 @@ class Int4GemvConfig:
 
 
 def gemv_fits(block_k: int, k: int, group: int) -> bool:
-    """Whether a kernel chunk of block_k columns (whole words) tiles K and stays within one group."""
+    """Whether a GEMV chunk of block_k columns (whole words) tiles K; a chunk within one group reads
+    one scale a row, a longer one a scale per word (every group is whole words: int4_fits)."""
+    return block_k % 8 == 0 and k % block_k == 0 and group % 8 == 0
+
+
+def tile_fits(block_k: int, k: int, group: int) -> bool:
+    """Whether a matmul / dequantize tile of block_k columns tiles K and stays within one group."""
     return block_k % 8 == 0 and k % block_k == 0 and group % block_k == 0
 
 
@@ -90,7 +99,7 @@ def load_shared(param: torch.Tensor, tensor: torch.Tensor, name: str) -> None:
     with torch.no_grad():
         if bool((param < 0).all()):
             param.copy_(tensor)
-        elif not torch.equal(param, tensor.to(param.dtype)):
+        elif not torch.equal(param, tensor.to(param.device, param.dtype)):
             raise ValueError(f"the shards of a fused layer have different {name}; such checkpoints are not supported")
 
 

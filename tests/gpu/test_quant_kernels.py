@@ -178,6 +178,7 @@ def test_layer_on_gpu_matches_cpu(name, backend):
     from jackfield.sdk import QuantOptions
     from jackfield.sdk.layers.linear import Linear
     from jackfield.sdk.model import ModelBuildContext
+    from jackfield_plugins.quant import fp8_numerics
     from jackfield_plugins.quant.awq import Awq
     from jackfield_plugins.quant.fp8 import Fp8
     from jackfield_plugins.quant.gptq import Gptq
@@ -201,9 +202,20 @@ def test_layer_on_gpu_matches_cpu(name, backend):
         layers[device] = layer
     for m in (1, 3, 64, 256, 1500):
         x = torch.randn(m, 4096, generator=gen).bfloat16()
-        ref = layers["cpu"](x.float())
         out = layers["cuda"](x.cuda())
+        ref = layers["cpu"](x.float())
+        if m == 1 and name.startswith("fp8") and _gemv_taken(layers["cuda"]):
+            # FP8's one-row GEMV keeps the activation in bf16 (W8A16); the CPU path is W8A8, whose
+            # per-token e4m3 rounding of x alone is a ~2-3% relative error: compare like with like
+            cpu = layers["cpu"]
+            ref = fp8_numerics.w8a16_reference(x.float(), cpu.weight, cpu.weight_scale, cpu.wscale.block, cpu.bias)
         assert out.dtype == torch.bfloat16 and _rel(out.cpu(), ref) < 2e-2, (m, _rel(out.cpu(), ref))
+
+
+def _gemv_taken(layer) -> bool:
+    """Whether the layer's one-row input went through the GEMV kernel (not the method's matmul)."""
+    gemv = getattr(layer.method, "gemv", None)
+    return gemv is not None and any(k[0] == "linear" and c is not None for k, c in gemv.choices.items())
 
 
 CHECKPOINTS = [("fp8", {"scheme": "tensor", "static": True}), ("fp8", {"scheme": "block", "block": (32, 32)}),
@@ -224,9 +236,15 @@ def test_tiny_checkpoint_on_gpu_matches_cpu(tmp_path, fmt, opts, backend):
     if not available_backend(backend):
         pytest.skip(f"{backend} is unavailable here")
     model = build_hf_model(ArchSpec("qwen2_gpu", "Qwen2Config", {"tie_word_embeddings": False}, seed=5))
-    qdir, _ = write_quantized(model, tmp_path, fmt, **opts)
+    qdir, twin = write_quantized(model, tmp_path, fmt, **opts)
     gpu = forced_logits(qdir, attention_backend=backend, **GPU_RUN).cpu()
-    assert rel_err(gpu, forced_logits(qdir)) < 0.05
+    cpu = forced_logits(qdir)
+    # FP8 formats quantize activations per token to e4m3 (3 mantissa bits): on this model that alone
+    # moves the CPU logits ~8% from the same weights with float activations (the dequantized twin).
+    # The GPU rounds different bf16 activations, and its batch-1 decode GEMV skips the activation
+    # rounding, so GPU and CPU differ by up to about that noise again, on top of bf16's 5%.
+    noise = rel_err(cpu, forced_logits(twin)) if fmt.endswith("fp8") else 0.0
+    assert rel_err(gpu, cpu) < 0.05 + 1.5 * noise, (rel_err(gpu, cpu), noise)
 
 
 @pytest.mark.parametrize("backend", ["triton", "flashinfer"])
@@ -250,7 +268,12 @@ def test_fp8_kv_cache_end_to_end(tmp_path, backend):
     ref = forced_logits(tmp_path, attention_backend="torch_native", **common)
     ours = forced_logits(tmp_path, attention_backend=backend, **common)
     plain = forced_logits(tmp_path, attention_backend=backend, **GPU_RUN)
-    assert rel_err(ours, ref) < 0.02 and rel_err(ours, plain) < 0.05
+    plain_ref = forced_logits(tmp_path, attention_backend="torch_native", **GPU_RUN)
+    assert rel_err(ours, ref) < 0.02, rel_err(ours, ref)  # the same FP8 cache, two kernels: bf16 rounding
+    # the e4m3 rounding of K and V (3 mantissa bits) moves the logits ~5% here; the backend's FP8
+    # cache may not move them further than torch_native's does
+    fp8_noise = rel_err(ref, plain_ref)
+    assert rel_err(ours, plain) < 0.02 + 1.25 * fp8_noise, (rel_err(ours, plain), fp8_noise)
 
 
 def test_quantized_weights_leave_room_for_the_kv_cache():

@@ -48,7 +48,7 @@ def run(tiny, backend: str, dtype: str, graphs: bool, params: dict = GREEDY) -> 
     jobs = [(n, p) for n in names for p in PROMPTS]
     with Engine(model=str(model_dir), device="cuda", dtype=dtype, lora_backend=backend, max_loras=2,
                 lora_paths=[f"{n}={p}" for n, p in paths.items()], disable_cuda_graph=not graphs,
-                attention_backend="triton", cuda_graph_max_bs=16, mem_fraction_static=0.3) as eng:
+                attention_backend="triton", cuda_graph_max_bs=16, kv_cache_bytes=1 << 26) as eng:
         assert eng.info.components["lora"]["name"] == backend
         assert (eng.loop.scheduler.runner.graph_runner is not None) == graphs
         batch = eng.generate([p for _, p in jobs], params, lora_path=[n for n, _ in jobs])

@@ -40,7 +40,7 @@ print("REPORT " + json.dumps({"ok": report.ok, "passed": report.count("passed"),
 
 
 def test_triton_kernels_pass_the_kit_in_the_interpreter():
-    """SGMV (prefill, mixed) and BGMV (decode: fused for few tokens, shrink + expand for more) in
+    """SGMV (prefill, mixed) and BGMV (decode: split-K shrink, then expand) in
     float32 and float16; bfloat16 and CUDA graphs are left to the GPU run (tests/gpu/test_kit_cuda.py)."""
     pytest.importorskip("triton", reason="triton is not installed")
     env = dict(os.environ, TRITON_INTERPRET="1")

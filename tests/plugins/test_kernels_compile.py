@@ -44,7 +44,7 @@ def _cases(everything: bool = False) -> dict:
                 wk._w8a16_kernel, {"x_ptr": p(xd), "w_ptr": p(wd), "s_ptr": "*fp32", "b_ptr": p(xd), "y_ptr": p(xd)},
                 {"HAS_BIAS": True, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8})
         int4_args = {"x_ptr": p(xd), "q_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*fp16", "b_ptr": p(xd), "y_ptr": p(xd)}
-        for bn, bk, _, _ in GEMV_CONFIGS if everything else GEMV_CONFIGS[3:4]:
+        for bn, bk, _, _ in GEMV_CONFIGS if everything else (GEMV_CONFIGS[3], GEMV_CONFIGS[8]):  # in / across groups
             cases[f"int4_gemv_{xd}_{bn}x{bk}"] = (k4._int4_gemv_kernel, int4_args,
                                                   {"GROUP": 128, "HAS_BIAS": True, "BLOCK_N": bn, "BLOCK_K": bk,
                                                    "PDL": True})
@@ -59,8 +59,8 @@ def _cases(everything: bool = False) -> dict:
         gemv_args = {"x_ptr": p(xd), "r_ptr": p(xd), "g_ptr": p(xd), "b_ptr": p(xd), "y_ptr": p(xd),
                      "r_out_ptr": p(xd), "s_ptr": "*fp32", "eps": "fp32"}
         for wd, scale, variant in (("fp8e4nv", 1, "norm"), ("i8", 1, "silu"), ("fp8e4nv", 2, "plain")):
-            configs = g.BLOCK_SCALE_CANDIDATES if scale == 2 else g.CANDIDATES
-            for cfg in configs if everything else configs[:1]:
+            configs = g.BLOCK_SCALE_CANDIDATES if scale == 2 else g.CODE_CANDIDATES
+            for cfg in configs if everything else configs[:1] + configs[-1:] * (scale == 1 and variant == "norm"):
                 cases[f"gemv_{xd}_{wd}_scale{scale}_{variant}_{cfg.block_n}x{cfg.block_k}"] = (
                     g._gemv_kernel, {**gemv_args, "w_ptr": p(wd)},
                     {"ADD_RES": variant == "norm", "NORM": variant == "norm", "SILU_MUL": variant == "silu",
@@ -91,8 +91,9 @@ def _cases(everything: bool = False) -> dict:
 
 
 CASE_NAMES = ["act_quant_bf16", "w8a8_bf16_None_256", "w8a8_bf16_(128, 128)_1", "w8a16_bf16_i8_64",
-              "w8a16_bf16_fp8e4nv_1", "int4_gemv_bf16_8x64", "int4_mm_bf16_g128_256", "int4_mm_bf16_g32_2",
-              "int4_dequant_bf16", "gemv_bf16_fp8e4nv_scale1_norm_2x1024", "gemv_bf16_i8_scale1_silu_2x1024",
+              "w8a16_bf16_fp8e4nv_1", "int4_gemv_bf16_8x64", "int4_gemv_bf16_8x512", "int4_mm_bf16_g128_256",
+              "int4_mm_bf16_g32_2", "int4_dequant_bf16", "gemv_bf16_fp8e4nv_scale1_norm_2x1024",
+              "gemv_bf16_fp8e4nv_scale1_norm_2x4096", "gemv_bf16_i8_scale1_silu_2x1024",
               "gemv_bf16_fp8e4nv_scale2_plain_8x128", "store_kv_bf16_fp8", "rope_store_bf16_fp8",
               "decode_bf16_fp8kv_d128", "extend_bf16_fp8kv_d128"]
 

@@ -84,7 +84,7 @@ def cases() -> dict:
         ref = int4.reference_linear(x, q, s16, z16, group, b)
         if kind == "gemv":
             return max(err(k4.int4_gemv(x, packed, s16, z16, group, b, Int4GemvConfig(bn, bk, 4, 1, False)), ref)
-                       for bn, bk in ((8, 32), (16, 64), (4, min(128, group))) if gemv_fits(bk, k, group))
+                       for bn, bk in ((8, 32), (16, 64), (4, min(128, group)), (4, 256)) if gemv_fits(bk, k, group))
         if kind == "matmul":
             return max(err(k4.int4_matmul(x, packed, s16, z16, group, b, tiles), ref)
                        for tiles in (None, (16, 16, 32, 4, 1)))

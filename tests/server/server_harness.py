@@ -105,10 +105,11 @@ class Server:
             self.proc.wait(10)
 
 
-def start_server(log_dir: Path, *args: str, wait: bool = True) -> Server:
+def start_server(log_dir: Path, *args: str, wait: bool = True, env: dict[str, str] | None = None) -> Server:
+    """`jackfield serve --port <free> ARGS` in its own session; `env` adds environment variables."""
     port = free_port()
     log = log_dir / f"server-{port}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log, "wb") as out:
         proc = subprocess.Popen([*SERVE, "--port", str(port), *args], stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -119,8 +120,15 @@ def start_server(log_dir: Path, *args: str, wait: bool = True) -> Server:
 
 
 def assert_error(resp: httpx.Response, status: int, param: str | None = None, code: str | None = None) -> dict:
-    """The response is `status` with the OpenAI error shape; returns the error object."""
+    """The response is `status` with the OpenAI error shape (Anthropic's below /v1/messages, where
+    `param` must be named in the message and `code` is not part of the shape); returns the error object."""
     assert resp.status_code == status, resp.text
+    if resp.request.url.path.startswith("/v1/messages"):
+        body = resp.json()
+        assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
+        assert body["error"]["message"] and "Traceback" not in body["error"]["message"]
+        assert param is None or param in body["error"]["message"], body
+        return body["error"]
     err = resp.json()["error"]
     assert set(err) == {"message", "type", "param", "code"}, err
     assert isinstance(err["message"], str) and err["message"]

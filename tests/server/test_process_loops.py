@@ -36,7 +36,9 @@ class FakeScheduler:
         rids, self.waiting = self.waiting, []
         return [BatchOutput([ReqOutput(r, [7], FinishReason("length"), 3, 1, 0) for r in rids])]
 
-    def abort_all(self, message: str):
+    def recover(self, exc: Exception):
+        """The real one aborts only the request at fault; here every request is."""
+        message = f"internal error: {type(exc).__name__}: {exc}"
         self.aborted_with.append(message)
         rids, self.waiting = self.waiting, []
         return [BatchOutput([ReqOutput(r, [], FinishReason("abort", message=message), 3, 0, 0) for r in rids])]

@@ -102,3 +102,40 @@ def test_control_replies_and_fail_all(manager):
     a, b, last = run(main())
     assert a.num_running < b.num_running       # replies matched in request order
     assert last.finished.kind == "abort" and "died" in last.finished.message
+
+
+def test_the_default_timeout_aborts_with_408(manager):
+    from jackfield.server.errors import APIError
+    from jackfield.server.generation import RequestGroup, request_timeout
+
+    tm, engine = manager
+    tm.default_timeout = 0.3
+
+    async def main():
+        tm.start()
+        with RequestGroup(tm, [[0, 5]], SamplingParams(), timeout=request_timeout(tm, None)) as group:  # never ends
+            await group.collect()
+
+    with pytest.raises(APIError) as info:
+        run(main())
+    assert info.value.status == 408 and "0.3 s" in info.value.message
+    threading.Event().wait(0.2)
+    assert any(isinstance(m, AbortReq) for m in engine.seen) and tm.num_in_flight == 0
+
+
+def test_the_queue_limit_admits_whole_groups(manager):
+    from jackfield.server.tokenizer_manager import ServerBusy
+
+    tm, _ = manager
+    tm.max_in_flight = 2
+
+    async def main():
+        tm.start()
+        queue: asyncio.Queue = asyncio.Queue()
+        tm.admit(2)
+        tm.submit([0], SamplingParams(), queue)
+        with pytest.raises(ServerBusy):
+            tm.admit(2)
+        tm.admit(1)
+
+    run(main())
