@@ -32,7 +32,8 @@ BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 def candidates(pairs: int, quick: bool) -> list[dict]:
     out = []
     if pairs <= 128:
-        for bn, bk, bn2, warps, split in itertools.product((16, 32, 64), (128, 256), (8, 16, 32), (4, 8), (False, True)):
+        for bn, bk, bn2, warps, split in itertools.product((16, 32, 64), (128, 256), (8, 16, 32), (4, 8),
+                                                           (False, True)):
             if quick and (warps == 8 or bn2 == 8):
                 continue
             out.append({"path": "gemv", "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_N2": bn2, "BLOCK_K2": bk, "SPLIT2": split,

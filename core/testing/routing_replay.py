@@ -46,7 +46,8 @@ def replay_routing(model: torch.nn.Module, recorded: dict[str, list[torch.Tensor
                 raise RuntimeError(f"{name}: no recorded routing left to replay")
             ids = calls[name].pop(0).to(router_logits.device)
             if ids.shape[0] != router_logits.shape[0]:
-                raise RuntimeError(f"{name}: recorded routing of {ids.shape[0]} tokens, replayed on {router_logits.shape[0]}")
+                raise RuntimeError(f"{name}: recorded routing of {ids.shape[0]} tokens, "
+                                   f"replayed on {router_logits.shape[0]}")
             return d.experts(hidden, route_weights(router_logits, ids, d.config.routing), ids.to(torch.int32), weights)
         d.forward = forward
 

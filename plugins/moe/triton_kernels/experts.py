@@ -9,9 +9,11 @@ Two forms, chosen per batch size by the tuned config (configs.py):
   summed last. Each expert's weights are read once per M-block.
 * "gemv" (small batches, where the pairs seldom share an expert): no sorting; GEMV 1 runs one
   program per (pair, N-block) and GEMV 2 one per (token, N-block of H), looping over the token's k
-  experts and summing in registers, so it writes the output directly; or, with "SPLIT2", one per
-  (pair, N-block of H), each writing its weighted row, and the k rows of a token summed after. `fused_moe_gemv` also fuses
-  the top-k routing into GEMV 1, so a batch-1 decode's whole MoE is two launches.
+  experts and summing in registers, so it writes the output directly; or, with "SPLIT2", one
+  per (pair, N-block of H), each writing its weighted row, and the k rows of a token summed after
+  (the default: more programs, each with a k times shorter chain of loads). `fused_moe_gemv` also
+  fuses the top-k routing into GEMV 1, so a batch-1 decode's whole MoE is two launches (three
+  with SPLIT2).
 """
 from __future__ import annotations
 
@@ -228,8 +230,8 @@ def _gemv(hidden, w13, w2, topk_weights, topk_ids, config, route=None) -> torch.
 
 def fused_moe_gemv(hidden: torch.Tensor, router_logits: torch.Tensor, routing: RoutingConfig,
                    correction_bias: torch.Tensor | None, w13: torch.Tensor, w2: torch.Tensor, config: dict) -> torch.Tensor:
-    """The whole MoE of a small batch in two launches, the top-k routing fused into GEMV 1 (the routing
-    must pass `fused_routing_supported`; config["path"] == "gemv")."""
+    """The whole MoE of a small batch in two or three launches, the top-k routing fused into GEMV 1
+    (the routing must pass `fused_routing_supported`; config["path"] == "gemv")."""
     t = hidden.shape[0]
     if t == 0:
         return torch.empty_like(hidden)
