@@ -1,4 +1,5 @@
-"""The embedded SmolLM2-135M (GGUF) end to end through the offline Engine, on CPU in float32.
+"""The embedded SmolLM2-135M (GGUF) end to end through the offline Engine, on CPU in float32
+(`quantization=unquantized`: the file dequantized; tests/quant/test_gguf_smollm2.py covers the default `gguf`).
 
 One Engine and one transformers reference (loaded by transformers' own GGUF reader from the same
 file, float32) serve the whole module. Greedy generations must equal transformers' greedy
@@ -37,7 +38,7 @@ STORY = 2  # index of the prompt whose continuation runs the full 32 tokens with
 def engine():
     from jackfield.engine import Engine
 
-    with Engine() as eng:
+    with Engine(quantization="unquantized") as eng:  # the float path, as transformers computes it
         yield eng
 
 
