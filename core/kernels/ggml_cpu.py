@@ -7,8 +7,9 @@ rows over PyTorch's threads. It is compiled on first use with `torch.utils.cpp_e
 `<jackfield cache>/ggml_cpu/<key>` (the key hashes the source, torch's version and the libggml
 path), so a C++ compiler is needed once per installation.
 
-`ggml_unavailable()` says why the operator cannot be built (None when it can); `mm(x, blocks, type)`
-and `quantize(w, type)` build it on first call.
+`ggml_unavailable()` says why the operator cannot be built (None when it can); `build()` compiles
+(or loads the cached build) and returns the operator namespace; `mm(x, blocks, type)` and
+`quantize(w, type)` call it.
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def ggml_unavailable() -> str | None:
 
 
 @functools.cache
-def _ops():
+def build():
+    """The `torch.ops.jackfield_ggml` namespace, compiled on the first call of the process's life."""
     reason = ggml_unavailable()
     if reason:
         raise RuntimeError(reason)
@@ -67,9 +69,9 @@ def _ops():
 def mm(x: torch.Tensor, blocks: torch.Tensor, ggml_type: int) -> torch.Tensor:
     """x [M, K] float32 times the GGUF weight `blocks` (uint8 [N, row bytes] of `ggml_type`)
     transposed: float32 [M, N]."""
-    return _ops().mm(x, blocks, ggml_type)
+    return build().mm(x, blocks, ggml_type)
 
 
 def quantize(w: torch.Tensor, ggml_type: int) -> torch.Tensor:
     """The GGUF blocks (uint8 [N, row bytes]) of float32 w [N, K] in `ggml_type`, by ggml's quantizer."""
-    return _ops().quantize(w.float(), ggml_type)
+    return build().quantize(w.float(), ggml_type)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from jackfield.sdk import (GGUF_FORMAT, Availability, Capabilities, GGUFWeight, LinearMethod, QuantizationMethod,
-                           ggml_mm, ggml_quantize, ggml_unavailable, hookimpl)
+                           ggml_build, ggml_mm, ggml_quantize, ggml_unavailable, hookimpl)
 
 KIT_TYPE = 2  # GGMLQuantizationType.Q4_0: the least accurate type checkpoint_tensors builds
 FALLBACK_TYPE = 0  # F32, for a kit weight whose in_features is not a multiple of 32
@@ -90,6 +90,10 @@ class GGUF(QuantizationMethod):
     max_relative_error = 0.15  # Q4_0 (~0.11 on Gaussian weights) with int8 activations; Q8_0 ~0.01
     capabilities = Capabilities(devices=("cpu",))
     description = "Keep a GGUF file's quantized blocks; llama.cpp's ggml CPU kernels (int8 activations)"
+
+    def __init__(self, model_config):
+        super().__init__(model_config)
+        ggml_build()  # compile (first run only) while the model loads, not in the first request
 
     @classmethod
     def availability(cls) -> Availability:
