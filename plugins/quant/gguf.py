@@ -67,8 +67,13 @@ class GGUFLinearMethod(LinearMethod):
                 runs.append([(offset, w)])
         self.segments = [(run[0][0], sum(w.shape[0] for _, w in run), run[0][1].ggml_type,
                           torch.cat([w.blocks for _, w in run]).contiguous()) for run in runs]
+        for i, segment in enumerate(self.segments):  # buffers, so the model's weight bytes count them
+            layer.register_buffer(f"gguf_blocks_{i}", segment[3])
         self.pending = []
         layer.weight = None
+
+    def load_float(self, layer, weight):
+        self.load(layer, "weight", GGUF.checkpoint_tensors(weight)["weight"], 0, weight.shape[0])
 
     def apply(self, layer, x):
         x2 = x.reshape(-1, x.shape[-1]).float()
@@ -91,8 +96,8 @@ class GGUF(QuantizationMethod):
     capabilities = Capabilities(devices=("cpu",))
     description = "Keep a GGUF file's quantized blocks; llama.cpp's ggml CPU kernels (int8 activations)"
 
-    def __init__(self, model_config):
-        super().__init__(model_config)
+    def __init__(self, model_config, options=None):
+        super().__init__(model_config, options)
         ggml_build()  # compile (first run only) while the model loads, not in the first request
 
     @classmethod

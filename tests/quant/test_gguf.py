@@ -118,7 +118,7 @@ def test_selection():
     for plain in ("unquantized", "int4_weight_only"):  # the loader dequantizes the file for them
         assert choose(registry, "quantization", plain, gguf_file).name == plain
     assert choose(registry, "quantization", "auto", SelectionContext(device="cpu", dtype="float32")).name == "unquantized"
-    with pytest.raises(SelectionError, match="cannot load checkpoints quantized as None"):
+    with pytest.raises(SelectionError, match="loads only checkpoints quantized as 'gguf'"):
         choose(registry, "quantization", "gguf", SelectionContext(device="cpu", dtype="float32"))
     with pytest.raises(SelectionError, match="device 'cuda' not supported"):
         choose(registry, "quantization", "gguf", SelectionContext(device="cuda", dtype="bfloat16", quantization="gguf"))
