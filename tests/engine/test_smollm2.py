@@ -16,7 +16,7 @@ import os
 import pytest
 import torch
 
-from model_harness import hf_logits, within
+from model_harness import SMOLLM2_PROMPTS, hf_logits, within
 
 if os.environ.get("JACKFIELD_TEST_SMOLLM2", "1").lower() in ("0", "off", "false", "no"):
     pytest.skip("JACKFIELD_TEST_SMOLLM2 is off", allow_module_level=True)
@@ -24,13 +24,7 @@ if os.environ.get("JACKFIELD_TEST_SMOLLM2", "1").lower() in ("0", "off", "false"
 NEW_TOKENS = 32
 GREEDY = {"temperature": 0, "max_new_tokens": NEW_TOKENS}
 TIE_GAP = 1e-3
-PROMPTS = [
-    "The capital of France is",
-    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
-    "Once upon a time, in a small village nestled between two mountains, there lived an old clockmaker who",
-    "Translate to French: I like apples.\nFrench:",
-    "1, 2, 3, 5, 8, 13,",
-]
+PROMPTS = SMOLLM2_PROMPTS
 STORY = 2  # index of the prompt whose continuation runs the full 32 tokens with plain words
 
 

@@ -12,22 +12,22 @@ token and fails both. Set JACKFIELD_TEST_SMOLLM2=0 to skip the module.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 from jackfield_plugins.quant.gguf import GGUF
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+from model_harness import SMOLLM2_PROMPTS  # noqa: E402
 
 if os.environ.get("JACKFIELD_TEST_SMOLLM2", "1").lower() in ("0", "off", "false", "no"):
     pytest.skip("JACKFIELD_TEST_SMOLLM2 is off", allow_module_level=True)
 pytestmark = pytest.mark.skipif(not GGUF.availability().ok, reason=GGUF.availability().reason)
 
 NEW_TOKENS = 32
-PROMPTS = [
-    "The capital of France is",
-    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
-    "Once upon a time, in a small village nestled between two mountains, there lived an old clockmaker who",
-    "Translate to French: I like apples.\nFrench:",
-    "1, 2, 3, 5, 8, 13,",
+PROMPTS = SMOLLM2_PROMPTS + [
     "The three primary colors are",
     "Water boils at a temperature of",
     "The largest planet in the solar system is",
