@@ -1,6 +1,7 @@
 """Startup decisions taken once per engine: device, dtype, model source, component selection."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from jackfield.loader.source import ModelSource, resolve_model
 from jackfield.plugins import load_plugins
 from jackfield.registry import Registry, build_registry
 from jackfield.sdk.component import SelectionContext
+from jackfield.sdk.gguf import GGUF_FORMAT
 from jackfield.sdk.model_config import ModelConfig
 from jackfield.selection import Choice, SelectionError, choose_all
 
@@ -52,6 +54,8 @@ def resolve_target(settings: Settings) -> tuple[ModelSource, ModelConfig, torch.
     no GPU memory)."""
     source = resolve_model(settings.model, settings.load_format)
     config = ModelConfig.from_hf(source.hf_config)
+    if source.gguf_file is not None:  # selection sees the file's format; plain methods get it dequantized
+        config = dataclasses.replace(config, quantization=GGUF_FORMAT)
     device = resolve_device(settings)
     return source, config, device, resolve_dtype(settings, device, config)
 
