@@ -109,8 +109,9 @@ def select_components(settings: Settings, registry: Registry, config: ModelConfi
     features = model_cls.required_features(config) | kv_cache_features(settings)
     if settings.speculative_algorithm not in (None, "", "none"):
         features = features | {"spec_verify"}  # the verify forward's tree attention mask
+    layout = model_cls.kv_layout(config)
     ctx = SelectionContext(device=probe.device, dtype=probe.dtype, compute_capability=cc,
                            required_features=features,
                            architectures=config.architectures, quantization=config.quantization,
-                           kv_layout=model_cls.kv_layout(config).kind, moe_features=model_cls.moe_features(config))
+                           kv_layout=layout.kind, moe_features=model_cls.moe_features(config), head_dim=layout.k_dim)
     return choose_all(registry, settings, ctx)
