@@ -28,7 +28,8 @@ def row(path: str) -> str:
     if m.get("results") and "speedup" in m["results"][0]:  # bench spec, spec_oracle.py
         return f"{name:28s} " + "; ".join(
             f"bs{r['batch_size']}{' a=%s' % r['accept_length_drafted'] if 'accept_length_drafted' in r else ''} "
-            f"x{r['speedup']:.2f} (accept {r['accept_length'] or 0:.2f}, differ {r['outputs_differing']})"
+            f"x{r['speedup']:.2f} (accept {r['accept_length'] or 0:.2f}, differ {r['outputs_differing']}"
+            + (f", beyond ties {r['diverged_beyond_margin']}" if "diverged_beyond_margin" in r else "") + ")"
             for r in m["results"])
     if m.get("results") and "ratio" in m["results"][0]:  # spec_verify_cost.py
         return f"{name:28s} verify/decode " + "; ".join(

@@ -32,10 +32,11 @@ BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 def candidates(pairs: int, quick: bool) -> list[dict]:
     out = []
     if pairs <= 128:
-        for bn, bk, bn2, warps in itertools.product((16, 32, 64), (128, 256), (8, 16, 32), (4, 8)):
+        for bn, bk, bn2, warps, split in itertools.product((16, 32, 64), (128, 256), (8, 16, 32), (4, 8),
+                                                           (False, True)):
             if quick and (warps == 8 or bn2 == 8):
                 continue
-            out.append({"path": "gemv", "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_N2": bn2, "BLOCK_K2": bk,
+            out.append({"path": "gemv", "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_N2": bn2, "BLOCK_K2": bk, "SPLIT2": split,
                         "num_warps": warps, "num_stages": 2})
     if pairs >= 16:
         for bm, bn, bk, group, warps, stages in itertools.product((16, 32, 64, 128), (64, 128), (64, 128),

@@ -17,6 +17,7 @@ from jackfield.sampling.sampler import Sampler
 from jackfield.scheduler.prompt_readout import PromptReadout, PromptResult, read_prompt
 from jackfield.sdk.attention import AttentionRuntime
 from jackfield.sdk.forward_batch import ForwardBatch
+from jackfield.sdk.gguf import GGUF_FORMAT
 from jackfield.sdk.kv_cache import KV_CACHE_DTYPES, KVPool
 from jackfield.sdk.model import ModelBuildContext
 from jackfield.sdk.quant import QuantOptions
@@ -122,9 +123,19 @@ class ModelRunner:
         if st.source.load_format == "dummy":
             init_dummy_weights(model, st.settings.seed)
         else:
-            weights = iter_safetensors(st.source.path, progress=progress)
+            weights = self._weights(quant, progress)
             model.load_weights(headless_weights(weights) if st.embedding.headless else weights)
         return model.eval()
+
+    def _weights(self, quant, progress: bool):
+        """The checkpoint's tensors: a GGUF file's own blocks for a method that keeps them, else the
+        (converted) safetensors."""
+        gguf_file = self.setup.source.gguf_file
+        if gguf_file is not None and GGUF_FORMAT in quant.checkpoint_formats:
+            from jackfield.loader.gguf_weights import iter_gguf_quantized
+
+            return iter_gguf_quantized(gguf_file, progress=progress)
+        return iter_safetensors(self.setup.source.path, progress=progress)
 
     def _kv_capacity(self) -> int:
         s, cfg = self.setup.settings, self.config

@@ -1,6 +1,7 @@
 """Startup decisions taken once per engine: device, dtype, model source, component selection."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from jackfield.loader.source import ModelSource, resolve_model
 from jackfield.plugins import load_plugins
 from jackfield.registry import Registry, build_registry
 from jackfield.sdk.component import SelectionContext
+from jackfield.sdk.gguf import GGUF_FORMAT
 from jackfield.sdk.model_config import ModelConfig
 from jackfield.selection import Choice, SelectionError, choose_all
 
@@ -56,6 +58,8 @@ def resolve_target(settings: Settings) -> tuple[ModelSource, ModelConfig, torch.
     config = ModelConfig.from_hf(source.hf_config)
     if is_headless(config.architectures):  # a decoder saved without its LM head: its causal-LM plugin runs it
         config = headless_config(config)
+    if source.gguf_file is not None:  # selection sees the file's format; plain methods get it dequantized
+        config = dataclasses.replace(config, quantization=GGUF_FORMAT)
     device = resolve_device(settings)
     return source, config, device, resolve_dtype(settings, device, config)
 
@@ -110,8 +114,9 @@ def select_components(settings: Settings, registry: Registry, config: ModelConfi
     features = model_cls.required_features(config) | kv_cache_features(settings)
     if settings.speculative_algorithm not in (None, "", "none"):
         features = features | {"spec_verify"}  # the verify forward's tree attention mask
+    layout = model_cls.kv_layout(config)
     ctx = SelectionContext(device=probe.device, dtype=probe.dtype, compute_capability=cc,
                            required_features=features,
                            architectures=config.architectures, quantization=config.quantization,
-                           kv_layout=model_cls.kv_layout(config).kind, moe_features=model_cls.moe_features(config))
+                           kv_layout=layout.kind, moe_features=model_cls.moe_features(config), head_dim=layout.k_dim)
     return choose_all(registry, settings, ctx)

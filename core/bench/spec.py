@@ -29,9 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_settings_arguments(p)
 
 
-def run_closed_loop(sched, prompts: list[list[int]], concurrency: int, params) -> tuple[float, float, dict]:
+def run_closed_loop(sched, prompts: list[list[int]], concurrency: int, params,
+                    top2_gaps: dict | None = None) -> tuple[float, float, dict]:
     """Wall seconds and this process's CPU seconds to run every prompt with `concurrency` in
     flight, and the outputs (CPU seconds tell more than wall time on a shared CPU machine).
+    With `top2_gaps` (and `params` asking for 2 top logprobs), it receives per request the margin
+    of each greedy choice: the logprob of the best token minus that of the second best.
     Prompt i samples with seed `params.seed + i`. Requests that share a seed draw the same random
     numbers, so on a model with flat distributions (dummy weights) they sample alike, which the
     n-gram decoder's trie over recent requests then predicts: `run` gives every prompt of the
@@ -61,6 +64,8 @@ def run_closed_loop(sched, prompts: list[list[int]], concurrency: int, params) -
         for batch in sched.step():
             for o in batch.outputs:
                 out[o.rid] += o.new_token_ids
+                if top2_gaps is not None:
+                    top2_gaps.setdefault(o.rid, []).extend(lp.top[0][1] - lp.top[1][1] for lp in o.logprobs or ())
                 if o.finished is not None:
                     in_flight -= 1
                     if queue:

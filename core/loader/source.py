@@ -12,6 +12,7 @@ class ModelSource:
     load_format: str      # "safetensors" | "dummy"
     hf_config: dict
     origin: str           # what the user gave (a .gguf file, a directory, the default model)
+    gguf_file: Path | None = None  # the GGUF file `path` was converted from, for methods that keep its blocks
 
 
 def resolve_model(model: str | None, load_format: str = "auto") -> ModelSource:
@@ -21,7 +22,7 @@ def resolve_model(model: str | None, load_format: str = "auto") -> ModelSource:
     p = Path(origin).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"model path '{origin}' does not exist")
-    fmt = load_format
+    fmt, gguf_file = load_format, None
     if fmt == "auto":
         fmt = "gguf" if p.is_file() and p.suffix == ".gguf" else "safetensors"
     if fmt == "gguf":
@@ -29,6 +30,7 @@ def resolve_model(model: str | None, load_format: str = "auto") -> ModelSource:
             raise ValueError(f"--load-format gguf needs a .gguf file, got directory '{origin}'")
         from jackfield.loader.gguf import convert_gguf
 
+        gguf_file = p.resolve()
         p, fmt = convert_gguf(str(p)), "safetensors"
     config_path = p if p.is_file() and p.suffix == ".json" else p / "config.json"
     if not config_path.is_file():
@@ -39,4 +41,5 @@ def resolve_model(model: str | None, load_format: str = "auto") -> ModelSource:
         raise ValueError(f"cannot read model config {config_path}: {exc}") from exc
     if fmt == "safetensors" and p.is_file():
         raise ValueError(f"'{origin}' is a config file; use --load-format dummy or give the model directory")
-    return ModelSource(path=config_path.parent, load_format=fmt, hf_config=hf_config, origin=str(origin))
+    return ModelSource(path=config_path.parent, load_format=fmt, hf_config=hf_config, origin=str(origin),
+                       gguf_file=gguf_file)

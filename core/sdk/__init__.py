@@ -20,6 +20,8 @@ from jackfield.sdk.model_config import ModelConfig, RopeConfig
 from jackfield.sdk.moe import ExpertMethod, ExpertWeights, MoEConfig, MoEDispatcher, RoutingConfig, route
 from jackfield.sdk.quant import (LinearMethod, PlainLinearMethod, QuantizationMethod, QuantOptions, checkpoint_names,
                                  create_plain_weights)
+from jackfield.sdk.gguf import GGUF_FORMAT, GGUFWeight
+from jackfield.kernels.ggml_cpu import build as ggml_build, ggml_unavailable, mm as ggml_mm, quantize as ggml_quantize
 from jackfield.sdk.reasoning_parser import ReasoningDelta, ReasoningParser, TagReasoningParser
 from jackfield.sdk.spec import DraftProposal, SpeculativeDecoder, SpecInput, SpecRuntime, TargetStates
 from jackfield.sdk.tool_parser import (CallDelta, ParseResult, StreamDelta, Tool, ToolCall, ToolCallParser,
@@ -47,6 +49,7 @@ __all__ = [
     # quantization
     "Gemv", "WeightScale", "LinearMethod", "PlainLinearMethod", "QuantizationMethod", "QuantOptions", "checkpoint_names",
     "create_plain_weights",
+    "GGUF_FORMAT", "GGUFWeight", "ggml_build", "ggml_mm", "ggml_quantize", "ggml_unavailable",
     # MoE
     "ExpertMethod", "ExpertWeights", "MoEConfig", "MoEDispatcher", "RoutingConfig", "route",
     # speculative decoding

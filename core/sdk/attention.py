@@ -87,6 +87,9 @@ class AttentionBackend(Component):
     """The KVLayout kind this backend reads ("per_head" or "latent")."""
     supports_ragged_prefill: ClassVar[bool] = False
     """Implements `forward_ragged` (latent backends: the non-absorbed MLA prefill)."""
+    supported_head_dims: ClassVar[tuple[int, ...] | None] = None
+    """The K head widths this backend's kernels are built for (None: any). Selection skips the
+    backend for another model's head_dim with that reason, instead of failing inside a kernel."""
 
     def __init__(self, runtime: AttentionRuntime):
         self.runtime = runtime
@@ -96,6 +99,9 @@ class AttentionBackend(Component):
         reasons = super().incompatibilities(ctx)
         if ctx.kv_layout != cls.kv_layout_kind:
             reasons.append(f"reads the '{cls.kv_layout_kind}' KV layout, the model stores '{ctx.kv_layout}'")
+        dims = cls.supported_head_dims
+        if dims is not None and ctx.head_dim is not None and ctx.head_dim not in dims:
+            reasons.append(f"head_dim {ctx.head_dim} not supported (supports {', '.join(map(str, dims))})")
         return reasons
 
     def init_forward_metadata(self, fb: ForwardBatch) -> None:

@@ -57,6 +57,7 @@ class SelectionContext:
     quantization: str | None = None
     kv_layout: str = "per_head"  # the KVLayout kind the model stores (attention backends must read it)
     moe_features: frozenset[str] | None = None  # what the model's expert layers need; None: it has none
+    head_dim: int | None = None  # width of a cached K head (the model's KV layout); None: not known
 
 
 class Component(metaclass=ABCMeta):

@@ -29,7 +29,8 @@ class DecoderCausalLM(CausalLM):
         self.model = DecoderModel(config, ctx, opts, parts=lambda i, prefix, rotary: self.layer_parts(
             config, ctx, i, prefix, rotary))
         tied = self.model.embed_tokens if config.tie_word_embeddings else None
-        self.lm_head = LMHead(config.vocab_size, config.hidden_size, ctx.dtype, ctx.device, tied_to=tied)
+        self.lm_head = LMHead(config.vocab_size, config.hidden_size, ctx.dtype, ctx.device, tied_to=tied,
+                              method=ctx.quant.lm_head_method())
 
     def layer_parts(self, config: ModelConfig, ctx: ModelBuildContext, layer_id: int, prefix: str,
                     rotary: RotaryEmbedding) -> tuple[nn.Module | None, nn.Module | None]:

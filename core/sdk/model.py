@@ -133,7 +133,7 @@ class CausalLM(nn.Module, Component):
         for name, tensor in weights:
             if any(name.endswith(s) for s in self.ignored_weights):
                 continue
-            if self.config.tie_word_embeddings and name == "lm_head.weight":
+            if self.config.tie_word_embeddings and name == "lm_head.weight" and name not in params:
                 continue
             kv_scale = kv_scale_target(name)
             if kv_scale is not None:  # a KV-cache scale: kept by its attention layer, read by the KV pool

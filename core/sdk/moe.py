@@ -80,8 +80,7 @@ class ExpertWeights:
 def route(router_logits: torch.Tensor, routing: RoutingConfig,
           correction_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference top-k: (weights [T, k] float32, ids [T, k] int32), in no particular order."""
-    logits = router_logits.float()
-    scores = logits.softmax(-1) if routing.scoring == "softmax" else logits.sigmoid()
+    scores = _scores(router_logits, routing)
     choice = scores if correction_bias is None else scores + correction_bias.float()
     if routing.num_groups > 1:
         t, e = choice.shape
@@ -94,12 +93,27 @@ def route(router_logits: torch.Tensor, routing: RoutingConfig,
         mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)
         choice = choice.masked_fill(~mask.repeat_interleave(e // routing.num_groups, dim=1), float("-inf"))
     ids = choice.topk(routing.top_k, -1).indices
+    return _chosen_weights(scores, ids, routing), ids.to(torch.int32)
+
+
+def route_weights(router_logits: torch.Tensor, ids: torch.Tensor, routing: RoutingConfig) -> torch.Tensor:
+    """The weights [T, k] float32 that `route` gives experts `ids` [T, k] already chosen (a replay of
+    another run's choice: the conformance kit compares dtypes under the same routing decisions)."""
+    return _chosen_weights(_scores(router_logits, routing), ids.long(), routing)
+
+
+def _scores(router_logits: torch.Tensor, routing: RoutingConfig) -> torch.Tensor:
+    logits = router_logits.float()
+    return logits.softmax(-1) if routing.scoring == "softmax" else logits.sigmoid()
+
+
+def _chosen_weights(scores: torch.Tensor, ids: torch.Tensor, routing: RoutingConfig) -> torch.Tensor:
     weights = scores.gather(1, ids)
     if routing.renormalize:
         weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
     if routing.scaling_factor != 1.0:
         weights = weights * routing.scaling_factor
-    return weights, ids.to(torch.int32)
+    return weights
 
 
 class MoEDispatcher(Component):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jackfield.sdk.component import Component, SelectionContext
+from jackfield.sdk.gguf import GGUF_FORMAT
 from jackfield.sdk.layers.activation import silu_and_mul
 from jackfield.sdk.model_config import ModelConfig
 
@@ -157,6 +158,12 @@ class QuantizationMethod(Component):
 
         return ExpertMethod()
 
+    def lm_head_method(self) -> LinearMethod | None:
+        """The LinearMethod of the LM head, or None (the default) to keep it a plain projection in
+        the model dtype. A method that returns one gets the head's checkpoint weight in its own
+        format (for tied embeddings, the embedding's tensor) through `load`, like any linear layer."""
+        return None
+
     @classmethod
     def checkpoint_tensors(cls, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         """What a checkpoint in this method's format stores for a linear layer whose float weight is
@@ -174,11 +181,13 @@ class QuantizationMethod(Component):
     @classmethod
     def incompatibilities(cls, ctx: SelectionContext) -> list[str]:
         reasons = super().incompatibilities(ctx)
-        if ctx.quantization is None and None not in cls.checkpoint_formats and not cls.converts_on_load:
+        fmt = ctx.quantization
+        plain = fmt is None or fmt == GGUF_FORMAT  # the loader dequantizes a GGUF file for plain methods
+        if fmt is None and None not in cls.checkpoint_formats and not cls.converts_on_load:
             formats = ", ".join(repr(f) for f in cls.checkpoint_formats)
             reasons.append(f"loads only checkpoints quantized as {formats} (config.json quantization_config."
                            f"quant_method) and cannot quantize on load; this checkpoint has no quantization_config")
-        elif ctx.quantization not in cls.checkpoint_formats and not (ctx.quantization is None and cls.converts_on_load):
+        elif fmt not in cls.checkpoint_formats and not (plain and cls.loads_plain_checkpoints()):
             reasons.append(f"cannot load checkpoints quantized as {ctx.quantization!r}")
         return reasons
 

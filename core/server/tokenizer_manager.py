@@ -69,15 +69,16 @@ class TokenizerManager:
         self.default_timeout = default_timeout  # seconds a request may take when it names no timeout
         self.max_in_flight = None if max_queued_requests is None else info.max_running_requests + max_queued_requests
         self.vocab_size = info.model_config.vocab_size
+        # LoRA adapters requests may name: what the scheduler reported last, less those being unloaded
+        self.lora_enabled = info.lora_enabled
+        self.lora_adapters: dict[str, dict] = {a["name"]: a for a in info.lora_adapters}
+        # Sockets last: a context left with open sockets blocks the garbage collector in term()
         self._sync_ctx = zmq.Context()
         self._async_ctx = zmq.asyncio.Context()
         self._send_sock = push_socket(self._sync_ctx, ports.scheduler_input)
         self._recv_sock = pull_socket(self._async_ctx, ports.tokenizer)
         self.rid_to_state: dict[str, ReqState] = {}
         self._waiters: dict[str, deque[asyncio.Future]] = defaultdict(deque)
-        # LoRA adapters requests may name: what the scheduler reported last, less those being unloaded
-        self.lora_enabled = info.lora_enabled
-        self.lora_adapters: dict[str, dict] = {a["name"]: a for a in info.lora_adapters}
         self.failure: str | None = None
         self._task: asyncio.Task | None = None
 

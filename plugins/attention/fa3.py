@@ -57,6 +57,7 @@ class FA3AttnBackend(AttentionBackend):
     capabilities = Capabilities(devices=("cuda",), dtypes=("float16", "bfloat16"),
                                 features=frozenset({"paged", "sliding_window", "logit_cap", "mixed"}),
                                 min_compute_capability=(9, 0))
+    supported_head_dims = tuple(range(8, 257, 8))  # FA3: head_dim a multiple of 8, at most 256
 
     @classmethod
     def availability(cls) -> Availability:

@@ -80,6 +80,7 @@ class FlashInferAttnBackend(AttentionBackend):
                                                     "fp8_kv_cache"}))
     requires_packages = ("flashinfer",)
     supports_cuda_graph = True
+    supported_head_dims = (64, 128, 256)  # FlashInfer's prefill/decode/merge kernels are instantiated for these
 
     @classmethod
     def availability(cls) -> Availability:

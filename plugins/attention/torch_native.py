@@ -87,16 +87,20 @@ class TorchNativeBackend(AttentionBackend):
         h, hkv, d = layer.num_heads, layer.num_kv_heads, layer.head_dim
         bs = fb.batch_size
         max_len = max(fb.seq_lens_cpu) if fb.seq_lens_cpu else int(fb.seq_lens.max())
-        slots = fb.req_to_token[fb.req_pool_indices, :max_len].long()  # [B, L]
-        k, v = fb.kv_pool.dequantize(layer.layer_id, fb.kv_pool.k_buffer(layer.layer_id)[slots],
-                                     fb.kv_pool.v_buffer(layer.layer_id)[slots])
-        k, v = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)  # [B, Hkv, L, D]
+        slots = fb.req_to_token[fb.req_pool_indices, :max_len].reshape(-1).long()  # [B * L]
+        # index_select of flat slots: on the CPU about 4x faster than advanced indexing with [B, L]
+        k, v = fb.kv_pool.dequantize(layer.layer_id, fb.kv_pool.k_buffer(layer.layer_id).index_select(0, slots),
+                                     fb.kv_pool.v_buffer(layer.layer_id).index_select(0, slots))
+        k = k.view(bs, max_len, hkv, d).permute(0, 2, 1, 3)  # [B, Hkv, L, D]
+        v = v.view(bs, max_len, hkv, -1).permute(0, 2, 1, 3)  # [B, Hkv, L, Dv]
+        qv = q.view(bs, hkv, h // hkv, d)
+        if not layer.sliding_window and fb.seq_lens_cpu and min(fb.seq_lens_cpu) == max_len and layer.logit_cap <= 0:
+            return _attend(qv, k, v, None, layer).reshape(bs, h * layer.v_dim).to(q.dtype)  # every key visible: no mask
         k_pos = torch.arange(max_len, device=q.device)
         q_pos = (fb.seq_lens.long() - 1)
         mask = k_pos.unsqueeze(0) <= q_pos.unsqueeze(1)
         if layer.sliding_window:
             mask &= k_pos.unsqueeze(0) > (q_pos - layer.sliding_window).unsqueeze(1)
-        qv = q.view(bs, hkv, h // hkv, d)
         o = _attend(qv, k, v, mask[:, None, None, :], layer)  # [B, Hkv, G, Dv]
         return o.reshape(bs, h * layer.v_dim).to(q.dtype)
 

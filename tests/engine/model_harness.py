@@ -23,6 +23,14 @@ from jackfield.runtime_setup import setup_runtime
 from jackfield.testing.paged_driver import PagedDriver, greedy_run  # noqa: F401  (re-exported for the tests)
 from jackfield.testing.tiny_models import hf_logits, randomize_, rel_err  # noqa: F401
 
+SMOLLM2_PROMPTS = [
+    "The capital of France is",
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
+    "Once upon a time, in a small village nestled between two mountains, there lived an old clockmaker who",
+    "Translate to French: I like apples.\nFrench:",
+    "1, 2, 3, 5, 8, 13,",
+]
+"""The fixed greedy prompts of the embedded SmolLM2's end-to-end tests."""
 VOCAB = 160
 BASE = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
             vocab_size=VOCAB, intermediate_size=128, max_position_embeddings=256, rms_norm_eps=1e-6,

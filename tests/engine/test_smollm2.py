@@ -1,4 +1,5 @@
-"""The embedded SmolLM2-135M (GGUF) end to end through the offline Engine, on CPU in float32.
+"""The embedded SmolLM2-135M (GGUF) end to end through the offline Engine, on CPU in float32
+(`quantization=unquantized`: the file dequantized; tests/quant/test_gguf_smollm2.py covers the default `gguf`).
 
 One Engine and one transformers reference (loaded by transformers' own GGUF reader from the same
 file, float32) serve the whole module. Greedy generations must equal transformers' greedy
@@ -15,7 +16,7 @@ import os
 import pytest
 import torch
 
-from model_harness import hf_logits, load_smollm2_hf, within
+from model_harness import SMOLLM2_PROMPTS, hf_logits, load_smollm2_hf, within
 
 if os.environ.get("JACKFIELD_TEST_SMOLLM2", "1").lower() in ("0", "off", "false", "no"):
     pytest.skip("JACKFIELD_TEST_SMOLLM2 is off", allow_module_level=True)
@@ -23,13 +24,7 @@ if os.environ.get("JACKFIELD_TEST_SMOLLM2", "1").lower() in ("0", "off", "false"
 NEW_TOKENS = 32
 GREEDY = {"temperature": 0, "max_new_tokens": NEW_TOKENS}
 TIE_GAP = 1e-3
-PROMPTS = [
-    "The capital of France is",
-    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
-    "Once upon a time, in a small village nestled between two mountains, there lived an old clockmaker who",
-    "Translate to French: I like apples.\nFrench:",
-    "1, 2, 3, 5, 8, 13,",
-]
+PROMPTS = SMOLLM2_PROMPTS
 STORY = 2  # index of the prompt whose continuation runs the full 32 tokens with plain words
 
 
@@ -37,7 +32,7 @@ STORY = 2  # index of the prompt whose continuation runs the full 32 tokens with
 def engine():
     from jackfield.engine import Engine
 
-    with Engine() as eng:
+    with Engine(quantization="unquantized") as eng:  # the float path, as transformers computes it
         yield eng
 
 

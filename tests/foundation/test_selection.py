@@ -100,3 +100,18 @@ def test_nothing_compatible_is_an_error_for_a_required_kind(registry):
 def test_nothing_registered_is_fine_for_an_optional_kind(registry):
     choice = choose(registry, "grammar", "auto", SelectionContext())
     assert choice.info is None and choice.reason.startswith("none available")
+
+
+def test_attention_backends_declare_the_head_dims_their_kernels_run():
+    """A model whose head_dim a kernel library is not built for never gets that backend: FlashInfer
+    (64/128/256) and FA3 (multiples of 8 up to 256) say so; the Triton and torch backends take any."""
+    registry = build_registry(*load_plugins(env={}))
+    reasons = {}
+    for head_dim in (16, 128, 260):
+        ctx = SelectionContext(device="cuda", dtype="bfloat16", compute_capability=(9, 0), head_dim=head_dim)
+        reasons[head_dim] = {i.name: i.cls.incompatibilities(ctx) for i in registry.of_kind("attention")}
+    assert reasons[16]["flashinfer"] == ["head_dim 16 not supported (supports 64, 128, 256)"]
+    assert reasons[16]["fa3"] == [] and reasons[260]["fa3"][0].startswith("head_dim 260 not supported")
+    assert reasons[128]["flashinfer"] == reasons[128]["fa3"] == []
+    for head_dim in reasons:
+        assert reasons[head_dim]["triton"] == reasons[head_dim]["torch_native"] == []

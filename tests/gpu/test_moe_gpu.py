@@ -1,6 +1,7 @@
 """The Triton MoE kernels at the Qwen3-30B-A3B and DeepSeek-V3 layer shapes in bf16 against
-torch_native, both expert forms (GEMV and aligned grouped GEMM) forced, and the fused routing at
-DeepSeek-V3's shape. (The dispatchers' kit on CUDA is tests/gpu/test_kit_cuda.py.)"""
+torch_native, both expert forms (GEMV, with GEMV 2 split by pair or not, and aligned grouped GEMM)
+forced, and the fused routing at DeepSeek-V3's shape. (The dispatchers' kit on CUDA is
+tests/gpu/test_kit_cuda.py.)"""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 pytestmark = pytest.mark.gpu
 
 
-@pytest.mark.parametrize("path", ["gemv", "gemm"])
+@pytest.mark.parametrize("path", ["gemv", "gemv_unsplit", "gemm"])
 @pytest.mark.parametrize("tokens", [1, 4, 64, 256])
 @pytest.mark.parametrize("shape", [(128, 8, 2048, 768), (256, 8, 1024, 256)])
 def test_triton_experts_at_model_shapes(shape, tokens, path):
@@ -26,7 +27,9 @@ def test_triton_experts_at_model_shapes(shape, tokens, path):
     cfg = MoEConfig(e, h, i, RoutingConfig(top_k=k))
     tw, ti = route(torch.randn(tokens, e, device="cuda", generator=gen), cfg.routing)
     ref = TorchNativeMoE(cfg).experts(x, tw, ti, ExpertWeights(w13, w2)).float()
-    config = default_config(1 if path == "gemv" else 4096, e, k)
+    config = default_config(4096 if path == "gemm" else 1, e, k)
+    if path == "gemv_unsplit":  # GEMV 2 as one program per (token, N-block) over the token's experts
+        config = {**config, "SPLIT2": False}
     out = fused_experts(x, w13, w2, tw, ti, config).float()
     err = ((out - ref).norm() / ref.norm()).item()
     assert err < 1e-2, err

@@ -236,6 +236,9 @@ def test_tiny_checkpoint_on_gpu_matches_cpu(tmp_path, fmt, opts, backend):
     if not available_backend(backend):
         pytest.skip(f"{backend} is unavailable here")
     model = build_hf_model(ArchSpec("qwen2_gpu", "Qwen2Config", {"tie_word_embeddings": False}, seed=5))
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    if backend == "flashinfer" and head_dim not in (64, 128, 256):
+        pytest.skip(f"flashinfer has no kernels for this tiny model's head_dim {head_dim}")
     qdir, twin = write_quantized(model, tmp_path, fmt, **opts)
     gpu = forced_logits(qdir, attention_backend=backend, **GPU_RUN).cpu()
     cpu = forced_logits(qdir)

@@ -36,7 +36,8 @@ def _engine(**kw):
     from jackfield import Engine
 
     return Engine(device="cuda", dtype="float32", attention_backend="triton", max_running_requests=8,
-                  cuda_graph_max_bs=8, speculative_load_aware=False, **kw)
+                  cuda_graph_max_bs=8, speculative_load_aware=False, kv_cache_bytes=2 << 30, max_total_tokens=8192,
+                  **kw)  # an explicit KV size: free GPU memory depends on other pytest-xdist workers
 
 
 def _prompts(eng) -> list[list[int]]:

@@ -71,4 +71,7 @@ def test_float32_backends_and_graphs_match_peft(tiny):
 def test_bfloat16_triton_agrees_with_torch_native(tiny):
     params = {**GREEDY, "logprobs": True, "top_logprobs_num": 5}
     ours, ref = run(tiny, "triton", "bfloat16", True, params), run(tiny, "torch_native", "bfloat16", True, params)
-    assert _compare(ours, ref) >= len(ref), "every path split at its first token"
+    # torch_native rounds each LoRA product (x A^T, then its B expansion) to bf16, the triton kernels
+    # keep the rank-r intermediate in float32: on the flat logits of a random model a step's
+    # logprobs then move by up to ~0.08 (H100, 2026-12-06), beyond the 0.05 of base-model backends.
+    assert _compare(ours, ref, tol=0.1) >= len(ref), "every path split at its first token"

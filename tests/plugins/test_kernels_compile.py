@@ -84,9 +84,10 @@ def _cases(everything: bool = False) -> dict:
                 {"GROUP": 4, "HEAD_DIM": d, "BLOCK_D": d, "BLOCK_H": 16, "BLOCK_N": 32 if d > 128 else 64,
                  "USE_CAP": False, "USE_WINDOW": False, "PRECISION": "tf32", "DIRECT": False, "PDL": True})
             cases[f"extend_{xd}_fp8kv_d{d}"] = (
-                extend._extend_kernel, {**attn, "Q": p(xd), "Out": p(xd), "ExtendStart": "*i32", "ExtendLens": "*i32"},
+                extend._extend_kernel, {**attn, "Q": p(xd), "Out": p(xd), "ExtendStart": "*i32", "ExtendLens": "*i32",
+                                        "TreeMask": "*i32", "TreeIndptr": "*i32", "Positions": "*i32"},
                 {"GROUP": 4, "HEAD_DIM": d, "BLOCK_D": d, "BLOCK_M": 64 if d <= 128 else 128, "BLOCK_N": 64,
-                 "USE_CAP": False, "USE_WINDOW": False, "PRECISION": "tf32", "HEAVY_FIRST": False})
+                 "USE_CAP": False, "USE_WINDOW": False, "PRECISION": "tf32", "HEAVY_FIRST": False, "USE_TREE": False})
     return cases
 
 

@@ -45,7 +45,10 @@ def _cases() -> dict:
                                                        "scaling": "fp32"},
                                {"TOP_K": 8, "BLOCK_N": 16, "BLOCK_K": 256, "ROUTE": True, **qwen3, "PDL": True}),
         "gemv2": (experts._gemv2_kernel, {"Inter": bf, "W2": bf, "Out": bf, "TopkIds": "*i32", "TopkWeights": "*fp32"},
-                  {"TOP_K": 8, "BLOCK_N": 16, "BLOCK_K": 256, "PDL": True}),
+                  {"TOP_K": 8, "SPLIT": False, "BLOCK_N": 16, "BLOCK_K": 256, "PDL": True}),
+        "gemv2_split": (experts._gemv2_kernel, {"Inter": bf, "W2": bf, "Out": bf, "TopkIds": "*i32",
+                                                "TopkWeights": "*fp32"},
+                        {"TOP_K": 8, "SPLIT": True, "BLOCK_N": 16, "BLOCK_K": 256, "PDL": True}),
         "mla_decode_split_128h": (mk._latent_kernel, latent, {**latent_c, "BLOCK_H": 64, "BLOCK_T": 1, "DECODE": True,
                                                               "DIRECT": False}),
         "mla_extend_16h": (mk._latent_kernel, latent, {**latent_c, "BLOCK_H": 16, "BLOCK_T": 2, "DECODE": False,
@@ -61,7 +64,7 @@ def _cases() -> dict:
     }
 
 
-CASE_NAMES = ["routing_v3", "align_layout", "align_place", "gemm1", "gemm2", "gemv1_routed_qwen3", "gemv2",
+CASE_NAMES = ["routing_v3", "align_layout", "align_place", "gemm1", "gemm2", "gemv1_routed_qwen3", "gemv2", "gemv2_split",
               "mla_decode_split_128h", "mla_extend_16h", "mla_ragged", "mla_prepare"]
 
 

@@ -56,18 +56,21 @@ CHILD = textwrap.dedent("""
         x = torch.randn(t, h)
         tw, ti = route(torch.randn(t, e), cfg.routing)
         ref = TorchNativeMoE(cfg).experts(x, tw, ti, ExpertWeights(w13, w2))
-        for c in [{"path": "gemv", "BLOCK_N": 16, "BLOCK_K": 32, "BLOCK_N2": 16, "BLOCK_K2": 16},
-                  {"path": "gemm", "BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2}]:
+        for form, c in [("gemv", {"path": "gemv", "BLOCK_N": 16, "BLOCK_K": 32, "BLOCK_N2": 16, "BLOCK_K2": 16}),
+                        ("gemv_split", {"path": "gemv", "BLOCK_N": 16, "BLOCK_K": 32, "BLOCK_N2": 16, "BLOCK_K2": 16,
+                                        "SPLIT2": True}),
+                        ("gemm", {"path": "gemm", "BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2})]:
             got = fused_experts(x, w13, w2, tw, ti, c)
-            out[f"experts_{c['path']}_T{t}_E{e}"] = ((got - ref).norm() / ref.norm()).item()
+            out[f"experts_{form}_T{t}_E{e}"] = ((got - ref).norm() / ref.norm()).item()
     gemv = {"path": "gemv", "BLOCK_N": 16, "BLOCK_K": 32, "BLOCK_N2": 16, "BLOCK_K2": 16}
     for name, r in {"softmax": RoutingConfig(top_k=4), "v3": RoutingConfig(top_k=4, **dict(V3, num_groups=4, topk_groups=2))}.items():
         e, h, i = 16, 32, 24
         w13, w2, x = torch.randn(e, 2 * i, h) / h ** 0.5, torch.randn(e, h, i) / i ** 0.5, torch.randn(3, h)
         logits, bias = torch.randn(3, e), (0.1 * torch.randn(e) if r.correction_bias else None)
         ref = TorchNativeMoE(MoEConfig(e, h, i, r)).forward(x, logits, ExpertWeights(w13, w2), bias)
-        got = fused_moe_gemv(x, logits, r, bias, w13, w2, gemv)
-        out[f"routed_gemv_{name}"] = ((got - ref).norm() / ref.norm()).item()
+        for split in (False, True):
+            got = fused_moe_gemv(x, logits, r, bias, w13, w2, {**gemv, "SPLIT2": split})
+            out[f"routed_gemv_{name}{'_split' if split else ''}"] = ((got - ref).norm() / ref.norm()).item()
 
     class CPUTritonMoE(TritonMoE):
         name = "triton_interpreted"
@@ -106,12 +109,12 @@ def test_align_lays_out_every_pair_once_per_expert_block(results):
 
 def test_both_expert_forms_match_torch_native(results):
     errs = {k: v for k, v in results.items() if k.startswith("experts_")}
-    assert len(errs) == 4 and all(v < 1e-5 for v in errs.values()), errs
+    assert len(errs) == 6 and all(v < 1e-5 for v in errs.values()), errs
 
 
 def test_gemv_with_routing_fused_matches_torch_native(results):
     errs = {k: v for k, v in results.items() if k.startswith("routed_gemv_")}
-    assert len(errs) == 2 and all(v < 1e-5 for v in errs.values()), errs
+    assert len(errs) == 4 and all(v < 1e-5 for v in errs.values()), errs
 
 
 def test_kit_routing_grouped_and_idle_expert_checks(results):

@@ -21,6 +21,7 @@ DECODE = ([3, 4], [9, 77], [1, 2])
 LAYER_CONFIGS = {
     "unquantized": {},
     "int4_weight_only": {},
+    "gguf": {},
     "fp8": {},
     "int8_wo": {},
     "awq": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"},

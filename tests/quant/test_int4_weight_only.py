@@ -133,11 +133,13 @@ def test_selection():
 
 
 @pytest.mark.skipif(not SMOLLM2, reason="JACKFIELD_TEST_SMOLLM2 is off")
-def test_auto_keeps_unquantized_for_smollm2():
+def test_int4_loads_smollm2_gguf_dequantized():
+    """The GGUF file is dequantized by the loader for int4_weight_only (a method of plain weights)."""
     from jackfield.config import settings_for
     from jackfield.runtime_setup import setup_runtime
 
-    assert setup_runtime(settings_for(device="cpu")).choices["quantization"].name == "unquantized"
+    setup = setup_runtime(settings_for(device="cpu", quantization="int4_weight_only"))
+    assert setup.choices["quantization"].name == "int4_weight_only"
 
 
 # ---- a tiny random Llama whose in_features are partly not multiples of 32 ----------------------------

@@ -45,7 +45,8 @@ def manager():
     ports = PortArgs.create()
     engine = FakeEngine(ports)
     engine.start()
-    info = SimpleNamespace(context_len=64, model_config=SimpleNamespace(vocab_size=100))
+    info = SimpleNamespace(context_len=64, model_config=SimpleNamespace(vocab_size=100), lora_enabled=False,
+                           lora_adapters=[])
     tm = TokenizerManager(ports, None, info, ServerMetrics())
     yield tm, engine
     tm.close()

@@ -49,7 +49,11 @@ def workload() -> list[tuple[str, list[int], int, int]]:
 
 def spec_scheduler(decoder_cls: type | None, model_dir: str, workdir: str, **settings):
     """A Scheduler on `model_dir` running `decoder_cls` (built like the engine builds the selected
-    decoder), or plain decoding with None."""
+    decoder), or plain decoding with None.
+
+    In float32 (on a GPU too: greedy paths of the verify and the decode forward then do not split
+    on bf16 near-ties), with a KV cache of an explicit size (on a GPU, sizing it from free memory
+    would depend on whatever else runs there, e.g. other pytest-xdist workers)."""
     from jackfield.config import settings_for
     from jackfield.engine_loop import load_tokenizer
     from jackfield.model_runner import ModelRunner
@@ -58,6 +62,9 @@ def spec_scheduler(decoder_cls: type | None, model_dir: str, workdir: str, **set
     from jackfield.spec.setup import build_decoder
 
     settings.setdefault("device", "cpu")
+    settings.setdefault("dtype", "float32")
+    settings.setdefault("kv_cache_bytes", 1 << 30)
+    settings.setdefault("cuda_graph_max_bs", 16)
     settings.setdefault("disable_overlap_schedule", True)
     settings.setdefault("max_total_tokens", 6000)
     settings.setdefault("max_running_requests", 16)

@@ -1,7 +1,8 @@
 """Tuned block configurations of the fused MoE kernels, per (experts, hidden, intermediate, device).
 
 `plugins/moe/configs/E=<E>,H=<H>,I=<I>,device=<name>.json` maps a token count to a config
-({"path": "gemv" | "gemm", BLOCK_* sizes, num_warps, num_stages}); a batch takes the entry of the
+({"path": "gemv" | "gemm", BLOCK_* sizes, SPLIT2 for the GEMV form, num_warps, num_stages}); a batch
+takes the entry of the
 nearest token count. `benchmarks/tune_fused_moe.py` writes these files. Shapes without a file get
 `default_config`. JACKFIELD_MOE_CONFIG_DIR points at another directory of files (tried first).
 """
@@ -47,8 +48,8 @@ def default_config(tokens: int, num_experts: int, top_k: int) -> dict:
     """Untuned choice: the GEMV form while a batch's pairs rarely share an expert, else grouped GEMM
     tiles sized by the average pairs per expert."""
     pairs = tokens * top_k
-    if pairs <= 32:
-        return {"path": "gemv", "BLOCK_N": 16, "BLOCK_K": 256, "BLOCK_N2": 16, "BLOCK_K2": 256,
+    if pairs <= 32:  # GEMV 2 split by pair: H / BLOCK_N2 programs per token are about one per SM
+        return {"path": "gemv", "BLOCK_N": 16, "BLOCK_K": 256, "BLOCK_N2": 16, "BLOCK_K2": 256, "SPLIT2": True,
                 "num_warps": 4, "num_stages": 2}
     per_expert = pairs / num_experts
     if per_expert <= 16:

@@ -9,8 +9,11 @@ Two forms, chosen per batch size by the tuned config (configs.py):
   summed last. Each expert's weights are read once per M-block.
 * "gemv" (small batches, where the pairs seldom share an expert): no sorting; GEMV 1 runs one
   program per (pair, N-block) and GEMV 2 one per (token, N-block of H), looping over the token's k
-  experts and summing in registers, so it writes the output directly. `fused_moe_gemv` also fuses
-  the top-k routing into GEMV 1, so a batch-1 decode's whole MoE is two launches.
+  experts and summing in registers, so it writes the output directly; or, with "SPLIT2", one
+  per (pair, N-block of H), each writing its weighted row, and the k rows of a token summed after
+  (the default: more programs, each with a k times shorter chain of loads). `fused_moe_gemv` also
+  fuses the top-k routing into GEMV 1, so a batch-1 decode's whole MoE is two launches (three
+  with SPLIT2).
 """
 from __future__ import annotations
 
@@ -150,30 +153,45 @@ def _gemv1_kernel(X, W13, Inter, TopkIds, TopkWeights, Logits, Bias, hidden, int
 
 
 @triton.jit
+def _down_tile(Inter, W2, TopkIds, TopkWeights, pair, offs_n, n_mask, inter, stride_i, stride_we, stride_wn,
+               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One pair's down projection for the columns offs_n, times its routing weight, before the final
+    sum over the tile's K lanes: [BLOCK_N, BLOCK_K] float32."""
+    offs_k = tl.arange(0, BLOCK_K)
+    expert = tl.load(TopkIds + pair).to(tl.int64)
+    w_ptr = W2 + expert * stride_we + offs_n[:, None] * stride_wn + offs_k[None, :]
+    part = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    for k0 in range(0, inter, BLOCK_K):
+        k_mask = offs_k < inter - k0
+        a = tl.load(Inter + pair * stride_i + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
+        part += tl.load(w_ptr, mask=n_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32) * a[None, :]
+        w_ptr += BLOCK_K
+    return part * tl.load(TopkWeights + pair)
+
+
+@triton.jit
 def _gemv2_kernel(Inter, W2, Out, TopkIds, TopkWeights, hidden, inter, stride_i, stride_we, stride_wn, stride_o,
-                  TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+                  TOP_K: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  PDL: tl.constexpr):
+    """One program per (token, N-block of H) summing the token's k experts into Out [T, H]; or, SPLIT,
+    one per (pair, N-block) writing the pair's weighted row to Out [T * k, H], summed after: k times
+    the programs, each with a k times shorter chain of dependent loads (at batch 1 the unsplit form
+    runs H / BLOCK_N programs, about one per SM, each streaming its k experts one after the other)."""
     if PDL:  # programmatic dependent launch (jackfield.sdk.pdl_kwargs): read nothing before the wait
         tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
-    token = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row = tl.program_id(0)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < hidden
-    offs_k = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-    for j in tl.static_range(TOP_K):
-        pair = token * TOP_K + j
-        expert = tl.load(TopkIds + pair).to(tl.int64)
-        weight = tl.load(TopkWeights + pair)
-        w_ptr = W2 + expert * stride_we + offs_n[:, None] * stride_wn + offs_k[None, :]
-        part = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-        for k0 in range(0, inter, BLOCK_K):
-            k_mask = offs_k < inter - k0
-            a = tl.load(Inter + pair * stride_i + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
-            part += tl.load(w_ptr, mask=n_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32) * a[None, :]
-            w_ptr += BLOCK_K
-        acc += part * weight
-    tl.store(Out + token * stride_o + offs_n, tl.sum(acc, 1).to(Out.dtype.element_ty), mask=n_mask)
+    if SPLIT:
+        acc = _down_tile(Inter, W2, TopkIds, TopkWeights, row, offs_n, n_mask, inter, stride_i, stride_we,
+                         stride_wn, BLOCK_N, BLOCK_K)
+    else:
+        acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+        for j in tl.static_range(TOP_K):
+            acc += _down_tile(Inter, W2, TopkIds, TopkWeights, row * TOP_K + j, offs_n, n_mask, inter, stride_i,
+                              stride_we, stride_wn, BLOCK_N, BLOCK_K)
+    tl.store(Out + row * stride_o + offs_n, tl.sum(acc, 1).to(Out.dtype.element_ty), mask=n_mask)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -199,17 +217,21 @@ def _gemv(hidden, w13, w2, topk_weights, topk_ids, config, route=None) -> torch.
         TOP_K=top_k, BLOCK_N=bn, BLOCK_K=bk, ROUTE=route is not None, **consts, num_warps=warps, num_stages=stages,
         **pdl_kwargs(hidden))
     bn2, bk2 = config.get("BLOCK_N2", bn), config.get("BLOCK_K2", bk)
-    _gemv2_kernel[(t, triton.cdiv(h, bn2))](
-        cache, w2, out, topk_ids, topk_weights, h, inter, cache.stride(0), w2.stride(0), w2.stride(1),
-        out.stride(0), TOP_K=top_k, BLOCK_N=bn2, BLOCK_K=bk2, num_warps=warps, num_stages=stages,
+    split = config.get("SPLIT2", False)
+    rows = torch.empty(t * top_k, h, dtype=hidden.dtype, device=hidden.device) if split else out
+    _gemv2_kernel[(rows.shape[0], triton.cdiv(h, bn2))](
+        cache, w2, rows, topk_ids, topk_weights, h, inter, cache.stride(0), w2.stride(0), w2.stride(1),
+        rows.stride(0), TOP_K=top_k, SPLIT=split, BLOCK_N=bn2, BLOCK_K=bk2, num_warps=warps, num_stages=stages,
         **pdl_kwargs(hidden))
+    if split:
+        torch.sum(rows.view(t, top_k, h), dim=1, out=out)
     return out
 
 
 def fused_moe_gemv(hidden: torch.Tensor, router_logits: torch.Tensor, routing: RoutingConfig,
                    correction_bias: torch.Tensor | None, w13: torch.Tensor, w2: torch.Tensor, config: dict) -> torch.Tensor:
-    """The whole MoE of a small batch in two launches, the top-k routing fused into GEMV 1 (the routing
-    must pass `fused_routing_supported`; config["path"] == "gemv")."""
+    """The whole MoE of a small batch in two or three launches, the top-k routing fused into GEMV 1
+    (the routing must pass `fused_routing_supported`; config["path"] == "gemv")."""
     t = hidden.shape[0]
     if t == 0:
         return torch.empty_like(hidden)

@@ -10,7 +10,7 @@ from jackfield.plugins import load_plugins
 from jackfield.registry import build_registry
 from jackfield.testing import certify
 
-BUILTIN = ("unquantized", "int4_weight_only", "fp8", "int8_wo", "awq", "gptq", "compressed_tensors")
+BUILTIN = ("unquantized", "int4_weight_only", "fp8", "int8_wo", "awq", "gptq", "compressed_tensors", "gguf")
 
 
 @pytest.mark.parametrize("name", BUILTIN)

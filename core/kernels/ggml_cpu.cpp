@@ -1,0 +1,100 @@
+// y[M, N] = x[M, K] @ W^T for W stored as GGUF blocks, computed by ggml's own CPU dot products.
+//
+// ggml (llama.cpp's tensor library, shipped as libggml-cpu / libggml-base by llama-cpp-python)
+// exposes per-type CPU traits: `vec_dot` multiplies one row of quantized weights with one row of
+// activations quantized to the type's `vec_dot_type` (Q8_0, Q8_1 or Q8_K: int8 with block scales),
+// using the machine's vector units (AVX2, AVX-512 VNNI ...), and `from_float` quantizes a float
+// row to that type. This file only drives them: quantize x's rows once, then split W's rows over
+// PyTorch's intra-op threads (at::parallel_for, so torch.set_num_threads governs it).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <cstring>
+
+extern "C" {
+typedef void (*ggml_from_float_t)(const float* x, void* y, int64_t k);
+typedef void (*ggml_vec_dot_t)(int n, float* s, size_t bs, const void* x, size_t bx, const void* y, size_t by, int nrc);
+struct ggml_type_traits_cpu {
+  ggml_from_float_t from_float;
+  ggml_vec_dot_t vec_dot;
+  int vec_dot_type;
+  int64_t nrows;
+};
+const ggml_type_traits_cpu* ggml_get_type_traits_cpu(int type);
+void ggml_cpu_init(void);
+size_t ggml_row_size(int type, int64_t ne);
+int64_t ggml_blck_size(int type);
+size_t ggml_quantize_chunk(int type, const float* src, void* dst, int64_t start, int64_t nrows, int64_t n_per_row,
+                           const float* imatrix);
+bool ggml_quantize_requires_imatrix(int type);
+}
+
+namespace {
+
+constexpr int64_t kRowsPerTask = 16;
+
+void check_blocks(const torch::Tensor& w, int64_t type, int64_t k) {
+  TORCH_CHECK(w.dtype() == torch::kUInt8 && w.dim() == 2 && w.is_contiguous(), "ggml weights must be contiguous uint8 [N, row_bytes]");
+  TORCH_CHECK(k % ggml_blck_size(type) == 0, "in_features ", k, " is not a multiple of the block size ", ggml_blck_size(type));
+  TORCH_CHECK(w.size(1) == (int64_t)ggml_row_size(type, k), "ggml row of type ", type, " and ", k, " columns takes ",
+              ggml_row_size(type, k), " bytes, weights have ", w.size(1));
+}
+
+torch::Tensor mm(const torch::Tensor& x, const torch::Tensor& w, int64_t type) {
+  TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2, "x must be float32 [M, K]");
+  const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
+  check_blocks(w, type, k);
+  const ggml_type_traits_cpu* traits = ggml_get_type_traits_cpu((int)type);
+  TORCH_CHECK(traits->vec_dot != nullptr, "ggml has no CPU dot product for type ", type);
+  const int vdt = traits->vec_dot_type;
+  const ggml_from_float_t quantize_row = ggml_get_type_traits_cpu(vdt)->from_float;
+  const torch::Tensor xc = x.contiguous();
+  const size_t xq_row = ggml_row_size(vdt, k);
+  torch::Tensor xq = torch::empty({m, (int64_t)xq_row}, torch::kUInt8);
+  const float* xp = xc.data_ptr<float>();
+  uint8_t* xqp = xq.data_ptr<uint8_t>();
+  if (quantize_row != nullptr) {
+    at::parallel_for(0, m, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) quantize_row(xp + i * k, xqp + i * xq_row, k);
+    });
+  } else {  // F32 weights dot F32 activations
+    TORCH_CHECK(xq_row == (size_t)k * sizeof(float), "type ", vdt, " has no from_float");
+    std::memcpy(xqp, xp, m * xq_row);
+  }
+  torch::Tensor y = torch::empty({m, n}, torch::kFloat32);
+  float* yp = y.data_ptr<float>();
+  const uint8_t* wp = w.data_ptr<uint8_t>();
+  const size_t w_row = w.size(1);
+  const ggml_vec_dot_t dot = traits->vec_dot;
+  at::parallel_for(0, n, kRowsPerTask, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t r = lo; r < hi; ++r) dot((int)k, yp + i * n + r, 0, wp + r * w_row, 0, xqp + i * xq_row, 0, 1);
+  });
+  return y;
+}
+
+torch::Tensor quantize(const torch::Tensor& w, int64_t type) {
+  TORCH_CHECK(w.dtype() == torch::kFloat32 && w.dim() == 2, "w must be float32 [N, K]");
+  TORCH_CHECK(!ggml_quantize_requires_imatrix((int)type), "ggml type ", type, " needs an importance matrix");
+  const torch::Tensor wc = w.contiguous();
+  const int64_t n = wc.size(0), k = wc.size(1);
+  TORCH_CHECK(k % ggml_blck_size(type) == 0, "in_features ", k, " is not a multiple of the block size ", ggml_blck_size(type));
+  torch::Tensor out = torch::empty({n, (int64_t)ggml_row_size(type, k)}, torch::kUInt8);
+  ggml_quantize_chunk((int)type, wc.data_ptr<float>(), out.data_ptr<uint8_t>(), 0, n, k, nullptr);
+  return out;
+}
+
+int64_t init() {
+  ggml_cpu_init();
+  return 0;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(jackfield_ggml, lib) {
+  lib.def("init() -> int", &init);
+  lib.def("mm(Tensor x, Tensor w, int type) -> Tensor", &mm);
+  lib.def("quantize(Tensor w, int type) -> Tensor", &quantize);
+}

@@ -1,0 +1,77 @@
+"""ggml's CPU matmul on GGUF blocks, reached through a small PyTorch operator (`ggml_cpu.cpp`).
+
+The kernels are llama.cpp's own (`libggml-cpu`, shipped by the `llama-cpp-python` package, built
+for the machine's vector units): per weight type a dot product of quantized weight rows with
+activations quantized to int8 blocks. `ggml_cpu.cpp` only quantizes the activations and splits the
+rows over PyTorch's threads. It is compiled on first use with `torch.utils.cpp_extension` into
+`<jackfield cache>/ggml_cpu/<key>` (the key hashes the source, torch's version and the libggml
+path), so a C++ compiler is needed once per installation.
+
+`ggml_unavailable()` says why the operator cannot be built (None when it can); `build()` compiles
+(or loads the cached build) and returns the operator namespace; `mm(x, blocks, type)` and
+`quantize(w, type)` call it.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import shutil
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("ggml_cpu.cpp")
+LIBRARIES = ("ggml-cpu", "ggml-base")
+
+
+def ggml_lib_dir() -> Path | None:
+    """The directory holding llama-cpp-python's libggml-cpu and libggml-base, or None."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    lib = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    return lib if all((lib / f"lib{name}.so").is_file() for name in LIBRARIES) else None
+
+
+@functools.cache
+def ggml_unavailable() -> str | None:
+    """Why the ggml operator cannot be built here, or None."""
+    if ggml_lib_dir() is None:
+        return "llama-cpp-python (which ships llama.cpp's libggml-cpu) is not installed: pip install llama-cpp-python"
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        return "no C++ compiler (c++ or g++) on PATH to build the ggml operator"
+    return None
+
+
+@functools.cache
+def build():
+    """The `torch.ops.jackfield_ggml` namespace, compiled on the first call of the process's life."""
+    reason = ggml_unavailable()
+    if reason:
+        raise RuntimeError(reason)
+    from torch.utils import cpp_extension
+
+    from jackfield.loader.gguf import cache_root
+
+    lib = ggml_lib_dir()
+    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + str(lib).encode()).hexdigest()[:16]
+    build_dir = cache_root() / "ggml_cpu" / key
+    build_dir.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load(name="jackfield_ggml_cpu", sources=[str(SOURCE)], build_directory=str(build_dir),
+                       extra_cflags=["-O2"], is_python_module=False, verbose=False,
+                       extra_ldflags=[f"-L{lib}", *(f"-l{name}" for name in LIBRARIES), f"-Wl,-rpath,{lib}"])
+    ops = torch.ops.jackfield_ggml
+    ops.init()
+    return ops
+
+
+def mm(x: torch.Tensor, blocks: torch.Tensor, ggml_type: int) -> torch.Tensor:
+    """x [M, K] float32 times the GGUF weight `blocks` (uint8 [N, row bytes] of `ggml_type`)
+    transposed: float32 [M, N]."""
+    return build().mm(x, blocks, ggml_type)
+
+
+def quantize(w: torch.Tensor, ggml_type: int) -> torch.Tensor:
+    """The GGUF blocks (uint8 [N, row bytes]) of float32 w [N, K] in `ggml_type`, by ggml's quantizer."""
+    return build().quantize(w.float(), ggml_type)

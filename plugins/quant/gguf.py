@@ -1,0 +1,124 @@
+"""The `gguf` quantization method (CPU): a GGUF file's linear weights stay in their ggml blocks.
+
+The loader hands each projection's weight over as a `GGUFWeight` (the file's blocks, unchanged) and
+`apply` multiplies with llama.cpp's own CPU kernels (`jackfield.sdk.ggml_mm`: ggml's per-type dot
+products, activations quantized to int8 blocks, AVX2 / AVX-512 VNNI). Every type ggml has a CPU dot
+product for works (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ types, F16, BF16, F32), so a
+mixed file (Q4_K_M keeps some tensors in Q6_K) loads as it is.
+
+A fused layer (qkv, gate_up) whose shards share a type is one block matrix and one matmul; shards
+of different types stay separate segments, each multiplied on its own into its slice of the output.
+The LM head also multiplies by its blocks (for tied embeddings, the embedding's: SmolLM2's Q8_0
+token_embd), as llama.cpp does; the embedding lookup, norms and biases are dequantized to float by
+the loader.
+
+`quantization = auto` picks this method for a GGUF file (priority above `unquantized`, which still
+loads the same file dequantized: `--quantization unquantized`). CPU only.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from jackfield.sdk import (GGUF_FORMAT, Availability, Capabilities, GGUFWeight, LinearMethod, QuantizationMethod,
+                           ggml_build, ggml_mm, ggml_quantize, ggml_unavailable, hookimpl)
+
+KIT_TYPE = 2  # GGMLQuantizationType.Q4_0: the least accurate type checkpoint_tensors builds
+FALLBACK_TYPE = 0  # F32, for a kit weight whose in_features is not a multiple of 32
+BLOCK = 32
+
+
+class GGUFLinearMethod(LinearMethod):
+    """Collects the GGUFWeight of each shard in `load`; `process_weights_after_loading` merges the
+    shards into segments (offset, size, ggml type, blocks), one per run of equal types."""
+
+    def __init__(self):
+        self.in_features = 0
+        self.pending: list[tuple[int, GGUFWeight]] = []
+        self.segments: list[tuple[int, int, int, torch.Tensor]] = []
+
+    def create_weights(self, layer, in_features, out_features, bias, dtype, device):
+        if torch.device(device).type != "cpu":
+            raise ValueError(f"the gguf method runs on the CPU, not on {device}")
+        self.in_features = in_features
+        # A placeholder, so the model's loader finds `weight`; replaced by the segments.
+        layer.weight = nn.Parameter(torch.empty(out_features, 0, dtype=torch.uint8), requires_grad=False)
+        layer.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
+
+    def load(self, layer, param_name, tensor, shard_offset, shard_size):
+        if param_name != "weight":
+            return super().load(layer, param_name, tensor, shard_offset, shard_size)
+        if not isinstance(tensor, GGUFWeight):
+            raise ValueError(f"the gguf method loads GGUF blocks, got a {type(tensor).__name__} (is the model a GGUF file?)")
+        if tensor.shape != (shard_size, self.in_features):
+            raise ValueError(f"GGUF weight of shape {tensor.shape} does not fit a shard of {shard_size} rows x "
+                             f"{self.in_features} columns")
+        self.pending.append((shard_offset, tensor))
+
+    def process_weights_after_loading(self, layer):
+        if not self.pending:
+            return
+        self.pending.sort(key=lambda item: item[0])
+        runs: list[list[tuple[int, GGUFWeight]]] = []
+        for offset, w in self.pending:
+            if runs and runs[-1][-1][1].ggml_type == w.ggml_type:
+                runs[-1].append((offset, w))
+            else:
+                runs.append([(offset, w)])
+        self.segments = [(run[0][0], sum(w.shape[0] for _, w in run), run[0][1].ggml_type,
+                          torch.cat([w.blocks for _, w in run]).contiguous()) for run in runs]
+        for i, segment in enumerate(self.segments):  # buffers, so the model's weight bytes count them
+            layer.register_buffer(f"gguf_blocks_{i}", segment[3])
+        self.pending = []
+        layer.weight = None
+
+    def load_float(self, layer, weight):
+        self.load(layer, "weight", GGUF.checkpoint_tensors(weight)["weight"], 0, weight.shape[0])
+
+    def apply(self, layer, x):
+        x2 = x.reshape(-1, x.shape[-1]).float()
+        if len(self.segments) == 1:
+            y = ggml_mm(x2, self.segments[0][3], self.segments[0][2])
+        else:
+            y = x2.new_empty(x2.shape[0], sum(size for _, size, _, _ in self.segments))
+            for offset, size, ggml_type, blocks in self.segments:
+                y[:, offset:offset + size] = ggml_mm(x2, blocks, ggml_type)
+        if layer.bias is not None:
+            y += layer.bias
+        return y.to(x.dtype).reshape(*x.shape[:-1], y.shape[-1])
+
+
+class GGUF(QuantizationMethod):
+    name = "gguf"
+    priority = 10  # above `unquantized`: auto keeps a GGUF file quantized
+    checkpoint_formats = (GGUF_FORMAT,)
+    max_relative_error = 0.15  # Q4_0 (~0.11 on Gaussian weights) with int8 activations; Q8_0 ~0.01
+    capabilities = Capabilities(devices=("cpu",))
+    description = "Keep a GGUF file's quantized blocks; llama.cpp's ggml CPU kernels (int8 activations)"
+
+    def __init__(self, model_config, options=None):
+        super().__init__(model_config, options)
+        ggml_build()  # compile (first run only) while the model loads, not in the first request
+
+    @classmethod
+    def availability(cls) -> Availability:
+        reason = ggml_unavailable()
+        return Availability.no(reason) if reason else super().availability()
+
+    @classmethod
+    def checkpoint_tensors(cls, weight):
+        """The blocks of `weight` in Q4_0 as a GGUF file stores them (F32 when in_features is not a
+        multiple of 32, as llama.cpp's quantizer also leaves such tensors)."""
+        ggml_type = KIT_TYPE if weight.shape[1] % BLOCK == 0 else FALLBACK_TYPE
+        return {"weight": GGUFWeight(ggml_quantize(weight.float().cpu(), ggml_type), ggml_type, weight.shape[1])}
+
+    def linear_method(self, prefix):
+        return GGUFLinearMethod()
+
+    def lm_head_method(self):
+        return GGUFLinearMethod()
+
+
+@hookimpl
+def jackfield_register_quantization_methods(register):
+    register(GGUF)
