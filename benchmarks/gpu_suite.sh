@@ -36,7 +36,8 @@ gpu_pytest() {  # $1: log name, rest: pytest arguments
 }
 if has tests; then
   gpu_pytest gpu-tests tests/gpu/test_attention_kernels.py -k "'triton'"
-  gpu_pytest gpu-tests tests/gpu/test_fused_kernels.py tests/gpu/test_decode_no_sync.py tests/gpu/test_e2e_backends.py
+  gpu_pytest gpu-tests tests/gpu/test_fused_kernels.py tests/gpu/test_decode_no_sync.py tests/gpu/test_e2e_backends.py \
+    tests/gpu/test_prompt_readout_gpu.py
 fi
 if has kit; then
   gpu_pytest gpu-kit tests/gpu/test_kit_cuda.py

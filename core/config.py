@@ -99,6 +99,14 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, description="Require this bearer token on every API request")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
     warmup: bool = Field(True, description="Run one warm-up generation before reporting healthy")
+    # --- embeddings --------------------------------------------------------------------------
+    is_embedding: bool | None = Field(None, description="Serve the model as an embedding model (generation refused); unset: detect from the model directory (sentence-transformers pooling config or a headless *Model architecture)")
+    embedding_pooling: Literal["auto", "last", "mean"] = Field("auto", description="Embedding pooling (auto: the sentence-transformers config, else last token)")
+    embedding_normalize: bool | None = Field(None, description="L2-normalize embeddings (unset: the sentence-transformers config, else yes)")
+    # --- files and batches (OpenAI Batch API) ---------------------------------------------------
+    file_storage_dir: str | None = Field(None, description="Directory of uploaded and generated files (/v1/files; unset: <cache dir>/files)")
+    max_upload_bytes: int = Field(100 << 20, gt=0, description="Largest file /v1/files accepts (413 above)")
+    batch_concurrency: int = Field(8, ge=1, description="Requests of one batch in flight at once (low priority in the scheduler)")
     # --- reliability and security ------------------------------------------------------------
     watchdog_timeout: float = Field(300.0, gt=0, description="Seconds the scheduler may spend in one loop iteration (one forward) before the server declares it stuck, dumps its stacks and exits")
     shutdown_timeout: float = Field(30.0, ge=0, description="On SIGTERM: seconds to let in-flight requests finish before aborting them")

@@ -13,7 +13,8 @@ from typing import Any, AsyncIterator
 
 from jackfield.config import settings_for
 from jackfield.engine_loop import EngineLoop, EngineInfo
-from jackfield.io_struct import LoadLoRAReq, TokenizedGenerateReq, UnloadLoRAReq
+from jackfield.embedding import normalized
+from jackfield.io_struct import POOLINGS, LoadLoRAReq, TokenizedEmbeddingReq, TokenizedGenerateReq, UnloadLoRAReq
 from jackfield.sampling.params import SamplingParams
 from jackfield.tokenizer.request_text import RequestText
 
@@ -50,44 +51,58 @@ class Engine:
             raise ValueError(f"prompt token id {bad} is outside the vocabulary [0, {vocab})")
         return list(prompt)
 
-    def _submit(self, ids: list[int], params: SamplingParams, stream: bool = False, lora: str | None = None) -> str:
+    def _submit(self, ids: list[int], params: SamplingParams, stream: bool = False, lora: str | None = None,
+                logprob_start_len: int = -1) -> str:
         rid = f"engine-{next(_ids)}"
-        self.loop.submit(TokenizedGenerateReq(rid, ids, params, stream=stream, lora=lora))
+        self.loop.submit(TokenizedGenerateReq(rid, ids, params, stream=stream, lora=lora,
+                                              logprob_start_len=logprob_start_len))
         return rid
 
     def _collect(self, rid: str, params: SamplingParams) -> dict:
         text = RequestText(self.tokenizer, params) if self.tokenizer is not None else None
-        tokens, logprobs = [], []
+        tokens, logprobs, input_logprobs = [], [], None
         while True:
             out = self.loop.get(rid)
             tokens += out.new_token_ids
             if out.logprobs:
                 logprobs += out.logprobs
+            if out.input_logprobs is not None:
+                input_logprobs = out.input_logprobs
             if text is not None:
                 text.feed(out.new_token_ids, out.finished)
             if out.finished is not None:
                 self.loop.forget(rid)
                 _raise_if_rejected(out.finished)
-                return _result(text.text if text else "", tokens, out, logprobs if params.logprobs else None)
+                res = _result(text.text if text else "", tokens, out, logprobs if params.logprobs else None)
+                if input_logprobs is not None:
+                    res["input_logprobs"] = _logprob_dicts(input_logprobs)
+                return res
 
     def generate(self, prompt, sampling_params: dict | SamplingParams | None = None, add_special_tokens: bool = True,
-                 lora_path: str | list[str | None] | None = None):
+                 lora_path: str | list[str | None] | None = None, logprob_start_len: int = -1):
         """Generate for one prompt (returns a dict) or a list of prompts (returns a list of dicts).
 
         A prompt is a string or a list of token ids. With n > 1 a prompt's dict holds a list of
         completions under "choices" (each with text, token_ids, finish_reason). `lora_path` names
         the LoRA adapter to run with (SGLang's name for it): one for every prompt, or a list with
-        one entry per prompt (None: the base model). An unknown adapter raises ValueError.
+        one entry per prompt (None: the base model). An unknown adapter raises ValueError. With
+        `logprob_start_len` >= 0 the dict also holds "input_logprobs": one entry per prompt token
+        from that position on ({token_id, logprob, top_logprobs}; the first prompt token's logprob
+        is None), with `top_logprobs_num` alternatives each; `max_new_tokens` may then be 0.
         """
         params = self._params(sampling_params)
         single = isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], int))
         prompts = [prompt] if single else list(prompt)
         loras = self._loras(lora_path, len(prompts))
         encoded = [self._encode(p, add_special_tokens) for p in prompts]
+        if logprob_start_len >= 0 and any(logprob_start_len >= len(ids) for ids in encoded):
+            raise ValueError(f"logprob_start_len ({logprob_start_len}) must be below the prompt length "
+                             f"({min(len(ids) for ids in encoded)} tokens)")
         sub = replace(params, n=1)
         # choice j of a seeded request uses seed + j, so n > 1 choices differ yet stay reproducible
         choices = [replace(sub, seed=None if params.seed is None else params.seed + j) for j in range(params.n)]
-        rids = [[self._submit(ids, c, lora=lora) for c in choices] for ids, lora in zip(encoded, loras)]
+        rids = [[self._submit(ids, c, lora=lora, logprob_start_len=logprob_start_len) for c in choices]
+                for ids, lora in zip(encoded, loras)]
         results = []
         try:
             for group in rids:
@@ -107,6 +122,34 @@ class Engine:
             raise ValueError("this model has no tokenizer, so it has no chat template")
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, **template_kwargs)
         return self.generate(prompt, sampling_params, add_special_tokens=False, lora_path=lora_path)
+
+    def embed(self, prompt, pooling: str | None = None, normalize: bool | None = None):
+        """The pooled final hidden state of one prompt (a list of floats) or of each of a list of
+        prompts, computed by a prefill-only request through the scheduler. `pooling`: "last" (the
+        last token's state) or "mean"; `normalize` scales each vector to unit L2 norm. Unset, both
+        are the model's (`info.embedding`: its sentence-transformers config, else last and True)."""
+        pooling = pooling or self.info.embedding.pooling
+        normalize = self.info.embedding.normalize if normalize is None else normalize
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        single = isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], int))
+        encoded = [self._encode(p) for p in ([prompt] if single else prompt)]
+        rids = []
+        for ids in encoded:
+            rids.append(f"engine-{next(_ids)}")
+            self.loop.submit(TokenizedEmbeddingReq(rids[-1], ids, pooling))
+        vectors = []
+        try:
+            for rid in rids:
+                out = self.loop.get(rid)
+                self.loop.forget(rid)
+                _raise_if_rejected(out.finished)
+                vectors.append(normalized(out.embedding) if normalize else out.embedding)
+        except Exception:
+            for rid in rids:
+                self.loop.abort_and_forget(rid)
+            raise
+        return vectors[0] if single else vectors
 
     async def generate_stream(self, prompt, sampling_params: dict | None = None,
                               lora_path: str | None = None) -> AsyncIterator[dict]:
@@ -203,8 +246,12 @@ def _result(text: str, tokens: list[int], out, logprobs) -> dict:
 
         res["spec"] = spec_meta(out.spec)
     if logprobs is not None:
-        res["logprobs"] = [{"token_id": lp.token_id, "logprob": lp.logprob, "top_logprobs": lp.top} for lp in logprobs]
+        res["logprobs"] = _logprob_dicts(logprobs)
     return res
+
+
+def _logprob_dicts(logprobs) -> list[dict]:
+    return [{"token_id": lp.token_id, "logprob": lp.logprob, "top_logprobs": lp.top} for lp in logprobs]
 
 
 def _merge_choices(outs: list[dict]) -> dict:

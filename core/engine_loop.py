@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jackfield.config import Settings
+from jackfield.embedding import EmbeddingSpec
 from jackfield.io_struct import (AbortReq, BatchOutput, FlushCacheOut, FlushCacheReq, GetStatsReq, LoRAUpdateOut,
                                  ReqOutput, StatsOut)
 from jackfield.model_runner import ModelRunner
@@ -41,6 +42,7 @@ class EngineInfo:
     kv_cache_dtype: str = ""      # the KV pool's storage dtype
     lora_adapters: tuple = ()  # the LoRA adapters loaded at start (dicts of LoRAAdapter.describe); () when off
     lora_enabled: bool = False
+    embedding: EmbeddingSpec = EmbeddingSpec()  # how embeddings are pooled; is_embedding: generation refused
 
 
 def load_tokenizer(settings: Settings, model_dir: Path):
@@ -59,7 +61,8 @@ def build_scheduler(settings: Settings, progress: bool = True) -> tuple[Schedule
                       str(runner.dtype).removeprefix("torch."), {k: c.as_dict() for k, c in setup.choices.items()},
                       runner.max_total_tokens, runner.max_running_requests, runner.context_len, runner.weight_bytes,
                       str(runner.kv_dtype).removeprefix("torch."),
-                      tuple(runner.lora.describe()) if runner.lora is not None else (), runner.lora is not None)
+                      tuple(runner.lora.describe()) if runner.lora is not None else (), runner.lora is not None,
+                      setup.embedding)
     sched = Scheduler(runner, tokenizer, decoder)
     sched.pm = setup.pm
     return sched, info

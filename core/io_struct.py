@@ -22,6 +22,25 @@ class TokenizedGenerateReq:
     stream: bool = False
     input_text: str | None = None
     lora: str | None = None  # the LoRA adapter's name; None: the base model
+    logprob_start_len: int = -1  # >= 0: logprobs of the prompt tokens from this position on (SGLang's)
+    priority: int = 0            # waiting-queue class: higher runs first (the Batch API uses -1)
+
+
+POOLINGS = ("last", "mean")
+
+
+@dataclass
+class TokenizedEmbeddingReq:
+    """A prefill-only request: the prompt's final hidden states pooled into one vector, no decode.
+
+    `pooling` is "last" (the last token's hidden state) or "mean" (the average over the prompt).
+    The output is one ReqOutput with `embedding` set (not normalized) and finish reason "stop".
+    """
+
+    rid: str
+    input_ids: list[int]
+    pooling: str = "last"
+    priority: int = 0
 
 
 @dataclass
@@ -84,7 +103,7 @@ class FinishReason:
 @dataclass
 class TokenLogprob:
     token_id: int
-    logprob: float
+    logprob: float | None  # None only for the first prompt token, which has no context
     top: list[tuple[int, float]] = field(default_factory=list)
 
 
@@ -101,6 +120,8 @@ class ReqOutput:
     logprobs: list[TokenLogprob] | None = None
     text: str | None = None  # filled by the detokenizer
     spec: dict | None = None  # speculative decoding, once verified: verify_ct, proposed, accepted, emitted
+    input_logprobs: list[TokenLogprob] | None = None  # prompt tokens from logprob_start_len, sent once
+    embedding: list[float] | None = None              # TokenizedEmbeddingReq: the pooled hidden state
 
 
 @dataclass

@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from jackfield.embedding import headless_weights
 from jackfield.hybrid_attention import build_attention_backend
 from jackfield.loader.weights import init_dummy_weights, iter_safetensors
 from jackfield.lora.setup import build_lora_manager, load_startup_adapters
@@ -13,6 +14,7 @@ from jackfield.mem.allocator import TokenAllocator
 from jackfield.mem.req_to_token import ReqToTokenPool
 from jackfield.runtime_setup import RuntimeSetup
 from jackfield.sampling.sampler import Sampler
+from jackfield.scheduler.prompt_readout import PromptReadout, PromptResult, read_prompt
 from jackfield.sdk.attention import AttentionRuntime
 from jackfield.sdk.forward_batch import ForwardBatch
 from jackfield.sdk.gguf import GGUF_FORMAT
@@ -121,7 +123,8 @@ class ModelRunner:
         if st.source.load_format == "dummy":
             init_dummy_weights(model, st.settings.seed)
         else:
-            model.load_weights(self._weights(quant, progress))
+            weights = self._weights(quant, progress)
+            model.load_weights(headless_weights(weights) if st.embedding.headless else weights)
         return model.eval()
 
     def _weights(self, quant, progress: bool):
@@ -164,12 +167,24 @@ class ModelRunner:
             return self.graph_runner.replay(fb)
         if self.verify_graphs is not None and self.verify_graphs.can_run(fb):
             return self.verify_graphs.replay(fb)
+        return self._logits(self._hidden(fb), fb)
+
+    @torch.inference_mode()
+    def forward_reading(self, fb: ForwardBatch, readout: PromptReadout) -> tuple[torch.Tensor, PromptResult]:
+        """An extend forward that also reads prompt logprobs / pooled hidden states (`prompt_readout.py`)."""
+        hidden = self._hidden(fb)
+        return self._logits(hidden, fb), read_prompt(self.model, hidden, readout)
+
+    def _hidden(self, fb: ForwardBatch) -> torch.Tensor:
         self.attn_backend.init_forward_metadata(fb)
         if self.lora is not None:
             self.lora.prepare(fb)
         hidden = self.model(fb.input_ids, fb.positions, fb)
         if self.capture_hidden:
             fb.extras["spec_hidden"] = fb.extras.pop("aux_hidden", hidden)
+        return hidden
+
+    def _logits(self, hidden: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
         idx = fb.logits_indices
         if idx is None:
             if not fb.mode.is_decode():

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from jackfield.config import Settings
+from jackfield.embedding import EmbeddingSpec, embedding_spec, headless_config, is_headless
 from jackfield.loader.source import ModelSource, resolve_model
 from jackfield.plugins import load_plugins
 from jackfield.registry import Registry, build_registry
@@ -31,6 +32,7 @@ class RuntimeSetup:
     choices: dict[str, Choice]
     registry: Registry
     pm: object
+    embedding: EmbeddingSpec = EmbeddingSpec()
 
 
 def resolve_device(settings: Settings) -> torch.device:
@@ -54,6 +56,8 @@ def resolve_target(settings: Settings) -> tuple[ModelSource, ModelConfig, torch.
     no GPU memory)."""
     source = resolve_model(settings.model, settings.load_format)
     config = ModelConfig.from_hf(source.hf_config)
+    if is_headless(config.architectures):  # a decoder saved without its LM head: its causal-LM plugin runs it
+        config = headless_config(config)
     if source.gguf_file is not None:  # selection sees the file's format; plain methods get it dequantized
         config = dataclasses.replace(config, quantization=GGUF_FORMAT)
     device = resolve_device(settings)
@@ -87,9 +91,10 @@ def setup_runtime(settings: Settings, pm=None, plugin_records=None) -> RuntimeSe
         pm, plugin_records = load_plugins()
     registry = build_registry(pm, plugin_records or [])
     source, config, device, dtype = resolve_target(settings)
+    embedding = embedding_spec(settings, source.path, tuple(source.hf_config.get("architectures") or ()))
     context_len = settings.context_length or config.context_length
     choices = select_components(settings, registry, config, device, dtype)
-    return RuntimeSetup(settings, source, config, device, dtype, context_len, choices, registry, pm)
+    return RuntimeSetup(settings, source, config, device, dtype, context_len, choices, registry, pm, embedding)
 
 
 def select_components(settings: Settings, registry: Registry, config: ModelConfig, device: torch.device,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from jackfield import __version__
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `jackfield ... | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit-time flush must not fail too
+        return 0
     except Exception as exc:
         from jackfield.config import ConfigError
         from jackfield.selection import SelectionError

@@ -34,8 +34,8 @@ def reject_reason(req: Req, runner) -> FinishReason | None:
     bad = next((t for t in req.origin_input_ids if not 0 <= t < vocab), None)
     if bad is not None:  # checked here too, so no client path can crash a whole batch's forward
         return FinishReason("abort", message=f"prompt token id {bad} is outside the vocabulary [0, {vocab})")
-    if max_new == 0:
-        return FinishReason("length")
+    if max_new == 0 and req.next_input_logprob is None and req.pooling is None:
+        return FinishReason("length")  # nothing to compute
     return None
 
 

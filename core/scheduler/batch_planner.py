@@ -17,6 +17,7 @@ from jackfield.io_struct import FinishReason
 from jackfield.mem.device_copy import to_device
 from jackfield.sampling.batch import SamplingBatch
 from jackfield.scheduler.forward_job import ForwardJob
+from jackfield.scheduler.prompt_readout import plan_readout
 from jackfield.scheduler.schedule_batch import ScheduleBatch, build_decode_batch, build_extend_batch
 
 
@@ -89,34 +90,41 @@ def _build_job(s, reqs: list, slots: torch.Tensor | None, decode: ScheduleBatch 
     decode_reqs = list(decode.reqs) if decode is not None else []
     if s.adapters is not None:
         fb = replace(fb, lora_slots=s.adapters.slots(list(reqs) + decode_reqs))
-    counted = to_device(final + [True] * len(decode_reqs), torch.bool, dev)
+    kept = [f and not r.prefill_only for r, f in zip(reqs, final)]
+    counted = to_device(kept + [True] * len(decode_reqs), torch.bool, dev)
     job = ForwardJob(
         fb=fb, sampling=sampling, output_lens=lens[0] if len(lens) == 1 else torch.cat(lens), counted=counted,
         decode_rows=decode.req_pool_indices if decode is not None else None, extend_reqs=list(reqs),
         extend_kv=[r.kv_len + r.extend_len for r in reqs], extend_final=final, decode_reqs=decode_reqs,
-        rows=frozenset(r.req_pool_idx for r in reqs + decode_reqs), mask=_grammar_rows(reqs, final, decode_reqs))
+        rows=frozenset(r.req_pool_idx for r in reqs + decode_reqs), mask=_grammar_rows(reqs, kept, decode_reqs),
+        readout=plan_readout(reqs, dev) if reqs else None)
     s.stats.record_step(sum(r.extend_len for r in reqs), len(decode_reqs))
-    _advance(s, reqs, final, new_sampling, decode)
+    _advance(s, reqs, kept, new_sampling, decode)
     return job
 
 
-def _grammar_rows(reqs: list, final: list[bool], decode_reqs: list) -> StepMask | None:
+def _grammar_rows(reqs: list, kept: list[bool], decode_reqs: list) -> StepMask | None:
     """The rows whose token a grammar constrains (a non-final prefill chunk's token is thrown away)."""
-    rows = [(i, r) for i, (r, f) in enumerate(zip(reqs, final)) if f and r.grammar is not None]
+    rows = [(i, r) for i, (r, f) in enumerate(zip(reqs, kept)) if f and r.grammar is not None]
     rows += [(len(reqs) + j, r) for j, r in enumerate(decode_reqs) if r.grammar is not None]
     return StepMask(rows, len(reqs) + len(decode_reqs)) if rows else None
 
 
-def _advance(s, reqs: list, final: list[bool], new_sampling: SamplingBatch | None, decode: ScheduleBatch | None) -> None:
-    """Move the launched state past this job: KV lengths, output counts, running batch membership."""
+def _advance(s, reqs: list, joining: list[bool], new_sampling: SamplingBatch | None,
+             decode: ScheduleBatch | None) -> None:
+    """Move the launched state past this job: KV lengths, output counts, running batch membership.
+    `joining`: the extend requests whose prefill this job completes and that go on to decode (a
+    prefill-only request completes without joining; `_process` finishes it)."""
     for r in reqs:
         r.kv_len += r.extend_len
     if decode is not None:
         decode.advance()
-    done = [i for i, f in enumerate(final) if f]
-    for i in done:
-        if s.chunked_req is reqs[i]:
-            s.chunked_req = None
+    if s.chunked_req is not None and s.chunked_req.remaining_prefill == 0:
+        s.chunked_req = None
+    # prefill-only requests whose prompt this job completes: held only by the job until `_process`
+    # finishes them; should the forward fail first, `abort_all` finds them in `s.leaving`
+    s.leaving += [r for r in reqs if r.prefill_only and r.remaining_prefill == 0]
+    done = [i for i, f in enumerate(joining) if f]
     if not done:
         return
     joined = [reqs[i] for i in done]

@@ -19,6 +19,7 @@ import torch
 
 from jackfield.constrained.bitmask import StepMask
 from jackfield.sampling.batch import SamplingBatch
+from jackfield.scheduler.prompt_readout import PromptReadout, PromptResult
 from jackfield.scheduler.req import Req
 from jackfield.sdk.forward_batch import ForwardBatch
 
@@ -36,22 +37,33 @@ class ForwardJob:
     decode_reqs: list[Req]            # rows E..E+D-1
     rows: frozenset[int]              # req_pool indices this forward reads
     mask: StepMask | None = None      # grammar rows: filled once their earlier tokens are accepted
+    readout: PromptReadout | None = None  # prompt logprobs / pooled states to read (prompt_readout.py)
 
 
 @dataclass
 class StepResult:
     tokens: list[int]                 # one sampled token per row
     logprobs: tuple | None            # (chosen [B], top ids [B][k] | None, top vals [B][k] | None) as lists
+    prompt: PromptResult | None = None  # the job's readout, as host lists
 
 
-def forward_logits(runner, future_ids: torch.Tensor, job: ForwardJob) -> torch.Tensor:
-    """Resolve decode inputs from the future map and run the model; returns the logits."""
+@dataclass(frozen=True)
+class ForwardOutput:
+    sample: object                    # the sampler's SampleOutput
+    prompt: PromptResult | None       # the readout's device tensors, when the job has one
+
+
+def forward_logits(runner, future_ids: torch.Tensor, job: ForwardJob) -> tuple[torch.Tensor, PromptResult | None]:
+    """Resolve decode inputs from the future map and run the model; returns the logits and the job's
+    prompt readout (device tensors; None when the job reads nothing)."""
     fb = job.fb
     if job.decode_rows is not None:
         dec = future_ids.index_select(0, job.decode_rows)
         ids = torch.cat([fb.input_ids, dec]) if fb.input_ids.numel() else dec
         fb = replace(fb, input_ids=ids)
-    return runner.forward(fb)
+    if job.readout is None:
+        return runner.forward(fb), None
+    return runner.forward_reading(fb, job.readout)
 
 
 def sample_job(runner, future_ids: torch.Tensor, job: ForwardJob, logits: torch.Tensor):
@@ -62,14 +74,16 @@ def sample_job(runner, future_ids: torch.Tensor, job: ForwardJob, logits: torch.
     return out
 
 
-def launch_forward_job(runner, future_ids: torch.Tensor, job: ForwardJob):
-    """Forward, sample, publish the tokens. Returns the sampler's device output (asynchronous on CUDA)."""
-    return sample_job(runner, future_ids, job, forward_logits(runner, future_ids, job))
+def launch_forward_job(runner, future_ids: torch.Tensor, job: ForwardJob) -> ForwardOutput:
+    """Forward, sample, publish the tokens. Returns the device outputs (asynchronous on CUDA)."""
+    logits, prompt = forward_logits(runner, future_ids, job)
+    return ForwardOutput(sample_job(runner, future_ids, job, logits), prompt)
 
 
-def step_result(out) -> StepResult:
-    """The sampler output as host lists (waits for the device)."""
-    return StepResult(out.next_token_ids.tolist(), logprob_rows(out))
+def step_result(out: ForwardOutput) -> StepResult:
+    """The forward's outputs as host lists (waits for the device)."""
+    prompt = out.prompt.to_lists() if out.prompt is not None else None
+    return StepResult(out.sample.next_token_ids.tolist(), logprob_rows(out.sample), prompt)
 
 
 def run_forward_job(runner, future_ids: torch.Tensor, job: ForwardJob) -> StepResult:

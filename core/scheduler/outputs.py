@@ -14,8 +14,14 @@ def req_output(r: Req) -> ReqOutput:
     if r.spec_verify_ct:
         spec = {"verify_ct": r.spec_verify_ct, "proposed": r.spec_proposed, "accepted": r.spec_accepted,
                 "emitted": r.spec_emitted}
-    return ReqOutput(r.rid, new, r.finished_reason, len(r.origin_input_ids), len(r.output_ids),
-                     max(r.cached_tokens, 0), lps, spec=spec)
+    out = ReqOutput(r.rid, new, r.finished_reason, len(r.origin_input_ids), len(r.output_ids),
+                    max(r.cached_tokens, 0), lps, spec=spec)
+    if r.logprob_start_len >= 0 and not r.input_logprobs_sent and r.input_logprobs_done:
+        out.input_logprobs, r.input_logprobs_sent = r.input_logprobs, True
+    if r.embedding is not None and r.finished_reason is not None and r.finished_reason.kind != "abort":
+        vec = r.embedding / len(r.origin_input_ids) if r.pooling == "mean" else r.embedding
+        out.embedding = vec.tolist()
+    return out
 
 
 def collect_outputs(finished: list[Req], running, stream_interval: int) -> list[BatchOutput]:

@@ -19,13 +19,14 @@ the sampling in `mask_ready()`.
 """
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import weakref
 
 import torch
 
-from jackfield.scheduler.forward_job import StepResult, step_result
+from jackfield.scheduler.forward_job import ForwardOutput, StepResult, step_result
 
 
 class PendingResult:
@@ -92,18 +93,18 @@ class ForwardWorker:
 
 
 class CudaPending:
-    def __init__(self, launcher: StreamLauncher, job, logits=None):
-        self._launcher, self._job, self._logits = launcher, job, logits
+    def __init__(self, launcher: StreamLauncher, job, forwarded=None):
+        self._launcher, self._job, self._forwarded = launcher, job, forwarded
         self._event = self._host = None
 
     def sampled(self, event: torch.cuda.Event, host) -> CudaPending:
-        self._event, self._host, self._job, self._logits = event, host, None, None
+        self._event, self._host, self._job, self._forwarded = event, host, None, None
         return self
 
     def mask_ready(self) -> None:
         """Enqueue the delayed sampling of a grammar job (its StepMask is filled)."""
         if self._event is None:
-            self._launcher.sample(self, self._job, self._logits)
+            self._launcher.sample(self, self._job, self._forwarded)
 
     def wait(self) -> StepResult:
         self.mask_ready()
@@ -112,22 +113,28 @@ class CudaPending:
 
 
 class _HostOutput:
-    """Pinned host copies of a SampleOutput's tensors, filled asynchronously."""
+    """Pinned host copies of a ForwardOutput's tensors (`.sample`, `.prompt`), filled asynchronously."""
 
     def __init__(self, out):
-        for name in ("next_token_ids", "logprobs", "top_logprob_ids", "top_logprob_vals"):
-            t = getattr(out, name)
-            host = None
-            if t is not None:
-                host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-                host.copy_(t, non_blocking=True)
-            setattr(self, name, host)
+        self.sample = _pinned_copy(out.sample)
+        self.prompt = _pinned_copy(out.prompt) if out.prompt is not None else None
         self._device = out  # keep the device tensors alive until the copy is done
 
 
+def _pinned_copy(obj):
+    """The dataclass `obj` with each tensor field replaced by a pinned host copy (asynchronous)."""
+    copies = {}
+    for f in dataclasses.fields(obj):
+        t = getattr(obj, f.name)
+        if isinstance(t, torch.Tensor):
+            copies[f.name] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            copies[f.name].copy_(t, non_blocking=True)
+    return dataclasses.replace(obj, **copies)
+
+
 class StreamLauncher:
-    """Launches `forward_fn(job)` (returning logits) and `sample_fn(job, logits)` (returning device
-    tensors) on a forward stream, from the caller's thread."""
+    """Launches `forward_fn(job)` (returning the logits and the prompt readout) and
+    `sample_fn(job, logits)` (returning device tensors) on a forward stream, from the caller's thread."""
 
     def __init__(self, forward_fn, sample_fn, device: torch.device):
         self._forward, self._sample = forward_fn, sample_fn
@@ -136,19 +143,20 @@ class StreamLauncher:
     def launch(self, job) -> CudaPending:
         self._stream.wait_stream(torch.cuda.current_stream(self._stream.device))
         with torch.cuda.stream(self._stream):
-            logits = self._forward(job)
-        pending = CudaPending(self, job, logits)
+            forwarded = self._forward(job)
+        pending = CudaPending(self, job, forwarded)
         if job.mask is None:
-            self.sample(pending, job, logits)
+            self.sample(pending, job, forwarded)
         return pending
 
-    def sample(self, pending: CudaPending, job, logits) -> None:
+    def sample(self, pending: CudaPending, job, forwarded) -> None:
+        logits, prompt = forwarded
         self._stream.wait_stream(torch.cuda.current_stream(self._stream.device))  # the mask's copy
         bitmask = job.mask.wait() if job.mask is not None else None
         if bitmask is not None:
             bitmask.record_stream(self._stream)  # copied on the scheduler stream, read on this one
         with torch.cuda.stream(self._stream):
-            host = _HostOutput(self._sample(job, logits))
+            host = _HostOutput(ForwardOutput(self._sample(job, logits), prompt))
             event = torch.cuda.Event()
             event.record()
         pending.sampled(event, host)

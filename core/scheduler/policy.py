@@ -10,6 +10,10 @@ Policies:
   requests in DFS order visiting heavier subtrees first, so requests sharing a prefix run together.
 - `random`: a shuffle driven by `random.Random(seed)`.
 With the prefix cache disabled, lpm and dfs-weight degrade to fcfs.
+
+Priority classes come first: the policy orders the queue, then a stable sort puts requests of a
+higher `req.priority` ahead (the Batch API submits at -1, below every interactive request's 0), so
+within a class the policy's order holds.
 """
 from __future__ import annotations
 
@@ -50,11 +54,13 @@ class SchedulePolicy:
         else:
             self._match_prefixes(waiting)
             waiting[:] = self._dfs_weight_order(waiting)
+        if any(r.priority != waiting[0].priority for r in waiting):
+            waiting.sort(key=lambda r: -r.priority)
 
     def _match_prefixes(self, waiting: list) -> None:
         for req in waiting:
             ids = list(req.origin_input_ids) + list(req.output_ids)
-            match = self.tree_cache.match_prefix(ids[: max(len(ids) - 1, 0)], getattr(req, "cache_namespace", None))
+            match = self.tree_cache.match_prefix(ids[:req.prefix_limit], getattr(req, "cache_namespace", None))
             req.prefix_indices = match.indices
             req.last_node = match.last_node
 

@@ -1,4 +1,11 @@
-"""Req: one generation request's state inside the scheduler."""
+"""Req: one request's state inside the scheduler (a generation, or a prefill-only embedding).
+
+Prompt logprobs (`logprob_start_len` >= 0) are read from the extend forwards that compute the
+prompt, chunk by chunk (`prompt_readout.py`): the logprob of prompt token p comes from the logits
+at position p - 1. So that those positions are computed, a request still missing some takes at most
+`next_input_logprob - 1` tokens from the radix cache (`prefix_limit`); the cache still serves the
+positions before that. Mean pooling needs every position, so it takes no cached prefix at all.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -6,8 +13,10 @@ from dataclasses import replace
 
 import torch
 
-from jackfield.io_struct import FinishReason, TokenizedGenerateReq, TokenLogprob
+from jackfield.io_struct import FinishReason, TokenizedEmbeddingReq, TokenizedGenerateReq, TokenLogprob
 from jackfield.sampling.params import SamplingParams
+
+EMBEDDING_PARAMS = SamplingParams(max_new_tokens=0, temperature=0.0)
 
 EMPTY = torch.empty(0, dtype=torch.int64)
 
@@ -37,15 +46,32 @@ class TokenView(Sequence):
 
 
 class Req:
-    def __init__(self, msg: TokenizedGenerateReq, arrival_seq: int):
+    def __init__(self, msg: TokenizedGenerateReq | TokenizedEmbeddingReq, arrival_seq: int):
         self.rid = msg.rid
         self.origin_input_ids: list[int] = list(msg.input_ids)
-        params = msg.sampling_params
-        if msg.return_logprob and not params.logprobs:
-            params = replace(params, logprobs=True, top_logprobs_num=max(msg.top_logprobs_num, params.top_logprobs_num))
+        self.priority = msg.priority
+        self.pooling: str | None = None     # "last" | "mean" for an embedding request
+        self.logprob_start_len = -1         # first prompt position whose logprob is returned; -1: none
+        self.next_input_logprob: int | None = None  # next prompt position whose logprob no forward reads yet
+        self.input_logprobs: list[TokenLogprob] = []  # read so far, from logprob_start_len on
+        self.input_logprobs_sent = False
+        self.embedding: torch.Tensor | None = None  # float32 [hidden] on the host: last row, or the sum (mean)
+        if isinstance(msg, TokenizedEmbeddingReq):
+            self.pooling, params, self.stream = msg.pooling, EMBEDDING_PARAMS, False
+        else:
+            params = msg.sampling_params
+            if msg.return_logprob and not params.logprobs:
+                params = replace(params, logprobs=True,
+                                 top_logprobs_num=max(msg.top_logprobs_num, params.top_logprobs_num))
+            self.stream = msg.stream
+            if msg.logprob_start_len >= 0 and self.origin_input_ids:
+                self.logprob_start_len = min(msg.logprob_start_len, len(self.origin_input_ids) - 1)
+                self.next_input_logprob = self.logprob_start_len
+                if self.logprob_start_len == 0:  # no context: no logprob
+                    self.input_logprobs.append(TokenLogprob(self.origin_input_ids[0], None))
+                    self.next_input_logprob = 1 if len(self.origin_input_ids) > 1 else None
         self.sampling_params: SamplingParams = params
-        self.stream = msg.stream
-        self.lora_name: str | None = msg.lora
+        self.lora_name: str | None = getattr(msg, "lora", None)
         self.adapter = None  # its LoRAAdapter, resolved on arrival (None: the base model)
         self.arrival_seq = arrival_seq
         self.output_ids: list[int] = []
@@ -88,6 +114,25 @@ class Req:
         return self.adapter.uid if self.adapter is not None else None
 
     @property
+    def prefill_only(self) -> bool:
+        """Finishes when its prompt is computed: an embedding, or prompt logprobs with max_new_tokens 0."""
+        return self.pooling is not None or self.sampling_params.max_new_tokens == 0
+
+    @property
+    def input_logprobs_done(self) -> bool:
+        """Every requested prompt logprob has been read (processed, not only planned)."""
+        return len(self.input_logprobs) == len(self.origin_input_ids) - self.logprob_start_len
+
+    @property
+    def prefix_limit(self) -> int:
+        """The most cached prefix tokens this request may take (see the module docstring)."""
+        limit = max(len(self.all_ids) - 1, 0)
+        if self.pooling == "mean":
+            return 0
+        nxt = self.next_input_logprob
+        return limit if nxt is None else min(limit, nxt - 1)
+
+    @property
     def finished(self) -> bool:
         return self.finished_reason is not None
 
@@ -99,8 +144,7 @@ class Req:
 
     def match_prefix(self, tree_cache) -> None:
         """Refresh prefix_indices/last_node from the tree (only for requests holding no KV)."""
-        ids = self.all_ids
-        match = tree_cache.match_prefix(ids[:max(len(ids) - 1, 0)], self.cache_namespace)
+        match = tree_cache.match_prefix(self.all_ids[:self.prefix_limit], self.cache_namespace)
         self.prefix_indices, self.last_node = match.indices, match.last_node
 
     def check_finished(self, eos_ids: tuple[int, ...], tokenizer, new_tokens: int = 1) -> None:

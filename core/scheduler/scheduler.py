@@ -30,8 +30,8 @@ from jackfield.constrained.bitmask import mask_buffer
 from jackfield.constrained.jump_forward import jump
 from jackfield.constrained.manager import GrammarManager
 from jackfield.io_struct import (AbortReq, BatchOutput, FinishReason, FlushCacheOut, FlushCacheReq, GetStatsReq,
-                                 LoadLoRAReq, LoRAUpdateOut, ReqOutput, StatsOut, TokenizedGenerateReq, TokenLogprob,
-                                 UnloadLoRAReq)
+                                 LoadLoRAReq, LoRAUpdateOut, ReqOutput, StatsOut, TokenizedEmbeddingReq,
+                                 TokenizedGenerateReq, TokenLogprob, UnloadLoRAReq)
 from jackfield.mem.chunk_cache import ChunkCache
 from jackfield.mem.radix_cache import RadixCache
 from jackfield.model_runner import ModelRunner
@@ -43,6 +43,7 @@ from jackfield.scheduler.isolation import recover_from_failure
 from jackfield.scheduler.outputs import collect_outputs, req_output, stats_out
 from jackfield.scheduler.overlap import make_launcher
 from jackfield.scheduler.policy import SchedulePolicy
+from jackfield.scheduler.prompt_readout import take_readout
 from jackfield.scheduler.release import KVReleaser
 from jackfield.scheduler.req import Req
 from jackfield.scheduler.schedule_batch import ScheduleBatch
@@ -97,7 +98,7 @@ class Scheduler:
     # ---- inputs -------------------------------------------------------------------------------
     def handle(self, msg) -> list:
         """Apply one input message; returns any immediate outputs (aborted/finished requests, stats)."""
-        if isinstance(msg, TokenizedGenerateReq):
+        if isinstance(msg, (TokenizedGenerateReq, TokenizedEmbeddingReq)):
             return self._add_request(msg)
         if isinstance(msg, AbortReq):
             return self._abort(msg.rid) + (self.adapters.finish_unloads() if self.adapters is not None else [])
@@ -115,7 +116,7 @@ class Scheduler:
                                                                "enable_lora to serve adapters")]
         return [self.adapters.load(msg)] if isinstance(msg, LoadLoRAReq) else self.adapters.unload(msg)
 
-    def _add_request(self, msg: TokenizedGenerateReq) -> list:
+    def _add_request(self, msg: TokenizedGenerateReq | TokenizedEmbeddingReq) -> list:
         req = Req(msg, self._arrivals)
         self._arrivals += 1
         reason = reject_reason(req, self.runner)
@@ -293,7 +294,9 @@ class Scheduler:
         self.releaser.flush()
 
     def _process(self, job: ForwardJob, result: StepResult) -> None:
-        """Append the sampled tokens, finish requests, release the finished ones."""
+        """Record prompt readouts, append the sampled tokens, finish requests, release the finished ones."""
+        if job.readout is not None:
+            take_readout(job.extend_reqs, job.readout, result.prompt)
         touched = [(i, r) for i, (r, f) in enumerate(zip(job.extend_reqs, job.extend_final)) if f]
         n = len(job.extend_reqs)
         touched += [(n + j, r) for j, r in enumerate(job.decode_reqs)]
@@ -304,7 +307,10 @@ class Scheduler:
         for row, r in touched:
             if r.finished or r.req_pool_idx is None:
                 continue  # finished one step earlier: this token is the overlap's extra one
-            self._append_token(r, result.tokens[row], result.logprobs, row)
+            if r.prefill_only:
+                r.finished_reason = FinishReason("stop" if r.pooling else "length")
+            else:
+                self._append_token(r, result.tokens[row], result.logprobs, row)
             if r.finished:
                 self.releaser.release(r, busy)
                 finished.append(r)

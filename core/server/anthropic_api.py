@@ -1,4 +1,5 @@
-"""Anthropic-compatible API: POST /v1/messages, plain or streamed with Anthropic's event types.
+"""Anthropic-compatible API: POST /v1/messages, plain or streamed with Anthropic's event types, and
+POST /v1/messages/count_tokens.
 
 Tools map onto the chat machinery: `tool_choice` `auto`/`any`/`tool`/`none` is the OpenAI `auto`/
 `required`/named function/`none`; calls come back as `tool_use` blocks (streamed as
@@ -11,15 +12,17 @@ import json
 import uuid
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 
 from jackfield.io_struct import FinishReason
 from jackfield.sdk.tool_parser import ToolCallParser
 from jackfield.server.app import server_state
 from jackfield.server.chat_output import ChoiceDelta, ChoiceParser, plan_chat
 from jackfield.server.errors import APIError, anthropic_error_body
-from jackfield.server.generation import RequestGroup, abort_error, request_timeout, until_disconnected
+from jackfield.server.generation import (RequestGroup, abort_error, request_priority, request_timeout,
+                                         until_disconnected)
 from jackfield.server.prompts import chat_default, content_text, encode_text, max_new_tokens, sampling_params
-from jackfield.server.protocol import AnthropicMessage, MessagesRequest
+from jackfield.server.protocol import AnthropicMessage, CountTokensRequest, MessagesRequest
 from jackfield.server.sse import sse, sse_response
 from jackfield.server.tool_prompt import HistoryCall, assistant_turn, render_prompt, takes_tools, tool_turn
 from jackfield.server.tools import ToolRequest, check_tool, tool_request
@@ -46,7 +49,7 @@ def _usage(prompt_tokens: int, output_tokens: int, cached: int) -> dict:
             "cache_creation_input_tokens": 0}
 
 
-def anthropic_tools(body: MessagesRequest) -> ToolRequest | None:
+def anthropic_tools(body: CountTokensRequest) -> ToolRequest | None:
     tools = [check_tool(t.name, t.input_schema, t.description, f"tools[{i}]", "input_schema")
              for i, t in enumerate(body.tools or ())]
     choice = body.tool_choice
@@ -87,30 +90,45 @@ def _history(messages: list[AnthropicMessage], native: bool, writer: ToolCallPar
     return out
 
 
+class TokenCount(BaseModel):
+    input_tokens: int
+
+
+def _prompt(st, body: CountTokensRequest):
+    """(the chat plan, the prompt's token ids) of a messages request: the history rendered with its tools."""
+    tm = st.tokenizer_manager
+    plan = plan_chat(st.parsers, anthropic_tools(body), separate_reasoning=False)
+    native = takes_tools(tm.tokenizer.chat_template if tm.tokenizer is not None else None)
+    msgs = [{"role": "system", "content": content_text(body.system, "system")}] if body.system else []
+    msgs += _history(body.messages, native, plan.parser)
+    return plan, encode_text(tm, render_prompt(tm, msgs, plan, native), "messages", add_special_tokens=False)
+
+
+@router.post("/v1/messages/count_tokens")
+async def count_tokens(body: CountTokensRequest, request: Request) -> TokenCount:
+    """The prompt's token count after the chat template, as /v1/messages would run it."""
+    st = server_state(request)
+    st.check_model(body.model)
+    return TokenCount(input_tokens=len(_prompt(st, body)[1]))
+
+
 @router.post("/v1/messages")
 async def messages(body: MessagesRequest, request: Request):
     st = server_state(request)
     tm = st.tokenizer_manager
     st.check_model(body.model)
-    thinking = (body.model_extra or {}).get("thinking")
-    if thinking is not None and not (isinstance(thinking, dict) and thinking.get("type") == "disabled"):
-        raise APIError(400, "extended thinking is not supported on /v1/messages (a reasoning model's thinking "
-                            "stays in the text); /v1/chat/completions separates it as reasoning_content",
-                       param="thinking")
-    plan = plan_chat(st.parsers, anthropic_tools(body), separate_reasoning=False)
-    native = takes_tools(tm.tokenizer.chat_template if tm.tokenizer is not None else None)
-    msgs = [{"role": "system", "content": content_text(body.system, "system")}] if body.system else []
-    msgs += _history(body.messages, native, plan.parser)
-    ids = encode_text(tm, render_prompt(tm, msgs, plan, native), "messages", add_special_tokens=False)
+    st.check_generation()
+    plan, ids = _prompt(st, body)
     max_new = max_new_tokens(body.max_tokens, [ids], tm.context_len, chat_default(tm.context_len), "max_tokens",
                              "messages")
     values = plan.sampling_values({"max_new_tokens": max_new, "temperature": body.temperature, "top_p": body.top_p,
                                    "top_k": body.top_k, "stop": body.stop_sequences})
     params = sampling_params(values, tm.vocab_size, ANTHROPIC_NAMES)
-    group = RequestGroup(tm, [ids], params, timeout=request_timeout(tm, body.timeout))
+    group = RequestGroup(tm, [ids], params, timeout=request_timeout(tm, body.timeout),
+                         priority=request_priority(request))
     message = {"id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant", "model": st.model_name}
     if body.stream:
-        return sse_response(_stream(group.start(), message, len(ids), plan.choice_parser()))
+        return sse_response(_stream(group.start(), message, plan.choice_parser()))
     with group:
         (result,) = await until_disconnected(request, group.collect())
     whole = plan.choice_parser().parse(result.text)
@@ -167,17 +185,22 @@ class _Blocks:
         return [sse({"type": "content_block_stop", "index": self.index}, "content_block_stop")]
 
 
-async def _stream(group: RequestGroup, message: dict, prompt_tokens: int, split: ChoiceParser):
+async def _stream(group: RequestGroup, message: dict, split: ChoiceParser):
+    """`message_start` waits for the first output, which carries the prompt's cached-token count, so
+    its usage matches the non-streamed response's."""
     blocks = _Blocks(split)
     try:
-        start = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
-                 "usage": _usage(prompt_tokens, 0, 0)}
-        yield sse({"type": "message_start", "message": start}, "message_start")
+        started = False
         async for _, out in group.outputs():
             if out.finished is not None and out.finished.kind == "abort":
                 err = abort_error(out.finished)
                 yield sse(anthropic_error_body(err.status, err.message), "error")
                 return
+            if not started:
+                started = True
+                start = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
+                         "usage": _usage(out.prompt_tokens, 0, out.cached_tokens)}
+                yield sse({"type": "message_start", "message": start}, "message_start")
             piece = split.feed(out.text or "")
             if out.finished is not None:
                 piece.extend(split.finish())

@@ -16,10 +16,14 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from jackfield.config import Settings
 from jackfield.engine_loop import EngineInfo
+from jackfield.loader.gguf import cache_root
+from jackfield.server.batch_runner import BatchRunner
 from jackfield.server.drain import DrainGate
 from jackfield.server.errors import APIError, install_error_handlers
+from jackfield.server.file_store import FileStore
 from jackfield.server.metrics import ServerMetrics
-from jackfield.server.middleware import EXEMPT_PATHS, APIKeyMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
+from jackfield.server.middleware import (EXEMPT_PATHS, APIKeyMiddleware, BodyLimitMiddleware, JSONBodyMiddleware,
+                                         RequestMetricsMiddleware)
 from jackfield.server.openapi import install_openapi
 from jackfield.server.parsers import ChatParsers
 from jackfield.server.tokenizer_manager import TokenizerManager
@@ -39,6 +43,8 @@ class ServerState:
     plugin_records: list = field(default_factory=list)
     tokenizer_path: str | None = None
     process_ids: dict[str, int] = field(default_factory=dict)  # "scheduler"/"detokenizer" -> pid
+    files: Any = None            # FileStore of /v1/files (set by build_app)
+    batches: Any = None          # BatchRunner of /v1/batches (set by build_app)
     parsers: ChatParsers = field(default_factory=ChatParsers)  # tool-call and reasoning parsers of the chat APIs
     ready: bool = False          # model loaded and warm-up done
     failure: str | None = None   # set when a subprocess died; the server is then unhealthy
@@ -76,31 +82,47 @@ class ServerState:
                            param="model", code="model_not_found")
 
 
+    def check_generation(self) -> None:
+        """400 when the model is served as an embedding model (`--is-embedding` or detected)."""
+        if self.info.embedding.is_embedding:
+            raise APIError(400, f"'{self.model_name}' is served as an embedding model "
+                                f"({self.info.embedding.reason}): use /v1/embeddings or /api/embed",
+                           code="model_not_generative")
+
+
 def server_state(request: Request) -> ServerState:
     return request.app.state.server
 
 
 def build_app(state: ServerState) -> FastAPI:
-    from jackfield.server import anthropic_api, lora_api, native_api, ollama_api, openai_api, status_api
+    from jackfield.server import (anthropic_api, batch_api, embeddings_api, lora_api, native_api, ollama_api,
+                                  openai_api, status_api, tokenize_api)
 
     app = FastAPI(title="jackfield", version=_version())
     app.state.server = state
+    s = state.settings
+    state.files = FileStore(s.file_storage_dir or cache_root() / "files", s.max_upload_bytes)
+    state.batches = BatchRunner(app, state.files, s.batch_concurrency, s.api_key)
     install_error_handlers(app)
     install_openapi(app, getattr(getattr(state.info, "model_config", None), "vocab_size", None))
-    for module in (openai_api, anthropic_api, ollama_api, native_api, status_api, lora_api):
+    for module in (openai_api, embeddings_api, batch_api, anthropic_api, ollama_api, native_api, tokenize_api,
+                   status_api, lora_api):
         app.include_router(module.router)
     if state.pm is not None:
         try:
             state.pm.hook.jackfield_add_http_routes(app=app, server=state)
         except Exception:
             log.exception("a plugin failed in jackfield_add_http_routes; its routes are missing")
-    s = state.settings
     # Added innermost first: CORS (when on) answers preflights and labels every response, errors
     # included; the drain gate counts and refuses before any body is read; the body limit applies
-    # before authentication so an unauthenticated client cannot make the server buffer a huge body.
+    # before authentication so an unauthenticated client cannot make the server buffer a huge body;
+    # JSONBodyMiddleware makes every non-multipart body JSON whatever its Content-Type.
+    app.add_middleware(JSONBodyMiddleware)
     app.add_middleware(APIKeyMiddleware, api_key=s.api_key,
                        exempt=EXEMPT_PATHS + (("/metrics",) if s.metrics_public else ()))
-    app.add_middleware(BodyLimitMiddleware, max_bytes=s.max_request_bytes)
+    uploads = max(s.max_request_bytes, s.max_upload_bytes + (1 << 20))  # the file and its multipart framing
+    app.add_middleware(BodyLimitMiddleware, max_bytes=s.max_request_bytes,
+                       per_path={"/v1/files": (uploads, "max_upload_bytes")})
     app.add_middleware(DrainGate, state=state)
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     if s.allowed_origins:

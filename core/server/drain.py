@@ -4,6 +4,7 @@
    instead of closing the listening socket; a second signal exits at once.
 2. While draining, `DrainGate` answers every new request with 503 and `Retry-After` (so a client
    or load balancer retries elsewhere); /health reports the drain with 503 and /metrics stays open.
+   Running OpenAI batches (/v1/batches) are cancelled at once: a batch is no request in flight.
 3. `Drain.run` waits until no admitted HTTP request is left, at most `shutdown_timeout` seconds;
    whatever is still running is then aborted: each request ends with finish reason `abort` and a
    503 error saying the server shut down. Then uvicorn stops, and launch.py stops every child.
@@ -69,6 +70,8 @@ class Drain:
         st, tm = self.state, self.state.tokenizer_manager
         st.draining = True
         start = time.monotonic()
+        if getattr(st, "batches", None) is not None:  # running batches are cancelled (their finished lines are kept)
+            await st.batches.close()
         in_flight = st.active_requests
         print(f"jackfield: shutting down: draining {in_flight} request(s) in flight "
               f"(up to {self.timeout:g} s)", flush=True)

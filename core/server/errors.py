@@ -101,6 +101,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     param = ".".join(str(part) for part in raw[:union]) or None
     if err.get("type") == "missing" and param and union is None:
         message = f"missing required parameter: '{param}'"
+    elif err.get("type") == "extra_forbidden" and param and union is None:
+        message = f"unsupported parameter: '{param}' is not implemented by this server"
     elif union is not None:
         inner = ".".join(str(part) for part in raw[union:])
         message = f"{param}: matches none of the accepted forms (as {inner}: {err.get('msg', 'invalid')})"
@@ -121,7 +123,25 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         message = f"unknown route {request.method} {request.url.path}"
     elif exc.status_code == 405:
         message = f"{request.method} is not allowed on {request.url.path}"
+        return error_response(APIError(405, message, headers={"Allow": _allowed(request)}), request.url.path)
     return error_response(APIError(exc.status_code, message, headers=exc.headers), request.url.path)
+
+
+def _allowed(request: Request) -> str:
+    """Every method some route serves on this path (Starlette names only the first route's)."""
+    path, methods = request.url.path, set()
+
+    def visit(routes, prefix: str) -> None:
+        for route in routes:
+            inner = getattr(route, "original_router", None)  # an included router, kept nested
+            if inner is not None:
+                visit(inner.routes, prefix + route.include_context.prefix)
+            elif path.startswith(prefix) and getattr(route, "path_regex", None) is not None \
+                    and route.path_regex.match(path[len(prefix):]):
+                methods.update(getattr(route, "methods", None) or ())
+
+    visit(request.app.router.routes, "")
+    return ", ".join(sorted(methods))
 
 
 async def _unavailable(request: Request, exc: ServerUnavailable) -> JSONResponse:

@@ -39,6 +39,9 @@ class Result:
     completion_tokens: int = 0
     cached_tokens: int = 0
     spec: dict | None = None
+    input_logprobs: list[TokenLogprob] | None = None
+    embedding: list[float] | None = None
+    first_token_at: float | None = None  # time.monotonic() of the first output token
 
     def add(self, out: ReqOutput) -> None:
         self.text += out.text or ""
@@ -46,19 +49,31 @@ class Result:
         self.logprobs += out.logprobs or []
         self.finish = out.finished
         self.spec = out.spec or self.spec
+        if out.new_token_ids and self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        if out.input_logprobs is not None:
+            self.input_logprobs = out.input_logprobs
+        if out.embedding is not None:
+            self.embedding = out.embedding
         if out.prompt_tokens or out.completion_tokens:
             self.prompt_tokens, self.completion_tokens = out.prompt_tokens, out.completion_tokens
             self.cached_tokens = out.cached_tokens
 
 
 class RequestGroup:
-    """Submit `len(prompts) * n` requests; iterate `outputs()` or await `collect()`."""
+    """Submit `len(prompts) * n` requests; iterate `outputs()` or await `collect()`.
 
-    def __init__(self, tm: TokenizerManager, prompts: list[list[int]], params: SamplingParams, n: int = 1,
+    `logprob_start_len` >= 0 asks for prompt logprobs; `priority` orders the scheduler's waiting
+    queue (`request_priority`); with `pooling` ("last" | "mean") the requests are embeddings
+    (`params` unused, n 1); `timeout` (seconds, `request_timeout`) aborts what is unfinished then."""
+
+    def __init__(self, tm: TokenizerManager, prompts: list[list[int]], params: SamplingParams | None, n: int = 1,
+                 logprob_start_len: int = -1, priority: int = 0, pooling: str | None = None,
                  timeout: float | None = None, lora: str | list[str | None] | None = None):
         if len(prompts) * n > MAX_REQUESTS_PER_CALL:
             raise APIError(400, f"{len(prompts)} prompts x n={n} exceeds {MAX_REQUESTS_PER_CALL} generations per call")
         self.tm, self.prompts, self.params, self.n = tm, prompts, params, n
+        self.logprob_start_len, self.priority, self.pooling = logprob_start_len, priority, pooling
         self.timeout = timeout
         self.deadline: float | None = None
         self.loras = list(lora) if isinstance(lora, list) else [lora] * len(prompts)  # LoRA adapter per prompt
@@ -75,8 +90,13 @@ class RequestGroup:
         try:
             for i, ids in enumerate(self.prompts):
                 for j in range(self.n):
-                    seed = self.params.seed + j if self.params.seed is not None else None
-                    rid = self.tm.submit(ids, replace(self.params, n=1, seed=seed), self.queue, lora=self.loras[i])
+                    if self.pooling is not None:
+                        rid = self.tm.submit_embedding(ids, self.pooling, self.queue, self.priority)
+                    else:
+                        seed = self.params.seed + j if self.params.seed is not None else None
+                        rid = self.tm.submit(ids, replace(self.params, n=1, seed=seed), self.queue,
+                                             logprob_start_len=self.logprob_start_len, priority=self.priority,
+                                             lora=self.loras[i])
                     self.index[rid] = i * self.n + j
                     self.rids.append(rid)
                     self.pending.add(rid)
@@ -132,6 +152,23 @@ class RequestGroup:
         for r in results:
             raise_if_aborted(r.finish)
         return results
+
+
+def probe_group(st, ids: list[int], max_new_tokens: int) -> RequestGroup:
+    """A greedy generation of `max_new_tokens` (an embedding, for a model served as an embedder) that
+    checks the engine end to end: the warm-up and /health_generate."""
+    if st.info.embedding.is_embedding:
+        return RequestGroup(st.tokenizer_manager, [ids], None, pooling=st.info.embedding.pooling)
+    return RequestGroup(st.tokenizer_manager, [ids], SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
+
+
+BATCH_PRIORITY = -1  # the Batch API's requests wait behind every interactive request
+
+
+def request_priority(request: Request) -> int:
+    """The scheduling priority of an HTTP request: 0, or what the Batch API runner put in the
+    ASGI scope's state for the requests it makes (`batch_runner.py`); clients cannot set it."""
+    return getattr(request.state, "priority", 0)
 
 
 def request_timeout(tm: TokenizerManager, asked: float | None) -> float | None:

@@ -8,9 +8,11 @@ requests in flight with 503 and shuts down instead of hanging).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 
@@ -22,7 +24,7 @@ from jackfield.registry import build_registry
 from jackfield.selection import SelectionError
 from jackfield.server.app import ServerState, build_app
 from jackfield.server.drain import Drain, DrainingServer
-from jackfield.server.generation import RequestGroup
+from jackfield.server.generation import probe_group
 from jackfield.server.ipc import PortArgs
 from jackfield.server.messages import ReadyInfo
 from jackfield.server.parsers import ChatParsers, select_parsers
@@ -64,6 +66,11 @@ def launch_server(settings: Settings) -> int:
     logging.getLogger("jackfield").setLevel(settings.log_level.upper())
     signals = SignalGuard()
     signals.install()
+    busy = port_in_use(settings.host, settings.port)
+    if busy:
+        print(f"jackfield: error: cannot serve on {settings.host}:{settings.port}: {busy}; pass another port, "
+              f"e.g. --port {settings.port + 1}", file=sys.stderr, flush=True)
+        return 1
     ports = PortArgs.create()
     procs = EngineProcesses(settings, ports)
     try:
@@ -95,6 +102,22 @@ def launch_server(settings: Settings) -> int:
         procs.stop()
         ports.cleanup()
         signals.restore()
+
+
+def port_in_use(host: str, port: int) -> str | None:
+    """Why uvicorn could not bind host:port, checked before the model loads; None when it can."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve the host ({exc})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return "the port is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+    return None
 
 
 def _load_tokenizer(path: str | None):
@@ -150,6 +173,7 @@ async def _serve(settings: Settings, ready: ReadyInfo, tokenizer, parsers: ChatP
         watchdog.stop()
         for task in tasks:
             task.cancel()
+        await state.batches.close()
         _call_hook(pm, "jackfield_engine_stopping", ready.info)
         tm.fail_all(state.failure or "the server is shutting down")
         tm.close()
@@ -163,14 +187,13 @@ def _warn_if_exposed(settings: Settings) -> None:
 
 
 async def _warm_up(state: ServerState, server: uvicorn.Server) -> None:
-    """Run one short generation through the normal path, then report ready (GET /health -> 200)."""
-    from jackfield.sampling.params import SamplingParams
-
+    """Run one short generation (an embedding for an embedding model) through the normal path, then
+    report ready (GET /health -> 200)."""
     tm = state.tokenizer_manager
     if state.settings.warmup:
         ids = tm.encode(WARMUP_TEXT) if tm.tokenizer is not None else [0]
         try:
-            with RequestGroup(tm, [ids], SamplingParams(max_new_tokens=4, temperature=0.0)) as group:
+            with probe_group(state, ids, 4) as group:
                 await group.collect()
         except Exception as exc:
             state.failure = f"the warm-up generation failed: {getattr(exc, 'message', exc)}"

@@ -4,13 +4,15 @@ APIKeyMiddleware: with `api_key` set, every request except GET /health (and /met
 `metrics_public`) needs `Authorization: Bearer <key>` or `x-api-key: <key>`, compared in constant
 time; otherwise 401 in the error shape.
 BodyLimitMiddleware: a request body over `max_bytes` gets 413, whether it declares its length or
-streams it in chunks (reading stops at the limit).
+streams it in chunks (reading stops at the limit); `per_path` sets another limit for a path
+(/v1/files uploads: max_upload_bytes plus the multipart framing).
 RequestMetricsMiddleware: counts responses by route template and status code.
+JSONBodyMiddleware: a request body is JSON whatever its Content-Type (`curl -d` sends
+form-urlencoded, Ollama clients send none), except multipart uploads (/v1/files).
 """
 from __future__ import annotations
 
 import hmac
-
 
 from starlette.exceptions import HTTPException
 
@@ -41,20 +43,21 @@ class BodyTooLarge(HTTPException):
     """Raised from `receive` mid-body; an HTTPException, so FastAPI's body parsing passes it on to the
     error handler (errors.py) instead of turning it into a generic 400."""
 
-    def __init__(self, limit: int):
-        super().__init__(413, f"the request body is larger than the limit of {limit} bytes (max_request_bytes)")
+    def __init__(self, limit: int, setting: str = "max_request_bytes"):
+        super().__init__(413, f"the request body is larger than the limit of {limit} bytes ({setting})")
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, per_path: dict[str, tuple[int, str]] | None = None):
+        self.app, self.max_bytes, self.per_path = app, max_bytes, per_path or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit, setting = self.per_path.get(scope["path"], (self.max_bytes, "max_request_bytes"))
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            err = APIError(413, BodyTooLarge(self.max_bytes).detail)
+        if declared.isdigit() and int(declared) > limit:
+            err = APIError(413, BodyTooLarge(limit, setting).detail)
             return await error_response(err, scope["path"])(scope, receive, send)
         seen = 0
 
@@ -63,8 +66,8 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if seen > limit:
+                    raise BodyTooLarge(limit, setting)
             return message
 
         await self.app(scope, limited_receive, send)
@@ -86,3 +89,22 @@ class RequestMetricsMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_counted)
+
+
+BODY_METHODS = (b"POST", b"PUT", b"PATCH")
+
+
+class JSONBodyMiddleware:
+    """Rewrites a non-JSON, non-multipart Content-Type of a request with a body to application/json,
+    so FastAPI parses every route's body as JSON (malformed JSON is then a 400, as with the header)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"].encode() in BODY_METHODS:
+            headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
+            given = next((v for k, v in scope["headers"] if k.lower() == b"content-type"), b"").lower()
+            if not (given.startswith(b"multipart/") or b"json" in given.split(b";")[0]):
+                scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)

@@ -1,4 +1,5 @@
-"""Ollama-compatible API: POST /api/generate, POST /api/chat (NDJSON streams by default), GET /api/tags."""
+"""Ollama-compatible API: POST /api/generate, POST /api/chat (NDJSON streams by default), POST /api/embed,
+POST /api/show, GET /api/tags, GET /api/ps, GET /api/version."""
 from __future__ import annotations
 
 import time
@@ -8,27 +9,21 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 
 from jackfield.server.app import ServerState, server_state
+from jackfield.embedding import normalized
+from jackfield.server.embeddings_api import run_embeddings
 from jackfield.server.errors import APIError
-from jackfield.server.generation import RequestGroup, abort_error, request_timeout, until_disconnected
+from jackfield.server.generation import (RequestGroup, abort_error, request_priority, request_timeout,
+                                         until_disconnected)
 from jackfield.server.openapi import json_body_doc
 from jackfield.server.lora_api import request_adapter
 from jackfield.server.prompts import chat_default, chat_prompt, encode_text, max_new_tokens, sampling_params
-from jackfield.server.protocol import (OllamaChatRequest, OllamaGenerateRequest, OllamaOptions, json_body,
-                                      ollama_format_values)
+from jackfield.server.protocol import (OllamaChatRequest, OllamaEmbedRequest, OllamaGenerateRequest, OllamaOptions,
+                                      OllamaShowRequest, json_body, ollama_format_values)
 from jackfield.server.sse import ndjson, ndjson_response
 
 router = APIRouter()
 OLLAMA_NAMES = {"max_new_tokens": "options.num_predict", "repetition_penalty": "options.repeat_penalty",
                 "json_schema": "format"}
-
-
-def _refuse_tools_and_thinking(body) -> None:
-    """Ollama's `tools` and `think` are not implemented here: a 400 rather than a silent plain answer."""
-    extra = body.model_extra or {}
-    for field in ("tools", "think"):
-        if extra.get(field):
-            raise APIError(400, f"{field} is not supported on the Ollama API; tool calling and reasoning separation "
-                                "are on /v1/chat/completions and /v1/messages", param=field)
 
 
 def _now() -> str:
@@ -52,9 +47,9 @@ def _params(st: ServerState, opts: OllamaOptions, ids: list[int], fmt):
 @router.post("/api/generate", openapi_extra=json_body_doc(OllamaGenerateRequest))
 async def generate(request: Request):
     body = await json_body(request, OllamaGenerateRequest)
-    _refuse_tools_and_thinking(body)
     st = server_state(request)
     lora = await request_adapter(st, body.model, None)
+    st.check_generation()
     if not body.prompt:  # Ollama's "load the model" request
         return {"model": body.model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
     tm = st.tokenizer_manager
@@ -70,9 +65,9 @@ async def generate(request: Request):
 @router.post("/api/chat", openapi_extra=json_body_doc(OllamaChatRequest))
 async def chat(request: Request):
     body = await json_body(request, OllamaChatRequest)
-    _refuse_tools_and_thinking(body)
     st = server_state(request)
     lora = await request_adapter(st, body.model, None)
+    st.check_generation()
     ids = chat_prompt(st.tokenizer_manager, [{"role": m.role, "content": m.content} for m in body.messages])
     return await _run(st, request, body, ids, lambda text: {"message": {"role": "assistant", "content": text}}, lora)
 
@@ -82,14 +77,14 @@ async def _run(st: ServerState, request: Request, body: OllamaGenerateRequest | 
     start = time.monotonic()
     model = body.model
     tm = st.tokenizer_manager
-    group = RequestGroup(tm, [ids], _params(st, body.options, ids, body.format),
+    group = RequestGroup(tm, [ids], _params(st, body.options, ids, body.format), priority=request_priority(request),
                          timeout=request_timeout(tm, body.timeout), lora=lora)
     if body.stream:
         return ndjson_response(_stream(group.start(), model, payload, start))
     with group:
         (result,) = await until_disconnected(request, group.collect())
     return {"model": model, "created_at": _now(), **payload(result.text), "done": True,
-            **_final_stats(result.finish, result.prompt_tokens, result.completion_tokens, start, None)}
+            **_final_stats(result.finish, result.prompt_tokens, result.completion_tokens, start, result.first_token_at)}
 
 
 async def _stream(group: RequestGroup, model: str, payload, start: float):
@@ -119,16 +114,74 @@ def _final_stats(finish, prompt_tokens: int, completion_tokens: int, start: floa
             "eval_count": completion_tokens, "eval_duration": int((now - first) * 1e9)}
 
 
-@router.get("/api/tags")
-async def tags(request: Request) -> dict:
-    st = server_state(request)
+def _model_entry(st: ServerState) -> dict:
+    """The served model as /api/tags and /api/ps list it."""
     path = Path(st.info.model_path)
     size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.glob("*.safetensors"))
     modified = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat().replace("+00:00", "Z")
-    details = {"format": path.suffix.lstrip(".") or "safetensors", "family": st.info.model_config.architectures[0],
-               "parameter_size": "", "quantization_level": st.info.components.get("quantization", {}).get("name")}
-    return {"models": [{"name": st.model_name, "model": st.model_name, "modified_at": modified, "size": size,
-                        "digest": "", "details": details}]}
+    return {"name": st.model_name, "model": st.model_name, "modified_at": modified, "size": size, "digest": "",
+            "details": _details(st)}
+
+
+def _details(st: ServerState) -> dict:
+    path = Path(st.info.model_path)
+    family = st.info.model_config.model_type or st.info.model_config.architectures[0]
+    return {"format": path.suffix.lstrip(".") or "safetensors", "family": family, "families": [family],
+            "parameter_size": "", "quantization_level": st.info.components.get("quantization", {}).get("name")}
+
+
+@router.get("/api/tags")
+async def tags(request: Request) -> dict:
+    return {"models": [_model_entry(server_state(request))]}
+
+
+@router.get("/api/ps")
+async def ps(request: Request) -> dict:
+    """The loaded model: always the served one, which stays loaded (no expiry)."""
+    st = server_state(request)
+    entry = _model_entry(st)
+    return {"models": [{**entry, "expires_at": None,
+                        "size_vram": entry["size"] if st.info.device.startswith("cuda") else 0}]}
+
+
+@router.post("/api/show", openapi_extra=json_body_doc(OllamaShowRequest))
+async def show(request: Request) -> dict:
+    body = await json_body(request, OllamaShowRequest)
+    st = server_state(request)
+    name = body.model if body.model is not None else body.name
+    if name is None:
+        raise APIError(400, "missing required parameter: 'model'", param="model")
+    st.check_model(name)
+    cfg, tok = st.info.model_config, st.tokenizer
+    arch = cfg.model_type or "llama"
+    info = {"general.architecture": arch, "general.basename": st.model_name,
+            f"{arch}.context_length": st.info.context_len, f"{arch}.embedding_length": cfg.hidden_size,
+            f"{arch}.block_count": cfg.num_layers, f"{arch}.attention.head_count": cfg.num_heads,
+            f"{arch}.attention.head_count_kv": cfg.num_kv_heads, f"{arch}.vocab_size": cfg.vocab_size}
+    template = (tok.chat_template if tok is not None else None) or ""
+    capabilities = ["embedding"] if st.info.embedding.is_embedding else ["completion", "embedding"]
+    return {"modelfile": f"FROM {st.info.model_path}\n", "parameters": "", "template": template,
+            "details": _details(st), "model_info": info, "capabilities": capabilities,
+            "modified_at": _model_entry(st)["modified_at"]}
+
+
+@router.post("/api/embed", openapi_extra=json_body_doc(OllamaEmbedRequest))
+async def embed(request: Request) -> dict:
+    """Ollama's embeddings: every input pooled as the server pools (last token by default), L2-normalized."""
+    body = await json_body(request, OllamaEmbedRequest)
+    st = server_state(request)
+    st.check_model(body.model)
+    start = time.monotonic()
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    tm = st.tokenizer_manager
+    prompts = [encode_text(tm, t, f"input[{i}]") for i, t in enumerate(texts)]
+    limit = tm.context_len - 1
+    if body.truncate:
+        prompts = [ids[:limit] for ids in prompts]
+    results = await run_embeddings(st, request, prompts, "input")
+    return {"model": body.model, "embeddings": [normalized(r.embedding) for r in results],
+            "total_duration": int((time.monotonic() - start) * 1e9), "load_duration": 0,
+            "prompt_eval_count": sum(len(p) for p in prompts)}
 
 
 @router.get("/api/version")

@@ -104,13 +104,14 @@ def chat_logprobs(tokenizer, logprobs: list[TokenLogprob]) -> dict:
 
 
 def completion_logprobs(tokenizer, logprobs: list[TokenLogprob], offset: int = 0) -> dict:
-    """`choices[i].logprobs` of a completion: tokens, token_logprobs, top_logprobs, text_offset."""
+    """`choices[i].logprobs` of a completion: tokens, token_logprobs, top_logprobs, text_offset (a
+    first prompt token, which has no logprob, gets null in token_logprobs and top_logprobs)."""
     tokens, values, tops, offsets = [], [], [], []
     for lp in logprobs:
         text = token_text(tokenizer, lp.token_id)
         tokens.append(text)
         values.append(lp.logprob)
-        tops.append({token_text(tokenizer, t): v for t, v in lp.top})
+        tops.append({token_text(tokenizer, t): v for t, v in lp.top} if lp.logprob is not None else None)
         offsets.append(offset)
         offset += len(text)
     return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}

@@ -26,7 +26,7 @@ REF = "#/components/schemas/{model}"
 ERROR_TEXT = {400: "Invalid request: a malformed or mistyped body, a value out of range, a prompt that does not fit",
               401: "Missing or wrong API key (with --api-key)",
               403: "Refused: an admin route from a remote client without --api-key, or a file path outside --file-root",
-              404: "Unknown model",
+              404: "Unknown model, file, batch or list cursor (`after`)",
               409: "Conflicts with the server's state (e.g. requests are running)",
               408: "The request's timeout ran out",
               413: "The body is larger than --max-request-bytes",

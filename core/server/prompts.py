@@ -102,17 +102,28 @@ def chat_prompt(tm: TokenizerManager, messages: list[dict], param: str = "messag
     return encode_text(tm, chat_text(tm, messages, param, **template_kwargs), param, add_special_tokens=False)
 
 
-def chat_text(tm: TokenizerManager, messages: list[dict], param: str = "messages", **template_kwargs) -> str:
-    """The model's chat template applied to template messages (`tools=` and the like as keywords)."""
+def chat_text(tm: TokenizerManager, messages: list[dict], param: str = "messages", add_generation_prompt: bool = True,
+              continue_final_message: bool = False, **template_kwargs) -> str:
+    """The model's chat template applied to template messages (`tools=` and the like as keywords);
+    `continue_final_message` renders without a generation prompt and cuts the text right after the
+    last message's content (left open for the model)."""
     if not messages:
         raise APIError(400, f"{param} must hold at least one message", param=param)
     if tm.tokenizer is None:
         raise APIError(400, "this model has no tokenizer, so it has no chat template", param=param)
     msgs = [{**m, "role": ROLE_ALIASES.get(m["role"], m["role"])} for m in messages]
     try:
-        text = tm.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, **template_kwargs)
+        text = tm.tokenizer.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt and
+                                                not continue_final_message, **template_kwargs)
     except Exception as exc:  # jinja2 TemplateError (e.g. raise_exception in the template), missing template
         raise APIError(400, f"cannot apply the chat template: {exc}", param=param) from None
+    if continue_final_message:
+        last = msgs[-1].get("content") or ""
+        cut = text.rfind(last) if last else -1
+        if cut < 0:
+            raise APIError(400, "continue_final_message: the last message's content is not in the rendered prompt",
+                           param=param)
+        text = text[:cut + len(last)]
     return text
 
 

@@ -1,4 +1,10 @@
-"""Request bodies of every API, as pydantic models. Unknown fields are accepted and ignored.
+"""Request bodies of every API, as pydantic models.
+
+A field is accepted if and only if it is declared here: `Body` forbids extra fields, so a request
+naming a parameter the server does not implement gets a 400 naming it (errors.py), on every route,
+never a 200 that silently ignores it. A feature lands by declaring its fields in these models.
+Declared fields without an effect are pure client metadata (OpenAI `user`, Anthropic `metadata` and
+`cache_control`); docs/server.md lists them.
 
 These models are the OpenAPI contract of the request bodies (openapi.py): every rule a body must
 follow is declared here (types, ranges, non-empty lists, which fields exclude each other), so a
@@ -46,6 +52,8 @@ NumPredict = integer(ge=-2, description="-1: no limit, -2: fill the context")
 TokenId = integer(ge=0, json_schema_extra={"x-token-id": True})
 TokenIds = Annotated[list[TokenId], Field(min_length=1)]
 Text = Annotated[str, Field(min_length=1)]
+PromptInput = Union[Text, Annotated[list[Text], Field(min_length=1)], TokenIds,
+                    Annotated[list[TokenIds], Field(min_length=1)]]  # completion prompts, embedding inputs
 TokenKey = Annotated[str, Field(pattern=r"^[0-9]+$", json_schema_extra={"x-token-id": True})]
 LogitBias = dict[TokenKey, Annotated[float, Field(ge=-MAX_LOGIT_BIAS, le=MAX_LOGIT_BIAS)]]
 Role = Literal["system", "user", "assistant", "developer", "tool"]
@@ -57,16 +65,23 @@ TIMEOUT_DOC = ("Seconds the request may take before it is aborted (HTTP 408); de
 T = TypeVar("T", bound=BaseModel)
 
 
-def _bool_only(value):
-    """Literal[False] alone would take 0 (0 == False); the schema says boolean."""
-    if not isinstance(value, bool):
-        raise ValueError("must be a boolean")
-    return value
+def _off(field: str, why: str, off=lambda value: not value):
+    """A BeforeValidator refusing a feature not implemented on this route unless `off(value)`; the
+    schema then states the off values only (`false`/`null`, an empty list, `{"type": "disabled"}`)."""
+    def check(value):
+        if value is not None and not off(value):
+            raise ValueError(f"{field} is not supported {why}")
+        return value
+    return BeforeValidator(check)
+
+
+OLLAMA_OFF = ("on the Ollama API; tool calling and reasoning separation are on /v1/chat/completions and "
+              "/v1/messages")
 
 
 class Body(BaseModel):
     # strict: a value of another JSON type is refused (no "1" for 1, no 0 for false), as the schema says
-    model_config = ConfigDict(extra="allow", protected_namespaces=(), strict=True)
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), strict=True)
 
 
 async def json_body(request: Request, model: type[T]) -> T:
@@ -91,7 +106,7 @@ class StreamOptions(Body):
 class JSONSchemaFormat(Body):
     """OpenAI's response_format.json_schema: the schema under `schema`, named, optionally strict."""
 
-    model_config = ConfigDict(extra="allow", protected_namespaces=(), populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)  # extra fields stay forbidden (Body)
     name: str | None = None
     description: str | None = None
     schema_: Union[dict[str, Any], bool, None] = Field(None, alias="schema")
@@ -218,11 +233,13 @@ class ChatCompletionRequest(OpenAISampling):
 
 
 class CompletionRequest(OpenAISampling):
-    prompt: Union[Text, Annotated[list[Text], Field(min_length=1)], TokenIds,
-                  Annotated[list[TokenIds], Field(min_length=1)]] = Field(
-        description="A string, strings, token ids or lists of token ids")
+    model_config = ConfigDict(json_schema_extra={  # echo returns one choice per prompt: n 1, no best_of
+        "if": {"required": ["echo"], "properties": {"echo": {"const": True}}},
+        "then": {"properties": {"n": {"const": 1}, "best_of": {"type": "null"}}}})
+    prompt: PromptInput = Field(description="A string, strings, token ids or lists of token ids")
     logprobs: TopLogprobs | None = None
-    echo: Annotated[Literal[False], BeforeValidator(_bool_only)] = Field(False, description="not supported: only false")
+    echo: bool = Field(False, description="the prompt before the completion (with logprobs: its tokens' logprobs)")
+    best_of: Choices | None = Field(None, description="only best_of == n (no best-of selection beyond the n returned)")
 
 
 def response_format_values(rf: ResponseFormat | None) -> dict[str, Any]:
@@ -257,6 +274,7 @@ class ContentBlock(Body):
     tool_use_id: str | None = None   # tool_result
     content: Any = None              # tool_result: a string or text blocks
     is_error: bool | None = None      # tool_result
+    cache_control: dict[str, Any] | None = None  # accepted: the radix cache already reuses every prefix
 
 
 class AnthropicMessage(Body):
@@ -276,19 +294,33 @@ class AnthropicToolChoice(Body):
     disable_parallel_tool_use: bool = False
 
 
-class MessagesRequest(Body):
+class ThinkingOff(Body):
+    """Anthropic's `thinking`, accepted only disabled: extended thinking is not implemented."""
+
+    type: Literal["disabled"]
+
+
+class CountTokensRequest(Body):
+    """POST /v1/messages/count_tokens."""
+
     model: str
-    max_tokens: TokenCount
     messages: list[AnthropicMessage] = Field(min_length=1)
     system: Union[str, list[ContentBlock], None] = None
+    tools: list[AnthropicTool] | None = None
+    tool_choice: AnthropicToolChoice | None = None
+    thinking: Annotated[ThinkingOff | None, _off(
+        "thinking", "on /v1/messages (a reasoning model's thinking stays in the text); /v1/chat/completions "
+        "separates it as reasoning_content", lambda v: isinstance(v, dict) and v.get("type") == "disabled")] = None
+
+
+class MessagesRequest(CountTokensRequest):
+    max_tokens: TokenCount
     stop_sequences: list[Text] | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
     top_k: TopK | None = None
     stream: bool = False
     metadata: dict[str, Any] | None = None
-    tools: list[AnthropicTool] | None = None
-    tool_choice: AnthropicToolChoice | None = None
     timeout: float | None = Field(None, gt=0, description=TIMEOUT_DOC)
 
 
@@ -323,6 +355,8 @@ class OllamaGenerateRequest(Body):
     format: OllamaFormat = None
     options: OllamaOptions = Field(default_factory=OllamaOptions)
     timeout: float | None = Field(None, gt=0, description=TIMEOUT_DOC)
+    think: Annotated[Literal[False] | None, _off("think", OLLAMA_OFF)] = Field(
+        None, description="not supported: only false or null")
 
 
 class OllamaChatRequest(Body):
@@ -332,6 +366,22 @@ class OllamaChatRequest(Body):
     format: OllamaFormat = None
     options: OllamaOptions = Field(default_factory=OllamaOptions)
     timeout: float | None = Field(None, gt=0, description=TIMEOUT_DOC)
+    think: Annotated[Literal[False] | None, _off("think", OLLAMA_OFF)] = Field(
+        None, description="not supported: only false or null")
+    tools: Annotated[Annotated[list[dict[str, Any]], Field(max_length=0)] | None, _off("tools", OLLAMA_OFF)] = Field(
+        None, description="not supported: only empty or null")
+
+
+class OllamaEmbedRequest(Body):
+    model: str
+    input: Union[Text, Annotated[list[Text], Field(min_length=1)]]
+    truncate: bool = True  # cut inputs to the context length instead of failing
+
+
+class OllamaShowRequest(Body):
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["model"]}, {"required": ["name"]}]})
+    model: str = Field(None, description="the model (or its older name `name`)")
+    name: str = Field(None, description="the older name of `model`")
 
 
 # ---- native -----------------------------------------------------------------------------------
@@ -376,3 +426,6 @@ class GenerateRequest(Body):
     top_logprobs_num: TopLogprobs = 0
     timeout: float | None = Field(None, gt=0, description=TIMEOUT_DOC)
     lora_path: Any = None   # a LoRA adapter's name, or a list with one name (or null) per prompt
+    logprob_start_len: integer(ge=-1) = Field(
+        -1, description=">= 0 (with return_logprob): input_token_logprobs from this position")
+    return_text_in_logprobs: bool = True  # the token text as the third element of each logprob entry

@@ -14,7 +14,8 @@ import zmq
 
 from jackfield.config import Settings
 from jackfield.engine_loop import TOKENIZER_FILES, build_scheduler
-from jackfield.io_struct import BatchOutput, FinishReason, LoRAUpdateOut, ReqOutput, TokenizedGenerateReq
+from jackfield.io_struct import (BatchOutput, FinishReason, LoRAUpdateOut, ReqOutput, TokenizedEmbeddingReq,
+                                 TokenizedGenerateReq)
 from jackfield.server.ipc import PortArgs, exit_child, pull_socket, push_socket, setup_child
 from jackfield.server.messages import ControlFailed, ReadyInfo, RegisterReq, StartupError
 
@@ -123,7 +124,7 @@ class SchedulerLoop:
 
 
 def _failure_reply(msg, message: str) -> list:
-    if isinstance(msg, TokenizedGenerateReq):
+    if isinstance(msg, (TokenizedGenerateReq, TokenizedEmbeddingReq)):
         reason = FinishReason("abort", message=message)
         return [BatchOutput([ReqOutput(msg.rid, [], reason, len(msg.input_ids), 0, 0)])]
     if hasattr(msg, "rid"):

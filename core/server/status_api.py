@@ -10,12 +10,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from jackfield.sampling.params import SamplingParams
 from jackfield.server.admin import admin_only
 from jackfield.server.drain import RETRY_AFTER_S
 from jackfield.server.app import server_state
 from jackfield.server.errors import APIError
-from jackfield.server.generation import RequestGroup
+from jackfield.server.generation import probe_group
 from jackfield.server.openapi import error_responses
 
 router = APIRouter()
@@ -46,7 +45,7 @@ async def health_generate(request: Request):
     _require_healthy(st)
     tm = st.tokenizer_manager
     ids = tm.encode("Hi") if tm.tokenizer is not None else [0]
-    with RequestGroup(tm, [ids], SamplingParams(max_new_tokens=1, temperature=0.0)) as group:
+    with probe_group(st, ids, 1) as group:
         try:
             (result,) = await asyncio.wait_for(group.collect(), HEALTH_GENERATE_TIMEOUT_S)
         except (asyncio.TimeoutError, APIError) as exc:
@@ -59,7 +58,10 @@ async def get_model_info(request: Request) -> dict:
     st = server_state(request)
     info = st.info
     return {"model_path": info.model_path, "tokenizer_path": st.tokenizer_path, "served_model_name": st.model_name,
-            "is_generation": True, "architectures": list(info.model_config.architectures),
+            "is_generation": not info.embedding.is_embedding,
+            "embedding": {"pooling": info.embedding.pooling, "normalize": info.embedding.normalize,
+                          "served_as_embedding_model": info.embedding.is_embedding, "reason": info.embedding.reason},
+            "architectures": list(info.model_config.architectures),
             "context_len": info.context_len, "max_total_tokens": info.max_total_tokens,
             "max_running_requests": info.max_running_requests, "vocab_size": info.model_config.vocab_size,
             "device": info.device, "dtype": info.dtype, "weight_bytes": info.weight_bytes,

@@ -20,7 +20,8 @@ import zmq.asyncio
 
 from jackfield.engine_loop import EngineInfo
 from jackfield.io_struct import (AbortReq, BatchOutput, FinishReason, FlushCacheOut, FlushCacheReq, GetStatsReq,
-                                 LoadLoRAReq, LoRAUpdateOut, ReqOutput, StatsOut, TokenizedGenerateReq, UnloadLoRAReq)
+                                 LoadLoRAReq, LoRAUpdateOut, ReqOutput, StatsOut, TokenizedEmbeddingReq,
+                                 TokenizedGenerateReq, UnloadLoRAReq)
 from jackfield.sampling.params import SamplingParams
 from jackfield.server.ipc import PortArgs, pull_socket, push_socket
 from jackfield.server.messages import ControlFailed
@@ -123,18 +124,31 @@ class TokenizerManager:
             raise ServerBusy(f"the server is at capacity: {self.num_in_flight} requests in flight, at most "
                              f"{self.max_in_flight} (max_running_requests + max_queued_requests); retry later")
 
-    def submit(self, input_ids: list[int], params: SamplingParams, queue: asyncio.Queue, lora: str | None = None) -> str:
+    def submit(self, input_ids: list[int], params: SamplingParams, queue: asyncio.Queue, logprob_start_len: int = -1,
+               priority: int = 0, lora: str | None = None) -> str:
         """Send one request (n must be 1) running LoRA adapter `lora` (None: the base model); its
-        ReqOutputs, text filled in, go to `queue`. Returns its rid."""
-        if self.failure is not None:
-            raise ServerUnavailable(self.failure)
-        rid = uuid.uuid4().hex
-        self.rid_to_state[rid] = ReqState(rid, queue, time.monotonic())
+        ReqOutputs, text filled in, go to `queue`. Returns its rid. `logprob_start_len` >= 0 asks for
+        the prompt's logprobs from that position on; `priority` orders the waiting queue (higher first)."""
         # Always streamed inside the engine: the manager needs every token for TTFT/ITL metrics and
         # disconnect handling; it is the HTTP layer that decides whether the client sees a stream.
-        self._send(TokenizedGenerateReq(rid, list(input_ids), params, return_logprob=params.logprobs,
-                                        top_logprobs_num=params.top_logprobs_num, stream=True, lora=lora))
-        return rid
+        return self._submit(TokenizedGenerateReq(
+            self._new_rid(), list(input_ids), params, return_logprob=params.logprobs,
+            top_logprobs_num=params.top_logprobs_num, stream=True, logprob_start_len=logprob_start_len,
+            priority=priority, lora=lora), queue)
+
+    def submit_embedding(self, input_ids: list[int], pooling: str, queue: asyncio.Queue, priority: int = 0) -> str:
+        """Send one embedding request; its single ReqOutput (with `embedding`) goes to `queue`."""
+        return self._submit(TokenizedEmbeddingReq(self._new_rid(), list(input_ids), pooling, priority), queue)
+
+    def _new_rid(self) -> str:
+        if self.failure is not None:
+            raise ServerUnavailable(self.failure)
+        return uuid.uuid4().hex
+
+    def _submit(self, msg, queue: asyncio.Queue) -> str:
+        self.rid_to_state[msg.rid] = ReqState(msg.rid, queue, time.monotonic())
+        self._send(msg)
+        return msg.rid
 
     async def generate(self, input_ids: list[int], params: SamplingParams) -> AsyncIterator[ReqOutput]:
         """Stream one request's outputs (text filled in) until it finishes; leaving early aborts it."""

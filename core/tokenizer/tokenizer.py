@@ -111,6 +111,11 @@ class Tokenizer:
         return self._token_id("bos_token")
 
     @property
+    def special_tokens(self) -> dict[str, str]:
+        """Special token strings by name (``bos_token``, ``eos_token``, ...), those the model has."""
+        return dict(self._special)
+
+    @property
     def chat_template(self) -> str | None:
         """The model's default chat template source, or None when it has none."""
         return self._chat_template

@@ -135,3 +135,17 @@ def within(seconds: float, fn, *args, **kwargs):
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+def load_smollm2_hf():
+    """transformers' SmolLM2 from the embedded GGUF (dequantized by transformers' own reader), float32, eval."""
+    import os
+
+    from transformers import AutoModelForCausalLM
+
+    from jackfield.loader.default_model import default_model_path
+
+    path = default_model_path()
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                                 dtype=torch.float32)
+    return model.eval()

@@ -16,7 +16,7 @@ import os
 import pytest
 import torch
 
-from model_harness import SMOLLM2_PROMPTS, hf_logits, within
+from model_harness import SMOLLM2_PROMPTS, hf_logits, load_smollm2_hf, within
 
 if os.environ.get("JACKFIELD_TEST_SMOLLM2", "1").lower() in ("0", "off", "false", "no"):
     pytest.skip("JACKFIELD_TEST_SMOLLM2 is off", allow_module_level=True)
@@ -38,14 +38,7 @@ def engine():
 
 @pytest.fixture(scope="module")
 def hf_model():
-    from transformers import AutoModelForCausalLM
-
-    from jackfield.loader.default_model import default_model_path
-
-    path = default_model_path()
-    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                                 dtype=torch.float32)
-    return model.eval()
+    return load_smollm2_hf()
 
 
 @pytest.fixture(scope="module")

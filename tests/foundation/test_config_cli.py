@@ -70,3 +70,20 @@ def test_unknown_flag_names_it(cli):
     code, out, err = cli("config", "show", "--nope", "1")
     assert code == 2
     assert "--nope" in err
+
+
+def test_output_to_a_closed_pipe_exits_quietly():
+    """`jackfield config show --json | head -1`: the reader is gone before the output is written."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "jackfield.cli", "config", "show", "--json"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""

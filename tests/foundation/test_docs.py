@@ -49,3 +49,30 @@ def test_the_docs_site_builds_strictly(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "site" / "conformance-kit" / "index.html").is_file()
+
+
+def test_server_md_lists_every_route_and_accepted_parameter():
+    """Every built-in route, and every field a request model declares (the fields a request may
+    carry; any other is a 400), appears in docs/server.md."""
+    import dataclasses
+    import re
+
+    from jackfield.sampling.params import SamplingParams
+    from jackfield.server import (anthropic_api, batch_api, embeddings_api, native_api, ollama_api, openai_api,
+                                  status_api, tokenize_api)
+    from jackfield.server.protocol import Body
+
+    text = (DOCS / "server.md").read_text()
+    modules = (anthropic_api, batch_api, embeddings_api, native_api, ollama_api, openai_api, status_api, tokenize_api)
+    routes = {re.sub(r"\{[^}]+\}", "{id}", r.path) for m in modules for r in m.router.routes}
+    missing = sorted(r for r in routes if r not in text)
+    assert not missing, f"docs/server.md does not list the routes: {', '.join(missing)}"
+    models, todo = [], [Body]
+    while todo:
+        cls = todo.pop()
+        models.append(cls)
+        todo += cls.__subclasses__()
+    fields = {f.alias or name for cls in models for name, f in cls.model_fields.items()}  # as clients spell them
+    fields |= {f.name for f in dataclasses.fields(SamplingParams)}  # the native API's sampling_params keys
+    missing = sorted(name for name in fields if f"`{name}`" not in text)
+    assert not missing, f"docs/server.md does not list the parameters: {', '.join(missing)}"

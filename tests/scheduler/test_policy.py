@@ -18,6 +18,11 @@ class FakeReq:
     output_ids: list[int] = field(default_factory=list)
     prefix_indices: torch.Tensor | None = None
     last_node: object = None
+    priority: int = 0
+
+    @property
+    def prefix_limit(self) -> int:
+        return max(len(self.origin_input_ids) + len(self.output_ids) - 1, 0)
 
 
 def radix_with(*seqs, page_size=1):
@@ -113,3 +118,16 @@ def test_lpm_with_paged_cache():
     SchedulePolicy("lpm", cache, True).calc_priority(waiting)
     assert arrivals(waiting) == [1, 2, 0]
     assert [r.prefix_indices.numel() for r in waiting] == [8, 4, 0]
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "lpm", "random"])
+def test_a_higher_priority_class_goes_first_in_the_policy_order(policy):
+    cache = radix_with([1, 2, 3, 4])
+    waiting = [FakeReq(0, [9], priority=-1), FakeReq(1, [1, 2, 3, 4, 5], priority=-1), FakeReq(2, [8]),
+               FakeReq(3, [1, 2, 7])]
+    SchedulePolicy(policy, cache, True, seed=0).calc_priority(waiting)
+    assert {r.arrival_seq for r in waiting[:2]} == {2, 3} and {r.arrival_seq for r in waiting[2:]} == {0, 1}
+    if policy == "fcfs":
+        assert arrivals(waiting) == [2, 3, 0, 1]
+    if policy == "lpm":
+        assert arrivals(waiting) == [3, 2, 1, 0]

@@ -48,10 +48,10 @@ def flat_routes(routes, prefix: str = ""):
 
 def every_route(app, fill: str | None = "x") -> list[tuple[str, str]]:
     """(method, path) of every route the app serves but HEAD; path parameters filled with `fill`
-    (None: left as the `{name}` templates OpenAPI uses)."""
+    (None: left as the `{name}` templates OpenAPI uses, without Starlette's `:path` convertors)."""
     out = []
     for prefix, route in flat_routes(app.routes):
-        path = prefix + route.path
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", prefix + route.path)
         for method in sorted(getattr(route, "methods", None) or ()):
             if method != "HEAD":
                 out.append((method, path if fill is None else re.sub(r"\{[^}]+\}", fill, path)))

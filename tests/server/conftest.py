@@ -9,12 +9,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from server_harness import SMALL, Server, descendants, start_server, wait_gone  # noqa: E402
+from server_harness import SMALL, UPLOAD_LIMIT, Server, descendants, start_server, wait_gone  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Server:
-    srv = start_server(tmp_path_factory.mktemp("server"), *SMALL)
+    files = tmp_path_factory.mktemp("files")
+    srv = start_server(tmp_path_factory.mktemp("server"), *SMALL, "--file-storage-dir", str(files),
+                       "--max-upload-bytes", str(UPLOAD_LIMIT))
     children = descendants(srv.proc.pid)
     yield srv
     try:

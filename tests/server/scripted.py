@@ -56,7 +56,7 @@ class ScriptedManager:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.tokenizer.encode(text)
 
-    def submit(self, input_ids, params, queue, lora=None) -> str:
+    def submit(self, input_ids, params, queue, logprob_start_len=-1, priority=0, lora=None) -> str:
         rid = uuid.uuid4().hex
         self.submitted.append((self.tokenizer.last_prompt, params))
         chunks = [self.script[i:i + self.piece] for i in range(0, len(self.script), self.piece)] or [""]

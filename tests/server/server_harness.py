@@ -16,6 +16,7 @@ import httpx
 SERVE = [sys.executable, "-c", "import sys; from jackfield.cli import main; sys.exit(main())", "serve"]
 SMALL = ["--kv-cache-bytes", "268435456", "--max-running-requests", "48"]
 HEALTH_TIMEOUT_S = 120
+UPLOAD_LIMIT = 64 << 10  # the shared server's /v1/files limit: small, so a 413 costs nothing to provoke
 
 
 def free_port() -> int:

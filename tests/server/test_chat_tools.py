@@ -279,4 +279,5 @@ def test_tools_and_thinking_where_not_implemented_are_400(path, body, param):
     error = resp.json()["error"]
     named = error["message"].startswith(f"{param}: ") if path == "/v1/messages" else error["param"] == param
     assert resp.status_code == 400 and named, resp.text
-    assert srv.http().post(path, json={**body, param: {"type": "disabled"} if param == "thinking" else False}).is_success
+    off = {"thinking": {"type": "disabled"}, "tools": []}.get(param, False)
+    assert srv.http().post(path, json={**body, param: off}).is_success

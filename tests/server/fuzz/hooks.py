@@ -4,9 +4,14 @@ structured-output constraints (a regex, a grammar or a JSON schema is valid only
 says so; two constraints in one body exclude each other, a rule left out of the schema because it
 made generation several times slower; grammar_backend needs a constraint), and tool calling (a
 tool's parameters must compile as a JSON schema of an object; tool_use blocks belong to assistant
-turns and tool_result blocks to user turns; past calls carry JSON arguments). Each is refused by the
-server with a 400 and documented in docs/server.md (tests/grammar covers the constraint compilers'
-errors, tests/server/test_chat_tools.py the tool checks). Bodies meant to be invalid (negative cases) are sent as generated."""
+turns and tool_result blocks to user turns; past calls carry JSON arguments), /v1/completions
+`best_of` equal to `n` (no best-of selection: an equality of two fields), and what only the
+served model decides: embeddings `dimensions` (only the model's own width), /tokenize's
+`chat_template_kwargs` (template variables the chat template itself checks, and which must not
+collide with the renderer's own arguments) and `continue_final_message` (the last message's content
+must appear verbatim in what the template renders). Each is refused by the server with a 400 and
+documented in docs/server.md (tests/grammar covers the constraint compilers' errors,
+tests/server/test_chat_tools.py the tool checks, test_embeddings_tokenize_api.py the others). Bodies meant to be invalid (negative cases) are sent as generated."""
 from __future__ import annotations
 
 import schemathesis
@@ -38,7 +43,9 @@ def servable(body) -> bool:
     prompts = len(prompt) if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) else 1
     n = body.get("n") if isinstance(body.get("n"), int) else 1
     return (prompts * n <= MAX_GENERATIONS and not _constrained(body) and not _uses_tools(body)
-            and not (body.get("top_logprobs") is not None and body.get("logprobs") is not True))
+            and not (body.get("top_logprobs") is not None and body.get("logprobs") is not True)
+            and body.get("best_of") in (None, n) and body.get("dimensions") is None and not body.get("chat_template_kwargs")
+            and body.get("continue_final_message") is not True)
 
 
 @schemathesis.hook
