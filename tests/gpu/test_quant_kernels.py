@@ -17,12 +17,17 @@ pytestmark = pytest.mark.gpu
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "quant"))
 
 
-def available_backend(name: str) -> bool:
+def backend_info(name: str):
     from jackfield.plugins import load_plugins
     from jackfield.registry import build_registry
 
     infos = build_registry(*load_plugins(env={})).candidates("attention", name)
-    return bool(infos) and infos[0].availability().ok
+    return infos[0] if infos else None
+
+
+def available_backend(name: str) -> bool:
+    info = backend_info(name)
+    return info is not None and info.availability().ok
 
 
 GPU_RUN = dict(device="cuda", dtype="bfloat16", max_total_tokens=4096, cuda_graph_max_bs=4)  # graphs for batch 1-4
@@ -237,8 +242,9 @@ def test_tiny_checkpoint_on_gpu_matches_cpu(tmp_path, fmt, opts, backend):
         pytest.skip(f"{backend} is unavailable here")
     model = build_hf_model(ArchSpec("qwen2_gpu", "Qwen2Config", {"tie_word_embeddings": False}, seed=5))
     head_dim = model.config.hidden_size // model.config.num_attention_heads
-    if backend == "flashinfer" and head_dim not in (64, 128, 256):
-        pytest.skip(f"flashinfer has no kernels for this tiny model's head_dim {head_dim}")
+    dims = backend_info(backend).cls.supported_head_dims
+    if dims is not None and head_dim not in dims:
+        pytest.skip(f"{backend} has no kernels for this tiny model's head_dim {head_dim} (supports {dims})")
     qdir, twin = write_quantized(model, tmp_path, fmt, **opts)
     gpu = forced_logits(qdir, attention_backend=backend, **GPU_RUN).cpu()
     cpu = forced_logits(qdir)
