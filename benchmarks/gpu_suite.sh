@@ -157,7 +157,7 @@ if has spec; then  # speculative decoding, one device call (about 5 min): GPU te
   run timeout 100 python3 benchmarks/spec_verify_cost.py --model $CFG8B --load-format dummy --attention-backend triton \
     --batch-sizes 1,16 --draft-tokens 4,8,16 --max-total-tokens 65536 --out "$OUTDIR/spec-verify-cost-8b-$STAMP.json" > /dev/null
   keep "$OUTDIR/spec-verify-cost-8b-$STAMP.json"
-  TOK=$(python3 -c 'from jackfield.loader.source import resolve_model; print(resolve_model(None).path)')
+  TOK=${TOK:-$(python3 -c 'from jackfield.loader.source import resolve_model; print(resolve_model(None).path)')}
   run timeout 120 $JF bench spec --model $CFG8B --load-format dummy --tokenizer "$TOK" --speculative-algorithm ngram \
     --attention-backend triton --workload rewrite --batch-sizes ${SPEC_BATCH_SIZES:-1,32,128} --output-len 128 \
     --max-total-tokens 100000 --cuda-graph-max-bs 128 --output-file "$OUTDIR/spec-ngram-8b-$STAMP.json" > /dev/null
