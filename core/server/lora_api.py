@@ -21,6 +21,7 @@ from pydantic import Field
 from jackfield.config import LORA_NAME
 from jackfield.server.app import ServerState, server_state
 from jackfield.server.errors import APIError
+from jackfield.server.file_paths import resolved_below
 from jackfield.server.openapi import error_responses, json_body_doc
 from jackfield.server.protocol import Body, Text, json_body
 
@@ -37,20 +38,6 @@ class LoadLoRARequest(Body):
 
 class UnloadLoRARequest(Body):
     lora_name: AdapterName
-
-
-class PathOutside(PermissionError):
-    """A path given over the API lies outside the directory it is confined to."""
-
-
-def confined_path(root: str | Path, given: str | Path) -> Path:
-    """`given` (relative to `root`, or absolute) resolved, symlinks included; PathOutside unless it
-    lies below `root`. Nothing is opened or read."""
-    base = Path(root).expanduser().resolve()
-    target = (base / Path(given).expanduser()).resolve()
-    if target != base and base not in target.parents:
-        raise PathOutside(f"'{given}' is outside {base}")
-    return target
 
 
 def adapter_models(st: ServerState) -> list[dict]:
@@ -99,12 +86,7 @@ async def ensure_loaded(st: ServerState, name: str, param: str) -> None:
     if name in tm.lora_adapters:
         return
     lora_dir = st.settings.lora_dir
-    found = None
-    if lora_dir and LORA_NAME.fullmatch(name):
-        try:
-            found = confined_path(lora_dir, name)
-        except PathOutside:
-            found = None
+    found = resolved_below(lora_dir, name) if lora_dir and LORA_NAME.fullmatch(name) else None
     if found is None or not (found / "adapter_config.json").is_file():
         where = f"; it is not in lora_dir either" if lora_dir else ""
         raise APIError(404, f"the LoRA adapter '{name}' is not loaded{where}", param=param, code="model_not_found")
@@ -148,11 +130,10 @@ async def load_lora_adapter(request: Request):
                             "letter or digit", param="lora_name")
     lora_dir = st.settings.lora_dir
     if lora_dir:
-        try:
-            path = confined_path(lora_dir, body.lora_path or body.lora_name)
-        except PathOutside:
+        path = resolved_below(lora_dir, body.lora_path or body.lora_name)
+        if path is None:
             raise APIError(403, f"lora_path '{body.lora_path}' is outside lora_dir; adapters load only from there",
-                           param="lora_path") from None
+                           param="lora_path")
     elif body.lora_path:
         path = Path(body.lora_path).expanduser()
     else:
