@@ -104,6 +104,6 @@ async def metrics(request: Request) -> Response:
     try:
         st.metrics.update_scheduler(await st.tokenizer_manager.get_stats())
     except Exception as exc:  # still serve the HTTP-side metrics
-        log.warning("metrics: scheduler stats unavailable: %s", exc)
+        log.warning("metrics: scheduler stats unavailable: %s", exc or type(exc).__name__)
     st.metrics.update_processes(st.process_ids)
     return Response(st.metrics.render(), media_type=CONTENT_TYPE_LATEST)
