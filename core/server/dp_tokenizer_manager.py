@@ -1,0 +1,113 @@
+"""DPTokenizerManager: the tokenizer manager of a data-parallel server (`dp_size` > 1).
+
+Each replica is a whole engine with its own channels (`PortArgs`): its scheduler process(es) read
+their own input socket and its detokenizer pushes to its own return socket. This manager holds one
+(send, receive) pair per replica and:
+
+* routes each generate or embedding request to the replica the CacheAwareRouter picks, and
+  remembers it, so that an abort (a client that went away) reaches the replica holding the request;
+* counts each request in flight on its replica until its final output or its abort (the router's
+  load measure);
+* sends every control request to every replica and answers with the combined reply (dp_replies);
+  a stats reply also updates the per-replica gauges of /metrics, a cache flush the router's trees.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+
+from jackfield.io_struct import AbortReq, BatchOutput, FlushCacheOut, StatsOut, TokenizedEmbeddingReq, TokenizedGenerateReq
+from jackfield.router.cache_aware import CacheAwareRouter, route_key
+from jackfield.server.dp_metrics import RouterMetrics
+from jackfield.server.dp_replies import ReplyGather, combine
+from jackfield.server.ipc import PortArgs, pull_socket, push_socket
+from jackfield.server.metrics import ServerMetrics
+from jackfield.server.tokenizer_manager import TokenizerManager, reply_key
+
+
+class DPTokenizerManager(TokenizerManager):
+    def __init__(self, ports: list[PortArgs], tokenizer, info, metrics: ServerMetrics, router: CacheAwareRouter,
+                 max_queued_requests: int | None = None, default_timeout: float | None = None):
+        super().__init__(ports[0], tokenizer, info, metrics, max_queued_requests, default_timeout)
+        if max_queued_requests is not None:  # every replica runs its own batch
+            self.max_in_flight = len(ports) * info.max_running_requests + max_queued_requests
+        self.router = router
+        self.router_metrics = RouterMetrics(metrics.registry, len(ports))
+        self._links = [(self._send_sock, self._recv_sock)] + [
+            (push_socket(self._sync_ctx, p.scheduler_input), pull_socket(self._async_ctx, p.tokenizer))
+            for p in ports[1:]]
+        self._owner: dict[str, int] = {}  # rid -> the replica serving it
+        self._gather = ReplyGather(len(ports), reply_key)
+        self.replica_stats: list[StatsOut] = []  # each replica's last StatsOut
+        self._pin: int | None = None
+
+    @property
+    def num_replicas(self) -> int:
+        return len(self._links)
+
+    @contextlib.contextmanager
+    def pinned(self, replica: int):
+        """Requests submitted inside go to `replica`, not where the router would send them (the
+        warm-up of each replica)."""
+        self._pin = replica
+        try:
+            yield
+        finally:
+            self._pin = None
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for i, (_, recv) in enumerate(self._links):
+            handle = functools.partial(self._from_replica, i)
+            self._tasks.append(loop.create_task(self._handle_loop(recv, handle), name=f"tokenizer-manager-{i}"))
+
+    def close(self) -> None:
+        for send, recv in self._links[1:]:
+            send.close(linger=0)
+            recv.close(linger=0)
+        super().close()
+
+    def fail_all(self, message: str) -> None:
+        super().fail_all(message)
+        for replica in self._owner.values():
+            self.router.release(replica)
+        self._owner.clear()
+        self._gather.clear()
+
+    # ---- to the replicas ----------------------------------------------------------------------
+    def _send(self, msg) -> None:
+        if isinstance(msg, (TokenizedGenerateReq, TokenizedEmbeddingReq)):
+            route = self.router.route(route_key(msg.input_ids, getattr(msg, "lora", None)), self._pin)
+            self.router_metrics.observe_route(route)
+            self._owner[msg.rid] = route.replica
+            self._links[route.replica][0].send_pyobj(msg)
+        elif isinstance(msg, AbortReq):
+            replica = self._owner.pop(msg.rid, None)
+            if replica is not None:
+                self.router.release(replica)
+                self._links[replica][0].send_pyobj(msg)
+        else:  # a control request: every replica answers it
+            for send, _ in self._links:
+                send.send_pyobj(msg)
+
+    # ---- from the replicas --------------------------------------------------------------------
+    def _from_replica(self, replica: int, msg) -> None:
+        if isinstance(msg, BatchOutput):
+            for out in msg.outputs:
+                if out.finished is not None and self._owner.pop(out.rid, None) is not None:
+                    self.router.release(replica)
+            self._dispatch(msg)
+            return
+        replies = self._gather.add(replica, msg)
+        if replies is None:
+            return
+        if isinstance(replies[0], StatsOut) and all(isinstance(r, StatsOut) for r in replies):
+            self.replica_stats = replies
+            self.router_metrics.update_replicas(replies)
+        if isinstance(replies[0], FlushCacheOut):
+            for i, reply in enumerate(replies):
+                if isinstance(reply, FlushCacheOut) and reply.ok:
+                    self.router.forget(i)
+        self.router_metrics.update_router(self.router)
+        self._dispatch(combine(replies))
