@@ -111,3 +111,10 @@ def test_bad_dp_sizes_fail_at_startup_naming_the_values(tmp_path):
         assert "dp_size 3 x tp_size 1 needs 3 CUDA devices, but 2 are visible (0, 1)" in out, out
     finally:
         srv.kill()
+
+
+def test_the_offline_engine_is_one_replica():
+    from jackfield.engine import Engine
+
+    with pytest.raises(ValueError, match=r"dp_size 2: data parallelism runs replicas behind `jackfield serve --dp-size 2`"):
+        Engine(dp_size=2)
