@@ -11,7 +11,8 @@ Per request, with `loads[i]` the requests in flight on replica i (counted here: 
 3. Otherwise the least loaded replica ("load_balance"); ties go to the replica whose tree holds
    less (it has the most room for a new prefix), then to the lowest index.
 
-The chosen replica's tree then records the prompt. Unlike SGLang's router, which falls back to the
+The chosen replica's tree then records the prompt (and, through `remember`, the prompt with its
+output once the request leaves). Unlike SGLang's router, which falls back to the
 replica with the smallest tree, step 3 takes the least loaded one first: a replica in the middle of
 a long batch should not get the next new prompt because it had cached less.
 """
@@ -96,6 +97,10 @@ class CacheAwareRouter:
     def release(self, replica: int) -> None:
         """A request routed to `replica` finished or was aborted."""
         self.loads[replica] = max(0, self.loads[replica] - 1)
+
+    def remember(self, replica: int, key: Sequence) -> None:
+        """`replica` now caches `key` (a finished request's prompt and output)."""
+        self.trees[replica].insert(key)
 
     def forget(self, replica: int) -> None:
         """`replica` flushed its prefix cache."""

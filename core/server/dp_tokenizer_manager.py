@@ -7,7 +7,8 @@ their own input socket and its detokenizer pushes to its own return socket. This
 * routes each generate or embedding request to the replica the CacheAwareRouter picks, and
   remembers it, so that an abort (a client that went away) reaches the replica holding the request;
 * counts each request in flight on its replica until its final output or its abort (the router's
-  load measure);
+  load measure), and then records its prompt and output in that replica's tree (the replica's radix
+  cache keeps both, and a chat's next turn starts with them);
 * sends every control request to every replica and answers with the combined reply (dp_replies);
   a stats reply also updates the per-replica gauges of /metrics, a cache flush the router's trees.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from dataclasses import dataclass, field
 
 from jackfield.io_struct import AbortReq, BatchOutput, FlushCacheOut, StatsOut, TokenizedEmbeddingReq, TokenizedGenerateReq
 from jackfield.router.cache_aware import CacheAwareRouter, route_key
@@ -24,6 +26,20 @@ from jackfield.server.dp_replies import ReplyGather, combine
 from jackfield.server.ipc import PortArgs, pull_socket, push_socket
 from jackfield.server.metrics import ServerMetrics
 from jackfield.server.tokenizer_manager import TokenizerManager, reply_key
+
+
+@dataclass
+class Routed:
+    """A request in flight on `replica`: its route key and the tokens it has generated so far."""
+
+    replica: int
+    key: tuple
+    output_ids: list[int] = field(default_factory=list)
+
+    def cached_key(self) -> tuple:
+        """What the replica's radix cache holds once the request leaves: the prompt and every output
+        token but the last (whose KV was never computed)."""
+        return self.key + tuple(self.output_ids[:-1])
 
 
 class DPTokenizerManager(TokenizerManager):
@@ -37,7 +53,7 @@ class DPTokenizerManager(TokenizerManager):
         self._links = [(self._send_sock, self._recv_sock)] + [
             (push_socket(self._sync_ctx, p.scheduler_input), pull_socket(self._async_ctx, p.tokenizer))
             for p in ports[1:]]
-        self._owner: dict[str, int] = {}  # rid -> the replica serving it
+        self._routed: dict[str, Routed] = {}
         self._gather = ReplyGather(len(ports), reply_key)
         self.replica_stats: list[StatsOut] = []  # each replica's last StatsOut
         self._pin: int | None = None
@@ -70,23 +86,24 @@ class DPTokenizerManager(TokenizerManager):
 
     def fail_all(self, message: str) -> None:
         super().fail_all(message)
-        for replica in self._owner.values():
-            self.router.release(replica)
-        self._owner.clear()
+        for routed in self._routed.values():
+            self.router.release(routed.replica)
+        self._routed.clear()
         self._gather.clear()
 
     # ---- to the replicas ----------------------------------------------------------------------
     def _send(self, msg) -> None:
         if isinstance(msg, (TokenizedGenerateReq, TokenizedEmbeddingReq)):
-            route = self.router.route(route_key(msg.input_ids, getattr(msg, "lora", None)), self._pin)
+            key = route_key(msg.input_ids, getattr(msg, "lora", None))
+            route = self.router.route(key, self._pin)
             self.router_metrics.observe_route(route)
-            self._owner[msg.rid] = route.replica
+            self._routed[msg.rid] = Routed(route.replica, key)
             self._links[route.replica][0].send_pyobj(msg)
         elif isinstance(msg, AbortReq):
-            replica = self._owner.pop(msg.rid, None)
-            if replica is not None:
-                self.router.release(replica)
-                self._links[replica][0].send_pyobj(msg)
+            routed = self._routed.get(msg.rid)
+            if routed is not None:
+                self._left(msg.rid)
+                self._links[routed.replica][0].send_pyobj(msg)
         else:  # a control request: every replica answers it
             for send, _ in self._links:
                 send.send_pyobj(msg)
@@ -95,8 +112,11 @@ class DPTokenizerManager(TokenizerManager):
     def _from_replica(self, replica: int, msg) -> None:
         if isinstance(msg, BatchOutput):
             for out in msg.outputs:
-                if out.finished is not None and self._owner.pop(out.rid, None) is not None:
-                    self.router.release(replica)
+                routed = self._routed.get(out.rid)
+                if routed is not None:
+                    routed.output_ids += out.new_token_ids
+                    if out.finished is not None:
+                        self._left(out.rid)
             self._dispatch(msg)
             return
         replies = self._gather.add(replica, msg)
@@ -111,3 +131,9 @@ class DPTokenizerManager(TokenizerManager):
                     self.router.forget(i)
         self.router_metrics.update_router(self.router)
         self._dispatch(combine(replies))
+
+    def _left(self, rid: str) -> None:
+        """A request finished or was aborted: no longer in flight; its tokens are in its replica's cache."""
+        routed = self._routed.pop(rid)
+        self.router.release(routed.replica)
+        self.router.remember(routed.replica, routed.cached_key())

@@ -48,19 +48,21 @@ def routed(m: dict, replica: int, reason: str) -> float:
     return m[f'jackfield_dp_routed_requests_total{{reason="{reason}",replica="{replica}"}}']
 
 
-def generate(srv, ids: list[int]) -> dict:
-    resp = httpx.post(srv.url + "/generate", json={"input_ids": ids, "sampling_params": GREEDY}, timeout=60)
+def generate(srv, ids: list[int], **params) -> dict:
+    resp = httpx.post(srv.url + "/generate", json={"input_ids": ids, "sampling_params": {**GREEDY, **params}},
+                      timeout=60)
     assert resp.status_code == 200, resp.text
-    return resp.json()["meta_info"]
+    return resp.json()
 
 
 def test_families_return_to_their_replica_and_new_prompts_go_to_the_least_loaded(server):
     start = metrics(server)
     assert routed(start, 0, "pinned") == routed(start, 1, "pinned") == 1  # the warm-up ran on each replica
     assert "data parallel, 2 replicas" in server.output() and "replica 1: cpu, KV cache" in server.output()
-    first_a, first_b = generate(server, FAMILY_A + [1]), generate(server, FAMILY_B + [1])
+    first_a, first_b = (generate(server, FAMILY_A + [1])["meta_info"], generate(server, FAMILY_B + [1])["meta_info"])
     assert first_a["cached_tokens"] == first_b["cached_tokens"] == 0
-    second_a, second_b = generate(server, FAMILY_A + [2, 3]), generate(server, FAMILY_B + [2, 3])
+    second_a, second_b = (generate(server, FAMILY_A + [2, 3])["meta_info"],
+                          generate(server, FAMILY_B + [2, 3])["meta_info"])
     assert second_a["cached_tokens"] == second_b["cached_tokens"] == 40  # each hit its family's replica
     m = metrics(server)
     for replica in (0, 1):
@@ -68,6 +70,18 @@ def test_families_return_to_their_replica_and_new_prompts_go_to_the_least_loaded
         assert m[f'jackfield_dp_routed_matched_tokens_total{{replica="{replica}"}}'] == 40
         assert m[f'jackfield_dp_cache_hit_rate{{replica="{replica}"}}'] > 0
     assert m["jackfield_cached_tokens_total"] == 80
+
+
+def test_a_chats_next_turn_follows_its_output_to_the_replica_that_cached_it(server):
+    turn = list(range(120, 130))
+    reply = generate(server, turn, max_new_tokens=40, ignore_eos=True)["output_ids"]
+    before = metrics(server)
+    # the prompt is 10 of the next turn's 51 tokens, under the cache threshold; its output makes the hit
+    nxt = generate(server, turn + reply + [7])["meta_info"]
+    assert nxt["cached_tokens"] == 10 + 40 - 1  # the last output token's KV is never computed
+    after = metrics(server)
+    hits = [routed(after, r, "cache_hit") - routed(before, r, "cache_hit") for r in (0, 1)]
+    assert sorted(hits) == [0, 1], (before, after)
 
 
 def test_a_new_prompt_goes_to_the_least_loaded_and_a_disconnect_frees_its_replica(server):
@@ -81,7 +95,7 @@ def test_a_new_prompt_goes_to_the_least_loaded_and_a_disconnect_frees_its_replic
         held = [r for r in (0, 1) if busy[f'jackfield_dp_in_flight_reqs{{replica="{r}"}}'] == 1]
         assert len(held) == 1 and busy[f'jackfield_dp_num_running_reqs{{replica="{held[0]}"}}'] == 1, busy
         idle = 1 - held[0]
-        assert generate(server, [2, 7, 1, 8])["cached_tokens"] == 0
+        assert generate(server, [2, 7, 1, 8])["meta_info"]["cached_tokens"] == 0
         after = metrics(server)
         assert routed(after, idle, "load_balance") == routed(before, idle, "load_balance") + 1
         assert routed(after, held[0], "load_balance") == routed(before, held[0], "load_balance") + 1

@@ -70,6 +70,9 @@ def test_requests_follow_their_cached_prefix_and_aborts_follow_requests(dp):
     assert {k: served_by(engines, rid) for k, rid in rids.items()} == {k: [v] for k, v in expected.items()}
     assert loads == [1, 0]  # the held request only; finished ones are released
     assert tm.router.loads == [0, 0] and tm.num_in_flight == 0
+    # a finished request's output is remembered after its prompt (FakeEngine outputs 1 then 2; the
+    # last token's KV is never computed)
+    assert tm.router.trees[0].match(FAMILY_A + [1, 1, 2]) == 42 and tm.router.trees[1].match(FAMILY_A) == 0
     threading.Event().wait(0.2)
     aborts = [[m.rid for m in e.seen if isinstance(m, AbortReq)] for e in engines]
     assert aborts == [[rids["held"]], []]
