@@ -78,6 +78,10 @@ class EngineReplicas:
         self.ports = [PortArgs.create() for _ in range(settings.dp_size)]
         self.replicas = [EngineProcesses(settings, p) for p in self.ports]
         self.ready: list[ReadyInfo] = []
+        if self.data_parallel:  # the replica in what is reported of its processes (a startup failure, a death)
+            for i, procs in enumerate(self.replicas):
+                for proc in procs.processes:
+                    proc.name = f"{proc.name}-{i}"
 
     @property
     def data_parallel(self) -> bool:
@@ -98,10 +102,7 @@ class EngineReplicas:
     def wait_ready(self) -> ReadyInfo:
         """Wait for every replica; returns replica 0's ReadyInfo (they serve the same model)."""
         for i, procs in enumerate(self.replicas):
-            try:
-                self.ready.append(procs.wait_ready())
-            except StartupFailed as exc:
-                raise StartupFailed(f"replica {i}: {exc}" if self.data_parallel else str(exc)) from None
+            self.ready.append(procs.wait_ready())
         return self.ready[0]
 
     def describe(self) -> list[str]:
@@ -120,11 +121,8 @@ class EngineReplicas:
                                   s.request_timeout)
 
     def process_ids(self) -> dict[str, int]:
-        if not self.data_parallel:
-            procs = self.replicas[0]
-            return {"scheduler": procs.scheduler.pid, "detokenizer": procs.detokenizer.pid}
-        return {f"{p.name.removeprefix('jackfield-')}-{i}": p.pid
-                for i, procs in enumerate(self.replicas) for p in procs.processes}
+        """Role -> pid: scheduler, detokenizer; scheduler-<i>, detokenizer-<i> for replica i."""
+        return {p.name.removeprefix("jackfield-"): p.pid for procs in self.replicas for p in procs.processes}
 
     def watchdogs(self, on_failure) -> list[EngineWatchdog]:
         return [EngineWatchdog(p, p.heartbeat, self.settings.watchdog_timeout, on_failure) for p in self.replicas]

@@ -6,7 +6,9 @@ shows every choice. Bad --dp-size values fail at startup naming them."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -32,7 +34,8 @@ def server(tmp_path_factory):
     children = descendants(srv.proc.pid)
     yield srv
     try:
-        assert srv.stop() == 0, srv.output()[-3000:]
+        if srv.proc.poll() is None:  # the last test kills a replica, which ends the server
+            assert srv.stop() == 0, srv.output()[-3000:]
         assert not wait_gone(children), "replica processes survived the server"
     finally:
         srv.kill()
@@ -110,6 +113,14 @@ def test_a_new_prompt_goes_to_the_least_loaded_and_a_disconnect_frees_its_replic
     else:
         pytest.fail(f"the disconnected request still holds replica {held[0]}: {m}")
     assert m["jackfield_num_running_reqs"] == 0
+
+
+def test_a_dead_replica_brings_the_server_down_naming_it(server):
+    pids = httpx.get(server.url + "/get_server_info", timeout=30).json()["process_ids"]
+    assert set(pids) == {"server", "scheduler-0", "detokenizer-0", "scheduler-1", "detokenizer-1"}
+    os.kill(pids["scheduler-1"], signal.SIGKILL)
+    assert server.wait_exit(30) == 1
+    assert f"the scheduler-1 process (pid {pids['scheduler-1']}) died" in server.output()
 
 
 def test_bad_dp_sizes_fail_at_startup_naming_the_values(tmp_path):
