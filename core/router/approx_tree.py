@@ -28,8 +28,10 @@ class _Node:
         self.children: dict[Hashable, _Node] = {}
 
 
-def _common(edge: tuple, key: Sequence, start: int) -> int:
+def _common(edge: tuple, key: tuple, start: int) -> int:
     """How many leading items of `edge` equal key[start:]."""
+    if key[start:start + len(edge)] == edge:  # the whole edge, compared in C
+        return len(edge)
     n = min(len(edge), len(key) - start)
     i = 0
     while i < n and edge[i] == key[start + i]:
@@ -53,7 +55,7 @@ class ApproxTree:
     def match(self, key: Sequence) -> int:
         """Length of the longest prefix of `key` the tree holds. Read-only: only the replica a
         request goes to sees its prefix used (`insert`)."""
-        node, pos = self.root, 0
+        key, node, pos = tuple(key), self.root, 0
         while pos < len(key):
             child = node.children.get(key[pos])
             if child is None:
@@ -67,12 +69,12 @@ class ApproxTree:
 
     def insert(self, key: Sequence) -> None:
         """Remember `key` as sent to this replica now, then evict if the tree is over its size."""
-        now = next(self._clock)
+        key, now = tuple(key), next(self._clock)
         node, pos = self.root, 0
         while pos < len(key):
             child = node.children.get(key[pos])
             if child is None:
-                node.children[key[pos]] = _Node(tuple(key[pos:]), node, now)
+                node.children[key[pos]] = _Node(key[pos:], node, now)
                 self.size += len(key) - pos
                 break
             n = _common(child.key, key, pos)

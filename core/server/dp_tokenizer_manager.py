@@ -79,6 +79,8 @@ class DPTokenizerManager(TokenizerManager):
             self._tasks.append(loop.create_task(self._handle_loop(recv, handle), name=f"tokenizer-manager-{i}"))
 
     def close(self) -> None:
+        for task in self._tasks:  # before their sockets close under them
+            task.cancel()
         for send, recv in self._links[1:]:
             send.close(linger=0)
             recv.close(linger=0)
