@@ -26,8 +26,17 @@ from jackfield.server.watchdog import EngineWatchdog
 
 
 def tp_size(settings: Settings) -> int:
-    """The tensor-parallel size of each replica (1 until the tp_size setting exists)."""
+    """The tensor-parallel size of each replica (1 where the tp_size setting does not exist)."""
     return getattr(settings, "tp_size", 1)
+
+
+def check_single_node(settings: Settings) -> None:
+    """Replicas run on one node: each replica's tensor-parallel ranks meet at their own loopback
+    address, while several nodes share one --dist-init-addr. Raises StartupFailed naming the values."""
+    nodes = getattr(settings, "nnodes", 1)
+    if settings.dp_size > 1 and nodes > 1:
+        raise StartupFailed(f"dp_size {settings.dp_size} with nnodes {nodes}: data-parallel replicas run on one "
+                            "node; use --dp-size 1 across nodes")
 
 
 def uses_cuda(settings: Settings) -> bool:
@@ -88,6 +97,7 @@ class EngineReplicas:
         return len(self.replicas) > 1
 
     def start(self) -> None:
+        check_single_node(self.settings)
         devices = replica_devices(self.settings) if self.data_parallel else None
         threads = max(1, (os.cpu_count() or 1) // len(self.replicas))
         for i, procs in enumerate(self.replicas):

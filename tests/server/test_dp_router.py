@@ -159,3 +159,21 @@ def test_a_failure_on_any_replica_fails_the_request():
     assert combine([stats(1, 1, 0), failed]) is failed
     bad = LoRAUpdateOut("r1", False, 400, "no such adapter")
     assert combine([LoRAUpdateOut("r1", True), bad]) is bad
+
+
+def test_replicas_get_consecutive_device_blocks_of_those_visible(monkeypatch):
+    from types import SimpleNamespace
+
+    from jackfield.server.dp_replicas import check_single_node, replica_devices
+    from jackfield.server.processes import StartupFailed
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert replica_devices(SimpleNamespace(device="cuda", dp_size=2, tp_size=2)) == [["4", "5"], ["6", "7"]]
+    assert replica_devices(SimpleNamespace(device="cuda", dp_size=3)) == [["4"], ["5"], ["6"]]
+    assert replica_devices(SimpleNamespace(device="cpu", dp_size=8)) is None
+    with pytest.raises(StartupFailed, match=r"dp_size 3 x tp_size 2 needs 6 CUDA devices, but 4 are visible "
+                                            r"\(4, 5, 6, 7\)"):
+        replica_devices(SimpleNamespace(device="cuda", dp_size=3, tp_size=2))
+    with pytest.raises(StartupFailed, match="dp_size 2 with nnodes 2"):
+        check_single_node(SimpleNamespace(dp_size=2, nnodes=2))
+    check_single_node(SimpleNamespace(dp_size=1, nnodes=2))
