@@ -2,16 +2,19 @@
 # Offline throughput on a 2-GPU machine: one GPU vs data parallel 2 vs tensor parallel 2 (issue 30).
 # The 8B-shaped dummy model, 256 requests of 512 random prompt tokens and 256 output tokens (EOS
 # ignored), all sent at once (`bench serving --request-rate inf`) to `jackfield serve` in each layout,
-# so the three share the HTTP path; `jackfield bench offline` on one GPU (no server) is the reference
-# for what the server path costs. Each run writes a JSON report; the table at the end compares them.
+# so the three share the HTTP path; `jackfield bench offline` (no server: one GPU, and TP 2 where it
+# exists) is the reference for what the server path costs (DP needs the server: the in-process
+# engine is one replica). Each run writes a JSON report; the table at the end compares them.
+# Engine flags as benchmarks/tp_suite.sh uses them (triton attention, graphs to batch 256, 16k chunks).
 # The prefix layouts measure the router itself: 256 prompts in 16 groups that share a 2048-token
 # prefix (own part 256, output 128), DP 2 with the cache-aware router vs DP 2 routing by load only
 # (`--router-cache-threshold 1`, which no match exceeds), one GPU for reference.
 #
 # Usage on the device (2 GPUs):
 #   bash .whl/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/dp_vs_tp.sh [LAYOUT...]
-# LAYOUT: offline1 gpu1 dp2 tp2 (default: these four, about 6 min on 2 x H100), and the prefix
-# layouts gpu1-prefix dp2-prefix dp2-prefix-load (about 4 min). tp2 needs --tp-size
+# LAYOUT: offline1 offline-tp2 gpu1 dp2 tp2 (default: these five, about 8 min on 2 x H100: pass two
+# or three per device call), and the prefix layouts gpu1-prefix dp2-prefix dp2-prefix-load (about
+# 4 min). offline-tp2 and tp2 need --tp-size
 # (tensor parallelism); where `jackfield serve` has no such flag it is skipped with a note.
 # Environment (no JACKFIELD_ prefix: those are settings): BENCH_TOKENIZER (default .gpu_carry/tok, a tokenizer for the random prompts);
 # for a smoke run elsewhere, BENCH_MODEL (a config.json for dummy weights, default the 8B
@@ -26,9 +29,11 @@ TOK=${BENCH_TOKENIZER:-.gpu_carry/tok}
 CFG=${BENCH_MODEL:-benchmarks/configs/llama-3.1-8b.json}
 read -r NUM IN_LEN OUT_LEN <<< "${BENCH_SHAPE:-256 512 256}"
 PORT=30124
-LAYOUTS=${*:-offline1 gpu1 dp2 tp2}
+LAYOUTS=${*:-offline1 offline-tp2 gpu1 dp2 tp2}
 JF=(python3 -c 'import sys; from jackfield.cli import main; sys.exit(main())')
-MODEL=(--model "$CFG" --load-format dummy --tokenizer "$TOK" --max-running-requests 256)
+ENGINE=(--model "$CFG" --load-format dummy --max-running-requests 256 --attention-backend "${BENCH_ATTENTION:-triton}"
+        --cuda-graph-max-bs 256 --chunked-prefill-size 16384)
+MODEL=("${ENGINE[@]}" --tokenizer "$TOK")
 
 RANDOM_WL="--dataset random --random-input-len $IN_LEN --random-output-len $OUT_LEN --num-prompts $NUM"
 read -r P_NUM P_GROUPS P_LEN P_OWN P_OUT <<< "${BENCH_PREFIX_SHAPE:-256 16 2048 256 128}"
@@ -53,24 +58,30 @@ serve_and_bench() {  # $1: layout name, $2: CUDA_VISIBLE_DEVICES, $3: workload f
   kill -TERM $server; wait $server
 }
 
+has_tp() {
+  "${JF[@]}" serve --help | grep -q -- "--tp-size" && return 0
+  echo "== skipped: this build of jackfield has no --tp-size"; return 1
+}
+
 for layout in $LAYOUTS; do
   case $layout in
     offline1)
       echo "== offline1: jackfield bench offline (one GPU, no server)"
-      CUDA_VISIBLE_DEVICES=0 "${JF[@]}" bench offline --model "$CFG" --load-format dummy --max-running-requests 256 --num-prompts $NUM \
-        --input-len $IN_LEN --output-len $OUT_LEN --output-file "$OUTDIR/dp-vs-tp-offline1-$STAMP.json" | tail -5 ;;
+      CUDA_VISIBLE_DEVICES=0 "${JF[@]}" bench offline "${ENGINE[@]}" --num-prompts $NUM --input-len $IN_LEN \
+        --output-len $OUT_LEN --output-file "$OUTDIR/dp-vs-tp-offline1-$STAMP.json" | tail -5 ;;
+    offline-tp2)
+      if has_tp; then
+        echo "== offline-tp2: jackfield bench offline --tp-size 2 (no server)"
+        CUDA_VISIBLE_DEVICES=0,1 "${JF[@]}" bench offline "${ENGINE[@]}" --tp-size 2 --num-prompts $NUM --input-len $IN_LEN \
+          --output-len $OUT_LEN --output-file "$OUTDIR/dp-vs-tp-offline-tp2-$STAMP.json" | tail -5
+      fi ;;
     gpu1) serve_and_bench gpu1 0 "$RANDOM_WL" ;;
     dp2) serve_and_bench dp2 0,1 "$RANDOM_WL" --dp-size 2 ;;
     gpu1-prefix) serve_and_bench gpu1-prefix 0 "$PREFIX_WL" ;;
     dp2-prefix) serve_and_bench dp2-prefix 0,1 "$PREFIX_WL" --dp-size 2 ;;
     dp2-prefix-load) serve_and_bench dp2-prefix-load 0,1 "$PREFIX_WL" --dp-size 2 --router-cache-threshold 1 ;;
-    tp2)
-      if "${JF[@]}" serve --help | grep -q -- "--tp-size"; then
-        serve_and_bench tp2 0,1 "$RANDOM_WL" --tp-size 2
-      else
-        echo "== tp2 skipped: this build of jackfield serve has no --tp-size"
-      fi ;;
-    *) echo "unknown layout $layout (offline1 gpu1 dp2 tp2 gpu1-prefix dp2-prefix dp2-prefix-load)"; exit 2 ;;
+    tp2) has_tp && serve_and_bench tp2 0,1 "$RANDOM_WL" --tp-size 2 ;;
+    *) echo "unknown layout $layout (offline1 offline-tp2 gpu1 dp2 tp2 gpu1-prefix dp2-prefix dp2-prefix-load)"; exit 2 ;;
   esac
 done
 
@@ -80,7 +91,7 @@ from pathlib import Path
 
 out, stamp = Path(sys.argv[1]), sys.argv[2]
 rows = []
-for name in ("offline1", "gpu1", "dp2", "tp2", "gpu1-prefix", "dp2-prefix", "dp2-prefix-load"):
+for name in ("offline1", "offline-tp2", "gpu1", "dp2", "tp2", "gpu1-prefix", "dp2-prefix", "dp2-prefix-load"):
     path = out / f"dp-vs-tp-{name}-{stamp}.json"
     if not path.exists():
         continue
