@@ -19,7 +19,8 @@ import contextlib
 import functools
 from dataclasses import dataclass, field
 
-from jackfield.io_struct import AbortReq, BatchOutput, FlushCacheOut, StatsOut, TokenizedEmbeddingReq, TokenizedGenerateReq
+from jackfield.io_struct import (AbortReq, BatchOutput, FlushCacheOut, StatsOut, TokenizedEmbeddingReq,
+                                 TokenizedGenerateReq)
 from jackfield.router.cache_aware import CacheAwareRouter, route_key
 from jackfield.server.dp_metrics import RouterMetrics
 from jackfield.server.dp_replies import ReplyGather, combine
@@ -124,18 +125,17 @@ class DPTokenizerManager(TokenizerManager):
         replies = self._gather.add(replica, msg)
         if replies is None:
             return
-        if isinstance(replies[0], StatsOut) and all(isinstance(r, StatsOut) for r in replies):
+        if all(isinstance(r, StatsOut) for r in replies):
             self.replica_stats = replies
             self.router_metrics.update_replicas(replies)
-        if isinstance(replies[0], FlushCacheOut):
-            for i, reply in enumerate(replies):
-                if isinstance(reply, FlushCacheOut) and reply.ok:
-                    self.router.forget(i)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, FlushCacheOut) and reply.ok:
+                self.router.forget(i)
         self.router_metrics.update_router(self.router)
         self._dispatch(combine(replies))
 
     def _left(self, rid: str) -> None:
-        """A request finished or was aborted: no longer in flight; its tokens are in its replica's cache."""
+        """A request finished or was aborted: no longer in flight, its tokens in its replica's cache."""
         routed = self._routed.pop(rid)
         self.router.release(routed.replica)
         self.router.remember(routed.replica, routed.cached_key())

@@ -1,8 +1,10 @@
 """`jackfield serve --dp-size 2` end to end: two replicas of a tiny random Llama (CPU, one torch
-thread per process; each replica at tp_size 2 where that setting exists) behind the cache-aware router. Each prefix family's second request goes to the replica
-that served its first and shows the hit in its cached tokens; a prompt that matches nothing goes to
-the least loaded replica; a client that disconnects frees its request on its replica; /metrics
-shows every choice. Bad --dp-size values fail at startup naming them."""
+thread per process; each replica at tp_size 2 where that setting exists) behind the cache-aware
+router. Each prefix family's second request goes to the replica that served its first and shows the
+hit in its cached tokens; a chat's next turn follows its output; a prompt that matches nothing goes
+to the least loaded replica; a client that disconnects frees its request on its replica; /metrics
+shows every choice; a dead replica brings the server down. Bad --dp-size values fail at startup
+naming them, and the offline Engine refuses them."""
 from __future__ import annotations
 
 import json
@@ -147,5 +149,5 @@ def test_bad_dp_sizes_fail_at_startup_naming_the_values(tmp_path):
 def test_the_offline_engine_is_one_replica():
     from jackfield.engine import Engine
 
-    with pytest.raises(ValueError, match=r"dp_size 2: data parallelism runs replicas behind `jackfield serve --dp-size 2`"):
+    with pytest.raises(ValueError, match=r"dp_size 2: data parallelism runs replicas behind `jackfield serve"):
         Engine(dp_size=2)
