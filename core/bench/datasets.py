@@ -101,26 +101,16 @@ def _random_prompt(rng: np.random.Generator, tokenizer: Any, length: int) -> tup
     return " ".join(WORDS[i] for i in rng.integers(0, len(WORDS), size=length)), None
 
 
-def sample_shared_prefix_requests(
-    num: int,
-    num_groups: int,
-    prefix_len: int,
-    input_len: int,
-    output_len: int,
-    range_ratio: float = 0.0,
-    tokenizer: Any = None,
-    seed: int = 0,
-) -> list[BenchRequest]:
-    """`num` prompts in `num_groups` groups (SGLang's generated-shared-prefix workload): the prompts
-    of a group start with the group's random prefix of `prefix_len` tokens (a shared system prompt
-    or document), then a random part of their own, its length uniform in [input_len * ratio,
-    input_len]. Groups interleave in a random order, so a server sees every group from the start."""
+def with_shared_prefixes(own: list[BenchRequest], num_groups: int, prefix_len: int, tokenizer: Any = None,
+                         seed: int = 0) -> list[BenchRequest]:
+    """The prompts of `own` in `num_groups` groups (SGLang's generated-shared-prefix workload): each
+    prompt after its group's random prefix of `prefix_len` tokens (a shared system prompt or
+    document). Groups interleave in a random order, so a server sees every group from the start."""
     if num_groups < 1 or prefix_len < 1:
         raise ValueError(f"shared prefixes need at least one group of at least one token, got {num_groups} "
                          f"group(s) of {prefix_len}")
     rng = np.random.default_rng(seed)
     prefixes = [_random_prompt(rng, tokenizer, prefix_len) for _ in range(num_groups)]
-    own = sample_random_requests(num, input_len, output_len, range_ratio, tokenizer, seed + 1)
     requests = []
     for i, req in enumerate(own):
         text, ids = prefixes[i % num_groups]
@@ -129,7 +119,7 @@ def sample_shared_prefix_requests(
                                          ids + req.prompt_ids))
         else:
             requests.append(BenchRequest(f"{text} {req.prompt}", prefix_len + req.prompt_len, req.output_len))
-    return [requests[i] for i in rng.permutation(num)]
+    return [requests[i] for i in rng.permutation(len(requests))]
 
 
 def _first_exchange(conversations: list[dict]) -> tuple[str, str] | None:

@@ -19,8 +19,7 @@ import httpx
 import numpy as np
 
 from jackfield.bench.datasets import (
-    BenchRequest, count_tokens, load_tokenizer, sample_random_requests, sample_shared_prefix_requests,
-    sample_sharegpt_requests,
+    BenchRequest, count_tokens, load_tokenizer, sample_random_requests, sample_sharegpt_requests, with_shared_prefixes,
 )
 from jackfield.bench.sse import StreamState, iter_sse_json, parse_chunk
 from jackfield.bench.report import RequestResult, format_table, jsonable, summarize, write_json
@@ -69,10 +68,11 @@ def build_requests(config: BenchConfig, tokenizer: Any = None) -> list[BenchRequ
         return sample_random_requests(
             config.num_prompts, config.random_input_len, config.random_output_len,
             config.random_range_ratio, tokenizer, config.seed)
-    if config.dataset == "shared-prefix":
-        return sample_shared_prefix_requests(
-            config.num_prompts, config.shared_prefix_groups, config.shared_prefix_len, config.random_input_len,
-            config.random_output_len, config.random_range_ratio, tokenizer, config.seed)
+    if config.dataset == "shared-prefix":  # random prompts, each after one of the groups' prefixes
+        own = sample_random_requests(config.num_prompts, config.random_input_len, config.random_output_len,
+                                     config.random_range_ratio, tokenizer, config.seed + 1)
+        return with_shared_prefixes(own, config.shared_prefix_groups, config.shared_prefix_len, tokenizer,
+                                    config.seed)
     raise ValueError(f"unknown dataset {config.dataset!r} (choose random, shared-prefix or sharegpt)")
 
 
