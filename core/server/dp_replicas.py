@@ -4,8 +4,8 @@ channels (PortArgs), so each replica has its own scheduler process(es), detokeni
 A replica's processes are started with their own environment:
 * CUDA: `CUDA_VISIBLE_DEVICES` holds the replica's devices, [i*tp, (i+1)*tp) of those visible to the
   server, so inside a replica they are devices 0..tp-1 whatever its index;
-* CPU: the replicas share the cores, so unless `OMP_NUM_THREADS` is set each gets cores / dp_size
-  torch threads (one process with every core's threads per replica would oversubscribe them).
+* CPU: the replicas share the cores, so unless `OMP_NUM_THREADS` is set each process gets
+  cores / (dp_size x tp_size) torch threads (every core's threads in each would oversubscribe them).
 
 With `dp_size` 1 there is one replica, started exactly as a single engine is, with the plain
 TokenizerManager; with more, the DPTokenizerManager routes between them.
@@ -99,7 +99,7 @@ class EngineReplicas:
     def start(self) -> None:
         check_single_node(self.settings)
         devices = replica_devices(self.settings) if self.data_parallel else None
-        threads = max(1, (os.cpu_count() or 1) // len(self.replicas))
+        threads = max(1, (os.cpu_count() or 1) // (len(self.replicas) * tp_size(self.settings)))
         for i, procs in enumerate(self.replicas):
             env = {}
             if devices is not None:
