@@ -1,0 +1,67 @@
+"""Random GGUF weights of the types the CUDA kernels read, and the kernels' errors against gguf-py's
+float32 dequantization (shared by the layout test, the Triton-interpreter test and the GPU test).
+
+Q4_0 / Q4_1 / Q8_0 come from gguf-py's quantizers; gguf-py cannot quantize the K-quants, so their
+blocks are random bytes (every bit pattern of codes, scales and mins is a valid block) with the
+float16 block scales set to small positive values.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
+
+KERNEL_TYPES = [T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]
+F16_OFFSETS = {T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}  # byte offsets of d (and dmin) in a block
+
+
+def random_blocks(ggml_type, n: int, k: int, seed: int = 0) -> torch.Tensor:
+    """uint8 [n, row bytes]: n rows of k weights in `ggml_type`."""
+    from gguf.quants import quantize
+
+    rng = np.random.default_rng(seed)
+    if ggml_type not in F16_OFFSETS:
+        w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
+        return torch.from_numpy(np.ascontiguousarray(quantize(w, ggml_type)))
+    size, nbytes = GGML_QUANT_SIZES[ggml_type]
+    b = rng.integers(0, 256, (n, k // size, nbytes), dtype=np.uint8)
+    for off in F16_OFFSETS[ggml_type]:
+        scale = (rng.random((n, k // size, 1)) * 2e-3 + 1e-4).astype(np.float16)
+        b[..., off:off + 2] = scale.view(np.uint8)
+    return torch.from_numpy(b.reshape(n, -1))
+
+
+def reference(blocks: torch.Tensor, ggml_type, k: int) -> torch.Tensor:
+    """gguf-py's float32 dequantization [n, k]."""
+    from gguf.quants import dequantize
+
+    return torch.from_numpy(dequantize(blocks.cpu().numpy(), ggml_type).reshape(blocks.shape[0], k))
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().cpu(), b.double().cpu()
+    return float((a - b).norm() / b.norm())
+
+
+def kernel_errors(ggml_type, n: int, k: int, rows: tuple[int, ...], dtype: torch.dtype, device: str,
+                  seed: int = 0) -> dict[str, float]:
+    """Relative errors of the dequantize kernel and of gguf_gemv (1 row) / gguf_matmul (each of `rows`)
+    against float64 x @ W_ref^T (+ bias), W_ref gguf-py's dequantization; a bias on the matmuls."""
+    from jackfield_plugins.quant.gguf_kernels import gguf_dequantize, gguf_gemv, gguf_matmul
+    from jackfield_plugins.quant.gguf_layout import repack
+
+    blocks = random_blocks(ggml_type, n, k, seed)
+    w_ref = reference(blocks, ggml_type, k).double()
+    planes = repack(blocks.to(device), ggml_type, k)
+    gen = torch.Generator().manual_seed(seed + 1)
+    bias = torch.randn(n, generator=gen).double() * float(w_ref.abs().mean()) * k ** 0.5
+    errors = {"dequantize": rel(gguf_dequantize(planes, torch.float32), w_ref)}
+    for m in rows:
+        x = torch.randn(m, k, generator=gen).to(dtype)
+        ref = x.double() @ w_ref.T + bias
+        b = bias.to(dtype).to(device)
+        y = gguf_gemv(x.to(device), planes, b) if m == 1 else gguf_matmul(x.to(device), planes, b)
+        errors["gemv m=1" if m == 1 else f"matmul m={m}"] = rel(y, ref)
+        if m == 1:
+            errors["matmul m=1"] = rel(gguf_matmul(x.to(device), planes, b), ref)
+    return errors
