@@ -77,3 +77,23 @@ def test_dense_fallback_for_types_without_a_kernel():
     y = cuda_matmul(x, segment, None, "auto")
     ref = x.float().cpu() @ w.half().float().T
     assert float((y.float().cpu() - ref).norm() / ref.norm()) < BF16_TOL
+
+
+def test_mixed_type_gguf_model_on_cuda(tmp_path, monkeypatch):
+    """`auto` keeps a GGUF file quantized on CUDA; a tiny Llama whose projections use every kernel type
+    (mixed inside qkv and gate_up, tied Q8_0 embedding) gives the teacher-forced logits of the same file
+    dequantized on the CPU in float32, up to bfloat16 (5%)."""
+    from gguf_blocks import write_mixed_gguf
+    from quant_harness import forced_logits, rel_err
+
+    from jackfield.config import settings_for
+    from jackfield.runtime_setup import setup_runtime
+
+    monkeypatch.setenv("JACKFIELD_CACHE_DIR", str(tmp_path / "cache"))
+    path = write_mixed_gguf(tmp_path / "mixed.gguf")
+    gpu_run = dict(device="cuda", dtype="bfloat16", attention_backend="triton", max_total_tokens=4096,
+                   cuda_graph_max_bs=4)
+    assert setup_runtime(settings_for(model=path, **gpu_run)).choices["quantization"].name == "gguf"
+    gpu = forced_logits(path, **gpu_run).float().cpu()
+    cpu = forced_logits(path, quantization="unquantized")
+    assert rel_err(gpu, cpu) < 0.05, rel_err(gpu, cpu)

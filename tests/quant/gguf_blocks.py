@@ -15,8 +15,8 @@ KERNEL_TYPES = [T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]
 F16_OFFSETS = {T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}  # byte offsets of d (and dmin) in a block
 
 
-def random_blocks(ggml_type, n: int, k: int, seed: int = 0) -> torch.Tensor:
-    """uint8 [n, row bytes]: n rows of k weights in `ggml_type`."""
+def random_blocks(ggml_type, n: int, k: int, seed: int = 0, scale: float = 2e-3) -> torch.Tensor:
+    """uint8 [n, row bytes]: n rows of k weights in `ggml_type` (K-quants: block scales up to `scale`)."""
     from gguf.quants import quantize
 
     rng = np.random.default_rng(seed)
@@ -26,8 +26,8 @@ def random_blocks(ggml_type, n: int, k: int, seed: int = 0) -> torch.Tensor:
     size, nbytes = GGML_QUANT_SIZES[ggml_type]
     b = rng.integers(0, 256, (n, k // size, nbytes), dtype=np.uint8)
     for off in F16_OFFSETS[ggml_type]:
-        scale = (rng.random((n, k // size, 1)) * 2e-3 + 1e-4).astype(np.float16)
-        b[..., off:off + 2] = scale.view(np.uint8)
+        d = (rng.random((n, k // size, 1)) * scale + scale / 20).astype(np.float16)
+        b[..., off:off + 2] = d.view(np.uint8)
     return torch.from_numpy(b.reshape(n, -1))
 
 
@@ -65,3 +65,48 @@ def kernel_errors(ggml_type, n: int, k: int, rows: tuple[int, ...], dtype: torch
         if m == 1:
             errors["matmul m=1"] = rel(gguf_matmul(x.to(device), planes, b), ref)
     return errors
+
+
+# A two-layer Llama GGUF (hidden 256, 4 heads of 64, 2 KV heads, MLP 512, vocab 160, tied embeddings)
+# whose projections use every kernel type, mixed inside the fused qkv and gate_up layers.
+TINY_TYPES = {"attn_q": T.Q4_K, "attn_k": T.Q4_K, "attn_v": T.Q6_K, "attn_output": T.Q4_0,
+              "ffn_gate": T.Q5_K, "ffn_up": T.Q4_1, "ffn_down": T.Q6_K}
+TINY_SHAPES = {"attn_q": (256, 256), "attn_k": (128, 256), "attn_v": (128, 256), "attn_output": (256, 256),
+               "ffn_gate": (512, 256), "ffn_up": (512, 256), "ffn_down": (256, 512)}
+
+
+def write_mixed_gguf(path) -> str:
+    """The file at `path` (a Q8_0 embedding, float32 norms, the projections in TINY_TYPES)."""
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), "llama")
+    for key, value in {"block_count": 2, "embedding_length": 256, "feed_forward_length": 512, "vocab_size": 160,
+                       "attention.head_count": 4, "attention.head_count_kv": 2, "context_length": 512}.items():
+        writer.add_uint32(f"llama.{key}", value)
+    writer.add_tokenizer_model("llama")  # the converter builds an HF tokenizer from these
+    writer.add_token_list(["<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(157)])
+    writer.add_token_scores([0.0] * 160)
+    writer.add_token_types([2, 3, 3] + [1] * 157)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    rng = np.random.default_rng(3)
+
+    def add(name, ggml_type, n, k, seed):
+        blocks = random_blocks(ggml_type, n, k, seed, scale=1e-4).numpy()
+        if ggml_type not in F16_OFFSETS:  # quantized from N(0, 1/k): scale to the K-quants' magnitude
+            from gguf.quants import quantize
+            blocks = quantize((rng.standard_normal((n, k)) * 0.05).astype(np.float32), ggml_type)
+        writer.add_tensor(name, blocks, raw_dtype=ggml_type)
+
+    add("token_embd.weight", T.Q8_0, 160, 256, 0)
+    writer.add_tensor("output_norm.weight", np.ones(256, np.float32))
+    for layer in range(2):
+        for i, (part, ggml_type) in enumerate(TINY_TYPES.items()):
+            add(f"blk.{layer}.{part}.weight", ggml_type, *TINY_SHAPES[part], seed=10 * layer + i + 1)
+        for norm in ("attn_norm", "ffn_norm"):
+            writer.add_tensor(f"blk.{layer}.{norm}.weight", (1 + 0.1 * rng.standard_normal(256)).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return str(path)
