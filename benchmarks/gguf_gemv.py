@@ -26,8 +26,8 @@ from jackfield_plugins.quant.gguf_layout import repack
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 DEFAULT = (4, 256, 4, 3)  # gguf_gemv's defaults: block_n, block_k limit, num_warps, num_stages
-CONFIGS = [DEFAULT, (2, 256, 4, 3), (8, 256, 4, 3), (4, 512, 4, 3), (8, 512, 8, 3), (16, 256, 8, 3), (2, 1024, 4, 2)]
-TYPES = ["Q4_K", "Q6_K", "Q8_0", "Q4_0", "Q4_1", "Q5_K"]
+CONFIGS = [DEFAULT, (8, 256, 4, 3), (2, 512, 4, 3), (8, 512, 8, 3), (16, 256, 8, 3)]
+TYPES = ["Q4_K", "Q6_K", "Q8_0", "Q4_0", "Q5_K", "Q4_1"]
 
 
 def planes_of(name: str, n: int, k: int):
