@@ -7,7 +7,6 @@ TRITON_INTERPRET must be set before the kernels are defined, so the cases run in
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -22,14 +21,11 @@ def _child_main() -> None:
     import torch
     from gguf import GGMLQuantizationType as T
     from gguf_blocks import kernel_errors
+    from interpreter import report_cases
 
-    results = {}
-    for name in TYPES:
-        try:  # K = 512: two K-quant super-blocks; 40 rows: a partial row tile
-            results[name] = kernel_errors(T[name], 40, 512, (1, 5), torch.float32, "cpu", seed=len(results))
-        except Exception as exc:  # reported per case by the parent
-            results[name] = {"failure": f"{type(exc).__name__}: {exc}"}
-    print("RESULTS " + json.dumps(results))
+    # K = 512: two K-quant super-blocks; 40 rows: a partial row tile
+    report_cases({name: (lambda t=T[name], seed=i: kernel_errors(t, 40, 512, (1, 5), torch.float32, "cpu", seed))
+                  for i, name in enumerate(TYPES)})
 
 
 @pytest.fixture(scope="module")
