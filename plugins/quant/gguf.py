@@ -14,7 +14,9 @@ the loader.
 
 On CUDA the blocks go to the GPU, repacked into planes of the same codes and scales, and Triton
 kernels dequantize them in registers (gguf_cuda.py: Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K; other
-types are dequantized at load). That path needs only `gguf` and `triton`, not llama-cpp-python.
+types are dequantized at load); the one-row GEMV's configuration is timed per type and shape by
+the SDK's Gemv tuner, shared by every layer of the engine. That path needs only `gguf` and
+`triton`, not llama-cpp-python.
 
 `quantization = auto` picks this method for a GGUF file (priority above `unquantized`, which still
 loads the same file dequantized: `--quantization unquantized`).
@@ -27,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from jackfield.sdk import (GGUF_FORMAT, Availability, Capabilities, GGUFWeight, LinearMethod, QuantizationMethod,
-                           ggml_build, ggml_mm, ggml_unavailable, hookimpl)
+from jackfield.sdk import (GGUF_FORMAT, Availability, Capabilities, Gemv, GGUFWeight, LinearMethod,
+                           QuantizationMethod, ggml_build, ggml_mm, ggml_unavailable, hookimpl)
 from jackfield.sdk.component import cuda_available
 from jackfield_plugins.quant.common import triton_missing_on_cuda
 
@@ -42,8 +44,8 @@ class GGUFLinearMethod(LinearMethod):
     shards into segments, one per run of equal types: on the CPU (offset, size, ggml type, blocks),
     on CUDA `CudaSegment`s."""
 
-    def __init__(self, backend: str = "auto"):
-        self.backend = backend
+    def __init__(self, backend: str = "auto", gemv: Gemv | None = None):
+        self.backend, self.gemv = backend, gemv or Gemv()
         self.in_features = 0
         self.device, self.dtype = torch.device("cpu"), torch.float32
         self.pending: list[tuple[int, GGUFWeight]] = []
@@ -119,12 +121,12 @@ class GGUFLinearMethod(LinearMethod):
         x2 = x.reshape(-1, x.shape[-1]).contiguous()
         bias = layer.bias
         if len(self.segments) == 1:
-            y = cuda_matmul(x2, self.segments[0], bias, self.backend)
+            y = cuda_matmul(x2, self.segments[0], bias, self.backend, self.gemv)
         else:
             y = x2.new_empty(x2.shape[0], sum(s.size for s in self.segments))
             for s in self.segments:
                 y[:, s.offset:s.offset + s.size] = cuda_matmul(
-                    x2, s, None if bias is None else bias[s.offset:s.offset + s.size], self.backend)
+                    x2, s, None if bias is None else bias[s.offset:s.offset + s.size], self.backend, self.gemv)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
@@ -162,11 +164,15 @@ class GGUF(QuantizationMethod):
         blocks = np.ascontiguousarray(quantize(weight.float().cpu().numpy(), ggml_type)).view(np.uint8)
         return {"weight": GGUFWeight(torch.from_numpy(blocks.reshape(weight.shape[0], -1)), ggml_type, weight.shape[1])}
 
+    def __init__(self, model_config, options=None):
+        super().__init__(model_config, options)
+        self.gemv = Gemv()  # shared by every layer: one GEMV timing per (type, shape)
+
     def linear_method(self, prefix):
-        return GGUFLinearMethod(self.options.gemm_backend)
+        return GGUFLinearMethod(self.options.gemm_backend, self.gemv)
 
     def lm_head_method(self):
-        return GGUFLinearMethod(self.options.gemm_backend)
+        return GGUFLinearMethod(self.options.gemm_backend, self.gemv)
 
 
 @hookimpl

@@ -1,14 +1,20 @@
-"""GGUF matmuls on the GPU (Triton), reading the planes of gguf_layout.py: every tile of weights is
-dequantized in registers (`_weight_tile`, one code path for all types, the type's constants as
-constexprs) and the products accumulate in float32.
+"""GGUF matmuls on the GPU (Triton), reading the planes of gguf_layout.py; products accumulate in
+float32.
 
-`gguf_gemv` (one row, batch-1 decode): each program streams BLOCK_N full rows, BLOCK_K columns at a
-time, accumulating w * x per weight and reducing once after the loop. The first chunk's planes are
-loaded before the programmatic-dependent-launch wait (weights are written by no kernel).
-`gguf_matmul` (2 rows up to prefill): dequantized tiles in the activation dtype feed tensor-core dots.
-`gguf_dequantize` writes the weight [N, K]: very large prefill batches multiply it with cuBLAS.
+`gguf_gemv` (one row, batch-1 decode) works on whole int32 words of codes, as the INT4 grouped GEMV
+does: per word the dot of its codes with x (each code masked in place and ORed into the mantissa of
+2^23, x pre-scaled by the inverse power of two: no integer-to-float conversion) and the word's sum
+of x; the sub-block's scale and min are loaded once per (row, sub-block) and applied once per word,
+into per-word accumulators reduced after the loop. Each program streams BLOCK_N full rows, BLOCK_K
+columns a step (the next step's words loaded before this step's arithmetic); the first step's
+words are loaded before the programmatic-dependent-launch wait (weights are written by no kernel).
+`gguf_matmul` (several rows) and `gguf_dequantize` build float32 tiles of weights in registers
+(`_weight_tile`, one code path for all types, the type's constants as constexprs): the GEMM feeds
+them to tensor-core dots, the dequantize kernel writes the weight [N, K] for cuBLAS.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -19,22 +25,26 @@ from jackfield_plugins.quant.gemm_tiles import grid_size, output_tile, store_til
 from jackfield_plugins.quant.gguf_layout import GGUFPlanes
 
 
+MAGIC = tl.constexpr(8388608.0)  # 2^23: the float32 whose low mantissa bits are a code ORed into it
+
+
 @triton.jit
 def _codes(low_ptr, high_ptr, rows, rmask, k0, K, BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """The unsigned (Q8_0: signed) codes of columns [k0, k0 + BLOCK_K) of `rows`: int32 [BLOCK_N, BLOCK_K]."""
     r = rows[:, None].to(tl.int64)
-    if BITS == 8:
-        cols = k0 + tl.arange(0, BLOCK_K)
-        return tl.load(low_ptr + r * K + cols[None, :], mask=rmask[:, None], other=0).to(tl.int32)
-    words = tl.load(low_ptr + r * (K // 8) + k0 // 8 + tl.arange(0, BLOCK_K // 8)[None, :], mask=rmask[:, None], other=0)
-    q = (words[:, :, None] >> (tl.arange(0, 8) * 4)[None, None, :]) & 0xF
-    q = tl.reshape(q, [BLOCK_N, BLOCK_K])
-    if BITS > 4:
-        PER: tl.constexpr = 32 // (BITS - 4)
-        hw = tl.load(high_ptr + r * (K // PER) + k0 // PER + tl.arange(0, BLOCK_K // PER)[None, :],
-                     mask=rmask[:, None], other=0)
-        h = (hw[:, :, None] >> (tl.arange(0, PER) * (BITS - 4))[None, None, :]) & ((1 << (BITS - 4)) - 1)
-        q = q | (tl.reshape(h, [BLOCK_N, BLOCK_K]) << 4)
+    if BITS == 8:  # one branch or the other: a `return` inside a constexpr branch does not end the function
+        q = tl.load(low_ptr + r * K + k0 + tl.arange(0, BLOCK_K)[None, :], mask=rmask[:, None], other=0).to(tl.int32)
+    else:
+        words = tl.load(low_ptr + r * (K // 8) + k0 // 8 + tl.arange(0, BLOCK_K // 8)[None, :], mask=rmask[:, None],
+                        other=0)
+        q = (words[:, :, None] >> (tl.arange(0, 8) * 4)[None, None, :]) & 0xF
+        q = tl.reshape(q, [BLOCK_N, BLOCK_K])
+        if BITS > 4:
+            PER: tl.constexpr = 32 // (BITS - 4)
+            hw = tl.load(high_ptr + r * (K // PER) + k0 // PER + tl.arange(0, BLOCK_K // PER)[None, :],
+                         mask=rmask[:, None], other=0)
+            h = (hw[:, :, None] >> (tl.arange(0, PER) * (BITS - 4))[None, None, :]) & ((1 << (BITS - 4)) - 1)
+            q = q | (tl.reshape(h, [BLOCK_N, BLOCK_K]) << 4)
     return q
 
 
@@ -70,25 +80,112 @@ def _planes(p: GGUFPlanes) -> tuple:
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, low_ptr, high_ptr, sc_ptr, mn_ptr, d_ptr, dm_ptr, b_ptr, y_ptr, N, K,
-                 BITS: tl.constexpr, G: tl.constexpr, S: tl.constexpr, OFFSET: tl.constexpr, HAS_SC: tl.constexpr,
-                 MIN_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+def _code_at(word, i: tl.constexpr, B: tl.constexpr):
+    """Code i (bits B*i .. B*i+B-1) of each int32 word as the exact float32 u * 2^(B*j), j = i % (23 // B):
+    masked in place and ORed into the mantissa of 2^23 (no integer-to-float conversion, which runs at
+    a quarter of the FP32 rate); codes past bit 23 come from the word shifted right first."""
+    IN: tl.constexpr = 23 // B
+    if i >= IN:
+        word = word >> (B * IN * (i // IN))
+    return ((word & (((1 << B) - 1) << (B * (i % IN)))) | 0x4B000000).to(tl.float32, bitcast=True) - MAGIC
+
+
+@triton.jit
+def _pre(x, i: tl.constexpr, B: tl.constexpr):
+    """x scaled by 2^-(B*j), the inverse of _code_at's factor (a power of two: exact)."""
+    IN: tl.constexpr = 23 // B
+    SCALE: tl.constexpr = 1.0 / (1 << (B * (i % IN)))
+    return x * SCALE
+
+
+@triton.jit
+def _word_dot(word, x0, x1, x2, x3, x4, x5, x6, x7, B: tl.constexpr, CODES: tl.constexpr):
+    """sum_i u_i x_i over the CODES codes of B bits of each word: [R, GPC, WPG] float32."""
+    dot = _code_at(word, 0, B) * x0[None, :, :]
+    dot += _code_at(word, 1, B) * _pre(x1, 1, B)[None, :, :]
+    dot += _code_at(word, 2, B) * _pre(x2, 2, B)[None, :, :]
+    dot += _code_at(word, 3, B) * _pre(x3, 3, B)[None, :, :]
+    if CODES == 8:
+        dot += _code_at(word, 4, B) * _pre(x4, 4, B)[None, :, :]
+        dot += _code_at(word, 5, B) * _pre(x5, 5, B)[None, :, :]
+        dot += _code_at(word, 6, B) * _pre(x6, 6, B)[None, :, :]
+        dot += _code_at(word, 7, B) * _pre(x7, 7, B)[None, :, :]
+    return dot
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, low_ptr, high_ptr, sc_ptr, mn_ptr, d_ptr, dm_ptr, b_ptr, y_ptr, N, K, stride_w, stride_g,
+                 stride_b, BITS: tl.constexpr, G: tl.constexpr, S: tl.constexpr, OFFSET: tl.constexpr,
+                 HAS_SC: tl.constexpr, MIN_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  PDL: tl.constexpr):
+    """One row, BLOCK_K columns (whole sub-blocks) a step. Per int32 word of codes (eight 4-bit ones;
+    Q8_0: four bytes, read through an int32 view), the dot of its codes with x and the word's sum of
+    x; per sub-block of G columns the weight is s (u - OFFSET) + m, so a word adds
+    s dot + (m - OFFSET s) xsum, with s and m loaded once per (row, sub-block) and applied once per
+    word, into a per-word accumulator reduced once after the loop. Q5_K / Q6_K's high bits (one
+    int8 / int16 per low word: the `high` plane viewed so) add 16 * their own dot.
+    Rows past N are clamped (unmasked vector loads) and not stored. The row strides (words K / CPW,
+    sub-blocks K / G, blocks K / S) are arguments, so that Triton knows their divisibility (by 16 where
+    they are) and loads whole vectors of words."""
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()
+    CPW: tl.constexpr = 4 if BITS == 8 else 8  # codes per word
+    B: tl.constexpr = 8 if BITS == 8 else 4
+    HB: tl.constexpr = BITS - 4 if BITS < 8 else 0  # high bits a code (Q5_K 1, Q6_K 2)
+    OFF: tl.constexpr = 128 if BITS == 8 else OFFSET  # Q8_0's codes flipped to unsigned (u = q + 128)
+    GPC: tl.constexpr = BLOCK_K // G  # sub-blocks a step
+    WPG: tl.constexpr = G // CPW      # words a sub-block
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
-    cols = tl.arange(0, BLOCK_K)
-    w = _weight_tile(low_ptr, high_ptr, sc_ptr, mn_ptr, d_ptr, dm_ptr, rows, rmask, 0, K, BITS, G, S, OFFSET, HAS_SC,
-                     MIN_MODE, BLOCK_N, BLOCK_K)
+    r = tl.minimum(rows, N - 1).to(tl.int64)
+    gi = tl.arange(0, GPC)
+    word = gi[:, None] * WPG + tl.arange(0, WPG)[None, :]  # [GPC, WPG]: word of the step
+    w_ptrs = low_ptr + r[:, None, None] * stride_w + word[None, :, :]
+    h_ptrs = high_ptr + r[:, None, None] * stride_w + word[None, :, :]  # Q5_K / Q6_K: one a low word
+    x_ptrs = x_ptr + word[:, :, None] * CPW + tl.arange(0, CPW)[None, None, :]  # [GPC, WPG, CPW]
+    sc_ptrs = sc_ptr + r[:, None] * stride_g + gi[None, :]  # [BLOCK_N, GPC]: the step's sub-blocks
+    mn_ptrs = mn_ptr + r[:, None] * stride_g + gi[None, :]
+    b_rows = r[:, None] * stride_b
+    packed = tl.load(w_ptrs)
     if PDL:
         tl.extra.cuda.gdc_wait()  # x is written by the kernel before: read it only from here
-    acc = w * tl.load(x_ptr + cols).to(tl.float32)[None, :]
-    for k0 in range(BLOCK_K, K, BLOCK_K):  # K % BLOCK_K == 0 (checked by the caller)
-        w = _weight_tile(low_ptr, high_ptr, sc_ptr, mn_ptr, d_ptr, dm_ptr, rows, rmask, k0, K, BITS, G, S, OFFSET,
-                         HAS_SC, MIN_MODE, BLOCK_N, BLOCK_K)
-        acc += w * tl.load(x_ptr + k0 + cols).to(tl.float32)[None, :]
-    y = tl.sum(acc, axis=1)
+    acc = tl.zeros([BLOCK_N, GPC, WPG], tl.float32)
+    for k0 in range(0, K, BLOCK_K):  # K % BLOCK_K == 0 (checked by the caller)
+        xv = tl.load(x_ptrs + k0).to(tl.float32)
+        if CPW == 8:  # slot 4a + 2b + c
+            c0, c1 = tl.split(tl.reshape(xv, [GPC, WPG, 2, 2, 2]))
+            b0c0, b1c0 = tl.split(c0)
+            b0c1, b1c1 = tl.split(c1)
+            x0, x4 = tl.split(b0c0)
+            x2, x6 = tl.split(b1c0)
+            x1, x5 = tl.split(b0c1)
+            x3, x7 = tl.split(b1c1)
+            xsum = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7))
+        else:  # slot 2b + c
+            c0, c1 = tl.split(tl.reshape(xv, [GPC, WPG, 2, 2]))
+            x0, x2 = tl.split(c0)
+            x1, x3 = tl.split(c1)
+            x4, x5, x6, x7 = x0, x1, x2, x3  # unused
+            xsum = (x0 + x1) + (x2 + x3)
+        if BITS == 8:
+            packed = packed ^ -2139062144  # 0x80808080: each signed byte q becomes u = q + 128
+        dot = _word_dot(packed, x0, x1, x2, x3, x4, x5, x6, x7, B, CPW)
+        if HB > 0:
+            hi = tl.load(h_ptrs + k0 // CPW).to(tl.int32)
+            dot += 16.0 * _word_dot(hi, x0, x1, x2, x3, x4, x5, x6, x7, HB, 8)
+        if k0 + BLOCK_K < K:
+            packed = tl.load(w_ptrs + (k0 + BLOCK_K) // CPW)
+        blk = b_rows + (k0 // G + gi[None, :]) // (S // G)
+        s = tl.load(d_ptr + blk).to(tl.float32)
+        if HAS_SC:
+            s = s * tl.load(sc_ptrs + k0 // G).to(tl.float32)
+        m = -OFF * s
+        if MIN_MODE == 1:
+            m += tl.load(dm_ptr + blk).to(tl.float32)
+        if MIN_MODE == 2:
+            m -= tl.load(dm_ptr + blk).to(tl.float32) * tl.load(mn_ptrs + k0 // G).to(tl.float32)
+        acc += s[:, :, None] * dot + m[:, :, None] * xsum[None, :, :]
+    y = tl.sum(tl.sum(acc, axis=2), axis=1)
     if HAS_BIAS:
         y += tl.load(b_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
     tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rmask)
@@ -104,16 +201,47 @@ def block_k(p: GGUFPlanes, largest: int = 256) -> int:
     return bk
 
 
-def gguf_gemv(x: torch.Tensor, p: GGUFPlanes, bias: torch.Tensor | None = None, block_n: int = 4,
-              block_k_max: int = 256, num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
+@dataclass(frozen=True)
+class GGUFGemvConfig:
+    """A GEMV launch: rows a program, columns a step (at most; block_k() fits it to K), warps, stages."""
+
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    pdl: bool = True  # programmatic dependent launch where jackfield.sdk.pdl_kwargs allows it
+
+
+GEMV_CONFIGS = tuple(GGUFGemvConfig(*c) for c in [  # timed per type and shape by the SDK's Gemv tuner
+    (8, 512, 4, 2), (8, 1024, 4, 2), (16, 512, 4, 2), (16, 1024, 8, 2), (8, 256, 4, 2)])
+GEMV_DEFAULT = GEMV_CONFIGS[0]
+
+
+def _word_views(p: GGUFPlanes) -> tuple:
+    """The GEMV's plane pointers: Q8_0's int8 codes as int32 words of four; Q5_K's / Q6_K's high plane as
+    one int8 / int16 a low word (little-endian: byte / half j of the packed words holds the high bits of
+    low word j's eight codes, code i at bit i / bits 2i, 2i + 1)."""
+    (low, high, *rest), consts = _planes(p)
+    if p.fmt.bits == 8:
+        low = low.view(torch.int32)
+    elif p.fmt.bits > 4:
+        high = high.view(torch.int8 if p.fmt.bits == 5 else torch.int16)
+    return (low, high, *rest), consts
+
+
+def gguf_gemv(x: torch.Tensor, p: GGUFPlanes, bias: torch.Tensor | None = None,
+              cfg: GGUFGemvConfig = GEMV_DEFAULT) -> torch.Tensor:
     """x [1, K] contiguous -> [1, N] in x's dtype."""
     n, k = p.out_features, p.in_features
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
-    ptrs, consts = _planes(p)
-    _gemv_kernel[(triton.cdiv(n, block_n),)](x, *ptrs, bias if bias is not None else p.d, y, n, k, **consts,
-                                             HAS_BIAS=bias is not None, BLOCK_N=block_n,
-                                             BLOCK_K=block_k(p, block_k_max), num_warps=num_warps,
-                                             num_stages=num_stages, **pdl_kwargs(x))
+    ptrs, consts = _word_views(p)
+    f = p.fmt
+    _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](x, *ptrs, bias if bias is not None else p.d, y, n, k,
+                                             k // (4 if f.bits == 8 else 8), k // f.group, k // f.block, **consts,
+                                             HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n,
+                                             BLOCK_K=block_k(p, cfg.block_k), num_warps=cfg.num_warps,
+                                             num_stages=cfg.num_stages,
+                                             **(pdl_kwargs(x) if cfg.pdl else {"PDL": False}))
     return y
 
 

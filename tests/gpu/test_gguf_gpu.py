@@ -29,8 +29,9 @@ def test_kernels_match_gguf_py(name, n, k):
 
 @pytest.mark.parametrize("backend", ["auto", "triton", "torch"])
 def test_mixed_type_layer_on_cuda(backend):
-    """A Q4_K_M-style fused qkv (q and k Q4_K, v Q6_K) with a bias, 1, 7 and 1100 rows (the last
-    through dequantize + cuBLAS under `auto`), against the float32 product with gguf-py's weights."""
+    """A Q4_K_M-style fused qkv (q and k Q4_K, v Q6_K) with a bias, 1, 7 and 1100 rows (`auto`: one row
+    through the GEMV configuration timed fastest, or dequantize + cuBLAS; more rows through the latter),
+    against the float32 product with gguf-py's weights."""
     from gguf_blocks import random_blocks, reference
 
     from jackfield.sdk import GGUFWeight, QuantOptions
@@ -66,7 +67,7 @@ def test_mixed_type_layer_on_cuda(backend):
 
 def test_dense_fallback_for_types_without_a_kernel():
     """A type no kernel reads (F16 here) is dequantized at load and multiplied by cuBLAS."""
-    from jackfield.sdk import GGUFWeight
+    from jackfield.sdk import Gemv, GGUFWeight
     from jackfield_plugins.quant.gguf_cuda import cuda_matmul, cuda_segment
 
     w = torch.randn(64, 96)
@@ -74,7 +75,7 @@ def test_dense_fallback_for_types_without_a_kernel():
     segment = cuda_segment(0, weight, torch.device("cuda"), torch.bfloat16)
     assert segment.planes is None and segment.dense.dtype == torch.bfloat16
     x = torch.randn(3, 96).bfloat16().cuda()
-    y = cuda_matmul(x, segment, None, "auto")
+    y = cuda_matmul(x, segment, None, "auto", Gemv())
     ref = x.float().cpu() @ w.half().float().T
     assert float((y.float().cpu() - ref).norm() / ref.norm()) < BF16_TOL
 

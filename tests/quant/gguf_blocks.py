@@ -45,9 +45,10 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def kernel_errors(ggml_type, n: int, k: int, rows: tuple[int, ...], dtype: torch.dtype, device: str,
                   seed: int = 0) -> dict[str, float]:
-    """Relative errors of the dequantize kernel and of gguf_gemv (1 row) / gguf_matmul (each of `rows`)
-    against float64 x @ W_ref^T (+ bias), W_ref gguf-py's dequantization; a bias on the matmuls."""
-    from jackfield_plugins.quant.gguf_kernels import gguf_dequantize, gguf_gemv, gguf_matmul
+    """Relative errors of the dequantize kernel and of gguf_gemv (1 row: the default configuration and
+    16 rows x 64 columns a step) / gguf_matmul (each of `rows`) against float64 x @ W_ref^T (+ bias),
+    W_ref gguf-py's dequantization; a bias on the matmuls."""
+    from jackfield_plugins.quant.gguf_kernels import GGUFGemvConfig, gguf_dequantize, gguf_gemv, gguf_matmul
     from jackfield_plugins.quant.gguf_layout import repack
 
     blocks = random_blocks(ggml_type, n, k, seed)
@@ -64,6 +65,8 @@ def kernel_errors(ggml_type, n: int, k: int, rows: tuple[int, ...], dtype: torch
         errors["gemv m=1" if m == 1 else f"matmul m={m}"] = rel(y, ref)
         if m == 1:
             errors["matmul m=1"] = rel(gguf_matmul(x.to(device), planes, b), ref)
+            # short steps (the loop and its prefetch) and a partial row tile
+            errors["gemv m=1 16x64"] = rel(gguf_gemv(x.to(device), planes, b, GGUFGemvConfig(16, 64, 4, 2)), ref)
     return errors
 
 
