@@ -80,14 +80,26 @@ def _planes(p: GGUFPlanes) -> tuple:
 
 
 @triton.jit
-def _code_at(word, i: tl.constexpr, B: tl.constexpr):
-    """Code i (bits B*i .. B*i+B-1) of each int32 word as the exact float32 u * 2^(B*j), j = i % (23 // B):
-    masked in place and ORed into the mantissa of 2^23 (no integer-to-float conversion, which runs at
-    a quarter of the FP32 rate); codes past bit 23 come from the word shifted right first."""
+def _code_at(word, hi, i: tl.constexpr, B: tl.constexpr, HB: tl.constexpr, OFF: tl.constexpr):
+    """Code i of each int32 word (bits B*i .. B*i+B-1; with HB > 0 its HB high bits from bits HB*i of
+    `hi` on top) minus OFF, as the exact float32 (u - OFF) * 2^(B*j), j = i % (23 // B): the code is
+    masked in place and ORed into the mantissa of 2^23, whose value (plus the offset's) one float
+    subtraction removes: no integer-to-float conversion (a quarter of the FP32 rate). Codes past
+    bit 23 come from the word shifted right first."""
     IN: tl.constexpr = 23 // B
+    J: tl.constexpr = i % IN
     if i >= IN:
         word = word >> (B * IN * (i // IN))
-    return ((word & (((1 << B) - 1) << (B * (i % IN)))) | 0x4B000000).to(tl.float32, bitcast=True) - MAGIC
+    bits = word & (((1 << B) - 1) << (B * J))
+    if HB > 0:  # the high bits go right above the low ones: bits B*J + B ..
+        SHIFT: tl.constexpr = B * J + B - HB * i
+        HMASK: tl.constexpr = ((1 << HB) - 1) << (B * J + B)
+        if SHIFT >= 0:
+            bits = bits | ((hi << SHIFT) & HMASK)
+        else:
+            bits = bits | ((hi >> -SHIFT) & HMASK)
+    SUB: tl.constexpr = 8388608.0 + OFF * (1 << (B * J))  # 2^23 + OFF 2^(B*j)
+    return (bits | 0x4B000000).to(tl.float32, bitcast=True) - SUB
 
 
 @triton.jit
@@ -99,31 +111,33 @@ def _pre(x, i: tl.constexpr, B: tl.constexpr):
 
 
 @triton.jit
-def _word_dot(word, x0, x1, x2, x3, x4, x5, x6, x7, B: tl.constexpr, CODES: tl.constexpr):
-    """sum_i u_i x_i over the CODES codes of B bits of each word: [R, GPC, WPG] float32."""
-    dot = _code_at(word, 0, B) * x0[None, :, :]
-    dot += _code_at(word, 1, B) * _pre(x1, 1, B)[None, :, :]
-    dot += _code_at(word, 2, B) * _pre(x2, 2, B)[None, :, :]
-    dot += _code_at(word, 3, B) * _pre(x3, 3, B)[None, :, :]
+def _word_dot(word, hi, x0, x1, x2, x3, x4, x5, x6, x7, B: tl.constexpr, CODES: tl.constexpr, HB: tl.constexpr,
+              OFF: tl.constexpr):
+    """sum_i (u_i - OFF) x_i over the CODES codes of each word: [R, GPC, WPG] float32."""
+    dot = _code_at(word, hi, 0, B, HB, OFF) * x0[None, :, :]
+    dot += _code_at(word, hi, 1, B, HB, OFF) * _pre(x1, 1, B)[None, :, :]
+    dot += _code_at(word, hi, 2, B, HB, OFF) * _pre(x2, 2, B)[None, :, :]
+    dot += _code_at(word, hi, 3, B, HB, OFF) * _pre(x3, 3, B)[None, :, :]
     if CODES == 8:
-        dot += _code_at(word, 4, B) * _pre(x4, 4, B)[None, :, :]
-        dot += _code_at(word, 5, B) * _pre(x5, 5, B)[None, :, :]
-        dot += _code_at(word, 6, B) * _pre(x6, 6, B)[None, :, :]
-        dot += _code_at(word, 7, B) * _pre(x7, 7, B)[None, :, :]
+        dot += _code_at(word, hi, 4, B, HB, OFF) * _pre(x4, 4, B)[None, :, :]
+        dot += _code_at(word, hi, 5, B, HB, OFF) * _pre(x5, 5, B)[None, :, :]
+        dot += _code_at(word, hi, 6, B, HB, OFF) * _pre(x6, 6, B)[None, :, :]
+        dot += _code_at(word, hi, 7, B, HB, OFF) * _pre(x7, 7, B)[None, :, :]
     return dot
 
 
 @triton.jit
 def _gemv_kernel(x_ptr, low_ptr, high_ptr, sc_ptr, mn_ptr, d_ptr, dm_ptr, b_ptr, y_ptr, N, K, stride_w, stride_g,
                  stride_b, BITS: tl.constexpr, G: tl.constexpr, S: tl.constexpr, OFFSET: tl.constexpr,
-                 HAS_SC: tl.constexpr, MIN_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 PDL: tl.constexpr):
+                 HAS_SC: tl.constexpr, MIN_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """One row, BLOCK_K columns (whole sub-blocks) a step. Per int32 word of codes (eight 4-bit ones;
-    Q8_0: four bytes, read through an int32 view), the dot of its codes with x and the word's sum of
-    x; per sub-block of G columns the weight is s (u - OFFSET) + m, so a word adds
-    s dot + (m - OFFSET s) xsum, with s and m loaded once per (row, sub-block) and applied once per
-    word, into a per-word accumulator reduced once after the loop. Q5_K / Q6_K's high bits (one
-    int8 / int16 per low word: the `high` plane viewed so) add 16 * their own dot.
+    Q8_0: four bytes, read through an int32 view), dot = sum (u - OFFSET) x over its codes; per
+    sub-block of G columns the weight is s (u - OFFSET) + m, so a word adds s dot (+ m xsum, the
+    word's sum of x, for the types with a min), with s and m loaded once per (row, sub-block) and
+    applied once per word, into a per-word accumulator reduced once after the loop. Q5_K / Q6_K's
+    high bits (one int8 / int16 per low word: the `high` plane viewed so) are ORed in above each
+    code's low four bits before its conversion.
     Rows past N are clamped (unmasked vector loads) and not stored. The row strides (words K / CPW,
     sub-blocks K / G, blocks K / S) are arguments, so that Triton knows their divisibility (by 16 where
     they are) and loads whole vectors of words."""
@@ -169,22 +183,24 @@ def _gemv_kernel(x_ptr, low_ptr, high_ptr, sc_ptr, mn_ptr, d_ptr, dm_ptr, b_ptr,
             xsum = (x0 + x1) + (x2 + x3)
         if BITS == 8:
             packed = packed ^ -2139062144  # 0x80808080: each signed byte q becomes u = q + 128
-        dot = _word_dot(packed, x0, x1, x2, x3, x4, x5, x6, x7, B, CPW)
+        hi = packed  # unused without high bits
         if HB > 0:
             hi = tl.load(h_ptrs + k0 // CPW).to(tl.int32)
-            dot += 16.0 * _word_dot(hi, x0, x1, x2, x3, x4, x5, x6, x7, HB, 8)
+        dot = _word_dot(packed, hi, x0, x1, x2, x3, x4, x5, x6, x7, B, CPW, HB, OFF)
         if k0 + BLOCK_K < K:
             packed = tl.load(w_ptrs + (k0 + BLOCK_K) // CPW)
         blk = b_rows + (k0 // G + gi[None, :]) // (S // G)
         s = tl.load(d_ptr + blk).to(tl.float32)
         if HAS_SC:
             s = s * tl.load(sc_ptrs + k0 // G).to(tl.float32)
-        m = -OFF * s
-        if MIN_MODE == 1:
-            m += tl.load(dm_ptr + blk).to(tl.float32)
-        if MIN_MODE == 2:
-            m -= tl.load(dm_ptr + blk).to(tl.float32) * tl.load(mn_ptrs + k0 // G).to(tl.float32)
-        acc += s[:, :, None] * dot + m[:, :, None] * xsum[None, :, :]
+        if MIN_MODE == 0:
+            acc += s[:, :, None] * dot
+        else:
+            if MIN_MODE == 1:
+                m = tl.load(dm_ptr + blk).to(tl.float32)
+            else:
+                m = -tl.load(dm_ptr + blk).to(tl.float32) * tl.load(mn_ptrs + k0 // G).to(tl.float32)
+            acc += s[:, :, None] * dot + m[:, :, None] * xsum[None, :, :]
     y = tl.sum(tl.sum(acc, axis=2), axis=1)
     if HAS_BIAS:
         y += tl.load(b_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
@@ -213,7 +229,9 @@ class GGUFGemvConfig:
 
 
 GEMV_CONFIGS = tuple(GGUFGemvConfig(*c) for c in [  # timed per type and shape by the SDK's Gemv tuner
-    (8, 512, 4, 2), (8, 1024, 4, 2), (16, 512, 4, 2), (16, 1024, 8, 2), (8, 256, 4, 2)])
+    # x is split into its code positions through shared memory once a step for all BLOCK_N rows: more
+    # rows a thread (BLOCK_N above 2 * num_warps) spread that, and the x pre-scaling, over more weights
+    (16, 512, 4, 2), (8, 512, 4, 2), (32, 512, 4, 2), (32, 512, 8, 2), (16, 1024, 4, 2), (32, 256, 4, 2)])
 GEMV_DEFAULT = GEMV_CONFIGS[0]
 
 

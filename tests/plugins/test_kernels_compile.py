@@ -135,7 +135,7 @@ CASE_NAMES = ["act_quant_bf16", "w8a8_bf16_None_256", "w8a8_bf16_(128, 128)_1", 
               "gemv_bf16_fp8e4nv_scale2_plain_8x128", "store_kv_bf16_fp8", "rope_store_bf16_fp8",
               "decode_bf16_fp8kv_d128", "extend_bf16_fp8kv_d128"]
 GGUF_TYPES = ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
-CASE_NAMES += [f"gguf_gemv_bf16_{t}_8x512" for t in GGUF_TYPES] + [f"gguf_gemv_bf16_{t}_16x64" for t in GGUF_TYPES]
+CASE_NAMES += [f"gguf_gemv_bf16_{t}_16x512" for t in GGUF_TYPES] + [f"gguf_gemv_bf16_{t}_16x64" for t in GGUF_TYPES]
 CASE_NAMES += [f"gguf_mm_bf16_{t}_{m}" for t in GGUF_TYPES for m in (16, 256)]
 CASE_NAMES += [f"gguf_dequant_bf16_{t}" for t in GGUF_TYPES]
 
