@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 import triton
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
-from jackfield.bench.common import copy_gbps
+from jackfield.bench.common import copy_gbps, provenance
 from jackfield_plugins.quant.gguf_kernels import GEMV_CONFIGS, GEMV_DEFAULT, gguf_dequantize, gguf_gemv, gguf_matmul
 from jackfield_plugins.quant.gguf_layout import repack
 
@@ -97,7 +98,8 @@ def main() -> None:
     ap.add_argument("--sweep", nargs="*", default=["Q4_K", "Q6_K"], help="types timed in every GEMV configuration")
     ap.add_argument("--batch", nargs="*", default=["Q4_K"], help="types timed at 2, 16 and 2048 rows")
     args = ap.parse_args()
-    result = {"device": torch.cuda.get_device_name(), "copy_gbps": copy_gbps(1 << 30), "types": []}
+    result = {**provenance("python3 benchmarks/gguf_gemv.py " + " ".join(sys.argv[1:])),
+              "device": torch.cuda.get_device_name(), "copy_gbps": copy_gbps(1 << 30), "types": []}
     print(f"device {result['device']}, copy bandwidth {result['copy_gbps']:.0f} GB/s", flush=True)
     for name in args.types:
         configs = GEMV_CONFIGS if name in args.sweep else (GEMV_DEFAULT,)

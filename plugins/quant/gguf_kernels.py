@@ -6,8 +6,9 @@ does: per word the dot of its codes with x (each code masked in place and ORed i
 2^23, x pre-scaled by the inverse power of two: no integer-to-float conversion) and the word's sum
 of x; the sub-block's scale and min are loaded once per (row, sub-block) and applied once per word,
 into per-word accumulators reduced after the loop. Each program streams BLOCK_N full rows, BLOCK_K
-columns a step (the next step's words loaded before this step's arithmetic); the first step's
-words are loaded before the programmatic-dependent-launch wait (weights are written by no kernel).
+columns a step; the next step's loads (words, high bits, scales, x) go out before this step's
+arithmetic, and the first step's weight loads before the programmatic-dependent-launch wait
+(weights are written by no kernel).
 `gguf_matmul` (several rows) and `gguf_dequantize` build float32 tiles of weights in registers
 (`_weight_tile`, one code path for all types, the type's constants as constexprs): the GEMM feeds
 them to tensor-core dots, the dequantize kernel writes the weight [N, K] for cuBLAS.
@@ -127,6 +128,29 @@ def _word_dot(word, hi, x0, x1, x2, x3, x4, x5, x6, x7, B: tl.constexpr, CODES: 
 
 
 @triton.jit
+def _gemv_step_weights(w_ptrs, h_ptrs, sc_ptrs, mn_ptrs, d_ptr, dm_ptr, blk_ptrs, k0, G: tl.constexpr,
+                       S: tl.constexpr, CPW: tl.constexpr, HB: tl.constexpr, HAS_SC: tl.constexpr,
+                       MIN_MODE: tl.constexpr):
+    """The GEMV step at column k0: its words of codes [BLOCK_N, GPC, WPG], their high bits (int32;
+    the words again without high bits), and its scale s and min m per (row, sub-block) [BLOCK_N, GPC]
+    (weight = s (u - OFFSET) + m; m is s again where the type has no min)."""
+    packed = tl.load(w_ptrs + k0 // CPW)
+    hi = packed  # unused without high bits
+    if HB > 0:
+        hi = tl.load(h_ptrs + k0 // CPW).to(tl.int32)
+    blk = blk_ptrs + k0 // S
+    s = tl.load(d_ptr + blk).to(tl.float32)
+    if HAS_SC:
+        s = s * tl.load(sc_ptrs + k0 // G).to(tl.float32)
+    m = s  # unused without a min
+    if MIN_MODE == 1:
+        m = tl.load(dm_ptr + blk).to(tl.float32)
+    if MIN_MODE == 2:
+        m = -tl.load(dm_ptr + blk).to(tl.float32) * tl.load(mn_ptrs + k0 // G).to(tl.float32)
+    return packed, hi, s, m
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, low_ptr, high_ptr, sc_ptr, mn_ptr, d_ptr, dm_ptr, b_ptr, y_ptr, N, K, stride_w, stride_g,
                  stride_b, BITS: tl.constexpr, G: tl.constexpr, S: tl.constexpr, OFFSET: tl.constexpr,
                  HAS_SC: tl.constexpr, MIN_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -159,13 +183,21 @@ def _gemv_kernel(x_ptr, low_ptr, high_ptr, sc_ptr, mn_ptr, d_ptr, dm_ptr, b_ptr,
     x_ptrs = x_ptr + word[:, :, None] * CPW + tl.arange(0, CPW)[None, None, :]  # [GPC, WPG, CPW]
     sc_ptrs = sc_ptr + r[:, None] * stride_g + gi[None, :]  # [BLOCK_N, GPC]: the step's sub-blocks
     mn_ptrs = mn_ptr + r[:, None] * stride_g + gi[None, :]
-    b_rows = r[:, None] * stride_b
-    packed = tl.load(w_ptrs)
+    blk_ptrs = r[:, None] * stride_b + gi[None, :] // (S // G)  # the step's blocks, from its first one
+    packed, hi, s, m = _gemv_step_weights(w_ptrs, h_ptrs, sc_ptrs, mn_ptrs, d_ptr, dm_ptr, blk_ptrs, 0, G, S, CPW, HB,
+                                          HAS_SC, MIN_MODE)
     if PDL:
         tl.extra.cuda.gdc_wait()  # x is written by the kernel before: read it only from here
+    xv = tl.load(x_ptrs).to(tl.float32)
     acc = tl.zeros([BLOCK_N, GPC, WPG], tl.float32)
     for k0 in range(0, K, BLOCK_K):  # K % BLOCK_K == 0 (checked by the caller)
-        xv = tl.load(x_ptrs + k0).to(tl.float32)
+        # the next step's loads go out before this step's arithmetic (the last step re-reads its own
+        # chunk, just cached, rather than branch): no step waits a DRAM round trip for its high bits,
+        # scales or x
+        kn = tl.minimum(k0 + BLOCK_K, K - BLOCK_K)
+        packed_n, hi_n, s_n, m_n = _gemv_step_weights(w_ptrs, h_ptrs, sc_ptrs, mn_ptrs, d_ptr, dm_ptr, blk_ptrs, kn, G,
+                                                      S, CPW, HB, HAS_SC, MIN_MODE)
+        xv_n = tl.load(x_ptrs + kn).to(tl.float32)
         if CPW == 8:  # slot 4a + 2b + c
             c0, c1 = tl.split(tl.reshape(xv, [GPC, WPG, 2, 2, 2]))
             b0c0, b1c0 = tl.split(c0)
@@ -183,24 +215,12 @@ def _gemv_kernel(x_ptr, low_ptr, high_ptr, sc_ptr, mn_ptr, d_ptr, dm_ptr, b_ptr,
             xsum = (x0 + x1) + (x2 + x3)
         if BITS == 8:
             packed = packed ^ -2139062144  # 0x80808080: each signed byte q becomes u = q + 128
-        hi = packed  # unused without high bits
-        if HB > 0:
-            hi = tl.load(h_ptrs + k0 // CPW).to(tl.int32)
         dot = _word_dot(packed, hi, x0, x1, x2, x3, x4, x5, x6, x7, B, CPW, HB, OFF)
-        if k0 + BLOCK_K < K:
-            packed = tl.load(w_ptrs + (k0 + BLOCK_K) // CPW)
-        blk = b_rows + (k0 // G + gi[None, :]) // (S // G)
-        s = tl.load(d_ptr + blk).to(tl.float32)
-        if HAS_SC:
-            s = s * tl.load(sc_ptrs + k0 // G).to(tl.float32)
         if MIN_MODE == 0:
             acc += s[:, :, None] * dot
         else:
-            if MIN_MODE == 1:
-                m = tl.load(dm_ptr + blk).to(tl.float32)
-            else:
-                m = -tl.load(dm_ptr + blk).to(tl.float32) * tl.load(mn_ptrs + k0 // G).to(tl.float32)
             acc += s[:, :, None] * dot + m[:, :, None] * xsum[None, :, :]
+        packed, hi, s, m, xv = packed_n, hi_n, s_n, m_n, xv_n
     y = tl.sum(tl.sum(acc, axis=2), axis=1)
     if HAS_BIAS:
         y += tl.load(b_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
