@@ -9,7 +9,8 @@ within bf16 noise wins. The table is written where the dispatcher reads it (`--c
 
 The candidates follow the kernels' structure, so a shape tunes in well under a minute: the GEMV
 form is bound by the weight stream, so only the row tile (programs per pair: about two waves of the
-SMs at batch 1) and the K tile (bytes in flight per program) vary, with GEMV 2 split by pair; the
+SMs at batch 1) and the K tile (bytes in flight per program) vary, with GEMV 2 split by pair (its
+rows summed by a launch, or added atomically into the output); the
 grouped GEMM varies BLOCK_M around the mean pairs per expert (a tile mostly full, few padded rows)
 and two N x K tiles, with the warps and stages the tile's size needs. Once `--budget-s` has passed
 for a shape, the remaining batch sizes try only the default and the previous winner (compiled already).
@@ -47,6 +48,7 @@ def candidates(pairs: int, num_experts: int) -> list[dict]:
                         "num_warps": 4, "num_stages": 2})
         out.append({"path": "gemv", "BLOCK_N": 16, "BLOCK_K": 256, "BLOCK_N2": 16, "BLOCK_K2": 256, "SPLIT2": False,
                     "num_warps": 4, "num_stages": 2})
+        out += [{**c, "ATOMIC2": True} for c in out[:2]]  # GEMV 2 adding into the output: no summing launch
     if pairs >= 64:
         per_expert = pairs / num_experts
         ms = (16, 32) if per_expert <= 16 else (32, 64) if per_expert <= 64 else (64, 128)

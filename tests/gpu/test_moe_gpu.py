@@ -10,7 +10,7 @@ import torch
 pytestmark = pytest.mark.gpu
 
 
-@pytest.mark.parametrize("path", ["gemv", "gemv_unsplit", "gemm"])
+@pytest.mark.parametrize("path", ["gemv", "gemv_unsplit", "gemv_atomic", "gemm"])
 @pytest.mark.parametrize("tokens", [1, 4, 64, 256])
 @pytest.mark.parametrize("shape", [(128, 8, 2048, 768), (256, 8, 1024, 256)])
 def test_triton_experts_at_model_shapes(shape, tokens, path):
@@ -30,6 +30,8 @@ def test_triton_experts_at_model_shapes(shape, tokens, path):
     config = default_config(4096 if path == "gemm" else 1, e, k)
     if path == "gemv_unsplit":  # GEMV 2 as one program per (token, N-block) over the token's experts
         config = {**config, "SPLIT2": False}
+    if path == "gemv_atomic":  # GEMV 2 split by pair, adding into the output GEMV 1 zeroed
+        config = {**config, "ATOMIC2": True}
     out = fused_experts(x, w13, w2, tw, ti, config).float()
     err = ((out - ref).norm() / ref.norm()).item()
     assert err < 1e-2, err
@@ -59,7 +61,7 @@ def _fp8_experts(e, h, i, gen, block=(128, 128)):
     return ExpertWeights(w13, w2, "fp8_block", s13, s2, block)
 
 
-@pytest.mark.parametrize("path", ["gemv", "gemv_unsplit", "gemm"])
+@pytest.mark.parametrize("path", ["gemv", "gemv_unsplit", "gemv_atomic", "gemm"])
 @pytest.mark.parametrize("tokens", [1, 4, 64, 256])
 @pytest.mark.parametrize("shape", [(128, 8, 2048, 768), (256, 8, 1024, 256)])
 def test_triton_fp8_block_experts_against_dequantized_reference(shape, tokens, path):
@@ -80,6 +82,8 @@ def test_triton_fp8_block_experts_against_dequantized_reference(shape, tokens, p
     config = default_config(4096 if path == "gemm" else 1, e, k)
     if path == "gemv_unsplit":
         config = {**config, "SPLIT2": False}
+    if path == "gemv_atomic":
+        config = {**config, "ATOMIC2": True}
     out = fused_experts(x, w.w13, w.w2, tw, ti, config, (w.w13_scale, w.w2_scale, w.block)).float()
     err = ((out - ref).norm() / ref.norm()).item()
     assert err < 1e-2, err

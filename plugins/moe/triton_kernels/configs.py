@@ -3,7 +3,7 @@ weight format).
 
 `plugins/moe/configs/E=<E>,H=<H>,I=<I>,device=<name>.json` (`…,dtype=fp8_block.json` for block-wise
 FP8 experts) maps a token count to a config
-({"path": "gemv" | "gemm", BLOCK_* sizes, SPLIT2 for the GEMV form, num_warps, num_stages}); a batch
+({"path": "gemv" | "gemm", BLOCK_* sizes, SPLIT2 and ATOMIC2 for the GEMV form, num_warps, num_stages}); a batch
 takes the entry of the
 nearest token count. `benchmarks/tune_fused_moe.py` writes these files. Shapes without a file get
 `default_config`. JACKFIELD_MOE_CONFIG_DIR points at another directory of files (tried first).

@@ -11,9 +11,10 @@ Two forms, chosen per batch size by the tuned config (configs.py):
   program per (pair, N-block) and GEMV 2 one per (token, N-block of H), looping over the token's k
   experts and summing in registers, so it writes the output directly; or, with "SPLIT2", one
   per (pair, N-block of H), each writing its weighted row, and the k rows of a token summed after
-  (the default: more programs, each with a k times shorter chain of loads). `fused_moe_gemv` also
-  fuses the top-k routing into GEMV 1, so a batch-1 decode's whole MoE is two launches (three
-  with SPLIT2).
+  (the default: more programs, each with a k times shorter chain of loads), with "ATOMIC2" added
+  atomically into the output that GEMV 1 zeroes (no summing launch). `fused_moe_gemv` also fuses
+  the top-k routing into GEMV 1, so a batch-1 decode's whole MoE is two launches (three with
+  SPLIT2 and no ATOMIC2).
 """
 from __future__ import annotations
 
@@ -127,7 +128,8 @@ def _gemm2_kernel(Inter, W2, Out, SortedIds, ExpertIds, NumPadded, TopkWeights, 
 @triton.jit
 def _gemv1_kernel(X, W13, Inter, TopkIds, TopkWeights, Logits, Bias, hidden, inter, stride_x, stride_we, stride_wn,
                   stride_i, stride_l, num_experts, scaling, S13, stride_se, stride_sn,
-                  FP8: tl.constexpr, SBN: tl.constexpr, SBK: tl.constexpr, TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROUTE: tl.constexpr,
+                  Out, stride_o, ZERO: tl.constexpr, FP8: tl.constexpr, SBN: tl.constexpr, SBK: tl.constexpr,
+                  TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROUTE: tl.constexpr,
                   BLOCK_E: tl.constexpr, SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, RENORM: tl.constexpr,
                   GROUPS: tl.constexpr, TOPK_GROUPS: tl.constexpr, TOP2_SUM: tl.constexpr, PDL: tl.constexpr):
     if PDL:  # programmatic dependent launch (jackfield.sdk.pdl_kwargs): read nothing before the wait
@@ -136,6 +138,10 @@ def _gemv1_kernel(X, W13, Inter, TopkIds, TopkWeights, Logits, Bias, hidden, int
     pair = tl.program_id(0)
     pid_n = tl.program_id(1)
     token = pair // TOP_K
+    if ZERO > 0:  # GEMV 2 adds the pairs' rows atomically into Out: the token's first pair zeroes it, in slices
+        if pair % TOP_K == 0:
+            offs_z = pid_n * ZERO + tl.arange(0, ZERO)
+            tl.store(Out + token * stride_o + offs_z, tl.zeros((ZERO,), Out.dtype.element_ty), mask=offs_z < hidden)
     if ROUTE:  # top-k of this token's router logits, recomputed by every program of the token (E values)
         ids, weights = topk_row(Logits, Bias, token * stride_l, num_experts, scaling, TOP_K, BLOCK_E, SIGMOID,
                                 HAS_BIAS, RENORM, GROUPS, TOPK_GROUPS, TOP2_SUM)
@@ -199,12 +205,14 @@ def _down_tile(Inter, W2, TopkIds, TopkWeights, pair, offs_n, n_mask, inter, str
 @triton.jit
 def _gemv2_kernel(Inter, W2, Out, TopkIds, TopkWeights, hidden, inter, stride_i, stride_we, stride_wn, stride_o,
                   S2, stride_se, stride_sn, FP8: tl.constexpr, SBN: tl.constexpr, SBK: tl.constexpr,
-                  TOP_K: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  PDL: tl.constexpr):
+                  ATOMIC: tl.constexpr, TOP_K: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """One program per (token, N-block of H) summing the token's k experts into Out [T, H]; or, SPLIT,
     one per (pair, N-block) writing the pair's weighted row to Out [T * k, H], summed after: k times
     the programs, each with a k times shorter chain of dependent loads (at batch 1 the unsplit form
-    runs H / BLOCK_N programs, about one per SM, each streaming its k experts one after the other)."""
+    runs H / BLOCK_N programs, about one per SM, each streaming its k experts one after the other);
+    SPLIT and ATOMIC: each pair's row added atomically into Out [T, H] (zeroed by GEMV 1), which
+    saves the summing launch."""
     if PDL:  # programmatic dependent launch (jackfield.sdk.pdl_kwargs): read nothing before the wait
         tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
@@ -219,7 +227,11 @@ def _gemv2_kernel(Inter, W2, Out, TopkIds, TopkWeights, hidden, inter, stride_i,
         for j in tl.static_range(TOP_K):
             acc += _down_tile(Inter, W2, TopkIds, TopkWeights, row * TOP_K + j, offs_n, n_mask, inter, stride_i,
                               stride_we, stride_wn, S2, stride_se, stride_sn, FP8, SBN, SBK, BLOCK_N, BLOCK_K)
-    tl.store(Out + row * stride_o + offs_n, tl.sum(acc, 1).to(Out.dtype.element_ty), mask=n_mask)
+    y = tl.sum(acc, 1).to(Out.dtype.element_ty)
+    if ATOMIC:
+        tl.atomic_add(Out + (row // TOP_K) * stride_o + offs_n, y, mask=n_mask, sem="relaxed")
+    else:
+        tl.store(Out + row * stride_o + offs_n, y, mask=n_mask)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -265,19 +277,22 @@ def _gemv(hidden, w13, w2, topk_weights, topk_ids, config, route=None, scales=No
     bn, bk = config["BLOCK_N"], config["BLOCK_K"]
     logits, bias, consts, scaling = route or (hidden, None, NO_ROUTE, 1.0)
     s13, s2, fp8 = _scale_args(scales, w13)
-    _gemv1_kernel[(t * top_k, triton.cdiv(inter, bn))](
+    split = config.get("SPLIT2", False)
+    atomic = split and config.get("ATOMIC2", False)
+    grid_n = triton.cdiv(inter, bn)
+    zero = triton.next_power_of_2(triton.cdiv(h, grid_n)) if atomic else 0  # GEMV 1's slices of `out` to zero
+    _gemv1_kernel[(t * top_k, grid_n)](
         hidden, w13, cache, topk_ids, topk_weights, logits, bias if bias is not None else logits, h, inter,
         hidden.stride(0), w13.stride(0), w13.stride(1), cache.stride(0), logits.stride(0), logits.shape[1], scaling,
-        *s13, **fp8, TOP_K=top_k, BLOCK_N=bn, BLOCK_K=bk, ROUTE=route is not None, **consts, num_warps=warps,
-        num_stages=stages, **pdl_kwargs(hidden))
+        *s13, out, out.stride(0), ZERO=zero, **fp8, TOP_K=top_k, BLOCK_N=bn, BLOCK_K=bk, ROUTE=route is not None,
+        **consts, num_warps=warps, num_stages=stages, **pdl_kwargs(hidden))
     bn2, bk2 = config.get("BLOCK_N2", bn), config.get("BLOCK_K2", bk)
-    split = config.get("SPLIT2", False)
-    rows = torch.empty(t * top_k, h, dtype=hidden.dtype, device=hidden.device) if split else out
-    _gemv2_kernel[(rows.shape[0], triton.cdiv(h, bn2))](
+    rows = torch.empty(t * top_k, h, dtype=hidden.dtype, device=hidden.device) if split and not atomic else out
+    _gemv2_kernel[(t * top_k if split else t, triton.cdiv(h, bn2))](
         cache, w2, rows, topk_ids, topk_weights, h, inter, cache.stride(0), w2.stride(0), w2.stride(1),
-        rows.stride(0), *s2, **fp8, TOP_K=top_k, SPLIT=split, BLOCK_N=bn2, BLOCK_K=bk2, num_warps=warps,
-        num_stages=stages, **pdl_kwargs(hidden))
-    if split:
+        rows.stride(0), *s2, **fp8, ATOMIC=atomic, TOP_K=top_k, SPLIT=split, BLOCK_N=bn2, BLOCK_K=bk2,
+        num_warps=warps, num_stages=stages, **pdl_kwargs(hidden))
+    if split and not atomic:
         torch.sum(rows.view(t, top_k, h), dim=1, out=out)
     return out
 
