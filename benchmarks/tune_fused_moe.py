@@ -12,11 +12,14 @@ form is bound by the weight stream, so only the row tile (programs per pair: abo
 SMs at batch 1) and the K tile (bytes in flight per program) vary, with GEMV 2 split by pair (its
 rows summed by a launch, or added atomically into the output); the
 grouped GEMM varies BLOCK_M around the mean pairs per expert (a tile mostly full, few padded rows)
-and two N x K tiles, with the warps and stages the tile's size needs. Once `--budget-s` has passed
-for a shape, the remaining batch sizes try only the default and the previous winner (compiled already).
+and two N x K tiles, with the warps and stages the tile's size needs. Every candidate is compiled
+first by `--jobs` processes in parallel (Triton's disk cache then serves the tuning loop). Once
+`--budget-s` has passed for a shape, the remaining batch sizes try only the default and the previous
+winner.
 
     python benchmarks/tune_fused_moe.py --shape qwen3-30b-a3b,deepseek-v2-lite --out tune-moe.json
         [--batches 1,2,4,8,16,32,64,128,256] [--format unquantized|fp8_block] [--config-dir DIR] [--budget-s 45]
+        [--jobs 8]
 """
 from __future__ import annotations
 
@@ -72,6 +75,51 @@ def expert_weights(e: int, h: int, i: int, fmt: str, gen) -> tuple:
     return w13.to(torch.float8_e4m3fn), w2.to(torch.float8_e4m3fn), (s13, s2, FP8_BLOCK)
 
 
+def _compile_some(task: tuple) -> int:
+    """Run each (batch, config) of `task` = (shape, format, items) once, so its kernels are compiled
+    into Triton's disk cache (a worker of `precompile`); returns how many ran."""
+    shape, fmt, items = task
+    e, k, h, i, routing = SHAPES[shape]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    w13, w2, scales = expert_weights(e, h, i, fmt, gen)
+    ran = 0
+    for batch, cfg in items:
+        x = torch.randn(batch, h, device="cuda", generator=gen).bfloat16()
+        tw, ti = route(torch.randn(batch, e, device="cuda", generator=gen), routing)
+        try:
+            fused_experts(x, w13, w2, tw, ti, cfg, scales)
+            ran += 1
+        except Exception:  # the tuning loop records why
+            pass
+    torch.cuda.synchronize()
+    return ran
+
+
+def precompile(shapes: list[str], batches: list[int], fmt: str, jobs: int) -> None:
+    """Compile every candidate in `jobs` processes first (Triton compiles one kernel at a time, about a
+    second each; the tuning loop then loads them from the disk cache). One (batch, config) per
+    distinct kernel specialization: the pair count's divisibility by 16 is the only batch-dependent one."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    tasks = []
+    for shape in shapes:
+        e, k = SHAPES[shape][:2]
+        seen, items = set(), []
+        for batch in batches:
+            for cfg in [default_config(batch, e, k)] + candidates(batch * k, e):
+                key = (json.dumps(cfg, sort_keys=True), batch * k % 16 == 0)
+                if key not in seen:
+                    seen.add(key)
+                    items.append((batch, cfg))
+        tasks += [(shape, fmt, items[j::jobs]) for j in range(jobs) if items[j::jobs]]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        ran = sum(pool.map(_compile_some, tasks))
+    print(f"precompiled {ran} (batch, config) kernels in {jobs} processes: {time.perf_counter() - start:.1f} s",
+          flush=True)
+
+
 def tune_shape(shape: str, batches: list[int], fmt: str, budget_s: float, config_dir: Path) -> dict:
     e, k, h, i, routing = SHAPES[shape]
     weight_bytes = 3 * e * h * i * (1 if fmt == "fp8_block" else 2)
@@ -123,6 +171,7 @@ def main() -> None:
     ap.add_argument("--format", default="unquantized", choices=("unquantized", "fp8_block"))
     ap.add_argument("--config-dir", type=Path, default=CONFIG_DIR, help="where the dispatcher's JSON tables go")
     ap.add_argument("--budget-s", type=float, default=45.0, help="per shape; past it only known configs are tried")
+    ap.add_argument("--jobs", type=int, default=8, help="processes compiling the candidates first (0: none)")
     ap.add_argument("--out", required=True, help="all timings (JSON)")
     args = ap.parse_args()
     shapes = args.shape.split(",")
@@ -130,6 +179,8 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown shape(s) {', '.join(unknown)} (known: {', '.join(sorted(SHAPES))})")
     batches = [int(b) for b in args.batches.split(",")]
+    if args.jobs > 0:
+        precompile(shapes, batches, args.format, args.jobs)
     results = [tune_shape(s, batches, args.format, args.budget_s, args.config_dir) for s in shapes]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
