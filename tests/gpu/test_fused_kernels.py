@@ -245,3 +245,21 @@ def test_qk_norm_rope_and_store_matches_the_unfused_kernels(t):
     kc, vc = torch.zeros_like(kc_ref), torch.zeros_like(vc_ref)
     rope_inplace_and_store(pos, q, k, v, rot.cos_sin_cache, d, loc, kc, vc, qk_norm=QKNorm(qw, kw, 1e-6))
     assert _rel(q, q_ref) < 1e-3 and _rel(k, k_ref) < 1e-3 and _rel(kc, kc_ref) < 1e-3 and torch.equal(vc, vc_ref)
+
+
+@pytest.mark.parametrize("hidden,experts,router_dtype", [(2048, 128, torch.bfloat16), (7168, 256, torch.float32)])
+def test_rmsnorm_router_matches_rmsnorm_then_linear(hidden, experts, router_dtype):
+    """The MoE block's add + RMSNorm + router kernel against the rmsnorm kernel and F.linear
+    (Qwen3-30B-A3B's bf16 router; DeepSeek-V3's float32 one)."""
+    import torch.nn.functional as F
+
+    from jackfield.kernels.norm import rmsnorm
+    from jackfield.kernels.router import rmsnorm_router
+
+    x, r = (torch.randn(1, hidden, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    nw = torch.rand(hidden, device="cuda", dtype=torch.bfloat16) + 0.5
+    gw = (torch.randn(experts, hidden, device="cuda") / hidden ** 0.5).to(router_dtype)
+    h, s, logits = rmsnorm_router(x, r, nw, 1e-6, gw)
+    h_ref, s_ref = rmsnorm(x, nw, 1e-6, r)
+    assert torch.equal(s, s_ref) and _rel(h, h_ref) < 1e-3
+    assert logits.dtype == router_dtype and _rel(logits, F.linear(h_ref.to(router_dtype), gw)) < 1e-2

@@ -58,6 +58,15 @@ CHILD = textwrap.dedent("""
     out["qknorm_rope_store"] = max((q - rq).abs().max().item(), (k - rk).abs().max().item(),
                                    (kc[loc].view(5, 32) - rk).abs().max().item(),
                                    (vc[loc].view(5, 32) - v).abs().max().item())
+    from jackfield.kernels.router import rmsnorm_router
+    errs = []
+    for rows, e in ((1, 12), (3, 64)):
+        x, r, gw = torch.randn(rows, 2048), torch.randn(rows, 2048), torch.randn(e, 2048) / 40
+        norm = RMSNorm(2048, 1e-6, torch.float32, "cpu"); norm.weight.data = torch.randn(2048)
+        h, s, logits = rmsnorm_router(x, r, norm.weight, 1e-6, gw)
+        errs += [(h - norm._norm(x + r)).abs().max().item(), (s - (x + r)).abs().max().item(),
+                 (logits - F.linear(norm._norm(x + r), gw)).abs().max().item()]
+    out["rmsnorm_router"] = max(errs)
     from jackfield.kernels.gemv import CANDIDATES, gemv
     w, b, xr = torch.randn(37, 2048), torch.randn(37), torch.randn(1, 2048)
     out["gemv"] = max((gemv(xr, w, bias, cfg) - F.linear(xr, w, bias)).abs().max().item()
@@ -95,7 +104,7 @@ def errors():
 
 
 @pytest.mark.parametrize("name", ["rmsnorm_residual", "rmsnorm", "silu_and_mul", "rope", "rope_store",
-                                  "qknorm_rope_store", "gemv",
+                                  "qknorm_rope_store", "rmsnorm_router", "gemv",
                                   "gemv_add_rmsnorm", "gemv_rmsnorm", "gemv_silu_mul", "store_kv"])
 def test_fused_kernel_matches_torch(errors, name):
-    assert errors[name] < 2e-4 if name.startswith("gemv") else errors[name] < 1e-5, errors
+    assert errors[name] < 2e-4 if name.startswith(("gemv", "rmsnorm_router")) else errors[name] < 1e-5, errors
