@@ -10,7 +10,11 @@ the first N layers of the config (a shorter run; the limit is computed for the s
 
     python benchmarks/moe_decode_limit.py --model benchmarks/configs/qwen3-30b-a3b.json \\
         --batch-size 1 64 --out benchmarks/results/moe-decode-limit.json [--layers 48] \\
-        [--moe-backend auto] [--attention-backend auto] [--input-len 128] [--output-len 128]
+        [--moe-backend auto] [--attention-backend auto] [--input-len 128] [--output-len 128] \\
+        [--quantization fp8]
+
+With `--quantization fp8` the dummy weights are quantized on load (the experts block-wise); the
+bytes of a step are those of the stored codes and scales.
 """
 from __future__ import annotations
 
@@ -62,6 +66,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--moe-backend", default="auto")
     ap.add_argument("--attention-backend", default="auto")
+    ap.add_argument("--quantization", default="auto", help="a quantization method (fp8: weights quantized on load)")
     args = ap.parse_args()
     bandwidth = copy_gbps(1 << 30)
     print(f"copy bandwidth: {bandwidth:.0f} GB/s", flush=True)
@@ -73,7 +78,7 @@ def main() -> None:
             "max_total_tokens": top * (args.input_len + args.output_len) + 4096, "max_running_requests": top,
             "cuda_graph_max_bs": top, "chunked_prefill_size": max(top * args.input_len, 2048),
             "max_prefill_tokens": max(top * args.input_len, 16384), "disable_radix_cache": True,
-            "mem_fraction_static": 0.9}).settings
+            "mem_fraction_static": 0.9, "quantization": args.quantization}).settings
         sched, info = build_scheduler(settings, progress=False)
     runner, config = sched.runner, sched.runner.config
     kv_per_token = runner.kv_layout.bytes_per_token(config.num_layers, runner.dtype)
