@@ -128,7 +128,7 @@ def main() -> None:
               f"({total / 1e9:.2f} GB/step, {parts['experts_touched_per_layer']:.1f} experts/layer)  "
               f"= {row['fraction_of_limit']:.1%}", flush=True)
         if args.profile and runner.graph_runner is not None and bs in runner.graph_runner.graphs:
-            row["graph"] = graph_profile(runner, bs, parts, bandwidth, got["decode_s"] / (got["forward_steps"] - 1))
+            row["graph"] = graph_profile(runner, bs, parts, bandwidth, bs / got["decode_tok_per_s"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
