@@ -54,15 +54,16 @@ class SelfAttention(nn.Module):
 
     def _attend(self, positions: torch.Tensor, qkv: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        if self.qk_norm:
-            t = q.shape[0]
-            q = self.q_norm(q.reshape(t, -1, self.head_dim)).reshape(t, -1)
-            k = self.k_norm(k.reshape(t, -1, self.head_dim)).reshape(t, -1)
         backend = fb.attn_backend
+        norms = (self.q_norm, self.k_norm) if self.qk_norm else None
         if backend.kv_stored_by_pool and self.rotary.forward_and_store(positions, q, k, v, fb.kv_pool,
-                                                                      self.info.layer_id, fb.out_cache_loc):
+                                                                      self.info.layer_id, fb.out_cache_loc, norms):
             out = backend.forward(q, k, v, self.info, fb, save_kv=False)  # q: a row-strided view of qkv
         else:
+            if self.qk_norm:
+                t = q.shape[0]
+                q = self.q_norm(q.reshape(t, -1, self.head_dim)).reshape(t, -1)
+                k = self.k_norm(k.reshape(t, -1, self.head_dim)).reshape(t, -1)
             q, k = self.rotary(positions, q, k)
             out = backend.forward(q, k, v.contiguous(), self.info, fb)
         return self.o_proj(out)
