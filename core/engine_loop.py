@@ -43,6 +43,7 @@ class EngineInfo:
     lora_adapters: tuple = ()  # the LoRA adapters loaded at start (dicts of LoRAAdapter.describe); () when off
     lora_enabled: bool = False
     embedding: EmbeddingSpec = EmbeddingSpec()  # how embeddings are pooled; is_embedding: generation refused
+    ranks: tuple = ()  # tensor parallelism: per rank, what it holds (heads, KV heads, experts, KV tokens); () on one rank
 
 
 def load_tokenizer(settings: Settings, model_dir: Path):
@@ -55,14 +56,20 @@ def load_tokenizer(settings: Settings, model_dir: Path):
 def build_scheduler(settings: Settings, progress: bool = True) -> tuple[Scheduler, EngineInfo]:
     setup = setup_runtime(settings)
     tokenizer = load_tokenizer(settings, setup.source.path)
-    runner = ModelRunner(setup, progress=progress, draft_memory=draft_memory(settings))
+    layout = ()
+    if settings.tp_size > 1 or settings.ep_size > 1:  # this process is rank 0 (jackfield.distributed)
+        from jackfield.distributed.ranks import start_rank_zero
+
+        runner, layout = start_rank_zero(settings, setup, progress)
+    else:
+        runner = ModelRunner(setup, progress=progress, draft_memory=draft_memory(settings))
     decoder = build_decoder(setup, runner)
     info = EngineInfo(settings, setup.model_config, setup.source.origin, str(runner.device),
                       str(runner.dtype).removeprefix("torch."), {k: c.as_dict() for k, c in setup.choices.items()},
                       runner.max_total_tokens, runner.max_running_requests, runner.context_len, runner.weight_bytes,
                       str(runner.kv_dtype).removeprefix("torch."),
                       tuple(runner.lora.describe()) if runner.lora is not None else (), runner.lora is not None,
-                      setup.embedding)
+                      setup.embedding, tuple(layout))
     sched = Scheduler(runner, tokenizer, decoder)
     sched.pm = setup.pm
     return sched, info

@@ -57,6 +57,7 @@ def init_dummy_weights(model: torch.nn.Module, seed: int) -> None:
 
     linears = {name: m for name, m in model.named_modules() if isinstance(getattr(m, "method", None), LinearMethod)}
     with torch.no_grad():
+        modules = dict(model.named_modules())
         for name, p in model.named_parameters():
             owner, _, pname = name.rpartition(".")
             if owner in linears and pname != "bias":
@@ -64,11 +65,20 @@ def init_dummy_weights(model: torch.nn.Module, seed: int) -> None:
             if name.endswith("norm.weight") or "layernorm" in name:
                 p.fill_(1.0)
                 continue
+            full = getattr(modules.get(owner), "dummy_full_shape", None)
+            if full is not None and pname == "weight":  # vocab-parallel: this rank's rows of one draw
+                p.copy_(modules[owner].rank_float_weight(
+                    torch.empty(full, device=p.device).uniform_(-0.02, 0.02, generator=gen(p.device))))
+                continue
             p.uniform_(-0.02, 0.02, generator=gen(p.device))
         for module in linears.values():
             device = next(t.device for t in list(module.parameters()) + list(module.buffers()))
-            w = torch.empty(module.out_features, module.in_features, device=device)
-            module.method.load_float(module, w.uniform_(-0.02, 0.02, generator=gen(device)))
+            # the whole layer's weight, drawn alike on every rank; a tensor-parallel layer keeps its part
+            shape = getattr(module, "dummy_full_shape", None) or (getattr(module, "full_out_features", module.out_features),
+                                                                  getattr(module, "full_in_features", module.in_features))
+            w = torch.empty(shape, device=device)
+            w = w.uniform_(-0.02, 0.02, generator=gen(device))
+            module.method.load_float(module, module.rank_float_weight(w) if hasattr(module, "rank_float_weight") else w)
     for module in model.modules():
         finish = getattr(module, "process_weights_after_loading", None)
         if finish is not None:

@@ -416,6 +416,7 @@ class Scheduler:
         if self.worker is not None:
             self.worker.close()
         self.grammars.close()
+        self.runner.close()  # tensor parallelism: releases the follower ranks
 
     # ---- outputs ------------------------------------------------------------------------------
     def _req_output(self, r: Req) -> ReqOutput:
