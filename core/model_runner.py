@@ -114,6 +114,9 @@ class ModelRunner:
         if cfg.num_experts and moe and moe.info and not moe.info.cls.supports_cuda_graph:
             graphs_ok = False
             log.info("decode CUDA graphs are off: MoE dispatcher '%s' does not support them", moe.info.cls.name)
+        if cfg.num_experts and s.ep_size > 1:
+            graphs_ok = False
+            log.info("decode CUDA graphs are off: expert parallelism reads the all-to-all split sizes on the host")
         if self.device.type == "cuda" and not s.disable_cuda_graph and self.attn_backend.supports_cuda_graph and graphs_ok:
             from jackfield.cuda_graph import CudaGraphRunner
 

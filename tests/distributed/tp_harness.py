@@ -51,3 +51,10 @@ def expected_table(ref: dict) -> tuple[torch.Tensor, torch.Tensor]:
     prompt = torch.stack([lp[i - 1, seq[i]] for i in range(1, n)])
     chosen = torch.stack([lp[i - 1, seq[i]] for i in range(n, len(seq))])
     return prompt, chosen
+
+
+def save_moe(name: str, directory: Path):
+    """A tiny MoE of tests/engine/moe_harness.py (8 experts, 4 heads over 2 KV heads)."""
+    from moe_harness import MOE, save_tiny_moe
+
+    return save_tiny_moe(MOE[name], directory)
