@@ -47,6 +47,10 @@ def check_layout(settings: Settings, layout: ParallelLayout, setup) -> None:
     layout.check(visible)
     latent = setup.choices["model"].info.cls.kv_layout(setup.model_config).v_in_k
     layout.check_model(setup.model_config, latent, settings)
+    quant = setup.choices["quantization"].info.cls
+    if layout.enabled and not quant.supports_tensor_parallel:
+        raise LayoutError(f"the quantization method '{quant.name}' does not support tensor parallelism (tp_size "
+                          f"{layout.tp_size}); choose another with --quantization")
 
 
 def describe_rank(runner) -> dict:

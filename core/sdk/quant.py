@@ -140,6 +140,10 @@ class QuantizationMethod(Component):
     `None` in the tuple means plain unquantized checkpoints."""
     converts_on_load: ClassVar[bool] = False
     """True when the method can quantize a plain checkpoint at load time (online quantization)."""
+    supports_tensor_parallel: ClassVar[bool] = True
+    """Can its layers be cut for tensor parallelism (LinearMethod.shard_dims names how)? The
+    conformance kit checks that column and row cuts recombine to the whole layer; a method whose
+    checkpoint tensors cannot be cut sets False, and tp_size > 1 with it is a startup error."""
     max_relative_error: ClassVar[float] = 1e-5
     """The method's accuracy promise: the largest relative Frobenius error ‖y − y_ref‖ / ‖y_ref‖ of
     a linear layer's output, y_ref being the float32 layer with the same unquantized weights, on
