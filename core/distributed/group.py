@@ -96,6 +96,9 @@ def join(layout: ParallelLayout, rank: int, addr: str, device: torch.device, dea
     kwargs = {"device_id": device} if device.type == "cuda" and device.index is not None else {}
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout, **kwargs)
     cpu_group = dist.new_group(backend="gloo", timeout=IDLE_WAIT)
+    if backend == "nccl":  # create the communicator now: a first collective inside a CUDA-graph capture cannot
+        dist.all_reduce(torch.zeros(1, device=device))
+        torch.cuda.synchronize(device)
     return RankGroup(rank, layout, ParallelGroup(rank, world, dist.group.WORLD), cpu_group)
 
 

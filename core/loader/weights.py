@@ -65,20 +65,20 @@ def init_dummy_weights(model: torch.nn.Module, seed: int) -> None:
             if name.endswith("norm.weight") or "layernorm" in name:
                 p.fill_(1.0)
                 continue
-            full = getattr(modules.get(owner), "dummy_full_shape", None)
-            if full is not None and pname == "weight":  # vocab-parallel: this rank's rows of one draw
-                p.copy_(modules[owner].rank_float_weight(
-                    torch.empty(full, device=p.device).uniform_(-0.02, 0.02, generator=gen(p.device))))
+            whole = getattr(modules.get(owner), "dummy_shapes", {}).get(pname)
+            if whole is not None:  # a tensor-/expert-parallel part: this rank's part of one whole draw
+                full = torch.empty(whole, dtype=p.dtype, device=p.device).uniform_(-0.02, 0.02, generator=gen(p.device))
+                p.copy_(modules[owner].dummy_part(pname, full))
                 continue
             p.uniform_(-0.02, 0.02, generator=gen(p.device))
         for module in linears.values():
             device = next(t.device for t in list(module.parameters()) + list(module.buffers()))
             # the whole layer's weight, drawn alike on every rank; a tensor-parallel layer keeps its part
-            shape = getattr(module, "dummy_full_shape", None) or (getattr(module, "full_out_features", module.out_features),
+            shape = getattr(module, "dummy_shapes", {}).get("weight") or (getattr(module, "full_out_features", module.out_features),
                                                                   getattr(module, "full_in_features", module.in_features))
             w = torch.empty(shape, device=device)
             w = w.uniform_(-0.02, 0.02, generator=gen(device))
-            module.method.load_float(module, module.rank_float_weight(w) if hasattr(module, "rank_float_weight") else w)
+            module.method.load_float(module, module.dummy_part("weight", w) if hasattr(module, "dummy_part") else w)
     for module in model.modules():
         finish = getattr(module, "process_weights_after_loading", None)
         if finish is not None:

@@ -21,3 +21,17 @@ def test_expert_parallel_matches_transformers(arch, tmp_path, monkeypatch):
     assert result["token_ids"] == ref["tokens"]
     for got, want in zip(logprob_table(result), expected_table(ref)):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_dummy_weights_are_the_same_model_at_any_size(tmp_path, monkeypatch):
+    """`--load-format dummy` draws every weight whole on each rank and keeps the rank's part (vocab
+    rows, head and MLP slices, experts), so TP 2 / EP 2 runs the very model one rank runs."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    save_moe("mixtral", tmp_path)
+    runs = []
+    for sizes in ({}, {"tp_size": 2, "ep_size": 2}):
+        with Engine(str(tmp_path), load_format="dummy", moe_backend="torch_native", **sizes, **ENGINE) as engine:
+            runs.append(run(engine))
+    assert runs[1]["token_ids"] == runs[0]["token_ids"]
+    for got, want in zip(logprob_table(runs[1]), logprob_table(runs[0])):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

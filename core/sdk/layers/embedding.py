@@ -29,6 +29,10 @@ class VocabShard:
             raise ValueError(f"shape {tuple(full.shape)} does not fit a vocabulary of {self.vocab_size}")
         return full[self.start:self.start + self.rows]
 
+    def padded_part(self, full: torch.Tensor) -> torch.Tensor:
+        """`part`, padded with zero rows to the `local` rows every rank holds."""
+        return F.pad(self.part(full), (0, 0, 0, self.local - self.rows))
+
     def copy_into(self, param: torch.Tensor, full: torch.Tensor) -> None:
         part = self.part(full)
         if tuple(part.shape[1:]) != tuple(param.shape[1:]):
@@ -42,14 +46,14 @@ class VocabEmbedding(nn.Module):
         super().__init__()
         self.shard = VocabShard(vocab_size, tp)
         self.tp = tp
-        self.dummy_full_shape = (vocab_size, hidden_size)
+        self.dummy_shapes = {"weight": (vocab_size, hidden_size)}  # random weights: drawn whole, then cut
         self.weight = nn.Parameter(torch.zeros(self.shard.local, hidden_size, dtype=dtype, device=device))
 
     def weight_loader(self, param_name: str, tensor: torch.Tensor, shard_id=None) -> None:
         self.shard.copy_into(self.weight, tensor)
 
-    def rank_float_weight(self, full: torch.Tensor) -> torch.Tensor:
-        return F.pad(self.shard.part(full), (0, 0, 0, self.shard.local - self.shard.rows))
+    def dummy_part(self, param_name: str, full: torch.Tensor) -> torch.Tensor:
+        return self.shard.padded_part(full)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if not self.tp.enabled:
@@ -72,7 +76,7 @@ class LMHead(nn.Module):
         super().__init__()
         self.tied_to, self.method, self.vocab_size = tied_to, method, vocab_size
         self.shard, self.tp = VocabShard(vocab_size, tp), tp
-        self.dummy_full_shape = (vocab_size, hidden_size)
+        self.dummy_shapes = {"weight": (vocab_size, hidden_size)}
         if method is not None:
             method.create_weights(self, hidden_size, self.shard.local, False, dtype, device)
         elif tied_to is None:
@@ -84,8 +88,8 @@ class LMHead(nn.Module):
         else:
             self.method.load(self, param_name, self.shard.part(tensor), 0, self.shard.rows)
 
-    def rank_float_weight(self, full: torch.Tensor) -> torch.Tensor:
-        return F.pad(self.shard.part(full), (0, 0, 0, self.shard.local - self.shard.rows))
+    def dummy_part(self, param_name: str, full: torch.Tensor) -> torch.Tensor:
+        return self.shard.padded_part(full)
 
     def process_weights_after_loading(self) -> None:
         if self.method is not None:

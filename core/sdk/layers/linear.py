@@ -73,9 +73,9 @@ class Linear(nn.Module):
                 tensor = torch.zeros_like(tensor)  # the summed partial outputs get the bias once
         return tensor
 
-    def rank_float_weight(self, full: torch.Tensor) -> torch.Tensor:
+    def dummy_part(self, param_name: str, full: torch.Tensor) -> torch.Tensor:
         """This rank's rows and columns of a float weight of the whole layer [sum(out_sizes), in]
-        (random weights of `--load-format dummy`, equal on every rank)."""
+        (random weights of `--load-format dummy`, drawn alike on every rank)."""
         if self.parallel == "row":
             return full[:, self.in_start:self.in_start + self.in_features]
         if self.parallel != "column":

@@ -53,6 +53,12 @@ class FusedExperts(nn.Module):
         self.method.create_weights(self, self.count, config.hidden_size, config.intermediate_size,
                                    ctx.dtype, ctx.device)
         self.prepared: ExpertWeights | None = None
+        if self.count != config.num_experts:  # random weights: every rank draws all experts and keeps its own
+            self.dummy_shapes = {name: (config.num_experts, *p.shape[1:]) for name, p in self.named_parameters()
+                                 if p.shape[:1] == (self.count,)}
+
+    def dummy_part(self, param_name: str, full: torch.Tensor) -> torch.Tensor:
+        return full[self.first:self.first + self.count]
 
     def weight_loader(self, param_name: str, tensor: torch.Tensor, shard) -> None:
         """Under expert parallelism (the dispatcher's `first`, `local`) this rank keeps its experts only."""
