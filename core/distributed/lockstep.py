@@ -10,7 +10,7 @@ Only rank 0 samples: the LM head all-gathers the logits, and the followers drop 
 from __future__ import annotations
 
 import dataclasses
-import logging
+import math
 
 import torch
 
@@ -19,7 +19,6 @@ from jackfield.sdk.forward_batch import ForwardBatch
 from jackfield.sdk.kv_cache import KVLayout
 from jackfield.sdk.parallel import tp_kv_heads
 
-log = logging.getLogger(__name__)
 TENSORS = ("input_ids", "positions", "req_pool_indices", "seq_lens", "out_cache_loc", "extend_prefix_lens",
            "extend_seq_lens", "extend_start_loc", "tree_mask", "tree_mask_indptr", "logits_indices")
 VALUES = ("mode", "batch_size", "seq_lens_cpu", "extend_prefix_lens_cpu", "extend_seq_lens_cpu")
@@ -45,55 +44,72 @@ def _moved(obj, device):
 
 
 class BatchBroadcaster:
-    """Rank 0's side: `send` each batch before running it, `stop` once at shutdown."""
+    """Rank 0's side: `send` each batch before running it, `stop` once at shutdown.
+
+    A batch goes out in two broadcasts: its host values (mode, sizes, the host copies of the
+    lengths, each tensor's shape and dtype) as one object over the gloo control group, then every
+    tensor and the batch's request-to-token rows packed into one int64 tensor over the layers' group
+    (NCCL on GPU: ordered on the forward's stream, no host sync, so overlap scheduling keeps working)."""
 
     def __init__(self, group: RankGroup, req_to_token: torch.Tensor):
         self.group, self.req_to_token = group, req_to_token
         self.stopped = False
 
-    def _broadcast(self, msg) -> None:
+    def send(self, fb: ForwardBatch, readout=None) -> None:
         import torch.distributed as dist
 
-        dist.broadcast_object_list([msg], src=0, group=self.group.cpu_group)
-
-    def send(self, fb: ForwardBatch, readout=None) -> None:
-        cpu = torch.device("cpu")
+        tensors = {name: getattr(fb, name) for name in TENSORS if getattr(fb, name) is not None}
         width = max(fb.seq_lens_cpu) if fb.seq_lens_cpu else int(fb.seq_lens.max()) if fb.batch_size else 0
-        msg = {name: _moved(getattr(fb, name), cpu) for name in TENSORS}
-        msg.update({name: getattr(fb, name) for name in VALUES})
-        msg["table"] = self.req_to_token[fb.req_pool_indices.long(), :width].cpu()
-        msg["readout"] = _moved(readout, cpu)
-        self._broadcast(msg)
+        table = self.req_to_token[fb.req_pool_indices.long(), :width]
+        meta = {name: getattr(fb, name) for name in VALUES}
+        meta["tensors"] = {name: (tuple(t.shape), t.dtype) for name, t in tensors.items()}
+        meta["table"] = (tuple(table.shape), table.dtype)
+        meta["readout"] = _moved(readout, torch.device("cpu"))
+        dist.broadcast_object_list([meta], src=0, group=self.group.cpu_group)
+        packed = torch.cat([t.reshape(-1).to(torch.int64) for t in (*tensors.values(), table)])
+        dist.broadcast(packed, src=0, group=self.group.tp.group)
 
     def stop(self) -> None:
         """Release the followers (they return from `follow`)."""
+        import torch.distributed as dist
+
         if not self.stopped:
             self.stopped = True
-            self._broadcast(None)
+            dist.broadcast_object_list([None], src=0, group=self.group.cpu_group)
+
+
+def receive(group: RankGroup, device: torch.device) -> tuple[dict, dict, torch.Tensor] | None:
+    """A follower's side of `send`: (host values, tensors by name, request-to-token rows), or None
+    when rank 0 stopped."""
+    import torch.distributed as dist
+
+    box = [None]
+    dist.broadcast_object_list(box, src=0, group=group.cpu_group)
+    meta = box[0]
+    if meta is None:
+        return None
+    shapes = [*meta["tensors"].values(), meta["table"]]
+    sizes = [math.prod(shape) for shape, _ in shapes]
+    packed = torch.empty(sum(sizes), dtype=torch.int64, device=device)
+    dist.broadcast(packed, src=0, group=group.tp.group)
+    parts = [p.view(shape).to(dtype) for p, (shape, dtype) in zip(packed.split(sizes), shapes)]
+    return meta, dict(zip(meta["tensors"], parts)), parts[-1]
 
 
 def follow(runner, group: RankGroup) -> int:
     """A follower rank's loop: receive rank 0's batches and run them on `runner` until rank 0
     stops; returns the number of forwards run."""
-    import torch.distributed as dist
-
     dev, table = runner.device, runner.req_to_token_pool.req_to_token
     count = 0
-    while True:
-        box = [None]
-        dist.broadcast_object_list(box, src=0, group=group.cpu_group)
-        msg = box[0]
-        if msg is None:
-            return count
-        rows = msg["req_pool_indices"].long()
-        width = msg["table"].shape[1]
-        if width:
-            table[rows.to(dev), :width] = msg["table"].to(dev)
-        fields = {name: _moved(msg[name], dev) for name in TENSORS}
-        fields.update({name: msg[name] for name in VALUES})
-        fb = ForwardBatch(req_to_token=table, kv_pool=runner.kv_pool, attn_backend=runner.attn_backend, **fields)
-        if msg["readout"] is not None:
-            runner.forward_reading(fb, _moved(msg["readout"], dev))
+    while (batch := receive(group, dev)) is not None:
+        meta, tensors, rows = batch
+        if rows.numel():
+            table[tensors["req_pool_indices"].long(), :rows.shape[1]] = rows
+        fb = ForwardBatch(req_to_token=table, kv_pool=runner.kv_pool, attn_backend=runner.attn_backend,
+                          **{name: meta[name] for name in VALUES}, **tensors)
+        if meta["readout"] is not None:
+            runner.forward_reading(fb, _moved(meta["readout"], dev))
         else:
             runner.forward(fb)
         count += 1
+    return count
