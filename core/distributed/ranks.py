@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -140,6 +142,8 @@ def run_rank(settings: Settings, rank: int, addr: str | None) -> None:
     from jackfield.server.ipc import setup_child
 
     setup_child(f"rank{rank}", settings.log_level)
+    # a follower holds no state worth saving, and SIGTERM may find it blocked inside a collective
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     layout = ParallelLayout.of(settings)
     try:
         device = rank_device(settings, layout, rank)
