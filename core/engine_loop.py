@@ -53,14 +53,17 @@ def load_tokenizer(settings: Settings, model_dir: Path):
     return Tokenizer.load(path) if path else None
 
 
-def build_scheduler(settings: Settings, progress: bool = True) -> tuple[Scheduler, EngineInfo]:
+def build_scheduler(settings: Settings, progress: bool = True,
+                    devices: tuple[int, ...] = ()) -> tuple[Scheduler, EngineInfo]:
+    """The scheduler over a loaded model. With tp_size > 1 this process becomes rank 0 and starts
+    the node's other ranks on CUDA `devices` (one index per rank; default 0, 1, ...)."""
     setup = setup_runtime(settings)
     tokenizer = load_tokenizer(settings, setup.source.path)
     layout = ()
     if settings.tp_size > 1 or settings.ep_size > 1:  # this process is rank 0 (jackfield.distributed)
         from jackfield.distributed.ranks import start_rank_zero
 
-        runner, layout = start_rank_zero(settings, setup, progress)
+        runner, layout = start_rank_zero(settings, setup, progress, devices)
     else:
         runner = ModelRunner(setup, progress=progress, draft_memory=draft_memory(settings))
     decoder = build_decoder(setup, runner)

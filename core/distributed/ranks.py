@@ -95,10 +95,10 @@ def build_rank_runner(setup, group: RankGroup, progress: bool):
 class Followers:
     """Node 0's follower rank processes, started by rank 0."""
 
-    def __init__(self, settings: Settings, ranks: range, addr: str):
+    def __init__(self, settings: Settings, layout: ParallelLayout, addr: str):
         ctx = mp.get_context("spawn")
-        self.procs = [ctx.Process(target=run_rank, args=(settings, r, addr), name=f"jackfield-rank{r}", daemon=True)
-                      for r in ranks]
+        self.procs = [ctx.Process(target=run_rank, args=(settings, r, addr, layout), name=f"jackfield-rank{r}",
+                                  daemon=True) for r in layout.node_ranks[1:]]
         for p in self.procs:
             p.start()
 
@@ -118,13 +118,17 @@ class Followers:
                 p.join(STOP_TIMEOUT_S)
 
 
-def start_rank_zero(settings: Settings, setup, progress: bool = True):
+def start_rank_zero(settings: Settings, setup, progress: bool = True, devices: tuple[int, ...] = ()):
     """Rank 0's side of startup: check the sizes, start node 0's other ranks, meet every rank,
-    build rank 0's runner. Returns the runner (its `followers` set) and the layout report."""
-    layout = ParallelLayout.of(settings)
+    build rank 0's runner. Returns the runner (its `followers` set) and the layout report.
+
+    `devices`: the CUDA device index of each of node 0's ranks (default 0 .. ranks per node - 1),
+    so that several engines share a node (data parallelism: replica k on its own devices). Without
+    --dist-init-addr the ranks meet at a free loopback port, one per engine."""
+    layout = ParallelLayout.of(settings, devices)
     check_layout(settings, layout, setup)
     addr = layout.dist_init_addr or free_loopback_addr()
-    followers = Followers(settings, layout.node_ranks[1:], addr)
+    followers = Followers(settings, layout, addr)
     try:
         group = join(layout, 0, addr, rank_device(settings, layout, 0), followers.dead)
         runner, report = build_rank_runner(replace(setup, device=rank_device(settings, layout, 0)), group, progress)
@@ -135,7 +139,7 @@ def start_rank_zero(settings: Settings, setup, progress: bool = True):
     return runner, report
 
 
-def run_rank(settings: Settings, rank: int, addr: str | None) -> None:
+def run_rank(settings: Settings, rank: int, addr: str | None, layout: ParallelLayout) -> None:
     """A follower rank's process: check, meet, build this rank's model, follow rank 0."""
     from jackfield.distributed.lockstep import follow
     from jackfield.runtime_setup import setup_runtime
@@ -144,7 +148,6 @@ def run_rank(settings: Settings, rank: int, addr: str | None) -> None:
     setup_child(f"rank{rank}", settings.log_level)
     # a follower holds no state worth saving, and SIGTERM may find it blocked inside a collective
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    layout = ParallelLayout.of(settings)
     try:
         device = rank_device(settings, layout, rank)
         if device.type == "cpu":
@@ -172,7 +175,7 @@ def run_node(settings: Settings) -> int:
     print(f"jackfield: node {layout.node_rank} of {layout.nnodes}: ranks {layout.node_ranks.start}.."
           f"{layout.node_ranks.stop - 1} joining {layout.dist_init_addr}", flush=True)
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=run_rank, args=(settings, r, None), name=f"jackfield-rank{r}")
+    procs = [ctx.Process(target=run_rank, args=(settings, r, None, layout), name=f"jackfield-rank{r}")
              for r in layout.node_ranks]
     for p in procs:
         p.start()
