@@ -69,6 +69,9 @@ class CompressedInt4LinearMethod(Int4LinearMethod):
                 raise ValueError(f"zero-point shard at rows {shard_offset}..{shard_offset + shard_size} is not 8-aligned")
             return super().load_checkpoint_tensor(layer, param_name, tensor, shard_offset // 8, shard_size // 8)
         if param_name == "weight_g_idx":
+            if getattr(layer, "parallel", None) == "row":
+                raise ValueError("an act-order (actorder: group) checkpoint cannot be cut by input columns for "
+                                 "tensor parallelism (weight_g_idx names the whole layer's groups)")
             return load_shared(layer.weight_g_idx, tensor, "weight_g_idx")
         return super().load_checkpoint_tensor(layer, param_name, tensor, shard_offset, shard_size)
 

@@ -48,6 +48,9 @@ class GptqLinearMethod(Int4LinearMethod):
             if shard_offset % 8 or shard_size % 8:
                 raise ValueError(f"GPTQ shard at rows {shard_offset}..{shard_offset + shard_size} is not 8-aligned")
             return load_columns(layer.qzeros, tensor, shard_offset // 8, shard_size // 8)
+        if self.scheme.act_order and getattr(layer, "parallel", None) == "row":
+            raise ValueError("an act-order (desc_act) GPTQ checkpoint cannot be cut by input columns for tensor "
+                             "parallelism (g_idx names the whole layer's groups)")
         return load_shared(layer.g_idx, tensor, "g_idx")
 
     def float_tensors(self, weight):
