@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from test_e2e_backends import PROMPTS, _compare
+from test_e2e_backends import PROMPTS, _compare, _run as run_backend
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
                                                   reason="needs 2 CUDA devices")]
@@ -15,17 +15,7 @@ CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "con
 
 
 def _run(config: str, prompts=PROMPTS, **kw) -> list[dict]:
-    from jackfield import Engine
-
-    eng = Engine(model=os.path.join(CONFIGS, config), load_format="dummy", attention_backend="triton",
-                 max_total_tokens=32768, max_running_requests=8, cuda_graph_max_bs=8, seed=1, **kw)
-    try:
-        return eng.generate(prompts, {"temperature": 0, "max_new_tokens": 64, "ignore_eos": True, "logprobs": True,
-                                      "top_logprobs_num": 5})
-    finally:
-        eng.shutdown()
-        del eng
-        torch.cuda.empty_cache()
+    return run_backend("triton", os.path.join(CONFIGS, config), prompts, **kw)
 
 
 @pytest.mark.parametrize("config", ["llama-1b.json", "llama-3.1-8b.json"])

@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import torch
 
-from jackfield.sdk.moe import ExpertWeights, MoEConfig
+from jackfield.sdk.moe import ExpertWeights, MoEConfig, route
 from jackfield.sdk.parallel import ParallelGroup
 
 
@@ -34,7 +34,9 @@ class ExpertParallel:
 
     def __init__(self, dispatcher_cls, config: MoEConfig, ep: ParallelGroup):
         self.first, self.local = ep.split(config.num_experts, "experts")
-        self.inner = dispatcher_cls(replace(config, num_experts=self.local))
+        # the inner dispatcher runs (token, expert) pairs one at a time: k = 1 over the local experts
+        routing = replace(config.routing, top_k=1, num_groups=1, topk_groups=1)
+        self.inner = dispatcher_cls(replace(config, num_experts=self.local, routing=routing))
         self.config, self.ep = config, ep
         self.name, self.weight_formats = self.inner.name, self.inner.weight_formats
 
@@ -49,7 +51,7 @@ class ExpertParallel:
         import torch.distributed as dist
 
         group, size = self.ep.group, self.ep.size
-        topk_weights, topk_ids = self.inner.select_experts(router_logits, correction_bias)
+        topk_weights, topk_ids = route(router_logits, self.config.routing, correction_bias)
         total, k = topk_ids.shape
         chunk = -(-total // size)
         start, end = min(self.ep.rank * chunk, total), min((self.ep.rank + 1) * chunk, total)
