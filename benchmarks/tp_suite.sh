@@ -5,7 +5,8 @@
 #   tests      the 2-GPU tests: TP 2 = TP 1 over 64 greedy tokens on the 1B and 8B shapes, EP 2 on Qwen3-30B-A3B (~4 min)
 #   allreduce  NCCL all-reduce latency of [batch, 4096] bf16, eager and in a CUDA graph; per-token cost at 32 layers (~1 min)
 #   latency    8B shape, batch 1 (input 128, output 256): TP 1, then TP 2, same call (~3 min); goal TP 2 >= 1.6x
-#   offline    8B shape, 256 x (512 in, 256 out): one GPU, TP 2, and DP 2 when --dp-size exists (~6 min)
+#   offline    8B shape, 256 x (512 in, 256 out) in process (bench offline): one GPU, then TP 2 (~4 min); DP 2 needs
+#              a server (the in-process engine is one replica): benchmarks/dp_vs_tp.sh compares all three
 #   70b        70B shape (80 layers, hidden 8192, 64/8 heads, MLP 28672) at TP 2: bf16 (~65.7 GiB of weights per
 #              GPU), else fp8 weights (QUANT70=fp8); batch 1, then offline 64 x (512 in, 256 out) (~8 min)
 #   ep         Qwen3-30B-A3B shape at TP 2 / EP 2 vs one GPU: batch-1 decode and offline 256 x (512, 256) (~6 min)
@@ -40,7 +41,7 @@ if has latency; then
   done
 fi
 if has offline; then
-  for sizes in "--tp-size 1" "--tp-size 2" ${DP_SIZES:-"--dp-size 2"}; do
+  for sizes in "--tp-size 1" "--tp-size 2"; do
     tag=$(echo "$sizes" | tr -d ' -')
     run $JF bench offline --model $CFG8B --load-format dummy --attention-backend triton $sizes --num-prompts 256 \
       --input-len 512 --output-len 256 --max-running-requests 256 --cuda-graph-max-bs 256 --chunked-prefill-size 16384 \

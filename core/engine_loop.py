@@ -53,17 +53,22 @@ def load_tokenizer(settings: Settings, model_dir: Path):
     return Tokenizer.load(path) if path else None
 
 
-def build_scheduler(settings: Settings, progress: bool = True,
-                    devices: tuple[int, ...] = ()) -> tuple[Scheduler, EngineInfo]:
-    """The scheduler over a loaded model. With tp_size > 1 this process becomes rank 0 and starts
-    the node's other ranks on CUDA `devices` (one index per rank; default 0, 1, ...)."""
+def build_scheduler(settings: Settings, progress: bool = True, as_replica: bool = False) -> tuple[Scheduler, EngineInfo]:
+    """One engine's scheduler over its model runner. `as_replica`: built by a server's scheduler
+    process, one of its `dp_size` replicas; anywhere else (the offline Engine, the in-process
+    benchmarks) dp_size > 1 is refused, since only `jackfield serve` runs replicas. With tp_size > 1
+    this process becomes rank 0 and starts the node's other ranks (jackfield.distributed) on CUDA
+    devices 0 .. tp_size / nnodes - 1 of those it sees (a replica sees only its own)."""
+    if settings.dp_size > 1 and not as_replica:
+        raise ValueError(f"dp_size {settings.dp_size}: data parallelism runs replicas behind `jackfield serve "
+                         f"--dp-size {settings.dp_size}`; an in-process engine is one replica (dp_size 1)")
     setup = setup_runtime(settings)
     tokenizer = load_tokenizer(settings, setup.source.path)
     layout = ()
     if settings.tp_size > 1 or settings.ep_size > 1:  # this process is rank 0 (jackfield.distributed)
         from jackfield.distributed.ranks import start_rank_zero
 
-        runner, layout = start_rank_zero(settings, setup, progress, devices)
+        runner, layout = start_rank_zero(settings, setup, progress)
     else:
         runner = ModelRunner(setup, progress=progress, draft_memory=draft_memory(settings))
     decoder = build_decoder(setup, runner)

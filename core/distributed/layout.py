@@ -25,12 +25,11 @@ class ParallelLayout:
     node_rank: int = 0
     dist_init_addr: str | None = None
     timeout_s: float = 120.0
-    devices: tuple[int, ...] = ()  # CUDA device index of each of this node's ranks (unset: 0, 1, ...)
 
     @classmethod
-    def of(cls, settings: Settings, devices: tuple[int, ...] = ()) -> "ParallelLayout":
+    def of(cls, settings: Settings) -> "ParallelLayout":
         return cls(settings.tp_size, settings.ep_size, settings.nnodes, settings.node_rank, settings.dist_init_addr,
-                   settings.dist_timeout, tuple(devices))
+                   settings.dist_timeout)
 
     @property
     def enabled(self) -> bool:
@@ -47,8 +46,7 @@ class ParallelLayout:
 
     def local_index(self, rank: int) -> int:
         """The CUDA device index of `rank` on its node."""
-        local = rank % self.ranks_per_node
-        return self.devices[local] if self.devices else local
+        return rank % self.ranks_per_node
 
     def check(self, visible_devices: int | None) -> None:
         """The sizes against each other and the node's devices (None: CPU, any number of ranks)."""
@@ -65,11 +63,6 @@ class ParallelLayout:
                               f"on every node)")
         if self.dist_init_addr:
             split_addr(self.dist_init_addr)
-        if self.devices and len(self.devices) != self.ranks_per_node:
-            raise LayoutError(f"{len(self.devices)} devices {list(self.devices)} given for {self.ranks_per_node} ranks "
-                              f"per node (tp_size {self.tp_size} / nnodes {self.nnodes})")
-        if visible_devices is not None and self.devices and max(self.devices) >= visible_devices:
-            raise LayoutError(f"devices {list(self.devices)} but only {visible_devices} CUDA device(s) are visible")
         if visible_devices is not None and self.ranks_per_node > visible_devices:
             raise LayoutError(f"{self.ranks_per_node} ranks per node (tp_size {self.tp_size} / nnodes {self.nnodes}) "
                               f"but only {visible_devices} CUDA device(s) are visible on node {self.node_rank}")

@@ -118,14 +118,13 @@ class Followers:
                 p.join(STOP_TIMEOUT_S)
 
 
-def start_rank_zero(settings: Settings, setup, progress: bool = True, devices: tuple[int, ...] = ()):
+def start_rank_zero(settings: Settings, setup, progress: bool = True):
     """Rank 0's side of startup: check the sizes, start node 0's other ranks, meet every rank,
     build rank 0's runner. Returns the runner (its `followers` set) and the layout report.
 
-    `devices`: the CUDA device index of each of node 0's ranks (default 0 .. ranks per node - 1),
-    so that several engines share a node (data parallelism: replica k on its own devices). Without
-    --dist-init-addr the ranks meet at a free loopback port, one per engine."""
-    layout = ParallelLayout.of(settings, devices)
+    Without --dist-init-addr the ranks meet at a free loopback port, one per engine, so the
+    data-parallel replicas of one server (each a TP engine on its own devices) never meet."""
+    layout = ParallelLayout.of(settings)
     check_layout(settings, layout, setup)
     addr = layout.dist_init_addr or free_loopback_addr()
     followers = Followers(settings, layout, addr)
@@ -150,7 +149,7 @@ def run_rank(settings: Settings, rank: int, addr: str | None, layout: ParallelLa
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     try:
         device = rank_device(settings, layout, rank)
-        if device.type == "cpu":
+        if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # else set for each process already
             torch.set_num_threads(max(1, torch.get_num_threads() // layout.ranks_per_node))
         setup = replace(setup_runtime(settings), device=device)
         check_layout(settings, layout, setup)

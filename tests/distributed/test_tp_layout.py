@@ -80,10 +80,3 @@ def test_rank_zero_stops_waiting_when_a_local_rank_died():
         join(ParallelLayout(tp_size=2, timeout_s=30), 0, addr, torch.device("cpu"),
              dead=lambda: "rank process jackfield-rank1 exited with code 1")
 
-
-def test_device_list_must_fit_the_ranks():
-    with pytest.raises(LayoutError, match=r"1 devices \[3\] given for 2 ranks per node"):
-        ParallelLayout(tp_size=2, devices=(3,)).check(4)
-    with pytest.raises(LayoutError, match=r"devices \[2, 3\] but only 2 CUDA device\(s\) are visible"):
-        ParallelLayout(tp_size=2, devices=(2, 3)).check(2)
-    assert [ParallelLayout(tp_size=2, devices=(2, 3)).local_index(r) for r in (0, 1)] == [2, 3]
