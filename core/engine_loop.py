@@ -163,7 +163,9 @@ class EngineLoop:
                     msg = self._inbox.get_nowait()
                 except queue.Empty:
                     msg = None
-            if sched.has_work():
+            if sched.has_work() and sched.fatal is not None:  # the engine cannot go on: every request fails
+                self._dispatch(sched.abort_all(sched.fatal, status=500))
+            elif sched.has_work():
                 try:
                     self._dispatch(sched.step())
                 except Exception as exc:  # a failing forward fails the request at fault, not the engine

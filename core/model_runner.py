@@ -195,6 +195,16 @@ class ModelRunner:
         hidden = self._hidden(fb)
         return self._logits(hidden, fb), read_prompt(self.model, hidden, readout)
 
+    def abandon_ranks(self) -> None:
+        """After a failed forward under tensor parallelism (Scheduler.recover): kill node 0's other
+        ranks, which may be gone or stuck in a collective (another node's ranks fail in their next
+        collective); `close` then only leaves the process groups."""
+        if self.broadcaster is not None:
+            self.broadcaster.stopped = True
+        if self.followers is not None:
+            self.followers.kill()
+            self.followers = None
+
     def close(self) -> None:
         """Release the follower ranks (rank 0) and leave the process groups; idempotent."""
         if self.broadcaster is not None:

@@ -108,6 +108,13 @@ class Followers:
                 return f"rank process {p.name} exited with code {p.exitcode}"
         return None
 
+    def kill(self) -> None:
+        """End the ranks at once (after a failed forward: they may be stuck in a collective)."""
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+            p.join(STOP_TIMEOUT_S)
+
     def join(self) -> None:
         """Wait for the ranks to exit (they do once rank 0 stops them); kill what does not."""
         for p in self.procs:
