@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jackfield.kernels import fused_available
+from jackfield.sdk.layers.expert_parallel import expert_parallel
 from jackfield.sdk.layers.mlp import GatedMLP
 from jackfield.sdk.model import ModelBuildContext
 from jackfield.sdk.model_config import ModelConfig
@@ -52,12 +53,26 @@ class FusedExperts(nn.Module):
         if self.method.format not in dispatcher.weight_formats:
             raise ValueError(f"{prefix}: the MoE dispatcher '{dispatcher.name}' cannot run experts stored as "
                              f"'{self.method.format}' (it runs {', '.join(dispatcher.weight_formats)})")
-        self.method.create_weights(self, config.num_experts, config.hidden_size, config.intermediate_size,
+        self.first, self.count = getattr(dispatcher, "first", 0), getattr(dispatcher, "local", config.num_experts)
+        self.method.create_weights(self, self.count, config.hidden_size, config.intermediate_size,
                                    ctx.dtype, ctx.device)
         self.prepared: ExpertWeights | None = None
+        if self.count != config.num_experts:  # random weights: every rank draws all experts and keeps its own
+            self.dummy_shapes = {name: (config.num_experts, *p.shape[1:]) for name, p in self.named_parameters()
+                                 if p.shape[:1] == (self.count,)}
+
+    def dummy_part(self, param_name: str, full: torch.Tensor) -> torch.Tensor:
+        return full[self.first:self.first + self.count]
 
     def weight_loader(self, param_name: str, tensor: torch.Tensor, shard) -> None:
+        """Under expert parallelism (the dispatcher's `first`, `local`) this rank keeps its experts only."""
         expert, which = shard
+        if expert is None and self.count != tensor.shape[0]:  # every expert in one tensor
+            tensor = tensor[self.first:self.first + self.count]
+        elif expert is not None:
+            if not self.first <= expert < self.first + self.count:
+                return
+            expert -= self.first
         self.method.load(self, param_name, tensor, expert, which)
 
     def process_weights_after_loading(self) -> None:
@@ -73,7 +88,7 @@ class SparseMoE(nn.Module):
         super().__init__()
         if ctx.moe is None:
             raise ValueError(f"{prefix} is an expert layer, but no MoE dispatcher was selected (moe_backend)")
-        self.dispatcher: MoEDispatcher = ctx.moe(config)
+        self.dispatcher: MoEDispatcher = expert_parallel(ctx.moe, config, ctx.ep)
         self.gate = PlainLinear(config.hidden_size, config.num_experts, ctx, dtype=router_dtype)
         if config.routing.correction_bias:
             self.gate.e_score_correction_bias = nn.Parameter(
