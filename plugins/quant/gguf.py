@@ -138,6 +138,7 @@ class GGUF(QuantizationMethod):
     capabilities = Capabilities(devices=("cpu", "cuda"))
     description = ("Keep a GGUF file's quantized blocks; llama.cpp's ggml CPU kernels (int8 activations), "
                    "Triton dequantizing kernels on CUDA")
+    supports_tensor_parallel = False  # the blocks are not cut (tp_size > 1: --quantization unquantized dequantizes)
 
     @classmethod
     def availability(cls) -> Availability:
