@@ -35,13 +35,26 @@ class TritonOnCPU(TritonLoRA):  # the same kernels, run by Triton's CPU interpre
 
 TritonOnCPU.__module__ = TritonLoRA.__module__
 report = certify(TritonOnCPU, "cpu")
-print("REPORT " + json.dumps({"ok": report.ok, "passed": report.count("passed"), "text": report.format()}))
+
+# launches per wrapped layer in decode: one fused kernel while the grid fits, else shrink + expand
+import torch
+from jackfield.sdk import lora_batch
+from jackfield.testing.suites.lora import IN_FEATURES, QKV, kit_runtime, make_weights
+w = make_weights(QKV, [[8, 8, 8]] * 4, torch.float32, "cpu", seed=1)
+launches = {}
+for tokens in (1, 12):
+    backend = TritonOnCPU(kit_runtime(torch.float32, "cpu"))
+    backend.prepare(lora_batch([1] * tokens, [0] * tokens, torch.ones(4), decode=True))
+    backend.apply(w, torch.randn(tokens, IN_FEATURES), torch.zeros(tokens, 128))
+    launches[tokens] = [backend.decode.fused_launches, backend.decode.split_launches]
+print("REPORT " + json.dumps({"ok": report.ok, "passed": report.count("passed"), "text": report.format(),
+                              "launches": launches}))
 """
 
 
 def test_triton_kernels_pass_the_kit_in_the_interpreter():
-    """SGMV (prefill, mixed) and BGMV (decode: split-K shrink, then expand) in
-    float32 and float16; bfloat16 and CUDA graphs are left to the GPU run (tests/gpu/test_kit_cuda.py)."""
+    """SGMV (prefill, mixed) and BGMV (decode: the fused one-launch kernel for small batches, split-K
+    shrink then expand for larger ones) in float32 and float16; bfloat16 and CUDA graphs are left to the GPU run (tests/gpu/test_kit_cuda.py)."""
     pytest.importorskip("triton", reason="triton is not installed")
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
@@ -50,6 +63,8 @@ def test_triton_kernels_pass_the_kit_in_the_interpreter():
     result = json.loads(lines[-1][len("REPORT "):])
     assert result["ok"], result["text"]
     assert result["passed"] >= 12, result["text"]
+    # (fused, split) decode launches of one layer: 1 token fits the fused grid, 12 take two kernels
+    assert result["launches"] == {"1": [1, 0], "12": [0, 2]}, result["launches"]
 
 
 class ScalingIgnored(TorchNativeLoRA):
