@@ -200,6 +200,10 @@ def main(argv=None) -> int:
             print(summary(run, base), file=sys.stderr, flush=True)
             if args.output_file:  # after every run, so a cut-short command keeps what it measured
                 write_report(args.output_file, command, {"runs": runs})
+    if base is not None and base is not runs[0]:  # the base ran after some runs: their ratios now
+        for run in runs:
+            if run is not base:
+                print(summary(run, base), file=sys.stderr, flush=True)
     if not args.output_file:
         write_report(None, command, {"runs": runs})
     return 0
