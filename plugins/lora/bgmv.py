@@ -8,10 +8,14 @@ is kernels per layer and loads per program:
   token-major; each token has `n_slices * splits` shrink programs, then `tiles` expand programs. A
   shrink program (slice j, SPLIT_K columns of K) writes the float32 partial A_j x of its chunk to
   xa[split, tok] and bumps the token's arrival counter (release). An expand program (BLOCK_N output
-  columns across the layer's concatenated slices) loads its B tile and base output first, spins
+  columns across the layer's concatenated slices) loads its B tile and base output first, polls
   until every shrink of its token has arrived (acquire), sums the partials and adds its update. The
-  token's last expand program resets the counters, so every launch finds them at zero. An expand
-  program waits only for lower-numbered programs of its own token, which never wait.
+  token's last expand program takes the token's n_shrink arrivals back off the counter, so every
+  launch finds it at zero. An expand program waits only for lower-numbered programs of its own
+  token, which never wait; still, it never waits unbounded: after SPIN_LIMIT polls (a shrink not yet
+  scheduled: the grid not co-resident after all) it computes every partial of its token itself (the
+  same values a late shrink writes again) and counts a fallback; the late shrink's arrival then
+  nets the counter back to zero. The fallback is slow, never wrong, and never hangs.
 - **Two launches** otherwise (larger batches): the same shrink programs, then the expand programs.
 
 Prologues let a wrapped layer keep the base GEMV's fused norm / activation: PROLOGUE 1, x =
@@ -37,6 +41,7 @@ SPLIT_K = tl.constexpr(256)  # columns of K per shrink program: one load of A (K
 BLOCK_N = tl.constexpr(256)  # output columns per expand program
 SYNC_TOKENS = tl.constexpr(64)  # tokens the fused kernel's counters cover
 RESIDENT_PER_SM = 2  # programs of 4 warps that fit on an SM whatever their registers (fused-grid bound)
+SPIN_LIMIT = 1 << 15  # polls (~1 us each) an expand program waits for its token's shrinks before computing them
 
 
 @triton.jit
@@ -131,7 +136,7 @@ def _ranks(ranks, slot, stride_rk, NUM_SLICES: tl.constexpr):
 def _bgmv_fused(x, a, b, out, xa, w_norm, token_slots, ranks, scalings, sync, K, N, off1, off2, num_splits, n_shrink,
                 per_tok, eps, stride_x, stride_as, stride_ar, stride_bs, stride_bn, stride_out, stride_xs, stride_xa,
                 stride_rk, SQ_COL, MAX_RANK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
-                NUM_SLICES: tl.constexpr, PROLOGUE: tl.constexpr, PDL: tl.constexpr):
+                NUM_SLICES: tl.constexpr, PROLOGUE: tl.constexpr, SPIN_LIMIT: tl.constexpr, PDL: tl.constexpr):
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()
     pid = tl.program_id(0)
@@ -152,12 +157,22 @@ def _bgmv_fused(x, a, b, out, xa, w_norm, token_slots, ranks, scalings, sync, K,
             c, jc, bt, prev = _load_tile(b, out, slot, rank0, rank1, rank2, tok, role - n_shrink, N, off1, off2,
                                          stride_bs, stride_bn, stride_out, BLOCK_R, PDL)
             arrived = tl.atomic_add(sync + tok, 0, sem="acquire")
-            while arrived < n_shrink:
+            polls = 0
+            while (arrived < n_shrink) & (polls < SPIN_LIMIT):
                 arrived = tl.atomic_add(sync + tok, 0, sem="acquire")
+                polls += 1
+            if (arrived < n_shrink) | (SPIN_LIMIT < 0):  # a shrink did not arrive in time: compute them all here
+                tl.atomic_add(sync + 2 * SYNC_TOKENS, 1)
+                for role2 in range(0, n_shrink):
+                    j2 = role2 // num_splits
+                    _shrink(x, a, xa, w_norm, slot, tl.where(j2 == 0, rank0, tl.where(j2 == 1, rank1, rank2)), tok,
+                            j2, role2 % num_splits, K, stride_x, stride_as, stride_ar, stride_xs, stride_xa, SQ_COL,
+                            MAX_RANK, BLOCK_R, PROLOGUE, PDL)
+                tl.debug_barrier()  # this program's partials are written before it reads them
             _add_update(xa, out, c, jc, bt, prev, scaling, tok, rank0, rank1, rank2, num_splits, K, N, eps, stride_xs,
                         stride_xa, stride_out, SQ_COL, MAX_RANK, BLOCK_R, BLOCK_S, NUM_SLICES, PROLOGUE, ".cg")
             if tl.atomic_add(sync + SYNC_TOKENS + tok, 1) == per_tok - n_shrink - 1:  # the token's last
-                tl.atomic_xchg(sync + tok, 0)
+                tl.atomic_add(sync + tok, -n_shrink)  # not a reset: a late shrink's arrival still nets to zero
                 tl.atomic_xchg(sync + SYNC_TOKENS + tok, 0)
     else:
         if PDL:
@@ -203,16 +218,24 @@ def _bgmv_expand(b, out, xa, token_slots, ranks, scalings, K, N, off1, off2, num
 
 
 class DecodeKernels:
-    """The decode launches of one backend: the fused kernel's counters (zero between launches) and
-    the largest grid it may launch (every program resident at once)."""
+    """The decode launches of one backend: the fused kernel's counters (per token: shrink arrivals and
+    expand departures, zero between launches; then the count of fallbacks), the largest grid it may
+    launch (every program resident at once) and its spin limit (-1: every expand program falls back,
+    a test of that path)."""
 
-    def __init__(self, device: torch.device):
-        self.sync = torch.zeros(2 * SYNC_TOKENS.value, dtype=torch.int32, device=device)
+    def __init__(self, device: torch.device, spin_limit: int = SPIN_LIMIT):
+        self.sync = torch.zeros(2 * SYNC_TOKENS.value + 1, dtype=torch.int32, device=device)
+        self.spin_limit = spin_limit
         if device.type == "cuda":
             self.max_fused_programs = RESIDENT_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
         else:  # Triton's interpreter runs programs one by one, in order: small, so both paths get tested
             self.max_fused_programs = 64
         self.fused_launches = self.split_launches = 0  # kernel launches by path (counted on the host)
+
+    def fallbacks(self) -> int:
+        """Expand programs of the fused kernel that stopped waiting and computed their token's shrink
+        themselves, since this backend was built (reads the device: not in a capture)."""
+        return int(self.sync[2 * SYNC_TOKENS.value].item())
 
     def __call__(self, x: torch.Tensor, weights, out: torch.Tensor, batch, prologue: int = NONE,
                  norm_weight: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
@@ -235,7 +258,8 @@ class DecodeKernels:
             _bgmv_fused[(tokens * per_tok,)](
                 x, a, b, out, xa, w_norm, batch.token_slots, ranks, batch.scalings, self.sync, k, n, *offsets[:2],
                 splits, n_shrink, per_tok, eps, x.stride(0), a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-                out.stride(0), xa.stride(0), xa.stride(1), ranks.stride(0), sq_col, BLOCK_S=block_s, **common)
+                out.stride(0), xa.stride(0), xa.stride(1), ranks.stride(0), sq_col, BLOCK_S=block_s,
+                SPIN_LIMIT=self.spin_limit, **common)
             return out
         self.split_launches += 2
         _bgmv_shrink[(tokens, n_shrink)](

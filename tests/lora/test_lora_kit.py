@@ -47,14 +47,35 @@ for tokens in (1, 12):
     backend.prepare(lora_batch([1] * tokens, [0] * tokens, torch.ones(4), decode=True))
     backend.apply(w, torch.randn(tokens, IN_FEATURES), torch.zeros(tokens, 128))
     launches[tokens] = [backend.decode.fused_launches, backend.decode.split_launches]
+
+# the fused kernel's fallback (an expand program that stops waiting computes its token's shrinks itself):
+# forced for every expand program, with and without prologues; the counters end at zero
+from jackfield.sdk.reference import lora as reference_lora
+errors, slots = [], [2, -1, 0, 1]
+scalings = torch.tensor([2.0, 0.5, 1.0, 3.0])
+forced = TritonOnCPU(kit_runtime(torch.float32, "cpu"))
+forced.decode.spin_limit = -1
+forced.prepare(lora_batch([1] * 4, slots, scalings, decode=True))
+h, norm_w, gate_up = torch.randn(4, IN_FEATURES) * 3, torch.rand(IN_FEATURES) + 0.5, torch.randn(4, 2 * IN_FEATURES)
+base = torch.randn(4, 128)
+gate, up = gate_up.chunk(2, dim=-1)
+normed = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5) * norm_w
+for x, run in ((h, lambda: forced.apply(w, h, base.clone())),
+               (normed, lambda: forced.apply_normed(w, h, norm_w, 1e-5, base.clone())),
+               (torch.nn.functional.silu(gate) * up, lambda: forced.apply_silu_mul(w, gate_up, base.clone()))):
+    ref = reference_lora(x, base, w, torch.tensor(slots), scalings)
+    errors.append(((run() - ref).norm() / (ref - base).norm()).item())
+fallback = {"errors": errors, "fallbacks": forced.decode.fallbacks(), "fused": forced.decode.fused_launches,
+            "counters_zero": bool((forced.decode.sync[:-1] == 0).all())}
 print("REPORT " + json.dumps({"ok": report.ok, "passed": report.count("passed"), "text": report.format(),
-                              "launches": launches}))
+                              "launches": launches, "fallback": fallback}))
 """
 
 
 def test_triton_kernels_pass_the_kit_in_the_interpreter():
     """SGMV (prefill, mixed) and BGMV (decode: the fused one-launch kernel for small batches, split-K
-    shrink then expand for larger ones) in float32 and float16; bfloat16 and CUDA graphs are left to the GPU run (tests/gpu/test_kit_cuda.py)."""
+    shrink then expand for larger ones, and the fused kernel's no-wait fallback, forced) in float32 and
+    float16; bfloat16 and CUDA graphs are left to the GPU run (tests/gpu/test_kit_cuda.py)."""
     pytest.importorskip("triton", reason="triton is not installed")
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
@@ -65,6 +86,10 @@ def test_triton_kernels_pass_the_kit_in_the_interpreter():
     assert result["passed"] >= 12, result["text"]
     # (fused, split) decode launches of one layer: 1 token fits the fused grid, 12 take two kernels
     assert result["launches"] == {"1": [1, 0], "12": [0, 2]}, result["launches"]
+    # forced fallback: 3 fused launches over 3 adapted tokens of one expand program each, exact, counters back at 0
+    fallback = result["fallback"]
+    assert fallback["fused"] == 3 and fallback["fallbacks"] == 9 and fallback["counters_zero"], fallback
+    assert max(fallback["errors"]) < 1e-4, fallback
 
 
 class ScalingIgnored(TorchNativeLoRA):
