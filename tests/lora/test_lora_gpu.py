@@ -90,3 +90,82 @@ def test_bfloat16_triton_agrees_with_torch_native(tiny):
     print(f"bfloat16 triton vs torch_native LoRA: largest logprob gap before a split "
           f"{_largest_logprob_gap(ours, ref):.4f}")
     assert _compare(ours, ref, tol=0.1) >= len(ref), "every path split at its first token"
+
+
+SHAPES_8B = {"qkv_proj": (4096, ((0, 4096), (4096, 1024), (5120, 1024))), "o_proj": (4096, ((0, 4096),)),
+             "gate_up_proj": (4096, ((0, 14336), (14336, 14336))), "down_proj": (14336, ((0, 4096),))}
+
+
+@pytest.mark.parametrize("layer", list(SHAPES_8B))
+def test_fused_decode_kernel_at_8b_shapes(layer):
+    """The one-launch BGMV decode kernel at a Llama-3.1-8B layer's shape, rank 16, bfloat16, 1-3 tokens
+    (the fused grid), eagerly and replayed in a CUDA graph: equal to the reference at every launch, no
+    expand program ever gives up waiting (fallbacks() == 0), the counters back at zero; then with the
+    fallback forced for every program, the same results."""
+    from jackfield.sdk import LoRAWeights, lora_batch
+    from jackfield.sdk.reference import lora as reference_lora
+    from jackfield.testing.suites.lora import kit_runtime
+    from jackfield_plugins.lora.triton import TritonLoRA
+
+    k, slices = SHAPES_8B[layer]
+    n = sum(size for _, size in slices)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    dev, dt, slots_n = "cuda", torch.bfloat16, 4
+    weights = LoRAWeights(a=(torch.randn(slots_n, 16 * len(slices), k, device=dev, generator=g) / k ** 0.5).to(dt),
+                          b=(torch.randn(slots_n, n, 16, device=dev, generator=g) / 4).to(dt),
+                          ranks=torch.full((slots_n, len(slices)), 16, dtype=torch.int32, device=dev),
+                          slices=slices, max_rank=16, name=layer)
+    scalings = torch.tensor([1.0, 2.0, 0.5, 1.5], device=dev)
+    backend = TritonLoRA(kit_runtime(dt, dev))
+    worst = 0.0
+
+    def check(x, base, out, slots, what):
+        nonlocal worst
+        ref = reference_lora(x, base, weights, torch.tensor(slots), scalings.cpu())
+        err = ((out.float() - ref).norm() / (ref - base.float()).norm().clamp_min(1e-6)).item()
+        worst = max(worst, err)
+        assert err < 3e-2, f"{layer} {what} slots {slots}: error {err:.3g} relative to the update"
+
+    for launch in range(24):
+        tokens = 1 + launch % 3
+        slots = torch.randint(-1, slots_n, (tokens,), generator=torch.Generator().manual_seed(launch)).tolist()
+        backend.prepare(lora_batch([1] * tokens, slots, scalings, decode=True))
+        x = torch.randn(tokens, k, device=dev, generator=g).to(dt)
+        base = (torch.randn(tokens, n, device=dev, generator=g) * 0.1).to(dt)
+        check(x, base, backend.apply(weights, x, base.clone()), slots, "eager")
+    # a CUDA graph of one launch over static slots, replayed with new ones
+    tokens = 1
+    static = torch.zeros(tokens, dtype=torch.int32, device=dev)
+    from jackfield.sdk import LoRABatch
+    backend.prepare(LoRABatch(num_tokens=tokens, token_slots=static, seg_starts=torch.arange(tokens, device=dev,
+                              dtype=torch.int32), seg_lens=torch.ones(tokens, dtype=torch.int32, device=dev),
+                              seg_slots=static, scalings=scalings, max_seg_len=1, decode=True))
+    x = torch.zeros(tokens, k, device=dev, dtype=dt)
+    out = torch.zeros(tokens, n, device=dev, dtype=dt)
+    backend.apply(weights, x, out)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        backend.apply(weights, x, out)
+    for replay in range(40):
+        slots = [replay % slots_n]
+        static.copy_(torch.tensor(slots, dtype=torch.int32))
+        x.copy_(torch.randn(tokens, k, device=dev, generator=g).to(dt))
+        base = (torch.randn(tokens, n, device=dev, generator=g) * 0.1).to(dt)
+        out.copy_(base)
+        graph.replay()
+        check(x, base, out, slots, f"graph replay {replay}")
+    torch.cuda.synchronize()
+    assert backend.decode.fused_launches > 0 and backend.decode.fallbacks() == 0, \
+        (backend.decode.fused_launches, backend.decode.fallbacks())
+    assert bool((backend.decode.sync[:-1] == 0).all()), "the fused kernel's counters are not back at zero"
+    backend.decode.spin_limit = -1  # every expand program computes its token's shrinks itself
+    for launch in range(3):
+        slots = [launch % slots_n]
+        x = torch.randn(1, k, device=dev, generator=g).to(dt)
+        base = (torch.randn(1, n, device=dev, generator=g) * 0.1).to(dt)
+        check(x, base, backend.apply(weights, x, base.clone()), slots, "forced fallback")
+    torch.cuda.synchronize()
+    assert backend.decode.fallbacks() > 0 and bool((backend.decode.sync[:-1] == 0).all())
+    print(f"{layer}: fused kernel largest error {worst:.4f} relative to the update, fused launches "
+          f"{backend.decode.fused_launches}")
