@@ -3,7 +3,9 @@ decode CUDA graphs, on a tiny random Llama with peft-made adapters. Float32 gree
 peft's; in bfloat16 the two backends' greedy paths are compared as tests/gpu/test_e2e_backends.py
 compares attention backends (equal logprobs while the tokens agree, a split only at a near-tie).
 (The kit runs both backends on CUDA in tests/gpu/test_kit_cuda.py: bfloat16 and CUDA-graph replay
-included.) Attention runs on the triton backend, so nothing JIT-compiles FlashInfer."""
+included.) The fused one-launch decode kernel runs alone at the 8B layer shapes, eagerly, in a CUDA
+graph and with its no-wait fallback forced. Attention runs on the triton backend, so nothing
+JIT-compiles FlashInfer."""
 from __future__ import annotations
 
 import json
