@@ -1,22 +1,27 @@
-"""BGMV: the decode kernels of the `triton` LoRA backend (one token per row, any slot per token),
+"""BGMV: the decode kernels of the `triton` LoRA backends (one token per row, any slot per token),
 adding scaling_s * B_s (A_s x) into the base GEMV's output in place.
 
 Batch-1 decode is latency-bound (a rank-16 adapter is ~0.5% of an 8B model's bytes), so what counts
 is kernels per layer and loads per program:
 
-- **Fused** (one launch per wrapped layer, while the whole grid fits on the GPU at once): a 1-D grid,
-  token-major; each token has `n_slices * splits` shrink programs, then `tiles` expand programs. A
-  shrink program (slice j, SPLIT_K columns of K) writes the float32 partial A_j x of its chunk to
-  xa[split, tok] and bumps the token's arrival counter (release). An expand program (BLOCK_N output
-  columns across the layer's concatenated slices) loads its B tile and base output first, polls
-  until every shrink of its token has arrived (acquire), sums the partials and adds its update. The
-  token's last expand program takes the token's n_shrink arrivals back off the counter, so every
-  launch finds it at zero. An expand program waits only for lower-numbered programs of its own
-  token, which never wait; still, it never waits unbounded: after SPIN_LIMIT polls (a shrink not yet
-  scheduled: the grid not co-resident after all) it computes every partial of its token itself (the
-  same values a late shrink writes again) and counts a fallback; the late shrink's arrival then
-  nets the counter back to zero. The fallback is slow, never wrong, and never hangs.
-- **Two launches** otherwise (larger batches): the same shrink programs, then the expand programs.
+- **Two launches** (the default, `triton`): split-K shrink programs (slice j, SPLIT_K columns of K)
+  write the float32 partial A_j x of their chunk to xa[split, tok]; then expand programs (BLOCK_N
+  output columns across the layer's concatenated slices) sum the partials and add their update.
+  No program waits for another.
+- **Fused** (opt-in, `triton_fused`: one launch per wrapped layer while the grid is at most
+  RESIDENT_PER_SM programs per SM): a 1-D grid, token-major; each token has `n_slices * splits`
+  shrink programs, then `tiles` expand programs. A shrink program writes its partial and bumps the
+  token's arrival counter (release). An expand program loads its B tile and base output first,
+  polls until every shrink of its token has arrived (acquire), sums the partials and adds its
+  update. The token's last expand program takes the token's n_shrink arrivals back off the counter,
+  so every launch finds it at zero. An expand program waits only for lower-numbered programs of its
+  own token, which never wait, but CUDA does not guarantee that the programs of a grid launched
+  normally are resident together (nor that they start in order: another stream's or process's
+  kernels, MPS or green-context SM limits hold SMs). So the wait is bounded: after SPIN_LIMIT polls
+  an expand program computes every partial of its token itself (the values a late shrink writes
+  again) and counts a fallback; the late shrink's arrival then nets the counter back to zero. The
+  fallback is slow, not wrong, and never hangs. It is opt-in until GPU runs show no fallbacks and
+  no stall at serving shapes.
 
 Prologues let a wrapped layer keep the base GEMV's fused norm / activation: PROLOGUE 1, x =
 RMSNorm(h) * w: a shrink program sums A (h * w) over its chunk and, on slice 0, the squares of h;
@@ -218,12 +223,13 @@ def _bgmv_expand(b, out, xa, token_slots, ranks, scalings, K, N, off1, off2, num
 
 
 class DecodeKernels:
-    """The decode launches of one backend: the fused kernel's counters (per token: shrink arrivals and
-    expand departures, zero between launches; then the count of fallbacks), the largest grid it may
-    launch (every program resident at once) and its spin limit (-1: every expand program falls back,
-    a test of that path)."""
+    """The decode launches of one backend: whether it may use the fused kernel (`fused`), that
+    kernel's counters (per token: shrink arrivals and expand departures, zero between launches; then
+    the count of fallbacks), the largest grid it launches (RESIDENT_PER_SM programs per SM) and its
+    spin limit (-1: every expand program falls back, a test of that path)."""
 
-    def __init__(self, device: torch.device, spin_limit: int = SPIN_LIMIT):
+    def __init__(self, device: torch.device, fused: bool = False, spin_limit: int = SPIN_LIMIT):
+        self.fused = fused
         self.sync = torch.zeros(2 * SYNC_TOKENS.value + 1, dtype=torch.int32, device=device)
         self.spin_limit = spin_limit
         if device.type == "cuda":
@@ -253,7 +259,7 @@ class DecodeKernels:
         common = dict(MAX_RANK=big, BLOCK_R=block_r, NUM_SLICES=n_slices, PROLOGUE=prologue, **pdl_kwargs(x))
         n_shrink = n_slices * splits
         per_tok = n_shrink + tiles
-        if tokens <= SYNC_TOKENS.value and tokens * per_tok <= self.max_fused_programs:
+        if self.fused and tokens <= SYNC_TOKENS.value and tokens * per_tok <= self.max_fused_programs:
             self.fused_launches += 1
             _bgmv_fused[(tokens * per_tok,)](
                 x, a, b, out, xa, w_norm, batch.token_slots, ranks, batch.scalings, self.sync, k, n, *offsets[:2],
