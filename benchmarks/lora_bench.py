@@ -7,10 +7,11 @@ Each `--adapters` entry is one run, in order, in this process (one engine per ru
 next): `0` is the base model with LoRA off (the reference); `N` writes N random rank-R adapters on
 every linear layer (q/k/v/o/gate/up/down; one safetensors file shared by symlink, each adapter its
 own config) and serves them with LoRA on; `N:SLOTS` also sets `--max-loras` to SLOTS for that run
-(fewer slots than adapters: swaps). `latency` runs one static batch, every request on the first
-adapter, and reports prefill time and decode tok/s (`jackfield bench latency`'s measurement).
-`offline` submits every request at once, request i on adapter i % N, and reports throughput and how
-many times adapters were copied into device slots. Every run also reports its engine build time,
+(fewer slots than adapters: swaps); a trailing `@BACKEND` sets that run's LoRA backend
+(`1@triton_fused`). `latency` runs one static batch, every request on the first adapter, and reports
+prefill time and decode tok/s (`jackfield bench latency`'s measurement). `offline` submits every
+request at once, request i on adapter i % N, and reports throughput and how many times adapters
+were copied into device slots. Every run also reports its engine build time,
 and its ratio to the base run when there is one. A summary line per run goes to stderr. Other
 arguments are jackfield settings (`--model`, `--load-format dummy`, `--max-loras`,
 `--max-loras-per-batch`, `--lora-backend`, …).
@@ -78,13 +79,14 @@ def build(args, extra: dict):
     return build_scheduler(settings, progress=False)
 
 
-def parse_run(entry: str) -> tuple[int, int | None]:
-    """`N` or `N:SLOTS` -> (adapters, max_loras or None)."""
-    count, _, slots = entry.partition(":")
+def parse_run(entry: str) -> tuple[int, int | None, str | None]:
+    """`N[:SLOTS][@BACKEND]` -> (adapters, max_loras or None, LoRA backend or None)."""
+    head, _, backend = entry.partition("@")
+    count, _, slots = head.partition(":")
     try:
-        return int(count), (int(slots) if slots else None)
+        return int(count), (int(slots) if slots else None), (backend or None)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--adapters entry '{entry}' is not N or N:SLOTS") from None
+        raise argparse.ArgumentTypeError(f"--adapters entry '{entry}' is not N[:SLOTS][@BACKEND]") from None
 
 
 def measure_latency(sched, args, names, input_len: int, output_len: int) -> dict:
@@ -123,19 +125,22 @@ def measure_offline(sched, args, names, input_len: int, output_len: int) -> dict
             "adapter_slot_loads": (pool.loads - loads) if pool is not None else 0}
 
 
-def one_run(args, count: int, slots: int | None, input_len: int, output_len: int, tmp: Path) -> dict:
+def one_run(args, count: int, slots: int | None, backend: str | None, input_len: int, output_len: int,
+            tmp: Path) -> dict:
     from jackfield.bench.common import attention_name
     from jackfield.loader.source import resolve_model
 
     extra = {}
     if count:
-        root = tmp / f"run{count}-{slots}"
+        root = tmp / f"run{count}-{slots}-{backend}"
         root.mkdir()
         hf_config = resolve_model(args.model, args.load_format or "auto").hf_config
         extra["lora_paths"] = write_adapters(hf_config, args.rank, count, root)
         extra.setdefault("max_lora_rank", args.rank)
         if slots:
             extra["max_loras"] = slots
+        if backend:
+            extra["lora_backend"] = backend
     if args.mode == "latency":
         longest = input_len * max(args.batch_size)
         extra.update(chunked_prefill_size=max(longest, 2048), max_prefill_tokens=max(longest, 16384))
@@ -164,7 +169,8 @@ def one_run(args, count: int, slots: int | None, input_len: int, output_len: int
 
 
 def summary(run: dict, base: dict | None) -> str:
-    what = f"adapters={run['adapters']}" + (f" slots={run['max_loras']}" if run["adapters"] else " (LoRA off)")
+    what = f"adapters={run['adapters']}" + (f" slots={run['max_loras']} {run['lora_backend']}" if run["adapters"]
+                                            else " (LoRA off)")
     if "results" in run:
         parts = []
         for i, row in enumerate(run["results"]):
@@ -187,8 +193,8 @@ def summary(run: dict, base: dict | None) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("mode", choices=("latency", "offline"))
-    p.add_argument("--adapters", type=parse_run, nargs="+", default=[(1, None)],
-                   help="one run per entry: N adapters (0: the base model, LoRA off), or N:SLOTS")
+    p.add_argument("--adapters", type=parse_run, nargs="+", default=[(1, None, None)],
+                   help="one run per entry: N adapters (0: the base model, LoRA off), N:SLOTS, N[:SLOTS]@BACKEND")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--batch-size", type=int, nargs="+", default=[1])
     p.add_argument("--num-prompts", type=int, default=256)
@@ -205,8 +211,8 @@ def main(argv=None) -> int:
     command = "benchmarks/lora_bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
     runs, base = [], None
     with tempfile.TemporaryDirectory(prefix="jf-lora-bench-") as tmp:
-        for count, slots in args.adapters:
-            run = one_run(args, count, slots, input_len, output_len, Path(tmp))
+        for count, slots, backend in args.adapters:
+            run = one_run(args, count, slots, backend, input_len, output_len, Path(tmp))
             runs.append(run)
             base = run if count == 0 and base is None else base
             print(summary(run, base), file=sys.stderr, flush=True)
