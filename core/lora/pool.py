@@ -74,7 +74,7 @@ class AdapterPool:
             dst_a[:, r:].zero_()
             w.b[slot, :, :r].copy_(b, non_blocking=True)
             w.b[slot, :, r:].zero_()
-            w.ranks[slot].copy_(torch.tensor(ranks, dtype=torch.int32), non_blocking=True)
+            w.ranks[slot].copy_(ranks, non_blocking=True)  # pinned: a pageable copy would wait for the GPU
         self.scalings[slot] = adapter.scaling
         self.owner[slot] = adapter
         self.loads += 1
