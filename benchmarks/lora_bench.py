@@ -116,10 +116,12 @@ def measure_offline(sched, args, names, input_len: int, output_len: int) -> dict
     loads = pool.loads if pool is not None else 0
     res = run_requests(sched, random_prompts(n, input_len, vocab, 0), output_len, loras=loras)
     out_tokens = sum(len(v) for v in res.outputs.values())
-    decode_steps = [t for t, prefill, _ in res.step_times if not prefill]
+    decode_steps = [(t, tokens) for t, prefill, tokens in res.step_times if not prefill]
     return {"num_prompts": n, "total_s": res.total_s, "output_tok_per_s": out_tokens / res.total_s,
             "all_first_tokens_s": res.first_token_s, "decode_only_steps": len(decode_steps),
-            "decode_only_steps_s": sum(decode_steps),
+            "decode_only_steps_s": sum(t for t, _ in decode_steps),
+            # requests decoding at once (fewer slots than adapters bound it)
+            "mean_decode_batch": sum(n for _, n in decode_steps) / max(len(decode_steps), 1),
             "total_tok_per_s": (out_tokens + n * input_len) / res.total_s, "forward_steps": len(res.step_times),
             "retractions": sched.stats.retractions,
             "adapter_slot_loads": (pool.loads - loads) if pool is not None else 0}
@@ -184,7 +186,8 @@ def summary(run: dict, base: dict | None) -> str:
         ratio = f" ({run['output_tok_per_s'] / base['output_tok_per_s']:.3f}x base)" if base and base is not run else ""
         body = (f"{run['output_tok_per_s']:.0f} out tok/s{ratio}, {run['total_s']:.2f} s (every first token "
                 f"{run['all_first_tokens_s']:.2f} s, {run['decode_only_steps']} decode-only steps "
-                f"{run['decode_only_steps_s']:.2f} s), {run['adapter_slot_loads']} slot loads, "
+                f"{run['decode_only_steps_s']:.2f} s, mean batch {run['mean_decode_batch']:.1f}), "
+                f"{run['adapter_slot_loads']} slot loads, "
                 f"{run['retractions']} retractions")
     fallbacks = f", fused fallbacks={run['fused_decode_fallbacks']}" if "fused_decode_fallbacks" in run else ""
     return f"lora_bench {what}: {body}; build {run['build_s']:.1f} s, graphs={run['cuda_graphs']}{fallbacks}"
