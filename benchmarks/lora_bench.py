@@ -8,7 +8,7 @@ next): `0` is the base model with LoRA off (the reference); `N` writes N random 
 every linear layer (q/k/v/o/gate/up/down; one safetensors file shared by symlink, each adapter its
 own config) and serves them with LoRA on; `N:SLOTS` also sets `--max-loras` to SLOTS for that run
 (fewer slots than adapters: swaps); a trailing `@BACKEND` sets that run's LoRA backend
-(`1@triton_fused`). `latency` runs one static batch, every request on the first adapter, and reports
+(`1@torch_native`). `latency` runs one static batch, every request on the first adapter, and reports
 prefill time and decode tok/s (`jackfield bench latency`'s measurement). `offline` submits every
 request at once, request i on adapter i % N, and reports throughput and how many times adapters
 were copied into device slots. Every run also reports its engine build time,
@@ -157,9 +157,6 @@ def one_run(args, count: int, slots: int | None, backend: str | None, input_len:
     try:
         measure = measure_latency if args.mode == "latency" else measure_offline
         run.update(measure(sched, args, names, input_len, output_len))
-        decode = getattr(sched.runner.lora.backend, "decode", None) if sched.runner.lora is not None else None
-        if hasattr(decode, "fallbacks"):  # the triton backend's fused decode kernel: programs that gave up waiting
-            run["fused_decode_fallbacks"] = decode.fallbacks()
     finally:
         sched.close()
         del sched
@@ -189,8 +186,7 @@ def summary(run: dict, base: dict | None) -> str:
                 f"{run['decode_only_steps_s']:.2f} s, mean batch {run['mean_decode_batch']:.1f}), "
                 f"{run['adapter_slot_loads']} slot loads, "
                 f"{run['retractions']} retractions")
-    fallbacks = f", fused fallbacks={run['fused_decode_fallbacks']}" if "fused_decode_fallbacks" in run else ""
-    return f"lora_bench {what}: {body}; build {run['build_s']:.1f} s, graphs={run['cuda_graphs']}{fallbacks}"
+    return f"lora_bench {what}: {body}; build {run['build_s']:.1f} s, graphs={run['cuda_graphs']}"
 
 
 def main(argv=None) -> int:

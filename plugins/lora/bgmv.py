@@ -1,27 +1,11 @@
-"""BGMV: the decode kernels of the `triton` LoRA backends (one token per row, any slot per token),
+"""BGMV: the decode kernels of the `triton` LoRA backend (one token per row, any slot per token),
 adding scaling_s * B_s (A_s x) into the base GEMV's output in place.
 
 Batch-1 decode is latency-bound (a rank-16 adapter is ~0.5% of an 8B model's bytes), so what counts
-is kernels per layer and loads per program:
-
-- **Two launches** (the default, `triton`): split-K shrink programs (slice j, SPLIT_K columns of K)
-  write the float32 partial A_j x of their chunk to xa[split, tok]; then expand programs (BLOCK_N
-  output columns across the layer's concatenated slices) sum the partials and add their update.
-  No program waits for another.
-- **Fused** (opt-in, `triton_fused`: one launch per wrapped layer while the grid is at most
-  RESIDENT_PER_SM programs per SM): a 1-D grid, token-major; each token has `n_slices * splits`
-  shrink programs, then `tiles` expand programs. A shrink program writes its partial and bumps the
-  token's arrival counter (release). An expand program loads its B tile and base output first,
-  polls until every shrink of its token has arrived (acquire), sums the partials and adds its
-  update. The token's last expand program takes the token's n_shrink arrivals back off the counter,
-  so every launch finds it at zero. An expand program waits only for lower-numbered programs of its
-  own token, which never wait, but CUDA does not guarantee that the programs of a grid launched
-  normally are resident together (nor that they start in order: another stream's or process's
-  kernels, MPS or green-context SM limits hold SMs). So the wait is bounded: after SPIN_LIMIT polls
-  an expand program computes every partial of its token itself (the values a late shrink writes
-  again) and counts a fallback; the late shrink's arrival then nets the counter back to zero. The
-  fallback is slow, not wrong, and never hangs. It is opt-in until GPU runs show no fallbacks and
-  no stall at serving shapes.
+is kernels per layer and loads per program. Each wrapped layer runs two launches: split-K shrink
+programs (slice j, SPLIT_K columns of K) write the float32 partial A_j x of their chunk to
+xa[split, tok]; then expand programs (BLOCK_N output columns across the layer's concatenated
+slices) sum the partials and add their update.
 
 Prologues let a wrapped layer keep the base GEMV's fused norm / activation: PROLOGUE 1, x =
 RMSNorm(h) * w: a shrink program sums A (h * w) over its chunk and, on slice 0, the squares of h;
@@ -44,9 +28,6 @@ from jackfield.sdk import pdl_kwargs
 NONE, RMSNORM, SILU_MUL = 0, 1, 2   # prologues
 SPLIT_K = tl.constexpr(256)  # columns of K per shrink program: one load of A (K = 14336: 56 short programs)
 BLOCK_N = tl.constexpr(256)  # output columns per expand program
-SYNC_TOKENS = tl.constexpr(64)  # tokens the fused kernel's counters cover
-RESIDENT_PER_SM = 2  # programs of 4 warps that fit on an SM whatever their registers (fused-grid bound)
-SPIN_LIMIT = 1 << 15  # polls (~1 us each) an expand program waits for its token's shrinks before computing them
 
 
 @triton.jit
@@ -93,32 +74,31 @@ def _load_tile(b, out, slot, rank0, rank1, rank2, tok, tile, N, off1, off2, stri
 
 
 @triton.jit
-def _slice_v(xa_tok, sp, num_splits, col0, rank, stride_xs, BLOCK_R: tl.constexpr, CACHE: tl.constexpr):
+def _slice_v(xa_tok, sp, num_splits, col0, rank, stride_xs, BLOCK_R: tl.constexpr):
     r = tl.arange(0, BLOCK_R)
     parts = tl.load(xa_tok + sp[:, None] * stride_xs + col0 + r[None, :],
-                    mask=(sp < num_splits)[:, None] & (r < rank)[None, :], other=0.0, cache_modifier=CACHE)
+                    mask=(sp < num_splits)[:, None] & (r < rank)[None, :], other=0.0)
     return tl.sum(parts, axis=0)
 
 
 @triton.jit
 def _add_update(xa, out, c, jc, bt, prev, scaling, tok, rank0, rank1, rank2, num_splits, K, N, eps, stride_xs,
                 stride_xa, stride_out, SQ_COL, MAX_RANK: tl.constexpr, BLOCK_R: tl.constexpr,
-                BLOCK_S: tl.constexpr, NUM_SLICES: tl.constexpr, PROLOGUE: tl.constexpr, CACHE: tl.constexpr):
+                BLOCK_S: tl.constexpr, NUM_SLICES: tl.constexpr, PROLOGUE: tl.constexpr):
     """out[tok, c] = prev + scaling * B v, v the sum of the shrink partials of each column's slice."""
     sp = tl.arange(0, BLOCK_S)
     xa_tok = xa + tok.to(tl.int64) * stride_xa
-    v = _slice_v(xa_tok, sp, num_splits, 0, rank0, stride_xs, BLOCK_R, CACHE)
+    v = _slice_v(xa_tok, sp, num_splits, 0, rank0, stride_xs, BLOCK_R)
     vc = tl.where(jc[:, None] == 0, v[None, :], 0.0)
     if NUM_SLICES > 1:
-        v = _slice_v(xa_tok, sp, num_splits, MAX_RANK, rank1, stride_xs, BLOCK_R, CACHE)
+        v = _slice_v(xa_tok, sp, num_splits, MAX_RANK, rank1, stride_xs, BLOCK_R)
         vc = tl.where(jc[:, None] == 1, v[None, :], vc)
     if NUM_SLICES > 2:
-        v = _slice_v(xa_tok, sp, num_splits, 2 * MAX_RANK, rank2, stride_xs, BLOCK_R, CACHE)
+        v = _slice_v(xa_tok, sp, num_splits, 2 * MAX_RANK, rank2, stride_xs, BLOCK_R)
         vc = tl.where(jc[:, None] == 2, v[None, :], vc)
     delta = tl.sum(bt.to(tl.float32) * vc, axis=1) * scaling
     if PROLOGUE == 1:
-        sq = tl.sum(tl.load(xa_tok + sp * stride_xs + SQ_COL, mask=sp < num_splits, other=0.0, cache_modifier=CACHE),
-                    axis=0)
+        sq = tl.sum(tl.load(xa_tok + sp * stride_xs + SQ_COL, mask=sp < num_splits, other=0.0), axis=0)
         delta = delta * tl.rsqrt((sq / K + eps).to(tl.float32))
     tl.store(out + tok.to(tl.int64) * stride_out + c, (prev.to(tl.float32) + delta).to(out.dtype.element_ty),
              mask=c < N)
@@ -135,53 +115,6 @@ def _ranks(ranks, slot, stride_rk, NUM_SLICES: tl.constexpr):
     if NUM_SLICES > 2:
         rank2 = tl.load(row + 2)
     return rank0, rank1, rank2
-
-
-@triton.jit
-def _bgmv_fused(x, a, b, out, xa, w_norm, token_slots, ranks, scalings, sync, K, N, off1, off2, num_splits, n_shrink,
-                per_tok, eps, stride_x, stride_as, stride_ar, stride_bs, stride_bn, stride_out, stride_xs, stride_xa,
-                stride_rk, SQ_COL, MAX_RANK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
-                NUM_SLICES: tl.constexpr, PROLOGUE: tl.constexpr, SPIN_LIMIT: tl.constexpr, PDL: tl.constexpr):
-    if PDL:
-        tl.extra.cuda.gdc_launch_dependents()
-    pid = tl.program_id(0)
-    tok = pid // per_tok
-    role = pid % per_tok
-    slot = tl.load(token_slots + tok)
-    if slot >= 0:
-        rank0, rank1, rank2 = _ranks(ranks, slot, stride_rk, NUM_SLICES)
-        if role < n_shrink:
-            j = role // num_splits
-            _shrink(x, a, xa, w_norm, slot, tl.where(j == 0, rank0, tl.where(j == 1, rank1, rank2)), tok, j,
-                    role % num_splits, K, stride_x, stride_as, stride_ar, stride_xs, stride_xa, SQ_COL, MAX_RANK,
-                    BLOCK_R, PROLOGUE, PDL)
-            tl.debug_barrier()  # every thread's partials are written before the release below
-            tl.atomic_add(sync + tok, 1, sem="release")
-        else:
-            scaling = tl.load(scalings + slot)
-            c, jc, bt, prev = _load_tile(b, out, slot, rank0, rank1, rank2, tok, role - n_shrink, N, off1, off2,
-                                         stride_bs, stride_bn, stride_out, BLOCK_R, PDL)
-            arrived = tl.atomic_add(sync + tok, 0, sem="acquire")
-            polls = 0
-            while (arrived < n_shrink) & (polls < SPIN_LIMIT):
-                arrived = tl.atomic_add(sync + tok, 0, sem="acquire")
-                polls += 1
-            if (arrived < n_shrink) | (SPIN_LIMIT < 0):  # a shrink did not arrive in time: compute them all here
-                tl.atomic_add(sync + 2 * SYNC_TOKENS, 1)
-                for role2 in range(0, n_shrink):
-                    j2 = role2 // num_splits
-                    _shrink(x, a, xa, w_norm, slot, tl.where(j2 == 0, rank0, tl.where(j2 == 1, rank1, rank2)), tok,
-                            j2, role2 % num_splits, K, stride_x, stride_as, stride_ar, stride_xs, stride_xa, SQ_COL,
-                            MAX_RANK, BLOCK_R, PROLOGUE, PDL)
-                tl.debug_barrier()  # this program's partials are written before it reads them
-            _add_update(xa, out, c, jc, bt, prev, scaling, tok, rank0, rank1, rank2, num_splits, K, N, eps, stride_xs,
-                        stride_xa, stride_out, SQ_COL, MAX_RANK, BLOCK_R, BLOCK_S, NUM_SLICES, PROLOGUE, ".cg")
-            if tl.atomic_add(sync + SYNC_TOKENS + tok, 1) == per_tok - n_shrink - 1:  # the token's last
-                tl.atomic_add(sync + tok, -n_shrink)  # not a reset: a late shrink's arrival still nets to zero
-                tl.atomic_xchg(sync + SYNC_TOKENS + tok, 0)
-    else:
-        if PDL:
-            tl.extra.cuda.gdc_wait()
 
 
 @triton.jit
@@ -215,64 +148,32 @@ def _bgmv_expand(b, out, xa, token_slots, ranks, scalings, K, N, off1, off2, num
         c, jc, bt, prev = _load_tile(b, out, slot, rank0, rank1, rank2, tok, tl.program_id(1), N, off1, off2,
                                      stride_bs, stride_bn, stride_out, BLOCK_R, PDL)
         _add_update(xa, out, c, jc, bt, prev, tl.load(scalings + slot), tok, rank0, rank1, rank2, num_splits, K, N,
-                    eps, stride_xs, stride_xa, stride_out, SQ_COL, MAX_RANK, BLOCK_R, BLOCK_S, NUM_SLICES, PROLOGUE,
-                    "")
+                    eps, stride_xs, stride_xa, stride_out, SQ_COL, MAX_RANK, BLOCK_R, BLOCK_S, NUM_SLICES, PROLOGUE)
     else:
         if PDL:
             tl.extra.cuda.gdc_wait()
 
 
-class DecodeKernels:
-    """The decode launches of one backend: whether it may use the fused kernel (`fused`), that
-    kernel's counters (per token: shrink arrivals and expand departures, zero between launches; then
-    the count of fallbacks), the largest grid it launches (RESIDENT_PER_SM programs per SM) and its
-    spin limit (-1: every expand program falls back, a test of that path)."""
-
-    def __init__(self, device: torch.device, fused: bool = False, spin_limit: int = SPIN_LIMIT):
-        self.fused = fused
-        self.sync = torch.zeros(2 * SYNC_TOKENS.value + 1, dtype=torch.int32, device=device)
-        self.spin_limit = spin_limit
-        if device.type == "cuda":
-            self.max_fused_programs = RESIDENT_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
-        else:  # Triton's interpreter runs programs one by one, in order: small, so both paths get tested
-            self.max_fused_programs = 64
-        self.fused_launches = self.split_launches = 0  # kernel launches by path (counted on the host)
-
-    def fallbacks(self) -> int:
-        """Expand programs of the fused kernel that stopped waiting and computed their token's shrink
-        themselves, since this backend was built (reads the device: not in a capture)."""
-        return int(self.sync[2 * SYNC_TOKENS.value].item())
-
-    def __call__(self, x: torch.Tensor, weights, out: torch.Tensor, batch, prologue: int = NONE,
-                 norm_weight: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
-        """out[t] += the update of token t's slot on the layer input p(x) (p: the prologue); returns out."""
-        a, b, ranks, big = weights.a, weights.b, weights.ranks, weights.max_rank
-        n_slices, tokens, k = weights.num_slices, batch.num_tokens, a.shape[2]
-        n = out.shape[1]
-        offsets = [off for off, _ in weights.slices[1:]] + [n] * (3 - n_slices)
-        splits, tiles = triton.cdiv(k, SPLIT_K.value), triton.cdiv(n, BLOCK_N.value)
-        sq_col = n_slices * big
-        xa = torch.empty(splits, tokens, sq_col + 1, dtype=torch.float32, device=x.device)
-        w_norm = norm_weight if norm_weight is not None else x
-        block_r = max(16, triton.next_power_of_2(big))
-        block_s = max(16, triton.next_power_of_2(splits))
-        common = dict(MAX_RANK=big, BLOCK_R=block_r, NUM_SLICES=n_slices, PROLOGUE=prologue, **pdl_kwargs(x))
-        n_shrink = n_slices * splits
-        per_tok = n_shrink + tiles
-        if self.fused and tokens <= SYNC_TOKENS.value and tokens * per_tok <= self.max_fused_programs:
-            self.fused_launches += 1
-            _bgmv_fused[(tokens * per_tok,)](
-                x, a, b, out, xa, w_norm, batch.token_slots, ranks, batch.scalings, self.sync, k, n, *offsets[:2],
-                splits, n_shrink, per_tok, eps, x.stride(0), a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-                out.stride(0), xa.stride(0), xa.stride(1), ranks.stride(0), sq_col, BLOCK_S=block_s,
-                SPIN_LIMIT=self.spin_limit, **common)
-            return out
-        self.split_launches += 2
-        _bgmv_shrink[(tokens, n_shrink)](
-            x, a, xa, w_norm, batch.token_slots, ranks, k, splits, x.stride(0), a.stride(0), a.stride(1),
-            xa.stride(0), xa.stride(1), ranks.stride(0), sq_col, **common)
-        _bgmv_expand[(tokens, tiles)](
-            b, out, xa, batch.token_slots, ranks, batch.scalings, k, n, *offsets[:2], splits, eps, b.stride(0),
-            b.stride(1), out.stride(0), xa.stride(0), xa.stride(1), ranks.stride(0), sq_col, BLOCK_S=block_s,
-            **common)
-        return out
+def decode(x: torch.Tensor, weights, out: torch.Tensor, batch, prologue: int = NONE,
+           norm_weight: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
+    """out[t] += the update of token t's slot on the layer input p(x) (p: the prologue); returns out.
+    Two launches whatever the slices; reads no host value but the token count, so it can be captured
+    in a CUDA graph."""
+    a, b, ranks, big = weights.a, weights.b, weights.ranks, weights.max_rank
+    n_slices, tokens, k = weights.num_slices, batch.num_tokens, a.shape[2]
+    n = out.shape[1]
+    offsets = [off for off, _ in weights.slices[1:]] + [n] * (3 - n_slices)
+    splits, tiles = triton.cdiv(k, SPLIT_K.value), triton.cdiv(n, BLOCK_N.value)
+    sq_col = n_slices * big
+    xa = torch.empty(splits, tokens, sq_col + 1, dtype=torch.float32, device=x.device)
+    w_norm = norm_weight if norm_weight is not None else x
+    common = dict(MAX_RANK=big, BLOCK_R=max(16, triton.next_power_of_2(big)), NUM_SLICES=n_slices,
+                  PROLOGUE=prologue, **pdl_kwargs(x))
+    _bgmv_shrink[(tokens, n_slices * splits)](
+        x, a, xa, w_norm, batch.token_slots, ranks, k, splits, x.stride(0), a.stride(0), a.stride(1),
+        xa.stride(0), xa.stride(1), ranks.stride(0), sq_col, **common)
+    _bgmv_expand[(tokens, tiles)](
+        b, out, xa, batch.token_slots, ranks, batch.scalings, k, n, *offsets[:2], splits, eps, b.stride(0),
+        b.stride(1), out.stride(0), xa.stride(0), xa.stride(1), ranks.stride(0), sq_col,
+        BLOCK_S=max(16, triton.next_power_of_2(splits)), **common)
+    return out

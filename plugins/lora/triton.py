@@ -1,12 +1,10 @@
-"""triton: segment-GEMM LoRA kernels (SGMV for prefill, BGMV for decode), the default on CUDA;
-triton_fused: the same, with BGMV's one-launch decode kernel at small batches (opt-in).
+"""triton: segment-GEMM LoRA kernels (SGMV for prefill, BGMV for decode), the default on CUDA.
 
 Each update is added into the base GEMM's output by the expand kernel itself. Decode batches run
-the BGMV kernels of `bgmv.py` (a shrink and an expand launch per wrapped layer; `triton_fused`: one
-launch whose expand programs wait, bounded, for its shrink programs), which read only device
-tensors, so they are captured in CUDA graphs, and compute the layer's RMSNorm / SiLU-and-mul input
-themselves (`fuses_prologue`), so the base GEMVs keep their fused prologues. Triton is imported when
-the backend is constructed, never at discovery.
+the BGMV kernels of `bgmv.py` (a shrink and an expand launch per wrapped layer), which read only
+device tensors, so they are captured in CUDA graphs, and compute the layer's RMSNorm / SiLU-and-mul
+input themselves (`fuses_prologue`), so the base GEMVs keep their fused prologues. Triton is
+imported when the backend is constructed, never at discovery.
 """
 from __future__ import annotations
 
@@ -22,7 +20,6 @@ class TritonLoRA(LoRABackend):
     description = "Triton SGMV (prefill) and BGMV (decode) LoRA kernels that add into the base output"
     requires_packages = ("triton",)
     supports_cuda_graph = True
-    fused_decode = False  # BGMV's one-launch decode kernel (bgmv.py: its bounded wait)
 
     @classmethod
     def availability(cls) -> Availability:
@@ -34,7 +31,6 @@ class TritonLoRA(LoRABackend):
         from jackfield_plugins.lora import bgmv, sgmv
 
         self.sgmv, self.bgmv = sgmv, bgmv
-        self.decode = bgmv.DecodeKernels(runtime.device, fused=self.fused_decode)
 
     def fuses_prologue(self) -> bool:
         return self.batch is not None and self.batch.decode
@@ -43,29 +39,20 @@ class TritonLoRA(LoRABackend):
         if x.stride(-1) != 1:
             x = x.contiguous()
         if self.batch.decode:
-            return self.decode(x, weights, base_out, self.batch)
+            return self.bgmv.decode(x, weights, base_out, self.batch)
         return self.sgmv.sgmv(x, weights, base_out, self.batch)
 
     def apply_normed(self, weights, h, norm_weight, eps, base_out):
         if not self.batch.decode or h.stride(-1) != 1:
             return super().apply_normed(weights, h, norm_weight, eps, base_out)
-        return self.decode(h, weights, base_out, self.batch, self.bgmv.RMSNORM, norm_weight, eps)
+        return self.bgmv.decode(h, weights, base_out, self.batch, self.bgmv.RMSNORM, norm_weight, eps)
 
     def apply_silu_mul(self, weights, gate_up, base_out):
         if not self.batch.decode or gate_up.stride(-1) != 1:
             return super().apply_silu_mul(weights, gate_up, base_out)
-        return self.decode(gate_up, weights, base_out, self.batch, self.bgmv.SILU_MUL)
-
-
-class TritonFusedLoRA(TritonLoRA):
-    name = "triton_fused"
-    priority = 40  # below triton: never chosen by auto
-    description = ("triton, with one decode launch per layer at small batches whose expand programs wait "
-                   "(bounded, then compute the shrink themselves) for its shrink programs; opt-in")
-    fused_decode = True
+        return self.bgmv.decode(gate_up, weights, base_out, self.batch, self.bgmv.SILU_MUL)
 
 
 @hookimpl
 def jackfield_register_lora_backends(register):
     register(TritonLoRA)
-    register(TritonFusedLoRA)
