@@ -1,7 +1,7 @@
 """LoRA on CUDA (marked gpu): the triton backend against torch_native and peft, with and without
 decode CUDA graphs, on a tiny random Llama with peft-made adapters. Float32 greedy tokens equal
-peft's; in bfloat16 the two backends' greedy paths are compared as tests/gpu/test_e2e_backends.py
-compares attention backends (equal logprobs while the tokens agree, a split only at a near-tie).
+peft's; in bfloat16 the two backends' greedy paths are compared step by step (equal logprobs while
+the tokens agree, an early split only at a near-tie).
 (The kit runs both backends on CUDA in tests/gpu/test_kit_cuda.py: bfloat16 and CUDA-graph replay
 included.) The triton decode kernels run alone at the 8B layer shapes, eagerly and in a CUDA graph.
 Attention runs on the triton backend, so nothing JIT-compiles FlashInfer."""
@@ -14,7 +14,7 @@ import torch
 
 from lora_harness import ALL, AdapterSpec, make_adapter, peft_greedy
 from sched_harness import save_tiny_llama
-from test_e2e_backends import _compare
+from test_e2e_backends import _near_top
 
 pytestmark = pytest.mark.gpu
 GREEDY = {"temperature": 0, "max_new_tokens": 16}
@@ -75,28 +75,44 @@ def test_float32_matches_peft(tiny, peft_tokens, backend, graphs):
     assert not differ, f"{backend} graphs={graphs}: {len(differ)} of {len(jobs)} differ from peft; " + "; ".join(differ[:3])
 
 
-def _largest_logprob_gap(a: list[dict], b: list[dict]) -> float:
-    """The largest difference of the chosen token's logprob over the steps before each path splits."""
-    gap = 0.0
-    for ra, rb in zip(a, b):
-        for la, lb in zip(ra["logprobs"], rb["logprobs"]):
+LATE = 8  # decode steps after which a split may be more than a near-tie (see the test)
+
+
+def _compare_bf16(ours: list[dict], ref: list[dict], tol: float = 0.1) -> tuple[int, float]:
+    """Walks each pair of greedy paths while their tokens agree: the chosen token's logprob must
+    agree within `tol`. A split before step LATE must be a near-tie (each side's token in the other's
+    top-20 within `tol` of its best); a later one may be wider. Returns (steps agreed, largest gap)."""
+    agreed, gap = 0, 0.0
+    for path, (ra, rb) in enumerate(zip(ours, ref)):
+        for step, (la, lb) in enumerate(zip(ra["logprobs"], rb["logprobs"])):
             if la["token_id"] != lb["token_id"]:
+                assert step >= LATE or (_near_top(la, lb["token_id"], tol) and _near_top(lb, la["token_id"], tol)), \
+                    (path, step, la, lb)
                 break
+            assert abs(la["logprob"] - lb["logprob"]) < tol, (path, step, la, lb)
             gap = max(gap, abs(la["logprob"] - lb["logprob"]))
-    return gap
+            agreed += 1
+    return agreed, gap
 
 
 def test_bfloat16_triton_agrees_with_torch_native(tiny):
-    params = {**GREEDY, "logprobs": True, "top_logprobs_num": 5}
+    """The backends round differently in bfloat16: torch_native runs the RMSNorm and SiLU-and-mul as
+    their own kernels (the base GEMV unfused), rounds its update to bfloat16 and adds it; in decode the
+    triton backend keeps the base GEMV's fused norm / activation, computes the LoRA input and update in
+    float32 and rounds the sum once. While the paths agree their logprobs must agree within 0.1, and an
+    early split must be a near-tie. Later splits may be wider: the tiny model's distribution is nearly
+    flat and some steps are ill-conditioned in bfloat16 whatever the rounding order. On CPU, with
+    torch_native against itself patched to round as the triton backend does, adapter a2's first path
+    splits at step 9 with the other token outside the top 20, where torch_native bfloat16 also leaves
+    float32's token (a margin of 0.23) and the patched run, keeping it, is 0.25 off float32's logprob.
+    A wrong update shows as early splits that are not near-ties: on CPU, an update missing in decode
+    split 8 of the 9 adapted paths at step 1 or 2, mostly outside the top 20, and a 5% scaling error
+    split one at step 2 by 0.16. Kernel errors under that are the 8B-shape test's (against float32)."""
+    params = {**GREEDY, "logprobs": True, "top_logprobs_num": 20}
     ours, ref = run(tiny, "triton", "bfloat16", True, params), run(tiny, "torch_native", "bfloat16", True, params)
-    # The backends round differently in bfloat16: torch_native runs the RMSNorm and SiLU-and-mul as their
-    # own kernels (the base GEMV unfused), rounds its update to bfloat16 and adds it; in decode the triton
-    # backend keeps the base GEMV's fused norm / activation, computes the LoRA input and update in float32
-    # inside its kernels and rounds the sum once. On the flat logits of a random model the differences
-    # add up over the layers, beyond the 0.05 of base-model attention backends.
-    print(f"bfloat16 triton vs torch_native LoRA: largest logprob gap before a split "
-          f"{_largest_logprob_gap(ours, ref):.4f}")
-    assert _compare(ours, ref, tol=0.1) >= len(ref), "every path split at its first token"
+    agreed, gap = _compare_bf16(ours, ref)
+    print(f"bfloat16 triton vs torch_native LoRA: {agreed} steps agree, largest logprob gap {gap:.4f}")
+    assert agreed >= LATE * len(ref) // 2, f"only {agreed} steps agree"
 
 
 SHAPES_8B = {"qkv_proj": (4096, ((0, 4096), (4096, 1024), (5120, 1024))), "o_proj": (4096, ((0, 4096),)),
