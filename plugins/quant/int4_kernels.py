@@ -80,13 +80,72 @@ def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, stride_qn,
     tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rmask)
 
 
+@triton.jit
+def _code_at(packed, i: tl.constexpr):
+    """Code i of each word as the exact float32 q 16^j (j = i % 5: codes 5-7 from the word shifted by 20):
+    masked in place and ORed into 2^23, no shift for codes 0-4 (bits 4i..4i+3 of the word)."""
+    if i >= 5:
+        packed = packed >> 20
+    return ((packed & (0xF << (4 * (i % 5)))) | 0x4B000000).to(tl.float32, bitcast=True) - MAGIC
+
+
+@triton.jit
+def _int4_gemv_grouped_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, stride_qn, stride_sn,
+                              GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
+                              BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    """One row, whole groups per chunk (BLOCK_K a multiple of GROUP). Per word, the dot of its eight
+    codes with x, sum q x, and the word's sum of x; then s (sum q x - z sum x) per word, added to a
+    per-word accumulator reduced once after the loop: scales and zeros are loaded once per (row,
+    group) and multiply once per word of eight codes, never per weight, and no reduction across
+    lanes runs in the loop.
+
+    Code i of a word (bits 4i..4i+3) is masked in place (`_code_at`: 2^23 + q 16^i, one
+    mask-and-or, the subtraction of 2^23) and x pre-scaled by 16^-i (exact, a power of two): per
+    weight a mask-and-or, a subtraction and a multiply-add."""
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+    GPC: tl.constexpr = BLOCK_K // GROUP  # groups per chunk
+    WPG: tl.constexpr = GROUP // 8        # words per group
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    rows_c = tl.minimum(rows, N - 1).to(tl.int64)  # clamped, not masked: unmasked vector loads
+    gi = tl.arange(0, GPC)
+    word = gi[:, None] * WPG + tl.arange(0, WPG)[None, :]  # [GPC, WPG]: word of the chunk
+    q_ptrs = q_ptr + rows_c[:, None, None] * stride_qn + word[None, :, :]
+    s_ptrs = s_ptr + rows_c[:, None] * stride_sn + gi[None, :]
+    z_ptrs = z_ptr + rows_c[:, None] * stride_sn + gi[None, :]
+    x_ptrs = x_ptr + word * 8
+    packed = tl.load(q_ptrs)  # [BLOCK_N, GPC, WPG]
+    if PDL:
+        tl.extra.cuda.gdc_wait()  # x is written by the kernel before: read it only from here
+    acc = tl.zeros([BLOCK_N, GPC, WPG], tl.float32)
+    for k0 in range(0, K, BLOCK_K):  # K % BLOCK_K == 0 (checked by the caller)
+        dot = tl.zeros([BLOCK_N, GPC, WPG], tl.float32)
+        xsum = tl.zeros([GPC, WPG], tl.float32)
+        for i in tl.static_range(8):
+            x = tl.load(x_ptrs + k0 + i).to(tl.float32)
+            xsum += x
+            dot += _code_at(packed, i) * (x * (1.0 / (1 << (4 * (i % 5)))))[None, :, :]  # 16^-j, j = i % 5
+        if k0 + BLOCK_K < K:
+            packed = tl.load(q_ptrs + (k0 + BLOCK_K) // 8)
+        g = k0 // GROUP
+        s = tl.load(s_ptrs + g).to(tl.float32)[:, :, None]
+        z = tl.load(z_ptrs + g).to(tl.float32)[:, :, None]
+        acc += s * (dot - z * xsum[None, :, :])
+    y = tl.sum(tl.sum(acc, axis=2), axis=1)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rmask)
+
+
 def int4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int,
               bias: torch.Tensor | None, cfg) -> torch.Tensor:
-    """x [1, K] contiguous -> [1, N] in x's dtype. `cfg`: a GemvConfig (block_n, block_k dividing
-    K (int4_linear.gemv_fits), num_warps, num_stages, pdl)."""
+    """x [1, K] contiguous -> [1, N] in x's dtype. `cfg`: an Int4GemvConfig (block_n, block_k
+    dividing K (int4_linear.gemv_fits), num_warps, num_stages, pdl, grouped: the whole-group kernel)."""
     n, k = qweight.shape[0], x.shape[1]
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
-    _int4_gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
+    kernel = _int4_gemv_grouped_kernel if cfg.grouped else _int4_gemv_kernel
+    kernel[(triton.cdiv(n, cfg.block_n),)](
         x, qweight, scales, zeros, bias if bias is not None else scales, y, n, k, qweight.stride(0), scales.stride(0),
         GROUP=group, HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **(pdl_kwargs(x) if cfg.pdl else {"PDL": False}))
