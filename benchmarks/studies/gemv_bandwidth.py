@@ -5,7 +5,7 @@ copy bandwidth. It says which shape and which kernel lags the bytes it reads.
 
 Formats: bf16 (cuBLAS), fp8 (per-channel codes: the W8A16 GEMV of jackfield.kernels.gemv, and
 _scaled_mm with per-token activation quantization), int4 (group 128: the per-weight-scale GEMV
-`word` and the whole-group GEMV `grouped` of int4_kernels.py, and the dequantizing Triton GEMM).
+`word` and the whole-group GEMV of int4_kernels.py, `grouped1` (x split in registers) and `grouped2` (x gathered per code), and the dequantizing Triton GEMM).
 Every call reads its own copy of the weight (150 MB of copies per path: weights come from DRAM),
 calls are replayed from one CUDA graph, median of 10 replays.
 
@@ -95,7 +95,7 @@ def measure(n: int, k: int, formats: set[str]) -> list[dict]:
         nbytes = packed.numel() * 4 + s16.numel() * 4
         record("int4", "triton_mm", None, timed([lambda t=t: k4.int4_matmul(x, *t, 128, None) for t in reps]), nbytes)
         for cfg in gemv_configs(k, 128):
-            path = "gemv_grouped" if cfg.grouped else "gemv_word"
+            path = f"gemv_grouped{cfg.grouped}" if cfg.grouped else "gemv_word"
             record("int4", path, cfg, timed([lambda t=t, c=cfg: k4.int4_gemv(x, *t, 128, None, c) for t in reps]),
                    nbytes)
         del reps

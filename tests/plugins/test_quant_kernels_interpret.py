@@ -86,8 +86,8 @@ def cases() -> dict:
             return max(err(k4.int4_gemv(x, packed, s16, z16, group, b, Int4GemvConfig(bn, bk, 4, 1, False)), ref)
                        for bn, bk in ((8, 32), (16, 64), (4, min(128, group)), (4, 256)) if gemv_fits(bk, k, group))
         if kind == "gemv_grouped":
-            return max(err(k4.int4_gemv(x, packed, s16, z16, group, b, Int4GemvConfig(bn, bk, 4, 1, False, True)), ref)
-                       for bn, bk in ((8, group), (4, 256), (16, 2 * group)) if grouped_fits(bk, k, group))
+            return max(err(k4.int4_gemv(x, packed, s16, z16, group, b, Int4GemvConfig(bn, bk, 4, 1, False, xs)), ref)
+                       for bn, bk, xs in ((8, group, 1), (4, 256, 2), (16, 2 * group, 1)) if grouped_fits(bk, k, group))
         if kind == "matmul":
             return max(err(k4.int4_matmul(x, packed, s16, z16, group, b, tiles), ref)
                        for tiles in (None, (16, 16, 32, 4, 1)))
