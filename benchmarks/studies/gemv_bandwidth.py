@@ -5,7 +5,8 @@ copy bandwidth. It says which shape and which kernel lags the bytes it reads.
 
 Formats: bf16 (cuBLAS), fp8 (per-channel codes: the W8A16 GEMV of jackfield.kernels.gemv, and
 _scaled_mm with per-token activation quantization), int4 (group 128: the per-weight-scale GEMV
-`word` and the whole-group GEMV of int4_kernels.py, `grouped1` (x split in registers) and `grouped2` (x gathered per code), and the dequantizing Triton GEMM).
+`word` and the whole-group GEMV of int4_kernels.py, `grouped1` (x split in registers) and
+`grouped2` (x gathered per code), and the dequantizing Triton GEMM).
 Every call reads its own copy of the weight (150 MB of copies per path: weights come from DRAM),
 calls are replayed from one CUDA graph, median of 10 replays.
 
