@@ -163,7 +163,8 @@ def _int4_gemv_grouped_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, st
 def int4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int,
               bias: torch.Tensor | None, cfg) -> torch.Tensor:
     """x [1, K] contiguous -> [1, N] in x's dtype. `cfg`: an Int4GemvConfig (block_n, block_k
-    dividing K (int4_linear.gemv_fits), num_warps, num_stages, pdl, grouped: 1/2 the whole-group kernel with x split / gathered)."""
+    dividing K (int4_linear.gemv_fits), num_warps, num_stages, pdl, grouped: 1 / 2 the whole-group
+    kernel with x split in registers / gathered per code)."""
     n, k = qweight.shape[0], x.shape[1]
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
     kernel, extra = _int4_gemv_kernel, {}

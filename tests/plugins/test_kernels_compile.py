@@ -48,7 +48,8 @@ def _cases(everything: bool = False) -> dict:
             cases[f"int4_gemv_{xd}_{bn}x{bk}"] = (k4._int4_gemv_kernel, int4_args,
                                                   {"GROUP": 128, "HAS_BIAS": True, "BLOCK_N": bn, "BLOCK_K": bk,
                                                    "PDL": True})
-        for bn, bk, _, _, xs in GROUPED_GEMV_CONFIGS if everything else GROUPED_GEMV_CONFIGS[3:5] + GROUPED_GEMV_CONFIGS[-2:-1]:
+        grouped = GROUPED_GEMV_CONFIGS if everything else GROUPED_GEMV_CONFIGS[3:5] + GROUPED_GEMV_CONFIGS[-2:-1]
+        for bn, bk, _, _, xs in grouped:
             cases[f"int4_gemv_grouped{xs}_{xd}_{bn}x{bk}"] = (k4._int4_gemv_grouped_kernel, int4_args,
                                                               {"GROUP": 128, "HAS_BIAS": True, "BLOCK_N": bn,
                                                                "BLOCK_K": bk, "X_SPLIT": xs == 1, "PDL": True})
