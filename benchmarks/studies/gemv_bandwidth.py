@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
 import torch
@@ -24,12 +23,7 @@ import torch.nn.functional as F
 
 from jackfield.bench.common import provenance, replay_ms
 from llama8b_shapes import LINEAR_SHAPES
-
-COPY_BYTES = 150 << 20
-
-
-def copies_for(nbytes: int) -> int:
-    return max(2, math.ceil(COPY_BYTES / nbytes))
+from quant_gemm import copies_for
 
 
 def copy_gbps() -> float:
