@@ -56,7 +56,8 @@ def measure(n: int, k: int, formats: set[str]) -> list[dict]:
     rows = []
 
     def record(fmt, path, cfg, us, nbytes):
-        row = {"format": fmt, "path": path, "config": str(cfg) if cfg is not None else ""}
+        row = {"format": fmt, "path": path,
+               "config": f"{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}" if cfg is not None else ""}
         if isinstance(us, float):
             row.update(us=us, gb_per_s=nbytes / us / 1e3)
         else:
