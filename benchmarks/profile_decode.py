@@ -191,7 +191,7 @@ def main() -> int:
            "decode_tok_per_s": bs * (args.output_len - 1) / decode_s}
     gemv = next((m.method.gemv for m in runner.model.modules() if hasattr(getattr(m, "method", None), "gemv")), None)
     if gemv is not None and gemv.choices:
-        out["gemv_choices"] = {f"{v} {n}x{k}": str(c) for (v, n, k, _), c in gemv.choices.items()}
+        out["gemv_choices"] = {f"{key[0]} {key[1]}x{key[2]}": str(c) for key, c in gemv.choices.items()}
     if runner.graph_runner is not None and bs in runner.graph_runner.graphs:
         out["graph_kernels"] = kernel_breakdown(runner.graph_runner.graphs[bs].replay, 10)
     if args.phases and torch.cuda.is_available():
