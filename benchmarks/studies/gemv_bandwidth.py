@@ -21,17 +21,9 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from jackfield.bench.common import provenance, replay_ms
+from jackfield.bench.common import copy_gbps, provenance, replay_ms
 from llama8b_shapes import LINEAR_SHAPES
 from quant_gemm import copies_for
-
-
-def copy_gbps() -> float:
-    """Device-to-device copy bandwidth, bytes read + written per second (1 GiB)."""
-    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    ms = replay_ms([lambda: b.copy_(a)], reps=5)
-    return 2 * a.numel() / ms / 1e6
 
 
 def timed(calls) -> float | str:
@@ -111,7 +103,7 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     formats = set(args.formats.split(","))
-    bw = copy_gbps()
+    bw = copy_gbps(1 << 30)
     print(f"copy bandwidth {bw:.0f} GB/s (read + write)")
     results = {}
     print("| shape | format | path | best config | us | weight GB/s | of copy bw |")
