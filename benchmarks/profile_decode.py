@@ -185,7 +185,8 @@ def main() -> int:
     res = run_requests(sched, random_prompts(bs, args.input_len, vocab, 0), args.output_len)
     decode_s = res.total_s - res.first_token_s
     out = {**provenance("python3 benchmarks/profile_decode.py " + " ".join(sys.argv[1:])),
-           "attention_backend": info.components["attention"]["name"], **quantization_info(info), "batch_size": bs,
+           "model": info.model_path, "attention_backend": info.components["attention"]["name"],
+           **quantization_info(info), "batch_size": bs,
            "overlap": sched.overlap, "graph_only_ms": graph_only_ms(runner, bs),
            "step_ms": 1e3 * decode_s / max(args.output_len - 1, 1),
            "decode_tok_per_s": bs * (args.output_len - 1) / decode_s}

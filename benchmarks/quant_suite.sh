@@ -5,6 +5,8 @@
 #   tests    the quantization GPU tests (tests/gpu/test_quant_kernels.py and the FP8 KV attention tests), ~4 min
 #   gemm     benchmarks/studies/quant_gemm.py: every GEMM path per 8B linear shape at 1 and 256 rows, ~2 min
 #   latency  batch-1 decode, 128 in / 256 out: bf16, fp8 (on load), fp8 block (128x128), int8_wo, awq, gptq, ~6 min
+#   profile  where a batch-1 decode step's time goes (benchmarks/profile_decode.py: host time, the linear
+#            layers' kernels and the rest of the decode graph), PROFILE_METHODS (default fp8 awq), ~25 s each
 #   offline  256 x (512 in, 256 out): bf16 and fp8 (on load), ~4 min
 #   kv       FP8 KV cache on vs off: 512 x (2048 in, 256 out) offline, and the pool's capacity, ~8 min
 # Results: benchmarks/results/ and $OUT; a table of the parts run is printed last (quant_summary.py), with
@@ -64,6 +66,15 @@ if has latency; then
     run $JF bench latency --model $cfg --load-format dummy --attention-backend $BE $flags --batch-size 1 \
       --input-len 128 --output-len 256 --max-total-tokens 65536 --cuda-graph-max-bs ${LATENCY_GRAPH_BS:-1} \
       ${QUANT_FLAGS:-} --output-file "$OUTDIR/quant-latency-8b-$name-$STAMP.json" "> /dev/null 2> $log" || tail -n 15 "$log" 2> /dev/null
+  done
+fi
+if has profile; then
+  for name in ${PROFILE_METHODS:-fp8 awq}; do
+    spec=${METHOD[$name]}; cfg=$CFG${spec%%|*}; flags=${spec#*|}
+    log="$OUTDIR/quant-profile-8b-$name-$STAMP.log"
+    run python3 benchmarks/profile_decode.py --model $cfg --load-format dummy --attention-backend $BE $flags \
+      --batch-size 1 --input-len 128 --output-len 256 --profile-len 0 --max-total-tokens 65536 --cuda-graph-max-bs 1 \
+      ${QUANT_FLAGS:-} "> $OUTDIR/quant-profile-8b-$name-$STAMP.json 2> $log" || tail -n 15 "$log" 2> /dev/null
   done
 fi
 if has offline; then
