@@ -228,46 +228,6 @@ def test_layer_on_gpu_matches_cpu(name, backend):
         assert out.dtype == torch.bfloat16 and _rel(out.cpu(), ref) < 2e-2, (m, _rel(out.cpu(), ref))
 
 
-@pytest.mark.parametrize("name", ["awq", "gptq"])
-def test_int4_layer_fused_norm_and_activation(name):
-    """An INT4 layer's forward_normed / forward_silu_mul at one row (the fused GEMV prologue where
-    the tuner takes it) against the separate RMSNorm / SiLU-and-mul and the plain forward."""
-    from quant_harness import LAYER_CONFIGS, model_config
-
-    from jackfield.sdk import QuantOptions
-    from jackfield.sdk.layers.activation import silu_and_mul
-    from jackfield.sdk.layers.linear import Linear
-    from jackfield.sdk.layers.norm import RMSNorm
-    from jackfield.sdk.model import ModelBuildContext
-    from jackfield_plugins.quant.awq import Awq
-    from jackfield_plugins.quant.gptq import Gptq
-
-    cls = {"awq": Awq, "gptq": Gptq}[name]
-    method = cls(model_config(LAYER_CONFIGS[cls.name]), QuantOptions())
-    ctx = ModelBuildContext(quant=method, dtype=torch.bfloat16, device=torch.device("cuda"))
-    gen = torch.Generator().manual_seed(4)
-    layers = {}
-    for k in (4096, 8192):
-        layer = Linear(k, (1024,), ctx, "model.layers.0.mlp.down_proj")
-        layer.method.load_float(layer, (torch.randn(1024, k, generator=gen) * 0.02).cuda())
-        layer.process_weights_after_loading()
-        layers[k] = layer
-    norm = RMSNorm(4096, 1e-6, torch.bfloat16, "cuda").requires_grad_(False)
-    with torch.no_grad():
-        norm.weight.copy_(torch.rand(4096, generator=gen) + 0.5)
-    x, res = (torch.randn(1, 4096, generator=gen).bfloat16().cuda() for _ in range(2))
-    for residual in (None, res):
-        for _ in range(2):  # the first call times the fused configurations, the second takes the choice
-            y, r_out = layers[4096].forward_normed(x, residual, norm)
-        h = norm(x) if residual is None else norm(x, residual)[0]
-        assert _rel(y, layers[4096](h)) < 2e-2 and torch.equal(r_out, x if residual is None else x + res)
-    gu = torch.randn(1, 2 * 8192, generator=gen).bfloat16().cuda()
-    for _ in range(2):
-        y = layers[8192].forward_silu_mul(gu)
-    assert _rel(y, layers[8192](silu_and_mul(gu))) < 2e-2
-    assert any(key[0].startswith("int4_gemv_") for key in method.gemv.choices), method.gemv.choices
-
-
 def _gemv_taken(layer) -> bool:
     """Whether the layer's one-row input went through the GEMV kernel (not the method's matmul)."""
     gemv = getattr(layer.method, "gemv", None)
