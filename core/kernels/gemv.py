@@ -189,20 +189,17 @@ def gemv_silu_mul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 def _time_ms(fn, flush: torch.Tensor, iters: int = 20) -> float:
-    """Median time of fn with the L2 cache flushed before each call (weights come from DRAM, as in a
-    real forward). Each call is timed alone, between events recorded after the flush: the flush
-    (about 60 us on an H100) stays out of the number, and its run-to-run jitter, larger than the
-    differences between configurations of a 10 us GEMV, with it."""
+    """Mean time of fn with the L2 cache flushed before each call (weights come from DRAM, as in a
+    real forward); the flush is included, and is the same for every candidate."""
     fn()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-    for start, end in events:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
         flush.zero_()
-        start.record()
         fn()
-        end.record()
-    events[-1][1].synchronize()
-    times = sorted(start.elapsed_time(end) for start, end in events)
-    return times[iters // 2]
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / iters
 
 
 class GemvTuner:
