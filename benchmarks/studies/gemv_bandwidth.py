@@ -5,8 +5,8 @@ copy bandwidth. It says which shape and which kernel lags the bytes it reads.
 
 Formats: bf16 (cuBLAS), fp8 (per-channel codes: the W8A16 GEMV of jackfield.kernels.gemv, and
 _scaled_mm with per-token activation quantization), int4 (group 128: the per-weight-scale GEMV
-`word` and the whole-group GEMV of int4_kernels.py, `grouped`, also with the RMSNorm + residual
-add or the SiLU-and-mul fused into its prologue, and the dequantizing Triton GEMM).
+`word` and the whole-group GEMV of int4_kernels.py, `grouped1` (x split in registers) and
+`grouped2` (x gathered per code), and the dequantizing Triton GEMM).
 Every call reads its own copy of the weight (150 MB of copies per path: weights come from DRAM),
 calls are replayed from one CUDA graph, median of 10 replays.
 
@@ -41,10 +41,9 @@ def measure(n: int, k: int, formats: set[str]) -> list[dict]:
     from jackfield_plugins.quant import fp8_numerics as fp8
     from jackfield_plugins.quant import int4_kernels as k4
     from jackfield_plugins.quant import int4_numerics as int4
-    from jackfield_plugins.quant.int4_linear import GEMV_CONFIGS, Int4GemvConfig, gemv_configs
+    from jackfield_plugins.quant.int4_linear import gemv_configs
 
-    like = {"device": "cuda", "dtype": torch.bfloat16}
-    x = torch.randn(1, k, **like)
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(n, k, device="cuda") * 0.02
     rows = []
 
@@ -83,16 +82,10 @@ def measure(n: int, k: int, formats: set[str]) -> list[dict]:
         reps = [(packed.clone(), s16.clone(), z16.clone()) for _ in range(copies_for(packed.numel() * 4))]
         nbytes = packed.numel() * 4 + s16.numel() * 4
         record("int4", "triton_mm", None, timed([lambda t=t: k4.int4_matmul(x, *t, 128, None) for t in reps]), nbytes)
-        for cfg in gemv_configs(k, 128) + tuple(Int4GemvConfig(*c) for c in GEMV_CONFIGS):
-            path = "gemv_grouped" if cfg.grouped else "gemv_word"
+        for cfg in gemv_configs(k, 128):
+            path = f"gemv_grouped{cfg.grouped}" if cfg.grouped else "gemv_word"
             record("int4", path, cfg, timed([lambda t=t, c=cfg: k4.int4_gemv(x, *t, 128, None, c) for t in reps]),
                    nbytes)
-        res, g, gu = torch.randn_like(x), torch.ones(k, device="cuda", dtype=x.dtype), torch.randn(1, 2 * k, **like)
-        for cfg in gemv_configs(k, 128, fused=True):  # the norm before qkv / gate_up, the activation before down
-            record("int4", "gemv_grouped_add_rmsnorm", cfg, timed(
-                [lambda t=t, c=cfg: k4.int4_gemv_rmsnorm(x, res, g, 1e-6, *t, 128, None, c) for t in reps]), nbytes)
-            record("int4", "gemv_grouped_silu_mul", cfg, timed(
-                [lambda t=t, c=cfg: k4.int4_gemv_silu_mul(gu, *t, 128, None, c) for t in reps]), nbytes)
         del reps
     return rows
 

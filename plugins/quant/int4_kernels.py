@@ -1,14 +1,13 @@
 """INT4 group-quantized matmuls on the GPU (Triton), on the internal layout of int4_numerics.py:
 qweight [N, K/8] int32 (eight codes per word, packed along K), scales and zeros [N, K/group].
 
-`int4_gemv` (one row, batch-1 decode), two kernels: each program streams BLOCK_N full rows of
-packed codes, one BLOCK_K chunk at a time, and accumulates per word, reduced once after the loop.
-The whole-group kernel (chunks of whole groups; scales and zeros once per word) is the fast one
-and can take the norm or activation before the layer into its prologue; the per-weight kernel
-(`_unpack`: per weight a shift, a mask-and-or, a subtraction, a multiply and a multiply-add)
-serves the groups the whole-group kernel does not tile (per-channel scales). The first chunk's codes
-are loaded before the programmatic-dependent-launch wait (jackfield.kernels: weights are written
-by no kernel).
+`int4_gemv` (one row, batch-1 decode): each program streams BLOCK_N full rows of packed codes, one
+BLOCK_K chunk at a time (within one group, or spanning several with a scale and zero per word), and
+accumulates (q - z) * (x s) per weight, reduced once after the loop: per weight a shift, a
+mask-and-or (`_unpack`: no integer-to-float conversion), a subtraction, a multiply and a
+multiply-add. The first chunk's codes are loaded
+before the programmatic-dependent-launch wait (jackfield.kernels: weights are written by no
+kernel).
 `int4_matmul` (a few to a few hundred rows): tiles of codes are unpacked and dequantized to the
 activation dtype in registers and fed to tensor-core dots.
 `int4_dequantize` writes the dequantized weight [N, K]: large prefill batches multiply it with
@@ -27,7 +26,6 @@ from jackfield_plugins.quant.int4_linear import tile_fits
 
 prologue = gemv_prologue()  # a Triton function: called by the fused whole-group kernel
 MAGIC = tl.constexpr(8388608.0)  # 2^23: the float32 whose low mantissa bits are an int4 code added to it
-MAGIC_BITS = 0x4B000000  # its bits
 
 
 @triton.jit
@@ -84,21 +82,18 @@ def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, stride_qn,
 
 
 @triton.jit
-def _code_at(packed, magic_bits, i: tl.constexpr):
-    """Code i of each word as the exact float32 q 16^j: masked in place and ORed into the bits of
-    2^23 (`magic_bits`, a kernel argument, so that the masks are the instructions' immediates and
-    never take registers), 2^23 subtracted. Codes 0-4 (bits 4i..4i+3) come with j = i, codes 5-7
-    from the word shifted right by 12, with j = i - 3."""
+def _code_at(packed, i: tl.constexpr):
+    """Code i of each word as the exact float32 q 16^j (j = i % 5: codes 5-7 from the word shifted by 20):
+    masked in place and ORed into 2^23, no shift for codes 0-4 (bits 4i..4i+3 of the word)."""
     if i >= 5:
-        packed = packed >> 12
-    j: tl.constexpr = i - 3 if i >= 5 else i
-    return ((packed & (0xF << (4 * j))) | magic_bits).to(tl.float32, bitcast=True) - MAGIC
+        packed = packed >> 20
+    return ((packed & (0xF << (4 * (i % 5)))) | 0x4B000000).to(tl.float32, bitcast=True) - MAGIC
 
 
 @triton.jit
 def _int4_gemv_grouped_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, r_ptr, g_ptr, r_out_ptr, N, K, stride_qn,
-                              stride_sn, eps, magic_bits, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
-                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ADD_RES: tl.constexpr,
+                              stride_sn, eps, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
+                              BLOCK_K: tl.constexpr, X_SPLIT: tl.constexpr, ADD_RES: tl.constexpr,
                               NORM: tl.constexpr, SILU_MUL: tl.constexpr, PDL: tl.constexpr):
     """One row, whole groups per chunk (BLOCK_K a multiple of GROUP). Per word, the dot of its eight
     codes with x, sum q x, and the word's sum of x; then s (sum q x - z sum x) per word, added to a
@@ -106,14 +101,14 @@ def _int4_gemv_grouped_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, r_ptr, g
     group) and multiply once per word of eight codes, never per weight, and no reduction across
     lanes runs in the loop.
 
-    Code i of a word is masked in place (`_code_at`: q 16^j) and x pre-scaled by 16^-j (exact, a
-    power of two), once per word for all of a thread's rows: per weight a mask-and-or, a subtraction
-    and a multiply-add (4-5 instructions a weight in the loop on sm_90 with 64-128 weights a thread).
-    x's eight values of each word are loaded as one vector and split in registers.
+    Code i of a word (bits 4i..4i+3) is masked in place (`_code_at`: 2^23 + q 16^i, one
+    mask-and-or, the subtraction of 2^23) and x pre-scaled by 16^-i (exact, a power of two): per
+    weight a mask-and-or, a subtraction and a multiply-add. X_SPLIT: x is loaded a vector of eight
+    per word and split in registers (else one strided load per code position).
 
-    x may come through the batch-1 GEMVs' fused prologue (jackfield.sdk.gemv_prologue): RMSNorm of
-    x + r (ADD_RES; program 0 writes the sum to r_out) with weight g (NORM: the 1/rms factor applies
-    to each output once, after the loop), or SiLU-and-mul (x = [gate | up])."""
+    With X_SPLIT, x may come through the batch-1 GEMVs' fused prologue (jackfield.sdk.gemv_prologue):
+    RMSNorm of x + r (ADD_RES; program 0 writes the sum to r_out) with weight g (NORM: the 1/rms
+    factor applies to each output once, after the loop), or SiLU-and-mul (x = [gate | up])."""
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()
     GPC: tl.constexpr = BLOCK_K // GROUP  # groups per chunk
@@ -133,25 +128,36 @@ def _int4_gemv_grouped_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, r_ptr, g
     acc = tl.zeros([BLOCK_N, GPC, WPG], tl.float32)
     sq = tl.zeros([GPC, WPG, 8], tl.float32)
     for k0 in range(0, K, BLOCK_K):  # K % BLOCK_K == 0 (checked by the caller)
-        x, sq_k = prologue(x_ptr, r_ptr, g_ptr, r_out_ptr, k0, K, cols, tl.program_id(0), ADD_RES, NORM, SILU_MUL)
-        if NORM:
-            sq += sq_k
-        c0, c1 = tl.split(tl.reshape(x, [GPC, WPG, 2, 2, 2]))  # slot 4a + 2b + c of each word
-        b0c0, b1c0 = tl.split(c0)
-        b0c1, b1c1 = tl.split(c1)
-        x0, x4 = tl.split(b0c0)
-        x2, x6 = tl.split(b1c0)
-        x1, x5 = tl.split(b0c1)
-        x3, x7 = tl.split(b1c1)
+        if X_SPLIT:  # x's eight values of each word loaded as one vector, split in registers (slot 4a + 2b + c)
+            x, sq_k = prologue(x_ptr, r_ptr, g_ptr, r_out_ptr, k0, K, cols, tl.program_id(0), ADD_RES, NORM, SILU_MUL)
+            if NORM:
+                sq += sq_k
+            x = tl.reshape(x, [GPC, WPG, 2, 2, 2])
+            c0, c1 = tl.split(x)
+            b0c0, b1c0 = tl.split(c0)
+            b0c1, b1c1 = tl.split(c1)
+            x0, x4 = tl.split(b0c0)
+            x2, x6 = tl.split(b1c0)
+            x1, x5 = tl.split(b0c1)
+            x3, x7 = tl.split(b1c1)
+        else:  # one strided load per code position (from L1)
+            x0 = tl.load(x_ptr + k0 + word * 8).to(tl.float32)
+            x1 = tl.load(x_ptr + k0 + word * 8 + 1).to(tl.float32)
+            x2 = tl.load(x_ptr + k0 + word * 8 + 2).to(tl.float32)
+            x3 = tl.load(x_ptr + k0 + word * 8 + 3).to(tl.float32)
+            x4 = tl.load(x_ptr + k0 + word * 8 + 4).to(tl.float32)
+            x5 = tl.load(x_ptr + k0 + word * 8 + 5).to(tl.float32)
+            x6 = tl.load(x_ptr + k0 + word * 8 + 6).to(tl.float32)
+            x7 = tl.load(x_ptr + k0 + word * 8 + 7).to(tl.float32)
         xsum = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7))
-        dot = _code_at(packed, magic_bits, 0) * x0[None, :, :]  # x scaled by 16^-j: exact
-        dot += _code_at(packed, magic_bits, 1) * (x1 * 0.0625)[None, :, :]
-        dot += _code_at(packed, magic_bits, 2) * (x2 * 0.00390625)[None, :, :]
-        dot += _code_at(packed, magic_bits, 3) * (x3 * 0.000244140625)[None, :, :]
-        dot += _code_at(packed, magic_bits, 4) * (x4 * 0.0000152587890625)[None, :, :]
-        dot += _code_at(packed, magic_bits, 5) * (x5 * 0.00390625)[None, :, :]
-        dot += _code_at(packed, magic_bits, 6) * (x6 * 0.000244140625)[None, :, :]
-        dot += _code_at(packed, magic_bits, 7) * (x7 * 0.0000152587890625)[None, :, :]
+        dot = _code_at(packed, 0) * x0[None, :, :]
+        dot += _code_at(packed, 1) * (x1 * 0.0625)[None, :, :]
+        dot += _code_at(packed, 2) * (x2 * 0.00390625)[None, :, :]
+        dot += _code_at(packed, 3) * (x3 * 0.000244140625)[None, :, :]
+        dot += _code_at(packed, 4) * (x4 * 0.0000152587890625)[None, :, :]
+        dot += _code_at(packed, 5) * x5[None, :, :]
+        dot += _code_at(packed, 6) * (x6 * 0.0625)[None, :, :]
+        dot += _code_at(packed, 7) * (x7 * 0.00390625)[None, :, :]  # x scaled by 16^-(i % 5): exact
         if k0 + BLOCK_K < K:
             packed = tl.load(q_ptrs + (k0 + BLOCK_K) // 8)
         g = k0 // GROUP
@@ -169,7 +175,8 @@ def _int4_gemv_grouped_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, r_ptr, g
 def int4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int,
               bias: torch.Tensor | None, cfg) -> torch.Tensor:
     """x [1, K] contiguous -> [1, N] in x's dtype. `cfg`: an Int4GemvConfig (block_n, block_k
-    dividing K (int4_linear.gemv_fits), num_warps, num_stages, pdl, grouped: the whole-group kernel)."""
+    dividing K (int4_linear.gemv_fits), num_warps, num_stages, pdl, grouped: 1 / 2 the whole-group
+    kernel with x split in registers / gathered per code)."""
     y = torch.empty(1, qweight.shape[0], dtype=x.dtype, device=x.device)
     _launch(x, qweight, scales, zeros, group, bias, cfg, y)
     return y
@@ -178,7 +185,7 @@ def int4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
 def int4_gemv_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
                       qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int,
                       bias: torch.Tensor | None, cfg) -> tuple[torch.Tensor, torch.Tensor]:
-    """RMSNorm(x + residual) (or of x) times the weight in one launch (cfg.grouped): (y [1, N],
+    """RMSNorm(x + residual) (or of x) times the weight in one launch (cfg.grouped == 1): (y [1, N],
     x + residual in a new tensor, or x)."""
     y = torch.empty(1, qweight.shape[0], dtype=x.dtype, device=x.device)
     r_out = torch.empty_like(x) if residual is not None else None
@@ -188,7 +195,7 @@ def int4_gemv_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, norm_weigh
 
 def int4_gemv_silu_mul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int,
                        bias: torch.Tensor | None, cfg) -> torch.Tensor:
-    """(silu(x[:, :K]) * x[:, K:]) times the weight in one launch (cfg.grouped); x [1, 2K] contiguous."""
+    """(silu(x[:, :K]) * x[:, K:]) times the weight in one launch (cfg.grouped == 1); x [1, 2K] contiguous."""
     y = torch.empty(1, qweight.shape[0], dtype=x.dtype, device=x.device)
     _launch(x, qweight, scales, zeros, group, bias, cfg, y, silu_mul=True)
     return y
@@ -198,8 +205,8 @@ def _launch(x, qweight, scales, zeros, group, bias, cfg, y, residual=None, norm_
             silu_mul=False) -> None:
     n, k = qweight.shape[0], qweight.shape[1] * 8
     fused = norm_weight is not None or silu_mul
-    if fused and not cfg.grouped:
-        raise ValueError(f"the fused INT4 GEMV runs only the whole-group kernel, not {cfg}")
+    if fused and cfg.grouped != 1:
+        raise ValueError(f"the fused INT4 GEMV runs only the whole-group kernel with x split in registers, not {cfg}")
     pdl = pdl_kwargs(x) if cfg.pdl else {"PDL": False}
     common = dict(GROUP=group, HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl)
@@ -211,8 +218,8 @@ def _launch(x, qweight, scales, zeros, group, bias, cfg, y, residual=None, norm_
     _int4_gemv_grouped_kernel[grid](
         x, qweight, scales, zeros, b, y, residual if residual is not None else x,
         norm_weight if norm_weight is not None else x, r_out if r_out is not None else y, n, k, qweight.stride(0),
-        scales.stride(0), eps, MAGIC_BITS, ADD_RES=residual is not None, NORM=norm_weight is not None, SILU_MUL=silu_mul,
-        **common)
+        scales.stride(0), eps, X_SPLIT=cfg.grouped == 1, ADD_RES=residual is not None, NORM=norm_weight is not None,
+        SILU_MUL=silu_mul, **common)
 
 
 @triton.jit

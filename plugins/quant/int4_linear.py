@@ -29,17 +29,16 @@ from jackfield_plugins.quant import int4_numerics as int4
 from jackfield_plugins.quant.common import BuiltinQuantization, replace_parameter
 
 DEQUANT_ROWS = 1024  # from this many rows: dequantize + cuBLAS (auto backend)
-GEMV_CONFIGS = (  # (block_n, block_k, num_warps, num_stages) of the per-weight kernel, for groups the whole-group
-    # kernel does not tile (one group a row); chunks spanning several groups read 256-512 bytes a row per load
-    (8, 64, 4, 4), (16, 64, 4, 3), (4, 512, 4, 2), (8, 512, 4, 2), (16, 512, 8, 2), (8, 1024, 8, 2))
-GROUPED_GEMV_CONFIGS = (  # the whole-group kernel (int4_kernels._int4_gemv_grouped_kernel): chunks of whole groups.
-    # It is bound by instructions, not bytes: 64-128 weights a thread (block_n * block_k / (32 num_warps))
-    # take 4-5 instructions a weight on sm_90 against 6.5 with 32; few rows a program for the small
-    # layers (o_proj: 4096 rows), so that every SM gets programs
-    (8, 512, 4, 2), (8, 1024, 8, 2), (8, 1024, 4, 2), (16, 256, 2, 2), (16, 512, 4, 2), (16, 1024, 4, 2),
-    (16, 2048, 8, 2), (32, 256, 2, 2), (32, 512, 4, 2), (64, 128, 2, 2))
-FUSED_GEMV_CONFIGS = GROUPED_GEMV_CONFIGS[1:2] + GROUPED_GEMV_CONFIGS[4:6] + GROUPED_GEMV_CONFIGS[7:9]  # timed
-# with the norm / activation in the prologue (fewer: each is a compilation of its own per variant)
+GEMV_CONFIGS = (  # (block_n, block_k, num_warps, num_stages) timed for one-row inputs
+    (4, 128, 4, 3), (8, 128, 4, 3), (16, 128, 8, 2), (8, 64, 4, 4), (16, 64, 4, 3), (32, 32, 4, 4), (16, 32, 4, 4),
+    # chunks spanning several groups: 256-512 bytes of codes per row per load, enough bytes in
+    # flight to stream HBM (a 128-column chunk moves 64 bytes a row, and the loop waits on each)
+    (4, 512, 4, 2), (8, 512, 4, 2), (16, 512, 8, 2), (4, 1024, 4, 2), (8, 1024, 8, 2))
+GROUPED_GEMV_CONFIGS = (  # the whole-group kernel (int4_kernels._int4_gemv_grouped_kernel): chunks of whole groups;
+    # the fifth value: 1 loads x a vector per word and splits it in registers, 2 one strided load per code
+    (2, 1024, 4, 2, 1), (4, 512, 4, 2, 1), (4, 1024, 4, 2, 1), (8, 256, 4, 2, 1), (8, 512, 4, 2, 1),
+    (8, 1024, 8, 2, 1), (16, 256, 8, 2, 1), (16, 128, 4, 2, 1), (4, 256, 2, 2, 1), (2, 512, 2, 2, 1),
+    (4, 512, 4, 2, 2), (8, 512, 4, 2, 2), (16, 256, 8, 2, 2))
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,8 @@ class Int4GemvConfig:
     num_warps: int
     num_stages: int
     pdl: bool = True
-    grouped: bool = False  # the whole-group kernel (block_k a power-of-two multiple of the group)
+    grouped: int = 0  # 1, 2: the whole-group kernel (block_k a power-of-two multiple of the group) with x
+    #                   split in registers / gathered per code position
 
 
 def grouped_fits(block_k: int, k: int, group: int) -> bool:
@@ -74,14 +74,11 @@ def tile_fits(block_k: int, k: int, group: int) -> bool:
 
 @functools.cache
 def gemv_configs(k: int, group: int, fused: bool = False) -> tuple[Int4GemvConfig, ...]:
-    """The GEMV configurations timed for this K and group: the whole-group kernel's that tile it,
-    else the per-weight kernel's; `fused`: those that take the norm or activation into their
-    prologue (whole-group only)."""
-    grouped = tuple(Int4GemvConfig(*c, grouped=True) for c in (FUSED_GEMV_CONFIGS if fused else GROUPED_GEMV_CONFIGS)
-                    if grouped_fits(c[1], k, group))
-    if grouped or fused:
-        return grouped
-    return tuple(Int4GemvConfig(*c) for c in GEMV_CONFIGS if gemv_fits(c[1], k, group))
+    """The GEMV configurations of both kernels that tile this K and group; `fused`: those that take
+    the norm or activation into their prologue (the whole-group kernel with x split in registers)."""
+    grouped = tuple(Int4GemvConfig(*c[:4], grouped=c[4]) for c in GROUPED_GEMV_CONFIGS
+                    if grouped_fits(c[1], k, group) and (c[4] == 1 or not fused))
+    return grouped if fused else tuple(Int4GemvConfig(*c) for c in GEMV_CONFIGS if gemv_fits(c[1], k, group)) + grouped
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ def _cases(everything: bool = False) -> dict:
     from jackfield_plugins.quant import fp8_kernels as fk
     from jackfield_plugins.quant import int4_kernels as k4
     from jackfield_plugins.quant import w8a16_kernels as wk
-    from jackfield_plugins.quant.int4_linear import FUSED_GEMV_CONFIGS, GEMV_CONFIGS, GROUPED_GEMV_CONFIGS
+    from jackfield_plugins.quant.int4_linear import GEMV_CONFIGS, GROUPED_GEMV_CONFIGS
 
     def p(t):
         return "*" + t
@@ -44,19 +44,18 @@ def _cases(everything: bool = False) -> dict:
                 wk._w8a16_kernel, {"x_ptr": p(xd), "w_ptr": p(wd), "s_ptr": "*fp32", "b_ptr": p(xd), "y_ptr": p(xd)},
                 {"HAS_BIAS": True, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8})
         int4_args = {"x_ptr": p(xd), "q_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*fp16", "b_ptr": p(xd), "y_ptr": p(xd)}
-        for bn, bk, _, _ in GEMV_CONFIGS if everything else (GEMV_CONFIGS[0], GEMV_CONFIGS[3]):  # in / across groups
+        for bn, bk, _, _ in GEMV_CONFIGS if everything else (GEMV_CONFIGS[3], GEMV_CONFIGS[8]):  # in / across groups
             cases[f"int4_gemv_{xd}_{bn}x{bk}"] = (k4._int4_gemv_kernel, int4_args,
                                                   {"GROUP": 128, "HAS_BIAS": True, "BLOCK_N": bn, "BLOCK_K": bk,
                                                    "PDL": True})
-        grouped = GROUPED_GEMV_CONFIGS if everything else GROUPED_GEMV_CONFIGS[3:5] + GROUPED_GEMV_CONFIGS[-1:]
-        fused_args = {**int4_args, "r_ptr": p(xd), "g_ptr": p(xd), "r_out_ptr": p(xd), "eps": "fp32",
-                      "magic_bits": "i32"}
-        for (bn, bk, _, _), variant in [(c, "") for c in grouped] + [(FUSED_GEMV_CONFIGS[1], "_norm"),
-                                                                      (FUSED_GEMV_CONFIGS[1], "_silu")]:
-            cases[f"int4_gemv_grouped_{xd}_{bn}x{bk}{variant}"] = (
+        grouped = GROUPED_GEMV_CONFIGS if everything else GROUPED_GEMV_CONFIGS[3:5] + GROUPED_GEMV_CONFIGS[-2:-1]
+        fused_args = {**int4_args, "r_ptr": p(xd), "g_ptr": p(xd), "r_out_ptr": p(xd), "eps": "fp32"}
+        for (bn, bk, _, _, xs), variant in [(c, "") for c in grouped] + [(GROUPED_GEMV_CONFIGS[4], "_norm"),
+                                                                          (GROUPED_GEMV_CONFIGS[4], "_silu")]:
+            cases[f"int4_gemv_grouped{xs}_{xd}_{bn}x{bk}{variant}"] = (
                 k4._int4_gemv_grouped_kernel, fused_args,
-                {"GROUP": 128, "HAS_BIAS": True, "BLOCK_N": bn, "BLOCK_K": bk, "ADD_RES": variant == "_norm",
-                 "NORM": variant == "_norm", "SILU_MUL": variant == "_silu", "PDL": True})
+                {"GROUP": 128, "HAS_BIAS": True, "BLOCK_N": bn, "BLOCK_K": bk, "X_SPLIT": xs == 1,
+                 "ADD_RES": variant == "_norm", "NORM": variant == "_norm", "SILU_MUL": variant == "_silu", "PDL": True})
         for group, m in ((128, 256), (32, 2)) + (((128, 2), (64, 64)) if everything else ()):
             bm, bn, bk, _, _ = k4.mm_tiles(m, group)
             cases[f"int4_mm_{xd}_g{group}_{m}"] = (k4._int4_mm_kernel, int4_args,
@@ -102,8 +101,9 @@ def _cases(everything: bool = False) -> dict:
 
 CASE_NAMES = ["act_quant_bf16", "w8a8_bf16_None_256", "w8a8_bf16_(128, 128)_1", "w8a16_bf16_i8_64",
               "w8a16_bf16_fp8e4nv_1", "int4_gemv_bf16_8x64", "int4_gemv_bf16_8x512",
-              "int4_gemv_grouped_bf16_16x256", "int4_gemv_grouped_bf16_16x512", "int4_gemv_grouped_bf16_64x128",
-              "int4_gemv_grouped_bf16_16x512_norm", "int4_gemv_grouped_bf16_16x512_silu", "int4_mm_bf16_g128_256",
+              "int4_gemv_grouped1_bf16_8x256", "int4_gemv_grouped1_bf16_8x512",
+              "int4_gemv_grouped2_bf16_8x512", "int4_gemv_grouped1_bf16_8x512_norm",
+              "int4_gemv_grouped1_bf16_8x512_silu", "int4_mm_bf16_g128_256",
               "int4_mm_bf16_g32_2", "int4_dequant_bf16", "gemv_bf16_fp8e4nv_scale1_norm_2x1024",
               "gemv_bf16_fp8e4nv_scale1_norm_2x4096", "gemv_bf16_i8_scale1_silu_2x1024",
               "gemv_bf16_fp8e4nv_scale2_plain_8x128", "store_kv_bf16_fp8", "rope_store_bf16_fp8",

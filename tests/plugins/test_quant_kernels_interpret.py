@@ -86,10 +86,10 @@ def cases() -> dict:
             return max(err(k4.int4_gemv(x, packed, s16, z16, group, b, Int4GemvConfig(bn, bk, 4, 1, False)), ref)
                        for bn, bk in ((8, 32), (16, 64), (4, min(128, group)), (4, 256)) if gemv_fits(bk, k, group))
         if kind == "gemv_grouped":
-            return max(err(k4.int4_gemv(x, packed, s16, z16, group, b, Int4GemvConfig(bn, bk, 4, 1, False, True)), ref)
-                       for bn, bk in ((8, group), (16, 2 * group)) if grouped_fits(bk, k, group))
+            return max(err(k4.int4_gemv(x, packed, s16, z16, group, b, Int4GemvConfig(bn, bk, 4, 1, False, xs)), ref)
+                       for bn, bk, xs in ((8, group, 1), (4, 256, 2), (16, 2 * group, 1)) if grouped_fits(bk, k, group))
         if kind in ("gemv_rmsnorm", "gemv_silu_mul"):
-            cfg = Int4GemvConfig(8, 2 * group, 4, 1, False, True)
+            cfg = Int4GemvConfig(8, 2 * group, 4, 1, False, 1)
             if kind == "gemv_silu_mul":
                 gu = rand(1, 2 * k)
                 act = torch.nn.functional.silu(gu[:, :k]) * gu[:, k:]
