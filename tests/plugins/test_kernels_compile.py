@@ -49,13 +49,10 @@ def _cases(everything: bool = False) -> dict:
                                                   {"GROUP": 128, "HAS_BIAS": True, "BLOCK_N": bn, "BLOCK_K": bk,
                                                    "PDL": True})
         grouped = GROUPED_GEMV_CONFIGS if everything else GROUPED_GEMV_CONFIGS[3:5] + GROUPED_GEMV_CONFIGS[-2:-1]
-        fused_args = {**int4_args, "r_ptr": p(xd), "g_ptr": p(xd), "r_out_ptr": p(xd), "eps": "fp32"}
-        for (bn, bk, _, _, xs), variant in [(c, "") for c in grouped] + [(GROUPED_GEMV_CONFIGS[4], "_norm"),
-                                                                          (GROUPED_GEMV_CONFIGS[4], "_silu")]:
-            cases[f"int4_gemv_grouped{xs}_{xd}_{bn}x{bk}{variant}"] = (
-                k4._int4_gemv_grouped_kernel, fused_args,
-                {"GROUP": 128, "HAS_BIAS": True, "BLOCK_N": bn, "BLOCK_K": bk, "X_SPLIT": xs == 1,
-                 "ADD_RES": variant == "_norm", "NORM": variant == "_norm", "SILU_MUL": variant == "_silu", "PDL": True})
+        for bn, bk, _, _, xs in grouped:
+            cases[f"int4_gemv_grouped{xs}_{xd}_{bn}x{bk}"] = (k4._int4_gemv_grouped_kernel, int4_args,
+                                                              {"GROUP": 128, "HAS_BIAS": True, "BLOCK_N": bn,
+                                                               "BLOCK_K": bk, "X_SPLIT": xs == 1, "PDL": True})
         for group, m in ((128, 256), (32, 2)) + (((128, 2), (64, 64)) if everything else ()):
             bm, bn, bk, _, _ = k4.mm_tiles(m, group)
             cases[f"int4_mm_{xd}_g{group}_{m}"] = (k4._int4_mm_kernel, int4_args,
@@ -102,8 +99,7 @@ def _cases(everything: bool = False) -> dict:
 CASE_NAMES = ["act_quant_bf16", "w8a8_bf16_None_256", "w8a8_bf16_(128, 128)_1", "w8a16_bf16_i8_64",
               "w8a16_bf16_fp8e4nv_1", "int4_gemv_bf16_8x64", "int4_gemv_bf16_8x512",
               "int4_gemv_grouped1_bf16_8x256", "int4_gemv_grouped1_bf16_8x512",
-              "int4_gemv_grouped2_bf16_8x512", "int4_gemv_grouped1_bf16_8x512_norm",
-              "int4_gemv_grouped1_bf16_8x512_silu", "int4_mm_bf16_g128_256",
+              "int4_gemv_grouped2_bf16_8x512", "int4_mm_bf16_g128_256",
               "int4_mm_bf16_g32_2", "int4_dequant_bf16", "gemv_bf16_fp8e4nv_scale1_norm_2x1024",
               "gemv_bf16_fp8e4nv_scale1_norm_2x4096", "gemv_bf16_i8_scale1_silu_2x1024",
               "gemv_bf16_fp8e4nv_scale2_plain_8x128", "store_kv_bf16_fp8", "rope_store_bf16_fp8",
