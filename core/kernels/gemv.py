@@ -32,10 +32,9 @@ log = logging.getLogger(__name__)
 
 
 @triton.jit
-def prologue(x_ptr, r_ptr, g_ptr, r_out_ptr, k0, K, cols, pid,
-             ADD_RES: tl.constexpr, NORM: tl.constexpr, SILU_MUL: tl.constexpr):
-    """One BLOCK_K chunk of p(x) in float32, and its squares before the norm weight (for RMSNorm).
-    `cols`: the chunk's columns, of any shape; program 0 (`pid`) writes x + r to r_out."""
+def _prologue(x_ptr, r_ptr, g_ptr, r_out_ptr, k0, K, cols, pid,
+              ADD_RES: tl.constexpr, NORM: tl.constexpr, SILU_MUL: tl.constexpr):
+    """One BLOCK_K chunk of p(x) in float32, and its squares before the norm weight (for RMSNorm)."""
     if SILU_MUL:
         gate = tl.load(x_ptr + k0 + cols).to(tl.float32)
         up = tl.load(x_ptr + K + k0 + cols)
@@ -84,12 +83,12 @@ def _gemv_kernel(x_ptr, r_ptr, g_ptr, w_ptr, b_ptr, y_ptr, r_out_ptr, s_ptr, N, 
     w = tl.load(w_rows, mask=rmask[:, None], other=0.0)  # chunk 0, peeled off the loop
     if PDL:
         tl.extra.cuda.gdc_wait()  # x and r are written by earlier kernels: read them only from here
-    x, sq = prologue(x_ptr, r_ptr, g_ptr, r_out_ptr, 0, K, cols, pid, ADD_RES, NORM, SILU_MUL)
+    x, sq = _prologue(x_ptr, r_ptr, g_ptr, r_out_ptr, 0, K, cols, pid, ADD_RES, NORM, SILU_MUL)
     acc = w.to(tl.float32) * x[None, :]
     if SCALE == 2:
         acc = acc * _block_scale(s_ptr, rows, rmask, 0, stride_sn, SCALE_N, SCALE_K)[:, None]
     for k0 in range(BLOCK_K, K, BLOCK_K):  # K % BLOCK_K == 0 (checked by the caller)
-        x, s = prologue(x_ptr, r_ptr, g_ptr, r_out_ptr, k0, K, cols, pid, ADD_RES, NORM, SILU_MUL)
+        x, s = _prologue(x_ptr, r_ptr, g_ptr, r_out_ptr, k0, K, cols, pid, ADD_RES, NORM, SILU_MUL)
         sq += s  # every program sees all of x: it sums the squares on the way
         w = tl.load(w_rows + k0, mask=rmask[:, None], other=0.0)
         if SCALE == 2:

@@ -8,7 +8,7 @@ from jackfield.sdk.component import (Availability, Capabilities, Component, Sele
                                      require_cuda)
 from jackfield.sdk.decoder_lm import DecoderCausalLM
 from jackfield.sdk.layers.decoder import DecoderOptions
-from jackfield.sdk.layers.gemv import Gemv, WeightScale, gemv_prologue
+from jackfield.sdk.layers.gemv import Gemv, WeightScale
 from jackfield.sdk.forward_batch import ForwardBatch, ForwardMode
 from jackfield.sdk.grammar import (EosTrackingGrammar, Grammar, GrammarBackend, GrammarError, GrammarSpec, GrammarVocab, UnsupportedGrammar,
                                    allocate_bitmask, bitmask_words)
@@ -47,8 +47,8 @@ __all__ = [
     # models
     "CausalLM", "DecoderCausalLM", "DecoderOptions", "ModelBuildContext", "ModelConfig", "RopeConfig",
     # quantization
-    "Gemv", "WeightScale", "gemv_prologue", "LinearMethod", "PlainLinearMethod", "QuantizationMethod", "QuantOptions",
-    "checkpoint_names", "create_plain_weights",
+    "Gemv", "WeightScale", "LinearMethod", "PlainLinearMethod", "QuantizationMethod", "QuantOptions", "checkpoint_names",
+    "create_plain_weights",
     "GGUF_FORMAT", "GGUFWeight", "ggml_build", "ggml_mm", "ggml_quantize", "ggml_unavailable",
     # MoE
     "ExpertMethod", "ExpertWeights", "MoEConfig", "MoEDispatcher", "RoutingConfig", "route",

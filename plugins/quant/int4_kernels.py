@@ -19,12 +19,11 @@ import torch
 import triton
 import triton.language as tl
 
-from jackfield.sdk import gemv_prologue, pdl_kwargs
+from jackfield.sdk import pdl_kwargs
 from jackfield_plugins.quant.gemm_tiles import grid_size, output_tile, store_tile
 from jackfield_plugins.quant.int4_linear import tile_fits
 
 
-prologue = gemv_prologue()  # a Triton function: called by the fused whole-group kernel
 MAGIC = tl.constexpr(8388608.0)  # 2^23: the float32 whose low mantissa bits are an int4 code added to it
 
 
@@ -91,10 +90,9 @@ def _code_at(packed, i: tl.constexpr):
 
 
 @triton.jit
-def _int4_gemv_grouped_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, r_ptr, g_ptr, r_out_ptr, N, K, stride_qn,
-                              stride_sn, eps, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
-                              BLOCK_K: tl.constexpr, X_SPLIT: tl.constexpr, ADD_RES: tl.constexpr,
-                              NORM: tl.constexpr, SILU_MUL: tl.constexpr, PDL: tl.constexpr):
+def _int4_gemv_grouped_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, stride_qn, stride_sn,
+                              GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
+                              BLOCK_K: tl.constexpr, X_SPLIT: tl.constexpr, PDL: tl.constexpr):
     """One row, whole groups per chunk (BLOCK_K a multiple of GROUP). Per word, the dot of its eight
     codes with x, sum q x, and the word's sum of x; then s (sum q x - z sum x) per word, added to a
     per-word accumulator reduced once after the loop: scales and zeros are loaded once per (row,
@@ -104,11 +102,7 @@ def _int4_gemv_grouped_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, r_ptr, g
     Code i of a word (bits 4i..4i+3) is masked in place (`_code_at`: 2^23 + q 16^i, one
     mask-and-or, the subtraction of 2^23) and x pre-scaled by 16^-i (exact, a power of two): per
     weight a mask-and-or, a subtraction and a multiply-add. X_SPLIT: x is loaded a vector of eight
-    per word and split in registers (else one strided load per code position).
-
-    With X_SPLIT, x may come through the batch-1 GEMVs' fused prologue (jackfield.sdk.gemv_prologue):
-    RMSNorm of x + r (ADD_RES; program 0 writes the sum to r_out) with weight g (NORM: the 1/rms
-    factor applies to each output once, after the loop), or SiLU-and-mul (x = [gate | up])."""
+    per word and split in registers (else one strided load per code position)."""
     if PDL:
         tl.extra.cuda.gdc_launch_dependents()
     GPC: tl.constexpr = BLOCK_K // GROUP  # groups per chunk
@@ -121,18 +115,14 @@ def _int4_gemv_grouped_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, r_ptr, g
     q_ptrs = q_ptr + rows_c[:, None, None] * stride_qn + word[None, :, :]
     s_ptrs = s_ptr + rows_c[:, None] * stride_sn + gi[None, :]
     z_ptrs = z_ptr + rows_c[:, None] * stride_sn + gi[None, :]
-    cols = word[:, :, None] * 8 + tl.arange(0, 8)[None, None, :]  # [GPC, WPG, 8]: contiguous
+    x_ptrs = x_ptr + word[:, :, None] * 8 + tl.arange(0, 8)[None, None, :]  # [GPC, WPG, 8]: contiguous
     packed = tl.load(q_ptrs)  # [BLOCK_N, GPC, WPG]
     if PDL:
         tl.extra.cuda.gdc_wait()  # x is written by the kernel before: read it only from here
     acc = tl.zeros([BLOCK_N, GPC, WPG], tl.float32)
-    sq = tl.zeros([GPC, WPG, 8], tl.float32)
     for k0 in range(0, K, BLOCK_K):  # K % BLOCK_K == 0 (checked by the caller)
         if X_SPLIT:  # x's eight values of each word loaded as one vector, split in registers (slot 4a + 2b + c)
-            x, sq_k = prologue(x_ptr, r_ptr, g_ptr, r_out_ptr, k0, K, cols, tl.program_id(0), ADD_RES, NORM, SILU_MUL)
-            if NORM:
-                sq += sq_k
-            x = tl.reshape(x, [GPC, WPG, 2, 2, 2])
+            x = tl.reshape(tl.load(x_ptrs + k0).to(tl.float32), [GPC, WPG, 2, 2, 2])
             c0, c1 = tl.split(x)
             b0c0, b1c0 = tl.split(c0)
             b0c1, b1c1 = tl.split(c1)
@@ -165,8 +155,6 @@ def _int4_gemv_grouped_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, r_ptr, g
         z = tl.load(z_ptrs + g).to(tl.float32)[:, :, None]
         acc += s * (dot - z * xsum[None, :, :])
     y = tl.sum(tl.sum(acc, axis=2), axis=1)
-    if NORM:
-        y = y * tl.rsqrt(tl.sum(tl.sum(tl.sum(sq, axis=2), axis=1), axis=0) / K + eps)
     if HAS_BIAS:
         y += tl.load(b_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
     tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rmask)
@@ -177,49 +165,16 @@ def int4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
     """x [1, K] contiguous -> [1, N] in x's dtype. `cfg`: an Int4GemvConfig (block_n, block_k
     dividing K (int4_linear.gemv_fits), num_warps, num_stages, pdl, grouped: 1 / 2 the whole-group
     kernel with x split in registers / gathered per code)."""
-    y = torch.empty(1, qweight.shape[0], dtype=x.dtype, device=x.device)
-    _launch(x, qweight, scales, zeros, group, bias, cfg, y)
+    n, k = qweight.shape[0], x.shape[1]
+    y = torch.empty(1, n, dtype=x.dtype, device=x.device)
+    kernel, extra = _int4_gemv_kernel, {}
+    if cfg.grouped:
+        kernel, extra = _int4_gemv_grouped_kernel, {"X_SPLIT": cfg.grouped == 1}
+    kernel[(triton.cdiv(n, cfg.block_n),)](
+        x, qweight, scales, zeros, bias if bias is not None else scales, y, n, k, qweight.stride(0), scales.stride(0),
+        GROUP=group, HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **extra,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **(pdl_kwargs(x) if cfg.pdl else {"PDL": False}))
     return y
-
-
-def int4_gemv_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-                      qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int,
-                      bias: torch.Tensor | None, cfg) -> tuple[torch.Tensor, torch.Tensor]:
-    """RMSNorm(x + residual) (or of x) times the weight in one launch (cfg.grouped == 1): (y [1, N],
-    x + residual in a new tensor, or x)."""
-    y = torch.empty(1, qweight.shape[0], dtype=x.dtype, device=x.device)
-    r_out = torch.empty_like(x) if residual is not None else None
-    _launch(x, qweight, scales, zeros, group, bias, cfg, y, residual, norm_weight, r_out, eps)
-    return y, (r_out if residual is not None else x)
-
-
-def int4_gemv_silu_mul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int,
-                       bias: torch.Tensor | None, cfg) -> torch.Tensor:
-    """(silu(x[:, :K]) * x[:, K:]) times the weight in one launch (cfg.grouped == 1); x [1, 2K] contiguous."""
-    y = torch.empty(1, qweight.shape[0], dtype=x.dtype, device=x.device)
-    _launch(x, qweight, scales, zeros, group, bias, cfg, y, silu_mul=True)
-    return y
-
-
-def _launch(x, qweight, scales, zeros, group, bias, cfg, y, residual=None, norm_weight=None, r_out=None, eps=0.0,
-            silu_mul=False) -> None:
-    n, k = qweight.shape[0], qweight.shape[1] * 8
-    fused = norm_weight is not None or silu_mul
-    if fused and cfg.grouped != 1:
-        raise ValueError(f"the fused INT4 GEMV runs only the whole-group kernel with x split in registers, not {cfg}")
-    pdl = pdl_kwargs(x) if cfg.pdl else {"PDL": False}
-    common = dict(GROUP=group, HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                  num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl)
-    b = bias if bias is not None else scales
-    grid = (triton.cdiv(n, cfg.block_n),)
-    if not cfg.grouped:
-        _int4_gemv_kernel[grid](x, qweight, scales, zeros, b, y, n, k, qweight.stride(0), scales.stride(0), **common)
-        return
-    _int4_gemv_grouped_kernel[grid](
-        x, qweight, scales, zeros, b, y, residual if residual is not None else x,
-        norm_weight if norm_weight is not None else x, r_out if r_out is not None else y, n, k, qweight.stride(0),
-        scales.stride(0), eps, X_SPLIT=cfg.grouped == 1, ADD_RES=residual is not None, NORM=norm_weight is not None,
-        SILU_MUL=silu_mul, **common)
 
 
 @triton.jit

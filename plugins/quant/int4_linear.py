@@ -9,9 +9,7 @@ activations are permuted so that each group's columns are contiguous.
 Where it runs:
   CPU: the weight dequantized to float32 (int4_numerics.dequantize), then F.linear.
   CUDA: one row through the Triton INT4 GEMV (int4_kernels.py; block configuration timed once per
-    shape against the next path, by the SDK's Gemv tuner), with the RMSNorm before qkv / gate_up
-    and the SiLU-and-mul before down_proj fused into its prologue where that times faster than the
-    separate kernel (no act-order permutation); up to DEQUANT_ROWS rows the Triton
+    shape against the next path, by the SDK's Gemv tuner); up to DEQUANT_ROWS rows the Triton
     dequantize-in-registers GEMM; more rows (prefill), or `quantization_gemm_backend torch`, the
     Triton dequantize kernel and cuBLAS.
 """
@@ -73,12 +71,10 @@ def tile_fits(block_k: int, k: int, group: int) -> bool:
 
 
 @functools.cache
-def gemv_configs(k: int, group: int, fused: bool = False) -> tuple[Int4GemvConfig, ...]:
-    """The GEMV configurations of both kernels that tile this K and group; `fused`: those that take
-    the norm or activation into their prologue (the whole-group kernel with x split in registers)."""
-    grouped = tuple(Int4GemvConfig(*c[:4], grouped=c[4]) for c in GROUPED_GEMV_CONFIGS
-                    if grouped_fits(c[1], k, group) and (c[4] == 1 or not fused))
-    return grouped if fused else tuple(Int4GemvConfig(*c) for c in GEMV_CONFIGS if gemv_fits(c[1], k, group)) + grouped
+def gemv_configs(k: int, group: int) -> tuple[Int4GemvConfig, ...]:
+    """The GEMV configurations of both kernels that tile this K and group."""
+    return (tuple(Int4GemvConfig(*c) for c in GEMV_CONFIGS if gemv_fits(c[1], k, group))
+            + tuple(Int4GemvConfig(*c[:4], grouped=c[4]) for c in GROUPED_GEMV_CONFIGS if grouped_fits(c[1], k, group)))
 
 
 @dataclass(frozen=True)
@@ -208,41 +204,6 @@ class Int4LinearMethod(LinearMethod):
         else:
             y = self._matmul(layer, x2)
         return y.reshape(*x.shape[:-1], y.shape[-1])
-
-    def _fusable(self, layer, x: torch.Tensor) -> bool:
-        """Whether a one-row input may take a fused GEMV (no act-order permutation of the input)."""
-        return (not self.plain and x.is_cuda and self.backend != "torch" and layer.perm is None and x.dim() == 2
-                and x.shape[0] == 1 and x.is_contiguous())
-
-    def apply_normed(self, layer, x, residual, norm):
-        fused = None
-        if self._fusable(layer, x) and (residual is None or residual.is_contiguous()):
-            from jackfield_plugins.quant.int4_kernels import int4_gemv_rmsnorm
-
-            run = lambda c: int4_gemv_rmsnorm(x, residual, norm.weight, norm.eps, layer.qweight, layer.scales,  # noqa: E731
-                                              layer.zeros, self.group, layer.bias, c)
-            fused = self._fused(layer, "rmsnorm" if residual is None else "add_rmsnorm", x.dtype, run,
-                                lambda: super(Int4LinearMethod, self).apply_normed(layer, x, residual, norm))
-        return fused if fused is not None else super().apply_normed(layer, x, residual, norm)
-
-    def apply_silu_mul(self, layer, x):
-        fused = None
-        if self._fusable(layer, x) and x.shape[1] == 16 * layer.qweight.shape[1]:
-            from jackfield_plugins.quant.int4_kernels import int4_gemv_silu_mul
-
-            run = lambda c: int4_gemv_silu_mul(x, layer.qweight, layer.scales, layer.zeros, self.group,  # noqa: E731
-                                               layer.bias, c)
-            fused = self._fused(layer, "silu_mul", x.dtype, run, lambda: super(Int4LinearMethod, self).apply_silu_mul(
-                layer, x))
-        return fused if fused is not None else super().apply_silu_mul(layer, x)
-
-    def _fused(self, layer, variant: str, dtype, run, unfused):
-        """run(cfg) with the fastest fused configuration, timed once per shape against `unfused()`
-        (the separate norm or activation kernel, then `apply`); None where that is faster."""
-        n, k = layer.qweight.shape[0], layer.qweight.shape[1] * 8
-        cfg = self.gemv.choose((f"int4_gemv_{variant}", n, k, self.group, dtype), k, unfused, run,
-                               gemv_configs(k, self.group, fused=True))
-        return run(cfg) if cfg is not None else None
 
     def _gemv(self, layer, x):
         from jackfield_plugins.quant.int4_kernels import int4_gemv

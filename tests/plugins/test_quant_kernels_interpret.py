@@ -88,17 +88,6 @@ def cases() -> dict:
         if kind == "gemv_grouped":
             return max(err(k4.int4_gemv(x, packed, s16, z16, group, b, Int4GemvConfig(bn, bk, 4, 1, False, xs)), ref)
                        for bn, bk, xs in ((8, group, 1), (4, 256, 2), (16, 2 * group, 1)) if grouped_fits(bk, k, group))
-        if kind in ("gemv_rmsnorm", "gemv_silu_mul"):
-            cfg = Int4GemvConfig(8, 2 * group, 4, 1, False, 1)
-            if kind == "gemv_silu_mul":
-                gu = rand(1, 2 * k)
-                act = torch.nn.functional.silu(gu[:, :k]) * gu[:, k:]
-                return err(k4.int4_gemv_silu_mul(gu, packed, s16, z16, group, b, cfg),
-                           int4.reference_linear(act, q, s16, z16, group, b))
-            res, g = rand(1, k), rand(k)
-            h = (x + res) * torch.rsqrt((x + res).pow(2).mean(-1, keepdim=True) + 1e-6) * g
-            y, r_out = k4.int4_gemv_rmsnorm(x, res, g, 1e-6, packed, s16, z16, group, b, cfg)
-            return max(err(y, int4.reference_linear(h, q, s16, z16, group, b)), err(r_out, x + res))
         if kind == "matmul":
             return max(err(k4.int4_matmul(x, packed, s16, z16, group, b, tiles), ref)
                        for tiles in (None, (16, 16, 32, 4, 1)))
@@ -121,8 +110,6 @@ def cases() -> dict:
         "int4_gemv_per_row": lambda: int4_case("gemv", 256),
         "int4_gemv_grouped_group32": lambda: int4_case("gemv_grouped", 32),
         "int4_gemv_grouped_group128": lambda: int4_case("gemv_grouped", 128),
-        "int4_gemv_add_rmsnorm_group32": lambda: int4_case("gemv_rmsnorm", 32),
-        "int4_gemv_silu_mul_group64": lambda: int4_case("gemv_silu_mul", 64),
         "int4_matmul_group32_m7": lambda: int4_case("matmul", 32, 7),
         "int4_dequantize_group64": lambda: int4_case("dequantize", 64),
     }
@@ -132,8 +119,7 @@ CASE_NAMES = ["act_quant_per_token", "act_quant_group64", "w8a8_per_channel_m5",
               "w8a8_block32_m5", "w8a8_block_16x64_small_tiles", "w8a16_int8_m1", "w8a16_fp8_m20",
               "gemv_int8_per_row", "gemv_fp8_per_row_rmsnorm", "gemv_fp8_block_silu_mul", "gemv_fp8_block",
               "int4_gemv_group64", "int4_gemv_per_row", "int4_gemv_grouped_group32",
-              "int4_gemv_grouped_group128", "int4_gemv_add_rmsnorm_group32", "int4_gemv_silu_mul_group64",
-              "int4_matmul_group32_m7", "int4_dequantize_group64"]
+              "int4_gemv_grouped_group128", "int4_matmul_group32_m7", "int4_dequantize_group64"]
 
 
 def _child_main() -> None:

@@ -26,16 +26,6 @@ class WeightScale:
     block: tuple[int, int] | None = None
 
 
-def gemv_prologue():
-    """The Triton function that batch-1 GEMV kernels call per chunk of x for their fused prologue
-    (`jackfield.kernels.gemv.prologue`: RMSNorm of x + residual, or SiLU-and-mul), for a
-    quantization method's own GEMV kernel to fuse the same way. Imports triton: call it from a
-    module that is only imported where a kernel runs."""
-    from jackfield.kernels.gemv import prologue
-
-    return prologue
-
-
 def _one_row(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return x.dim() == 2 and x.shape[0] == 1 and x.is_cuda and x.is_contiguous() and weight.stride(1) == 1
 
