@@ -9,6 +9,7 @@ import torch
 from jackfield.embedding import headless_weights
 from jackfield.hybrid_attention import build_attention_backend
 from jackfield.loader.weights import init_dummy_weights, iter_safetensors
+from jackfield.loader.compact import compact_cuda_weights
 from jackfield.lora.setup import build_lora_manager, load_startup_adapters
 from jackfield.mem.allocator import TokenAllocator
 from jackfield.mem.req_to_token import ReqToTokenPool
@@ -75,6 +76,8 @@ class ModelRunner:
         t0 = time.perf_counter()
         self.lora = build_lora_manager(setup)  # before the model: its Linear layers ask it for LoRA slots
         self.model = self._load_model(progress)
+        if self.device.type == "cuda":
+            compact_cuda_weights(self.model)  # before the KV budget reads free memory
         if self.lora is not None:
             self.lora.finish_build()
             load_startup_adapters(self.lora, s)

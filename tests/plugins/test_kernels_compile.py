@@ -20,7 +20,7 @@ def _cases(everything: bool = False) -> dict:
     from jackfield_plugins.quant import fp8_kernels as fk
     from jackfield_plugins.quant import int4_kernels as k4
     from jackfield_plugins.quant import w8a16_kernels as wk
-    from jackfield_plugins.quant.int4_linear import GEMV_CONFIGS
+    from jackfield_plugins.quant.int4_linear import GEMV_CONFIGS, GROUPED_GEMV_CONFIGS
 
     def p(t):
         return "*" + t
@@ -48,6 +48,11 @@ def _cases(everything: bool = False) -> dict:
             cases[f"int4_gemv_{xd}_{bn}x{bk}"] = (k4._int4_gemv_kernel, int4_args,
                                                   {"GROUP": 128, "HAS_BIAS": True, "BLOCK_N": bn, "BLOCK_K": bk,
                                                    "PDL": True})
+        grouped = GROUPED_GEMV_CONFIGS if everything else GROUPED_GEMV_CONFIGS[3:5] + GROUPED_GEMV_CONFIGS[-2:-1]
+        for bn, bk, _, _, xs in grouped:
+            cases[f"int4_gemv_grouped{xs}_{xd}_{bn}x{bk}"] = (k4._int4_gemv_grouped_kernel, int4_args,
+                                                              {"GROUP": 128, "HAS_BIAS": True, "BLOCK_N": bn,
+                                                               "BLOCK_K": bk, "X_SPLIT": xs == 1, "PDL": True})
         for group, m in ((128, 256), (32, 2)) + (((128, 2), (64, 64)) if everything else ()):
             bm, bn, bk, _, _ = k4.mm_tiles(m, group)
             cases[f"int4_mm_{xd}_g{group}_{m}"] = (k4._int4_mm_kernel, int4_args,
@@ -135,7 +140,9 @@ def _gguf_cases(xd: str, everything: bool) -> dict:
 
 
 CASE_NAMES = ["act_quant_bf16", "w8a8_bf16_None_256", "w8a8_bf16_(128, 128)_1", "w8a16_bf16_i8_64",
-              "w8a16_bf16_fp8e4nv_1", "int4_gemv_bf16_8x64", "int4_gemv_bf16_8x512", "int4_mm_bf16_g128_256",
+              "w8a16_bf16_fp8e4nv_1", "int4_gemv_bf16_8x64", "int4_gemv_bf16_8x512",
+              "int4_gemv_grouped1_bf16_8x256", "int4_gemv_grouped1_bf16_8x512",
+              "int4_gemv_grouped2_bf16_8x512", "int4_mm_bf16_g128_256",
               "int4_mm_bf16_g32_2", "int4_dequant_bf16", "gemv_bf16_fp8e4nv_scale1_norm_2x1024",
               "gemv_bf16_fp8e4nv_scale1_norm_2x4096", "gemv_bf16_i8_scale1_silu_2x1024",
               "gemv_bf16_fp8e4nv_scale2_plain_8x128", "store_kv_bf16_fp8", "rope_store_bf16_fp8",

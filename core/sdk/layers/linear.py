@@ -4,9 +4,10 @@ One class covers plain and fused projections: `shards` names the checkpoint tens
 this layer's output rows, in order (q/k/v for qkv_proj, 0/1 for gate_up_proj).
 
 When the engine serves LoRA adapters (`ctx.lora` set) a layer whose modules are LoRA targets gets a
-LoRALayer that adds each token's adapter update to the base output; the fused norm / activation
-paths then run unfused, since the adapter needs the layer's input. Without LoRA `self.lora` is None
-and the layer runs exactly as before.
+LoRALayer that adds each token's adapter update to the base output. The fused norm / activation
+paths stay fused when the LoRA backend computes the layer's input inside its own kernels (decode on
+the `triton` backend) or no adapter runs in the forward; otherwise they run unfused, since the
+adapter needs the layer's input. Without LoRA `self.lora` is None and the layer runs as before.
 
 Tensor parallelism (`parallel`, see jackfield.sdk.parallel): a "column" layer holds this rank's
 slice of every fused shard's output rows (`shard_slices` overrides the even split, for replicated
@@ -100,16 +101,20 @@ class Linear(nn.Module):
 
     def forward_normed(self, x: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module):
         """This layer on norm(x + residual); returns (output, x + residual). See LinearMethod.apply_normed."""
-        if self.lora is None:
+        lora = self.lora
+        if lora is None or lora.fuses_prologue():
             out, residual = self.method.apply_normed(self, x, residual, norm)
+            out = out if lora is None else lora.apply_normed(residual, norm, out)
             return (self.tp.all_reduce(out) if self.parallel == "row" else out), residual
         h, residual = (norm(x), x) if residual is None else norm(x, residual)
         return self.forward(h), residual
 
     def forward_silu_mul(self, x: torch.Tensor) -> torch.Tensor:
         """This layer on silu(gate) * up for x = [gate | up]. See LinearMethod.apply_silu_mul."""
-        if self.lora is None:
+        lora = self.lora
+        if lora is None or lora.fuses_prologue():
             out = self.method.apply_silu_mul(self, x)
+            out = out if lora is None else lora.apply_silu_mul(x, out)
             return self.tp.all_reduce(out) if self.parallel == "row" else out
         return self.forward(silu_and_mul(x))
 
