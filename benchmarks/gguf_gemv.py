@@ -49,7 +49,7 @@ def bench(fn) -> float:
 
 
 def cfg_name(c) -> str:
-    return f"{c.block_n}x{c.block_k} w{c.num_warps} s{c.num_stages}"
+    return f"{c.block_n}x{c.block_k} w{c.num_warps} s{c.num_stages}" + (" ahead" if c.ahead else "")
 
 
 def gemv_row(name: str, label: str, n: int, k: int, configs) -> dict:

@@ -6,9 +6,9 @@ does: per word the dot of its codes with x (each code masked in place and ORed i
 2^23, x pre-scaled by the inverse power of two: no integer-to-float conversion) and the word's sum
 of x; the sub-block's scale and min are loaded once per (row, sub-block) and applied once per word,
 into per-word accumulators reduced after the loop. Each program streams BLOCK_N full rows, BLOCK_K
-columns a step; the next step's loads (words, high bits, scales, x) go out before this step's
-arithmetic, and the first step's weight loads before the programmatic-dependent-launch wait
-(weights are written by no kernel).
+columns a step, the next step's words loaded during this one (AHEAD: all of the next step's loads,
+high bits, scales and x too, before this step's arithmetic); the first step's weight loads go out
+before the programmatic-dependent-launch wait (weights are written by no kernel).
 `gguf_matmul` (several rows) and `gguf_dequantize` build float32 tiles of weights in registers
 (`_weight_tile`, one code path for all types, the type's constants as constexprs): the GEMM feeds
 them to tensor-core dots, the dequantize kernel writes the weight [N, K] for cuBLAS.
@@ -128,16 +128,20 @@ def _word_dot(word, hi, x0, x1, x2, x3, x4, x5, x6, x7, B: tl.constexpr, CODES: 
 
 
 @triton.jit
-def _gemv_step_weights(w_ptrs, h_ptrs, sc_ptrs, mn_ptrs, d_ptr, dm_ptr, blk_ptrs, k0, G: tl.constexpr,
-                       S: tl.constexpr, CPW: tl.constexpr, HB: tl.constexpr, HAS_SC: tl.constexpr,
-                       MIN_MODE: tl.constexpr):
-    """The GEMV step at column k0: its words of codes [BLOCK_N, GPC, WPG], their high bits (int32;
-    the words again without high bits), and its scale s and min m per (row, sub-block) [BLOCK_N, GPC]
-    (weight = s (u - OFFSET) + m; m is s again where the type has no min)."""
-    packed = tl.load(w_ptrs + k0 // CPW)
+def _gemv_high(packed, h_ptrs, k0, CPW: tl.constexpr, HB: tl.constexpr):
+    """The high bits (int32) of the GEMV step at column k0 whose words are `packed` (the words again
+    for the types without high bits)."""
     hi = packed  # unused without high bits
     if HB > 0:
         hi = tl.load(h_ptrs + k0 // CPW).to(tl.int32)
+    return hi
+
+
+@triton.jit
+def _gemv_scales(sc_ptrs, mn_ptrs, d_ptr, dm_ptr, blk_ptrs, k0, G: tl.constexpr, S: tl.constexpr,
+                 HAS_SC: tl.constexpr, MIN_MODE: tl.constexpr):
+    """The scale s and min m per (row, sub-block) [BLOCK_N, GPC] of the GEMV step at column k0
+    (weight = s (u - OFFSET) + m; m is s again where the type has no min)."""
     blk = blk_ptrs + k0 // S
     s = tl.load(d_ptr + blk).to(tl.float32)
     if HAS_SC:
@@ -147,14 +151,14 @@ def _gemv_step_weights(w_ptrs, h_ptrs, sc_ptrs, mn_ptrs, d_ptr, dm_ptr, blk_ptrs
         m = tl.load(dm_ptr + blk).to(tl.float32)
     if MIN_MODE == 2:
         m = -tl.load(dm_ptr + blk).to(tl.float32) * tl.load(mn_ptrs + k0 // G).to(tl.float32)
-    return packed, hi, s, m
+    return s, m
 
 
 @triton.jit
 def _gemv_kernel(x_ptr, low_ptr, high_ptr, sc_ptr, mn_ptr, d_ptr, dm_ptr, b_ptr, y_ptr, N, K, stride_w, stride_g,
                  stride_b, BITS: tl.constexpr, G: tl.constexpr, S: tl.constexpr, OFFSET: tl.constexpr,
                  HAS_SC: tl.constexpr, MIN_MODE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+                 BLOCK_K: tl.constexpr, AHEAD: tl.constexpr, PDL: tl.constexpr):
     """One row, BLOCK_K columns (whole sub-blocks) a step. Per int32 word of codes (eight 4-bit ones;
     Q8_0: four bytes, read through an int32 view), dot = sum (u - OFFSET) x over its codes; per
     sub-block of G columns the weight is s (u - OFFSET) + m, so a word adds s dot (+ m xsum, the
@@ -184,20 +188,26 @@ def _gemv_kernel(x_ptr, low_ptr, high_ptr, sc_ptr, mn_ptr, d_ptr, dm_ptr, b_ptr,
     sc_ptrs = sc_ptr + r[:, None] * stride_g + gi[None, :]  # [BLOCK_N, GPC]: the step's sub-blocks
     mn_ptrs = mn_ptr + r[:, None] * stride_g + gi[None, :]
     blk_ptrs = r[:, None] * stride_b + gi[None, :] // (S // G)  # the step's blocks, from its first one
-    packed, hi, s, m = _gemv_step_weights(w_ptrs, h_ptrs, sc_ptrs, mn_ptrs, d_ptr, dm_ptr, blk_ptrs, 0, G, S, CPW, HB,
-                                          HAS_SC, MIN_MODE)
+    packed = tl.load(w_ptrs)
+    if AHEAD:
+        hi = _gemv_high(packed, h_ptrs, 0, CPW, HB)
+        s, m = _gemv_scales(sc_ptrs, mn_ptrs, d_ptr, dm_ptr, blk_ptrs, 0, G, S, HAS_SC, MIN_MODE)
     if PDL:
         tl.extra.cuda.gdc_wait()  # x is written by the kernel before: read it only from here
-    xv = tl.load(x_ptrs).to(tl.float32)
+    if AHEAD:
+        xv = tl.load(x_ptrs).to(tl.float32)
     acc = tl.zeros([BLOCK_N, GPC, WPG], tl.float32)
     for k0 in range(0, K, BLOCK_K):  # K % BLOCK_K == 0 (checked by the caller)
-        # the next step's loads go out before this step's arithmetic (the last step re-reads its own
-        # chunk, just cached, rather than branch): no step waits a DRAM round trip for its high bits,
-        # scales or x
-        kn = tl.minimum(k0 + BLOCK_K, K - BLOCK_K)
-        packed_n, hi_n, s_n, m_n = _gemv_step_weights(w_ptrs, h_ptrs, sc_ptrs, mn_ptrs, d_ptr, dm_ptr, blk_ptrs, kn, G,
-                                                      S, CPW, HB, HAS_SC, MIN_MODE)
-        xv_n = tl.load(x_ptrs + kn).to(tl.float32)
+        if AHEAD:  # all of the next step's loads before this step's arithmetic (the last step re-reads
+            # its own chunk, just cached, rather than branch)
+            kn = tl.minimum(k0 + BLOCK_K, K - BLOCK_K)
+            packed_n = tl.load(w_ptrs + kn // CPW)
+            hi_n = _gemv_high(packed_n, h_ptrs, kn, CPW, HB)
+            s_n, m_n = _gemv_scales(sc_ptrs, mn_ptrs, d_ptr, dm_ptr, blk_ptrs, kn, G, S, HAS_SC, MIN_MODE)
+            xv_n = tl.load(x_ptrs + kn).to(tl.float32)
+        else:  # only the next step's words ahead (fewer registers)
+            xv = tl.load(x_ptrs + k0).to(tl.float32)
+            hi = _gemv_high(packed, h_ptrs, k0, CPW, HB)
         if CPW == 8:  # slot 4a + 2b + c
             c0, c1 = tl.split(tl.reshape(xv, [GPC, WPG, 2, 2, 2]))
             b0c0, b1c0 = tl.split(c0)
@@ -216,11 +226,16 @@ def _gemv_kernel(x_ptr, low_ptr, high_ptr, sc_ptr, mn_ptr, d_ptr, dm_ptr, b_ptr,
         if BITS == 8:
             packed = packed ^ -2139062144  # 0x80808080: each signed byte q becomes u = q + 128
         dot = _word_dot(packed, hi, x0, x1, x2, x3, x4, x5, x6, x7, B, CPW, HB, OFF)
+        if not AHEAD:
+            if k0 + BLOCK_K < K:
+                packed = tl.load(w_ptrs + (k0 + BLOCK_K) // CPW)
+            s, m = _gemv_scales(sc_ptrs, mn_ptrs, d_ptr, dm_ptr, blk_ptrs, k0, G, S, HAS_SC, MIN_MODE)
         if MIN_MODE == 0:
             acc += s[:, :, None] * dot
         else:
             acc += s[:, :, None] * dot + m[:, :, None] * xsum[None, :, :]
-        packed, hi, s, m, xv = packed_n, hi_n, s_n, m_n, xv_n
+        if AHEAD:
+            packed, hi, s, m, xv = packed_n, hi_n, s_n, m_n, xv_n
     y = tl.sum(tl.sum(acc, axis=2), axis=1)
     if HAS_BIAS:
         y += tl.load(b_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
@@ -245,13 +260,17 @@ class GGUFGemvConfig:
     block_k: int
     num_warps: int
     num_stages: int
+    ahead: bool = False  # all of the next step's loads ahead (else only its words: fewer registers)
     pdl: bool = True  # programmatic dependent launch where jackfield.sdk.pdl_kwargs allows it
 
 
 GEMV_CONFIGS = tuple(GGUFGemvConfig(*c) for c in [  # timed per type and shape by the SDK's Gemv tuner
     # x is split into its code positions through shared memory once a step for all BLOCK_N rows: more
     # rows a thread (BLOCK_N above 2 * num_warps) spread that, and the x pre-scaling, over more weights
-    (16, 512, 4, 2), (8, 512, 4, 2), (32, 512, 4, 2), (32, 512, 8, 2), (16, 1024, 4, 2), (32, 256, 4, 2)])
+    (16, 512, 4, 2), (8, 512, 4, 2), (32, 512, 4, 2), (32, 512, 8, 2), (16, 1024, 4, 2), (32, 256, 4, 2),
+    # everything ahead: a step waits on no DRAM round trip of its own (Q5_K's and Q6_K's high bits,
+    # the K-quants' scales), at up to 40% more registers (sm_90: Q6_K 16 x 512 takes 128 against 95)
+    (16, 512, 4, 2, True), (8, 512, 4, 2, True), (32, 512, 8, 2, True)])
 GEMV_DEFAULT = GEMV_CONFIGS[0]
 
 
@@ -277,7 +296,7 @@ def gguf_gemv(x: torch.Tensor, p: GGUFPlanes, bias: torch.Tensor | None = None,
     _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](x, *ptrs, bias if bias is not None else p.d, y, n, k,
                                              k // (4 if f.bits == 8 else 8), k // f.group, k // f.block, **consts,
                                              HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n,
-                                             BLOCK_K=block_k(p, cfg.block_k), num_warps=cfg.num_warps,
+                                             BLOCK_K=block_k(p, cfg.block_k), AHEAD=cfg.ahead, num_warps=cfg.num_warps,
                                              num_stages=cfg.num_stages,
                                              **(pdl_kwargs(x) if cfg.pdl else {"PDL": False}))
     return y

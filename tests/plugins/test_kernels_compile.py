@@ -120,11 +120,11 @@ def _gguf_cases(xd: str, everything: bool) -> dict:
         gemv_high = {5: "*i8", 6: "*i16"}.get(f.bits, "*fp16")
         gemv = {"x_ptr": "*" + xd, "low_ptr": "*i32", "high_ptr": gemv_high, "b_ptr": "*" + xd, "y_ptr": "*" + xd,
                 **planes}
-        for bn, bk in ((gk.GEMV_DEFAULT.block_n, gk.GEMV_DEFAULT.block_k), (16, 64)) if not everything else (
-                (c.block_n, c.block_k) for c in gk.GEMV_CONFIGS):
-            cases[f"gguf_gemv_{xd}_{name}_{bn}x{bk}"] = (gk._gemv_kernel, gemv, {**consts, "HAS_BIAS": True,
-                                                                                 "BLOCK_N": bn, "BLOCK_K": bk,
-                                                                                 "PDL": True})
+        for bn, bk, ahead in ((16, 512, False), (16, 512, True), (16, 64, True)) if not everything else (
+                (c.block_n, c.block_k, c.ahead) for c in gk.GEMV_CONFIGS):
+            cases[f"gguf_gemv_{xd}_{name}_{bn}x{bk}" + "_ahead" * ahead] = (
+                gk._gemv_kernel, gemv, {**consts, "HAS_BIAS": True, "BLOCK_N": bn, "BLOCK_K": bk, "AHEAD": ahead,
+                                        "PDL": True})
         tiles = {"low_ptr": "*i8" if f.bits == 8 else "*i32", "high_ptr": "*i32" if f.bits in (5, 6) else "*fp16",
                  **planes}
         for m in (16, 256):
@@ -149,7 +149,7 @@ CASE_NAMES = ["act_quant_bf16", "w8a8_bf16_None_256", "w8a8_bf16_(128, 128)_1", 
               "norm_router_bf16_fp32_8192", "norm_router_bf16_bf16_2048",
               "decode_bf16_fp8kv_d128", "extend_bf16_fp8kv_d128"]
 GGUF_TYPES = ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
-CASE_NAMES += [f"gguf_gemv_bf16_{t}_16x512" for t in GGUF_TYPES] + [f"gguf_gemv_bf16_{t}_16x64" for t in GGUF_TYPES]
+CASE_NAMES += [f"gguf_gemv_bf16_{t}_{c}" for t in GGUF_TYPES for c in ("16x512", "16x512_ahead", "16x64_ahead")]
 CASE_NAMES += [f"gguf_mm_bf16_{t}_{m}" for t in GGUF_TYPES for m in (16, 256)]
 CASE_NAMES += [f"gguf_dequant_bf16_{t}" for t in GGUF_TYPES]
 

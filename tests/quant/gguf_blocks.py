@@ -46,8 +46,9 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def kernel_errors(ggml_type, n: int, k: int, rows: tuple[int, ...], dtype: torch.dtype, device: str,
                   seed: int = 0) -> dict[str, float]:
     """Relative errors of the dequantize kernel and of gguf_gemv (1 row: the default configuration and
-    16 rows x 64 columns a step) / gguf_matmul (each of `rows`) against float64 x @ W_ref^T (+ bias),
-    W_ref gguf-py's dequantization; a bias on the matmuls."""
+    16 rows x 64 columns a step, with only the next step's words or all its loads ahead) / gguf_matmul
+    (each of `rows`) against float64 x @ W_ref^T (+ bias), W_ref gguf-py's dequantization; a bias on
+    the matmuls."""
     from jackfield_plugins.quant.gguf_kernels import GGUFGemvConfig, gguf_dequantize, gguf_gemv, gguf_matmul
     from jackfield_plugins.quant.gguf_layout import repack
 
@@ -67,6 +68,8 @@ def kernel_errors(ggml_type, n: int, k: int, rows: tuple[int, ...], dtype: torch
             errors["matmul m=1"] = rel(gguf_matmul(x.to(device), planes, b), ref)
             # short steps (the loop and its prefetch) and a partial row tile
             errors["gemv m=1 16x64"] = rel(gguf_gemv(x.to(device), planes, b, GGUFGemvConfig(16, 64, 4, 2)), ref)
+            errors["gemv m=1 16x64 ahead"] = rel(gguf_gemv(x.to(device), planes, b,
+                                                           GGUFGemvConfig(16, 64, 4, 2, ahead=True)), ref)
     return errors
 
 
