@@ -14,6 +14,7 @@ import zmq
 
 from jackfield.config import Settings
 from jackfield.engine_loop import TOKENIZER_FILES, build_scheduler
+from jackfield.server.heap import pin_mmap_threshold
 from jackfield.io_struct import (BatchOutput, FinishReason, LoRAUpdateOut, ReqOutput, TokenizedEmbeddingReq,
                                  TokenizedGenerateReq)
 from jackfield.server.ipc import PortArgs, exit_child, pull_socket, push_socket, setup_child
@@ -27,6 +28,7 @@ def run_scheduler_process(settings: Settings, ports: PortArgs, conn, heartbeat=N
     """Process entry point. Reports `ReadyInfo` or `StartupError` over the pipe `conn`, then serves,
     beating `heartbeat` (watchdog.py) once per loop iteration."""
     setup_child("scheduler", settings.log_level)
+    pin_mmap_threshold()  # forward temporaries of every size: no heap growth from their holes (heap.py)
     start = time.perf_counter()
     try:
         scheduler, info = build_scheduler(settings, progress=True)
