@@ -31,7 +31,7 @@ def run_scheduler_process(settings: Settings, ports: PortArgs, conn, heartbeat=N
     pin_mmap_threshold()  # forward temporaries of every size: no heap growth from their holes (heap.py)
     start = time.perf_counter()
     try:
-        scheduler, info = build_scheduler(settings, progress=True)
+        scheduler, info = build_scheduler(settings, progress=True, as_replica=True)
         tokenizer_path = _tokenizer_path(settings) if scheduler.tokenizer is not None else None
     except Exception as exc:
         log.debug("model load failed", exc_info=True)
