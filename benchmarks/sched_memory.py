@@ -30,6 +30,7 @@ from jackfield.engine_loop import build_scheduler
 from jackfield.io_struct import AbortReq, TokenizedGenerateReq
 from jackfield.sampling.constraint import ANY_JSON_OBJECT
 from jackfield.sampling.params import SamplingParams
+from jackfield.server.heap import HeapTrimmer
 
 
 def rss_mb() -> float:
@@ -76,7 +77,8 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--kv-mb", type=int, default=256)
     ap.add_argument("--trim-every", type=float, default=0.0,
-                    help="call malloc_trim(0) every this many seconds (0: never)")
+                    help="trim the heap as the scheduler process does (jackfield.server.heap), at most "
+                         "every this many seconds (0: never)")
     ap.add_argument("--no-tracemalloc", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -90,7 +92,8 @@ def main() -> None:
     abort_at: dict[int, int] = {}      # soak index -> step at which the client aborts
     sent = done = steps = 0
     first = None
-    t0 = trimmed = time.time()
+    t0 = time.time()
+    heap = HeapTrimmer(interval_s=args.trim_every)
     if not args.no_tracemalloc:
         tracemalloc.start(8)
 
@@ -145,9 +148,9 @@ def main() -> None:
         if sched.has_work():
             take(sched.step())
             steps += 1
-        if args.trim_every and time.time() - trimmed > args.trim_every:
-            LIBC.malloc_trim(0)
-            trimmed = time.time()
+            heap.worked()
+        if args.trim_every:
+            heap.maybe_trim()
     if first and last and first[0] is not None:
         print("\ntracemalloc: top growth between the first and the last report")
         for stat in last[0].compare_to(first[0], "traceback")[:12]:

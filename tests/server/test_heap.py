@@ -1,30 +1,28 @@
-"""The scheduler process's heap (jackfield.server.heap): freed forward temporaries go back to the system.
-
-Each case runs in a fresh interpreter (malloc's settings are per process): one 16 MiB block freed
-first (which raises glibc's dynamic mmap threshold), then 64 temporaries of 1 to 8 MiB, each
-followed by a small block that stays alive, as a forward's activations and a request's state
-interleave. Unpinned, the temporaries are carved from the heap and its freed holes stay resident
-(about 90 MB here); pinned, each is unmapped when freed.
-"""
+"""The scheduler process's heap (jackfield.server.heap): the free pages that forward temporaries leave
+go back to the system, at most every few seconds and only after work."""
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="the mmap threshold is a glibc malloc setting")
+from jackfield.server.heap import HeapTrimmer
 
+LIBC, LIBC_VERSION = platform.libc_ver()
+GLIBC = (platform.system() == "Linux" and LIBC == "glibc"
+         and tuple(map(int, LIBC_VERSION.split("."))) >= (2, 33))
+
+# A fresh interpreter (malloc's state is per process): glibc's mmap threshold at 32 MiB, where its
+# dynamic adjustment takes it once large temporaries were freed, then 64 temporaries of 1 to 8 MiB, each followed by a small block that
+# stays alive, as a forward's activations and a request's state interleave. The temporaries are
+# carved from the heap and their freed holes stay resident until a trim.
 PATTERN = """
-import ctypes, json, sys
+import ctypes, json
 import torch
-from jackfield.server.heap import pin_mmap_threshold
-
-pinned = pin_mmap_threshold() if sys.argv[1] == "pin" else False
+from jackfield.server.heap import HeapTrimmer
 
 
 class MallInfo2(ctypes.Structure):
@@ -32,40 +30,63 @@ class MallInfo2(ctypes.Structure):
                                                 "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
-first = torch.ones(16 << 20, dtype=torch.uint8)
-del first
-before = libc.mallinfo2().arena
+libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: where glibc's dynamic threshold ends up
+before = rss()
 keep = []
 for i in range(64):
     temporary = torch.ones((1 << 20) * (1 + i % 8), dtype=torch.uint8)
     keep.append(torch.ones(1024, dtype=torch.uint8))
     del temporary
-after = libc.mallinfo2()
-print(json.dumps({"pinned": pinned, "heap_growth": after.arena - before, "heap_free": after.fordblks}))
+grown, free = rss() - before, libc.mallinfo2().fordblks
+heap = HeapTrimmer(interval_s=0.0)
+heap.worked()
+trimmed = heap.maybe_trim()
+print(json.dumps({"grown": grown, "free": free, "trimmed": trimmed, "after_trim": rss() - before}))
 """
 
 
-def run_pattern(pin: bool, threshold_env: str | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-    if threshold_env is not None:
-        env["MALLOC_MMAP_THRESHOLD_"] = threshold_env
-    out = subprocess.run([sys.executable, "-c", PATTERN, "pin" if pin else "no"],
-                         env=env, capture_output=True, text=True, timeout=120, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+@pytest.mark.skipif(not GLIBC, reason="malloc_trim and mallinfo2 are glibc's (2.33 on)")
+def test_trim_returns_the_holes_of_freed_temporaries():
+    out = subprocess.run([sys.executable, "-c", PATTERN], capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["free"] > 32 << 20 and result["grown"] > 32 << 20, result  # the holes are resident
+    assert result["trimmed"] is True
+    assert result["after_trim"] < 8 << 20, result
 
 
-def test_freed_temporaries_leave_the_heap_when_pinned():
-    unpinned = run_pattern(pin=False)
-    pinned = run_pattern(pin=True)
-    assert pinned["pinned"] is True
-    assert unpinned["heap_growth"] > 32 << 20, unpinned  # glibc's dynamic threshold keeps the holes
-    assert pinned["heap_growth"] < 1 << 20, pinned
-    assert pinned["heap_free"] < 4 << 20, pinned
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-def test_the_environment_variable_wins():
-    result = run_pattern(pin=True, threshold_env=str(64 << 20))
-    assert result["pinned"] is False
-    assert result["heap_growth"] > 32 << 20, result  # the user's 64 MiB threshold kept
+def test_trims_after_work_at_most_once_per_interval():
+    clock, calls = Clock(), []
+    heap = HeapTrimmer(interval_s=5.0, clock=clock, trim=calls.append)
+    clock.now += 10
+    assert not heap.maybe_trim()  # idle since the start: nothing to give back
+    heap.worked()
+    assert heap.maybe_trim() and calls == [0]
+    heap.worked()
+    clock.now += 4.9
+    assert not heap.maybe_trim()  # within the interval
+    clock.now += 0.2
+    assert heap.maybe_trim() and heap.trims == 2
+    clock.now += 60
+    assert not heap.maybe_trim()  # no work since the last trim
+
+
+def test_without_malloc_trim_it_does_nothing(monkeypatch):
+    monkeypatch.setattr("jackfield.server.heap.libc_malloc_trim", lambda: None)
+    heap = HeapTrimmer(interval_s=0.0)
+    heap.worked()
+    assert not heap.maybe_trim() and heap.trims == 0
