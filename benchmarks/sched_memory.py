@@ -3,11 +3,14 @@
 Drives a Scheduler on the embedded SmolLM2 (or --model) with the requests of `jackfield bench soak`
 (core/bench/soak_requests.py): varied prompt lengths, n up to 3 (n requests each), stop strings,
 JSON constraints, client aborts mid-way; CONCURRENCY soak requests in flight. Every REPORT requests it
-prints the process RSS, the Python heap (tracemalloc) and the gc-tracked objects, and at the end the
-tracemalloc lines and object types that grew most between the first report and the last.
+prints the process RSS, the Python heap (tracemalloc), glibc's heap (mallinfo2: bytes in the arenas,
+in use, free but kept; bytes in mmap'ed blocks), the gc-tracked objects and the CPU time so far, and at
+the end the tracemalloc lines and object types that grew most between the first report and the last.
+`--trim-every S` trims the heap as the server's scheduler process does (jackfield.server.heap);
+glibc's own variables (MALLOC_MMAP_THRESHOLD_, MALLOC_ARENA_MAX) compare other remedies.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sched_memory.py --requests 300 --report 50
-    MALLOC_ARENA_MAX=2 ... (glibc arenas) / --trim-every S (malloc_trim every S seconds) to compare allocators
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sched_memory.py --requests 200 --report 20 \
+        --max-tokens 16 --long-words 1200 --no-tracemalloc [--trim-every 5]
 """
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ a mixed load the scheduler's resident memory grows while its live Python and tor
 `HeapTrimmer` calls `malloc_trim(0)`, which returns every whole free page of the heap to the system,
 after the scheduler worked: once every `interval_s` seconds at most. Pinning the mmap threshold
 instead also stops the growth, but then every large temporary is a fresh mapping whose pages fault
-in again on each forward (about a third more CPU time on the embedded model). On a C library other
-than glibc the trimmer does nothing.
+in again on each forward (a third longer on the embedded model; trimming, about 2% more CPU time).
+On a C library other than glibc the trimmer does nothing.
 """
 from __future__ import annotations
 
