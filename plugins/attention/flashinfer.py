@@ -133,7 +133,8 @@ class FlashInferAttnBackend(AttentionBackend):
         self.eager_wrappers: dict[tuple[str, Variant], object] = {}
         self.graph_wrappers: dict[tuple[str, int, Variant], object] = {}
         self.graph_buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self.verify_buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # qo_indptr, mask, mask_indptr
+        # CUDA-graph verify: qo_indptr, packed mask, mask byte offsets
+        self.verify_buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.table: _PageTable | None = None
         self.mode = "decode"  # "decode", "extend" (causal prefill) or "verify" (custom-mask prefill)
         self.verify_fb: ForwardBatch | None = None  # the verify batch being planned (its tree mask)
