@@ -119,7 +119,10 @@ def test_unknown_algorithm_and_backend_without_verify_are_refused(tiny_target):
 
 def test_every_attention_backend_declares_its_verify_mode():
     """A backend declaring 'spec_verify' implements forward_verify; one that does not is refused for
-    speculative decoding with its reason (fa3: FlashAttention-3 takes no arbitrary mask)."""
+    speculative decoding with its reason (fa3: FlashAttention-3 takes no arbitrary mask); `auto`
+    passes over flashinfer's opt-in verify mode."""
+    from dataclasses import replace
+
     from jackfield.plugins import load_plugins
     from jackfield.registry import build_registry
     from jackfield.sdk import AttentionBackend, SelectionContext
@@ -139,3 +142,8 @@ def test_every_attention_backend_declares_its_verify_mode():
     assert {"torch_native", "triton", "flashinfer"} <= verifiers
     fa3 = next(i.cls for i in infos if i.name == "fa3")
     assert "FlashAttention-3's kernels take causal and local" in " ".join(fa3.incompatibilities(ctx))
+    # flashinfer's verify mode runs when named; auto keeps triton for speculation (not verified end to end)
+    by_name = {i.name: i.cls for i in infos}
+    assert by_name["flashinfer"].incompatibilities(ctx) == [] and by_name["flashinfer"].auto_exclusions(ctx)
+    assert by_name["flashinfer"].auto_exclusions(replace(ctx, required_features=frozenset())) == []
+    assert by_name["triton"].auto_exclusions(ctx) == by_name["torch_native"].auto_exclusions(ctx) == []
