@@ -50,3 +50,14 @@ def test_oracle_drafter_emits_its_accepted_length(common, tmp_path, monkeypatch)
     rows = json.loads(out.read_text())["results"]
     # 7 tokens: the prefill's, then 6 from verify forwards of a tokens each
     assert [(r["accept_length_drafted"], r["accept_length"], r["outputs_differing"]) for r in rows] == [(1, 1.0, 0), (3, 3.0, 0)]
+
+
+def test_attention_warmup_runs_every_mode_and_names_a_failure(capsys):
+    """benchmarks/attention_warmup.py (built before the FlashInfer GPU runs): one forward per mode,
+    each in its own process; a backend that cannot run here fails with its reason."""
+    warmup = runpy.run_path(str(ORACLE.with_name("attention_warmup.py")))
+    small = ["--heads", "4", "--kv-heads", "2", "--head-dim", "16", "--page-size", "4", "--dtype", "float32"]
+    assert warmup["main"]([*small, "--backend", "torch_native", "--device", "cpu", "--sliding-window", "5"]) == 0
+    assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines()] == ["extend", "decode", "verify"]
+    assert warmup["main"]([*small, "--backend", "no_such_backend", "--device", "cpu", "--modes", "verify"]) == 1
+    assert "verify: FAILED" in capsys.readouterr().out
