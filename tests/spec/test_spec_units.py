@@ -40,21 +40,52 @@ def test_accept_follows_the_target_picks_and_ignores_padding():
 
 
 def test_load_policy_measures_and_switches():
-    pol = LoadPolicy(warmup=2)
-    assert pol.speculate(4)                       # nothing measured: speculate first
+    pol = LoadPolicy()
+    assert pol.speculate(4)                       # nothing measured: one speculative step first
     pol.record_spec(4, 0.030, 2.0)                # 2 tokens per 30 ms
-    assert pol.speculate(4)                       # still warming up
-    assert not pol.speculate(4)                   # plain not measured yet: measure it
+    assert not pol.speculate(4)                   # then one plain step to compare with
     pol.record_plain(4, 0.020)                    # 1 token per 20 ms: speculation wins (66 vs 50 tok/s)
-    assert pol.speculate(5)
+    assert all(pol.speculate(5) for _ in range(10))
     pol.record_spec(128, 0.100, 1.5)              # big batch: 15 tok/s per request
     pol.record_plain(128, 0.050)                  # plain 20 tok/s: speculation loses, ratio 0.75
     decisions = [pol.speculate(128) for _ in range(52)]
-    # the warm-up, then a probe every ceil(0.25 / 1 %) = 25 steps
-    assert [i for i, d in enumerate(decisions) if d] == [0, 1, 26, 51]
+    assert [i for i, d in enumerate(decisions) if d] == [24, 49]  # a probe every ceil(0.25 / 1 %) = 25 steps
     assert all(pol.speculate(3) for _ in range(5))  # load dropped: back on
     assert pol.table()[-1]["spec_over_plain"] == pytest.approx(0.75)
     assert not LoadPolicy(enabled=False).buckets and LoadPolicy(enabled=False).speculate(512)
+
+
+def test_load_policy_warmup_stops_at_the_first_losing_measurement():
+    pol = LoadPolicy(warmup=4)
+    assert [pol.speculate(8) for _ in range(2)] == [True, True]  # nothing to compare with yet
+    pol.record_spec(8, 0.010, 2.0)
+    pol.record_spec(8, 0.010, 2.0)
+    assert [pol.speculate(8) for _ in range(2)] == [True, True]  # warm-up: 4 speculative steps, then plain
+    pol.record_spec(8, 0.010, 2.0)
+    pol.record_spec(8, 0.010, 2.0)
+    assert not pol.speculate(8)
+    # plain steps measured first (requests with speculative: false): one losing speculative step ends the warm-up
+    pol.record_plain(16, 0.010)
+    assert pol.speculate(16)
+    pol.record_spec(16, 0.050, 1.5)              # ratio 0.3: a probe every 70 steps
+    decisions = [pol.speculate(16) for _ in range(140)]
+    assert [i for i, d in enumerate(decisions) if d] == [69, 139]
+    assert pol.table()[1]["spec_steps"] == 1
+
+
+def test_load_policy_larger_buckets_start_plain_after_a_far_loss():
+    pol = LoadPolicy()
+    pol.record_spec(32, 0.025, 1.0)
+    pol.record_plain(32, 0.010)                   # ratio 0.4 at batch 32-63
+    decisions = [pol.speculate(128) for _ in range(60)]
+    assert [i for i, d in enumerate(decisions) if d] == [59]  # probed as if it lost like batch 32: every 60 steps
+    pol.record_spec(128, 0.005, 2.0)
+    pol.record_plain(128, 0.008)                  # the probe says it wins here after all
+    assert pol.speculate(128)
+    narrow = LoadPolicy()
+    narrow.record_spec(32, 0.011, 1.0)
+    narrow.record_plain(32, 0.010)                # ratio 0.91: not by far, a larger bucket measures for itself
+    assert narrow.speculate(64) and narrow.speculate(1)
 
 
 def test_ngram_history_trie_and_draft_tree():
