@@ -44,51 +44,56 @@ class HistoryIndex:
         return out
 
 
-class _Node:
-    __slots__ = ("children", "count")
-
-    def __init__(self):
-        self.children: dict[int, _Node] = {}
-        self.count = 0
-
-
 class TokenTrie:
+    """Nodes are integers: `children[node]` maps a token to the child node, `counts[node]` is how
+    many windows pass through it (node 0 is the root). Dicts of ints only are not tracked by
+    Python's garbage collector, so a trie of hundreds of thousands of nodes costs no collection
+    time, and a new node is two list appends instead of an object."""
+
     def __init__(self, depth: int, capacity: int):
         self.depth, self.capacity = depth, capacity
-        self.root = _Node()
-        self.size = 0
+        self.children: list[dict[int, int]] = [{}]
+        self.counts: list[int] = [0]
+
+    @property
+    def size(self) -> int:
+        return len(self.counts) - 1
 
     def insert(self, tokens: list[int]) -> None:
         """Add every window tokens[i:i + depth]."""
         if self.size > self.capacity:
-            self.root, self.size = _Node(), 0
+            self.children, self.counts = [{}], [0]
+        children, counts, depth = self.children, self.counts, self.depth
         for i in range(len(tokens)):
-            node = self.root
-            for t in tokens[i:i + self.depth]:
-                child = node.children.get(t)
+            node = 0
+            for t in tokens[i:i + depth]:
+                kids = children[node]
+                child = kids.get(t)
                 if child is None:
-                    child = node.children[t] = _Node()
-                    self.size += 1
-                child.count += 1
+                    child = kids[t] = len(counts)
+                    children.append({})
+                    counts.append(0)
+                counts[child] += 1
                 node = child
 
     def continuations(self, suffix: list[int], min_n: int, max_n: int, budget: int,
                       max_paths: int) -> list[list[int]]:
         """Paths below the longest suffix of `suffix` (at least min_n tokens) found in the trie,
         most frequent first (greedy by count at every level)."""
+        children, counts = self.children, self.counts
         for n in range(min(max_n, self.depth - 1, len(suffix)), min_n - 1, -1):
-            node = self.root
+            node: int | None = 0
             for t in suffix[len(suffix) - n:]:
-                node = node.children.get(t)
+                node = children[node].get(t)
                 if node is None:
                     break
-            if node is None or not node.children:
+            if node is None or not children[node]:
                 continue
             paths = []
-            for first in sorted(node.children.items(), key=lambda kv: -kv[1].count)[:max_paths]:
-                path, cur = [first[0]], first[1]
-                while cur.children and len(path) < budget:
-                    tok, cur = max(cur.children.items(), key=lambda kv: kv[1].count)
+            for tok, cur in sorted(children[node].items(), key=lambda kv: -counts[kv[1]])[:max_paths]:
+                path = [tok]
+                while children[cur] and len(path) < budget:
+                    tok, cur = max(children[cur].items(), key=lambda kv: counts[kv[1]])
                     path.append(tok)
                 paths.append(path)
             return paths
