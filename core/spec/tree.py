@@ -8,6 +8,7 @@ instead of corrupting the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,18 +24,83 @@ class ProposalError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class TreeGrid:
+    """A batch of trees as [B, N] CPU tensors (N: the largest tree), built once per step so that the
+    verify batch, the acceptance and the KV commit are a few tensor operations, not loops over nodes.
+    Entries past a tree's size are padding: token 0, parent 0."""
+
+    sizes: torch.Tensor      # [B] nodes per tree (verified)
+    real: torch.Tensor       # [B] nodes before the graph padding (only these can be accepted)
+    tokens: torch.Tensor     # [B, N]
+    parents: torch.Tensor    # [B, N], the root's -1 kept
+    ancestors: torch.Tensor  # [B, N, N] bool: node k is node j's ancestor or j itself
+    starts: torch.Tensor     # [B] row of each tree's root in the flat (verified) node order
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return torch.arange(self.tokens.shape[1]) < self.sizes[:, None]
+
+    @property
+    def depths(self) -> torch.Tensor:
+        return self.ancestors.sum(-1) - 1
+
+    def flat(self, grid: torch.Tensor) -> torch.Tensor:
+        """The verified nodes' entries of a [B, N] tensor, trees one after the other."""
+        return grid[self.valid]
+
+    def gather(self, flat: torch.Tensor) -> torch.Tensor:
+        """A per-node flat tensor (in verified order) as [B, N] (padding entries repeat a real one)."""
+        idx = self.starts[:, None] + torch.arange(self.tokens.shape[1]).minimum(self.sizes[:, None] - 1)
+        return flat[idx]
+
+    def accept(self, picks: torch.Tensor) -> torch.Tensor:
+        """[B, N] bool, the accepted path of every tree (`VerifyTrees.accept`), from picks [B, N]: a
+        real node is on it when each of its non-root ancestors (itself included) holds the target's
+        pick at its parent and is the first such sibling."""
+        n = self.tokens.shape[1]
+        par = self.parents.clamp(min=0)
+        col = torch.arange(n)
+        real = col < self.real[:, None]
+        match = real & (self.tokens == picks.gather(1, par))
+        same = (par[:, :, None] == par[:, None, :]) & (self.tokens[:, :, None] == self.tokens[:, None, :])
+        earlier = (col[None, :] < col[:, None]) & (col[None, :] > 0)  # [j, k]: k a non-root node before j
+        match &= ~(same & earlier & real[:, None, :]).any(-1)  # of equal siblings, the first one
+        match[:, 0] = True
+        return ~(self.ancestors & ~match[:, None, :]).any(-1) & real
+
+    @classmethod
+    def build(cls, tokens: list[list[int]], parents: list[list[int]], real: list[int]) -> "TreeGrid":
+        sizes = [len(t) for t in tokens]
+        n = max(sizes, default=1)
+        tok = torch.tensor([t + [0] * (n - len(t)) for t in tokens], dtype=torch.int64).view(len(tokens), n)
+        par = torch.tensor([p + [0] * (n - len(p)) for p in parents], dtype=torch.int64).view(len(tokens), n)
+        anc = torch.eye(n, dtype=torch.bool).repeat(len(tokens), 1, 1)
+        rows = torch.arange(len(tokens))
+        for j in range(1, n):  # parents come before children: node j's row is its parent's plus itself
+            anc[:, j] |= anc[rows, par[:, j].clamp(min=0)]
+        size_t = torch.tensor(sizes, dtype=torch.int64)
+        starts = torch.zeros_like(size_t)
+        starts[1:] = size_t.cumsum(0)[:-1]
+        return cls(size_t, torch.tensor(real, dtype=torch.int64), tok, par, anc, starts)
+
+
+@dataclass(frozen=True)
 class VerifyTrees:
     tokens: list[list[int]]    # per request: [root, node 1, ...]
     parents: list[list[int]]   # per request: parent node of each node (-1 for the root)
     real: list[int] | None = None  # per request: nodes before the padding (None: no padding)
 
-    @property
+    @cached_property
     def sizes(self) -> list[int]:
         return [len(t) for t in self.tokens]
 
     @property
     def real_sizes(self) -> list[int]:
         return self.real if self.real is not None else self.sizes
+
+    @cached_property
+    def grid(self) -> TreeGrid:
+        return TreeGrid.build(self.tokens, self.parents, self.real_sizes)
 
     def padded(self, size: int) -> "VerifyTrees":
         """Every tree grown to `size` nodes with padding children of the root, never accepted (so
@@ -58,47 +124,35 @@ class VerifyTrees:
         if over:
             i, c, m = over[0]
             raise ProposalError(f"speculative decoder '{name}' proposed {c} nodes for request {i}, allowed {m}")
-        tokens_l = tok.tolist()
-        parents_l = proposal.parents.tolist() if proposal.parents is not None else None
-        if parents_l is not None and (proposal.parents.shape != tok.shape):
+        if proposal.parents is not None and proposal.parents.shape != tok.shape:
             raise ProposalError(f"speculative decoder '{name}': parents shape {tuple(proposal.parents.shape)} "
                                 f"differs from tokens shape {tuple(tok.shape)}")
-        out_t, out_p = [], []
-        for i in range(bs):
-            n = counts[i]
-            row = tokens_l[i][:n]
-            if any(not 0 <= t < vocab_size for t in row):
-                raise ProposalError(f"speculative decoder '{name}' proposed a token outside [0, {vocab_size})")
-            par = parents_l[i][:n] if parents_l is not None else list(range(-1, n - 1))
-            if any(not -1 <= p < j for j, p in enumerate(par)):
-                raise ProposalError(f"speculative decoder '{name}': request {i} has a node whose parent does not "
-                                    f"come before it (parents {par})")
-            out_t.append([roots[i]] + row)
-            out_p.append([-1] + [p + 1 for p in par])
-        return cls(out_t, out_p)
+        tok = tok.to("cpu", torch.int64)
+        col = torch.arange(width)
+        used = col < torch.tensor(counts, dtype=torch.int64)[:, None]
+        par = proposal.parents.to("cpu", torch.int64) if proposal.parents is not None else (col - 1).expand(bs, width)
+        if ((tok < 0) | (tok >= vocab_size))[used].any():
+            raise ProposalError(f"speculative decoder '{name}' proposed a token outside [0, {vocab_size})")
+        bad = (((par < -1) | (par >= col)) & used).any(1)
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            raise ProposalError(f"speculative decoder '{name}': request {i} has a node whose parent does not "
+                                f"come before it (parents {par[i, :counts[i]].tolist()})")
+        tokens_l, parents_l = tok.tolist(), (par + 1).tolist()
+        return cls([[root] + row[:n] for root, row, n in zip(roots, tokens_l, counts)],
+                   [[-1] + row[:n] for row, n in zip(parents_l, counts)])
 
     def depths(self) -> list[list[int]]:
-        out = []
-        for par in self.parents:
-            d = [0] * len(par)
-            for j in range(1, len(par)):
-                d[j] = d[par[j]] + 1
-            out.append(d)
-        return out
+        depth = self.grid.depths.tolist()
+        return [row[:n] for row, n in zip(depth, self.sizes)]
 
     def mask(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(tree_mask, tree_mask_indptr) of the verify ForwardBatch: node j sees its ancestors and itself."""
-        flat, indptr = [], [0]
-        for par in self.parents:
-            n = len(par)
-            rows: list[list[bool]] = []
-            for j in range(n):
-                row = list(rows[par[j]]) if par[j] >= 0 else [False] * n
-                row[j] = True
-                rows.append(row)
-            for row in rows:
-                flat += row
-            indptr.append(indptr[-1] + n * n)
+        g = self.grid
+        valid = g.valid
+        flat = g.ancestors[valid[:, :, None] & valid[:, None, :]]  # each tree's n x n block, row-major
+        indptr = torch.zeros(len(self.tokens) + 1, dtype=torch.int64)
+        indptr[1:] = (g.sizes * g.sizes).cumsum(0)
         return to_device(flat, torch.bool, device), to_device(indptr, torch.int64, device)
 
     def children(self, i: int) -> dict[int, dict[int, int]]:
@@ -109,15 +163,16 @@ class VerifyTrees:
             kids.setdefault(par[j], {}).setdefault(tokens[j], j)
         return kids
 
-    def accept(self, picks: list[list[int]]) -> list[list[int]]:
+    def accept(self, picks: list[list[int]] | torch.Tensor) -> list[list[int]]:
         """The accepted path of every request: starting at the root, move to the child whose token
         is the target's pick at the current node, while there is one. `picks[i][j]` is the target's
-        token at node j. Returns per request the path's nodes, root first (its length - 1 drafts
-        were accepted; the target's pick at the last node is the extra token)."""
-        paths = []
-        for i, pick in enumerate(picks):
-            kids, path = self.children(i), [0]
-            while (nxt := kids.get(path[-1], {}).get(pick[path[-1]])) is not None:
-                path.append(nxt)
-            paths.append(path)
-        return paths
+        token at node j (a [B, N] tensor or lists). Returns per request the path's nodes, root first
+        (its length - 1 drafts were accepted; the target's pick at the last node is the extra token).
+        Computed on the grid (TreeGrid.accept); the path's nodes are its accepted ones in order."""
+        g = self.grid
+        pk = picks if isinstance(picks, torch.Tensor) else torch.tensor(
+            [p[:n] + [0] * (g.tokens.shape[1] - n) for p, n in zip(picks, self.sizes)], dtype=torch.int64)
+        on = g.accept(pk.view(g.tokens.shape))
+        n = g.tokens.shape[1]
+        order = torch.where(on, torch.arange(n), n).sort(1).values.tolist()
+        return [row[:k] for row, k in zip(order, on.sum(1).tolist())]

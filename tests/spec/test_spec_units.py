@@ -2,6 +2,8 @@
 padding), the load policy, the n-gram corpus and EAGLE-2's tree search."""
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -37,6 +39,48 @@ def test_accept_follows_the_target_picks_and_ignores_padding():
     mask, indptr = trees.mask(torch.device("cpu"))
     m = mask.view(5, 5)
     assert m[3].tolist() == [True, True, False, True, False] and indptr.tolist() == [0, 25]
+
+
+def reference_accept(trees: VerifyTrees, picks: list[list[int]]) -> list[list[int]]:
+    """The acceptance walk node by node: from the root, to the first child holding the pick."""
+    paths = []
+    for i, pick in enumerate(picks):
+        kids, path = trees.children(i), [0]
+        while (nxt := kids.get(path[-1], {}).get(pick[path[-1]])) is not None:
+            path.append(nxt)
+        paths.append(path)
+    return paths
+
+
+def test_tensor_acceptance_mask_and_depths_match_the_node_walk():
+    rng = random.Random(0)
+    for _ in range(40):
+        tokens, parents = [], []
+        for _ in range(rng.randint(1, 6)):
+            n = rng.randint(1, 9)
+            tokens.append([rng.randint(0, 3) for _ in range(n)])  # few tokens: equal siblings, root-token children
+            parents.append([-1] + [rng.randint(0, j - 1) for j in range(1, n)])
+        trees = VerifyTrees(tokens, parents)
+        if rng.random() < 0.3:
+            trees = trees.padded(max(trees.sizes) + 2)
+        picks = [[rng.randint(0, 3) for _ in row] for row in trees.tokens]
+        assert trees.accept(picks) == reference_accept(trees, picks)
+        assert trees.accept(torch.tensor([p + [0] * (max(trees.sizes) - len(p)) for p in picks])) == \
+            reference_accept(trees, picks)
+        depths = [[0] * len(p) for p in trees.parents]
+        for d, par in zip(depths, trees.parents):
+            for j in range(1, len(par)):
+                d[j] = d[par[j]] + 1
+        assert trees.depths() == depths
+        mask, indptr = trees.mask(torch.device("cpu"))
+        for i, par in enumerate(trees.parents):
+            block = mask[indptr[i]:indptr[i + 1]].view(len(par), len(par))
+            for j in range(len(par)):
+                seen, k = set(), j
+                while k >= 0:
+                    seen.add(k)
+                    k = par[k]
+                assert [c for c in range(len(par)) if block[j, c]] == sorted(seen)
 
 
 def test_load_policy_measures_and_switches():
