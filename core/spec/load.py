@@ -3,9 +3,11 @@
 A verify forward computes several tokens per request, so it costs about one plain decode step while
 the batch is small (decode is bound by reading the weights) and several once the batch is large
 enough to be compute bound; what it gives is the mean number of tokens a request gains per step.
-The policy keeps, per batch-size bucket (powers of two), moving averages of the measured seconds
-of a plain decode step, of a speculative step (draft + verify + accept), and of the tokens per
-request a speculative step yields. A step speculates when
+The policy keeps, per batch-size bucket (powers of two), the measured seconds of a plain decode step
+and of a speculative step (draft + verify + accept) as the lower median of the last `window` (5)
+steps of each kind (one slow step, a kernel compiled on first use, a burst of finishing requests or
+a garbage collection, does not decide), and a moving average of the tokens per request a
+speculative step yields. A step speculates when
 
     rate_spec = tokens_per_request / seconds_spec  >=  rate_plain = 1 / seconds_plain
 
@@ -24,20 +26,36 @@ by far, so that these probes cost at most `explore_cost` (1 %) of the plain rate
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
 
 
 @dataclass
 class _Bucket:
-    plain_s: float | None = None
-    spec_s: float | None = None
-    spec_tokens: float | None = None  # tokens per request per speculative step
+    window: int = 5
+    plain: deque = field(default_factory=deque)  # seconds of the last plain steps
+    spec: deque = field(default_factory=deque)   # seconds of the last speculative steps
+    spec_tokens: float | None = None  # tokens per request per speculative step (moving average)
     spec_steps: int = 0               # speculative steps measured
     since_spec: int = 0               # decisions since the last speculative one
 
     @property
+    def plain_s(self) -> float | None:
+        return statistics.median_low(self.plain) if self.plain else None
+
+    @property
+    def spec_s(self) -> float | None:
+        return statistics.median_low(self.spec) if self.spec else None
+
+    @property
     def measured(self) -> bool:
-        return self.spec_s is not None and self.plain_s is not None
+        return bool(self.spec) and bool(self.plain)
+
+    def add(self, times: deque, seconds: float) -> None:
+        times.append(seconds)
+        if len(times) > self.window:
+            times.popleft()
 
 
 def _ema(old: float | None, new: float, weight: float) -> float:
@@ -46,13 +64,13 @@ def _ema(old: float | None, new: float, weight: float) -> float:
 
 class LoadPolicy:
     def __init__(self, enabled: bool = True, warmup: int = 1, explore_cost: float = 0.01, weight: float = 0.3,
-                 far_loss: float = 0.75):
+                 far_loss: float = 0.75, window: int = 5):
         self.enabled, self.warmup, self.explore_cost, self.weight = enabled, warmup, explore_cost, weight
-        self.far_loss = far_loss
+        self.far_loss, self.window = far_loss, window
         self.buckets: dict[int, _Bucket] = {}
 
     def _bucket(self, batch_size: int) -> _Bucket:
-        return self.buckets.setdefault(max(batch_size, 1).bit_length(), _Bucket())
+        return self.buckets.setdefault(max(batch_size, 1).bit_length(), _Bucket(self.window))
 
     @staticmethod
     def ratio(b: _Bucket) -> float:
@@ -70,10 +88,10 @@ class LoadPolicy:
         return go
 
     def _decide(self, key: int, b: _Bucket) -> bool:
-        if b.spec_s is None:
+        if not b.spec:
             prior = self._smaller_loss(key)
             return prior is None or self._probe_due(b, prior)  # measure speculation first, unless hopeless
-        if b.plain_s is None:
+        if not b.plain:
             return b.spec_steps < self.warmup  # then one plain step to compare with
         ratio = self.ratio(b)
         return ratio >= 1.0 or self._probe_due(b, ratio)
@@ -92,11 +110,11 @@ class LoadPolicy:
 
     def record_plain(self, batch_size: int, seconds: float) -> None:
         b = self._bucket(batch_size)
-        b.plain_s = _ema(b.plain_s, seconds, self.weight)
+        b.add(b.plain, seconds)
 
     def record_spec(self, batch_size: int, seconds: float, tokens_per_request: float) -> None:
         b = self._bucket(batch_size)
-        b.spec_s = _ema(b.spec_s, seconds, self.weight)
+        b.add(b.spec, seconds)
         b.spec_tokens = _ema(b.spec_tokens, tokens_per_request, self.weight)
         b.spec_steps += 1
 

@@ -117,6 +117,22 @@ def test_load_policy_warmup_stops_at_the_first_losing_measurement():
     assert pol.table()[1]["spec_steps"] == 1
 
 
+def test_load_policy_one_slow_step_does_not_decide():
+    pol = LoadPolicy()
+    assert pol.speculate(8)
+    pol.record_spec(8, 1.0, 2.0)                  # the first verify compiled its kernels: 1 s
+    assert not pol.speculate(8)
+    pol.record_plain(8, 0.010)
+    decisions = [pol.speculate(8) for _ in range(98)]
+    assert decisions.index(True) == 96            # ratio 0.02: a probe ceil(0.98 / 1 %) = 98 steps after the last
+    pol.record_spec(8, 0.012, 2.0)                # the probe: 2 tokens in 12 ms against 1 in 10 ms
+    assert pol.speculate(8)                       # lower median of (1.0, 0.012): the slow step is ignored
+    for _ in range(3):
+        pol.record_spec(8, 0.012, 2.0)
+    pol.record_spec(8, 0.050, 2.0)                # one slow step among five does not turn it off
+    assert pol.speculate(8) and pol.table()[0]["spec_s"] == pytest.approx(0.012)
+
+
 def test_load_policy_larger_buckets_start_plain_after_a_far_loss():
     pol = LoadPolicy()
     pol.record_spec(32, 0.025, 1.0)
