@@ -36,11 +36,11 @@ class TreeGrid:
     ancestors: torch.Tensor  # [B, N, N] bool: node k is node j's ancestor or j itself
     starts: torch.Tensor     # [B] row of each tree's root in the flat (verified) node order
 
-    @property
+    @cached_property
     def valid(self) -> torch.Tensor:
         return torch.arange(self.tokens.shape[1]) < self.sizes[:, None]
 
-    @property
+    @cached_property
     def depths(self) -> torch.Tensor:
         return self.ancestors.sum(-1) - 1
 
