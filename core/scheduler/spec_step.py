@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 from jackfield.mem.device_copy import to_device
@@ -102,22 +103,23 @@ class SpecController:
         logits = s.runner.forward(fb)
         g = trees.grid
         depths = g.flat(g.depths)
-        rows = torch.arange(len(reqs)).repeat_interleave(g.sizes)
-        sampling = batch.sampling.filter(rows)
+        rows = np.repeat(np.arange(len(reqs)), g.sizes)
+        sampling = batch.sampling.filter(torch.from_numpy(rows))
         out_lens = batch.output_lens.index_select(0, to_device(rows, torch.int64, s.device)) + \
             to_device(depths, torch.int64, s.device)
         counted = to_device(depths == 0, torch.bool, s.device)
         out = s.runner.sampler.sample(logits, sampling, out_lens, counted, bitmask=self._grammar_mask(reqs, trees))
-        picks = g.gather(out.next_token_ids.to("cpu", torch.int64))  # [B, N]: the target's token at each node
+        picks = g.gather(out.next_token_ids.to("cpu", torch.int64).numpy())  # [B, N]: the target's token per node
         picks_l = picks.tolist()
         paths = trees.accept(picks_l)
-        path_t = torch.tensor([p + [p[-1]] * (picks.shape[1] - len(p)) for p in paths], dtype=torch.int64)
-        lens = torch.tensor([len(p) for p in paths], dtype=torch.int64)
-        self._commit_kv(reqs, fb, g, path_t, lens)
+        width = picks.shape[1]
+        path_a = np.array([p + [p[-1]] * (width - len(p)) for p in paths], dtype=np.int64).reshape(len(paths), width)
+        lens = np.array([len(p) for p in paths], dtype=np.int64)
+        self._commit_kv(reqs, fb, g, path_a, lens)
         if self.decoder.needs_hidden_states:
-            self._observe_paths(reqs, fb, g, path_t, lens)
+            self._observe_paths(reqs, fb, g, path_a, lens)
         emitted = self._append(reqs, trees, paths, picks_l, logprob_rows(out), budgets)
-        nxt = picks.gather(1, path_t[:, -1:]).squeeze(1)  # the target's pick at each path's last node
+        nxt = np.take_along_axis(picks, path_a[:, -1:], 1)[:, 0]  # the target's pick at each path's last node
         s.future_ids[batch.req_pool_indices] = to_device(nxt, torch.int64, s.device)
         batch.output_lens = batch.output_lens + to_device(emitted, torch.int64, s.device)
         self.decoder.on_verified(tuple(r.rid for r in reqs), tuple(len(p) - 1 for p in paths))
@@ -160,36 +162,36 @@ class SpecController:
         last = table[pool, (to_device(lens, torch.int64, s.device) - 1).clamp(min=0)].long()
         return s.runner.allocator.alloc_extend(lens, sizes, last)
 
-    def _commit_kv(self, reqs: list, fb: ForwardBatch, g: TreeGrid, path: torch.Tensor, lens: torch.Tensor) -> None:
+    def _commit_kv(self, reqs: list, fb: ForwardBatch, g: TreeGrid, path: np.ndarray, lens: np.ndarray) -> None:
         """Move each accepted path's KV to the slots after the request's KV; free the rejected nodes'.
         `path[i, t]` is the node at depth t of request i's path (`lens[i]` long, padded with its last
         node); slots are named by flat indices computed here and read on the device in one go."""
         s = self.sched
         runner, dev, page = s.runner, s.device, s.runner.page_size
-        depth = torch.arange(path.shape[1])
+        depth = np.arange(path.shape[1])
         on = depth < lens[:, None]
         moved = on & (path != depth)
         loc = fb.out_cache_loc
-        if bool(moved.any()):
+        if moved.any():
             src = to_device((g.starts[:, None] + path)[moved], torch.int64, dev)
             dst = to_device((g.starts[:, None] + depth)[moved], torch.int64, dev)
             pool, src_t, dst_t = runner.kv_pool, loc[src], loc[dst]
             for layer in range(pool.num_layers):
                 pool.k_buffers[layer][dst_t] = pool.k_buffers[layer][src_t]
                 pool.v_buffers[layer][dst_t] = pool.v_buffers[layer][src_t]
-        old = torch.tensor([r.kv_len for r in reqs], dtype=torch.int64)
+        old = np.array([r.kv_len for r in reqs], dtype=np.int64)
         new = old + lens
         if page == 1:
             rejected = (g.starts[:, None] + depth)[g.valid & ~on]
-            if rejected.numel():
+            if rejected.size:
                 runner.allocator.free(loc[to_device(rejected, torch.int64, dev)])
         else:  # the pages past the path's last one: their first slots, read from the table rows
             first = (new + page - 1) // page * page
-            cols = first[:, None] + torch.arange(-(-path.shape[1] // page) + 1) * page
-            keep = (cols < (old + g.sizes)[:, None]).flatten().nonzero().squeeze(1)
-            if keep.numel():
+            cols = first[:, None] + np.arange(-(-path.shape[1] // page) + 1) * page
+            keep = np.flatnonzero(cols < (old + g.sizes)[:, None])
+            if keep.size:
                 table = runner.req_to_token_pool.req_to_token
-                heads = table[fb.req_pool_indices[:, None], to_device(cols.clamp(max=table.shape[1] - 1), torch.int64, dev)]
+                heads = table[fb.req_pool_indices[:, None], to_device(np.minimum(cols, table.shape[1] - 1), torch.int64, dev)]
                 pages = heads.flatten().index_select(0, to_device(keep, torch.int64, dev)).to(torch.int64) // page
                 runner.allocator.free((pages[:, None] * page + torch.arange(page, device=pages.device)).flatten())
         for r, kv in zip(reqs, new.tolist()):
@@ -230,9 +232,9 @@ class SpecController:
             s.finished_out += finished
 
     # ---- hidden states for decoders that read them (EAGLE) ---------------------------------------
-    def _observe_paths(self, reqs: list, fb: ForwardBatch, g: TreeGrid, path: torch.Tensor, lens: torch.Tensor) -> None:
+    def _observe_paths(self, reqs: list, fb: ForwardBatch, g: TreeGrid, path: np.ndarray, lens: np.ndarray) -> None:
         hidden = fb.extras.get("spec_hidden")
-        rows = (g.starts[:, None] + path)[torch.arange(path.shape[1]) < lens[:, None]]
+        rows = (g.starts[:, None] + path)[np.arange(path.shape[1]) < lens[:, None]]
         sel = hidden.index_select(0, to_device(rows, torch.int64, hidden.device))
         counts = lens.tolist()
         self.decoder.observe(TargetStates(tuple(r.rid for r in reqs), tuple(r.kv_len - n for r, n in zip(reqs, counts)),

@@ -30,6 +30,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
+from jackfield.mem.device_copy import host_tensor
 from jackfield.sdk.component import Component
 
 
@@ -97,9 +98,9 @@ class DraftProposal:
         """Build from per-request Python lists of different lengths (padded here)."""
         counts = tuple(map(len, tokens))
         width = max(counts, default=0)
-        tok = torch.tensor([list(row) + [0] * (width - len(row)) for row in tokens], dtype=torch.int64)
-        par = None if parents is None else torch.tensor(
-            [list(row) + [-1] * (width - len(row)) for row in parents], dtype=torch.int64)
+        tok = host_tensor([list(row) + [0] * (width - len(row)) for row in tokens], torch.int64)
+        par = None if parents is None else host_tensor(
+            [list(row) + [-1] * (width - len(row)) for row in parents], torch.int64)
         shape = (len(tokens), width)  # kept when every row is empty
         tok, par = tok.view(shape), None if par is None else par.view(shape)
         return cls(tok, par, counts)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from jackfield.mem.device_copy import to_device
@@ -25,44 +26,43 @@ class ProposalError(RuntimeError):
 
 @dataclass(frozen=True)
 class TreeGrid:
-    """A batch of trees as [B, N] CPU tensors (N: the largest tree), built once per step so that the
-    verify batch, the acceptance and the KV commit are a few tensor operations, not loops over nodes.
-    Entries past a tree's size are padding: token 0, parent 0."""
+    """A batch of trees as [B, N] numpy arrays (N: the largest tree), built once per step so that the
+    verify batch, the acceptance and the KV commit are a few array operations, not loops over nodes
+    (numpy: a small operation costs the host a fifth of a CPU torch operation; `to_device` takes
+    the arrays as they are). Entries past a tree's size are padding: token 0, parent 0."""
 
-    sizes: torch.Tensor      # [B] nodes per tree (verified)
-    real: torch.Tensor       # [B] nodes before the graph padding (only these can be accepted)
-    tokens: torch.Tensor     # [B, N]
-    parents: torch.Tensor    # [B, N], the root's -1 kept
-    ancestors: torch.Tensor  # [B, N, N] bool: node k is node j's ancestor or j itself
-    starts: torch.Tensor     # [B] row of each tree's root in the flat (verified) node order
-
-    @cached_property
-    def valid(self) -> torch.Tensor:
-        return torch.arange(self.tokens.shape[1]) < self.sizes[:, None]
+    sizes: np.ndarray      # [B] nodes per tree (verified)
+    real: np.ndarray       # [B] nodes before the graph padding (only these can be accepted)
+    tokens: np.ndarray     # [B, N]
+    parents: np.ndarray    # [B, N], the root's -1 kept
+    ancestors: np.ndarray  # [B, N, N] bool: node k is node j's ancestor or j itself
+    starts: np.ndarray     # [B] row of each tree's root in the flat (verified) node order
 
     @cached_property
-    def depths(self) -> torch.Tensor:
+    def valid(self) -> np.ndarray:
+        return np.arange(self.tokens.shape[1]) < self.sizes[:, None]
+
+    @cached_property
+    def depths(self) -> np.ndarray:
         return self.ancestors.sum(-1) - 1
 
-    def flat(self, grid: torch.Tensor) -> torch.Tensor:
-        """The verified nodes' entries of a [B, N] tensor, trees one after the other."""
+    def flat(self, grid: np.ndarray) -> np.ndarray:
+        """The verified nodes' entries of a [B, N] array, trees one after the other."""
         return grid[self.valid]
 
-    def gather(self, flat: torch.Tensor) -> torch.Tensor:
-        """A per-node flat tensor (in verified order) as [B, N] (padding entries repeat a real one)."""
-        idx = self.starts[:, None] + torch.arange(self.tokens.shape[1]).minimum(self.sizes[:, None] - 1)
-        return flat[idx]
+    def gather(self, flat: np.ndarray) -> np.ndarray:
+        """A per-node flat array (in verified order) as [B, N] (padding entries repeat a real one)."""
+        return flat[self.starts[:, None] + np.minimum(np.arange(self.tokens.shape[1]), self.sizes[:, None] - 1)]
 
-    def accept(self, picks: torch.Tensor) -> torch.Tensor:
+    def accept(self, picks: np.ndarray) -> np.ndarray:
         """[B, N] bool, the accepted path of every tree (`VerifyTrees.accept`), from picks [B, N]: a
         real node is on it when each of its non-root ancestors (itself included) holds the target's
         pick at its parent and is the first such sibling."""
-        n = self.tokens.shape[1]
-        par = self.parents.clamp(min=0)
-        col = torch.arange(n)
+        tok, par = self.tokens, np.maximum(self.parents, 0)
+        col = np.arange(tok.shape[1])
         real = col < self.real[:, None]
-        match = real & (self.tokens == picks.gather(1, par))
-        same = (par[:, :, None] == par[:, None, :]) & (self.tokens[:, :, None] == self.tokens[:, None, :])
+        match = real & (tok == np.take_along_axis(picks, par, 1))
+        same = (par[:, :, None] == par[:, None, :]) & (tok[:, :, None] == tok[:, None, :])
         earlier = (col[None, :] < col[:, None]) & (col[None, :] > 0)  # [j, k]: k a non-root node before j
         match &= ~(same & earlier & real[:, None, :]).any(-1)  # of equal siblings, the first one
         match[:, 0] = True
@@ -70,18 +70,18 @@ class TreeGrid:
 
     @classmethod
     def build(cls, tokens: list[list[int]], parents: list[list[int]], real: list[int]) -> "TreeGrid":
-        sizes = [len(t) for t in tokens]
-        n = max(sizes, default=1)
-        tok = torch.tensor([t + [0] * (n - len(t)) for t in tokens], dtype=torch.int64).view(len(tokens), n)
-        par = torch.tensor([p + [0] * (n - len(p)) for p in parents], dtype=torch.int64).view(len(tokens), n)
-        anc = torch.eye(n, dtype=torch.bool).repeat(len(tokens), 1, 1)
-        rows = torch.arange(len(tokens))
+        sizes = np.array([len(t) for t in tokens], dtype=np.int64)
+        b, n = len(tokens), int(sizes.max(initial=1))
+        tok = np.array([t + [0] * (n - len(t)) for t in tokens], dtype=np.int64).reshape(b, n)
+        par = np.array([p + [0] * (n - len(p)) for p in parents], dtype=np.int64).reshape(b, n)
+        anc = np.zeros((b, n, n), dtype=bool)
+        anc[:, np.arange(n), np.arange(n)] = True
+        rows, up = np.arange(b), np.maximum(par, 0)
         for j in range(1, n):  # parents come before children: node j's row is its parent's plus itself
-            anc[:, j] |= anc[rows, par[:, j].clamp(min=0)]
-        size_t = torch.tensor(sizes, dtype=torch.int64)
-        starts = torch.zeros_like(size_t)
-        starts[1:] = size_t.cumsum(0)[:-1]
-        return cls(size_t, torch.tensor(real, dtype=torch.int64), tok, par, anc, starts)
+            anc[:, j] |= anc[rows, up[:, j]]
+        starts = np.zeros_like(sizes)
+        np.cumsum(sizes[:-1], out=starts[1:])
+        return cls(sizes, np.array(real, dtype=np.int64), tok, par, anc, starts)
 
 
 @dataclass(frozen=True)
@@ -127,15 +127,16 @@ class VerifyTrees:
         if proposal.parents is not None and proposal.parents.shape != tok.shape:
             raise ProposalError(f"speculative decoder '{name}': parents shape {tuple(proposal.parents.shape)} "
                                 f"differs from tokens shape {tuple(tok.shape)}")
-        tok = tok.to("cpu", torch.int64)
-        col = torch.arange(width)
-        used = col < torch.tensor(counts, dtype=torch.int64)[:, None]
-        par = proposal.parents.to("cpu", torch.int64) if proposal.parents is not None else (col - 1).expand(bs, width)
+        tok = tok.to("cpu", torch.int64).numpy()
+        col = np.arange(width)
+        used = col < np.array(counts, dtype=np.int64)[:, None]
+        par = proposal.parents.to("cpu", torch.int64).numpy() if proposal.parents is not None else \
+            np.broadcast_to(col - 1, (bs, width))
         if ((tok < 0) | (tok >= vocab_size))[used].any():
             raise ProposalError(f"speculative decoder '{name}' proposed a token outside [0, {vocab_size})")
         bad = (((par < -1) | (par >= col)) & used).any(1)
         if bad.any():
-            i = int(bad.nonzero()[0])
+            i = int(bad.nonzero()[0][0])
             raise ProposalError(f"speculative decoder '{name}': request {i} has a node whose parent does not "
                                 f"come before it (parents {par[i, :counts[i]].tolist()})")
         tokens_l, parents_l = tok.tolist(), (par + 1).tolist()
@@ -149,10 +150,9 @@ class VerifyTrees:
     def mask(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(tree_mask, tree_mask_indptr) of the verify ForwardBatch: node j sees its ancestors and itself."""
         g = self.grid
-        valid = g.valid
-        flat = g.ancestors[valid[:, :, None] & valid[:, None, :]]  # each tree's n x n block, row-major
-        indptr = torch.zeros(len(self.tokens) + 1, dtype=torch.int64)
-        indptr[1:] = (g.sizes * g.sizes).cumsum(0)
+        flat = g.ancestors[g.valid[:, :, None] & g.valid[:, None, :]]  # each tree's n x n block, row-major
+        indptr = np.zeros(len(self.tokens) + 1, dtype=np.int64)
+        np.cumsum(g.sizes * g.sizes, out=indptr[1:])
         return to_device(flat, torch.bool, device), to_device(indptr, torch.int64, device)
 
     def children(self, i: int) -> dict[int, dict[int, int]]:
@@ -170,9 +170,9 @@ class VerifyTrees:
         (its length - 1 drafts were accepted; the target's pick at the last node is the extra token).
         Computed on the grid (TreeGrid.accept); the path's nodes are its accepted ones in order."""
         g = self.grid
-        pk = picks if isinstance(picks, torch.Tensor) else torch.tensor(
-            [p[:n] + [0] * (g.tokens.shape[1] - n) for p, n in zip(picks, self.sizes)], dtype=torch.int64)
-        on = g.accept(pk.view(g.tokens.shape))
         n = g.tokens.shape[1]
-        order = torch.where(on, torch.arange(n), n).sort(1).values.tolist()
+        pk = picks.numpy() if isinstance(picks, torch.Tensor) else np.array(
+            [p[:k] + [0] * (n - k) for p, k in zip(picks, self.sizes)], dtype=np.int64)
+        on = g.accept(pk.reshape(g.tokens.shape))
+        order = np.sort(np.where(on, np.arange(n), n), 1).tolist()
         return [row[:k] for row, k in zip(order, on.sum(1).tolist())]

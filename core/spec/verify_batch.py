@@ -1,6 +1,7 @@
 """The TARGET_VERIFY ForwardBatch of a speculative step (scheduler.spec_step)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from jackfield.mem.device_copy import to_device
@@ -11,16 +12,14 @@ from jackfield.spec.tree import VerifyTrees
 def build_verify_batch(reqs: list, batch, trees: VerifyTrees, slots: torch.Tensor, runner) -> ForwardBatch:
     """The TARGET_VERIFY ForwardBatch: request i computes its tree's nodes after its kv_len cached
     tokens, into `slots` (in order); logits for every node. Built from the trees' grid with one
-    tensor per field (no per-request tensor operation)."""
+    array per field (no per-request tensor operation)."""
     dev, table = runner.device, runner.req_to_token_pool.req_to_token
     g = trees.grid
     sizes = trees.sizes
     prefix = [r.kv_len for r in reqs]
-    valid = g.valid
-    node = torch.arange(g.tokens.shape[1]).expand_as(g.tokens)
-    prefix_t = torch.tensor(prefix, dtype=torch.int64)
-    columns = g.flat(prefix_t[:, None] + node)  # each node's position in its request's table row
-    positions = g.flat(prefix_t[:, None] + g.depths)
+    prefix_a = np.array(prefix, dtype=np.int64)
+    columns = g.flat(prefix_a[:, None] + np.arange(g.tokens.shape[1]))  # each node's column in its table row
+    positions = g.flat(prefix_a[:, None] + g.depths)
     rows = batch.req_pool_indices.repeat_interleave(to_device(g.sizes, torch.int64, batch.req_pool_indices.device),
                                                     output_size=sum(sizes))  # (sized: no device sync)
     table[rows.to(table.device), to_device(columns, torch.int64, table.device)] = slots.to(torch.int32)
@@ -34,6 +33,6 @@ def build_verify_batch(reqs: list, batch, trees: VerifyTrees, slots: torch.Tenso
         positions=to_device(positions, torch.int64, dev), req_pool_indices=batch.req_pool_indices,
         seq_lens=to_device(seq_cpu, torch.int32, dev), out_cache_loc=slots, req_to_token=table,
         kv_pool=runner.kv_pool, attn_backend=runner.attn_backend, seq_lens_cpu=seq_cpu,
-        extend_prefix_lens=to_device(prefix_t, torch.int32, dev), extend_seq_lens=ext_t, extend_start_loc=start,
+        extend_prefix_lens=to_device(prefix_a, torch.int32, dev), extend_seq_lens=ext_t, extend_start_loc=start,
         extend_prefix_lens_cpu=tuple(prefix), extend_seq_lens_cpu=tuple(sizes),
-        logits_indices=torch.arange(ids.numel(), device=dev), tree_mask=mask, tree_mask_indptr=indptr)
+        logits_indices=torch.arange(ids.size, device=dev), tree_mask=mask, tree_mask_indptr=indptr)
