@@ -110,15 +110,14 @@ class SpecController:
         counted = to_device(depths == 0, torch.bool, s.device)
         out = s.runner.sampler.sample(logits, sampling, out_lens, counted, bitmask=self._grammar_mask(reqs, trees))
         picks = g.gather(out.next_token_ids.to("cpu", torch.int64).numpy())  # [B, N]: the target's token per node
-        picks_l = picks.tolist()
-        paths = trees.accept(picks_l)
+        paths = trees.accept(picks)
         width = picks.shape[1]
         path_a = np.array([p + [p[-1]] * (width - len(p)) for p in paths], dtype=np.int64).reshape(len(paths), width)
         lens = np.array([len(p) for p in paths], dtype=np.int64)
         self._commit_kv(reqs, fb, g, path_a, lens)
         if self.decoder.needs_hidden_states:
             self._observe_paths(reqs, fb, g, path_a, lens)
-        emitted = self._append(reqs, trees, paths, picks_l, logprob_rows(out), budgets)
+        emitted = self._append(reqs, trees, paths, picks.tolist(), logprob_rows(out), budgets)
         nxt = np.take_along_axis(picks, path_a[:, -1:], 1)[:, 0]  # the target's pick at each path's last node
         s.future_ids[batch.req_pool_indices] = to_device(nxt, torch.int64, s.device)
         batch.output_lens = batch.output_lens + to_device(emitted, torch.int64, s.device)

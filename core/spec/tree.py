@@ -163,16 +163,18 @@ class VerifyTrees:
             kids.setdefault(par[j], {}).setdefault(tokens[j], j)
         return kids
 
-    def accept(self, picks: list[list[int]] | torch.Tensor) -> list[list[int]]:
+    def accept(self, picks: list[list[int]] | np.ndarray | torch.Tensor) -> list[list[int]]:
         """The accepted path of every request: starting at the root, move to the child whose token
         is the target's pick at the current node, while there is one. `picks[i][j]` is the target's
-        token at node j (a [B, N] tensor or lists). Returns per request the path's nodes, root first
+        token at node j (a [B, N] array, tensor or lists). Returns per request the path's nodes, root first
         (its length - 1 drafts were accepted; the target's pick at the last node is the extra token).
         Computed on the grid (TreeGrid.accept); the path's nodes are its accepted ones in order."""
         g = self.grid
         n = g.tokens.shape[1]
-        pk = picks.numpy() if isinstance(picks, torch.Tensor) else np.array(
-            [p[:k] + [0] * (n - k) for p, k in zip(picks, self.sizes)], dtype=np.int64)
+        if isinstance(picks, (np.ndarray, torch.Tensor)):
+            pk = np.asarray(picks)
+        else:
+            pk = np.array([p[:k] + [0] * (n - k) for p, k in zip(picks, self.sizes)], dtype=np.int64)
         on = g.accept(pk.reshape(g.tokens.shape))
         order = np.sort(np.where(on, np.arange(n), n), 1).tolist()
         return [row[:k] for row, k in zip(order, on.sum(1).tolist())]
