@@ -18,10 +18,12 @@ What finding out costs is bounded by measurement: a new bucket runs `warmup` (1)
 steps, then one plain step, then decides; it stops speculating at once when a plain rate measured
 earlier in the bucket already beats its first speculative step. A new bucket above a smaller one
 where speculation lost by far (ratio below `far_loss`) starts plain instead, as if it had measured
-that smaller bucket's ratio: verification only gets dearer as the batch grows. While speculation
-loses, it is tried again every `ceil((1 - rate_spec / rate_plain) / explore_cost)` steps (at least
-4, at most 128): often when it loses narrowly (the text may turn repetitive), rarely when it loses
-by far, so that these probes cost at most `explore_cost` (1 %) of the plain rate.
+that smaller bucket's measurements: verification only gets dearer as the batch grows. While
+speculation loses, it is tried again every `ceil(waste / explore_cost)` plain steps (at least 4, at
+most 128), where `waste = seconds_spec / seconds_plain - tokens_per_request` is what one
+speculative step loses against plain steps, in plain steps: often when it loses narrowly (the text
+may turn repetitive), rarely when it loses by far, so that these probes cost about `explore_cost`
+(1 %) of the plain rate.
 """
 from __future__ import annotations
 
@@ -93,19 +95,20 @@ class LoadPolicy:
             return prior is None or self._probe_due(b, prior)  # measure speculation first, unless hopeless
         if not b.plain:
             return b.spec_steps < self.warmup  # then one plain step to compare with
-        ratio = self.ratio(b)
-        return ratio >= 1.0 or self._probe_due(b, ratio)
+        return self.ratio(b) >= 1.0 or self._probe_due(b, b)
 
-    def _smaller_loss(self, key: int) -> float | None:
-        """The ratio of the nearest smaller measured bucket when speculation lost there by far."""
+    def _smaller_loss(self, key: int) -> _Bucket | None:
+        """The nearest smaller measured bucket when speculation lost there by far."""
         smaller = [k for k, b in self.buckets.items() if k < key and b.measured]
         if not smaller:
             return None
-        ratio = self.ratio(self.buckets[max(smaller)])
-        return ratio if ratio < self.far_loss else None
+        b = self.buckets[max(smaller)]
+        return b if self.ratio(b) < self.far_loss else None
 
-    def _probe_due(self, b: _Bucket, ratio: float) -> bool:
-        interval = min(128, max(4, math.ceil((1.0 - ratio) / self.explore_cost)))
+    def _probe_due(self, b: _Bucket, measured: _Bucket) -> bool:
+        """Whether bucket b, losing as `measured` does, is due for a speculative probe."""
+        waste = measured.spec_s / measured.plain_s - measured.spec_tokens  # plain steps lost per probe
+        interval = min(128, max(4, math.ceil(waste / self.explore_cost)))
         return b.since_spec + 1 >= interval
 
     def record_plain(self, batch_size: int, seconds: float) -> None:

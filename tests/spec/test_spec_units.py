@@ -92,8 +92,9 @@ def test_load_policy_measures_and_switches():
     assert all(pol.speculate(5) for _ in range(10))
     pol.record_spec(128, 0.100, 1.5)              # big batch: 15 tok/s per request
     pol.record_plain(128, 0.050)                  # plain 20 tok/s: speculation loses, ratio 0.75
-    decisions = [pol.speculate(128) for _ in range(52)]
-    assert [i for i, d in enumerate(decisions) if d] == [24, 49]  # a probe every ceil(0.25 / 1 %) = 25 steps
+    decisions = [pol.speculate(128) for _ in range(102)]
+    # a probe loses 0.100 / 0.050 - 1.5 = 0.5 plain steps: one every 0.5 / 1 % = 50 steps
+    assert [i for i, d in enumerate(decisions) if d] == [49, 99]
     assert all(pol.speculate(3) for _ in range(5))  # load dropped: back on
     assert pol.table()[-1]["spec_over_plain"] == pytest.approx(0.75)
     assert not LoadPolicy(enabled=False).buckets and LoadPolicy(enabled=False).speculate(512)
@@ -111,9 +112,9 @@ def test_load_policy_warmup_stops_at_the_first_losing_measurement():
     # plain steps measured first (requests with speculative: false): one losing speculative step ends the warm-up
     pol.record_plain(16, 0.010)
     assert pol.speculate(16)
-    pol.record_spec(16, 0.050, 1.5)              # ratio 0.3: a probe every 70 steps
-    decisions = [pol.speculate(16) for _ in range(140)]
-    assert [i for i, d in enumerate(decisions) if d] == [69, 139]
+    pol.record_spec(16, 0.050, 1.5)              # ratio 0.3, a probe loses 3.5 plain steps: every 128 steps
+    decisions = [pol.speculate(16) for _ in range(256)]
+    assert [i for i, d in enumerate(decisions) if d] == [127, 255]
     assert pol.table()[1]["spec_steps"] == 1
 
 
@@ -123,8 +124,8 @@ def test_load_policy_one_slow_step_does_not_decide():
     pol.record_spec(8, 1.0, 2.0)                  # the first verify compiled its kernels: 1 s
     assert not pol.speculate(8)
     pol.record_plain(8, 0.010)
-    decisions = [pol.speculate(8) for _ in range(98)]
-    assert decisions.index(True) == 96            # ratio 0.02: a probe ceil(0.98 / 1 %) = 98 steps after the last
+    decisions = [pol.speculate(8) for _ in range(127)]
+    assert decisions.index(True) == 126           # a probe loses 98 plain steps: the longest interval, 128
     pol.record_spec(8, 0.012, 2.0)                # the probe: 2 tokens in 12 ms against 1 in 10 ms
     assert pol.speculate(8)                       # lower median of (1.0, 0.012): the slow step is ignored
     for _ in range(3):
@@ -135,10 +136,10 @@ def test_load_policy_one_slow_step_does_not_decide():
 
 def test_load_policy_larger_buckets_start_plain_after_a_far_loss():
     pol = LoadPolicy()
-    pol.record_spec(32, 0.025, 1.0)
-    pol.record_plain(32, 0.010)                   # ratio 0.4 at batch 32-63
+    pol.record_spec(32, 0.012, 0.7)
+    pol.record_plain(32, 0.010)                   # ratio 0.58 at batch 32-63, a probe loses 0.5 plain steps
     decisions = [pol.speculate(128) for _ in range(60)]
-    assert [i for i, d in enumerate(decisions) if d] == [59]  # probed as if it lost like batch 32: every 60 steps
+    assert [i for i, d in enumerate(decisions) if d] == [49]  # probed as if it lost like batch 32: every 50 steps
     pol.record_spec(128, 0.005, 2.0)
     pol.record_plain(128, 0.008)                  # the probe says it wins here after all
     assert pol.speculate(128)
