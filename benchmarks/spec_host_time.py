@@ -10,7 +10,7 @@ metadata included) and of the attention metadata alone. `host_ms` (step minus fo
 scheduler's and the decoder's Python: what a speculative step adds on the GPU, where the forward
 runs on the device. With `--profile BS`, a
 cProfile of the speculative steps at that batch size (top functions by own time) is printed too.
-Prints one JSON object. CPU timings: run on a quiet machine.
+Prints one JSON object (and each row to stderr as it is measured). CPU timings: run on a quiet machine.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import cProfile
 import io
 import json
 import pstats
+import sys
 import tempfile
 import time
 
@@ -117,6 +118,7 @@ def main() -> None:
         rows.append({"batch_size": bs, "plain": plain, "spec": spec,
                      "spec_host_over_plain_host": spec["host_ms"] / plain["host_ms"],
                      "accept_length": st.emitted / st.verify_steps if st.verify_steps else None})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # each row as it comes, in case a limit cuts the run
     print(json.dumps({"results": rows}, indent=1))
     if report:
         print(report)
