@@ -3,7 +3,7 @@
 # then `jackfield bench serving` at request rates 4, 8 and 16 req/s, random 1024 in / 256 out.
 set -uo pipefail
 OUTDIR=$1; STAMP=$2
-TOK=${JACKFIELD_BENCH_TOKENIZER:-.gpu_carry/tok}
+TOK=${BENCH_TOKENIZER:-.gpu_carry/tok}  # not JACKFIELD_*: those are read as settings by serve
 PORT=30123
 python3 -c 'import sys; from jackfield.cli import main; sys.exit(main())' serve --model benchmarks/configs/llama-3.1-8b.json \
   --load-format dummy --tokenizer "$TOK" --port $PORT --max-total-tokens 400000 --max-running-requests 256 \

@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     is_embedding: bool | None = Field(None, description="Serve the model as an embedding model (generation refused); unset: detect from the model directory (sentence-transformers pooling config or a headless *Model architecture)")
     embedding_pooling: Literal["auto", "last", "mean"] = Field("auto", description="Embedding pooling (auto: the sentence-transformers config, else last token)")
     embedding_normalize: bool | None = Field(None, description="L2-normalize embeddings (unset: the sentence-transformers config, else yes)")
+    # --- data parallelism (replicas behind one server, core/router/) ------------------------------
+    dp_size: int = Field(1, ge=1, description="Engine replicas behind one server, each with its own scheduler and KV pool (on GPU replica i uses devices [i*tp, (i+1)*tp)); a cache-aware router picks the replica of each request")
+    router_cache_threshold: float = Field(0.3, ge=0, le=1, description="dp_size > 1: a request goes to the replica whose cached prefix covers more than this fraction of its prompt (else to the least loaded)")
+    router_balance_abs_threshold: int = Field(64, ge=0, description="dp_size > 1: replicas are imbalanced, and the least loaded one is chosen regardless of cache hits, when the most and least loaded differ by more than this many requests in flight...")
+    router_balance_rel_threshold: float = Field(1.5, ge=1, description="...and the most loaded has more than this times the least loaded's requests in flight")
+    router_max_tree_tokens: int | None = Field(None, gt=0, description="dp_size > 1: tokens the router remembers per replica (least recently used prefixes evicted; unset: the replica's KV pool size)")
     # --- files and batches (OpenAI Batch API) ---------------------------------------------------
     file_storage_dir: str | None = Field(None, description="Directory of uploaded and generated files (/v1/files; unset: <cache dir>/files)")
     max_upload_bytes: int = Field(100 << 20, gt=0, description="Largest file /v1/files accepts (413 above)")

@@ -52,7 +52,13 @@ def load_tokenizer(settings: Settings, model_dir: Path):
     return Tokenizer.load(path) if path else None
 
 
-def build_scheduler(settings: Settings, progress: bool = True) -> tuple[Scheduler, EngineInfo]:
+def build_scheduler(settings: Settings, progress: bool = True, as_replica: bool = False) -> tuple[Scheduler, EngineInfo]:
+    """One engine's scheduler over its model runner. `as_replica`: built by a server's scheduler
+    process, one of its `dp_size` replicas; anywhere else (the offline Engine, the in-process
+    benchmarks) dp_size > 1 is refused, since only `jackfield serve` runs replicas."""
+    if settings.dp_size > 1 and not as_replica:
+        raise ValueError(f"dp_size {settings.dp_size}: data parallelism runs replicas behind `jackfield serve "
+                         f"--dp-size {settings.dp_size}`; an in-process engine is one replica (dp_size 1)")
     setup = setup_runtime(settings)
     tokenizer = load_tokenizer(settings, setup.source.path)
     runner = ModelRunner(setup, progress=progress, draft_memory=draft_memory(settings))

@@ -1,4 +1,5 @@
-"""Prompt sources for `jackfield bench serving`: random-length prompts and ShareGPT conversations.
+"""Prompt sources for `jackfield bench serving`: random-length prompts, random prompts in groups
+that share a prefix, and ShareGPT conversations.
 
 Without a tokenizer, random prompts are built from a fixed list of common English words that
 each encode to roughly one token in typical BPE vocabularies, and ShareGPT lengths are estimated
@@ -88,13 +89,37 @@ def sample_random_requests(
     out_lens = sample_lengths(rng, num, output_len, range_ratio)
     requests = []
     for in_len, out_len in zip(in_lens, out_lens):
-        if tokenizer is not None:
-            text, ids = _random_token_prompt(rng, tokenizer, in_len)
-            requests.append(BenchRequest(text, len(ids), out_len, ids))
-        else:
-            words = [WORDS[i] for i in rng.integers(0, len(WORDS), size=in_len)]
-            requests.append(BenchRequest(" ".join(words), in_len, out_len))
+        text, ids = _random_prompt(rng, tokenizer, in_len)
+        requests.append(BenchRequest(text, len(ids) if ids is not None else in_len, out_len, ids))
     return requests
+
+
+def _random_prompt(rng: np.random.Generator, tokenizer: Any, length: int) -> tuple[str, list[int] | None]:
+    """`length` random tokens (text and ids) with a tokenizer, else `length` common words (no ids)."""
+    if tokenizer is not None:
+        return _random_token_prompt(rng, tokenizer, length)
+    return " ".join(WORDS[i] for i in rng.integers(0, len(WORDS), size=length)), None
+
+
+def with_shared_prefixes(own: list[BenchRequest], num_groups: int, prefix_len: int, tokenizer: Any = None,
+                         seed: int = 0) -> list[BenchRequest]:
+    """The prompts of `own` in `num_groups` groups (SGLang's generated-shared-prefix workload): each
+    prompt after its group's random prefix of `prefix_len` tokens (a shared system prompt or
+    document). Groups interleave in a random order, so a server sees every group from the start."""
+    if num_groups < 1 or prefix_len < 1:
+        raise ValueError(f"shared prefixes need at least one group of at least one token, got {num_groups} "
+                         f"group(s) of {prefix_len}")
+    rng = np.random.default_rng(seed)
+    prefixes = [_random_prompt(rng, tokenizer, prefix_len) for _ in range(num_groups)]
+    requests = []
+    for i, req in enumerate(own):
+        text, ids = prefixes[i % num_groups]
+        if ids is not None:  # token ids are sent as they are: the prefix is shared exactly
+            requests.append(BenchRequest(text + req.prompt, len(ids) + req.prompt_len, req.output_len,
+                                         ids + req.prompt_ids))
+        else:
+            requests.append(BenchRequest(f"{text} {req.prompt}", prefix_len + req.prompt_len, req.output_len))
+    return [requests[i] for i in rng.permutation(len(requests))]
 
 
 def _first_exchange(conversations: list[dict]) -> tuple[str, str] | None:

@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 
 from jackfield.bench.datasets import (
-    BenchRequest, count_tokens, load_tokenizer, sample_random_requests, sample_sharegpt_requests,
+    BenchRequest, count_tokens, load_tokenizer, sample_random_requests, sample_sharegpt_requests, with_shared_prefixes,
 )
 from jackfield.bench.sse import StreamState, iter_sse_json, parse_chunk
 from jackfield.bench.report import RequestResult, format_table, jsonable, summarize, write_json
@@ -42,6 +42,8 @@ class BenchConfig:
     random_output_len: int = 128
     random_range_ratio: float = 0.0
     sharegpt_output_len: int | None = None
+    shared_prefix_groups: int = 8
+    shared_prefix_len: int = 1024
     tokenizer: str | None = None
     request_rate: float = float("inf")
     max_concurrency: int | None = None
@@ -66,7 +68,12 @@ def build_requests(config: BenchConfig, tokenizer: Any = None) -> list[BenchRequ
         return sample_random_requests(
             config.num_prompts, config.random_input_len, config.random_output_len,
             config.random_range_ratio, tokenizer, config.seed)
-    raise ValueError(f"unknown dataset {config.dataset!r} (choose random or sharegpt)")
+    if config.dataset == "shared-prefix":  # random prompts, each after one of the groups' prefixes
+        own = sample_random_requests(config.num_prompts, config.random_input_len, config.random_output_len,
+                                     config.random_range_ratio, tokenizer, config.seed + 1)
+        return with_shared_prefixes(own, config.shared_prefix_groups, config.shared_prefix_len, tokenizer,
+                                    config.seed)
+    raise ValueError(f"unknown dataset {config.dataset!r} (choose random, shared-prefix or sharegpt)")
 
 
 def request_body(config: BenchConfig, model: str, req: BenchRequest) -> dict[str, Any]:
@@ -216,7 +223,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--base-url", default=d.base_url, help="server root, e.g. http://127.0.0.1:30000")
     a("--backend", choices=BACKENDS, default=d.backend, help="request dialect (default: openai completions)")
     a("--model", default=None, help="model name for OpenAI bodies (default: first id from /v1/models)")
-    a("--dataset", choices=("random", "sharegpt"), default=d.dataset)
+    a("--dataset", choices=("random", "shared-prefix", "sharegpt"), default=d.dataset,
+      help="shared-prefix: random prompts in groups that start alike (the random lengths are each prompt's own part)")
     a("--dataset-path", default=None, help="ShareGPT JSON file for --dataset sharegpt")
     a("--num-prompts", type=int, default=d.num_prompts)
     a("--random-input-len", type=int, default=d.random_input_len)
@@ -224,6 +232,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--random-range-ratio", type=float, default=d.random_range_ratio,
       help="lengths are uniform in [len * ratio, len]")
     a("--sharegpt-output-len", type=int, default=None, help="override ShareGPT answer lengths")
+    a("--shared-prefix-groups", type=int, default=d.shared_prefix_groups, help="shared-prefix: number of groups")
+    a("--shared-prefix-len", type=int, default=d.shared_prefix_len, help="shared-prefix: tokens of each group's prefix")
     a("--tokenizer", default=None, help="HF tokenizer path for exact token counts")
     a("--request-rate", type=float, default=d.request_rate, help="requests/s, Poisson arrivals (inf = all at once)")
     a("--max-concurrency", type=int, default=None, help="cap on requests in flight")

@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import threading
+from contextlib import nullcontext
 
 import uvicorn
 
@@ -23,15 +24,14 @@ from jackfield.plugins import load_plugins
 from jackfield.registry import build_registry
 from jackfield.selection import SelectionError
 from jackfield.server.app import ServerState, build_app
+from jackfield.server.dp_replicas import EngineReplicas
+from jackfield.server.dp_tokenizer_manager import DPTokenizerManager
 from jackfield.server.drain import Drain, DrainingServer
 from jackfield.server.generation import probe_group
-from jackfield.server.ipc import PortArgs
 from jackfield.server.messages import ReadyInfo
 from jackfield.server.parsers import ChatParsers, select_parsers
 from jackfield.server.metrics import ServerMetrics
-from jackfield.server.processes import EngineProcesses, StartupFailed
-from jackfield.server.tokenizer_manager import TokenizerManager
-from jackfield.server.watchdog import EngineWatchdog
+from jackfield.server.processes import StartupFailed
 
 log = logging.getLogger(__name__)
 GRACEFUL_SHUTDOWN_S = 5  # uvicorn's wait for open connections once the drain (or a failure) is over
@@ -71,20 +71,23 @@ def launch_server(settings: Settings) -> int:
         print(f"jackfield: error: cannot serve on {settings.host}:{settings.port}: {busy}; pass another port, "
               f"e.g. --port {settings.port + 1}", file=sys.stderr, flush=True)
         return 1
-    ports = PortArgs.create()
-    procs = EngineProcesses(settings, ports)
+    engine = EngineReplicas(settings)
     try:
         pm, records = load_plugins()
-        procs.start()
+        engine.start()
         print("jackfield: loading the model...", flush=True)
-        ready = procs.wait_ready()
+        ready = engine.wait_ready()
         print_ready(ready)
+        if engine.data_parallel:
+            print(f"jackfield: data parallel, {settings.dp_size} replicas behind the cache-aware router:", flush=True)
+            for line in engine.describe():
+                print(f"  {line}", flush=True)
         tokenizer = _load_tokenizer(ready.tokenizer_path)
         parsers = select_parsers(build_registry(pm, records), settings, tokenizer.chat_template if tokenizer else None)
         for kind, entry in parsers.as_dict().items():
             print(f"  {kind:<13} {entry['name'] or '-':<16} {entry['reason']}", flush=True)
         signals.raise_interrupt = False
-        return asyncio.run(_serve(settings, ready, tokenizer, parsers, ports, procs, pm, records, signals))
+        return asyncio.run(_serve(settings, ready, tokenizer, parsers, engine, pm, records, signals))
     except StartupFailed as exc:
         print(f"jackfield: error: the engine failed to start: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -99,8 +102,7 @@ def launch_server(settings: Settings) -> int:
         return 1
     finally:
         signals.raise_interrupt = False
-        procs.stop()
-        ports.cleanup()
+        engine.stop()
         signals.restore()
 
 
@@ -139,15 +141,13 @@ def print_ready(ready: ReadyInfo) -> None:
           f"requests, context length {info.context_len}", flush=True)
 
 
-async def _serve(settings: Settings, ready: ReadyInfo, tokenizer, parsers: ChatParsers, ports: PortArgs,
-                 procs: EngineProcesses, pm, records, signals: SignalGuard) -> int:
+async def _serve(settings: Settings, ready: ReadyInfo, tokenizer, parsers: ChatParsers, engine: EngineReplicas,
+                 pm, records, signals: SignalGuard) -> int:
     metrics = ServerMetrics()
-    tm = TokenizerManager(ports, tokenizer, ready.info, metrics, settings.max_queued_requests,
-                          settings.request_timeout)
+    tm = engine.tokenizer_manager(tokenizer, metrics)
     tm.start()
     state = ServerState(settings, ready.info, tm, metrics, pm, records, ready.tokenizer_path,
-                        {"server": os.getpid(), "scheduler": procs.scheduler.pid,
-                         "detokenizer": procs.detokenizer.pid}, parsers=parsers)
+                        {"server": os.getpid(), **engine.process_ids()}, parsers=parsers)
     _warn_if_exposed(settings)
     config = uvicorn.Config(build_app(state), host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=settings.log_level == "debug", lifespan="off",
@@ -157,20 +157,24 @@ async def _serve(settings: Settings, ready: ReadyInfo, tokenizer, parsers: ChatP
     server.on_signal = drain.request
 
     def fail(why: str) -> None:
+        if state.failure is not None:  # another replica's watchdog came first
+            return
         log.error("%s; shutting the server down", why)
         state.failure = why
         tm.fail_all(why)
         server.should_exit = True
 
-    watchdog = EngineWatchdog(procs, procs.heartbeat, settings.watchdog_timeout, fail)
-    watchdog.start()
+    watchdogs = engine.watchdogs(fail)
+    for watchdog in watchdogs:
+        watchdog.start()
     tasks = [asyncio.create_task(_warm_up(state, server)), asyncio.create_task(drain.run(server))]
     if signals.received:
         drain.request()
     try:
         await server.serve()
     finally:
-        watchdog.stop()
+        for watchdog in watchdogs:
+            watchdog.stop()
         for task in tasks:
             task.cancel()
         await state.batches.close()
@@ -187,19 +191,26 @@ def _warn_if_exposed(settings: Settings) -> None:
 
 
 async def _warm_up(state: ServerState, server: uvicorn.Server) -> None:
-    """Run one short generation (an embedding for an embedding model) through the normal path, then
-    report ready (GET /health -> 200)."""
+    """Run one short generation (an embedding for an embedding model), on every replica, through the
+    normal path, then report ready (GET /health -> 200)."""
     tm = state.tokenizer_manager
     if state.settings.warmup:
         ids = tm.encode(WARMUP_TEXT) if tm.tokenizer is not None else [0]
+        pins = [tm.pinned(i) for i in range(tm.num_replicas)] if isinstance(tm, DPTokenizerManager) else [nullcontext()]
+        groups = []
         try:
-            with probe_group(state, ids, 4) as group:
-                await group.collect()
+            for pin in pins:  # every replica at once
+                with pin:
+                    groups.append(probe_group(state, ids, 4).start())
+            await asyncio.gather(*(group.collect() for group in groups))
         except Exception as exc:
             state.failure = f"the warm-up generation failed: {getattr(exc, 'message', exc)}"
             log.error("%s", state.failure)
             server.should_exit = True
             return
+        finally:
+            for group in groups:
+                group.close()
     while not server.started and not server.should_exit:
         await asyncio.sleep(0.05)
     state.ready = True

@@ -29,7 +29,7 @@ def run_scheduler_process(settings: Settings, ports: PortArgs, conn, heartbeat=N
     setup_child("scheduler", settings.log_level)
     start = time.perf_counter()
     try:
-        scheduler, info = build_scheduler(settings, progress=True)
+        scheduler, info = build_scheduler(settings, progress=True, as_replica=True)
         tokenizer_path = _tokenizer_path(settings) if scheduler.tokenizer is not None else None
     except Exception as exc:
         log.debug("model load failed", exc_info=True)

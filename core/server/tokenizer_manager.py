@@ -33,6 +33,13 @@ UNLOAD_TIMEOUT_S = 3600.0  # an unload waits for the adapter's requests to finis
 REPLY_TO = {StatsOut: "GetStatsReq", FlushCacheOut: "FlushCacheReq"}
 
 
+def reply_key(msg) -> str | None:
+    """Which waiters a control reply resolves: a LoRA update's request id, else the request kind."""
+    if isinstance(msg, LoRAUpdateOut):
+        return msg.request_id
+    return msg.request if isinstance(msg, ControlFailed) else REPLY_TO.get(type(msg))
+
+
 class ServerUnavailable(RuntimeError):
     """The engine is gone (a subprocess died) or shutting down; maps to HTTP 503."""
 
@@ -80,12 +87,13 @@ class TokenizerManager:
         self.rid_to_state: dict[str, ReqState] = {}
         self._waiters: dict[str, deque[asyncio.Future]] = defaultdict(deque)
         self.failure: str | None = None
-        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
         """Start reading the detokenizer's socket; call from the running event loop."""
-        self._task = asyncio.get_running_loop().create_task(self._handle_loop(), name="tokenizer-manager")
+        self._tasks.append(asyncio.get_running_loop().create_task(self._handle_loop(self._recv_sock, self._dispatch),
+                                                                  name="tokenizer-manager"))
 
     def fail_all(self, message: str) -> None:
         """Finish every request in flight with an abort (HTTP 503) and refuse new work (a subprocess
@@ -102,8 +110,8 @@ class TokenizerManager:
                     fut.set_exception(ServerUnavailable(message))
 
     def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
         self._send_sock.close(linger=0)
         self._recv_sock.close(linger=0)
         self._sync_ctx.term()
@@ -214,11 +222,12 @@ class TokenizerManager:
     def _send(self, msg) -> None:
         self._send_sock.send_pyobj(msg)
 
-    async def _handle_loop(self) -> None:
+    async def _handle_loop(self, sock: zmq.asyncio.Socket, handle) -> None:
+        """Read `sock` until cancelled, passing each message to `handle`."""
         while True:
-            msg = await self._recv_sock.recv_pyobj()
+            msg = await sock.recv_pyobj()
             try:
-                self._dispatch(msg)
+                handle(msg)
             except Exception:
                 log.exception("failed to dispatch %s", type(msg).__name__)
 
@@ -228,10 +237,7 @@ class TokenizerManager:
             for out in msg.outputs:
                 self._deliver(out, now)
             return
-        if isinstance(msg, LoRAUpdateOut):
-            name = msg.request_id
-        else:
-            name = msg.request if isinstance(msg, ControlFailed) else REPLY_TO.get(type(msg))
+        name = reply_key(msg)
         waiters = self._waiters.get(name)
         if not waiters:
             log.warning("unexpected %s from the engine", type(msg).__name__)

@@ -84,8 +84,8 @@ class EngineWatchdog:
 
     async def _stuck(self, age: float) -> None:
         proc = self.procs.scheduler
-        why = (f"the scheduler process is stuck: one iteration of its loop has run for {age:.1f} s "
-               f"(watchdog_timeout {self.timeout:g} s); its stacks are dumped above and it was killed")
+        why = (f"the {proc.name.removeprefix('jackfield-')} process is stuck: one iteration of its loop has run for "
+               f"{age:.1f} s (watchdog_timeout {self.timeout:g} s); its stacks are dumped above and it was killed")
         self.failed = True  # its death below is this failure, not a second one
         self._stop_death_watch()
         log.error("%s", why.replace("are dumped above and it was killed", "follow; then it is killed"))

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from jackfield.bench import serving
-from jackfield.bench.datasets import sample_random_requests, sample_sharegpt_requests
+from jackfield.bench.datasets import sample_random_requests, sample_sharegpt_requests, with_shared_prefixes
 from jackfield.bench.serving import BenchConfig, run_benchmark
 
 TOKEN_SLEEP = 0.002
@@ -202,6 +202,20 @@ def test_random_lengths():
     assert [r.prompt for r in reqs] == [r.prompt for r in sample_random_requests(50, 40, 20, 0.5, seed=3)]
     with pytest.raises(ValueError):
         sample_random_requests(2, 10, 10, range_ratio=1.5)
+
+
+def test_shared_prefix_prompts_start_alike_per_group():
+    def make():
+        return with_shared_prefixes(sample_random_requests(12, 10, 5, range_ratio=1.0, seed=2), 3, 30, seed=1)
+
+    reqs = make()
+    starts = [" ".join(r.prompt.split()[:30]) for r in reqs]
+    assert len(set(starts)) == 3 and all(starts.count(s) == 4 for s in starts)
+    assert all(r.prompt_len == 40 and len(r.prompt.split()) == 40 and r.output_len == 5 for r in reqs)
+    assert len({r.prompt for r in reqs}) == 12
+    assert [r.prompt for r in make()] == [r.prompt for r in reqs]
+    with pytest.raises(ValueError):
+        with_shared_prefixes(reqs, 0, 10)
 
 
 def test_tpot_counts_every_token_itl_only_text_chunks():
