@@ -1,6 +1,6 @@
 """Host time of a speculative step against a plain decode step, on a tiny random Llama (CPU).
 
-  python3 benchmarks/spec_host_time.py --batch-sizes 32,128 [--output-len 48] [--profile 128]
+  python3 benchmarks/spec_host_time.py --batch-sizes 32,128 [--output-len 48] [--profile 128] [--out REPORT]
 
 Runs `bs` requests with repetitive prompts (the n-gram decoder finds drafts in them) to the end,
 once plainly (`speculative: false`) and once speculating (load policy off), and times every decode
@@ -8,9 +8,9 @@ step of the full batch: CPU seconds of this thread (`time.thread_time`: other pr
 machine do not count) of the step, of the model forward inside it (`runner.forward`, attention
 metadata included) and of the attention metadata alone. `host_ms` (step minus forward) is the
 scheduler's and the decoder's Python: what a speculative step adds on the GPU, where the forward
-runs on the device. With `--profile BS`, a
-cProfile of the speculative steps at that batch size (top functions by own time) is printed too.
-Prints one JSON object (and each row to stderr as it is measured). CPU timings: run on a quiet machine.
+runs on the device. With `--profile BS`, a cProfile of the speculative steps at that batch size
+(top functions by own time) is printed too. Prints the report as JSON (command, commit, machine,
+results; each row also to stderr as it is measured). CPU timings: run on a quiet machine.
 """
 from __future__ import annotations
 
@@ -90,8 +90,10 @@ def main() -> None:
     ap.add_argument("--output-len", type=int, default=48)
     ap.add_argument("--attention-backend", default="torch_native")
     ap.add_argument("--profile", type=int, default=0, help="cProfile the speculative steps at this batch size")
+    ap.add_argument("--out", default=None, help="also write the report (command, commit, machine, results) here")
     args = ap.parse_args()
 
+    from jackfield.bench.common import write_report
     from jackfield.testing.suites.speculative import VOCAB, spec_scheduler, tiny_target
     from jackfield_plugins.spec.ngram import NgramDecoder
 
@@ -119,7 +121,7 @@ def main() -> None:
                      "spec_host_over_plain_host": spec["host_ms"] / plain["host_ms"],
                      "accept_length": st.emitted / st.verify_steps if st.verify_steps else None})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # each row as it comes, in case a limit cuts the run
-    print(json.dumps({"results": rows}, indent=1))
+    write_report(args.out, "python3 benchmarks/spec_host_time.py " + " ".join(sys.argv[1:]), {"results": rows})
     if report:
         print(report)
 

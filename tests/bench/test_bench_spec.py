@@ -61,3 +61,18 @@ def test_attention_warmup_runs_every_mode_and_names_a_failure(capsys):
     assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines()] == ["extend", "decode", "verify"]
     assert warmup["main"]([*small, "--backend", "no_such_backend", "--device", "cpu", "--modes", "verify"]) == 1
     assert "verify: FAILED" in capsys.readouterr().out
+
+
+def test_spec_host_time_reports_host_ms_per_step(tmp_path, monkeypatch):
+    """benchmarks/spec_host_time.py: full-batch decode steps timed plain and speculating, host time
+    (step minus forward) positive, the report written with its provenance."""
+    out = tmp_path / "host.json"
+    script = ORACLE.with_name("spec_host_time.py")
+    monkeypatch.setattr(sys, "argv", [str(script), "--batch-sizes", "2", "--output-len", "6", "--out", str(out)])
+    runpy.run_path(str(script), run_name="__main__")
+    report = json.loads(out.read_text())
+    assert report["command"].startswith("python3 benchmarks/spec_host_time.py") and report["git_commit"]
+    (row,) = report["metrics"]["results"]
+    assert row["batch_size"] == 2
+    for kind in ("plain", "spec"):
+        assert row[kind]["steps"] > 0 and 0 < row[kind]["host_ms"] < row[kind]["step_ms"]
