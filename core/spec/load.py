@@ -16,14 +16,17 @@ back on when the batch shrinks into a bucket where it pays.
 
 What finding out costs is bounded by measurement: a new bucket runs `warmup` (1) speculative
 steps, then one plain step, then decides; it stops speculating at once when a plain rate measured
-earlier in the bucket already beats its first speculative step. A new bucket above a smaller one
-where speculation lost by far (ratio below `far_loss`) starts plain instead, as if it had measured
-that smaller bucket's measurements: verification only gets dearer as the batch grows. While
+earlier in the bucket already beats its first speculative step. A first speculative step often
+pays for what runs for the first time (a kernel, a graph, an allocation), so a bucket that lost on
+one speculative step tries a second one after 4 plain steps, and the lower of the two decides. A
+new bucket above a smaller one where speculation lost by far (ratio below `far_loss`, over two
+speculative steps or more) starts plain instead, as if it had measured that smaller bucket's
+measurements: verification only gets dearer as the batch grows. While
 speculation loses, it is tried again every `ceil(waste / explore_cost)` plain steps (at least 4, at
 most 128), where `waste = seconds_spec / seconds_plain - tokens_per_request` is what one
 speculative step loses against plain steps, in plain steps: often when it loses narrowly (the text
 may turn repetitive), rarely when it loses by far, so that these probes cost about `explore_cost`
-(1 %) of the plain rate.
+(1 %) of the plain rate where a probe loses up to 1.28 plain steps, and waste / 128 beyond.
 """
 from __future__ import annotations
 
@@ -98,17 +101,21 @@ class LoadPolicy:
         return self.ratio(b) >= 1.0 or self._probe_due(b, b)
 
     def _smaller_loss(self, key: int) -> _Bucket | None:
-        """The nearest smaller measured bucket when speculation lost there by far."""
-        smaller = [k for k, b in self.buckets.items() if k < key and b.measured]
+        """The nearest smaller bucket measured with two speculative steps or more, when speculation
+        lost there by far."""
+        smaller = [k for k, b in self.buckets.items() if k < key and b.measured and b.spec_steps >= 2]
         if not smaller:
             return None
         b = self.buckets[max(smaller)]
         return b if self.ratio(b) < self.far_loss else None
 
     def _probe_due(self, b: _Bucket, measured: _Bucket) -> bool:
-        """Whether bucket b, losing as `measured` does, is due for a speculative probe."""
+        """Whether bucket b, losing as `measured` does, is due for a speculative probe. After a
+        single speculative step (maybe the slow first one) the next comes soon, at the shortest interval."""
         waste = measured.spec_s / measured.plain_s - measured.spec_tokens  # plain steps lost per probe
         interval = min(128, max(4, math.ceil(waste / self.explore_cost)))
+        if measured.spec_steps < 2:
+            interval = 4
         return b.since_spec + 1 >= interval
 
     def record_plain(self, batch_size: int, seconds: float) -> None:

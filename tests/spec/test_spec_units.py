@@ -91,6 +91,7 @@ def test_load_policy_measures_and_switches():
     pol.record_plain(4, 0.020)                    # 1 token per 20 ms: speculation wins (66 vs 50 tok/s)
     assert all(pol.speculate(5) for _ in range(10))
     pol.record_spec(128, 0.100, 1.5)              # big batch: 15 tok/s per request
+    pol.record_spec(128, 0.100, 1.5)
     pol.record_plain(128, 0.050)                  # plain 20 tok/s: speculation loses, ratio 0.75
     decisions = [pol.speculate(128) for _ in range(102)]
     # a probe loses 0.100 / 0.050 - 1.5 = 0.5 plain steps: one every 0.5 / 1 % = 50 steps
@@ -112,10 +113,12 @@ def test_load_policy_warmup_stops_at_the_first_losing_measurement():
     # plain steps measured first (requests with speculative: false): one losing speculative step ends the warm-up
     pol.record_plain(16, 0.010)
     assert pol.speculate(16)
-    pol.record_spec(16, 0.050, 1.5)              # ratio 0.3, a probe loses 3.5 plain steps: every 128 steps
+    pol.record_spec(16, 0.050, 1.5)              # ratio 0.3 on one speculative step: a second after 4 plain
+    assert [pol.speculate(16) for _ in range(4)] == [False, False, False, True]
+    pol.record_spec(16, 0.050, 1.5)              # confirmed: a probe loses 3.5 plain steps, every 128 steps
     decisions = [pol.speculate(16) for _ in range(256)]
     assert [i for i, d in enumerate(decisions) if d] == [127, 255]
-    assert pol.table()[1]["spec_steps"] == 1
+    assert pol.table()[1]["spec_steps"] == 2
 
 
 def test_load_policy_one_slow_step_does_not_decide():
@@ -124,8 +127,8 @@ def test_load_policy_one_slow_step_does_not_decide():
     pol.record_spec(8, 1.0, 2.0)                  # the first verify compiled its kernels: 1 s
     assert not pol.speculate(8)
     pol.record_plain(8, 0.010)
-    decisions = [pol.speculate(8) for _ in range(127)]
-    assert decisions.index(True) == 126           # a probe loses 98 plain steps: the longest interval, 128
+    decisions = [pol.speculate(8) for _ in range(4)]
+    assert decisions.index(True) == 2             # one speculative step measured: a second after 4 decisions
     pol.record_spec(8, 0.012, 2.0)                # the probe: 2 tokens in 12 ms against 1 in 10 ms
     assert pol.speculate(8)                       # lower median of (1.0, 0.012): the slow step is ignored
     for _ in range(3):
@@ -137,6 +140,11 @@ def test_load_policy_one_slow_step_does_not_decide():
 def test_load_policy_larger_buckets_start_plain_after_a_far_loss():
     pol = LoadPolicy()
     pol.record_spec(32, 0.012, 0.7)
+    pol.record_plain(32, 0.010)
+    assert pol.speculate(64)                      # one speculative step at 32-63 (maybe the slow first): measured here
+    pol = LoadPolicy()
+    pol.record_spec(32, 0.012, 0.7)
+    pol.record_spec(32, 0.012, 0.7)
     pol.record_plain(32, 0.010)                   # ratio 0.58 at batch 32-63, a probe loses 0.5 plain steps
     decisions = [pol.speculate(128) for _ in range(60)]
     assert [i for i, d in enumerate(decisions) if d] == [49]  # probed as if it lost like batch 32: every 50 steps
@@ -144,6 +152,7 @@ def test_load_policy_larger_buckets_start_plain_after_a_far_loss():
     pol.record_plain(128, 0.008)                  # the probe says it wins here after all
     assert pol.speculate(128)
     narrow = LoadPolicy()
+    narrow.record_spec(32, 0.011, 1.0)
     narrow.record_spec(32, 0.011, 1.0)
     narrow.record_plain(32, 0.010)                # ratio 0.91: not by far, a larger bucket measures for itself
     assert narrow.speculate(64) and narrow.speculate(1)
