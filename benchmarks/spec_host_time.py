@@ -43,22 +43,18 @@ def measure(sched, ids: list[list[int]], output_len: int, speculative: bool, pro
     timed = {"forward": 0.0, "meta": 0.0, "mode": None}
     forward, meta = runner.forward, backend.init_forward_metadata
 
-    def timed_forward(fb):
-        t = time.thread_time()
-        try:
-            return forward(fb)
-        finally:
-            timed["forward"] += time.thread_time() - t
-            timed["mode"] = fb.mode
+    def timing(fn, key: str):
+        """fn, adding its thread CPU seconds to timed[key] (and noting the forward's mode)."""
+        def wrapped(fb):
+            t = time.thread_time()
+            try:
+                return fn(fb)
+            finally:
+                timed[key] += time.thread_time() - t
+                timed["mode"] = fb.mode if key == "forward" else timed["mode"]
+        return wrapped
 
-    def timed_meta(fb):
-        t = time.thread_time()
-        try:
-            return meta(fb)
-        finally:
-            timed["meta"] += time.thread_time() - t
-
-    runner.forward, backend.init_forward_metadata = timed_forward, timed_meta
+    runner.forward, backend.init_forward_metadata = timing(forward, "forward"), timing(meta, "meta")
     params = SamplingParams(max_new_tokens=output_len, temperature=0.0, speculative=speculative, ignore_eos=True)
     for i, p in enumerate(ids):
         sched.handle(TokenizedGenerateReq(f"r{i}", p, params))
