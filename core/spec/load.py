@@ -15,18 +15,25 @@ so speculation switches itself off at batch sizes where verification costs more 
 back on when the batch shrinks into a bucket where it pays.
 
 What finding out costs is bounded by measurement: a new bucket runs `warmup` (1) speculative
-steps, then one plain step, then decides; it stops speculating at once when a plain rate measured
-earlier in the bucket already beats its first speculative step. A first speculative step often
-pays for what runs for the first time (a kernel, a graph, an allocation), so a bucket that lost on
-one speculative step tries a second one after 4 plain steps, and the lower of the two decides. A
-new bucket above a smaller one where speculation lost by far (ratio below `far_loss`, over two
-speculative steps or more) starts plain instead, as if it had measured that smaller bucket's
-measurements: verification only gets dearer as the batch grows. While
-speculation loses, it is tried again every `ceil(waste / explore_cost)` plain steps (at least 4, at
-most 128), where `waste = seconds_spec / seconds_plain - tokens_per_request` is what one
-speculative step loses against plain steps, in plain steps: often when it loses narrowly (the text
-may turn repetitive), rarely when it loses by far, so that these probes cost about `explore_cost`
-(1 %) of the plain rate where a probe loses up to 1.28 plain steps, and waste / 128 beyond.
+steps, then plain steps, then decides; it stops speculating at once when a plain rate measured
+earlier in the bucket already beats its first speculative step. The very first speculative steps
+of an engine pay for what runs for the first time (a kernel, an allocation), so until some bucket
+has measured two speculative steps, a bucket that lost on one tries a second after 4 plain steps
+and the lower of the two decides; once one has, a single speculative step decides.
+
+A new bucket uses its neighbours' measurements for its first decision: it starts plain, as if it
+had measured what they did, when the nearest measured bucket below it lost by far (ratio below
+`far_loss`: verification only gets dearer as the batch grows) or the bucket right above it (batch
+sizes at most twice as large) did. While speculation loses, it is tried again every
+`ceil(waste / explore_cost)` plain steps (at least 4, at most 1024), where `waste = seconds_spec /
+seconds_plain - tokens_per_request` is what one speculative step loses against plain steps, in
+plain steps: often when it loses narrowly (the text may turn repetitive), rarely when it loses by
+far, so that these probes cost about `explore_cost` (0.5 %) of the plain rate where a probe loses
+up to 5.12 plain steps, and waste / 1024 beyond: a run of a few hundred steps where speculation
+loses pays for its first measurement and about one probe.
+
+The scheduler records a plain step only when its wall time is its own decode forward's (under
+overlap: the forward it waited for was a decode step, not a prefill).
 """
 from __future__ import annotations
 
@@ -68,7 +75,7 @@ def _ema(old: float | None, new: float, weight: float) -> float:
 
 
 class LoadPolicy:
-    def __init__(self, enabled: bool = True, warmup: int = 1, explore_cost: float = 0.01, weight: float = 0.3,
+    def __init__(self, enabled: bool = True, warmup: int = 1, explore_cost: float = 0.005, weight: float = 0.3,
                  far_loss: float = 0.75, window: int = 5):
         self.enabled, self.warmup, self.explore_cost, self.weight = enabled, warmup, explore_cost, weight
         self.far_loss, self.window = far_loss, window
@@ -94,27 +101,36 @@ class LoadPolicy:
 
     def _decide(self, key: int, b: _Bucket) -> bool:
         if not b.spec:
-            prior = self._smaller_loss(key)
+            prior = self._neighbour_loss(key)
             return prior is None or self._probe_due(b, prior)  # measure speculation first, unless hopeless
         if not b.plain:
-            return b.spec_steps < self.warmup  # then one plain step to compare with
+            return b.spec_steps < self.warmup  # then plain steps to compare with
         return self.ratio(b) >= 1.0 or self._probe_due(b, b)
 
-    def _smaller_loss(self, key: int) -> _Bucket | None:
-        """The nearest smaller bucket measured with two speculative steps or more, when speculation
-        lost there by far."""
-        smaller = [k for k, b in self.buckets.items() if k < key and b.measured and b.spec_steps >= 2]
-        if not smaller:
-            return None
-        b = self.buckets[max(smaller)]
-        return b if self.ratio(b) < self.far_loss else None
+    def _warm(self) -> bool:
+        """Some bucket has measured two speculative steps: the engine's first-time costs are paid."""
+        return any(b.spec_steps >= 2 for b in self.buckets.values())
+
+    def _trusted(self, b: _Bucket) -> bool:
+        return b.measured and (b.spec_steps >= 2 or self._warm())
+
+    def _neighbour_loss(self, key: int) -> _Bucket | None:
+        """The nearest trusted bucket below, or else the trusted bucket right above, when
+        speculation lost there by far."""
+        below = [k for k, b in self.buckets.items() if k < key and self._trusted(b)]
+        above = self.buckets.get(key + 1)
+        for b in ([self.buckets[max(below)]] if below else []) + ([above] if above and self._trusted(above) else []):
+            if self.ratio(b) < self.far_loss:
+                return b
+        return None
 
     def _probe_due(self, b: _Bucket, measured: _Bucket) -> bool:
-        """Whether bucket b, losing as `measured` does, is due for a speculative probe. After a
-        single speculative step (maybe the slow first one) the next comes soon, at the shortest interval."""
+        """Whether bucket b, losing as `measured` does, is due for a speculative probe: after the
+        interval its waste sets, or soon (4) after a single speculative step of a cold engine (maybe
+        the slow first one)."""
         waste = measured.spec_s / measured.plain_s - measured.spec_tokens  # plain steps lost per probe
-        interval = min(128, max(4, math.ceil(waste / self.explore_cost)))
-        if measured.spec_steps < 2:
+        interval = min(1024, max(4, math.ceil(waste / self.explore_cost)))
+        if measured.spec_steps < 2 and not self._warm():
             interval = 4
         return b.since_spec + 1 >= interval
 

@@ -31,13 +31,14 @@ def common(tmp_path_factory) -> list[str]:
 
 def test_bench_spec_reports_equal_greedy_outputs(common, tmp_path):
     out = tmp_path / "report.json"
+    # every step speculates (speculation loses on a tiny CPU model: the load policy would stop it)
     assert main(["bench", "spec", *common, "--speculative-algorithm", "ngram", "--batch-sizes", "1,2",
-                 "--num-prompts", "2", "--output-len", "5", "--output-file", str(out)]) == 0
+                 "--num-prompts", "2", "--output-len", "5", "--no-speculative-load-aware", "--output-file", str(out)]) == 0
     m = json.loads(out.read_text())["metrics"]
     assert [r["batch_size"] for r in m["results"]] == [1, 2] and m["algorithm"] == "ngram"
     for r in m["results"]:
         assert r["outputs_differing"] == 0 and r["num_prompts"] == 2 and 2 <= r["output_tokens"] <= 10
-    assert sum(r["verify_request_steps"] for r in m["results"]) > 0  # the load policy may stop it at batch 2
+    assert all(r["verify_request_steps"] > 0 for r in m["results"])
 
 
 def test_oracle_drafter_emits_its_accepted_length(common, tmp_path, monkeypatch):

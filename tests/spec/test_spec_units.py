@@ -93,9 +93,9 @@ def test_load_policy_measures_and_switches():
     pol.record_spec(128, 0.100, 1.5)              # big batch: 15 tok/s per request
     pol.record_spec(128, 0.100, 1.5)
     pol.record_plain(128, 0.050)                  # plain 20 tok/s: speculation loses, ratio 0.75
-    decisions = [pol.speculate(128) for _ in range(102)]
-    # a probe loses 0.100 / 0.050 - 1.5 = 0.5 plain steps: one every 0.5 / 1 % = 50 steps
-    assert [i for i, d in enumerate(decisions) if d] == [49, 99]
+    decisions = [pol.speculate(128) for _ in range(202)]
+    # a probe loses 0.100 / 0.050 - 1.5 = 0.5 plain steps: one every 0.5 / 0.5 % = 100 steps
+    assert [i for i, d in enumerate(decisions) if d] == [99, 199]
     assert all(pol.speculate(3) for _ in range(5))  # load dropped: back on
     assert pol.table()[-1]["spec_over_plain"] == pytest.approx(0.75)
     assert not LoadPolicy(enabled=False).buckets and LoadPolicy(enabled=False).speculate(512)
@@ -113,12 +113,10 @@ def test_load_policy_warmup_stops_at_the_first_losing_measurement():
     # plain steps measured first (requests with speculative: false): one losing speculative step ends the warm-up
     pol.record_plain(16, 0.010)
     assert pol.speculate(16)
-    pol.record_spec(16, 0.050, 1.5)              # ratio 0.3 on one speculative step: a second after 4 plain
-    assert [pol.speculate(16) for _ in range(4)] == [False, False, False, True]
-    pol.record_spec(16, 0.050, 1.5)              # confirmed: a probe loses 3.5 plain steps, every 128 steps
-    decisions = [pol.speculate(16) for _ in range(256)]
-    assert [i for i, d in enumerate(decisions) if d] == [127, 255]
-    assert pol.table()[1]["spec_steps"] == 2
+    pol.record_spec(16, 0.050, 1.5)              # ratio 0.3; the engine is warm (4 speculative steps at 8-15):
+    decisions = [pol.speculate(16) for _ in range(1400)]  # one step decides; a probe loses 3.5 plain steps
+    assert [i for i, d in enumerate(decisions) if d] == [699, 1399]  # so one every 700 steps
+    assert pol.table()[1]["spec_steps"] == 1
 
 
 def test_load_policy_one_slow_step_does_not_decide():
@@ -146,8 +144,8 @@ def test_load_policy_larger_buckets_start_plain_after_a_far_loss():
     pol.record_spec(32, 0.012, 0.7)
     pol.record_spec(32, 0.012, 0.7)
     pol.record_plain(32, 0.010)                   # ratio 0.58 at batch 32-63, a probe loses 0.5 plain steps
-    decisions = [pol.speculate(128) for _ in range(60)]
-    assert [i for i, d in enumerate(decisions) if d] == [49]  # probed as if it lost like batch 32: every 50 steps
+    decisions = [pol.speculate(128) for _ in range(110)]
+    assert [i for i, d in enumerate(decisions) if d] == [99]  # probed as if it lost like batch 32: every 100 steps
     pol.record_spec(128, 0.005, 2.0)
     pol.record_plain(128, 0.008)                  # the probe says it wins here after all
     assert pol.speculate(128)
@@ -156,6 +154,16 @@ def test_load_policy_larger_buckets_start_plain_after_a_far_loss():
     narrow.record_spec(32, 0.011, 1.0)
     narrow.record_plain(32, 0.010)                # ratio 0.91: not by far, a larger bucket measures for itself
     assert narrow.speculate(64) and narrow.speculate(1)
+
+
+def test_load_policy_bucket_below_a_far_loss_starts_plain():
+    pol = LoadPolicy()
+    for _ in range(2):
+        pol.record_spec(64, 0.040, 2.0)
+    pol.record_plain(64, 0.010)                   # ratio 0.5 at 64-127: a probe loses 2 plain steps
+    decisions = [pol.speculate(40) for _ in range(400)]  # 32-63, right below it: plain, probed every 400 steps
+    assert [i for i, d in enumerate(decisions) if d] == [399]
+    assert pol.speculate(8)                       # 8-15, further below: it measures for itself
 
 
 def test_ngram_history_trie_and_draft_tree():
