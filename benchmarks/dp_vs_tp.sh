@@ -2,8 +2,8 @@
 # Offline throughput on a 2-GPU machine: one GPU vs data parallel 2 vs tensor parallel 2 (issue 30).
 # The 8B-shaped dummy model, 256 requests of 512 random prompt tokens and 256 output tokens (EOS
 # ignored), all sent at once (`bench serving --request-rate inf`) to `jackfield serve` in each layout,
-# so the three share the HTTP path; `jackfield bench offline` (no server: one GPU, and TP 2 where it
-# exists) is the reference for what the server path costs (DP needs the server: the in-process
+# so the three share the HTTP path; `jackfield bench offline` (no server: one GPU, and TP 2) is the
+# reference for what the server path costs (DP needs the server: the in-process
 # engine is one replica). Each run writes a JSON report; the table at the end compares them.
 # Engine flags as benchmarks/tp_suite.sh uses them (triton attention, graphs to batch 256, 16k chunks).
 # The prefix layouts measure the router itself: 256 prompts in 16 groups that share a 2048-token
@@ -14,8 +14,7 @@
 #   bash .whl/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/dp_vs_tp.sh [LAYOUT...]
 # LAYOUT: offline1 offline-tp2 gpu1 dp2 tp2 (default: these five, about 8 min on 2 x H100: pass two
 # or three per device call), and the prefix layouts gpu1-prefix dp2-prefix dp2-prefix-load (about
-# 4 min). offline-tp2 and tp2 need --tp-size
-# (tensor parallelism); where `jackfield serve` has no such flag it is skipped with a note.
+# 4 min).
 # Environment (no JACKFIELD_ prefix: those are settings): BENCH_TOKENIZER (default .gpu_carry/tok, a tokenizer for the random prompts);
 # for a smoke run elsewhere, BENCH_MODEL (a config.json for dummy weights, default the 8B
 # shape), BENCH_SHAPE ("prompts input output", default "256 512 256") and BENCH_PREFIX_SHAPE
@@ -58,11 +57,6 @@ serve_and_bench() {  # $1: layout name, $2: CUDA_VISIBLE_DEVICES, $3: workload f
   kill -TERM $server; wait $server
 }
 
-has_tp() {
-  "${JF[@]}" serve --help | grep -q -- "--tp-size" && return 0
-  echo "== skipped: this build of jackfield has no --tp-size"; return 1
-}
-
 for layout in $LAYOUTS; do
   case $layout in
     offline1)
@@ -70,17 +64,15 @@ for layout in $LAYOUTS; do
       CUDA_VISIBLE_DEVICES=0 "${JF[@]}" bench offline "${ENGINE[@]}" --num-prompts $NUM --input-len $IN_LEN \
         --output-len $OUT_LEN --output-file "$OUTDIR/dp-vs-tp-offline1-$STAMP.json" | tail -5 ;;
     offline-tp2)
-      if has_tp; then
-        echo "== offline-tp2: jackfield bench offline --tp-size 2 (no server)"
-        CUDA_VISIBLE_DEVICES=0,1 "${JF[@]}" bench offline "${ENGINE[@]}" --tp-size 2 --num-prompts $NUM --input-len $IN_LEN \
-          --output-len $OUT_LEN --output-file "$OUTDIR/dp-vs-tp-offline-tp2-$STAMP.json" | tail -5
-      fi ;;
+      echo "== offline-tp2: jackfield bench offline --tp-size 2 (no server)"
+      CUDA_VISIBLE_DEVICES=0,1 "${JF[@]}" bench offline "${ENGINE[@]}" --tp-size 2 --num-prompts $NUM --input-len $IN_LEN \
+        --output-len $OUT_LEN --output-file "$OUTDIR/dp-vs-tp-offline-tp2-$STAMP.json" | tail -5 ;;
     gpu1) serve_and_bench gpu1 0 "$RANDOM_WL" ;;
     dp2) serve_and_bench dp2 0,1 "$RANDOM_WL" --dp-size 2 ;;
     gpu1-prefix) serve_and_bench gpu1-prefix 0 "$PREFIX_WL" ;;
     dp2-prefix) serve_and_bench dp2-prefix 0,1 "$PREFIX_WL" --dp-size 2 ;;
     dp2-prefix-load) serve_and_bench dp2-prefix-load 0,1 "$PREFIX_WL" --dp-size 2 --router-cache-threshold 1 ;;
-    tp2) has_tp && serve_and_bench tp2 0,1 "$RANDOM_WL" --tp-size 2 ;;
+    tp2) serve_and_bench tp2 0,1 "$RANDOM_WL" --tp-size 2 ;;
     *) echo "unknown layout $layout (offline1 offline-tp2 gpu1 dp2 tp2 gpu1-prefix dp2-prefix dp2-prefix-load)"; exit 2 ;;
   esac
 done

@@ -2,7 +2,7 @@
 # MoE and MLA benchmarks on one GPU (H100), by part; one command per part. Results: benchmarks/results/.
 # Usage on the device: bash .whl/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/moe_suite.sh PART...
 # Parts (expected runtime on an H100 once warm; a device call lasts at most 10 minutes, so pass a few per call):
-#   tune      tune the triton MoE block configs for both model shapes (--quick; ~3-5 min each), written to
+#   tune      tune the triton MoE block configs for both model shapes, bf16 and FP8 experts (~1.5 min each), written to
 #             plugins/moe/configs/ (copy them back into the repository) and benchmarks/results/tune-moe-*.json
 #   kernels   fused MoE layer vs torch_native vs a dense MLP of the same FLOPs, batch 1/64/256 (~2 min)
 #   mla       MLA decode bandwidth at batch 64, context 2048, 16 and 128 heads, vs the copy ceiling (~1 min)
@@ -30,8 +30,9 @@ run() { echo "+ $*" >&2; eval "$@"; }
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 
 if has tune; then
-  run python3 benchmarks/tune_fused_moe.py --quick --shape qwen3-30b-a3b --out "$OUTDIR/tune-moe-qwen3-$STAMP.json"
-  run python3 benchmarks/tune_fused_moe.py --quick --shape deepseek-v2-lite --out "$OUTDIR/tune-moe-dsv2-$STAMP.json"
+  run python3 benchmarks/tune_fused_moe.py --shape qwen3-30b-a3b,deepseek-v2-lite --out "$OUTDIR/tune-moe-$STAMP.json"
+  run python3 benchmarks/tune_fused_moe.py --shape qwen3-30b-a3b,deepseek-v2-lite --format fp8_block \
+    --out "$OUTDIR/tune-moe-fp8-$STAMP.json"
 fi
 if has kernels; then
   run python3 benchmarks/moe_kernels.py --out "$OUTDIR/moe-kernels-$STAMP.json"

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from jackfield.bench.common import provenance, random_prompts, run_requests, submit_requests
+from jackfield.bench.common import provenance, quantization_info, random_prompts, run_requests, submit_requests
 from jackfield.cli.settings_args import add_settings_arguments, cli_overrides
 from jackfield.config import load_settings
 from jackfield.engine_loop import build_scheduler
@@ -169,7 +169,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=128)
-    p.add_argument("--profile-len", type=int, default=24, help="decode steps inside the profiler")
+    p.add_argument("--profile-len", type=int, default=24, help="decode steps inside the profiler (0: no trace)")
     p.add_argument("--prefill-prompts", type=int, default=0,
                    help="also break down one prefill step of this many prompts of --input-len tokens")
     p.add_argument("--phases", type=int, default=0,
@@ -185,13 +185,15 @@ def main() -> int:
     res = run_requests(sched, random_prompts(bs, args.input_len, vocab, 0), args.output_len)
     decode_s = res.total_s - res.first_token_s
     out = {**provenance("python3 benchmarks/profile_decode.py " + " ".join(sys.argv[1:])),
-           "attention_backend": info.components["attention"]["name"], "batch_size": bs,
+           "model": info.model_path, "attention_backend": info.components["attention"]["name"],
+           **quantization_info(info), "batch_size": bs,
            "overlap": sched.overlap, "graph_only_ms": graph_only_ms(runner, bs),
            "step_ms": 1e3 * decode_s / max(args.output_len - 1, 1),
            "decode_tok_per_s": bs * (args.output_len - 1) / decode_s}
+    print(json.dumps(out), file=sys.stderr, flush=True)  # the measurement so far, should a later part not finish
     gemv = next((m.method.gemv for m in runner.model.modules() if hasattr(getattr(m, "method", None), "gemv")), None)
     if gemv is not None and gemv.choices:
-        out["gemv_choices"] = {f"{v} {n}x{k}": str(c) for (v, n, k, _), c in gemv.choices.items()}
+        out["gemv_choices"] = {f"{key[0]} {key[1]}x{key[2]}": str(c) for key, c in gemv.choices.items()}
     if runner.graph_runner is not None and bs in runner.graph_runner.graphs:
         out["graph_kernels"] = kernel_breakdown(runner.graph_runner.graphs[bs].replay, 10)
     if args.phases and torch.cuda.is_available():
@@ -199,20 +201,25 @@ def main() -> int:
     if args.prefill_prompts:
         pre = random_prompts(args.prefill_prompts, args.input_len, vocab, 3)
         out["prefill_kernels"] = kernel_breakdown(lambda: run_requests(sched, pre, 1, prefix="pre"), 2)
-    from torch.profiler import ProfilerActivity, profile
-
-    prompts = random_prompts(bs, args.input_len, vocab, 2)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        run_requests(sched, prompts, args.profile_len, prefix="prof")
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
-    print(table, file=sys.stderr)
-    trace = os.path.join(args.trace_dir or ".", f"trace-{out['attention_backend']}-bs{bs}-{int(time.time())}.json")
-    prof.export_chrome_trace(trace)
-    out.update(busy_intervals(trace))
-    out["profiled_steps"] = args.profile_len
-    out["trace"] = trace
+    if args.profile_len > 0:
+        out.update(profiled_scheduler_loop(sched, bs, args.input_len, args.profile_len, args.trace_dir,
+                                           out["attention_backend"]))
     print(json.dumps(out, indent=2))
     return 0
+
+
+def profiled_scheduler_loop(sched, bs: int, input_len: int, steps: int, trace_dir: str | None, backend: str) -> dict:
+    """`steps` decode steps through the scheduler under torch.profiler: the device's busy fraction
+    and idle gaps from the chrome trace (written to trace_dir), the host op table on stderr."""
+    from torch.profiler import ProfilerActivity, profile
+
+    prompts = random_prompts(bs, input_len, sched.runner.config.vocab_size, 2)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run_requests(sched, prompts, steps, prefix="prof")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr)
+    trace = os.path.join(trace_dir or ".", f"trace-{backend}-bs{bs}-{int(time.time())}.json")
+    prof.export_chrome_trace(trace)
+    return {**busy_intervals(trace), "profiled_steps": steps, "trace": trace}
 
 
 if __name__ == "__main__":

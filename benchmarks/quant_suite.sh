@@ -2,9 +2,13 @@
 # Quantization benchmarks on the 8B-shaped dummy model, every method side by side in one run, by part.
 # Usage on the device: bash .whl/install.sh && export PYTHONPATH=/tmp/site:$PWD && bash benchmarks/quant_suite.sh [PART...]
 # Parts (a device call lasts at most 10 minutes: pass one or two per call):
+#   warm     benchmarks/gemv_warm.py: every batch-1 GEMV configuration the tuner times compiled by 14
+#            processes at once, at most QUANT_WARM_S (30) s: the decode parts then load them from Triton's cache
 #   tests    the quantization GPU tests (tests/gpu/test_quant_kernels.py and the FP8 KV attention tests), ~4 min
 #   gemm     benchmarks/studies/quant_gemm.py: every GEMM path per 8B linear shape at 1 and 256 rows, ~2 min
 #   latency  batch-1 decode, 128 in / 256 out: bf16, fp8 (on load), fp8 block (128x128), int8_wo, awq, gptq, ~6 min
+#   profile  where a batch-1 decode step's time goes (benchmarks/profile_decode.py: host time, the linear
+#            layers' kernels and the rest of the decode graph), PROFILE_METHODS (default fp8 awq), ~25 s each
 #   offline  256 x (512 in, 256 out): bf16 and fp8 (on load), ~4 min
 #   kv       FP8 KV cache on vs off: 512 x (2048 in, 256 out) offline, and the pool's capacity, ~8 min
 # Results: benchmarks/results/ and $OUT; a table of the parts run is printed last (quant_summary.py), with
@@ -39,6 +43,10 @@ run_for() {  # $1: the most seconds this command may take (0: no cap), rest: the
 run() { run_for 0 "$@"; }
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 
+if has warm; then
+  run_for $((${QUANT_WARM_S:-30} + 5)) python3 benchmarks/gemv_warm.py --jobs ${QUANT_WARM_JOBS:-14} \
+    --seconds ${QUANT_WARM_S:-30} 2>&1 | tail -n 3
+fi
 if has tests; then
   run_for ${QUANT_TESTS_S:-0} python3 -m pytest -n ${GPU_TEST_WORKERS:-8} -v -m gpu -p no:cacheprovider -rfE \
     tests/gpu/test_quant_kernels.py tests/gpu/test_attention_kernels.py \
@@ -64,6 +72,15 @@ if has latency; then
     run $JF bench latency --model $cfg --load-format dummy --attention-backend $BE $flags --batch-size 1 \
       --input-len 128 --output-len 256 --max-total-tokens 65536 --cuda-graph-max-bs ${LATENCY_GRAPH_BS:-1} \
       ${QUANT_FLAGS:-} --output-file "$OUTDIR/quant-latency-8b-$name-$STAMP.json" "> /dev/null 2> $log" || tail -n 15 "$log" 2> /dev/null
+  done
+fi
+if has profile; then
+  for name in ${PROFILE_METHODS:-fp8 awq}; do
+    spec=${METHOD[$name]}; cfg=$CFG${spec%%|*}; flags=${spec#*|}
+    log="$OUTDIR/quant-profile-8b-$name-$STAMP.log"
+    run python3 benchmarks/profile_decode.py --model $cfg --load-format dummy --attention-backend $BE $flags \
+      --batch-size 1 --input-len 128 --output-len 256 --profile-len 0 --max-total-tokens 65536 --cuda-graph-max-bs 1 \
+      ${QUANT_FLAGS:-} "> $OUTDIR/quant-profile-8b-$name-$STAMP.json 2> $log" || tail -n 15 "$log" 2> /dev/null
   done
 fi
 if has offline; then

@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     max_lora_rank: int | None = Field(None, ge=1, description="Largest adapter rank served (unset: the largest rank of lora_paths, at least 16)")
     lora_target_modules: list[str] | None = Field(None, description="Modules that get adapter slots, of q/k/v/o/gate/up/down_proj (unset: all)")
     # --- distributed -------------------------------------------------------------------------
+    tp_size: int = Field(1, ge=1, description="Tensor parallel size: ranks (one process and device each) a model's heads, MLP and vocabulary are split over")
+    ep_size: int = Field(1, ge=1, description="Expert parallel size: ranks the routed experts of an MoE model are spread over (1 or tp_size), tokens dispatched with all-to-all")
+    nnodes: int = Field(1, ge=1, description="Nodes the tp_size ranks run on (tp_size / nnodes each); run the same command on every node with its --node-rank")
+    node_rank: int = Field(0, ge=0, description="This node's index in 0..nnodes-1; node 0 runs the HTTP server and the scheduler")
+    dist_init_addr: str | None = Field(None, description="host:port of node 0 where the ranks meet (torch.distributed TCP store); needed with nnodes > 1 (unset: a free loopback port)")
+    dist_timeout: float = Field(120.0, gt=0, description="Seconds every rank waits for the others to join (and for node 0 to be reachable) before failing")
     # --- server ------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="HTTP bind address")
     port: int = Field(30000, ge=1, le=65535, description="HTTP port")

@@ -43,6 +43,7 @@ class EngineInfo:
     lora_adapters: tuple = ()  # the LoRA adapters loaded at start (dicts of LoRAAdapter.describe); () when off
     lora_enabled: bool = False
     embedding: EmbeddingSpec = EmbeddingSpec()  # how embeddings are pooled; is_embedding: generation refused
+    ranks: tuple = ()  # tensor parallelism: per rank, what it holds (heads, KV heads, experts, KV tokens); () on one rank
 
 
 def load_tokenizer(settings: Settings, model_dir: Path):
@@ -55,20 +56,28 @@ def load_tokenizer(settings: Settings, model_dir: Path):
 def build_scheduler(settings: Settings, progress: bool = True, as_replica: bool = False) -> tuple[Scheduler, EngineInfo]:
     """One engine's scheduler over its model runner. `as_replica`: built by a server's scheduler
     process, one of its `dp_size` replicas; anywhere else (the offline Engine, the in-process
-    benchmarks) dp_size > 1 is refused, since only `jackfield serve` runs replicas."""
+    benchmarks) dp_size > 1 is refused, since only `jackfield serve` runs replicas. With tp_size > 1
+    this process becomes rank 0 and starts the node's other ranks (jackfield.distributed) on CUDA
+    devices 0 .. tp_size / nnodes - 1 of those it sees (a replica sees only its own)."""
     if settings.dp_size > 1 and not as_replica:
         raise ValueError(f"dp_size {settings.dp_size}: data parallelism runs replicas behind `jackfield serve "
                          f"--dp-size {settings.dp_size}`; an in-process engine is one replica (dp_size 1)")
     setup = setup_runtime(settings)
     tokenizer = load_tokenizer(settings, setup.source.path)
-    runner = ModelRunner(setup, progress=progress, draft_memory=draft_memory(settings))
+    layout = ()
+    if settings.tp_size > 1 or settings.ep_size > 1:  # this process is rank 0 (jackfield.distributed)
+        from jackfield.distributed.ranks import start_rank_zero
+
+        runner, layout = start_rank_zero(settings, setup, progress)
+    else:
+        runner = ModelRunner(setup, progress=progress, draft_memory=draft_memory(settings))
     decoder = build_decoder(setup, runner)
     info = EngineInfo(settings, setup.model_config, setup.source.origin, str(runner.device),
                       str(runner.dtype).removeprefix("torch."), {k: c.as_dict() for k, c in setup.choices.items()},
                       runner.max_total_tokens, runner.max_running_requests, runner.context_len, runner.weight_bytes,
                       str(runner.kv_dtype).removeprefix("torch."),
                       tuple(runner.lora.describe()) if runner.lora is not None else (), runner.lora is not None,
-                      setup.embedding)
+                      setup.embedding, tuple(layout))
     sched = Scheduler(runner, tokenizer, decoder)
     sched.pm = setup.pm
     return sched, info
@@ -154,7 +163,9 @@ class EngineLoop:
                     msg = self._inbox.get_nowait()
                 except queue.Empty:
                     msg = None
-            if sched.has_work():
+            if sched.has_work() and sched.fatal is not None:  # the engine cannot go on: every request fails
+                self._dispatch(sched.abort_all(sched.fatal, status=500))
+            elif sched.has_work():
                 try:
                     self._dispatch(sched.step())
                 except Exception as exc:  # a failing forward fails the request at fault, not the engine

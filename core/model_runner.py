@@ -9,6 +9,7 @@ import torch
 from jackfield.embedding import headless_weights
 from jackfield.hybrid_attention import build_attention_backend
 from jackfield.loader.weights import init_dummy_weights, iter_safetensors
+from jackfield.loader.compact import compact_cuda_weights
 from jackfield.lora.setup import build_lora_manager, load_startup_adapters
 from jackfield.mem.allocator import TokenAllocator
 from jackfield.mem.req_to_token import ReqToTokenPool
@@ -20,7 +21,10 @@ from jackfield.sdk.forward_batch import ForwardBatch
 from jackfield.sdk.gguf import GGUF_FORMAT
 from jackfield.sdk.kv_cache import KV_CACHE_DTYPES, KVPool
 from jackfield.sdk.model import ModelBuildContext
+from jackfield.sdk.parallel import SINGLE
 from jackfield.sdk.quant import QuantOptions
+from jackfield.distributed.group import RankGroup
+from jackfield.distributed.lockstep import BatchBroadcaster, rank_kv_layout
 
 log = logging.getLogger(__name__)
 CPU_DEFAULT_KV_BYTES = 1 << 30
@@ -55,10 +59,16 @@ def set_kv_scales(pool: KVPool, model: torch.nn.Module) -> None:
 
 
 class ModelRunner:
-    def __init__(self, setup: RuntimeSetup, progress: bool = True, draft_memory: tuple[int, int] = (0, 0)):
+    def __init__(self, setup: RuntimeSetup, progress: bool = True, draft_memory: tuple[int, int] = (0, 0),
+                 ranks: RankGroup | None = None):
         """`draft_memory`: (weight bytes, KV bytes per token) of a speculative draft model that will
-        share the KV budget, holding as many tokens as this runner's pool."""
+        share the KV budget, holding as many tokens as this runner's pool. `ranks`: this rank's
+        groups under tensor parallelism (jackfield.distributed); the model and the KV pool then
+        hold this rank's heads, and rank 0's runner broadcasts every batch it runs (lockstep.py)."""
         self.setup = setup
+        self.ranks = ranks
+        self.tp = ranks.tp if ranks is not None else SINGLE
+        self.followers = None  # rank 0 on its node: the follower rank processes (jackfield.distributed.ranks)
         self.draft_memory = draft_memory
         s, cfg = setup.settings, setup.model_config
         self.device, self.dtype, self.config = setup.device, setup.dtype, cfg
@@ -66,6 +76,8 @@ class ModelRunner:
         t0 = time.perf_counter()
         self.lora = build_lora_manager(setup)  # before the model: its Linear layers ask it for LoRA slots
         self.model = self._load_model(progress)
+        if self.device.type == "cuda":
+            compact_cuda_weights(self.model)  # before the KV budget reads free memory
         if self.lora is not None:
             self.lora.finish_build()
             load_startup_adapters(self.lora, s)
@@ -75,7 +87,7 @@ class ModelRunner:
         log.info("model weights: %.3f GiB (quantization %s); KV cache dtype %s", self.weight_bytes / 2**30,
                  setup.choices["quantization"].name, str(self.kv_dtype).removeprefix("torch."))
         self.page_size = s.page_size
-        self.kv_layout = self.model.kv_layout(cfg)  # what the pool stores per token: the model says
+        self.kv_layout = rank_kv_layout(self.model.kv_layout(cfg), self.tp.size)  # the model says; this rank's heads
         self.max_total_tokens = self._kv_capacity()
         num_pages = self.max_total_tokens // self.page_size
         self.max_total_tokens = num_pages * self.page_size
@@ -88,10 +100,12 @@ class ModelRunner:
         if self.kv_pool.quantized:
             set_kv_scales(self.kv_pool, self.model)
         self.allocator = TokenAllocator(num_pages, self.page_size, self.device)
-        runtime = AttentionRuntime(cfg.num_layers, cfg.num_heads, layout.num_kv_heads, layout.k_dim, self.dtype, self.device,
+        runtime = AttentionRuntime(cfg.num_layers, cfg.num_heads // self.tp.size, layout.num_kv_heads, layout.k_dim, self.dtype, self.device,
                                    self.page_size, self.kv_pool, self.req_to_token_pool.req_to_token,
                                    self.max_running_requests, self.context_len + 1)
         self.attn_backend = build_attention_backend(setup.choices, runtime)
+        self.broadcaster = (BatchBroadcaster(ranks, self.req_to_token_pool.req_to_token)
+                            if ranks is not None and ranks.rank == 0 else None)
         self.sampler = Sampler(cfg.vocab_size, self.max_running_requests + 1, self.device, seed=s.seed)
         self.capture_hidden = False  # speculative decoders that read hidden states (EAGLE) turn it on
         self.verify_graphs = None    # jackfield.spec.verify_graph.VerifyGraphRunner, with a speculative decoder
@@ -103,6 +117,9 @@ class ModelRunner:
         if cfg.num_experts and moe and moe.info and not moe.info.cls.supports_cuda_graph:
             graphs_ok = False
             log.info("decode CUDA graphs are off: MoE dispatcher '%s' does not support them", moe.info.cls.name)
+        if cfg.num_experts and s.ep_size > 1:
+            graphs_ok = False
+            log.info("decode CUDA graphs are off: expert parallelism reads the all-to-all split sizes on the host")
         if self.device.type == "cuda" and not s.disable_cuda_graph and self.attn_backend.supports_cuda_graph and graphs_ok:
             from jackfield.cuda_graph import CudaGraphRunner
 
@@ -116,7 +133,7 @@ class ModelRunner:
         moe_choice = st.choices.get("moe")
         ctx = ModelBuildContext(quant=quant, dtype=self.dtype, device=self.device,
                                 moe=moe_choice.info.cls if moe_choice and moe_choice.info and cfg.num_experts else None,
-                                lora=self.lora)
+                                lora=self.lora, tp=self.tp, ep=self.tp if st.settings.ep_size > 1 else SINGLE)
         model_cls = st.choices["model"].info.cls
         with torch.device(self.device):
             model = model_cls(cfg, ctx, max_positions=self.context_len + 1)
@@ -153,6 +170,8 @@ class ModelRunner:
         tokens = budget // per_token
         if s.max_total_tokens:
             tokens = min(tokens, s.max_total_tokens)
+        if self.ranks is not None:  # rank 0 hands out the slots: every rank must hold as many
+            tokens = self.ranks.min_over_ranks(int(tokens))
         if tokens < self.page_size * 2:
             raise ValueError(f"KV budget of {budget} bytes holds only {tokens} tokens ({per_token} bytes each)")
         return int(tokens)
@@ -163,6 +182,8 @@ class ModelRunner:
 
         With `capture_hidden` the hidden states of every token (or, for a model with capture layers,
         the concatenated inputs of those layers) are left in `fb.extras["spec_hidden"]`."""
+        if self.broadcaster is not None:
+            self.broadcaster.send(fb)
         if self.graph_runner is not None and self.graph_runner.can_run(fb):
             return self.graph_runner.replay(fb)
         if self.verify_graphs is not None and self.verify_graphs.can_run(fb):
@@ -172,8 +193,30 @@ class ModelRunner:
     @torch.inference_mode()
     def forward_reading(self, fb: ForwardBatch, readout: PromptReadout) -> tuple[torch.Tensor, PromptResult]:
         """An extend forward that also reads prompt logprobs / pooled hidden states (`prompt_readout.py`)."""
+        if self.broadcaster is not None:
+            self.broadcaster.send(fb, readout)
         hidden = self._hidden(fb)
         return self._logits(hidden, fb), read_prompt(self.model, hidden, readout)
+
+    def abandon_ranks(self) -> None:
+        """After a failed forward under tensor parallelism (Scheduler.recover): kill node 0's other
+        ranks, which may be gone or stuck in a collective (another node's ranks fail in their next
+        collective); `close` then only leaves the process groups."""
+        if self.broadcaster is not None:
+            self.broadcaster.stopped = True
+        if self.followers is not None:
+            self.followers.kill()
+            self.followers = None
+
+    def close(self) -> None:
+        """Release the follower ranks (rank 0) and leave the process groups; idempotent."""
+        if self.broadcaster is not None:
+            self.broadcaster.stop()
+        if self.followers is not None:
+            self.followers.join()
+            self.followers = None
+        if self.ranks is not None:
+            self.ranks.close()
 
     def _hidden(self, fb: ForwardBatch) -> torch.Tensor:
         self.attn_backend.init_forward_metadata(fb)

@@ -67,5 +67,6 @@ def run(args) -> int:
     metrics = {"model": info.model_path, "device": info.device, "dtype": info.dtype,
                "attention_backend": attention_name(info.components),
                **quantization_info(info), "results": rows}
+    sched.close()  # stops the forward worker and, under tensor parallelism, the follower ranks
     write_report(args.output_file, "jackfield bench latency " + " ".join(sys.argv[3:]), metrics)
     return 0

@@ -52,6 +52,7 @@ def run(args) -> int:
         metrics["transformers"] = peer
         if "output_tok_per_s" in peer:
             metrics["speedup_output_tok_per_s"] = metrics["output_tok_per_s"] / peer["output_tok_per_s"]
+    sched.close()  # stops the forward worker and, under tensor parallelism, the follower ranks
     write_report(args.output_file, "jackfield bench offline " + " ".join(sys.argv[3:]), metrics)
     return 0
 

@@ -57,6 +57,7 @@ def init_dummy_weights(model: torch.nn.Module, seed: int) -> None:
 
     linears = {name: m for name, m in model.named_modules() if isinstance(getattr(m, "method", None), LinearMethod)}
     with torch.no_grad():
+        modules = dict(model.named_modules())
         for name, p in model.named_parameters():
             owner, _, pname = name.rpartition(".")
             if owner in linears and pname != "bias":
@@ -64,11 +65,20 @@ def init_dummy_weights(model: torch.nn.Module, seed: int) -> None:
             if name.endswith("norm.weight") or "layernorm" in name:
                 p.fill_(1.0)
                 continue
+            whole = getattr(modules.get(owner), "dummy_shapes", {}).get(pname)
+            if whole is not None:  # a tensor-/expert-parallel part: this rank's part of one whole draw
+                full = torch.empty(whole, dtype=p.dtype, device=p.device).uniform_(-0.02, 0.02, generator=gen(p.device))
+                p.copy_(modules[owner].dummy_part(pname, full))
+                continue
             p.uniform_(-0.02, 0.02, generator=gen(p.device))
         for module in linears.values():
             device = next(t.device for t in list(module.parameters()) + list(module.buffers()))
-            w = torch.empty(module.out_features, module.in_features, device=device)
-            module.method.load_float(module, w.uniform_(-0.02, 0.02, generator=gen(device)))
+            # the whole layer's weight, drawn alike on every rank; a tensor-parallel layer keeps its part
+            shape = getattr(module, "dummy_shapes", {}).get("weight") or (getattr(module, "full_out_features", module.out_features),
+                                                                  getattr(module, "full_in_features", module.in_features))
+            w = torch.empty(shape, device=device)
+            w = w.uniform_(-0.02, 0.02, generator=gen(device))
+            module.method.load_float(module, module.dummy_part("weight", w) if hasattr(module, "dummy_part") else w)
     for module in model.modules():
         finish = getattr(module, "process_weights_after_loading", None)
         if finish is not None:

@@ -42,7 +42,8 @@ class LayerSpec:
 @dataclass(frozen=True, eq=False)
 class LoRAAdapter:
     """An adapter in host memory: per wrapped layer, A [num_slices * rank, in] (slices of modules
-    it does not target are zero), B [out, rank] and the rank of each slice (0: not adapted)."""
+    it does not target are zero), B [out, rank] and the rank of each slice (int32 [num_slices], 0: not
+    adapted). On CUDA all three are pinned, so copying them into a slot never waits for the GPU."""
 
     name: str
     path: str
@@ -52,7 +53,7 @@ class LoRAAdapter:
     scaling: float
     targets: tuple[str, ...]
     base_model: str | None
-    layers: dict[str, tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]] = field(repr=False)
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(repr=False)
 
     def describe(self) -> dict:
         return {"name": self.name, "path": self.path, "rank": self.rank, "lora_alpha": self.alpha,
@@ -147,7 +148,7 @@ def read_adapter(name: str, path: str | Path, uid: int, layers: dict[str, LayerS
         raise AdapterError(f"LoRA adapter '{name}': {WEIGHTS_FILE} holds no LoRA weights")
     host = _stack(name, rank, base, pairs, layers, dtype)
     if pin:
-        host = {k: (a.pin_memory(), b.pin_memory(), r) for k, (a, b, r) in host.items()}
+        host = {k: tuple(t.pin_memory() for t in v) for k, v in host.items()}
     targets = tuple(sorted({module for _, module in pairs}))
     return LoRAAdapter(name, str(path), uid, rank, float(alpha), float(scaling), targets, base, host)
 
@@ -159,7 +160,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _stack(name: str, rank: int, base, pairs: dict, layers: dict[str, LayerSpec],
-           dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]]:
+           dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per wrapped layer: A [num_slices * rank, in] and B [out, rank], untargeted slices zero."""
     out = {}
     for layer in sorted({layer for layer, _ in pairs}):
@@ -186,5 +187,5 @@ def _stack(name: str, rank: int, base, pairs: dict, layers: dict[str, LayerSpec]
             a[j * rank:(j + 1) * rank] = la.to(dtype)
             b[offset:offset + size] = lb.to(dtype)
             ranks[j] = rank
-        out[layer] = (a, b, tuple(ranks))
+        out[layer] = (a, b, torch.tensor(ranks, dtype=torch.int32))
     return out

@@ -36,6 +36,24 @@ class LoRALayer:
             return base_out
         return self.manager.backend.apply(self.weights, x, base_out)
 
+    def fuses_prologue(self) -> bool:
+        """True when the layer may run its base GEMV with the fused norm / activation and pass the raw
+        input to `apply_normed` / `apply_silu_mul`: no adapter in this forward, or a backend that
+        computes the input inside its kernels."""
+        return not self.manager.active or self.manager.backend.fuses_prologue()
+
+    def apply_normed(self, h: torch.Tensor, norm, base_out: torch.Tensor) -> torch.Tensor:
+        """The update on the input RMSNorm(h) (`norm`: the SDK RMSNorm the base layer applied)."""
+        if not self.manager.active:
+            return base_out
+        return self.manager.backend.apply_normed(self.weights, h, norm.weight, norm.eps, base_out)
+
+    def apply_silu_mul(self, gate_up: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        """The update on the input silu(gate) * up."""
+        if not self.manager.active:
+            return base_out
+        return self.manager.backend.apply_silu_mul(self.weights, gate_up, base_out)
+
 
 class LoRAManager:
     def __init__(self, runtime: LoRARuntime, backend_cls: type[LoRABackend], stacked_params, targets: tuple[str, ...]):

@@ -23,15 +23,14 @@ class AdapterPool:
         self.max_loras = max_loras
         self.scalings = torch.zeros(max_loras, dtype=torch.float32, device=device)
         self.owner: list[LoRAAdapter | None] = [None] * max_loras
+        self._slot: dict[int, int] = {}  # adapter uid -> its slot (slot_of runs per request per forward)
         self._last_use = [0] * max_loras
         self._clock = itertools.count(1)
         self.loads = 0  # slot fills since start (swaps included)
 
     def slot_of(self, adapter: LoRAAdapter) -> int | None:
-        for slot, owner in enumerate(self.owner):
-            if owner is adapter:
-                return slot
-        return None
+        slot = self._slot.get(adapter.uid)
+        return slot if slot is not None and self.owner[slot] is adapter else None
 
     def resident(self) -> list[LoRAAdapter]:
         return [a for a in self.owner if a is not None]
@@ -56,6 +55,7 @@ class AdapterPool:
         if slot is not None:
             self.owner[slot] = None
             self._last_use[slot] = 0
+            del self._slot[adapter.uid]
 
     @torch.no_grad()
     def _write(self, slot: int, adapter: LoRAAdapter) -> None:
@@ -74,7 +74,11 @@ class AdapterPool:
             dst_a[:, r:].zero_()
             w.b[slot, :, :r].copy_(b, non_blocking=True)
             w.b[slot, :, r:].zero_()
-            w.ranks[slot].copy_(torch.tensor(ranks, dtype=torch.int32), non_blocking=True)
+            w.ranks[slot].copy_(ranks, non_blocking=True)  # pinned: a pageable copy would wait for the GPU
         self.scalings[slot] = adapter.scaling
+        old = self.owner[slot]
+        if old is not None:
+            del self._slot[old.uid]
         self.owner[slot] = adapter
+        self._slot[adapter.uid] = slot
         self.loads += 1

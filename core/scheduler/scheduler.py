@@ -94,6 +94,7 @@ class Scheduler:
         self.jump_forward = not s.disable_jump_forward
         self.jump_candidates: list[Req] = []  # constrained requests whose grammar forces text now
         self.mask_rows = mask_buffer(runner.max_running_requests + 1, self.vocab_size, self.device)
+        self.fatal: str | None = None  # why the engine cannot go on (recover); its loop then stops
 
     # ---- inputs -------------------------------------------------------------------------------
     def handle(self, msg) -> list:
@@ -373,16 +374,25 @@ class Scheduler:
 
     def recover(self, exc: Exception) -> list:
         """After `step()` raised: abort the request at fault (naming the plugin that raised) and
-        requeue the others (isolation.py); returns the outputs to send."""
+        requeue the others (isolation.py); returns the outputs to send. Under tensor parallelism
+        every request is aborted and `fatal` set: the loop running this scheduler then stops."""
         from jackfield.plugin_faults import describe
 
-        return recover_from_failure(self, f"internal error: {describe(exc, getattr(self, 'pm', None))}")
+        message = f"internal error: {describe(exc, getattr(self, 'pm', None))}"
+        if self.runner.ranks is not None:
+            # tensor parallelism: a rank may be gone or out of step (its forward failed too), and the
+            # ranks cannot retry a forward together; every request fails and the engine stops
+            self.fatal = f"{message} (tp_size {self.runner.tp.size}: the ranks cannot go on; the engine stops)"
+            log.error("%s", self.fatal)
+            self.runner.abandon_ranks()
+            return self.abort_all(self.fatal, status=500)
+        return recover_from_failure(self, message)
 
-    def abort_all(self, message: str) -> list:
+    def abort_all(self, message: str, status: int | None = None) -> list:
         """Fail every request (after an internal error); all KV is returned, none is cached."""
         done = self.drop_holders() + [r for r in self.waiting + self.grammars.drain() if not r.finished]
         for r in done:
-            r.finished_reason = FinishReason("abort", message=message)
+            r.finished_reason = FinishReason("abort", message=message, status=status)
         self.waiting = []
         self.finished_out += done
         return self._emit()
@@ -423,6 +433,7 @@ class Scheduler:
         if self.worker is not None:
             self.worker.close()
         self.grammars.close()
+        self.runner.close()  # tensor parallelism: releases the follower ranks
 
     # ---- outputs ------------------------------------------------------------------------------
     def _req_output(self, r: Req) -> ReqOutput:

@@ -30,7 +30,7 @@ class DecoderCausalLM(CausalLM):
             config, ctx, i, prefix, rotary))
         tied = self.model.embed_tokens if config.tie_word_embeddings else None
         self.lm_head = LMHead(config.vocab_size, config.hidden_size, ctx.dtype, ctx.device, tied_to=tied,
-                              method=ctx.quant.lm_head_method())
+                              method=ctx.quant.lm_head_method(), tp=ctx.tp)
 
     def layer_parts(self, config: ModelConfig, ctx: ModelBuildContext, layer_id: int, prefix: str,
                     rotary: RotaryEmbedding) -> tuple[nn.Module | None, nn.Module | None]:

@@ -120,3 +120,24 @@ class LoRABackend(Component):
         """Return base_out [T, out] plus each token's update scaling[s] * (x A_s^T) B_s^T, x being
         the layer's input [T, in] (the batch's tokens in order). May add into base_out in place
         and return it."""
+
+    def fuses_prologue(self) -> bool:
+        """True when, for the prepared batch, `apply_normed` and `apply_silu_mul` compute the layer's
+        input inside the LoRA kernels: a wrapped layer then keeps the base GEMV's fused RMSNorm /
+        SiLU-and-mul (no separate norm or activation kernel) and hands the backend the raw input.
+        False (the default): the layer computes its input itself and calls `apply`."""
+        return False
+
+    def apply_normed(self, weights: LoRAWeights, h: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+                     base_out: torch.Tensor) -> torch.Tensor:
+        """`apply` on the layer input x = RMSNorm(h) * norm_weight (h [T, in]: the residual sum the
+        base layer normalized). The default computes x, then calls `apply`."""
+        hf = h.float()
+        x = (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype) * norm_weight
+        return self.apply(weights, x, base_out)
+
+    def apply_silu_mul(self, weights: LoRAWeights, gate_up: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        """`apply` on the layer input x = silu(gate) * up for gate_up = [gate | up] [T, 2 * in]. The
+        default computes x, then calls `apply`."""
+        gate, up = gate_up.chunk(2, dim=-1)
+        return self.apply(weights, torch.nn.functional.silu(gate) * up, base_out)

@@ -29,6 +29,7 @@ from jackfield.sdk.component import Component
 from jackfield.sdk.forward_batch import ForwardBatch
 from jackfield.sdk.kv_cache import KVLayout, kv_scale_target
 from jackfield.sdk.model_config import ModelConfig
+from jackfield.sdk.parallel import SINGLE, ParallelGroup
 from jackfield.sdk.quant import QuantizationMethod
 
 
@@ -40,6 +41,9 @@ class ModelBuildContext:
     moe: Any = None   # MoEDispatcher, for architectures with expert layers
     lora: Any = None  # when LoRA is on: the core's LoRA manager, whose `wrap(prefix, in_features, shards)`
                       # gives each SDK Linear its LoRALayer (or None); None: no layer pays anything
+    tp: ParallelGroup = SINGLE  # tensor parallelism: this rank's place (jackfield.sdk.parallel); the SDK layers
+                                # split themselves by it, so a model built from them declares nothing more
+    ep: ParallelGroup = SINGLE  # expert parallelism: the ranks the routed experts of every MoE layer are spread over
 
 
 class CausalLM(nn.Module, Component):

@@ -16,8 +16,12 @@ as constants, and the layer never computes top-k itself for the same reason.
 
 Expert weights arrive as an `ExpertWeights`: w13 [E, 2I, H] (each expert's gate rows, then its up
 rows) and w2 [E, H, I]. Its `format` names how they are stored: "unquantized" by default; a
-quantization method whose `expert_method` stores experts otherwise (block-wise FP8 …) names its
-format and passes its scales, and a dispatcher lists the formats it runs in `weight_formats`.
+quantization method whose `expert_method` stores experts otherwise names its format and passes its
+scales, and a dispatcher lists the formats it runs in `weight_formats`. "fp8_block" (DeepSeek-V3's
+experts): float8_e4m3fn codes with one float32 scale per [bn, bk] = `block` tile of each expert's
+matrix (w13_scale [E, cdiv(2I, bn), cdiv(H, bk)], w2_scale [E, cdiv(H, bn), cdiv(I, bk)], I a
+multiple of bn so that no block holds both gate and up rows); `ExpertWeights.dequantized(e)` is the
+float32 reference every dispatcher's numerics are held to (weight-only: activations unquantized).
 `prepare_weights` is called once after loading, so a dispatcher may re-lay its weights in place
 (FlashInfer's kernels want [up; gate]).
 """
@@ -75,6 +79,22 @@ class ExpertWeights:
     format: str = "unquantized"
     w13_scale: torch.Tensor | None = None
     w2_scale: torch.Tensor | None = None
+    block: tuple[int, int] | None = None  # [bn, bk] of the block scales ("fp8_block")
+
+    def dequantized(self, expert: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Expert `expert`'s (w13 [2I, H], w2 [H, I]) in float32, the scales applied."""
+        w13, w2 = self.w13[expert].float(), self.w2[expert].float()
+        if self.format == "unquantized":
+            return w13, w2
+        if self.format != "fp8_block":
+            raise ValueError(f"no reference dequantization of experts stored as '{self.format}'")
+        return _apply_blocks(w13, self.w13_scale[expert], self.block), _apply_blocks(w2, self.w2_scale[expert], self.block)
+
+
+def _apply_blocks(w: torch.Tensor, scale: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    bn, bk = block
+    full = scale.float().repeat_interleave(bn, 0).repeat_interleave(bk, 1)
+    return w * full[:w.shape[0], :w.shape[1]]
 
 
 def route(router_logits: torch.Tensor, routing: RoutingConfig,

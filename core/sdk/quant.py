@@ -82,6 +82,16 @@ class LinearMethod:
         with torch.no_grad():
             param[shard_offset:shard_offset + shard_size].copy_(tensor)
 
+    def shard_dims(self, param_name: str, tensor: torch.Tensor) -> tuple[int | None, int | None]:
+        """Tensor parallelism: (the dim of checkpoint tensor `param_name` that runs along the layer's
+        output features, the dim that runs along its input features); None where it runs along
+        neither. The layer cuts the tensor along them in proportion (a dim of 1/8 the features, as
+        packed int4 codes are, is cut at 1/8 the offsets) before `load` sees it; a dim of extent 1
+        is one value for all features and stays whole. The default suits tensors laid out like the
+        weight [out, in]: dim 0 output, dim 1 input (1-D tensors: output; scalars: neither). A
+        format that stores its tensors transposed (AWQ, GPTQ) overrides this."""
+        return (0 if tensor.dim() >= 1 else None), (1 if tensor.dim() >= 2 else None)
+
     def load_float(self, layer: nn.Module, weight: torch.Tensor) -> None:
         """Load a float weight [out, in] for the whole layer as a checkpoint of this method's format
         would hold it: random weights of `--load-format dummy`, and tests. The default loads it as
@@ -130,6 +140,10 @@ class QuantizationMethod(Component):
     `None` in the tuple means plain unquantized checkpoints."""
     converts_on_load: ClassVar[bool] = False
     """True when the method can quantize a plain checkpoint at load time (online quantization)."""
+    supports_tensor_parallel: ClassVar[bool] = True
+    """Can its layers be cut for tensor parallelism (LinearMethod.shard_dims names how)? The
+    conformance kit checks that column and row cuts recombine to the whole layer; a method whose
+    checkpoint tensors cannot be cut sets False, and tp_size > 1 with it is a startup error."""
     max_relative_error: ClassVar[float] = 1e-5
     """The method's accuracy promise: the largest relative Frobenius error ‖y − y_ref‖ / ‖y_ref‖ of
     a linear layer's output, y_ref being the float32 layer with the same unquantized weights, on

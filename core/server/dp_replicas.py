@@ -25,18 +25,12 @@ from jackfield.server.tokenizer_manager import TokenizerManager
 from jackfield.server.watchdog import EngineWatchdog
 
 
-def tp_size(settings: Settings) -> int:
-    """The tensor-parallel size of each replica (1 where the tp_size setting does not exist)."""
-    return getattr(settings, "tp_size", 1)
-
-
 def check_single_node(settings: Settings) -> None:
     """Replicas run on one node: each replica's tensor-parallel ranks meet at their own loopback
     address, while several nodes share one --dist-init-addr. Raises StartupFailed naming the values."""
-    nodes = getattr(settings, "nnodes", 1)
-    if settings.dp_size > 1 and nodes > 1:
-        raise StartupFailed(f"dp_size {settings.dp_size} with nnodes {nodes}: data-parallel replicas run on one "
-                            "node; use --dp-size 1 across nodes")
+    if settings.dp_size > 1 and settings.nnodes > 1:
+        raise StartupFailed(f"dp_size {settings.dp_size} with nnodes {settings.nnodes}: data-parallel replicas "
+                            "run on one node; use --dp-size 1 across nodes")
 
 
 def uses_cuda(settings: Settings) -> bool:
@@ -59,7 +53,7 @@ def replica_devices(settings: Settings) -> list[list[str]] | None:
         import torch
 
         ids = [str(i) for i in range(torch.cuda.device_count())]
-    dp, tp = settings.dp_size, tp_size(settings)
+    dp, tp = settings.dp_size, settings.tp_size
     if dp * tp > len(ids):
         raise StartupFailed(f"dp_size {dp} x tp_size {tp} needs {dp * tp} CUDA devices, but {len(ids)} "
                             f"are visible ({', '.join(ids) or 'none'}); lower --dp-size or --tp-size")
@@ -99,7 +93,7 @@ class EngineReplicas:
     def start(self) -> None:
         check_single_node(self.settings)
         devices = replica_devices(self.settings) if self.data_parallel else None
-        threads = max(1, (os.cpu_count() or 1) // (len(self.replicas) * tp_size(self.settings)))
+        threads = max(1, (os.cpu_count() or 1) // (len(self.replicas) * self.settings.tp_size))
         for i, procs in enumerate(self.replicas):
             env = {}
             if devices is not None:

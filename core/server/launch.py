@@ -20,6 +20,7 @@ from contextlib import nullcontext
 import uvicorn
 
 from jackfield.config import Settings
+from jackfield.distributed.report import describe_ranks
 from jackfield.plugins import load_plugins
 from jackfield.registry import build_registry
 from jackfield.selection import SelectionError
@@ -64,6 +65,10 @@ class SignalGuard:
 
 def launch_server(settings: Settings) -> int:
     logging.getLogger("jackfield").setLevel(settings.log_level.upper())
+    if settings.node_rank > 0:  # a node other than 0 runs tensor-parallel ranks only, no HTTP server
+        from jackfield.distributed.ranks import run_node
+
+        return run_node(settings)
     signals = SignalGuard()
     signals.install()
     busy = port_in_use(settings.host, settings.port)
@@ -139,6 +144,8 @@ def print_ready(ready: ReadyInfo) -> None:
         print(f"  {kind:<13} {choice.get('name') or '-':<16} {choice.get('reason', '')}", flush=True)
     print(f"jackfield: KV cache {info.max_total_tokens} tokens, up to {info.max_running_requests} running "
           f"requests, context length {info.context_len}", flush=True)
+    for line in describe_ranks(info.ranks):
+        print(f"  {line}", flush=True)
 
 
 async def _serve(settings: Settings, ready: ReadyInfo, tokenizer, parsers: ChatParsers, engine: EngineReplicas,

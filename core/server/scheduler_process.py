@@ -46,6 +46,12 @@ def run_scheduler_process(settings: Settings, ports: PortArgs, conn, heartbeat=N
     except SystemExit:  # SIGTERM
         scheduler.close()
         exit_child(ctx, loop.recv, loop.send)
+    # the engine cannot go on (a failed forward under tensor parallelism): its aborts are sent, and
+    # this process exits 1 so that the server goes down as for a dead scheduler
+    loop.recv.close(linger=0)
+    loop.send.close(linger=5000)
+    ctx.term()
+    sys.exit(1)
 
 
 def _startup_error(exc: Exception) -> str:
@@ -81,7 +87,9 @@ class SchedulerLoop:
         self.heartbeat = heartbeat
 
     def run(self) -> None:
-        while True:
+        """Until the scheduler cannot go on (`Scheduler.fatal`, under tensor parallelism); SIGTERM
+        ends it with SystemExit."""
+        while self.scheduler.fatal is None:
             self.run_once()
 
     def run_once(self) -> None:

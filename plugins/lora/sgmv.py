@@ -6,12 +6,7 @@ GEMM's output in place, so no separate add runs.
   is small; `expand` sums them and computes out += scaling_s * xa_j B_s,j^T per (token block x
   column block, segment, slice). A program whose segment runs the base model (slot -1)
   or whose slot does not adapt the slice (rank 0) returns at once.
-- BGMV (decode): one token per row, any slot per token. `shrink` is a split-K matrix-vector
-  product per (token, slice, K chunk) writing float32 partial sums; `expand` sums a token's partials
-  and adds scaling * B v per (token, column block, slice). Two launches per layer whatever its slices,
-  each program a few loads long (batch-1 decode is launch- and latency-bound, not bandwidth-bound: a
-  rank-16 adapter is ~0.4% of an 8B model's bytes). Decode kernels read only device tensors, so they
-  are captured in CUDA graphs.
+Decode batches run the BGMV kernels of `bgmv.py`.
 Slices of a fused layer (q/k/v, gate/up) are up to three: slice j's A rows start at j * MAX_RANK and
 its output columns at offset_j.
 """
@@ -21,12 +16,6 @@ import torch
 import triton
 import triton.language as tl
 
-# Decode: each shrink program reduces this many columns of K (a few loads, so its latency is short
-# and the K = 14336 down_proj of an 8B model runs as 56 programs per token, not one loop of 112
-# dependent loads); each expand program writes this many output columns.
-DECODE_SPLIT_K = 256
-DECODE_BLOCK_K = 128  # columns of K per load in a shrink program
-DECODE_BLOCK_N = 128
 # Prefill / mixed: the shrink splits K (each split at least this many columns) until the grid has
 # about this many programs, so a short prompt's few token blocks do not each walk all of K alone.
 PREFILL_PROGRAMS = 256
@@ -109,63 +98,6 @@ def _sgmv_expand(xa, b, out, seg_starts, seg_lens, seg_slots, ranks, scalings, o
     tl.store(ptrs, (prev.to(tl.float32) + delta).to(out.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _bgmv_shrink(x, a, xa, token_slots, ranks, K, stride_x, stride_as, stride_ar, stride_xs, stride_xa, stride_rk,
-                 MAX_RANK: tl.constexpr, K_SPLIT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Split-K x[tok] A_slot,j^T: program (tok, j, split) writes the float32 partial sum over its
-    K_SPLIT columns of K to xa[split, tok, j * MAX_RANK:][:MAX_RANK] (zero past the rank)."""
-    tok = tl.program_id(0)
-    j = tl.program_id(1)
-    split = tl.program_id(2)
-    slot = tl.load(token_slots + tok)
-    if slot < 0:
-        return
-    rank = tl.load(ranks + slot * stride_rk + j)
-    if rank == 0:
-        return
-    r = tl.arange(0, BLOCK_R)
-    k = tl.arange(0, BLOCK_K)
-    a_base = a + slot.to(tl.int64) * stride_as + (j * MAX_RANK + r)[:, None] * stride_ar
-    acc = tl.zeros((BLOCK_R,), dtype=tl.float32)
-    for k0 in tl.static_range(0, K_SPLIT, BLOCK_K):
-        kk = split * K_SPLIT + k0 + k
-        xv = tl.load(x + tok.to(tl.int64) * stride_x + kk, mask=kk < K, other=0.0).to(tl.float32)
-        at = tl.load(a_base + kk[None, :], mask=(r < rank)[:, None] & (kk < K)[None, :], other=0.0).to(tl.float32)
-        acc += tl.sum(at * xv[None, :], axis=1)
-    tl.store(xa + split * stride_xs + tok.to(tl.int64) * stride_xa + j * MAX_RANK + r, acc, mask=r < MAX_RANK)
-
-
-@triton.jit
-def _bgmv_expand(xa, b, out, token_slots, ranks, scalings, off0, off1, off2, size0, size1, size2, num_splits,
-                 stride_xs, stride_xa, stride_bs, stride_bn, stride_out, stride_rk, MAX_RANK: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
-    """out[tok, offset_j + block pid_n] += scaling * B_slot,j v per (token, column block, slice), v
-    the sum of the shrink's split-K partials."""
-    tok = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    j = tl.program_id(2)
-    slot = tl.load(token_slots + tok)
-    if slot < 0:
-        return
-    rank = tl.load(ranks + slot * stride_rk + j)
-    size = _slice(j, size0, size1, size2)
-    if (rank == 0) | (pid_n * BLOCK_N >= size):
-        return
-    r = tl.arange(0, BLOCK_R)
-    sp = tl.arange(0, BLOCK_S)
-    parts = tl.load(xa + sp[:, None] * stride_xs + tok.to(tl.int64) * stride_xa + j * MAX_RANK + r[None, :],
-                    mask=(sp < num_splits)[:, None] & (r < rank)[None, :], other=0.0)
-    v = tl.sum(parts, axis=0)
-    c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offset = _slice(j, off0, off1, off2)
-    bt = tl.load(b + slot.to(tl.int64) * stride_bs + (offset + c)[:, None] * stride_bn + r[None, :],
-                 mask=(c < size)[:, None] & (r < rank)[None, :], other=0.0).to(tl.float32)
-    delta = tl.sum(bt * v[None, :], axis=1) * tl.load(scalings + slot)
-    ptrs = out + tok.to(tl.int64) * stride_out + offset + c
-    prev = tl.load(ptrs, mask=c < size, other=0.0)
-    tl.store(ptrs, (prev.to(tl.float32) + delta).to(out.dtype.element_ty), mask=c < size)
-
-
 def _precision(dtype: torch.dtype) -> str:
     """fp32 inputs must not be rounded to tf32 inside tl.dot; half types are exact either way."""
     return "ieee" if dtype == torch.float32 else "tf32"
@@ -205,24 +137,4 @@ def sgmv(x: torch.Tensor, weights, out: torch.Tensor, batch) -> torch.Tensor:
         splits, xa.stride(0), xa.stride(1), b.stride(0), b.stride(1), out.stride(0), ranks.stride(0), MAX_RANK=big,
         BLOCK_T=block_t,
         BLOCK_N=block_n, BLOCK_R=block_r, PRECISION=prec)
-    return out
-
-
-def bgmv(x: torch.Tensor, weights, out: torch.Tensor, batch) -> torch.Tensor:
-    """Decode: out[t] += the update of token t's slot (in place); returns out. Two launches whatever
-    the slices (split-K shrink, then expand); reads no host value but the token count, so it can be
-    captured in a CUDA graph."""
-    a, b, ranks, big = weights.a, weights.b, weights.ranks, weights.max_rank
-    n_slices, tokens, k = weights.num_slices, batch.num_tokens, x.shape[1]
-    block_r, block_n = _block_r(big), DECODE_BLOCK_N
-    splits = triton.cdiv(k, DECODE_SPLIT_K)
-    offsets, sizes = _slices(weights)
-    xa = torch.empty(splits, tokens, n_slices * big, dtype=torch.float32, device=x.device)
-    _bgmv_shrink[(tokens, n_slices, splits)](
-        x, a, xa, batch.token_slots, ranks, k, x.stride(0), a.stride(0), a.stride(1), xa.stride(0), xa.stride(1),
-        ranks.stride(0), MAX_RANK=big, K_SPLIT=DECODE_SPLIT_K, BLOCK_R=block_r, BLOCK_K=DECODE_BLOCK_K)
-    _bgmv_expand[(tokens, triton.cdiv(max(sizes), block_n), n_slices)](
-        xa, b, out, batch.token_slots, ranks, batch.scalings, *offsets, *sizes, splits, xa.stride(0), xa.stride(1),
-        b.stride(0), b.stride(1), out.stride(0), ranks.stride(0), MAX_RANK=big, BLOCK_N=block_n, BLOCK_R=block_r,
-        BLOCK_S=max(16, triton.next_power_of_2(splits)))
     return out

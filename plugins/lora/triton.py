@@ -1,8 +1,10 @@
 """triton: segment-GEMM LoRA kernels (SGMV for prefill, BGMV for decode), the default on CUDA.
 
 Each update is added into the base GEMM's output by the expand kernel itself. Decode batches run
-kernels that read only device tensors, so they are captured in CUDA graphs. Triton is imported when
-the backend is constructed, never at discovery.
+the BGMV kernels of `bgmv.py` (a shrink and an expand launch per wrapped layer), which read only
+device tensors, so they are captured in CUDA graphs, and compute the layer's RMSNorm / SiLU-and-mul
+input themselves (`fuses_prologue`), so the base GEMVs keep their fused prologues. Triton is
+imported when the backend is constructed, never at discovery.
 """
 from __future__ import annotations
 
@@ -26,16 +28,29 @@ class TritonLoRA(LoRABackend):
 
     def __init__(self, runtime):
         super().__init__(runtime)
-        from jackfield_plugins.lora import sgmv
+        from jackfield_plugins.lora import bgmv, sgmv
 
-        self.kernels = sgmv
+        self.sgmv, self.bgmv = sgmv, bgmv
+
+    def fuses_prologue(self) -> bool:
+        return self.batch is not None and self.batch.decode
 
     def apply(self, weights: LoRAWeights, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
         if x.stride(-1) != 1:
             x = x.contiguous()
         if self.batch.decode:
-            return self.kernels.bgmv(x, weights, base_out, self.batch)
-        return self.kernels.sgmv(x, weights, base_out, self.batch)
+            return self.bgmv.decode(x, weights, base_out, self.batch)
+        return self.sgmv.sgmv(x, weights, base_out, self.batch)
+
+    def apply_normed(self, weights, h, norm_weight, eps, base_out):
+        if not self.batch.decode or h.stride(-1) != 1:
+            return super().apply_normed(weights, h, norm_weight, eps, base_out)
+        return self.bgmv.decode(h, weights, base_out, self.batch, self.bgmv.RMSNORM, norm_weight, eps)
+
+    def apply_silu_mul(self, weights, gate_up, base_out):
+        if not self.batch.decode or gate_up.stride(-1) != 1:
+            return super().apply_silu_mul(weights, gate_up, base_out)
+        return self.bgmv.decode(gate_up, weights, base_out, self.batch, self.bgmv.SILU_MUL)
 
 
 @hookimpl

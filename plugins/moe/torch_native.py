@@ -1,7 +1,8 @@
 """torch_native: the reference MoE dispatcher in plain PyTorch (any device).
 
 Routing is the SDK's reference `route`; the experts run one at a time over the tokens routed to
-them, each as two matmuls in float32 for the reference's accuracy. Fast dispatchers are tested
+them, each as two matmuls in float32 for the reference's accuracy (block-wise FP8 experts
+dequantized first: `ExpertWeights.dequantized`). Fast dispatchers are tested
 against this one. It reads the routing on the host (one device sync per layer), so it is not for
 CUDA graphs.
 """
@@ -19,6 +20,7 @@ class TorchNativeMoE(MoEDispatcher):
     capabilities = Capabilities(devices=("cpu", "cuda"), features=frozenset({"silu"}))
     description = "Reference MoE: a loop over the experts in plain PyTorch"
     supports_cuda_graph = False  # reads the per-expert token counts on the host
+    weight_formats = ("unquantized", "fp8_block")
 
     def experts(self, hidden, topk_weights, topk_ids, weights):
         out = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
@@ -34,8 +36,9 @@ class TorchNativeMoE(MoEDispatcher):
             tokens, w = token_of[start:start + n], weight_of[start:start + n]
             start += n
             x = hidden[tokens].float()
-            gate, up = F.linear(x, weights.w13[expert].float()).chunk(2, dim=-1)
-            y = F.linear(F.silu(gate) * up, weights.w2[expert].float())
+            w13, w2 = weights.dequantized(expert)
+            gate, up = F.linear(x, w13).chunk(2, dim=-1)
+            y = F.linear(F.silu(gate) * up, w2)
             out.index_add_(0, tokens, y * w[:, None])
         return out.to(hidden.dtype)
 

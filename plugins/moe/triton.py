@@ -1,9 +1,10 @@
 """The `triton` MoE dispatcher: fused top-k routing, then the experts as two grouped launches (gate_up
 with SiLU-and-mul fused, down with the routing weights) over pairs sorted and aligned to expert
 blocks, or, for small batches, two GEMV launches that need no sorting, the first of which also
-computes the top-k (triton_kernels/experts.py).
-Block configurations come from tuned JSON files per (experts, hidden, intermediate, device) and
-batch size (triton_kernels/configs.py, benchmarks/tune_fused_moe.py).
+computes the top-k (triton_kernels/experts.py). Block-wise FP8 experts ("fp8_block") run in the same
+kernels, their codes dequantized in registers with the block scales.
+Block configurations come from tuned JSON files per (experts, hidden, intermediate, device, weight
+format) and batch size (triton_kernels/configs.py, benchmarks/tune_fused_moe.py).
 
 Every step keeps its buffer sizes a function of the batch shape alone and never reads a device
 value on the host, so the whole MoE layer is captured in the decode CUDA graphs. Triton is imported
@@ -36,15 +37,22 @@ class TritonMoE(MoEDispatcher):
         self.kernels = triton_kernels
         self.fused_routing = triton_kernels.fused_routing_supported(config.routing, config.num_experts)
 
-    def _config(self, tokens: int, device) -> dict:
+    weight_formats = ("unquantized", "fp8_block")
+
+    def _config(self, tokens: int, device, weights) -> dict:
         c = self.config
-        return self.kernels.pick_config(tokens, c.num_experts, c.hidden_size, c.intermediate_size, c.top_k, device)
+        return self.kernels.pick_config(tokens, c.num_experts, c.hidden_size, c.intermediate_size, c.top_k, device,
+                                        weights.format)
+
+    @staticmethod
+    def _scales(weights):
+        return None if weights.format == "unquantized" else (weights.w13_scale, weights.w2_scale, weights.block)
 
     def forward(self, hidden, router_logits, weights, correction_bias=None):
-        cfg = self._config(hidden.shape[0], hidden.device)
+        cfg = self._config(hidden.shape[0], hidden.device, weights)
         if cfg["path"] == "gemv" and self.fused_routing:  # small batch: routing fused into the first GEMV
             return self.kernels.fused_moe_gemv(hidden, router_logits, self.config.routing, correction_bias,
-                                               weights.w13, weights.w2, cfg)
+                                               weights.w13, weights.w2, cfg, self._scales(weights))
         return self.experts(hidden, *self.select_experts(router_logits, correction_bias), weights, cfg)
 
     def select_experts(self, router_logits, correction_bias=None):
@@ -53,9 +61,9 @@ class TritonMoE(MoEDispatcher):
         return self.kernels.fused_routing(router_logits, self.config.routing, correction_bias)
 
     def experts(self, hidden, topk_weights, topk_ids, weights, config: dict | None = None):
-        config = config or self._config(hidden.shape[0], hidden.device)
+        config = config or self._config(hidden.shape[0], hidden.device, weights)
         return self.kernels.fused_experts(hidden, weights.w13, weights.w2, topk_weights, topk_ids.to(torch.int32),
-                                          config)
+                                          config, self._scales(weights))
 
 
 @hookimpl

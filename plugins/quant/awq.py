@@ -25,6 +25,12 @@ class AwqLinearMethod(Int4LinearMethod):
         replace_parameter(layer, "qzeros", torch.zeros(groups, out_features // 8, dtype=torch.int32, device=device))
         replace_parameter(layer, "scales", torch.zeros(groups, out_features, device=device))
 
+    def shard_dims(self, param_name, tensor):
+        """The format's tensors are [input-ish, output-ish] (g_idx [K] runs along the input)."""
+        if param_name in self.checkpoint_params and tensor.dim() == 2:
+            return 1, 0
+        return (None, 0) if param_name == "g_idx" else super().shard_dims(param_name, tensor)
+
     def load_checkpoint_tensor(self, layer, param_name, tensor, shard_offset, shard_size):
         if param_name in ("qweight", "qzeros"):
             if shard_offset % 8 or shard_size % 8:

@@ -47,9 +47,18 @@ class CompressedInt4LinearMethod(Int4LinearMethod):
         if self.scheme.act_order:
             replace_parameter(layer, "weight_g_idx", torch.full((in_features,), -1, dtype=torch.int32, device=device))
 
+    def shard_dims(self, param_name, tensor):
+        if param_name == "weight_shape":  # [out, in] of the whole shard: a value, not cut
+            return None, None
+        return (None, 0) if param_name == "weight_g_idx" else super().shard_dims(param_name, tensor)
+
     def load_checkpoint_tensor(self, layer, param_name, tensor, shard_offset, shard_size):
         if param_name == "weight_shape":
             expected = [shard_size, layer.weight_packed.shape[1] * 8]
+            out, inp = tensor.tolist()
+            if [out, inp] != expected and getattr(layer, "parallel", None) and not (
+                    out % expected[0] or inp % expected[1]):  # a tensor-parallel cut of the whole shard
+                tensor = torch.tensor(expected, dtype=tensor.dtype)
             if tensor.tolist() != expected:
                 raise ValueError(f"weight_shape {tensor.tolist()} does not match the layer's shard {expected}")
             with torch.no_grad():
@@ -60,6 +69,9 @@ class CompressedInt4LinearMethod(Int4LinearMethod):
                 raise ValueError(f"zero-point shard at rows {shard_offset}..{shard_offset + shard_size} is not 8-aligned")
             return super().load_checkpoint_tensor(layer, param_name, tensor, shard_offset // 8, shard_size // 8)
         if param_name == "weight_g_idx":
+            if getattr(layer, "parallel", None) == "row":
+                raise ValueError("an act-order (actorder: group) checkpoint cannot be cut by input columns for "
+                                 "tensor parallelism (weight_g_idx names the whole layer's groups)")
             return load_shared(layer.weight_g_idx, tensor, "weight_g_idx")
         return super().load_checkpoint_tensor(layer, param_name, tensor, shard_offset, shard_size)
 

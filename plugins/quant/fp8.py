@@ -2,7 +2,8 @@
 
 Weight scales are per tensor, per output channel, or per [bn, bk] block (DeepSeek-V3's 128x128,
 with activations quantized per token and bk-column group); otherwise activations are quantized
-per token. Per-tensor scales are kept as per-channel ones (each row of a fused qkv/gate_up layer
+per token. Routed experts of MoE layers are stored block-wise (fp8_experts.py). Per-tensor scales
+are kept as per-channel ones (each row of a fused qkv/gate_up layer
 gets its shard's scale), which is exact and lets one kernel serve both.
 
 Checkpoints: `quant_method: fp8` (the HF / SGLang / vLLM format: `weight` float8_e4m3fn, with
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 from jackfield.sdk import Capabilities, Gemv, WeightScale, create_plain_weights, hookimpl
 from jackfield_plugins.quant import fp8_numerics as fp8
-from jackfield_plugins.quant.common import (BuiltinQuantization, ScaledCodesLinearMethod, load_row_scale,
+from jackfield_plugins.quant.common import (BuiltinQuantization, ScaledCodesLinearMethod, is_ignored, load_row_scale,
                                             replace_parameter)
 
 
@@ -190,6 +191,14 @@ class Fp8(BuiltinQuantization):
 
     def layer_method(self, prefix):
         return Fp8LinearMethod(self.scheme, self.gemv, self.options.gemm_backend)
+
+    def expert_method(self, prefix):
+        """Block-wise FP8 experts (fp8_experts.py), unless the checkpoint leaves the layer plain."""
+        if is_ignored(prefix, self.ignored):
+            return super().expert_method(prefix)
+        from jackfield_plugins.quant.fp8_experts import Fp8BlockExpertMethod
+
+        return Fp8BlockExpertMethod(self.scheme.block, self.scheme.serialized, prefix)
 
 
 @hookimpl

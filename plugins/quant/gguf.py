@@ -95,6 +95,7 @@ class GGUF(QuantizationMethod):
     max_relative_error = 0.15  # Q4_0 (~0.11 on Gaussian weights) with int8 activations; Q8_0 ~0.01
     capabilities = Capabilities(devices=("cpu",))
     description = "Keep a GGUF file's quantized blocks; llama.cpp's ggml CPU kernels (int8 activations)"
+    supports_tensor_parallel = False  # the blocks are not cut (tp_size > 1: --quantization unquantized dequantizes)
 
     def __init__(self, model_config, options=None):
         super().__init__(model_config, options)

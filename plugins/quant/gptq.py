@@ -35,6 +35,12 @@ class GptqLinearMethod(Int4LinearMethod):
         replace_parameter(layer, "scales", torch.zeros(groups, out_features, device=device))
         replace_parameter(layer, "g_idx", torch.full((in_features,), -1, dtype=torch.int32, device=device))
 
+    def shard_dims(self, param_name, tensor):
+        """The format's tensors are [input-ish, output-ish] (g_idx [K] runs along the input)."""
+        if param_name in self.checkpoint_params and tensor.dim() == 2:
+            return 1, 0
+        return (None, 0) if param_name == "g_idx" else super().shard_dims(param_name, tensor)
+
     def load_checkpoint_tensor(self, layer, param_name, tensor, shard_offset, shard_size):
         if param_name in ("qweight", "scales"):
             return load_columns(getattr(layer, param_name), tensor, shard_offset, shard_size)
@@ -42,6 +48,9 @@ class GptqLinearMethod(Int4LinearMethod):
             if shard_offset % 8 or shard_size % 8:
                 raise ValueError(f"GPTQ shard at rows {shard_offset}..{shard_offset + shard_size} is not 8-aligned")
             return load_columns(layer.qzeros, tensor, shard_offset // 8, shard_size // 8)
+        if self.scheme.act_order and getattr(layer, "parallel", None) == "row":
+            raise ValueError("an act-order (desc_act) GPTQ checkpoint cannot be cut by input columns for tensor "
+                             "parallelism (g_idx names the whole layer's groups)")
         return load_shared(layer.g_idx, tensor, "g_idx")
 
     def float_tensors(self, weight):

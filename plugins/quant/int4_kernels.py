@@ -80,15 +80,99 @@ def _int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, stride_qn,
     tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rmask)
 
 
+@triton.jit
+def _code_at(packed, i: tl.constexpr):
+    """Code i of each word as the exact float32 q 16^j (j = i % 5: codes 5-7 from the word shifted by 20):
+    masked in place and ORed into 2^23, no shift for codes 0-4 (bits 4i..4i+3 of the word)."""
+    if i >= 5:
+        packed = packed >> 20
+    return ((packed & (0xF << (4 * (i % 5)))) | 0x4B000000).to(tl.float32, bitcast=True) - MAGIC
+
+
+@triton.jit
+def _int4_gemv_grouped_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, stride_qn, stride_sn,
+                              GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
+                              BLOCK_K: tl.constexpr, X_SPLIT: tl.constexpr, PDL: tl.constexpr):
+    """One row, whole groups per chunk (BLOCK_K a multiple of GROUP). Per word, the dot of its eight
+    codes with x, sum q x, and the word's sum of x; then s (sum q x - z sum x) per word, added to a
+    per-word accumulator reduced once after the loop: scales and zeros are loaded once per (row,
+    group) and multiply once per word of eight codes, never per weight, and no reduction across
+    lanes runs in the loop.
+
+    Code i of a word (bits 4i..4i+3) is masked in place (`_code_at`: 2^23 + q 16^i, one
+    mask-and-or, the subtraction of 2^23) and x pre-scaled by 16^-i (exact, a power of two): per
+    weight a mask-and-or, a subtraction and a multiply-add. X_SPLIT: x is loaded a vector of eight
+    per word and split in registers (else one strided load per code position)."""
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+    GPC: tl.constexpr = BLOCK_K // GROUP  # groups per chunk
+    WPG: tl.constexpr = GROUP // 8        # words per group
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    rows_c = tl.minimum(rows, N - 1).to(tl.int64)  # clamped, not masked: unmasked vector loads
+    gi = tl.arange(0, GPC)
+    word = gi[:, None] * WPG + tl.arange(0, WPG)[None, :]  # [GPC, WPG]: word of the chunk
+    q_ptrs = q_ptr + rows_c[:, None, None] * stride_qn + word[None, :, :]
+    s_ptrs = s_ptr + rows_c[:, None] * stride_sn + gi[None, :]
+    z_ptrs = z_ptr + rows_c[:, None] * stride_sn + gi[None, :]
+    x_ptrs = x_ptr + word[:, :, None] * 8 + tl.arange(0, 8)[None, None, :]  # [GPC, WPG, 8]: contiguous
+    packed = tl.load(q_ptrs)  # [BLOCK_N, GPC, WPG]
+    if PDL:
+        tl.extra.cuda.gdc_wait()  # x is written by the kernel before: read it only from here
+    acc = tl.zeros([BLOCK_N, GPC, WPG], tl.float32)
+    for k0 in range(0, K, BLOCK_K):  # K % BLOCK_K == 0 (checked by the caller)
+        if X_SPLIT:  # x's eight values of each word loaded as one vector, split in registers (slot 4a + 2b + c)
+            x = tl.reshape(tl.load(x_ptrs + k0).to(tl.float32), [GPC, WPG, 2, 2, 2])
+            c0, c1 = tl.split(x)
+            b0c0, b1c0 = tl.split(c0)
+            b0c1, b1c1 = tl.split(c1)
+            x0, x4 = tl.split(b0c0)
+            x2, x6 = tl.split(b1c0)
+            x1, x5 = tl.split(b0c1)
+            x3, x7 = tl.split(b1c1)
+        else:  # one strided load per code position (from L1)
+            x0 = tl.load(x_ptr + k0 + word * 8).to(tl.float32)
+            x1 = tl.load(x_ptr + k0 + word * 8 + 1).to(tl.float32)
+            x2 = tl.load(x_ptr + k0 + word * 8 + 2).to(tl.float32)
+            x3 = tl.load(x_ptr + k0 + word * 8 + 3).to(tl.float32)
+            x4 = tl.load(x_ptr + k0 + word * 8 + 4).to(tl.float32)
+            x5 = tl.load(x_ptr + k0 + word * 8 + 5).to(tl.float32)
+            x6 = tl.load(x_ptr + k0 + word * 8 + 6).to(tl.float32)
+            x7 = tl.load(x_ptr + k0 + word * 8 + 7).to(tl.float32)
+        xsum = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7))
+        dot = _code_at(packed, 0) * x0[None, :, :]
+        dot += _code_at(packed, 1) * (x1 * 0.0625)[None, :, :]
+        dot += _code_at(packed, 2) * (x2 * 0.00390625)[None, :, :]
+        dot += _code_at(packed, 3) * (x3 * 0.000244140625)[None, :, :]
+        dot += _code_at(packed, 4) * (x4 * 0.0000152587890625)[None, :, :]
+        dot += _code_at(packed, 5) * x5[None, :, :]
+        dot += _code_at(packed, 6) * (x6 * 0.0625)[None, :, :]
+        dot += _code_at(packed, 7) * (x7 * 0.00390625)[None, :, :]  # x scaled by 16^-(i % 5): exact
+        if k0 + BLOCK_K < K:
+            packed = tl.load(q_ptrs + (k0 + BLOCK_K) // 8)
+        g = k0 // GROUP
+        s = tl.load(s_ptrs + g).to(tl.float32)[:, :, None]
+        z = tl.load(z_ptrs + g).to(tl.float32)[:, :, None]
+        acc += s * (dot - z * xsum[None, :, :])
+    y = tl.sum(tl.sum(acc, axis=2), axis=1)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rmask)
+
+
 def int4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int,
               bias: torch.Tensor | None, cfg) -> torch.Tensor:
-    """x [1, K] contiguous -> [1, N] in x's dtype. `cfg`: a GemvConfig (block_n, block_k dividing
-    K (int4_linear.gemv_fits), num_warps, num_stages, pdl)."""
+    """x [1, K] contiguous -> [1, N] in x's dtype. `cfg`: an Int4GemvConfig (block_n, block_k
+    dividing K (int4_linear.gemv_fits), num_warps, num_stages, pdl, grouped: 1 / 2 the whole-group
+    kernel with x split in registers / gathered per code)."""
     n, k = qweight.shape[0], x.shape[1]
     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
-    _int4_gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
+    kernel, extra = _int4_gemv_kernel, {}
+    if cfg.grouped:
+        kernel, extra = _int4_gemv_grouped_kernel, {"X_SPLIT": cfg.grouped == 1}
+    kernel[(triton.cdiv(n, cfg.block_n),)](
         x, qweight, scales, zeros, bias if bias is not None else scales, y, n, k, qweight.stride(0), scales.stride(0),
-        GROUP=group, HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        GROUP=group, HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, **extra,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **(pdl_kwargs(x) if cfg.pdl else {"PDL": False}))
     return y
 

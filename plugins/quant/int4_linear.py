@@ -32,6 +32,11 @@ GEMV_CONFIGS = (  # (block_n, block_k, num_warps, num_stages) timed for one-row 
     # chunks spanning several groups: 256-512 bytes of codes per row per load, enough bytes in
     # flight to stream HBM (a 128-column chunk moves 64 bytes a row, and the loop waits on each)
     (4, 512, 4, 2), (8, 512, 4, 2), (16, 512, 8, 2), (4, 1024, 4, 2), (8, 1024, 8, 2))
+GROUPED_GEMV_CONFIGS = (  # the whole-group kernel (int4_kernels._int4_gemv_grouped_kernel): chunks of whole groups;
+    # the fifth value: 1 loads x a vector per word and splits it in registers, 2 one strided load per code
+    (2, 1024, 4, 2, 1), (4, 512, 4, 2, 1), (4, 1024, 4, 2, 1), (8, 256, 4, 2, 1), (8, 512, 4, 2, 1),
+    (8, 1024, 8, 2, 1), (16, 256, 8, 2, 1), (16, 128, 4, 2, 1), (4, 256, 2, 2, 1), (2, 512, 2, 2, 1),
+    (4, 512, 4, 2, 2), (8, 512, 4, 2, 2), (16, 256, 8, 2, 2))
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,17 @@ class Int4GemvConfig:
     num_warps: int
     num_stages: int
     pdl: bool = True
+    grouped: int = 0  # 1, 2: the whole-group kernel (block_k a power-of-two multiple of the group) with x
+    #                   split in registers / gathered per code position
+
+
+def grouped_fits(block_k: int, k: int, group: int) -> bool:
+    """Whether the whole-group GEMV tiles K with chunks of block_k columns: a power-of-two number
+    of groups a chunk, each a power-of-two number of words."""
+    def pow2(v: int) -> bool:
+        return v > 0 and v & (v - 1) == 0
+
+    return k % block_k == 0 and block_k % group == 0 and pow2(block_k // group) and group >= 8 and pow2(group // 8)
 
 
 def gemv_fits(block_k: int, k: int, group: int) -> bool:
@@ -56,8 +72,9 @@ def tile_fits(block_k: int, k: int, group: int) -> bool:
 
 @functools.cache
 def gemv_configs(k: int, group: int) -> tuple[Int4GemvConfig, ...]:
-    """The GEMV configurations whose BLOCK_K divides both K and the group."""
-    return tuple(Int4GemvConfig(*c) for c in GEMV_CONFIGS if gemv_fits(c[1], k, group))
+    """The GEMV configurations of both kernels that tile this K and group."""
+    return (tuple(Int4GemvConfig(*c) for c in GEMV_CONFIGS if gemv_fits(c[1], k, group))
+            + tuple(Int4GemvConfig(*c[:4], grouped=c[4]) for c in GROUPED_GEMV_CONFIGS if grouped_fits(c[1], k, group)))
 
 
 @dataclass(frozen=True)

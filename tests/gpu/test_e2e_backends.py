@@ -17,13 +17,13 @@ CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "conf
 PROMPTS = [[128000 + i for i in range(1)] + list(range(1000, 1000 + n)) for n in (17, 64, 5)]
 
 
-def _run(backend: str, **kw) -> list[dict]:
+def _run(backend: str, model: str = CONFIG, prompts=PROMPTS, **kw) -> list[dict]:
     from jackfield import Engine
 
-    eng = Engine(model=CONFIG, load_format="dummy", attention_backend=backend, max_total_tokens=32768,
+    eng = Engine(model=model, load_format="dummy", attention_backend=backend, max_total_tokens=32768,
                  max_running_requests=8, cuda_graph_max_bs=8, seed=1, **kw)
     try:
-        return eng.generate(PROMPTS, {"temperature": 0, "max_new_tokens": 64, "ignore_eos": True, "logprobs": True,
+        return eng.generate(prompts, {"temperature": 0, "max_new_tokens": 64, "ignore_eos": True, "logprobs": True,
                                       "top_logprobs_num": 5})
     finally:
         eng.shutdown()

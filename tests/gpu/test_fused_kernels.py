@@ -217,3 +217,49 @@ def test_rope_inplace_and_store():
     rope_inplace_and_store(pos, q, k, v, rot.cos_sin_cache, d, loc, kc, vc)
     assert _rel(q, q_ref) < 1e-2 and _rel(k, k_ref) < 1e-2
     assert torch.equal(kc[loc].view(t, -1), k) and torch.equal(vc[loc].view(t, -1), v)
+
+
+@pytest.mark.parametrize("t", [1, 9])
+def test_qk_norm_rope_and_store_matches_the_unfused_kernels(t):
+    """Qwen3's per-head q/k RMSNorm inside the rope-and-store kernel: the same bf16 values as the
+    rmsnorm kernel followed by rope_inplace_and_store (at most a rounding step of the sum of squares)."""
+    from jackfield.kernels.norm import rmsnorm
+    from jackfield.kernels.rotary import QKNorm, rope_inplace_and_store
+    from jackfield.sdk.layers.rotary import RotaryEmbedding
+    from jackfield.sdk.model_config import RopeConfig
+
+    d, hq, hk = 128, 32, 4
+    rot = RotaryEmbedding(d, RopeConfig(theta=1000000.0, rotary_dim=d), 4096, torch.bfloat16, "cuda")
+    qkv = torch.randn(t, (hq + 2 * hk) * d, device="cuda", dtype=torch.bfloat16) * 4
+    qw, kw = (torch.rand(d, device="cuda", dtype=torch.bfloat16) + 0.5 for _ in range(2))
+    pos = torch.randint(0, 4096, (t,), device="cuda")
+    loc = torch.randperm(63, device="cuda")[:t] + 1
+    ref = qkv.clone()
+    q, k, v = ref.split([hq * d, hk * d, hk * d], dim=-1)
+    q_ref = rmsnorm(q.reshape(t, hq, d), qw, 1e-6).reshape(t, -1)
+    k_ref = rmsnorm(k.reshape(t, hk, d), kw, 1e-6).reshape(t, -1)
+    kc_ref = torch.zeros(64, hk, d, device="cuda", dtype=torch.bfloat16)
+    vc_ref = torch.zeros_like(kc_ref)
+    rope_inplace_and_store(pos, q_ref, k_ref, v, rot.cos_sin_cache, d, loc, kc_ref, vc_ref)
+    q, k, v = qkv.split([hq * d, hk * d, hk * d], dim=-1)
+    kc, vc = torch.zeros_like(kc_ref), torch.zeros_like(vc_ref)
+    rope_inplace_and_store(pos, q, k, v, rot.cos_sin_cache, d, loc, kc, vc, qk_norm=QKNorm(qw, kw, 1e-6))
+    assert _rel(q, q_ref) < 1e-3 and _rel(k, k_ref) < 1e-3 and _rel(kc, kc_ref) < 1e-3 and torch.equal(vc, vc_ref)
+
+
+@pytest.mark.parametrize("hidden,experts,router_dtype", [(2048, 128, torch.bfloat16), (7168, 256, torch.float32)])
+def test_rmsnorm_router_matches_rmsnorm_then_linear(hidden, experts, router_dtype):
+    """The MoE block's add + RMSNorm + router kernel against the rmsnorm kernel and F.linear
+    (Qwen3-30B-A3B's bf16 router; DeepSeek-V3's float32 one)."""
+    import torch.nn.functional as F
+
+    from jackfield.kernels.norm import rmsnorm
+    from jackfield.kernels.router import rmsnorm_router
+
+    x, r = (torch.randn(1, hidden, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    nw = torch.rand(hidden, device="cuda", dtype=torch.bfloat16) + 0.5
+    gw = (torch.randn(experts, hidden, device="cuda") / hidden ** 0.5).to(router_dtype)
+    h, s, logits = rmsnorm_router(x, r, nw, 1e-6, gw)
+    h_ref, s_ref = rmsnorm(x, nw, 1e-6, r)
+    assert torch.equal(s, s_ref) and _rel(h, h_ref) < 1e-3
+    assert logits.dtype == router_dtype and _rel(logits, F.linear(h_ref.to(router_dtype), gw)) < 1e-2

@@ -29,6 +29,7 @@ def test_engine_on_cuda_gives_transformers_greedy_tokens(tmp_path, name, attenti
                 page_size=4) as engine:
         assert engine.info.components["moe"]["name"] == "triton"
         outs = engine.generate(prompts, params) + engine.generate(longer, params)
-    for i, (prompt, out) in enumerate(zip(prompts + longer, outs)):
+        alone = engine.generate([prompts[0] + [12]], params)  # batch 1: the fused norm + router kernel
+    for i, (prompt, out) in enumerate(zip(prompts + longer + [prompts[0] + [12]], outs + alone)):
         assert_same_greedy(hf, prompt, out["token_ids"], hf_greedy(hf, prompt, 32), f"{name} [{i}]")
     assert all(o["usage"]["cached_tokens"] > 0 for o in outs[len(prompts):])

@@ -150,7 +150,7 @@ def test_scaled_gemv_every_config(n, k, kind):
 def test_int4_kernels(n, k, group):
     from jackfield_plugins.quant import int4_kernels as k4
     from jackfield_plugins.quant import int4_numerics as int4
-    from jackfield_plugins.quant.int4_linear import GEMV_CONFIGS, Int4GemvConfig, gemv_fits
+    from jackfield_plugins.quant.int4_linear import gemv_configs
 
     _, w = _inputs(1, n, k)
     q, s, z = int4.quantize(w, group)
@@ -158,10 +158,11 @@ def test_int4_kernels(n, k, group):
     deq = int4.dequantize(q, s16, z16, None)
     assert torch.equal(k4.int4_dequantize(packed, s16, z16, group, torch.float32), deq)
     x1, _ = _inputs(1, n, k, seed=1)
-    for c in GEMV_CONFIGS:
-        if gemv_fits(c[1], k, group):
-            y = k4.int4_gemv(x1, packed, s16, z16, group, None, Int4GemvConfig(*c))
-            assert _rel(y, x1.float() @ deq.t()) < BF16_TOL, c
+    configs = gemv_configs(k, group)
+    assert any(c.grouped for c in configs) and not all(c.grouped for c in configs)
+    for c in configs:  # both GEMV kernels
+        y = k4.int4_gemv(x1, packed, s16, z16, group, None, c)
+        assert _rel(y, x1.float() @ deq.t()) < BF16_TOL, c
     for m in ROWS:
         x, _ = _inputs(m, n, k, seed=m)
         assert _rel(k4.int4_matmul(x, packed, s16, z16, group, None), x.float() @ deq.t()) < BF16_TOL, m

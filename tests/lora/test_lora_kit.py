@@ -40,8 +40,9 @@ print("REPORT " + json.dumps({"ok": report.ok, "passed": report.count("passed"),
 
 
 def test_triton_kernels_pass_the_kit_in_the_interpreter():
-    """SGMV (prefill, mixed) and BGMV (decode: split-K shrink, then expand) in
-    float32 and float16; bfloat16 and CUDA graphs are left to the GPU run (tests/gpu/test_kit_cuda.py)."""
+    """SGMV (prefill, mixed) and BGMV (decode: split-K shrink, then expand; with the RMSNorm and
+    SiLU-and-mul prologues) in float32 and float16; bfloat16 and CUDA graphs are left to the GPU run
+    (tests/gpu/test_kit_cuda.py)."""
     pytest.importorskip("triton", reason="triton is not installed")
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)

@@ -46,6 +46,27 @@ CHILD = textwrap.dedent("""
     rope_inplace_and_store(pos, q, k, v, rot.cos_sin_cache, 16, loc, kc, vc)
     out["rope_store"] = max((q - rq).abs().max().item(), (k - rk).abs().max().item(),
                             (kc[loc].view(5, 32) - rk).abs().max().item(), (vc[loc].view(5, 32) - v).abs().max().item())
+    from jackfield.kernels.rotary import QKNorm
+    qkv = torch.randn(5, (6 + 2 * 2) * 16) * 3
+    q, k, v = qkv.split([96, 32, 32], dim=-1)
+    qn, kn = RMSNorm(16, 1e-6, torch.float32, "cpu"), RMSNorm(16, 1e-6, torch.float32, "cpu")
+    qn.weight.data, kn.weight.data = torch.randn(16), torch.randn(16)
+    rq = rot._rotate(qn._norm(q.reshape(5, 6, 16)).reshape(5, 96), cos, sin)
+    rk = rot._rotate(kn._norm(k.reshape(5, 2, 16)).reshape(5, 32), cos, sin)
+    kc, vc = torch.zeros(12, 2, 16), torch.zeros(12, 2, 16)
+    rope_inplace_and_store(pos, q, k, v, rot.cos_sin_cache, 16, loc, kc, vc, qk_norm=QKNorm(qn.weight, kn.weight, 1e-6))
+    out["qknorm_rope_store"] = max((q - rq).abs().max().item(), (k - rk).abs().max().item(),
+                                   (kc[loc].view(5, 32) - rk).abs().max().item(),
+                                   (vc[loc].view(5, 32) - v).abs().max().item())
+    from jackfield.kernels.router import rmsnorm_router
+    errs = []
+    for rows, e in ((1, 12), (3, 64)):
+        x, r, gw = torch.randn(rows, 2048), torch.randn(rows, 2048), torch.randn(e, 2048) / 40
+        norm = RMSNorm(2048, 1e-6, torch.float32, "cpu"); norm.weight.data = torch.randn(2048)
+        h, s, logits = rmsnorm_router(x, r, norm.weight, 1e-6, gw)
+        errs += [(h - norm._norm(x + r)).abs().max().item(), (s - (x + r)).abs().max().item(),
+                 (logits - F.linear(norm._norm(x + r), gw)).abs().max().item()]
+    out["rmsnorm_router"] = max(errs)
     from jackfield.kernels.gemv import CANDIDATES, gemv
     w, b, xr = torch.randn(37, 2048), torch.randn(37), torch.randn(1, 2048)
     out["gemv"] = max((gemv(xr, w, bias, cfg) - F.linear(xr, w, bias)).abs().max().item()
@@ -82,7 +103,8 @@ def errors():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", ["rmsnorm_residual", "rmsnorm", "silu_and_mul", "rope", "rope_store", "gemv",
+@pytest.mark.parametrize("name", ["rmsnorm_residual", "rmsnorm", "silu_and_mul", "rope", "rope_store",
+                                  "qknorm_rope_store", "rmsnorm_router", "gemv",
                                   "gemv_add_rmsnorm", "gemv_rmsnorm", "gemv_silu_mul", "store_kv"])
 def test_fused_kernel_matches_torch(errors, name):
-    assert errors[name] < 2e-4 if name.startswith("gemv") else errors[name] < 1e-5, errors
+    assert errors[name] < 2e-4 if name.startswith(("gemv", "rmsnorm_router")) else errors[name] < 1e-5, errors

@@ -1,7 +1,7 @@
-"""The quantization kernels, and the kernels the FP8 KV cache changed, compiled for the H100 (sm_90)
-on this machine by Triton's own compiler and ptxas: what the CPU interpreter cannot check (the
-compiled language's typing, constexpr globals, FP8 conversions the target must support). One
-representative variant per kernel and mode; `python tests/plugins/test_kernels_compile.py --all`
+"""The quantization kernels, the kernels the FP8 KV cache changed and the MoE block's router kernel,
+compiled for the H100 (sm_90) on this machine by Triton's own compiler and ptxas: what the CPU
+interpreter cannot check (the compiled language's typing, constexpr globals, FP8 conversions the
+target must support). One representative variant per kernel and mode; `python tests/plugins/test_kernels_compile.py --all`
 compiles every configuration the engine can launch (a few minutes)."""
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from kernel_compile import assert_compiles, cases_or_skip, compile_kernel
 def _cases(everything: bool = False) -> dict:
     """name -> (kernel, argument types, constexprs)."""
     from jackfield.kernels import gemv as g
-    from jackfield.kernels import kv_store, rotary
+    from jackfield.kernels import kv_store, rotary, router
     from jackfield_plugins.attention.triton_kernels import decode, extend
     from jackfield_plugins.quant import fp8_kernels as fk
     from jackfield_plugins.quant import int4_kernels as k4
     from jackfield_plugins.quant import w8a16_kernels as wk
-    from jackfield_plugins.quant.int4_linear import GEMV_CONFIGS
+    from jackfield_plugins.quant.int4_linear import GEMV_CONFIGS, GROUPED_GEMV_CONFIGS
 
     def p(t):
         return "*" + t
@@ -48,6 +48,11 @@ def _cases(everything: bool = False) -> dict:
             cases[f"int4_gemv_{xd}_{bn}x{bk}"] = (k4._int4_gemv_kernel, int4_args,
                                                   {"GROUP": 128, "HAS_BIAS": True, "BLOCK_N": bn, "BLOCK_K": bk,
                                                    "PDL": True})
+        grouped = GROUPED_GEMV_CONFIGS if everything else GROUPED_GEMV_CONFIGS[3:5] + GROUPED_GEMV_CONFIGS[-2:-1]
+        for bn, bk, _, _, xs in grouped:
+            cases[f"int4_gemv_grouped{xs}_{xd}_{bn}x{bk}"] = (k4._int4_gemv_grouped_kernel, int4_args,
+                                                              {"GROUP": 128, "HAS_BIAS": True, "BLOCK_N": bn,
+                                                               "BLOCK_K": bk, "X_SPLIT": xs == 1, "PDL": True})
         for group, m in ((128, 256), (32, 2)) + (((128, 2), (64, 64)) if everything else ()):
             bm, bn, bk, _, _ = k4.mm_tiles(m, group)
             cases[f"int4_mm_{xd}_g{group}_{m}"] = (k4._int4_mm_kernel, int4_args,
@@ -71,9 +76,15 @@ def _cases(everything: bool = False) -> dict:
                                                                    **fp8_kv}, {"FP8": True, "BLOCK": 1024, "PDL": True})
         cases[f"rope_store_{xd}_fp8"] = (rotary._rope_kernel, {"q_ptr": p(xd), "k_ptr": p(xd), "pos_ptr": "*i64",
                                                                "cache_ptr": "*fp32", "v_ptr": p(xd),
-                                                               "loc_ptr": "*i64", **fp8_kv},
-                                         {"STORE": True, "FP8": True, "BLOCK_H": 32, "BLOCK_D": 64, "BLOCK_HD": 128,
-                                          "PDL": True})
+                                                               "loc_ptr": "*i64", "qw_ptr": p(xd), "kw_ptr": p(xd),
+                                                               "eps": "fp32", **fp8_kv},
+                                         {"STORE": True, "FP8": True, "QK_NORM": True, "BLOCK_H": 32, "BLOCK_D": 64,
+                                          "BLOCK_HD": 128, "PDL": True})
+        for rd, h in (("fp32", 8192), (xd, 2048)):  # DeepSeek-V3's float32 router, Qwen3-30B-A3B's
+            cases[f"norm_router_{xd}_{rd}_{h}"] = (
+                router._norm_router_kernel, {"x_ptr": p(xd), "res_ptr": p(xd), "nw_ptr": p(xd), "w_ptr": p(rd),
+                                             "h_ptr": p(xd), "res_out_ptr": p(xd), "logits_ptr": p(rd), "eps": "fp32"},
+                {"BLOCK_E": 8192 // h, "BLOCK_H": h, "PDL": True})
         if xd == "fp32":
             continue  # the attention kernels run bf16 / fp16 queries over an FP8 pool
         attn = {"K": "*fp8e4nv", "V": "*fp8e4nv", "ReqToToken": "*i32", "ReqPoolIdx": "*i64", "SeqLens": "*i32",
@@ -92,10 +103,13 @@ def _cases(everything: bool = False) -> dict:
 
 
 CASE_NAMES = ["act_quant_bf16", "w8a8_bf16_None_256", "w8a8_bf16_(128, 128)_1", "w8a16_bf16_i8_64",
-              "w8a16_bf16_fp8e4nv_1", "int4_gemv_bf16_8x64", "int4_gemv_bf16_8x512", "int4_mm_bf16_g128_256",
+              "w8a16_bf16_fp8e4nv_1", "int4_gemv_bf16_8x64", "int4_gemv_bf16_8x512",
+              "int4_gemv_grouped1_bf16_8x256", "int4_gemv_grouped1_bf16_8x512",
+              "int4_gemv_grouped2_bf16_8x512", "int4_mm_bf16_g128_256",
               "int4_mm_bf16_g32_2", "int4_dequant_bf16", "gemv_bf16_fp8e4nv_scale1_norm_2x1024",
               "gemv_bf16_fp8e4nv_scale1_norm_2x4096", "gemv_bf16_i8_scale1_silu_2x1024",
               "gemv_bf16_fp8e4nv_scale2_plain_8x128", "store_kv_bf16_fp8", "rope_store_bf16_fp8",
+              "norm_router_bf16_fp32_8192", "norm_router_bf16_bf16_2048",
               "decode_bf16_fp8kv_d128", "extend_bf16_fp8kv_d128"]
 
 

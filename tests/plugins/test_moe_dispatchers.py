@@ -49,3 +49,22 @@ def test_tuned_configs_are_read_per_shape_and_nearest_batch(tmp_path, monkeypatc
         assert configs.pick_config(4, 16, 64, 32, 2, torch.device("cpu")) == configs.default_config(4, 16, 2)
     finally:
         configs.load_table.cache_clear()
+
+
+def test_shipped_tuned_tables_cover_the_tuned_batches_with_complete_configs():
+    import json
+
+    import pytest
+
+    pytest.importorskip("triton")
+    from jackfield_plugins.moe.triton_kernels import configs
+
+    files = sorted(configs.CONFIG_DIR.glob("E=*.json"))
+    assert files, "plugins/moe/configs/ ships no tuned table"
+    needs = {"gemv": {"BLOCK_N", "BLOCK_K", "BLOCK_N2", "BLOCK_K2", "num_warps", "num_stages"},
+             "gemm": {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"}}
+    for path in files:
+        table = json.loads(path.read_text())
+        assert {1, 2, 4, 8, 16, 32, 64, 128, 256} <= {int(k) for k in table}, path.name
+        for batch, cfg in table.items():
+            assert needs[cfg["path"]] <= set(cfg), (path.name, batch, cfg)

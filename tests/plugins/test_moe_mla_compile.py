@@ -1,6 +1,7 @@
 """The MoE and MLA kernels compiled for the H100 (sm_90) on this machine by Triton's compiler and
 ptxas (kernel_compile.py): what the interpreter tests cannot check. One variant per kernel and
-mode, with the constexprs the launchers pass at the Qwen3-30B-A3B and DeepSeek-V3 shapes in bf16."""
+mode, with the constexprs the launchers pass at the Qwen3-30B-A3B and DeepSeek-V3 shapes in bf16
+(the expert kernels also with block-wise FP8 weights)."""
 from __future__ import annotations
 
 import pytest
@@ -22,6 +23,13 @@ def _cases() -> dict:
     qwen3.pop("TOP_K")
     bf = "*bf16"
     gemm = {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 1, "PRECISION": "tf32"}
+    f8 = "*fp8e4nv"
+    no_fp8, fp8 = {"FP8": False, "SBN": 1, "SBK": 1}, {"FP8": True, "SBN": 128, "SBK": 128}  # as _scale_args
+    gemv1 = {"X": bf, "Inter": bf, "TopkIds": "*i32", "TopkWeights": "*fp32", "Logits": bf, "Bias": bf,
+             "scaling": "fp32", "Out": bf}
+    gemv1_c = {"TOP_K": 8, "BLOCK_N": 16, "BLOCK_K": 256, "ROUTE": True, **qwen3, "PDL": True}
+    gemv2 = {"Inter": bf, "Out": bf, "TopkIds": "*i32", "TopkWeights": "*fp32"}
+    gemv2_c = {"TOP_K": 8, "BLOCK_N": 16, "BLOCK_K": 256, "PDL": True}
     latent = {"Q": bf, "KV": bf, "Out": bf, "MidO": "*fp32", "MidLse": "*fp32", "ReqToToken": "*i32",
               "ReqPoolIdx": "*i64", "SeqLens": "*i32", "ExtendStart": "*i32", "ExtendLens": "*i32", "sm_scale": "fp32"}
     latent_c = {"LORA": 512, "ROPE": 64, "BLOCK_C": 512, "BLOCK_R": 64, "BLOCK_N": 32, "PRECISION": "tf32",
@@ -37,18 +45,25 @@ def _cases() -> dict:
                         {"BLOCK_M": 16, "BINS": 256, "PAIRS": align.PAIRS_PER_PROGRAM,
                          "BLOCKS": align.BLOCKS_PER_PROGRAM}),
         "gemm1": (experts._gemm1_kernel, {"X": bf, "W13": bf, "Inter": bf, "SortedIds": "*i32", "ExpertIds": "*i32",
-                                          "NumPadded": "*i32"}, {"TOP_K": 8, **gemm}),
+                                          "NumPadded": "*i32", "S13": bf}, {"TOP_K": 8, **gemm, **no_fp8}),
+        "gemm1_fp8": (experts._gemm1_kernel, {"X": bf, "W13": f8, "Inter": bf, "SortedIds": "*i32",
+                                              "ExpertIds": "*i32", "NumPadded": "*i32", "S13": "*fp32"},
+                      {"TOP_K": 8, **gemm, **fp8}),
         "gemm2": (experts._gemm2_kernel, {"Inter": bf, "W2": bf, "Out": bf, "SortedIds": "*i32", "ExpertIds": "*i32",
-                                          "NumPadded": "*i32", "TopkWeights": "*fp32"}, gemm),
-        "gemv1_routed_qwen3": (experts._gemv1_kernel, {"X": bf, "W13": bf, "Inter": bf, "TopkIds": "*i32",
-                                                       "TopkWeights": "*fp32", "Logits": bf, "Bias": bf,
-                                                       "scaling": "fp32"},
-                               {"TOP_K": 8, "BLOCK_N": 16, "BLOCK_K": 256, "ROUTE": True, **qwen3, "PDL": True}),
-        "gemv2": (experts._gemv2_kernel, {"Inter": bf, "W2": bf, "Out": bf, "TopkIds": "*i32", "TopkWeights": "*fp32"},
-                  {"TOP_K": 8, "SPLIT": False, "BLOCK_N": 16, "BLOCK_K": 256, "PDL": True}),
-        "gemv2_split": (experts._gemv2_kernel, {"Inter": bf, "W2": bf, "Out": bf, "TopkIds": "*i32",
-                                                "TopkWeights": "*fp32"},
-                        {"TOP_K": 8, "SPLIT": True, "BLOCK_N": 16, "BLOCK_K": 256, "PDL": True}),
+                                          "NumPadded": "*i32", "TopkWeights": "*fp32", "S2": bf}, {**gemm, **no_fp8}),
+        "gemm2_fp8": (experts._gemm2_kernel, {"Inter": bf, "W2": f8, "Out": bf, "SortedIds": "*i32",
+                                              "ExpertIds": "*i32", "NumPadded": "*i32", "TopkWeights": "*fp32",
+                                              "S2": "*fp32"}, {**gemm, **fp8}),
+        "gemv1_routed_qwen3": (experts._gemv1_kernel, {**gemv1, "W13": bf, "S13": bf},
+                               {**gemv1_c, **no_fp8, "ZERO": 0}),
+        "gemv1_routed_qwen3_fp8_zero": (experts._gemv1_kernel, {**gemv1, "W13": f8, "S13": "*fp32"},
+                                        {**gemv1_c, **fp8, "ZERO": 128}),
+        "gemv2": (experts._gemv2_kernel, {**gemv2, "W2": bf, "S2": bf},
+                  {**gemv2_c, **no_fp8, "SPLIT": False, "ATOMIC": False}),
+        "gemv2_split": (experts._gemv2_kernel, {**gemv2, "W2": bf, "S2": bf},
+                        {**gemv2_c, **no_fp8, "SPLIT": True, "ATOMIC": False}),
+        "gemv2_atomic_fp8": (experts._gemv2_kernel, {**gemv2, "W2": f8, "S2": "*fp32"},
+                             {**gemv2_c, **fp8, "SPLIT": True, "ATOMIC": True}),
         "mla_decode_split_128h": (mk._latent_kernel, latent, {**latent_c, "BLOCK_H": 64, "BLOCK_T": 1, "DECODE": True,
                                                               "DIRECT": False}),
         "mla_extend_16h": (mk._latent_kernel, latent, {**latent_c, "BLOCK_H": 16, "BLOCK_T": 2, "DECODE": False,
@@ -64,7 +79,8 @@ def _cases() -> dict:
     }
 
 
-CASE_NAMES = ["routing_v3", "align_layout", "align_place", "gemm1", "gemm2", "gemv1_routed_qwen3", "gemv2", "gemv2_split",
+CASE_NAMES = ["routing_v3", "align_layout", "align_place", "gemm1", "gemm1_fp8", "gemm2", "gemm2_fp8",
+              "gemv1_routed_qwen3", "gemv1_routed_qwen3_fp8_zero", "gemv2", "gemv2_split", "gemv2_atomic_fp8",
               "mla_decode_split_128h", "mla_extend_16h", "mla_ragged", "mla_prepare"]
 
 

@@ -1,6 +1,6 @@
 """The `triton` MoE dispatcher's kernels under Triton's CPU interpreter: fused routing against the
 reference routing, moe_align_block_size's layout, both expert forms (GEMV and aligned grouped GEMM)
-against torch_native, and the kit's routing, grouped and idle-expert checks on a CPU-declared
+against torch_native (plain and block-wise FP8 experts), and the kit's routing, grouped and idle-expert checks on a CPU-declared
 subclass. TRITON_INTERPRET must be set before the kernels are defined, so the checks run in a child
 process. Skipped where triton is not installed; tests/gpu/test_moe_gpu.py runs them on the GPU."""
 from __future__ import annotations
@@ -59,6 +59,8 @@ CHILD = textwrap.dedent("""
         for form, c in [("gemv", {"path": "gemv", "BLOCK_N": 16, "BLOCK_K": 32, "BLOCK_N2": 16, "BLOCK_K2": 16}),
                         ("gemv_split", {"path": "gemv", "BLOCK_N": 16, "BLOCK_K": 32, "BLOCK_N2": 16, "BLOCK_K2": 16,
                                         "SPLIT2": True}),
+                        ("gemv_atomic", {"path": "gemv", "BLOCK_N": 16, "BLOCK_K": 32, "BLOCK_N2": 16, "BLOCK_K2": 16,
+                                         "SPLIT2": True, "ATOMIC2": True}),
                         ("gemm", {"path": "gemm", "BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2})]:
             got = fused_experts(x, w13, w2, tw, ti, c)
             out[f"experts_{form}_T{t}_E{e}"] = ((got - ref).norm() / ref.norm()).item()
@@ -68,9 +70,27 @@ CHILD = textwrap.dedent("""
         w13, w2, x = torch.randn(e, 2 * i, h) / h ** 0.5, torch.randn(e, h, i) / i ** 0.5, torch.randn(3, h)
         logits, bias = torch.randn(3, e), (0.1 * torch.randn(e) if r.correction_bias else None)
         ref = TorchNativeMoE(MoEConfig(e, h, i, r)).forward(x, logits, ExpertWeights(w13, w2), bias)
-        for split in (False, True):
-            got = fused_moe_gemv(x, logits, r, bias, w13, w2, {**gemv, "SPLIT2": split})
-            out[f"routed_gemv_{name}{'_split' if split else ''}"] = ((got - ref).norm() / ref.norm()).item()
+        for form, extra in {"": {}, "_split": {"SPLIT2": True}, "_atomic": {"SPLIT2": True, "ATOMIC2": True}}.items():
+            got = fused_moe_gemv(x, logits, r, bias, w13, w2, {**gemv, **extra})
+            out[f"routed_gemv_{name}{form}"] = ((got - ref).norm() / ref.norm()).item()
+
+    from jackfield_plugins.quant import fp8_numerics as fp8
+    for t, e, k, h, i, block in [(3, 8, 2, 72, 32, (16, 32)), (20, 16, 4, 64, 48, (16, 16))]:
+        r = RoutingConfig(top_k=k)
+        w13, w2 = torch.randn(e, 2 * i, h) / h ** 0.5, torch.randn(e, h, i) / i ** 0.5
+        (q13, s13), (q2, s2) = [map(torch.stack, zip(*[fp8.quantize_blockwise(m, block) for m in w])) for w in (w13, w2)]
+        w = ExpertWeights(q13, q2, "fp8_block", s13, s2, block)
+        x, logits = torch.randn(t, h), torch.randn(t, e)
+        tw, ti = route(logits, r)
+        ref = TorchNativeMoE(MoEConfig(e, h, i, r)).experts(x, tw, ti, w)
+        for form, c in [("gemv", {"path": "gemv", "BLOCK_N": 16, "BLOCK_K": 64, "BLOCK_N2": 16, "BLOCK_K2": 32,
+                                  "SPLIT2": True, "ATOMIC2": True}),
+                        ("gemm", {"path": "gemm", "BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2})]:
+            got = fused_experts(x, q13, q2, tw, ti, c, (s13, s2, block))
+            out[f"fp8_{form}_T{t}"] = ((got - ref).norm() / ref.norm()).item()
+        got = fused_moe_gemv(x, logits, r, None, q13, q2, {**gemv, "SPLIT2": False}, (s13, s2, block))
+        ref = TorchNativeMoE(MoEConfig(e, h, i, r)).forward(x, logits, w)
+        out[f"fp8_routed_gemv_T{t}"] = ((got - ref).norm() / ref.norm()).item()
 
     class CPUTritonMoE(TritonMoE):
         name = "triton_interpreted"
@@ -109,12 +129,19 @@ def test_align_lays_out_every_pair_once_per_expert_block(results):
 
 def test_both_expert_forms_match_torch_native(results):
     errs = {k: v for k, v in results.items() if k.startswith("experts_")}
-    assert len(errs) == 6 and all(v < 1e-5 for v in errs.values()), errs
+    assert len(errs) == 8 and all(v < 1e-5 for v in errs.values()), errs
 
 
 def test_gemv_with_routing_fused_matches_torch_native(results):
     errs = {k: v for k, v in results.items() if k.startswith("routed_gemv_")}
-    assert len(errs) == 4 and all(v < 1e-5 for v in errs.values()), errs
+    assert len(errs) == 6 and all(v < 1e-5 for v in errs.values()), errs
+
+
+def test_fp8_block_experts_match_the_dequantized_reference(results):
+    """Block-wise FP8 experts (partial edge blocks in K) dequantized in registers by the GEMV, the
+    grouped GEMM and the routed GEMV, against torch_native on the dequantized weights."""
+    errs = {k: v for k, v in results.items() if k.startswith("fp8_")}
+    assert len(errs) == 6 and all(v < 1e-5 for v in errs.values()), errs
 
 
 def test_kit_routing_grouped_and_idle_expert_checks(results):

@@ -26,7 +26,7 @@ def cases() -> dict:
     from jackfield_plugins.quant import fp8_numerics as fp8
     from jackfield_plugins.quant import int4_kernels as k4
     from jackfield_plugins.quant import int4_numerics as int4
-    from jackfield_plugins.quant.int4_linear import Int4GemvConfig, gemv_fits
+    from jackfield_plugins.quant.int4_linear import Int4GemvConfig, gemv_fits, grouped_fits
     from jackfield_plugins.quant.int8_wo import quantize_int8
     from jackfield_plugins.quant.w8a16_kernels import w8a16_matmul
 
@@ -85,6 +85,9 @@ def cases() -> dict:
         if kind == "gemv":
             return max(err(k4.int4_gemv(x, packed, s16, z16, group, b, Int4GemvConfig(bn, bk, 4, 1, False)), ref)
                        for bn, bk in ((8, 32), (16, 64), (4, min(128, group)), (4, 256)) if gemv_fits(bk, k, group))
+        if kind == "gemv_grouped":
+            return max(err(k4.int4_gemv(x, packed, s16, z16, group, b, Int4GemvConfig(bn, bk, 4, 1, False, xs)), ref)
+                       for bn, bk, xs in ((8, group, 1), (4, 256, 2), (16, 2 * group, 1)) if grouped_fits(bk, k, group))
         if kind == "matmul":
             return max(err(k4.int4_matmul(x, packed, s16, z16, group, b, tiles), ref)
                        for tiles in (None, (16, 16, 32, 4, 1)))
@@ -105,6 +108,8 @@ def cases() -> dict:
         "gemv_fp8_block": lambda: scaled_gemv("fp8", (32, 64), "plain"),
         "int4_gemv_group64": lambda: int4_case("gemv", 64),
         "int4_gemv_per_row": lambda: int4_case("gemv", 256),
+        "int4_gemv_grouped_group32": lambda: int4_case("gemv_grouped", 32),
+        "int4_gemv_grouped_group128": lambda: int4_case("gemv_grouped", 128),
         "int4_matmul_group32_m7": lambda: int4_case("matmul", 32, 7),
         "int4_dequantize_group64": lambda: int4_case("dequantize", 64),
     }
@@ -113,7 +118,8 @@ def cases() -> dict:
 CASE_NAMES = ["act_quant_per_token", "act_quant_group64", "w8a8_per_channel_m5", "w8a8_per_channel_small_tiles",
               "w8a8_block32_m5", "w8a8_block_16x64_small_tiles", "w8a16_int8_m1", "w8a16_fp8_m20",
               "gemv_int8_per_row", "gemv_fp8_per_row_rmsnorm", "gemv_fp8_block_silu_mul", "gemv_fp8_block",
-              "int4_gemv_group64", "int4_gemv_per_row", "int4_matmul_group32_m7", "int4_dequantize_group64"]
+              "int4_gemv_group64", "int4_gemv_per_row", "int4_gemv_grouped_group32",
+              "int4_gemv_grouped_group128", "int4_matmul_group32_m7", "int4_dequantize_group64"]
 
 
 def _child_main() -> None:

@@ -169,8 +169,8 @@ def test_replicas_get_consecutive_device_blocks_of_those_visible(monkeypatch):
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
     assert replica_devices(SimpleNamespace(device="cuda", dp_size=2, tp_size=2)) == [["4", "5"], ["6", "7"]]
-    assert replica_devices(SimpleNamespace(device="cuda", dp_size=3)) == [["4"], ["5"], ["6"]]
-    assert replica_devices(SimpleNamespace(device="cpu", dp_size=8)) is None
+    assert replica_devices(SimpleNamespace(device="cuda", dp_size=3, tp_size=1)) == [["4"], ["5"], ["6"]]
+    assert replica_devices(SimpleNamespace(device="cpu", dp_size=8, tp_size=1)) is None
     with pytest.raises(StartupFailed, match=r"dp_size 3 x tp_size 2 needs 6 CUDA devices, but 4 are visible "
                                             r"\(4, 5, 6, 7\)"):
         replica_devices(SimpleNamespace(device="cuda", dp_size=3, tp_size=2))

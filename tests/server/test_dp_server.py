@@ -1,5 +1,5 @@
 """`jackfield serve --dp-size 2` end to end: two replicas of a tiny random Llama (CPU, one torch
-thread per process; each replica at tp_size 2 where that setting exists) behind the cache-aware
+thread per process; each replica at tp_size 2, so 4 scheduler-side processes) behind the cache-aware
 router. Each prefix family's second request goes to the replica that served its first and shows the
 hit in its cached tokens; a chat's next turn follows its output; a prompt that matches nothing goes
 to the least loaded replica; a client that disconnects frees its request on its replica; /metrics
@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from jackfield.config import Settings
 from server_harness import SERVE, descendants, start_server, wait_gone
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "scheduler"))
@@ -28,16 +27,11 @@ FAMILY_A, FAMILY_B = list(range(10, 50)), list(range(60, 100))  # 40-token prefi
 GREEDY = {"max_new_tokens": 2, "temperature": 0}
 
 
-# Each replica is tensor-parallel where tensor parallelism exists: replicas are launched as whole
-# engines, whatever an engine runs.
-TP = ["--tp-size", "2"] if "tp_size" in Settings.model_fields else []
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     model = save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
     srv = start_server(tmp_path_factory.mktemp("dp-server"), "--model", model, "--device", "cpu", "--dp-size", "2",
-                       *TP, "--kv-cache-bytes", str(16 << 20), "--max-running-requests", "8",
+                       "--tp-size", "2", "--kv-cache-bytes", str(16 << 20), "--max-running-requests", "8",
                        env={"OMP_NUM_THREADS": "1"})
     children = descendants(srv.proc.pid)
     yield srv

@@ -18,6 +18,7 @@ class FakeScheduler:
         self.waiting: list[str] = []
         self.fail_steps, self.fail_handle = fail_steps, fail_handle
         self.aborted_with: list[str] = []
+        self.fatal = None  # the real one's reason to stop (tensor parallelism)
 
     def handle(self, msg):
         if self.fail_handle:

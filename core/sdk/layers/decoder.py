@@ -63,7 +63,7 @@ class DecoderModel(nn.Module):
     def __init__(self, config: ModelConfig, ctx: ModelBuildContext, opts: DecoderOptions, prefix: str = "model",
                  parts: LayerParts | None = None):
         super().__init__()
-        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, ctx.dtype, ctx.device)
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, ctx.dtype, ctx.device, tp=ctx.tp)
         # one cos/sin cache for all layers (it is [max_positions, rotary_dim] floats); MLA rotates
         # only its qk_rope_head_dim-wide part of each head
         rotated = config.mla.qk_rope_head_dim if config.mla else config.head_dim

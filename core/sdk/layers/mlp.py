@@ -1,4 +1,7 @@
-"""The gated MLP of Llama-family models: down(silu(gate(x)) * up(x)), gate and up fused."""
+"""The gated MLP of Llama-family models: down(silu(gate(x)) * up(x)), gate and up fused.
+
+Under tensor parallelism gate_up is column-parallel (each rank: its slice of gate, then of up) and
+down row-parallel (one all-reduce)."""
 from __future__ import annotations
 
 import torch
@@ -14,8 +17,8 @@ class GatedMLP(nn.Module):
         if act != "silu":
             raise ValueError(f"unsupported MLP activation '{act}' (supported: silu)")
         self.gate_up_proj = Linear(hidden_size, (intermediate_size, intermediate_size), ctx,
-                                   f"{prefix}.gate_up_proj", shard_ids=(0, 1))
-        self.down_proj = Linear(intermediate_size, (hidden_size,), ctx, f"{prefix}.down_proj")
+                                   f"{prefix}.gate_up_proj", shard_ids=(0, 1), parallel="column")
+        self.down_proj = Linear(intermediate_size, (hidden_size,), ctx, f"{prefix}.down_proj", parallel="row")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj.forward_silu_mul(self.gate_up_proj(x))

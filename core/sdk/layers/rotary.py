@@ -89,17 +89,25 @@ class RotaryEmbedding(nn.Module):
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 
     def forward_and_store(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                          pool: KVPool, layer_id: int, loc: torch.Tensor) -> bool:
-        """Rotate q and k in place and write k, v into `pool` at slots `loc`, in one fused kernel.
-        Returns False, having done nothing, where that kernel does not apply (not CUDA, partial
-        rotary, no Triton); the caller then uses forward() and lets the backend store K/V."""
+                          pool: KVPool, layer_id: int, loc: torch.Tensor,
+                          qk_norm: tuple[nn.Module, nn.Module] | None = None) -> bool:
+        """Rotate q and k in place and write k, v into `pool` at slots `loc`, in one fused kernel;
+        `qk_norm` (the q and k per-head RMSNorm modules) norms q and k in place first, in the same
+        kernel. Returns False, having done nothing, where that kernel does not apply (not CUDA,
+        partial rotary, no Triton); the caller then norms, uses forward() and lets the backend store K/V."""
         if not (fused_available(q) and self.rotary_dim == self.head_dim and k.stride(1) == 1 and v.stride(1) == 1):
             return False
-        from jackfield.kernels.rotary import rope_inplace_and_store
+        from jackfield.kernels.rotary import QKNorm, rope_inplace_and_store
 
+        norm = None
+        if qk_norm is not None:
+            qn, kn = qk_norm
+            if qn.eps != kn.eps:
+                return False
+            norm = QKNorm(qn.weight, kn.weight, qn.eps)
         rope_inplace_and_store(positions, q, k, v, self.cos_sin_cache, self.head_dim, loc,
                                pool.k_buffer(layer_id), pool.v_buffer(layer_id),
-                               1.0 / pool.k_scales[layer_id], 1.0 / pool.v_scales[layer_id])
+                               1.0 / pool.k_scales[layer_id], 1.0 / pool.v_scales[layer_id], norm)
         return True
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

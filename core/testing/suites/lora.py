@@ -117,6 +117,33 @@ def _decode(t: KitTarget, dtype: str) -> None:
         _run(t, dtype, w, [1] * len(slots), slots, True, f"decode of {len(slots)} tokens, slots {slots}, {dtype}")
 
 
+def _prologues(t: KitTarget, dtype: str) -> None:
+    """apply_normed / apply_silu_mul: the update on RMSNorm(h) * w and on silu(gate) * up."""
+    dt = getattr(torch, dtype)
+    w = make_weights(QKV, [[8, 0, 8], [16, 16, 16], [4, 4, 0], [1, 1, 1]], dt, t.device, seed=10)
+    scalings = _scalings(t.device)
+    for lens, slots, decode in (([1], [1], True), ([1] * 5, [3, -1, 0, 2, 1], True), ([4, 3], [2, -1], False)):
+        backend = t.cls(kit_runtime(dt, t.device))
+        batch = lora_batch(lens, slots, scalings, decode=decode)
+        backend.prepare(batch)
+        g = _gen(11 + len(lens))
+        tokens = sum(lens)
+        h = (torch.randn(tokens, IN_FEATURES, generator=g) * 3).to(dt).to(t.device)
+        norm_w = (torch.rand(IN_FEATURES, generator=g) + 0.5).to(dt).to(t.device)
+        gate_up = torch.randn(tokens, 2 * IN_FEATURES, generator=g).to(dt).to(t.device)
+        base = torch.randn(tokens, sum(size for _, size in QKV), generator=g).to(dt).to(t.device)
+        hf = h.float()
+        normed = hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + 1e-5) * norm_w.float()
+        gate, up = gate_up.float().chunk(2, dim=-1)
+        what = f"{'decode' if decode else 'prefill'} of slots {slots}, {dtype}"
+        for name, x, run in (
+                ("RMSNorm(h) * w", normed, lambda: backend.apply_normed(w, h, norm_w, 1e-5, base.clone())),
+                ("silu(gate) * up", torch.nn.functional.silu(gate) * up,
+                 lambda: backend.apply_silu_mul(w, gate_up, base.clone()))):
+            ref = reference_lora(x, base, w, batch.token_slots.cpu(), scalings.cpu())
+            _compare(run(), ref, base, dtype, f"the update on the input {name}: {what}")
+
+
 def _base_only(t: KitTarget) -> None:
     dtype = base_dtype(t)
     w = make_weights(SINGLE, [[8]] * MAX_LORAS, getattr(torch, dtype), t.device, seed=5)
@@ -200,6 +227,8 @@ def checks(target: KitTarget) -> list[Check]:
         out += [Check(f"prefill and mixed batches over several adapters and the base model match, in {dtype}",
                       lambda t, d=dtype: _mixed_prefill(t, d), _runs_in(dtype)),
                 Check(f"decode batches with any slot per token match, in {dtype}",
-                      lambda t, d=dtype: _decode(t, d), _runs_in(dtype))]
+                      lambda t, d=dtype: _decode(t, d), _runs_in(dtype)),
+                Check(f"the update on an RMSNorm or SiLU-and-mul input (apply_normed, apply_silu_mul) matches, "
+                      f"in {dtype}", lambda t, d=dtype: _prologues(t, d), _runs_in(dtype))]
     out.append(Check("CUDA-graph capture: decode replays read the new slots", _cuda_graph, _graph_requires))
     return out

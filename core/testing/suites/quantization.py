@@ -6,7 +6,10 @@ fused layer), `process_weights_after_loading`, then `apply` (and the fused `appl
 `apply_silu_mul`). Outputs are compared with the float32 layer on the same unquantized weights
 (`jackfield.sdk.reference.linear`), Gaussian weights (std 1/sqrt(in)) and Gaussian inputs: the
 relative Frobenius error must be within `max_relative_error`, plus the rounding of the activation
-dtype for float16 / bfloat16. Runs in every declared dtype, on the device asked for.
+dtype for float16 / bfloat16. Runs in every declared dtype, on the device asked for. For tensor
+parallelism, the SDK `Linear` cut in two (column and row; the checkpoint tensors cut by the method's
+`shard_dims`) must recombine to the whole layer, unless the method declares
+`supports_tensor_parallel = False`.
 """
 from __future__ import annotations
 
@@ -17,7 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from jackfield.sdk import LinearMethod, ModelConfig, QuantizationMethod
+from jackfield.sdk.layers.linear import Linear
 from jackfield.sdk.layers.norm import RMSNorm
+from jackfield.sdk.model import ModelBuildContext
+from jackfield.sdk.parallel import ParallelGroup
 from jackfield.sdk.reference import linear as reference_linear
 from jackfield.testing.kit import Check, KitTarget, KitFailure, expect
 from jackfield.testing.suites.common import base_dtype, cannot_serve, runs_on_device
@@ -193,6 +199,53 @@ def _base_dtype(t: KitTarget) -> str:
     return base_dtype(t, **_context(t))
 
 
+def _sdk_linear(t: KitTarget, method, tp: ParallelGroup, parallel: str, weights: list[torch.Tensor], ids: tuple,
+                bias: torch.Tensor | None, dt: torch.dtype, prefix: str) -> Linear:
+    """The SDK Linear at rank `tp.rank`, loaded from whole-layer checkpoint tensors as the model loader does."""
+    ctx = ModelBuildContext(quant=method, dtype=dt, device=torch.device(t.device), tp=tp)
+    layer = Linear(weights[0].shape[1], tuple(w.shape[0] for w in weights), ctx, prefix, bias=bias is not None,
+                   shard_ids=ids, parallel=parallel)
+    for w, sid in zip(weights, ids):
+        for name, tensor in t.cls.checkpoint_tensors(w.to(dt)).items():
+            layer.weight_loader(name, tensor.to(t.device), sid)
+    if bias is not None:
+        layer.weight_loader("bias", bias.to(dt).to(t.device), ids[0])
+    layer.process_weights_after_loading()
+    return layer
+
+
+@torch.inference_mode()
+def tensor_parallel_cuts(t: KitTarget) -> None:
+    """Tensor parallel size 2: the column cuts of a qkv layer, concatenated per shard, and the row
+    cuts of a layer with bias, summed, match the float32 layer within the method's bound."""
+    dtype = _base_dtype(t)
+    method, dt = t.cls(kit_model_config(t.cls)), getattr(torch, dtype)
+    in_f, sizes, ids = QKV
+    weights = [_weight(n, in_f, seed=60 + j) for j, n in enumerate(sizes)]
+    x = _inputs(7, in_f, dtype, t.device, seed=61)
+    outs = [_sdk_linear(t, method, ParallelGroup(r, 2), "column", weights, ids, None, dt,
+                        "model.layers.0.self_attn.qkv_proj") for r in range(2)]
+    outs = [layer.method.apply(layer, x) for layer in outs]
+    halves = [n // 2 for n in sizes]
+    y = torch.cat([torch.cat([o.split(halves, dim=-1)[j] for o in outs], dim=-1) for j in range(len(sizes))], dim=-1)
+    _compare(t, y, reference_linear(x, torch.cat(weights).to(dt).to(t.device)), dtype,
+             f"qkv layer {in_f} -> {sizes} cut in two column-parallel ranks, {dtype}")
+    w = _weight(128, 512, seed=62)
+    bias = torch.randn(128, generator=_gen(63)) * 0.1
+    x = _inputs(7, 512, dtype, t.device, seed=64)
+    rows = [_sdk_linear(t, method, ParallelGroup(r, 2), "row", [w], (None,), bias, dt, "model.layers.0.mlp.down_proj")
+            for r in range(2)]
+    y = sum(layer.method.apply(layer, x[:, layer.in_start:layer.in_start + layer.in_features]).float() for layer in rows)
+    _compare(t, y.to(dt), reference_linear(x, w.to(dt).to(t.device), bias.to(dt).to(t.device)), dtype,
+             f"layer 512 -> 128 with bias cut in two row-parallel ranks (outputs summed), {dtype}")
+
+
+def _tensor_parallel(t: KitTarget) -> str | None:
+    if not t.cls.supports_tensor_parallel:
+        return "declares supports_tensor_parallel = False"
+    return _runs_in()(t)
+
+
 def _runs_in(dtype: str | None = None):
     def requires(t: KitTarget) -> str | None:
         return runs_on_device(t) or cannot_serve(t, dtype or _base_dtype(t), **_context(t))
@@ -208,5 +261,7 @@ def checks(target: KitTarget) -> list[Check]:
                          lambda t, dtype=dtype: layer_error(t, dtype), _runs_in(dtype)))
     out += [Check("a fused qkv layer loaded shard by shard matches the whole weight", fused_shards, _runs_in()),
             Check("apply_normed and apply_silu_mul match the unfused layer", fused_paths, _runs_in()),
-            Check("loading a weight of the wrong shape raises ValueError", rejects_wrong_shape, _runs_in())]
+            Check("loading a weight of the wrong shape raises ValueError", rejects_wrong_shape, _runs_in()),
+            Check("tensor-parallel column and row cuts recombine to the whole layer", tensor_parallel_cuts,
+                  _tensor_parallel)]
     return out

@@ -1,7 +1,9 @@
-"""Tuned block configurations of the fused MoE kernels, per (experts, hidden, intermediate, device).
+"""Tuned block configurations of the fused MoE kernels, per (experts, hidden, intermediate, device,
+weight format).
 
-`plugins/moe/configs/E=<E>,H=<H>,I=<I>,device=<name>.json` maps a token count to a config
-({"path": "gemv" | "gemm", BLOCK_* sizes, SPLIT2 for the GEMV form, num_warps, num_stages}); a batch
+`plugins/moe/configs/E=<E>,H=<H>,I=<I>,device=<name>.json` (`…,dtype=fp8_block.json` for block-wise
+FP8 experts) maps a token count to a config
+({"path": "gemv" | "gemm", BLOCK_* sizes, SPLIT2 and ATOMIC2 for the GEMV form, num_warps, num_stages}); a batch
 takes the entry of the
 nearest token count. `benchmarks/tune_fused_moe.py` writes these files. Shapes without a file get
 `default_config`. JACKFIELD_MOE_CONFIG_DIR points at another directory of files (tried first).
@@ -29,13 +31,15 @@ def _cuda_name(index: int) -> str:
     return torch.cuda.get_device_name(index).replace(" ", "_")
 
 
-def config_file_name(num_experts: int, hidden: int, inter: int, device: str) -> str:
-    return f"E={num_experts},H={hidden},I={inter},device={device}.json"
+def config_file_name(num_experts: int, hidden: int, inter: int, device: str, fmt: str = "unquantized") -> str:
+    dtype = "" if fmt == "unquantized" else f",dtype={fmt}"
+    return f"E={num_experts},H={hidden},I={inter},device={device}{dtype}.json"
 
 
 @functools.cache
-def load_table(num_experts: int, hidden: int, inter: int, device: str) -> dict[int, dict] | None:
-    name = config_file_name(num_experts, hidden, inter, device)
+def load_table(num_experts: int, hidden: int, inter: int, device: str,
+               fmt: str = "unquantized") -> dict[int, dict] | None:
+    name = config_file_name(num_experts, hidden, inter, device, fmt)
     dirs = [Path(d) for d in (os.environ.get("JACKFIELD_MOE_CONFIG_DIR"),) if d] + [CONFIG_DIR]
     for d in dirs:
         path = d / name
@@ -62,8 +66,9 @@ def default_config(tokens: int, num_experts: int, top_k: int) -> dict:
             "num_warps": 8, "num_stages": 3}
 
 
-def pick_config(tokens: int, num_experts: int, hidden: int, inter: int, top_k: int, device: torch.device) -> dict:
-    table = load_table(num_experts, hidden, inter, device_name(device))
+def pick_config(tokens: int, num_experts: int, hidden: int, inter: int, top_k: int, device: torch.device,
+                fmt: str = "unquantized") -> dict:
+    table = load_table(num_experts, hidden, inter, device_name(device), fmt)
     if not table:
         return default_config(tokens, num_experts, top_k)
     return table[min(table, key=lambda m: abs(m - tokens))]

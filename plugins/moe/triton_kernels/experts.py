@@ -11,9 +11,10 @@ Two forms, chosen per batch size by the tuned config (configs.py):
   program per (pair, N-block) and GEMV 2 one per (token, N-block of H), looping over the token's k
   experts and summing in registers, so it writes the output directly; or, with "SPLIT2", one
   per (pair, N-block of H), each writing its weighted row, and the k rows of a token summed after
-  (the default: more programs, each with a k times shorter chain of loads). `fused_moe_gemv` also
-  fuses the top-k routing into GEMV 1, so a batch-1 decode's whole MoE is two launches (three
-  with SPLIT2).
+  (the default: more programs, each with a k times shorter chain of loads), with "ATOMIC2" added
+  atomically into the output that GEMV 1 zeroes (no summing launch). `fused_moe_gemv` also fuses
+  the top-k routing into GEMV 1, so a batch-1 decode's whole MoE is two launches (three with
+  SPLIT2 and no ATOMIC2).
 """
 from __future__ import annotations
 
@@ -46,9 +47,10 @@ def _tile(NumPadded, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP
 
 @triton.jit
 def _gemm1_kernel(X, W13, Inter, SortedIds, ExpertIds, NumPadded, num_pairs, hidden, inter,
-                  stride_x, stride_we, stride_wn, stride_i,
+                  stride_x, stride_we, stride_wn, stride_i, S13, stride_se, stride_sn,
                   TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  GROUP_M: tl.constexpr, PRECISION: tl.constexpr):
+                  GROUP_M: tl.constexpr, PRECISION: tl.constexpr, FP8: tl.constexpr, SBN: tl.constexpr,
+                  SBK: tl.constexpr):
     pid_m, pid_n, rows = _tile(NumPadded, inter, BLOCK_M, BLOCK_N, GROUP_M)
     if rows <= 0:
         return
@@ -63,14 +65,23 @@ def _gemm1_kernel(X, W13, Inter, SortedIds, ExpertIds, NumPadded, num_pairs, hid
     x_ptr = X + token[:, None] * stride_x + offs_k[None, :]
     g_ptr = W13 + expert * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None]
     u_ptr = g_ptr + inter * stride_wn
+    # FP8 blocks: a [BLOCK_K, BLOCK_N] tile lies in one scale block (BLOCK_N | SBN, BLOCK_K | SBK, I % SBN == 0)
+    gs_ptr = S13 + expert * stride_se + (pid_n * BLOCK_N // SBN) * stride_sn
+    us_ptr = gs_ptr + (inter // SBN) * stride_sn
     acc_g = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, hidden, BLOCK_K):
         k_mask = offs_k < hidden - k0
         x = tl.load(x_ptr, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         w_mask = k_mask[:, None] & n_mask[None, :]
-        acc_g = tl.dot(x, tl.load(g_ptr, mask=w_mask, other=0.0), acc_g, input_precision=PRECISION)
-        acc_u = tl.dot(x, tl.load(u_ptr, mask=w_mask, other=0.0), acc_u, input_precision=PRECISION)
+        if FP8:
+            g = tl.load(g_ptr, mask=w_mask, other=0.0).to(x.dtype)
+            u = tl.load(u_ptr, mask=w_mask, other=0.0).to(x.dtype)
+            acc_g += tl.dot(x, g, input_precision=PRECISION) * tl.load(gs_ptr + k0 // SBK)
+            acc_u += tl.dot(x, u, input_precision=PRECISION) * tl.load(us_ptr + k0 // SBK)
+        else:
+            acc_g = tl.dot(x, tl.load(g_ptr, mask=w_mask, other=0.0), acc_g, input_precision=PRECISION)
+            acc_u = tl.dot(x, tl.load(u_ptr, mask=w_mask, other=0.0), acc_u, input_precision=PRECISION)
         x_ptr += BLOCK_K
         g_ptr += BLOCK_K
         u_ptr += BLOCK_K
@@ -81,9 +92,9 @@ def _gemm1_kernel(X, W13, Inter, SortedIds, ExpertIds, NumPadded, num_pairs, hid
 
 @triton.jit
 def _gemm2_kernel(Inter, W2, Out, SortedIds, ExpertIds, NumPadded, TopkWeights, num_pairs, hidden, inter,
-                  stride_i, stride_we, stride_wn, stride_o,
+                  stride_i, stride_we, stride_wn, stride_o, S2, stride_se, stride_sn,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                  PRECISION: tl.constexpr):
+                  PRECISION: tl.constexpr, FP8: tl.constexpr, SBN: tl.constexpr, SBK: tl.constexpr):
     pid_m, pid_n, rows = _tile(NumPadded, hidden, BLOCK_M, BLOCK_N, GROUP_M)
     if rows <= 0:
         return
@@ -97,12 +108,16 @@ def _gemm2_kernel(Inter, W2, Out, SortedIds, ExpertIds, NumPadded, TopkWeights, 
     offs_k = tl.arange(0, BLOCK_K)
     a_ptr = Inter + pair[:, None] * stride_i + offs_k[None, :]
     w_ptr = W2 + expert * stride_we + offs_n[None, :] * stride_wn + offs_k[:, None]
+    s_ptr = S2 + expert * stride_se + (pid_n * BLOCK_N // SBN) * stride_sn
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, inter, BLOCK_K):
         k_mask = offs_k < inter - k0
         a = tl.load(a_ptr, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        acc = tl.dot(a, tl.load(w_ptr, mask=k_mask[:, None] & n_mask[None, :], other=0.0), acc,
-                     input_precision=PRECISION)
+        w = tl.load(w_ptr, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+        if FP8:
+            acc += tl.dot(a, w.to(a.dtype), input_precision=PRECISION) * tl.load(s_ptr + k0 // SBK)
+        else:
+            acc = tl.dot(a, w, acc, input_precision=PRECISION)
         a_ptr += BLOCK_K
         w_ptr += BLOCK_K
     acc = acc * tl.load(TopkWeights + pair, mask=m_mask, other=0.0)[:, None]
@@ -112,7 +127,8 @@ def _gemm2_kernel(Inter, W2, Out, SortedIds, ExpertIds, NumPadded, TopkWeights, 
 
 @triton.jit
 def _gemv1_kernel(X, W13, Inter, TopkIds, TopkWeights, Logits, Bias, hidden, inter, stride_x, stride_we, stride_wn,
-                  stride_i, stride_l, num_experts, scaling,
+                  stride_i, stride_l, num_experts, scaling, S13, stride_se, stride_sn,
+                  Out, stride_o, ZERO: tl.constexpr, FP8: tl.constexpr, SBN: tl.constexpr, SBK: tl.constexpr,
                   TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROUTE: tl.constexpr,
                   BLOCK_E: tl.constexpr, SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, RENORM: tl.constexpr,
                   GROUPS: tl.constexpr, TOPK_GROUPS: tl.constexpr, TOP2_SUM: tl.constexpr, PDL: tl.constexpr):
@@ -122,6 +138,10 @@ def _gemv1_kernel(X, W13, Inter, TopkIds, TopkWeights, Logits, Bias, hidden, int
     pair = tl.program_id(0)
     pid_n = tl.program_id(1)
     token = pair // TOP_K
+    if ZERO > 0:  # GEMV 2 adds the pairs' rows atomically into Out: the token's first pair zeroes it, in slices
+        if pair % TOP_K == 0:
+            offs_z = pid_n * ZERO + tl.arange(0, ZERO)
+            tl.store(Out + token * stride_o + offs_z, tl.zeros((ZERO,), Out.dtype.element_ty), mask=offs_z < hidden)
     if ROUTE:  # top-k of this token's router logits, recomputed by every program of the token (E values)
         ids, weights = topk_row(Logits, Bias, token * stride_l, num_experts, scaling, TOP_K, BLOCK_E, SIGMOID,
                                 HAS_BIAS, RENORM, GROUPS, TOPK_GROUPS, TOP2_SUM)
@@ -138,14 +158,23 @@ def _gemv1_kernel(X, W13, Inter, TopkIds, TopkWeights, Logits, Bias, hidden, int
     offs_k = tl.arange(0, BLOCK_K)
     g_ptr = W13 + expert * stride_we + offs_n[:, None] * stride_wn + offs_k[None, :]
     u_ptr = g_ptr + inter * stride_wn
+    # FP8 blocks: the tile's rows lie in one block row (BLOCK_N | SBN, I % SBN == 0); x takes the K scales
+    gs_ptr = S13 + expert * stride_se + (pid_n * BLOCK_N // SBN) * stride_sn
+    us_ptr = gs_ptr + (inter // SBN) * stride_sn
     acc_g = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     acc_u = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     for k0 in range(0, hidden, BLOCK_K):
         k_mask = offs_k < hidden - k0
         x = tl.load(X + token * stride_x + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
         w_mask = n_mask[:, None] & k_mask[None, :]
-        acc_g += tl.load(g_ptr, mask=w_mask, other=0.0).to(tl.float32) * x[None, :]
-        acc_u += tl.load(u_ptr, mask=w_mask, other=0.0).to(tl.float32) * x[None, :]
+        if FP8:
+            xg = x * tl.load(gs_ptr + (k0 + offs_k) // SBK, mask=k_mask, other=0.0)
+            xu = x * tl.load(us_ptr + (k0 + offs_k) // SBK, mask=k_mask, other=0.0)
+        else:
+            xg = x
+            xu = x
+        acc_g += tl.load(g_ptr, mask=w_mask, other=0.0).to(tl.float32) * xg[None, :]
+        acc_u += tl.load(u_ptr, mask=w_mask, other=0.0).to(tl.float32) * xu[None, :]
         g_ptr += BLOCK_K
         u_ptr += BLOCK_K
     h = _silu_mul(tl.sum(acc_g, 1), tl.sum(acc_u, 1))
@@ -154,16 +183,20 @@ def _gemv1_kernel(X, W13, Inter, TopkIds, TopkWeights, Logits, Bias, hidden, int
 
 @triton.jit
 def _down_tile(Inter, W2, TopkIds, TopkWeights, pair, offs_n, n_mask, inter, stride_i, stride_we, stride_wn,
+               S2, stride_se, stride_sn, FP8: tl.constexpr, SBN: tl.constexpr, SBK: tl.constexpr,
                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """One pair's down projection for the columns offs_n, times its routing weight, before the final
     sum over the tile's K lanes: [BLOCK_N, BLOCK_K] float32."""
     offs_k = tl.arange(0, BLOCK_K)
     expert = tl.load(TopkIds + pair).to(tl.int64)
     w_ptr = W2 + expert * stride_we + offs_n[:, None] * stride_wn + offs_k[None, :]
+    s_ptr = S2 + expert * stride_se + (tl.min(offs_n, 0) // SBN) * stride_sn  # one block row (BLOCK_N | SBN)
     part = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     for k0 in range(0, inter, BLOCK_K):
         k_mask = offs_k < inter - k0
         a = tl.load(Inter + pair * stride_i + k0 + offs_k, mask=k_mask, other=0.0).to(tl.float32)
+        if FP8:
+            a = a * tl.load(s_ptr + (k0 + offs_k) // SBK, mask=k_mask, other=0.0)
         part += tl.load(w_ptr, mask=n_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32) * a[None, :]
         w_ptr += BLOCK_K
     return part * tl.load(TopkWeights + pair)
@@ -171,12 +204,15 @@ def _down_tile(Inter, W2, TopkIds, TopkWeights, pair, offs_n, n_mask, inter, str
 
 @triton.jit
 def _gemv2_kernel(Inter, W2, Out, TopkIds, TopkWeights, hidden, inter, stride_i, stride_we, stride_wn, stride_o,
-                  TOP_K: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  PDL: tl.constexpr):
+                  S2, stride_se, stride_sn, FP8: tl.constexpr, SBN: tl.constexpr, SBK: tl.constexpr,
+                  ATOMIC: tl.constexpr, TOP_K: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """One program per (token, N-block of H) summing the token's k experts into Out [T, H]; or, SPLIT,
     one per (pair, N-block) writing the pair's weighted row to Out [T * k, H], summed after: k times
     the programs, each with a k times shorter chain of dependent loads (at batch 1 the unsplit form
-    runs H / BLOCK_N programs, about one per SM, each streaming its k experts one after the other)."""
+    runs H / BLOCK_N programs, about one per SM, each streaming its k experts one after the other);
+    SPLIT and ATOMIC: each pair's row added atomically into Out [T, H] (zeroed by GEMV 1), which
+    saves the summing launch."""
     if PDL:  # programmatic dependent launch (jackfield.sdk.pdl_kwargs): read nothing before the wait
         tl.extra.cuda.gdc_launch_dependents()
         tl.extra.cuda.gdc_wait()
@@ -185,13 +221,17 @@ def _gemv2_kernel(Inter, W2, Out, TopkIds, TopkWeights, hidden, inter, stride_i,
     n_mask = offs_n < hidden
     if SPLIT:
         acc = _down_tile(Inter, W2, TopkIds, TopkWeights, row, offs_n, n_mask, inter, stride_i, stride_we,
-                         stride_wn, BLOCK_N, BLOCK_K)
+                         stride_wn, S2, stride_se, stride_sn, FP8, SBN, SBK, BLOCK_N, BLOCK_K)
     else:
         acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
         for j in tl.static_range(TOP_K):
             acc += _down_tile(Inter, W2, TopkIds, TopkWeights, row * TOP_K + j, offs_n, n_mask, inter, stride_i,
-                              stride_we, stride_wn, BLOCK_N, BLOCK_K)
-    tl.store(Out + row * stride_o + offs_n, tl.sum(acc, 1).to(Out.dtype.element_ty), mask=n_mask)
+                              stride_we, stride_wn, S2, stride_se, stride_sn, FP8, SBN, SBK, BLOCK_N, BLOCK_K)
+    y = tl.sum(acc, 1).to(Out.dtype.element_ty)
+    if ATOMIC:
+        tl.atomic_add(Out + (row // TOP_K) * stride_o + offs_n, y, mask=n_mask, sem="relaxed")
+    else:
+        tl.store(Out + row * stride_o + offs_n, y, mask=n_mask)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -200,8 +240,33 @@ def _precision(dtype: torch.dtype) -> str:
 
 NO_ROUTE = dict(BLOCK_E=16, SIGMOID=False, HAS_BIAS=False, RENORM=False, GROUPS=1, TOPK_GROUPS=1, TOP2_SUM=False)
 
+Scales = tuple  # (w13_scale [E, nb, kb], w2_scale [E, nb, kb], (bn, bk)) of block-wise FP8 experts
 
-def _gemv(hidden, w13, w2, topk_weights, topk_ids, config, route=None) -> torch.Tensor:
+
+def _scale_args(scales: Scales | None, w13: torch.Tensor) -> tuple[list, list, dict]:
+    """The (S13, strides), (S2, strides) and FP8 constants the kernels take; dummies without scales."""
+    if scales is None:
+        return [w13, 0, 0], [w13, 0, 0], dict(FP8=False, SBN=1, SBK=1)
+    s13, s2, (bn, bk) = scales
+    return [s13, s13.stride(0), s13.stride(1)], [s2, s2.stride(0), s2.stride(1)], dict(FP8=True, SBN=bn, SBK=bk)
+
+
+def fit_fp8_tiles(config: dict, block: tuple[int, int]) -> dict:
+    """`config` with tiles inside one scale block: N tiles at most bn, and the GEMM's K tiles at most bk
+    (the GEMV takes its K scales per column, so any K tile fits)."""
+    bn, bk = block
+    fitted = dict(config)
+    for key in ("BLOCK_N", "BLOCK_N2"):
+        if key in fitted:
+            fitted[key] = min(fitted[key], bn)
+    if config["path"] == "gemm":
+        for key in ("BLOCK_K", "BLOCK_K2"):
+            if key in fitted:
+                fitted[key] = min(fitted[key], bk)
+    return fitted
+
+
+def _gemv(hidden, w13, w2, topk_weights, topk_ids, config, route=None, scales=None) -> torch.Tensor:
     """The GEMV form; with `route` = (router_logits, bias, routing constants, scaling), GEMV 1 computes
     the top-k itself and fills topk_weights / topk_ids for GEMV 2."""
     t, h = hidden.shape
@@ -211,25 +276,30 @@ def _gemv(hidden, w13, w2, topk_weights, topk_ids, config, route=None) -> torch.
     warps, stages = config.get("num_warps", 4), config.get("num_stages", 2)
     bn, bk = config["BLOCK_N"], config["BLOCK_K"]
     logits, bias, consts, scaling = route or (hidden, None, NO_ROUTE, 1.0)
-    _gemv1_kernel[(t * top_k, triton.cdiv(inter, bn))](
+    s13, s2, fp8 = _scale_args(scales, w13)
+    split = config.get("SPLIT2", False)
+    atomic = split and config.get("ATOMIC2", False)
+    grid_n = triton.cdiv(inter, bn)
+    zero = triton.next_power_of_2(triton.cdiv(h, grid_n)) if atomic else 0  # GEMV 1's slices of `out` to zero
+    _gemv1_kernel[(t * top_k, grid_n)](
         hidden, w13, cache, topk_ids, topk_weights, logits, bias if bias is not None else logits, h, inter,
         hidden.stride(0), w13.stride(0), w13.stride(1), cache.stride(0), logits.stride(0), logits.shape[1], scaling,
-        TOP_K=top_k, BLOCK_N=bn, BLOCK_K=bk, ROUTE=route is not None, **consts, num_warps=warps, num_stages=stages,
-        **pdl_kwargs(hidden))
+        *s13, out, out.stride(0), ZERO=zero, **fp8, TOP_K=top_k, BLOCK_N=bn, BLOCK_K=bk, ROUTE=route is not None,
+        **consts, num_warps=warps, num_stages=stages, **pdl_kwargs(hidden))
     bn2, bk2 = config.get("BLOCK_N2", bn), config.get("BLOCK_K2", bk)
-    split = config.get("SPLIT2", False)
-    rows = torch.empty(t * top_k, h, dtype=hidden.dtype, device=hidden.device) if split else out
-    _gemv2_kernel[(rows.shape[0], triton.cdiv(h, bn2))](
+    rows = torch.empty(t * top_k, h, dtype=hidden.dtype, device=hidden.device) if split and not atomic else out
+    _gemv2_kernel[(t * top_k if split else t, triton.cdiv(h, bn2))](
         cache, w2, rows, topk_ids, topk_weights, h, inter, cache.stride(0), w2.stride(0), w2.stride(1),
-        rows.stride(0), TOP_K=top_k, SPLIT=split, BLOCK_N=bn2, BLOCK_K=bk2, num_warps=warps, num_stages=stages,
-        **pdl_kwargs(hidden))
-    if split:
+        rows.stride(0), *s2, **fp8, ATOMIC=atomic, TOP_K=top_k, SPLIT=split, BLOCK_N=bn2, BLOCK_K=bk2,
+        num_warps=warps, num_stages=stages, **pdl_kwargs(hidden))
+    if split and not atomic:
         torch.sum(rows.view(t, top_k, h), dim=1, out=out)
     return out
 
 
 def fused_moe_gemv(hidden: torch.Tensor, router_logits: torch.Tensor, routing: RoutingConfig,
-                   correction_bias: torch.Tensor | None, w13: torch.Tensor, w2: torch.Tensor, config: dict) -> torch.Tensor:
+                   correction_bias: torch.Tensor | None, w13: torch.Tensor, w2: torch.Tensor, config: dict,
+                   scales: Scales | None = None) -> torch.Tensor:
     """The whole MoE of a small batch in two or three launches, the top-k routing fused into GEMV 1
     (the routing must pass `fused_routing_supported`; config["path"] == "gemv")."""
     t = hidden.shape[0]
@@ -239,19 +309,24 @@ def fused_moe_gemv(hidden: torch.Tensor, router_logits: torch.Tensor, routing: R
     weights = torch.empty(t, routing.top_k, dtype=torch.float32, device=hidden.device)
     consts = {k: v for k, v in routing_constants(routing, router_logits.shape[1]).items() if k != "TOP_K"}
     consts["HAS_BIAS"] = correction_bias is not None
+    if scales is not None:
+        config = fit_fp8_tiles(config, scales[2])
     return _gemv(hidden, w13, w2, weights, ids, config,
-                 route=(router_logits, correction_bias, consts, routing.scaling_factor))
+                 route=(router_logits, correction_bias, consts, routing.scaling_factor), scales=scales)
 
 
 def fused_experts(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
-                  topk_ids: torch.Tensor, config: dict) -> torch.Tensor:
+                  topk_ids: torch.Tensor, config: dict, scales: Scales | None = None) -> torch.Tensor:
     """hidden [T, H], w13 [E, 2I, H], w2 [E, H, I], topk_* [T, k] -> [T, H] in hidden's dtype.
-    `config` is one entry of the tuned table (configs.py): {"path": "gemm" | "gemv", block sizes…}."""
+    `config` is one entry of the tuned table (configs.py): {"path": "gemm" | "gemv", block sizes…}.
+    `scales`: block-wise FP8 experts (w13, w2 float8_e4m3fn), dequantized in registers."""
     t, h = hidden.shape
     if t == 0:
         return torch.empty_like(hidden)
+    if scales is not None:
+        config = fit_fp8_tiles(config, scales[2])
     if config["path"] == "gemv":
-        return _gemv(hidden, w13, w2, topk_weights, topk_ids, config)
+        return _gemv(hidden, w13, w2, topk_weights, topk_ids, config, scales=scales)
     e, two_i, _ = w13.shape
     inter, top_k = two_i // 2, topk_ids.shape[1]
     out = torch.empty_like(hidden)
@@ -262,17 +337,18 @@ def fused_experts(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top
     sorted_ids, expert_ids, num_padded = moe_align_block_size(topk_ids, e, bm)
     max_m = expert_ids.shape[0]
     precision = _precision(hidden.dtype)
+    s13, s2, fp8 = _scale_args(scales, w13)
     _gemm1_kernel[(max_m * triton.cdiv(inter, bn),)](
         hidden, w13, cache, sorted_ids, expert_ids, num_padded, pairs, h, inter,
-        hidden.stride(0), w13.stride(0), w13.stride(1), cache.stride(0),
-        TOP_K=top_k, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m, PRECISION=precision,
+        hidden.stride(0), w13.stride(0), w13.stride(1), cache.stride(0), *s13,
+        TOP_K=top_k, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m, PRECISION=precision, **fp8,
         num_warps=warps, num_stages=stages)
     rows = torch.empty(pairs, h, dtype=hidden.dtype, device=hidden.device)
     bn2 = config.get("BLOCK_N2", bn)
     _gemm2_kernel[(max_m * triton.cdiv(h, bn2),)](
         cache, w2, rows, sorted_ids, expert_ids, num_padded, topk_weights, pairs, h, inter,
-        cache.stride(0), w2.stride(0), w2.stride(1), rows.stride(0),
-        BLOCK_M=bm, BLOCK_N=bn2, BLOCK_K=config.get("BLOCK_K2", bk), GROUP_M=group_m, PRECISION=precision,
+        cache.stride(0), w2.stride(0), w2.stride(1), rows.stride(0), *s2,
+        BLOCK_M=bm, BLOCK_N=bn2, BLOCK_K=config.get("BLOCK_K2", bk), GROUP_M=group_m, PRECISION=precision, **fp8,
         num_warps=warps, num_stages=stages)
     torch.sum(rows.view(t, top_k, h), dim=1, out=out)
     return out
