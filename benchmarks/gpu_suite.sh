@@ -8,6 +8,7 @@
 # over 8 and 64 adapters and with more adapters than slots, against the base model (benchmarks/lora_bench.py).
 # spec: speculative decoding (GPU tests; verify cost, ngram on vs off at batch 1-128 and an oracle drafter on the 8B shape).
 # spec-eagle: ngram on SmolLM2, an EAGLE head trained on SmolLM2 and its speedup (one more call).
+# spec-flashinfer: FlashInfer's speculative verify mode (its JIT modules first; GPU tests; oracle drafter on the 8B shape).
 # Diagnostics: profile, pdl. Studies (benchmarks/studies/, results in benchmarks/studies/results/): gemv gemm tune probe.
 # A device call lasts at most 10 minutes: pass a few parts per call. Results: benchmarks/results/ and $OUT.
 set -uo pipefail
@@ -153,7 +154,7 @@ if has spec; then  # speculative decoding, one device call (about 5 min): GPU te
   # ngram on vs off on the 8B shape with dummy weights (SmolLM2's tokenizer) at batch 1, 32 and 128 (load policy on:
   # never slower than plain decoding); the speedup of an oracle drafter with accepted length 1..8 on the 8B shape
   # (dummy weights repeat nothing, so no real drafter is accepted there)
-  gpu_pytest gpu-tests-spec tests/gpu/test_spec_gpu.py
+  gpu_pytest gpu-tests-spec tests/gpu/test_spec_gpu.py -k "'not flashinfer'"  # flashinfer: the spec-flashinfer part
   run timeout 100 python3 benchmarks/spec_verify_cost.py --model $CFG8B --load-format dummy --attention-backend triton \
     --batch-sizes 1,16 --draft-tokens 4,8,16 --max-total-tokens 65536 --out "$OUTDIR/spec-verify-cost-8b-$STAMP.json" > /dev/null
   keep "$OUTDIR/spec-verify-cost-8b-$STAMP.json"
@@ -166,6 +167,18 @@ if has spec; then  # speculative decoding, one device call (about 5 min): GPU te
     --attention-backend triton --batch-sizes 1,32 --accept-lengths 1,2,3,5,8 --output-len 128 --max-total-tokens 100000 \
     --cuda-graph-max-bs 32 --out "$OUTDIR/spec-oracle-8b-$STAMP.json" > /dev/null
   keep "$OUTDIR/spec-oracle-8b-$STAMP.json"
+fi
+if has spec-flashinfer; then  # one device call (about 8 min on a fresh machine): FlashInfer JIT-builds its causal prefill
+  # (sm90) and custom-mask prefill (verify, tensor-core decode) modules on first use, 1-2 min each; built side by side
+  # first, so the tests and the oracle load them. Tests: verify vs the float32 tree reference, CUDA-graph verify replay,
+  # ngram greedy output equal to plain decoding (bf16, graphs on); then the oracle drafter at accepted lengths 1 and 5
+  run timeout 300 python3 benchmarks/attention_warmup.py --backend flashinfer
+  GPU_TEST_WORKERS=${GPU_TEST_WORKERS:-2} gpu_pytest gpu-tests-spec-fi tests/gpu/test_spec_gpu.py -k flashinfer
+  TOK=${TOK:-$(python3 -c 'from jackfield.loader.source import resolve_model; print(resolve_model(None).path)')}
+  run timeout 150 python3 benchmarks/spec_oracle.py --model $CFG8B --load-format dummy --tokenizer "$TOK" \
+    --attention-backend flashinfer --batch-sizes 1,32 --accept-lengths 1,5 --output-len 128 --max-total-tokens 100000 \
+    --cuda-graph-max-bs 32 --out "$OUTDIR/spec-oracle-8b-flashinfer-$STAMP.json" > /dev/null
+  keep "$OUTDIR/spec-oracle-8b-flashinfer-$STAMP.json"
 fi
 if has spec-eagle; then  # an EAGLE head trained here on SmolLM2 (bf16), then EAGLE and ngram on vs off (about 8 min)
   run $JF bench spec --speculative-algorithm ngram --attention-backend triton --workload rewrite \

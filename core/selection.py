@@ -77,7 +77,8 @@ def _by_priority(registry: Registry, kind: str) -> list[str]:
 
 def choose(registry: Registry, kind: str, requested: str | None, ctx: SelectionContext,
            plugin_choice: dict[str, str] | None = None) -> Choice:
-    """Pick the component of `kind`: the one named, or with `auto` the best compatible one."""
+    """Pick the component of `kind`: the one named, or with `auto` the best compatible one that does
+    not exclude itself from `auto` for this context (`Component.auto_exclusions`: opt-in features)."""
     plugin_choice = plugin_choice or {}
     if requested in (None, "", "none"):
         return Choice(kind, requested, None, "disabled by configuration")
@@ -103,7 +104,7 @@ def choose(registry: Registry, kind: str, requested: str | None, ctx: SelectionC
     for name in names:
         info = _resolve_conflict(kind, name, registry.candidates(kind, name), plugin_choice)
         avail = info.availability()
-        problems = [avail.reason] if not avail.ok else info.cls.incompatibilities(ctx)
+        problems = [avail.reason] if not avail.ok else info.cls.incompatibilities(ctx) or info.cls.auto_exclusions(ctx)
         if problems:
             skipped.append(f"{name}: {'; '.join(problems)}")
             continue

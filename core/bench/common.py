@@ -156,10 +156,12 @@ def provenance(command: str) -> dict:
             "git_commit": git_commit(), "machine": machine()}
 
 
-def write_report(path: str | None, command: str, metrics: dict) -> dict:
+def write_report(path: str | None, command: str, metrics: dict, echo: bool = True) -> dict:
+    """The report (provenance + metrics) to `path` and, with `echo`, to stdout."""
     report = {**provenance(command), "metrics": metrics}
     text = json.dumps(report, indent=2)
-    print(text)
+    if echo:
+        print(text)
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as f:

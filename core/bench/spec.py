@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-prompts", type=int, default=0, help="prompts per concurrency (default: max(4, 2 x bs))")
     p.add_argument("--output-len", type=int, default=256, help="most tokens per request (requests stop at EOS)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (outputs compared on and off)")
-    p.add_argument("--output-file", default=None, help="write the JSON report here")
+    p.add_argument("--output-file", default=None, help="write the JSON report here (rewritten after each concurrency)")
     add_settings_arguments(p)
 
 
@@ -98,6 +98,15 @@ def run(args) -> int:
     off = replace(on, speculative=False)
     run_closed_loop(sched, prompts(sched.tokenizer, "chat", 2), 2, replace(on, max_new_tokens=8))  # warm-up
     rows, seed = [], 2
+    command = "jackfield bench spec " + " ".join(sys.argv[3:])
+
+    def metrics() -> dict:
+        return {"model": info.model_path, "device": info.device, "dtype": info.dtype,
+                "attention_backend": attention_name(info.components), "algorithm": settings.speculative_algorithm,
+                "num_draft_tokens": settings.speculative_num_draft_tokens, "workload": args.workload,
+                "output_len": args.output_len, "temperature": args.temperature,
+                "load_policy": sched.spec.policy.table(), "results": rows}
+
     for bs in sizes:
         ids = prompts(sched.tokenizer, args.workload, args.num_prompts or max(4, 2 * bs))
         st = sched.spec.stats
@@ -118,11 +127,8 @@ def run(args) -> int:
             "outputs_differing": sum(out_on[k] != out_off[k] for k in out_on) if args.temperature == 0 else None,
         })
         print(rows[-1], file=sys.stderr)
-    metrics = {"model": info.model_path, "device": info.device, "dtype": info.dtype,
-               "attention_backend": attention_name(info.components), "algorithm": settings.speculative_algorithm,
-               "num_draft_tokens": settings.speculative_num_draft_tokens, "workload": args.workload,
-               "output_len": args.output_len, "temperature": args.temperature,
-               "load_policy": sched.spec.policy.table(), "results": rows}
-    write_report(args.output_file, "jackfield bench spec " + " ".join(sys.argv[3:]), metrics)
+        if bs != sizes[-1]:  # the rows so far to the file, in case a time limit cuts the run short
+            write_report(args.output_file, command, metrics(), echo=False)
+    write_report(args.output_file, command, metrics())
     sched.close()
     return 0

@@ -164,13 +164,20 @@ class Scheduler:
                 self.last_was_prefill = False
                 self._after_step(idle=False)
                 return self._step_outputs()
-        t0 = time.perf_counter()
+        t0, prev = time.perf_counter(), self.inflight
         job = plan_batch(self)
         self._run_planned(job)
-        if self.spec is not None and job is not None and not job.extend_reqs:
+        if self.spec is not None and job is not None and not job.extend_reqs and self._steady_decode(prev):
             self.spec.policy.record_plain(len(job.decode_reqs), time.perf_counter() - t0)
         self._after_step(idle=job is None and self.inflight is None)
         return self._step_outputs()
+
+    def _steady_decode(self, prev) -> bool:
+        """Whether a plain decode step's wall time is its own forward's: always when serial; under
+        overlap only when the forward it waited for was a decode step too (after a prefill it waited
+        for the prefill, after a speculative step or an idle loop for nothing), so the load policy
+        compares speculative steps with decode steps and not with prefills."""
+        return not self.overlap or (prev is not None and not prev[0].extend_reqs)
 
     def _step_outputs(self):
         """What a step returns: the finished and streamed outputs, and the answers of LoRA unloads

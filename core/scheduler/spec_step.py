@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 from jackfield.mem.device_copy import to_device
@@ -36,7 +37,7 @@ from jackfield.sdk.grammar import allocate_bitmask
 from jackfield.spec.grammar_tree import fill_tree_bitmask
 from jackfield.spec.load import LoadPolicy
 from jackfield.spec.stats import SpecStats
-from jackfield.spec.tree import VerifyTrees
+from jackfield.spec.tree import TreeGrid, VerifyTrees
 from jackfield.spec.verify_batch import build_verify_batch
 
 
@@ -100,25 +101,24 @@ class SpecController:
             slots = self._alloc(reqs, trees)
         fb = build_verify_batch(reqs, batch, trees, slots, s.runner)
         logits = s.runner.forward(fb)
-        rows = torch.repeat_interleave(torch.arange(len(reqs)), torch.tensor(trees.sizes))
-        depths = [d for ds in trees.depths() for d in ds]
-        sampling = batch.sampling.filter(rows)
+        g = trees.grid
+        depths = g.flat(g.depths)
+        rows = np.repeat(np.arange(len(reqs)), g.sizes)
+        sampling = batch.sampling.filter(torch.from_numpy(rows))
         out_lens = batch.output_lens.index_select(0, to_device(rows, torch.int64, s.device)) + \
             to_device(depths, torch.int64, s.device)
-        counted = to_device([d == 0 for d in depths], torch.bool, s.device)
+        counted = to_device(depths == 0, torch.bool, s.device)
         out = s.runner.sampler.sample(logits, sampling, out_lens, counted, bitmask=self._grammar_mask(reqs, trees))
-        picks_flat = out.next_token_ids.tolist()
-        starts = [0]
-        for n in trees.sizes:
-            starts.append(starts[-1] + n)
-        picks = [picks_flat[a:b] for a, b in zip(starts, starts[1:])]
+        picks = g.gather(out.next_token_ids.to("cpu", torch.int64).numpy())  # [B, N]: the target's token per node
         paths = trees.accept(picks)
-        self._commit_kv(reqs, fb, trees, paths, starts)
+        width = picks.shape[1]
+        path_a = np.array([p + [p[-1]] * (width - len(p)) for p in paths], dtype=np.int64).reshape(len(paths), width)
+        lens = np.array([len(p) for p in paths], dtype=np.int64)
+        self._commit_kv(reqs, fb, g, path_a, lens)
         if self.decoder.needs_hidden_states:
-            self._observe_paths(reqs, fb, paths, starts)
-        logprobs = logprob_rows(out)
-        emitted = self._append(reqs, trees, paths, picks, starts, logprobs, budgets)
-        nxt = [pick[path[-1]] for pick, path in zip(picks, paths)]
+            self._observe_paths(reqs, fb, g, path_a, lens)
+        emitted = self._append(reqs, trees, paths, picks.tolist(), logprob_rows(out), budgets)
+        nxt = np.take_along_axis(picks, path_a[:, -1:], 1)[:, 0]  # the target's pick at each path's last node
         s.future_ids[batch.req_pool_indices] = to_device(nxt, torch.int64, s.device)
         batch.output_lens = batch.output_lens + to_device(emitted, torch.int64, s.device)
         self.decoder.on_verified(tuple(r.rid for r in reqs), tuple(len(p) - 1 for p in paths))
@@ -161,48 +161,53 @@ class SpecController:
         last = table[pool, (to_device(lens, torch.int64, s.device) - 1).clamp(min=0)].long()
         return s.runner.allocator.alloc_extend(lens, sizes, last)
 
-    def _commit_kv(self, reqs: list, fb: ForwardBatch, trees: VerifyTrees, paths: list[list[int]],
-                   starts: list[int]) -> None:
-        """Move each accepted path's KV to the slots after the request's KV; free the rejected nodes'."""
+    def _commit_kv(self, reqs: list, fb: ForwardBatch, g: TreeGrid, path: np.ndarray, lens: np.ndarray) -> None:
+        """Move each accepted path's KV to the slots after the request's KV; free the rejected nodes'.
+        `path[i, t]` is the node at depth t of request i's path (`lens[i]` long, padded with its last
+        node); slots are named by flat indices computed here and read on the device in one go."""
         s = self.sched
-        src, dst, rejected = [], [], []
-        page = s.runner.page_size
-        table = s.runner.req_to_token_pool.req_to_token
-        for r, path, start, n in zip(reqs, paths, starts, trees.sizes):
-            for t, node in enumerate(path):
-                if node != t:
-                    src.append(start + node)
-                    dst.append(start + t)
-            old, new = r.kv_len, r.kv_len + len(path)
-            if page == 1:
-                rejected.extend(range(start + len(path), start + n))
-            else:
-                first = -(-new // page) * page
-                if first < old + n:
-                    s.runner.allocator.free(table[r.req_pool_idx, first:old + n].to(torch.int64))
-            r.kv_len = new
+        runner, dev, page = s.runner, s.device, s.runner.page_size
+        depth = np.arange(path.shape[1])
+        on = depth < lens[:, None]
+        moved = on & (path != depth)
         loc = fb.out_cache_loc
-        if src:
-            pool = s.runner.kv_pool
-            src_t, dst_t = loc[to_device(src, torch.int64, s.device)], loc[to_device(dst, torch.int64, s.device)]
+        if moved.any():
+            src = to_device((g.starts[:, None] + path)[moved], torch.int64, dev)
+            dst = to_device((g.starts[:, None] + depth)[moved], torch.int64, dev)
+            pool, src_t, dst_t = runner.kv_pool, loc[src], loc[dst]
             for layer in range(pool.num_layers):
                 pool.k_buffers[layer][dst_t] = pool.k_buffers[layer][src_t]
                 pool.v_buffers[layer][dst_t] = pool.v_buffers[layer][src_t]
-        if rejected:
-            s.runner.allocator.free(loc[to_device(rejected, torch.int64, s.device)])
+        old = np.array([r.kv_len for r in reqs], dtype=np.int64)
+        new = old + lens
+        if page == 1:
+            rejected = (g.starts[:, None] + depth)[g.valid & ~on]
+            if rejected.size:
+                runner.allocator.free(loc[to_device(rejected, torch.int64, dev)])
+        else:  # the pages past the path's last one: their first slots, read from the table rows
+            first = (new + page - 1) // page * page
+            cols = first[:, None] + np.arange(-(-path.shape[1] // page) + 1) * page
+            keep = np.flatnonzero(cols < (old + g.sizes)[:, None])
+            if keep.size:
+                table = runner.req_to_token_pool.req_to_token
+                heads = table[fb.req_pool_indices[:, None], to_device(np.minimum(cols, table.shape[1] - 1), torch.int64, dev)]
+                pages = heads.flatten().index_select(0, to_device(keep, torch.int64, dev)).to(torch.int64) // page
+                runner.allocator.free((pages[:, None] * page + torch.arange(page, device=pages.device)).flatten())
+        for r, kv in zip(reqs, new.tolist()):
+            r.kv_len = kv
 
-    def _append(self, reqs: list, trees: VerifyTrees, paths, picks, starts, logprobs, budgets) -> list[int]:
+    def _append(self, reqs: list, trees: VerifyTrees, paths: list[list[int]], picks: list[list[int]], logprobs,
+                budgets) -> list[int]:
         """Append each request's accepted tokens and the target's pick after them; the speculation
         counters count the requests that could speculate (budget > 0)."""
         s = self.sched
         emitted = []
-        for r, tree_tokens, path, pick, start, n, budget in zip(reqs, trees.tokens, paths, picks, starts,
-                                                                trees.real_sizes, budgets):
+        for r, tree_tokens, path, pick, start, n, budget in zip(reqs, trees.tokens, paths, picks,
+                                                                trees.grid.starts.tolist(), trees.real_sizes, budgets):
             tokens = [tree_tokens[node] for node in path[1:]] + [pick[path[-1]]]
-            rows = [start + node for node in path]  # the row whose pick each emitted token is
             count = 0
-            for token, row in zip(tokens, rows):
-                s._append_token(r, token, logprobs, row)
+            for token, node in zip(tokens, path):  # the row whose pick each emitted token is
+                s._append_token(r, token, logprobs, start + node)
                 count += 1
                 if r.finished:
                     break
@@ -226,12 +231,13 @@ class SpecController:
             s.finished_out += finished
 
     # ---- hidden states for decoders that read them (EAGLE) ---------------------------------------
-    def _observe_paths(self, reqs: list, fb: ForwardBatch, paths: list[list[int]], starts: list[int]) -> None:
+    def _observe_paths(self, reqs: list, fb: ForwardBatch, g: TreeGrid, path: np.ndarray, lens: np.ndarray) -> None:
         hidden = fb.extras.get("spec_hidden")
-        rows = [start + node for path, start in zip(paths, starts) for node in path]
+        rows = (g.starts[:, None] + path)[np.arange(path.shape[1]) < lens[:, None]]
         sel = hidden.index_select(0, to_device(rows, torch.int64, hidden.device))
-        self.decoder.observe(TargetStates(tuple(r.rid for r in reqs), tuple(r.kv_len - len(p) for r, p in zip(reqs, paths)),
-                                          tuple(len(p) for p in paths), sel))
+        counts = lens.tolist()
+        self.decoder.observe(TargetStates(tuple(r.rid for r in reqs), tuple(r.kv_len - n for r, n in zip(reqs, counts)),
+                                          tuple(counts), sel))
 
     def observe_job(self, job) -> None:
         """After a plain forward (prefill chunk, mixed or decode step): the hidden states of the

@@ -19,7 +19,10 @@ non-absorbed form of MLA that long prefills with no cached prefix use).
 Speculative decoding adds a third mode, TARGET_VERIFY: like an extend, but each request's new
 tokens form a draft tree and attend under `fb.tree_mask` (jackfield.sdk.forward_batch). A backend
 that implements `forward_verify` lists the feature "spec_verify" in its capabilities; selection
-then matches it against engines that run a speculative decoder, and refuses the others by name.
+then matches it against engines that run a speculative decoder, and refuses the others by name
+(with `no_verify_reason`, when the backend gives one). A backend that can also capture verify
+forwards in CUDA graphs (from device tensors plus the host lengths the replay batch carries) lists
+"cuda_graph_verify".
 
 CUDA graphs (only when `supports_cuda_graph`): the runner calls `init_cuda_graph_state(max_bs,
 max_num_tokens)` once to let the backend allocate static buffers; then, for each captured batch
@@ -87,6 +90,9 @@ class AttentionBackend(Component):
     """The KVLayout kind this backend reads ("per_head" or "latent")."""
     supports_ragged_prefill: ClassVar[bool] = False
     """Implements `forward_ragged` (latent backends: the non-absorbed MLA prefill)."""
+    no_verify_reason: ClassVar[str] = ""
+    """Why a backend without the "spec_verify" feature cannot verify draft trees (said when selection
+    refuses it for speculative decoding)."""
     supported_head_dims: ClassVar[tuple[int, ...] | None] = None
     """The K head widths this backend's kernels are built for (None: any). Selection skips the
     backend for another model's head_dim with that reason, instead of failing inside a kernel."""
@@ -102,6 +108,9 @@ class AttentionBackend(Component):
         dims = cls.supported_head_dims
         if dims is not None and ctx.head_dim is not None and ctx.head_dim not in dims:
             reasons.append(f"head_dim {ctx.head_dim} not supported (supports {', '.join(map(str, dims))})")
+        if "spec_verify" in ctx.required_features and "spec_verify" not in cls.capabilities.features:
+            reasons.append("has no speculative verify mode (the draft tree's attention mask in one target forward)"
+                           + (f": {cls.no_verify_reason}" if cls.no_verify_reason else ""))
         return reasons
 
     def init_forward_metadata(self, fb: ForwardBatch) -> None:

@@ -43,6 +43,10 @@ class Capabilities:
     dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")
     features: frozenset[str] = field(default_factory=frozenset)
     min_compute_capability: tuple[int, int] | None = None
+    opt_in_features: frozenset[str] = field(default_factory=frozenset)
+    """Features (also listed in `features`) served only when the component is named: `auto` passes
+    the component over for a run that requires one of them (a path not yet verified end to end on
+    the hardware it targets), so turning the feature on does not change what `auto` picks."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,16 @@ class Component(metaclass=ABCMeta):
             have = ctx.compute_capability
             reasons.append(f"compute capability {have[0]}.{have[1]} < required {need[0]}.{need[1]}")
         return reasons
+
+    @classmethod
+    def auto_exclusions(cls, ctx: SelectionContext) -> list[str]:
+        """Why `auto` passes this component over for `ctx` although it can serve it when named
+        (its `opt_in_features` that `ctx` requires); an empty list: `auto` may pick it."""
+        opt_in = sorted(ctx.required_features & cls.capabilities.opt_in_features)
+        if not opt_in:
+            return []
+        return [f"its {', '.join(opt_in)} is opt-in: auto does not pick it for a run that needs that; "
+                f"name '{cls.name}' in the configuration to use it"]
 
 
 def package_availability(import_name: str, distribution: str, minimum: str | None = None) -> Availability:

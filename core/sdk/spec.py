@@ -30,6 +30,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
+from jackfield.mem.device_copy import host_tensor
 from jackfield.sdk.component import Component
 
 
@@ -95,14 +96,14 @@ class DraftProposal:
     @classmethod
     def from_lists(cls, tokens: list[list[int]], parents: list[list[int]] | None = None) -> "DraftProposal":
         """Build from per-request Python lists of different lengths (padded here)."""
-        width = max((len(t) for t in tokens), default=0)
-        tok = torch.zeros(len(tokens), width, dtype=torch.int64)
-        par = torch.full((len(tokens), width), -1, dtype=torch.int64) if parents is not None else None
-        for i, row in enumerate(tokens):
-            tok[i, :len(row)] = torch.tensor(row, dtype=torch.int64)
-            if par is not None:
-                par[i, :len(row)] = torch.tensor(parents[i], dtype=torch.int64)
-        return cls(tok, par, tuple(len(t) for t in tokens))
+        counts = tuple(map(len, tokens))
+        width = max(counts, default=0)
+        tok = host_tensor([list(row) + [0] * (width - len(row)) for row in tokens], torch.int64)
+        par = None if parents is None else host_tensor(
+            [list(row) + [-1] * (width - len(row)) for row in parents], torch.int64)
+        shape = (len(tokens), width)  # kept when every row is empty
+        tok, par = tok.view(shape), None if par is None else par.view(shape)
+        return cls(tok, par, counts)
 
 
 @dataclass(frozen=True)

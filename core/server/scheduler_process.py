@@ -16,6 +16,7 @@ from jackfield.config import Settings
 from jackfield.engine_loop import TOKENIZER_FILES, build_scheduler
 from jackfield.io_struct import (BatchOutput, FinishReason, LoRAUpdateOut, ReqOutput, TokenizedEmbeddingReq,
                                  TokenizedGenerateReq)
+from jackfield.server.heap import HeapTrimmer
 from jackfield.server.ipc import PortArgs, exit_child, pull_socket, push_socket, setup_child
 from jackfield.server.messages import ControlFailed, ReadyInfo, RegisterReq, StartupError
 
@@ -81,10 +82,11 @@ class SchedulerLoop:
     """Drives one Scheduler from a PULL socket and pushes everything it produces to the detokenizer."""
 
     def __init__(self, scheduler, recv: zmq.Socket, send: zmq.Socket, idle_poll_ms: int = IDLE_POLL_MS,
-                 heartbeat=None):
+                 heartbeat=None, heap: HeapTrimmer | None = None):
         self.scheduler, self.recv, self.send = scheduler, recv, send
         self.idle_poll_ms = idle_poll_ms
         self.heartbeat = heartbeat
+        self.heap = heap if heap is not None else HeapTrimmer()
 
     def run(self) -> None:
         """Until the scheduler cannot go on (`Scheduler.fatal`, under tensor parallelism); SIGTERM
@@ -101,6 +103,8 @@ class SchedulerLoop:
             self._handle(msg)
         if self.scheduler.has_work():
             self._step()
+            self.heap.worked()
+        self.heap.maybe_trim()  # after the step's outputs went out: free heap pages back (heap.py)
 
     def _receive_all(self) -> list:
         msgs = []

@@ -4,8 +4,9 @@
 Static buffers hold the batch; a live batch of n requests is copied into the first n * T token rows
 and padded to the next captured size with dummy requests: request-table row 0, KV slot 0 (the
 reserved page), a prefix of 0 and a tree where every node sees only itself. The attention backend
-must capture extend-shaped batches from device tensors alone (the Triton backend does; it
-declares it with the feature "cuda_graph_verify"). With hidden-state capture on (EAGLE), the
+must capture extend-shaped batches from the static device tensors plus the host lengths the replay
+batch carries (`seq_lens_cpu`, `extend_prefix_lens_cpu`); it declares it with the feature
+"cuda_graph_verify" (Triton needs no plan; FlashInfer re-plans its custom mask before each replay). With hidden-state capture on (EAGLE), the
 graph also outputs the hidden states the decoder observes.
 """
 from __future__ import annotations

@@ -57,6 +57,8 @@ class FA3AttnBackend(AttentionBackend):
     capabilities = Capabilities(devices=("cuda",), dtypes=("float16", "bfloat16"),
                                 features=frozenset({"paged", "sliding_window", "logit_cap", "mixed"}),
                                 min_compute_capability=(9, 0))
+    no_verify_reason = ("FlashAttention-3's kernels take causal and local (window) masks only, not an arbitrary "
+                        "per-token mask such as a draft tree's")
     supported_head_dims = tuple(range(8, 257, 8))  # FA3: head_dim a multiple of 8, at most 256
 
     @classmethod

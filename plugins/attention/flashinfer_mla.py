@@ -28,6 +28,7 @@ class FlashInferMLABackend(AttentionBackend):
     description = "FlashInfer MLA paged wrapper (absorbed latent attention) and ragged prefill"
     capabilities = Capabilities(devices=("cuda",), dtypes=("float16", "bfloat16"),
                                 features=frozenset({"paged", "cuda_graph", "mixed", "ragged_prefill"}))
+    no_verify_reason = "draft-tree verify over the latent (MLA) KV layout is not implemented"
     requires_packages = ("flashinfer",)
     kv_layout_kind = "latent"
     supports_ragged_prefill = True

@@ -19,6 +19,7 @@ class TorchNativeMLABackend(TorchNativeBackend):
     name = "torch_native_mla"
     priority = 10
     capabilities = Capabilities(devices=("cpu", "cuda"), features=frozenset({"paged", "mixed", "ragged_prefill"}))
+    no_verify_reason = "draft-tree verify over the latent (MLA) KV layout is not implemented"
     description = "Reference MLA attention over the latent KV pool in plain PyTorch (CPU and CUDA)"
     kv_layout_kind = "latent"
     supports_ragged_prefill = True

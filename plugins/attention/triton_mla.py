@@ -19,6 +19,7 @@ class TritonMLABackend(TritonAttnBackend):
     description = "Triton MLA: split-KV latent decode, latent extend, expanded ragged prefill"
     capabilities = Capabilities(devices=("cuda",), dtypes=("float16", "bfloat16", "float32"),
                                 features=frozenset({"paged", "cuda_graph", "mixed", "ragged_prefill"}))
+    no_verify_reason = "draft-tree verify over the latent (MLA) KV layout is not implemented"
     kv_layout_kind = "latent"
     supports_ragged_prefill = True
 

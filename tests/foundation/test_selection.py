@@ -31,6 +31,13 @@ class NoSlidingWindow(AttentionBackend):
     priority = 15
 
 
+class OptInWindow(AttentionBackend):
+    """Serves sliding windows only when named."""
+    name = "opt_in_window"
+    priority = 12
+    capabilities = Capabilities(features=frozenset({"sliding_window"}), opt_in_features=frozenset({"sliding_window"}))
+
+
 class Plain(AttentionBackend):
     name = "plain"
     priority = 10
@@ -46,7 +53,7 @@ class Fallback(AttentionBackend):
 class FakeBackends:
     @hookimpl
     def jackfield_register_attention_backends(self, register):
-        for cls in (Fallback, NeedsMissingPackage, Plain, GpuOnly, NoSlidingWindow):
+        for cls in (Fallback, NeedsMissingPackage, Plain, GpuOnly, NoSlidingWindow, OptInWindow):
             register(cls)
 
 
@@ -65,7 +72,15 @@ def test_auto_picks_the_highest_priority_compatible_component(registry):
     assert "needs_missing: Python package 'jackfield_no_such_package' is not installed" in choice.reason
     assert "gpu_only: device 'cpu' not supported" in choice.reason
     assert "no_window: lacks required feature(s): sliding_window" in choice.reason
+    assert "opt_in_window: its sliding_window is opt-in: auto does not pick it" in choice.reason
     assert choice.as_dict()["name"] == "plain"
+
+
+def test_an_opt_in_feature_is_served_by_name_only(registry):
+    """`auto` passes over a component for a context needing one of its opt-in features; named, it runs."""
+    ctx = SelectionContext(device="cpu", dtype="float32", required_features=frozenset({"sliding_window"}))
+    assert choose(registry, "attention", "opt_in_window", ctx).reason == "selected by configuration"
+    assert OptInWindow.auto_exclusions(ctx) and not OptInWindow.auto_exclusions(SelectionContext())
 
 
 def test_auto_without_required_features(registry):

@@ -1,12 +1,15 @@
 """The scheduler and detokenizer process loops, in-process with inproc ZMQ sockets and fakes."""
 from __future__ import annotations
 
+import itertools
+
 import zmq
 
 from jackfield.io_struct import (AbortReq, BatchOutput, FinishReason, GetStatsReq, ReqOutput, StatsOut,
                                  TokenizedGenerateReq)
 from jackfield.sampling.params import SamplingParams
 from jackfield.server.detokenizer_process import DetokenizerManager
+from jackfield.server.heap import HeapTrimmer
 from jackfield.server.messages import ControlFailed, RegisterReq
 from jackfield.server.scheduler_process import SchedulerLoop
 
@@ -45,16 +48,19 @@ class FakeScheduler:
         return [BatchOutput([ReqOutput(r, [], FinishReason("abort", message=message), 3, 0, 0) for r in rids])]
 
 
-def make_loop(scheduler):
+LOOP_IDS = itertools.count()
+
+
+def make_loop(scheduler, heap: HeapTrimmer | None = None):
     ctx = zmq.Context.instance()
-    name = f"inproc://sched-{id(scheduler)}"
+    name = f"inproc://sched-{next(LOOP_IDS)}"  # (an id() of a collected scheduler can come back)
     into, recv = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
     recv.bind(name + "-in")
     into.connect(name + "-in")
     send, out = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
     out.bind(name + "-out")
     send.connect(name + "-out")
-    return SchedulerLoop(scheduler, recv, send, idle_poll_ms=10), into, out
+    return SchedulerLoop(scheduler, recv, send, idle_poll_ms=10, heap=heap), into, out
 
 
 def drain(sock) -> list:
@@ -75,6 +81,19 @@ def test_registration_precedes_outputs():
     msgs = drain(out)
     assert isinstance(msgs[0], RegisterReq) and msgs[0].rid == "a" and msgs[0].sampling_params.stop == ("b",)
     assert isinstance(msgs[1], BatchOutput) and msgs[1].outputs[0].rid == "a"
+
+
+def test_the_loop_trims_the_heap_after_a_step_once_outputs_are_sent():
+    trims = []  # at each trim: how many messages had been sent
+    heap = HeapTrimmer(interval_s=0.0, trim=lambda pad: trims.append(len(drain(out))))
+    loop, into, out = make_loop(FakeScheduler(), heap)
+    loop.run_once()
+    assert trims == []  # idle, no step: nothing to give back
+    into.send_pyobj(req("a"))
+    loop.run_once()
+    assert trims == [2]  # after the registration and the output went out
+    loop.run_once()
+    assert trims == [2]
 
 
 def test_a_failing_step_aborts_the_batch_and_the_loop_goes_on():

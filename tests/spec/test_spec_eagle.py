@@ -114,3 +114,36 @@ def test_unknown_algorithm_and_backend_without_verify_are_refused(tiny_target):
 
     ctx = SelectionContext(device="cpu", dtype="float32", required_features=frozenset({"spec_verify"}))
     assert "lacks required feature(s): spec_verify" in " ".join(NoVerify.incompatibilities(ctx))
+    assert "has no speculative verify mode" in " ".join(NoVerify.incompatibilities(ctx))
+
+
+def test_every_attention_backend_declares_its_verify_mode():
+    """A backend declaring 'spec_verify' implements forward_verify; one that does not is refused for
+    speculative decoding with its reason (fa3: FlashAttention-3 takes no arbitrary mask); `auto`
+    passes over flashinfer's opt-in verify mode."""
+    from dataclasses import replace
+
+    from jackfield.plugins import load_plugins
+    from jackfield.registry import build_registry
+    from jackfield.sdk import AttentionBackend, SelectionContext
+
+    infos = build_registry(*load_plugins(env={})).of_kind("attention")
+    ctx = SelectionContext(device="cuda", dtype="bfloat16", compute_capability=(9, 0),
+                           required_features=frozenset({"spec_verify"}))
+    verifiers = set()
+    for info in infos:
+        cls = info.cls
+        if "spec_verify" in cls.capabilities.features:
+            assert cls.forward_verify is not AttentionBackend.forward_verify, cls.name
+            verifiers.add(cls.name)
+        else:
+            assert cls.no_verify_reason, f"{cls.name} has no verify mode and does not say why"
+            assert any("no speculative verify mode" in r for r in cls.incompatibilities(ctx)), cls.name
+    assert {"torch_native", "triton", "flashinfer"} <= verifiers
+    fa3 = next(i.cls for i in infos if i.name == "fa3")
+    assert "FlashAttention-3's kernels take causal and local" in " ".join(fa3.incompatibilities(ctx))
+    # flashinfer's verify mode runs when named; auto keeps triton for speculation (not verified end to end)
+    by_name = {i.name: i.cls for i in infos}
+    assert by_name["flashinfer"].incompatibilities(ctx) == [] and by_name["flashinfer"].auto_exclusions(ctx)
+    assert by_name["flashinfer"].auto_exclusions(replace(ctx, required_features=frozenset())) == []
+    assert by_name["triton"].auto_exclusions(ctx) == by_name["torch_native"].auto_exclusions(ctx) == []

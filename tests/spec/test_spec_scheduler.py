@@ -179,3 +179,26 @@ def test_trees_padded_for_verify_graphs_give_the_same_tokens(plain, tiny_target,
     assert out == plain["p1"] and pool_idle_problem(sched) is None
     assert {8} in sizes
     sched.close()
+
+
+def test_plain_steps_are_timed_without_the_prefill_they_waited_for(tiny_target, tmp_path, monkeypatch):
+    """Under overlap a decode step waits for the forward launched before it: after a prefill that is
+    the prefill's time, which the load policy must not take for a decode step's."""
+    import time
+
+    sched = spec_scheduler(NgramDecoder, tiny_target, str(tmp_path), disable_overlap_schedule=False)
+    forward = sched.runner.forward
+
+    def slow_prefill(fb, *args, **kwargs):
+        if fb.mode.is_extend():
+            time.sleep(0.2)
+        return forward(fb, *args, **kwargs)
+
+    recorded, record = [], sched.spec.policy.record_plain
+    monkeypatch.setattr(sched.runner, "forward", slow_prefill)
+    monkeypatch.setattr(sched.spec.policy, "record_plain", lambda b, s: (recorded.append(s), record(b, s)))
+    try:
+        run_workload(sched, speculative=False)  # plain steps only, two requests join mid-run (a second prefill)
+    finally:
+        sched.close()
+    assert len(recorded) > 10 and max(recorded) < 0.2

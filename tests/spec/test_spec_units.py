@@ -2,6 +2,8 @@
 padding), the load policy, the n-gram corpus and EAGLE-2's tree search."""
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -39,22 +41,129 @@ def test_accept_follows_the_target_picks_and_ignores_padding():
     assert m[3].tolist() == [True, True, False, True, False] and indptr.tolist() == [0, 25]
 
 
+def reference_accept(trees: VerifyTrees, picks: list[list[int]]) -> list[list[int]]:
+    """The acceptance walk node by node: from the root, to the first child holding the pick."""
+    paths = []
+    for i, pick in enumerate(picks):
+        kids, path = trees.children(i), [0]
+        while (nxt := kids.get(path[-1], {}).get(pick[path[-1]])) is not None:
+            path.append(nxt)
+        paths.append(path)
+    return paths
+
+
+def test_tensor_acceptance_mask_and_depths_match_the_node_walk():
+    rng = random.Random(0)
+    for _ in range(40):
+        tokens, parents = [], []
+        for _ in range(rng.randint(1, 6)):
+            n = rng.randint(1, 9)
+            tokens.append([rng.randint(0, 3) for _ in range(n)])  # few tokens: equal siblings, root-token children
+            parents.append([-1] + [rng.randint(0, j - 1) for j in range(1, n)])
+        trees = VerifyTrees(tokens, parents)
+        if rng.random() < 0.3:
+            trees = trees.padded(max(trees.sizes) + 2)
+        picks = [[rng.randint(0, 3) for _ in row] for row in trees.tokens]
+        assert trees.accept(picks) == reference_accept(trees, picks)
+        assert trees.accept(torch.tensor([p + [0] * (max(trees.sizes) - len(p)) for p in picks])) == \
+            reference_accept(trees, picks)
+        depths = [[0] * len(p) for p in trees.parents]
+        for d, par in zip(depths, trees.parents):
+            for j in range(1, len(par)):
+                d[j] = d[par[j]] + 1
+        assert trees.depths() == depths
+        mask, indptr = trees.mask(torch.device("cpu"))
+        for i, par in enumerate(trees.parents):
+            block = mask[indptr[i]:indptr[i + 1]].view(len(par), len(par))
+            for j in range(len(par)):
+                seen, k = set(), j
+                while k >= 0:
+                    seen.add(k)
+                    k = par[k]
+                assert [c for c in range(len(par)) if block[j, c]] == sorted(seen)
+
+
 def test_load_policy_measures_and_switches():
-    pol = LoadPolicy(warmup=2)
-    assert pol.speculate(4)                       # nothing measured: speculate first
+    pol = LoadPolicy()
+    assert pol.speculate(4)                       # nothing measured: one speculative step first
     pol.record_spec(4, 0.030, 2.0)                # 2 tokens per 30 ms
-    assert pol.speculate(4)                       # still warming up
-    assert not pol.speculate(4)                   # plain not measured yet: measure it
+    assert not pol.speculate(4)                   # then one plain step to compare with
     pol.record_plain(4, 0.020)                    # 1 token per 20 ms: speculation wins (66 vs 50 tok/s)
-    assert pol.speculate(5)
+    assert all(pol.speculate(5) for _ in range(10))
     pol.record_spec(128, 0.100, 1.5)              # big batch: 15 tok/s per request
+    pol.record_spec(128, 0.100, 1.5)
     pol.record_plain(128, 0.050)                  # plain 20 tok/s: speculation loses, ratio 0.75
-    decisions = [pol.speculate(128) for _ in range(52)]
-    # the warm-up, then a probe every ceil(0.25 / 1 %) = 25 steps
-    assert [i for i, d in enumerate(decisions) if d] == [0, 1, 26, 51]
+    decisions = [pol.speculate(128) for _ in range(202)]
+    # a probe loses 0.100 / 0.050 - 1.5 = 0.5 plain steps: one every 0.5 / 0.5 % = 100 steps
+    assert [i for i, d in enumerate(decisions) if d] == [99, 199]
     assert all(pol.speculate(3) for _ in range(5))  # load dropped: back on
     assert pol.table()[-1]["spec_over_plain"] == pytest.approx(0.75)
     assert not LoadPolicy(enabled=False).buckets and LoadPolicy(enabled=False).speculate(512)
+
+
+def test_load_policy_warmup_stops_at_the_first_losing_measurement():
+    pol = LoadPolicy(warmup=4)
+    assert [pol.speculate(8) for _ in range(2)] == [True, True]  # nothing to compare with yet
+    pol.record_spec(8, 0.010, 2.0)
+    pol.record_spec(8, 0.010, 2.0)
+    assert [pol.speculate(8) for _ in range(2)] == [True, True]  # warm-up: 4 speculative steps, then plain
+    pol.record_spec(8, 0.010, 2.0)
+    pol.record_spec(8, 0.010, 2.0)
+    assert not pol.speculate(8)
+    # plain steps measured first (requests with speculative: false): one losing speculative step ends the warm-up
+    pol.record_plain(16, 0.010)
+    assert pol.speculate(16)
+    pol.record_spec(16, 0.050, 1.5)              # ratio 0.3; the engine is warm (4 speculative steps at 8-15):
+    decisions = [pol.speculate(16) for _ in range(1400)]  # one step decides; a probe loses 3.5 plain steps
+    assert [i for i, d in enumerate(decisions) if d] == [699, 1399]  # so one every 700 steps
+    assert pol.table()[1]["spec_steps"] == 1
+
+
+def test_load_policy_one_slow_step_does_not_decide():
+    pol = LoadPolicy()
+    assert pol.speculate(8)
+    pol.record_spec(8, 1.0, 2.0)                  # the first verify compiled its kernels: 1 s
+    assert not pol.speculate(8)
+    pol.record_plain(8, 0.010)
+    decisions = [pol.speculate(8) for _ in range(4)]
+    assert decisions.index(True) == 2             # one speculative step measured: a second after 4 decisions
+    pol.record_spec(8, 0.012, 2.0)                # the probe: 2 tokens in 12 ms against 1 in 10 ms
+    assert pol.speculate(8)                       # lower median of (1.0, 0.012): the slow step is ignored
+    for _ in range(3):
+        pol.record_spec(8, 0.012, 2.0)
+    pol.record_spec(8, 0.050, 2.0)                # one slow step among five does not turn it off
+    assert pol.speculate(8) and pol.table()[0]["spec_s"] == pytest.approx(0.012)
+
+
+def test_load_policy_larger_buckets_start_plain_after_a_far_loss():
+    pol = LoadPolicy()
+    pol.record_spec(32, 0.012, 0.7)
+    pol.record_plain(32, 0.010)
+    assert pol.speculate(64)                      # one speculative step at 32-63 (maybe the slow first): measured here
+    pol = LoadPolicy()
+    pol.record_spec(32, 0.012, 0.7)
+    pol.record_spec(32, 0.012, 0.7)
+    pol.record_plain(32, 0.010)                   # ratio 0.58 at batch 32-63, a probe loses 0.5 plain steps
+    decisions = [pol.speculate(128) for _ in range(110)]
+    assert [i for i, d in enumerate(decisions) if d] == [99]  # probed as if it lost like batch 32: every 100 steps
+    pol.record_spec(128, 0.005, 2.0)
+    pol.record_plain(128, 0.008)                  # the probe says it wins here after all
+    assert pol.speculate(128)
+    narrow = LoadPolicy()
+    narrow.record_spec(32, 0.011, 1.0)
+    narrow.record_spec(32, 0.011, 1.0)
+    narrow.record_plain(32, 0.010)                # ratio 0.91: not by far, a larger bucket measures for itself
+    assert narrow.speculate(64) and narrow.speculate(1)
+
+
+def test_load_policy_bucket_below_a_far_loss_starts_plain():
+    pol = LoadPolicy()
+    for _ in range(2):
+        pol.record_spec(64, 0.040, 2.0)
+    pol.record_plain(64, 0.010)                   # ratio 0.5 at 64-127: a probe loses 2 plain steps
+    decisions = [pol.speculate(40) for _ in range(400)]  # 32-63, right below it: plain, probed every 400 steps
+    assert [i for i, d in enumerate(decisions) if d] == [399]
+    assert pol.speculate(8)                       # 8-15, further below: it measures for itself
 
 
 def test_ngram_history_trie_and_draft_tree():

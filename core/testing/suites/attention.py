@@ -9,7 +9,9 @@ be in the pool at `out_cache_loc` afterwards (backends that keep K/V in the pool
 
 Shape cases run in float32 when the backend declares it (else its first declared dtype); one case
 runs in every declared dtype. Sliding-window, logit-cap and mixed cases run when the backend
-declares them; CUDA-graph capture/replay runs on CUDA when `supports_cuda_graph` is set.
+declares them; CUDA-graph capture/replay runs on CUDA when `supports_cuda_graph` is set. A backend
+declaring "spec_verify" must implement `forward_verify`, and its verify forward over draft trees
+(chains, branches, a lone root; with a sliding window when declared) must match the reference.
 """
 from __future__ import annotations
 
@@ -53,6 +55,10 @@ MIXED = Case("prefill chunks beside one-token decodes", (0, 20, 9), (11, 1, 1), 
 WINDOW = Case("GQA 2:1, head_dim 64, page 2", (40, 3), (30, 25), 4, 2, 64, 2, {"sliding_window": 9})
 LOGIT_CAP = Case("MHA, head_dim 64, page 1", (20, 0), (10, 6), 4, 4, 64, 1, {"logit_cap": 0.5, "scaling": 1.7})
 DTYPE_CASE = Case("GQA 4:1, head_dim 128, page 16", (21, 0), (6, 14), 8, 2, 128, 16)
+
+
+VERIFY_TREES = ([-1, 0, 0, 1, 1, 2, 4, 6], [-1, 0, 1, 2], [-1])  # node j's parent; -1: the root
+VERIFY = Case("GQA 4:1, head_dim 128, page 4, draft trees", (37, 60, 5), tuple(map(len, VERIFY_TREES)), 8, 2, 128, 4)
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -114,6 +120,35 @@ def _feature(name: str):
     return requires
 
 
+def _verify_declared(t: KitTarget) -> None:
+    from jackfield.sdk import AttentionBackend
+
+    declared = "spec_verify" in t.cls.capabilities.features
+    expect(not declared or t.cls.forward_verify is not AttentionBackend.forward_verify,
+           "declares the 'spec_verify' feature but does not implement forward_verify")
+
+
+@torch.inference_mode()
+def verify_matches_reference(t: KitTarget) -> None:
+    """Draft trees after cached prefixes: each node attends to the prefix and its own tree path."""
+    dtype = base_dtype(t)
+    windows = [None, 9] if "sliding_window" in t.cls.capabilities.features else [None]
+    c = VERIFY
+    for window in windows:
+        p = AttnProblem(list(c.prefix_lens), list(c.new_lens), c.num_heads, c.num_kv_heads, c.head_dim, c.page_size,
+                        _dtype(dtype), t.device, seed=17)
+        backend, layer = t.cls(p.runtime()), p.layer(sliding_window=window)
+        fb, q, k, v = p.verify_batch(backend, [list(tree) for tree in VERIFY_TREES])
+        backend.init_forward_metadata(fb)
+        out = backend.forward(q, k, v, layer, fb)
+        what = f"verify ({c.describe()}, sliding window {window}, {dtype})"
+        expect(tuple(out.shape) == tuple(q.shape), f"{what}: output shape {tuple(out.shape)}, expected {q.shape}")
+        ref = p.tree_reference(q, fb, layer, [list(x) for x in VERIFY_TREES])
+        err, tol = relative_error(out, ref), TOLERANCE[dtype]
+        expect(err <= tol, f"{what}: output differs from the float32 tree reference: relative error {err:.2e} "
+                           f"> {tol:.0e}")
+
+
 def _mixed(t: KitTarget) -> str | None:
     return "supports_mixed = False" if not t.cls.supports_mixed else _needs_pool_layout(t)
 
@@ -148,6 +183,9 @@ def checks(target: KitTarget) -> list[Check]:
             out.append(Check(f"declared dtype {name}: extend then decode match the reference ({DTYPE_CASE.what})",
                              lambda t, name=name: run_case(t, DTYPE_CASE, name, seed=15),
                              lambda t, name=name: _needs_pool_layout(t, name)))
+    out.append(Check("declares the 'spec_verify' feature only with a forward_verify implementation", _verify_declared))
+    out.append(Check("speculative verify (declared feature 'spec_verify'): draft trees match the reference",
+                     verify_matches_reference, _feature("spec_verify")))
     out.append(Check("decode under CUDA-graph capture and replay (padded batch) matches the reference",
                      cuda_graph_replay, _cuda_graph_applies))
     return out

@@ -53,6 +53,8 @@ def _capabilities(t: KitTarget) -> None:
     expect(caps.devices and set(caps.devices) <= DEVICES, f"declared devices {caps.devices} must be a non-empty "
                                                           f"subset of {sorted(DEVICES)}")
     expect(set(caps.dtypes) <= DTYPES, f"declared dtypes {caps.dtypes} must be a subset of {sorted(DTYPES)}")
+    extra = sorted(caps.opt_in_features - caps.features)
+    expect(not extra, f"opt_in_features {extra} are not in features (an opt-in feature is one the component has)")
 
 
 def _availability(t: KitTarget) -> None:

@@ -19,13 +19,16 @@ VOCAB = 128
 MAX_NEW = 24
 
 
-@functools.lru_cache(maxsize=1)
-def tiny_target() -> str:
-    """A 2-layer random Llama (saved once per process) without a tokenizer."""
+@functools.lru_cache(maxsize=None)
+def tiny_target(head_dim: int = 16, num_heads: int = 4, num_kv_heads: int = 2, gain: float = 4.0) -> str:
+    """A 2-layer random Llama (saved once per process and geometry) without a tokenizer. Kernels
+    built for a few head widths (FlashInfer: 64, 128, 256) take a wider head_dim; `gain` scales the
+    random weights (larger: more peaked predictions)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = tempfile.mkdtemp(prefix="jackfield-kit-spec-")
-    cfg = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    cfg = LlamaConfig(hidden_size=num_heads * head_dim, num_hidden_layers=2, num_attention_heads=num_heads,
+                      num_key_value_heads=num_kv_heads, head_dim=head_dim,
                       vocab_size=VOCAB, intermediate_size=128, max_position_embeddings=1024, eos_token_id=0,
                       bos_token_id=1, tie_word_embeddings=False)
     torch.manual_seed(0)
@@ -33,7 +36,7 @@ def tiny_target() -> str:
     with torch.no_grad():  # weights large enough for peaked, varied predictions
         for p in model.parameters():
             if p.dim() == 2:
-                p.normal_(0.0, 0.6 / p.shape[1] ** 0.5 * 4)
+                p.normal_(0.0, 0.6 / p.shape[1] ** 0.5 * gain)
     model.save_pretrained(path)
     return path
 
