@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from jackfield.sdk import pdl_kwargs
-from jackfield_plugins.quant.gemm_tiles import grid_size, output_tile, store_tile
+from jackfield_plugins.quant.gemm_tiles import grid_size, output_tile, store_tile, word_slots
 from jackfield_plugins.quant.gguf_layout import GGUFPlanes
 
 
@@ -208,14 +208,8 @@ def _gemv_kernel(x_ptr, low_ptr, high_ptr, sc_ptr, mn_ptr, d_ptr, dm_ptr, b_ptr,
         else:  # only the next step's words ahead (fewer registers)
             xv = tl.load(x_ptrs + k0).to(tl.float32)
             hi = _gemv_high(packed, h_ptrs, k0, CPW, HB)
-        if CPW == 8:  # slot 4a + 2b + c
-            c0, c1 = tl.split(tl.reshape(xv, [GPC, WPG, 2, 2, 2]))
-            b0c0, b1c0 = tl.split(c0)
-            b0c1, b1c1 = tl.split(c1)
-            x0, x4 = tl.split(b0c0)
-            x2, x6 = tl.split(b1c0)
-            x1, x5 = tl.split(b0c1)
-            x3, x7 = tl.split(b1c1)
+        if CPW == 8:
+            x0, x1, x2, x3, x4, x5, x6, x7 = word_slots(xv, GPC, WPG)
             xsum = ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7))
         else:  # slot 2b + c
             c0, c1 = tl.split(tl.reshape(xv, [GPC, WPG, 2, 2]))
