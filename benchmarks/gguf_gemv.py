@@ -10,7 +10,7 @@ The weights are random bytes repacked on the GPU (the timing does not depend on 
 are triton.testing.do_bench's medians (L2 flushed before each call). Results go to --out as JSON,
 written after each type, and a table to stdout.
 
-    python benchmarks/gguf_gemv.py --out gguf-gemv.json [--types Q4_K Q6_K ...] [--sweep Q4_K Q6_K]
+    python benchmarks/gguf_gemv.py --out gguf-gemv.json [--types Q4_K Q6_K ...] [--sweep Q4_K Q6_K] [--shapes qkv down]
 """
 from __future__ import annotations
 
@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--types", nargs="+", default=TYPES)
     ap.add_argument("--sweep", nargs="*", default=["Q4_K", "Q6_K"], help="types timed in every GEMV configuration")
     ap.add_argument("--batch", nargs="*", default=["Q4_K"], help="types timed at 2, 16 and 2048 rows")
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES), help="GEMV shapes timed")
     args = ap.parse_args()
     result = {**provenance("python3 benchmarks/gguf_gemv.py " + " ".join(sys.argv[1:])),
               "device": torch.cuda.get_device_name(), "copy_gbps": copy_gbps(1 << 30), "types": []}
@@ -105,7 +106,8 @@ def main() -> None:
         configs = GEMV_CONFIGS if name in args.sweep else (GEMV_DEFAULT,)
         r = {"type": name, "gemv": [], "batch": []}
         result["types"].append(r)
-        for label, (n, k) in SHAPES.items():
+        for label in args.shapes:
+            n, k = SHAPES[label]
             row = gemv_row(name, label, n, k, configs)
             r["gemv"].append(row)
             Path(args.out).write_text(json.dumps(result, indent=1))
