@@ -11,7 +11,7 @@ serving  `jackfield serve` and llama.cpp's own `llama-server -np 32` (parallel s
          sources that llama-cpp-python's source package vendors, into <jackfield cache>/llama-server
          (built once; `pip download` of the sdist needs the package index).
 
-Needs llama-cpp-python (pip install llama-cpp-python). Writes one JSON report per part to --out.
+Needs llama-cpp-python (pip install 'jackfield[gguf]'). Writes one JSON report per part to --out.
 Usage: python benchmarks/cpu_vs_llamacpp.py [decode] [serving] [--threads 2] [--out benchmarks/results]
 """
 from __future__ import annotations

@@ -38,7 +38,8 @@ def ggml_lib_dir() -> Path | None:
 def ggml_unavailable() -> str | None:
     """Why the ggml operator cannot be built here, or None."""
     if ggml_lib_dir() is None:
-        return "llama-cpp-python (which ships llama.cpp's libggml-cpu) is not installed: pip install llama-cpp-python"
+        return ("llama-cpp-python (which ships llama.cpp's libggml-cpu) is not installed: "
+                "pip install 'jackfield[gguf]'  (builds llama-cpp-python from source)")
     if shutil.which("c++") is None and shutil.which("g++") is None:
         return "no C++ compiler (c++ or g++) on PATH to build the ggml operator"
     return None

@@ -24,6 +24,12 @@ class GGUFWeight:
     def shape(self) -> tuple[int, int]:
         return (self.blocks.shape[0], self.in_features)
 
+    def __getitem__(self, rows: slice) -> "GGUFWeight":
+        """These output features' rows (a vocab-parallel shard's `full[start:stop]`)."""
+        if not isinstance(rows, slice):
+            raise TypeError(f"a GGUFWeight is sliced by rows (a slice), not by {type(rows).__name__}")
+        return replace(self, blocks=self.blocks[rows])
+
     def to(self, device) -> "GGUFWeight":
         """The same weight with its blocks on `device`."""
         return replace(self, blocks=self.blocks.to(device))

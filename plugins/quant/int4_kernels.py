@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from jackfield.sdk import pdl_kwargs
-from jackfield_plugins.quant.gemm_tiles import grid_size, output_tile, store_tile
+from jackfield_plugins.quant.gemm_tiles import grid_size, output_tile, store_tile, word_slots
 from jackfield_plugins.quant.int4_linear import tile_fits
 
 
@@ -122,14 +122,7 @@ def _int4_gemv_grouped_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, st
     acc = tl.zeros([BLOCK_N, GPC, WPG], tl.float32)
     for k0 in range(0, K, BLOCK_K):  # K % BLOCK_K == 0 (checked by the caller)
         if X_SPLIT:  # x's eight values of each word loaded as one vector, split in registers (slot 4a + 2b + c)
-            x = tl.reshape(tl.load(x_ptrs + k0).to(tl.float32), [GPC, WPG, 2, 2, 2])
-            c0, c1 = tl.split(x)
-            b0c0, b1c0 = tl.split(c0)
-            b0c1, b1c1 = tl.split(c1)
-            x0, x4 = tl.split(b0c0)
-            x2, x6 = tl.split(b1c0)
-            x1, x5 = tl.split(b0c1)
-            x3, x7 = tl.split(b1c1)
+            x0, x1, x2, x3, x4, x5, x6, x7 = word_slots(tl.load(x_ptrs + k0).to(tl.float32), GPC, WPG)
         else:  # one strided load per code position (from L1)
             x0 = tl.load(x_ptr + k0 + word * 8).to(tl.float32)
             x1 = tl.load(x_ptr + k0 + word * 8 + 1).to(tl.float32)

@@ -23,3 +23,15 @@ def run_interpreted(script: str, timeout: int = 900) -> dict:
     if proc.returncode or not lines:
         pytest.fail(f"interpreter child failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULTS "):])
+
+
+def report_cases(cases: dict) -> None:
+    """The child's side: run each case (name -> a function returning its result), a failure reported
+    per case, and print the `RESULTS <json>` line run_interpreted reads."""
+    results = {}
+    for name, fn in cases.items():
+        try:
+            results[name] = fn()
+        except Exception as exc:  # reported per case by the parent
+            results[name] = {"failure": f"{type(exc).__name__}: {exc}"}
+    print("RESULTS " + json.dumps(results))

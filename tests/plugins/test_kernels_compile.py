@@ -71,6 +71,7 @@ def _cases(everything: bool = False) -> dict:
                     {"ADD_RES": variant == "norm", "NORM": variant == "norm", "SILU_MUL": variant == "silu",
                      "HAS_BIAS": True, "SCALE": scale, "SCALE_N": 128 if scale == 2 else 1,
                      "SCALE_K": 128 if scale == 2 else 1, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "PDL": True})
+        cases.update(_gguf_cases(xd, everything))
         fp8_kv = {"k_cache_ptr": "*fp8e4nv", "v_cache_ptr": "*fp8e4nv", "k_inv_scale": "fp32", "v_inv_scale": "fp32"}
         cases[f"store_kv_{xd}_fp8"] = (kv_store._store_kv_kernel, {"k_ptr": p(xd), "v_ptr": p(xd), "loc_ptr": "*i64",
                                                                    **fp8_kv}, {"FP8": True, "BLOCK": 1024, "PDL": True})
@@ -102,6 +103,42 @@ def _cases(everything: bool = False) -> dict:
     return cases
 
 
+def _gguf_cases(xd: str, everything: bool) -> dict:
+    """The gguf method's GEMV, GEMM and dequantize kernels per GGUF type, with the plane dtypes the
+    host passes (gguf_kernels._planes / _word_views: a missing plane is the float16 `d`)."""
+    from gguf import GGMLQuantizationType as T
+
+    from jackfield_plugins.quant import gguf_kernels as gk
+    from jackfield_plugins.quant.gguf_layout import FORMATS
+
+    cases = {}
+    for t, f in FORMATS.items():
+        name = T(t).name
+        consts = dict(BITS=f.bits, G=f.group, S=f.block, OFFSET=f.offset, HAS_SC=f.has_sc, MIN_MODE=f.min_mode)
+        sc = {4: "*u8", 5: "*u8", 6: "*i8"}.get(f.bits, "*fp16") if f.has_sc else "*fp16"
+        planes = {"sc_ptr": sc, "mn_ptr": "*u8" if f.min_mode == 2 else "*fp16", "d_ptr": "*fp16", "dm_ptr": "*fp16"}
+        gemv_high = {5: "*i8", 6: "*i16"}.get(f.bits, "*fp16")
+        gemv = {"x_ptr": "*" + xd, "low_ptr": "*i32", "high_ptr": gemv_high, "b_ptr": "*" + xd, "y_ptr": "*" + xd,
+                **planes}
+        for bn, bk, ahead in ((16, 512, False), (16, 512, True), (16, 64, True)) if not everything else (
+                (c.block_n, c.block_k, c.ahead) for c in gk.GEMV_CONFIGS):
+            cases[f"gguf_gemv_{xd}_{name}_{bn}x{bk}" + "_ahead" * ahead] = (
+                gk._gemv_kernel, gemv, {**consts, "HAS_BIAS": True, "BLOCK_N": bn, "BLOCK_K": bk, "AHEAD": ahead,
+                                        "PDL": True})
+        tiles = {"low_ptr": "*i8" if f.bits == 8 else "*i32", "high_ptr": "*i32" if f.bits in (5, 6) else "*fp16",
+                 **planes}
+        for m in (16, 256):
+            bm, bn, bk, _, _ = gk.mm_tiles(m)
+            cases[f"gguf_mm_{xd}_{name}_{m}"] = (gk._mm_kernel, {**tiles, "x_ptr": "*" + xd, "b_ptr": "*" + xd,
+                                                                 "y_ptr": "*" + xd},
+                                                 {**consts, "HAS_BIAS": True, "BLOCK_M": bm, "BLOCK_N": bn,
+                                                  "BLOCK_K": bk, "GROUP_M": 8})
+        cases[f"gguf_dequant_{xd}_{name}"] = (gk._dequant_kernel, {**tiles, "w_ptr": "*" + xd},
+                                              {**consts, "BLOCK_N": 16, "BLOCK_K": max(64, f.group)})
+    return cases
+
+
+
 CASE_NAMES = ["act_quant_bf16", "w8a8_bf16_None_256", "w8a8_bf16_(128, 128)_1", "w8a16_bf16_i8_64",
               "w8a16_bf16_fp8e4nv_1", "int4_gemv_bf16_8x64", "int4_gemv_bf16_8x512",
               "int4_gemv_grouped1_bf16_8x256", "int4_gemv_grouped1_bf16_8x512",
@@ -111,6 +148,10 @@ CASE_NAMES = ["act_quant_bf16", "w8a8_bf16_None_256", "w8a8_bf16_(128, 128)_1", 
               "gemv_bf16_fp8e4nv_scale2_plain_8x128", "store_kv_bf16_fp8", "rope_store_bf16_fp8",
               "norm_router_bf16_fp32_8192", "norm_router_bf16_bf16_2048",
               "decode_bf16_fp8kv_d128", "extend_bf16_fp8kv_d128"]
+GGUF_TYPES = ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
+CASE_NAMES += [f"gguf_gemv_bf16_{t}_{c}" for t in GGUF_TYPES for c in ("16x512", "16x512_ahead", "16x64_ahead")]
+CASE_NAMES += [f"gguf_mm_bf16_{t}_{m}" for t in GGUF_TYPES for m in (16, 256)]
+CASE_NAMES += [f"gguf_dequant_bf16_{t}" for t in GGUF_TYPES]
 
 
 @pytest.fixture(scope="module")

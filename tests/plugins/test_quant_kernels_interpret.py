@@ -9,8 +9,6 @@ a float32 output (x / scale before the final cast) and FP8 operands are made by 
 """
 from __future__ import annotations
 
-import json
-
 import pytest
 
 TOLERANCE = 1e-5  # float32 everywhere: only summation order differs
@@ -123,13 +121,9 @@ CASE_NAMES = ["act_quant_per_token", "act_quant_group64", "w8a8_per_channel_m5",
 
 
 def _child_main() -> None:
-    results = {}
-    for name, fn in cases().items():
-        try:
-            results[name] = {"error": fn()}
-        except Exception as exc:  # reported per case by the parent
-            results[name] = {"failure": f"{type(exc).__name__}: {exc}"}
-    print("RESULTS " + json.dumps(results))
+    from interpreter import report_cases
+
+    report_cases({name: (lambda fn=fn: {"error": fn()}) for name, fn in cases().items()})
 
 
 @pytest.fixture(scope="module")
