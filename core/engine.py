@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any, AsyncIterator
 
 from jackfield.config import settings_for
@@ -20,6 +20,8 @@ from jackfield.tokenizer.request_text import RequestText
 
 log = logging.getLogger(__name__)
 _ids = itertools.count()
+# Sampling parameter names (and the OpenAI spellings of the length limit) that chat() refuses as template kwargs.
+_SAMPLING_NAMES = {f.name for f in fields(SamplingParams)} | {"max_tokens", "max_completion_tokens"}
 
 
 class Engine:
@@ -117,7 +119,13 @@ class Engine:
 
     def chat(self, messages: list[dict], sampling_params: dict | None = None, lora_path: str | None = None,
              **template_kwargs):
-        """Apply the model's chat template to `messages` and generate the assistant reply."""
+        """Apply the model's chat template to `messages` and generate the assistant reply. Keyword
+        arguments go to the chat template (e.g. `enable_thinking`); sampling parameters among them
+        are refused, since the template would ignore them."""
+        misplaced = sorted(set(template_kwargs) & _SAMPLING_NAMES)
+        if misplaced:
+            raise TypeError(f"chat() got sampling parameters {misplaced} as keyword arguments, which would go to the "
+                            f"chat template; pass them in sampling_params (e.g. {{'max_new_tokens': 16}})")
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer, so it has no chat template")
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, **template_kwargs)

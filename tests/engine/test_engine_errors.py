@@ -186,6 +186,12 @@ def test_text_prompt_without_a_tokenizer(engine):
         engine.chat([{"role": "user", "content": "hi"}])
 
 
+@pytest.mark.parametrize("kwargs", [{"max_tokens": 1}, {"temperature": 0, "enable_thinking": False}])
+def test_chat_refuses_sampling_parameters_as_template_keywords(engine, kwargs):
+    with pytest.raises(TypeError, match=r"chat\(\) got sampling parameters \['(max_tokens|temperature)'\]"):
+        engine.chat([{"role": "user", "content": "hi"}], **kwargs)
+
+
 def test_prompt_of_the_wrong_type(engine):
     with pytest.raises(ValueError, match="a prompt must be a string or a list of token ids"):
         engine.generate([[1, 2.5, 3]], {"max_new_tokens": 2})
