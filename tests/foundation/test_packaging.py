@@ -10,8 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _source_packages() -> set[str]:
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+def _source_packages(config: dict) -> set[str]:
     found = set()
     for name, directory in config["package-dir"].items():
         for init in (ROOT / directory).rglob("__init__.py"):
@@ -24,6 +23,6 @@ def _source_packages() -> set[str]:
 
 def test_every_source_package_is_listed_in_pyproject():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    listed = set(config["packages"])
-    assert _source_packages() - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
-    assert listed - _source_packages() == set(), "listed packages without a directory"
+    listed, found = set(config["packages"]), _source_packages(config)
+    assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
+    assert listed - found == set(), "listed packages without a directory"
