@@ -75,6 +75,16 @@ def _off(field: str, why: str, off=lambda value: not value):
     return BeforeValidator(check)
 
 
+def _false_only(field: str, why: str):
+    """`_off` for a boolean switch: only `false` or `null`. pydantic's Literal[False] alone takes 0 and
+    0.0 (they compare equal to False), which the schema's `const: false` refuses."""
+    def check(value):
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"{field} must be a boolean or null")
+        return value
+    return BeforeValidator(check), _off(field, why)
+
+
 OLLAMA_OFF = ("on the Ollama API; tool calling and reasoning separation are on /v1/chat/completions and "
               "/v1/messages")
 
@@ -355,7 +365,7 @@ class OllamaGenerateRequest(Body):
     format: OllamaFormat = None
     options: OllamaOptions = Field(default_factory=OllamaOptions)
     timeout: float | None = Field(None, gt=0, description=TIMEOUT_DOC)
-    think: Annotated[Literal[False] | None, _off("think", OLLAMA_OFF)] = Field(
+    think: Annotated[Literal[False] | None, *_false_only("think", OLLAMA_OFF)] = Field(
         None, description="not supported: only false or null")
 
 
@@ -366,7 +376,7 @@ class OllamaChatRequest(Body):
     format: OllamaFormat = None
     options: OllamaOptions = Field(default_factory=OllamaOptions)
     timeout: float | None = Field(None, gt=0, description=TIMEOUT_DOC)
-    think: Annotated[Literal[False] | None, _off("think", OLLAMA_OFF)] = Field(
+    think: Annotated[Literal[False] | None, *_false_only("think", OLLAMA_OFF)] = Field(
         None, description="not supported: only false or null")
     tools: Annotated[Annotated[list[dict[str, Any]], Field(max_length=0)] | None, _off("tools", OLLAMA_OFF)] = Field(
         None, description="not supported: only empty or null")

@@ -270,6 +270,7 @@ def test_a_constrained_call_refuses_another_constraint(other):
     ("/api/chat", {"model": "scripted", "messages": ASK, "tools": [WEATHER]}, "tools"),
     ("/api/chat", {"model": "scripted", "messages": ASK, "think": True}, "think"),
     ("/api/generate", {"model": "scripted", "prompt": "Hi", "think": True}, "think"),
+    ("/api/generate", {"model": "scripted", "prompt": "", "think": 0}, "think"),  # 0 is no boolean (found by the fuzzer)
     ("/v1/messages", {"model": "scripted", "max_tokens": 5, "messages": ASK,
                       "thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking"),
 ])

@@ -18,15 +18,19 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# sys.setrecursionlimit: Python 3.11 before 3.11.8 raises "SystemError: AST constructor recursion
-# depth mismatch" when hypothesis describes a strategy near the default limit
-ST = "import sys; sys.setrecursionlimit(20000); from schemathesis.cli import schemathesis; sys.exit(schemathesis())"
+ST = "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())"
 RUNS = ("examples,coverage", "fuzzing")
 
 
-def fuzz(url: str, report: str, max_examples: int = 3, max_time: int = 50, seed: int = 0, workers: int = 2,
+def fuzz(url: str, report: str, max_examples: int = 3, max_time: int = 50, seed: int = 0, workers: int = 1,
          request_timeout: float = 15.0) -> dict:
-    """Run schemathesis; returns the summary (see `merge`) plus its exit code and output tail."""
+    """Run schemathesis; returns the summary (see `merge`) plus its exit code and output tail.
+
+    One worker by default: with several, schemathesis's threads run `ast.parse` at once (hypothesis
+    describes filter lambdas from their source), and CPython 3.11 keeps the AST builder's recursion
+    depth per interpreter, not per thread, so a run fails now and then with "SystemError: AST
+    constructor recursion depth mismatch" (two threads parsing at once reproduce it on 3.11.7):
+    a fault of the tool, not of the API."""
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "hooks", "PYTHONPATH": os.pathsep.join(
         [str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])}
     parts, code, tail = [], 0, ""
@@ -84,7 +88,7 @@ def main() -> int:
     p.add_argument("--max-examples", type=int, default=100)
     p.add_argument("--max-time", type=int, default=1800, help="seconds of the fuzzing phase")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1, help="more than 1 races in CPython 3.11's ast.parse (see fuzz)")
     p.add_argument("--report", default="schemathesis-report.json")
     p.add_argument("--output", default=None, help="write the summary JSON here")
     args = p.parse_args()
