@@ -1,10 +1,11 @@
 """jackfield against llama.cpp on the CPU, side by side in one run, on the same GGUF (default: the
 embedded SmolLM2 Q4_1).
 
-decode   batch-1 decode in this process: jackfield's `Engine` in its default configuration and
-         llama.cpp through llama-cpp-python, the same prompt tokens, N new tokens with EOS ignored,
-         prefill included (no prefix cache: jackfield's is flushed, llama.cpp's context reset),
-         the two alternating for --rounds rounds; median tok/s of each and the ratio.
+decode   batch-1 decode: jackfield's `Engine` in its default configuration in this process and
+         llama.cpp through llama-cpp-python in a child process, the same prompt tokens, N new
+         tokens with EOS ignored, prefill included (no prefix cache: jackfield's is flushed,
+         llama.cpp's context reset), the two alternating for --rounds rounds; median tok/s of
+         each and the ratio.
 serving  `jackfield serve` and llama.cpp's own `llama-server -np 32` (parallel slots, continuous
          batching), one at a time, each measured by `jackfield bench serving` (random 128 in / 32
          out) at concurrency 1, 8 and 32. llama-server is built with cmake from the llama.cpp
@@ -31,32 +32,56 @@ PROMPT = "Once upon a time, in a small village nestled between two mountains, th
 CONCURRENCY = (1, 8, 32)
 
 
-def decode(args) -> dict:
+def llama_cpp_peer(conn, model: str, threads: int) -> None:
+    """The llama.cpp side, in its own process: one round (tok/s of `new_tokens` greedy tokens after
+    the prompt `ids`, EOS ignored, context reset first) per (ids, new_tokens) received; None ends it."""
     from llama_cpp import Llama
+
+    llm = Llama(model_path=model, n_threads=threads, n_threads_batch=threads, n_ctx=1024, verbose=False)
+    while (job := conn.recv()) is not None:
+        ids, new_tokens = job
+        llm.reset()
+        t = time.perf_counter()
+        n = sum(1 for _ in zip(range(new_tokens), llm.generate(ids, temp=0.0)))  # EOS does not stop it
+        conn.send(n / (time.perf_counter() - t))
+
+
+def decode(args) -> dict:
+    """Rounds alternate between the two. llama.cpp runs in a child process: in this one its OpenMP
+    worker team and jackfield's (on the scheduler thread) would share the cores, and libgomp stops
+    spin-waiting when it counts more workers than cores, which slows both."""
+    import multiprocessing as mp
 
     from jackfield import Engine
 
-    llm = Llama(model_path=args.model, n_threads=args.threads, n_threads_batch=args.threads, n_ctx=1024, verbose=False)
+    ctx = mp.get_context("spawn")
+    conn, child = ctx.Pipe()
+    peer = ctx.Process(target=llama_cpp_peer, args=(child, args.model, args.threads), daemon=True)
+    peer.start()
     results = {"jackfield": [], "llama.cpp": []}
-    with Engine(model=args.model) as engine:
-        quant = engine.loop.scheduler.runner.setup.choices["quantization"].name
-        ids = engine.tokenizer.encode(PROMPT)
-        params = {"temperature": 0, "max_new_tokens": args.new_tokens, "ignore_eos": True}
-        engine.generate(ids, params)  # warm-up: builds the ggml operator, first-call allocations
-        list(zip(range(8), llm.generate(ids, temp=0.0)))
-        for _ in range(args.rounds):
-            engine.flush_cache()
-            t = time.perf_counter()
-            out = engine.generate(ids, params)
-            results["jackfield"].append(len(out["token_ids"]) / (time.perf_counter() - t))
-            llm.reset()
-            t = time.perf_counter()
-            n = sum(1 for _ in zip(range(args.new_tokens), llm.generate(ids, temp=0.0)))  # EOS does not stop it
-            results["llama.cpp"].append(n / (time.perf_counter() - t))
+    try:
+        with Engine(model=args.model) as engine:
+            quant = engine.loop.scheduler.runner.setup.choices["quantization"].name
+            compiled = engine.loop.scheduler.runner.compiled_decode is not None
+            ids = engine.tokenizer.encode(PROMPT)
+            params = {"temperature": 0, "max_new_tokens": args.new_tokens, "ignore_eos": True}
+            engine.generate(ids, params)  # warm-up: builds the ggml operator, compiles the decode step
+            conn.send((ids, 8))
+            conn.recv()
+            for _ in range(args.rounds):
+                engine.flush_cache()
+                t = time.perf_counter()
+                out = engine.generate(ids, params)
+                results["jackfield"].append(len(out["token_ids"]) / (time.perf_counter() - t))
+                conn.send((ids, args.new_tokens))
+                results["llama.cpp"].append(conn.recv())
+    finally:
+        conn.send(None)
+        peer.join(30)
     med = {k: statistics.median(v) for k, v in results.items()}
     return {"part": "decode", "prompt_tokens": len(ids), "new_tokens": args.new_tokens, "threads": args.threads,
-            "jackfield_quantization": quant, "tok_per_s": results, "median_tok_per_s": med,
-            "ratio_jackfield_over_llamacpp": med["jackfield"] / med["llama.cpp"]}
+            "jackfield_quantization": quant, "jackfield_decode_compiled": compiled, "tok_per_s": results,
+            "median_tok_per_s": med, "ratio_jackfield_over_llamacpp": med["jackfield"] / med["llama.cpp"]}
 
 
 def llama_server(cache: Path) -> Path:
@@ -145,6 +170,8 @@ def serving(args) -> dict:
 
 
 def main() -> None:
+    from jackfield.bench.common import git_commit
+
     from jackfield.loader.default_model import default_model_path
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -160,7 +187,8 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M", time.gmtime())
     for part in dict.fromkeys(args.parts):
         report = {"decode": decode, "serving": serving}[part](args)
-        report.update(model=args.model, date_utc=stamp, machine=os.uname().nodename, cpus=os.cpu_count())
+        report.update(command="python " + " ".join(sys.argv), model=args.model, date_utc=stamp,
+                      git_commit=git_commit(), machine=os.uname().nodename, cpus=os.cpu_count())
         path = Path(args.out) / f"cpu-vs-llamacpp-{part}-{stamp}.json"
         path.write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps({k: v for k, v in report.items() if k not in ("rows", "tok_per_s")}, indent=2))

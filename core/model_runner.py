@@ -10,6 +10,7 @@ from jackfield.embedding import headless_weights
 from jackfield.hybrid_attention import build_attention_backend
 from jackfield.loader.weights import init_dummy_weights, iter_safetensors
 from jackfield.loader.compact import compact_cuda_weights
+from jackfield.decode_compile import CompiledDecode, compile_reason
 from jackfield.lora.setup import build_lora_manager, load_startup_adapters
 from jackfield.mem.allocator import TokenAllocator
 from jackfield.mem.req_to_token import ReqToTokenPool
@@ -110,6 +111,7 @@ class ModelRunner:
         self.capture_hidden = False  # speculative decoders that read hidden states (EAGLE) turn it on
         self.verify_graphs = None    # jackfield.spec.verify_graph.VerifyGraphRunner, with a speculative decoder
         self.graph_runner = None
+        self.compiled_decode = None  # without CUDA graphs: the model's forward compiled for batch-1 decode
         graphs_ok = self.lora is None or self.lora.backend.supports_cuda_graph
         if self.lora is not None and not graphs_ok:
             log.info("decode CUDA graphs are off: LoRA backend '%s' does not support them", self.lora.backend.name)
@@ -124,8 +126,12 @@ class ModelRunner:
             from jackfield.cuda_graph import CudaGraphRunner
 
             self.graph_runner = CudaGraphRunner(self, s.cuda_graph_max_bs, compile_model=s.enable_torch_compile)
-        elif s.enable_torch_compile:
-            self.model.forward = torch.compile(self.model.forward, dynamic=True)
+        else:
+            quantized = setup.choices["quantization"].name != "unquantized"
+            reason = compile_reason(s, self.device, quantized, cfg.num_experts, self.lora is not None, self.tp.size)
+            if reason is None:
+                self.compiled_decode = CompiledDecode(self.model)
+            log.info("decode step compiled: %s", "yes" if reason is None else f"no, {reason}")
 
     def _load_model(self, progress: bool) -> torch.nn.Module:
         st, cfg = self.setup, self.config
@@ -222,7 +228,10 @@ class ModelRunner:
         self.attn_backend.init_forward_metadata(fb)
         if self.lora is not None:
             self.lora.prepare(fb)
-        hidden = self.model(fb.input_ids, fb.positions, fb)
+        if self.compiled_decode is not None and fb.mode.is_decode() and fb.batch_size == 1:
+            hidden = self.compiled_decode(fb.input_ids, fb.positions, fb)
+        else:
+            hidden = self.model(fb.input_ids, fb.positions, fb)
         if self.capture_hidden:
             fb.extras["spec_hidden"] = fb.extras.pop("aux_hidden", hidden)
         return hidden

@@ -1,7 +1,15 @@
-"""Shared test setup: tests marked `gpu` are skipped where no CUDA device is visible."""
+"""Shared test setup: tests marked `gpu` are skipped where no CUDA device is visible; engines decode
+eagerly unless a test asks for the compiled step."""
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Unset, enable_torch_compile compiles the batch-1 decode step of a quantized model on the CPU, which
+# costs each engine ~25 s; tests/engine/test_decode_compile.py tests that path (servers the tests
+# start inherit this too).
+os.environ.setdefault("JACKFIELD_ENABLE_TORCH_COMPILE", "false")
 
 
 @pytest.fixture(scope="module")

@@ -95,6 +95,10 @@ int64_t init() {
 
 TORCH_LIBRARY(jackfield_ggml, lib) {
   lib.def("init() -> int", &init);
-  lib.def("mm(Tensor x, Tensor w, int type) -> Tensor", &mm);
+  lib.def("mm(Tensor x, Tensor w, int type) -> Tensor");  // a CPU kernel, so torch.compile can add a fake one
   lib.def("quantize(Tensor w, int type) -> Tensor", &quantize);
+}
+
+TORCH_LIBRARY_IMPL(jackfield_ggml, CPU, lib) {
+  lib.impl("mm", &mm);
 }

@@ -1,8 +1,9 @@
 """The `gguf` quantization method (CPU): a GGUF file's linear weights stay in their ggml blocks.
 
 The loader hands each projection's weight over as a `GGUFWeight` (the file's blocks, unchanged) and
-`apply` multiplies with llama.cpp's own CPU kernels (`jackfield.sdk.ggml_mm`: ggml's per-type dot
-products, activations quantized to int8 blocks, AVX2 / AVX-512 VNNI). Every type ggml has a CPU dot
+`apply` multiplies with llama.cpp's own CPU kernels (`jackfield.sdk.ggml_build().mm`, an operator
+torch.compile traces: ggml's per-type dot products, activations quantized to int8 blocks, AVX2 /
+AVX-512 VNNI). Every type ggml has a CPU dot
 product for works (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ types, F16, BF16, F32), so a
 mixed file (Q4_K_M keeps some tensors in Q6_K) loads as it is.
 
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from jackfield.sdk import (GGUF_FORMAT, Availability, Capabilities, Gemv, GGUFWeight, LinearMethod,
-                           QuantizationMethod, ggml_build, ggml_mm, ggml_unavailable, hookimpl)
+                           QuantizationMethod, ggml_build, ggml_unavailable, hookimpl)
 from jackfield.sdk.component import cuda_available
 from jackfield_plugins.quant.common import triton_missing_on_cuda
 
@@ -54,7 +55,7 @@ class GGUFLinearMethod(LinearMethod):
     def create_weights(self, layer, in_features, out_features, bias, dtype, device):
         self.device, self.dtype = torch.device(device), dtype
         if self.device.type == "cpu":
-            ggml_build()  # compile (first run only) while the model loads, not in the first request
+            self.mm = ggml_build().mm  # compile (first run only) while the model loads, not in the first request
         elif self.device.type != "cuda":
             raise ValueError(f"the gguf method runs on the CPU or CUDA, not on {device}")
         self.in_features = in_features
@@ -106,11 +107,11 @@ class GGUFLinearMethod(LinearMethod):
             return self.apply_cuda(layer, x)
         x2 = x.reshape(-1, x.shape[-1]).float()
         if len(self.segments) == 1:
-            y = ggml_mm(x2, self.segments[0][3], self.segments[0][2])
+            y = self.mm(x2, self.segments[0][3], self.segments[0][2])
         else:
             y = x2.new_empty(x2.shape[0], sum(size for _, size, _, _ in self.segments))
             for offset, size, ggml_type, blocks in self.segments:
-                y[:, offset:offset + size] = ggml_mm(x2, blocks, ggml_type)
+                y[:, offset:offset + size] = self.mm(x2, blocks, ggml_type)
         if layer.bias is not None:
             y += layer.bias
         return y.to(x.dtype).reshape(*x.shape[:-1], y.shape[-1])

@@ -35,7 +35,9 @@ def smollm2_hf():
 def engine():
     from jackfield.engine import Engine
 
-    with Engine(chunked_prefill_size=CHUNK, disable_overlap_schedule=False, kv_cache_bytes=64 << 20) as eng:
+    # float32 weights, as transformers runs them (with llama-cpp-python installed, auto picks gguf)
+    with Engine(chunked_prefill_size=CHUNK, disable_overlap_schedule=False, kv_cache_bytes=64 << 20,
+                quantization="unquantized") as eng:
         yield eng
 
 
