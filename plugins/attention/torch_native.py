@@ -54,6 +54,7 @@ class TorchNativeBackend(AttentionBackend):
     capabilities = Capabilities(devices=("cpu", "cuda"), features=frozenset({"paged", "sliding_window", "logit_cap", "mixed",
                                                                              "fp8_kv_cache", "spec_verify"}))
     description = "Reference attention in plain PyTorch (CPU and CUDA)"
+    decode_slots: torch.Tensor | None = None  # set per forward by init_forward_metadata
 
     def forward_extend(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
         return self._per_request(q, layer, fb, verify=False)

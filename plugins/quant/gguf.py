@@ -3,9 +3,9 @@
 The loader hands each projection's weight over as a `GGUFWeight` (the file's blocks, unchanged) and
 `apply` multiplies with llama.cpp's own CPU kernels (`jackfield.sdk.ggml_build().mm`, an operator
 torch.compile traces: ggml's per-type dot products, activations quantized to int8 blocks, AVX2 /
-AVX-512 VNNI). Every type ggml has a CPU dot
-product for works (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ types, F16, BF16, F32), so a
-mixed file (Q4_K_M keeps some tensors in Q6_K) loads as it is.
+AVX-512 VNNI). Every type ggml has a CPU dot product for works (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+Q2_K..Q6_K, IQ types, F16, BF16, F32), so a mixed file (Q4_K_M keeps some tensors in Q6_K) loads
+as it is.
 
 A fused layer (qkv, gate_up) whose shards share a type is one block matrix and one matmul; shards
 of different types stay separate segments, each multiplied on its own into its slice of the output.
