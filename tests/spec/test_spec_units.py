@@ -246,3 +246,26 @@ def test_grammar_masks_follow_each_draft_path_and_restore_the_matcher():
     assert [allows(mask, 2 + j, t) for j, t in [(0, 4), (1, 5), (3, 6)]] == [True, True, True]
     assert not allows(mask, 2 + 0, 7) and not allows(mask, 2 + 1, 6)
     assert int(mask[2 + 2]) == -1 and int(mask[2 + 4]) == -1  # a refused child's subtree: all allowed
+
+
+def test_ngram_trie_takes_released_requests_at_the_next_proposal():
+    """A released request's tokens enter the trie at the next propose (not on release, which may be a
+    plain step), and the next request drafts from them; only the latest PENDING releases wait."""
+    from types import SimpleNamespace
+
+    from jackfield.sdk import SpecInput, SpecRuntime
+    from jackfield_plugins.spec import ngram
+
+    settings = SimpleNamespace(speculative_ngram_min_match=1, speculative_ngram_max_match=3,
+                               speculative_ngram_max_trie_depth=6, speculative_ngram_capacity=10_000)
+    dec = ngram.NgramDecoder(SpecRuntime(settings, None, torch.device("cpu"), torch.float32, num_draft_tokens=4))
+    dec.propose(SpecInput(("a",), ([5, 6, 7, 8, 9],), (3,)))
+    dec.release("a")
+    assert dec.trie.size == 0 and len(dec.pending) == 1  # released, not inserted yet
+    proposal = dec.propose(SpecInput(("b",), ([1, 6, 7],), (3,)))
+    assert dec.trie.size > 0 and not dec.pending
+    assert proposal.tokens[0, :proposal.counts[0]].tolist() == [8, 9]  # a's continuation of [6, 7]
+    for i in range(ngram.PENDING + 5):
+        dec.history[f"r{i}"] = HistoryIndex(1, 3)
+        dec.release(f"r{i}")
+    assert len(dec.pending) == ngram.PENDING
