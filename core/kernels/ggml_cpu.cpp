@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 extern "C" {
 typedef void (*ggml_from_float_t)(const float* x, void* y, int64_t k);
@@ -86,6 +87,16 @@ torch::Tensor quantize(const torch::Tensor& w, int64_t type) {
   return out;
 }
 
+// How many threads at::parallel_for ran n one-iteration tasks on: torch's intra-op thread count
+// where this file was built with OpenMP, 1 where it was not.
+int64_t parallel_threads(int64_t n) {
+  std::vector<int> used(at::get_num_threads(), 0);
+  at::parallel_for(0, n, 1, [&](int64_t lo, int64_t hi) { used[at::get_thread_num()] = 1; });
+  int64_t count = 0;
+  for (int u : used) count += u;
+  return count;
+}
+
 int64_t init() {
   ggml_cpu_init();
   return 0;
@@ -95,6 +106,7 @@ int64_t init() {
 
 TORCH_LIBRARY(jackfield_ggml, lib) {
   lib.def("init() -> int", &init);
+  lib.def("parallel_threads(int n) -> int", &parallel_threads);
   lib.def("mm(Tensor x, Tensor w, int type) -> Tensor");  // a CPU kernel, so torch.compile can add a fake one
   lib.def("quantize(Tensor w, int type) -> Tensor", &quantize);
 }

@@ -3,7 +3,9 @@
 The kernels are llama.cpp's own (`libggml-cpu`, shipped by the `llama-cpp-python` package, built
 for the machine's vector units): per weight type a dot product of quantized weight rows with
 activations quantized to int8 blocks. `ggml_cpu.cpp` only quantizes the activations and splits the
-rows over PyTorch's threads. It is compiled on first use with `torch.utils.cpp_extension` into
+rows over PyTorch's threads (`at::parallel_for`, whose OpenMP loop exists only where the file is
+compiled with `-fopenmp`: without it the operator runs on one thread; linked with `-fopenmp`, it
+uses the `libgomp.so.1` torch has already loaded). It is compiled on first use with `torch.utils.cpp_extension` into
 `<jackfield cache>/ggml_cpu/<key>` (the key hashes the source, torch's version and the libggml
 path), so a C++ compiler is needed once per installation.
 
@@ -60,8 +62,8 @@ def build():
     build_dir = cache_root() / "ggml_cpu" / key
     build_dir.mkdir(parents=True, exist_ok=True)
     cpp_extension.load(name="jackfield_ggml_cpu", sources=[str(SOURCE)], build_directory=str(build_dir),
-                       extra_cflags=["-O2"], is_python_module=False, verbose=False,
-                       extra_ldflags=[f"-L{lib}", *(f"-l{name}" for name in LIBRARIES), f"-Wl,-rpath,{lib}"])
+                       extra_cflags=["-O2", "-fopenmp"], is_python_module=False, verbose=False,
+                       extra_ldflags=["-fopenmp", f"-L{lib}", *(f"-l{name}" for name in LIBRARIES), f"-Wl,-rpath,{lib}"])
     ops = torch.ops.jackfield_ggml
     ops.init()
     # shapes without computing, so torch.compile can trace a model that calls the operator

@@ -51,6 +51,19 @@ def test_kernel_matches_dequantized_reference(ggml_type):
         assert rel(y, x @ w_ref.flip(0).T) > 0.5  # the tolerance tells a wrong row order
 
 
+def test_operator_splits_rows_over_torchs_threads():
+    """The operator's at::parallel_for runs on torch's intra-op threads (built without OpenMP it
+    would run every row on one thread)."""
+    from jackfield.kernels.ggml_cpu import build
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert build().parallel_threads(64) == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_kernel_rejects_blocks_of_another_shape():
     weight = blocks_of(torch.randn(16, 256), T.Q4_0)
     with pytest.raises(RuntimeError, match="row of type"):
