@@ -11,11 +11,28 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
+#include "ggml_dequant.h"
+
 extern "C" {
+typedef void (*ggml_to_float_t)(const void* x, float* y, int64_t k);
 typedef void (*ggml_from_float_t)(const float* x, void* y, int64_t k);
+struct ggml_type_traits {
+  const char* type_name;
+  int64_t blck_size;
+  int64_t blck_size_interleave;
+  size_t type_size;
+  bool is_quantized;
+  ggml_to_float_t to_float;
+  ggml_from_float_t from_float_ref;
+};
+const ggml_type_traits* ggml_get_type_traits(int type);
+// BLAS's sgemm (column-major), which torch's CPU library exports (MKL in the x86-64 wheels)
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c, const int* ldc);
 typedef void (*ggml_vec_dot_t)(int n, float* s, size_t bs, const void* x, size_t bx, const void* y, size_t by, int nrc);
 struct ggml_type_traits_cpu {
   ggml_from_float_t from_float;
@@ -35,6 +52,14 @@ bool ggml_quantize_requires_imatrix(int type);
 namespace {
 
 constexpr int64_t kRowsPerTask = 16;
+// From this many rows of x, weight rows are dequantized to float32, kTileRows at a time into a
+// buffer that stays in L2, and multiplied by BLAS's sgemm: with AVX2, float FMAs run about twice
+// the int8 dot products' rate, and the dequantization is paid once for all the rows of x. Q4_0,
+// Q4_1 and Q8_0 dequantize with AVX2 (ggml_dequant.h) from 8 rows; other types with ggml's scalar
+// `to_float` (~0.5 ns a value), which pays off from 32 rows.
+constexpr int64_t kFastDequantFromRows = 8;
+constexpr int64_t kDequantFromRows = 32;
+constexpr int64_t kTileRows = 64;
 
 void check_blocks(const torch::Tensor& w, int64_t type, int64_t k) {
   TORCH_CHECK(w.dtype() == torch::kUInt8 && w.dim() == 2 && w.is_contiguous(), "ggml weights must be contiguous uint8 [N, row_bytes]");
@@ -43,10 +68,40 @@ void check_blocks(const torch::Tensor& w, int64_t type, int64_t k) {
               ggml_row_size(type, k), " bytes, weights have ", w.size(1));
 }
 
+// y = x @ W^T by tiles of W's rows dequantized to float32 and multiplied by torch's CPU sgemm.
+torch::Tensor dequantized_mm(const torch::Tensor& x, const torch::Tensor& w, int64_t type, bool fast) {
+  const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
+  const torch::Tensor xc = x.contiguous();
+  torch::Tensor y = torch::empty({m, n}, torch::kFloat32);
+  const float* xp = xc.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const uint8_t* wp = w.data_ptr<uint8_t>();
+  const size_t w_row = w.size(1);
+  const ggml_to_float_t to_float = ggml_get_type_traits((int)type)->to_float;
+  at::parallel_for(0, n, kTileRows, [&](int64_t lo, int64_t hi) {
+    std::vector<float> tile(kTileRows * k);
+    const int ik = (int)k, im = (int)m, in = (int)n;
+    const float one = 1.0f, zero = 0.0f;
+    for (int64_t r0 = lo; r0 < hi; r0 += kTileRows) {
+      const int rows = (int)std::min(kTileRows, hi - r0);
+      for (int64_t r = 0; r < rows; ++r) {
+        if (fast) jackfield_ggml::dequant_row((int)type, wp + (r0 + r) * w_row, tile.data() + r * k, k);
+        else to_float(wp + (r0 + r) * w_row, tile.data() + r * k, k);
+      }
+      // column-major: y^T[r0:r0+rows, :] (ld n) = tile^T' (rows x k; tile is its k-major storage) x^T (k x m)
+      sgemm_("T", "N", &rows, &im, &ik, &one, tile.data(), &ik, xp, &ik, &zero, yp + r0, &in);
+    }
+  });
+  return y;
+}
+
 torch::Tensor mm(const torch::Tensor& x, const torch::Tensor& w, int64_t type) {
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2, "x must be float32 [M, K]");
   const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
   check_blocks(w, type, k);
+  const bool fast = jackfield_ggml::fast_dequant_type((int)type);
+  if (m >= (fast ? kFastDequantFromRows : kDequantFromRows) && (fast || ggml_get_type_traits((int)type)->to_float))
+    return dequantized_mm(x, w, type, fast);
   const ggml_type_traits_cpu* traits = ggml_get_type_traits_cpu((int)type);
   TORCH_CHECK(traits->vec_dot != nullptr, "ggml has no CPU dot product for type ", type);
   const int vdt = traits->vec_dot_type;

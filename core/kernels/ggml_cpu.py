@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("ggml_cpu.cpp")
+HEADERS = (Path(__file__).with_name("ggml_dequant.h"),)
 LIBRARIES = ("ggml-cpu", "ggml-base")
 
 
@@ -58,11 +59,12 @@ def build():
     from jackfield.loader.gguf import cache_root
 
     lib = ggml_lib_dir()
-    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + str(lib).encode()).hexdigest()[:16]
+    text = SOURCE.read_bytes() + b"".join(h.read_bytes() for h in HEADERS)
+    key = hashlib.sha256(text + torch.__version__.encode() + str(lib).encode()).hexdigest()[:16]
     build_dir = cache_root() / "ggml_cpu" / key
     build_dir.mkdir(parents=True, exist_ok=True)
     cpp_extension.load(name="jackfield_ggml_cpu", sources=[str(SOURCE)], build_directory=str(build_dir),
-                       extra_cflags=["-O2", "-fopenmp"], is_python_module=False, verbose=False,
+                       extra_cflags=["-O2", "-fopenmp"], extra_include_paths=[str(SOURCE.parent)], is_python_module=False, verbose=False,
                        extra_ldflags=["-fopenmp", f"-L{lib}", *(f"-l{name}" for name in LIBRARIES), f"-Wl,-rpath,{lib}"])
     ops = torch.ops.jackfield_ggml
     ops.init()

@@ -51,6 +51,19 @@ def test_kernel_matches_dequantized_reference(ggml_type):
         assert rel(y, x @ w_ref.flip(0).T) > 0.5  # the tolerance tells a wrong row order
 
 
+@pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
+def test_batched_kernel_multiplies_dequantized_tiles_in_float(ggml_type):
+    """From 32 rows of x (8 for Q4_0, Q4_1, Q8_0 with AVX2) the weight is dequantized tile by tile
+    and multiplied in float32 (x is not quantized): the product equals x @ W^T with gguf-py's
+    dequantization to float32 rounding, over an odd number of weight rows (a partial last tile)."""
+    gen = torch.Generator().manual_seed(int(ggml_type) + 100)
+    w = torch.randn(133, 512, generator=gen) / 512 ** 0.5
+    weight = blocks_of(w, ggml_type)
+    w_ref = weight.dequantize()
+    x = torch.randn(40, 512, generator=gen)
+    assert rel(ggml_mm(x, weight.blocks, weight.ggml_type), x @ w_ref.T) < 1e-5
+
+
 def test_operator_splits_rows_over_torchs_threads():
     """The operator's at::parallel_for runs on torch's intra-op threads (built without OpenMP it
     would run every row on one thread)."""
