@@ -69,9 +69,35 @@ void check_blocks(const torch::Tensor& w, int64_t type, int64_t k) {
 }
 
 // y = x @ W^T by tiles of W's rows dequantized to float32 and multiplied by torch's CPU sgemm.
+// x rounded exactly as the per-pair path rounds it: each row quantized to the weight type's
+// vec_dot type (int8 blocks for the quantized types) and read back, so that a token's logits do not
+// depend on how many rows share its matmul (batch-1 decode, a speculative verify and a prefill
+// agree to float rounding).
+torch::Tensor rounded_activations(const torch::Tensor& xc, int64_t type) {
+  const int64_t m = xc.size(0), k = xc.size(1);
+  const int vdt = ggml_get_type_traits_cpu((int)type)->vec_dot_type;
+  const ggml_from_float_t quantize_row = ggml_get_type_traits_cpu(vdt)->from_float;
+  const ggml_to_float_t to_float = ggml_get_type_traits(vdt)->to_float;
+  if (quantize_row == nullptr || vdt == 0) return xc;  // F32 weights: x as it is
+  torch::Tensor xr = torch::empty({m, k}, torch::kFloat32);
+  const float* xp = xc.data_ptr<float>();
+  float* xrp = xr.data_ptr<float>();
+  at::parallel_for(0, m, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<uint8_t> row(ggml_row_size(vdt, k));
+    for (int64_t i = lo; i < hi; ++i) {
+      quantize_row(xp + i * k, row.data(), k);
+      if (!jackfield_ggml::read_activations(vdt, row.data(), xrp + i * k, k)) {
+        TORCH_CHECK(to_float != nullptr, "ggml type ", vdt, " has no to_float");
+        to_float(row.data(), xrp + i * k, k);
+      }
+    }
+  });
+  return xr;
+}
+
 torch::Tensor dequantized_mm(const torch::Tensor& x, const torch::Tensor& w, int64_t type, bool fast) {
   const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
-  const torch::Tensor xc = x.contiguous();
+  const torch::Tensor xc = rounded_activations(x.contiguous(), type);
   torch::Tensor y = torch::empty({m, n}, torch::kFloat32);
   const float* xp = xc.data_ptr<float>();
   float* yp = y.data_ptr<float>();

@@ -11,6 +11,23 @@
 
 namespace jackfield_ggml {
 
+// IEEE half to float without F16C (the activations' reader runs on any x86-64)
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF;
+  uint32_t bits;
+  if (exp == 0x1F) bits = sign | 0x7F800000u | (man << 13);
+  else if (exp != 0) bits = sign | ((exp + 112) << 23) | (man << 13);
+  else if (man == 0) bits = sign;
+  else {  // subnormal: value man * 2^-24
+    float f = (float)man * 5.9604644775390625e-8f;
+    std::memcpy(&bits, &f, 4);
+    bits |= sign;
+  }
+  float out;
+  std::memcpy(&out, &bits, 4);
+  return out;
+}
+
 inline bool fast_dequant_type(int type) {
   static const bool cpu = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                           __builtin_cpu_supports("f16c");
@@ -56,6 +73,31 @@ __attribute__((target("avx2,fma,f16c"))) inline void dequant_row(int type, const
     _mm256_storeu_ps(dst + 16, _mm256_fmadd_ps(floats8(hi), d, off));
     _mm256_storeu_ps(dst + 24, _mm256_fmadd_ps(floats8(_mm_srli_si128(hi, 8)), d, off));
   }
+}
+
+// Activations as the per-pair path sees them: a row quantized to the weight's `vec_dot` type (by
+// ggml's from_float) read back as floats, q * d (Q8_0: half d, 32 int8; Q8_1: half d, half s, 32
+// int8; Q8_K: float d, 256 int8, 16 int16 sums). False for other types (F16, BF16, F32: the caller
+// reads them with ggml's to_float, or uses x as it is).
+inline bool read_activations(int vdt, const uint8_t* src, float* dst, int64_t k) {
+  int64_t qk, bs, qs_at;
+  if (vdt == 8) qk = 32, bs = 34, qs_at = 2;
+  else if (vdt == 9) qk = 32, bs = 36, qs_at = 4;
+  else if (vdt == 15) qk = 256, bs = 292, qs_at = 4;
+  else return false;
+  for (int64_t b = 0; b < k / qk; ++b) {
+    const uint8_t* blk = src + b * bs;
+    float d;
+    if (vdt == 15) std::memcpy(&d, blk, 4);
+    else {
+      uint16_t h;
+      std::memcpy(&h, blk, 2);
+      d = half_to_float(h);
+    }
+    const int8_t* q = reinterpret_cast<const int8_t*>(blk + qs_at);
+    for (int64_t j = 0; j < qk; ++j) dst[b * qk + j] = (float)q[j] * d;
+  }
+  return true;
 }
 
 }  // namespace jackfield_ggml
