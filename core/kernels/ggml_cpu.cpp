@@ -60,6 +60,7 @@ constexpr int64_t kRowsPerTask = 16;
 constexpr int64_t kFastDequantFromRows = 8;
 constexpr int64_t kDequantFromRows = 32;
 constexpr int64_t kTileRows = 64;
+constexpr int kF32 = 0, kQ8_1 = 9;  // ggml type ids
 
 void check_blocks(const torch::Tensor& w, int64_t type, int64_t k) {
   TORCH_CHECK(w.dtype() == torch::kUInt8 && w.dim() == 2 && w.is_contiguous(), "ggml weights must be contiguous uint8 [N, row_bytes]");
@@ -72,14 +73,22 @@ void check_blocks(const torch::Tensor& w, int64_t type, int64_t k) {
 // x rounded exactly as the per-pair path rounds it: each row quantized to the weight type's
 // vec_dot type (int8 blocks for the quantized types) and read back, so that a token's logits do not
 // depend on how many rows share its matmul (batch-1 decode, a speculative verify and a prefill
-// agree to float rounding).
-torch::Tensor rounded_activations(const torch::Tensor& xc, int64_t type) {
+// agree to float rounding). Q4_1 and Q5_1 multiply their block offsets by Q8_1's block sums, which
+// Q8_1 stores as halves: `sums` gets, per row and block, that half minus the exact sum d * sum(q),
+// for the caller to add times the offsets.
+struct Rounded {
+  torch::Tensor x;     // [m, k]
+  torch::Tensor sums;  // [m, k / 32] for Q8_1 activations, else undefined
+};
+
+Rounded rounded_activations(const torch::Tensor& xc, int64_t type) {
   const int64_t m = xc.size(0), k = xc.size(1);
   const int vdt = ggml_get_type_traits_cpu((int)type)->vec_dot_type;
   const ggml_from_float_t quantize_row = ggml_get_type_traits_cpu(vdt)->from_float;
   const ggml_to_float_t to_float = ggml_get_type_traits(vdt)->to_float;
-  if (quantize_row == nullptr || vdt == 0) return xc;  // F32 weights: x as it is
+  if (quantize_row == nullptr || vdt == kF32) return {xc, {}};
   torch::Tensor xr = torch::empty({m, k}, torch::kFloat32);
+  torch::Tensor sums = vdt == kQ8_1 ? torch::empty({m, k / 32}, torch::kFloat32) : torch::Tensor();
   const float* xp = xc.data_ptr<float>();
   float* xrp = xr.data_ptr<float>();
   at::parallel_for(0, m, 1, [&](int64_t lo, int64_t hi) {
@@ -90,32 +99,38 @@ torch::Tensor rounded_activations(const torch::Tensor& xc, int64_t type) {
         TORCH_CHECK(to_float != nullptr, "ggml type ", vdt, " has no to_float");
         to_float(row.data(), xrp + i * k, k);
       }
+      if (vdt == kQ8_1) jackfield_ggml::q8_1_sum_errors(row.data(), k, sums.data_ptr<float>() + i * (k / 32));
     }
   });
-  return xr;
+  return {xr, sums};
 }
 
 torch::Tensor dequantized_mm(const torch::Tensor& x, const torch::Tensor& w, int64_t type, bool fast) {
-  const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
-  const torch::Tensor xc = rounded_activations(x.contiguous(), type);
+  const int64_t m = x.size(0), k = x.size(1), n = w.size(0), nb = k / 32;
+  const Rounded rounded = rounded_activations(x.contiguous(), type);
   torch::Tensor y = torch::empty({m, n}, torch::kFloat32);
-  const float* xp = xc.data_ptr<float>();
+  const float* xp = rounded.x.data_ptr<float>();
+  const float* sp = rounded.sums.defined() ? rounded.sums.data_ptr<float>() : nullptr;
+  const size_t block_bytes = ggml_row_size((int)type, 32);  // Q4_1 / Q5_1: the offset is the half at byte 2
   float* yp = y.data_ptr<float>();
   const uint8_t* wp = w.data_ptr<uint8_t>();
   const size_t w_row = w.size(1);
   const ggml_to_float_t to_float = ggml_get_type_traits((int)type)->to_float;
   at::parallel_for(0, n, kTileRows, [&](int64_t lo, int64_t hi) {
-    std::vector<float> tile(kTileRows * k);
-    const int ik = (int)k, im = (int)m, in = (int)n;
+    std::vector<float> tile(kTileRows * k), offsets(sp ? kTileRows * nb : 0);
+    const int ik = (int)k, im = (int)m, in = (int)n, inb = (int)nb;
     const float one = 1.0f, zero = 0.0f;
     for (int64_t r0 = lo; r0 < hi; r0 += kTileRows) {
       const int rows = (int)std::min(kTileRows, hi - r0);
       for (int64_t r = 0; r < rows; ++r) {
-        if (fast) jackfield_ggml::dequant_row((int)type, wp + (r0 + r) * w_row, tile.data() + r * k, k);
-        else to_float(wp + (r0 + r) * w_row, tile.data() + r * k, k);
+        const uint8_t* src = wp + (r0 + r) * w_row;
+        if (fast) jackfield_ggml::dequant_row((int)type, src, tile.data() + r * k, k);
+        else to_float(src, tile.data() + r * k, k);
+        for (int64_t b = 0; sp && b < nb; ++b) offsets[r * nb + b] = jackfield_ggml::half_to_float(*reinterpret_cast<const uint16_t*>(src + b * block_bytes + 2));
       }
       // column-major: y^T[r0:r0+rows, :] (ld n) = tile^T' (rows x k; tile is its k-major storage) x^T (k x m)
       sgemm_("T", "N", &rows, &im, &ik, &one, tile.data(), &ik, xp, &ik, &zero, yp + r0, &in);
+      if (sp) sgemm_("T", "N", &rows, &im, &inb, &one, offsets.data(), &inb, sp, &inb, &one, yp + r0, &in);
     }
   });
   return y;

@@ -100,4 +100,18 @@ inline bool read_activations(int vdt, const uint8_t* src, float* dst, int64_t k)
   return true;
 }
 
+// Per block of a Q8_1 row (half d, half s, 32 int8): the stored half s minus d * sum(q) in float.
+inline void q8_1_sum_errors(const uint8_t* src, int64_t k, float* dst) {
+  for (int64_t b = 0; b < k / 32; ++b) {
+    const uint8_t* blk = src + b * 36;
+    uint16_t d, s;
+    std::memcpy(&d, blk, 2);
+    std::memcpy(&s, blk + 2, 2);
+    const int8_t* q = reinterpret_cast<const int8_t*>(blk + 4);
+    int sum = 0;
+    for (int j = 0; j < 32; ++j) sum += q[j];
+    dst[b] = half_to_float(s) - half_to_float(d) * (float)sum;
+  }
+}
+
 }  // namespace jackfield_ggml

@@ -63,8 +63,7 @@ def test_batched_kernel_agrees_with_the_one_row_path(ggml_type):
     x = torch.randn(40, 512, generator=gen)
     y = ggml_mm(x, weight.blocks, weight.ggml_type)
     alone = torch.cat([ggml_mm(x[i:i + 1], weight.blocks, weight.ggml_type) for i in range(40)])
-    # Q4_1's one-row path takes the offset term from Q8_1's block sums stored as halves (~5e-4)
-    assert rel(y, alone) < (2e-3 if ggml_type == T.Q4_1 else 1e-5)
+    assert rel(y, alone) < 1e-5
     assert rel(y, x @ weight.dequantize().T) < KERNEL_TOL
 
 
