@@ -3,7 +3,9 @@
 The kernels are llama.cpp's own (`libggml-cpu`, shipped by the `llama-cpp-python` package, built
 for the machine's vector units): per weight type a dot product of quantized weight rows with
 activations quantized to int8 blocks. `ggml_cpu.cpp` only quantizes the activations and splits the
-rows over PyTorch's threads. It is compiled on first use with `torch.utils.cpp_extension` into
+rows over PyTorch's threads (`at::parallel_for`, whose OpenMP loop exists only where the file is
+compiled with `-fopenmp`: without it the operator runs on one thread; linked with `-fopenmp`, it
+uses the `libgomp.so.1` torch has already loaded). It is compiled on first use with `torch.utils.cpp_extension` into
 `<jackfield cache>/ggml_cpu/<key>` (the key hashes the source, torch's version and the libggml
 path), so a C++ compiler is needed once per installation.
 
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("ggml_cpu.cpp")
+HEADERS = (Path(__file__).with_name("ggml_dequant.h"),)
 LIBRARIES = ("ggml-cpu", "ggml-base")
 
 
@@ -56,12 +59,13 @@ def build():
     from jackfield.loader.gguf import cache_root
 
     lib = ggml_lib_dir()
-    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + str(lib).encode()).hexdigest()[:16]
+    text = SOURCE.read_bytes() + b"".join(h.read_bytes() for h in HEADERS)
+    key = hashlib.sha256(text + torch.__version__.encode() + str(lib).encode()).hexdigest()[:16]
     build_dir = cache_root() / "ggml_cpu" / key
     build_dir.mkdir(parents=True, exist_ok=True)
     cpp_extension.load(name="jackfield_ggml_cpu", sources=[str(SOURCE)], build_directory=str(build_dir),
-                       extra_cflags=["-O2"], is_python_module=False, verbose=False,
-                       extra_ldflags=[f"-L{lib}", *(f"-l{name}" for name in LIBRARIES), f"-Wl,-rpath,{lib}"])
+                       extra_cflags=["-O2", "-fopenmp"], extra_include_paths=[str(SOURCE.parent)], is_python_module=False, verbose=False,
+                       extra_ldflags=["-fopenmp", f"-L{lib}", *(f"-l{name}" for name in LIBRARIES), f"-Wl,-rpath,{lib}"])
     ops = torch.ops.jackfield_ggml
     ops.init()
     # shapes without computing, so torch.compile can trace a model that calls the operator

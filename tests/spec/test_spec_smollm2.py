@@ -29,8 +29,13 @@ TORCH_THREADS = 2  # a 135M model is large enough for intra-op threads to pay
 SNIPPETS = ["x = a + b\ny = x * 2", "def f(n):\n    return n + 1", "for i in range(3):\n    print(i)",
             "total = sum(values)"]
 QUOTES = ["To be, or not to be.", "All that glitters is not gold.", "I think, therefore I am."]
-# 2 drafts per request: a verify forward of 50 requests is 150 tokens (the suite's CPU budget)
-SETTINGS = dict(max_running_requests=64, max_total_tokens=12000, speculative_num_draft_tokens=3)
+# 2 drafts per request: a verify forward of 50 requests is 150 tokens (the suite's CPU budget).
+# float32 weights, also where llama-cpp-python makes `auto` pick `gguf`: ggml quantizes every matmul's
+# input to int8 blocks, which turns the float rounding differences between a verify forward and a
+# decode step (attention over other shapes) into whole quantization steps, so GGUF greedy outputs
+# with and without speculation part at margins of ~0.1 (docs/performance.md).
+SETTINGS = dict(max_running_requests=64, max_total_tokens=12000, speculative_num_draft_tokens=3,
+                quantization="unquantized")
 
 
 def prompts() -> list[str]:
