@@ -10,8 +10,8 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -126,7 +126,7 @@ torch::Tensor dequantized_mm(const torch::Tensor& x, const torch::Tensor& w, int
         const uint8_t* src = wp + (r0 + r) * w_row;
         if (fast) jackfield_ggml::dequant_row((int)type, src, tile.data() + r * k, k);
         else to_float(src, tile.data() + r * k, k);
-        for (int64_t b = 0; sp && b < nb; ++b) offsets[r * nb + b] = jackfield_ggml::half_to_float(*reinterpret_cast<const uint16_t*>(src + b * block_bytes + 2));
+        for (int64_t b = 0; sp && b < nb; ++b) offsets[r * nb + b] = jackfield_ggml::half_at(src + b * block_bytes + 2);
       }
       // column-major: y^T[r0:r0+rows, :] (ld n) = tile^T' (rows x k; tile is its k-major storage) x^T (k x m)
       sgemm_("T", "N", &rows, &im, &ik, &one, tile.data(), &ik, xp, &ik, &zero, yp + r0, &in);

@@ -2,10 +2,13 @@
 
 The kernels are llama.cpp's own (`libggml-cpu`, shipped by the `llama-cpp-python` package, built
 for the machine's vector units): per weight type a dot product of quantized weight rows with
-activations quantized to int8 blocks. `ggml_cpu.cpp` only quantizes the activations and splits the
-rows over PyTorch's threads (`at::parallel_for`, whose OpenMP loop exists only where the file is
-compiled with `-fopenmp`: without it the operator runs on one thread; linked with `-fopenmp`, it
-uses the `libgomp.so.1` torch has already loaded). It is compiled on first use with `torch.utils.cpp_extension` into
+activations quantized to int8 blocks. `ggml_cpu.cpp` quantizes the activations and splits the
+weight rows over PyTorch's threads (`at::parallel_for`, whose OpenMP loop exists only where the
+file is compiled with `-fopenmp`: without it the operator runs on one thread; linked with
+`-fopenmp`, it uses the `libgomp.so.1` torch has already loaded). From 8 rows of x (Q4_0, Q4_1,
+Q8_0 with AVX2; 32 rows for other types) it instead dequantizes the weight in 64-row tiles and
+multiplies them with BLAS's sgemm, x rounded as the dot products see it (`ggml_dequant.h`).
+It is compiled on first use with `torch.utils.cpp_extension` into
 `<jackfield cache>/ggml_cpu/<key>` (the key hashes the source, torch's version and the libggml
 path), so a C++ compiler is needed once per installation.
 
