@@ -69,6 +69,26 @@ void check_blocks(const torch::Tensor& w, int64_t type, int64_t k) {
               ggml_row_size(type, k), " bytes, weights have ", w.size(1));
 }
 
+// x's rows quantized by ggml's from_float to `vdt` (a weight type's vec_dot type): uint8 [m, row bytes].
+// F32 (no from_float) is x's bytes as they are.
+torch::Tensor quantized_rows(const torch::Tensor& xc, int vdt) {
+  const int64_t m = xc.size(0), k = xc.size(1);
+  const ggml_from_float_t quantize_row = ggml_get_type_traits_cpu(vdt)->from_float;
+  const size_t xq_row = ggml_row_size(vdt, k);
+  torch::Tensor xq = torch::empty({m, (int64_t)xq_row}, torch::kUInt8);
+  const float* xp = xc.data_ptr<float>();
+  uint8_t* xqp = xq.data_ptr<uint8_t>();
+  if (quantize_row != nullptr) {
+    at::parallel_for(0, m, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) quantize_row(xp + i * k, xqp + i * xq_row, k);
+    });
+  } else {  // F32 weights dot F32 activations
+    TORCH_CHECK(xq_row == (size_t)k * sizeof(float), "type ", vdt, " has no from_float");
+    std::memcpy(xqp, xp, m * xq_row);
+  }
+  return xq;
+}
+
 // y = x @ W^T by tiles of W's rows dequantized to float32 and multiplied by torch's CPU sgemm.
 // x rounded exactly as the per-pair path rounds it: each row quantized to the weight type's
 // vec_dot type (int8 blocks for the quantized types) and read back, so that a token's logits do not
@@ -84,22 +104,22 @@ struct Rounded {
 Rounded rounded_activations(const torch::Tensor& xc, int64_t type) {
   const int64_t m = xc.size(0), k = xc.size(1);
   const int vdt = ggml_get_type_traits_cpu((int)type)->vec_dot_type;
-  const ggml_from_float_t quantize_row = ggml_get_type_traits_cpu(vdt)->from_float;
+  if (vdt == kF32 || ggml_get_type_traits_cpu(vdt)->from_float == nullptr) return {xc, {}};
   const ggml_to_float_t to_float = ggml_get_type_traits(vdt)->to_float;
-  if (quantize_row == nullptr || vdt == kF32) return {xc, {}};
+  const torch::Tensor xq = quantized_rows(xc, vdt);
+  const size_t xq_row = xq.size(1);
+  const uint8_t* xqp = xq.data_ptr<uint8_t>();
   torch::Tensor xr = torch::empty({m, k}, torch::kFloat32);
   torch::Tensor sums = vdt == kQ8_1 ? torch::empty({m, k / 32}, torch::kFloat32) : torch::Tensor();
-  const float* xp = xc.data_ptr<float>();
   float* xrp = xr.data_ptr<float>();
   at::parallel_for(0, m, 1, [&](int64_t lo, int64_t hi) {
-    std::vector<uint8_t> row(ggml_row_size(vdt, k));
     for (int64_t i = lo; i < hi; ++i) {
-      quantize_row(xp + i * k, row.data(), k);
-      if (!jackfield_ggml::read_activations(vdt, row.data(), xrp + i * k, k)) {
+      const uint8_t* row = xqp + i * xq_row;
+      if (!jackfield_ggml::read_activations(vdt, row, xrp + i * k, k)) {
         TORCH_CHECK(to_float != nullptr, "ggml type ", vdt, " has no to_float");
-        to_float(row.data(), xrp + i * k, k);
+        to_float(row, xrp + i * k, k);
       }
-      if (vdt == kQ8_1) jackfield_ggml::q8_1_sum_errors(row.data(), k, sums.data_ptr<float>() + i * (k / 32));
+      if (vdt == kQ8_1) jackfield_ggml::q8_1_sum_errors(row, k, sums.data_ptr<float>() + i * (k / 32));
     }
   });
   return {xr, sums};
@@ -145,21 +165,9 @@ torch::Tensor mm(const torch::Tensor& x, const torch::Tensor& w, int64_t type) {
     return dequantized_mm(x, w, type, fast);
   const ggml_type_traits_cpu* traits = ggml_get_type_traits_cpu((int)type);
   TORCH_CHECK(traits->vec_dot != nullptr, "ggml has no CPU dot product for type ", type);
-  const int vdt = traits->vec_dot_type;
-  const ggml_from_float_t quantize_row = ggml_get_type_traits_cpu(vdt)->from_float;
-  const torch::Tensor xc = x.contiguous();
-  const size_t xq_row = ggml_row_size(vdt, k);
-  torch::Tensor xq = torch::empty({m, (int64_t)xq_row}, torch::kUInt8);
-  const float* xp = xc.data_ptr<float>();
-  uint8_t* xqp = xq.data_ptr<uint8_t>();
-  if (quantize_row != nullptr) {
-    at::parallel_for(0, m, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) quantize_row(xp + i * k, xqp + i * xq_row, k);
-    });
-  } else {  // F32 weights dot F32 activations
-    TORCH_CHECK(xq_row == (size_t)k * sizeof(float), "type ", vdt, " has no from_float");
-    std::memcpy(xqp, xp, m * xq_row);
-  }
+  const torch::Tensor xq = quantized_rows(x.contiguous(), traits->vec_dot_type);
+  const size_t xq_row = xq.size(1);
+  const uint8_t* xqp = xq.data_ptr<uint8_t>();
   torch::Tensor y = torch::empty({m, n}, torch::kFloat32);
   float* yp = y.data_ptr<float>();
   const uint8_t* wp = w.data_ptr<uint8_t>();
