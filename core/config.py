@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     schedule_conservativeness: float = Field(1.0, gt=0, description="Scales the future-token reserve of admission control")
     disable_radix_cache: bool = Field(False, description="Turn the RadixAttention prefix cache off")
     disable_overlap_schedule: bool | None = Field(None, description="Run scheduling and the forward serially (unset: overlap on CUDA, serial on CPU, where the CPU is the device)")
+    disable_late_launch: bool = Field(False, description="Under overlap, plan the next decode step as soon as the running one is launched, instead of just before it ends (late launch: requests that arrive meanwhile join that step)")
     enable_mixed_chunk: bool = Field(True, description="Run prefill chunks and decodes in one forward when the backend can")
     stream_interval: int = Field(1, ge=1, description="Tokens between streamed chunks")
     # --- GPU fast path -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from jackfield.sdk.model_config import ModelConfig
 from jackfield.spec.setup import build_decoder, draft_memory
 
 log = logging.getLogger(__name__)
+IDLE_POLL_S = 0.05
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
@@ -173,8 +175,9 @@ class EngineLoop:
     def _run(self) -> None:
         sched = self.scheduler
         while not self._stop.is_set():
+            wait = _inbox_wait(sched)
             try:
-                msg = self._inbox.get(timeout=0.05) if not sched.has_work() else self._inbox.get_nowait()
+                msg = self._inbox.get(timeout=wait) if wait > 0 else self._inbox.get_nowait()
             except queue.Empty:
                 msg = None
             while msg is not None:
@@ -199,6 +202,15 @@ class EngineLoop:
         self._stop.set()
         self._thread.join(timeout=10)
         self.scheduler.close()
+
+
+def _inbox_wait(sched) -> float:
+    """Seconds the loop may wait for a message before stepping: a short poll while idle; with work,
+    until the late launch's deadline (launch_clock.py), else none."""
+    if not sched.has_work():
+        return IDLE_POLL_S
+    deadline = sched.launch_deadline()
+    return 0.0 if deadline is None else deadline - time.monotonic()
 
 
 def _call_hook(pm, name: str, info: EngineInfo) -> None:

@@ -122,6 +122,9 @@ class ReqOutput:
     spec: dict | None = None  # speculative decoding, once verified: verify_ct, proposed, accepted, emitted
     input_logprobs: list[TokenLogprob] | None = None  # prompt tokens from logprob_start_len, sent once
     embedding: list[float] | None = None              # TokenizedEmbeddingReq: the pooled hidden state
+    # on the first output that carries tokens: the scheduler's time.monotonic() when it received the
+    # request, first planned a forward for it, and sent this output
+    timing: tuple[float, float, float] | None = None
 
 
 @dataclass

@@ -107,6 +107,10 @@ def format_table(summary: dict[str, Any], header: dict[str, Any] | None = None) 
         lines.append(f" {title} (ms) ".center(width, "-"))
         for stat in ("mean", "median", "p90", "p99"):
             lines.append(f"{stat.capitalize() + ' ' + key.upper() + ':':<38}{_fmt(summary[f'{stat}_{key}_ms']):>12}")
+    stages = summary.get("first_token_stages_ms") or {}
+    if stages:
+        lines.append(" Server: TTFT by stage (mean ms) ".center(width, "-"))
+        lines += [f"{name + ':':<38}{_fmt(ms):>12}" for name, ms in stages.items()]
     lines.append("=" * width)
     return "\n".join(lines)
 

@@ -2,7 +2,8 @@
 
 Requests arrive as a Poisson process (`--request-rate`, inf sends all at once), optionally capped
 by `--max-concurrency`. Each request streams over SSE; the benchmark records time to first token,
-inter-token gaps and end-to-end latency, then prints a table and can write a JSON report.
+inter-token gaps and end-to-end latency, then prints a table and can write a JSON report. Against a
+jackfield server it also reports where TTFT went inside the server (stage_metrics.py).
 Python API: `await run_benchmark(BenchConfig(...))` returns the report dict.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from jackfield.bench.datasets import (
 )
 from jackfield.bench.sse import StreamState, iter_sse_json, parse_chunk
 from jackfield.bench.report import RequestResult, format_table, jsonable, summarize, write_json
+from jackfield.bench.stage_metrics import scrape, stage_means_ms
 
 BACKENDS = ("openai", "openai-chat", "jackfield")
 ENDPOINTS = {"openai": "/v1/completions", "openai-chat": "/v1/chat/completions", "jackfield": "/generate"}
@@ -204,14 +206,17 @@ async def run_benchmark(config: BenchConfig) -> dict[str, Any]:
                 if bar is not None:
                     bar.update(1)
 
+        stages_before = await scrape(client, config.base_url)
         start = time.perf_counter()
         tasks = [asyncio.create_task(one(req)) async for req in arrivals(requests, config.request_rate, config.seed)]
         results = list(await asyncio.gather(*tasks))
         duration = time.perf_counter() - start
+        stages = stage_means_ms(stages_before, await scrape(client, config.base_url))
     if bar is not None:
         bar.close()
     report = {"backend": config.backend, "model": model, "base_url": config.base_url}
     report.update(summarize(results, duration))
+    report["first_token_stages_ms"] = stages  # the server's own account of TTFT (jackfield servers only)
     report["args"] = asdict(config)
     return jsonable(report)
 

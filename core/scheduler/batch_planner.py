@@ -8,6 +8,7 @@ that finished prefills join), so the next plan can be made before this job's tok
 """
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import torch
@@ -117,6 +118,8 @@ def _advance(s, reqs: list, joining: list[bool], new_sampling: SamplingBatch | N
     prefill-only request completes without joining; `_process` finishes it)."""
     for r in reqs:
         r.kv_len += r.extend_len
+        if r.scheduled_at is None:
+            r.scheduled_at = time.monotonic()
     if decode is not None:
         decode.advance()
     if s.chunked_req is not None and s.chunked_req.remaining_prefill == 0:

@@ -1,6 +1,8 @@
 """Output messages: incremental per-request token outputs and the StatsOut snapshot."""
 from __future__ import annotations
 
+import time
+
 from jackfield.io_struct import BatchOutput, ReqOutput, StatsOut
 from jackfield.scheduler.req import Req
 
@@ -9,6 +11,7 @@ def req_output(r: Req) -> ReqOutput:
     """The tokens (and logprobs) r produced since its last output message."""
     new = r.output_ids[r.sent_len:]
     lps = r.logprobs[r.sent_len:] if r.return_logprob else None
+    first = r.sent_len == 0 and bool(new)
     r.sent_len = len(r.output_ids)
     spec = None
     if r.spec_verify_ct:
@@ -16,6 +19,8 @@ def req_output(r: Req) -> ReqOutput:
                 "emitted": r.spec_emitted}
     out = ReqOutput(r.rid, new, r.finished_reason, len(r.origin_input_ids), len(r.output_ids),
                     max(r.cached_tokens, 0), lps, spec=spec)
+    if first:
+        out.timing = (r.received_at, r.scheduled_at or r.received_at, time.monotonic())
     if r.logprob_start_len >= 0 and not r.input_logprobs_sent and r.input_logprobs_done:
         out.input_logprobs, r.input_logprobs_sent = r.input_logprobs, True
     if r.embedding is not None and r.finished_reason is not None and r.finished_reason.kind != "abort":

@@ -16,12 +16,17 @@ job's tokens accepted, which happens while this job's forward runs. The schedule
 StepMask and then calls `mask_ready()` on its pending result. The forward worker simply waits for
 the mask between forward and sampling; the stream launcher enqueues only the forward at launch and
 the sampling in `mask_ready()`.
+
+Once waited for, a pending result tells how long its job ran (`device_seconds`: CUDA events around
+the job on the forward stream, the worker thread's own clock on the CPU), which the late launch
+(launch_clock.py) uses to predict when the running job ends.
 """
 from __future__ import annotations
 
 import dataclasses
 import queue
 import threading
+import time
 import weakref
 
 import torch
@@ -34,9 +39,10 @@ class PendingResult:
         self._done = threading.Event()
         self._value = None
         self._error: BaseException | None = None
+        self.device_seconds: float | None = None  # how long the job itself ran, once waited for
 
-    def set(self, value) -> None:
-        self._value = value
+    def set(self, value, seconds: float | None = None) -> None:
+        self._value, self.device_seconds = value, seconds
         self._done.set()
 
     def fail(self, error: BaseException) -> None:
@@ -76,7 +82,9 @@ class ForwardWorker:
                 return
             job, pending = item
             try:
-                pending.set(fn(job))
+                start = time.perf_counter()
+                value = fn(job)
+                pending.set(value, time.perf_counter() - start)
             except BaseException as exc:  # noqa: BLE001 - handed to the scheduler thread, which re-raises it
                 pending.fail(exc)
             del item, job, pending
@@ -93,9 +101,11 @@ class ForwardWorker:
 
 
 class CudaPending:
-    def __init__(self, launcher: StreamLauncher, job, forwarded=None):
+    def __init__(self, launcher: StreamLauncher, job, forwarded=None, start: torch.cuda.Event | None = None):
         self._launcher, self._job, self._forwarded = launcher, job, forwarded
         self._event = self._host = None
+        self._start = start
+        self.device_seconds: float | None = None  # how long the job ran on the device, once waited for
 
     def sampled(self, event: torch.cuda.Event, host) -> CudaPending:
         self._event, self._host, self._job, self._forwarded = event, host, None, None
@@ -109,6 +119,8 @@ class CudaPending:
     def wait(self) -> StepResult:
         self.mask_ready()
         self._event.synchronize()
+        if self._start is not None:
+            self.device_seconds, self._start = self._start.elapsed_time(self._event) / 1000.0, None
         return step_result(self._host)
 
 
@@ -142,9 +154,11 @@ class StreamLauncher:
 
     def launch(self, job) -> CudaPending:
         self._stream.wait_stream(torch.cuda.current_stream(self._stream.device))
+        start = torch.cuda.Event(enable_timing=True)
         with torch.cuda.stream(self._stream):
+            start.record()
             forwarded = self._forward(job)
-        pending = CudaPending(self, job, forwarded)
+        pending = CudaPending(self, job, forwarded, start)
         if job.mask is None:
             self.sample(pending, job, forwarded)
         return pending
@@ -157,7 +171,7 @@ class StreamLauncher:
             bitmask.record_stream(self._stream)  # copied on the scheduler stream, read on this one
         with torch.cuda.stream(self._stream):
             host = _HostOutput(ForwardOutput(self._sample(job, logits), prompt))
-            event = torch.cuda.Event()
+            event = torch.cuda.Event(enable_timing=True)
             event.record()
         pending.sampled(event, host)
 

@@ -8,6 +8,7 @@ positions before that. Mean pooling needs every position, so it takes no cached 
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -89,6 +90,9 @@ class Req:
         self.suspect = False   # was in a failed forward with others; prefilled alone (isolation.py)
         self.failures = 0      # failed forwards it was in without being singled out
         self.sent_len = 0
+        # time.monotonic() when the scheduler took the request in and first planned a forward for it
+        self.received_at = time.monotonic()
+        self.scheduled_at: float | None = None
         self.logprobs: list[TokenLogprob] = []
         self.grammar = None  # the constraint's matcher (jackfield.sdk.Grammar) once compiled
         # speculative decoding: verify steps, draft nodes proposed and accepted, tokens they emitted

@@ -16,7 +16,8 @@ freed. KV that commit N frees can only be reused by N+2 or later, which run afte
 and abort first `sync()` (wait for and process the running forward), so they never touch a request
 whose forward is still running. A job with grammar rows samples only once its mask is filled, after
 the previous job's tokens are processed (delayed sampling): the mask of N+1 is built on the CPU
-while N+1's forward runs.
+while N+1's forward runs. A server plans N+1 late (`launch_deadline`, launch_clock.py): its loop
+waits for new requests until just before the running decode step ends, so that they join N+1.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from jackfield.scheduler.admission import Admission, reject_reason
 from jackfield.scheduler.batch_planner import plan_batch
 from jackfield.scheduler.forward_job import ForwardJob, StepResult, forward_logits, run_forward_job, sample_job
 from jackfield.scheduler.isolation import recover_from_failure
+from jackfield.scheduler.launch_clock import LaunchClock
 from jackfield.scheduler.outputs import collect_outputs, req_output, stats_out
 from jackfield.scheduler.overlap import make_launcher
 from jackfield.scheduler.policy import SchedulePolicy
@@ -89,6 +91,9 @@ class Scheduler:
                                     self._run_job) if self.overlap else None
         if self.worker is not None:
             self.worker.close_with(self)
+        # late launch (launch_clock.py): under overlap, a server's loop waits for new requests until
+        # just before the running decode step ends, then plans the next one
+        self.clock = LaunchClock() if self.overlap and not s.disable_late_launch and decoder is None else None
         self.inflight: tuple[ForwardJob, object] | None = None  # the running job and its pending result
         self.grammars = GrammarManager.from_setup(runner.setup, tokenizer, self.vocab_size, self.eos_ids)
         self.jump_forward = not s.disable_jump_forward
@@ -166,7 +171,7 @@ class Scheduler:
                 return self._step_outputs()
         t0, prev = time.perf_counter(), self.inflight
         job = plan_batch(self)
-        self._run_planned(job)
+        self._run_planned(job, t0)
         if self.spec is not None and job is not None and not job.extend_reqs and self._steady_decode(prev):
             self.spec.policy.record_plain(len(job.decode_reqs), time.perf_counter() - t0)
         self._after_step(idle=job is None and self.inflight is None)
@@ -184,7 +189,16 @@ class Scheduler:
         that the step completed."""
         return self._emit() + (self.adapters.finish_unloads() if self.adapters is not None else [])
 
-    def _run_planned(self, job: ForwardJob | None) -> None:
+    def launch_deadline(self) -> float | None:
+        """The `time.monotonic()` until which the caller may wait for new requests before the next
+        `step()` without the device running dry (late launch, launch_clock.py); None: step now."""
+        if self.clock is None or self.inflight is None or self.waiting or self.chunked_req is not None:
+            return None
+        if self.grammars.queue or self.jump_candidates:
+            return None
+        return self.clock.launch_at()
+
+    def _run_planned(self, job: ForwardJob | None, planned_at: float) -> None:
         if not self.overlap:
             if job is not None:
                 self._fill_mask(job)
@@ -195,8 +209,10 @@ class Scheduler:
             prev, self.inflight = self.inflight, None
             if job is not None:  # queued behind prev on the device: the device never waits for the host
                 self.inflight = (job, self.worker.launch(job))
+                if self.clock is not None:
+                    self.clock.launched(time.monotonic(), time.perf_counter() - planned_at, _decode_batch(job))
             if prev is not None:
-                result = prev[1].wait()
+                result = self._wait(prev)
                 self._commit(prev[0])
                 self._process(prev[0], result)
             if job is not None:  # prev's tokens are accepted: job's grammar rows can be masked now
@@ -285,11 +301,18 @@ class Scheduler:
         if self.inflight is None:
             return False
         (job, pending), self.inflight = self.inflight, None
-        result = pending.wait()
+        result = self._wait((job, pending))
         self._commit(job)
         self._process(job, result)
         self.stats.syncs += 1
         return True
+
+    def _wait(self, launched: tuple[ForwardJob, object]) -> StepResult:
+        job, pending = launched
+        result = pending.wait()
+        if self.clock is not None:
+            self.clock.finished(time.monotonic(), pending.device_seconds, _decode_batch(job))
+        return result
 
     def _commit(self, job: ForwardJob) -> None:
         """After a forward: its prefill KV joins the tree; rows held back for it are freed; a
@@ -445,3 +468,8 @@ class Scheduler:
 
     def get_stats(self) -> StatsOut:
         return stats_out(self)
+
+
+def _decode_batch(job: ForwardJob) -> int | None:
+    """The batch size of a plain decode job; None for a job that extends (prefills) any request."""
+    return None if job.extend_reqs else len(job.decode_reqs)

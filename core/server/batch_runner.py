@@ -14,6 +14,7 @@ Batches live in memory (lost on restart); their files are in the FileStore.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
@@ -95,7 +96,9 @@ class BatchRunner:
                       completion_window=completion_window, created_at=now, expires_at=now + WINDOW_S[completion_window],
                       metadata=metadata)
         self.batches[batch.id] = batch
-        self.tasks[batch.id] = asyncio.get_running_loop().create_task(self._run(batch), name=batch.id)
+        # a fresh context: the batch's lines are not this HTTP request (first_token.ARRIVED)
+        self.tasks[batch.id] = asyncio.get_running_loop().create_task(self._run(batch), name=batch.id,
+                                                                     context=contextvars.Context())
         return batch
 
     def get(self, batch_id: str) -> Batch:

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from jackfield.io_struct import StatsOut
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+STAGE_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 10.0)
 TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -29,6 +30,9 @@ class ServerMetrics:
         self.inter_token_latency = Histogram("jackfield_inter_token_latency_seconds",
                                              "Time between consecutive output tokens", buckets=TOKEN_LATENCY_BUCKETS,
                                              registry=r)
+        self.first_token_stage = Histogram("jackfield_first_token_stage_seconds",
+                                           "Time to first token by stage of the request's path (first_token.py)",
+                                           ["stage"], buckets=STAGE_BUCKETS, registry=r)
         self.e2e_latency = Histogram("jackfield_e2e_request_latency_seconds",
                                      "Time from request arrival to its last token", buckets=LATENCY_BUCKETS, registry=r)
         self.prompt_tokens = Counter("jackfield_prompt_tokens", "Prompt tokens of finished requests", registry=r)
@@ -65,6 +69,10 @@ class ServerMetrics:
             per_token = (now - last) / count
             for _ in range(count):
                 self.inter_token_latency.observe(per_token)
+
+    def observe_first_token_stages(self, stages: dict[str, float]) -> None:
+        for name, seconds in stages.items():
+            self.first_token_stage.labels(stage=name).observe(seconds)
 
     def observe_finished(self, now: float, created: float, prompt_tokens: int, cached_tokens: int) -> None:
         self.e2e_latency.observe(now - created)

@@ -6,17 +6,20 @@ time; otherwise 401 in the error shape.
 BodyLimitMiddleware: a request body over `max_bytes` gets 413, whether it declares its length or
 streams it in chunks (reading stops at the limit); `per_path` sets another limit for a path
 (/v1/files uploads: max_upload_bytes plus the multipart framing).
-RequestMetricsMiddleware: counts responses by route template and status code.
+RequestMetricsMiddleware: counts responses by route template and status code, and stamps the
+request's arrival (`first_token.ARRIVED`) for the time-to-first-token stages.
 JSONBodyMiddleware: a request body is JSON whatever its Content-Type (`curl -d` sends
 form-urlencoded, Ollama clients send none), except multipart uploads (/v1/files).
 """
 from __future__ import annotations
 
 import hmac
+import time
 
 from starlette.exceptions import HTTPException
 
 from jackfield.server.errors import APIError, error_response
+from jackfield.server.first_token import ARRIVED
 from jackfield.server.metrics import ServerMetrics
 
 EXEMPT_PATHS = ("/health",)
@@ -80,6 +83,7 @@ class RequestMetricsMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        ARRIVED.set(time.monotonic())
 
         async def send_counted(message):
             if message["type"] == "http.response.start":

@@ -1,7 +1,8 @@
 """The scheduler subprocess: loads the model, then turns requests into batches until it is stopped.
 
-Loop: wait on the input socket only while idle (a short poll, never a busy spin), take every
-pending message without blocking, `handle` each, then run one `step()` when there is work. Every
+Loop: wait on the input socket while idle (a short poll, never a busy spin) or, under overlap,
+until just before the running decode step ends (`Scheduler.launch_deadline`, the late launch); take
+every pending message without blocking, `handle` each, then run one `step()` when there is work. Every
 output, control replies included, goes to the detokenizer, which forwards what it does not decode.
 """
 from __future__ import annotations
@@ -99,12 +100,23 @@ class SchedulerLoop:
             self.heartbeat.beat()
         if not self.scheduler.has_work():
             self.recv.poll(self.idle_poll_ms, zmq.POLLIN)
+        else:
+            self._wait_for_launch()
         for msg in self._receive_all():
             self._handle(msg)
         if self.scheduler.has_work():
             self._step()
             self.heap.worked()
         self.heap.maybe_trim()  # after the step's outputs went out: free heap pages back (heap.py)
+
+    def _wait_for_launch(self) -> None:
+        """Late launch: wait on the socket until the scheduler's launch deadline, so that a request
+        arriving meanwhile joins the next forward; a message ends the wait at once."""
+        deadline = self.scheduler.launch_deadline()
+        if deadline is not None:
+            left_ms = int((deadline - time.monotonic()) * 1000)  # rounded down: wakes early, never late
+            if left_ms > 0:
+                self.recv.poll(left_ms, zmq.POLLIN)
 
     def _receive_all(self) -> list:
         msgs = []

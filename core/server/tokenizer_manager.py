@@ -23,6 +23,7 @@ from jackfield.io_struct import (AbortReq, BatchOutput, FinishReason, FlushCache
                                  LoadLoRAReq, LoRAUpdateOut, ReqOutput, StatsOut, TokenizedEmbeddingReq,
                                  TokenizedGenerateReq, UnloadLoRAReq)
 from jackfield.sampling.params import SamplingParams
+from jackfield.server.first_token import ARRIVED, first_token_stages
 from jackfield.server.ipc import PortArgs, pull_socket, push_socket
 from jackfield.server.messages import ControlFailed
 from jackfield.server.metrics import ServerMetrics
@@ -58,7 +59,8 @@ class ServerBusy(ServerUnavailable):
 class ReqState:
     rid: str
     queue: asyncio.Queue
-    created: float
+    created: float                  # time.monotonic() when it was sent to the scheduler
+    arrived: float | None = None    # ... when its HTTP request arrived (None: not over HTTP)
     first_token: float | None = None
     last_token: float | None = None
 
@@ -154,7 +156,7 @@ class TokenizerManager:
         return uuid.uuid4().hex
 
     def _submit(self, msg, queue: asyncio.Queue) -> str:
-        self.rid_to_state[msg.rid] = ReqState(msg.rid, queue, time.monotonic())
+        self.rid_to_state[msg.rid] = ReqState(msg.rid, queue, time.monotonic(), ARRIVED.get())
         self._send(msg)
         return msg.rid
 
@@ -254,6 +256,8 @@ class TokenizerManager:
         state = self.rid_to_state.get(out.rid)
         if state is None:  # aborted by us; the scheduler's final word on it is not needed
             return
+        if out.timing is not None and state.first_token is None:
+            self.metrics.observe_first_token_stages(first_token_stages(state.arrived, state.created, out.timing, now))
         if out.new_token_ids:
             self.metrics.observe_tokens(now, state.created, state.first_token, state.last_token, len(out.new_token_ids))
             state.first_token = state.first_token or now

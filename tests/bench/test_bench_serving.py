@@ -11,7 +11,7 @@ import time
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from jackfield.bench import serving
 from jackfield.bench.datasets import sample_random_requests, sample_sharegpt_requests, with_shared_prefixes
@@ -24,6 +24,15 @@ def make_app(stats: dict) -> FastAPI:
     """Fake server: OpenAI completions SSE (usage optional), /v1/models, and native /generate SSE."""
     app = FastAPI()
 
+    @app.get("/metrics")
+    async def metrics():
+        """A jackfield server's TTFT stages: 1 ms queued and 20 ms of prefill per request so far."""
+        n = stats["requests"]
+        lines = [f'jackfield_first_token_stage_seconds_{kind}{{stage="{stage}"}} {value}'
+                 for stage, per in (("prefill", 0.020), ("queue", 0.001))
+                 for kind, value in (("count", float(n)), ("sum", per * n))]
+        return PlainTextResponse("\n".join(lines) + "\n")
+
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}
@@ -31,6 +40,7 @@ def make_app(stats: dict) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await request.json()
+        stats["requests"] += 1
         stats["models"].append(body.get("model"))
         n = int(body["max_tokens"])
         send_usage = stats["usage"] and (body.get("stream_options") or {}).get("include_usage")
@@ -72,7 +82,7 @@ def make_app(stats: dict) -> FastAPI:
 @pytest.fixture(scope="module")
 def server():
     """Start the fake server on a free port; yield (base_url, stats)."""
-    stats = {"tokens": 0, "usage": True, "models": []}
+    stats = {"tokens": 0, "usage": True, "models": [], "requests": 0}
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -117,8 +127,14 @@ def test_backends(server, backend):
     report = asyncio.run(run_benchmark(config))
     check_report(report, stats["tokens"])
     assert report["total_input_tokens"] == sum(report["input_lens"])
+    stages = report["first_token_stages_ms"]  # the server's /metrics, before and after the run
     if backend == "openai":
         assert report["model"] == "fake-model" and stats["models"][-1] == "fake-model"
+        assert list(stages) == ["queue", "prefill"]  # in the path's order
+        assert stages["queue"] == pytest.approx(1.0) and stages["prefill"] == pytest.approx(20.0)
+        assert "TTFT by stage" in serving.format_table(report)
+    else:  # /generate requests are not counted by this fake
+        assert stages == {}
 
 
 def test_chunk_counting_without_usage(server):

@@ -111,3 +111,17 @@ def test_metrics_has_the_histograms(http):
                  "jackfield_num_queued_reqs", "jackfield_kv_usage", "jackfield_cache_hit_rate"):
         assert name in text, name
     assert 'jackfield_requests_total{endpoint="/generate",status="200"}' in text
+
+
+def test_metrics_split_time_to_first_token_into_stages(http):
+    from jackfield.bench.stage_metrics import parse
+
+    before = parse(http.get("/metrics").text)
+    http.post("/generate", json={"text": "Hello", "sampling_params": {"max_new_tokens": 2}})
+    after = parse(http.get("/metrics").text)
+    assert set(after) == {"http", "to_scheduler", "queue", "prefill", "to_server"}
+    for stage, (total, count) in after.items():
+        assert count == before.get(stage, (0.0, 0.0))[1] + 1, stage
+        assert 0.0 <= total - before.get(stage, (0.0, 0.0))[0] < 60.0, stage
+    # the prefill of a prompt takes longer than handing its first token on
+    assert after["prefill"][0] - before.get("prefill", (0.0, 0.0))[0] > 0.0

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 
 import zmq
 
@@ -32,6 +34,9 @@ class FakeScheduler:
 
     def has_work(self) -> bool:
         return bool(self.waiting)
+
+    def launch_deadline(self):
+        return None
 
     def step(self):
         if self.fail_steps:
@@ -154,3 +159,41 @@ def test_detokenizer_survives_a_bad_request():
     det.handle(RegisterReq("r", SamplingParams()))
     out = det.handle(BatchOutput([ReqOutput("r", [1], FinishReason("length"), 1, 1, 0)]))
     assert out.outputs[0].text == "" and not det.states
+
+
+class WaitingScheduler(FakeScheduler):
+    """Has work, and a late-launch deadline `wait_s` after each question."""
+
+    def __init__(self, wait_s: float):
+        super().__init__()
+        self.wait_s = wait_s
+        self.steps = 0
+
+    def has_work(self) -> bool:
+        return True
+
+    def launch_deadline(self):
+        return time.monotonic() + self.wait_s
+
+    def step(self):
+        self.steps += 1
+        return super().step()
+
+
+def test_loop_waits_for_the_launch_deadline_then_steps():
+    loop, into, out = make_loop(WaitingScheduler(0.3))
+    start = time.monotonic()
+    loop.run_once()
+    assert time.monotonic() - start >= 0.25 and loop.scheduler.steps == 1
+
+
+def test_a_request_ends_the_wait_for_the_launch_deadline():
+    loop, into, out = make_loop(WaitingScheduler(5.0))
+    timer = threading.Timer(0.05, into.send_pyobj, args=(req("late"),))
+    timer.start()
+    start = time.monotonic()
+    loop.run_once()
+    timer.join()
+    assert time.monotonic() - start < 2.0  # woken by the request, not the 5 s deadline
+    assert loop.scheduler.steps == 1
+    assert any(isinstance(m, BatchOutput) and m.outputs[0].rid == "late" for m in drain(out))

@@ -1,0 +1,97 @@
+"""Late launch: the clock's prediction of when the running decode step ends, and the scheduler's
+deadline from it (launch_clock.py)."""
+from __future__ import annotations
+
+import pytest
+
+from jackfield.io_struct import TokenizedGenerateReq
+from jackfield.sampling.params import SamplingParams
+from jackfield.scheduler.launch_clock import MARGIN_S, MARGIN_SHARE, LaunchClock, bucket
+from sched_harness import check_pool_clean, make_scheduler
+
+
+def test_bucket_is_the_next_power_of_two():
+    assert [bucket(b) for b in (1, 2, 3, 4, 5, 8, 9, 100)] == [1, 2, 4, 4, 8, 8, 16, 128]
+
+
+def test_no_deadline_until_the_running_bucket_was_measured():
+    clock = LaunchClock()
+    assert clock.launch_at() is None
+    clock.launched(now=10.0, host_s=0.001, decode_batch=3)
+    assert clock.launch_at() is None  # no batch-of-4 decode step measured yet
+    clock.finished(now=10.004, device_s=0.006, decode_batch=1)
+    assert clock.launch_at() is None  # bucket 1 measured, the running job is in bucket 4
+
+
+def test_deadline_is_the_predicted_end_less_the_margin():
+    clock = LaunchClock()
+    clock.launched(now=1.0, host_s=0.002, decode_batch=4)
+    clock.finished(now=1.001, device_s=0.010, decode_batch=4)  # the job before: started 1.001 at the latest
+    clock.launched(now=1.0015, host_s=0.002, decode_batch=4)
+    clock.finished(now=1.011, device_s=0.010, decode_batch=4)
+    end = 1.011 + 0.010
+    assert clock.launch_at() == pytest.approx(end - (MARGIN_S + 2 * 0.002 + MARGIN_SHARE * 0.010))
+    # launched after the previous job had finished: it starts at its launch
+    clock.launched(now=2.0, host_s=0.002, decode_batch=4)
+    assert clock.launch_at() == pytest.approx(2.0 + 0.010 - (MARGIN_S + 2 * 0.002 + MARGIN_SHARE * 0.010))
+    # a prefill running: its length is not predicted
+    clock.launched(now=3.0, host_s=0.002, decode_batch=None)
+    assert clock.launch_at() is None
+
+
+def test_step_times_are_averaged():
+    clock = LaunchClock()
+    clock.finished(now=0.0, device_s=0.010, decode_batch=2)
+    clock.finished(now=0.0, device_s=0.020, decode_batch=2)
+    assert 0.010 < clock.decode_s[2] < 0.020
+
+
+def _decode_a_while(sched, steps: int = 6):
+    for i in range(2):
+        sched.handle(TokenizedGenerateReq(f"r{i}", [5 + i] * 12, SamplingParams(max_new_tokens=40, temperature=0.0)))
+    for _ in range(steps):
+        sched.step()
+
+
+@pytest.mark.parametrize("late", [True, False])
+def test_scheduler_deadline_under_overlap(tiny_llama, late):
+    sched = make_scheduler(tiny_llama, disable_overlap_schedule=False, disable_late_launch=not late)
+    try:
+        _decode_a_while(sched)
+        deadline = sched.launch_deadline()
+        if not late:
+            assert deadline is None
+        else:
+            assert deadline is not None
+            # the running decode step started when the last wait returned, and the next plan is due
+            # before it ends (the CPU's worker thread measures each step's own time)
+            assert sched.clock.done_at - 1.0 < deadline < sched.clock.done_at + sched.clock.decode_s[2]
+            sched.handle(TokenizedGenerateReq("new", [9] * 12, SamplingParams(max_new_tokens=4)))
+            assert sched.launch_deadline() is None  # a request waits: plan it now
+        while sched.has_work():
+            sched.step()
+        check_pool_clean(sched)
+    finally:
+        sched.close()
+
+
+def test_serial_scheduler_has_no_deadline(tiny_llama):
+    sched = make_scheduler(tiny_llama, disable_overlap_schedule=True)
+    try:
+        _decode_a_while(sched, steps=3)
+        assert sched.clock is None and sched.launch_deadline() is None
+        while sched.has_work():
+            sched.step()
+    finally:
+        sched.close()
+
+
+def test_offline_engine_outputs_unchanged_by_late_launch(tiny_llama):
+    from jackfield.engine import Engine
+
+    outs = {}
+    for late in (True, False):
+        with Engine(model=tiny_llama, disable_overlap_schedule=False, disable_late_launch=not late) as eng:
+            outs[late] = [o["token_ids"] for o in eng.generate([[3 + i] * (4 + i) for i in range(6)],
+                                                               {"max_new_tokens": 16, "temperature": 0.0})]
+    assert outs[True] == outs[False] and all(len(t) == 16 for t in outs[True])
