@@ -40,7 +40,7 @@ def run_scheduler_process(settings: Settings, ports: PortArgs, conn, heartbeat=N
         sys.exit(1)
     ctx = zmq.Context()
     loop = SchedulerLoop(scheduler, pull_socket(ctx, ports.scheduler_input), push_socket(ctx, ports.detokenizer),
-                         heartbeat=heartbeat)
+                         heartbeat=heartbeat, heap=HeapTrimmer(idle_only=scheduler.device.type == "cuda"))
     conn.send(ReadyInfo(info, tokenizer_path, time.perf_counter() - start))
     conn.close()
     try:
@@ -107,7 +107,8 @@ class SchedulerLoop:
         if self.scheduler.has_work():
             self._step()
             self.heap.worked()
-        self.heap.maybe_trim()  # after the step's outputs went out: free heap pages back (heap.py)
+        # after the step's outputs went out: free heap pages back (heap.py)
+        self.heap.maybe_trim(idle=not self.scheduler.has_work())
 
     def _wait_for_launch(self) -> None:
         """Late launch: wait on the socket until the scheduler's launch deadline, so that a request

@@ -197,3 +197,15 @@ def test_a_request_ends_the_wait_for_the_launch_deadline():
     assert time.monotonic() - start < 2.0  # woken by the request, not the 5 s deadline
     assert loop.scheduler.steps == 1
     assert any(isinstance(m, BatchOutput) and m.outputs[0].rid == "late" for m in drain(out))
+
+
+def test_an_idle_only_trimmer_waits_for_the_scheduler_to_be_idle():
+    trims = []
+    heap = HeapTrimmer(interval_s=0.0, trim=lambda pad: trims.append(pad), idle_only=True)
+    sched = WaitingScheduler(0.0)  # always has work
+    loop, into, out = make_loop(sched, heap)
+    loop.run_once()
+    assert sched.steps == 1 and trims == []  # worked, but still busy: no pause for a trim
+    sched.has_work = lambda: False
+    loop.run_once()
+    assert trims == [0]
