@@ -8,10 +8,12 @@ falls to half a step.
 
 `LaunchClock` predicts the end of the running forward when it is a plain decode step: it started
 when the job before it finished (or at its own launch, if later) and runs for about as long as the
-recent decode steps of its batch-size bucket ran (their device time, `PendingResult.device_seconds`).
-`launch_at` is that end less a margin: twice the host time a plan and launch took, plus a fixed part
-and a share of the step. Until a bucket has been measured, and for prefills, there is no deadline
-(the next forward is planned at once, as without the late launch).
+recent decode steps of its batch size ran (their device time, `PendingResult.device_seconds`), or,
+for a size not measured yet, those of the largest measured size below it down to half of it (a
+smaller batch is not slower, so the guess errs early). `launch_at` is that end less a margin: twice
+the host time a plan and launch took, plus a fixed part and a share of the step. Without a
+measurement, and for prefills, there is no deadline (the next forward is planned at once, as
+without the late launch).
 """
 from __future__ import annotations
 
@@ -20,14 +22,9 @@ MARGIN_S = 0.0005     # fixed part of the margin
 MARGIN_SHARE = 0.05   # part of the predicted step added to the margin
 
 
-def bucket(batch: int) -> int:
-    """Decode batches of similar size take similar time: the next power of two."""
-    return 1 << max(batch - 1, 0).bit_length()
-
-
 class LaunchClock:
     def __init__(self):
-        self.decode_s: dict[int, float] = {}  # bucket -> device seconds of a decode step
+        self.decode_s: dict[int, float] = {}  # batch size -> device seconds of a decode step
         self.host_s = 0.0                      # seconds from planning a forward to its launch
         self.done_at: float | None = None      # when the last waited-for job finished
         self.launched_at: float | None = None  # when the running job was launched
@@ -45,15 +42,21 @@ class LaunchClock:
         self.done_at = now
         if device_s is None or decode_batch is None:
             return
-        key = bucket(decode_batch)
-        old = self.decode_s.get(key)
-        self.decode_s[key] = device_s if old is None else (1 - EMA) * old + EMA * device_s
+        old = self.decode_s.get(decode_batch)
+        self.decode_s[decode_batch] = device_s if old is None else (1 - EMA) * old + EMA * device_s
+
+    def step_s(self, batch: int) -> float | None:
+        """The predicted device seconds of a decode step of `batch` requests (None: no guess)."""
+        if batch in self.decode_s:
+            return self.decode_s[batch]
+        below = [b for b in self.decode_s if batch <= 2 * b and b < batch]
+        return self.decode_s[max(below)] if below else None
 
     def launch_at(self) -> float | None:
         """When to plan the next forward, if the running one is a measured decode step; else None."""
         if self.running_batch is None or self.launched_at is None:
             return None
-        step = self.decode_s.get(bucket(self.running_batch))
+        step = self.step_s(self.running_batch)
         if step is None:
             return None
         start = self.launched_at if self.done_at is None else max(self.done_at, self.launched_at)

@@ -6,21 +6,25 @@ import pytest
 
 from jackfield.io_struct import TokenizedGenerateReq
 from jackfield.sampling.params import SamplingParams
-from jackfield.scheduler.launch_clock import MARGIN_S, MARGIN_SHARE, LaunchClock, bucket
+from jackfield.scheduler.launch_clock import MARGIN_S, MARGIN_SHARE, LaunchClock
 from sched_harness import check_pool_clean, make_scheduler
 
 
-def test_bucket_is_the_next_power_of_two():
-    assert [bucket(b) for b in (1, 2, 3, 4, 5, 8, 9, 100)] == [1, 2, 4, 4, 8, 8, 16, 128]
+def test_a_step_is_predicted_from_its_size_or_the_largest_smaller_one_down_to_half():
+    clock = LaunchClock()
+    for batch, seconds in ((1, 0.005), (4, 0.006), (9, 0.008)):
+        clock.finished(now=0.0, device_s=seconds, decode_batch=batch)
+    assert [clock.step_s(b) for b in (1, 2, 3, 4, 7, 8, 9, 17, 18, 19)] == \
+        [0.005, 0.005, None, 0.006, 0.006, 0.006, 0.008, 0.008, 0.008, None]
 
 
-def test_no_deadline_until_the_running_bucket_was_measured():
+def test_no_deadline_until_the_running_size_was_measured():
     clock = LaunchClock()
     assert clock.launch_at() is None
     clock.launched(now=10.0, host_s=0.001, decode_batch=3)
-    assert clock.launch_at() is None  # no batch-of-4 decode step measured yet
+    assert clock.launch_at() is None  # no decode step measured yet
     clock.finished(now=10.004, device_s=0.006, decode_batch=1)
-    assert clock.launch_at() is None  # bucket 1 measured, the running job is in bucket 4
+    assert clock.launch_at() is None  # batch 1 measured: too far below 3 to guess from
 
 
 def test_deadline_is_the_predicted_end_less_the_margin():
@@ -65,7 +69,7 @@ def test_scheduler_deadline_under_overlap(tiny_llama, late):
             assert deadline is not None
             # the running decode step started when the last wait returned, and the next plan is due
             # before it ends (the CPU's worker thread measures each step's own time)
-            assert sched.clock.done_at - 1.0 < deadline < sched.clock.done_at + sched.clock.decode_s[2]
+            assert sched.clock.done_at - 1.0 < deadline < sched.clock.done_at + sched.clock.step_s(2)
             sched.handle(TokenizedGenerateReq("new", [9] * 12, SamplingParams(max_new_tokens=4)))
             assert sched.launch_deadline() is None  # a request waits: plan it now
         while sched.has_work():
