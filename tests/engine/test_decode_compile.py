@@ -35,11 +35,12 @@ def test_when_unset_compiles_only_where_it_pays(kwargs, on):
 
 
 # Inductor fuses and reorders float operations, so the compiled step's activations differ from the
-# eager step's in the last bits. int4_weight_only keeps them within 2e-3 nats; gguf quantizes the
-# activations to int8 blocks before every matmul, where such a difference can flip a rounding, so
-# its logprobs move by up to ~0.15 nats (the method's own error against float weights, see
-# docs/performance.md) and greedy paths may part at a near-tie.
-TOLERANCE = {"int4_weight_only": 2e-3, "gguf": 0.15}
+# eager step's in the last bits. Both methods round the activations before every matmul, where such
+# a difference can flip a rounding: int4_weight_only casts them to bfloat16 (most steps agree
+# exactly; one flipped rounding moved a logprob by 0.027 nats), gguf quantizes them to int8 blocks,
+# coarser, so its logprobs move by up to ~0.15 nats (the method's own error against float weights,
+# see docs/performance.md) and greedy paths may part at a near-tie.
+TOLERANCE = {"int4_weight_only": 0.05, "gguf": 0.15}
 NEAR_TIE = 0.1  # nats between the eager step's top two tokens
 
 
