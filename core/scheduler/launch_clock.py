@@ -8,7 +8,9 @@ falls to half a step.
 
 `LaunchClock` predicts the end of the running forward when it is a plain decode step: it started
 when the job before it finished (or at its own launch, if later) and runs for about as long as the
-recent decode steps of its batch size ran (their device time, `PendingResult.device_seconds`), or,
+recent decode steps of its batch size ran (the shortest device time, `PendingResult.device_seconds`,
+of the last `WINDOW`: a slow outlier, such as a first step that pays for a lazy initialization,
+must not hold the next plan back while the device idles), or,
 for a size not measured yet, those of the largest measured size below it down to half of it (a
 smaller batch is not slower, so the guess errs early). `launch_at` is that end less a margin: twice
 the host time a plan and launch took, plus a fixed part and a share of the step. Without a
@@ -17,14 +19,17 @@ without the late launch).
 """
 from __future__ import annotations
 
-EMA = 0.3             # weight of the newest measurement
+from collections import deque
+
+EMA = 0.3             # weight of the newest measurement of the host's plan-and-launch time
+WINDOW = 5            # decode steps remembered per batch size
 MARGIN_S = 0.0005     # fixed part of the margin
 MARGIN_SHARE = 0.05   # part of the predicted step added to the margin
 
 
 class LaunchClock:
     def __init__(self):
-        self.decode_s: dict[int, float] = {}  # batch size -> device seconds of a decode step
+        self.decode_s: dict[int, deque] = {}  # batch size -> device seconds of its last decode steps
         self.host_s = 0.0                      # seconds from planning a forward to its launch
         self.done_at: float | None = None      # when the last waited-for job finished
         self.launched_at: float | None = None  # when the running job was launched
@@ -42,15 +47,16 @@ class LaunchClock:
         self.done_at = now
         if device_s is None or decode_batch is None:
             return
-        old = self.decode_s.get(decode_batch)
-        self.decode_s[decode_batch] = device_s if old is None else (1 - EMA) * old + EMA * device_s
+        self.decode_s.setdefault(decode_batch, deque(maxlen=WINDOW)).append(device_s)
 
     def step_s(self, batch: int) -> float | None:
         """The predicted device seconds of a decode step of `batch` requests (None: no guess)."""
-        if batch in self.decode_s:
-            return self.decode_s[batch]
-        below = [b for b in self.decode_s if batch <= 2 * b and b < batch]
-        return self.decode_s[max(below)] if below else None
+        if batch not in self.decode_s:
+            below = [b for b in self.decode_s if batch <= 2 * b and b < batch]
+            if not below:
+                return None
+            batch = max(below)
+        return min(self.decode_s[batch])
 
     def launch_at(self) -> float | None:
         """When to plan the next forward, if the running one is a measured decode step; else None."""

@@ -6,7 +6,7 @@ import pytest
 
 from jackfield.io_struct import TokenizedGenerateReq
 from jackfield.sampling.params import SamplingParams
-from jackfield.scheduler.launch_clock import MARGIN_S, MARGIN_SHARE, LaunchClock
+from jackfield.scheduler.launch_clock import MARGIN_S, MARGIN_SHARE, WINDOW, LaunchClock
 from sched_harness import check_pool_clean, make_scheduler
 
 
@@ -43,11 +43,15 @@ def test_deadline_is_the_predicted_end_less_the_margin():
     assert clock.launch_at() is None
 
 
-def test_step_times_are_averaged():
+def test_a_slow_step_does_not_hold_the_plan_back():
     clock = LaunchClock()
+    clock.finished(now=0.0, device_s=2.0, decode_batch=2)  # a first step that paid for something once
+    assert clock.step_s(2) == 2.0
     clock.finished(now=0.0, device_s=0.010, decode_batch=2)
-    clock.finished(now=0.0, device_s=0.020, decode_batch=2)
-    assert 0.010 < clock.decode_s[2] < 0.020
+    assert clock.step_s(2) == 0.010  # the shortest of the recent steps
+    for _ in range(WINDOW):
+        clock.finished(now=0.0, device_s=0.012, decode_batch=2)
+    assert clock.step_s(2) == 0.012  # the 0.010 step left the window
 
 
 def _decode_a_while(sched, steps: int = 6):
