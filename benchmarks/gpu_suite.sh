@@ -37,7 +37,7 @@ gpu_pytest() {  # $1: log name, rest: pytest arguments
 }
 if has tests; then
   gpu_pytest gpu-tests tests/gpu/test_attention_kernels.py -k "'triton'"
-  gpu_pytest gpu-tests tests/gpu/test_fused_kernels.py tests/gpu/test_decode_no_sync.py tests/gpu/test_e2e_backends.py \
+  gpu_pytest gpu-tests tests/gpu/test_fused_kernels.py tests/gpu/test_decode_no_sync.py tests/gpu/test_e2e_backends.py tests/gpu/test_launch_clock_gpu.py \
     tests/gpu/test_prompt_readout_gpu.py
 fi
 if has kit; then
