@@ -2,6 +2,8 @@
 eagerly unless a test asks for the compiled step."""
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 
 import pytest
@@ -23,6 +25,20 @@ def torch_threads(request):
     torch.set_num_threads(getattr(request.module, "TORCH_THREADS", 1))
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def trim_heap_after_module():
+    """After each module: collect garbage and give the heap's whole free pages back to the system
+    (glibc's malloc_trim, as the scheduler's HeapTrimmer does), so that the holes one module's
+    tensors leave in the heap are not still resident under the next. CI's memory limit counts the
+    pytest process's peak resident size."""
+    yield
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def pytest_collection_modifyitems(config, items):
