@@ -2,11 +2,12 @@
 eagerly unless a test asks for the compiled step."""
 from __future__ import annotations
 
-import ctypes
 import gc
 import os
 
 import pytest
+
+from jackfield.server.heap import libc_malloc_trim
 
 # Unset, enable_torch_compile compiles the batch-1 decode step of a quantized model on the CPU, which
 # costs each engine ~25 s; tests/engine/test_decode_compile.py tests that path (servers the tests
@@ -27,6 +28,9 @@ def torch_threads(request):
     torch.set_num_threads(before)
 
 
+MALLOC_TRIM = libc_malloc_trim()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def trim_heap_after_module():
     """After each module: collect garbage and give the heap's whole free pages back to the system
@@ -35,10 +39,8 @@ def trim_heap_after_module():
     pytest process's peak resident size."""
     yield
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    if MALLOC_TRIM is not None:  # None where the C library is not glibc
+        MALLOC_TRIM(0)
 
 
 def pytest_collection_modifyitems(config, items):

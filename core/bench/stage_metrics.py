@@ -10,8 +10,9 @@ import re
 
 import httpx
 
+from jackfield.server.first_token import STAGES
+
 METRIC = "jackfield_first_token_stage_seconds"
-ORDER = ("http", "to_scheduler", "queue", "prefill", "to_server")  # the path's order (first_token.STAGES)
 LINE = re.compile(METRIC + r'_(sum|count)\{stage="([a-z_]+)"\} ([0-9.eE+-]+)')
 
 
@@ -39,8 +40,8 @@ def stage_means_ms(before: dict | None, after: dict | None) -> dict[str, float]:
         return {}
     before = before or {}
     means = {}
-    for stage, (total, count) in sorted(after.items(), key=lambda kv: (ORDER + (kv[0],)).index(kv[0])):
-        total0, count0 = before.get(stage, (0.0, 0.0))
+    for stage in sorted(after, key=lambda name: STAGES.index(name) if name in STAGES else len(STAGES)):
+        (total, count), (total0, count0) = after[stage], before.get(stage, (0.0, 0.0))
         if count > count0:
             means[stage] = (total - total0) / (count - count0) * 1000.0
     return means

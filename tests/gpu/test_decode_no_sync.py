@@ -25,13 +25,18 @@ TINY = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_si
         "eos_token_id": 2, "torch_dtype": "bfloat16"}
 
 
+def tiny_config(tmp_path) -> str:
+    """The TINY config written as a model file under tmp_path."""
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    return str(cfg)
+
+
 def tiny_scheduler(tmp_path, **overrides):
     from jackfield.config import load_settings
     from jackfield.engine_loop import build_scheduler
 
-    cfg = tmp_path / "tiny.json"
-    cfg.write_text(json.dumps(TINY))
-    defaults = dict(model=str(cfg), load_format="dummy", attention_backend="triton", max_total_tokens=8192,
+    defaults = dict(model=tiny_config(tmp_path), load_format="dummy", attention_backend="triton", max_total_tokens=8192,
                     max_running_requests=16, cuda_graph_max_bs=16)
     settings = load_settings(None, {**defaults, **overrides}).settings
     return build_scheduler(settings, progress=False)[0]

@@ -8,7 +8,7 @@ import torch
 from jackfield.io_struct import TokenizedGenerateReq
 from jackfield.sampling.params import SamplingParams
 
-from test_decode_no_sync import tiny_scheduler
+from test_decode_no_sync import tiny_config, tiny_scheduler
 
 pytestmark = pytest.mark.gpu
 
@@ -49,18 +49,9 @@ def test_outputs_equal_with_and_without_late_launch(tmp_path):
 
     outs = {}
     for late in (True, False):
-        with Engine(model=str(_tiny_config(tmp_path)), load_format="dummy", attention_backend="triton",
+        with Engine(model=tiny_config(tmp_path), load_format="dummy", attention_backend="triton",
                     max_total_tokens=8192, disable_late_launch=not late) as eng:
             outs[late] = [o["token_ids"] for o in eng.generate([[3 + i] * (4 + i) for i in range(6)],
                                                                {"max_new_tokens": 24, "temperature": 0.0})]
     assert outs[True] == outs[False]
 
-
-def _tiny_config(tmp_path):
-    import json
-
-    from test_decode_no_sync import TINY
-
-    cfg = tmp_path / "tiny.json"
-    cfg.write_text(json.dumps(TINY))
-    return cfg
