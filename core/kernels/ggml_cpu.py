@@ -8,9 +8,8 @@ file is compiled with `-fopenmp`: without it the operator runs on one thread; li
 `-fopenmp`, it uses the `libgomp.so.1` torch has already loaded). From 8 rows of x (Q4_0, Q4_1,
 Q8_0 with AVX2; 32 rows for other types) it instead dequantizes the weight in 64-row tiles and
 multiplies them with BLAS's sgemm, x rounded as the dot products see it (`ggml_dequant.h`).
-It is compiled on first use with `torch.utils.cpp_extension` into
-`<jackfield cache>/ggml_cpu/<key>` (the key hashes the source, torch's version and the libggml
-path), so a C++ compiler is needed once per installation.
+It is compiled on first use (`cpp_build.load_operator`, keyed also by the libggml path), so a C++
+compiler is needed once per installation.
 
 `ggml_unavailable()` says why the operator cannot be built (None when it can); `build()` compiles
 (or loads the cached build) and returns the operator namespace; `mm(x, blocks, type)` and
@@ -19,12 +18,12 @@ path), so a C++ compiler is needed once per installation.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
-import shutil
 from pathlib import Path
 
 import torch
+
+from jackfield.kernels.cpp_build import compiler_missing, load_operator
 
 SOURCE = Path(__file__).with_name("ggml_cpu.cpp")
 HEADERS = (Path(__file__).with_name("ggml_dequant.h"),)
@@ -46,9 +45,8 @@ def ggml_unavailable() -> str | None:
     if ggml_lib_dir() is None:
         return ("llama-cpp-python (which ships llama.cpp's libggml-cpu) is not installed: "
                 "pip install 'jackfield[gguf]'  (builds llama-cpp-python from source)")
-    if shutil.which("c++") is None and shutil.which("g++") is None:
-        return "no C++ compiler (c++ or g++) on PATH to build the ggml operator"
-    return None
+    missing = compiler_missing()
+    return f"{missing} to build the ggml operator" if missing else None
 
 
 @functools.cache
@@ -57,18 +55,9 @@ def build():
     reason = ggml_unavailable()
     if reason:
         raise RuntimeError(reason)
-    from torch.utils import cpp_extension
-
-    from jackfield.loader.gguf import cache_root
-
     lib = ggml_lib_dir()
-    text = SOURCE.read_bytes() + b"".join(h.read_bytes() for h in HEADERS)
-    key = hashlib.sha256(text + torch.__version__.encode() + str(lib).encode()).hexdigest()[:16]
-    build_dir = cache_root() / "ggml_cpu" / key
-    build_dir.mkdir(parents=True, exist_ok=True)
-    cpp_extension.load(name="jackfield_ggml_cpu", sources=[str(SOURCE)], build_directory=str(build_dir),
-                       extra_cflags=["-O2", "-fopenmp"], extra_include_paths=[str(SOURCE.parent)], is_python_module=False, verbose=False,
-                       extra_ldflags=["-fopenmp", f"-L{lib}", *(f"-l{name}" for name in LIBRARIES), f"-Wl,-rpath,{lib}"])
+    load_operator("ggml_cpu", SOURCE, HEADERS, key_extra=str(lib),
+                  extra_ldflags=(f"-L{lib}", *(f"-l{name}" for name in LIBRARIES), f"-Wl,-rpath,{lib}"))
     ops = torch.ops.jackfield_ggml
     ops.init()
     # shapes without computing, so torch.compile can trace a model that calls the operator

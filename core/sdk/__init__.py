@@ -21,6 +21,8 @@ from jackfield.sdk.moe import ExpertMethod, ExpertWeights, MoEConfig, MoEDispatc
 from jackfield.sdk.quant import (LinearMethod, PlainLinearMethod, QuantizationMethod, QuantOptions, checkpoint_names,
                                  create_plain_weights)
 from jackfield.sdk.gguf import GGUF_FORMAT, GGUFWeight
+from jackfield.kernels import cpu_attention as cpu_decode_attention
+from jackfield.kernels.cpu_attention import unavailable as cpu_attention_unavailable
 from jackfield.kernels.ggml_cpu import build as ggml_build, ggml_unavailable, mm as ggml_mm, quantize as ggml_quantize
 from jackfield.sdk.reasoning_parser import ReasoningDelta, ReasoningParser, TagReasoningParser
 from jackfield.sdk.spec import DraftProposal, SpeculativeDecoder, SpecInput, SpecRuntime, TargetStates
@@ -44,6 +46,7 @@ __all__ = [
     "require_cuda", "pdl_kwargs", "to_device", "reference",
     # attention
     "AttentionBackend", "AttentionLayerInfo", "AttentionRuntime", "ForwardBatch", "ForwardMode", "KVLayout", "KVPool",
+    "cpu_attention_unavailable", "cpu_decode_attention",
     # models
     "CausalLM", "DecoderCausalLM", "DecoderOptions", "ModelBuildContext", "ModelConfig", "RopeConfig",
     # quantization

@@ -34,7 +34,7 @@ def test_auto_gives_an_mla_model_a_latent_backend_and_says_why(dirs):
     assert choices["attention"].name == "torch_native_mla"
     assert "torch_native: reads the 'per_head' KV layout, the model stores 'latent'" in choices["attention"].reason
     assert choices["moe"].name == "torch_native"
-    assert setup(dirs["llama"]).choices["attention"].name == "torch_native"
+    assert setup(dirs["llama"]).choices["attention"].name == "cpu"
 
 
 def test_mla_model_with_a_per_head_backend_is_a_startup_error(dirs):

@@ -29,7 +29,7 @@ def test_doctor_explains_every_problem_and_passes_a_runnable_selection(cli, mode
     assert "pip install -U jackfield-future-plugin" in out
     assert "x attention 'example_sdpa': registered by jackfield-dup-plugin, jackfield-example-plugin" in out
     assert 'plugin_choice = {"attention.example_sdpa"' in out
-    assert "  attention          torch_native" in out and out.rstrip().endswith("everything selected is available")
+    assert "  attention          cpu" in out and out.rstrip().endswith("everything selected is available")
 
 
 def test_doctor_fails_when_the_selection_cannot_run(cli, model_dir):

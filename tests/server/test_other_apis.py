@@ -94,12 +94,12 @@ def test_info_flush_and_health_routes(http, model_name):
     assert http.post("/flush_cache").json()["ok"] is True
 
 
-def test_plugins_lists_torch_native_in_use(http):
+def test_plugins_lists_the_cpu_backend_in_use(http):
     body = http.get("/v1/plugins").json()
-    assert body["in_use"]["attention"]["name"] == "torch_native"
+    assert body["in_use"]["attention"]["name"] == "cpu"
     assert body["in_use"]["attention"]["reason"]
-    torch_native = [c for c in body["components"] if c["kind"] == "attention" and c["name"] == "torch_native"]
-    assert torch_native and torch_native[0]["available"] is True
+    names = {c["name"]: c for c in body["components"] if c["kind"] == "attention"}
+    assert names["cpu"]["available"] is True and names["torch_native"]["available"] is True
 
 
 def test_metrics_has_the_histograms(http):
