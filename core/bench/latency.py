@@ -1,4 +1,5 @@
-"""`jackfield bench latency`: one static batch — prefill time and decode tokens/s (JSON output).
+"""`jackfield bench latency`: one static batch — prefill time and decode tokens/s (JSON output),
+measured after a warm-up batch of the same shape.
 
 With `--compare-transformers` the same weights run through Hugging Face `generate` in the same
 process, side by side (`hf_peer.py`).
@@ -26,7 +27,9 @@ def measure(sched, bs: int, input_len: int, output_len: int, seed: int = 0) -> d
     from jackfield.bench.common import random_prompts, run_requests
 
     vocab = sched.runner.config.vocab_size
-    run_requests(sched, random_prompts(bs, min(input_len, 16), vocab, seed + 1), 4, prefix="warm")
+    # warm up on the measured shapes: a first forward of a new token count pays one-time costs (on
+    # CUDA, kernels compiled or tuned for that size) that are not the prefill being measured
+    run_requests(sched, random_prompts(bs, input_len, vocab, seed + 1), 4, prefix="warm")
     res = run_requests(sched, random_prompts(bs, input_len, vocab, seed), output_len)
     prefill_s = res.first_token_s  # prefill of the whole batch, up to every request's first token
     decode_s = res.total_s - prefill_s

@@ -81,3 +81,24 @@ def test_report_commit_names_env_override_and_dirty_tree(tmp_path, monkeypatch):
     assert git_commit() == f"{head}-dirty"
     monkeypatch.setenv("JACKFIELD_GIT_COMMIT", "abc1234")
     assert git_commit() == "abc1234"
+
+
+def test_latency_warms_up_on_the_measured_shape(monkeypatch):
+    """The warm-up batch has the measured batch size and prompt length, so the timed prefill is not
+    a first forward of its token count."""
+    from types import SimpleNamespace
+
+    from jackfield.bench import common, latency
+
+    calls = []
+
+    def fake_run(sched, prompts, max_new_tokens, prefix="r", **kwargs):
+        calls.append((prefix, len(prompts), {len(p) for p in prompts}))
+        outputs = {f"{prefix}{i}": [1] * max_new_tokens for i in range(len(prompts))}
+        return SimpleNamespace(first_token_s=0.1, total_s=0.5, outputs=outputs, step_times=[0] * max_new_tokens)
+
+    monkeypatch.setattr(common, "run_requests", fake_run)
+    sched = SimpleNamespace(runner=SimpleNamespace(config=SimpleNamespace(vocab_size=1000)))
+    row = latency.measure(sched, 3, 200, 8)
+    assert calls == [("warm", 3, {200}), ("r", 3, {200})]
+    assert row["batch_size"] == 3 and row["decode_tok_per_s"] == 3 * 7 / 0.4
