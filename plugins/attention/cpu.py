@@ -47,7 +47,7 @@ class CpuBackend(TorchNativeBackend):
         bs = q.shape[0]
         qh = q.reshape(bs, layer.num_heads, layer.head_dim).contiguous()
         o = self.decode_op(qh, k_buf, v_buf, self.decode_slots.view(bs, -1), self.decode_lens,
-                                        layer.scaling, layer.sliding_window or 0, max(layer.logit_cap, 0.0))
+                           layer.scaling, layer.sliding_window or 0, max(layer.logit_cap, 0.0))
         return o.view(bs, layer.num_heads * layer.v_dim)
 
 
