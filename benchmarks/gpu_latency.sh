@@ -7,18 +7,23 @@
 #      from 1, 1 req/s);
 #   3. the same server with --disable-late-launch at 1 and 4 req/s (the A/B).
 # Every report holds `first_token_stages_ms`, the server's own account of TTFT by stage.
+# The server gets the tokenizer padded to the model's vocabulary (pad_tokenizer.py): with the
+# borrowed one, random ids past its end decode to no text and the client would time them as waits.
 # Usage: bash benchmarks/gpu_latency.sh OUTDIR STAMP [SECONDS_AVAILABLE]
 set -uo pipefail
 OUTDIR=$1; STAMP=$2; END_S=${3:-560}
 TOK=${BENCH_TOKENIZER:-.gpu_carry/tok}  # not JACKFIELD_*: those are read as settings by serve
 PORT=30123
 MODEL=${BENCH_MODEL:-benchmarks/configs/llama-3.1-8b.json}
+# the server spells every id of the dummy model (benchmarks/pad_tokenizer.py); the client keeps TOK
+SERVE_TOK=$(mktemp -d)/tok
+python3 benchmarks/pad_tokenizer.py "$TOK" "$SERVE_TOK" --vocab-size "$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["vocab_size"])' "$MODEL")" || exit 1
 T0=$SECONDS
 jf() { python3 -c 'import sys; from jackfield.cli import main; sys.exit(main())' "$@"; }
 need() { [ $((END_S - (SECONDS - T0))) -ge "$1" ]; }  # at least $1 seconds left
 serve() {  # $1: name, rest: extra flags
   local name=$1; shift
-  jf serve --model "$MODEL" --load-format dummy --tokenizer "$TOK" --port $PORT \
+  jf serve --model "$MODEL" --load-format dummy --tokenizer "$SERVE_TOK" --port $PORT \
     --max-total-tokens 400000 --max-running-requests 256 "$@" > "$OUTDIR/serve-$name-$STAMP.log" 2>&1 &
   SERVER=$!
   for _ in $(seq 1 200); do

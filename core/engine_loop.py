@@ -55,6 +55,15 @@ def load_tokenizer(settings: Settings, model_dir: Path):
     return Tokenizer.load(path) if path else None
 
 
+def warn_unspellable_ids(tokenizer, vocab_size: int) -> None:
+    """Dummy weights sample every id of the model's vocabulary; with a smaller tokenizer the ids past
+    its end decode to no text, so streams skip them and clients time those tokens as waits."""
+    if tokenizer is not None and tokenizer.vocab_size < vocab_size:
+        log.warning("the tokenizer has %d ids and the model %d: dummy weights sample ids that decode to no text, "
+                    "so a streaming client's TTFT and ITL include them (benchmarks/pad_tokenizer.py pads a "
+                    "byte-level BPE tokenizer to the model's size)", tokenizer.vocab_size, vocab_size)
+
+
 def build_scheduler(settings: Settings, progress: bool = True, as_replica: bool = False) -> tuple[Scheduler, EngineInfo]:
     """One engine's scheduler over its model runner. `as_replica`: built by a server's scheduler
     process, one of its `dp_size` replicas; anywhere else (the offline Engine, the in-process
@@ -66,6 +75,8 @@ def build_scheduler(settings: Settings, progress: bool = True, as_replica: bool 
                          f"--dp-size {settings.dp_size}`; an in-process engine is one replica (dp_size 1)")
     setup = setup_runtime(settings)
     tokenizer = load_tokenizer(settings, setup.source.path)
+    if settings.load_format == "dummy":
+        warn_unspellable_ids(tokenizer, setup.model_config.vocab_size)
     layout = ()
     if settings.tp_size > 1 or settings.ep_size > 1:  # this process is rank 0 (jackfield.distributed)
         from jackfield.distributed.ranks import start_rank_zero
