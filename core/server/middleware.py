@@ -19,7 +19,7 @@ import time
 from starlette.exceptions import HTTPException
 
 from jackfield.server.errors import APIError, error_response
-from jackfield.server.first_token import ARRIVED
+from jackfield.server.first_token import ARRIVED, TOKENIZING
 from jackfield.server.metrics import ServerMetrics
 
 EXEMPT_PATHS = ("/health",)
@@ -84,6 +84,7 @@ class RequestMetricsMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         ARRIVED.set(time.monotonic())
+        TOKENIZING.set(0.0)
 
         async def send_counted(message):
             if message["type"] == "http.response.start":

@@ -23,7 +23,7 @@ from jackfield.io_struct import (AbortReq, BatchOutput, FinishReason, FlushCache
                                  LoadLoRAReq, LoRAUpdateOut, ReqOutput, StatsOut, TokenizedEmbeddingReq,
                                  TokenizedGenerateReq, UnloadLoRAReq)
 from jackfield.sampling.params import SamplingParams
-from jackfield.server.first_token import ARRIVED, first_token_stages
+from jackfield.server.first_token import ARRIVED, TOKENIZING, first_token_stages
 from jackfield.server.ipc import PortArgs, pull_socket, push_socket
 from jackfield.server.messages import ControlFailed
 from jackfield.server.metrics import ServerMetrics
@@ -61,6 +61,7 @@ class ReqState:
     queue: asyncio.Queue
     created: float                  # time.monotonic() when it was sent to the scheduler
     arrived: float | None = None    # ... when its HTTP request arrived (None: not over HTTP)
+    tokenizing: float = 0.0         # seconds its HTTP request spent tokenizing before the send
     first_token: float | None = None
     last_token: float | None = None
 
@@ -123,7 +124,11 @@ class TokenizerManager:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer: send token ids instead of text")
-        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        start = time.monotonic()
+        try:
+            return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        finally:
+            TOKENIZING.set(TOKENIZING.get() + time.monotonic() - start)
 
     def admit(self, count: int) -> None:
         """Raise ServerUnavailable unless `count` more requests may start now (ServerBusy when
@@ -156,7 +161,7 @@ class TokenizerManager:
         return uuid.uuid4().hex
 
     def _submit(self, msg, queue: asyncio.Queue) -> str:
-        self.rid_to_state[msg.rid] = ReqState(msg.rid, queue, time.monotonic(), ARRIVED.get())
+        self.rid_to_state[msg.rid] = ReqState(msg.rid, queue, time.monotonic(), ARRIVED.get(), TOKENIZING.get())
         self._send(msg)
         return msg.rid
 
@@ -257,7 +262,8 @@ class TokenizerManager:
         if state is None:  # aborted by us; the scheduler's final word on it is not needed
             return
         if out.timing is not None and state.first_token is None:
-            self.metrics.observe_first_token_stages(first_token_stages(state.arrived, state.created, out.timing, now))
+            self.metrics.observe_first_token_stages(first_token_stages(state.arrived, state.created, out.timing, now,
+                                                                                state.tokenizing))
         if out.new_token_ids:
             self.metrics.observe_tokens(now, state.created, state.first_token, state.last_token, len(out.new_token_ids))
             state.first_token = state.first_token or now

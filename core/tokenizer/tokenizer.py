@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterable
 
 from jackfield.tokenizer.chat import render_chat
+from jackfield.tokenizer.parallel_encode import PieceEncoder
 
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 
@@ -14,7 +15,8 @@ SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 class Tokenizer:
     """Encode, decode and chat-format text for one model.
 
-    Encoding and decoding go straight to the Rust ``tokenizers`` backend; decoding never cleans
+    Encoding and decoding go straight to the Rust ``tokenizers`` backend (a long text is encoded in
+    pieces on several cores where that gives the same ids: parallel_encode.py); decoding never cleans
     up spaces, so decoded text is exactly what the tokens spell. ``special_tokens`` maps names
     such as ``bos_token`` to token strings and is also handed to chat templates.
     """
@@ -28,6 +30,7 @@ class Tokenizer:
         source: str | None = None,
     ):
         self._backend = backend
+        self._pieces = PieceEncoder(backend)
         self._special = dict(special_tokens)
         self._chat_template = chat_template
         self._source = source
@@ -122,7 +125,7 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text``; ``add_special_tokens`` adds the model's BOS/EOS decorations."""
-        return self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+        return self._pieces.encode(text, add_special_tokens=add_special_tokens)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """The text spelled by ``ids``."""

@@ -119,9 +119,10 @@ def test_metrics_split_time_to_first_token_into_stages(http):
     before = parse(http.get("/metrics").text)
     http.post("/generate", json={"text": "Hello", "sampling_params": {"max_new_tokens": 2}})
     after = parse(http.get("/metrics").text)
-    assert set(after) == {"http", "to_scheduler", "queue", "prefill", "to_server"}
+    assert set(after) == {"http", "tokenize", "to_scheduler", "queue", "prefill", "to_server"}
     for stage, (total, count) in after.items():
         assert count == before.get(stage, (0.0, 0.0))[1] + 1, stage
         assert 0.0 <= total - before.get(stage, (0.0, 0.0))[0] < 60.0, stage
     # the prefill of a prompt takes longer than handing its first token on
     assert after["prefill"][0] - before.get("prefill", (0.0, 0.0))[0] > 0.0
+    assert after["tokenize"][0] - before.get("tokenize", (0.0, 0.0))[0] > 0.0  # "Hello" was tokenized
