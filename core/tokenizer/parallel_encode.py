@@ -96,8 +96,8 @@ class PieceEncoder:
         if not self.enabled or pieces < 2 or len(text) < MIN_CHARS:
             return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
         bounds = [0, *cut_points(text, pieces, self.added, self.reach), len(text)]
-        parts = self.backend.encode_batch_fast([text[a:b] for a, b in zip(bounds, bounds[1:])],
-                                               add_special_tokens=False)
+        batch = getattr(self.backend, "encode_batch_fast", None) or self.backend.encode_batch  # _fast: tokenizers >= 0.21
+        parts = batch([text[a:b] for a, b in zip(bounds, bounds[1:])], add_special_tokens=False)
         if not add_special_tokens:
             return [i for part in parts for i in part.ids]
         return self.backend.post_process(Encoding.merge(parts), None, True).ids
