@@ -13,7 +13,11 @@ batch 16: 41 tok/s compiled, 91 eager).
 
 `enable_torch_compile` unset turns it on where it pays and the whole step traces into one graph:
 quantized weights (float32 weights are read from memory for most of the step: +16% for a 55 s
-compile), a dense model (no MoE routing on the host), no LoRA, no speculative decoding, one rank.
+compile), a dense model (no MoE routing on the host), no LoRA, one rank. With a speculative
+decoder the plain decode steps run compiled (the load policy picks them where speculating loses),
+the verify forwards eagerly, unless the decoder reads hidden states (EAGLE): it switches the
+model's layer capture between forwards, a module attribute the compiled step does not guard, so
+that engine decodes eagerly.
 The first batch-1 decode compiles (~25 s on 2 cores; the server's warm-up pays it before it
 reports ready). A compile that fails leaves the step eager, with the error logged.
 
@@ -22,7 +26,8 @@ Two options take host time out of the compiled step (SmolLM2 gguf, 2 cores: ~1 m
 step, is generated as C++ instead of Python. `skip_guard_on_all_nn_modules_unsafe`: Dynamo's check
 before each call stops guarding the modules' parameters and attributes (1.4 ms of guards -> 0.5).
 That is safe here because only batch-1 decode forwards run compiled, and nothing in them changes a
-module: weights are loaded once (LoRA, which swaps weights, turns compiling off), and every per-step
+module: weights are loaded once (LoRA, which swaps weights, turns compiling off; EAGLE's layer
+capture, above, keeps the step eager), and every per-step
 value reaches the graph as a tensor or through the forward batch, which stays guarded.
 """
 from __future__ import annotations
@@ -43,7 +48,6 @@ def compile_reason(settings, device: torch.device, quantized: bool, num_experts:
         return f"enable_torch_compile unset: on for the CPU only, not {device.type}"
     for blocked, why in ((not quantized, "float32 weights: memory reads rule the step"),
                          (num_experts, "MoE routing reads expert counts on the host"), (lora, "LoRA is on"),
-                         (settings.speculative_algorithm, "speculative decoding is on"),
                          (tp_size > 1, "tensor parallelism")):
         if blocked:
             return f"{why} (enable_torch_compile forces it)"

@@ -228,7 +228,8 @@ class ModelRunner:
         self.attn_backend.init_forward_metadata(fb)
         if self.lora is not None:
             self.lora.prepare(fb)
-        if self.compiled_decode is not None and fb.mode.is_decode() and fb.batch_size == 1:
+        # a speculative decoder reading hidden states (EAGLE) toggles the model's layer capture: eager
+        if self.compiled_decode is not None and fb.mode.is_decode() and fb.batch_size == 1 and not self.capture_hidden:
             hidden = self.compiled_decode(fb.input_ids, fb.positions, fb)
         else:
             hidden = self.model(fb.input_ids, fb.positions, fb)

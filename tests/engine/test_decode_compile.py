@@ -23,7 +23,7 @@ def settings(compile_: bool | None = None, spec: str | None = None):
     (dict(device=CUDA), False),                       # CUDA graphs instead
     (dict(num_experts=8), False),
     (dict(lora=True), False),
-    (dict(settings=settings(spec="ngram")), False),
+    (dict(settings=settings(spec="ngram")), True),    # plain steps compiled, verify forwards eager
     (dict(tp_size=2), False),
     (dict(quantized=False, settings=settings(True)), True),   # forced on
     (dict(settings=settings(False)), False),                  # forced off
@@ -71,3 +71,22 @@ def test_compiled_decode_matches_eager(quantization):
             assert abs(a["logprob"] - b["logprob"]) < TOLERANCE[quantization], f"step {step}: {a} against {b}"
         else:
             assert got["token_ids"] == want["token_ids"]
+
+
+@pytest.mark.parametrize("capture_hidden, compiled", [(False, True), (True, False)])
+def test_a_decoder_reading_hidden_states_keeps_the_step_eager(capture_hidden, compiled):
+    """With a speculative decoder the batch-1 decode step runs compiled, except when the decoder reads
+    hidden states (EAGLE switches the model's layer capture, which the compiled step does not guard)."""
+    from jackfield.model_runner import ModelRunner
+    from jackfield.sdk.forward_batch import ForwardMode
+
+    calls = []
+    runner = SimpleNamespace(
+        attn_backend=SimpleNamespace(init_forward_metadata=lambda fb: None), lora=None, capture_hidden=capture_hidden,
+        compiled_decode=lambda ids, pos, fb: calls.append("compiled") or ids.float(),
+        model=lambda ids, pos, fb: calls.append("eager") or ids.float())
+    fb = SimpleNamespace(mode=ForwardMode.DECODE, batch_size=1, input_ids=torch.tensor([3]), positions=torch.tensor([7]),
+                         extras={})
+    ModelRunner._hidden(runner, fb)
+    assert calls == ["compiled" if compiled else "eager"]
+    assert ("spec_hidden" in fb.extras) == capture_hidden
