@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from jackfield.bench.http_stream import StreamClient
 from jackfield.bench.datasets import (
     BenchRequest, count_tokens, load_tokenizer, sample_random_requests, sample_sharegpt_requests, with_shared_prefixes,
 )
@@ -100,15 +101,15 @@ def request_body(config: BenchConfig, model: str, req: BenchRequest) -> dict[str
     return body
 
 
-async def send_request(client: httpx.AsyncClient, config: BenchConfig, model: str,
+async def send_request(client: StreamClient, config: BenchConfig, model: str,
                        req: BenchRequest, tokenizer: Any = None) -> RequestResult:
     """Send one streaming request and time its content chunks; errors become a failed result."""
     result = RequestResult(prompt_len=req.prompt_len)
     state = StreamState()
-    url = config.base_url + ENDPOINTS[config.backend]
+    body = request_body(config, model, req)
     start = last = time.perf_counter()
     try:
-        async with client.stream("POST", url, json=request_body(config, model, req)) as resp:
+        async with client.stream(ENDPOINTS[config.backend], body) as resp:
             if resp.status_code != 200:
                 detail = (await resp.aread()).decode("utf-8", "replace").strip()
                 result.error = f"HTTP {resp.status_code}: {detail[:300]}"
@@ -188,6 +189,7 @@ async def run_benchmark(config: BenchConfig) -> dict[str, Any]:
     timeout = httpx.Timeout(config.timeout)
     sem = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
     bar = _progress_bar(len(requests), config.disable_tqdm)
+    streams = StreamClient(config.base_url)  # the timed requests (http_stream.py); httpx for the rest
     async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
         model = config.model
         if not model:
@@ -197,7 +199,7 @@ async def run_benchmark(config: BenchConfig) -> dict[str, Any]:
             if sem is not None:
                 await sem.acquire()
             try:
-                return await asyncio.wait_for(send_request(client, config, model, req, tokenizer), config.timeout)
+                return await asyncio.wait_for(send_request(streams, config, model, req, tokenizer), config.timeout)
             except asyncio.TimeoutError:
                 return RequestResult(prompt_len=req.prompt_len, error=f"timed out after {config.timeout:g}s")
             finally:
@@ -212,6 +214,7 @@ async def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         results = list(await asyncio.gather(*tasks))
         duration = time.perf_counter() - start
         stages = stage_means_ms(stages_before, await scrape(client, config.base_url))
+    await streams.close()
     if bar is not None:
         bar.close()
     report = {"backend": config.backend, "model": model, "base_url": config.base_url}

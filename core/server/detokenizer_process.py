@@ -14,6 +14,7 @@ import zmq
 
 from jackfield.config import Settings
 from jackfield.io_struct import BatchOutput
+from jackfield.server.gc_freeze import freeze_startup_objects
 from jackfield.server.ipc import PortArgs, exit_child, pull_socket, push_socket, setup_child
 from jackfield.server.messages import RegisterReq, StartupError
 from jackfield.tokenizer.request_text import RequestText
@@ -66,9 +67,10 @@ def run_detokenizer_process(settings: Settings, ports: PortArgs, conn) -> None:
         sys.exit(1)
     ctx = zmq.Context()
     recv, send = pull_socket(ctx, ports.detokenizer), push_socket(ctx, ports.tokenizer)
+    manager = DetokenizerManager(tokenizer)
+    freeze_startup_objects("detokenizer")
     conn.send("ready")
     conn.close()
-    manager = DetokenizerManager(tokenizer)
     try:
         while True:
             out = manager.handle(recv.recv_pyobj())

@@ -28,6 +28,7 @@ from jackfield.server.app import ServerState, build_app
 from jackfield.server.dp_replicas import EngineReplicas
 from jackfield.server.dp_tokenizer_manager import DPTokenizerManager
 from jackfield.server.drain import Drain, DrainingServer
+from jackfield.server.gc_freeze import freeze_startup_objects
 from jackfield.server.generation import probe_group
 from jackfield.server.messages import ReadyInfo
 from jackfield.server.parsers import ChatParsers, select_parsers
@@ -220,6 +221,7 @@ async def _warm_up(state: ServerState, server: uvicorn.Server) -> None:
                 group.close()
     while not server.started and not server.should_exit:
         await asyncio.sleep(0.05)
+    freeze_startup_objects("server")
     state.ready = True
     _call_hook(state.pm, "jackfield_engine_started", state.info)
     s = state.settings

@@ -4,12 +4,15 @@ Loop: wait on the input socket while idle (a short poll, never a busy spin) or, 
 until just before the running decode step ends (`Scheduler.launch_deadline`, the late launch); take
 every pending message without blocking, `handle` each, then run one `step()` when there is work. Every
 output, control replies included, goes to the detokenizer, which forwards what it does not decode.
+Idle for the first time after some work (the server's warm-up), it freezes its start-up objects
+out of garbage collection (gc_freeze.py).
 """
 from __future__ import annotations
 
 import logging
 import sys
 import time
+from typing import Callable
 
 import zmq
 
@@ -17,6 +20,7 @@ from jackfield.config import Settings
 from jackfield.engine_loop import TOKENIZER_FILES, build_scheduler
 from jackfield.io_struct import (BatchOutput, FinishReason, LoRAUpdateOut, ReqOutput, TokenizedEmbeddingReq,
                                  TokenizedGenerateReq)
+from jackfield.server.gc_freeze import freeze_startup_objects
 from jackfield.server.heap import HeapTrimmer
 from jackfield.server.ipc import PortArgs, exit_child, pull_socket, push_socket, setup_child
 from jackfield.server.messages import ControlFailed, ReadyInfo, RegisterReq, StartupError
@@ -40,7 +44,8 @@ def run_scheduler_process(settings: Settings, ports: PortArgs, conn, heartbeat=N
         sys.exit(1)
     ctx = zmq.Context()
     loop = SchedulerLoop(scheduler, pull_socket(ctx, ports.scheduler_input), push_socket(ctx, ports.detokenizer),
-                         heartbeat=heartbeat, heap=HeapTrimmer(idle_only=scheduler.device.type == "cuda"))
+                         heartbeat=heartbeat, heap=HeapTrimmer(idle_only=scheduler.device.type == "cuda"),
+                         freeze=lambda: freeze_startup_objects("scheduler"))
     conn.send(ReadyInfo(info, tokenizer_path, time.perf_counter() - start))
     conn.close()
     try:
@@ -83,11 +88,13 @@ class SchedulerLoop:
     """Drives one Scheduler from a PULL socket and pushes everything it produces to the detokenizer."""
 
     def __init__(self, scheduler, recv: zmq.Socket, send: zmq.Socket, idle_poll_ms: int = IDLE_POLL_MS,
-                 heartbeat=None, heap: HeapTrimmer | None = None):
+                 heartbeat=None, heap: HeapTrimmer | None = None, freeze: Callable[[], None] | None = None):
         self.scheduler, self.recv, self.send = scheduler, recv, send
         self.idle_poll_ms = idle_poll_ms
         self.heartbeat = heartbeat
         self.heap = heap if heap is not None else HeapTrimmer()
+        self.freeze = freeze  # called once, idle after the first work (the process: gc_freeze.py)
+        self.worked = False   # ran a step since start-up
 
     def run(self) -> None:
         """Until the scheduler cannot go on (`Scheduler.fatal`, under tensor parallelism); SIGTERM
@@ -107,8 +114,14 @@ class SchedulerLoop:
         if self.scheduler.has_work():
             self._step()
             self.heap.worked()
+            self.worked = True
         # after the step's outputs went out: free heap pages back (heap.py)
         self.heap.maybe_trim(idle=not self.scheduler.has_work())
+        if self.freeze is not None and self.worked and not self.scheduler.has_work():
+            # idle after the first work (the server's warm-up): what compiling and the first
+            # forwards built lives as long as the process
+            self.freeze()
+            self.freeze = None
 
     def _wait_for_launch(self) -> None:
         """Late launch: wait on the socket until the scheduler's launch deadline, so that a request

@@ -209,3 +209,30 @@ def test_an_idle_only_trimmer_waits_for_the_scheduler_to_be_idle():
     sched.has_work = lambda: False
     loop.run_once()
     assert trims == [0]
+
+
+def test_the_loop_freezes_start_up_objects_once_idle_after_its_first_work():
+    frozen = []
+    loop, into, out = make_loop(FakeScheduler())
+    loop.freeze = lambda: frozen.append(len(drain(out)))
+    loop.run_once()
+    assert frozen == []  # no work yet: the warm-up has not run
+    into.send_pyobj(req("a"))
+    loop.run_once()
+    assert frozen == [2]  # idle after the step, its outputs sent
+    into.send_pyobj(req("b"))
+    loop.run_once()
+    assert frozen == [2] and loop.freeze is None
+
+
+def test_freezing_exempts_the_objects_alive_then():
+    import gc
+    import subprocess
+    import sys
+
+    code = ("import gc; from jackfield.server.gc_freeze import freeze_startup_objects; keep = [[] for _ in range(1000)]; "
+            "before = gc.get_freeze_count(); freeze_startup_objects('test'); print(before, gc.get_freeze_count())")
+    before, after = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                            check=True).stdout.split())
+    assert before == 0 and after >= 1000
+    assert gc.get_freeze_count() == 0  # (run in a child: this test process is never frozen)
