@@ -12,7 +12,8 @@
 
 The times come from one clock (`time.monotonic()`, shared by the server's processes on one host):
 the server's HTTP middleware stamps `ARRIVED`, the tokenizer manager adds up its tokenizing in
-`TOKENIZING` and stamps the send, the scheduler the rest (`ReqOutput.timing`). `/metrics` exports them as `jackfield_first_token_stage_seconds{stage}`.
+`TOKENIZING` and stamps the send, the scheduler the rest (`ReqOutput.timing`). `/metrics` exports
+them as `jackfield_first_token_stage_seconds{stage}`.
 """
 from __future__ import annotations
 
