@@ -78,15 +78,39 @@ class StreamClient:
         self.prefix = url.path.rstrip("/")
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
-    async def _connect(self):
-        while self.idle:
+    async def _connect(self, reuse: bool = True):
+        """A connection, and whether it was kept alive from an earlier request."""
+        while reuse and self.idle:
             reader, writer = self.idle.pop()
             if not writer.is_closing() and not reader.at_eof():
-                return reader, writer
+                return reader, writer, True
             writer.close()
         reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self.ssl)
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return reader, writer
+        return reader, writer, False
+
+    async def _send(self, request: bytes):
+        """Write `request` and read the status line; a kept-alive connection the server closed
+        meanwhile (its keep-alive timeout) answers nothing, and the request goes again on a new one."""
+        reader, writer, reused = await self._connect()
+        try:
+            writer.write(request)
+            status = await reader.readline()
+        except ConnectionError:
+            if not reused:
+                writer.close()
+                raise
+            status = b""
+        if not status and reused:
+            writer.close()
+            reader, writer, _ = await self._connect(reuse=False)
+            try:
+                writer.write(request)
+                status = await reader.readline()
+            except BaseException:
+                writer.close()
+                raise
+        return reader, writer, status
 
     @asynccontextmanager
     async def stream(self, path: str, payload: dict):
@@ -95,11 +119,10 @@ class StreamClient:
         head = (f"POST {self.prefix}{path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
                 f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
-        reader, writer = await self._connect()
+        reader, writer, line = await self._send(head + body)
         response = None
         try:
-            writer.write(head + body)
-            status = (await reader.readline()).decode("latin-1").split(" ", 2)
+            status = line.decode("latin-1").split(" ", 2)
             if len(status) < 2 or not status[1].isdigit():
                 raise ConnectionError(f"not an HTTP response: {' '.join(status).strip()!r}")
             headers = {}

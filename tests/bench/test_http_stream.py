@@ -28,7 +28,7 @@ def run_against(responses: list[bytes], work):
             reply = responses.pop(0)
             writer.write(reply)
             await writer.drain()
-            if b"Connection: close" in reply:
+            if b"Connection: close" in reply or b"x-then-drop: 1" in reply:  # the latter: a keep-alive timeout
                 break
         writer.close()
 
@@ -92,3 +92,18 @@ def test_a_stream_left_early_closes_its_connection():
 def test_only_http_urls():
     with pytest.raises(ValueError, match="only http"):
         StreamClient("ftp://example.com")
+
+
+def test_a_kept_alive_connection_the_server_dropped_is_replaced():
+    dropped = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-then-drop: 1\r\n\r\nabc"
+
+    async def work(client):
+        bodies = []
+        for _ in range(2):
+            async with client.stream("/v1/completions", {}) as resp:
+                bodies.append(await resp.aread())
+            await asyncio.sleep(0.05)  # the server closes the first connection meanwhile
+        return bodies
+
+    bodies, seen, conns = run_against([dropped, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"], work)
+    assert bodies == [b"abc", b"ok"] and len(seen) == 2 and len(conns) == 2
