@@ -17,7 +17,7 @@ PORT=30123
 MODEL=${BENCH_MODEL:-benchmarks/configs/llama-3.1-8b.json}
 # the server spells every id of the dummy model (benchmarks/pad_tokenizer.py); the client keeps TOK
 SERVE_TOK=$(mktemp -d)/tok
-python3 benchmarks/pad_tokenizer.py "$TOK" "$SERVE_TOK" --vocab-size "$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["vocab_size"])' "$MODEL")" || exit 1
+python3 benchmarks/pad_tokenizer.py "$TOK" "$SERVE_TOK" --model-config "$MODEL" || exit 1
 T0=$SECONDS
 jf() { python3 -c 'import sys; from jackfield.cli import main; sys.exit(main())' "$@"; }
 need() { [ $((END_S - (SECONDS - T0))) -ge "$1" ]; }  # at least $1 seconds left

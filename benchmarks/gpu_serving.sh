@@ -6,7 +6,7 @@ OUTDIR=$1; STAMP=$2
 TOK=${BENCH_TOKENIZER:-.gpu_carry/tok}  # not JACKFIELD_*: those are read as settings by serve
 # the server spells every id of the dummy model (benchmarks/pad_tokenizer.py); the client keeps TOK
 SERVE_TOK=$(mktemp -d)/tok
-python3 benchmarks/pad_tokenizer.py "$TOK" "$SERVE_TOK" --vocab-size "$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["vocab_size"])' benchmarks/configs/llama-3.1-8b.json)" || exit 1
+python3 benchmarks/pad_tokenizer.py "$TOK" "$SERVE_TOK" --model-config benchmarks/configs/llama-3.1-8b.json || exit 1
 PORT=30123
 python3 -c 'import sys; from jackfield.cli import main; sys.exit(main())' serve --model benchmarks/configs/llama-3.1-8b.json \
   --load-format dummy --tokenizer "$SERVE_TOK" --port $PORT --max-total-tokens 400000 --max-running-requests 256 \

@@ -8,7 +8,7 @@ time to the first token and a longer gap between tokens. The padded copy spells 
 original end as " pad<i>" (byte-level BPE vocabulary entries without merges: encoding never
 produces them, so prompts tokenize as before).
 
-Usage: python benchmarks/pad_tokenizer.py SRC_DIR DST_DIR --vocab-size 128256
+Usage: python benchmarks/pad_tokenizer.py SRC_DIR DST_DIR (--vocab-size 128256 | --model-config CONFIG_JSON)
 """
 from __future__ import annotations
 
@@ -45,10 +45,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
-    p.add_argument("--vocab-size", type=int, required=True, help="the model's vocab_size (config.json)")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--vocab-size", type=int, help="the model's vocab_size")
+    size.add_argument("--model-config", type=Path, help="the model's config.json (its vocab_size)")
     a = p.parse_args()
-    added = pad_tokenizer(a.src, a.dst, a.vocab_size)
-    print(f"wrote {a.dst}: {added} ids added, {a.vocab_size} in all")
+    vocab_size = a.vocab_size or json.loads(a.model_config.read_text())["vocab_size"]
+    added = pad_tokenizer(a.src, a.dst, vocab_size)
+    print(f"wrote {a.dst}: {added} ids added, {vocab_size} in all")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,10 @@ class Response:
     async def aiter_bytes(self):
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
             while True:
-                size = int((await self.reader.readline()).split(b";")[0].strip() or b"0", 16)
+                line = await self.reader.readline()
+                if not line:
+                    raise ConnectionError("the connection closed inside a chunked response body")
+                size = int(line.split(b";")[0].strip() or b"0", 16)
                 if size == 0:
                     while (await self.reader.readline()).strip():  # trailers, then the blank line
                         pass

@@ -184,13 +184,11 @@ async def run_benchmark(config: BenchConfig) -> dict[str, Any]:
         raise ValueError(f"unknown backend {config.backend!r} (choose from {', '.join(BACKENDS)})")
     tokenizer = load_tokenizer(config.tokenizer)
     requests = build_requests(config, tokenizer)
-    width = (config.max_concurrency or len(requests)) + 1
-    limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
     timeout = httpx.Timeout(config.timeout)
     sem = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
     bar = _progress_bar(len(requests), config.disable_tqdm)
     streams = StreamClient(config.base_url)  # the timed requests (http_stream.py); httpx for the rest
-    async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
+    async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
         model = config.model
         if not model:
             model = await resolve_model(client, config.base_url) if config.backend != "jackfield" else "default"

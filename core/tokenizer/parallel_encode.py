@@ -88,6 +88,7 @@ class PieceEncoder:
         self.backend = backend
         self.enabled = supports_pieces(backend)
         self.cores = cores or usable_cores()
+        self._batch = getattr(backend, "encode_batch_fast", None) or backend.encode_batch  # _fast: tokenizers >= 0.21
         self.added = tuple(t.content for t in backend.get_added_tokens_decoder().values() if t.content)
         self.reach = max(map(len, self.added), default=0) + 1
 
@@ -96,8 +97,7 @@ class PieceEncoder:
         if not self.enabled or pieces < 2 or len(text) < MIN_CHARS:
             return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
         bounds = [0, *cut_points(text, pieces, self.added, self.reach), len(text)]
-        batch = getattr(self.backend, "encode_batch_fast", None) or self.backend.encode_batch  # _fast: tokenizers >= 0.21
-        parts = batch([text[a:b] for a, b in zip(bounds, bounds[1:])], add_special_tokens=False)
+        parts = self._batch([text[a:b] for a, b in zip(bounds, bounds[1:])], add_special_tokens=False)
         if not add_special_tokens:
             return [i for part in parts for i in part.ids]
         return self.backend.post_process(Encoding.merge(parts), None, True).ids

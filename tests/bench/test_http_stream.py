@@ -107,3 +107,18 @@ def test_a_kept_alive_connection_the_server_dropped_is_replaced():
 
     bodies, seen, conns = run_against([dropped, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"], work)
     assert bodies == [b"abc", b"ok"] and len(seen) == 2 and len(conns) == 2
+
+
+def test_a_chunked_body_cut_off_is_an_error_not_an_end():
+    cut = SSE + b"9\r\ndata: 1\n\n\r\n"  # one chunk, then the connection closes without the last chunk
+
+    async def work(client):
+        lines = []
+        with pytest.raises(ConnectionError, match="inside a chunked response body"):
+            async with client.stream("/v1/completions", {}) as resp:
+                async for line in resp.aiter_lines():
+                    lines.append(line)
+        return lines, client.idle
+
+    (lines, idle), _, _ = run_against([cut], work)
+    assert lines == ["data: 1", ""] and idle == []
