@@ -3,9 +3,9 @@
 A byte-level BPE tokenizer (GPT-2, Llama 3, Qwen 2, SmolLM...) cuts text with its pre-tokenizer's
 regex and merges only inside each cut, so text split where the regex itself cuts encodes to the same
 ids piece by piece. `encode_batch_fast` encodes the pieces on the backend's thread pool (Rust, GIL
-released): a 1,024-token prompt of random tokens in ~1.6 ms instead of ~3.5 ms on two cores, a
-4,096-token one in ~5 ms instead of ~12. The tokenization is on every request's path to its
-first token.
+released): on a 16-core H100 host a 1,024-token prompt of random tokens in 2.0 ms instead of 7.6,
+a 4,096-token one in 4.9 ms instead of 23.4 (on two cores: parity at 1,024, ~1.4x at 4,096;
+benchmarks/tokenize_pieces.py). The tokenization is on every request's path to its first token.
 
 Where the regexes cut: before a space that is followed by a letter and preceded by a letter. In
 GPT-2's ` ?\\p{L}+` and Llama 3's / Qwen 2's `[^\\r\\n\\p{L}\\p{N}]?\\p{L}+` a letter run ends at the
