@@ -1,5 +1,5 @@
 """Fill Triton's cache with every small-batch GEMV kernel the GEMV tuner times for the 8B shapes (the
-bf16 GEMV at 1, 2, 4 and 8 rows with its fused norm and SiLU-and-mul prologues, the INT4 GEMVs of
+bf16 GEMV at 1, 2, 4, 8 and 16 rows with its fused norm and SiLU-and-mul prologues, the INT4 GEMVs of
 awq / gptq, the FP8 code GEMV with its prologues, the INT4 matmul the tuner compares them with and
 the prefill kernels), compiled by `--jobs` processes
 at once. A decode run started afterwards loads them from the cache instead of compiling them one
@@ -39,7 +39,7 @@ def calls() -> list:
     i4 = (int4.pack(q4, 1), s4.half(), z4.half())
     jobs = []
     wb = w.bfloat16()
-    for m in (1, 2, 4, 8):  # bf16 weights, the decode batch sizes the CUDA graphs pad to
+    for m in (1, 2, 4, 8, 16):  # bf16 weights, the decode batch sizes the CUDA graphs pad to
         xm, rm, gm = torch.randn(m, k, **cuda), torch.randn(m, k, **cuda), torch.randn(m, 2 * k, **cuda)
         for c in (c for c in candidates(None, m) if fits(c, k)):
             jobs += [lambda c=c, xm=xm: gemv(xm, wb, None, c),

@@ -1,5 +1,5 @@
 """Small-batch decode linear layers back to back, as a decode step of the Llama-3.1-8B shape runs them
-at 1, 2, 4 and 8 rows: the Triton GEMVs (one-row kernel, and `gemv_rows` for more rows) launched
+at 1, 2, 4, 8 and 16 rows: the Triton GEMVs (one-row kernel, and `gemv_rows` for more rows) launched
 plainly and as programmatic dependent launches (PDL), and cuBLAS with the unfused RMSNorm and
 SiLU-and-mul kernels. Each layer is
 
@@ -10,7 +10,7 @@ with its own weights (13.96 GB for 32 layers, so every weight comes from DRAM), 
 graph and replayed; bandwidth is weight bytes over replay time. Configurations are chosen by the
 engine's own `GemvTuner` (per shape, against cuBLAS).
 
-    python3 benchmarks/studies/gemv_chain.py [--layers 32] [--rows 1 2 4 8] [--out results.json]
+    python3 benchmarks/studies/gemv_chain.py [--layers 32] [--rows 1 2 4 8 16] [--out results.json]
 
 --log-candidates prints the tuner's time for every candidate configuration of every shape.
 """
@@ -79,7 +79,7 @@ def main() -> int:
     p.add_argument("--hidden", type=int, default=4096)
     p.add_argument("--qkv", type=int, default=6144)
     p.add_argument("--intermediate", type=int, default=14336)
-    p.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8], help="rows of x (decode batch sizes)")
+    p.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="rows of x (decode batch sizes)")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--log-candidates", action="store_true", help="the tuner's per-candidate times, on stderr")
     p.add_argument("--out")

@@ -16,7 +16,7 @@ chunk, which no kernel writes, before they wait for that kernel's output. Back t
 linears otherwise leave the memory system idle at every kernel boundary (the H100 numbers are in
 docs/benchmarks.md).
 
-Two to eight rows of x (small decode batches) take `jackfield.kernels.gemv_rows` through the same
+Two to sixteen rows of x (small decode batches, speculative verify forwards) take `jackfield.kernels.gemv_rows` through the same
 functions: each weight chunk loaded once for all rows, the same prologues, scales and launch.
 """
 from __future__ import annotations
@@ -142,7 +142,7 @@ CODE_CANDIDATES = CANDIDATES + tuple(GemvConfig(n, k, w, s) for n, k, w, s in [
 
 def candidates(wscale: WeightScale | None, rows: int = 1) -> tuple:
     """The configurations timed for a weight with these scales, at `rows` rows of x (GemvConfig for
-    one row, `jackfield.kernels.gemv_rows.RowsConfig` for 2..8 rows, padded to a power of two)."""
+    one row, `jackfield.kernels.gemv_rows.RowsConfig` for 2..16 rows, padded to a power of two)."""
     if rows > 1:
         return rows_candidates(padded_rows(rows), wscale.block[1] if wscale is not None and wscale.block else None)
     if wscale is None:
@@ -218,7 +218,7 @@ class GemvTuner:
 
     One tuner per engine, shared by its linear layers; a key is timed the first time it is met
     outside CUDA-graph capture and torch.compile tracing: with CUDA graphs that is the warm-up
-    forward before capture; with graphs disabled, the first decode at each batch size up to 8 (a
+    forward before capture; with graphs disabled, the first decode at each batch size up to 16 (a
     one-time pause: the
     timing itself takes milliseconds, compiling the candidates seconds the first time Triton meets
     them on a machine). Under --enable-torch-compile the graphs are traced before any eager batch-1

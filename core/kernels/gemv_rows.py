@@ -1,6 +1,6 @@
-"""y = x W^T (+ b) for 2 to 8 rows of x, reading W once: the small-batch decode linear layers (Triton).
+"""y = x W^T (+ b) for 2 to 16 rows of x, reading W once: small decode batches and verify forwards (Triton).
 
-At batch 2-8 a decode step still only streams the weights, but cuBLAS's GEMMs for a few rows reach
+At batch 2-16 a decode step (or a verify forward of a few drafts) still mostly streams the weights, but cuBLAS's GEMMs for a few rows reach
 less of the copy bandwidth than the one-row GEMV (`jackfield.kernels.gemv`): on the H100 the 8B
 step goes from 5.6 ms at batch 1 to 6.4 ms at batch 2. This kernel gives each program BLOCK_N
 weight rows and all rows of x, so every weight chunk is loaded once and multiplied into each row
@@ -143,7 +143,7 @@ def padded_rows(m: int) -> int:
 
 
 def rows_candidates(rows: int, block_k_max: int | None = None) -> tuple[RowsConfig, ...]:
-    """The configurations timed for `rows` (a padded row count, 2..8); `block_k_max` caps the
+    """The configurations timed for `rows` (a padded row count, 2..16); `block_k_max` caps the
     chunk length (block-wise scales: a chunk within one scale block)."""
     def ok(k):
         return block_k_max is None or k <= block_k_max

@@ -89,7 +89,7 @@ CHILD = textwrap.dedent("""
     scaled = ((WeightScale(srow), codes.float() * srow[:, None]),
               (WeightScale(sblk, (64, 128)), codes.float() * sblk.repeat_interleave(128, 1)))
     w = torch.randn(37, 1024)
-    for m in (3, 8):  # padded to 4 rows (and 16 for tl.dot): the masked rows must not leak
+    for m in (3, 13):  # padded to 4 and 16 rows (16 for tl.dot): the masked rows must not leak
         xr, res, gu = torch.randn(m, 1024), torch.randn(m, 1024), torch.randn(m, 2048)
         norm = RMSNorm(1024, 1e-5, torch.float32, "cpu"); norm.weight.data = torch.randn(1024)
         for cfg in candidates(None, m):

@@ -1,4 +1,4 @@
-"""Linear layers over 1 to 8 rows (small decode batches): Triton GEMV where it beats cuBLAS on this GPU,
+"""Linear layers over 1 to 16 rows (small decode batches, verify forwards): Triton GEMV where it beats cuBLAS on this GPU,
 F.linear everywhere else.
 
 A quantization method that keeps plain weights (the built-in `unquantized`) holds one `Gemv` per
@@ -28,7 +28,7 @@ class WeightScale:
     block: tuple[int, int] | None = None
 
 
-MAX_ROWS = 8  # beyond a few rows a GEMM reuses each weight tile enough that cuBLAS is the right kernel
+MAX_ROWS = 16  # beyond this a GEMM reuses each weight tile enough that cuBLAS is the right kernel
 
 
 def _few_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
