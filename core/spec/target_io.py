@@ -45,14 +45,17 @@ class OfflineTarget:
     def hidden_states(self, seqs: list[list[int]], layers: tuple[int, ...] = (),
                       max_tokens: int = 8192) -> list[torch.Tensor]:
         """Per sequence [len, H] final hidden states, or with `layers` [len, len(layers) * H]: the
-        concatenated inputs of those layers. Sequences are batched up to `max_tokens` per forward."""
+        concatenated inputs of those layers. Sequences are batched up to `max_tokens` per forward,
+        and up to what the KV pool and the request table hold (pages rounded up per sequence)."""
         r = self.runner
+        max_seqs = r.req_to_token_pool.available_size()
+        max_tokens = min(max_tokens, r.allocator.available_size() - (r.page_size - 1) * max_seqs)
         r.capture_hidden, r.model.model.capture_layers = True, tuple(layers)
         out: list[torch.Tensor] = []
         try:
             batch: list[list[int]] = []
             for seq in seqs + [None]:
-                if seq is None or (batch and sum(map(len, batch)) + len(seq) > max_tokens):
+                if seq is None or (batch and (sum(map(len, batch)) + len(seq) > max_tokens or len(batch) == max_seqs)):
                     if batch:
                         out += self._forward(batch)
                     batch = []

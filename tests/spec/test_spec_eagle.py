@@ -36,6 +36,22 @@ def test_train_eagle_resumes_and_its_head_drafts_what_the_target_says(tiny_targe
     assert sched.spec.stats.accept_length > 1.4, sched.spec.stats.accept_length
 
 
+def test_hidden_states_batches_within_the_request_table_and_the_pool(tiny_target):
+    """More sequences than the request table has rows, more tokens than the pool holds: split into
+    forwards that fit, each sequence's states equal to running it alone."""
+    from jackfield.sdk import offline_target
+
+    target = offline_target(tiny_target, device="cpu", max_running_requests=2, max_total_tokens=256)
+    try:
+        seqs = [[2 + (i * 7 + j) % 50 for j in range(40 + 10 * i)] for i in range(5)]  # 300 tokens, 5 rows
+        states = target.hidden_states(seqs)
+        assert [s.shape[0] for s in states] == [len(s) for s in seqs]
+        alone = target.hidden_states(seqs[4:])[0]
+        assert torch.allclose(states[4], alone, atol=1e-5)
+    finally:
+        target.close()
+
+
 def write_eagle3(path, hidden: int, vocab: int, draft_vocab: int = 64) -> str:
     from safetensors.torch import save_file
 
