@@ -199,15 +199,36 @@ def gemv_silu_mul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 def _time_ms(fn, flush: torch.Tensor, iters: int = 20) -> float:
-    """Mean time of fn with the L2 cache flushed before each call (weights come from DRAM, as in a
-    real forward); the flush is included, and is the same for every candidate."""
-    fn()
+    """Device time of fn with the L2 cache flushed before each call (weights come from DRAM, as in a
+    real forward); the flush is included, and is the same for every candidate.
+
+    The calls are captured in a CUDA graph and timed as one replay, as the decode graphs run them:
+    timed as eager launches, a candidate of several launches (a norm kernel, then cuBLAS) also paid
+    the host's launch time whenever the device outran it, which no graph replay pays. A call that
+    cannot be captured is timed eagerly."""
+    fn()  # compiles, initializes, and tunes any nested key outside the capture
+    torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        flush.zero_()
-        fn()
-    end.record()
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for _ in range(iters):
+                flush.zero_()
+                fn()
+    except RuntimeError as exc:
+        log.debug("timing %s eagerly: %s", fn, exc)
+        graph = None
+    if graph is not None:
+        graph.replay()
+        start.record()
+        graph.replay()
+        end.record()
+    else:
+        start.record()
+        for _ in range(iters):
+            flush.zero_()
+            fn()
+        end.record()
     end.synchronize()
     return start.elapsed_time(end) / iters
 
