@@ -1,7 +1,6 @@
-"""Fill Triton's cache with every small-batch GEMV kernel the GEMV tuner times for the 8B shapes (the
-bf16 GEMV at 1, 2, 4, 8 and 16 rows with its fused norm and SiLU-and-mul prologues, the INT4 GEMVs of
-awq / gptq, the FP8 code GEMV with its prologues, the INT4 matmul the tuner compares them with and
-the prefill kernels), compiled by `--jobs` processes
+"""Fill Triton's cache with every batch-1 GEMV kernel the GEMV tuner times for the 8B shapes (the
+INT4 GEMVs of awq / gptq, the FP8 code GEMV with its fused norm and SiLU-and-mul prologues, the
+INT4 matmul the tuner compares them with and the prefill kernels), compiled by `--jobs` processes
 at once. A decode run started afterwards loads them from the cache instead of compiling them one
 after another while it tunes (tens of seconds on a fresh machine).
 
@@ -38,14 +37,6 @@ def calls() -> list:
     q4, s4, z4 = int4.quantize(w, group)
     i4 = (int4.pack(q4, 1), s4.half(), z4.half())
     jobs = []
-    wb = w.bfloat16()
-    for m in (1, 2, 4, 8, 16):  # bf16 weights, the decode batch sizes the CUDA graphs pad to
-        xm, rm, gm = torch.randn(m, k, **cuda), torch.randn(m, k, **cuda), torch.randn(m, 2 * k, **cuda)
-        for c in (c for c in candidates(None, m) if fits(c, k)):
-            jobs += [lambda c=c, xm=xm: gemv(xm, wb, None, c),
-                     lambda c=c, xm=xm: gemv_rmsnorm(xm, None, g, 1e-6, wb, None, c),
-                     lambda c=c, xm=xm, rm=rm: gemv_rmsnorm(xm, rm, g, 1e-6, wb, None, c),
-                     lambda c=c, gm=gm: gemv_silu_mul(gm, wb, None, c)]
     for c in (c for c in candidates(ws) if fits(c, k, ws)):
         jobs += [lambda c=c: gemv(x, q8, None, c, ws), lambda c=c: gemv_rmsnorm(x, None, g, 1e-6, q8, None, c, ws),
                  lambda c=c: gemv_rmsnorm(x, res, g, 1e-6, q8, None, c, ws),

@@ -193,7 +193,7 @@ def main() -> int:
     print(json.dumps(out), file=sys.stderr, flush=True)  # the measurement so far, should a later part not finish
     gemv = next((m.method.gemv for m in runner.model.modules() if hasattr(getattr(m, "method", None), "gemv")), None)
     if gemv is not None and gemv.choices:
-        out["gemv_choices"] = {f"{key[0]} rows {key[1]} {key[2]}x{key[3]}": str(c) for key, c in gemv.choices.items()}
+        out["gemv_choices"] = {f"{key[0]} {key[1]}x{key[2]}": str(c) for key, c in gemv.choices.items()}
     if runner.graph_runner is not None and bs in runner.graph_runner.graphs:
         out["graph_kernels"] = kernel_breakdown(runner.graph_runner.graphs[bs].replay, 10)
     if args.phases and torch.cuda.is_available():

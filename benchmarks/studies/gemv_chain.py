@@ -1,7 +1,6 @@
-"""Small-batch decode linear layers back to back, as a decode step of the Llama-3.1-8B shape runs them
-at 1, 2, 4, 8 and 16 rows: the Triton GEMVs (one-row kernel, and `gemv_rows` for more rows) launched
-plainly and as programmatic dependent launches (PDL), and cuBLAS with the unfused RMSNorm and
-SiLU-and-mul kernels. Each layer is
+"""Batch-1 decode linear layers back to back, as a decode step of the Llama-3.1-8B shape runs them:
+the Triton GEMVs launched plainly and as programmatic dependent launches (PDL), and cuBLAS with the
+unfused RMSNorm and SiLU-and-mul kernels. Each layer is
 
     qkv = RMSNorm(x + r) W_qkv  ->  a torch kernel standing in for rope + attention  ->  o = . W_o
     ->  gate_up = RMSNorm(o + r) W_gu  ->  x = silu_mul(gate_up) W_down
@@ -12,6 +11,7 @@ engine's own `GemvTuner` (per shape, against cuBLAS).
 
     python3 benchmarks/studies/gemv_chain.py [--layers 32] [--rows 1 2 4 8 16] [--out results.json]
 
+--rows adds cuBLAS alone at more rows of x (small decode batches: each weight still read once);
 --log-candidates prints the tuner's time for every candidate configuration of every shape.
 """
 from __future__ import annotations
@@ -42,15 +42,14 @@ def choose(layer, x, res) -> list:
     """The engine's choice for the four linears, through the SDK's `Gemv` as a decode step meets
     them: a GemvConfig, or None (cuBLAS and the unfused norm or activation kernel)."""
     g, w_qkv, w_o, w_gu, w_d = layer
-    h = torch.randn(x.shape[0], 2 * w_d.shape[1], device=x.device, dtype=x.dtype)
+    h = torch.randn(1, 2 * w_d.shape[1], device=x.device, dtype=x.dtype)
     gemv = Gemv()
     gemv.normed_linear(x, res, g, 1e-5, w_qkv)
     gemv.linear(x, w_o)
     gemv.normed_linear(x, res, g, 1e-5, w_gu)
     gemv.silu_mul_linear(h, w_d)
     keys = [("add_rmsnorm_linear", w_qkv), ("linear", w_o), ("add_rmsnorm_linear", w_gu), ("silu_mul_linear", w_d)]
-    rows = 1 << (x.shape[0] - 1).bit_length()
-    return [gemv.choices[(variant, rows, *w.shape, w.dtype)] for variant, w in keys]
+    return [gemv.choices[(variant, *w.shape, w.dtype)] for variant, w in keys]
 
 
 def normed(x, res, g, w, cfg):
@@ -79,8 +78,8 @@ def main() -> int:
     p.add_argument("--hidden", type=int, default=4096)
     p.add_argument("--qkv", type=int, default=6144)
     p.add_argument("--intermediate", type=int, default=14336)
-    p.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="rows of x (decode batch sizes)")
     p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--rows", type=int, nargs="+", default=[1], help="also time cuBLAS at these rows of x")
     p.add_argument("--log-candidates", action="store_true", help="the tuner's per-candidate times, on stderr")
     p.add_argument("--out")
     args = p.parse_args()
@@ -90,25 +89,28 @@ def main() -> int:
     dt = torch.bfloat16
     torch.manual_seed(0)
     layers = make_layers(args.layers, args.hidden, args.qkv, args.intermediate, dt)
+    x, res = torch.randn(1, args.hidden, device="cuda", dtype=dt), torch.randn(1, args.hidden, device="cuda", dtype=dt)
+    chosen = choose(layers[0], x, res)  # launched with PDL where the GPU has it (GemvConfig.pdl)
+    plain = [replace(c, pdl=False) if c else None for c in chosen]
+    variants = [("cublas_unfused", None), ("triton_gemv", plain)]
+    if pdl_available(torch.device("cuda")):
+        variants.append(("triton_gemv_pdl", chosen))
     gbytes = sum(t.numel() * t.element_size() for layer in layers for t in layer[1:]) / 1e9
-    by_rows = {}
-    for m in args.rows:
-        x = torch.randn(m, args.hidden, device="cuda", dtype=dt)
-        res = torch.randn(m, args.hidden, device="cuda", dtype=dt)
-        chosen = choose(layers[0], x, res)  # launched with PDL where the GPU has it (the configs' pdl)
-        plain = [replace(c, pdl=False) if c else None for c in chosen]
-        variants = [("cublas_unfused", None), ("triton_gemv", plain)]
-        if pdl_available(torch.device("cuda")):
-            variants.append(("triton_gemv_pdl", chosen))
-        rows = {"configs": [str(c) for c in chosen]}
-        for name, cfgs in variants:
-            ms = replay_ms([lambda c=cfgs: step(x, res, layers, c, args.hidden)], reps=args.reps)
-            rows[name] = {"ms": round(ms, 4), "tb_per_s": round(gbytes / ms, 3)}
-            print(f"rows {m} {name:>16}: {ms:.3f} ms per step, {gbytes / ms:.3f} TB/s of weights", file=sys.stderr)
-        by_rows[str(m)] = rows
+    rows = {}
+    for name, cfgs in variants:
+        ms = replay_ms([lambda c=cfgs: step(x, res, layers, c, args.hidden)], reps=args.reps)
+        rows[name] = {"ms": round(ms, 4), "tb_per_s": round(gbytes / ms, 3)}
+        print(f"{name:>16}: {ms:.3f} ms per step, {gbytes / ms:.3f} TB/s of weights", file=sys.stderr)
+    cublas_rows = {}
+    for m in (m for m in args.rows if m > 1):
+        xm, rm = torch.randn(m, args.hidden, device="cuda", dtype=dt), torch.randn(m, args.hidden, device="cuda", dtype=dt)
+        ms = replay_ms([lambda: step(xm, rm, layers, None, args.hidden)], reps=args.reps)
+        cublas_rows[str(m)] = {"ms": round(ms, 4), "tb_per_s": round(gbytes / ms, 3)}
+        print(f"cublas_unfused at {m} rows: {ms:.3f} ms per step, {gbytes / ms:.3f} TB/s of weights", file=sys.stderr)
     report = {**provenance("python3 benchmarks/studies/gemv_chain.py " + " ".join(sys.argv[1:])),
               "metrics": {"layers": args.layers, "weight_gb": round(gbytes, 3),
-                          "pdl_supported": pdl_available(torch.device("cuda")), "rows": by_rows}}
+                          "pdl_supported": pdl_available(torch.device("cuda")),
+                          "configs": [str(c) for c in chosen], **rows, "cublas_unfused_rows": cublas_rows}}
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

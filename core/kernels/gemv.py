@@ -15,9 +15,6 @@ a GEMV's programs start during the last wave of the kernel before it and load th
 chunk, which no kernel writes, before they wait for that kernel's output. Back to back, batch-1
 linears otherwise leave the memory system idle at every kernel boundary (the H100 numbers are in
 docs/benchmarks.md).
-
-Two to sixteen rows of x (small decode batches, speculative verify forwards) take `jackfield.kernels.gemv_rows` through the same
-functions: each weight chunk loaded once for all rows, the same prologues, scales and launch.
 """
 from __future__ import annotations
 
@@ -29,7 +26,6 @@ import triton
 import triton.language as tl
 
 from jackfield.kernels import pdl_kwargs
-from jackfield.kernels.gemv_rows import launch_rows, padded_rows, rows_candidates
 from jackfield.sdk.layers.gemv import WeightScale
 
 log = logging.getLogger(__name__)
@@ -140,11 +136,8 @@ CODE_CANDIDATES = CANDIDATES + tuple(GemvConfig(n, k, w, s) for n, k, w, s in [
     (4, 2048, 8, 3), (8, 1024, 4, 3), (8, 2048, 8, 2), (2, 4096, 8, 2)])
 
 
-def candidates(wscale: WeightScale | None, rows: int = 1) -> tuple:
-    """The configurations timed for a weight with these scales, at `rows` rows of x (GemvConfig for
-    one row, `jackfield.kernels.gemv_rows.RowsConfig` for 2..16 rows, padded to a power of two)."""
-    if rows > 1:
-        return rows_candidates(padded_rows(rows), wscale.block[1] if wscale is not None and wscale.block else None)
+def candidates(wscale: WeightScale | None) -> tuple[GemvConfig, ...]:
+    """The configurations timed for a weight with these scales."""
     if wscale is None:
         return CANDIDATES
     return BLOCK_SCALE_CANDIDATES if wscale.block is not None else CODE_CANDIDATES
@@ -157,10 +150,6 @@ def _launch(x, r, g, weight, bias, y, r_out, eps, cfg, add_res=False, norm=False
     if wscale is not None:
         s = wscale.scale
         mode, (sn, sk) = (1, (1, 1)) if wscale.block is None else (2, wscale.block)
-    if x.shape[0] > 1:
-        launch_rows(x, r, g, weight, bias, y, r_out, s, eps, cfg, mode, (sn, sk), pdl_kwargs(x), add_res, norm,
-                    silu_mul)
-        return
     _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
         x, r if r is not None else x, g if g is not None else x, weight, bias if bias is not None else weight, y,
         r_out if r_out is not None else y, s, n, k, weight.stride(0), s.stride(0) if s.dim() == 2 else 0, eps,
@@ -171,9 +160,9 @@ def _launch(x, r, g, weight, bias, y, r_out, eps, cfg, add_res=False, norm=False
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: GemvConfig,
          wscale: WeightScale | None = None) -> torch.Tensor:
-    """x: [M, K] contiguous (M <= 8; a RowsConfig `cfg` when M > 1), weight: [N, K] with unit
-    stride along K (int8 / FP8 codes with `wscale`). Returns [M, N] in x's dtype."""
-    y = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
+    """x: [1, K] contiguous, weight: [N, K] with unit stride along K (int8 / FP8 codes with
+    `wscale`). Returns [1, N] in x's dtype."""
+    y = torch.empty(1, weight.shape[0], dtype=x.dtype, device=x.device)
     _launch(x, None, None, weight, bias, y, None, 0.0, cfg, wscale=wscale)
     return y
 
@@ -181,9 +170,9 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: 
 def gemv_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
                  weight: torch.Tensor, bias: torch.Tensor | None, cfg: GemvConfig,
                  wscale: WeightScale | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """RMSNorm(x + residual) (or of x) times W^T in one launch, per row. Returns (y [M, N], x + residual);
+    """RMSNorm(x + residual) (or of x) times W^T in one launch. Returns (y [1, N], x + residual);
     the sum goes to a new tensor, never over an input that other programs still read."""
-    y = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
+    y = torch.empty(1, weight.shape[0], dtype=x.dtype, device=x.device)
     r_out = torch.empty_like(x) if residual is not None else None
     _launch(x, residual, norm_weight, weight, bias, y, r_out, eps, cfg, add_res=residual is not None, norm=True,
             wscale=wscale)
@@ -192,8 +181,8 @@ def gemv_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: to
 
 def gemv_silu_mul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: GemvConfig,
                   wscale: WeightScale | None = None) -> torch.Tensor:
-    """(silu(x[:, :K]) * x[:, K:]) times W^T in one launch; x: [M, 2K] contiguous."""
-    y = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
+    """(silu(x[:, :K]) * x[:, K:]) times W^T in one launch; x: [1, 2K] contiguous."""
+    y = torch.empty(1, weight.shape[0], dtype=x.dtype, device=x.device)
     _launch(x, None, None, weight, bias, y, None, 0.0, cfg, silu_mul=True, wscale=wscale)
     return y
 
@@ -234,13 +223,12 @@ def _time_ms(fn, flush: torch.Tensor, iters: int = 20) -> float:
 
 
 class GemvTuner:
-    """Per key (variant, rows, N, K, dtype[, scale block]): the fastest configuration, or None when the
-    unfused path (cuBLAS, and the separate norm or activation kernel of a fused variant) is faster.
+    """Per key (variant, N, K, dtype): the fastest GemvConfig, or None when the unfused path (cuBLAS,
+    and the separate norm or activation kernel of a fused variant) is faster.
 
     One tuner per engine, shared by its linear layers; a key is timed the first time it is met
     outside CUDA-graph capture and torch.compile tracing: with CUDA graphs that is the warm-up
-    forward before capture; with graphs disabled, the first decode at each batch size up to 16 (a
-    one-time pause: the
+    forward before capture; with graphs disabled, the first batch-1 decode (a one-time pause: the
     timing itself takes milliseconds, compiling the candidates seconds the first time Triton meets
     them on a machine). Under --enable-torch-compile the graphs are traced before any eager batch-1
     forward, so they keep cuBLAS."""
@@ -249,22 +237,22 @@ class GemvTuner:
         self.choices: dict[tuple, GemvConfig | None] = {}
 
     def choice(self, key: tuple, k: int, baseline, candidate, wscale: WeightScale | None = None,
-               configs: tuple | None = None, rows: int = 1):
+               configs: tuple | None = None) -> GemvConfig | None:
         """`baseline()` runs the unfused path, `candidate(cfg)` the kernel with one configuration
-        (for a weight with scales `wscale`, x with `rows` rows); `configs` replaces the candidate list
-        (another GEMV kernel's configurations, each with a `block_k`)."""
+        (for a weight with scales `wscale`); `configs` replaces the candidate list (another GEMV
+        kernel's configurations, each with a `block_k`)."""
         if key not in self.choices:
             if torch.cuda.is_current_stream_capturing() or torch.compiler.is_compiling():
                 return None  # never time inside a capture or a trace; the unfused path is always valid
-            self.choices[key] = self._tune(key, k, baseline, candidate,
-                                           configs if configs is not None else candidates(wscale, rows), wscale)
+            self.choices[key] = self._tune(key, k, baseline, candidate, wscale, configs)
         return self.choices[key]
 
-    def _tune(self, key: tuple, k: int, baseline, candidate, configs: tuple, wscale: WeightScale | None):
+    def _tune(self, key: tuple, k: int, baseline, candidate, wscale: WeightScale | None,
+              configs: tuple | None) -> GemvConfig | None:
         flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
         best, best_ms = None, _time_ms(baseline, flush)
         base_ms = best_ms
-        for cfg in configs:
+        for cfg in configs if configs is not None else candidates(wscale):
             if not fits(cfg, k, wscale):
                 continue
             try:
@@ -275,5 +263,5 @@ class GemvTuner:
             log.debug("%s %s: %.4f ms (unfused %.4f)", key, cfg, ms, base_ms)
             if ms < best_ms - 0.5e-3:  # a win of at least 0.5 us per call, beyond timing noise
                 best, best_ms = cfg, ms
-        log.info("small-batch linear %s: %s", key, best or "unfused")
+        log.info("batch-1 linear %s: %s", key, best or "unfused")
         return best

@@ -91,30 +91,6 @@ def test_fused_gemv_variants_match_unfused(n, k):
             assert _rel(gemv_silu_mul(gu, w, None, cfg), ref_silu) < 1e-2, cfg
 
 
-@pytest.mark.parametrize("rows", [2, 3, 8, 13])
-@pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336), (1000, 2048)])
-def test_gemv_rows_match_unfused(rows, n, k):
-    """2-16 rows (gemv_rows), every configuration and prologue, against the float32 reference."""
-    from jackfield.kernels.gemv import candidates, fits, gemv, gemv_rmsnorm, gemv_silu_mul
-    from jackfield.sdk.layers.norm import RMSNorm
-
-    dt = torch.bfloat16
-    x, res = torch.randn(rows, k, device="cuda", dtype=dt), torch.randn(rows, k, device="cuda", dtype=dt)
-    w = torch.randn(n, k, device="cuda", dtype=dt) / k ** 0.5
-    b = torch.randn(n, device="cuda", dtype=dt)
-    norm = RMSNorm(k, 1e-5, dt, "cuda")
-    norm.weight.data.uniform_(0.5, 1.5)
-    h, s_ref = norm(x, res)
-    gu = torch.randn(rows, 2 * k, device="cuda", dtype=dt)
-    ref_silu = (torch.nn.functional.silu(gu[:, :k].float()) * gu[:, k:].float()) @ w.float().t()
-    for cfg in candidates(None, rows):
-        if fits(cfg, k):
-            assert _rel(gemv(x, w, b, cfg), x.float() @ w.float().t() + b.float()) < 1e-2, cfg
-            y, s = gemv_rmsnorm(x, res, norm.weight, 1e-5, w, None, cfg)
-            assert _rel(y, h.float() @ w.float().t()) < 1e-2 and torch.equal(s, s_ref), cfg
-            assert _rel(gemv_silu_mul(gu, w, None, cfg), ref_silu) < 1e-2, cfg
-
-
 def test_gemv_dispatch_inside_cuda_graph():
     """The SDK's Gemv times a shape once outside capture, then replays the chosen kernel in a graph."""
     from jackfield.sdk import Gemv
@@ -124,7 +100,7 @@ def test_gemv_dispatch_inside_cuda_graph():
     w = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16) / 64
     ref = torch.nn.functional.linear(x, w)
     assert _rel(g.linear(x, w), ref) < 1e-2
-    assert ("linear", 1, 4096, 4096, torch.bfloat16) in g.choices
+    assert ("linear", 4096, 4096, torch.bfloat16) in g.choices
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = g.linear(x, w)
@@ -132,11 +108,8 @@ def test_gemv_dispatch_inside_cuda_graph():
     graph.replay()
     assert _rel(out, torch.nn.functional.linear(x, w)) < 1e-2
     rows = torch.randn(3, 4096, device="cuda", dtype=torch.bfloat16)
-    assert _rel(g.linear(rows, w), torch.nn.functional.linear(rows, w)) < 1e-2
-    assert ("linear", 4, 4096, 4096, torch.bfloat16) in g.choices  # 3 rows: timed as 4 (the kernel's padding)
-    many = torch.randn(17, 4096, device="cuda", dtype=torch.bfloat16)
-    assert torch.equal(g.linear(many, w), torch.nn.functional.linear(many, w))  # more than 16 rows: cuBLAS
-    assert g.normed_linear(many, None, w[0], 1e-5, w) is None and g.silu_mul_linear(many, w[:, :2048]) is None
+    assert torch.equal(g.linear(rows, w), torch.nn.functional.linear(rows, w))  # more than one row: cuBLAS
+    assert g.normed_linear(rows, None, w[0], 1e-5, w) is None and g.silu_mul_linear(rows, w[:, :2048]) is None
 
 
 def test_fused_gemv_dispatch_inside_cuda_graph():
@@ -150,9 +123,9 @@ def test_fused_gemv_dispatch_inside_cuda_graph():
     w = torch.randn(6144, 4096, device="cuda", dtype=dt) / 64
     norm = RMSNorm(4096, 1e-5, dt, "cuda")
     out = g.normed_linear(x, res, norm.weight, 1e-5, w)
-    assert ("add_rmsnorm_linear", 1, 6144, 4096, dt) in g.choices
+    assert ("add_rmsnorm_linear", 6144, 4096, dt) in g.choices
     if out is None:
-        assert g.choices[("add_rmsnorm_linear", 1, 6144, 4096, dt)] is None
+        assert g.choices[("add_rmsnorm_linear", 6144, 4096, dt)] is None
         return
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

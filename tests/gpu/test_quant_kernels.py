@@ -210,19 +210,18 @@ def test_layer_on_gpu_matches_cpu(name, backend):
         x = torch.randn(m, 4096, generator=gen).bfloat16()
         out = layers["cuda"](x.cuda())
         ref = layers["cpu"](x.float())
-        if m <= 8 and name.startswith("fp8") and _gemv_taken(layers["cuda"], m):
-            # FP8's small-batch GEMV keeps the activation in bf16 (W8A16); the CPU path is W8A8, whose
+        if m == 1 and name.startswith("fp8") and _gemv_taken(layers["cuda"]):
+            # FP8's one-row GEMV keeps the activation in bf16 (W8A16); the CPU path is W8A8, whose
             # per-token e4m3 rounding of x alone is a ~2-3% relative error: compare like with like
             cpu = layers["cpu"]
             ref = fp8_numerics.w8a16_reference(x.float(), cpu.weight, cpu.weight_scale, cpu.wscale.block, cpu.bias)
         assert out.dtype == torch.bfloat16 and _rel(out.cpu(), ref) < 2e-2, (m, _rel(out.cpu(), ref))
 
 
-def _gemv_taken(layer, rows: int) -> bool:
-    """Whether the layer's input of `rows` rows went through the GEMV kernel (not the method's matmul)."""
+def _gemv_taken(layer) -> bool:
+    """Whether the layer's one-row input went through the GEMV kernel (not the method's matmul)."""
     gemv = getattr(layer.method, "gemv", None)
-    padded = 1 << (rows - 1).bit_length()
-    return gemv is not None and any(k[:2] == ("linear", padded) and c is not None for k, c in gemv.choices.items())
+    return gemv is not None and any(k[0] == "linear" and c is not None for k, c in gemv.choices.items())
 
 
 CHECKPOINTS = [("fp8", {"scheme": "tensor", "static": True}), ("fp8", {"scheme": "block", "block": (32, 32)}),

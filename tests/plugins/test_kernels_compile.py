@@ -14,10 +14,7 @@ from kernel_compile import assert_compiles, cases_or_skip, compile_kernel
 
 def _cases(everything: bool = False) -> dict:
     """name -> (kernel, argument types, constexprs)."""
-    import torch
     from jackfield.kernels import gemv as g
-    from jackfield.kernels import gemv_rows as gr
-    from jackfield.sdk import WeightScale
     from jackfield.kernels import kv_store, rotary, router
     from jackfield_plugins.attention.triton_kernels import decode, extend
     from jackfield_plugins.quant import fp8_kernels as fk
@@ -74,17 +71,6 @@ def _cases(everything: bool = False) -> dict:
                     {"ADD_RES": variant == "norm", "NORM": variant == "norm", "SILU_MUL": variant == "silu",
                      "HAS_BIAS": True, "SCALE": scale, "SCALE_N": 128 if scale == 2 else 1,
                      "SCALE_K": 128 if scale == 2 else 1, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "PDL": True})
-        for wd, scale, variant, rows in (("bf16" if xd == "fp32" else xd, 0, "norm", 4), ("fp8e4nv", 2, "plain", 8),
-                                         ("i8", 1, "silu", 2)):
-            wscale = None if scale == 0 else WeightScale(torch.ones(1), (128, 128) if scale == 2 else None)
-            configs = g.candidates(wscale, rows)
-            for cfg in configs if everything else (configs[0], configs[-1]):  # registers and tl.dot
-                cases[f"gemv_rows{rows}_{xd}_{wd}_scale{scale}_{variant}_{cfg.block_n}x{cfg.block_k}_{cfg.dot}"] = (
-                    gr._gemv_rows_kernel, {**gemv_args, "w_ptr": p(wd)},
-                    {"ADD_RES": variant == "norm", "NORM": variant == "norm", "SILU_MUL": variant == "silu",
-                     "HAS_BIAS": True, "SCALE": scale, "SCALE_N": 128 if scale == 2 else 1,
-                     "SCALE_K": 128 if scale == 2 else 1, "ROWS": 16 if cfg.dot else rows, "DOT": cfg.dot,
-                     "IEEE": xd == "fp32", "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "PDL": True})
         cases.update(_gguf_cases(xd, everything))
         fp8_kv = {"k_cache_ptr": "*fp8e4nv", "v_cache_ptr": "*fp8e4nv", "k_inv_scale": "fp32", "v_inv_scale": "fp32"}
         cases[f"store_kv_{xd}_fp8"] = (kv_store._store_kv_kernel, {"k_ptr": p(xd), "v_ptr": p(xd), "loc_ptr": "*i64",
@@ -162,9 +148,6 @@ CASE_NAMES = ["act_quant_bf16", "w8a8_bf16_None_256", "w8a8_bf16_(128, 128)_1", 
               "gemv_bf16_fp8e4nv_scale2_plain_8x128", "store_kv_bf16_fp8", "rope_store_bf16_fp8",
               "norm_router_bf16_fp32_8192", "norm_router_bf16_bf16_2048",
               "decode_bf16_fp8kv_d128", "extend_bf16_fp8kv_d128"]
-CASE_NAMES += ["gemv_rows4_bf16_bf16_scale0_norm_4x512_False", "gemv_rows4_bf16_bf16_scale0_norm_32x256_True",
-               "gemv_rows8_bf16_fp8e4nv_scale2_plain_2x128_False", "gemv_rows8_bf16_fp8e4nv_scale2_plain_16x128_True",
-               "gemv_rows2_bf16_i8_scale1_silu_4x1024_False", "gemv_rows2_bf16_i8_scale1_silu_32x256_True"]
 GGUF_TYPES = ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
 CASE_NAMES += [f"gguf_gemv_bf16_{t}_{c}" for t in GGUF_TYPES for c in ("16x512", "16x512_ahead", "16x64_ahead")]
 CASE_NAMES += [f"gguf_mm_bf16_{t}_{m}" for t in GGUF_TYPES for m in (16, 256)]

@@ -1,13 +1,11 @@
-"""Linear layers over 1 to 16 rows (small decode batches, verify forwards): Triton GEMV where it beats cuBLAS on this GPU,
-F.linear everywhere else.
+"""Batch-1 linear layers: Triton GEMV where it beats cuBLAS on this GPU, F.linear everywhere else.
 
 A quantization method that keeps plain weights (the built-in `unquantized`) holds one `Gemv` per
 engine and routes its `apply` through `Gemv.linear`. Methods with int8 or FP8 weight codes pass
 their scales (`WeightScale`: per row, or per [bn, bk] block) and a `fallback(x)` that computes the
-layer their own way; the kernel is timed against that fallback instead of F.linear. CUDA inputs of up
-to MAX_ROWS rows go to `jackfield.kernels.gemv` when the timing per (shape, row count rounded up to a
-power of two), done once before CUDA-graph capture, found a faster block configuration than cuBLAS;
-every other input, and every machine without Triton or CUDA,
+layer their own way; the kernel is timed against that fallback instead of F.linear. Single-row CUDA inputs go to
+`jackfield.kernels.gemv` when the per-shape timing (done once, before CUDA-graph capture) found a
+faster block configuration than cuBLAS; every other input, and every machine without Triton or CUDA,
 takes F.linear. `normed_linear` and `silu_mul_linear` are the fused variants (the norm or the
 activation in the GEMV's prologue); they return None where the caller should run the unfused pair.
 """
@@ -28,16 +26,8 @@ class WeightScale:
     block: tuple[int, int] | None = None
 
 
-MAX_ROWS = 16  # beyond this a GEMM reuses each weight tile enough that cuBLAS is the right kernel
-
-
-def _few_rows(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.dim() == 2 and 1 <= x.shape[0] <= MAX_ROWS and x.is_cuda and x.is_contiguous()
-            and weight.stride(1) == 1)
-
-
-def _padded(rows: int) -> int:
-    return 1 << (rows - 1).bit_length()
+def _one_row(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return x.dim() == 2 and x.shape[0] == 1 and x.is_cuda and x.is_contiguous() and weight.stride(1) == 1
 
 
 class Gemv:
@@ -62,9 +52,8 @@ class Gemv:
 
     @property
     def choices(self) -> dict:
-        """(variant, rows, N, K, dtype[, scale block]) -> the configuration chosen, or None for the
-        unfused path (cuBLAS, or a quantized method's fallback); rows is the row count rounded up to a
-        power of two; the scale block is there for quantized weights."""
+        """(variant, N, K, dtype[, scale block]) -> the GemvConfig chosen, or None for the unfused path
+        (cuBLAS, or a quantized method's fallback); the scale block is there for quantized weights."""
         return dict(self._tuner.choices) if self._tuner is not None else {}
 
     def choose(self, key: tuple, k: int, baseline, candidate, configs: tuple):
@@ -76,8 +65,8 @@ class Gemv:
             return None
         return self._tuner.choice(key, k, baseline, candidate, configs=configs)
 
-    def _key(self, variant: str, x: torch.Tensor, weight: torch.Tensor, wscale) -> tuple:
-        key = (variant, _padded(x.shape[0]), *weight.shape, weight.dtype)
+    def _key(self, variant: str, weight: torch.Tensor, wscale) -> tuple:
+        key = (variant, *weight.shape, weight.dtype)
         return key if wscale is None else (*key, wscale.block)
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, wscale=None,
@@ -86,9 +75,9 @@ class Gemv:
         `fallback(x)`, the method's own path, which also runs every input the kernel does not take."""
         if fallback is None:
             fallback = lambda t: F.linear(t, weight, bias)  # noqa: E731
-        if _few_rows(x, weight) and self._ready():
-            cfg = self._tuner.choice(self._key("linear", x, weight, wscale), weight.shape[1], lambda: fallback(x),
-                                     lambda c: self._k.gemv(x, weight, bias, c, wscale), wscale, rows=x.shape[0])
+        if _one_row(x, weight) and self._ready():
+            cfg = self._tuner.choice(self._key("linear", weight, wscale), weight.shape[1], lambda: fallback(x),
+                                     lambda c: self._k.gemv(x, weight, bias, c, wscale), wscale)
             if cfg is not None:
                 return self._k.gemv(x, weight, bias, cfg, wscale)
         return fallback(x)
@@ -97,7 +86,7 @@ class Gemv:
                       weight: torch.Tensor, bias: torch.Tensor | None = None, wscale=None, fallback=None):
         """(RMSNorm(x + residual) W^T + b, x + residual) in one kernel (residual None: norm of x, and
         x back), or None where the unfused norm + `linear` measured faster or the input does not fit."""
-        if not (_few_rows(x, weight) and (residual is None or residual.is_contiguous()) and self._ready()):
+        if not (_one_row(x, weight) and (residual is None or residual.is_contiguous()) and self._ready()):
             return None
 
         def unfused():
@@ -106,17 +95,16 @@ class Gemv:
 
         variant = "rmsnorm_linear" if residual is None else "add_rmsnorm_linear"
         fused = lambda c: self._k.gemv_rmsnorm(x, residual, norm_weight, eps, weight, bias, c, wscale)  # noqa: E731
-        cfg = self._tuner.choice(self._key(variant, x, weight, wscale), weight.shape[1], unfused, fused, wscale,
-                                 rows=x.shape[0])
+        cfg = self._tuner.choice(self._key(variant, weight, wscale), weight.shape[1], unfused, fused, wscale)
         return fused(cfg) if cfg is not None else None
 
     def silu_mul_linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, wscale=None,
                         fallback=None):
         """(silu(gate) * up) W^T + b for x = [gate | up] in one kernel, or None (see normed_linear)."""
-        if not (_few_rows(x, weight) and x.shape[1] == 2 * weight.shape[1] and self._ready()):
+        if not (_one_row(x, weight) and x.shape[1] == 2 * weight.shape[1] and self._ready()):
             return None
         fused = lambda c: self._k.gemv_silu_mul(x, weight, bias, c, wscale)  # noqa: E731
-        cfg = self._tuner.choice(self._key("silu_mul_linear", x, weight, wscale), weight.shape[1],
+        cfg = self._tuner.choice(self._key("silu_mul_linear", weight, wscale), weight.shape[1],
                                  lambda: self.linear(self._silu_and_mul(x), weight, bias, wscale, fallback), fused,
-                                 wscale, rows=x.shape[0])
+                                 wscale)
         return fused(cfg) if cfg is not None else None
