@@ -199,14 +199,15 @@ def _time_ms(fn, flush: torch.Tensor, iters: int = 20) -> float:
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph):
+    try:  # thread_local: a capture never trips up CUDA calls of another thread of the process
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             for _ in range(iters):
                 flush.zero_()
                 fn()
-    except RuntimeError as exc:
+    except Exception as exc:  # noqa: BLE001 - any capture failure: time the same calls eagerly
         log.debug("timing %s eagerly: %s", fn, exc)
         graph = None
+        torch.cuda.synchronize()
     if graph is not None:
         graph.replay()
         start.record()
