@@ -52,19 +52,6 @@ def choose(layer, x, res) -> list:
     return [gemv.choices[(variant, *w.shape, w.dtype)] for variant, w in keys]
 
 
-def eager_time_ms(fn, flush, iters: int = 20) -> float:
-    """The tuner's timing as eager launches (host launch time included where the device outruns it)."""
-    fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        flush.zero_()
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / iters
-
-
 def normed(x, res, g, w, cfg):
     """RMSNorm(x + res) W^T and x + res: fused GEMV with cfg, else the norm kernel and cuBLAS."""
     if cfg is not None:
@@ -94,9 +81,6 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--rows", type=int, nargs="+", default=[1], help="also time cuBLAS at these rows of x")
     p.add_argument("--log-candidates", action="store_true", help="the tuner's per-candidate times, on stderr")
-    p.add_argument("--eager-timing", action="store_true",
-                   help="also tune with candidates timed as eager launches (the tuner's former timing) and time "
-                        "the chain with those choices")
     p.add_argument("--out")
     args = p.parse_args()
     if args.log_candidates:
@@ -107,16 +91,10 @@ def main() -> int:
     layers = make_layers(args.layers, args.hidden, args.qkv, args.intermediate, dt)
     x, res = torch.randn(1, args.hidden, device="cuda", dtype=dt), torch.randn(1, args.hidden, device="cuda", dtype=dt)
     chosen = choose(layers[0], x, res)  # launched with PDL where the GPU has it (GemvConfig.pdl)
-    if args.eager_timing:
-        graph_timing, k._time_ms = k._time_ms, eager_time_ms
-        eager_chosen = choose(layers[0], x, res)
-        k._time_ms = graph_timing
     plain = [replace(c, pdl=False) if c else None for c in chosen]
     variants = [("cublas_unfused", None), ("triton_gemv", plain)]
     if pdl_available(torch.device("cuda")):
         variants.append(("triton_gemv_pdl", chosen))
-    if args.eager_timing:
-        variants.append(("triton_gemv_pdl_eager_tuned", eager_chosen))
     gbytes = sum(t.numel() * t.element_size() for layer in layers for t in layer[1:]) / 1e9
     rows = {}
     for name, cfgs in variants:
@@ -132,8 +110,7 @@ def main() -> int:
     report = {**provenance("python3 benchmarks/studies/gemv_chain.py " + " ".join(sys.argv[1:])),
               "metrics": {"layers": args.layers, "weight_gb": round(gbytes, 3),
                           "pdl_supported": pdl_available(torch.device("cuda")),
-                          "configs": [str(c) for c in chosen],
-                          "configs_eager_tuned": [str(c) for c in eager_chosen] if args.eager_timing else None, **rows, "cublas_unfused_rows": cublas_rows}}
+                          "configs": [str(c) for c in chosen], **rows, "cublas_unfused_rows": cublas_rows}}
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

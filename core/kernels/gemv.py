@@ -188,37 +188,15 @@ def gemv_silu_mul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 def _time_ms(fn, flush: torch.Tensor, iters: int = 20) -> float:
-    """Device time of fn with the L2 cache flushed before each call (weights come from DRAM, as in a
-    real forward); the flush is included, and is the same for every candidate.
-
-    The calls are captured in a CUDA graph and timed as one replay, as the decode graphs run them:
-    timed as eager launches, a candidate of several launches (a norm kernel, then cuBLAS) also paid
-    the host's launch time whenever the device outran it, which no graph replay pays. A call that
-    cannot be captured is timed eagerly."""
-    fn()  # compiles, initializes, and tunes any nested key outside the capture
-    torch.cuda.synchronize()
+    """Mean time of fn with the L2 cache flushed before each call (weights come from DRAM, as in a
+    real forward); the flush is included, and is the same for every candidate."""
+    fn()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    graph = torch.cuda.CUDAGraph()
-    try:  # thread_local: a capture never trips up CUDA calls of another thread of the process
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            for _ in range(iters):
-                flush.zero_()
-                fn()
-    except Exception as exc:  # noqa: BLE001 - any capture failure: time the same calls eagerly
-        log.debug("timing %s eagerly: %s", fn, exc)
-        graph = None
-        torch.cuda.synchronize()
-    if graph is not None:
-        graph.replay()
-        start.record()
-        graph.replay()
-        end.record()
-    else:
-        start.record()
-        for _ in range(iters):
-            flush.zero_()
-            fn()
-        end.record()
+    start.record()
+    for _ in range(iters):
+        flush.zero_()
+        fn()
+    end.record()
     end.synchronize()
     return start.elapsed_time(end) / iters
 
