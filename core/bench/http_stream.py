@@ -95,25 +95,22 @@ class StreamClient:
     async def _send(self, request: bytes):
         """Write `request` and read the status line; a kept-alive connection the server closed
         meanwhile (its keep-alive timeout) answers nothing, and the request goes again on a new one."""
-        reader, writer, reused = await self._connect()
-        try:
-            writer.write(request)
-            status = await reader.readline()
-        except ConnectionError:
-            if not reused:
-                writer.close()
-                raise
-            status = b""
-        if not status and reused:
-            writer.close()
-            reader, writer, _ = await self._connect(reuse=False)
+        for reuse in (True, False):
+            reader, writer, reused = await self._connect(reuse)
             try:
                 writer.write(request)
                 status = await reader.readline()
+            except ConnectionError:
+                if not reused:
+                    writer.close()
+                    raise
+                status = b""
             except BaseException:
                 writer.close()
                 raise
-        return reader, writer, status
+            if status or not reused:
+                return reader, writer, status
+            writer.close()
 
     @asynccontextmanager
     async def stream(self, path: str, payload: dict):
