@@ -7,6 +7,8 @@ inputs of those layers (EAGLE-3's features).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from jackfield.io_struct import TokenizedGenerateReq
@@ -27,18 +29,24 @@ class OfflineTarget:
         self.model_config = self.runner.config
         self.model, self.device, self.dtype = self.runner.model, self.runner.device, self.runner.dtype
 
-    def generate(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[list[int]]:
-        """Each prompt's generated tokens (every request submitted at once)."""
+    def generate(self, prompts: list[list[int]], params: list[SamplingParams],
+                 on_finish: Callable[[], None] | None = None) -> list[list[int]]:
+        """Each prompt's generated tokens (every request submitted at once); `on_finish` is called
+        as each request finishes (a progress bar)."""
         s = self.scheduler
         outs: dict[str, list[int]] = {f"g{i}": [] for i in range(len(prompts))}
+
+        def take(batches) -> None:
+            for batch in batches:
+                for o in batch.outputs:
+                    outs[o.rid] += o.new_token_ids
+                    if o.finished is not None and on_finish is not None:
+                        on_finish()
+
         for i, (ids, p) in enumerate(zip(prompts, params)):
-            for batch in s.handle(TokenizedGenerateReq(f"g{i}", list(ids), p)):
-                for o in batch.outputs:
-                    outs[o.rid] += o.new_token_ids
+            take(s.handle(TokenizedGenerateReq(f"g{i}", list(ids), p)))
         while s.has_work():
-            for batch in s.step():
-                for o in batch.outputs:
-                    outs[o.rid] += o.new_token_ids
+            take(s.step())
         return [outs[f"g{i}"] for i in range(len(prompts))]
 
     @torch.inference_mode()

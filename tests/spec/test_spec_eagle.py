@@ -27,6 +27,8 @@ def test_train_eagle_resumes_and_its_head_drafts_what_the_target_says(tiny_targe
     assert main(args + ["--steps", "200"]) == 0
     text = capsys.readouterr().out
     assert "resuming from step 50" in text and "reusing 16 sequences" in text
+    held = [float(line.split("agreement ")[1].split()[0]) for line in text.splitlines() if "held-out top-1" in line]
+    assert len(held) == 4 and all(0 <= a <= 1 for a in held), held  # saves at 50 (first run), 100, 150, 200
     assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLMEagle"]
     jobs = [(f"e{i}", p, 24, 0) for i, p in enumerate(prompts(None, 16, 0)[:8])]
     plain = run_workload(spec_scheduler(None, tiny_target, str(tmp_path)), jobs)
@@ -34,6 +36,47 @@ def test_train_eagle_resumes_and_its_head_drafts_what_the_target_says(tiny_targe
                            speculative_eagle_topk=1, speculative_num_steps=4)
     assert run_workload(sched, jobs) == plain and pool_idle_problem(sched) is None
     assert sched.spec.stats.accept_length > 1.4, sched.spec.stats.accept_length
+
+
+def test_train_step_cross_entropy_reads_the_sampled_positions_and_holdout_agreement_all():
+    """`--ce-positions k`: the feature loss still covers every real position; the cross-entropy term
+    is the mean over the k positions `randperm` picks (and over all of them when k covers them).
+    The held-out agreement is the top-1 agreement over every position, in any batching."""
+    import torch.nn.functional as F
+
+    from jackfield.sdk import ModelConfig
+    from jackfield_plugins.spec.eagle_head import EagleHead
+    from jackfield_plugins.spec.eagle_train import _step, holdout_agreement
+
+    hf = {"architectures": ["LlamaForCausalLMEagle"], "model_type": "llama", "hidden_size": 32,
+          "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+          "head_dim": 8, "vocab_size": 50, "rms_norm_eps": 1e-6, "max_position_embeddings": 64}
+    torch.manual_seed(0)
+    head = EagleHead(ModelConfig.from_hf(hf), hf, 32, 64)
+    embed, lm = torch.nn.Embedding(50, 32), torch.nn.Linear(32, 50, bias=False)
+    head.share(embed, lm)
+    seqs = [list(range(2, 14)), list(range(5, 12))]  # 11 + 6 = 17 real positions, right-padded
+    feats = [torch.randn(len(s), 32) for s in seqs]
+
+    def full_terms():
+        h = torch.cat([head.features(torch.tensor(s[1:]), torch.arange(len(s) - 1), f[:-1], None)[0]
+                       for s, f in zip(seqs, feats)])
+        want = torch.cat([f[1:] for f in feats])
+        ce = -(torch.log_softmax(want @ lm.weight.T, -1).exp() * torch.log_softmax(h @ lm.weight.T, -1)).sum(-1)
+        agree = ((h @ lm.weight.T).argmax(-1) == (want @ lm.weight.T).argmax(-1)).float().mean()
+        return F.smooth_l1_loss(h, want), ce, float(agree)
+
+    vloss, ce, agree = full_terms()
+    for batch_seqs in (1, 2):
+        assert abs(holdout_agreement(head, lm.weight, seqs, feats, "cpu", batch_seqs) - agree) < 1e-6
+    for k in (5, 17, 0):
+        torch.manual_seed(k)
+        loss, _, tokens = _step(head, lm.weight, seqs, feats, "cpu", 0.0, k)
+        torch.manual_seed(k)
+        picked = ce[torch.randperm(17)[:k]] if 0 < k < 17 else ce
+        assert tokens == 17
+        assert torch.allclose(loss, vloss + 0.1 * picked.mean(), atol=1e-5), (k, loss, vloss + 0.1 * picked.mean())
+    assert not torch.allclose(ce[torch.randperm(17)[:5]].mean(), ce.mean(), atol=1e-3)
 
 
 def test_hidden_states_batches_within_the_request_table_and_the_pool(tiny_target):
