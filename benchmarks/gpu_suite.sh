@@ -184,8 +184,12 @@ if has spec-eagle; then  # an EAGLE head trained here on SmolLM2 (bf16), then EA
   run $JF bench spec --speculative-algorithm ngram --attention-backend triton --workload rewrite \
     --batch-sizes 1,8 --output-len 256 --max-total-tokens 300000 --output-file "$OUTDIR/spec-ngram-smollm2-$STAMP.json" > /dev/null
   EAGLE_HEAD="$OUT/eagle-smollm2-$STAMP"
-  run $JF spec train-eagle --out "$EAGLE_HEAD" --device cuda --samples 1024 --gen-batch 128 --max-new-tokens 256 \
-    --steps ${EAGLE_STEPS:-1200} --batch-seqs 32 --lr 1e-3
+  # the held-out agreement it prints at each save, and eagle_agreement.py on the `chat` answers below, say
+  # whether the head generalizes (a CPU-trained head on 512 answers did not: docs/benchmarks.md)
+  run $JF spec train-eagle --out "$EAGLE_HEAD" --device cuda --samples ${EAGLE_SAMPLES:-2048} --gen-batch 256 \
+    --max-new-tokens 256 --steps ${EAGLE_STEPS:-1200} --batch-seqs 32 --lr 1e-3
+  run python3 benchmarks/studies/eagle_agreement.py --head "$EAGLE_HEAD" --device cuda --workload chat --num-prompts 8 \
+    | tee "$STUDIES/eagle-agreement-smollm2-$STAMP.json"
   # EAGLE-2 trees (top-4, 5 levels, 7 drafts; drafted eagerly) and chains (4 drafts; drafted from CUDA graphs)
   for shape in "tree --speculative-eagle-topk 4 --speculative-num-steps 5 --speculative-num-draft-tokens 8" \
                "chain --speculative-eagle-topk 1 --speculative-num-steps 4 --speculative-num-draft-tokens 5"; do

@@ -25,11 +25,22 @@ TARGET_MEMORY = 0.5  # GPU: the target's weights + KV cache; the rest is left to
 TOPICS = ["the ocean", "volcanoes", "the Roman empire", "photosynthesis", "black holes", "jazz music",
           "machine learning", "the French revolution", "honey bees", "climate change", "chess", "the human heart",
           "electric cars", "ancient Egypt", "the internet", "coffee", "mountains", "the moon landing",
-          "prime numbers", "rainforests", "a lighthouse keeper", "a robot learning to paint", "a lost cat"]
+          "prime numbers", "rainforests", "a lighthouse keeper", "a robot learning to paint", "a lost cat",
+          "saving money", "learning a new language", "running a marathon", "baking bread", "public speaking",
+          "the water cycle", "earthquakes", "vaccines", "solar panels", "the stock market", "friendship",
+          "a job interview", "recycling", "the Great Wall of China", "dinosaurs", "gardening", "video games",
+          "the Olympic games", "time management", "renting an apartment", "the immune system", "bicycles",
+          "sorting algorithms", "databases", "a dragon who is afraid of fire", "a small town library"]
 INSTRUCTIONS = ["Write a short story about {}.", "Explain {} to a ten-year-old.", "List five facts about {}.",
                 "Write a Python function related to {}, with a docstring and comments.",
                 "Summarize what people should know about {}.", "Write a poem about {}.",
-                "Describe {} in detail, step by step.", "Write an essay introduction about {}."]
+                "Describe {} in detail, step by step.", "Write an essay introduction about {}.",
+                "What are the pros and cons of {}?", "Give me some practical tips about {}.",
+                "What is a common misconception about {}?", "Write a dialogue between two friends about {}.",
+                "Compare {} with something similar and explain the differences.",
+                "Answer briefly: why does {} matter?", "Write an email to a colleague about {}.",
+                "Create a short quiz with answers about {}.", "Tell me the history of {} in a few paragraphs.",
+                "How would you teach a beginner about {}?"]
 
 
 def add_parser(sub) -> None:
