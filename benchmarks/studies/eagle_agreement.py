@@ -1,8 +1,9 @@
 """How far an EAGLE head's training agreement carries to other prompts: the target answers a
 `jackfield bench spec` workload greedily, and the head, fed the target's own features (teacher
 forcing, as in training, no noise), predicts each answer token from the one before it. Prints
-depth-1 top-1 and top-k agreement over the answer tokens, the same measure `train-eagle` prints for
-its held-out sequences; a live speculative run's first draft depth can do no better.
+depth-1 top-1 and top-k agreement over the answer tokens (`train-eagle`'s held-out agreement is the
+top-1 over every position of its own sampled sequences, prompts included); a live speculative run's
+first draft depth can do no better.
 
     python3 benchmarks/studies/eagle_agreement.py --head DIR [--workload chat] [--num-prompts 6]
 """

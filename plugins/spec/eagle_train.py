@@ -173,8 +173,8 @@ def run(args) -> int:
         print(f"resuming from step {step} ({ckpt})")
     seqs, feats = data["seqs"], data["feats"]
     held = min(len(seqs) - 1, max(1, round(args.holdout * len(seqs)))) if args.holdout > 0 else 0
-    seqs, feats, held_seqs, held_feats = seqs[:len(seqs) - held], feats[:len(seqs) - held], seqs[len(seqs) - held:], \
-        feats[len(seqs) - held:]
+    cut = len(seqs) - held
+    seqs, held_seqs, feats, held_feats = seqs[:cut], seqs[cut:], feats[:cut], feats[cut:]
     std = float(torch.cat([f[:64].float() for f in feats[:64]]).std())
     rng = random.Random(args.seed + step)
     bar = tqdm(total=args.steps, initial=step, desc="train-eagle", unit="step")

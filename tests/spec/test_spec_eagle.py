@@ -76,7 +76,8 @@ def test_train_step_cross_entropy_reads_the_sampled_positions_and_holdout_agreem
         picked = ce[torch.randperm(17)[:k]] if 0 < k < 17 else ce
         assert tokens == 17
         assert torch.allclose(loss, vloss + 0.1 * picked.mean(), atol=1e-5), (k, loss, vloss + 0.1 * picked.mean())
-    assert not torch.allclose(ce[torch.randperm(17)[:5]].mean(), ce.mean(), atol=1e-3)
+        if k == 5:  # the subset's mean is not the full mean: the check above tells sampling from reading all
+            assert not torch.allclose(picked.mean(), ce.mean(), atol=1e-3)
 
 
 def test_hidden_states_batches_within_the_request_table_and_the_pool(tiny_target):
