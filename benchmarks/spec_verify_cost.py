@@ -5,9 +5,11 @@
 
 For each batch size, requests hold `--context` cached tokens. The plain step is the engine's captured
 decode CUDA graph; a verify forward of n tokens per request (a TARGET_VERIFY batch with a draft-tree
-mask: a binary tree) is captured in a CUDA graph of its own (model forward + logits of every token)
-and replayed. Both are median device milliseconds of back-to-back replays. The ratio verify / decode
+mask: a binary tree) is captured in a CUDA graph of its own (model forward + logits of every token),
+with the attention metadata the engine's verify graphs capture, and replayed. Both are median
+device milliseconds of back-to-back replays. The ratio verify / decode
 bounds the speedup a drafter can give: with accepted length a, the best case is a / ratio.
+`--kernels N` adds the N kernels that take most device time in each (torch.profiler; decode: its graph).
 """
 from __future__ import annotations
 
@@ -76,6 +78,7 @@ def main() -> int:
     p.add_argument("--draft-tokens", default="4,8,16", help="tokens per request in the verify forward")
     p.add_argument("--context", type=int, default=1024)
     p.add_argument("--out", default=None)
+    p.add_argument("--kernels", type=int, default=0, help="list this many kernels per decode and verify forward")
     add_settings_arguments(p)
     args = p.parse_args()
     sizes = [int(x) for x in args.batch_sizes.split(",")]
@@ -89,12 +92,23 @@ def main() -> int:
         for bs in sizes:
             rows = [runner.req_to_token_pool.alloc() for _ in range(bs)]
             plain = decode_ms(runner, rows, args.context)
+            if args.kernels:
+                from profile_decode import kernel_breakdown
+
+                results.append({"batch_size": bs, "decode_kernels": kernel_breakdown(
+                    runner.graph_runner.graphs[bs].replay, 10, top=args.kernels)["kernels"]})
             for n in [int(x) for x in args.draft_tokens.split(",")]:
                 fb = verify_batch(runner, rows, args.context, n)
-                runner.attn_backend.init_forward_metadata(fb)
-                verify = replay_ms([lambda: runner.model.compute_logits(runner.model(fb.input_ids, fb.positions, fb))])
+                runner.attn_backend.init_forward_metadata_capture(fb)  # as the engine's verify graphs capture it
+
+                def forward(fb=fb):
+                    return runner.model.compute_logits(runner.model(fb.input_ids, fb.positions, fb))
+
+                verify = replay_ms([forward])
                 results.append({"batch_size": bs, "tokens_per_request": n, "decode_ms": round(plain, 3),
                                 "verify_ms": round(verify, 3), "ratio": round(verify / plain, 3)})
+                if args.kernels:
+                    results[-1]["verify_kernels"] = kernel_breakdown(forward, 10, top=args.kernels)["kernels"]
                 print(results[-1], file=sys.stderr)
                 for row in rows:
                     runner.allocator.free(runner.req_to_token_pool.req_to_token[row, :args.context + n].long())

@@ -7,11 +7,15 @@ flight, the next one submitted as one finishes, greedy by default, each ending a
 `--output-len`. Reported per concurrency: tok/s off and on and their ratio, the CPU seconds of
 each run (what to compare on a shared CPU machine), the speculation's mean accepted length (tokens
 per verify forward per request) and acceptance rate, and (greedy) how many requests' outputs
-differ between the two runs (0 expected).
+differ between the two runs (0 expected). `--profile FILE` writes a cProfile of the speculating
+runs (the scheduler steps in this thread): where a speculative step's host time goes.
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
+import pstats
 import sys
 import time
 
@@ -26,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-len", type=int, default=256, help="most tokens per request (requests stop at EOS)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (outputs compared on and off)")
     p.add_argument("--output-file", default=None, help="write the JSON report here (rewritten after each concurrency)")
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="cProfile the speculating runs; the functions with the most own and cumulative time go here")
     add_settings_arguments(p)
 
 
@@ -98,6 +104,7 @@ def run(args) -> int:
     off = replace(on, speculative=False)
     run_closed_loop(sched, prompts(sched.tokenizer, "chat", 2), 2, replace(on, max_new_tokens=8))  # warm-up
     rows, seed = [], 2
+    profiler = cProfile.Profile() if args.profile else None
     command = "jackfield bench spec " + " ".join(sys.argv[3:])
 
     def metrics() -> dict:
@@ -112,7 +119,11 @@ def run(args) -> int:
         st = sched.spec.stats
         t_off, cpu_off, out_off = run_closed_loop(sched, ids, bs, replace(off, seed=seed))
         before = (st.verify_steps, st.proposed, st.accepted, st.emitted)
+        if profiler is not None:
+            profiler.enable()
         t_on, cpu_on, out_on = run_closed_loop(sched, ids, bs, replace(on, seed=seed))
+        if profiler is not None:
+            profiler.disable()
         seed += len(ids)
         steps, proposed, accepted, emitted = (a - b for a, b in zip((st.verify_steps, st.proposed, st.accepted,
                                                                       st.emitted), before))
@@ -130,5 +141,17 @@ def run(args) -> int:
         if bs != sizes[-1]:  # the rows so far to the file, in case a time limit cuts the run short
             write_report(args.output_file, command, metrics(), echo=False)
     write_report(args.output_file, command, metrics())
+    if profiler is not None:
+        write_profile(profiler, args.profile)
     sched.close()
     return 0
+
+
+def write_profile(profiler, path: str, top: int = 40) -> None:
+    """The `top` functions by own time, then by cumulative time, as pstats prints them."""
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    with open(path, "w") as f:
+        f.write(out.getvalue())

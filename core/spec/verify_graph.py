@@ -50,6 +50,7 @@ class VerifyGraphRunner:
         self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.pool = None
         self._capture_all()
+        self._warm_eager()
 
     def _batch(self, bs: int) -> ForwardBatch:
         r, t = self.runner, self.t
@@ -78,6 +79,15 @@ class VerifyGraphRunner:
             backend.init_forward_metadata_capture(fb)
             self.graphs[bs], self.outputs[bs], self.pool = capture(self._run, fb, self.pool, stream)
         log.info("captured verify CUDA graphs (%d tokens per request) for batch sizes %s", self.t, self.sizes)
+
+    @torch.inference_mode()
+    def _warm_eager(self) -> None:
+        """One eager verify forward of a padding-only batch: batches above the captured sizes run
+        eagerly, with kernel variants the captures may not have built (Triton's single-split
+        verify); they compile here, not in a live step that the load policy would then judge."""
+        fb = self._batch(1)
+        self.runner.attn_backend.init_forward_metadata(fb)
+        self._run(fb)
 
     def can_run(self, fb: ForwardBatch) -> bool:
         return (fb.mode.is_verify() and fb.batch_size <= self.max_bs

@@ -1,4 +1,5 @@
-"""The `triton` attention backend: split-KV flash-decoding and one-launch variable-length extend.
+"""The `triton` attention backend: split-KV flash-decoding, one-launch variable-length extend, and
+split-KV verify for speculative draft trees.
 
 Both kernels read K/V straight from the token-slot KV pool through `req_to_token`, so any page size
 works and no per-batch index list is built: per-batch metadata is only the number of KV splits for
@@ -39,6 +40,13 @@ class _ExtendMeta:
     max_extend_len: int    # grid bound: any upper bound of the batch's extend lengths
 
 
+@dataclass
+class _VerifyMeta(_ExtendMeta):  # extend-shaped: a sliding-window layer runs the extend kernel with the tree
+    num_splits: int
+    mid_o: torch.Tensor    # [num_tokens, num_heads, num_splits, head_dim] float32
+    mid_lse: torch.Tensor  # [num_tokens, num_heads, num_splits] float32
+
+
 class TritonAttnBackend(AttentionBackend):
     """Triton kernels for paged attention: GQA-grouped split-KV decode and causal extend."""
 
@@ -70,6 +78,7 @@ class TritonAttnBackend(AttentionBackend):
         self.meta: _DecodeMeta | _ExtendMeta | None = None
         self.graph_mid_o: torch.Tensor | None = None
         self.graph_mid_lse: torch.Tensor | None = None
+        self.graph_verify_scratch: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # ---- per-batch metadata ----------------------------------------------------------------------
     def programs_per_request(self) -> int:
@@ -90,6 +99,14 @@ class TritonAttnBackend(AttentionBackend):
             mid_o = torch.empty(bs, rt.num_heads, splits, self.value_dim, dtype=torch.float32, device=rt.device)
             mid_lse = torch.empty(bs, rt.num_heads, splits, dtype=torch.float32, device=rt.device)
             self.meta = _DecodeMeta(splits, mid_o, mid_lse)
+        elif fb.mode.is_verify():
+            max_len = max(fb.seq_lens_cpu) if fb.seq_lens_cpu else rt.max_context_len
+            splits = self.num_splits(bs, max_len)
+            rows = fb.num_tokens if splits > 1 else 0
+            self.meta = _VerifyMeta(max(fb.extend_seq_lens_cpu), splits,
+                                    torch.empty(rows, rt.num_heads, splits, self.value_dim, dtype=torch.float32,
+                                                device=rt.device),
+                                    torch.empty(rows, rt.num_heads, splits, dtype=torch.float32, device=rt.device))
         else:
             lens = fb.extend_seq_lens_cpu
             self.meta = _ExtendMeta(max(lens) if lens else fb.num_tokens)
@@ -113,7 +130,10 @@ class TritonAttnBackend(AttentionBackend):
         if self.graph_mid_o is None:
             raise RuntimeError("init_cuda_graph_state must be called before capturing CUDA graphs")
         rt, bs = self.runtime, fb.batch_size
-        if not fb.mode.is_decode():  # a verify batch (speculative decoding): extend-shaped
+        if fb.mode.is_verify():
+            self.meta = self._graph_verify_meta(fb)
+            return
+        if not fb.mode.is_decode():
             lens = fb.extend_seq_lens_cpu
             self.meta = _ExtendMeta(max(lens) if lens else fb.num_tokens)
             return
@@ -121,6 +141,22 @@ class TritonAttnBackend(AttentionBackend):
         n = bs * rt.num_heads * splits
         mid_o = self.graph_mid_o[: n * self.value_dim].view(bs, rt.num_heads, splits, self.value_dim)
         self.meta = _DecodeMeta(splits, mid_o, self.graph_mid_lse[:n].view(bs, rt.num_heads, splits))
+
+    def _graph_verify_meta(self, fb: ForwardBatch) -> _VerifyMeta:
+        """A captured verify batch: splits for the longest context (empty ones cost little), scratch
+        from a static buffer. A larger size than the last one gets a new buffer; the old ones stay
+        alive, since graphs captured before read them."""
+        rt = self.runtime
+        splits = self.num_splits(fb.batch_size, rt.max_context_len)
+        rows = fb.num_tokens * rt.num_heads * splits
+        if not self.graph_verify_scratch or self.graph_verify_scratch[-1][1].numel() < rows:
+            self.graph_verify_scratch.append((
+                torch.empty(rows * self.value_dim, dtype=torch.float32, device=rt.device),
+                torch.empty(rows, dtype=torch.float32, device=rt.device)))
+        mid_o, mid_lse = self.graph_verify_scratch[-1]
+        shape = (fb.num_tokens, rt.num_heads, splits)
+        return _VerifyMeta(max(fb.extend_seq_lens_cpu), splits, mid_o[:rows * self.value_dim].view(*shape, -1),
+                           mid_lse[:rows].view(shape))
 
     # ---- attention -------------------------------------------------------------------------------
     def forward_decode(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
@@ -137,8 +173,22 @@ class TritonAttnBackend(AttentionBackend):
         return out.view(q.shape[0], -1)
 
     def forward_verify(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:
-        """The extend kernel with the draft tree's mask (speculative decoding)."""
-        return self.forward_extend(q, layer, fb, tree=(fb.tree_mask, fb.tree_mask_indptr, fb.positions))
+        """Draft trees (speculative decoding): the split-KV verify kernel; with a sliding window, the
+        extend kernel with the tree's mask."""
+        meta = self.meta
+        if not isinstance(meta, _VerifyMeta):
+            raise RuntimeError("forward_verify called without verify metadata (init_forward_metadata first)")
+        if layer.sliding_window is not None:
+            return self.forward_extend(q, layer, fb, tree=(fb.tree_mask, fb.tree_mask_indptr, fb.positions))
+        q3 = q.reshape(-1, layer.num_heads, layer.head_dim)
+        out = torch.empty(q3.shape, dtype=q3.dtype, device=q3.device)
+        self.kernels.verify_attention(
+            q3, fb.kv_pool.k_buffer(layer.layer_id), fb.kv_pool.v_buffer(layer.layer_id), out,
+            fb.req_to_token, fb.req_pool_indices, fb.seq_lens, fb.extend_start_loc, fb.extend_seq_lens,
+            meta.max_extend_len, fb.tree_mask, fb.tree_mask_indptr, meta.mid_o, meta.mid_lse, meta.num_splits,
+            layer.scaling, layer.logit_cap, k_scale=fb.kv_pool.k_scales[layer.layer_id],
+            v_scale=fb.kv_pool.v_scales[layer.layer_id])
+        return out.view(q.shape[0], -1)
 
     def forward_extend(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch,
                        tree: tuple | None = None) -> torch.Tensor:

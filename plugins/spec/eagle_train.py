@@ -64,6 +64,9 @@ def add_parser(sub) -> None:
                    help="fraction of the sequences kept out of training; the head's top-1 agreement with the "
                         "target on them is printed at every save (a gap to the training agreement is overfitting)")
     t.add_argument("--save-every", type=int, default=200)
+    t.add_argument("--time-limit", type=float, default=0.0,
+                   help="minutes of training (data generation not counted) after which the run saves and writes "
+                        "the head as if --steps were reached (0: no limit)")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=run)
@@ -178,6 +181,7 @@ def run(args) -> int:
     std = float(torch.cat([f[:64].float() for f in feats[:64]]).std())
     rng = random.Random(args.seed + step)
     bar = tqdm(total=args.steps, initial=step, desc="train-eagle", unit="step")
+    deadline = time.monotonic() + args.time_limit * 60 if args.time_limit > 0 else float("inf")
     while step < args.steps:
         batch = rng.sample(range(len(seqs)), min(args.batch_seqs, len(seqs)))
         loss, acc, tokens = _step(head, lm_weight, [seqs[i] for i in batch], [feats[i] for i in batch], dev,
@@ -189,11 +193,15 @@ def run(args) -> int:
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.3f}")
-        if step % args.save_every == 0 or step == args.steps:
+        out_of_time = time.monotonic() >= deadline
+        if step % args.save_every == 0 or step == args.steps or out_of_time:
             torch.save({"step": step, "head": head.state_dict(), "opt": opt.state_dict()}, ckpt)
             if held_seqs:
                 acc = holdout_agreement(head, lm_weight, held_seqs, held_feats, dev, args.batch_seqs)
                 bar.write(f"step {step}: held-out top-1 agreement {acc:.3f} ({len(held_seqs)} sequences)")
+        if out_of_time:
+            bar.write(f"--time-limit of {args.time_limit:g} min reached at step {step} of {args.steps}")
+            break
     bar.close()
     save_head(head, str(out))
     print(f"EAGLE head written to {out} (config.json, model.safetensors)")

@@ -30,10 +30,14 @@ def common(tmp_path_factory) -> list[str]:
 
 
 def test_bench_spec_reports_equal_greedy_outputs(common, tmp_path):
-    out = tmp_path / "report.json"
+    out, prof = tmp_path / "report.json", tmp_path / "spec.prof.txt"
     # every step speculates (speculation loses on a tiny CPU model: the load policy would stop it)
     assert main(["bench", "spec", *common, "--speculative-algorithm", "ngram", "--batch-sizes", "1,2",
-                 "--num-prompts", "2", "--output-len", "5", "--no-speculative-load-aware", "--output-file", str(out)]) == 0
+                 "--num-prompts", "2", "--output-len", "5", "--no-speculative-load-aware", "--output-file", str(out),
+                 "--profile", str(prof)]) == 0
+    text = prof.read_text()  # the speculating runs' profile: the decoder's propose is in it, twice sorted
+    assert text.count("Ordered by: internal time") == 1 and text.count("Ordered by: cumulative time") == 1
+    assert "(propose)" in text
     m = json.loads(out.read_text())["metrics"]
     assert [r["batch_size"] for r in m["results"]] == [1, 2] and m["algorithm"] == "ngram"
     for r in m["results"]:

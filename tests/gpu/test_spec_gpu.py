@@ -16,22 +16,24 @@ pytestmark = pytest.mark.gpu
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 TREES = [[-1, 0, 0, 1, 1, 2, 4, 6], [-1, 0, 1, 2], [-1]]
+BIG_TREES = [[-1] + [(j - 1) // 2 for j in range(1, 32)], [-1, 0, 1, 2], [-1] + list(range(15))]  # row blocks
 CODE = "def area(width, height):\n    \"\"\"Area of a rectangle.\"\"\"\n    return width * height\n"
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float16, 5e-3), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("layer_kw", [{}, {"sliding_window": 9}])
-def test_triton_verify_matches_tree_reference(dtype, tol, layer_kw):
+@pytest.mark.parametrize("trees", [TREES, BIG_TREES], ids=["8-nodes", "32-nodes"])
+def test_triton_verify_matches_tree_reference(dtype, tol, layer_kw, trees):
     from attn_harness import AttnProblem, relative_error
 
     from jackfield_plugins.attention.triton import TritonAttnBackend
 
-    p = AttnProblem([37, 300, 5], [len(t) for t in TREES], 8, 2, 64, 16, dtype, "cuda", seed=3)
+    p = AttnProblem([37, 3000, 5], [len(t) for t in trees], 8, 2, 64, 16, dtype, "cuda", seed=3)
     backend, layer = TritonAttnBackend(p.runtime()), p.layer(**layer_kw)
-    fb, q, k, v = p.verify_batch(backend, TREES)
+    fb, q, k, v = p.verify_batch(backend, trees)
     backend.init_forward_metadata(fb)
     out = backend.forward(q, k, v, layer, fb)
-    assert relative_error(out, p.tree_reference(q, fb, layer, TREES)) < tol
+    assert relative_error(out, p.tree_reference(q, fb, layer, trees)) < tol
 
 
 def _flashinfer():
@@ -56,16 +58,20 @@ def test_flashinfer_verify_matches_tree_reference(layer_kw, page_size):
 
 
 @torch.inference_mode()
-def test_flashinfer_verify_cuda_graph_replay_matches_reference():
+@pytest.mark.parametrize("name", ["triton", "flashinfer"])
+def test_verify_cuda_graph_replay_matches_reference(name):
     """A verify forward captured at batch 4 with 8 nodes per request, replayed for 3 live requests
     (padded with a dummy request, as VerifyGraphRunner pads) with two other sets of trees."""
     from dataclasses import replace
 
     from attn_harness import AttnProblem, relative_error
 
+    from jackfield_plugins.attention.triton import TritonAttnBackend
+
     trees = [[-1, 0, 0, 1, 1, 2, 4, 6], [-1, 0, 1, 2, 3, 4, 5, 6], [-1, 0, 0, 0, 0, 0, 0, 0]]
     p = AttnProblem([37, 300, 5], [8, 8, 8], 8, 2, 128, 16, torch.bfloat16, "cuda", seed=4)
-    backend, layer = _flashinfer()(p.runtime(max_batch_size=4)), p.layer()
+    cls = TritonAttnBackend if name == "triton" else _flashinfer()
+    backend, layer = cls(p.runtime(max_batch_size=4)), p.layer()
     backend.init_cuda_graph_state(4, 32)
     fb, q, k, v = p.verify_batch(backend, trees)
     backend.init_forward_metadata(fb)  # one eager forward first, as the engine runs before capturing

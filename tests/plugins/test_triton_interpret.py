@@ -33,7 +33,7 @@ TOLERANCE = {"float32": 1e-4, "float16": 5e-3}
 
 def run_case(name: str) -> dict:
     """Extend, eager decode, decode without host lengths, speculative verify (a tree mask) and
-    graph-style decode for one case."""
+    graph-style decode and verify for one case."""
     import torch
     from attn_harness import AttnProblem, relative_error, row_strided
 
@@ -59,7 +59,8 @@ def run_case(name: str) -> dict:
     errors["decode_strided_q"] = relative_error(backend.forward(row_strided(q), k, v, layer, fb),
                                                 p.reference(q, fb, layer))
 
-    trees = [[-1] + [(j - 1) // 2 for j in range(1, n)] for n in new]  # binary trees: branching and depth
+    # binary trees (branching) and chains (depth: deeper than the sliding window's 9)
+    trees = [[-1] + [(j - 1) // 2 if i % 2 == 0 else j - 1 for j in range(1, n)] for i, n in enumerate(new)]
     fb, q, k, v = p.verify_batch(backend, trees)
     backend.init_forward_metadata(fb)
     errors["verify_tree"] = relative_error(backend.forward(q, k, v, layer, fb), p.tree_reference(q, fb, layer, trees))
@@ -69,6 +70,10 @@ def run_case(name: str) -> dict:
     backend.init_forward_metadata_replay(fb)
     out = backend.forward(q, k, v, layer, fb)
     errors["decode_graph_metadata"] = relative_error(out, p.reference(q, fb, layer))
+    fb, q, k, v = p.verify_batch(backend, trees)  # splits for the longest context, static scratch
+    backend.init_forward_metadata_replay(fb)
+    errors["verify_graph_metadata"] = relative_error(backend.forward(q, k, v, layer, fb),
+                                                     p.tree_reference(q, fb, layer, trees))
     return errors
 
 

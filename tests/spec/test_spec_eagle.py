@@ -14,8 +14,9 @@ from jackfield_plugins.spec.eagle import EagleDecoder
 
 def test_train_eagle_resumes_and_its_head_drafts_what_the_target_says(tiny_target, tmp_path, capsys):
     """A short self-distillation (greedy continuations of the built-in prompts), interrupted and
-    resumed; the head it writes then drafts those continuations: accepted length well above an
-    untrained head's (~1.0), outputs equal to plain decoding."""
+    resumed, then resumed once more under a --time-limit that stops it after one step; the head it
+    writes then drafts those continuations: accepted length well above an untrained head's (~1.0),
+    outputs equal to plain decoding."""
     from jackfield.cli import main
     from jackfield_plugins.spec.eagle_train import prompts
 
@@ -29,6 +30,9 @@ def test_train_eagle_resumes_and_its_head_drafts_what_the_target_says(tiny_targe
     assert "resuming from step 50" in text and "reusing 16 sequences" in text
     held = [float(line.split("agreement ")[1].split()[0]) for line in text.splitlines() if "held-out top-1" in line]
     assert len(held) == 4 and all(0 <= a <= 1 for a in held), held  # saves at 50 (first run), 100, 150, 200
+    assert main(args + ["--steps", "5000", "--time-limit", "0.00001"]) == 0  # out of time after one step
+    text = capsys.readouterr().out
+    assert "reached at step 201 of 5000" in text and "held-out top-1" in text and "EAGLE head written" in text
     assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLMEagle"]
     jobs = [(f"e{i}", p, 24, 0) for i, p in enumerate(prompts(None, 16, 0)[:8])]
     plain = run_workload(spec_scheduler(None, tiny_target, str(tmp_path)), jobs)

@@ -8,7 +8,8 @@ the causal frontier of the query block, or before its window, are never loaded.
 Speculative verify (USE_TREE) runs the same kernel: request b's new tokens are a draft tree, and
 among them a query sees only the keys its [n, n] row of the tree mask marks (its ancestors and
 itself; they come before it, so the causal frontier still bounds the loop). Prefix keys stay
-visible, within the window of the query's own position (prefix + its depth, from `positions`).
+visible, within the window of the query's own position (prefix + its depth, from `positions`);
+a tree key is windowed by its own position too, so a chain deeper than the window drops its start.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from jackfield_plugins.attention.triton_kernels.common import (
 @triton.jit
 def _attend_block(acc, m_i, l_i, q, q_pos, win_pos, n0, hi, K, V, ReqToToken, row, kvh, offs_d, d_mask,
                   stride_kt, stride_kh, stride_vt, stride_vh, sm_scale, logit_cap, window,
-                  TreeMask, tree_base, ext_len, prefix, offs_m, m_mask,
+                  TreeMask, tree_base, ext_len, prefix, offs_m, m_mask, Positions, q_start,
                   BLOCK_N: tl.constexpr, USE_CAP: tl.constexpr, USE_WINDOW: tl.constexpr,
                   MASKED: tl.constexpr, PRECISION: tl.constexpr, USE_TREE: tl.constexpr):
     """Online-softmax update with one block of keys; MASKED blocks apply the causal/window mask."""
@@ -39,8 +40,10 @@ def _attend_block(acc, m_i, l_i, q, q_pos, win_pos, n0, hi, K, V, ReqToToken, ro
         keep = n_mask[None, :] & (offs_n[None, :] <= q_pos[:, None])
         if USE_WINDOW:
             in_window = offs_n[None, :] > win_pos[:, None] - window
-            if USE_TREE:  # tree keys are the query's ancestors: within any window a model uses
-                in_window = in_window | (offs_n[None, :] >= prefix)
+            if USE_TREE:  # a tree key sits at its own position (prefix + its depth), not at its index
+                is_node = (offs_n >= prefix) & n_mask
+                key_pos = tl.load(Positions + q_start + (offs_n - prefix), mask=is_node, other=0)
+                in_window = tl.where(is_node[None, :], key_pos[None, :] > win_pos[:, None] - window, in_window)
             keep = keep & in_window
         if USE_TREE:
             in_tree = (offs_n[None, :] >= prefix) & n_mask[None, :] & m_mask[:, None]
@@ -112,12 +115,12 @@ def _extend_kernel(
     for n0 in range(lo, split, BLOCK_N):
         acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, q_pos, win_pos, n0, hi, K, V, ReqToToken, row, kvh, offs_d,
                                       d_mask, stride_kt, stride_kh, stride_vt, stride_vh, sm_scale, logit_cap, window,
-                                      TreeMask, tree_base, ext_len, prefix, offs_m, m_mask,
+                                      TreeMask, tree_base, ext_len, prefix, offs_m, m_mask, Positions, q_start,
                                       BLOCK_N, USE_CAP, USE_WINDOW, False, PRECISION, USE_TREE)
     for n0 in range(split, hi, BLOCK_N):
         acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, q_pos, win_pos, n0, hi, K, V, ReqToToken, row, kvh, offs_d,
                                       d_mask, stride_kt, stride_kh, stride_vt, stride_vh, sm_scale, logit_cap, window,
-                                      TreeMask, tree_base, ext_len, prefix, offs_m, m_mask,
+                                      TreeMask, tree_base, ext_len, prefix, offs_m, m_mask, Positions, q_start,
                                       BLOCK_N, USE_CAP, USE_WINDOW, True, PRECISION, USE_TREE)
 
     out = acc * v_scale / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
