@@ -180,23 +180,25 @@ if has spec-flashinfer; then  # one device call (about 8 min on a fresh machine)
     --cuda-graph-max-bs 32 --out "$OUTDIR/spec-oracle-8b-flashinfer-$STAMP.json" > /dev/null
   keep "$OUTDIR/spec-oracle-8b-flashinfer-$STAMP.json"
 fi
-if has spec-eagle; then  # an EAGLE head trained here on SmolLM2 (bf16), then EAGLE and ngram on vs off (about 8 min)
+if has spec-eagle; then  # an EAGLE head trained here on SmolLM2 (bf16), then EAGLE and ngram on vs off (about 9 min;
+  # SmolLM2's GGUF is over one call's carry limit: ../shared/gpu/split_file.py and back-to-back calls bring it)
   run $JF bench spec --speculative-algorithm ngram --attention-backend triton --workload rewrite \
     --batch-sizes 1,8 --output-len 256 --max-total-tokens 300000 --output-file "$OUTDIR/spec-ngram-smollm2-$STAMP.json" > /dev/null
-  EAGLE_HEAD="$OUT/eagle-smollm2-$STAMP"
-  # the held-out agreement it prints at each save, and eagle_agreement.py on the `chat` answers below, say
-  # whether the head generalizes (a CPU-trained head on 512 answers did not: docs/benchmarks.md)
-  run $JF spec train-eagle --out "$EAGLE_HEAD" --device cuda --samples ${EAGLE_SAMPLES:-2048} --gen-batch 256 \
-    --max-new-tokens 256 --steps ${EAGLE_STEPS:-1200} --batch-seqs 32 --lr 1e-3
+  EAGLE_HEAD=${EAGLE_HEAD:-/tmp/eagle-smollm2}  # data.pt (GBs) and checkpoint.pt stay there; the head is ~17 MB
+  # 8192 answers and 3000 steps of 32: about 2.5 + 3.2 min on the H100; the held-out agreement it prints at
+  # each save, and eagle_agreement.py on the `chat` answers below, say whether the head generalizes
+  run $JF spec train-eagle --out "$EAGLE_HEAD" --device cuda --samples ${EAGLE_SAMPLES:-8192} --gen-batch 160 \
+    --max-new-tokens 256 --steps ${EAGLE_STEPS:-3000} --batch-seqs 32 --lr 1e-3 --save-every 250 --time-limit 4
   run python3 benchmarks/studies/eagle_agreement.py --head "$EAGLE_HEAD" --device cuda --workload chat --num-prompts 8 \
     | tee "$STUDIES/eagle-agreement-smollm2-$STAMP.json"
-  # EAGLE-2 trees (top-4, 5 levels, 7 drafts; drafted eagerly) and chains (4 drafts; drafted from CUDA graphs)
-  for shape in "tree --speculative-eagle-topk 4 --speculative-num-steps 5 --speculative-num-draft-tokens 8" \
-               "chain --speculative-eagle-topk 1 --speculative-num-steps 4 --speculative-num-draft-tokens 5"; do
+  # a chain (4 drafts; drafted from CUDA graphs) and EAGLE-2 trees of 8 and 16 tokens (drafted eagerly)
+  for shape in "chain --speculative-eagle-topk 1 --speculative-num-steps 4 --speculative-num-draft-tokens 5" \
+               "tree --speculative-eagle-topk 4 --speculative-num-steps 5 --speculative-num-draft-tokens 8" \
+               "tree16 --speculative-eagle-topk 8 --speculative-num-steps 6 --speculative-num-draft-tokens 16"; do
     set -- $shape
     tag=$1; shift
     run $JF bench spec --speculative-algorithm eagle --speculative-draft-model-path "$EAGLE_HEAD" --attention-backend triton \
-      "$@" --workload chat --batch-sizes 1 --num-prompts 8 --output-len 256 \
+      "$@" --workload chat --batch-sizes 1 --num-prompts 8 --output-len 256 --no-speculative-load-aware \
       --output-file "$OUTDIR/spec-eagle-smollm2-$tag-$STAMP.json" > /dev/null
   done
 fi

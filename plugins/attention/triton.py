@@ -1,9 +1,10 @@
 """The `triton` attention backend: split-KV flash-decoding, one-launch variable-length extend, and
 split-KV verify for speculative draft trees.
 
-Both kernels read K/V straight from the token-slot KV pool through `req_to_token`, so any page size
+The kernels read K/V straight from the token-slot KV pool through `req_to_token`, so any page size
 works and no per-batch index list is built: per-batch metadata is only the number of KV splits for
-decode (and its scratch buffers) and a grid bound for extend, both derived without a device sync.
+decode and verify (and their scratch buffers) and a grid bound for extend, all derived without a
+device sync.
 An FP8 pool is read as such: K and V are converted in registers and their per-layer scales folded
 into the logit scale and the output. Triton itself is imported when the backend is constructed,
 never at discovery.
@@ -48,7 +49,7 @@ class _VerifyMeta(_ExtendMeta):  # extend-shaped: a sliding-window layer runs th
 
 
 class TritonAttnBackend(AttentionBackend):
-    """Triton kernels for paged attention: GQA-grouped split-KV decode and causal extend."""
+    """Triton kernels for paged attention: GQA-grouped split-KV decode and verify, and causal extend."""
 
     name = "triton"
     priority = 50

@@ -202,3 +202,21 @@ def test_plain_steps_are_timed_without_the_prefill_they_waited_for(tiny_target, 
     finally:
         sched.close()
     assert len(recorded) > 10 and max(recorded) < 0.2
+
+
+def test_verify_graph_runner_warms_the_eager_verify_path(tiny_target, tmp_path, monkeypatch):
+    """At startup the verify graph runner runs one eager verify forward on a padding-only batch
+    (request-table row 0, KV slot 0), so kernels that eager batches above the captured sizes use are
+    built then; emulated on the CPU with the captures skipped: it runs and takes no KV slot."""
+    from jackfield.spec.verify_graph import VerifyGraphRunner
+
+    sched = spec_scheduler(NgramDecoder, tiny_target, str(tmp_path))
+    runner, ran = sched.runner, []
+    monkeypatch.setattr(VerifyGraphRunner, "_capture_all", lambda self: None)
+    forward = runner.model.forward
+    monkeypatch.setattr(runner.model, "forward", lambda ids, pos, fb: ran.append(fb.mode) or forward(ids, pos, fb))
+    free = runner.allocator.available_size()
+    VerifyGraphRunner(runner, 8, 4)
+    assert [m.is_verify() for m in ran] == [True] and runner.allocator.available_size() == free
+    assert pool_idle_problem(sched) is None
+    sched.close()
