@@ -9,7 +9,8 @@ read once for the whole group and the whole tree; it writes a normalised partial
 log-sum-exp (base 2). Stage 2 is the decode merge kernel, one program per (token, query head).
 
 Masking: prefix keys are visible to every node; a node sees the tree's keys that its [n, n] row
-of the tree mask marks (its ancestors and itself). Splits are a fixed count per launch (an upper
+of the tree mask marks (its ancestors and itself): each key block goes through the extend
+kernel's block update in tree mode, with a row's node index as its query index. Splits are a fixed count per launch (an upper
 bound inside a CUDA graph); empty ones write lse = -inf and the merge ignores them. Sliding
 windows are not handled here: the backend keeps the extend kernel for them.
 """
@@ -19,10 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
-from jackfield_plugins.attention.triton_kernels.common import (
-    block_dmodel, check_head_layout, dot_precision, scale_logits,
-)
+from jackfield_plugins.attention.triton_kernels.common import block_dmodel, check_head_layout, dot_precision
 from jackfield_plugins.attention.triton_kernels.decode import _decode_merge_kernel
+from jackfield_plugins.attention.triton_kernels.extend import _attend_block
 
 MAX_ROWS = 64  # (node, head) rows per program; larger trees take several row blocks
 MERGE_SPLITS = 32  # the merge's split tile: one build for any split count up to the backend's 32
@@ -65,27 +65,11 @@ def _verify_split_kernel(
     m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_R], tl.float32)
     acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
-    for n0 in range(start, end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < end
-        slots = tl.load(ReqToToken + row + offs_n, mask=n_mask, other=0).to(tl.int64)
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(K + slots[:, None] * stride_kt + g * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
-        qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION)
-        qk = scale_logits(qk, sm_scale, logit_cap, USE_CAP)
-        in_tree = (offs_n[None, :] >= prefix) & n_mask[None, :] & r_mask[:, None]
-        bit = tl.load(TreeMask + tree_base + node[:, None] * n_new + (offs_n[None, :] - prefix), mask=in_tree, other=0)
-        keep = n_mask[None, :] & ((offs_n[None, :] < prefix) | (bit != 0))
-        qk = tl.where(keep, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-        p = tl.exp2(qk - m_ref[:, None])
-        alpha = tl.exp2(m_i - m_ref)
-        v = tl.load(V + slots[:, None] * stride_vt + g * stride_vh + offs_d[None, :], mask=kv_mask,
-                    other=0.0).to(q.dtype)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
+    for n0 in range(start, end, BLOCK_N):  # the extend kernel's masked block, in tree mode, on this split
+        acc, m_i, l_i = _attend_block(acc, m_i, l_i, q, prefix + node, prefix + node, n0, end, K, V, ReqToToken, row,
+                                      g, offs_d, d_mask, stride_kt, stride_kh, stride_vt, stride_vh, sm_scale,
+                                      logit_cap, 0, TreeMask, tree_base, n_new, prefix, node, r_mask, TreeMask,
+                                      q_start, BLOCK_N, USE_CAP, False, True, PRECISION, True)
 
     has = l_i > 0.0
     safe_l = tl.where(has, l_i, 1.0)
