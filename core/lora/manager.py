@@ -18,7 +18,8 @@ import torch
 from jackfield.lora.adapter import AdapterError, LayerSpec, LoRAAdapter, read_adapter
 from jackfield.lora.pool import AdapterPool
 from jackfield.sdk.forward_batch import ForwardBatch
-from jackfield.sdk.lora import LoRABackend, LoRABatch, LoRARuntime, LoRAWeights, lora_batch
+from jackfield.sdk.lora import LoRABackend, LoRARuntime, LoRAWeights, lora_batch
+from jackfield.sdk.lora_graph import LoRAGraphSlots
 
 log = logging.getLogger(__name__)
 # The checkpoint modules LoRA can target, by the SDK layer that holds them.
@@ -71,7 +72,7 @@ class LoRAManager:
         self.pool: AdapterPool | None = None
         self.active = False
         self._uids = itertools.count(1)
-        self._graph_slots: torch.Tensor | None = None
+        self._graph: LoRAGraphSlots | None = None
 
     # ---- model build ----------------------------------------------------------------------------
     def wrap(self, prefix: str, in_features: int, shards: dict) -> LoRALayer | None:
@@ -137,29 +138,20 @@ class LoRAManager:
         if not self.active:
             return
         if fb.mode.is_decode():
-            lens = [1] * fb.batch_size
+            batch = lora_batch([1] * fb.batch_size, slots, self.pool.scalings, decode=True,
+                               tile=self.backend.decode_tile(fb.batch_size))
         else:
-            lens = list(fb.extend_seq_lens_cpu)
-        self.backend.prepare(lora_batch(lens, slots, self.pool.scalings, decode=fb.mode.is_decode()))
+            batch = lora_batch(list(fb.extend_seq_lens_cpu), slots, self.pool.scalings)
+        self.backend.prepare(batch)
 
     def init_cuda_graph_state(self, max_bs: int) -> None:
-        self._graph_slots = torch.full((max_bs,), -1, dtype=torch.int32, device=self.runtime.device)
-        self._graph_starts = torch.arange(max_bs, dtype=torch.int32, device=self.runtime.device)
-        self._graph_ones = torch.ones(max_bs, dtype=torch.int32, device=self.runtime.device)
+        self._graph = LoRAGraphSlots(self.backend, max_bs, self.runtime.max_loras_per_batch, self.pool.scalings)
 
     def prepare_capture(self, bs: int) -> None:
         """Before capturing the decode graph of batch size bs: LoRA kernels are captured over the
-        static slot buffer, which `prepare_replay` rewrites."""
-        slots = self._graph_slots[:bs]
+        static slot (and tile) buffer, which `prepare_replay` rewrites."""
         self.active = True
-        self.backend.prepare(LoRABatch(num_tokens=bs, token_slots=slots, seg_starts=self._graph_starts[:bs],
-                                       seg_lens=self._graph_ones[:bs], seg_slots=slots,
-                                       scalings=self.pool.scalings, max_seg_len=1, decode=True))
+        self.backend.prepare(self._graph.batch(bs))
 
     def prepare_replay(self, fb: ForwardBatch, bs: int) -> None:
-        from jackfield.mem.device_copy import to_device
-
-        raw = fb.batch_size
-        slots = fb.lora_slots or (-1,) * raw
-        self._graph_slots[:raw].copy_(to_device(list(slots), torch.int32, self.runtime.device))
-        self._graph_slots[raw:bs].fill_(-1)
+        self._graph.write(fb.lora_slots or (-1,) * fb.batch_size, bs)

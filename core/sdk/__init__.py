@@ -15,6 +15,8 @@ from jackfield.sdk.grammar import (EosTrackingGrammar, Grammar, GrammarBackend, 
 from jackfield.sdk.json_calls import JsonCallFormat, JsonCallStream, JsonToolCallParser
 from jackfield.sdk.kv_cache import KVLayout, KVPool
 from jackfield.sdk.lora import LoRABackend, LoRABatch, LoRARuntime, LoRAWeights, lora_batch
+from jackfield.sdk.lora_graph import LoRAGraphSlots
+from jackfield.sdk.lora_tiles import LoRATiles, tile_bound, tile_values
 from jackfield.sdk.model import CausalLM, ModelBuildContext
 from jackfield.sdk.model_config import ModelConfig, RopeConfig
 from jackfield.sdk.moe import ExpertMethod, ExpertWeights, MoEConfig, MoEDispatcher, RoutingConfig, route
@@ -62,7 +64,8 @@ __all__ = [
     "EosTrackingGrammar", "Grammar", "GrammarBackend", "GrammarError", "GrammarSpec", "GrammarVocab", "UnsupportedGrammar", "allocate_bitmask",
     "bitmask_words",
     # LoRA
-    "LoRABackend", "LoRABatch", "LoRARuntime", "LoRAWeights", "lora_batch",
+    "LoRABackend", "LoRABatch", "LoRAGraphSlots", "LoRARuntime", "LoRATiles", "LoRAWeights", "lora_batch",
+    "tile_bound", "tile_values",
     # tool-call and reasoning parsers
     "CallDelta", "JsonCallFormat", "JsonCallStream", "JsonToolCallParser", "ParseResult", "StreamDelta", "Tool",
     "ToolCall", "ToolCallParser", "ToolCallStream", "ReasoningDelta", "ReasoningParser", "TagReasoningParser",

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from jackfield.sdk.component import Component
+from jackfield.sdk.lora_tiles import LoRATiles, tile_values, tiles_view
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class LoRABatch:
 
     In a decode CUDA graph the tensors are static buffers whose contents change at each replay,
     so `prepare` must not read them on the host; `decode` is then True and every segment is one
-    token long (`seg_slots` is `token_slots`)."""
+    token long (`seg_slots` is `token_slots`). Decode batches for a backend whose `decode_tile` is
+    positive also come grouped by slot (`tiles`, jackfield.sdk.lora_tiles)."""
 
     num_tokens: int
     token_slots: torch.Tensor   # [num_tokens]
@@ -68,6 +70,7 @@ class LoRABatch:
     max_seg_len: int            # the longest segment (sizes segment-GEMM grids)
     decode: bool                # one token per segment
     segments: tuple[tuple[int, int, int], ...] = ()  # (start, length, slot) per segment on the host; () in graphs
+    tiles: LoRATiles | None = None  # decode only: the tokens grouped by slot, for a backend that asks
 
     @property
     def num_segments(self) -> int:
@@ -75,9 +78,10 @@ class LoRABatch:
 
 
 def lora_batch(lens: list[int] | tuple[int, ...], slots: list[int] | tuple[int, ...], scalings: torch.Tensor,
-               decode: bool = False) -> LoRABatch:
+               decode: bool = False, tile: int = 0) -> LoRABatch:
     """A LoRABatch for requests of `lens[i]` tokens each using slot `slots[i]` (-1: base model), in
-    order; neighbours with the same slot become one segment. Tensors go to `scalings`' device."""
+    order; neighbours with the same slot become one segment. A decode batch with `tile` > 0 also
+    gets its tiles of at most `tile` tokens. Tensors go to `scalings`' device."""
     from jackfield.mem.device_copy import to_device
 
     segments: list[list[int]] = []
@@ -91,10 +95,13 @@ def lora_batch(lens: list[int] | tuple[int, ...], slots: list[int] | tuple[int, 
     dev = scalings.device
     token_slots = [slot for n, slot in zip(lens, slots) for _ in range(n)]
     seg = to_device(torch.tensor(segments, dtype=torch.int32).reshape(-1, 3).T.contiguous(), torch.int32, dev)
+    tiles = None
+    if decode and tile > 0:
+        tiles = tiles_view(to_device(tile_values(token_slots, tile), torch.int32, dev), start, tile)
     return LoRABatch(num_tokens=start, token_slots=to_device(token_slots, torch.int32, dev),
                      seg_starts=seg[0], seg_lens=seg[1], seg_slots=seg[2], scalings=scalings,
                      max_seg_len=max((s[1] for s in segments), default=0), decode=decode,
-                     segments=tuple(tuple(s) for s in segments))
+                     segments=tuple(tuple(s) for s in segments), tiles=tiles)
 
 
 class LoRABackend(Component):
@@ -120,6 +127,12 @@ class LoRABackend(Component):
         """Return base_out [T, out] plus each token's update scaling[s] * (x A_s^T) B_s^T, x being
         the layer's input [T, in] (the batch's tokens in order). May add into base_out in place
         and return it."""
+
+    def decode_tile(self, num_tokens: int) -> int:
+        """The most tokens per tile when decode batches of num_tokens tokens should come grouped by
+        slot (`LoRABatch.tiles`, so a kernel reads each adapter once per tile); 0 (the default): the
+        backend reads `token_slots` only. Asked per batch size, also before a CUDA-graph capture."""
+        return 0
 
     def fuses_prologue(self) -> bool:
         """True when, for the prepared batch, `apply_normed` and `apply_silu_mul` compute the layer's

@@ -6,7 +6,9 @@ GEMM's output in place, so no separate add runs.
   is small; `expand` sums them and computes out += scaling_s * xa_j B_s,j^T per (token block x
   column block, segment, slice). A program whose segment runs the base model (slot -1)
   or whose slot does not adapt the slice (rank 0) returns at once.
-Decode batches run the BGMV kernels of `bgmv.py`.
+Decode batches grouped by slot (`LoRABatch.tiles`) run the same kernels with one tile per segment:
+a program's rows are `order[start + t]` (INDIRECT), so each tile reads its adapter once; small
+decode batches run the BGMV kernels of `bgmv.py`.
 Slices of a fused layer (q/k/v, gate/up) are up to three: slice j's A rows start at j * MAX_RANK and
 its output columns at offset_j.
 """
@@ -29,9 +31,19 @@ def _slice(j, v0, v1, v2):
 
 
 @triton.jit
-def _sgmv_shrink(x, a, xa, seg_starts, seg_lens, seg_slots, ranks, K, K_SPLIT, num_splits, stride_x, stride_as,
-                 stride_ar, stride_xs, stride_xa, stride_rk, MAX_RANK: tl.constexpr, BLOCK_T: tl.constexpr,
-                 BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+def _rows(seg_starts, seg, order, t, n, INDIRECT: tl.constexpr):
+    """The token rows of positions t of a segment: consecutive, or looked up in `order` (tiles)."""
+    pos = tl.load(seg_starts + seg) + t
+    if INDIRECT:
+        pos = tl.load(order + pos, mask=t < n, other=0)
+    return pos.to(tl.int64)
+
+
+@triton.jit
+def _sgmv_shrink(x, a, xa, seg_starts, seg_lens, seg_slots, order, ranks, K, K_SPLIT, num_splits, stride_x,
+                 stride_as, stride_ar, stride_xs, stride_xa, stride_rk, MAX_RANK: tl.constexpr,
+                 BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+                 INDIRECT: tl.constexpr):
     """Program (token block x K chunk, segment, slice) writes the float32 partial x A^T over its
     K_SPLIT columns of K to xa[split] (the expand sums the splits)."""
     pid_t = tl.program_id(0) // num_splits
@@ -45,9 +57,8 @@ def _sgmv_shrink(x, a, xa, seg_starts, seg_lens, seg_slots, ranks, K, K_SPLIT, n
     n = tl.load(seg_lens + seg)
     if (rank == 0) | (pid_t * BLOCK_T >= n):
         return
-    start = tl.load(seg_starts + seg)
     t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    rows = (start + t).to(tl.int64)
+    rows = _rows(seg_starts, seg, order, t, n, INDIRECT)
     r = tl.arange(0, BLOCK_R)
     k = tl.arange(0, BLOCK_K)
     a_base = a + slot.to(tl.int64) * stride_as + (j * MAX_RANK + r)[None, :] * stride_ar
@@ -62,9 +73,10 @@ def _sgmv_shrink(x, a, xa, seg_starts, seg_lens, seg_slots, ranks, K, K_SPLIT, n
 
 
 @triton.jit
-def _sgmv_expand(xa, b, out, seg_starts, seg_lens, seg_slots, ranks, scalings, off0, off1, off2, size0, size1, size2,
-                 num_splits, stride_xs, stride_xa, stride_bs, stride_bn, stride_out, stride_rk, MAX_RANK: tl.constexpr, BLOCK_T: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PRECISION: tl.constexpr):
+def _sgmv_expand(xa, b, out, seg_starts, seg_lens, seg_slots, order, ranks, scalings, off0, off1, off2, size0, size1,
+                 size2, num_splits, stride_xs, stride_xa, stride_bs, stride_bn, stride_out, stride_rk,
+                 MAX_RANK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+                 PRECISION: tl.constexpr, INDIRECT: tl.constexpr):
     pid = tl.program_id(0)
     seg = tl.program_id(1)
     j = tl.program_id(2)
@@ -79,10 +91,9 @@ def _sgmv_expand(xa, b, out, seg_starts, seg_lens, seg_slots, ranks, scalings, o
     pid_n = pid % num_n
     if (rank == 0) | (pid_t * BLOCK_T >= n):
         return
-    start = tl.load(seg_starts + seg)
     offset = _slice(j, off0, off1, off2)
     t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    rows = (start + t).to(tl.int64)
+    rows = _rows(seg_starts, seg, order, t, n, INDIRECT)
     c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     r = tl.arange(0, BLOCK_R)
     xt = tl.zeros((BLOCK_T, BLOCK_R), dtype=tl.float32)
@@ -115,26 +126,41 @@ def _block_r(max_rank: int) -> int:
 
 def sgmv(x: torch.Tensor, weights, out: torch.Tensor, batch) -> torch.Tensor:
     """Prefill / mixed: out += per-segment LoRA update (in place); returns out."""
-    a, b, ranks, big = weights.a, weights.b, weights.ranks, weights.max_rank
-    n_slices, segs = weights.num_slices, batch.num_segments
     block_t = 16 if batch.max_seg_len <= 16 else 64
+    t_blocks = triton.cdiv(batch.max_seg_len, block_t)
+    return _launch(x, weights, out, batch.seg_starts, batch.seg_lens, batch.seg_slots, None, batch.scalings,
+                   batch.num_segments, block_t, t_blocks, t_blocks * batch.num_segments, block_n=64)
+
+
+def grouped(x: torch.Tensor, weights, out: torch.Tensor, batch) -> torch.Tensor:
+    """Decode grouped by slot: one segment per tile of `batch.tiles`; out += the updates in place.
+    The grid holds every tile the batch could have; about cdiv(tokens, T) of them have work."""
+    tiles = batch.tiles
+    return _launch(x, weights, out, tiles.starts, tiles.lens, tiles.slots, tiles.order, batch.scalings,
+                   tiles.num_tiles, tiles.size, 1, triton.cdiv(batch.num_tokens, tiles.size), block_n=128)
+
+
+def _launch(x, weights, out, starts, lens, slots, order, scalings, segs: int, block_t: int, t_blocks: int,
+            busy_blocks: int, block_n: int) -> torch.Tensor:
+    """The shrink and expand launches; `busy_blocks`: token blocks with work (sizes the K split)."""
+    a, b, ranks, big = weights.a, weights.b, weights.ranks, weights.max_rank
+    n_slices, k = weights.num_slices, x.shape[1]
     block_r, prec = _block_r(big), _precision(x.dtype)
-    t_blocks, k = triton.cdiv(batch.max_seg_len, block_t), x.shape[1]
-    # split K while the grid is smaller than PREFILL_PROGRAMS (a short prompt: a few token blocks)
-    splits = max(1, min(triton.cdiv(k, PREFILL_MIN_SPLIT_K), PREFILL_PROGRAMS // (t_blocks * segs * n_slices)))
+    # split K while the busy programs are fewer than PREFILL_PROGRAMS (a short prompt: a few token blocks)
+    splits = max(1, min(triton.cdiv(k, PREFILL_MIN_SPLIT_K), PREFILL_PROGRAMS // (busy_blocks * n_slices)))
     k_split = triton.cdiv(triton.cdiv(k, splits), PREFILL_BLOCK_K) * PREFILL_BLOCK_K
     splits = triton.cdiv(k, k_split)
+    indirect = order is not None
+    order = starts if order is None else order
     xa = torch.empty(splits, x.shape[0], n_slices * big, dtype=torch.float32, device=x.device)
     _sgmv_shrink[(t_blocks * splits, segs, n_slices)](
-        x, a, xa, batch.seg_starts, batch.seg_lens, batch.seg_slots, ranks, k, k_split, splits, x.stride(0),
-        a.stride(0), a.stride(1), xa.stride(0), xa.stride(1), ranks.stride(0), MAX_RANK=big, BLOCK_T=block_t,
-        BLOCK_R=block_r, BLOCK_K=PREFILL_BLOCK_K, PRECISION=prec)
+        x, a, xa, starts, lens, slots, order, ranks, k, k_split, splits, x.stride(0), a.stride(0), a.stride(1),
+        xa.stride(0), xa.stride(1), ranks.stride(0), MAX_RANK=big, BLOCK_T=block_t, BLOCK_R=block_r,
+        BLOCK_K=PREFILL_BLOCK_K, PRECISION=prec, INDIRECT=indirect)
     offsets, sizes = _slices(weights)
-    block_n = 64
     n_blocks = triton.cdiv(max(sizes), block_n)
     _sgmv_expand[(t_blocks * n_blocks, segs, n_slices)](
-        xa, b, out, batch.seg_starts, batch.seg_lens, batch.seg_slots, ranks, batch.scalings, *offsets, *sizes,
-        splits, xa.stride(0), xa.stride(1), b.stride(0), b.stride(1), out.stride(0), ranks.stride(0), MAX_RANK=big,
-        BLOCK_T=block_t,
-        BLOCK_N=block_n, BLOCK_R=block_r, PRECISION=prec)
+        xa, b, out, starts, lens, slots, order, ranks, scalings, *offsets, *sizes, splits, xa.stride(0),
+        xa.stride(1), b.stride(0), b.stride(1), out.stride(0), ranks.stride(0), MAX_RANK=big, BLOCK_T=block_t,
+        BLOCK_N=block_n, BLOCK_R=block_r, PRECISION=prec, INDIRECT=indirect)
     return out

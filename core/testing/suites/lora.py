@@ -5,8 +5,9 @@ max_rank with zeros, per-slot per-slice ranks, slices of a fused layer), filled 
 of several ranks, and batches come from `jackfield.sdk.lora_batch`, as the core makes them. Every
 result is compared with `jackfield.sdk.reference.lora` (float32, token by token): single adapters
 over ranks, a fused qkv layer with only some slices adapted, prefill batches mixing adapters and
-base-model requests, decode batches, per-slot scaling, and, for a backend that declares
-`supports_cuda_graph`, decode replayed in a CUDA graph with new slots.
+base-model requests, decode batches (grouped by slot in tiles where the backend's `decode_tile` asks
+for them), per-slot scaling, and, for a backend that declares `supports_cuda_graph`, decode replayed
+in a CUDA graph with new slots (`LoRAGraphSlots`, as the core captures them).
 """
 from __future__ import annotations
 
@@ -62,8 +63,8 @@ def _run(t: KitTarget, dtype: str, weights: LoRAWeights, lens: list[int], slots:
     dt = getattr(torch, dtype)
     backend = t.cls(kit_runtime(dt, t.device))
     scalings = _scalings(t.device) if scalings is None else scalings
-    batch = lora_batch(lens, slots, scalings, decode=decode)
     tokens = sum(lens)
+    batch = lora_batch(lens, slots, scalings, decode=decode, tile=backend.decode_tile(tokens) if decode else 0)
     g = _gen(len(what))
     x = torch.randn(tokens, IN_FEATURES, generator=g).to(dt).to(t.device)
     out_f = sum(size for _, size in weights.slices)
@@ -113,7 +114,8 @@ def _mixed_prefill(t: KitTarget, dtype: str) -> None:
 
 def _decode(t: KitTarget, dtype: str) -> None:
     w = make_weights(QKV, [[8, 0, 8], [16, 16, 16], [4, 4, 0], [1, 1, 1]], getattr(torch, dtype), t.device, seed=4)
-    for slots in ([1], [3, -1, 0, 2, 2, 1, -1, 0], [-1] * 3 + [0] * 9):
+    # the last: 40 tokens (a backend may group them by slot; slot 1's 20 fill more than one tile of 16)
+    for slots in ([1], [3, -1, 0, 2, 2, 1, -1, 0], [-1] * 3 + [0] * 9, [1] * 20 + [0, -1, 3, 2] * 5):
         _run(t, dtype, w, [1] * len(slots), slots, True, f"decode of {len(slots)} tokens, slots {slots}, {dtype}")
 
 
@@ -122,9 +124,11 @@ def _prologues(t: KitTarget, dtype: str) -> None:
     dt = getattr(torch, dtype)
     w = make_weights(QKV, [[8, 0, 8], [16, 16, 16], [4, 4, 0], [1, 1, 1]], dt, t.device, seed=10)
     scalings = _scalings(t.device)
-    for lens, slots, decode in (([1], [1], True), ([1] * 5, [3, -1, 0, 2, 1], True), ([4, 3], [2, -1], False)):
+    many = [(i * 3) % 5 - 1 for i in range(18)]
+    for lens, slots, decode in (([1], [1], True), ([1] * 5, [3, -1, 0, 2, 1], True), ([1] * 18, many, True),
+                                ([4, 3], [2, -1], False)):
         backend = t.cls(kit_runtime(dt, t.device))
-        batch = lora_batch(lens, slots, scalings, decode=decode)
+        batch = lora_batch(lens, slots, scalings, decode=decode, tile=backend.decode_tile(sum(lens)) if decode else 0)
         backend.prepare(batch)
         g = _gen(11 + len(lens))
         tokens = sum(lens)
@@ -162,41 +166,41 @@ def _scaling(t: KitTarget) -> None:
 
 
 def _cuda_graph(t: KitTarget) -> None:
-    """Capture decode for 6 tokens over static slot tensors, then replay with other slots."""
-    from jackfield.sdk import LoRABatch
+    """Capture decode for 6 and for 40 tokens over the static slot buffer the core uses, then replay
+    each with other slots (fewer real tokens than the graph's size included)."""
+    from jackfield.sdk import LoRAGraphSlots
 
     dtype = base_dtype(t)
     dt = getattr(torch, dtype)
     w = make_weights(QKV, [[8, 0, 8], [16, 16, 16], [4, 4, 0], [1, 1, 1]], dt, t.device, seed=8)
     backend = t.cls(kit_runtime(dt, t.device))
-    n = 6
-    slots = torch.full((n,), -1, dtype=torch.int32, device=t.device)
     scalings = _scalings(t.device)
-    batch = LoRABatch(num_tokens=n, token_slots=slots, seg_starts=torch.arange(n, dtype=torch.int32, device=t.device),
-                      seg_lens=torch.ones(n, dtype=torch.int32, device=t.device), seg_slots=slots, scalings=scalings,
-                      max_seg_len=1, decode=True)
-    x = torch.zeros(n, IN_FEATURES, dtype=dt, device=t.device)
-    base = torch.zeros(n, sum(size for _, size in QKV), dtype=dt, device=t.device)
-    backend.prepare(batch)
-    out_buf = base.clone()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        backend.apply(w, x, out_buf)  # warm-up (compiles kernels outside the capture)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = backend.apply(w, x, out_buf)
+    static = LoRAGraphSlots(backend, 40, MAX_LORAS, scalings)
     g = _gen(9)
-    for new in ([2, -1, 0, 1, 3, 3], [-1, 1, 1, -1, 0, 2]):
-        x.copy_(torch.randn(n, IN_FEATURES, generator=g).to(dt))
-        fresh = torch.randn(base.shape, generator=g).to(dt).to(t.device)
-        out_buf.copy_(fresh)
-        slots.copy_(torch.tensor(new, dtype=torch.int32))
-        graph.replay()
-        torch.cuda.synchronize()
-        ref = reference_lora(x, fresh, w, torch.tensor(new), scalings.cpu())
-        _compare(out, ref, fresh, dtype, f"decode replayed in a CUDA graph with slots {new}, {dtype}")
+    for n, replays in ((6, ([2, -1, 0, 1, 3, 3], [-1, 1, 1, -1, 0])),
+                       (40, ([(i * 7) % 5 - 1 for i in range(40)], [2] * 25 + [0, 1] * 6 + [-1, 3]))):
+        x = torch.zeros(n, IN_FEATURES, dtype=dt, device=t.device)
+        out_buf = torch.zeros(n, sum(size for _, size in QKV), dtype=dt, device=t.device)
+        static.write([-1] * n, n)
+        backend.prepare(static.batch(n))
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            backend.apply(w, x, out_buf)  # warm-up (compiles kernels outside the capture)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = backend.apply(w, x, out_buf)
+        for new in replays:
+            padded = new + [-1] * (n - len(new))
+            x.copy_(torch.randn(n, IN_FEATURES, generator=g).to(dt))
+            fresh = torch.randn(out_buf.shape, generator=g).to(dt).to(t.device)
+            out_buf.copy_(fresh)
+            static.write(new, n)
+            graph.replay()
+            torch.cuda.synchronize()
+            ref = reference_lora(x, fresh, w, torch.tensor(padded), scalings.cpu())
+            _compare(out, ref, fresh, dtype, f"decode of {n} tokens replayed in a CUDA graph with slots {new}, {dtype}")
 
 
 def _graph_requires(t: KitTarget) -> str | None:
