@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 
 import pytest
 
@@ -26,6 +27,39 @@ def torch_threads(request):
     torch.set_num_threads(getattr(request.module, "TORCH_THREADS", 1))
     yield
     torch.set_num_threads(before)
+
+
+STARTED = time.time()  # when pytest loaded this file: before any test of the session ran
+
+
+@pytest.fixture(scope="session")
+def session_started() -> float:
+    """The session's start (time.time()): files modified after it were written by this session's tests."""
+    return STARTED
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_dir(tmp_path_factory):
+    """transformers' SmolLM2 as transformers' own GGUF reader dequantizes the embedded file (float32),
+    saved once per session (config.json and model.safetensors, bit for bit the loaded weights) for
+    tests/engine/model_harness.load_smollm2_hf: the GGUF reader takes ~30 s a load, which several
+    modules paid each (the comparison tests, the prompt readout, lm-eval's reference, the converter's
+    weights test); reading the saved copy back takes under a second."""
+    import torch
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM
+
+    from jackfield.loader.default_model import default_model_path
+
+    path = default_model_path()
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                                 dtype=torch.float32)
+    directory = tmp_path_factory.mktemp("smollm2_hf")
+    model.config.save_pretrained(str(directory))
+    save_model(model, str(directory / "model.safetensors"), metadata={"format": "pt"})  # tied: stored once
+    del model
+    gc.collect()
+    return directory
 
 
 MALLOC_TRIM = libc_malloc_trim()

@@ -137,14 +137,18 @@ def within(seconds: float, fn, *args, **kwargs):
     return box["value"]
 
 
-def load_smollm2_hf():
-    """transformers' SmolLM2 from the embedded GGUF (dequantized by transformers' own reader), float32, eval."""
+def load_smollm2_hf(saved=None):
+    """transformers' SmolLM2 from the embedded GGUF (dequantized by transformers' own reader), float32, eval.
+    `saved`: the session's copy of that model (tests/conftest.py's `smollm2_hf_dir` fixture), read
+    back instead of running the GGUF reader again."""
     import os
 
     from transformers import AutoModelForCausalLM
 
     from jackfield.loader.default_model import default_model_path
 
+    if saved is not None:
+        return AutoModelForCausalLM.from_pretrained(str(saved), dtype=torch.float32).eval()
     path = default_model_path()
     model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
                                                  dtype=torch.float32)

@@ -23,7 +23,14 @@ def gguf_path() -> str:
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> str:
+def cache_dir(tmp_path_factory, gguf_path, session_started) -> str:
+    """A cache root whose conversion of the embedded model is this session's own work: the default
+    cache where a test earlier in this session converted the file into it (the first engine of a
+    run on a fresh home, as in CI: converting it again would take ~20 s), else a new directory,
+    where `converted` converts it. Never an entry left by an earlier run (older code)."""
+    entry = gguf_loader.cache_root() / "gguf" / gguf_loader.cache_key(Path(gguf_path).resolve())
+    if (entry / "config.json").is_file() and (entry / "config.json").stat().st_mtime >= session_started:
+        return str(gguf_loader.cache_root())
     return str(tmp_path_factory.mktemp("jackfield-cache"))
 
 
@@ -51,12 +58,12 @@ def test_converted_directory_layout(converted):
     assert (config["bos_token_id"], config["eos_token_id"]) == (1, 2)
 
 
-def test_weights_equal_transformers_gguf_loader(converted, gguf_path):
+def test_weights_equal_transformers_gguf_loader(converted, smollm2_hf_dir):
+    """Against the model transformers' GGUF loader reads from the same file, float32 (the session's
+    saved copy of it, config and weights as loaded: tests/conftest.py's smollm2_hf_dir)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    reference = AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path), dtype=torch.float32
-    ).state_dict()
+    reference = AutoModelForCausalLM.from_pretrained(str(smollm2_hf_dir), dtype=torch.float32).state_dict()
     ours = load_file(str(converted / "model.safetensors"))
     assert set(ours) == set(reference) - {"lm_head.weight"}
     for name, tensor in ours.items():
@@ -64,7 +71,7 @@ def test_weights_equal_transformers_gguf_loader(converted, gguf_path):
         assert torch.equal(tensor, reference[name]), name
     assert torch.equal(ours["model.embed_tokens.weight"], reference["lm_head.weight"])
 
-    ref_config = AutoConfig.from_pretrained(os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path))
+    ref_config = AutoConfig.from_pretrained(str(smollm2_hf_dir))
     our_config = AutoConfig.from_pretrained(str(converted))
     for key in ("rope_parameters", "rms_norm_eps", "head_dim", "num_key_value_heads", "intermediate_size"):
         assert getattr(our_config, key) == getattr(ref_config, key), key

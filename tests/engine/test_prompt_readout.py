@@ -27,8 +27,8 @@ MORE = " Nobody in the village remembered a night when the light had failed."
 
 
 @pytest.fixture(scope="module")
-def smollm2_hf():
-    return load_smollm2_hf()
+def smollm2_hf(smollm2_hf_dir):
+    return load_smollm2_hf(smollm2_hf_dir)
 
 
 @pytest.fixture(scope="module")

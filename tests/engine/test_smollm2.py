@@ -37,8 +37,8 @@ def engine():
 
 
 @pytest.fixture(scope="module")
-def hf_model():
-    return load_smollm2_hf()
+def hf_model(smollm2_hf_dir):
+    return load_smollm2_hf(smollm2_hf_dir)
 
 
 @pytest.fixture(scope="module")

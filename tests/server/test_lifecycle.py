@@ -12,10 +12,17 @@ import pytest
 from server_harness import SERVE, SMALL, assert_error, descendants, start_server, wait_gone
 
 
+# SIGTERM drains in-flight requests for up to --shutdown-timeout (default 30 s) before aborting them:
+# the stream of 2000 tokens below outlasts any drain, so a short one ends the test sooner along the same
+# path (the stream aborted with an error, the server exiting 0). test_drain.py tests the drain itself.
+SHUTDOWN_TIMEOUT_S = 3
+
+
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("keyed")
-    srv = start_server(folder, *SMALL, "--api-key", "sekret", "--file-storage-dir", str(folder / "files"))
+    srv = start_server(folder, *SMALL, "--api-key", "sekret", "--file-storage-dir", str(folder / "files"),
+                       "--shutdown-timeout", str(SHUTDOWN_TIMEOUT_S))
     yield srv
     srv.kill()
 

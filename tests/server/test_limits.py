@@ -38,8 +38,8 @@ def wait_idle(url: str, timeout: float = 30) -> dict:
 def test_queue_limit_under_a_burst(limited):
     codes: list[int] = []
 
-    def hold() -> None:
-        body = {"text": "Hi", "sampling_params": {"max_new_tokens": 60, "ignore_eos": True}}
+    def hold() -> None:  # 2 x 24 decode steps at batch 2: seconds for the burst to arrive in, on any machine
+        body = {"text": "Hi", "sampling_params": {"max_new_tokens": 24, "ignore_eos": True}}
         codes.append(httpx.post(limited.url + "/generate", json=body, timeout=60).status_code)
 
     holders = [threading.Thread(target=hold) for _ in range(4)]

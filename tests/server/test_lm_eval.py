@@ -59,7 +59,7 @@ def evaluate(model, model_args, task_manager) -> tuple[float, list[list[float]]]
     return out["results"][TASK]["acc,none"], lls
 
 
-def test_lm_eval_local_completions_matches_hf(server, model_name, task_manager):
+def test_lm_eval_local_completions_matches_hf(server, model_name, task_manager, smollm2_hf_dir):
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -69,7 +69,8 @@ def test_lm_eval_local_completions_matches_hf(server, model_name, task_manager):
     served_acc, served = evaluate("local-completions", args, task_manager)
     path = default_model_path()
     folder, name = os.path.dirname(path), os.path.basename(path)
-    hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    # transformers' GGUF reader's model, as saved once per session (tests/conftest.py: smollm2_hf_dir)
+    hf = AutoModelForCausalLM.from_pretrained(str(smollm2_hf_dir), dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     ref_acc, ref = evaluate(HFLM(pretrained=hf, tokenizer=tok, batch_size=4, device="cpu"), None, task_manager)
     assert served_acc == ref_acc
