@@ -102,6 +102,14 @@ def test_stress_500_requests(tiny_llama, big, page_size, overlap):
     d.sched.close()
 
 
+@pytest.fixture(scope="module")
+def variants_workload(tiny_llama):
+    """The variants' 150 requests and their outputs alone: run_alone takes no variant setting, so the
+    reference is the same for every variant and is computed once."""
+    reqs = workload(150, seed=2)
+    return reqs, run_alone(tiny_llama, reqs)
+
+
 @pytest.mark.parametrize("settings", [
     dict(disable_radix_cache=True),
     dict(enable_mixed_chunk=False),
@@ -109,9 +117,8 @@ def test_stress_500_requests(tiny_llama, big, page_size, overlap):
     dict(schedule_policy="dfs-weight", page_size=4),
     dict(chunked_prefill_size=-1, max_running_requests=8),
 ], ids=["chunk-cache", "no-mixed", "lpm", "dfs-weight", "no-chunking"])
-def test_stress_variants(tiny_llama, settings):
-    reqs = workload(150, seed=2)
-    ref = run_alone(tiny_llama, reqs)
+def test_stress_variants(tiny_llama, variants_workload, settings):
+    reqs, ref = variants_workload
     base = dict(max_total_tokens=800, chunked_prefill_size=64, max_running_requests=32, schedule_conservativeness=0.3)
     d, aborted = run_stress(tiny_llama, reqs, seed=3, **{**base, **settings})
     check_outputs(d, reqs, ref, aborted)
