@@ -91,12 +91,9 @@ def main(argv=None) -> int:
         print(f"step (32 layers x 4 linears) adapters {adapters:3d} bs {bs:4d}: base {acc['base_ms']:.2f} ms, "
               f"bgmv {acc['bgmv_ms']:.2f} ({acc['bgmv_ms'] / acc['base_ms']:.3f}x), grouped {acc['grouped_ms']:.2f} "
               f"({acc['grouped_ms'] / acc['base_ms']:.3f}x)", file=sys.stderr)
-    report = {**provenance("benchmarks/studies/lora_decode_kernels.py " + " ".join(sys.argv[1:])),
-              "rows": rows, "steps": [{"adapters": a, "batch_size": b, **v} for (a, b), v in sorted(steps.items())]}
-    text = json.dumps(report, indent=2)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    write_report(args.out, "benchmarks/studies/lora_decode_kernels.py " + " ".join(sys.argv[1:]),
+                 {"rows": rows, "steps": [{"adapters": a, "batch_size": b, **v} for (a, b), v in sorted(steps.items())]},
+                 echo=False)
     return 0
 
 

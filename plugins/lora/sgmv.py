@@ -9,6 +9,9 @@ GEMM's output in place, so no separate add runs.
 Decode batches grouped by slot (`LoRABatch.tiles`) run the same kernels with one tile per segment:
 a program's rows are `order[start + t]` (INDIRECT), so each tile reads its adapter once; small
 decode batches run the BGMV kernels of `bgmv.py`.
+PDL (jackfield.sdk.pdl_kwargs), as in `bgmv.py`: the segment, slot and rank tensors are written
+before the forward's first kernel, so programs read them before `gdc_wait`; the expand loads its B
+tile before it too. Every program waits, also one with nothing to do.
 Slices of a fused layer (q/k/v, gate/up) are up to three: slice j's A rows start at j * MAX_RANK and
 its output columns at offset_j.
 """
@@ -17,6 +20,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from jackfield.sdk import pdl_kwargs
 
 # Prefill / mixed: the shrink splits K (each split at least this many columns) until the grid has
 # about this many programs, so a short prompt's few token blocks do not each walk all of K alone.
@@ -43,19 +48,21 @@ def _rows(seg_starts, seg, order, t, n, INDIRECT: tl.constexpr):
 def _sgmv_shrink(x, a, xa, seg_starts, seg_lens, seg_slots, order, ranks, K, K_SPLIT, num_splits, stride_x,
                  stride_as, stride_ar, stride_xs, stride_xa, stride_rk, MAX_RANK: tl.constexpr,
                  BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-                 INDIRECT: tl.constexpr):
+                 INDIRECT: tl.constexpr, PDL: tl.constexpr):
     """Program (token block x K chunk, segment, slice) writes the float32 partial x A^T over its
     K_SPLIT columns of K to xa[split] (the expand sums the splits)."""
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
     pid_t = tl.program_id(0) // num_splits
     split = tl.program_id(0) % num_splits
     seg = tl.program_id(1)
     j = tl.program_id(2)
     slot = tl.load(seg_slots + seg)
-    if slot < 0:
-        return
-    rank = tl.load(ranks + slot * stride_rk + j)
+    rank = tl.load(ranks + tl.maximum(slot, 0) * stride_rk + j)
     n = tl.load(seg_lens + seg)
-    if (rank == 0) | (pid_t * BLOCK_T >= n):
+    if PDL:  # x is the kernel before's output
+        tl.extra.cuda.gdc_wait()
+    if (slot < 0) | (rank == 0) | (pid_t * BLOCK_T >= n):
         return
     t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     rows = _rows(seg_starts, seg, order, t, n, INDIRECT)
@@ -76,32 +83,38 @@ def _sgmv_shrink(x, a, xa, seg_starts, seg_lens, seg_slots, order, ranks, K, K_S
 def _sgmv_expand(xa, b, out, seg_starts, seg_lens, seg_slots, order, ranks, scalings, off0, off1, off2, size0, size1,
                  size2, num_splits, stride_xs, stride_xa, stride_bs, stride_bn, stride_out, stride_rk,
                  MAX_RANK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-                 PRECISION: tl.constexpr, INDIRECT: tl.constexpr):
+                 PRECISION: tl.constexpr, INDIRECT: tl.constexpr, PDL: tl.constexpr):
+    """Program (token block x column block, segment, slice) sums the shrink's partials and adds
+    scaling * xa B^T into out. With PDL it loads its B tile before waiting for the shrink."""
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
     pid = tl.program_id(0)
     seg = tl.program_id(1)
     j = tl.program_id(2)
     slot = tl.load(seg_slots + seg)
-    if slot < 0:
-        return
-    rank = tl.load(ranks + slot * stride_rk + j)
+    rank = tl.load(ranks + tl.maximum(slot, 0) * stride_rk + j)
     n = tl.load(seg_lens + seg)
     size = _slice(j, size0, size1, size2)
     num_n = tl.cdiv(size, BLOCK_N)
     pid_t = pid // num_n
     pid_n = pid % num_n
-    if (rank == 0) | (pid_t * BLOCK_T >= n):
+    if (slot < 0) | (rank == 0) | (pid_t * BLOCK_T >= n):
+        if PDL:  # every program waits: the grid must not complete before the kernels it follows
+            tl.extra.cuda.gdc_wait()
         return
     offset = _slice(j, off0, off1, off2)
     t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     rows = _rows(seg_starts, seg, order, t, n, INDIRECT)
     c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     r = tl.arange(0, BLOCK_R)
+    bt = tl.load(b + slot.to(tl.int64) * stride_bs + (offset + c)[None, :] * stride_bn + r[:, None],
+                 mask=(r < rank)[:, None] & (c < size)[None, :], other=0.0)
+    if PDL:
+        tl.extra.cuda.gdc_wait()
     xt = tl.zeros((BLOCK_T, BLOCK_R), dtype=tl.float32)
     for sp in range(num_splits):
         xt += tl.load(xa + sp * stride_xs + rows[:, None] * stride_xa + (j * MAX_RANK + r)[None, :],
                       mask=(t < n)[:, None] & (r < rank)[None, :], other=0.0)
-    bt = tl.load(b + slot.to(tl.int64) * stride_bs + (offset + c)[None, :] * stride_bn + r[:, None],
-                 mask=(r < rank)[:, None] & (c < size)[None, :], other=0.0)
     delta = tl.dot(xt.to(bt.dtype), bt, input_precision=PRECISION) * tl.load(scalings + slot)
     mask = (t < n)[:, None] & (c < size)[None, :]
     ptrs = out + rows[:, None] * stride_out + (offset + c)[None, :]
@@ -150,17 +163,17 @@ def _launch(x, weights, out, starts, lens, slots, order, scalings, segs: int, bl
     splits = max(1, min(triton.cdiv(k, PREFILL_MIN_SPLIT_K), PREFILL_PROGRAMS // (busy_blocks * n_slices)))
     k_split = triton.cdiv(triton.cdiv(k, splits), PREFILL_BLOCK_K) * PREFILL_BLOCK_K
     splits = triton.cdiv(k, k_split)
-    indirect = order is not None
+    indirect, pdl = order is not None, pdl_kwargs(x)
     order = starts if order is None else order
     xa = torch.empty(splits, x.shape[0], n_slices * big, dtype=torch.float32, device=x.device)
     _sgmv_shrink[(t_blocks * splits, segs, n_slices)](
         x, a, xa, starts, lens, slots, order, ranks, k, k_split, splits, x.stride(0), a.stride(0), a.stride(1),
         xa.stride(0), xa.stride(1), ranks.stride(0), MAX_RANK=big, BLOCK_T=block_t, BLOCK_R=block_r,
-        BLOCK_K=PREFILL_BLOCK_K, PRECISION=prec, INDIRECT=indirect)
+        BLOCK_K=PREFILL_BLOCK_K, PRECISION=prec, INDIRECT=indirect, **pdl)
     offsets, sizes = _slices(weights)
     n_blocks = triton.cdiv(max(sizes), block_n)
     _sgmv_expand[(t_blocks * n_blocks, segs, n_slices)](
         xa, b, out, starts, lens, slots, order, ranks, scalings, *offsets, *sizes, splits, xa.stride(0),
         xa.stride(1), b.stride(0), b.stride(1), out.stride(0), ranks.stride(0), MAX_RANK=big, BLOCK_T=block_t,
-        BLOCK_N=block_n, BLOCK_R=block_r, PRECISION=prec, INDIRECT=indirect)
+        BLOCK_N=block_n, BLOCK_R=block_r, PRECISION=prec, INDIRECT=indirect, **pdl)
     return out

@@ -17,7 +17,7 @@ import torch
 from jackfield.sdk import Availability, Capabilities, LoRABackend, LoRAWeights, hookimpl, require_cuda
 
 GROUPED_TILE = 16        # tokens per tile (the smallest tl.dot M)
-GROUPED_MIN_TOKENS = 16  # decode batches from this size on run grouped by slot
+GROUPED_MIN_TOKENS = 32  # decode batches from this size on run grouped by slot (lora_decode_kernels.py)
 # benchmarks compare the two decode paths with JACKFIELD_LORA_GROUPED_MIN_TOKENS (e.g. 100000: BGMV only)
 GROUPED_MIN_ENV = "JACKFIELD_LORA_GROUPED_MIN_TOKENS"
 

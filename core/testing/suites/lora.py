@@ -124,8 +124,8 @@ def _prologues(t: KitTarget, dtype: str) -> None:
     dt = getattr(torch, dtype)
     w = make_weights(QKV, [[8, 0, 8], [16, 16, 16], [4, 4, 0], [1, 1, 1]], dt, t.device, seed=10)
     scalings = _scalings(t.device)
-    many = [(i * 3) % 5 - 1 for i in range(18)]
-    for lens, slots, decode in (([1], [1], True), ([1] * 5, [3, -1, 0, 2, 1], True), ([1] * 18, many, True),
+    many = [(i * 3) % 5 - 1 for i in range(34)]
+    for lens, slots, decode in (([1], [1], True), ([1] * 5, [3, -1, 0, 2, 1], True), ([1] * 34, many, True),
                                 ([4, 3], [2, -1], False)):
         backend = t.cls(kit_runtime(dt, t.device))
         batch = lora_batch(lens, slots, scalings, decode=decode, tile=backend.decode_tile(sum(lens)) if decode else 0)
