@@ -40,7 +40,10 @@ class TritonLoRA(LoRABackend):
         from jackfield_plugins.lora import bgmv, sgmv
 
         self.sgmv, self.bgmv = sgmv, bgmv
-        self.grouped_min_tokens = int(os.environ.get(GROUPED_MIN_ENV, GROUPED_MIN_TOKENS))
+        value = os.environ.get(GROUPED_MIN_ENV, str(GROUPED_MIN_TOKENS))
+        if not value.isdigit():
+            raise ValueError(f"{GROUPED_MIN_ENV}={value!r}: expected a token count (a non-negative integer)")
+        self.grouped_min_tokens = int(value)
 
     def decode_tile(self, num_tokens: int) -> int:
         return GROUPED_TILE if num_tokens >= self.grouped_min_tokens else 0
