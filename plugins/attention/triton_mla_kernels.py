@@ -20,7 +20,7 @@ import triton.language as tl
 
 from jackfield.sdk import pdl_kwargs
 from jackfield_plugins.attention.triton_kernels.common import dot_precision
-from jackfield_plugins.attention.triton_kernels.decode import _decode_merge_kernel
+from jackfield_plugins.attention.triton_kernels.decode import merge_splits
 
 
 @triton.jit
@@ -199,12 +199,8 @@ def mla_decode(q: torch.Tensor, kv: torch.Tensor, out: torch.Tensor, req_to_toke
                    None, None, 1, num_splits, v_dim, sm_scale, block_h, 1, block_n, warps, stages)
     if num_splits == 1:
         return
-    _decode_merge_kernel[(bs, heads)](
-        mid_o, mid_lse, out,
-        mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
-        out.stride(0), out.stride(1), num_splits,
-        HEAD_DIM=v_dim, BLOCK_D=triton.next_power_of_2(v_dim), BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
-        num_warps=8, **pdl_kwargs(q))
+    merge_splits(mid_o, mid_lse, out, bs, heads, num_splits, v_dim, triton.next_power_of_2(v_dim), 2, pdl_kwargs(q),
+                 num_warps=8)
 
 
 def mla_extend(q: torch.Tensor, kv: torch.Tensor, out: torch.Tensor, req_to_token: torch.Tensor,

@@ -152,10 +152,19 @@ def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     )
     if direct:
         return
-    _decode_merge_kernel[(bs, num_heads)](
+    merge_splits(mid_o, mid_lse, out, bs, num_heads, num_splits, head_dim, block_d, 2, pdl_kwargs(q))
+
+
+def merge_splits(mid_o: torch.Tensor, mid_lse: torch.Tensor, out: torch.Tensor, rows: int, num_heads: int,
+                 num_splits: int, head_dim: int, block_d: int, min_block_s: int, pdl: dict,
+                 num_warps: int | None = None) -> None:
+    """out[row, head] = the split partials of (row, head) merged by their log-sum-exps. The split tile is
+    at least min_block_s (a larger floor: one build for every split count under it); num_warps None:
+    4 up to head dims of 128, else 8."""
+    _decode_merge_kernel[(rows, num_heads)](
         mid_o, mid_lse, out,
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
         out.stride(0), out.stride(1), num_splits,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=max(2, triton.next_power_of_2(num_splits)),
-        num_warps=4 if block_d <= 128 else 8, **pdl_kwargs(q),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=max(min_block_s, triton.next_power_of_2(num_splits)),
+        num_warps=num_warps or (4 if block_d <= 128 else 8), **pdl,
     )

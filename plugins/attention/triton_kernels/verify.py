@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from jackfield_plugins.attention.triton_kernels.common import block_dmodel, check_head_layout, dot_precision
-from jackfield_plugins.attention.triton_kernels.decode import _decode_merge_kernel
+from jackfield_plugins.attention.triton_kernels.decode import merge_splits
 from jackfield_plugins.attention.triton_kernels.extend import _attend_block
 
 MAX_ROWS = 64  # (node, head) rows per program; larger trees take several row blocks
@@ -130,10 +130,5 @@ def verify_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     )
     if direct:
         return
-    _decode_merge_kernel[(num_tokens, num_heads)](
-        mid_o, mid_lse, out,
-        mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
-        out.stride(0), out.stride(1), num_splits,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=max(MERGE_SPLITS, triton.next_power_of_2(num_splits)),
-        num_warps=4 if block_d <= 128 else 8, PDL=False,
-    )
+    merge_splits(mid_o, mid_lse, out, num_tokens, num_heads, num_splits, head_dim, block_d, MERGE_SPLITS,
+                 {"PDL": False})
