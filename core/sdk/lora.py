@@ -95,10 +95,11 @@ def lora_batch(lens: list[int] | tuple[int, ...], slots: list[int] | tuple[int, 
     dev = scalings.device
     token_slots = [slot for n, slot in zip(lens, slots) for _ in range(n)]
     seg = to_device(torch.tensor(segments, dtype=torch.int32).reshape(-1, 3).T.contiguous(), torch.int32, dev)
-    tiles = None
-    if decode and tile > 0:
-        tiles = tiles_view(to_device(tile_values(token_slots, tile), torch.int32, dev), start, tile)
-    return LoRABatch(num_tokens=start, token_slots=to_device(token_slots, torch.int32, dev),
+    tiled = decode and tile > 0
+    # the slots, then the tiles' values: one copy (the layout of jackfield.sdk.LoRAGraphSlots)
+    values = to_device(token_slots + (tile_values(token_slots, tile) if tiled else []), torch.int32, dev)
+    tiles = tiles_view(values[start:], start, tile) if tiled else None
+    return LoRABatch(num_tokens=start, token_slots=values[:start],
                      seg_starts=seg[0], seg_lens=seg[1], seg_slots=seg[2], scalings=scalings,
                      max_seg_len=max((s[1] for s in segments), default=0), decode=decode,
                      segments=tuple(tuple(s) for s in segments), tiles=tiles)
