@@ -6,7 +6,9 @@ copy bandwidth. It says which shape and which kernel lags the bytes it reads.
 Formats: bf16 (cuBLAS), fp8 (per-channel codes: the W8A16 GEMV of jackfield.kernels.gemv, and
 _scaled_mm with per-token activation quantization), int4 (group 128: the per-weight-scale GEMV
 `word` and the whole-group GEMV of int4_kernels.py, `grouped1` (x split in registers) and
-`grouped2` (x gathered per code), and the dequantizing Triton GEMM).
+`grouped2` (x gathered per code), the dequantizing Triton GEMM, and PyTorch's CUDA int4 kernel
+(`aten._weight_int4pack_mm`, tinygemm: tensor cores, bf16 scales and offsets; its error against the
+dequantized weight is recorded as `rel_error`).
 Every call reads its own copy of the weight (150 MB of copies per path: weights come from DRAM),
 calls are replayed from one CUDA graph, median of 10 replays.
 
@@ -73,8 +75,8 @@ def measure(n: int, k: int, formats: set[str]) -> list[dict]:
         wsc = WeightScale(s)
         for cfg in candidates(wsc):
             if fits(cfg, k, wsc):
-                record("fp8", "gemv", cfg, timed([lambda t=t, c=cfg: gemv(x, t[0], None, c, WeightScale(t[1]))
-                                                  for t in reps]), nbytes)
+                calls = [lambda t=t, c=cfg: gemv(x, t[0], None, c, WeightScale(t[1])) for t in reps]
+                record("fp8", "gemv", cfg, timed(calls), nbytes)
         del reps
     if "int4" in formats:
         q4, s4, z4 = int4.quantize(w, 128)
@@ -87,7 +89,30 @@ def measure(n: int, k: int, formats: set[str]) -> list[dict]:
             record("int4", path, cfg, timed([lambda t=t, c=cfg: k4.int4_gemv(x, *t, 128, None, c) for t in reps]),
                    nbytes)
         del reps
+        ref = x.float() @ int4.dequantize(q4, s16, z16, None).t()
+        for tiles in (2, 4, 8):  # PyTorch's CUDA int4 kernel (tinygemm): bf16 scales and float zeros
+            try:
+                tg = tinygemm_pack(q4, s16, z16, 128, tiles)
+                y = torch.ops.aten._weight_int4pack_mm(x, tg[0], 128, tg[1])
+                err = float((y.float() - ref).norm() / ref.norm())
+                reps = [tuple(t.clone() for t in tg) for _ in range(copies_for(nbytes))]
+                us = timed([lambda t=t: torch.ops.aten._weight_int4pack_mm(x, t[0], 128, t[1]) for t in reps])
+            except Exception as exc:  # noqa: BLE001 - an op this torch build lacks
+                us, err = f"{type(exc).__name__}: {str(exc)[:120]}", None
+            record("int4", f"tinygemm_k{tiles}", None, us, nbytes)
+            rows[-1]["rel_error"] = err
+            reps = None
     return rows
+
+
+def tinygemm_pack(q, s, z, group, inner_k_tiles):
+    """Codes [N, K] (0..15), scales and zeros [N, K/group] as torch's `_weight_int4pack_mm` takes them:
+    the packed weight and [K/group, N, 2] bf16 (scale, offset) with w = (q - 8) scale + offset."""
+    packed = ((q[:, ::2] << 4) | q[:, 1::2]).to(torch.uint8)
+    w = torch.ops.aten._convert_weight_to_int4pack(packed.contiguous(), inner_k_tiles)
+    offset = (8 - z.float()) * s.float()
+    sz = torch.stack([s.float(), offset], -1).transpose(0, 1).contiguous().bfloat16()
+    return w, sz
 
 
 def main() -> int:

@@ -12,6 +12,8 @@ kernel).
 activation dtype in registers and fed to tensor-core dots.
 `int4_dequantize` writes the dequantized weight [N, K]: large prefill batches multiply it with
 cuBLAS (int4_linear.py), where the matmul's compute dwarfs the extra pass.
+The dequantize kernel also reads the codes in tinygemm's layout (`TG`, int4_tinygemm.py), which
+layers that run their few-row matmuls through PyTorch's tinygemm keep instead of the internal one.
 """
 from __future__ import annotations
 
@@ -223,14 +225,24 @@ def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, ze
 
 @triton.jit
 def _int4_dequant_kernel(q_ptr, s_ptr, z_ptr, w_ptr, N, K, stride_qn, stride_sn, stride_wn, GROUP: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, TG: tl.constexpr):
+    """With TG the codes are in tinygemm's layout (int4_tinygemm.py) and BLOCK_K is 128: a row's 16
+    words of one 128-column block are contiguous, and their codes are put in column order in
+    registers (nibble p = 4 parity + 2 a + b of word 4 t + j holds column 32 j + 16 a + 8 b + 2 t +
+    parity), so loads and stores stay contiguous."""
     WORDS: tl.constexpr = BLOCK_K // 8
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k0 = tl.program_id(1) * BLOCK_K
     rmask = rows < N
-    packed = tl.load(q_ptr + rows[:, None].to(tl.int64) * stride_qn + k0 // 8 + tl.arange(0, WORDS)[None, :],
-                     mask=rmask[:, None], other=0)
-    codes = tl.reshape(_unpack(packed, WORDS), [BLOCK_N, BLOCK_K])
+    if TG:
+        offs = (rows // 8).to(tl.int64) * K + (rows % 8) * 16 + (k0 // 128) * 128
+        packed = tl.load(q_ptr + offs[:, None] + tl.arange(0, WORDS)[None, :], mask=rmask[:, None], other=0)
+        codes = tl.reshape(_unpack(packed, WORDS), [BLOCK_N, 4, 4, 2, 2, 2])  # row, t, j, parity, a, b
+        codes = tl.reshape(tl.permute(codes, (0, 2, 4, 5, 1, 3)), [BLOCK_N, BLOCK_K])  # row, j, a, b, t, parity
+    else:
+        packed = tl.load(q_ptr + rows[:, None].to(tl.int64) * stride_qn + k0 // 8 + tl.arange(0, WORDS)[None, :],
+                         mask=rmask[:, None], other=0)
+        codes = tl.reshape(_unpack(packed, WORDS), [BLOCK_N, BLOCK_K])
     g = k0 // GROUP
     s = tl.load(s_ptr + rows.to(tl.int64) * stride_sn + g, mask=rmask, other=0.0).to(tl.float32)
     z = tl.load(z_ptr + rows.to(tl.int64) * stride_sn + g, mask=rmask, other=0.0).to(tl.float32) + MAGIC
@@ -241,13 +253,14 @@ def _int4_dequant_kernel(q_ptr, s_ptr, z_ptr, w_ptr, N, K, stride_qn, stride_sn,
 
 def int4_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int,
                     dtype: torch.dtype) -> torch.Tensor:
-    """The dequantized weight [N, K] in `dtype`."""
-    n, k = qweight.shape[0], qweight.shape[1] * 8
+    """The dequantized weight [N, K] in `dtype`, from the internal layout or tinygemm's (4-D)."""
+    tg = qweight.dim() == 4
+    n, k = (qweight.shape[0] * 8, qweight.shape[1] * 128) if tg else (qweight.shape[0], qweight.shape[1] * 8)
     w = torch.empty(n, k, dtype=dtype, device=qweight.device)
-    bk = 64 if group % 64 == 0 else 32
+    bk = 128 if tg else 64 if group % 64 == 0 else 32
     if not tile_fits(bk, k, group):
         raise ValueError(f"int4 dequantize: {bk} must divide K {k} and the group {group}")
     _int4_dequant_kernel[(triton.cdiv(n, 32), k // bk)](qweight, scales, zeros, w, n, k, qweight.stride(0),
                                                         scales.stride(0), w.stride(0), GROUP=group, BLOCK_N=32,
-                                                        BLOCK_K=bk, num_warps=4)
+                                                        BLOCK_K=bk, TG=tg, num_warps=4)
     return w

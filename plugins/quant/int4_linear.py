@@ -8,8 +8,13 @@ activations are permuted so that each group's columns are contiguous.
 
 Where it runs:
   CPU: the weight dequantized to float32 (int4_numerics.dequantize), then F.linear.
-  CUDA: one row through the Triton INT4 GEMV (int4_kernels.py; block configuration timed once per
-    shape against the next path, by the SDK's Gemv tuner); up to DEQUANT_ROWS rows the Triton
+  CUDA, bf16, groups of 128 or 256 (`quantization_gemm_backend auto`): the codes are repacked into
+    tinygemm's layout (int4_tinygemm.py); up to int4_tinygemm.ROWS rows go through PyTorch's
+    tinygemm kernel (tensor cores; 1.2-1.4x the Triton GEMV's speed at batch 1 on the 8B shapes, H100),
+    more through the Triton dequantize kernel (which reads that layout) and cuBLAS: on the 8B shapes
+    that beats the Triton GEMM from 32 rows on (benchmarks/studies/int4_tinygemm.py).
+  CUDA otherwise: one row through the Triton INT4 GEMV (int4_kernels.py; block configuration timed once
+    per shape against the next path, by the SDK's Gemv tuner); up to DEQUANT_ROWS rows the Triton
     dequantize-in-registers GEMM; more rows (prefill), or `quantization_gemm_backend torch`, the
     Triton dequantize kernel and cuBLAS.
 """
@@ -24,6 +29,7 @@ import torch.nn.functional as F
 
 from jackfield.sdk import Gemv, LinearMethod, create_plain_weights
 from jackfield_plugins.quant import int4_numerics as int4
+from jackfield_plugins.quant import int4_tinygemm as tinygemm
 from jackfield_plugins.quant.common import BuiltinQuantization, replace_parameter
 
 DEQUANT_ROWS = 1024  # from this many rows: dequantize + cuBLAS (auto backend)
@@ -130,7 +136,7 @@ class Int4LinearMethod(LinearMethod):
         self.scheme, self.gemv, self.backend = scheme, gemv, backend
 
     def create_weights(self, layer, in_features, out_features, bias, dtype, device):
-        self.group = self.scheme.group_of(in_features)
+        self.group, self.dtype = self.scheme.group_of(in_features), dtype
         self.plain = not int4_fits(in_features, out_features, self.group)
         create_plain_weights(layer, in_features if self.plain else 0, out_features, bias, dtype, device)
         if not self.plain:
@@ -177,10 +183,13 @@ class Int4LinearMethod(LinearMethod):
             q = q[:, perm]
         for name in self.checkpoint_params:
             replace_parameter(layer, name, None)
-        replace_parameter(layer, "qweight", int4.pack(q, 1))
+        n, k = q.shape
+        use_tinygemm = self.backend == "auto" and tinygemm.fits(q.device, self.dtype, n, k, self.group)
+        replace_parameter(layer, "qweight", tinygemm.pack_on_device(q) if use_tinygemm else int4.pack(q, 1))
         replace_parameter(layer, "scales", scales.to(torch.float16).contiguous())
         replace_parameter(layer, "zeros", zeros.to(torch.float16).contiguous())
         layer.register_buffer("perm", perm)
+        layer.register_buffer("tinygemm_table", tinygemm.scale_table(scales, zeros) if use_tinygemm else None)
 
     def quantize_float(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(codes, scales, zeros, g_idx) of a float weight on this scheme's grid (natural column order)."""
@@ -199,11 +208,23 @@ class Int4LinearMethod(LinearMethod):
             w = int4.dequantize(int4.unpack(layer.qweight, 1), layer.scales, layer.zeros, None)
             y = F.linear(x2.float(), w).to(x.dtype)
             y = y if layer.bias is None else y + layer.bias
+        elif layer.tinygemm_table is not None:
+            y = self._tinygemm(layer, x2)
         elif x2.shape[0] == 1 and self.backend != "torch":
             y = self._gemv(layer, x2.contiguous())
         else:
             y = self._matmul(layer, x2)
         return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    def _tinygemm(self, layer, x):
+        """A layer in tinygemm's layout: its kernel up to tinygemm.ROWS rows, dequantize + cuBLAS above."""
+        from jackfield_plugins.quant.int4_kernels import int4_dequantize
+
+        if x.shape[0] > tinygemm.ROWS:
+            return F.linear(x, int4_dequantize(layer.qweight, layer.scales, layer.zeros, self.group, x.dtype),
+                            layer.bias)
+        y = tinygemm.matmul(x.contiguous(), layer.qweight, self.group, layer.tinygemm_table)
+        return y if layer.bias is None else y + layer.bias
 
     def _gemv(self, layer, x):
         from jackfield_plugins.quant.int4_kernels import int4_gemv

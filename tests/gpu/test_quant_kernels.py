@@ -168,6 +168,29 @@ def test_int4_kernels(n, k, group):
         assert _rel(k4.int4_matmul(x, packed, s16, z16, group, None), x.float() @ deq.t()) < BF16_TOL, m
 
 
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_int4_tinygemm_layout(n, k):
+    """PyTorch's conversion makes int4_tinygemm.pack's layout; tinygemm (its few-row matmul) and the
+    Triton dequantize kernel reading that layout match the dequantized reference."""
+    from jackfield_plugins.quant import int4_kernels as k4
+    from jackfield_plugins.quant import int4_numerics as int4
+    from jackfield_plugins.quant import int4_tinygemm as tinygemm
+
+    if not tinygemm.fits(torch.device("cuda"), torch.bfloat16, n, k, 128):
+        pytest.skip("no tinygemm on this device")
+    _, w = _inputs(1, n, k)
+    q, s, z = int4.quantize(w, 128)
+    words, s16, z16 = tinygemm.pack_on_device(q), s.half(), z.half()
+    assert torch.equal(words, tinygemm.pack(q))
+    deq = int4.dequantize(q, s16, z16, None)
+    assert torch.equal(k4.int4_dequantize(words, s16, z16, 128, torch.float32), deq)
+    table = tinygemm.scale_table(s16, z16)
+    for m in ROWS:
+        if m <= tinygemm.ROWS:
+            x, _ = _inputs(m, n, k, seed=m)
+            assert _rel(tinygemm.matmul(x, words, 128, table), x.float() @ deq.t()) < BF16_TOL, m
+
+
 METHODS = {  # method -> (quantization_config, needs FP8)
     "fp8": ({}, True), "fp8_block": ({"quant_method": "fp8", "weight_block_size": [128, 128]}, True),
     "int8_wo": ({}, False), "awq": (None, False), "gptq": (None, False),

@@ -24,6 +24,7 @@ def cases() -> dict:
     from jackfield_plugins.quant import fp8_numerics as fp8
     from jackfield_plugins.quant import int4_kernels as k4
     from jackfield_plugins.quant import int4_numerics as int4
+    from jackfield_plugins.quant import int4_tinygemm as tinygemm
     from jackfield_plugins.quant.int4_linear import Int4GemvConfig, gemv_fits, grouped_fits
     from jackfield_plugins.quant.int8_wo import quantize_int8
     from jackfield_plugins.quant.w8a16_kernels import w8a16_matmul
@@ -74,11 +75,11 @@ def cases() -> dict:
         y, _ = gemv_rmsnorm(x, res, g, 1e-6, q, b, cfg, ws)
         return err(y, h @ deq.t() + b)
 
-    def int4_case(kind, group, m=1):
+    def int4_case(kind, group, m=1, layout="internal"):
         n, k = 40, 256
         w, b, x = rand(n, k), rand(n), rand(m, k)
         q, s, z = int4.quantize(w, group)
-        packed, s16, z16 = int4.pack(q, 1), s.half(), z.half()
+        packed, s16, z16 = int4.pack(q, 1) if layout == "internal" else tinygemm.pack(q), s.half(), z.half()
         ref = int4.reference_linear(x, q, s16, z16, group, b)
         if kind == "gemv":
             return max(err(k4.int4_gemv(x, packed, s16, z16, group, b, Int4GemvConfig(bn, bk, 4, 1, False)), ref)
@@ -110,6 +111,7 @@ def cases() -> dict:
         "int4_gemv_grouped_group128": lambda: int4_case("gemv_grouped", 128),
         "int4_matmul_group32_m7": lambda: int4_case("matmul", 32, 7),
         "int4_dequantize_group64": lambda: int4_case("dequantize", 64),
+        "int4_dequantize_tinygemm_layout": lambda: int4_case("dequantize", 128, layout="tinygemm"),
     }
 
 
@@ -117,7 +119,8 @@ CASE_NAMES = ["act_quant_per_token", "act_quant_group64", "w8a8_per_channel_m5",
               "w8a8_block32_m5", "w8a8_block_16x64_small_tiles", "w8a16_int8_m1", "w8a16_fp8_m20",
               "gemv_int8_per_row", "gemv_fp8_per_row_rmsnorm", "gemv_fp8_block_silu_mul", "gemv_fp8_block",
               "int4_gemv_group64", "int4_gemv_per_row", "int4_gemv_grouped_group32",
-              "int4_gemv_grouped_group128", "int4_matmul_group32_m7", "int4_dequantize_group64"]
+              "int4_gemv_grouped_group128", "int4_matmul_group32_m7", "int4_dequantize_group64",
+              "int4_dequantize_tinygemm_layout"]
 
 
 def _child_main() -> None:
