@@ -227,18 +227,20 @@ def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, ze
 def _int4_dequant_kernel(q_ptr, s_ptr, z_ptr, w_ptr, N, K, stride_qn, stride_sn, stride_wn, GROUP: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, TG: tl.constexpr):
     """With TG the codes are in tinygemm's layout (int4_tinygemm.py) and BLOCK_K is 128: a row's 16
-    words of one 128-column block are contiguous, and their codes are put in column order in
-    registers (nibble p = 4 parity + 2 a + b of word 4 t + j holds column 32 j + 16 a + 8 b + 2 t +
-    parity), so loads and stores stay contiguous."""
+    words of one 128-column block are contiguous (64 bytes), and column 32 j + 16 a + 8 b + 2 t +
+    parity is nibble 4 parity + 2 a + b of word 4 t + j. Each column loads its word (eight columns
+    share one, from L1) and shifts its nibble out, so the stores stay contiguous."""
     WORDS: tl.constexpr = BLOCK_K // 8
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k0 = tl.program_id(1) * BLOCK_K
     rmask = rows < N
     if TG:
+        c = tl.arange(0, BLOCK_K)
+        word = ((c // 2) % 4) * 4 + c // 32
+        shift = ((c % 2) * 4 + ((c // 16) % 2) * 2 + (c // 8) % 2) * 4
         offs = (rows // 8).to(tl.int64) * K + (rows % 8) * 16 + (k0 // 128) * 128
-        packed = tl.load(q_ptr + offs[:, None] + tl.arange(0, WORDS)[None, :], mask=rmask[:, None], other=0)
-        codes = tl.reshape(_unpack(packed, WORDS), [BLOCK_N, 4, 4, 2, 2, 2])  # row, t, j, parity, a, b
-        codes = tl.reshape(tl.permute(codes, (0, 2, 4, 5, 1, 3)), [BLOCK_N, BLOCK_K])  # row, j, a, b, t, parity
+        words = tl.load(q_ptr + offs[:, None] + word[None, :], mask=rmask[:, None], other=0)
+        codes = (((words >> shift[None, :]) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)
     else:
         packed = tl.load(q_ptr + rows[:, None].to(tl.int64) * stride_qn + k0 // 8 + tl.arange(0, WORDS)[None, :],
                          mask=rmask[:, None], other=0)
