@@ -25,7 +25,6 @@ import functools
 import torch
 
 INNER_K_TILES = 8
-BLOCK_COLS = 128   # columns of one (8-row, ko) block: 8 inner k-tiles of 16
 ROWS = 16          # x with at most this many rows goes through tinygemm (one m16 tile)
 GROUPS = (128, 256)
 
