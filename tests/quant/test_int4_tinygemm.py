@@ -1,7 +1,9 @@
 """tinygemm's INT4 layout (int4_tinygemm.py) on the CPU: `pack` against a line-by-line rendering of
 PyTorch's CUDA conversion kernel (matrix_to_m16n8k16_Bint4_layout, 8 inner k-tiles), its inverse,
-the virtual column order the Triton kernels read it in, and the (scale, offset) table. The GPU test
-(tests/gpu/test_quant_kernels.py) checks `pack` against the conversion itself."""
+the column each code holds, and the (scale, offset) table; a CPU layer keeps the internal layout.
+The GPU test (tests/gpu/test_quant_kernels.py) checks `pack` against the conversion itself, and
+the Triton interpreter test (tests/plugins/test_quant_kernels_interpret.py) the dequantize kernel
+on this layout."""
 from __future__ import annotations
 
 import torch
@@ -57,4 +59,10 @@ def test_scale_table_dequantizes_like_the_layer():
 
 
 def test_a_cpu_layer_keeps_the_internal_layout():
+    from quant_harness import LAYER_CONFIGS, make_linear
+
+    from jackfield_plugins.quant.awq import Awq
+
+    layer = make_linear(Awq, torch.randn(64, 256).bfloat16(), LAYER_CONFIGS["awq"])
+    assert layer.qweight.shape == (64, 256 // 8) and layer.tinygemm_table is None
     assert not tinygemm.fits(torch.device("cpu"), torch.bfloat16, 64, 256, 128)
