@@ -43,6 +43,7 @@ def measure(n: int, k: int, formats: set[str]) -> list[dict]:
     from jackfield_plugins.quant import fp8_numerics as fp8
     from jackfield_plugins.quant import int4_kernels as k4
     from jackfield_plugins.quant import int4_numerics as int4
+    from jackfield_plugins.quant import int4_tinygemm as tinygemm
     from jackfield_plugins.quant.int4_linear import gemv_configs
 
     x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
@@ -92,27 +93,17 @@ def measure(n: int, k: int, formats: set[str]) -> list[dict]:
         ref = x.float() @ int4.dequantize(q4, s16, z16, None).t()
         for tiles in (2, 4, 8):  # PyTorch's CUDA int4 kernel (tinygemm): bf16 scales and float zeros
             try:
-                tg = tinygemm_pack(q4, s16, z16, 128, tiles)
-                y = torch.ops.aten._weight_int4pack_mm(x, tg[0], 128, tg[1])
+                tg = tinygemm.pack_on_device(q4, tiles), tinygemm.scale_table(s16, z16)
+                y = tinygemm.matmul(x, tg[0], 128, tg[1])
                 err = float((y.float() - ref).norm() / ref.norm())
                 reps = [tuple(t.clone() for t in tg) for _ in range(copies_for(nbytes))]
-                us = timed([lambda t=t: torch.ops.aten._weight_int4pack_mm(x, t[0], 128, t[1]) for t in reps])
+                us = timed([lambda t=t: tinygemm.matmul(x, t[0], 128, t[1]) for t in reps])
             except Exception as exc:  # noqa: BLE001 - an op this torch build lacks
                 us, err = f"{type(exc).__name__}: {str(exc)[:120]}", None
             record("int4", f"tinygemm_k{tiles}", None, us, nbytes)
             rows[-1]["rel_error"] = err
             reps = None
     return rows
-
-
-def tinygemm_pack(q, s, z, group, inner_k_tiles):
-    """Codes [N, K] (0..15), scales and zeros [N, K/group] as torch's `_weight_int4pack_mm` takes them:
-    the packed weight and [K/group, N, 2] bf16 (scale, offset) with w = (q - 8) scale + offset."""
-    packed = ((q[:, ::2] << 4) | q[:, 1::2]).to(torch.uint8)
-    w = torch.ops.aten._convert_weight_to_int4pack(packed.contiguous(), inner_k_tiles)
-    offset = (8 - z.float()) * s.float()
-    sz = torch.stack([s.float(), offset], -1).transpose(0, 1).contiguous().bfloat16()
-    return w, sz
 
 
 def main() -> int:

@@ -56,10 +56,11 @@ def pack(q: torch.Tensor) -> torch.Tensor:
     return words.contiguous()
 
 
-def pack_on_device(q: torch.Tensor) -> torch.Tensor:
-    """`pack` by PyTorch's own CUDA conversion (its byte input holds column 2i in the high nibble)."""
+def pack_on_device(q: torch.Tensor, inner_k_tiles: int = INNER_K_TILES) -> torch.Tensor:
+    """`pack` by PyTorch's own CUDA conversion (its byte input holds column 2i in the high nibble);
+    other inner k-tile counts (2, 4) are for benchmarks/studies/gemv_bandwidth.py."""
     pairs = ((q[:, 0::2] << 4) | q[:, 1::2]).to(torch.uint8).contiguous()
-    return torch.ops.aten._convert_weight_to_int4pack(pairs, INNER_K_TILES)
+    return torch.ops.aten._convert_weight_to_int4pack(pairs, inner_k_tiles)
 
 
 def column_of(v: torch.Tensor) -> torch.Tensor:
