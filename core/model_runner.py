@@ -135,7 +135,12 @@ class ModelRunner:
 
     def _load_model(self, progress: bool) -> torch.nn.Module:
         st, cfg = self.setup, self.config
-        quant = st.choices["quantization"].info.cls(cfg, QuantOptions(gemm_backend=st.settings.quantization_gemm_backend))
+        options = QuantOptions(gemm_backend=st.settings.quantization_gemm_backend,
+                               quantize_lm_head=st.settings.quantize_lm_head)
+        quant = st.choices["quantization"].info.cls(cfg, options)
+        if options.quantize_lm_head and quant.lm_head_method() is None:
+            raise ValueError(f"quantize_lm_head: the quantization method {st.choices['quantization'].name!r} keeps "
+                             f"the LM head plain; fp8 and int8_wo quantize it on load")
         moe_choice = st.choices.get("moe")
         ctx = ModelBuildContext(quant=quant, dtype=self.dtype, device=self.device,
                                 moe=moe_choice.info.cls if moe_choice and moe_choice.info and cfg.num_experts else None,

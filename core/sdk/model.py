@@ -130,11 +130,19 @@ class CausalLM(nn.Module, Component):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load HF-named tensors; every parameter must be covered, else ValueError names the gaps.
         KV-cache scales (`...self_attn.k_scale` and the other names `kv_scale_target` knows) go to
-        their attention layer's `set_kv_scale`."""
+        their attention layer's `set_kv_scale`. A tied LM head with its own quantization method
+        (`LMHead.method`) gets the embedding's tensor as its `weight`."""
         modules = dict(self.named_modules())
         params = dict(self.named_parameters())
         loaded: set[str] = set()
+        head = modules.get("lm_head")
+        head_source = None  # the checkpoint name of the embedding that a quantized tied head reads
+        if self.config.tie_word_embeddings and getattr(head, "method", None) is not None and head.tied_to is not None:
+            head_source = next(n for n, m in modules.items() if m is head.tied_to) + ".weight"
         for name, tensor in weights:
+            if name == head_source:
+                head.weight_loader("weight", tensor)
+                loaded.add("lm_head.weight")
             if any(name.endswith(s) for s in self.ignored_weights):
                 continue
             if self.config.tie_word_embeddings and name == "lm_head.weight" and name not in params:

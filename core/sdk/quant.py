@@ -47,6 +47,8 @@ class QuantOptions:
     """GPU matmul path of quantized layers: "auto" (per batch size, the measured choice), "triton"
     (Triton kernels at every batch size) or "torch" (torch._scaled_mm for FP8, dequantize + cuBLAS
     for integer weights)."""
+    quantize_lm_head: bool = False
+    """Quantize the LM head too, where the method converts plain weights on load (Settings.quantize_lm_head)."""
 
 
 def create_plain_weights(layer: nn.Module, in_features: int, out_features: int, bias: bool,

@@ -77,6 +77,23 @@ class BuiltinQuantization(QuantizationMethod):
     def linear_method(self, prefix: str) -> LinearMethod:
         return PlainLinearMethod() if is_ignored(prefix, self.ignored) else self.layer_method(prefix)
 
+    def lm_head_method(self) -> LinearMethod | None:
+        """The head's method: quantized when the checkpoint stores it so (`head_in_checkpoint`), or when
+        asked (`quantize_lm_head`) and the method can quantize its plain checkpoint weight on load
+        (`plain_head_method`); otherwise plain."""
+        if self.head_in_checkpoint():
+            return self.layer_method("lm_head")
+        return self.plain_head_method() if self.options.quantize_lm_head else None
+
+    def head_in_checkpoint(self) -> bool:
+        """Whether the checkpoint stores the LM head in this method's format."""
+        return False
+
+    def plain_head_method(self) -> LinearMethod | None:
+        """A LinearMethod that quantizes the head's plain checkpoint weight on load, or None if this
+        method only loads pre-quantized tensors."""
+        return None
+
     @abstractmethod
     def layer_method(self, prefix: str) -> LinearMethod:
         """The LinearMethod of a quantized layer."""

@@ -192,6 +192,10 @@ class Fp8(BuiltinQuantization):
     def layer_method(self, prefix):
         return Fp8LinearMethod(self.scheme, self.gemv, self.options.gemm_backend)
 
+    def plain_head_method(self):
+        """Per-channel FP8 codes of the head's float weight (FP8 checkpoints keep their head plain)."""
+        return Fp8LinearMethod(Fp8Scheme(), self.gemv, self.options.gemm_backend)
+
     def expert_method(self, prefix):
         """Block-wise FP8 experts (fp8_experts.py), unless the checkpoint leaves the layer plain."""
         if is_ignored(prefix, self.ignored):

@@ -7,7 +7,8 @@ the input columns), `qzeros` [K/group, N/8] (along the output channels; the orig
 float16 and `g_idx` [K], the group of each input column; w[k] = (q[k] - z[g_idx[k]]) * s[g_idx[k]].
 With `desc_act: true` the columns are sorted by group at load time and the activations permuted to
 match (each group must hold `group_size` columns, as GPTQ writes them). `group_size: -1` is one
-group per row. Layers in `modules_to_not_convert` stay plain. Kernels: int4_linear.py.
+group per row. Layers in `modules_to_not_convert` stay plain; with `lm_head: true` the LM head is
+quantized too. Kernels: int4_linear.py.
 GPTQ is a checkpoint format: a plain checkpoint cannot be loaded with --quantization gptq.
 """
 from __future__ import annotations
@@ -83,6 +84,10 @@ class Gptq(Int4Quantization):
     checkpoint_formats = ("gptq",)
     description = "GPTQ INT4 checkpoints (act order, zero points); Triton GEMV/GEMM on CUDA"
     max_relative_error = 0.14
+
+    def head_in_checkpoint(self):
+        """GPTQModel's `lm_head: true`: the checkpoint holds lm_head.qweight and the rest."""
+        return bool(self.quant_config.get("lm_head", False))
 
     @staticmethod
     def int4_method(qc, gemv, backend):

@@ -94,6 +94,9 @@ class Int8WeightOnly(BuiltinQuantization):
     def layer_method(self, prefix):
         return Int8LinearMethod(self.gemv, self.options.gemm_backend)
 
+    def plain_head_method(self):
+        return Int8LinearMethod(self.gemv, self.options.gemm_backend)
+
 
 @hookimpl
 def jackfield_register_quantization_methods(register):

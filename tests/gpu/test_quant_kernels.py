@@ -197,6 +197,42 @@ METHODS = {  # method -> (quantization_config, needs FP8)
 }
 
 
+@pytest.mark.parametrize("name", ["fp8", "int8_wo", "gptq"])
+def test_lm_head_on_gpu_matches_cpu(name):
+    """A quantized LM head (`quantize_lm_head` for fp8 and int8_wo, `lm_head: true` for a GPTQ
+    checkpoint) on the GPU against the same head on the CPU, at 1, 3 and 64 rows."""
+    from quant_harness import LAYER_CONFIGS, model_config
+
+    from jackfield.sdk import QuantOptions
+    from jackfield.sdk.layers.embedding import LMHead
+    from jackfield_plugins.quant import fp8_numerics
+    from jackfield_plugins.quant.fp8 import Fp8
+    from jackfield_plugins.quant.gptq import Gptq
+    from jackfield_plugins.quant.int8_wo import Int8WeightOnly
+
+    if name == "fp8" and not _fp8_capable():
+        pytest.skip("FP8 needs compute capability 8.9")
+    cls = {"fp8": Fp8, "int8_wo": Int8WeightOnly, "gptq": Gptq}[name]
+    qc = {**LAYER_CONFIGS["gptq"], "lm_head": True} if name == "gptq" else {}
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(8192, 2048, generator=gen) * 0.02
+    heads = {}
+    for device, dtype in (("cpu", torch.float32), ("cuda", torch.bfloat16)):
+        method = cls(model_config(qc), QuantOptions(quantize_lm_head=True)).lm_head_method()
+        head = LMHead(8192, 2048, dtype, torch.device(device), method=method)
+        head.method.load_float(head, w.to(device))
+        head.process_weights_after_loading()
+        heads[device] = head
+    assert heads["cuda"].weight is None if name == "gptq" else heads["cuda"].weight.element_size() == 1
+    for m in (1, 3, 64):
+        x = torch.randn(m, 2048, generator=gen).bfloat16()
+        out, ref = heads["cuda"](x.cuda()), heads["cpu"](x.float())
+        if m == 1 and name == "fp8" and _gemv_taken(heads["cuda"]):  # W8A16 GEMV: compare like with like
+            cpu = heads["cpu"]
+            ref = fp8_numerics.w8a16_reference(x.float(), cpu.weight, cpu.weight_scale, cpu.wscale.block, None)
+        assert _rel(out.cpu(), ref) < 2e-2, (m, _rel(out.cpu(), ref))
+
+
 @pytest.mark.parametrize("backend", ["auto", "triton", "torch"])
 @pytest.mark.parametrize("name", list(METHODS))
 def test_layer_on_gpu_matches_cpu(name, backend):

@@ -95,7 +95,7 @@ def quant_config(fmt: str, opts: dict) -> dict:
     if fmt == "gptq":
         return {"quant_method": "gptq", "bits": 4, "group_size": opts.get("group", 32),
                 "desc_act": opts.get("act_order", False), "sym": opts.get("symmetric", True),
-                "checkpoint_format": "gptq_v2" if opts.get("v2") else "gptq"}
+                "checkpoint_format": "gptq_v2" if opts.get("v2") else "gptq", "lm_head": opts.get("lm_head", False)}
     if fmt == "ct-fp8":
         scheme = opts.get("scheme", "channel")
         weights = {"num_bits": 8, "type": "float", "strategy": scheme, "symmetric": True, "dynamic": False}
@@ -146,10 +146,12 @@ def write_quantized_state(state: dict, config: dict, directory: Path, fmt: str,
     for name, w in state.items():
         w = w.float()
         m = LINEAR.match(name)
+        if m is None and name == "lm_head.weight" and opts.get("lm_head"):  # GPTQModel's lm_head: true
+            m = {"module": "lm_head"}
         if m is None:
             quantized[name] = ref_state[name] = w
             continue
-        layer = int(name.split(".")[2])  # layers reading the same input share GPTQ's act order
+        layer = int(name.split(".")[2]) if name.startswith("model.layers.") else 0  # layers reading the same input share GPTQ's act order
         tensors, ref = quantize_tensors(m["module"], w, fmt, {**opts, "reference": reference},
                                         seed=1000 * layer + w.shape[1])
         quantized.update(tensors)

@@ -25,6 +25,7 @@ CASES = {  # name: (format, options, tolerance, method auto picks)
     "awq": ("awq", {"group": 32}, EXACT, "awq"),
     "gptq": ("gptq", {"group": 32}, EXACT, "gptq"),
     "gptq_desc_act_asym": ("gptq", {"group": 32, "act_order": True, "symmetric": False}, EXACT, "gptq"),
+    "gptq_lm_head": ("gptq", {"group": 32, "lm_head": True}, EXACT, "gptq"),
     "gptq_v2_per_channel": ("gptq", {"group": -1, "v2": True, "symmetric": False}, EXACT, "gptq"),
     "ct_fp8_channel": ("ct-fp8", {"scheme": "channel"}, FP8_W8A8, "compressed_tensors"),
     "ct_fp8_tensor_static": ("ct-fp8", {"scheme": "tensor", "static": True}, FP8_W8A8, "compressed_tensors"),
@@ -71,6 +72,25 @@ def test_auto_selection_and_layer_contents(hf_model, tmp_path):
             assert qkv.scales.shape == (qkv.out_features, qkv.in_features // 32)
             assert (qkv.perm is not None) == (name == "gptq_desc_act_asym")
         assert qkv.bias is not None and qkv.bias.dtype == torch.float32
+
+
+def test_lm_head_quantized(hf_model, tmp_path):
+    """A GPTQ checkpoint with `lm_head: true` loads its head as INT4 codes; on a plain checkpoint
+    `quantize_lm_head` gives fp8 and int8_wo heads of codes and per-row scales, and a method that
+    cannot quantize the head on load refuses the setting by name."""
+    from quant_harness import build_runner
+
+    fmt, opts, _, _ = CASES["gptq_lm_head"]
+    head = build_runner(write_quantized(hf_model, tmp_path / "gptq", fmt, **opts)[0]).model.lm_head
+    assert head.weight is None and head.qweight.dtype == torch.int32
+    assert head.qweight.shape == (hf_model.config.vocab_size, hf_model.config.hidden_size // 8)
+    _, plain = write_quantized(hf_model, tmp_path / "plain", "awq")
+    for method, dtype in (("fp8", torch.float8_e4m3fn), ("int8_wo", torch.int8)):
+        head = build_runner(plain, quantization=method, quantize_lm_head=True).model.lm_head
+        assert head.weight.dtype == dtype and head.weight_scale.shape == (hf_model.config.vocab_size,)
+        assert build_runner(plain, quantization=method).model.lm_head.method is None
+    with pytest.raises(ValueError, match="quantize_lm_head.*'unquantized'"):
+        build_runner(plain, quantize_lm_head=True)
 
 
 def test_fused_per_tensor_scales_become_rows(hf_model, tmp_path):

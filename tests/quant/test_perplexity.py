@@ -2,11 +2,13 @@
 each method, against the unquantized model (CPU, float32; teacher-forced, first TOKENS tokens).
 
 Measured on SmolLM2-135M (the Q4_1 GGUF, dequantized to float32), first 128 tokens, unquantized
-perplexity 13.68: int8_wo +0.2%, FP8 KV cache -1.2%, fp8 W8A8 (per-channel, on load) +2.8%,
-INT4 (GPTQ layout, round-to-nearest, group 64, act order, asymmetric) +41%. On the first 512
-tokens: int8_wo -0.2%, FP8 KV cache +2.0%, fp8 +15%, INT4 (group 64) +80% to +130%.
-The issue's goals (fp8 < 2%, int8 < 2%, int4 < 10%) hold for int8 and the FP8 KV cache, not for
-fp8 weights or INT4 on this model. That is the model, not our kernels: replacing its float weights
+perplexity 13.68 (2026-12-07): int8_wo +0.2%, FP8 KV cache -0.7%, fp8 W8A8 (per-channel, on load)
+-0.1%, with `quantize_lm_head` (the tied head quantized too) fp8 +3.1% and int8_wo +0.2%; INT4
+(GPTQ layout, round-to-nearest, group 64, act order, asymmetric) +41%. On the first 512 tokens
+(perplexity 9.57): int8_wo -0.2%, FP8 KV cache +1.3%, fp8 +11.5%, fp8 with its head +13.1%, int8_wo
+with its head -0.1%; INT4 (group 64) +80% to +130% (an earlier measurement).
+The issue's goals (fp8 < 2%, int8 < 2%, int4 < 10%) hold for int8 and the FP8 KV cache, and for
+fp8 weights on 128 tokens but not on 512, nor for INT4, on this model. That is the model, not our kernels: replacing its float weights
 by their FP8 (per-channel) or INT4 (group 64, round-to-nearest) round trips inside the unquantized
 model moves its perplexity as much (+7% and +40% on 256 tokens). A 135M model is unusually
 sensitive to weight noise, and its weights are already on a 4-bit grid (Q4_1, group 32), so
@@ -35,7 +37,7 @@ if os.environ.get("JACKFIELD_TEST_SMOLLM2", "1").lower() in ("0", "off", "false"
 TEXT = Path(__file__).resolve().parents[1] / "data" / "public_domain.txt"
 TOKENS = 128
 BOUNDS = {  # relative perplexity increase allowed on this model (see the module docstring)
-    "int8_wo": 0.02, "fp8_kv_cache": 0.02, "fp8": 0.06, "gptq_int4": 0.6,
+    "int8_wo": 0.02, "fp8_kv_cache": 0.02, "fp8": 0.06, "gptq_int4": 0.6, "fp8_lm_head": 0.05, "int8_wo_lm_head": 0.02,
 }
 
 
@@ -66,7 +68,9 @@ def smollm2():
 
 @pytest.mark.parametrize("name,settings", [("int8_wo", {"quantization": "int8_wo"}),
                                            ("fp8_kv_cache", {"kv_cache_dtype": "fp8_e4m3"}),
-                                           ("fp8", {"quantization": "fp8"})])
+                                           ("fp8", {"quantization": "fp8"}),
+                                           ("fp8_lm_head", {"quantization": "fp8", "quantize_lm_head": True}),
+                                           ("int8_wo_lm_head", {"quantization": "int8_wo", "quantize_lm_head": True})])
 def test_on_load_methods(smollm2, name, settings):
     source, ids, base = smollm2
     ppl = perplexity(source, ids, **settings)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jackfield.sdk.layers.linear import narrow_features
 from jackfield.sdk.parallel import SINGLE, ParallelGroup
 
 
@@ -85,8 +86,15 @@ class LMHead(nn.Module):
     def weight_loader(self, param_name: str, tensor: torch.Tensor, shard_id=None) -> None:
         if self.method is None:
             self.shard.copy_into(self.weight, tensor)
-        else:
-            self.method.load(self, param_name, self.shard.part(tensor), 0, self.shard.rows)
+            return
+        vocab_dim, _ = self.method.shard_dims(param_name, tensor)  # a quantized format's own layout
+        if vocab_dim is not None:
+            s = self.shard
+            if s.vocab_size % tensor.shape[vocab_dim]:
+                raise ValueError(f"lm_head.{param_name} of shape {tuple(tensor.shape)} does not fit a vocabulary of "
+                                 f"{s.vocab_size}")
+            tensor = narrow_features(tensor, vocab_dim, s.vocab_size, s.start, s.rows, f"lm_head.{param_name}")
+        self.method.load(self, param_name, tensor, 0, self.shard.rows)
 
     def dummy_part(self, param_name: str, full: torch.Tensor) -> torch.Tensor:
         return self.shard.padded_part(full)

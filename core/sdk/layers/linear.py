@@ -66,10 +66,10 @@ class Linear(nn.Module):
         what = f"{self.prefix}.{param_name}"
         if self.parallel == "column" and out_dim is not None:
             full, start = self.tp_rows[shard_id]
-            tensor = _narrow(tensor, out_dim, full, start, self.shards[shard_id][1], what)
+            tensor = narrow_features(tensor, out_dim, full, start, self.shards[shard_id][1], what)
         elif self.parallel == "row":
             if in_dim is not None:
-                tensor = _narrow(tensor, in_dim, self.full_in_features, self.in_start, self.in_features, what)
+                tensor = narrow_features(tensor, in_dim, self.full_in_features, self.in_start, self.in_features, what)
             elif param_name == "bias" and self.tp.rank:
                 tensor = torch.zeros_like(tensor)  # the summed partial outputs get the bias once
         return tensor
@@ -119,7 +119,7 @@ class Linear(nn.Module):
         return self.forward(silu_and_mul(x))
 
 
-def _narrow(tensor: torch.Tensor, dim: int, full: int, start: int, size: int, what: str) -> torch.Tensor:
+def narrow_features(tensor: torch.Tensor, dim: int, full: int, start: int, size: int, what: str) -> torch.Tensor:
     """Rows [start, start + size) of `full` along `dim` of a tensor that spans them in proportion
     (packed codes, block scales: `full` / tensor.shape[dim] features per entry); an extent of 1 is
     one value for every feature and is kept whole."""
