@@ -76,7 +76,10 @@ def decode(args) -> dict:
                 conn.send((ids, args.new_tokens))
                 results["llama.cpp"].append(conn.recv())
     finally:
-        conn.send(None)
+        try:
+            conn.send(None)
+        except OSError:  # the peer is gone (it failed): keep the error that brought us here
+            pass
         peer.join(30)
     med = {k: statistics.median(v) for k, v in results.items()}
     return {"part": "decode", "prompt_tokens": len(ids), "new_tokens": args.new_tokens, "threads": args.threads,
