@@ -131,18 +131,17 @@ class CausalLM(nn.Module, Component):
         """Load HF-named tensors; every parameter must be covered, else ValueError names the gaps.
         KV-cache scales (`...self_attn.k_scale` and the other names `kv_scale_target` knows) go to
         their attention layer's `set_kv_scale`. A tied LM head with its own quantization method
-        (`LMHead.method`) gets the embedding's tensor as its `weight`."""
+        (`LMHead.method`) whose tensors the checkpoint lacks gets the embedding's tensor as its `weight`."""
         modules = dict(self.named_modules())
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         head = modules.get("lm_head")
-        head_source = None  # the checkpoint name of the embedding that a quantized tied head reads
+        head_source, head_tensor = None, None  # the embedding a quantized tied head may have to read
         if self.config.tie_word_embeddings and getattr(head, "method", None) is not None and head.tied_to is not None:
             head_source = next(n for n, m in modules.items() if m is head.tied_to) + ".weight"
         for name, tensor in weights:
             if name == head_source:
-                head.weight_loader("weight", tensor)
-                loaded.add("lm_head.weight")
+                head_tensor = tensor
             if any(name.endswith(s) for s in self.ignored_weights):
                 continue
             if self.config.tie_word_embeddings and name == "lm_head.weight" and name not in params:
@@ -173,6 +172,9 @@ class CausalLM(nn.Module, Component):
                                          f"vs parameter {tuple(params[target].shape)}")
                     params[target].copy_(tensor)
             loaded.add(target)
+        if head_tensor is not None and any(p.startswith("lm_head.") and p not in loaded for p in params):
+            head.weight_loader("weight", head_tensor)  # the checkpoint has no head of its own (a GGUF file has)
+            loaded.update(p for p in params if p.startswith("lm_head."))
         missing = sorted(set(params) - loaded)
         if missing:
             raise ValueError(f"weights missing from the checkpoint: {', '.join(missing[:8])}"

@@ -93,6 +93,30 @@ def test_lm_head_quantized(hf_model, tmp_path):
         build_runner(plain, quantize_lm_head=True)
 
 
+def test_tied_quantized_head_reads_its_own_tensor_else_the_embedding(hf_model, tmp_path):
+    """Tied embeddings and a quantized head (quantize_lm_head): a checkpoint that also stores
+    lm_head.weight (a GGUF file yields the head's own blocks) loads that; one without it loads the
+    embedding's table into the head."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+    from quant_harness import build_runner
+
+    _, plain = write_quantized(hf_model, tmp_path / "plain", "awq")
+    state = load_file(str(plain / "model.safetensors"))
+    config = json.loads((plain / "config.json").read_text())
+    config["tie_word_embeddings"] = True
+    for name, keep_head in (("with_head", True), ("without_head", False)):
+        d = tmp_path / name
+        d.mkdir()
+        save_file({k: v for k, v in state.items() if keep_head or k != "lm_head.weight"}, str(d / "model.safetensors"))
+        (d / "config.json").write_text(json.dumps(config))
+        head = build_runner(d, quantization="int8_wo", quantize_lm_head=True).model.lm_head
+        loaded = head.weight.float() * head.weight_scale[:, None]
+        source = state["lm_head.weight" if keep_head else "model.embed_tokens.weight"].float()
+        assert rel_err(loaded, source) < 1e-2, name
+
+
 def test_fused_per_tensor_scales_become_rows(hf_model, tmp_path):
     """A per-tensor FP8 checkpoint has one scale per q/k/v tensor: each fills its shard's rows."""
     from safetensors import safe_open
