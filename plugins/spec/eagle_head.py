@@ -143,6 +143,10 @@ class EagleHead(nn.Module):
         return full
 
     def _head_dtype(self) -> torch.dtype:
+        """What the LM head takes: its weight's dtype, or the model dtype for a head with a
+        quantization method (LMHead.method: its weight may be codes)."""
+        if getattr(self.lm_head, "method", None) is not None:
+            return self.fc.weight.dtype
         return next(self.lm_head.parameters()).dtype
 
     # the DraftRunner's model interface

@@ -164,6 +164,9 @@ def run(args) -> int:
     head = EagleHead(ModelConfig.from_hf(hf), hf, tc.hidden_size, tc.max_position_embeddings + 1).to(dev)
     head.share(target.model.model.embed_tokens, target.model.lm_head)
     lm = target.model.lm_head
+    if getattr(lm, "method", None) is not None and getattr(lm, "tied_to", None) is None:
+        raise ValueError("train-eagle needs the target's LM head in float, and this target's is quantized "
+                         "(quantize_lm_head, or a checkpoint that stores it so): train on the unquantized target")
     lm_weight = (lm.tied_to.weight if getattr(lm, "tied_to", None) is not None else lm.weight).detach().float()
     opt = torch.optim.AdamW(head.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     step = 0

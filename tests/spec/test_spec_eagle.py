@@ -40,6 +40,17 @@ def test_train_eagle_resumes_and_its_head_drafts_what_the_target_says(tiny_targe
                            speculative_eagle_topk=1, speculative_num_steps=4)
     assert run_workload(sched, jobs) == plain and pool_idle_problem(sched) is None
     assert sched.spec.stats.accept_length > 1.4, sched.spec.stats.accept_length
+    # the target's LM head quantized (int8 codes): the head drafts through it in the model dtype
+    quantized = {"quantization": "int8_wo", "quantize_lm_head": True}
+    plain = run_workload(spec_scheduler(None, tiny_target, str(tmp_path), **quantized), jobs)
+    sched = spec_scheduler(EagleDecoder, tiny_target, str(tmp_path), speculative_draft_model_path=str(out),
+                           speculative_eagle_topk=1, speculative_num_steps=4, **quantized)
+    lm = sched.runner.model.lm_head
+    assert lm.weight.dtype == torch.int8
+    h = torch.randn(3, lm.weight.shape[1])
+    want = h @ (lm.weight.float() * lm.weight_scale[:, None]).T
+    assert torch.allclose(sched.spec.decoder.head.logits(h), want, rtol=1e-3, atol=1e-3)
+    assert run_workload(sched, jobs) == plain and sched.spec.stats.accept_length > 1.2, sched.spec.stats.accept_length
 
 
 def test_train_step_cross_entropy_reads_the_sampled_positions_and_holdout_agreement_all():
