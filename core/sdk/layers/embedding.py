@@ -87,6 +87,8 @@ class LMHead(nn.Module):
         if self.method is None:
             self.shard.copy_into(self.weight, tensor)
             return
+        if not isinstance(tensor, torch.Tensor):  # a format's own weight object (GGUFWeight): cut by rows
+            return self.method.load(self, param_name, self.shard.part(tensor), 0, self.shard.rows)
         vocab_dim, _ = self.method.shard_dims(param_name, tensor)  # a quantized format's own layout
         if vocab_dim is not None:
             s = self.shard
