@@ -7,6 +7,7 @@
 #   tests    the quantization GPU tests (tests/gpu/test_quant_kernels.py and the FP8 KV attention tests), ~4 min
 #   gemm     benchmarks/studies/quant_gemm.py: every GEMM path per 8B linear shape at 1 and 256 rows, ~2 min
 #   latency  batch-1 decode, 128 in / 256 out: bf16, fp8 (on load), fp8 block (128x128), int8_wo, awq, gptq, ~6 min
+#            (LATENCY_METHODS picks; also fp8head and gptqhead: the LM head quantized too, FP8 on load / INT4 stored)
 #   profile  where a batch-1 decode step's time goes (benchmarks/profile_decode.py: host time, the linear
 #            layers' kernels and the rest of the decode graph), PROFILE_METHODS (default fp8 awq), ~25 s each
 #   offline  256 x (512 in, 256 out): bf16 and fp8 (on load), ~4 min
@@ -64,6 +65,8 @@ declare -A METHOD=(
   [int8]=".json|--quantization int8_wo"
   [awq]="-awq.json|"
   [gptq]="-gptq.json|"
+  [fp8head]=".json|--quantization fp8 --quantize-lm-head"
+  [gptqhead]="-gptq-lm-head.json|"
 )
 if has latency; then
   for name in ${LATENCY_METHODS:-bf16 fp8 fp8block int8 awq gptq}; do
