@@ -58,9 +58,10 @@ def _cases(everything: bool = False) -> dict:
             cases[f"int4_mm_{xd}_g{group}_{m}"] = (k4._int4_mm_kernel, int4_args,
                                                    {"GROUP": group, "HAS_BIAS": True, "BLOCK_M": bm, "BLOCK_N": bn,
                                                     "BLOCK_K": bk, "GROUP_M": 8})
-        cases[f"int4_dequant_{xd}"] = (k4._int4_dequant_kernel, {"q_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*fp16",
-                                                                 "w_ptr": p(xd)}, {"GROUP": 128, "BLOCK_N": 32,
-                                                                                   "BLOCK_K": 64})
+        for tg, bk in ((False, 64), (True, 128)):  # the internal layout, tinygemm's (int4_tinygemm.py)
+            cases[f"int4_dequant_{'tg_' * tg}{xd}"] = (
+                k4._int4_dequant_kernel, {"q_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*fp16", "w_ptr": p(xd)},
+                {"GROUP": 128, "BLOCK_N": 32, "BLOCK_K": bk, "TG": tg})
         gemv_args = {"x_ptr": p(xd), "r_ptr": p(xd), "g_ptr": p(xd), "b_ptr": p(xd), "y_ptr": p(xd),
                      "r_out_ptr": p(xd), "s_ptr": "*fp32", "eps": "fp32"}
         for wd, scale, variant in (("fp8e4nv", 1, "norm"), ("i8", 1, "silu"), ("fp8e4nv", 2, "plain")):
@@ -143,7 +144,7 @@ CASE_NAMES = ["act_quant_bf16", "w8a8_bf16_None_256", "w8a8_bf16_(128, 128)_1", 
               "w8a16_bf16_fp8e4nv_1", "int4_gemv_bf16_8x64", "int4_gemv_bf16_8x512",
               "int4_gemv_grouped1_bf16_8x256", "int4_gemv_grouped1_bf16_8x512",
               "int4_gemv_grouped2_bf16_8x512", "int4_mm_bf16_g128_256",
-              "int4_mm_bf16_g32_2", "int4_dequant_bf16", "gemv_bf16_fp8e4nv_scale1_norm_2x1024",
+              "int4_mm_bf16_g32_2", "int4_dequant_bf16", "int4_dequant_tg_bf16", "gemv_bf16_fp8e4nv_scale1_norm_2x1024",
               "gemv_bf16_fp8e4nv_scale1_norm_2x4096", "gemv_bf16_i8_scale1_silu_2x1024",
               "gemv_bf16_fp8e4nv_scale2_plain_8x128", "store_kv_bf16_fp8", "rope_store_bf16_fp8",
               "norm_router_bf16_fp32_8192", "norm_router_bf16_bf16_2048",
