@@ -95,7 +95,7 @@ class Int8WeightOnly(BuiltinQuantization):
         return Int8LinearMethod(self.gemv, self.options.gemm_backend)
 
     def plain_head_method(self):
-        return Int8LinearMethod(self.gemv, self.options.gemm_backend)
+        return self.layer_method("lm_head")  # its layers already quantize plain weights on load
 
 
 @hookimpl
