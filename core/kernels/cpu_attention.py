@@ -1,5 +1,5 @@
-"""The CPU decode-attention operator (`cpu_attention.cpp`): each query head reads its request's
-keys and values straight from the paged float32 pool, with no gathered copy.
+"""The CPU decode-attention operator (`cpu_attention.cpp`): each (request, KV head) pair reads its
+keys and values once, straight from the paged float32 pool, for all the query heads of its group.
 
 Compiled on first use (`cpp_build.load_operator`) with `-march=native`, so the build is keyed by
 this machine's CPU flags as well as the source and torch's version. `unavailable()` says why it

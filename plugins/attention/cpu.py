@@ -2,9 +2,9 @@
 
 A CPU decode step at batch 1 is bound by reading the KV cache, and torch_native's decode reads it
 three times: the gather (index_select) reads the request's rows and writes a copy, and SDPA reads
-the copy. `jackfield.sdk.cpu_decode_attention` walks each request's slots once per query head
-instead (SmolLM2, 2 cores, ~200 tokens of context: 30 layers of decode attention in ~1.0 ms
-against ~1.9 ms). Extend and verify forwards, FP8 or non-float32 pools and other query dtypes take
+the copy. `jackfield.sdk.cpu_decode_attention` walks each request's slots once per KV head, for
+all the query heads of its group, instead (SmolLM2, 2 cores, ~200 tokens of context: 30 layers of
+decode attention in ~1.0 ms against ~1.9 ms). Extend and verify forwards, FP8 or non-float32 pools and other query dtypes take
 torch_native's path unchanged. The operator is compiled on first use (~30 s, once per installation),
 so the backend needs a C++ compiler and reports itself unavailable without one.
 """
