@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "ggml_dequant.h"
+#include "small_gemm.h"
 
 extern "C" {
 typedef void (*ggml_to_float_t)(const void* x, float* y, int64_t k);
@@ -60,6 +61,9 @@ constexpr int64_t kRowsPerTask = 16;
 constexpr int64_t kFastDequantFromRows = 8;
 constexpr int64_t kDequantFromRows = 32;
 constexpr int64_t kTileRows = 64;
+// Up to this many rows of x (from 48 rows sgemm was as fast or faster) a tile is multiplied by small_gemm.h's register-blocked loop (x
+// transposed once per call) instead of sgemm, which packs x again for every tile.
+constexpr int64_t kSmallGemmMaxRows = 32;
 constexpr int kF32 = 0, kQ8_1 = 9;  // ggml type ids
 
 void check_blocks(const torch::Tensor& w, int64_t type, int64_t k) {
@@ -136,6 +140,18 @@ torch::Tensor dequantized_mm(const torch::Tensor& x, const torch::Tensor& w, int
   const uint8_t* wp = w.data_ptr<uint8_t>();
   const size_t w_row = w.size(1);
   const ggml_to_float_t to_float = ggml_get_type_traits((int)type)->to_float;
+  namespace sg = jackfield_small_gemm;
+  const bool small = m <= kSmallGemmMaxRows && sg::supported();
+  const int64_t mp = sg::padded_rows(m);
+  std::vector<float> xt, st;  // x and the block sums transposed, for small_gemm.h
+  if (small) {
+    xt.resize(k * mp);
+    sg::transpose_padded(xp, m, k, xt.data());
+    if (sp) {
+      st.resize(nb * mp);
+      sg::transpose_padded(sp, m, nb, st.data());
+    }
+  }
   at::parallel_for(0, n, kTileRows, [&](int64_t lo, int64_t hi) {
     std::vector<float> tile(kTileRows * k), offsets(sp ? kTileRows * nb : 0);
     const int ik = (int)k, im = (int)m, in = (int)n, inb = (int)nb;
@@ -147,6 +163,11 @@ torch::Tensor dequantized_mm(const torch::Tensor& x, const torch::Tensor& w, int
         if (fast) jackfield_ggml::dequant_row((int)type, src, tile.data() + r * k, k);
         else to_float(src, tile.data() + r * k, k);
         for (int64_t b = 0; sp && b < nb; ++b) offsets[r * nb + b] = jackfield_ggml::half_at(src + b * block_bytes + 2);
+      }
+      if (small) {
+        sg::tile_mm(tile.data(), rows, k, xt.data(), mp, m, yp + r0, n, false);
+        if (sp) sg::tile_mm(offsets.data(), rows, nb, st.data(), mp, m, yp + r0, n, true);
+        continue;
       }
       // column-major: y^T[r0:r0+rows, :] (ld n) = tile^T' (rows x k; tile is its k-major storage) x^T (k x m)
       sgemm_("T", "N", &rows, &im, &ik, &one, tile.data(), &ik, xp, &ik, &zero, yp + r0, &in);

@@ -7,7 +7,8 @@ weight rows over PyTorch's threads (`at::parallel_for`, whose OpenMP loop exists
 file is compiled with `-fopenmp`: without it the operator runs on one thread; linked with
 `-fopenmp`, it uses the `libgomp.so.1` torch has already loaded). From 8 rows of x (Q4_0, Q4_1,
 Q8_0 with AVX2; 32 rows for other types) it instead dequantizes the weight in 64-row tiles and
-multiplies them with BLAS's sgemm, x rounded as the dot products see it (`ggml_dequant.h`).
+multiplies them in float32, x rounded as the dot products see it (`ggml_dequant.h`): up to 32 rows
+of x with a register-blocked AVX2 loop (`small_gemm.h`), above with BLAS's sgemm.
 It is compiled on first use (`cpp_build.load_operator`, keyed also by the libggml path), so a C++
 compiler is needed once per installation.
 
@@ -26,7 +27,7 @@ import torch
 from jackfield.kernels.cpp_build import compiler_missing, load_operator
 
 SOURCE = Path(__file__).with_name("ggml_cpu.cpp")
-HEADERS = (Path(__file__).with_name("ggml_dequant.h"),)
+HEADERS = (Path(__file__).with_name("ggml_dequant.h"), Path(__file__).with_name("small_gemm.h"))
 LIBRARIES = ("ggml-cpu", "ggml-base")
 
 

@@ -51,18 +51,20 @@ def test_kernel_matches_dequantized_reference(ggml_type):
         assert rel(y, x @ w_ref.flip(0).T) > 0.5  # the tolerance tells a wrong row order
 
 
+@pytest.mark.parametrize("rows", [12, 24, 40])
 @pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
-def test_batched_kernel_agrees_with_the_one_row_path(ggml_type):
+def test_batched_kernel_agrees_with_the_one_row_path(ggml_type, rows):
     """From 32 rows of x (8 for Q4_0, Q4_1, Q8_0 with AVX2) the weight is dequantized tile by tile
     and multiplied in float32, x rounded as the one-row path's int8 blocks round it: every row of the
     product equals that row multiplied alone to float rounding (so a token's logits do not depend on
-    its batch), over an odd number of weight rows (a partial last tile)."""
+    its batch), over an odd number of weight rows (a partial last tile). Up to 32 rows the tiles go
+    through small_gemm.h (12: one block of 16 rows, 4 of them padding; 24: 16 + 8), above through sgemm."""
     gen = torch.Generator().manual_seed(int(ggml_type) + 100)
     w = torch.randn(133, 512, generator=gen) / 512 ** 0.5
     weight = blocks_of(w, ggml_type)
-    x = torch.randn(40, 512, generator=gen)
+    x = torch.randn(rows, 512, generator=gen)
     y = ggml_mm(x, weight.blocks, weight.ggml_type)
-    alone = torch.cat([ggml_mm(x[i:i + 1], weight.blocks, weight.ggml_type) for i in range(40)])
+    alone = torch.cat([ggml_mm(x[i:i + 1], weight.blocks, weight.ggml_type) for i in range(rows)])
     assert rel(y, alone) < 1e-5
     assert rel(y, x @ weight.dequantize().T) < KERNEL_TOL
 
