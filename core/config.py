@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     # --- GPU fast path -----------------------------------------------------------------------
     disable_cuda_graph: bool = Field(False, description="Run decode eagerly, without CUDA graphs")
     cuda_graph_max_bs: int = Field(160, ge=1, description="Largest decode batch captured in a CUDA graph")
-    enable_torch_compile: bool | None = Field(None, description="torch.compile the model's decode step (unset: on for batch-1 decode on the CPU with quantized weights, for a dense model without LoRA or tensor parallelism, where per-operator overhead rules the step (with a speculative decoder: its plain steps, unless it reads hidden states); off on CUDA, whose graphs remove that overhead)")
+    enable_torch_compile: bool | None = Field(None, description="torch.compile the model's decode step (unset: on for decode steps on the CPU with quantized weights, for a dense model without LoRA or tensor parallelism, where per-operator overhead rules the step (with a speculative decoder: its plain steps, unless it reads hidden states); off on CUDA, whose graphs remove that overhead)")
     # --- structured outputs ------------------------------------------------------------------
     disable_jump_forward: bool = Field(False, description="Decode text the grammar forces token by token instead of appending it at once")
     grammar_compile_timeout: float = Field(60.0, gt=0, description="Seconds a constraint may take to compile before its request fails")

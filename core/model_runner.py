@@ -111,7 +111,7 @@ class ModelRunner:
         self.capture_hidden = False  # speculative decoders that read hidden states (EAGLE) turn it on
         self.verify_graphs = None    # jackfield.spec.verify_graph.VerifyGraphRunner, with a speculative decoder
         self.graph_runner = None
-        self.compiled_decode = None  # without CUDA graphs: the model's forward compiled for batch-1 decode
+        self.compiled_decode = None  # without CUDA graphs: the model's forward compiled for decode steps
         graphs_ok = self.lora is None or self.lora.backend.supports_cuda_graph
         if self.lora is not None and not graphs_ok:
             log.info("decode CUDA graphs are off: LoRA backend '%s' does not support them", self.lora.backend.name)
@@ -234,7 +234,7 @@ class ModelRunner:
         if self.lora is not None:
             self.lora.prepare(fb)
         # a speculative decoder reading hidden states (EAGLE) toggles the model's layer capture: eager
-        if self.compiled_decode is not None and fb.mode.is_decode() and fb.batch_size == 1 and not self.capture_hidden:
+        if self.compiled_decode is not None and fb.mode.is_decode() and not self.capture_hidden:
             hidden = self.compiled_decode(fb.input_ids, fb.positions, fb)
         else:
             hidden = self.model(fb.input_ids, fb.positions, fb)

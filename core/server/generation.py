@@ -154,12 +154,13 @@ class RequestGroup:
         return results
 
 
-def probe_group(st, ids: list[int], max_new_tokens: int) -> RequestGroup:
+def probe_group(st, ids: list[int], max_new_tokens: int, copies: int = 1) -> RequestGroup:
     """A greedy generation of `max_new_tokens` (an embedding, for a model served as an embedder) that
-    checks the engine end to end: the warm-up and /health_generate."""
+    checks the engine end to end: the warm-up and /health_generate. `copies` requests of it at once."""
     if st.info.embedding.is_embedding:
-        return RequestGroup(st.tokenizer_manager, [ids], None, pooling=st.info.embedding.pooling)
-    return RequestGroup(st.tokenizer_manager, [ids], SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
+        return RequestGroup(st.tokenizer_manager, [ids] * copies, None, pooling=st.info.embedding.pooling)
+    return RequestGroup(st.tokenizer_manager, [ids] * copies,
+                        SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
 
 
 BATCH_PRIORITY = -1  # the Batch API's requests wait behind every interactive request

@@ -199,26 +199,30 @@ def _warn_if_exposed(settings: Settings) -> None:
 
 
 async def _warm_up(state: ServerState, server: uvicorn.Server) -> None:
-    """Run one short generation (an embedding for an embedding model), on every replica, through the
-    normal path, then report ready (GET /health -> 200)."""
+    """Run one short generation (an embedding for an embedding model), then two at once, on every
+    replica, through the normal path, then report ready (GET /health -> 200). One and then two
+    requests decode at batch 1 and 2: on the CPU each compiles its decode graph (decode_compile.py)
+    here rather than in a client's request."""
     tm = state.tokenizer_manager
     if state.settings.warmup:
         ids = tm.encode(WARMUP_TEXT) if tm.tokenizer is not None else [0]
-        pins = [tm.pinned(i) for i in range(tm.num_replicas)] if isinstance(tm, DPTokenizerManager) else [nullcontext()]
-        groups = []
-        try:
-            for pin in pins:  # every replica at once
-                with pin:
-                    groups.append(probe_group(state, ids, 4).start())
-            await asyncio.gather(*(group.collect() for group in groups))
-        except Exception as exc:
-            state.failure = f"the warm-up generation failed: {getattr(exc, 'message', exc)}"
-            log.error("%s", state.failure)
-            server.should_exit = True
-            return
-        finally:
-            for group in groups:
-                group.close()
+        for copies in (1, 2):
+            groups = []
+            dp = isinstance(tm, DPTokenizerManager)
+            pins = [tm.pinned(i) for i in range(tm.num_replicas)] if dp else [nullcontext()]
+            try:
+                for pin in pins:  # every replica at once
+                    with pin:
+                        groups.append(probe_group(state, ids, 4, copies).start())
+                await asyncio.gather(*(group.collect() for group in groups))
+            except Exception as exc:
+                state.failure = f"the warm-up generation failed: {getattr(exc, 'message', exc)}"
+                log.error("%s", state.failure)
+                server.should_exit = True
+                return
+            finally:
+                for group in groups:
+                    group.close()
     while not server.started and not server.should_exit:
         await asyncio.sleep(0.05)
     freeze_startup_objects("server")

@@ -1,11 +1,12 @@
-"""The compiled batch-1 decode step on the CPU (jackfield.decode_compile): where `enable_torch_compile`
-unset turns it on, and that it decodes what the eager step decodes on the embedded model."""
+"""The compiled decode step on the CPU (jackfield.decode_compile): where `enable_torch_compile` unset
+turns it on, and that it decodes what the eager step decodes on the embedded model, at batch 1 and 2."""
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from jackfield import Engine
 from jackfield.decode_compile import compile_reason
@@ -46,7 +47,8 @@ NEAR_TIE = 0.1  # nats between the eager step's top two tokens
 
 @pytest.mark.parametrize("quantization", ["int4_weight_only", "gguf"])
 def test_compiled_decode_matches_eager(quantization):
-    """Greedy tokens and their logprobs, batch 1 (compiled) then two prompts at once (eager)."""
+    """Greedy tokens and their logprobs, batch 1 then two prompts at once (the two compiled graphs),
+    against the eager step."""
     if quantization == "gguf":
         from jackfield.sdk import ggml_unavailable
 
@@ -55,12 +57,14 @@ def test_compiled_decode_matches_eager(quantization):
     prompts = ["The capital of France is", "def fibonacci(n):"]
     params = {"temperature": 0, "max_new_tokens": 12, "logprobs": True, "top_logprobs_num": 2}
     runs = {}
+    counters.clear()
     for compiled in (True, False):
         with Engine(quantization=quantization, enable_torch_compile=compiled, kv_cache_bytes=64 << 20) as engine:
             assert (engine.loop.scheduler.runner.compiled_decode is not None) == compiled
             runs[compiled] = [engine.generate(p, params) for p in prompts] + engine.generate(prompts, params)
-            if compiled:  # the compiled graph ran (and did not fall back to eager)
+            if compiled:  # both graphs were compiled and ran (no fallback to eager)
                 assert engine.loop.scheduler.runner.compiled_decode.compiled is not None
+                assert counters["stats"]["unique_graphs"] == 2
         torch._dynamo.reset()  # Dynamo's cache entries live on the model class's code: drop them with the engine
     for got, want in zip(runs[True], runs[False]):
         for step, (a, b) in enumerate(zip(got["logprobs"], want["logprobs"])):
