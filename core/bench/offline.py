@@ -33,7 +33,10 @@ def run(args) -> int:
     peer = transformers_peer(settings, args) if args.compare_transformers else None
     sched, info = build_scheduler(settings, progress=False)
     vocab = sched.runner.config.vocab_size
+    # a batch and a single request: the run's tail decodes at batch 1, whose graph (compiled on the
+    # CPU, decode_compile.py) is not the batched one
     run_requests(sched, random_prompts(min(args.num_prompts, 8), 16, vocab, 99), 4, prefix="warm")
+    run_requests(sched, random_prompts(1, 16, vocab, 98), 4, prefix="warm1")
     res = run_requests(sched, random_prompts(args.num_prompts, args.input_len, vocab, args.bench_seed), args.output_len)
     out_tokens = sum(len(v) for v in res.outputs.values())
     metrics = {"model": info.model_path, "device": info.device, "dtype": info.dtype,
