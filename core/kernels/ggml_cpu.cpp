@@ -61,8 +61,9 @@ constexpr int64_t kRowsPerTask = 16;
 constexpr int64_t kFastDequantFromRows = 8;
 constexpr int64_t kDequantFromRows = 32;
 constexpr int64_t kTileRows = 64;
-// Up to this many rows of x (from 48 rows sgemm was as fast or faster) a tile is multiplied by small_gemm.h's register-blocked loop (x
-// transposed once per call) instead of sgemm, which packs x again for every tile.
+// Up to this many rows of x a tile is multiplied by small_gemm.h's register-blocked loop (x
+// transposed once per call) instead of sgemm, which packs x again for every tile; from 48 rows
+// sgemm measured as fast or faster.
 constexpr int64_t kSmallGemmMaxRows = 32;
 constexpr int kF32 = 0, kQ8_1 = 9;  // ggml type ids
 

@@ -1,4 +1,4 @@
-// A float32 GEMM for few rows of x (8 to 64): y[i, r] (+)= sum_k x[i, k] * w[r, k], with the weight
+// A float32 GEMM for few rows of x (8 to 32): y[i, r] (+)= sum_k x[i, k] * w[r, k], with the weight
 // rows a dequantized tile of ggml_cpu.cpp's batched matmul.
 //
 // At 16 rows BLAS's sgemm reaches about half the FMA peak of a 2-core AVX2 machine (SmolLM2's
