@@ -206,10 +206,10 @@ async def _warm_up(state: ServerState, server: uvicorn.Server) -> None:
     tm = state.tokenizer_manager
     if state.settings.warmup:
         ids = tm.encode(WARMUP_TEXT) if tm.tokenizer is not None else [0]
+        dp = isinstance(tm, DPTokenizerManager)
         for copies in (1, 2):
             groups = []
-            dp = isinstance(tm, DPTokenizerManager)
-            pins = [tm.pinned(i) for i in range(tm.num_replicas)] if dp else [nullcontext()]
+            pins = [tm.pinned(i) for i in range(tm.num_replicas)] if dp else [nullcontext()]  # one use each
             try:
                 for pin in pins:  # every replica at once
                     with pin:
