@@ -4,7 +4,9 @@ split-KV verify for speculative draft trees.
 The kernels read K/V straight from the token-slot KV pool through `req_to_token`, so any page size
 works and no per-batch index list is built: per-batch metadata is only the number of KV splits for
 decode and verify (and their scratch buffers) and a grid bound for extend, all derived without a
-device sync.
+device sync. Decode merges its KV splits inside the split kernel (the last split of each request
+and kv head to finish, counted on the backend's int32 semaphores, which every launch leaves at
+zero), so it is one launch per layer.
 An FP8 pool is read as such: K and V are converted in registers and their per-layer scales folded
 into the logit scale and the output. Triton itself is imported when the backend is constructed,
 never at discovery.
@@ -80,6 +82,12 @@ class TritonAttnBackend(AttentionBackend):
         self.graph_mid_o: torch.Tensor | None = None
         self.graph_mid_lse: torch.Tensor | None = None
         self.graph_verify_scratch: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # The decode kernel's split semaphores (zero between launches): its last split merges the rest.
+        self.semaphores = self._semaphores(runtime.max_batch_size)
+
+    def _semaphores(self, batch_size: int) -> torch.Tensor:
+        return torch.zeros(max(1, batch_size) * self.programs_per_request(), dtype=torch.int32,
+                           device=self.runtime.device)
 
     # ---- per-batch metadata ----------------------------------------------------------------------
     def programs_per_request(self) -> int:
@@ -116,6 +124,8 @@ class TritonAttnBackend(AttentionBackend):
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int) -> None:
         """One flat scratch buffer big enough for the largest bs × splits any captured size uses."""
         rt = self.runtime
+        if self.semaphores.numel() < max_bs * self.programs_per_request():
+            self.semaphores = self._semaphores(max_bs)
         rows = max(b * self.num_splits(b, rt.max_context_len) for b in range(1, max_bs + 1))
         self.graph_mid_o = torch.empty(rows * rt.num_heads * self.value_dim, dtype=torch.float32, device=rt.device)
         self.graph_mid_lse = torch.empty(rows * rt.num_heads, dtype=torch.float32, device=rt.device)
@@ -166,11 +176,12 @@ class TritonAttnBackend(AttentionBackend):
             raise RuntimeError("forward_decode called without decode metadata (init_forward_metadata first)")
         q3 = q.reshape(-1, layer.num_heads, layer.head_dim)
         out = torch.empty(q3.shape, dtype=q3.dtype, device=q3.device)
+        semaphores = self.semaphores if self.semaphores.numel() >= q3.shape[0] * self.programs_per_request() else None
         self.kernels.decode_attention(
             q3, fb.kv_pool.k_buffer(layer.layer_id), fb.kv_pool.v_buffer(layer.layer_id), out,
             fb.req_to_token, fb.req_pool_indices, fb.seq_lens, meta.mid_o, meta.mid_lse, meta.num_splits,
             layer.scaling, layer.logit_cap, layer.sliding_window, k_scale=fb.kv_pool.k_scales[layer.layer_id],
-            v_scale=fb.kv_pool.v_scales[layer.layer_id])
+            v_scale=fb.kv_pool.v_scales[layer.layer_id], semaphores=semaphores)
         return out.view(q.shape[0], -1)
 
     def forward_verify(self, q: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> torch.Tensor:

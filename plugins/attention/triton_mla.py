@@ -24,10 +24,10 @@ class TritonMLABackend(TritonAttnBackend):
     supports_ragged_prefill = True
 
     def __init__(self, runtime):
-        super().__init__(runtime)
         from jackfield_plugins.attention import triton_mla_kernels
 
-        self.mla = triton_mla_kernels
+        self.mla = triton_mla_kernels  # before the base's __init__, which sizes the semaphores by programs_per_request
+        super().__init__(runtime)
 
     def programs_per_request(self) -> int:
         return cdiv(self.runtime.num_heads, self.mla.decode_block_h(self.runtime.num_heads))
@@ -42,7 +42,8 @@ class TritonMLABackend(TritonAttnBackend):
         q3 = q.view(-1, layer.num_heads, layer.head_dim)
         out = q.new_empty(q3.shape[0], layer.num_heads, layer.v_dim)
         self.mla.mla_decode(q3, fb.kv_pool.k_buffer(layer.layer_id), out, fb.req_to_token, fb.req_pool_indices,
-                            fb.seq_lens, meta.mid_o, meta.mid_lse, meta.num_splits, layer.scaling)
+                            fb.seq_lens, meta.mid_o, meta.mid_lse, meta.num_splits, layer.scaling,
+                            semaphores=self.semaphores)
         return out.view(q3.shape[0], -1)
 
     def forward_extend(self, q, layer: AttentionLayerInfo, fb: ForwardBatch):

@@ -6,7 +6,8 @@ Latent attention (`mla_decode`, `mla_extend`): each token's cache row is c = [c_
 q_pe·k_pe and the values are c_kv itself, so one load of a key tile serves both products. All heads
 share the one latent, so a program takes a block of BLOCK_H heads (times BLOCK_T new tokens in an
 extend) as the rows of its tiles and reads each key tile once for all of them. Decode splits each
-request's keys over programs (split-KV, a merge launch combines the splits by their log-sum-exp);
+request's keys over programs (split-KV; the last split of each (request, head block) to finish, or
+without a semaphore buffer a merge launch, combines the splits by their log-sum-exp);
 an extend program walks the keys up to its token block's causal frontier.
 
 Expanded prefill (`ragged_prefill`): causal MHA among each request's new tokens, with K and V given
@@ -19,19 +20,20 @@ import triton
 import triton.language as tl
 
 from jackfield.sdk import pdl_kwargs
-from jackfield_plugins.attention.triton_kernels.common import dot_precision
+from jackfield_plugins.attention.triton_kernels.common import dot_precision, last_split_arrives, merge_partials
 from jackfield_plugins.attention.triton_kernels.decode import merge_splits
 
 
 @triton.jit
 def _latent_kernel(
-    Q, KV, Out, MidO, MidLse, ReqToToken, ReqPoolIdx, SeqLens, ExtendStart, ExtendLens,
+    Q, KV, Out, MidO, MidLse, ReqToToken, ReqPoolIdx, SeqLens, ExtendStart, ExtendLens, Semaphores,
     stride_qt, stride_qh, stride_kt, stride_ot, stride_oh, stride_rt,
     stride_mob, stride_moh, stride_mos, stride_mlb, stride_mlh,
     num_heads, num_splits, sm_scale,
     LORA: tl.constexpr, ROPE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
-    DECODE: tl.constexpr, DIRECT: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
+    DECODE: tl.constexpr, DIRECT: tl.constexpr, MERGE_LAST: tl.constexpr, PRECISION: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     if PDL:  # programmatic dependent launch (jackfield.sdk.pdl_kwargs): read nothing before the wait
         tl.extra.cuda.gdc_launch_dependents()
@@ -104,6 +106,14 @@ def _latent_kernel(
         tl.store(MidO + b * stride_mob + head[:, None] * stride_moh + s * stride_mos + offs_c[None, :], part,
                  mask=o_mask)
         tl.store(MidLse + b * stride_mlb + head * stride_mlh + s, lse, mask=r_mask)
+        if MERGE_LAST:  # decode: the last split of this (request, head block) merges them all
+            if last_split_arrives(Semaphores + b * head_blocks + hb, num_splits):
+                active = tl.where(split_len > 0, tl.cdiv(hi, tl.maximum(split_len, 1)), 0)
+                merge_partials(MidO + b * stride_mob + head[:, None] * stride_moh + offs_c[None, :],
+                               MidLse + b * stride_mlb + head * stride_mlh,
+                               Out + (q_start + tok)[:, None] * stride_ot + head[:, None] * stride_oh + offs_c[None, :],
+                               o_mask, r_mask, tl.minimum(active, num_splits), stride_mos, BLOCK_T * BLOCK_H, BLOCK_C)
+                tl.store(Semaphores + b * head_blocks + hb, 0)
 
 
 @triton.jit
@@ -158,22 +168,25 @@ def _ragged_kernel(
 
 def _latent_launch(q, kv, out, mid_o, mid_lse, req_to_token, req_pool_indices, seq_lens, extend_start, extend_lens,
                    grid_t: int, num_splits: int, v_dim: int, sm_scale: float, block_h: int, block_t: int,
-                   block_n: int, num_warps: int, num_stages: int) -> None:
+                   block_n: int, num_warps: int, num_stages: int, semaphores: torch.Tensor | None = None) -> None:
     num_heads, dim = q.shape[1], q.shape[2]
     rope = dim - v_dim
     decode = extend_start is None
     direct = num_splits == 1
+    merge_last = decode and not direct and semaphores is not None
     heads_per = triton.cdiv(num_heads, block_h)
     dummy = seq_lens
     _latent_kernel[(heads_per * grid_t, req_pool_indices.shape[0], num_splits)](
         q, kv, out, mid_o if not direct else out, mid_lse if not direct else seq_lens, req_to_token,
         req_pool_indices, seq_lens, dummy if decode else extend_start, dummy if decode else extend_lens,
+        semaphores if merge_last else dummy,
         q.stride(0), q.stride(1), kv.stride(0), out.stride(0), out.stride(1), req_to_token.stride(0),
         *(mid_o.stride()[:3] if not direct else (0, 0, 0)), *(mid_lse.stride()[:2] if not direct else (0, 0)),
         num_heads, num_splits, sm_scale,
         LORA=v_dim, ROPE=rope, BLOCK_C=triton.next_power_of_2(v_dim), BLOCK_R=max(16, triton.next_power_of_2(rope)),
         BLOCK_H=block_h, BLOCK_T=block_t, BLOCK_N=block_n, DECODE=decode, DIRECT=direct,
-        PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages, **pdl_kwargs(q))
+        MERGE_LAST=merge_last, PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
+        **pdl_kwargs(q))
 
 
 def decode_block_h(num_heads: int) -> int:
@@ -183,21 +196,26 @@ def decode_block_h(num_heads: int) -> int:
 
 def mla_decode(q: torch.Tensor, kv: torch.Tensor, out: torch.Tensor, req_to_token: torch.Tensor,
                req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, mid_o: torch.Tensor, mid_lse: torch.Tensor,
-               num_splits: int, sm_scale: float, config: tuple[int, int, int, int] | None = None) -> None:
+               num_splits: int, sm_scale: float, config: tuple[int, int, int, int] | None = None,
+               semaphores: torch.Tensor | None = None) -> None:
     """One absorbed query per request against its latents, into `out`.
 
     q: [bs, heads, LORA + ROPE]; kv: the pool's [slots, 1, LORA + ROPE]; out: [bs, heads, LORA];
     mid_o: float32 [>= bs, heads, >= num_splits, LORA]; mid_lse: float32 [>= bs, heads, >= num_splits].
     config: (BLOCK_H, BLOCK_N, num_warps, num_stages), for tuning.
+    semaphores: int32, zero, at least bs x head blocks (cdiv(heads, BLOCK_H)) elements: the last split
+    of each (request, head block) merges the splits; None: the merge kernel.
     """
     bs, heads, _ = q.shape
     if bs == 0:
         return
     v_dim = out.shape[2]
     block_h, block_n, warps, stages = config or (decode_block_h(heads), 32, 8 if heads >= 64 else 4, 2)
+    if semaphores is not None and semaphores.numel() < bs * triton.cdiv(heads, block_h):
+        semaphores = None
     _latent_launch(q, kv.view(kv.shape[0], -1), out, mid_o, mid_lse, req_to_token, req_pool_indices, seq_lens,
-                   None, None, 1, num_splits, v_dim, sm_scale, block_h, 1, block_n, warps, stages)
-    if num_splits == 1:
+                   None, None, 1, num_splits, v_dim, sm_scale, block_h, 1, block_n, warps, stages, semaphores)
+    if num_splits == 1 or semaphores is not None:
         return
     merge_splits(mid_o, mid_lse, out, bs, heads, num_splits, v_dim, triton.next_power_of_2(v_dim), 2, pdl_kwargs(q),
                  num_warps=8)

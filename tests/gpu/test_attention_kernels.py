@@ -104,6 +104,31 @@ def test_triton_decode_without_host_seq_lens():
     run_checked(backend, p, *p.decode_batch(backend, with_cpu_lens=False), p.layer(), "decode without seq_lens_cpu")
 
 
+def test_triton_decode_last_split_merge_is_exact_and_resets():
+    """The decode kernel merges each (request, kv head)'s splits in whichever of its programs finishes
+    last: over many launches the outputs are bitwise equal (the merge reads every partial in split
+    order, so a partial read before it was written would show), match the merge kernel's, and the
+    semaphores are back at zero after every launch."""
+    cls = backend_class("triton")
+    rng = random.Random(7)
+    p = AttnProblem([rng.randint(500, 3000) for _ in range(16)], [1] * 16, 32, 8, 128, 16, torch.bfloat16, "cuda",
+                    seed=7)
+    backend, layer = cls(p.runtime(max_batch_size=16)), p.layer()
+    fb, q, k, v = p.decode_batch(backend)
+    backend.init_forward_metadata(fb)
+    assert backend.meta.num_splits > 1
+    outs = [backend.forward(q, k, v, layer, fb) for _ in range(200)]
+    torch.cuda.synchronize()
+    assert not backend.semaphores.any(), "semaphores left set after the launches"
+    differing = sum(not torch.equal(out, outs[0]) for out in outs)
+    assert differing == 0, f"{differing} of {len(outs)} launches differ from the first"
+    semaphores, backend.semaphores = backend.semaphores, backend.semaphores[:0]  # the merge kernel
+    by_kernel = run_checked(backend, p, fb, q, k, v, layer, "decode through the merge kernel")
+    backend.semaphores = semaphores
+    assert relative_error(outs[0], by_kernel.float()) < 1e-2
+    run_checked(backend, p, fb, q, k, v, layer, "decode merged by the last split")
+
+
 class StaticDecodeBatch:
     """The static input buffers a decode CUDA graph reads; `load` copies a live batch in, padded."""
 

@@ -93,9 +93,11 @@ def _cases(everything: bool = False) -> dict:
                 "sm_scale": "fp32", "logit_cap": "fp32", "v_scale": "fp32"}
         for d in (64, 128, 256) if everything else (128,):
             cases[f"decode_{xd}_fp8kv_d{d}"] = (
-                decode._decode_split_kernel, {**attn, "Q": p(xd), "MidO": "*fp32", "MidLse": "*fp32", "Out": p(xd)},
+                decode._decode_split_kernel, {**attn, "Q": p(xd), "MidO": "*fp32", "MidLse": "*fp32", "Out": p(xd),
+                                              "Semaphores": "*i32"},
                 {"GROUP": 4, "HEAD_DIM": d, "BLOCK_D": d, "BLOCK_H": 16, "BLOCK_N": 32 if d > 128 else 64,
-                 "USE_CAP": False, "USE_WINDOW": False, "PRECISION": "tf32", "DIRECT": False, "PDL": True})
+                 "USE_CAP": False, "USE_WINDOW": False, "PRECISION": "tf32", "DIRECT": False, "MERGE_LAST": True,
+                 "PDL": True})
             cases[f"extend_{xd}_fp8kv_d{d}"] = (
                 extend._extend_kernel, {**attn, "Q": p(xd), "Out": p(xd), "ExtendStart": "*i32", "ExtendLens": "*i32",
                                         "TreeMask": "*i32", "TreeIndptr": "*i32", "Positions": "*i32"},

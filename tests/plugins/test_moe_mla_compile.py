@@ -31,7 +31,8 @@ def _cases() -> dict:
     gemv2 = {"Inter": bf, "Out": bf, "TopkIds": "*i32", "TopkWeights": "*fp32"}
     gemv2_c = {"TOP_K": 8, "BLOCK_N": 16, "BLOCK_K": 256, "PDL": True}
     latent = {"Q": bf, "KV": bf, "Out": bf, "MidO": "*fp32", "MidLse": "*fp32", "ReqToToken": "*i32",
-              "ReqPoolIdx": "*i64", "SeqLens": "*i32", "ExtendStart": "*i32", "ExtendLens": "*i32", "sm_scale": "fp32"}
+              "ReqPoolIdx": "*i64", "SeqLens": "*i32", "ExtendStart": "*i32", "ExtendLens": "*i32", "sm_scale": "fp32",
+              "Semaphores": "*i32"}
     latent_c = {"LORA": 512, "ROPE": 64, "BLOCK_C": 512, "BLOCK_R": 64, "BLOCK_N": 32, "PRECISION": "tf32",
                 "PDL": True}
     return {
@@ -65,9 +66,9 @@ def _cases() -> dict:
         "gemv2_atomic_fp8": (experts._gemv2_kernel, {**gemv2, "W2": f8, "S2": "*fp32"},
                              {**gemv2_c, **fp8, "SPLIT": True, "ATOMIC": True}),
         "mla_decode_split_128h": (mk._latent_kernel, latent, {**latent_c, "BLOCK_H": 64, "BLOCK_T": 1, "DECODE": True,
-                                                              "DIRECT": False}),
+                                                              "DIRECT": False, "MERGE_LAST": True}),
         "mla_extend_16h": (mk._latent_kernel, latent, {**latent_c, "BLOCK_H": 16, "BLOCK_T": 2, "DECODE": False,
-                                                       "DIRECT": True}),
+                                                       "DIRECT": True, "MERGE_LAST": False}),
         "mla_ragged": (mk._ragged_kernel, {"Q": bf, "K": bf, "V": bf, "Out": bf, "ExtendStart": "*i32",
                                            "ExtendLens": "*i32", "sm_scale": "fp32"},
                        {"DQK": 192, "DV": 128, "BLOCK_DQK": 256, "BLOCK_DV": 128, "BLOCK_M": 64, "BLOCK_N": 32,

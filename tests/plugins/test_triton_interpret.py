@@ -32,8 +32,9 @@ TOLERANCE = {"float32": 1e-4, "float16": 5e-3}
 
 
 def run_case(name: str) -> dict:
-    """Extend, eager decode, decode without host lengths, speculative verify (a tree mask) and
-    graph-style decode and verify for one case."""
+    """Extend, eager decode (its splits merged by the last split, and by the merge kernel), decode
+    without host lengths, speculative verify (a tree mask) and graph-style decode and verify for one
+    case."""
     import torch
     from attn_harness import AttnProblem, relative_error, row_strided
 
@@ -58,6 +59,9 @@ def run_case(name: str) -> dict:
         errors[label] = relative_error(out, p.reference(q, fb, layer))
     errors["decode_strided_q"] = relative_error(backend.forward(row_strided(q), k, v, layer, fb),
                                                 p.reference(q, fb, layer))
+    semaphores, backend.semaphores = backend.semaphores, backend.semaphores[:0]  # too few: the merge kernel
+    errors["decode_merge_kernel"] = relative_error(backend.forward(q, k, v, layer, fb), p.reference(q, fb, layer))
+    backend.semaphores = semaphores
 
     # binary trees (branching) and chains (depth: deeper than the sliding window's 9)
     trees = [[-1] + [(j - 1) // 2 if i % 2 == 0 else j - 1 for j in range(1, n)] for i, n in enumerate(new)]
@@ -74,6 +78,7 @@ def run_case(name: str) -> dict:
     backend.init_forward_metadata_replay(fb)
     errors["verify_graph_metadata"] = relative_error(backend.forward(q, k, v, layer, fb),
                                                      p.tree_reference(q, fb, layer, trees))
+    errors["semaphores_left_set"] = float(backend.semaphores.abs().sum())  # each launch leaves them at zero
     return errors
 
 

@@ -21,6 +21,38 @@ def scale_logits(qk, sm_scale, logit_cap, USE_CAP: tl.constexpr):
         return (qk * (sm_scale * 1.4426950408889634)).to(tl.float32)
 
 
+@triton.jit
+def last_split_arrives(Semaphore, num_splits):
+    """Count this program's split in on its semaphore once every thread's stores are done (release);
+    true in the program that completes the count, the last split to finish, which then sees every
+    split's stores (acquire), merges them (`merge_partials`) and stores 0 back for the next launch."""
+    tl.debug_barrier()
+    return tl.atomic_add(Semaphore, 1, sem="acq_rel") == num_splits - 1
+
+
+@triton.jit
+def merge_partials(mid_o, mid_lse, out, mask, row_mask, num_active, stride_mos, BLOCK_R: tl.constexpr,
+                   BLOCK_D: tl.constexpr):
+    """Merge rows' split partials by their log-sum-exps (base 2) into `out`. mid_o, out: pointer tiles
+    [BLOCK_R, BLOCK_D] (mid_o at split 0, splits `stride_mos` apart), mid_lse: pointers [BLOCK_R] at
+    split 0 (splits adjacent); only the first num_active splits saw keys. Partials are read past L1:
+    other SMs wrote them."""
+    m = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    total = tl.zeros([BLOCK_R], tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+    for s in range(0, num_active):
+        lse = tl.load(mid_lse + s, mask=row_mask, other=float("-inf"), cache_modifier=".cg")
+        part = tl.load(mid_o + s * stride_mos, mask=mask, other=0.0, cache_modifier=".cg")
+        m_new = tl.maximum(m, lse)
+        ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m - ref)
+        w = tl.exp2(lse - ref)
+        acc = acc * alpha[:, None] + part * w[:, None]
+        total = total * alpha + w
+        m = m_new
+    tl.store(out, (acc / tl.where(total > 0.0, total, 1.0)[:, None]).to(out.dtype.element_ty), mask=mask)
+
+
 def block_dmodel(head_dim: int) -> int:
     """Tile width over the head dimension: the next power of two (at least 16)."""
     return max(16, triton.next_power_of_2(head_dim))

@@ -3,8 +3,12 @@
 Stage 1 runs one program per (request, kv head, split). It loads the queries of every head that
 shares the kv head (GQA), so each K/V row is read once per group, walks its chunk of the request's
 token slots through `req_to_token`, and writes a normalised partial output and its log-sum-exp
-(base 2). Stage 2 runs one program per (request, query head) and merges the splits. With a single
-split (large batches) stage 1 writes the output itself and stage 2 is not launched.
+(base 2). The splits of a (request, kv head) are then merged in one of two ways: by the last of
+its programs to finish (each counts itself in on a per-(request, kv head) semaphore after its
+stores; the one that completes the count reads the partials back, writes the output and resets the
+semaphore for the next launch: no second kernel), or, without a semaphore buffer, by stage 2, one
+program per (request, query head). With a single split (large batches) stage 1 writes the output
+itself.
 
 Splits whose chunk is empty (short requests, padded CUDA-graph rows) write lse = -inf and are
 ignored by the merge, so the split count can be a fixed upper bound inside a CUDA graph.
@@ -17,19 +21,19 @@ import triton.language as tl
 
 from jackfield.sdk import pdl_kwargs
 from jackfield_plugins.attention.triton_kernels.common import (
-    block_dmodel, check_head_layout, dot_precision, scale_logits,
+    block_dmodel, check_head_layout, dot_precision, last_split_arrives, merge_partials, scale_logits,
 )
 
 
 @triton.jit
 def _decode_split_kernel(
-    Q, K, V, MidO, MidLse, Out, ReqToToken, ReqPoolIdx, SeqLens,
+    Q, K, V, MidO, MidLse, Out, ReqToToken, ReqPoolIdx, SeqLens, Semaphores,
     stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_rt,
     stride_mob, stride_moh, stride_mos, stride_mlb, stride_mlh, stride_ob, stride_oh,
     num_splits, sm_scale, logit_cap, window, v_scale,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, USE_CAP: tl.constexpr, USE_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
-    DIRECT: tl.constexpr, PDL: tl.constexpr,
+    DIRECT: tl.constexpr, MERGE_LAST: tl.constexpr, PDL: tl.constexpr,
 ):
     if PDL:  # programmatic dependent launch (jackfield.sdk.pdl_kwargs): read nothing before the wait
         tl.extra.cuda.gdc_launch_dependents()
@@ -37,6 +41,7 @@ def _decode_split_kernel(
     b = tl.program_id(0)
     g = tl.program_id(1)
     s = tl.program_id(2)
+    num_groups = tl.num_programs(1)
     seq_len = tl.load(SeqLens + b)
     row = tl.load(ReqPoolIdx + b).to(tl.int64)
     lo = seq_len * 0
@@ -86,6 +91,15 @@ def _decode_split_kernel(
         tl.store(MidO + b * stride_mob + heads[:, None] * stride_moh + s * stride_mos + offs_d[None, :], part,
                  mask=h_mask[:, None] & d_mask[None, :])
         tl.store(MidLse + b * stride_mlb + heads * stride_mlh + s, lse, mask=h_mask)
+        if MERGE_LAST:
+            if last_split_arrives(Semaphores + b * num_groups + g, num_splits):
+                active = tl.where(split_len > 0, tl.cdiv(seq_len - lo, tl.maximum(split_len, 1)), 0)
+                merge_partials(MidO + b * stride_mob + heads[:, None] * stride_moh + offs_d[None, :],
+                               MidLse + b * stride_mlb + heads * stride_mlh,
+                               Out + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :],
+                               h_mask[:, None] & d_mask[None, :], h_mask, tl.minimum(active, num_splits), stride_mos,
+                               BLOCK_H, BLOCK_D)
+                tl.store(Semaphores + b * num_groups + g, 0)
 
 
 @triton.jit(do_not_specialize=["num_splits"])  # speculative verify launches it with varying split counts
@@ -119,7 +133,8 @@ def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
                      req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
                      mid_o: torch.Tensor, mid_lse: torch.Tensor, num_splits: int, sm_scale: float,
                      logit_cap: float = 0.0, sliding_window: int | None = None,
-                     config: tuple[int, int, int] | None = None, k_scale: float = 1.0, v_scale: float = 1.0) -> None:
+                     config: tuple[int, int, int] | None = None, k_scale: float = 1.0, v_scale: float = 1.0,
+                     semaphores: torch.Tensor | None = None) -> None:
     """One decode query per request against its whole KV, written into `out`.
 
     q, out: [bs, num_heads, head_dim]; k_buffer, v_buffer: [slots, num_kv_heads, head_dim];
@@ -128,6 +143,9 @@ def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     config: (BLOCK_N, num_warps, num_stages) of stage 1, for tuning (benchmarks/tune_triton_decode.py).
     An FP8 pool's K and V are multiplied by k_scale and v_scale (folded into the logit scale and
     the output).
+    semaphores: int32, at least bs * num_kv_heads elements, all zero (they are zero again when the
+    kernel ends): the last split of each (request, kv head) merges them, no merge kernel is launched.
+    None: the merge kernel.
     """
     for name, t in (("q", q), ("out", out), ("k_buffer", k_buffer), ("v_buffer", v_buffer)):
         check_head_layout(t, name)
@@ -139,8 +157,13 @@ def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
     block_d = block_dmodel(head_dim)
     block_n, warps, stages = config or (32 if block_d > 128 else 64, 4, 2)
     direct = num_splits == 1
+    merge_last = not direct and semaphores is not None
+    if merge_last and (semaphores.dtype != torch.int32 or semaphores.numel() < bs * num_kv_heads):
+        raise ValueError(f"semaphores must be int32 with at least {bs * num_kv_heads} elements, "
+                         f"got {semaphores.dtype} with {semaphores.numel()}")
     _decode_split_kernel[(bs, num_kv_heads, num_splits)](
         q, k_buffer, v_buffer, mid_o, mid_lse, out, req_to_token, req_pool_indices, seq_lens,
+        semaphores if merge_last else seq_lens,
         q.stride(0), q.stride(1), k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1),
         req_to_token.stride(0),
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1),
@@ -148,9 +171,10 @@ def decode_attention(q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Te
         num_splits, sm_scale * k_scale, logit_cap if logit_cap > 0 else 1.0, sliding_window or 0, v_scale,
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_H=max(16, triton.next_power_of_2(group)),
         BLOCK_N=block_n, USE_CAP=logit_cap > 0, USE_WINDOW=sliding_window is not None,
-        PRECISION=dot_precision(q.dtype), DIRECT=direct, num_warps=warps, num_stages=stages, **pdl_kwargs(q),
+        PRECISION=dot_precision(q.dtype), DIRECT=direct, MERGE_LAST=merge_last, num_warps=warps,
+        num_stages=stages, **pdl_kwargs(q),
     )
-    if direct:
+    if direct or merge_last:
         return
     merge_splits(mid_o, mid_lse, out, bs, num_heads, num_splits, head_dim, block_d, 2, pdl_kwargs(q))
 
