@@ -25,7 +25,7 @@ import functools
 import torch
 
 INNER_K_TILES = 8
-ROWS = 16          # x with at most this many rows goes through tinygemm (one m16 tile)
+ROWS = 32          # x with at most this many rows goes through tinygemm (two m16 tiles; beyond, dequantize + cuBLAS)
 GROUPS = (128, 256)
 
 
