@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     speculative_load_aware: bool = Field(True, description="Turn speculation off per step where measured step times say plain decoding is faster")
     # --- quantization ------------------------------------------------------------------------
     kv_cache_dtype: Literal["auto", "fp8_e4m3"] = Field("auto", description="KV cache storage: auto (the compute dtype) or fp8_e4m3 (one byte per value, twice the tokens; per-layer scales from the checkpoint, else 1.0)")
-    quantization_gemm_backend: Literal["auto", "triton", "torch"] = Field("auto", description="GPU matmuls of quantized layers: auto (the measured choice per batch size; INT4 with bf16 and groups of 128 or 256: PyTorch's tinygemm up to 16 rows), triton (Triton kernels), torch (torch._scaled_mm for FP8, dequantize + cuBLAS for integer weights)")
+    quantization_gemm_backend: Literal["auto", "triton", "torch"] = Field("auto", description="GPU matmuls of quantized layers: auto (the measured choice per batch size; INT4 with bf16 and groups of 128 or 256: PyTorch's tinygemm up to 32 rows), triton (Triton kernels), torch (torch._scaled_mm for FP8, dequantize + cuBLAS for integer weights)")
     quantize_lm_head: bool = Field(False, description="Quantize the LM head too when the quantization method converts a plain checkpoint's weights on load (fp8, int8_wo); a checkpoint that stores its head quantized (GPTQ with lm_head: true) loads it quantized either way")
     # --- LoRA --------------------------------------------------------------------------------
     lora_paths: list[str] = Field(default_factory=list, description="LoRA adapters loaded at start, each name=path (a bare path is named after its directory)")
